@@ -1,0 +1,1 @@
+"""Pipeline logic driven by the noxfile: fetch, gate, build, push, release, terraform."""

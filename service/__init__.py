@@ -1,0 +1,1 @@
+"""ONNX inference service: a Falcon ASGI app that serves one ONNX model."""

@@ -1,0 +1,117 @@
+"""The app factory: builds the Falcon ASGI app and hands each part what it needs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import falcon
+import falcon.asgi
+import orjson
+
+from service import resources
+from service.config import Settings
+from service.errors import ModelLoadError, ServiceError
+from service.inference import Inference
+from service.loader import load_model
+from service.metrics import Metrics, MetricsMiddleware
+from service.model import OnnxModel
+from service.openapi import openapi_document
+
+log = logging.getLogger("service")
+
+MODEL_ROUTES = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+
+
+class ModelLifecycle:
+    """Loads the model at start-up (unless one was given) and releases it at shutdown."""
+
+    def __init__(self, settings: Settings, inference: Inference, model: OnnxModel | None,
+                 recorder: resources.PredictionRecorder | None) -> None:
+        self._settings = settings
+        self._inference = inference
+        self._model = model
+        self._recorder = recorder
+
+    async def process_startup(self, scope, event) -> None:
+        model = self._model
+        if model is None:
+            try:
+                model = await asyncio.to_thread(load_model, self._settings)
+            except ModelLoadError as exc:
+                log.error("%s", exc)
+                raise
+        self._inference.attach(model)
+        if hasattr(self._recorder, "start"):
+            await self._recorder.start()
+        info = model.info
+        log.info("ready: serving %s version %s (sha256 %s)", info.name, info.version, info.sha256)
+
+    async def process_shutdown(self, scope, event) -> None:
+        if hasattr(self._recorder, "close"):
+            await self._recorder.close()
+        self._inference.close()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    model: OnnxModel | None = None,
+    recorder: resources.PredictionRecorder | None = None,
+) -> falcon.asgi.App:
+    settings = settings or Settings.from_env()
+    metrics = Metrics()
+    inference = Inference(metrics)
+
+    app = falcon.asgi.App(
+        middleware=[
+            MetricsMiddleware(metrics),
+            ModelLifecycle(settings, inference, model, recorder),
+        ],
+    )
+    app.req_options.strip_url_path_trailing_slash = True
+    app.add_error_handler(ServiceError, _service_error)
+    app.add_error_handler(Exception, _unexpected_error)
+    app.set_error_serializer(_http_error)
+
+    limit = settings.max_body_bytes
+    app.add_route("/predict", resources.Predict(inference, limit, recorder))
+    app.add_route("/v2", resources.ServerMetadata())
+    app.add_route("/v2/health/live", resources.Live())
+    app.add_route("/v2/health/ready", resources.Ready(inference))
+    for route in MODEL_ROUTES:
+        app.add_route(route, resources.ModelMetadata(inference))
+        app.add_route(f"{route}/ready", resources.ModelReady(inference))
+        app.add_route(f"{route}/infer", resources.ModelInfer(inference, limit, recorder))
+    app.add_route("/metrics", resources.MetricsEndpoint(metrics))
+    app.add_route("/openapi.json", resources.OpenApi(openapi_document()))
+    return app
+
+
+# -- the one place where errors become HTTP responses -------------------------
+
+
+async def _service_error(req, resp, error: ServiceError, params) -> None:
+    resp.status = error.status
+    resp.content_type = resources.JSON
+    resp.data = orjson.dumps({"error": error.message})
+
+
+async def _unexpected_error(req, resp, error: Exception, params) -> None:
+    log.exception("unexpected error on %s %s", req.method, req.path)
+    resp.status = 500
+    resp.content_type = resources.JSON
+    resp.data = orjson.dumps({"error": "internal error; the service log has the details"})
+
+
+def _http_error(req, resp, error: falcon.HTTPError) -> None:
+    """Falcon's own errors (no route, wrong method, ...) in the same JSON shape."""
+    if error.status_code == 404:
+        message = f"no route {req.path!r}; /openapi.json lists the routes"
+    elif error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        message = f"method {req.method} is not allowed on {req.path}; allowed: {allowed}"
+    else:
+        message = error.description or error.title
+    resp.content_type = resources.JSON
+    resp.data = orjson.dumps({"error": message})

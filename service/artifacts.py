@@ -1,0 +1,142 @@
+"""Fetch a file by reference (path, file://, s3://, https://) and prove its sha256.
+
+The one download/verify path of the project: the service uses it to load its
+model at start-up, the pipeline uses it for the model and the test data.
+Fetched bytes land in a cache keyed by content hash, so a second fetch of a
+pinned reference costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+HTTP_TIMEOUT_SECONDS = 60
+_CHUNK = 1 << 20
+
+
+class ArtifactError(Exception):
+    """A referenced file could not be fetched or is not the file the reference names."""
+
+
+class ChecksumMismatch(ArtifactError):
+    def __init__(self, source: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"sha256 mismatch for {source}: expected {expected}, got {actual}. "
+            "The file changed or the reference is wrong; fix the URL or the sha256."
+        )
+        self.source = source
+        self.expected = expected
+        self.actual = actual
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "onnx-ship"
+
+
+def local_path(url: str) -> Path | None:
+    """The filesystem path a reference names, or None when it is remote."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return Path(url)
+    return None
+
+
+def fetch(url: str, *, sha256: str | None = None, cache_dir: Path | None = None) -> tuple[Path, str]:
+    """Return a local path holding the bytes `url` names, and their sha256.
+
+    A local file is read in place; a remote one is downloaded once into
+    `cache_dir/<sha256>/<name>`. When `sha256` is given the bytes must match it,
+    or ChecksumMismatch names both hashes.
+    """
+    expected = sha256.lower() if sha256 else None
+    path = local_path(url)
+    if path is not None:
+        if not path.is_file():
+            raise ArtifactError(f"{url}: no such file. Check the path or URL.")
+        actual = sha256_of(path)
+        if expected and actual != expected:
+            raise ChecksumMismatch(url, expected, actual)
+        return path, actual
+
+    cache = cache_dir or default_cache_dir()
+    name = Path(urllib.parse.urlparse(url).path).name or "artifact"
+    if expected:
+        cached = cache / expected / name
+        if cached.is_file() and sha256_of(cached) == expected:
+            return cached, expected
+
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=".download-")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _download(url, tmp)
+        actual = sha256_of(tmp)
+        if expected and actual != expected:
+            raise ChecksumMismatch(url, expected, actual)
+        target = cache / actual / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        return target, actual
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _download(url: str, target: Path) -> None:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "s3":
+        _download_s3(parsed.netloc, parsed.path.lstrip("/"), target, url)
+    elif parsed.scheme in ("http", "https"):
+        _download_http(url, target)
+    else:
+        raise ArtifactError(
+            f"{url}: unsupported scheme {parsed.scheme!r}; use a path, file://, s3:// or https://."
+        )
+
+
+def _download_s3(bucket: str, key: str, target: Path, url: str) -> None:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not bucket or not key:
+        raise ArtifactError(f"{url}: an S3 URL needs a bucket and a key, s3://bucket/key.")
+    try:
+        boto3.client("s3").download_file(bucket, key, str(target))
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchKey", "NoSuchBucket"):
+            raise ArtifactError(f"{url}: no such object in S3. Check the bucket and key.") from exc
+        raise ArtifactError(f"{url}: S3 refused the download ({code}): {exc}") from exc
+    except BotoCoreError as exc:
+        raise ArtifactError(f"{url}: could not reach S3: {exc}") from exc
+
+
+def _download_http(url: str, target: Path) -> None:
+    try:
+        with (
+            urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_SECONDS) as response,
+            target.open("wb") as out,
+        ):
+            shutil.copyfileobj(response, out, _CHUNK)
+    except urllib.error.HTTPError as exc:
+        raise ArtifactError(f"{url}: HTTP {exc.code} {exc.reason}.") from exc
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise ArtifactError(f"{url}: download failed: {exc}") from exc

@@ -1,0 +1,239 @@
+"""Request and response bodies: the `/predict` JSON contract and the Open
+Inference Protocol (KServe V2) JSON tensors with Triton's binary tensor extension.
+
+Pure functions over bytes, numpy arrays and the model's signature; every
+malformed body becomes an `InvalidInput` that says what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from service.errors import InvalidInput
+from service.model import ORT_TYPES, TensorSpec
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+
+DATATYPES: dict[str, np.dtype] = {datatype: dtype for dtype, datatype in ORT_TYPES.values()}
+FLOAT_KINDS = "f"
+
+
+def parse_json(body: bytes) -> object:
+    if not body:
+        raise InvalidInput("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+
+
+def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
+    """A dense numeric array from nested JSON lists, or InvalidInput saying why not."""
+    if not isinstance(values, list):
+        raise InvalidInput(f"{what} must be a list of numbers, got {type(values).__name__}")
+    if not values:
+        raise InvalidInput(f"{what} is empty; send at least one example")
+    try:
+        raw = np.asarray(values)
+    except ValueError:
+        raise InvalidInput(f"{what} is ragged: nested lists must all have the same length") from None
+    if raw.dtype.kind not in "iuf" or raw.size == 0:
+        raise InvalidInput(
+            f"{what} must hold only numbers (no strings, booleans, nulls or empty lists)"
+        )
+    try:
+        array = raw.astype(dtype, copy=False)
+    except (OverflowError, ValueError):
+        raise InvalidInput(f"{what} has numbers out of range for {dtype.name}") from None
+    if array.dtype.kind in FLOAT_KINDS and not np.isfinite(array).all():
+        raise InvalidInput(f"{what} has numbers too large for {dtype.name} (or NaN/infinity)")
+    return array
+
+
+# -- POST /predict -----------------------------------------------------------
+
+
+def predict_data(document: object, dtype: np.dtype) -> np.ndarray:
+    if not isinstance(document, dict) or "data" not in document:
+        raise InvalidInput('the body must be a JSON object {"data": [numbers]}')
+    return numeric_array(document["data"], '"data"', dtype)
+
+
+# -- Open Inference Protocol ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+    binary_outputs: frozenset[str]
+
+
+def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """Split a body into its JSON header and binary tail (Triton's extension)."""
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise InvalidInput(f"{BINARY_HEADER} must be an integer, got {header_length!r}") from None
+    if not 0 < length <= len(body):
+        raise InvalidInput(
+            f"{BINARY_HEADER} is {length} but the body has {len(body)} bytes"
+        )
+    return body[:length], body[length:]
+
+
+def _parameters(entry: dict, where: str) -> dict:
+    params = entry.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{where} 'parameters' must be an object")
+    return params
+
+
+def _shape(entry: dict, where: str) -> tuple[int, ...]:
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"{where} 'shape' must be a list of non-negative integers")
+    return tuple(shape)
+
+
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], where: str, batch_any: bool) -> None:
+    expected = list(spec.shape)
+    if len(shape) != len(expected) or shape[0] == 0:
+        raise InvalidInput(f"{where} has shape {list(shape)}; the model expects {expected}")
+    for i, (got, want) in enumerate(zip(shape, expected)):
+        if want == -1 or (i == 0 and batch_any):
+            continue
+        if got != want:
+            raise InvalidInput(f"{where} has shape {list(shape)}; the model expects {expected}")
+
+
+def decode_infer(
+    body: bytes, header_length: str | None, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> InferRequest:
+    head, tail = split_binary(body, header_length)
+    document = parse_json(head)
+    if not isinstance(document, dict):
+        raise InvalidInput("the inference request must be a JSON object with 'inputs'")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    request_params = _parameters(document, "the request's")
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+
+    specs = {spec.name: spec for spec in inputs}
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for position, entry in enumerate(raw_inputs):
+        if not isinstance(entry, dict):
+            raise InvalidInput(f"inputs[{position}] must be an object")
+        name = entry.get("name")
+        where = f"input {name!r}"
+        if name not in specs:
+            raise InvalidInput(f"{where} is not an input of the model; its inputs are {list(specs)}")
+        if name in arrays:
+            raise InvalidInput(f"{where} is given twice")
+        spec = specs[name]
+        if entry.get("datatype") != spec.datatype:
+            raise InvalidInput(
+                f"{where} has datatype {entry.get('datatype')!r}; the model expects {spec.datatype}"
+            )
+        shape = _shape(entry, where)
+        _check_shape(spec, shape, where, batch_any=spec.shape[0] == 1)
+        count = math.prod(shape)
+        size = _parameters(entry, where).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"{where} 'binary_data_size' must be a non-negative integer")
+            if size != count * spec.dtype.itemsize:
+                raise InvalidInput(
+                    f"{where} declares {size} bytes; shape {list(shape)} of {spec.datatype} "
+                    f"needs {count * spec.dtype.itemsize}"
+                )
+            if offset + size > len(tail):
+                raise InvalidInput(f"{where} declares more binary data than the body holds")
+            array = np.frombuffer(tail, dtype=spec.dtype.newbyteorder("<"), count=count, offset=offset)
+            offset += size
+            if spec.dtype.kind in FLOAT_KINDS and not np.isfinite(array).all():
+                raise InvalidInput(f"{where} holds NaN or infinity")
+        else:
+            if "data" not in entry:
+                raise InvalidInput(f"{where} has neither 'data' nor 'binary_data_size'")
+            array = numeric_array(entry["data"], f"{where} data", spec.dtype).reshape(-1)
+            if array.size != count:
+                raise InvalidInput(
+                    f"{where} has {array.size} values; shape {list(shape)} needs {count}"
+                )
+        arrays[name] = array.reshape(shape)
+    if offset != len(tail):
+        raise InvalidInput(
+            f"the body has {len(tail) - offset} bytes of binary data that no input declares"
+        )
+    missing = [name for name in specs if name not in arrays]
+    if missing:
+        raise InvalidInput(f"missing inputs {missing}; the model needs {list(specs)}")
+    batches = {a.shape[0] for a in arrays.values()}
+    if len(batches) > 1:
+        raise InvalidInput("all inputs must have the same batch size")
+
+    binary_default = request_params.get("binary_data_output") is True
+    output_names = {spec.name for spec in outputs}
+    requested = document.get("outputs")
+    if requested is None:
+        names = tuple(spec.name for spec in outputs)
+        binary = frozenset(names) if binary_default else frozenset()
+    else:
+        if not isinstance(requested, list):
+            raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+        chosen, binary_set = [], set()
+        for position, entry in enumerate(requested):
+            if not isinstance(entry, dict) or entry.get("name") not in output_names:
+                raise InvalidInput(
+                    f"outputs[{position}] must name one of the model's outputs {sorted(output_names)}"
+                )
+            chosen.append(entry["name"])
+            flag = _parameters(entry, f"output {entry['name']!r}").get("binary_data", binary_default)
+            if flag is True:
+                binary_set.add(entry["name"])
+        names, binary = tuple(chosen), frozenset(binary_set)
+    return InferRequest(request_id, arrays, names, binary)
+
+
+def encode_infer(
+    model_name: str,
+    model_version: str,
+    request: InferRequest,
+    results: dict[str, np.ndarray],
+    specs: Sequence[TensorSpec],
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header length when binary outputs follow it."""
+    datatypes = {spec.name: spec.datatype for spec in specs}
+    outputs, blobs = [], []
+    for name in request.outputs:
+        array = results[name]
+        entry: dict = {"name": name, "datatype": datatypes[name], "shape": list(array.shape)}
+        if name in request.binary_outputs:
+            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        outputs.append(entry)
+    document: dict = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
+    if request.id is not None:
+        document["id"] = request.id
+    head = orjson.dumps(document)
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)

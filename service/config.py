@@ -1,0 +1,108 @@
+"""Service settings: read once from the environment into one frozen object.
+
+Tests build their own `Settings(...)` instead of patching the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.artifacts import default_cache_dir
+
+ENVIRONMENTS = ("local", "dev", "prod")
+
+DEFAULT_APP_ENV = "local"
+DEFAULT_PREDICTION_LOG_URL = "predictions"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_INTRA_OP_THREADS = 1
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_WORKERS = 1
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_url: str
+    model_sha256: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    app_env: str = DEFAULT_APP_ENV
+    prediction_log_url: str = DEFAULT_PREDICTION_LOG_URL
+    prediction_log_inputs: bool = False
+    prediction_log_sample: float = 100.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    workers: int = DEFAULT_WORKERS
+
+    def __post_init__(self) -> None:
+        if self.app_env not in ENVIRONMENTS:
+            raise ConfigError(
+                f"APP_ENV={self.app_env!r} is not one of {', '.join(ENVIRONMENTS)}"
+            )
+        if self.model_sha256 is not None and (
+            len(self.model_sha256) != 64
+            or any(c not in "0123456789abcdef" for c in self.model_sha256.lower())
+        ):
+            raise ConfigError("MODEL_SHA256 must be 64 hexadecimal characters (a sha256 digest)")
+        if not 0 <= self.prediction_log_sample <= 100:
+            raise ConfigError("PREDICTION_LOG_SAMPLE must be a percentage from 0 to 100")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        model_url = env.get("MODEL_URL", "").strip()
+        if not model_url:
+            raise ConfigError(
+                "MODEL_URL is not set: set it to the model's path, file://, s3:// or https:// URL "
+                "(or run `nox -s serve`, which serves the reference model)"
+            )
+        return cls(
+            model_url=model_url,
+            model_sha256=env.get("MODEL_SHA256") or None,
+            model_name=env.get("MODEL_NAME") or None,
+            model_version=env.get("MODEL_VERSION") or None,
+            app_env=env.get("APP_ENV", DEFAULT_APP_ENV),
+            prediction_log_url=env.get("PREDICTION_LOG_URL", DEFAULT_PREDICTION_LOG_URL),
+            prediction_log_inputs=_flag(env, "PREDICTION_LOG_INPUTS", False),
+            prediction_log_sample=_number(env, "PREDICTION_LOG_SAMPLE", 100.0, float),
+            max_body_bytes=_number(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int),
+            intra_op_threads=_number(env, "INTRA_OP_THREADS", DEFAULT_INTRA_OP_THREADS, int),
+            cache_dir=Path(env["MODEL_CACHE_DIR"]) if env.get("MODEL_CACHE_DIR") else default_cache_dir(),
+            host=env.get("HOST", DEFAULT_HOST),
+            port=_number(env, "PORT", DEFAULT_PORT, int),
+            workers=_number(env, "WEB_CONCURRENCY", DEFAULT_WORKERS, int),
+        )
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def _number(env: Mapping[str, str], name: str, default, kind):
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a {kind.__name__}") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must not be negative")
+    return value

@@ -1,0 +1,144 @@
+"""The model core: one ONNX model in onnxruntime, its signature, and inference.
+
+Model-agnostic: shapes and types are read from the graph. A model whose batch
+dimension is fixed at 1 (the Model Zoo's mnist-8) still takes batches, one row
+at a time. This module never imports falcon.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import InvalidInput, ModelLoadError
+
+# onnxruntime type strings -> (numpy dtype, Open Inference Protocol datatype)
+ORT_TYPES: dict[str, tuple[np.dtype, str]] = {
+    "tensor(float)": (np.dtype(np.float32), "FP32"),
+    "tensor(double)": (np.dtype(np.float64), "FP64"),
+    "tensor(float16)": (np.dtype(np.float16), "FP16"),
+    "tensor(int8)": (np.dtype(np.int8), "INT8"),
+    "tensor(int16)": (np.dtype(np.int16), "INT16"),
+    "tensor(int32)": (np.dtype(np.int32), "INT32"),
+    "tensor(int64)": (np.dtype(np.int64), "INT64"),
+    "tensor(uint8)": (np.dtype(np.uint8), "UINT8"),
+    "tensor(uint16)": (np.dtype(np.uint16), "UINT16"),
+    "tensor(uint32)": (np.dtype(np.uint32), "UINT32"),
+    "tensor(uint64)": (np.dtype(np.uint64), "UINT64"),
+    "tensor(bool)": (np.dtype(np.bool_), "BOOL"),
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of the graph. `shape` uses -1 for a dynamic dimension."""
+
+    name: str
+    dtype: np.dtype
+    datatype: str
+    shape: tuple[int, ...]
+
+    @classmethod
+    def from_ort(cls, arg: ort.NodeArg) -> TensorSpec:
+        if arg.type not in ORT_TYPES:
+            raise ModelLoadError(f"tensor {arg.name!r} has type {arg.type}, which is not served")
+        dtype, datatype = ORT_TYPES[arg.type]
+        shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+        return cls(arg.name, dtype, datatype, shape)
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """The shape of one example: everything after the batch dimension."""
+        return self.shape[1:]
+
+    @property
+    def item_size(self) -> int:
+        return math.prod(self.item_shape) if all(d > 0 for d in self.item_shape) else -1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str
+    platform: str = "onnxruntime_onnx"
+
+
+class OnnxModel:
+    """An onnxruntime session plus what the service needs to know about it."""
+
+    def __init__(self, path: Path, info: ModelInfo, *, intra_op_threads: int = 1) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises several private types
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"{path} is not a loadable ONNX model: {first_line}") from exc
+        self.info = info
+        self.inputs = tuple(TensorSpec.from_ort(a) for a in self._session.get_inputs())
+        self.outputs = tuple(TensorSpec.from_ort(a) for a in self._session.get_outputs())
+        self._output_names = [o.name for o in self.outputs]
+        first = self.inputs[0]
+        if first.item_size <= 0:
+            raise ModelLoadError(
+                f"input {first.name!r} has shape {list(first.shape)}; only the batch "
+                "dimension may be dynamic"
+            )
+        self.input = first
+        self.batch_fixed_at_one = first.shape[0] == 1
+
+    # -- inference ---------------------------------------------------------
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph on already-validated inputs whose first axis is the batch."""
+        batch = next(iter(feeds.values())).shape[0]
+        if not self.batch_fixed_at_one or batch == 1:
+            return dict(zip(self._output_names, self._session.run(self._output_names, feeds)))
+        rows = [
+            self._session.run(self._output_names, {k: v[i : i + 1] for k, v in feeds.items()})
+            for i in range(batch)
+        ]
+        return {
+            name: np.concatenate([row[j] for row in rows], axis=0)
+            for j, name in enumerate(self._output_names)
+        }
+
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        """Scores of the first output for a batch shaped [N, *item_shape]."""
+        return self.run({self.input.name: batch})[self._output_names[0]]
+
+    def warm_up(self) -> None:
+        self.scores(np.zeros((1, *self.input.item_shape), dtype=self.input.dtype))
+
+    # -- input shaping -----------------------------------------------------
+
+    def as_batch(self, values: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Reshape client data to [N, *item_shape]; say whether it was one example.
+
+        One example may come flat (784 numbers) or in the item's own shape
+        (28x28 or 1x28x28); a batch is a list of such examples.
+        """
+        spec = self.input
+        squeezed_item = tuple(d for d in spec.item_shape if d != 1)
+        squeezed = tuple(d for d in values.shape if d != 1)
+        if values.size == spec.item_size and (values.ndim == 1 or squeezed == squeezed_item):
+            return values.reshape((1, *spec.item_shape)), True
+        if values.ndim >= 2 and values.shape[0] > 0:
+            row_size = values.size // values.shape[0]
+            if row_size == spec.item_size:
+                return values.reshape((values.shape[0], *spec.item_shape)), False
+        raise InvalidInput(
+            f"data has shape {list(values.shape)} ({values.size} numbers); expected one example "
+            f"of {spec.item_size} numbers (flat, or shaped {list(spec.item_shape)}) or a list "
+            f"of such examples"
+        )

@@ -1,0 +1,220 @@
+"""HTTP resources: read the request, call the core, set status and body.
+
+Bodies are parsed and written with orjson directly (they are the hot path);
+every failure is raised as a `ServiceError` and rendered in one place
+(`service.app`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+import zlib
+from typing import Protocol
+
+import falcon
+import numpy as np
+import orjson
+
+from service import codec
+from service.errors import InvalidInput, ModelNotFound, NotReady, PayloadTooLarge, UnsupportedMediaType
+from service.inference import Inference
+from service.metrics import Metrics
+from service.model import ModelInfo
+
+JSON = "application/json"
+SERVER_NAME = "onnx-ship"
+SERVER_VERSION = "0.1.0"
+V2_EXTENSIONS = ["binary_tensor_data"]
+
+
+class PredictionRecorder(Protocol):
+    """Where each answered prediction goes (prediction capture); must not block."""
+
+    def record(
+        self,
+        *,
+        route: str,
+        request_id: str | None,
+        model: ModelInfo,
+        scores: np.ndarray,
+        inputs: np.ndarray | None,
+        latency_seconds: float,
+    ) -> None: ...
+
+
+async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
+    if req.content_length is not None and req.content_length > limit:
+        raise PayloadTooLarge(f"the body has {req.content_length} bytes; the limit is {limit}")
+    body = await req.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+    encoding = (req.get_header("Content-Encoding") or "identity").lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        plain = decompressor.decompress(body, limit + 1)
+    except (zlib.error, gzip.BadGzipFile) as exc:
+        raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
+    if len(plain) > limit or decompressor.unconsumed_tail:
+        raise PayloadTooLarge(f"the decompressed body is larger than the limit of {limit} bytes")
+    return plain
+
+
+def require_media(req: falcon.asgi.Request, allowed: tuple[str, ...]) -> None:
+    """A missing Content-Type is taken as allowed; a different one is refused."""
+    if req.content_type is None:
+        return
+    media = req.content_type.split(";", 1)[0].strip().lower()
+    if media not in allowed:
+        raise UnsupportedMediaType(
+            f"Content-Type {media!r} is not accepted here; send {' or '.join(allowed)}"
+        )
+
+
+def send_json(resp: falcon.asgi.Response, document: object, status: int = 200) -> None:
+    resp.status = status
+    resp.content_type = JSON
+    resp.data = orjson.dumps(document)
+
+
+def served_model(inference: Inference, name: str, version: str | None):
+    model = inference.model
+    if name != model.info.name or (version is not None and version != model.info.version):
+        raise ModelNotFound(name, version, model.info.name, model.info.version)
+    return model
+
+
+class Predict:
+    """POST /predict: the original contract, {"data": [...]} -> {"prediction": 7}."""
+
+    def __init__(self, inference: Inference, max_body_bytes: int,
+                 recorder: PredictionRecorder | None) -> None:
+        self._inference = inference
+        self._limit = max_body_bytes
+        self._recorder = recorder
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        started = time.perf_counter()
+        require_media(req, (JSON,))
+        model = self._inference.model
+        body = await read_body(req, self._limit)
+        values = codec.predict_data(codec.parse_json(body), model.input.dtype)
+        batch, single = model.as_batch(values)
+        scores = await self._inference.scores(batch)
+        classes = scores.reshape(scores.shape[0], -1).argmax(axis=1).tolist()
+        info = model.info
+        if single:
+            send_json(resp, {"prediction": classes[0], "model": info.name, "version": info.version})
+        else:
+            send_json(resp, {"predictions": classes, "model": info.name, "version": info.version})
+        if self._recorder is not None:
+            self._recorder.record(
+                route="/predict", request_id=req.get_header("X-Request-Id"), model=info,
+                scores=scores, inputs=batch, latency_seconds=time.perf_counter() - started,
+            )
+
+
+class ServerMetadata:
+    async def on_get(self, req, resp) -> None:
+        send_json(resp, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": V2_EXTENSIONS})
+
+
+class Live:
+    async def on_get(self, req, resp) -> None:
+        send_json(resp, {"live": True})
+
+
+class Ready:
+    def __init__(self, inference: Inference) -> None:
+        self._inference = inference
+
+    async def on_get(self, req, resp) -> None:
+        if not self._inference.ready:
+            raise NotReady()
+        send_json(resp, {"ready": True})
+
+
+class ModelMetadata:
+    def __init__(self, inference: Inference) -> None:
+        self._inference = inference
+
+    async def on_get(self, req, resp, name: str, version: str | None = None) -> None:
+        model = served_model(self._inference, name, version)
+        send_json(resp, {
+            "name": model.info.name,
+            "versions": [model.info.version],
+            "platform": model.info.platform,
+            "inputs": [_tensor_metadata(spec) for spec in model.inputs],
+            "outputs": [_tensor_metadata(spec) for spec in model.outputs],
+            "parameters": {"sha256": model.info.sha256},
+        })
+
+
+class ModelReady:
+    def __init__(self, inference: Inference) -> None:
+        self._inference = inference
+
+    async def on_get(self, req, resp, name: str, version: str | None = None) -> None:
+        served_model(self._inference, name, version)
+        send_json(resp, {"name": name, "ready": True})
+
+
+class ModelInfer:
+    """POST /v2/models/{name}[/versions/{version}]/infer, JSON or binary tensors."""
+
+    def __init__(self, inference: Inference, max_body_bytes: int,
+                 recorder: PredictionRecorder | None) -> None:
+        self._inference = inference
+        self._limit = max_body_bytes
+        self._recorder = recorder
+
+    async def on_post(self, req, resp, name: str, version: str | None = None) -> None:
+        started = time.perf_counter()
+        header_length = req.get_header(codec.BINARY_HEADER)
+        require_media(req, (JSON, "application/octet-stream"))
+        model = served_model(self._inference, name, version)
+        body = await read_body(req, self._limit)
+        request = codec.decode_infer(body, header_length, model.inputs, model.outputs)
+        results = await self._inference.run(request.inputs)
+        payload, json_length = codec.encode_infer(
+            model.info.name, model.info.version, request, results, model.outputs
+        )
+        resp.data = payload
+        if json_length is None:
+            resp.content_type = JSON
+        else:
+            resp.content_type = "application/octet-stream"
+            resp.set_header(codec.BINARY_HEADER, str(json_length))
+        if self._recorder is not None:
+            first_output = model.outputs[0].name
+            self._recorder.record(
+                route="/v2/infer", request_id=request.id, model=model.info,
+                scores=results[first_output], inputs=request.inputs.get(model.input.name),
+                latency_seconds=time.perf_counter() - started,
+            )
+
+
+class MetricsEndpoint:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def on_get(self, req, resp) -> None:
+        resp.content_type = self._metrics.content_type
+        resp.data = self._metrics.render()
+
+
+class OpenApi:
+    def __init__(self, document: dict) -> None:
+        self._body = orjson.dumps(document)
+
+    async def on_get(self, req, resp) -> None:
+        resp.content_type = JSON
+        resp.data = self._body
+
+
+def _tensor_metadata(spec) -> dict:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}

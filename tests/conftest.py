@@ -1,0 +1,97 @@
+"""Fixtures shared by every test package: the real MNIST fixtures and a moto server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """The real model and MNIST test set: FIXTURES_DIR (CI points it at ../shared/fixtures)."""
+    from pipeline.reference import fixtures_dir as configured
+
+    path = configured()
+    if path is None:
+        pytest.fail("FIXTURES_DIR is not set: point it at a folder holding mnist-8.onnx and the "
+                    "MNIST t10k files (CI uses ../shared/fixtures)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist8_path(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "mnist-8.onnx"
+
+
+class MotoServer:
+    def __init__(self, endpoint: str, process: subprocess.Popen) -> None:
+        self.endpoint = endpoint
+        self.process = process
+
+    def reset(self) -> None:
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+
+
+def start_moto(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """A real moto server on 127.0.0.1, reached through boto3's AWS_ENDPOINT_URL."""
+    port = free_port()
+    process = start_moto(port, {"MOTO_ECS_SERVICE_RUNNING": "1"})
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{endpoint}/moto-api/", process=process)
+        yield MotoServer(endpoint, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    """AWS credentials and endpoint pointing at a freshly reset moto server."""
+    moto_server.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    yield moto_server

@@ -22,7 +22,7 @@ class Inference:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._executor: ThreadPoolExecutor | None = None
         self._model: OnnxModel | None = None
 
     @property
@@ -37,6 +37,8 @@ class Inference:
 
     def attach(self, model: OnnxModel) -> None:
         """Serve `model` from now on; it must already be warmed up."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._model = model
         info = model.info
         self._metrics.model_info.labels(info.name, info.version, info.sha256).set(1)
@@ -60,4 +62,9 @@ class Inference:
         return result
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Stop serving: wait for running inferences, then release the thread."""
+        self._model = None
+        self._metrics.ready.set(0)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

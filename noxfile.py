@@ -1,0 +1,49 @@
+"""Every step of the project, as nox sessions: `nox -l` lists them.
+
+The logic lives in `pipeline/` and `service/`; sessions only wire it to the
+command line. Sessions that touch AWS or serve are not in the default set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "test"]
+nox.options.error_on_external_run = True
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+PYTHON = "3.11"
+
+
+def install(session: nox.Session, *groups: str) -> None:
+    """The project (the service's runtime deps) plus dependency groups from pyproject."""
+    session.install("-e", ".")
+    for group in groups:
+        session.install(*nox.project.dependency_groups(PYPROJECT, group))
+
+
+@nox.session(python=PYTHON)
+def test(session: nox.Session) -> None:
+    """Run the test suite (pass pytest options after --)."""
+    install(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Lint the Python code and the Dockerfile."""
+    install(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def serve(session: nox.Session) -> None:
+    """Serve the reference model on http://127.0.0.1:8080, capturing predictions locally."""
+    install(session, "pipeline")
+    session.run("python", "-m", "pipeline", "serve", *session.posargs)

@@ -147,7 +147,11 @@ def apply_overrides(reference: Reference, environ: Mapping[str, str]) -> Referen
         model = Artifact(_check_url("MODEL_URL", env["MODEL_URL"]), None)
     if "MODEL_SHA256" in env:
         model = replace(model, sha256=_check_sha256("MODEL_SHA256", env["MODEL_SHA256"]))
-    images, labels, test_format = reference.test_images, reference.test_labels, reference.test_format
+    images, labels, test_format = (
+        reference.test_images,
+        reference.test_labels,
+        reference.test_format,
+    )
     if "TEST_DATA_URL" in env or "TEST_LABELS_URL" in env:
         for name in ("TEST_DATA_URL", "TEST_LABELS_URL"):
             if name not in env:
@@ -290,7 +294,9 @@ class _Fields:
             return _check_url(key, value)
         except InvalidReference:
             self.fail(
-                table, key, "must be a path, file://, s3:// or https:// URL ending in a file name",
+                table,
+                key,
+                "must be a path, file://, s3:// or https:// URL ending in a file name",
                 value,
             )
 

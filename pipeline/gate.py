@@ -1,0 +1,460 @@
+"""The model gate: run the model on the whole test set and decide whether it may ship.
+
+Four checks, each failing with a plain reason:
+
+1. signature: the model fits the service: one input, of a float type, whose
+   item shape holds one test image (784 values for MNIST); a first output
+   shaped [batch, classes] with a class for every label.
+2. accuracy: top-1 accuracy on the whole test set >= `[gate] min_accuracy`.
+3. latency: p99 of `[gate] latency_runs` single-image runs <= `max_p99_latency_ms`.
+4. champion: accuracy no more than `max_regression` below the model deployed in
+   the target environment (its `latest.json` deployment record), when there is one.
+
+The model runs through `service.model.OnnxModel`, exactly as the service runs
+it (one intra-op thread, rows looped for batch-fixed-at-1 models). Pixels are
+multiplied by `[model] input_scale` first.
+
+`python -m pipeline.gate [ENV]` (what `nox -s gate -- [ENV]` runs) downloads
+by reference, gates, writes `report.json` and `report.md`, appends the
+Markdown to `$GITHUB_STEP_SUMMARY` when set, and exits 1 with the reasons
+when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import records
+from pipeline.datasets import Dataset, DatasetError, load_dataset
+from pipeline.download import Downloaded, download
+from pipeline.reference import (
+    DEFAULT_REFERENCE,
+    REPO,
+    GateThresholds,
+    InvalidReference,
+    Reference,
+    load_reference,
+)
+from service.artifacts import ArtifactError
+from service.errors import ModelLoadError
+from service.model import ModelInfo, OnnxModel
+
+DEFAULT_REPORT_DIR = REPO / "build" / "gate"
+ENVIRONMENTS = ("dev", "prod")
+DEPLOYMENTS_URL_ENV = "DEPLOYMENTS_URL"
+# Latency runs stop early past this many seconds, so a very slow model cannot stall CI.
+LATENCY_TIME_LIMIT_SECONDS = 30.0
+_CHUNK = 1000
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # passed | failed | skipped
+    detail: str
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the model did on the test set."""
+
+    images: int
+    accuracy: float
+    confusion: np.ndarray  # [true class, predicted class] counts
+    latency_ms: dict[str, float]  # p50, p90, p99, max
+    latency_runs: int
+    inference_seconds: float
+
+    @property
+    def per_class(self) -> list[dict[str, float | int]]:
+        """Precision and recall of each class (0 when the class is never predicted/present)."""
+        rows = []
+        for k in range(self.confusion.shape[0]):
+            predicted = int(self.confusion[:, k].sum())
+            support = int(self.confusion[k, :].sum())
+            hits = int(self.confusion[k, k])
+            rows.append(
+                {
+                    "class": k,
+                    "precision": hits / predicted if predicted else 0.0,
+                    "recall": hits / support if support else 0.0,
+                    "support": support,
+                }
+            )
+        return rows
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The model deployed in the target environment, from its `latest.json` record."""
+
+    environment: str
+    release_id: str
+    model_sha256: str
+    accuracy: float
+    outcome: str
+
+    @classmethod
+    def from_record(cls, environment: str, record: dict[str, Any]) -> Champion:
+        return cls(
+            environment=environment,
+            release_id=record["release_id"],
+            model_sha256=record["model_sha256"],
+            accuracy=float(record["gate"]["accuracy"]),
+            outcome=record["outcome"],
+        )
+
+
+@dataclass(frozen=True)
+class GateResult:
+    model_name: str
+    reference_source: str
+    sha256s: dict[str, str]
+    thresholds: GateThresholds
+    input_scale: float
+    checks: tuple[Check, ...]
+    evaluation: Evaluation | None
+    champion: Champion | None
+    environment: str | None
+    duration_seconds: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return all(check.status == PASSED for check in self.checks)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if c.status == FAILED]
+
+    def record(self) -> dict[str, Any]:
+        """The `gate` object of a deployment record (see pipeline.records)."""
+        evaluation = self.evaluation
+        return {
+            "passed": self.passed,
+            "accuracy": evaluation.accuracy if evaluation else None,
+            "p99_latency_ms": evaluation.latency_ms["p99"] if evaluation else None,
+            "images": evaluation.images if evaluation else None,
+            "test_images_sha256": self.sha256s["test_images"],
+            "test_labels_sha256": self.sha256s["test_labels"],
+        }
+
+
+# -- the gate ----------------------------------------------------------------
+
+
+def run_gate(
+    reference: Reference,
+    downloaded: Downloaded,
+    *,
+    champion: Champion | None = None,
+    environment: str | None = None,
+) -> GateResult:
+    """Gate the downloaded model on the downloaded test set."""
+    started = time.perf_counter()
+    dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
+    info = ModelInfo(reference.name, downloaded.sha256s["model"][:12], downloaded.sha256s["model"])
+    evaluation = None
+    try:
+        model = OnnxModel(downloaded.model_path, info)
+        signature = check_signature(model, dataset)
+    except ModelLoadError as exc:
+        signature = Check("signature", FAILED, str(exc))
+    if signature.status == PASSED:
+        try:
+            evaluation = evaluate(
+                model, dataset, reference.input_scale, reference.gate.latency_runs
+            )
+        except Exception as exc:  # onnxruntime raises several private types
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            signature = Check(
+                "signature", FAILED, f"the model failed on the test images: {first_line}"
+            )
+    if evaluation is not None:
+        checks = (signature, *judge(evaluation, reference.gate, champion, downloaded, environment))
+    else:
+        skipped = "not run: the model does not fit the service"
+        checks = (
+            signature,
+            *(Check(name, SKIPPED, skipped) for name in ("accuracy", "latency", "champion")),
+        )
+    return GateResult(
+        model_name=reference.name,
+        reference_source=reference.source,
+        sha256s=dict(downloaded.sha256s),
+        thresholds=reference.gate,
+        input_scale=reference.input_scale,
+        checks=checks,
+        evaluation=evaluation,
+        champion=champion,
+        environment=environment,
+        duration_seconds=time.perf_counter() - started,
+        notes=tuple(_unpinned_notes(reference)),
+    )
+
+
+def check_signature(model: OnnxModel, dataset: Dataset) -> Check:
+    """Does the model take one test image and answer a score per class?"""
+    image_size = int(np.prod(dataset.images.shape[1:]))
+    image_shape = "x".join(map(str, dataset.images.shape[1:]))
+    if len(model.inputs) != 1:
+        names = ", ".join(spec.name for spec in model.inputs)
+        return Check(
+            "signature",
+            FAILED,
+            f"the service feeds one input; the model has {len(model.inputs)} ({names})",
+        )
+    spec = model.input
+    if spec.dtype.kind != "f":
+        return Check(
+            "signature",
+            FAILED,
+            f"input {spec.name!r} is {spec.datatype}; the service "
+            "feeds pixels as floating point (FP32)",
+        )
+    if spec.item_size != image_size:
+        return Check(
+            "signature",
+            FAILED,
+            f"input {spec.name!r} takes items shaped "
+            f"{list(spec.item_shape)} ({spec.item_size} values), but a test image is "
+            f"{image_shape} ({image_size} values)",
+        )
+    output = model.outputs[0]
+    if output.dtype.kind != "f" or len(output.shape) != 2:
+        return Check(
+            "signature",
+            FAILED,
+            f"output {output.name!r} is {output.datatype} "
+            f"{list(output.shape)}; the service needs float scores shaped "
+            "[batch, classes]",
+        )
+    if 0 < output.shape[1] < dataset.classes:
+        return Check(
+            "signature",
+            FAILED,
+            f"output {output.name!r} scores {output.shape[1]} "
+            f"classes, but the test labels go up to {dataset.classes - 1}",
+        )
+    classes = output.shape[1] if output.shape[1] > 0 else "a dynamic number of"
+    return Check(
+        "signature",
+        PASSED,
+        f"input {spec.name!r} {spec.datatype} "
+        f"{list(spec.shape)} takes a {image_shape} image; output {output.name!r} "
+        f"scores {classes} classes",
+    )
+
+
+def evaluate(
+    model: OnnxModel, dataset: Dataset, input_scale: float, latency_runs: int
+) -> Evaluation:
+    """Top-1 predictions on every image, then timed single-image runs."""
+    batch = model_inputs(model, dataset, input_scale)
+    model.warm_up()
+    started = time.perf_counter()
+    scores = np.concatenate(
+        [model.scores(batch[i : i + _CHUNK]) for i in range(0, len(batch), _CHUNK)]
+    )
+    inference_seconds = time.perf_counter() - started
+    if scores.ndim != 2 or scores.shape[0] != len(dataset) or scores.shape[1] < dataset.classes:
+        raise ModelLoadError(
+            f"the model answered scores shaped {list(scores.shape)} for {len(dataset)} images "
+            f"of {dataset.classes} classes; expected [{len(dataset)}, {dataset.classes}]"
+        )
+    predicted = scores.argmax(axis=1)
+    classes = scores.shape[1]
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(confusion, (dataset.labels, predicted), 1)
+    latencies = time_single_images(model, batch, latency_runs)
+    percentiles = np.percentile(latencies, [50, 90, 99])
+    return Evaluation(
+        images=len(dataset),
+        accuracy=float((predicted == dataset.labels).mean()),
+        confusion=confusion,
+        latency_ms={
+            "p50": float(percentiles[0]),
+            "p90": float(percentiles[1]),
+            "p99": float(percentiles[2]),
+            "max": float(latencies.max()),
+        },
+        latency_runs=len(latencies),
+        inference_seconds=inference_seconds,
+    )
+
+
+def model_inputs(model: OnnxModel, dataset: Dataset, input_scale: float) -> np.ndarray:
+    """The test images as the model takes them: scaled, typed, shaped [N, *item_shape]."""
+    spec = model.input
+    pixels = dataset.images.reshape(len(dataset), -1).astype(spec.dtype)
+    if input_scale != 1.0:
+        pixels *= spec.dtype.type(input_scale)
+    return pixels.reshape((len(dataset), *spec.item_shape))
+
+
+def time_single_images(model: OnnxModel, batch: np.ndarray, runs: int) -> np.ndarray:
+    """Milliseconds of `runs` single-image calls (stopping early past the time limit)."""
+    latencies = []
+    deadline = time.perf_counter() + LATENCY_TIME_LIMIT_SECONDS
+    for i in range(runs):
+        row = batch[i % len(batch)][np.newaxis]
+        start = time.perf_counter_ns()
+        model.scores(row)
+        latencies.append((time.perf_counter_ns() - start) / 1e6)
+        if time.perf_counter() > deadline:
+            break
+    return np.asarray(latencies)
+
+
+def judge(
+    evaluation: Evaluation,
+    thresholds: GateThresholds,
+    champion: Champion | None,
+    downloaded: Downloaded,
+    environment: str | None = None,
+) -> tuple[Check, Check, Check]:
+    """The accuracy, latency and champion checks of an evaluation."""
+    accuracy = evaluation.accuracy
+    accuracy_check = Check(
+        "accuracy",
+        PASSED if accuracy >= thresholds.min_accuracy else FAILED,
+        f"top-1 accuracy {accuracy:.2%} on {evaluation.images} images "
+        f"({'at or above' if accuracy >= thresholds.min_accuracy else 'below'} the minimum "
+        f"{thresholds.min_accuracy:.2%})",
+    )
+    p99 = evaluation.latency_ms["p99"]
+    latency_check = Check(
+        "latency",
+        PASSED if p99 <= thresholds.max_p99_latency_ms else FAILED,
+        f"p99 single-image latency {p99:.3f} ms over {evaluation.latency_runs} runs "
+        f"({'within' if p99 <= thresholds.max_p99_latency_ms else 'over'} the budget of "
+        f"{thresholds.max_p99_latency_ms} ms)",
+    )
+    return (
+        accuracy_check,
+        latency_check,
+        compare_with_champion(
+            accuracy, thresholds.max_regression, champion, downloaded.sha256s["model"], environment
+        ),
+    )
+
+
+def compare_with_champion(
+    accuracy: float,
+    max_regression: float,
+    champion: Champion | None,
+    model_sha256: str,
+    environment: str | None,
+) -> Check:
+    if champion is None:
+        where = f"nothing is deployed in {environment}" if environment else "no environment given"
+        return Check("champion", PASSED, f"no champion to compare with ({where})")
+    if champion.model_sha256 == model_sha256:
+        return Check(
+            "champion",
+            PASSED,
+            f"this is the model deployed in {champion.environment} "
+            f"(release {champion.release_id}, same sha256): nothing to compare",
+        )
+    drop = champion.accuracy - accuracy
+    # Round away float noise so a drop of exactly the margin passes.
+    passed = round(drop, 9) <= max_regression
+    direction = f"{drop:.2%} below" if drop > 0 else f"{-drop:.2%} above"
+    return Check(
+        "champion",
+        PASSED if passed else FAILED,
+        f"accuracy {accuracy:.2%} is {direction} the champion's {champion.accuracy:.2%} "
+        f"({champion.environment} release {champion.release_id}); the allowed drop is "
+        f"{max_regression:.2%}",
+    )
+
+
+def read_champion(deployments_url: str, environment: str) -> Champion | None:
+    """The champion from `<deployments_url>/<environment>/latest.json`, if any."""
+    record = records.read_latest(records.environment_url(deployments_url, environment))
+    if record is None or record["outcome"] != "succeeded":
+        return None
+    return Champion.from_record(environment, record)
+
+
+def _unpinned_notes(reference: Reference) -> list[str]:
+    return [
+        f"{role} {artifact.url} is not pinned by a sha256 (an override without one); "
+        "its sha256 above is what was fetched"
+        for role, artifact in (
+            ("model", reference.model),
+            ("test images", reference.test_images),
+            ("test labels", reference.test_labels),
+        )
+        if artifact.sha256 is None
+    ]
+
+
+# -- command line ---------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m pipeline.gate [dev|prod] [--deployments-url URL] [--report-dir DIR]`."""
+    from pipeline.report import append_step_summary, write_report
+
+    parser = argparse.ArgumentParser(
+        prog="nox -s gate --",
+        description="Gate the referenced model on the whole test set.",
+    )
+    parser.add_argument(
+        "environment",
+        nargs="?",
+        choices=ENVIRONMENTS,
+        help="compare with the model deployed there (omit: no champion)",
+    )
+    parser.add_argument(
+        "--deployments-url",
+        default=os.environ.get(DEPLOYMENTS_URL_ENV),
+        help=f"where deployment records live, e.g. s3://bucket/deployments "
+        f"(default: ${DEPLOYMENTS_URL_ENV})",
+    )
+    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.environment and not args.deployments_url:
+        parser.error(
+            f"comparing with {args.environment}'s champion needs its deployment records: set "
+            f"{DEPLOYMENTS_URL_ENV}=s3://<bucket>/deployments or pass --deployments-url"
+        )
+
+    try:
+        reference = load_reference(args.reference, environ=os.environ)
+        downloaded = download(reference, args.cache_dir)
+        champion = (
+            read_champion(args.deployments_url, args.environment) if args.environment else None
+        )
+        result = run_gate(reference, downloaded, champion=champion, environment=args.environment)
+    except (InvalidReference, ArtifactError, DatasetError, records.RecordError) as exc:
+        print(f"gate stopped: {exc}", file=sys.stderr)
+        return 1
+    json_path, markdown_path = write_report(result, args.report_dir)
+    append_step_summary(result)
+    for check in result.checks:
+        print(f"{check.status.upper():<7} {check.name}: {check.detail}")
+    print(f"report: {json_path} and {markdown_path} ({result.duration_seconds:.1f} s)")
+    if not result.passed:
+        print("gate failed: " + "; ".join(result.reasons), file=sys.stderr)
+        return 1
+    print(f"gate passed: {reference.name} ({downloaded.sha256s['model']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+# The inference service image: the Falcon app under uvicorn, with no model inside.
+#
+# The model is fetched and sha256-checked at start from MODEL_URL / MODEL_SHA256, so one
+# image serves every model the gate passes, and the image never holds model bytes.
+#
+# Build (nox -s build does this, tagging with the git sha):
+#   docker build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt \
+#     --build-arg GIT_SHA=$(git rev-parse HEAD) --build-arg MODEL_SHA256=<sha256> -t onnx-ship:<sha> .
+# The `ca` secret is optional: it is the CA bundle pip trusts, for networks whose TLS
+# is intercepted; it never lands in a layer.
+
+ARG BASE_IMAGE=python:3.11-slim
+
+# ---------------------------------------------------------------------------------------
+# builder: a virtualenv holding the service and its runtime dependencies (wheels only)
+# ---------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS builder
+
+SHELL ["/bin/sh", "-eu", "-c"]
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+# Dependencies first, from pyproject's [project].dependencies, so a code change
+# rebuilds only the last layer.
+COPY pyproject.toml ./
+RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
+    --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
+    python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      > /tmp/requirements.txt; \
+    pip install --only-binary=:all: -r /tmp/requirements.txt
+
+COPY README.md ./
+COPY service ./service
+COPY pipeline ./pipeline
+# setuptools is a build-only dependency (pip fetches it into an isolated build env);
+# the runtime needs no installer, so pip and setuptools leave the venv last.
+RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
+    --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
+    pip install --no-deps . ; \
+    pip check; \
+    pip uninstall --yes pip setuptools
+
+# ---------------------------------------------------------------------------------------
+# runtime: the same base, the virtualenv, an unprivileged user; no compiler, no pip cache
+# ---------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+
+ARG GIT_SHA=unknown
+ARG MODEL_SHA256=unknown
+ARG SOURCE_URL=https://github.com/onnx-ship/onnx-ship
+LABEL org.opencontainers.image.title="onnx-ship" \
+      org.opencontainers.image.description="ONNX model inference service (Falcon ASGI on uvicorn)" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.revision="${GIT_SHA}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      model.sha256="${MODEL_SHA256}"
+
+# A fixed numeric uid lets orchestrators check runAsNonRoot without reading /etc/passwd.
+RUN useradd --uid 10001 --user-group --no-create-home --no-log-init --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app \
+    && mkdir -p /var/cache/onnx-ship \
+    && chown app:app /var/cache/onnx-ship
+
+COPY --from=builder /opt/venv /opt/venv
+
+# HOST=0.0.0.0: inside a container the service must listen beyond loopback.
+# WEB_CONCURRENCY: uvicorn workers; set it to the task's vCPU count (one worker per vCPU).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOST=0.0.0.0 \
+    PORT=8080 \
+    WEB_CONCURRENCY=1 \
+    MODEL_CACHE_DIR=/var/cache/onnx-ship
+
+USER 10001:10001
+EXPOSE 8080
+
+# Slim images have no curl: ask the readiness route with the interpreter already there.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/v2/health/ready', timeout=2)"]
+
+CMD ["python", "-m", "service"]

@@ -1,0 +1,112 @@
+# The names the deploy reads (`terraform output -json`): identical in every environment.
+
+################################################################################
+# Environment
+################################################################################
+
+output "environment" {
+  description = "Environment name."
+  value       = var.environment
+}
+
+output "aws_region" {
+  description = "Region of the environment."
+  value       = var.aws_region
+}
+
+output "deploy_role_arn" {
+  description = "Role GitHub Actions assumes in the <environment> GitHub environment."
+  value       = module.ci.deploy_role_arn
+}
+
+################################################################################
+# Service
+################################################################################
+
+output "cluster_name" {
+  description = "ECS cluster."
+  value       = module.service.cluster_name
+}
+
+output "service_name" {
+  description = "ECS service."
+  value       = module.service.service_name
+}
+
+output "task_family" {
+  description = "Task definition family the pipeline registers revisions into."
+  value       = module.service.task_family
+}
+
+output "container_name" {
+  description = "Container name in the task definition."
+  value       = module.service.container_name
+}
+
+output "task_role_arn" {
+  description = "Task role for new task definition revisions."
+  value       = module.service.task_role_arn
+}
+
+output "execution_role_arn" {
+  description = "Execution role for new task definition revisions."
+  value       = module.service.execution_role_arn
+}
+
+output "log_group_name" {
+  description = "CloudWatch log group of the containers."
+  value       = module.service.log_group_name
+}
+
+output "endpoint_url" {
+  description = "Base URL of the service (http://<load balancer DNS name>)."
+  value       = module.service.endpoint_url
+}
+
+output "alarm_names" {
+  description = "Alarms that roll a deployment back."
+  value       = module.service.alarm_names
+}
+
+################################################################################
+# Registry
+################################################################################
+
+output "ecr_repository_url" {
+  description = "Repository to push the image to."
+  value       = module.registry.repository_url
+}
+
+output "ecr_repository_name" {
+  description = "Name of that repository."
+  value       = module.registry.repository_name
+}
+
+output "promote_from_repository_names" {
+  description = "Repositories the deploy may pull a verified image from (prod: dev's)."
+  value       = [for source in var.promote_from_environments : "${var.project}-${source}"]
+}
+
+################################################################################
+# Storage
+################################################################################
+
+output "bucket_name" {
+  description = "Environment bucket."
+  value       = module.storage.bucket_name
+}
+
+output "capture_url" {
+  description = "Prediction capture root; the service writes under <capture_url>/<environment>/."
+  value       = "s3://${module.storage.bucket_name}/capture"
+}
+
+output "deployments_url" {
+  description = "Deployment records root; the pipeline writes under <deployments_url>/<environment>/."
+  value       = "s3://${module.storage.bucket_name}/deployments"
+}
+
+output "models_url" {
+  description = "Model prefix the tasks may read."
+  value       = "s3://${module.storage.bucket_name}/models"
+}

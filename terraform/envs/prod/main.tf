@@ -1,0 +1,115 @@
+# One environment, composed from the shared modules. This file is byte-for-byte
+# the same in every environment; what differs lives in terraform.tfvars and
+# backend.hcl.
+
+provider "aws" {
+  region = var.aws_region
+
+  default_tags {
+    tags = local.tags
+  }
+}
+
+data "aws_caller_identity" "current" {}
+
+# Created once per account by terraform/bootstrap.
+data "aws_iam_openid_connect_provider" "github" {
+  url = "https://token.actions.githubusercontent.com"
+}
+
+locals {
+  name        = "${var.project}-${var.environment}"
+  account_id  = data.aws_caller_identity.current.account_id
+  bucket_name = "${local.name}-${local.account_id}-${var.aws_region}"
+  state_key   = "${var.project}/${var.environment}/terraform.tfstate"
+
+  tags = merge(var.tags, {
+    Project     = var.project
+    Environment = var.environment
+    ManagedBy   = "terraform"
+  })
+
+  # Repositories of the environments this one promotes images from (prod: dev).
+  promote_from_repository_arns = [
+    for source in var.promote_from_environments :
+    "arn:aws:ecr:${var.aws_region}:${local.account_id}:repository/${var.project}-${source}"
+  ]
+}
+
+module "storage" {
+  source = "../../modules/storage"
+
+  bucket_name   = local.bucket_name
+  force_destroy = var.force_destroy
+}
+
+module "registry" {
+  source = "../../modules/registry"
+
+  name         = local.name
+  force_delete = var.force_destroy
+}
+
+module "network" {
+  source = "../../modules/network"
+
+  name                    = local.name
+  cidr_block              = var.vpc_cidr_block
+  az_count                = var.az_count
+  one_nat_gateway_per_az  = var.one_nat_gateway_per_az
+  flow_log_retention_days = var.log_retention_days
+}
+
+module "service" {
+  source = "../../modules/service"
+
+  name        = local.name
+  environment = var.environment
+
+  container_image       = "${module.registry.repository_url}:${var.initial_image_tag}"
+  cpu                   = var.task_cpu
+  memory                = var.task_memory
+  prediction_log_sample = var.prediction_log_sample
+  log_retention_days    = var.log_retention_days
+
+  bucket_name    = module.storage.bucket_name
+  bucket_arn     = module.storage.bucket_arn
+  repository_arn = module.registry.repository_arn
+
+  vpc_id              = module.network.vpc_id
+  public_subnet_ids   = module.network.public_subnet_ids
+  private_subnet_ids  = module.network.private_subnet_ids
+  ingress_cidr_blocks = var.ingress_cidr_blocks
+  deletion_protection = var.deletion_protection
+
+  desired_count                     = var.desired_count
+  min_capacity                      = var.min_capacity
+  max_capacity                      = var.max_capacity
+  cpu_target_percent                = var.cpu_target_percent
+  requests_per_target               = var.requests_per_target
+  health_check_grace_period_seconds = var.health_check_grace_period_seconds
+
+  alarm_5xx_threshold       = var.alarm_5xx_threshold
+  alarm_latency_p95_seconds = var.alarm_latency_p95_seconds
+  alarm_actions             = var.alarm_actions
+  enable_deployment_alarms  = var.enable_deployment_alarms
+}
+
+module "ci" {
+  source = "../../modules/ci"
+
+  name              = local.name
+  environment       = var.environment
+  github_repository = var.github_repository
+  oidc_provider_arn = data.aws_iam_openid_connect_provider.github.arn
+
+  repository_arn       = module.registry.repository_arn
+  pull_repository_arns = local.promote_from_repository_arns
+  cluster_name         = module.service.cluster_name
+  service_arn          = module.service.service_arn
+  task_role_arn        = module.service.task_role_arn
+  execution_role_arn   = module.service.execution_role_arn
+  bucket_arn           = module.storage.bucket_arn
+  state_bucket_name    = var.state_bucket_name
+  state_key            = local.state_key
+}

@@ -1,0 +1,86 @@
+################################################################################
+# Trust
+################################################################################
+
+variable "name" {
+  description = "Name prefix of the deploy role (the role is <name>-deploy)."
+  type        = string
+}
+
+variable "environment" {
+  description = "Environment the role deploys; also the GitHub environment name the role trusts."
+  type        = string
+}
+
+variable "github_repository" {
+  description = "GitHub repository allowed to assume the role, as <owner>/<name>."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", var.github_repository))
+    error_message = "github_repository must be <owner>/<name>, e.g. my-org/onnx-ship (no wildcards)."
+  }
+}
+
+variable "oidc_provider_arn" {
+  description = "ARN of the account's GitHub OIDC provider (token.actions.githubusercontent.com), created by terraform/bootstrap."
+  type        = string
+}
+
+################################################################################
+# Resources the deploy may touch
+################################################################################
+
+variable "repository_arn" {
+  description = "ECR repository the role pushes to."
+  type        = string
+}
+
+variable "pull_repository_arns" {
+  description = "Other ECR repositories the role may only pull from (prod: dev's, to promote the image dev verified)."
+  type        = list(string)
+  default     = []
+}
+
+variable "cluster_name" {
+  description = "ECS cluster of the service."
+  type        = string
+}
+
+variable "service_arn" {
+  description = "ECS service the role updates."
+  type        = string
+}
+
+variable "task_role_arn" {
+  description = "Task role the role may pass to new task definitions."
+  type        = string
+}
+
+variable "execution_role_arn" {
+  description = "Execution role the role may pass to new task definitions."
+  type        = string
+}
+
+variable "bucket_arn" {
+  description = "Environment bucket: the role reads models/ and reads and writes deployments/<environment>/."
+  type        = string
+}
+
+variable "state_bucket_name" {
+  description = "Terraform state bucket, so the deploy can read this environment's outputs; null to grant nothing."
+  type        = string
+  default     = null
+}
+
+variable "state_key" {
+  description = "Key of this environment's state object in state_bucket_name."
+  type        = string
+  default     = ""
+}
+
+variable "tags" {
+  description = "Tags for every resource of the module."
+  type        = map(string)
+  default     = {}
+}

@@ -1,0 +1,478 @@
+# The running service: an ECS cluster, a Fargate service behind an Application
+# Load Balancer, its roles, logs, autoscaling and the alarms that roll a bad
+# deployment back. Terraform creates the first task definition; from then on the
+# pipeline registers revisions and points the service at them, so the service
+# ignores `task_definition` (and `desired_count`, which autoscaling owns).
+
+data "aws_region" "current" {}
+
+locals {
+  capture_prefix = "capture/${var.environment}/"
+
+  container_environment = merge(
+    {
+      APP_ENV               = var.environment
+      HOST                  = "0.0.0.0"
+      PORT                  = tostring(var.container_port)
+      MODEL_CACHE_DIR       = "/tmp/model-cache"
+      PREDICTION_LOG_URL    = "s3://${var.bucket_name}/${trimsuffix(local.capture_prefix, "/")}"
+      PREDICTION_LOG_SAMPLE = tostring(var.prediction_log_sample)
+    },
+    var.container_environment,
+  )
+}
+
+################################################################################
+# Cluster
+################################################################################
+
+resource "aws_ecs_cluster" "this" {
+  name = var.name
+
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+
+  tags = var.tags
+}
+
+resource "aws_cloudwatch_log_group" "this" {
+  #checkov:skip=CKV_AWS_158:CloudWatch Logs already encrypts at rest; a customer key would add a key policy to maintain and no control we use.
+  #checkov:skip=CKV_AWS_338:Application logs are operational; predictions are kept in S3, so retention is a per-environment cost choice (var.log_retention_days).
+  name              = "/ecs/${var.name}"
+  retention_in_days = var.log_retention_days
+
+  tags = var.tags
+}
+
+################################################################################
+# IAM: execution role (pull the image, write logs)
+################################################################################
+
+data "aws_iam_policy_document" "ecs_tasks_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "execution" {
+  statement {
+    sid = "EcrLogin"
+    # GetAuthorizationToken has no resource-level permissions.
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid = "PullServiceImage"
+    actions = [
+      "ecr:BatchCheckLayerAvailability",
+      "ecr:BatchGetImage",
+      "ecr:GetDownloadUrlForLayer",
+    ]
+    resources = [var.repository_arn]
+  }
+
+  statement {
+    sid = "WriteServiceLogs"
+    actions = [
+      "logs:CreateLogStream",
+      "logs:PutLogEvents",
+    ]
+    resources = ["${aws_cloudwatch_log_group.this.arn}:*"]
+  }
+}
+
+resource "aws_iam_role" "execution" {
+  name               = "${var.name}-execution"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+
+  tags = var.tags
+}
+
+resource "aws_iam_role_policy" "execution" {
+  name   = "pull-image-write-logs"
+  role   = aws_iam_role.execution.id
+  policy = data.aws_iam_policy_document.execution.json
+}
+
+################################################################################
+# IAM: task role (read models/, write this environment's capture/)
+################################################################################
+
+data "aws_iam_policy_document" "task" {
+  statement {
+    sid       = "ReadModels"
+    actions   = ["s3:GetObject"]
+    resources = ["${var.bucket_arn}/models/*"]
+  }
+
+  statement {
+    sid       = "ListModels"
+    actions   = ["s3:ListBucket"]
+    resources = [var.bucket_arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["models/*"]
+    }
+  }
+
+  statement {
+    sid       = "WriteOwnCapture"
+    actions   = ["s3:PutObject"]
+    resources = ["${var.bucket_arn}/${local.capture_prefix}*"]
+  }
+}
+
+resource "aws_iam_role" "task" {
+  name               = "${var.name}-task"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+
+  tags = var.tags
+}
+
+resource "aws_iam_role_policy" "task" {
+  name   = "read-models-write-capture"
+  role   = aws_iam_role.task.id
+  policy = data.aws_iam_policy_document.task.json
+}
+
+################################################################################
+# Task definition (first revision; the pipeline registers the next ones)
+################################################################################
+
+resource "aws_ecs_task_definition" "this" {
+  family                   = var.name
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = var.cpu
+  memory                   = var.memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task.arn
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = "X86_64"
+  }
+
+  # The root filesystem is read-only; the model cache and Python's temp files
+  # go to this task-local scratch volume.
+  volume {
+    name = "tmp"
+  }
+
+  container_definitions = jsonencode([
+    {
+      name                   = var.container_name
+      image                  = var.container_image
+      essential              = true
+      readonlyRootFilesystem = true
+      portMappings = [
+        {
+          containerPort = var.container_port
+          protocol      = "tcp"
+        },
+      ]
+      environment = [
+        for key in sort(keys(local.container_environment)) : {
+          name  = key
+          value = local.container_environment[key]
+        }
+      ]
+      mountPoints = [
+        {
+          sourceVolume  = "tmp"
+          containerPath = "/tmp"
+          readOnly      = false
+        },
+      ]
+      logConfiguration = {
+        logDriver = "awslogs"
+        options = {
+          awslogs-group         = aws_cloudwatch_log_group.this.name
+          awslogs-region        = data.aws_region.current.name
+          awslogs-stream-prefix = var.container_name
+        }
+      }
+    },
+  ])
+
+  tags = var.tags
+}
+
+################################################################################
+# Load balancer
+################################################################################
+
+resource "aws_security_group" "alb" {
+  name        = "${var.name}-alb"
+  description = "Load balancer of ${var.name}: HTTP in from the allowed networks, out to the tasks only"
+  vpc_id      = var.vpc_id
+
+  tags = var.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "alb_http" {
+  #checkov:skip=CKV_AWS_260:The load balancer is the service's public HTTP endpoint; narrow var.ingress_cidr_blocks to restrict it.
+  for_each = toset(var.ingress_cidr_blocks)
+
+  security_group_id = aws_security_group.alb.id
+  description       = "HTTP from ${each.value}"
+  ip_protocol       = "tcp"
+  from_port         = 80
+  to_port           = 80
+  cidr_ipv4         = each.value
+}
+
+resource "aws_vpc_security_group_egress_rule" "alb_to_tasks" {
+  security_group_id            = aws_security_group.alb.id
+  description                  = "To the tasks' container port"
+  ip_protocol                  = "tcp"
+  from_port                    = var.container_port
+  to_port                      = var.container_port
+  referenced_security_group_id = aws_security_group.tasks.id
+}
+
+resource "aws_lb" "this" {
+  #checkov:skip=CKV_AWS_91:Access logs need a separate SSE-S3 bucket; every prediction is already captured to S3 and request metrics are in CloudWatch.
+  #checkov:skip=CKV2_AWS_28:No WAF: the API takes fixed-size tensors, rejects malformed bodies with 4xx and has no state to attack; add one in front when it faces untrusted traffic at scale.
+  #checkov:skip=CKV2_AWS_20:No domain or certificate in this project, so there is no HTTPS listener to redirect to; endpoint_url is plain HTTP by design.
+  name                       = var.name
+  load_balancer_type         = "application"
+  internal                   = false
+  security_groups            = [aws_security_group.alb.id]
+  subnets                    = var.public_subnet_ids
+  drop_invalid_header_fields = true
+  enable_deletion_protection = var.deletion_protection
+
+  tags = var.tags
+}
+
+resource "aws_lb_target_group" "this" {
+  name                 = var.name
+  port                 = var.container_port
+  protocol             = "HTTP"
+  target_type          = "ip"
+  vpc_id               = var.vpc_id
+  deregistration_delay = 30
+
+  health_check {
+    path                = var.health_check_path
+    matcher             = "200"
+    interval            = 15
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+
+  tags = var.tags
+}
+
+resource "aws_lb_listener" "http" {
+  #checkov:skip=CKV_AWS_2:No domain or certificate in this project; the endpoint is plain HTTP by design (see CKV2_AWS_20 on the load balancer).
+  #checkov:skip=CKV_AWS_103:Plain HTTP listener, so there is no TLS policy to set.
+  load_balancer_arn = aws_lb.this.arn
+  port              = 80
+  protocol          = "HTTP"
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.this.arn
+  }
+
+  tags = var.tags
+}
+
+################################################################################
+# Service
+################################################################################
+
+resource "aws_security_group" "tasks" {
+  name        = "${var.name}-tasks"
+  description = "Tasks of ${var.name}: in from the load balancer only, out over HTTPS (ECR, logs, S3)"
+  vpc_id      = var.vpc_id
+
+  tags = var.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "tasks_from_alb" {
+  security_group_id            = aws_security_group.tasks.id
+  description                  = "From the load balancer to the container port"
+  ip_protocol                  = "tcp"
+  from_port                    = var.container_port
+  to_port                      = var.container_port
+  referenced_security_group_id = aws_security_group.alb.id
+}
+
+resource "aws_vpc_security_group_egress_rule" "tasks_https" {
+  security_group_id = aws_security_group.tasks.id
+  description       = "HTTPS to AWS APIs (ECR, CloudWatch Logs, S3) through NAT and the S3 endpoint"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+resource "aws_ecs_service" "this" {
+  name                              = var.name
+  cluster                           = aws_ecs_cluster.this.id
+  task_definition                   = aws_ecs_task_definition.this.arn
+  desired_count                     = var.desired_count
+  launch_type                       = "FARGATE"
+  platform_version                  = "LATEST"
+  health_check_grace_period_seconds = var.health_check_grace_period_seconds
+  propagate_tags                    = "SERVICE"
+  enable_ecs_managed_tags           = true
+  wait_for_steady_state             = false
+
+  deployment_minimum_healthy_percent = 100
+  deployment_maximum_percent         = 200
+  availability_zone_rebalancing      = "ENABLED"
+
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+
+  dynamic "alarms" {
+    for_each = var.enable_deployment_alarms ? [1] : []
+
+    content {
+      enable      = true
+      rollback    = true
+      alarm_names = [for alarm in aws_cloudwatch_metric_alarm.deployment : alarm.alarm_name]
+    }
+  }
+
+  network_configuration {
+    subnets          = var.private_subnet_ids
+    security_groups  = [aws_security_group.tasks.id]
+    assign_public_ip = false
+  }
+
+  load_balancer {
+    target_group_arn = aws_lb_target_group.this.arn
+    container_name   = var.container_name
+    container_port   = var.container_port
+  }
+
+  lifecycle {
+    # The pipeline registers task definitions and autoscaling sets the count.
+    ignore_changes = [task_definition, desired_count]
+  }
+
+  tags = var.tags
+
+  depends_on = [aws_lb_listener.http, aws_iam_role_policy.execution]
+}
+
+################################################################################
+# Alarms (wired to the deployment: a firing alarm rolls the deployment back)
+################################################################################
+
+locals {
+  alarms = {
+    target-5xx = {
+      description         = "Targets of ${var.name} answer 5xx"
+      metric_name         = "HTTPCode_Target_5XX_Count"
+      statistic           = "Sum"
+      extended_statistic  = null
+      threshold           = var.alarm_5xx_threshold
+      evaluation_periods  = 2
+      comparison_operator = "GreaterThanThreshold"
+    }
+    latency-p95 = {
+      description         = "p95 response time of ${var.name} targets above ${var.alarm_latency_p95_seconds}s"
+      metric_name         = "TargetResponseTime"
+      statistic           = null
+      extended_statistic  = "p95"
+      threshold           = var.alarm_latency_p95_seconds
+      evaluation_periods  = 3
+      comparison_operator = "GreaterThanThreshold"
+    }
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "deployment" {
+  for_each = local.alarms
+
+  alarm_name          = "${var.name}-${each.key}"
+  alarm_description   = each.value.description
+  namespace           = "AWS/ApplicationELB"
+  metric_name         = each.value.metric_name
+  statistic           = each.value.statistic
+  extended_statistic  = each.value.extended_statistic
+  period              = 60
+  evaluation_periods  = each.value.evaluation_periods
+  threshold           = each.value.threshold
+  comparison_operator = each.value.comparison_operator
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+
+  dimensions = {
+    LoadBalancer = aws_lb.this.arn_suffix
+    TargetGroup  = aws_lb_target_group.this.arn_suffix
+  }
+
+  tags = var.tags
+}
+
+################################################################################
+# Autoscaling (target tracking on CPU and requests per target)
+################################################################################
+
+resource "aws_appautoscaling_target" "this" {
+  service_namespace  = "ecs"
+  resource_id        = "service/${aws_ecs_cluster.this.name}/${aws_ecs_service.this.name}"
+  scalable_dimension = "ecs:service:DesiredCount"
+  min_capacity       = var.min_capacity
+  max_capacity       = var.max_capacity
+
+  tags = var.tags
+}
+
+resource "aws_appautoscaling_policy" "cpu" {
+  name               = "${var.name}-cpu"
+  policy_type        = "TargetTrackingScaling"
+  service_namespace  = aws_appautoscaling_target.this.service_namespace
+  resource_id        = aws_appautoscaling_target.this.resource_id
+  scalable_dimension = aws_appautoscaling_target.this.scalable_dimension
+
+  target_tracking_scaling_policy_configuration {
+    target_value       = var.cpu_target_percent
+    scale_in_cooldown  = 300
+    scale_out_cooldown = 60
+
+    predefined_metric_specification {
+      predefined_metric_type = "ECSServiceAverageCPUUtilization"
+    }
+  }
+}
+
+resource "aws_appautoscaling_policy" "requests" {
+  name               = "${var.name}-requests"
+  policy_type        = "TargetTrackingScaling"
+  service_namespace  = aws_appautoscaling_target.this.service_namespace
+  resource_id        = aws_appautoscaling_target.this.resource_id
+  scalable_dimension = aws_appautoscaling_target.this.scalable_dimension
+
+  target_tracking_scaling_policy_configuration {
+    target_value       = var.requests_per_target
+    scale_in_cooldown  = 300
+    scale_out_cooldown = 60
+
+    predefined_metric_specification {
+      predefined_metric_type = "ALBRequestCountPerTarget"
+      resource_label         = "${aws_lb.this.arn_suffix}/${aws_lb_target_group.this.arn_suffix}"
+    }
+  }
+}

@@ -1,0 +1,199 @@
+################################################################################
+# Service
+################################################################################
+
+variable "name" {
+  description = "Name of the cluster, service, task family, load balancer and roles (e.g. onnx-ship-dev)."
+  type        = string
+}
+
+variable "environment" {
+  description = "Environment name; decides the capture prefix capture/<environment>/ the task may write."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,15}$", var.environment))
+    error_message = "environment must be 2-16 lowercase letters, digits or dashes, starting with a letter (e.g. dev, prod)."
+  }
+}
+
+variable "desired_count" {
+  description = "Tasks started when the service is created; afterwards autoscaling owns the count."
+  type        = number
+  default     = 1
+}
+
+variable "health_check_grace_period_seconds" {
+  description = "Seconds a new task has to download and load the model before load balancer health checks count."
+  type        = number
+  default     = 60
+}
+
+variable "enable_deployment_alarms" {
+  description = "Wire the 5xx and latency alarms to the deployment so a firing alarm rolls it back."
+  type        = bool
+  default     = true
+}
+
+################################################################################
+# Task definition
+################################################################################
+
+variable "container_image" {
+  description = "Image of the first task definition revision; the pipeline registers the following ones."
+  type        = string
+}
+
+variable "container_name" {
+  description = "Name of the container in the task definition (the pipeline looks it up by this name)."
+  type        = string
+  default     = "server"
+}
+
+variable "container_port" {
+  description = "Port the service listens on inside the container."
+  type        = number
+  default     = 8080
+}
+
+variable "container_environment" {
+  description = "Extra environment variables of the first revision, merged over the computed ones (APP_ENV, PREDICTION_LOG_URL, ...)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "prediction_log_sample" {
+  description = "Percentage of predictions captured to S3 (0-100)."
+  type        = number
+  default     = 100
+}
+
+variable "cpu" {
+  description = "Fargate task CPU units (256 = 0.25 vCPU)."
+  type        = number
+  default     = 512
+}
+
+variable "memory" {
+  description = "Fargate task memory in MiB (must fit the CPU size)."
+  type        = number
+  default     = 1024
+}
+
+variable "log_retention_days" {
+  description = "Days the service's CloudWatch logs are kept."
+  type        = number
+  default     = 30
+}
+
+################################################################################
+# Storage and registry (from the storage and registry modules)
+################################################################################
+
+variable "bucket_name" {
+  description = "Bucket holding models/ and capture/."
+  type        = string
+}
+
+variable "bucket_arn" {
+  description = "ARN of that bucket."
+  type        = string
+}
+
+variable "repository_arn" {
+  description = "ECR repository the execution role may pull from."
+  type        = string
+}
+
+################################################################################
+# Load balancer and network
+################################################################################
+
+variable "vpc_id" {
+  description = "VPC of the service."
+  type        = string
+}
+
+variable "public_subnet_ids" {
+  description = "Subnets of the load balancer (two zones at least)."
+  type        = list(string)
+}
+
+variable "private_subnet_ids" {
+  description = "Subnets of the tasks (no public IPs)."
+  type        = list(string)
+}
+
+variable "ingress_cidr_blocks" {
+  description = "Networks allowed to reach the load balancer on port 80."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "health_check_path" {
+  description = "Readiness route the target group checks."
+  type        = string
+  default     = "/v2/health/ready"
+}
+
+variable "deletion_protection" {
+  description = "Protect the load balancer from deletion (turn off to destroy the environment)."
+  type        = bool
+  default     = true
+}
+
+################################################################################
+# Alarms
+################################################################################
+
+variable "alarm_5xx_threshold" {
+  description = "Target 5xx answers per minute above which the 5xx alarm fires (two minutes in a row)."
+  type        = number
+  default     = 5
+}
+
+variable "alarm_latency_p95_seconds" {
+  description = "p95 target response time in seconds above which the latency alarm fires (three minutes in a row)."
+  type        = number
+  default     = 0.5
+}
+
+variable "alarm_actions" {
+  description = "ARNs notified when an alarm changes state (e.g. an SNS topic); empty for none."
+  type        = list(string)
+  default     = []
+}
+
+################################################################################
+# Autoscaling
+################################################################################
+
+variable "min_capacity" {
+  description = "Fewest tasks autoscaling keeps."
+  type        = number
+  default     = 1
+}
+
+variable "max_capacity" {
+  description = "Most tasks autoscaling starts."
+  type        = number
+  default     = 4
+}
+
+variable "cpu_target_percent" {
+  description = "Average CPU utilisation autoscaling aims for."
+  type        = number
+  default     = 60
+}
+
+variable "requests_per_target" {
+  description = "Load balancer requests per task per minute autoscaling aims for."
+  type        = number
+  default     = 1000
+}
+
+variable "tags" {
+  description = "Tags for every resource of the module."
+  type        = map(string)
+  default     = {}
+}

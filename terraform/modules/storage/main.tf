@@ -1,0 +1,135 @@
+# One bucket per environment holds everything the service and the pipeline
+# share: models/ (read by tasks), capture/<env>/ (prediction records written by
+# tasks) and deployments/<env>/ (release records written by the pipeline).
+
+################################################################################
+# Bucket
+################################################################################
+
+resource "aws_s3_bucket" "this" {
+  #checkov:skip=CKV_AWS_18:Server access logs would need a second bucket per environment; object-level audit is CloudTrail's job at the account level.
+  #checkov:skip=CKV_AWS_144:Cross-region replication is not worth its cost here: models are re-fetchable from model.toml and capture is sampled telemetry.
+  #checkov:skip=CKV2_AWS_62:Nothing consumes bucket events; the pipeline reads deployment records directly.
+  bucket        = var.bucket_name
+  force_destroy = var.force_destroy
+
+  tags = var.tags
+}
+
+resource "aws_s3_bucket_ownership_controls" "this" {
+  bucket = aws_s3_bucket.this.id
+
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "this" {
+  bucket = aws_s3_bucket.this.id
+
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_versioning" "this" {
+  bucket = aws_s3_bucket.this.id
+
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+# SSE-KMS with the account's AWS-managed `aws/s3` key: encrypted at rest with
+# KMS audit trails, and every principal of the account that S3 lets through can
+# use it, so IAM policies stay about prefixes rather than keys.
+resource "aws_s3_bucket_server_side_encryption_configuration" "this" {
+  bucket = aws_s3_bucket.this.id
+
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm = "aws:kms"
+    }
+    bucket_key_enabled = true
+  }
+}
+
+################################################################################
+# Policy: TLS only
+################################################################################
+
+data "aws_iam_policy_document" "tls_only" {
+  statement {
+    sid     = "DenyInsecureTransport"
+    effect  = "Deny"
+    actions = ["s3:*"]
+    resources = [
+      aws_s3_bucket.this.arn,
+      "${aws_s3_bucket.this.arn}/*",
+    ]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "this" {
+  bucket = aws_s3_bucket.this.id
+  policy = data.aws_iam_policy_document.tls_only.json
+
+  # S3 rejects a policy while the public access block is being written.
+  depends_on = [aws_s3_bucket_public_access_block.this]
+}
+
+################################################################################
+# Lifecycle
+################################################################################
+
+resource "aws_s3_bucket_lifecycle_configuration" "this" {
+  bucket = aws_s3_bucket.this.id
+
+  rule {
+    id     = "capture-to-cheaper-storage"
+    status = "Enabled"
+
+    filter {
+      prefix = "capture/"
+    }
+
+    transition {
+      days          = var.capture_infrequent_access_after_days
+      storage_class = "STANDARD_IA"
+    }
+
+    transition {
+      days          = var.capture_archive_after_days
+      storage_class = "GLACIER_IR"
+    }
+  }
+
+  rule {
+    id     = "expire-old-versions"
+    status = "Enabled"
+
+    filter {}
+
+    noncurrent_version_expiration {
+      noncurrent_days = var.noncurrent_version_retention_days
+    }
+
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 7
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.this]
+}

@@ -1,0 +1,42 @@
+################################################################################
+# Bucket
+################################################################################
+
+variable "bucket_name" {
+  description = "Name of the bucket; globally unique, so include the account id and environment."
+  type        = string
+}
+
+variable "force_destroy" {
+  description = "Let `terraform destroy` delete a bucket that still holds objects. Keep false where data matters."
+  type        = bool
+  default     = false
+}
+
+################################################################################
+# Lifecycle
+################################################################################
+
+variable "capture_infrequent_access_after_days" {
+  description = "Days after which objects under capture/ move to STANDARD_IA (30 at least)."
+  type        = number
+  default     = 30
+}
+
+variable "capture_archive_after_days" {
+  description = "Days after which objects under capture/ move to GLACIER_IR."
+  type        = number
+  default     = 90
+}
+
+variable "noncurrent_version_retention_days" {
+  description = "Days an overwritten or deleted object version is kept before it expires."
+  type        = number
+  default     = 90
+}
+
+variable "tags" {
+  description = "Tags for every resource of the module."
+  type        = map(string)
+  default     = {}
+}

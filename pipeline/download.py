@@ -49,25 +49,37 @@ def download(reference: Reference, cache_dir: Path | None = None) -> Downloaded:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipeline.download [--reference model.toml] [--cache-dir DIR]`."""
-    parser = argparse.ArgumentParser(prog="nox -s download --", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The download's command-line options (also used by `python -m pipeline download`)."""
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
     parser.add_argument("--cache-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fetch and verify everything the reference names; print each file's sha256 and path."""
     try:
         reference = load_reference(args.reference, environ=os.environ)
         downloaded = download(reference, args.cache_dir)
     except (InvalidReference, ArtifactError) as exc:
         print(f"download failed: {exc}", file=sys.stderr)
         return 1
-    for role, path in (
-        ("model", downloaded.model_path),
-        ("test_images", downloaded.images_path),
-        ("test_labels", downloaded.labels_path),
+    for role, artifact, path in (
+        ("model", reference.model, downloaded.model_path),
+        ("test_images", reference.test_images, downloaded.images_path),
+        ("test_labels", reference.test_labels, downloaded.labels_path),
     ):
-        print(f"{role:<12} {downloaded.sha256s[role]}  {path}")
+        pinned = "" if artifact.sha256 else "  (not pinned: no sha256 given)"
+        print(f"{role:<12} {downloaded.sha256s[role]}  {path}{pinned}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m pipeline.download [--reference model.toml] [--cache-dir DIR]`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.download", description=__doc__.splitlines()[0]
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -404,14 +404,8 @@ def _unpinned_notes(reference: Reference) -> list[str]:
 # -- command line ---------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipeline.gate [dev|prod] [--deployments-url URL] [--report-dir DIR]`."""
-    from pipeline.report import append_step_summary, write_report
-
-    parser = argparse.ArgumentParser(
-        prog="nox -s gate --",
-        description="Gate the referenced model on the whole test set.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gate's command-line options (also used by `python -m pipeline gate`)."""
     parser.add_argument(
         "environment",
         nargs="?",
@@ -427,13 +421,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
     parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
     parser.add_argument("--cache-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if args.environment and not args.deployments_url:
-        parser.error(
-            f"comparing with {args.environment}'s champion needs its deployment records: set "
-            f"{DEPLOYMENTS_URL_ENV}=s3://<bucket>/deployments or pass --deployments-url"
-        )
 
+
+def run(args: argparse.Namespace) -> int:
+    """Download, gate, report; 0 when every check passed, 1 with the reasons when not."""
+    from pipeline.report import append_step_summary, write_report
+
+    if args.environment and not args.deployments_url:
+        print(
+            f"gate stopped: comparing with {args.environment}'s champion needs its deployment "
+            f"records: set {DEPLOYMENTS_URL_ENV}=s3://<bucket>/deployments or pass "
+            "--deployments-url",
+            file=sys.stderr,
+        )
+        return 2
     try:
         reference = load_reference(args.reference, environ=os.environ)
         downloaded = download(reference, args.cache_dir)
@@ -454,6 +455,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"gate passed: {reference.name} ({downloaded.sha256s['model']})")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m pipeline.gate [dev|prod] [--deployments-url URL] [--report-dir DIR]`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.gate",
+        description="Gate the referenced model on the whole test set.",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ A malformed file raises `DatasetError` naming the file and what is wrong.
   `*-labels-idx1-ubyte[.gz]` has magic 0x00000801 and dimension N.
 - CSV: `test_data.csv` holds one image per row (H*W pixel values, a square
   image: 784 for MNIST); `test_labels.csv` one label per row. A first row
-  that is not numeric is taken as a header and skipped.
+  with no number in it (or pandas' column numbers 0,1,...) is a header, skipped.
 """
 
 from __future__ import annotations
@@ -143,11 +143,25 @@ def read_csv_labels(path: Path) -> np.ndarray:
     return rows
 
 
+def write_csv(dataset: Dataset, images_path: Path, labels_path: Path) -> None:
+    """Write `dataset` in the original system's form: one image a row, one label a row."""
+    pixels = dataset.images.reshape(len(dataset), -1)
+    if pixels.dtype == np.uint8:  # formatting through a table is 10x faster than savetxt
+        table = np.array([str(v) for v in range(256)], dtype=object)
+        rows = (",".join(table[row]) for row in pixels)
+    else:
+        rows = (",".join(f"{v:g}" for v in row) for row in pixels)
+    images_path.write_text("\n".join(rows) + "\n")
+    labels_path.write_text("\n".join(str(int(label)) for label in dataset.labels) + "\n")
+
+
 def _read_csv(path: Path, ndmin: int) -> np.ndarray:
     text = _read_bytes(path).decode("utf-8-sig", errors="replace")
-    first_line = text.split("\n", 1)[0]
-    skip = 0 if _is_numeric_row(first_line) else 1
-    lines = text.splitlines()[skip:]
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and _is_header(lines[0]):
+        lines = lines[1:]
+    if not lines:
+        raise DatasetError(f"{path.name}: holds no rows")
     try:  # whole numbers parse three times faster as integers; fall back to floats
         rows = np.loadtxt(lines, delimiter=",", dtype=np.int64, ndmin=ndmin)
     except ValueError:
@@ -155,14 +169,18 @@ def _read_csv(path: Path, ndmin: int) -> np.ndarray:
             rows = np.loadtxt(lines, delimiter=",", dtype=np.float32, ndmin=ndmin)
         except ValueError as exc:
             raise DatasetError(f"{path.name}: not a numeric CSV file: {exc}") from None
-    if rows.size == 0:
-        raise DatasetError(f"{path.name}: holds no rows")
     return rows
 
 
-def _is_numeric_row(line: str) -> bool:
-    try:
-        [float(field) for field in line.strip().split(",")]
-    except ValueError:
+def _is_header(line: str) -> bool:
+    """A first row with no number in it, or pandas' 0,1,...,n-1, names the columns."""
+    fields = [field.strip() for field in line.split(",")]
+    if len(fields) > 1 and fields == [str(i) for i in range(len(fields))]:
+        return True
+    for field in fields:
+        try:
+            float(field)
+        except ValueError:
+            continue
         return False
     return True

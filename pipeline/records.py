@@ -162,8 +162,12 @@ def _write(url: str, body: bytes) -> None:
     bucket, key = location
     try:
         _s3().put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
-    except (ClientError, BotoCoreError) as exc:
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+            raise RecordError(f"{url}: bucket {bucket!r} does not exist") from exc
         raise RecordError(f"{url}: could not write the record: {exc}") from exc
+    except BotoCoreError as exc:
+        raise RecordError(f"{url}: could not reach S3: {exc}") from exc
 
 
 def _s3():  # boto3 clients are untyped

@@ -47,7 +47,8 @@ def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
             f"{what} must hold only numbers (no strings, booleans, nulls or empty lists)"
         )
     try:
-        array = raw.astype(dtype, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = raw.astype(dtype, copy=False)
     except (OverflowError, ValueError):
         raise InvalidInput(f"{what} has numbers out of range for {dtype.name}") from None
     if array.dtype.kind in FLOAT_KINDS and not np.isfinite(array).all():

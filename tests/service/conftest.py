@@ -1,0 +1,112 @@
+"""Service fixtures: the real mnist-8, its settings, an in-process client and a real server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from falcon import testing
+
+from service.app import create_app
+from service.config import Settings
+from service.loader import load_model
+from service.model import OnnxModel
+from tests.conftest import REPO, free_port, wait_for_http
+
+MNIST8_SHA256 = "2f06e72de813a8635c9bc0397ac447a601bdbfa7df4bebc278723b958831c9bf"
+
+
+@pytest.fixture(scope="session")
+def mnist_test_set(reference_files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The first 1,000 MNIST t10k images (uint8 [N,28,28]) and labels."""
+    from pipeline.datasets import read_idx_images, read_idx_labels
+
+    images = read_idx_images(reference_files["images"])[:1000]
+    labels = read_idx_labels(reference_files["labels"])[:1000]
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def raw_argmax(mnist8_path: Path):
+    """Classes from plain onnxruntime, one image at a time: what the service must agree with."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(mnist8_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def classes(images: np.ndarray) -> list[int]:
+        return [
+            int(session.run(None, {name: image.reshape(1, 1, 28, 28).astype(np.float32)})[0].argmax())
+            for image in images
+        ]
+
+    return classes
+
+
+@pytest.fixture(scope="session")
+def settings(mnist8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        model_url=str(mnist8_path),
+        model_sha256=MNIST8_SHA256,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        prediction_log_url=str(tmp_path_factory.mktemp("predictions")),
+        max_body_bytes=256 * 1024,
+    )
+
+
+@pytest.fixture(scope="session")
+def model(settings: Settings) -> OnnxModel:
+    return load_model(settings)
+
+
+@pytest.fixture
+def client(settings: Settings, model: OnnxModel) -> testing.TestClient:
+    return testing.TestClient(create_app(settings, model=model))
+
+
+class Server:
+    def __init__(self, url: str, process: subprocess.Popen) -> None:
+        self.url = url
+        self.process = process
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def start_server(env: dict[str, str], ready_path: str = "/v2/health/ready") -> Server:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=REPO,
+        env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + ready_path, timeout=30, process=process)
+    except Exception:
+        process.kill()
+        raise
+    return Server(url, process)
+
+
+@pytest.fixture(scope="module")
+def server(mnist8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`python -m service` on 127.0.0.1 serving the real mnist-8."""
+    running = start_server({
+        "MODEL_URL": str(mnist8_path),
+        "MODEL_SHA256": MNIST8_SHA256,
+        "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+        "PREDICTION_LOG_URL": str(tmp_path_factory.mktemp("predictions")),
+    })
+    yield running
+    running.stop()

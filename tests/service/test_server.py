@@ -1,0 +1,101 @@
+"""The real server on 127.0.0.1: agreement with onnxruntime, tritonclient, graceful drain."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import threading
+import time
+import urllib.parse
+
+import numpy as np
+import pytest
+
+from tests.service.conftest import MNIST8_SHA256, start_server
+
+pytestmark = pytest.mark.integration
+
+
+def post(url: str, path: str, document: dict | bytes, connection=None) -> tuple[int, dict]:
+    parsed = urllib.parse.urlparse(url)
+    conn = connection or http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+    body = document if isinstance(document, bytes) else json.dumps(document)
+    conn.request("POST", path, body=body,
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    if connection is None:
+        conn.close()
+    return response.status, body
+
+
+def test_served_predictions_agree_with_onnxruntime_on_1000_images(server, mnist_test_set, raw_argmax):
+    images, labels = mnist_test_set
+    expected = raw_argmax(images)
+    parsed = urllib.parse.urlparse(server.url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+    single = [post(server.url, "/predict", {"data": image.reshape(-1).tolist()}, conn)[1]["prediction"]
+              for image in images]
+    batched = []
+    for start in range(0, len(images), 100):
+        rows = images[start:start + 100].reshape(-1, 784).tolist()
+        batched += post(server.url, "/predict", {"data": rows}, conn)[1]["predictions"]
+    conn.close()
+    assert single == expected
+    assert batched == expected
+    assert np.mean(np.array(single) == labels) > 0.98
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_infers_in_both_modes(server, mnist_test_set, raw_argmax, binary):
+    import tritonclient.http as triton
+
+    images = mnist_test_set[0][:4].astype(np.float32).reshape(4, 1, 28, 28)
+    client = triton.InferenceServerClient(urllib.parse.urlparse(server.url).netloc)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("mnist-8")
+    metadata = client.get_model_metadata("mnist-8")
+    assert metadata["inputs"][0]["name"] == "Input3"
+    tensor = triton.InferInput("Input3", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images, binary_data=binary)
+    outputs = [triton.InferRequestedOutput("Plus214_Output_0", binary_data=binary)]
+    result = client.infer("mnist-8", [tensor], outputs=outputs, request_id="triton-1")
+    scores = result.as_numpy("Plus214_Output_0")
+    assert scores.shape == (4, 10)
+    assert scores.argmax(axis=1).tolist() == raw_argmax(images)
+    assert result.get_response()["id"] == "triton-1"
+    defaults = client.infer("mnist-8", [tensor])  # no outputs named: all, binary
+    np.testing.assert_allclose(defaults.as_numpy("Plus214_Output_0"), scores)
+    client.close()
+
+
+def test_sigterm_drains_in_flight_requests(mnist8_path, tmp_path):
+    server = start_server({"MODEL_URL": str(mnist8_path), "MODEL_SHA256": MNIST8_SHA256,
+                           "MODEL_CACHE_DIR": str(tmp_path), "PREDICTION_LOG_URL": str(tmp_path)})
+    batch = json.dumps({"data": [[i % 100] * 784 for i in range(1000)]}).encode()
+    results: list[int] = []
+    answered_at: list[float] = []
+    started = threading.Barrier(9)
+
+    def call():
+        started.wait()
+        try:
+            results.append(post(server.url, "/predict", batch)[0])
+            answered_at.append(time.monotonic())
+        except OSError as exc:
+            results.append(repr(exc))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    time.sleep(0.3)
+    signalled_at = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [200] * 8
+    assert max(answered_at) > signalled_at, "no request was still in flight at SIGTERM"
+    # uvicorn re-raises the signal once it has drained, so the exit is "killed by SIGTERM"
+    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)

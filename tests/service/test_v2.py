@@ -1,0 +1,205 @@
+"""The Open Inference Protocol routes, JSON and binary tensors, in process."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from service.codec import BINARY_HEADER
+
+NAME = "mnist-8"
+INPUT = "Input3"
+OUTPUT = "Plus214_Output_0"
+
+
+def infer_body(images: np.ndarray, **extra) -> dict:
+    return {
+        "inputs": [{
+            "name": INPUT, "datatype": "FP32", "shape": [len(images), 1, 28, 28],
+            "data": images.astype(np.float32).reshape(-1).tolist(),
+        }],
+        **extra,
+    }
+
+
+def binary_body(images: np.ndarray, binary_output: bool = True) -> tuple[bytes, dict]:
+    blob = images.astype("<f4").tobytes()
+    head = {
+        "id": "req-1",
+        "inputs": [{
+            "name": INPUT, "datatype": "FP32", "shape": [len(images), 1, 28, 28],
+            "parameters": {"binary_data_size": len(blob)},
+        }],
+        "outputs": [{"name": OUTPUT, "parameters": {"binary_data": binary_output}}],
+    }
+    encoded = json.dumps(head).encode()
+    return encoded + blob, {BINARY_HEADER: str(len(encoded)), "Content-Type": "application/octet-stream"}
+
+
+def test_server_metadata_live_and_ready(client):
+    assert client.simulate_get("/v2").json["extensions"] == ["binary_tensor_data"]
+    assert client.simulate_get("/v2/health/live").status_code == 200
+    assert client.simulate_get("/v2/health/ready").status_code == 200
+
+
+def test_model_metadata_reads_the_graph(client, model):
+    result = client.simulate_get(f"/v2/models/{NAME}")
+    assert result.status_code == 200
+    assert result.json["inputs"] == [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28]}]
+    assert result.json["outputs"] == [{"name": OUTPUT, "datatype": "FP32", "shape": [1, 10]}]
+    assert result.json["versions"] == [model.info.version]
+    assert result.json["parameters"]["sha256"] == model.info.sha256
+
+
+def test_versioned_routes_answer_for_the_served_version(client, model):
+    version = model.info.version
+    assert client.simulate_get(f"/v2/models/{NAME}/versions/{version}").status_code == 200
+    assert client.simulate_get(f"/v2/models/{NAME}/versions/{version}/ready").status_code == 200
+    assert client.simulate_get(f"/v2/models/{NAME}/ready").json["ready"] is True
+
+
+@pytest.mark.parametrize("path", [
+    "/v2/models/resnet", "/v2/models/resnet/ready", "/v2/models/mnist-8/versions/99",
+])
+def test_unknown_model_or_version_is_404(client, path):
+    result = client.simulate_get(path)
+    assert result.status_code == 404
+    assert "mnist-8" in result.json["error"]
+
+
+def test_unknown_model_infer_is_404(client, mnist_test_set):
+    result = client.simulate_post("/v2/models/resnet/infer", json=infer_body(mnist_test_set[0][:1]))
+    assert result.status_code == 404
+
+
+def test_json_infer_matches_raw_onnxruntime(client, mnist_test_set, raw_argmax):
+    images = mnist_test_set[0][:8]
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer",
+        json=infer_body(images, id="abc", parameters={"unknown": "tolerated"}),
+    )
+    assert result.status_code == 200
+    body = result.json
+    assert body["id"] == "abc"
+    assert body["model_name"] == NAME
+    (output,) = body["outputs"]
+    assert output["name"] == OUTPUT and output["shape"] == [8, 10] and output["datatype"] == "FP32"
+    scores = np.array(output["data"]).reshape(8, 10)
+    assert scores.argmax(axis=1).tolist() == raw_argmax(images)
+
+
+def test_nested_json_data_is_accepted(client, mnist_test_set):
+    image = mnist_test_set[0][:1].astype(np.float32).reshape(1, 1, 28, 28)
+    body = {"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28],
+                        "data": image.tolist()}]}
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 200
+
+
+def test_binary_infer_round_trip(client, mnist_test_set, raw_argmax):
+    images = mnist_test_set[0][:5]
+    body, headers = binary_body(images)
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=body, headers=headers)
+    assert result.status_code == 200
+    length = int(result.headers[BINARY_HEADER.lower()])
+    head = json.loads(result.content[:length])
+    assert head["id"] == "req-1"
+    (output,) = head["outputs"]
+    assert output["parameters"]["binary_data_size"] == 5 * 10 * 4
+    scores = np.frombuffer(result.content[length:], dtype="<f4").reshape(5, 10)
+    assert scores.argmax(axis=1).tolist() == raw_argmax(images)
+
+
+def test_binary_input_with_json_output(client, mnist_test_set):
+    body, headers = binary_body(mnist_test_set[0][:2], binary_output=False)
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=body, headers=headers)
+    assert result.status_code == 200
+    assert BINARY_HEADER.lower() not in result.headers
+    assert len(result.json["outputs"][0]["data"]) == 20
+
+
+def test_binary_data_output_request_parameter(client, mnist_test_set):
+    body = infer_body(mnist_test_set[0][:1], parameters={"binary_data_output": True})
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 200
+    assert int(result.headers[BINARY_HEADER.lower()]) < len(result.content)
+
+
+def _input(**changes) -> dict:
+    tensor = {"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0.0] * 784}
+    tensor.update(changes)
+    return {"inputs": [tensor]}
+
+
+BAD_INFER = [
+    pytest.param(_input(name="x"), "not an input", id="unknown-input"),
+    pytest.param(_input(datatype="INT64"), "expects FP32", id="wrong-datatype"),
+    pytest.param(_input(datatype="BYTES"), "expects FP32", id="bytes"),
+    pytest.param(_input(shape=[1, 784]), "expects [1, 1, 28, 28]", id="wrong-rank"),
+    pytest.param(_input(shape=[1, 1, 28, 27]), "expects", id="wrong-dim"),
+    pytest.param(_input(shape="1x784"), "non-negative integers", id="shape-string"),
+    pytest.param(_input(shape=[1, 1, 28, -28]), "non-negative integers", id="negative-dim"),
+    pytest.param(_input(data=[0.0] * 783), "needs 784", id="short-data"),
+    pytest.param(_input(data=["x"] * 784), "only numbers", id="string-data"),
+    pytest.param(_input(data=None), "list of numbers", id="null-data"),
+    pytest.param({"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28]}]},
+                 "neither", id="no-data"),
+    pytest.param({"inputs": []}, "non-empty", id="no-inputs"),
+    pytest.param({}, "non-empty", id="empty-object"),
+    pytest.param([], "JSON object", id="array"),
+    pytest.param({**_input(), "outputs": [{"name": "nope"}]}, "outputs[0]", id="unknown-output"),
+    pytest.param({**_input(), "id": 7}, "'id'", id="numeric-id"),
+    pytest.param({"inputs": _input()["inputs"] * 2}, "twice", id="duplicate-input"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_INFER)
+def test_bad_infer_request_is_400(client, body, message):
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 400, result.text
+    assert message in result.json["error"]
+
+
+def test_binary_size_mismatch_is_400(client, mnist_test_set):
+    body, headers = binary_body(mnist_test_set[0][:1])
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=body[:-4], headers=headers)
+    assert result.status_code == 400
+    assert "binary data" in result.json["error"]
+
+
+def test_binary_trailing_bytes_are_400(client, mnist_test_set):
+    body, headers = binary_body(mnist_test_set[0][:1])
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=body + b"\0" * 8, headers=headers)
+    assert result.status_code == 400
+    assert "no input declares" in result.json["error"]
+
+
+def test_binary_nan_is_400(client):
+    blob = np.full((1, 1, 28, 28), np.nan, dtype="<f4").tobytes()
+    head = json.dumps({"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                   "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=head + blob,
+                                  headers={BINARY_HEADER: str(len(head))})
+    assert result.status_code == 400
+    assert "NaN" in result.json["error"]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "999999"])
+def test_bad_binary_header_is_400(client, value):
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=b'{"inputs": []}',
+                                  headers={BINARY_HEADER: value})
+    assert result.status_code == 400
+    assert BINARY_HEADER in result.json["error"]
+
+
+def test_infer_wrong_content_type_is_415(client):
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=b"x",
+                                  headers={"Content-Type": "text/plain"})
+    assert result.status_code == 415
+
+
+def test_v2_wrong_method_is_405(client):
+    assert client.simulate_delete("/v2").status_code == 405
+    assert client.simulate_get(f"/v2/models/{NAME}/infer").status_code == 405

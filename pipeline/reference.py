@@ -11,7 +11,8 @@ For one run, environment variables override it (the original system's names):
 sha256 is fetched unpinned; its sha256 is computed and reported instead.
 
 `FIXTURES_DIR`, when set, is a local mirror looked up by file name before the
-network; whatever the source, every pinned file is checked against its sha256.
+network (remote URLs only); whatever the source, every pinned file is checked
+against its sha256.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from service.artifacts import fetch
+from service.artifacts import fetch, local_path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO / "model.toml"
@@ -197,10 +198,15 @@ def infer_format(url: str) -> str:
 
 
 def fetch_verified(artifact: Artifact, cache_dir: Path | None = None) -> tuple[Path, str]:
-    """Local path of a verified copy of `artifact` and its sha256, FIXTURES_DIR first."""
+    """Local path of a verified copy of `artifact` and its sha256.
+
+    FIXTURES_DIR stands in for the network: it serves remote URLs only, so a
+    local path (a candidate model, say) is always read as named.
+    """
     mirror = fixtures_dir()
     source = artifact.url
-    if mirror is not None and (mirror / artifact.filename).is_file():
+    remote = local_path(artifact.url) is None
+    if remote and mirror is not None and (mirror / artifact.filename).is_file():
         source = str(mirror / artifact.filename)
     return fetch(source, sha256=artifact.sha256, cache_dir=cache_dir)
 

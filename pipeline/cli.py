@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from pipeline.reference import REPO, fetch_artifact, load_reference
 from service.artifacts import ArtifactError
@@ -37,7 +36,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve()
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
+COMMANDS: dict[
+    str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]
+] = {
     "serve": (cmd_serve, lambda parser: None),
 }
 
@@ -55,5 +56,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PipelineError, ArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-

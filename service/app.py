@@ -26,8 +26,13 @@ MODEL_ROUTES = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
 class ModelLifecycle:
     """Loads the model at start-up (unless one was given) and releases it at shutdown."""
 
-    def __init__(self, settings: Settings, inference: Inference, model: OnnxModel | None,
-                 recorder: resources.PredictionRecorder | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        inference: Inference,
+        model: OnnxModel | None,
+        recorder: resources.PredictionRecorder | None,
+    ) -> None:
         self._settings = settings
         self._inference = inference
         self._model = model

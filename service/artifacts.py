@@ -59,7 +59,9 @@ def local_path(url: str) -> Path | None:
     return None
 
 
-def fetch(url: str, *, sha256: str | None = None, cache_dir: Path | None = None) -> tuple[Path, str]:
+def fetch(
+    url: str, *, sha256: str | None = None, cache_dir: Path | None = None
+) -> tuple[Path, str]:
     """Return a local path holding the bytes `url` names, and their sha256.
 
     A local file is read in place; a remote one is downloaded once into

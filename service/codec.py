@@ -41,7 +41,9 @@ def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
     try:
         raw = np.asarray(values)
     except ValueError:
-        raise InvalidInput(f"{what} is ragged: nested lists must all have the same length") from None
+        raise InvalidInput(
+            f"{what} is ragged: nested lists must all have the same length"
+        ) from None
     if raw.dtype.kind not in "iuf" or raw.size == 0:
         raise InvalidInput(
             f"{what} must hold only numbers (no strings, booleans, nulls or empty lists)"
@@ -85,9 +87,7 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     except ValueError:
         raise InvalidInput(f"{BINARY_HEADER} must be an integer, got {header_length!r}") from None
     if not 0 < length <= len(body):
-        raise InvalidInput(
-            f"{BINARY_HEADER} is {length} but the body has {len(body)} bytes"
-        )
+        raise InvalidInput(f"{BINARY_HEADER} is {length} but the body has {len(body)} bytes")
     return body[:length], body[length:]
 
 
@@ -111,7 +111,7 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], where: str, batch_any
     expected = list(spec.shape)
     if len(shape) != len(expected) or shape[0] == 0:
         raise InvalidInput(f"{where} has shape {list(shape)}; the model expects {expected}")
-    for i, (got, want) in enumerate(zip(shape, expected)):
+    for i, (got, want) in enumerate(zip(shape, expected, strict=True)):
         if want == -1 or (i == 0 and batch_any):
             continue
         if got != want:
@@ -119,7 +119,10 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], where: str, batch_any
 
 
 def decode_infer(
-    body: bytes, header_length: str | None, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+    body: bytes,
+    header_length: str | None,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
 ) -> InferRequest:
     head, tail = split_binary(body, header_length)
     document = parse_json(head)
@@ -142,7 +145,9 @@ def decode_infer(
         name = entry.get("name")
         where = f"input {name!r}"
         if name not in specs:
-            raise InvalidInput(f"{where} is not an input of the model; its inputs are {list(specs)}")
+            raise InvalidInput(
+                f"{where} is not an input of the model; its inputs are {list(specs)}"
+            )
         if name in arrays:
             raise InvalidInput(f"{where} is given twice")
         spec = specs[name]
@@ -164,7 +169,9 @@ def decode_infer(
                 )
             if offset + size > len(tail):
                 raise InvalidInput(f"{where} declares more binary data than the body holds")
-            array = np.frombuffer(tail, dtype=spec.dtype.newbyteorder("<"), count=count, offset=offset)
+            array = np.frombuffer(
+                tail, dtype=spec.dtype.newbyteorder("<"), count=count, offset=offset
+            )
             offset += size
             if spec.dtype.kind in FLOAT_KINDS and not np.isfinite(array).all():
                 raise InvalidInput(f"{where} holds NaN or infinity")
@@ -200,11 +207,14 @@ def decode_infer(
         chosen, binary_set = [], set()
         for position, entry in enumerate(requested):
             if not isinstance(entry, dict) or entry.get("name") not in output_names:
+                known = sorted(output_names)
                 raise InvalidInput(
-                    f"outputs[{position}] must name one of the model's outputs {sorted(output_names)}"
+                    f"outputs[{position}] must name one of the model's outputs {known}"
                 )
             chosen.append(entry["name"])
-            flag = _parameters(entry, f"output {entry['name']!r}").get("binary_data", binary_default)
+            flag = _parameters(entry, f"output {entry['name']!r}").get(
+                "binary_data", binary_default
+            )
             if flag is True:
                 binary_set.add(entry["name"])
         names, binary = tuple(chosen), frozenset(binary_set)

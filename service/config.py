@@ -46,9 +46,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.app_env not in ENVIRONMENTS:
-            raise ConfigError(
-                f"APP_ENV={self.app_env!r} is not one of {', '.join(ENVIRONMENTS)}"
-            )
+            raise ConfigError(f"APP_ENV={self.app_env!r} is not one of {', '.join(ENVIRONMENTS)}")
         if self.model_sha256 is not None and (
             len(self.model_sha256) != 64
             or any(c not in "0123456789abcdef" for c in self.model_sha256.lower())
@@ -77,7 +75,9 @@ class Settings:
             prediction_log_sample=_number(env, "PREDICTION_LOG_SAMPLE", 100.0, float),
             max_body_bytes=_number(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int),
             intra_op_threads=_number(env, "INTRA_OP_THREADS", DEFAULT_INTRA_OP_THREADS, int),
-            cache_dir=Path(env["MODEL_CACHE_DIR"]) if env.get("MODEL_CACHE_DIR") else default_cache_dir(),
+            cache_dir=Path(env["MODEL_CACHE_DIR"])
+            if env.get("MODEL_CACHE_DIR")
+            else default_cache_dir(),
             host=env.get("HOST", DEFAULT_HOST),
             port=_number(env, "PORT", DEFAULT_PORT, int),
             workers=_number(env, "WEB_CONCURRENCY", DEFAULT_WORKERS, int),

@@ -35,8 +35,11 @@ def configure_logging(level: int = logging.INFO) -> dict:
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
         "handlers": {
-            "stdout": {"class": "logging.StreamHandler", "formatter": "default",
-                       "stream": "ext://sys.stdout"},
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stdout",
+            },
         },
         "root": {"handlers": ["stdout"], "level": logging.getLevelName(level)},
         "loggers": {
@@ -47,4 +50,3 @@ def configure_logging(level: int = logging.INFO) -> dict:
     }
     logging.config.dictConfig(config)
     return config
-

@@ -17,27 +17,38 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter(
-            "http_requests", "HTTP requests by route, method and status",
-            ["route", "method", "status"], registry=self.registry,
+            "http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.request_latency = Histogram(
-            "http_request_duration_seconds", "Time from request to response, by route",
-            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "http_request_duration_seconds",
+            "Time from request to response, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.inference_latency = Histogram(
-            "model_inference_duration_seconds", "Time spent in onnxruntime per inference call",
-            buckets=INFERENCE_BUCKETS, registry=self.registry,
+            "model_inference_duration_seconds",
+            "Time spent in onnxruntime per inference call",
+            buckets=INFERENCE_BUCKETS,
+            registry=self.registry,
         )
         self.inferred_examples = Counter(
-            "model_inferred_examples", "Examples (batch rows) run through the model",
+            "model_inferred_examples",
+            "Examples (batch rows) run through the model",
             registry=self.registry,
         )
         self.model_info = Gauge(
-            "model_info", "The served model (value 1)", ["name", "version", "sha256"],
+            "model_info",
+            "The served model (value 1)",
+            ["name", "version", "sha256"],
             registry=self.registry,
         )
-        self.ready = Gauge("model_ready", "1 when the model is loaded and warmed up",
-                           registry=self.registry)
+        self.ready = Gauge(
+            "model_ready", "1 when the model is loaded and warmed up", registry=self.registry
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -82,7 +82,9 @@ class OnnxModel:
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises several private types
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first_line = (
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            )
             raise ModelLoadError(f"{path} is not a loadable ONNX model: {first_line}") from exc
         self.info = info
         self.inputs = tuple(TensorSpec.from_ort(a) for a in self._session.get_inputs())
@@ -103,7 +105,9 @@ class OnnxModel:
         """Run the graph on already-validated inputs whose first axis is the batch."""
         batch = next(iter(feeds.values())).shape[0]
         if not self.batch_fixed_at_one or batch == 1:
-            return dict(zip(self._output_names, self._session.run(self._output_names, feeds)))
+            return dict(
+                zip(self._output_names, self._session.run(self._output_names, feeds), strict=True)
+            )
         rows = [
             self._session.run(self._output_names, {k: v[i : i + 1] for k, v in feeds.items()})
             for i in range(batch)

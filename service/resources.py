@@ -17,7 +17,13 @@ import numpy as np
 import orjson
 
 from service import codec
-from service.errors import InvalidInput, ModelNotFound, NotReady, PayloadTooLarge, UnsupportedMediaType
+from service.errors import (
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from service.inference import Inference
 from service.metrics import Metrics
 from service.model import ModelInfo
@@ -53,7 +59,9 @@ async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported; use gzip or deflate"
+        )
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
     try:
         plain = decompressor.decompress(body, limit + 1)
@@ -91,8 +99,9 @@ def served_model(inference: Inference, name: str, version: str | None):
 class Predict:
     """POST /predict: the original contract, {"data": [...]} -> {"prediction": 7}."""
 
-    def __init__(self, inference: Inference, max_body_bytes: int,
-                 recorder: PredictionRecorder | None) -> None:
+    def __init__(
+        self, inference: Inference, max_body_bytes: int, recorder: PredictionRecorder | None
+    ) -> None:
         self._inference = inference
         self._limit = max_body_bytes
         self._recorder = recorder
@@ -113,14 +122,20 @@ class Predict:
             send_json(resp, {"predictions": classes, "model": info.name, "version": info.version})
         if self._recorder is not None:
             self._recorder.record(
-                route="/predict", request_id=req.get_header("X-Request-Id"), model=info,
-                scores=scores, inputs=batch, latency_seconds=time.perf_counter() - started,
+                route="/predict",
+                request_id=req.get_header("X-Request-Id"),
+                model=info,
+                scores=scores,
+                inputs=batch,
+                latency_seconds=time.perf_counter() - started,
             )
 
 
 class ServerMetadata:
     async def on_get(self, req, resp) -> None:
-        send_json(resp, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": V2_EXTENSIONS})
+        send_json(
+            resp, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": V2_EXTENSIONS}
+        )
 
 
 class Live:
@@ -144,14 +159,17 @@ class ModelMetadata:
 
     async def on_get(self, req, resp, name: str, version: str | None = None) -> None:
         model = served_model(self._inference, name, version)
-        send_json(resp, {
-            "name": model.info.name,
-            "versions": [model.info.version],
-            "platform": model.info.platform,
-            "inputs": [_tensor_metadata(spec) for spec in model.inputs],
-            "outputs": [_tensor_metadata(spec) for spec in model.outputs],
-            "parameters": {"sha256": model.info.sha256},
-        })
+        send_json(
+            resp,
+            {
+                "name": model.info.name,
+                "versions": [model.info.version],
+                "platform": model.info.platform,
+                "inputs": [_tensor_metadata(spec) for spec in model.inputs],
+                "outputs": [_tensor_metadata(spec) for spec in model.outputs],
+                "parameters": {"sha256": model.info.sha256},
+            },
+        )
 
 
 class ModelReady:
@@ -166,8 +184,9 @@ class ModelReady:
 class ModelInfer:
     """POST /v2/models/{name}[/versions/{version}]/infer, JSON or binary tensors."""
 
-    def __init__(self, inference: Inference, max_body_bytes: int,
-                 recorder: PredictionRecorder | None) -> None:
+    def __init__(
+        self, inference: Inference, max_body_bytes: int, recorder: PredictionRecorder | None
+    ) -> None:
         self._inference = inference
         self._limit = max_body_bytes
         self._recorder = recorder
@@ -192,8 +211,11 @@ class ModelInfer:
         if self._recorder is not None:
             first_output = model.outputs[0].name
             self._recorder.record(
-                route="/v2/infer", request_id=request.id, model=model.info,
-                scores=results[first_output], inputs=request.inputs.get(model.input.name),
+                route="/v2/infer",
+                request_id=request.id,
+                model=model.info,
+                scores=results[first_output],
+                inputs=request.inputs.get(model.input.name),
                 latency_seconds=time.perf_counter() - started,
             )
 

@@ -36,20 +36,25 @@ def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | N
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    """The real model and MNIST test set: FIXTURES_DIR (CI points it at ../shared/fixtures)."""
-    from pipeline.reference import fixtures_dir as configured
+def reference_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The committed reference's model and MNIST test set, verified by sha256.
 
-    path = configured()
-    if path is None:
-        pytest.fail("FIXTURES_DIR is not set: point it at a folder holding mnist-8.onnx and the "
-                    "MNIST t10k files (CI uses ../shared/fixtures)")
-    return path
+    Taken from FIXTURES_DIR when set (CI points it at ../shared/fixtures), else
+    downloaded from the pinned URLs into the user's cache.
+    """
+    from pipeline.reference import fetch_artifact, load_reference
+
+    reference = load_reference()
+    return {
+        "model": fetch_artifact(reference.model),
+        "images": fetch_artifact(reference.test_images),
+        "labels": fetch_artifact(reference.test_labels),
+    }
 
 
 @pytest.fixture(scope="session")
-def mnist8_path(fixtures_dir: Path) -> Path:
-    return fixtures_dir / "mnist-8.onnx"
+def mnist8_path(reference_files: dict[str, Path]) -> Path:
+    return reference_files["model"]
 
 
 class MotoServer:

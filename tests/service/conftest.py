@@ -42,7 +42,11 @@ def raw_argmax(mnist8_path: Path):
 
     def classes(images: np.ndarray) -> list[int]:
         return [
-            int(session.run(None, {name: image.reshape(1, 1, 28, 28).astype(np.float32)})[0].argmax())
+            int(
+                session.run(None, {name: image.reshape(1, 1, 28, 28).astype(np.float32)})[
+                    0
+                ].argmax()
+            )
             for image in images
         ]
 
@@ -102,11 +106,13 @@ def start_server(env: dict[str, str], ready_path: str = "/v2/health/ready") -> S
 @pytest.fixture(scope="module")
 def server(mnist8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`python -m service` on 127.0.0.1 serving the real mnist-8."""
-    running = start_server({
-        "MODEL_URL": str(mnist8_path),
-        "MODEL_SHA256": MNIST8_SHA256,
-        "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-        "PREDICTION_LOG_URL": str(tmp_path_factory.mktemp("predictions")),
-    })
+    running = start_server(
+        {
+            "MODEL_URL": str(mnist8_path),
+            "MODEL_SHA256": MNIST8_SHA256,
+            "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+            "PREDICTION_LOG_URL": str(tmp_path_factory.mktemp("predictions")),
+        }
+    )
     yield running
     running.stop()

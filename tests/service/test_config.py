@@ -15,15 +15,18 @@ def test_defaults_from_a_minimal_environment():
     assert settings.prediction_log_sample == 100
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({}, "MODEL_URL is not set"),
-    ({"MODEL_URL": "m", "APP_ENV": "staging"}, "APP_ENV"),
-    ({"MODEL_URL": "m", "MODEL_SHA256": "abc"}, "MODEL_SHA256"),
-    ({"MODEL_URL": "m", "MAX_BODY_BYTES": "lots"}, "MAX_BODY_BYTES"),
-    ({"MODEL_URL": "m", "PORT": "-1"}, "PORT"),
-    ({"MODEL_URL": "m", "PREDICTION_LOG_SAMPLE": "150"}, "PREDICTION_LOG_SAMPLE"),
-    ({"MODEL_URL": "m", "PREDICTION_LOG_INPUTS": "maybe"}, "PREDICTION_LOG_INPUTS"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "MODEL_URL is not set"),
+        ({"MODEL_URL": "m", "APP_ENV": "staging"}, "APP_ENV"),
+        ({"MODEL_URL": "m", "MODEL_SHA256": "abc"}, "MODEL_SHA256"),
+        ({"MODEL_URL": "m", "MAX_BODY_BYTES": "lots"}, "MAX_BODY_BYTES"),
+        ({"MODEL_URL": "m", "PORT": "-1"}, "PORT"),
+        ({"MODEL_URL": "m", "PREDICTION_LOG_SAMPLE": "150"}, "PREDICTION_LOG_SAMPLE"),
+        ({"MODEL_URL": "m", "PREDICTION_LOG_INPUTS": "maybe"}, "PREDICTION_LOG_INPUTS"),
+    ],
+)
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)

@@ -36,8 +36,12 @@ def test_no_server_error_anywhere(server: Server):
     for operation in operations(server.url):
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def call(case):
             case.call_and_validate(checks=CHECKS)
 

@@ -23,8 +23,10 @@ def test_requests_are_counted_by_route_template_and_status(client, model):
     assert client.app is app
 
     def count(route, method, status):
-        key = ("http_requests_total",
-               tuple(sorted({"route": route, "method": method, "status": status}.items())))
+        key = (
+            "http_requests_total",
+            tuple(sorted({"route": route, "method": method, "status": status}.items())),
+        )
         return found.get(key)
 
     assert count("/predict", "POST", "200") == 1
@@ -39,7 +41,9 @@ def test_latency_histograms_and_model_info(client, model):
     assert found[("model_inferred_examples_total", ())] == 3
     assert found[("http_request_duration_seconds_count", (("route", "/predict"),))] == 1
     info = model.info
-    key = ("model_info", tuple(sorted(
-        {"name": info.name, "version": info.version, "sha256": info.sha256}.items())))
+    key = (
+        "model_info",
+        tuple(sorted({"name": info.name, "version": info.version, "sha256": info.sha256}.items())),
+    )
     assert found[key] == 1
     assert found[("model_ready", ())] == 1

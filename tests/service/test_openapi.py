@@ -34,7 +34,8 @@ def test_every_route_is_documented_and_nothing_else(client):
 def response_schema(path: str, method: str, status: int) -> dict:
     document = openapi_document()
     schema = document["paths"][path][method]["responses"][str(status)]["content"][
-        "application/json"]["schema"]
+        "application/json"
+    ]["schema"]
     return {**schema, "components": document["components"]}
 
 
@@ -42,25 +43,41 @@ def check(result, path: str, method: str) -> None:
     schema = response_schema(path, method, result.status_code)
     resolver_schema = {"$ref": schema["$ref"]} if "$ref" in schema else schema
     jsonschema.validate(
-        result.json, {**resolver_schema, "components": schema["components"]},
+        result.json,
+        {**resolver_schema, "components": schema["components"]},
     )
 
 
-@pytest.mark.parametrize(("method", "path", "template", "body"), [
-    ("get", "/v2", "/v2", None),
-    ("get", "/v2/health/live", "/v2/health/live", None),
-    ("get", "/v2/health/ready", "/v2/health/ready", None),
-    ("get", "/v2/models/mnist-8", "/v2/models/{name}", None),
-    ("get", "/v2/models/nope", "/v2/models/{name}", None),
-    ("get", "/v2/models/mnist-8/ready", "/v2/models/{name}/ready", None),
-    ("post", "/predict", "/predict", {"data": [0] * 784}),
-    ("post", "/predict", "/predict", {"data": [[0] * 784] * 2}),
-    ("post", "/predict", "/predict", {"data": [1]}),
-    ("post", "/v2/models/mnist-8/infer", "/v2/models/{name}/infer",
-     {"inputs": [{"name": "Input3", "datatype": "FP32", "shape": [1, 1, 28, 28],
-                  "data": [0] * 784}]}),
-    ("post", "/v2/models/mnist-8/infer", "/v2/models/{name}/infer", {"inputs": 3}),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "template", "body"),
+    [
+        ("get", "/v2", "/v2", None),
+        ("get", "/v2/health/live", "/v2/health/live", None),
+        ("get", "/v2/health/ready", "/v2/health/ready", None),
+        ("get", "/v2/models/mnist-8", "/v2/models/{name}", None),
+        ("get", "/v2/models/nope", "/v2/models/{name}", None),
+        ("get", "/v2/models/mnist-8/ready", "/v2/models/{name}/ready", None),
+        ("post", "/predict", "/predict", {"data": [0] * 784}),
+        ("post", "/predict", "/predict", {"data": [[0] * 784] * 2}),
+        ("post", "/predict", "/predict", {"data": [1]}),
+        (
+            "post",
+            "/v2/models/mnist-8/infer",
+            "/v2/models/{name}/infer",
+            {
+                "inputs": [
+                    {
+                        "name": "Input3",
+                        "datatype": "FP32",
+                        "shape": [1, 1, 28, 28],
+                        "data": [0] * 784,
+                    }
+                ]
+            },
+        ),
+        ("post", "/v2/models/mnist-8/infer", "/v2/models/{name}/infer", {"inputs": 3}),
+    ],
+)
 def test_responses_fit_the_document(client, method, path, template, body):
     result = client.simulate_request(method.upper(), path, json=body)
     check(result, template, method)

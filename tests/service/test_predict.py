@@ -82,7 +82,9 @@ def test_wrong_content_type_is_415(client):
 def test_body_over_the_limit_is_413(client):
     body = json.dumps({"data": [[0.123456789] * 784] * 40}).encode()
     assert len(body) > 256 * 1024
-    result = client.simulate_post("/predict", body=body, headers={"Content-Type": "application/json"})
+    result = client.simulate_post(
+        "/predict", body=body, headers={"Content-Type": "application/json"}
+    )
     assert result.status_code == 413
     assert "limit" in result.json["error"]
 
@@ -104,7 +106,8 @@ def test_gzip_body_is_accepted(client):
 
     body = gzip.compress(json.dumps({"data": ZEROS}).encode())
     result = client.simulate_post(
-        "/predict", body=body,
+        "/predict",
+        body=body,
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
     )
     assert result.status_code == 200
@@ -116,7 +119,8 @@ def test_zip_bomb_is_413(client):
     body = gzip.compress(b'{"data": [' + b"0," * 2_000_000 + b"0]}")
     assert len(body) < 256 * 1024
     result = client.simulate_post(
-        "/predict", body=body,
+        "/predict",
+        body=body,
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
     )
     assert result.status_code == 413

@@ -21,8 +21,7 @@ def post(url: str, path: str, document: dict | bytes, connection=None) -> tuple[
     parsed = urllib.parse.urlparse(url)
     conn = connection or http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
     body = document if isinstance(document, bytes) else json.dumps(document)
-    conn.request("POST", path, body=body,
-                 headers={"Content-Type": "application/json"})
+    conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     body = json.loads(response.read())
     if connection is None:
@@ -30,16 +29,20 @@ def post(url: str, path: str, document: dict | bytes, connection=None) -> tuple[
     return response.status, body
 
 
-def test_served_predictions_agree_with_onnxruntime_on_1000_images(server, mnist_test_set, raw_argmax):
+def test_served_predictions_agree_with_onnxruntime_on_1000_images(
+    server, mnist_test_set, raw_argmax
+):
     images, labels = mnist_test_set
     expected = raw_argmax(images)
     parsed = urllib.parse.urlparse(server.url)
     conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
-    single = [post(server.url, "/predict", {"data": image.reshape(-1).tolist()}, conn)[1]["prediction"]
-              for image in images]
+    single = [
+        post(server.url, "/predict", {"data": image.reshape(-1).tolist()}, conn)[1]["prediction"]
+        for image in images
+    ]
     batched = []
     for start in range(0, len(images), 100):
-        rows = images[start:start + 100].reshape(-1, 784).tolist()
+        rows = images[start : start + 100].reshape(-1, 784).tolist()
         batched += post(server.url, "/predict", {"data": rows}, conn)[1]["predictions"]
     conn.close()
     assert single == expected
@@ -71,8 +74,14 @@ def test_tritonclient_infers_in_both_modes(server, mnist_test_set, raw_argmax, b
 
 
 def test_sigterm_drains_in_flight_requests(mnist8_path, tmp_path):
-    server = start_server({"MODEL_URL": str(mnist8_path), "MODEL_SHA256": MNIST8_SHA256,
-                           "MODEL_CACHE_DIR": str(tmp_path), "PREDICTION_LOG_URL": str(tmp_path)})
+    server = start_server(
+        {
+            "MODEL_URL": str(mnist8_path),
+            "MODEL_SHA256": MNIST8_SHA256,
+            "MODEL_CACHE_DIR": str(tmp_path),
+            "PREDICTION_LOG_URL": str(tmp_path),
+        }
+    )
     batch = json.dumps({"data": [[i % 100] * 784 for i in range(1000)]}).encode()
     results: list[int] = []
     answered_at: list[float] = []

@@ -15,18 +15,25 @@ from tests.service.conftest import MNIST8_SHA256
 pytestmark = pytest.mark.integration
 
 
-def run_service(env: dict[str, str], module: list[str] | None = None) -> subprocess.CompletedProcess:
+def run_service(
+    env: dict[str, str], module: list[str] | None = None
+) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", *(module or ["service"])]
     return subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=60,
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PORT": str(free_port()), **env},
     )
 
 
 def test_wrong_sha256_refuses_to_start_naming_both_hashes(mnist8_path, tmp_path):
     wrong = "a" * 64
-    result = run_service({"MODEL_URL": str(mnist8_path), "MODEL_SHA256": wrong,
-                          "MODEL_CACHE_DIR": str(tmp_path)})
+    result = run_service(
+        {"MODEL_URL": str(mnist8_path), "MODEL_SHA256": wrong, "MODEL_CACHE_DIR": str(tmp_path)}
+    )
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert wrong in line and MNIST8_SHA256 in line
@@ -51,8 +58,14 @@ def test_not_an_onnx_file_refuses_to_start(tmp_path):
 
 def test_missing_model_url_says_what_to_set():
     env = {k: v for k, v in os.environ.items() if k != "MODEL_URL"}
-    result = subprocess.run([sys.executable, "-m", "service"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "MODEL_URL is not set" in result.stderr
 

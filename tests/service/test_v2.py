@@ -16,10 +16,14 @@ OUTPUT = "Plus214_Output_0"
 
 def infer_body(images: np.ndarray, **extra) -> dict:
     return {
-        "inputs": [{
-            "name": INPUT, "datatype": "FP32", "shape": [len(images), 1, 28, 28],
-            "data": images.astype(np.float32).reshape(-1).tolist(),
-        }],
+        "inputs": [
+            {
+                "name": INPUT,
+                "datatype": "FP32",
+                "shape": [len(images), 1, 28, 28],
+                "data": images.astype(np.float32).reshape(-1).tolist(),
+            }
+        ],
         **extra,
     }
 
@@ -28,14 +32,21 @@ def binary_body(images: np.ndarray, binary_output: bool = True) -> tuple[bytes, 
     blob = images.astype("<f4").tobytes()
     head = {
         "id": "req-1",
-        "inputs": [{
-            "name": INPUT, "datatype": "FP32", "shape": [len(images), 1, 28, 28],
-            "parameters": {"binary_data_size": len(blob)},
-        }],
+        "inputs": [
+            {
+                "name": INPUT,
+                "datatype": "FP32",
+                "shape": [len(images), 1, 28, 28],
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        ],
         "outputs": [{"name": OUTPUT, "parameters": {"binary_data": binary_output}}],
     }
     encoded = json.dumps(head).encode()
-    return encoded + blob, {BINARY_HEADER: str(len(encoded)), "Content-Type": "application/octet-stream"}
+    return encoded + blob, {
+        BINARY_HEADER: str(len(encoded)),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def test_server_metadata_live_and_ready(client):
@@ -60,9 +71,14 @@ def test_versioned_routes_answer_for_the_served_version(client, model):
     assert client.simulate_get(f"/v2/models/{NAME}/ready").json["ready"] is True
 
 
-@pytest.mark.parametrize("path", [
-    "/v2/models/resnet", "/v2/models/resnet/ready", "/v2/models/mnist-8/versions/99",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/resnet",
+        "/v2/models/resnet/ready",
+        "/v2/models/mnist-8/versions/99",
+    ],
+)
 def test_unknown_model_or_version_is_404(client, path):
     result = client.simulate_get(path)
     assert result.status_code == 404
@@ -92,8 +108,11 @@ def test_json_infer_matches_raw_onnxruntime(client, mnist_test_set, raw_argmax):
 
 def test_nested_json_data_is_accepted(client, mnist_test_set):
     image = mnist_test_set[0][:1].astype(np.float32).reshape(1, 1, 28, 28)
-    body = {"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28],
-                        "data": image.tolist()}]}
+    body = {
+        "inputs": [
+            {"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28], "data": image.tolist()}
+        ]
+    }
     result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
     assert result.status_code == 200
 
@@ -144,8 +163,11 @@ BAD_INFER = [
     pytest.param(_input(data=[0.0] * 783), "needs 784", id="short-data"),
     pytest.param(_input(data=["x"] * 784), "only numbers", id="string-data"),
     pytest.param(_input(data=None), "list of numbers", id="null-data"),
-    pytest.param({"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28]}]},
-                 "neither", id="no-data"),
+    pytest.param(
+        {"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28]}]},
+        "neither",
+        id="no-data",
+    ),
     pytest.param({"inputs": []}, "non-empty", id="no-inputs"),
     pytest.param({}, "non-empty", id="empty-object"),
     pytest.param([], "JSON object", id="array"),
@@ -171,32 +193,47 @@ def test_binary_size_mismatch_is_400(client, mnist_test_set):
 
 def test_binary_trailing_bytes_are_400(client, mnist_test_set):
     body, headers = binary_body(mnist_test_set[0][:1])
-    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=body + b"\0" * 8, headers=headers)
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", body=body + b"\0" * 8, headers=headers
+    )
     assert result.status_code == 400
     assert "no input declares" in result.json["error"]
 
 
 def test_binary_nan_is_400(client):
     blob = np.full((1, 1, 28, 28), np.nan, dtype="<f4").tobytes()
-    head = json.dumps({"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                   "parameters": {"binary_data_size": len(blob)}}]}).encode()
-    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=head + blob,
-                                  headers={BINARY_HEADER: str(len(head))})
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": INPUT,
+                    "datatype": "FP32",
+                    "shape": [1, 1, 28, 28],
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ]
+        }
+    ).encode()
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", body=head + blob, headers={BINARY_HEADER: str(len(head))}
+    )
     assert result.status_code == 400
     assert "NaN" in result.json["error"]
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "999999"])
 def test_bad_binary_header_is_400(client, value):
-    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=b'{"inputs": []}',
-                                  headers={BINARY_HEADER: value})
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", body=b'{"inputs": []}', headers={BINARY_HEADER: value}
+    )
     assert result.status_code == 400
     assert BINARY_HEADER in result.json["error"]
 
 
 def test_infer_wrong_content_type_is_415(client):
-    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=b"x",
-                                  headers={"Content-Type": "text/plain"})
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", body=b"x", headers={"Content-Type": "text/plain"}
+    )
     assert result.status_code == 415
 
 

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fetch and verify everything the reference names; print each file's sha256 and path."""
+    """Fetch the model and test data by reference, verifying every sha256."""
     try:
         reference = load_reference(args.reference, environ=os.environ)
         downloaded = download(reference, args.cache_dir)

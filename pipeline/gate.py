@@ -210,40 +210,30 @@ def check_signature(model: OnnxModel, dataset: Dataset) -> Check:
     image_shape = "x".join(map(str, dataset.images.shape[1:]))
     if len(model.inputs) != 1:
         names = ", ".join(spec.name for spec in model.inputs)
-        return Check(
-            "signature",
-            FAILED,
+        return _misfit(
             f"the service feeds one input; the model has {len(model.inputs)} ({names})",
         )
     spec = model.input
     if spec.dtype.kind != "f":
-        return Check(
-            "signature",
-            FAILED,
+        return _misfit(
             f"input {spec.name!r} is {spec.datatype}; the service "
             "feeds pixels as floating point (FP32)",
         )
     if spec.item_size != image_size:
-        return Check(
-            "signature",
-            FAILED,
+        return _misfit(
             f"input {spec.name!r} takes items shaped "
             f"{list(spec.item_shape)} ({spec.item_size} values), but a test image is "
             f"{image_shape} ({image_size} values)",
         )
     output = model.outputs[0]
     if output.dtype.kind != "f" or len(output.shape) != 2:
-        return Check(
-            "signature",
-            FAILED,
+        return _misfit(
             f"output {output.name!r} is {output.datatype} "
             f"{list(output.shape)}; the service needs float scores shaped "
             "[batch, classes]",
         )
     if 0 < output.shape[1] < dataset.classes:
-        return Check(
-            "signature",
-            FAILED,
+        return _misfit(
             f"output {output.name!r} scores {output.shape[1]} "
             f"classes, but the test labels go up to {dataset.classes - 1}",
         )
@@ -255,6 +245,10 @@ def check_signature(model: OnnxModel, dataset: Dataset) -> Check:
         f"{list(spec.shape)} takes a {image_shape} image; output {output.name!r} "
         f"scores {classes} classes",
     )
+
+
+def _misfit(detail: str) -> Check:
+    return Check("signature", FAILED, detail)
 
 
 def evaluate(
@@ -370,7 +364,10 @@ def compare_with_champion(
     drop = champion.accuracy - accuracy
     # Round away float noise so a drop of exactly the margin passes.
     passed = round(drop, 9) <= max_regression
-    direction = f"{drop:.2%} below" if drop > 0 else f"{-drop:.2%} above"
+    if abs(drop) < 1e-9:
+        direction = "equal to"
+    else:
+        direction = f"{drop:.2%} below" if drop > 0 else f"{-drop:.2%} above"
     return Check(
         "champion",
         PASSED if passed else FAILED,
@@ -424,7 +421,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Download, gate, report; 0 when every check passed, 1 with the reasons when not."""
+    """Gate the referenced model on the whole test set (dev|prod: against its champion)."""
     from pipeline.report import append_step_summary, write_report
 
     if args.environment and not args.deployments_url:

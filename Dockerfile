@@ -34,7 +34,8 @@ RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
       > /tmp/requirements.txt; \
     pip install --only-binary=:all: -r /tmp/requirements.txt
 
-COPY README.md ./
+# README.md* : the package's long description, optional so a checkout without it builds.
+COPY pyproject.toml README.md* ./
 COPY service ./service
 COPY pipeline ./pipeline
 # setuptools is a build-only dependency (pip fetches it into an isolated build env);

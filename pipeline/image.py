@@ -83,7 +83,7 @@ def find_cli(
             continue
         kind = _cli_kind(path)
         # A docker client without a reachable engine cannot build; podman needs no daemon.
-        if kind == "docker" and not _answers(path, "info", "--format", "{{.ServerVersion}}"):
+        if kind == "docker" and _answers(path, "info", "--format", "{{.ServerVersion}}") is None:
             problems.append(f"{path} found no Docker engine (`docker info` failed)")
             continue
         return ContainerCli(kind, path)

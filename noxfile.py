@@ -47,3 +47,17 @@ def serve(session: nox.Session) -> None:
     """Serve the reference model on http://127.0.0.1:8080, capturing predictions locally."""
     install(session, "pipeline")
     session.run("python", "-m", "pipeline", "serve", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def download(session: nox.Session) -> None:
+    """Fetch the model and test data by reference, verifying every sha256."""
+    install(session, "pipeline")
+    session.run("python", "-m", "pipeline", "download", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def gate(session: nox.Session) -> None:
+    """Gate the model on the whole test set (`-- dev|prod`: against that champion)."""
+    install(session, "pipeline")
+    session.run("python", "-m", "pipeline", "gate", *session.posargs)

@@ -11,6 +11,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from pipeline import download as download_step
+from pipeline import gate as gate_step
+from pipeline import image as image_step
 from pipeline.reference import REPO, fetch_artifact, load_reference
 from service.artifacts import ArtifactError
 
@@ -23,7 +26,7 @@ class PipelineError(Exception):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the reference model locally (the embedded default: no AWS)."""
-    reference = load_reference()
+    reference = load_reference(environ=os.environ)
     model_path = fetch_artifact(reference.model)
     os.environ.update(
         MODEL_URL=str(model_path),
@@ -40,6 +43,10 @@ COMMANDS: dict[
     str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]
 ] = {
     "serve": (cmd_serve, lambda parser: None),
+    "download": (download_step.run, download_step.add_arguments),
+    "gate": (gate_step.run, gate_step.add_arguments),
+    "build": (image_step.run_build, image_step.add_build_arguments),
+    "push": (image_step.run_push, image_step.add_push_arguments),
 }
 
 

@@ -1,0 +1,384 @@
+"""The service image, for real: built from this repository with podman on the local
+Debian base, run with the real mnist-8 mounted read-only, and pushed to a loopback
+docker-registry with an ECR login token from moto.
+
+Needs podman, the base image and docker-registry (`.ci/container-setup.sh` makes all
+three). Without them these tests skip on a workstation and fail in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+from pipeline import image
+from pipeline.datasets import read_idx_images, read_idx_labels
+from pipeline.reference import load_reference
+from tests.conftest import REPO, free_port, wait_for_http
+
+BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/python-base:3.11")
+TEST_REPO = "localhost/onnx-ship-test"
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+SETUP_HINT = "run .ci/container-setup.sh (podman, the local base image, docker-registry)"
+
+
+def require(condition: bool, problem: str) -> None:
+    """Missing tooling skips on a workstation and fails in CI, where it must be there."""
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{problem}: {SETUP_HINT}")
+    pytest.skip(f"{problem}: {SETUP_HINT}")
+
+
+# -- fast: no containers -----------------------------------------------------------------
+
+
+def fake_tool(directory: Path, name: str, version: str, info_exit: int) -> None:
+    script = directory / name
+    script.write_text(
+        f'#!/bin/sh\ncase "$1" in --version) echo "{version}";; info) exit {info_exit};; esac\n'
+    )
+    script.chmod(0o755)
+
+
+def test_find_cli_names_both_tools_when_neither_is_there(tmp_path: Path) -> None:
+    with pytest.raises(image.ImageError, match="docker is not on PATH; podman is not on PATH"):
+        image.find_cli(environ={"PATH": str(tmp_path)})
+
+
+def test_find_cli_passes_over_a_docker_client_without_an_engine(tmp_path: Path) -> None:
+    fake_tool(tmp_path, "docker", "Docker version 28.2.2", info_exit=1)
+    fake_tool(tmp_path, "podman", "podman version 4.3.1", info_exit=0)
+    assert image.find_cli(environ={"PATH": str(tmp_path)}) == image.ContainerCli(
+        "podman", str(tmp_path / "podman")
+    )
+    (tmp_path / "podman").unlink()
+    with pytest.raises(image.ImageError, match="found no Docker engine"):
+        image.find_cli(environ={"PATH": str(tmp_path)})
+
+
+def test_find_cli_prefers_docker_with_an_engine_and_knows_podmans_shim(tmp_path: Path) -> None:
+    fake_tool(tmp_path, "docker", "Docker version 28.2.2", info_exit=0)
+    assert image.find_cli(environ={"PATH": str(tmp_path)}).name == "docker"
+    fake_tool(tmp_path, "docker", "podman version 4.3.1", info_exit=0)
+    assert image.find_cli(environ={"PATH": str(tmp_path)}).is_podman
+
+
+def test_git_sha_from_github_actions_or_git() -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    assert image.git_sha({"GITHUB_SHA": sha.upper()}) == sha
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert image.git_sha({}) == head
+    with pytest.raises(image.ImageError, match="not a 40-character hex sha"):
+        image.git_sha({"GITHUB_SHA": "main"})
+
+
+def test_build_refuses_tags_that_are_not_a_commit() -> None:
+    with pytest.raises(image.ImageError, match="not a git commit sha"):
+        image.build(TEST_REPO, "latest", "0" * 64)
+
+
+def test_podman_build_keeps_the_healthcheck_and_passes_the_ca_as_a_secret(tmp_path: Path) -> None:
+    command = image.build_command(
+        image.ContainerCli("podman", "/usr/bin/podman"),
+        "onnx-ship:abc",
+        git_sha="abc",
+        model_sha256="f" * 64,
+        base_image="localhost/python-base:3.11",
+        context=tmp_path,
+        ca_bundle=Path("/etc/ssl/certs/ca-certificates.crt"),
+    )
+    assert command[:2] == ["/usr/bin/podman", "build"]
+    assert "--format" in command and command[command.index("--format") + 1] == "docker"
+    assert "id=ca,src=/etc/ssl/certs/ca-certificates.crt" in command
+    assert "BASE_IMAGE=localhost/python-base:3.11" in command
+    assert f"MODEL_SHA256={'f' * 64}" in command
+    assert command[-1] == str(tmp_path)
+
+
+def test_repository_urls_and_loopback_registries() -> None:
+    assert image.split_repository_url("123.dkr.ecr.eu-west-1.amazonaws.com/onnx-ship") == (
+        "123.dkr.ecr.eu-west-1.amazonaws.com",
+        "onnx-ship",
+    )
+    with pytest.raises(image.ImageError, match="without a tag"):
+        image.split_repository_url("123.dkr.ecr.eu-west-1.amazonaws.com/onnx-ship:abc")
+    assert image.is_loopback("127.0.0.1:5000") and image.is_loopback("localhost")
+    assert not image.is_loopback("123.dkr.ecr.eu-west-1.amazonaws.com")
+
+
+def test_ecr_login_token_is_decoded(aws) -> None:
+    credentials = image.Ecr(boto3.client("ecr")).credentials()
+    assert credentials.username == "AWS"
+    assert credentials.password  # moto's "<account>-auth-token"
+
+
+def test_ecr_tag_lookup(aws) -> None:
+    ecr = image.Ecr(boto3.client("ecr"))
+    with pytest.raises(image.ImageError, match="'onnx-ship' does not exist"):
+        ecr.existing("onnx-ship", "abc")
+    boto3.client("ecr").create_repository(repositoryName="onnx-ship")
+    assert ecr.existing("onnx-ship", "abc") is None
+    put_manifest("onnx-ship", "abc", config_digest="sha256:" + "1" * 64)
+    found = ecr.existing("onnx-ship", "abc")
+    assert found is not None and found.config_digest == "sha256:" + "1" * 64
+
+
+def put_manifest(repository: str, tag: str, config_digest: str, digest: str | None = None) -> None:
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_V2,
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": 1,
+            "digest": config_digest,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "size": 1,
+                "digest": "sha256:" + "2" * 64,
+            }
+        ],
+    }
+    extra = {"imageDigest": digest} if digest else {}
+    boto3.client("ecr").put_image(
+        repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag, **extra
+    )
+
+
+# -- slow: the real image ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Built:
+    ref: str
+    sha: str
+    model_sha256: str
+    cli: image.ContainerCli
+
+
+def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, check=check, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def built() -> Built:
+    require(shutil.which("podman") is not None, "podman is not installed")
+    require(
+        podman("image", "exists", BASE_IMAGE, check=False).returncode == 0,
+        f"the base image {BASE_IMAGE} does not exist",
+    )
+    cli = image.ContainerCli("podman", shutil.which("podman") or "podman")
+    sha = image.git_sha()
+    model_sha256 = load_reference().model.sha256
+    assert model_sha256 is not None
+    started = time.monotonic()
+    ref = image.build(
+        TEST_REPO, sha, model_sha256, BASE_IMAGE, ca_bundle=image.default_ca_bundle(), cli=cli
+    )
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout)
+    print(f"\nimage {ref}: {size / 1e6:.0f} MB, built in {time.monotonic() - started:.0f}s")
+    return Built(ref, sha, model_sha256, cli)
+
+
+@pytest.fixture(scope="module")
+def container(built: Built, reference_files: dict[str, Path]) -> Iterator[str]:
+    """The image serving the real mnist-8 (mounted read-only), on a loopback port."""
+    name = f"onnx-ship-test-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    podman(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--publish",
+        f"127.0.0.1:{port}:8080",
+        "--volume",
+        f"{reference_files['model']}:/fixtures/mnist-8.onnx:ro",
+        "--env",
+        "MODEL_URL=file:///fixtures/mnist-8.onnx",
+        "--env",
+        f"MODEL_SHA256={built.model_sha256}",
+        built.ref,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout=90)
+        yield f"{name} http://127.0.0.1:{port}"
+    except Exception:
+        print(podman("logs", name, check=False).stdout)
+        raise
+    finally:
+        podman("rm", "--force", name, check=False)
+
+
+def name_and_url(container: str) -> tuple[str, str]:
+    name, url = container.split()
+    return name, url
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_image_is_labelled_with_commit_and_model(built: Built) -> None:
+    labels = json.loads(
+        podman("image", "inspect", "--format", "{{json .Labels}}", built.ref).stdout
+    )
+    assert labels["org.opencontainers.image.revision"] == built.sha
+    assert labels["model.sha256"] == built.model_sha256
+    assert labels["org.opencontainers.image.title"] == "onnx-ship"
+    assert labels["org.opencontainers.image.source"].startswith("https://")
+    assert built.ref.endswith(f":{built.sha}")
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_image_has_no_compiler_installer_or_model(built: Built) -> None:
+    found = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "python",
+        built.ref,
+        "-c",
+        "import pathlib, shutil; "
+        "tools = [t for t in ('gcc', 'cc', 'g++', 'make', 'pip', 'pip3') if shutil.which(t)]; "
+        # onnxruntime ships three tiny sample models of its own; nothing else may be there.
+        "models = [str(p) for p in pathlib.Path('/').glob('**/*.onnx') "
+        "          if '/site-packages/onnxruntime/datasets/' not in str(p)]; "
+        "print(tools + models)",
+    ).stdout.strip()
+    assert found == "[]"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_runs_as_non_root_and_becomes_healthy(built: Built, container: str) -> None:
+    name, url = name_and_url(container)
+    assert podman("exec", name, "id", "-u").stdout.strip() != "0"
+    assert podman("inspect", "--format", "{{.Config.User}}", name).stdout.strip() == "10001:10001"
+    # The image's own HEALTHCHECK command, run once now (no systemd timers here).
+    assert podman("healthcheck", "run", name, check=False).returncode == 0
+    health = podman("inspect", "--format", "{{.State.Health.Status}}", name).stdout.strip()
+    assert health == "healthy"
+    with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as answer:
+        assert json.load(answer) == {"ready": True}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_predicts_real_mnist_test_images(container: str, reference_files: dict[str, Path]) -> None:
+    _, url = name_and_url(container)
+    images = read_idx_images(reference_files["images"])[:10]
+    labels = read_idx_labels(reference_files["labels"])[:10]
+    predictions = []
+    for pixels in images:
+        body = json.dumps({"data": pixels.reshape(784).tolist()}).encode()
+        request = urllib.request.Request(
+            f"{url}/predict", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            predictions.append(json.load(answer)["prediction"])
+    assert predictions == labels.tolist()  # the first ten t10k digits: 7 2 1 0 4 1 4 9 5 9
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A docker-registry on a loopback port: plain HTTP, no auth, storage in a temp dir."""
+    require(shutil.which("docker-registry") is not None, "docker-registry is not installed")
+    root = tmp_path_factory.mktemp("registry")
+    address = f"127.0.0.1:{free_port()}"
+    template = (REPO / ".ci" / "registry.yml").read_text()
+    config = root / "config.yml"
+    config.write_text(template.replace("@ADDR@", address).replace("@STORAGE@", str(root / "data")))
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_http(f"http://{address}/v2/", timeout=30, process=process)
+        yield address
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def registry_manifest(registry: str, repository: str, tag: str) -> tuple[str, bytes] | None:
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/manifests/{tag}", headers={"Accept": MANIFEST_V2}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.headers["Docker-Content-Digest"], answer.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_push_logs_in_pushes_and_keeps_tags_immutable(
+    built: Built, registry: str, aws, request: pytest.FixtureRequest
+) -> None:
+    boto3.client("ecr").create_repository(repositoryName="onnx-ship")
+    ecr = image.Ecr(boto3.client("ecr"))
+    request.addfinalizer(
+        lambda: podman("untag", built.ref, f"{registry}/onnx-ship:{built.sha}", check=False)
+    )
+
+    digest = image.push(built.ref, f"{registry}/onnx-ship", built.sha, ecr=ecr, cli=built.cli)
+
+    pushed = registry_manifest(registry, "onnx-ship", built.sha)
+    assert pushed is not None and pushed[0] == digest
+    manifest = json.loads(pushed[1])
+    assert manifest["mediaType"] == MANIFEST_V2  # Docker format: the HEALTHCHECK survives
+    local_id = image.local_image_id(built.cli, built.ref)
+    assert manifest["config"]["digest"] == local_id
+
+    # ECR now holds this image under the tag: a second push is a no-op returning its digest.
+    boto3.client("ecr").put_image(
+        repositoryName="onnx-ship",
+        imageManifest=pushed[1].decode(),
+        imageTag=built.sha,
+        imageDigest=digest,
+    )
+    assert (
+        image.push(built.ref, f"{registry}/onnx-ship", built.sha, ecr=ecr, cli=built.cli) == digest
+    )
+
+    # Another image under the same tag is refused before anything is pushed.
+    boto3.client("ecr").create_repository(repositoryName="onnx-ship-other")
+    put_manifest("onnx-ship-other", built.sha, config_digest="sha256:" + "3" * 64)
+    with pytest.raises(image.ImageError, match="Tags are immutable"):
+        image.push(built.ref, f"{registry}/onnx-ship-other", built.sha, ecr=ecr, cli=built.cli)
+    assert registry_manifest(registry, "onnx-ship-other", built.sha) is None
+
+
+def test_ecr_token_is_base64_of_user_and_password() -> None:
+    class FakeClient:
+        def get_authorization_token(self) -> dict:
+            token = base64.b64encode(b"AWS:secret:with:colons").decode()
+            return {"authorizationData": [{"authorizationToken": token}]}
+
+    assert image.Ecr(FakeClient()).credentials() == image.Credentials("AWS", "secret:with:colons")

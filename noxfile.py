@@ -61,3 +61,39 @@ def gate(session: nox.Session) -> None:
     """Gate the model on the whole test set (`-- dev|prod`: against that champion)."""
     install(session, "pipeline")
     session.run("python", "-m", "pipeline", "gate", *session.posargs)
+
+
+def pipeline_command(session: nox.Session, *command: str) -> None:
+    """Install the pipeline's environment and run one `python -m pipeline` command."""
+    install(session, "pipeline")
+    session.run("python", "-m", "pipeline", *command, *session.posargs)
+
+
+@nox.session(name="deploy-dev", python=PYTHON)
+def deploy_dev(session: nox.Session) -> None:
+    """Gate, build, push and release to dev (what a push to the dev branch runs)."""
+    pipeline_command(session, "deploy", "dev")
+
+
+@nox.session(name="deploy-prod", python=PYTHON)
+def deploy_prod(session: nox.Session) -> None:
+    """Gate and release to prod the image dev verified for this commit."""
+    pipeline_command(session, "deploy", "prod")
+
+
+@nox.session(name="deploy-local", python=PYTHON)
+def deploy_local(session: nox.Session) -> None:
+    """Gate, then serve locally with capture to ./predictions (no AWS)."""
+    pipeline_command(session, "deploy-local")
+
+
+@nox.session(python=PYTHON)
+def rollback(session: nox.Session) -> None:
+    """Return an environment to its previous successful release: `-- dev|prod`."""
+    pipeline_command(session, "rollback")
+
+
+@nox.session(python=PYTHON)
+def status(session: nox.Session) -> None:
+    """Show what runs in an environment: `-- dev|prod`."""
+    pipeline_command(session, "status")

@@ -39,6 +39,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve()
 
 
+def _terraform_outputs(environment: str) -> dict:
+    from pipeline import terraform
+
+    return terraform.outputs(environment)
+
+
+def _environment(args: argparse.Namespace):
+    from pipeline.environment import resolve
+
+    return resolve(args.environment, terraform_outputs=_terraform_outputs)
+
+
+def _add_environment(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("environment", choices=("dev", "prod"))
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Download, gate, build or promote, push and release to an environment."""
+    from pipeline.deploy import deploy
+
+    record = deploy(args.environment, terraform_outputs=_terraform_outputs)
+    print(f"released {record['release_id']} to {args.environment}: {record['image']}")
+    return 0
+
+
+def cmd_deploy_local(args: argparse.Namespace) -> int:
+    """Gate the referenced model, then serve it locally with capture to a local directory."""
+    from pipeline.deploy import gate
+
+    gate(None, None)
+    return cmd_serve(args)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Return an environment to its previous successful release."""
+    from pipeline.release import rollback
+
+    record = rollback(_environment(args))
+    print(f"{args.environment} is back on {record['restores']} ({record['image']})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show what runs in an environment: release, image, model, gate accuracy, health."""
+    from pipeline.release import format_status, status
+
+    print(format_status(status(_environment(args))))
+    return 0
+
+
 COMMANDS: dict[
     str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]
 ] = {
@@ -47,7 +97,33 @@ COMMANDS: dict[
     "gate": (gate_step.run, gate_step.add_arguments),
     "build": (image_step.run_build, image_step.add_build_arguments),
     "push": (image_step.run_push, image_step.add_push_arguments),
+    "deploy": (cmd_deploy, _add_environment),
+    "deploy-local": (cmd_deploy_local, lambda parser: None),
+    "rollback": (cmd_rollback, _add_environment),
+    "status": (cmd_status, _add_environment),
 }
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    from pipeline.deploy import DeployError
+    from pipeline.environment import MissingEnvironment
+    from pipeline.records import RecordError
+    from pipeline.reference import InvalidReference
+    from pipeline.release import ReleaseError
+
+    return (
+        PipelineError,
+        ArtifactError,
+        DeployError,
+        MissingEnvironment,
+        RecordError,
+        InvalidReference,
+        ReleaseError,
+        image_step.ImageError,
+    )
+
+
+FAILURES = _failures()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (PipelineError, ArtifactError) as exc:
+    except FAILURES as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -87,6 +87,24 @@ def read_latest(deployments_url: str) -> dict[str, Any] | None:
     return validate(record, source)
 
 
+def list_records(deployments_url: str) -> list[dict[str, Any]]:
+    """Every release record of the environment, oldest first (release ids sort by time)."""
+    names = sorted(
+        name for name in _list(deployments_url) if name.endswith(".json") and name != LATEST
+    )
+    found = []
+    for name in names:
+        source = _join(deployments_url, name)
+        raw = _read(source)
+        if raw is None:
+            continue
+        try:
+            found.append(validate(json.loads(raw), source))
+        except ValueError as exc:
+            raise RecordError(f"{source}: not valid JSON: {exc}") from None
+    return found
+
+
 def write(deployments_url: str, record: dict[str, Any]) -> list[str]:
     """Write `<release_id>.json`, and `latest.json` when the deployment succeeded.
 
@@ -146,6 +164,28 @@ def _read(url: str) -> bytes | None:
         raise RecordError(f"{url}: S3 refused the read ({code}): {exc}") from exc
     except BotoCoreError as exc:
         raise RecordError(f"{url}: could not reach S3: {exc}") from exc
+
+
+def _list(url: str) -> list[str]:
+    """File names directly under `url`."""
+    location = _s3_location(url)
+    if location is None:
+        path = _filesystem_path(url)
+        return [p.name for p in path.iterdir() if p.is_file()] if path.is_dir() else []
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = location
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    names = []
+    try:
+        pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            names += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
+    except ClientError as exc:
+        raise RecordError(f"{url}: could not list records: {exc}") from exc
+    except BotoCoreError as exc:
+        raise RecordError(f"{url}: could not reach S3: {exc}") from exc
+    return [name for name in names if "/" not in name]
 
 
 def _write(url: str, body: bytes) -> None:

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +56,16 @@ def reference_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def mnist8_path(reference_files: dict[str, Path]) -> Path:
     return reference_files["model"]
+
+
+@pytest.fixture(scope="session")
+def mnist_test_set(reference_files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The first 1,000 MNIST t10k images (uint8 [N,28,28]) and labels."""
+    from pipeline.datasets import read_idx_images, read_idx_labels
+
+    images = read_idx_images(reference_files["images"])[:1000]
+    labels = read_idx_labels(reference_files["labels"])[:1000]
+    return images, labels
 
 
 class MotoServer:

@@ -23,16 +23,6 @@ MNIST8_SHA256 = "2f06e72de813a8635c9bc0397ac447a601bdbfa7df4bebc278723b958831c9b
 
 
 @pytest.fixture(scope="session")
-def mnist_test_set(reference_files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
-    """The first 1,000 MNIST t10k images (uint8 [N,28,28]) and labels."""
-    from pipeline.datasets import read_idx_images, read_idx_labels
-
-    images = read_idx_images(reference_files["images"])[:1000]
-    labels = read_idx_labels(reference_files["labels"])[:1000]
-    return images, labels
-
-
-@pytest.fixture(scope="session")
 def raw_argmax(mnist8_path: Path):
     """Classes from plain onnxruntime, one image at a time: what the service must agree with."""
     import onnxruntime as ort

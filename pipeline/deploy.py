@@ -1,0 +1,203 @@
+"""The used-by of the project: `nox -s deploy-dev`, `nox -s deploy-prod`, `nox -s deploy-local`.
+
+deploy-dev:  download -> gate (against dev's champion) -> build -> push -> release
+deploy-prod: download -> gate (against prod's champion) -> promote dev's verified image
+             for this commit (rebuilt only where dev has none) -> release
+A gate failure stops before anything in AWS is written. After a successful dev
+release the image is also tagged `verified-<git sha>`: that tag is what prod promotes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import image as images
+from pipeline.download import Downloaded, download
+from pipeline.environment import Environment, resolve
+from pipeline.gate import GateResult, read_champion, run_gate
+from pipeline.reference import Reference, load_reference
+from pipeline.release import Candidate, SmokeImages, release
+from pipeline.report import append_step_summary, write_report
+from service.model import ModelInfo, OnnxModel
+
+SMOKE_IMAGES = 8
+VERIFIED_PREFIX = "verified-"
+DEFAULT_REPORT_DIR = Path("build/gate")
+
+
+class DeployError(Exception):
+    """A deploy step failed; the message says which and why."""
+
+
+def say(message: str) -> None:
+    print(f"deploy: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Gated:
+    reference: Reference
+    downloaded: Downloaded
+    result: GateResult
+
+
+def gate(
+    environment: str | None, deployments_url: str | None, report_dir: Path = DEFAULT_REPORT_DIR
+) -> Gated:
+    """Download by reference and gate; DeployError with the reasons when it fails."""
+    reference = load_reference(environ=os.environ)
+    downloaded = download(reference)
+    champion = (
+        read_champion(deployments_url, environment) if environment and deployments_url else None
+    )
+    result = run_gate(reference, downloaded, champion=champion, environment=environment)
+    json_path, _ = write_report(result, report_dir)
+    append_step_summary(result)
+    for check in result.checks:
+        say(f"gate {check.status} {check.name}: {check.detail}")
+    if not result.passed:
+        raise DeployError("gate failed: " + "; ".join(result.reasons) + f" (report: {json_path})")
+    return Gated(reference, downloaded, result)
+
+
+def smoke_images(gated: Gated, count: int = SMOKE_IMAGES) -> SmokeImages:
+    """The first test images the gated model classifies correctly, and their classes."""
+    from pipeline.datasets import load_dataset
+
+    reference, downloaded = gated.reference, gated.downloaded
+    dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
+    sha = downloaded.sha256s["model"]
+    model = OnnxModel(downloaded.model_path, ModelInfo(reference.name, sha[:12], sha))
+    chosen, classes = [], []
+    for image, label in zip(dataset.images[:200], dataset.labels[:200], strict=True):
+        batch = (image.astype(model.input.dtype) * reference.input_scale).reshape(
+            (1, *model.input.item_shape)
+        )
+        predicted = int(model.scores(batch).argmax())
+        if predicted == int(label):
+            chosen.append(batch[0])
+            classes.append(predicted)
+        if len(chosen) == count:
+            break
+    return SmokeImages(np.stack(chosen), classes)
+
+
+def publish_model(env: Environment, gated: Gated) -> str:
+    """Copy the verified model under the environment's models prefix; return its URL."""
+    import boto3
+
+    from service.artifacts import ArtifactError
+
+    sha = gated.downloaded.sha256s["model"]
+    name = Path(gated.reference.model.filename).name or f"{gated.reference.name}.onnx"
+    if not env.models_url.startswith("s3://"):
+        raise DeployError(f"models_url {env.models_url!r} must be an s3:// URL")
+    bucket, _, prefix = env.models_url.removeprefix("s3://").partition("/")
+    key = f"{prefix.strip('/')}/{sha}/{name}".lstrip("/")
+    s3 = boto3.client("s3")
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        say(f"model already at s3://{bucket}/{key}")
+    except s3.exceptions.ClientError:
+        s3.upload_file(
+            str(gated.downloaded.model_path), bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"}
+        )
+        say(f"uploaded model to s3://{bucket}/{key}")
+    except Exception as exc:  # botocore's connection errors
+        raise ArtifactError(f"could not publish the model to s3://{bucket}/{key}: {exc}") from exc
+    return f"s3://{bucket}/{key}"
+
+
+def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
+    local = images.build(
+        images.DEFAULT_TAG_REPO,
+        git_sha,
+        gated.downloaded.sha256s["model"],
+        os.environ.get("BASE_IMAGE", images.DEFAULT_BASE_IMAGE),
+        ca_bundle=images.default_ca_bundle(),
+    )
+    digest = images.push(local, env.ecr_repository_url, git_sha)
+    return f"{_repository(env.ecr_repository_url)}@{digest}"
+
+
+def promote(env: Environment, source: Environment, gated: Gated, git_sha: str) -> str:
+    """Ship the image `source` verified for this commit; rebuild only where it has none."""
+    cli = images.find_cli()
+    ecr = images.Ecr()
+    verified = f"{_repository(source.ecr_repository_url)}:{VERIFIED_PREFIX}{git_sha}"
+    built = f"{_repository(source.ecr_repository_url)}:{git_sha}"
+    registry, _ = images.split_repository_url(source.ecr_repository_url)
+    images.login(cli, registry, ecr.credentials())
+    if _pull(cli, registry, verified):
+        say(f"promoting {verified}, verified on {source.environment}")
+        digest = images.push(verified, env.ecr_repository_url, git_sha, ecr=ecr, cli=cli)
+        return f"{_repository(env.ecr_repository_url)}@{digest}"
+    if _pull(cli, registry, built):
+        raise DeployError(
+            f"{source.environment} built {built} but never verified it (its release failed or "
+            f"is still running): fix {source.environment} first, then deploy prod again"
+        )
+    say(
+        f"warning: {source.environment} has no image for {git_sha[:12]}; building one for "
+        f"{env.environment} (it was not verified on {source.environment})"
+    )
+    return build_and_push(env, gated, git_sha)
+
+
+def _pull(cli: images.ContainerCli, registry: str, reference: str) -> bool:
+    import subprocess
+
+    flags = ["--tls-verify=false"] if cli.is_podman and images.is_loopback(registry) else []
+    result = subprocess.run(
+        [cli.path, "pull", *flags, reference],
+        capture_output=True,
+        text=True,
+        timeout=images.PUSH_TIMEOUT_SECONDS,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def mark_verified(env: Environment, image: str, git_sha: str) -> None:
+    """Tag the released image `verified-<sha>` in the environment's repository."""
+    cli = images.find_cli()
+    local = f"{images.DEFAULT_TAG_REPO}:{git_sha}"
+    images.push(local, env.ecr_repository_url, f"{VERIFIED_PREFIX}{git_sha}", cli=cli)
+    say(f"tagged {image} as {VERIFIED_PREFIX}{git_sha}")
+
+
+def _repository(repository_url: str) -> str:
+    registry, name = images.split_repository_url(repository_url)
+    return f"{registry}/{name}"
+
+
+def deploy(environment: str, *, terraform_outputs: Callable | None = None) -> dict:
+    """Gate, ship and release to `environment`; the successful deployment record."""
+    env = resolve(environment, terraform_outputs=terraform_outputs)
+    gated = gate(environment, env.deployments_url)
+    git_sha = images.git_sha()
+    model_url = publish_model(env, gated)
+    if environment == "prod":
+        source = resolve("dev", terraform_outputs=terraform_outputs)
+        image = promote(env, source, gated, git_sha)
+    else:
+        image = build_and_push(env, gated, git_sha)
+    candidate = Candidate(
+        image=image,
+        git_sha=git_sha,
+        model_name=gated.reference.name,
+        model_url=model_url,
+        model_sha256=gated.downloaded.sha256s["model"],
+        gate=gated.result.record(),
+    )
+    outcome = release(env, candidate, smoke_images(gated), say=say)
+    if not outcome.succeeded:
+        raise DeployError(f"release to {environment} rolled back: {outcome.reason}")
+    if environment == "dev":
+        mark_verified(env, image, git_sha)
+    return outcome.record

@@ -1,0 +1,83 @@
+"""Where an environment's resources are: Terraform's outputs, or environment variables.
+
+Every name the deploy needs is one of the environment root's outputs
+(`terraform output -json` of `terraform/envs/<env>`). Each can also be given,
+or overridden, by a variable `<ENV>_<OUTPUT>` (e.g. `DEV_CLUSTER_NAME`,
+`PROD_ENDPOINT_URL`) for machines without the Terraform state at hand.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+
+ENVIRONMENTS = ("dev", "prod")
+
+
+class MissingEnvironment(Exception):
+    """The environment's resource names cannot be found; the message says how to give them."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    environment: str
+    aws_region: str
+    cluster_name: str
+    service_name: str
+    task_family: str
+    container_name: str
+    ecr_repository_url: str
+    capture_url: str
+    deployments_url: str
+    models_url: str
+    endpoint_url: str
+
+    @property
+    def records_url(self) -> str:
+        """This environment's deployment records: `<deployments_url>/<env>`."""
+        return f"{self.deployments_url.rstrip('/')}/{self.environment}"
+
+
+REQUIRED = tuple(f.name for f in fields(Environment) if f.name != "environment")
+
+
+def override_name(environment: str, output: str) -> str:
+    return f"{environment.upper()}_{output.upper()}"
+
+
+def resolve(
+    environment: str,
+    *,
+    terraform_outputs: Callable[[str], Mapping[str, object]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Environment:
+    """The environment's resource names: variables first, then Terraform outputs."""
+    if environment not in ENVIRONMENTS:
+        raise MissingEnvironment(
+            f"unknown environment {environment!r}: use one of {', '.join(ENVIRONMENTS)}"
+        )
+    env = os.environ if environ is None else environ
+    given = {
+        name: env[override_name(environment, name)]
+        for name in REQUIRED
+        if env.get(override_name(environment, name))
+    }
+    outputs: Mapping[str, object] = {}
+    missing = [name for name in REQUIRED if name not in given]
+    terraform_problem = ""
+    if missing and terraform_outputs is not None:
+        try:
+            outputs = terraform_outputs(environment)
+        except Exception as exc:  # any failure: say it along with the variables' names
+            terraform_problem = f" (terraform output failed: {exc})"
+    values = {name: given.get(name, outputs.get(name)) for name in REQUIRED}
+    still_missing = [name for name, value in values.items() if not value]
+    if still_missing:
+        variables = ", ".join(override_name(environment, n) for n in still_missing)
+        raise MissingEnvironment(
+            f"the {environment} environment's {', '.join(still_missing)} are unknown"
+            f"{terraform_problem}: run `terraform apply` in terraform/envs/{environment} "
+            f"(nox -s apply -- {environment}) so its outputs exist, or set {variables}"
+        )
+    return Environment(environment=environment, **{k: str(v) for k, v in values.items()})

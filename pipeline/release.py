@@ -1,0 +1,385 @@
+"""Release an image and a model to an environment's ECS service, verify it, roll back on failure.
+
+A release registers a new task definition revision (the running one, with the
+new image by digest and the model reference in its environment), points the
+service at it, waits until the deployment is stable, then smoke-tests the
+environment's endpoint. Any failure after the service update puts the service
+back on the previous revision. Every attempt leaves a deployment record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from pipeline import records
+from pipeline.environment import Environment
+
+STABLE_TIMEOUT_SECONDS = 15 * 60
+SMOKE_TIMEOUT_SECONDS = 5 * 60
+POLL_SECONDS = 10.0
+HTTP_TIMEOUT_SECONDS = 10
+
+
+class ReleaseError(Exception):
+    """The release failed; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What a release ships."""
+
+    image: str  # repository@sha256:digest
+    git_sha: str
+    model_name: str
+    model_url: str
+    model_sha256: str
+    gate: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SmokeImages:
+    """A handful of real test images with the class the gated model gives each."""
+
+    images: np.ndarray  # [N, ...] exactly as the service expects them
+    classes: list[int]
+
+
+@dataclass
+class Outcome:
+    record: dict[str, Any]
+    task_definition: str
+    previous_task_definition: str
+    succeeded: bool
+    reason: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+def release_id(git_sha: str, now: datetime | None = None) -> str:
+    moment = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{moment}-{git_sha[:12]}"
+
+
+class Ecs:
+    """The few ECS calls a release needs."""
+
+    def __init__(
+        self,
+        client: Any | None = None,
+        *,
+        poll_seconds: float = POLL_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if client is None:
+            import boto3
+
+            client = boto3.client("ecs")
+        self._client = client
+        self._poll = poll_seconds
+        self._sleep = sleep
+
+    def service(self, cluster: str, service: str) -> dict[str, Any]:
+        answer = self._client.describe_services(cluster=cluster, services=[service])
+        found = answer.get("services") or []
+        if not found or found[0].get("status") != "ACTIVE":
+            raise ReleaseError(
+                f"ECS service {service!r} is not active in cluster {cluster!r}: "
+                "run the environment's terraform apply first"
+            )
+        return found[0]
+
+    def current_task_definition(self, cluster: str, service: str) -> str:
+        return self.service(cluster, service)["taskDefinition"]
+
+    def register(
+        self, base_arn: str, container: str, image: str, environment: dict[str, str]
+    ) -> str:
+        """A new revision of `base_arn`'s family with `container`'s image and env replaced."""
+        base = self._client.describe_task_definition(taskDefinition=base_arn)["taskDefinition"]
+        containers = []
+        found = False
+        for definition in base["containerDefinitions"]:
+            definition = dict(definition)
+            if definition["name"] == container:
+                found = True
+                merged = {item["name"]: item["value"] for item in definition.get("environment", [])}
+                merged.update(environment)
+                definition["image"] = image
+                definition["environment"] = [
+                    {"name": k, "value": v} for k, v in sorted(merged.items())
+                ]
+            containers.append(definition)
+        if not found:
+            raise ReleaseError(
+                f"task definition {base_arn} has no container {container!r}; check the "
+                "environment's container_name output"
+            )
+        keep = (
+            "family",
+            "taskRoleArn",
+            "executionRoleArn",
+            "networkMode",
+            "volumes",
+            "placementConstraints",
+            "requiresCompatibilities",
+            "cpu",
+            "memory",
+            "runtimePlatform",
+            "ephemeralStorage",
+        )
+        request = {k: base[k] for k in keep if base.get(k) not in (None, [], {})}
+        registered = self._client.register_task_definition(
+            **request, containerDefinitions=containers
+        )
+        return registered["taskDefinition"]["taskDefinitionArn"]
+
+    def update(self, cluster: str, service: str, task_definition: str) -> None:
+        self._client.update_service(
+            cluster=cluster, service=service, taskDefinition=task_definition
+        )
+
+    def wait_stable(self, cluster: str, service: str, task_definition: str, timeout: float) -> None:
+        """Like boto3's services_stable waiter, and on our revision; fail fast on FAILED."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.service(cluster, service)
+            deployments = current.get("deployments", [])
+            failed = [d for d in deployments if d.get("rolloutState") == "FAILED"]
+            if failed:
+                raise ReleaseError(
+                    f"ECS marked the deployment failed: {failed[0].get('rolloutStateReason', '')}"
+                )
+            if (
+                current["taskDefinition"] == task_definition
+                and len(deployments) == 1
+                and current.get("runningCount") == current.get("desiredCount")
+            ):
+                return
+            if time.monotonic() >= deadline:
+                raise ReleaseError(
+                    f"the service did not become stable within {timeout:.0f} s "
+                    f"({current.get('runningCount')}/{current.get('desiredCount')} tasks running, "
+                    f"{len(deployments)} deployments)"
+                )
+            self._sleep(self._poll)
+
+
+# -- smoke test ---------------------------------------------------------------
+
+
+def _get_json(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_SECONDS) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def _post_json(url: str, document: Any) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(document).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()[:300]
+
+
+def smoke_test(
+    endpoint: str,
+    candidate: Candidate,
+    smoke: SmokeImages,
+    timeout: float,
+    poll_seconds: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Ready, the candidate's model (by sha256), and the right class for every smoke image."""
+    base = endpoint.rstrip("/")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, _ = _get_json(f"{base}/v2/health/ready")
+        except OSError as exc:
+            status = f"unreachable ({exc})"
+        if status == 200:
+            break
+        if time.monotonic() >= deadline:
+            raise ReleaseError(f"{base} did not become ready within {timeout:.0f} s: {status}")
+        sleep(poll_seconds)
+    status, metadata = _get_json(f"{base}/v2/models/{candidate.model_name}")
+    served = (metadata or {}).get("parameters", {}).get("sha256") if status == 200 else None
+    if served != candidate.model_sha256:
+        raise ReleaseError(
+            f"{base} serves model sha256 {served} (HTTP {status}), not the released "
+            f"{candidate.model_sha256}"
+        )
+    wrong = []
+    for index, (image, expected) in enumerate(zip(smoke.images, smoke.classes, strict=True)):
+        status, body = _post_json(f"{base}/predict", {"data": image.reshape(-1).tolist()})
+        got = body.get("prediction") if status == 200 and isinstance(body, dict) else body
+        if got != expected:
+            wrong.append(f"image {index}: expected {expected}, got {got} (HTTP {status})")
+    if wrong:
+        raise ReleaseError(
+            f"smoke test failed on {len(wrong)}/{len(smoke.classes)} images: "
+            + "; ".join(wrong[:3])
+        )
+
+
+# -- the release ----------------------------------------------------------------
+
+
+def task_environment(env: Environment, candidate: Candidate) -> dict[str, str]:
+    return {
+        "APP_ENV": env.environment,
+        "MODEL_URL": candidate.model_url,
+        "MODEL_SHA256": candidate.model_sha256,
+        "MODEL_NAME": candidate.model_name,
+        "PREDICTION_LOG_URL": env.capture_url,
+        "GIT_SHA": candidate.git_sha,
+    }
+
+
+def release(
+    env: Environment,
+    candidate: Candidate,
+    smoke: SmokeImages,
+    *,
+    ecs: Ecs | None = None,
+    stable_timeout: float = STABLE_TIMEOUT_SECONDS,
+    smoke_timeout: float = SMOKE_TIMEOUT_SECONDS,
+    say: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Outcome:
+    """Ship `candidate` to `env`; roll back and record the failure when it does not hold."""
+    ecs = ecs or Ecs()
+    started = datetime.now(UTC)
+    record: dict[str, Any] = {
+        "release_id": release_id(candidate.git_sha, started),
+        "environment": env.environment,
+        "git_sha": candidate.git_sha,
+        "image": candidate.image,
+        "model_name": candidate.model_name,
+        "model_url": candidate.model_url,
+        "model_sha256": candidate.model_sha256,
+        "gate": candidate.gate,
+        "started_at": started.isoformat(),
+    }
+    previous = ecs.current_task_definition(env.cluster_name, env.service_name)
+    record["previous_task_definition"] = previous
+    new = ecs.register(
+        previous, env.container_name, candidate.image, task_environment(env, candidate)
+    )
+    record["task_definition"] = new
+    say(f"registered {new} (image {candidate.image})")
+    ecs.update(env.cluster_name, env.service_name, new)
+    say(f"service {env.service_name} now on {new}; waiting until stable")
+    try:
+        ecs.wait_stable(env.cluster_name, env.service_name, new, stable_timeout)
+        say(f"stable; smoke-testing {env.endpoint_url}")
+        smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep)
+    except ReleaseError as failure:
+        say(f"release failed: {failure}; rolling back to {previous}")
+        ecs.update(env.cluster_name, env.service_name, previous)
+        try:
+            ecs.wait_stable(env.cluster_name, env.service_name, previous, stable_timeout)
+            rolled = "rolled_back"
+        except ReleaseError as rollback_failure:
+            rolled = "failed"
+            failure = ReleaseError(f"{failure}; the rollback did not settle: {rollback_failure}")
+        record.update(
+            outcome=rolled, reason=str(failure), finished_at=datetime.now(UTC).isoformat()
+        )
+        records.write(env.records_url, record)
+        return Outcome(record, new, previous, False, str(failure))
+    record.update(outcome="succeeded", finished_at=datetime.now(UTC).isoformat())
+    records.write(env.records_url, record)
+    say(f"released {record['release_id']} to {env.environment}")
+    return Outcome(record, new, previous, True)
+
+
+def rollback(
+    env: Environment,
+    *,
+    ecs: Ecs | None = None,
+    stable_timeout: float = STABLE_TIMEOUT_SECONDS,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Return `env` to its previous successful release (the one before `latest.json`)."""
+    ecs = ecs or Ecs()
+    history = [r for r in records.list_records(env.records_url) if r["outcome"] == "succeeded"]
+    latest = records.read_latest(env.records_url)
+    if latest is None or len(history) < 2:
+        raise ReleaseError(
+            f"{env.environment} has no earlier successful release to return to "
+            f"({len(history)} successful release(s) recorded)"
+        )
+    earlier = [r for r in history if r["release_id"] < latest["release_id"]]
+    if not earlier:
+        raise ReleaseError(
+            f"{env.environment} has no successful release before {latest['release_id']}"
+        )
+    target = earlier[-1]
+    task_definition = target["task_definition"]
+    say(
+        f"rolling {env.environment} back from {latest['release_id']} to "
+        f"{target['release_id']} ({task_definition})"
+    )
+    ecs.update(env.cluster_name, env.service_name, task_definition)
+    ecs.wait_stable(env.cluster_name, env.service_name, task_definition, stable_timeout)
+    now = datetime.now(UTC)
+    record = {
+        **{k: v for k, v in target.items() if k not in ("reason", "started_at", "finished_at")},
+        "release_id": release_id(target.get("git_sha", "rollback"), now),
+        "outcome": "succeeded",
+        "rollback_of": latest["release_id"],
+        "restores": target["release_id"],
+        "previous_task_definition": latest.get("task_definition"),
+        "started_at": now.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+    }
+    records.write(env.records_url, record)
+    return record
+
+
+def status(env: Environment, *, ecs: Ecs | None = None) -> dict[str, Any]:
+    """What runs in `env`: the service's revision and tasks, the latest release, health."""
+    ecs = ecs or Ecs()
+    service = ecs.service(env.cluster_name, env.service_name)
+    latest = records.read_latest(env.records_url)
+    try:
+        health, _ = _get_json(f"{env.endpoint_url.rstrip('/')}/v2/health/ready")
+    except OSError as exc:
+        health = f"unreachable ({exc.__class__.__name__})"
+    running = service["taskDefinition"]
+    return {
+        "environment": env.environment,
+        "task_definition": running,
+        "tasks": f"{service.get('runningCount')}/{service.get('desiredCount')}",
+        "release": (latest or {}).get("release_id"),
+        "image": (latest or {}).get("image"),
+        "model": (latest or {}).get("model_name"),
+        "model_sha256": (latest or {}).get("model_sha256"),
+        "gate_accuracy": ((latest or {}).get("gate") or {}).get("accuracy"),
+        "git_sha": (latest or {}).get("git_sha"),
+        "in_sync": latest is not None and latest.get("task_definition") == running,
+        "health": "ready" if health == 200 else f"not ready ({health})",
+    }
+
+
+def format_status(report: dict[str, Any], keys: Sequence[str] | None = None) -> str:
+    keys = keys or list(report)
+    width = max(len(k) for k in keys)
+    return "\n".join(f"{k:<{width}}  {report[k]}" for k in keys)

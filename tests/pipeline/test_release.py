@@ -1,0 +1,207 @@
+"""Releases against a moto ECS/S3 server, smoke-tested on a real local service."""
+
+from __future__ import annotations
+
+import boto3
+import numpy as np
+import pytest
+
+from pipeline import records
+from pipeline.environment import Environment
+from pipeline.release import Candidate, Ecs, ReleaseError, SmokeImages, release, rollback, status
+from tests.service.conftest import MNIST8_SHA256, start_server
+
+pytestmark = pytest.mark.integration
+
+CLUSTER, SERVICE, FAMILY, CONTAINER = "onnx-ship-dev", "onnx-ship-dev", "onnx-ship-dev", "service"
+
+
+@pytest.fixture(scope="module")
+def mnist8_server(mnist8_path, tmp_path_factory):
+    server = start_server(
+        {
+            "MODEL_URL": str(mnist8_path),
+            "MODEL_SHA256": MNIST8_SHA256,
+            "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("c")),
+            "PREDICTION_LOG_URL": str(tmp_path_factory.mktemp("p")),
+        }
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def mnist12_server(reference_files, tmp_path_factory):
+    """A service answering with another model: what a bad release would look like."""
+    model = reference_files["model"].parent / "mnist-12.onnx"
+    server = start_server(
+        {
+            "MODEL_URL": str(model),
+            "MODEL_NAME": "mnist-8",
+            "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("c")),
+            "PREDICTION_LOG_URL": str(tmp_path_factory.mktemp("p")),
+        }
+    )
+    yield server
+    server.stop()
+
+
+def make_environment(endpoint: str) -> Environment:
+    ecs = boto3.client("ecs")
+    ecs.create_cluster(clusterName=CLUSTER)
+    first = ecs.register_task_definition(
+        family=FAMILY,
+        requiresCompatibilities=["FARGATE"],
+        networkMode="awsvpc",
+        cpu="512",
+        memory="1024",
+        executionRoleArn="arn:aws:iam::123456789012:role/onnx-ship-dev-execution",
+        taskRoleArn="arn:aws:iam::123456789012:role/onnx-ship-dev-task",
+        containerDefinitions=[
+            {
+                "name": CONTAINER,
+                "image": "registry/onnx-ship-dev:bootstrap",
+                "essential": True,
+                "portMappings": [{"containerPort": 8080}],
+                "environment": [{"name": "PORT", "value": "8080"}],
+            }
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+    ecs.create_service(
+        cluster=CLUSTER,
+        serviceName=SERVICE,
+        taskDefinition=first,
+        desiredCount=1,
+        launchType="FARGATE",
+    )
+    boto3.client("s3").create_bucket(Bucket="onnx-ship-dev")
+    return Environment(
+        environment="dev",
+        aws_region="us-east-1",
+        cluster_name=CLUSTER,
+        service_name=SERVICE,
+        task_family=FAMILY,
+        container_name=CONTAINER,
+        ecr_repository_url="127.0.0.1:5000/onnx-ship-dev",
+        capture_url="s3://onnx-ship-dev/capture",
+        deployments_url="s3://onnx-ship-dev/deployments",
+        models_url="s3://onnx-ship-dev/models",
+        endpoint_url=endpoint,
+    )
+
+
+@pytest.fixture
+def smoke(mnist_test_set) -> SmokeImages:
+    images, labels = mnist_test_set
+    return SmokeImages(
+        images[:6].reshape(6, 1, 28, 28).astype(np.float32), [int(x) for x in labels[:6]]
+    )
+
+
+def candidate(git_sha: str = "a" * 40) -> Candidate:
+    return Candidate(
+        image=f"127.0.0.1:5000/onnx-ship-dev@sha256:{'1' * 64}",
+        git_sha=git_sha,
+        model_name="mnist-8",
+        model_url="s3://onnx-ship-dev/models/mnist-8.onnx",
+        model_sha256=MNIST8_SHA256,
+        gate={"accuracy": 0.9891, "passed": True},
+    )
+
+
+def fast_ecs() -> Ecs:
+    return Ecs(poll_seconds=0.05, sleep=lambda s: None)
+
+
+def test_release_registers_a_revision_points_the_service_and_records_it(aws, mnist8_server, smoke):
+    env = make_environment(mnist8_server.url)
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert outcome.succeeded, outcome.reason
+    ecs = boto3.client("ecs")
+    service = ecs.describe_services(cluster=CLUSTER, services=[SERVICE])["services"][0]
+    assert service["taskDefinition"] == outcome.task_definition
+    assert outcome.task_definition.endswith(f"{FAMILY}:2")
+    definition = ecs.describe_task_definition(taskDefinition=outcome.task_definition)
+    (container,) = definition["taskDefinition"]["containerDefinitions"]
+    assert container["image"] == candidate().image
+    variables = {v["name"]: v["value"] for v in container["environment"]}
+    assert variables["MODEL_SHA256"] == MNIST8_SHA256
+    assert variables["APP_ENV"] == "dev"
+    assert variables["PREDICTION_LOG_URL"] == "s3://onnx-ship-dev/capture"
+    assert variables["PORT"] == "8080", "settings the pipeline does not own are kept"
+    assert definition["taskDefinition"]["taskRoleArn"].endswith("onnx-ship-dev-task")
+    latest = records.read_latest(env.records_url)
+    assert latest["outcome"] == "succeeded"
+    assert latest["image"] == candidate().image and latest["git_sha"] == "a" * 40
+    assert latest["task_definition"] == outcome.task_definition
+
+
+def test_failed_smoke_test_rolls_back_and_exits_with_the_reason(aws, mnist12_server, smoke):
+    env = make_environment(mnist12_server.url)
+    before = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])["services"][
+        0
+    ]["taskDefinition"]
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert not outcome.succeeded
+    assert "sha256" in outcome.reason
+    after = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])["services"][
+        0
+    ]["taskDefinition"]
+    assert after == before
+    assert records.read_latest(env.records_url) is None
+    (attempt,) = records.list_records(env.records_url)
+    assert attempt["outcome"] == "rolled_back" and "sha256" in attempt["reason"]
+
+
+def test_wrong_predictions_fail_the_smoke_test(aws, mnist8_server, smoke):
+    env = make_environment(mnist8_server.url)
+    lying = SmokeImages(smoke.images, [(c + 1) % 10 for c in smoke.classes])
+    outcome = release(env, candidate(), lying, ecs=fast_ecs(), say=lambda m: None)
+    assert not outcome.succeeded
+    assert "smoke test failed on 6/6 images" in outcome.reason
+
+
+def test_unreachable_endpoint_fails_within_the_bound(aws, smoke):
+    env = make_environment("http://127.0.0.1:9")
+    outcome = release(
+        env,
+        candidate(),
+        smoke,
+        ecs=fast_ecs(),
+        smoke_timeout=0.5,
+        say=lambda m: None,
+        sleep=lambda s: None,
+    )
+    assert not outcome.succeeded and "did not become ready" in outcome.reason
+
+
+def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it(
+    aws, mnist8_server, smoke
+):
+    env = make_environment(mnist8_server.url)
+    first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None)
+    second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert first.succeeded and second.succeeded
+    shown = status(env, ecs=fast_ecs())
+    assert shown["git_sha"] == "b" * 40 and shown["in_sync"] and shown["health"] == "ready"
+    assert shown["gate_accuracy"] == 0.9891
+    restored = rollback(env, ecs=fast_ecs(), say=lambda m: None)
+    assert restored["task_definition"] == first.task_definition
+    assert restored["rollback_of"] == second.record["release_id"]
+    service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
+    assert service["services"][0]["taskDefinition"] == first.task_definition
+    shown = status(env, ecs=fast_ecs())
+    assert shown["git_sha"] == "a" * 40 and shown["in_sync"]
+
+
+def test_rollback_without_history_says_so(aws, mnist8_server):
+    env = make_environment(mnist8_server.url)
+    with pytest.raises(ReleaseError, match="no earlier successful release"):
+        rollback(env, ecs=fast_ecs(), say=lambda m: None)
+
+
+def test_missing_service_is_a_clear_error(aws, smoke):
+    env = make_environment("http://127.0.0.1:9")
+    boto3.client("ecs").delete_service(cluster=CLUSTER, service=SERVICE, force=True)
+    with pytest.raises(ReleaseError, match="terraform apply"):
+        release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)

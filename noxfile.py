@@ -36,10 +36,14 @@ def test(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """Lint the Python code and the Dockerfile."""
-    install(session, "lint")
+    """Lint Python, the Dockerfile and the GitHub workflow."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("hadolint", "Dockerfile")
+    workflows = [str(p) for p in sorted((ROOT / ".github" / "workflows").glob("*.yml"))]
+    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
+    session.run("zizmor", "--offline", *workflows)
 
 
 @nox.session(python=PYTHON)

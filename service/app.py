@@ -10,6 +10,7 @@ import falcon.asgi
 import orjson
 
 from service import resources
+from service.capture import build_recorder
 from service.config import Settings
 from service.errors import ModelLoadError, ServiceError
 from service.inference import Inference
@@ -67,6 +68,8 @@ def create_app(
     settings = settings or Settings.from_env()
     metrics = Metrics()
     inference = Inference(metrics)
+    if recorder is None:  # prediction capture as the settings say (None when it is off)
+        recorder = build_recorder(settings, metrics.registry)
 
     app = falcon.asgi.App(
         middleware=[

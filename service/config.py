@@ -37,6 +37,8 @@ class Settings:
     prediction_log_url: str = DEFAULT_PREDICTION_LOG_URL
     prediction_log_inputs: bool = False
     prediction_log_sample: float = 100.0
+    # None: <cache_dir>/prediction-spool. Parts wait here while the sink is down.
+    prediction_log_spool_dir: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
     cache_dir: Path = field(default_factory=default_cache_dir)
@@ -54,6 +56,14 @@ class Settings:
             raise ConfigError("MODEL_SHA256 must be 64 hexadecimal characters (a sha256 digest)")
         if not 0 <= self.prediction_log_sample <= 100:
             raise ConfigError("PREDICTION_LOG_SAMPLE must be a percentage from 0 to 100")
+        scheme = (
+            self.prediction_log_url.split("://", 1)[0] if "://" in self.prediction_log_url else ""
+        )
+        if scheme not in ("", "file", "s3") or self.prediction_log_url.rstrip("/") == "s3:":
+            raise ConfigError(
+                f"PREDICTION_LOG_URL={self.prediction_log_url!r} is not a local directory, "
+                "file:// URL or s3://bucket/prefix (or off, to capture nothing)"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -73,6 +83,9 @@ class Settings:
             prediction_log_url=env.get("PREDICTION_LOG_URL", DEFAULT_PREDICTION_LOG_URL),
             prediction_log_inputs=_flag(env, "PREDICTION_LOG_INPUTS", False),
             prediction_log_sample=_number(env, "PREDICTION_LOG_SAMPLE", 100.0, float),
+            prediction_log_spool_dir=Path(env["PREDICTION_LOG_SPOOL_DIR"])
+            if env.get("PREDICTION_LOG_SPOOL_DIR")
+            else None,
             max_body_bytes=_number(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int),
             intra_op_threads=_number(env, "INTRA_OP_THREADS", DEFAULT_INTRA_OP_THREADS, int),
             cache_dir=Path(env["MODEL_CACHE_DIR"])

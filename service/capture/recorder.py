@@ -1,0 +1,383 @@
+"""The recorder: the request path enqueues, background tasks batch, upload and spool.
+
+    record()  -> queue (memory)  --batcher, every flush_seconds or when full-->  parts
+    parts     -> sink (retries with backoff)  --still failing-->  spool (local disk)
+    spool     -> sink, oldest first, as soon as the sink answers again
+
+Memory is bounded: the queue is turned into parts at least every
+`flush_seconds` (sooner when it holds `max_part_records` rows or
+`max_part_bytes`), and parts beyond `max_memory_bytes` go to the spool instead
+of waiting in memory. Records are only lost when the local disk fails too;
+they are then counted as dropped and logged at CRITICAL level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service.capture.metrics import CaptureMetrics
+from service.capture.records import Part, PartNamer, Pending, encode_parts
+from service.capture.sinks import Sink, SinkError, open_sink
+from service.capture.spool import Spool
+from service.capture.worker import Worker
+from service.model import ModelInfo
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from service.config import Settings
+
+log = logging.getLogger("service.capture")
+
+DISABLED_URLS = ("", "off", "none")
+SPOOL_SUBDIRECTORY = "prediction-spool"
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    env: str
+    spool_dir: Path
+    sample_percent: float = 100.0
+    include_inputs: bool = False
+    flush_seconds: float = 1.0
+    max_part_records: int = 10_000
+    max_part_bytes: int = 8 * 1024 * 1024
+    max_memory_bytes: int = 64 * 1024 * 1024
+    upload_attempts: int = 3
+    retry_seconds: float = 0.25
+    max_retry_seconds: float = 5.0
+    # Fits ECS's 30 s stop timeout after uvicorn's 15 s drain; the rest stays spooled.
+    close_seconds: float = 10.0
+
+
+def build_recorder(settings: Settings, registry: CollectorRegistry) -> CaptureRecorder | None:
+    """The recorder the settings ask for, or None when PREDICTION_LOG_URL is off."""
+    from service.config import ConfigError
+
+    if settings.prediction_log_url.strip().lower() in DISABLED_URLS:
+        return None
+    try:
+        sink = open_sink(settings.prediction_log_url)
+    except SinkError as exc:
+        raise ConfigError(str(exc)) from None
+    config = CaptureConfig(
+        env=settings.app_env,
+        spool_dir=settings.prediction_log_spool_dir or settings.cache_dir / SPOOL_SUBDIRECTORY,
+        sample_percent=settings.prediction_log_sample,
+        include_inputs=settings.prediction_log_inputs,
+    )
+    return CaptureRecorder(sink, config, CaptureMetrics(registry))
+
+
+class CaptureRecorder:
+    """A `service.resources.PredictionRecorder` that batches records into a sink."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        config: CaptureConfig,
+        metrics: CaptureMetrics | None = None,
+        *,
+        sampler: Callable[[], float] = random.random,
+    ) -> None:
+        self.sink = sink
+        self.config = config
+        self.metrics = metrics or CaptureMetrics()
+        self._sampler = sampler
+        self._spool = Spool(config.spool_dir)
+        self._namer = PartNamer()
+        self._encoder = Worker("capture-encode")
+        self._uploader = Worker("capture-upload")
+        self._queue: deque[Pending] = deque()
+        self._encoding_rows = 0
+        self._queued_rows = 0
+        self._queued_bytes = 0
+        self._pending: deque[Part] = deque()
+        self._pending_bytes = 0
+        self._spooled: deque[Path] = deque()
+        self._sink_down = False
+        self._wake: asyncio.Event | None = None
+        self._work: asyncio.Event | None = None
+        self._batch_task: asyncio.Task | None = None
+        self._upload_task: asyncio.Task | None = None
+        self._stopping = False
+        self._draining = False
+        self.metrics.sink_up.set(1)
+
+    # -- the request path: no awaits, no I/O -------------------------------
+
+    def record(
+        self,
+        *,
+        route: str,
+        request_id: str | None,
+        model: ModelInfo,
+        scores: np.ndarray,
+        inputs: np.ndarray | None,
+        latency_seconds: float,
+        answered_at: float | None = None,
+    ) -> None:
+        entry = Pending(
+            time.time() if answered_at is None else answered_at,
+            route,
+            request_id,
+            model,
+            scores,
+            inputs if self.config.include_inputs else None,
+            latency_seconds,
+        )
+        sample = self.config.sample_percent
+        if sample < 100 and self._sampler() * 100 >= sample:
+            self.metrics.sampled_out.inc(entry.rows)
+            return
+        self._queue.append(entry)
+        self._queued_rows += entry.rows
+        self._queued_bytes += entry.estimated_bytes()
+        if self._wake is not None and (
+            self._queued_rows >= self.config.max_part_records
+            or self._queued_bytes >= self.config.max_part_bytes
+        ):
+            self._wake.set()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background tasks and pick up parts a previous process spooled."""
+        if self._batch_task is not None:
+            return
+        self._stopping = self._draining = False
+        self._wake, self._work = asyncio.Event(), asyncio.Event()
+        self._spooled = deque(await self._encoder.run(self._spool.scan))
+        self.metrics.spool_parts.set(len(self._spooled))
+        if self._spooled:
+            log.info(
+                "prediction capture: %d spooled parts in %s will be uploaded to %s",
+                len(self._spooled),
+                self.config.spool_dir,
+                self.sink.url,
+            )
+        self._batch_task = asyncio.create_task(self._batch_loop(), name="capture-batch")
+        self._upload_task = asyncio.create_task(self._upload_loop(), name="capture-upload")
+
+    async def close(self) -> None:
+        """Flush everything to the sink within `close_seconds`; the rest stays spooled."""
+        if self._batch_task is None or self._upload_task is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.close_seconds
+        self._stopping = True
+        self._wake.set()
+        await self._batch_task
+        self._draining = True
+        self._work.set()
+        try:
+            await asyncio.wait_for(self._upload_task, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            log.warning(
+                "prediction capture: the sink %s did not take everything within %.0f s; "
+                "%d parts stay in the spool %s for the next start",
+                self.sink.url,
+                self.config.close_seconds,
+                len(self._pending) + len(self._spooled),
+                self.config.spool_dir,
+            )
+        if self._queue:  # answered while closing: straight to the spool
+            await self._encode_queue()
+        while self._pending:
+            part = self._pending.popleft()
+            self._pending_bytes -= len(part.body)
+            await self._save_to_spool(part)
+        self._update_gauges()
+        self._batch_task = self._upload_task = None
+
+    async def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until every record so far is in the sink (for tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not (self._queue or self._encoding_rows or self._pending or self._spooled):
+                return True
+            if self._wake is not None:
+                self._wake.set()
+            await asyncio.sleep(0.02)
+        return False
+
+    # -- batching ----------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.flush_seconds)
+            self._wake.clear()
+            if self._queue:
+                await self._encode_queue()
+            if self._stopping:
+                return
+
+    async def _encode_queue(self) -> None:
+        entries, rows = self._queue, self._queued_rows
+        self._queue, self._queued_rows, self._queued_bytes = deque(), 0, 0
+        self.metrics.captured.inc(rows)
+        self._encoding_rows = rows
+        try:
+            parts = await self._encoder.run(encode_parts, entries, self.config.env, self._namer)
+        except Exception:
+            self.metrics.dropped.inc(rows)
+            log.critical("prediction capture LOST %d records: encoding failed", rows, exc_info=True)
+            return
+        finally:
+            self._encoding_rows = 0
+        for part in parts:
+            if self._pending_bytes + len(part.body) > self.config.max_memory_bytes:
+                await self._save_to_spool(part)  # memory is full: spill, never drop
+            else:
+                self._pending.append(part)
+                self._pending_bytes += len(part.body)
+        self._update_gauges()
+        if self._work is not None:
+            self._work.set()
+
+    # -- uploading ---------------------------------------------------------
+
+    async def _upload_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = self.config.retry_seconds
+        next_probe = 0.0
+        while True:
+            if self._pending:
+                part = self._pending[0]
+                stored = not self._sink_down and await self._store(
+                    self._put_part, part, attempts=self.config.upload_attempts
+                )
+                self._pending.popleft()
+                self._pending_bytes -= len(part.body)
+                if stored:
+                    self._stored(part.records)
+                else:
+                    self._mark_down()
+                    await self._save_to_spool(part)
+                self._update_gauges()
+                continue
+            if self._spooled and (not self._sink_down or loop.time() >= next_probe):
+                path = self._spooled[0]
+                attempts = 1 if self._sink_down else self.config.upload_attempts
+                records = await self._store(self._put_spooled, path, attempts=attempts)
+                if records is False:
+                    self._mark_down()
+                    next_probe = loop.time() + backoff
+                    backoff = min(backoff * 2, self._retry_cap())
+                else:
+                    self._spooled.popleft()
+                    await self._encoder.run(self._spool.remove, path)
+                    if records:  # 0: another process uploaded it first
+                        self._stored(records)
+                    backoff = self.config.retry_seconds
+                self._update_gauges()
+                continue
+            if self._draining and not self._queue and not self._spooled:
+                return
+            timeout = max(0.0, next_probe - loop.time()) if self._spooled else None
+            self._work.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), timeout)
+
+    def _retry_cap(self) -> float:
+        return (
+            min(self.config.max_retry_seconds, 1.0)
+            if self._draining
+            else self.config.max_retry_seconds
+        )
+
+    async def _store(self, put: Callable, item, *, attempts: int):
+        """Run `put(item)` on the upload thread with retries; its result, or False."""
+        delay = self.config.retry_seconds
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._uploader.run(put, item)
+            except Exception as exc:
+                self.metrics.retries.inc()
+                if not self._sink_down:
+                    log.warning(
+                        "prediction capture: writing to %s failed (attempt %d of %d): %s",
+                        self.sink.url,
+                        attempt,
+                        attempts,
+                        exc,
+                    )
+                if attempt < attempts:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+        return False
+
+    def _put_part(self, part: Part) -> bool:
+        self.sink.put(part.key, part.body)
+        return True
+
+    def _put_spooled(self, path: Path) -> int:
+        """Upload one spooled part; its record count (0 when another process took it)."""
+        try:
+            body = path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        self.sink.put(self._spool.key(path), body)
+        return gzip.decompress(body).count(b"\n")
+
+    async def _save_to_spool(self, part: Part) -> None:
+        try:
+            path = await self._encoder.run(self._spool.save, part)
+        except OSError as exc:
+            self.metrics.dropped.inc(part.records)
+            log.critical(
+                "prediction capture LOST %d records: the sink %s is down and the spool %s "
+                "cannot be written (%s); free the disk or fix its permissions",
+                part.records,
+                self.sink.url,
+                self.config.spool_dir,
+                exc,
+            )
+            return
+        self._spooled.append(path)
+        self.metrics.spooled.inc()
+
+    def _stored(self, records: int) -> None:
+        self.metrics.parts_uploaded.inc()
+        self.metrics.written.inc(records)
+        self._mark_up()
+
+    def _mark_down(self) -> None:
+        if not self._sink_down:
+            log.error(
+                "prediction capture: the sink %s is unreachable; spooling parts to %s "
+                "until it answers again",
+                self.sink.url,
+                self.config.spool_dir,
+            )
+        self._sink_down = True
+        self.metrics.sink_up.set(0)
+
+    def _mark_up(self) -> None:
+        if self._sink_down:
+            log.info(
+                "prediction capture: the sink %s answers again; uploading %d spooled parts",
+                self.sink.url,
+                len(self._spooled),
+            )
+        self._sink_down = False
+        self.metrics.sink_up.set(1)
+
+    def _update_gauges(self) -> None:
+        self.metrics.queued.set(
+            self._queued_rows + self._encoding_rows + sum(p.records for p in self._pending)
+        )
+        self.metrics.spool_parts.set(len(self._spooled))

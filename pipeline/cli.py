@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pipeline import download as download_step
 from pipeline import gate as gate_step
 from pipeline import image as image_step
+from pipeline import predictions
 from pipeline.reference import REPO, fetch_artifact, load_reference
 from service.artifacts import ArtifactError
 
@@ -101,6 +102,8 @@ COMMANDS: dict[
     "deploy-local": (cmd_deploy_local, lambda parser: None),
     "rollback": (cmd_rollback, _add_environment),
     "status": (cmd_status, _add_environment),
+    "logs": (predictions.run_logs, predictions.add_logs_arguments),
+    "report": (predictions.run_report, predictions.add_report_arguments),
 }
 
 

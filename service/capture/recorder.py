@@ -231,7 +231,14 @@ class CaptureRecorder:
         self.metrics.captured.inc(rows)
         self._encoding_rows = rows
         try:
-            parts = await self._encoder.run(encode_parts, entries, self.config.env, self._namer)
+            parts = await self._encoder.run(
+                encode_parts,
+                entries,
+                self.config.env,
+                self._namer,
+                self.config.max_part_records,
+                self.config.max_part_bytes,
+            )
         except Exception:
             self.metrics.dropped.inc(rows)
             log.critical("prediction capture LOST %d records: encoding failed", rows, exc_info=True)

@@ -132,21 +132,36 @@ class PartNamer:
         return f"{hour_prefix(env, timestamp)}/{name}"
 
 
-def encode_parts(entries: Iterable[Pending], env: str, namer: PartNamer) -> list[Part]:
-    """Encode requests into gzip JSON Lines parts, one per UTC hour they fall in."""
-    by_hour: dict[int, list[bytes]] = {}
+def encode_parts(
+    entries: Iterable[Pending],
+    env: str,
+    namer: PartNamer,
+    max_records: int = 10_000,
+    max_bytes: int = 8 * 1024 * 1024,
+) -> list[Part]:
+    """Encode requests into gzip JSON Lines parts: one or more per UTC hour they fall in,
+    each holding at most `max_records` records and about `max_bytes` of JSON."""
+    by_hour: dict[int, list[list[bytes]]] = {}
+    sizes: dict[int, int] = {}
     for entry in entries:
-        lines = by_hour.setdefault(int(entry.answered_at // 3600), [])
-        lines.extend(
-            orjson.dumps(record, option=_DUMPS_OPTIONS) for record in build_records(entry, env)
-        )
+        hour = int(entry.answered_at // 3600)
+        chunks = by_hour.setdefault(hour, [[]])
+        for record in build_records(entry, env):
+            if len(chunks[-1]) >= max_records or sizes.get(hour, 0) >= max_bytes:
+                chunks.append([])
+                sizes[hour] = 0
+            line = orjson.dumps(record, option=_DUMPS_OPTIONS)
+            chunks[-1].append(line)
+            sizes[hour] = sizes.get(hour, 0) + len(line)
     return [
         Part(
             key=namer(env, hour * 3600),
             body=gzip.compress(b"".join(lines), compresslevel=GZIP_LEVEL, mtime=0),
             records=len(lines),
         )
-        for hour, lines in sorted(by_hour.items())
+        for hour, chunks in sorted(by_hour.items())
+        for lines in chunks
+        if lines
     ]
 
 

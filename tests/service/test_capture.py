@@ -1,0 +1,346 @@
+"""Prediction capture without the network: records, parts, batching, sampling, spooling."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+import json
+import logging
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from falcon import testing
+
+from service.app import create_app
+from service.capture import CaptureConfig, CaptureRecorder, build_recorder
+from service.capture.metrics import CaptureMetrics
+from service.capture.records import PartNamer, Pending, build_records, decode_part, encode_parts
+from service.capture.sinks import LocalSink, open_sink
+from service.config import ConfigError, Settings
+from service.model import ModelInfo
+
+INFO = ModelInfo("mnist-8", "1", "ab" * 32)
+KEY = re.compile(
+    r"^dev/\d{4}/\d{2}/\d{2}/\d{2}/\d{8}T\d{6}\.\d{3}Z-[A-Za-z0-9.-]+-\d+-[0-9a-f]{8}-\d{6}\.jsonl\.gz$"
+)
+
+
+def scores(rows: int) -> np.ndarray:
+    values = np.zeros((rows, 10), dtype=np.float32)
+    values[np.arange(rows), np.arange(rows) % 10] = 5.0
+    return values
+
+
+def read_dir(root: Path) -> list[dict]:
+    return [
+        record for path in root.rglob("*.jsonl.gz") for record in decode_part(path.read_bytes())
+    ]
+
+
+class FlakySink:
+    """A sink that fails while `down` is set and can be held (to fill memory)."""
+
+    def __init__(self, root: Path) -> None:
+        self._local = LocalSink(root)
+        self.url = f"flaky:{root}"
+        self.down = False
+        self.release = threading.Event()
+        self.release.set()
+        self.calls = 0
+
+    def put(self, key: str, body: bytes) -> bool:
+        self.calls += 1
+        self.release.wait(10)
+        if self.down:
+            raise ConnectionError("the sink is down")
+        return self._local.put(key, body)
+
+
+def config(tmp_path: Path, **overrides) -> CaptureConfig:
+    values = dict(
+        env="dev",
+        spool_dir=tmp_path / "spool",
+        flush_seconds=0.05,
+        retry_seconds=0.01,
+        max_retry_seconds=0.05,
+        close_seconds=2.0,
+    )
+    return CaptureConfig(**{**values, **overrides})
+
+
+def send(recorder: CaptureRecorder, requests: int, rows: int = 1, prefix: str = "r") -> None:
+    for i in range(requests):
+        recorder.record(
+            route="/v2/infer",
+            request_id=f"{prefix}{i}",
+            model=INFO,
+            scores=scores(rows),
+            inputs=np.full((rows, 1, 2, 2), i, dtype=np.float32),
+            latency_seconds=0.002,
+        )
+
+
+# -- records and parts ------------------------------------------------------------
+
+
+def test_each_batch_row_is_a_record_with_the_request_id_suffixed():
+    entry = Pending(0.5, "/v2/infer", "abc", INFO, scores(3), None, 0.0042)
+    records = list(build_records(entry, "dev"))
+    assert [r["id"] for r in records] == ["abc-0", "abc-1", "abc-2"]
+    assert [r["prediction"] for r in records] == [0, 1, 2]
+    first = records[0]
+    assert first["request_id"] == "abc" and first["row"] == 0
+    assert first["time"] == "1970-01-01T00:00:00.500Z"
+    assert first["env"] == "dev" and first["route"] == "/v2/infer"
+    assert first["model"] == {"name": "mnist-8", "version": "1", "sha256": "ab" * 32}
+    assert first["latency_ms"] == 4.2
+    assert "inputs" not in first
+
+
+def test_a_single_row_keeps_its_id_and_no_id_gets_a_uuid():
+    (given,) = build_records(Pending(0, "/predict", "req-7", INFO, scores(1), None, 0), "dev")
+    assert given["id"] == "req-7"
+    (generated,) = build_records(Pending(0, "/predict", None, INFO, scores(1), None, 0), "dev")
+    assert re.fullmatch(r"[0-9a-f-]{36}", generated["id"])
+    rows = list(build_records(Pending(0, "/predict", None, INFO, scores(2), None, 0), "dev"))
+    assert rows[0]["id"] != rows[1]["id"] and rows[0]["request_id"] == rows[1]["request_id"]
+
+
+def test_parts_are_gzip_json_lines_split_by_utc_hour_under_the_key_layout():
+    entries = [
+        Pending(3600 * 10 + 5, "/predict", "a", INFO, scores(2), np.ones((2, 1, 2, 2)), 0.001),
+        Pending(3600 * 11 + 5, "/predict", "b", INFO, scores(1), None, 0.001),
+    ]
+    parts = encode_parts(entries, "dev", PartNamer())
+    assert [p.key[:18] for p in parts] == ["dev/1970/01/01/10/", "dev/1970/01/01/11/"]
+    assert all(KEY.match(p.key) for p in parts)
+    lines = gzip.decompress(parts[0].body).decode().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["a-0", "a-1"]
+    assert json.loads(lines[0])["inputs"] == [1.0] * 4
+    assert json.loads(lines[0])["input_shape"] == [1, 2, 2]
+    assert [p.records for p in parts] == [2, 1]
+
+
+def test_part_names_never_repeat_within_or_across_processes():
+    first, second = PartNamer(), PartNamer()
+    names = {first("dev", 0) for _ in range(1000)} | {second("dev", 0) for _ in range(1000)}
+    assert len(names) == 2000
+
+
+def test_the_local_sink_never_overwrites_a_part(tmp_path):
+    sink = open_sink(f"file://{tmp_path}")
+    assert sink.put("dev/x.jsonl.gz", b"first") is True
+    assert sink.put("dev/x.jsonl.gz", b"second") is False
+    assert (tmp_path / "dev/x.jsonl.gz").read_bytes() == b"first"
+    assert [p.name for p in (tmp_path / "dev").iterdir()] == ["x.jsonl.gz"]
+
+
+# -- the recorder ----------------------------------------------------------------------
+
+
+def test_every_record_reaches_the_sink_in_batches_by_count(tmp_path):
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, max_part_records=10, flush_seconds=30)
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 35)
+        assert await recorder.wait_idle(5), "count-triggered batches did not flush"
+        await recorder.close()
+
+    asyncio.run(scenario())
+    records = read_dir(tmp_path / "out")
+    assert sorted(r["id"] for r in records) == sorted(f"r{i}" for i in range(35))
+    assert len(list((tmp_path / "out").rglob("*.jsonl.gz"))) >= 3
+
+
+def test_the_age_of_the_queue_triggers_a_part(tmp_path):
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=0.05))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 3)
+        await asyncio.sleep(0.5)
+        written = read_dir(tmp_path / "out")
+        await recorder.close()
+        return written
+
+    assert len(asyncio.run(scenario())) == 3
+
+
+def test_sampling_keeps_the_asked_percentage(tmp_path):
+    draws = itertools.cycle([0.05, 0.25, 0.45, 0.65, 0.85])
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"),
+        config(tmp_path, sample_percent=40),
+        sampler=lambda: next(draws),
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 100)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    assert len(read_dir(tmp_path / "out")) == 40
+    assert recorder.metrics.sampled_out._value.get() == 60
+
+
+def test_inputs_are_captured_only_when_asked(tmp_path):
+    for include in (False, True):
+        out = tmp_path / str(include)
+        recorder = CaptureRecorder(LocalSink(out), config(tmp_path, include_inputs=include))
+
+        async def scenario(recorder=recorder):
+            await recorder.start()
+            send(recorder, 1)
+            await recorder.close()
+
+        asyncio.run(scenario())
+        (record,) = read_dir(out)
+        assert ("inputs" in record) is include
+
+
+def test_a_down_sink_spools_and_the_spool_uploads_when_it_returns(tmp_path, caplog):
+    sink = FlakySink(tmp_path / "out")
+    recorder = CaptureRecorder(sink, config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        sink.down = True
+        send(recorder, 20, rows=2)
+        await asyncio.sleep(0.4)
+        spooled = list((tmp_path / "spool").rglob("*.jsonl.gz"))
+        sink.down = False
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+        return spooled
+
+    with caplog.at_level(logging.INFO, "service.capture"):
+        spooled = asyncio.run(scenario())
+    assert spooled, "nothing was spooled while the sink was down"
+    assert len(read_dir(tmp_path / "out")) == 40
+    assert not list((tmp_path / "spool").rglob("*.jsonl.gz"))
+    metrics = recorder.metrics
+    assert metrics.retries._value.get() > 0 and metrics.spooled._value.get() > 0
+    assert metrics.written._value.get() == 40 and metrics.dropped._value.get() == 0
+    assert "unreachable" in caplog.text and "answers again" in caplog.text
+
+
+def test_close_leaves_what_it_cannot_upload_spooled_for_the_next_process(tmp_path):
+    sink = FlakySink(tmp_path / "out")
+    sink.down = True
+    first = CaptureRecorder(sink, config(tmp_path, close_seconds=0.3))
+
+    async def shut_down_while_down():
+        await first.start()
+        send(first, 7)
+        await first.close()
+
+    asyncio.run(shut_down_while_down())
+    assert not read_dir(tmp_path / "out")
+    assert sum(len(decode_part(p.read_bytes())) for p in (tmp_path / "spool").rglob("*.gz")) == 7
+
+    second = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path))
+
+    async def next_start():
+        await second.start()
+        assert await second.wait_idle(5)
+        await second.close()
+
+    asyncio.run(next_start())
+    assert sorted(r["id"] for r in read_dir(tmp_path / "out")) == sorted(f"r{i}" for i in range(7))
+
+
+def test_full_memory_spills_to_the_spool_instead_of_dropping(tmp_path):
+    sink = FlakySink(tmp_path / "out")
+    sink.release.clear()  # the sink hangs: parts pile up in memory
+    recorder = CaptureRecorder(sink, config(tmp_path, max_memory_bytes=2_000))
+
+    async def scenario():
+        await recorder.start()
+        for batch in range(10):
+            send(recorder, 10, prefix=f"b{batch}-")
+            await asyncio.sleep(0.08)
+        spooled = recorder.metrics.spooled._value.get()
+        sink.release.set()
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+        return spooled
+
+    assert asyncio.run(scenario()) > 0
+    assert len({r["id"] for r in read_dir(tmp_path / "out")}) == 100
+    assert recorder.metrics.dropped._value.get() == 0
+
+
+def test_records_are_dropped_only_when_the_disk_fails_too_and_that_is_loud(tmp_path, caplog):
+    (tmp_path / "spool").write_text("a file where the spool directory should be")
+    sink = FlakySink(tmp_path / "out")
+    sink.down = True
+    recorder = CaptureRecorder(sink, config(tmp_path, close_seconds=0.2))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 5)
+        await recorder.close()
+
+    with caplog.at_level(logging.CRITICAL, "service.capture"):
+        asyncio.run(scenario())
+    assert recorder.metrics.dropped._value.get() == 5
+    assert "LOST 5 records" in caplog.text
+
+
+# -- settings and the app ------------------------------------------------------------
+
+
+def test_settings_refuse_an_unknown_capture_url(tmp_path):
+    with pytest.raises(ConfigError, match="PREDICTION_LOG_URL='ftp://x'"):
+        Settings(model_url="m.onnx", prediction_log_url="ftp://x")
+    with pytest.raises(ConfigError, match="s3://bucket/prefix"):
+        Settings(model_url="m.onnx", prediction_log_url="s3://")
+    env = {"MODEL_URL": "m.onnx", "PREDICTION_LOG_SPOOL_DIR": str(tmp_path)}
+    assert Settings.from_env(env).prediction_log_spool_dir == tmp_path
+
+
+def test_capture_can_be_switched_off(tmp_path):
+    from prometheus_client import CollectorRegistry
+
+    off = Settings(model_url="m.onnx", prediction_log_url="off")
+    assert build_recorder(off, CollectorRegistry()) is None
+    on = Settings(model_url="m.onnx", prediction_log_url=str(tmp_path), cache_dir=tmp_path)
+    recorder = build_recorder(on, CollectorRegistry())
+    assert recorder.config.spool_dir == tmp_path / "prediction-spool"
+
+
+def test_the_app_captures_by_default_and_counts_on_metrics(settings, model, tmp_path):
+    local = Settings(
+        model_url=settings.model_url,
+        model_sha256=settings.model_sha256,
+        cache_dir=tmp_path / "cache",
+        prediction_log_url=str(tmp_path / "predictions"),
+        app_env="dev",
+    )
+    client = testing.TestClient(create_app(local, model=model))
+    assert client.simulate_post("/predict", json={"data": [0] * 784}).status_code == 200
+    infer = {
+        "id": "v2-1",
+        "inputs": [
+            {"name": "Input3", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": [0] * 1568}
+        ],
+    }
+    response = client.simulate_post(f"/v2/models/{model.info.name}/infer", json=infer)
+    assert response.status_code == 200
+    records = read_dir(tmp_path / "predictions" / "dev")
+    assert sorted(r["route"] for r in records) == ["/predict", "/v2/infer", "/v2/infer"]
+    assert {r["id"] for r in records if r["route"] == "/v2/infer"} == {"v2-1-0", "v2-1-1"}
+    assert all(r["model"]["sha256"] == model.info.sha256 for r in records)
+    text = client.simulate_get("/metrics").text
+    assert "prediction_capture_records_written_total 3.0" in text
+    assert "prediction_capture_records_dropped_total 0.0" in text
+    metrics = CaptureMetrics()  # a fresh registry each time: no global state
+    assert metrics.written._value.get() == 0

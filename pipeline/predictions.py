@@ -206,9 +206,10 @@ def logs(
     since: datetime | None = None,
     limit: int | None = None,
     inputs: bool = False,
-    out: IO[str] = sys.stdout,
+    out: IO[str] | None = None,
 ) -> int:
     """Print the records one JSON object per line, newest first; return how many."""
+    out = out or sys.stdout
     printed = 0
     for record in read_records(store, env, since):
         if limit is not None and printed >= limit:

@@ -1,0 +1,149 @@
+"""Reading captured predictions back: `logs` and `report`, from local parts and from S3."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from datetime import UTC, datetime
+
+import boto3
+import numpy as np
+import pytest
+
+from pipeline import predictions
+from pipeline.cli import main
+from service.capture.records import PartNamer, Pending, encode_parts
+from service.capture.sinks import open_sink
+from service.model import ModelInfo
+
+INFO = ModelInfo("mnist-8", "1", "cd" * 32)
+NOON = datetime(2025, 3, 1, 12, 30, tzinfo=UTC).timestamp()
+
+
+def write_parts(url: str, env: str = "dev") -> None:
+    """Three requests over two hours: classes 1, 2 (a batch of two: 2 and 3) and 4."""
+    sink = open_sink(url)
+
+    def scores(*classes: int) -> np.ndarray:
+        values = np.zeros((len(classes), 10), dtype=np.float32)
+        values[np.arange(len(classes)), list(classes)] = 1.0
+        return values
+
+    entries = [
+        Pending(NOON, "/predict", "a", INFO, scores(1), None, 0.001),
+        Pending(NOON + 60, "/v2/infer", "b", INFO, scores(2, 3), None, 0.003),
+        Pending(NOON + 3600, "/predict", "c", INFO, scores(4), None, 0.002),
+    ]
+    for part in encode_parts(entries, env, PartNamer()):
+        sink.put(part.key, part.body)
+
+
+def test_logs_prints_one_record_per_line_newest_first(tmp_path, capsys):
+    write_parts(str(tmp_path))
+    assert main(["logs", "dev", "--url", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["c", "b-1", "b-0", "a"]
+    assert json.loads(lines[-1])["prediction"] == 1
+
+
+def test_logs_since_and_limit(tmp_path):
+    write_parts(str(tmp_path))
+    store = predictions.open_store(f"file://{tmp_path}")
+    out = io.StringIO()
+    since = predictions.parse_since("2025-03-01T12:31")
+    assert predictions.logs(store, "dev", since=since, out=out) == 3
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["c", "b-1", "b-0"]
+    assert predictions.logs(store, "dev", limit=1, out=io.StringIO()) == 1
+    assert predictions.logs(store, "prod", out=io.StringIO()) == 0
+
+
+def test_since_accepts_durations_and_dates_and_names_bad_input():
+    now = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    assert predictions.parse_since("2h", now) == datetime(2025, 3, 1, 10, tzinfo=UTC)
+    assert predictions.parse_since("30m", now) == datetime(2025, 3, 1, 11, 30, tzinfo=UTC)
+    assert predictions.parse_since("2025-02-01", now) == datetime(2025, 2, 1, tzinfo=UTC)
+    with pytest.raises(predictions.PredictionLogError, match="--since 'yesterday'"):
+        predictions.parse_since("yesterday", now)
+
+
+def test_a_missing_directory_or_bad_url_is_a_clear_error(tmp_path, capsys):
+    assert main(["logs", "dev", "--url", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["logs", "dev", "--url", "ftp://host/x"]) == 2
+    assert "s3://bucket/prefix" in capsys.readouterr().err
+    assert main(["report", "dev", "--url", str(tmp_path), "--no-baseline"]) == 2
+    assert "nothing to report: no predictions for dev" in capsys.readouterr().err
+
+
+def test_a_corrupt_part_is_named(tmp_path):
+    (tmp_path / "dev/2025/03/01/12").mkdir(parents=True)
+    (tmp_path / "dev/2025/03/01/12/x.jsonl.gz").write_bytes(b"not gzip")
+    store = predictions.open_store(str(tmp_path))
+    with pytest.raises(predictions.PredictionLogError, match=r"x\.jsonl\.gz is not a gzip JSON"):
+        list(predictions.read_records(store, "dev"))
+
+
+def test_report_counts_classes_hours_latency_and_compares_with_the_labels(tmp_path):
+    write_parts(str(tmp_path))
+    store = predictions.open_store(str(tmp_path))
+    labels = np.repeat(np.arange(10), 100)
+    summary = predictions.summarise(predictions.read_records(store, "dev"), "dev", labels)
+    assert summary.total == 4
+    assert summary.per_class == {1: 1, 2: 1, 3: 1, 4: 1}
+    assert summary.per_hour == {"2025-03-01 12:00": 3, "2025-03-01 13:00": 1}
+    assert summary.latency_ms["max"] == 3.0  # once per request, not per row
+    assert summary.latency_ms["p50"] == 2.0
+    assert summary.tvd == pytest.approx(0.6)  # 4 classes at 25% against 10 at 10%
+    assert summary.drifted
+    assert summary.degrees_of_freedom == 9  # 4 records are too few for significance:
+    assert summary.p_value == pytest.approx(0.7399, abs=1e-4)
+    table = predictions.format_table(summary)
+    assert "DRIFT?" in table and "2025-03-01 13:00" in table
+    chart = predictions.plot(summary, tmp_path / "chart.png")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_matching_distributions_show_no_drift():
+    records = [{"prediction": c, "time": "2025-03-01T12:00:00.000Z"} for c in range(10)] * 50
+    summary = predictions.summarise(records, "dev", np.repeat(np.arange(10), 3))
+    assert summary.tvd == 0 and not summary.drifted and summary.p_value == pytest.approx(1.0)
+
+
+def test_chi_square_p_values_match_known_values():
+    assert predictions.chi_square_p_value(16.919, 9) == pytest.approx(0.05, abs=1e-4)
+    assert predictions.chi_square_p_value(3.841, 1) == pytest.approx(0.05, abs=1e-4)
+    assert predictions.chi_square_p_value(2.0, 9) == pytest.approx(0.99147, abs=1e-4)
+
+
+def test_report_command_prints_a_table_and_writes_the_chart(tmp_path, capsys, monkeypatch):
+    write_parts(str(tmp_path / "captures"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "dev", "--url", str(tmp_path / "captures")]) == 0
+    out = capsys.readouterr().out
+    assert "predictions in dev: 4 records" in out and "total variation distance" in out
+    assert (tmp_path / "reports/predictions-dev.png").stat().st_size > 1000
+
+
+@pytest.mark.integration
+def test_parts_on_s3_are_gzip_json_lines_that_logs_reads_back(aws, capsys):
+    boto3.client("s3").create_bucket(Bucket="captures")
+    write_parts("s3://captures/predictions")
+    write_parts("s3://captures/predictions", env="prod")
+    s3 = boto3.client("s3")
+    listing = s3.list_objects_v2(Bucket="captures", Prefix="predictions/dev/")["Contents"]
+    assert [item["Key"][:31] for item in listing] == [
+        "predictions/dev/2025/03/01/12/2",
+        "predictions/dev/2025/03/01/13/2",
+    ]
+    body = s3.get_object(Bucket="captures", Key=listing[0]["Key"])["Body"].read()
+    assert [json.loads(line)["id"] for line in gzip.decompress(body).splitlines()] == [
+        "a",
+        "b-0",
+        "b-1",
+    ]
+    assert main(["logs", "dev", "--url", "s3://captures/predictions"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["c", "b-1", "b-0", "a"]
+    assert main(["logs", "dev", "--url", "s3://missing-bucket/x"]) == 2
+    assert "bucket 'missing-bucket' does not exist" in capsys.readouterr().err

@@ -65,8 +65,8 @@ LABEL org.opencontainers.image.title="onnx-ship" \
 # A fixed numeric uid lets orchestrators check runAsNonRoot without reading /etc/passwd.
 RUN useradd --uid 10001 --user-group --no-create-home --no-log-init --home-dir /nonexistent \
         --shell /usr/sbin/nologin app \
-    && mkdir -p /var/cache/onnx-ship \
-    && chown app:app /var/cache/onnx-ship
+    && mkdir -p /var/cache/onnx-ship /var/lib/onnx-ship \
+    && chown app:app /var/cache/onnx-ship /var/lib/onnx-ship
 
 COPY --from=builder /opt/venv /opt/venv
 
@@ -81,6 +81,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     MODEL_CACHE_DIR=/var/cache/onnx-ship
 
 USER 10001:10001
+# Writable by the service: relative paths (the default local prediction capture) land here.
+WORKDIR /var/lib/onnx-ship
 EXPOSE 8080
 
 # Slim images have no curl: ask the readiness route with the interpreter already there.

@@ -143,6 +143,15 @@ def changed_build_inputs(repo: Path = REPO) -> list[str]:
     return [line[3:] for line in result.stdout.splitlines() if line.strip()]
 
 
+def source_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """The repository's web address for the image label, in GitHub Actions (else None)."""
+    env = os.environ if environ is None else environ
+    if env.get("GITHUB_REPOSITORY"):
+        server = env.get("GITHUB_SERVER_URL", "https://github.com")
+        return f"{server}/{env['GITHUB_REPOSITORY']}"
+    return None
+
+
 def default_ca_bundle(environ: Mapping[str, str] | None = None) -> Path | None:
     """The CA bundle pip should trust inside the build: PIP_CERT, SSL_CERT_FILE or the system's."""
     env = os.environ if environ is None else environ
@@ -161,6 +170,7 @@ def build_command(
     base_image: str,
     context: Path,
     ca_bundle: Path | None,
+    source_url: str | None = None,
 ) -> list[str]:
     """The `<cli> build` command line for the top-level Dockerfile."""
     command = [cli.path, "build", "--file", str(context / "Dockerfile"), "--tag", image]
@@ -171,8 +181,10 @@ def build_command(
         ("BASE_IMAGE", base_image),
         ("GIT_SHA", git_sha),
         ("MODEL_SHA256", model_sha256),
+        ("SOURCE_URL", source_url),
     ):
-        command += ["--build-arg", f"{name}={value}"]
+        if value:
+            command += ["--build-arg", f"{name}={value}"]
     if ca_bundle is not None:
         # A build secret: pip trusts it during the build, no layer keeps it.
         command += ["--secret", f"id=ca,src={ca_bundle}"]
@@ -188,6 +200,7 @@ def build(
     *,
     context: Path = REPO,
     ca_bundle: Path | None = None,
+    source_url: str | None = None,
     cli: ContainerCli | None = None,
 ) -> str:
     """Build the service image as `<tag_repo>:<git_sha>` and return that reference."""
@@ -207,6 +220,7 @@ def build(
         base_image=base_image,
         context=context,
         ca_bundle=ca_bundle,
+        source_url=source_url,
     )
     _run(
         command,
@@ -344,12 +358,19 @@ def login(cli: ContainerCli, registry: str, credentials: Credentials) -> None:
 
 def local_image_id(cli: ContainerCli, image: str) -> str:
     """The local image's ID ("sha256:..."), the digest of its config."""
-    output = _run(
+    result = subprocess.run(
         [cli.path, "image", "inspect", "--format", "{{.Id}}", image],
-        what=f"inspecting {image}",
+        capture_output=True,
+        text=True,
         timeout=60,
-        capture=True,
-    ).strip()
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ImageError(
+            f"there is no local image {image} to push: build it first (`nox -s build`) from "
+            f"the same commit ({result.stderr.strip()})"
+        )
+    output = result.stdout.strip()
     return output if output.startswith("sha256:") else f"sha256:{output}"
 
 
@@ -427,7 +448,8 @@ def _run(
     input: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> str:
-    _say(f"{what}: {' '.join(command)}" if input is None else what)
+    if not capture:
+        _say(f"{what}: {' '.join(command)}" if input is None else what)
     try:
         result = subprocess.run(
             command,
@@ -498,6 +520,7 @@ def run_build(args: argparse.Namespace) -> int:
             model_sha256,
             args.base_image,
             ca_bundle=args.ca_bundle or default_ca_bundle(),
+            source_url=source_url(),
         )
     except (ImageError, InvalidReference) as exc:
         print(f"build failed: {exc}", file=sys.stderr)

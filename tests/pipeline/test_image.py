@@ -109,7 +109,14 @@ def test_podman_build_keeps_the_healthcheck_and_passes_the_ca_as_a_secret(tmp_pa
     assert "id=ca,src=/etc/ssl/certs/ca-certificates.crt" in command
     assert "BASE_IMAGE=localhost/python-base:3.11" in command
     assert f"MODEL_SHA256={'f' * 64}" in command
+    assert not any(arg.startswith("SOURCE_URL=") for arg in command)  # the Dockerfile's default
     assert command[-1] == str(tmp_path)
+
+
+def test_source_label_comes_from_github_actions() -> None:
+    environ = {"GITHUB_SERVER_URL": "https://github.com", "GITHUB_REPOSITORY": "acme/onnx-ship"}
+    assert image.source_url(environ) == "https://github.com/acme/onnx-ship"
+    assert image.source_url({}) is None
 
 
 def test_repository_urls_and_loopback_registries() -> None:
@@ -299,6 +306,17 @@ def test_predicts_real_mnist_test_images(container: str, reference_files: dict[s
         with urllib.request.urlopen(request, timeout=10) as answer:
             predictions.append(json.load(answer)["prediction"])
     assert predictions == labels.tolist()  # the first ten t10k digits: 7 2 1 0 4 1 4 9 5 9
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_stops_promptly_and_cleanly_on_sigterm(container: str) -> None:
+    """ECS sends SIGTERM and kills 30 s later: the service must drain and exit 0 well before."""
+    name, _ = name_and_url(container)
+    started = time.monotonic()
+    podman("stop", "--time", "20", name)
+    assert time.monotonic() - started < 10
+    assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
 
 
 @pytest.fixture(scope="module")

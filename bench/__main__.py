@@ -1,0 +1,76 @@
+"""`python -m bench [--quick]`: run the benchmark, print the table and ratios, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import report
+from bench.processes import ProcessError
+from bench.run import BenchError, Options, run
+from bench.wrk import WrkError
+
+DEFAULT_OUTPUT = Path("build/bench/results.json")
+CONTENDERS = ("compute", "bare", "fastapi", "service", "capture")
+
+
+def concurrency_levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        message = f"{text!r} is not a comma-separated list of integers"
+        raise argparse.ArgumentTypeError(message) from None
+    if not levels or any(level < 1 for level in levels):
+        raise argparse.ArgumentTypeError("concurrency levels must be integers of at least 1")
+    return levels
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="1 s per level (about a minute in all)")
+    p.add_argument("--seconds", type=int, help="seconds per concurrency level (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per row (default 1)")
+    p.add_argument(
+        "--concurrency", type=concurrency_levels, default=(1, 16, 64), help="default 1,16,64"
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=CONTENDERS,
+        default=(),
+        help="measure only these (default: all)",
+    )
+    p.add_argument(
+        "--workdir", type=Path, help="keep bodies, Lua scripts and server logs here (default: temp)"
+    )
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    seconds = args.seconds or (1 if args.quick else 5)
+    if seconds < 1 or args.warmup < 0:
+        print("error: --seconds must be at least 1 and --warmup not negative", file=sys.stderr)
+        return 2
+    options = Options(
+        seconds=seconds,
+        warmup_seconds=args.warmup,
+        concurrency=args.concurrency,
+        compute_seconds=1.0 if args.quick else 3.0,
+        only=tuple(args.only),
+    )
+    try:
+        results = run(options, args.workdir)
+    except (BenchError, ProcessError, WrkError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary(results))
+    path = report.write_json(results, args.output)
+    print(f"\nresults written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The compute ceiling: raw onnxruntime in this process, no HTTP, on the server's core.
+
+The session is configured as the service configures its own (one intra-op
+thread, one inter-op thread, sequential, all graph optimisations). Batched
+throughput needs a graph that takes batches: the Model Zoo's mnist-8 fixes its
+batch dimension at 1 and flattens with a Reshape to `[1, 256]`, so
+`batch_capable_copy` writes a copy with a symbolic batch dimension and that
+Reshape's leading 1 changed to -1. The copy is used only when its outputs
+match the original's one image at a time; otherwise the batch is looped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+# Outputs of the copy must match the original's within this (logits reach ~1e4 on raw pixels).
+COPY_ATOL = 1e-3
+COPY_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class ComputeCeiling:
+    """What onnxruntime alone does on one core with one intra-op thread."""
+
+    single_seconds: float  # median time of one single-image run
+    single_runs_per_second: float  # 1 / single_seconds
+    single_runs_per_second_sustained: float  # runs / total time (includes other tenants' noise)
+    batch_size: int
+    batch_images_per_second: float  # batch_size / median batch time
+    batch_images_per_second_sustained: float
+    batch_method: str  # "batch-capable copy" or "loop over the original"
+    copy_max_abs_diff: float | None  # copy vs original on the checked images (None: no copy)
+    copy_note: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def session(path: Path | str, intra_op_threads: int = 1) -> ort.InferenceSession:
+    """A session configured like the service's (service/model.py)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def pinned_to(core: int) -> Iterator[None]:
+    """Run the calling thread on `core` only, then restore its affinity."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def batch_capable_copy(original: Path, destination: Path) -> Path:
+    """Write a copy of `original` whose batch dimension is symbolic; return its path.
+
+    Changes: the first dimension of every graph input and output becomes `N`,
+    and every Reshape of an activation whose constant target shape starts with
+    1 gets -1 there instead. Intermediate shape annotations are dropped.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(original))
+    graph = model.graph
+    for value in (*graph.input, *graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = "N"
+    constants = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.input[0] in constants:
+            continue  # reshaping weights is not batch-dependent
+        shape_init = constants.get(node.input[1])
+        if shape_init is None:
+            continue
+        shape = numpy_helper.to_array(shape_init).copy()
+        if shape.size and shape[0] == 1:
+            shape[0] = -1
+            shape_init.CopyFrom(numpy_helper.from_array(shape, shape_init.name))
+    del graph.value_info[:]
+    onnx.checker.check_model(model)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(destination))
+    return destination
+
+
+def one_at_a_time(sess: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))])
+
+
+def _timed(function, *, min_seconds: float, max_runs: int) -> list[float]:
+    """Per-call durations of `function`, for at least `min_seconds` (at most `max_runs` calls)."""
+    durations: list[float] = []
+    deadline = time.perf_counter() + min_seconds
+    while len(durations) < max_runs and (len(durations) < 5 or time.perf_counter() < deadline):
+        started = time.perf_counter()
+        function()
+        durations.append(time.perf_counter() - started)
+    return durations
+
+
+def measure(
+    model_path: Path,
+    images: np.ndarray,
+    *,
+    batch_size: int,
+    workdir: Path,
+    seconds: float,
+    core: int = 0,
+) -> ComputeCeiling:
+    """Time single-image and batched inference of `images` (float32 [N,1,28,28]) on `core`."""
+    original = session(model_path)
+    name = original.get_inputs()[0].name
+    batch = np.ascontiguousarray(images[:batch_size], dtype=np.float32)
+    if len(batch) < batch_size:
+        raise ValueError(f"the compute ceiling needs {batch_size} images, got {len(batch)}")
+    reference = one_at_a_time(original, batch)
+
+    copy_diff: float | None = None
+    try:
+        copy = session(batch_capable_copy(model_path, workdir / "batch-capable.onnx"))
+        batched = copy.run(None, {copy.get_inputs()[0].name: batch})[0]
+        copy_diff = float(np.max(np.abs(batched - reference)))
+        agrees = np.allclose(batched, reference, rtol=COPY_RTOL, atol=COPY_ATOL) and np.array_equal(
+            batched.argmax(axis=1), reference.argmax(axis=1)
+        )
+        note = f"outputs match the original on {batch_size} images (max |diff| {copy_diff:.2g})"
+        if not agrees:
+            copy = None
+            note = f"copy disagrees with the original (max |diff| {copy_diff:.2g}); looped instead"
+    except Exception as exc:  # an unsupported graph falls back to looping, and says why
+        copy = None
+        note = f"no batch-capable copy ({type(exc).__name__}: {exc}); looped instead"
+
+    one = batch[:1]
+    with pinned_to(core):
+        for _ in range(50):
+            original.run(None, {name: one})
+        single = _timed(
+            lambda: original.run(None, {name: one}), min_seconds=seconds, max_runs=200_000
+        )
+        if copy is not None:
+            copy_name = copy.get_inputs()[0].name
+            copy.run(None, {copy_name: batch})
+            batched_runs = _timed(
+                lambda: copy.run(None, {copy_name: batch}), min_seconds=seconds, max_runs=10_000
+            )
+            method = "batch-capable copy"
+        else:
+            batched_runs = _timed(
+                lambda: one_at_a_time(original, batch), min_seconds=seconds, max_runs=10_000
+            )
+            method = "loop over the original"
+    return ComputeCeiling(
+        single_seconds=statistics.median(single),
+        single_runs_per_second=1 / statistics.median(single),
+        single_runs_per_second_sustained=len(single) / sum(single),
+        batch_size=batch_size,
+        batch_images_per_second=batch_size / statistics.median(batched_runs),
+        batch_images_per_second_sustained=batch_size * len(batched_runs) / sum(batched_runs),
+        batch_method=method,
+        copy_max_abs_diff=copy_diff,
+        copy_note=note,
+    )
+
+
+def reference_classes(model_path: Path, images: np.ndarray) -> list[int]:
+    """Classes of the original model, one image at a time: what every contender must answer."""
+    scores = one_at_a_time(session(model_path), np.asarray(images, dtype=np.float32))
+    return scores.argmax(axis=1).tolist()

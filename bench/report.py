@@ -1,0 +1,173 @@
+"""Turn a bench run into the printed table, the ratios, the targets and the JSON document."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.run import Results
+
+REFERENCE_CONCURRENCY = 16
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue 7's targets and whether this run met it."""
+
+    name: str
+    value: float | None
+    goal: str
+    met: bool | None  # None: not measured in this run
+
+
+def reference_concurrency(results: Results) -> int:
+    levels = results.options.concurrency
+    return REFERENCE_CONCURRENCY if REFERENCE_CONCURRENCY in levels else levels[len(levels) // 2]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def ratios(results: Results) -> dict[str, float | None]:
+    """The service against its ceilings and its alternative, at the reference concurrency."""
+    c = reference_concurrency(results)
+    service = results.rps("service", "predict single", "off", c)
+    bare = results.rps("bare", "predict single", None, c)
+    fastapi = results.rps("fastapi", "predict single", None, c)
+    ceiling = results.compute
+    ideal = 1 / (1 / bare + ceiling.single_seconds) if bare and ceiling is not None else None
+    binary = results.rps("service", "v2 binary 256", "off", c)
+    out: dict[str, float | None] = {
+        "concurrency": c,
+        "ideal_predict_rps": ideal,
+        "service_over_bare": _ratio(service, bare),
+        "service_over_ideal": _ratio(service, ideal),
+        "service_over_fastapi": _ratio(service, fastapi),
+        "v2_binary_256_over_raw_onnxruntime": _ratio(
+            binary * 256 if binary is not None else None,
+            ceiling.batch_images_per_second if ceiling else None,
+        ),
+    }
+    for m in results.measurements:
+        if m.contender == "service" and m.capture == "on" and m.concurrency == c:
+            off = results.rps("service", m.row, "off", c)
+            key = "capture_on_over_off: " + m.row
+            out[key] = _ratio(m.result.requests_per_second, off)
+    return out
+
+
+def targets(results: Results, found: dict[str, float | None]) -> list[Target]:
+    c = reference_concurrency(results)
+    single = results.find("service", "predict single", "off", c)
+    p99 = single.result.p99_us / 1000 if single else None
+    capture = [v for k, v in found.items() if k.startswith("capture_on_over_off") and v is not None]
+    ready = results.ready_seconds.get("service-capture-off")
+    rss = max((v for k, v in results.rss_bytes.items() if k.startswith("service")), default=None)
+
+    def at_least(name: str, value: float | None, goal: float, text: str) -> Target:
+        return Target(name, value, text, None if value is None else value >= goal)
+
+    def at_most(name: str, value: float | None, goal: float, text: str) -> Target:
+        return Target(name, value, text, None if value is None else value <= goal)
+
+    return [
+        at_least("predict single / ideal", found["service_over_ideal"], 0.70, ">= 0.70"),
+        at_least("predict single / FastAPI", found["service_over_fastapi"], 5.0, ">= 5"),
+        at_most(f"predict single p99 at c={c} (ms)", p99, 3.0, "< 3 ms"),
+        at_least("capture on / off (worst row)", min(capture, default=None), 0.95, ">= 0.95"),
+        at_least(
+            "v2 binary 256 / raw onnxruntime",
+            found["v2_binary_256_over_raw_onnxruntime"],
+            0.50,
+            ">= 0.50",
+        ),
+        at_most("ready after start, local model (s)", ready, 1.0, "<= 1 s"),
+        at_most("service resident memory (MB)", rss / MB if rss else None, 150.0, "< 150 MB"),
+    ]
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(results: Results) -> str:
+    """The Markdown table of every measured row."""
+    lines = [
+        "| contender | row | capture | c | req/s | images/s | p50 ms | p99 ms | non-2xx | errors |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in results.measurements:
+        r = m.result
+        lines.append(
+            f"| {m.contender} | {m.row} | {m.capture or '-'} | {m.concurrency} "
+            f"| {r.requests_per_second:,.0f} | {r.requests_per_second * m.images_per_request:,.0f} "
+            f"| {r.p50_us / 1000:.2f} | {r.p99_us / 1000:.2f} | {r.non_2xx} | {r.socket_errors} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(results: Results) -> str:
+    """Everything a reader needs: machine, ceilings, table, ratios and targets."""
+    found = ratios(results)
+    m = results.machine
+    parts = [
+        f"machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, "
+        f"onnxruntime {m['onnxruntime']}; server on core {results.options.server_core}, "
+        f"wrk on core {results.options.load_core}; {results.options.seconds} s per level",
+        "",
+    ]
+    ceiling = results.compute
+    if ceiling is not None:
+        parts += [
+            "raw onnxruntime (1 intra-op thread): "
+            f"{ceiling.single_seconds * 1e6:.1f} us per image (median), "
+            f"{ceiling.single_runs_per_second:,.0f} single-image runs/s; "
+            f"batch of {ceiling.batch_size}: {ceiling.batch_images_per_second:,.0f} images/s "
+            f"({ceiling.batch_method}: {ceiling.copy_note})",
+            "",
+        ]
+    parts += [table(results), "", f"ratios at c={found['concurrency']}:"]
+    for key, value in found.items():
+        if key == "concurrency":
+            continue
+        spec = ",.0f" if key == "ideal_predict_rps" else ".2f"
+        parts.append(f"  {key:<45} {_fmt(value, spec)}")
+    parts.append("")
+    parts.append("targets (issue 7):")
+    for t in targets(results, found):
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[t.met]
+        parts.append(f"  {t.name:<45} {_fmt(t.value, '.2f'):>8}  {t.goal:<8} {verdict}")
+    ready = ", ".join(f"{k} {v:.2f} s" for k, v in results.ready_seconds.items())
+    rss = ", ".join(f"{k} {v / MB:.0f} MB" for k, v in results.rss_bytes.items())
+    parts += ["", f"ready after start: {ready}", f"resident memory after load: {rss}"]
+    if results.capture_written is not None:
+        w = results.capture_written
+        parts.append(
+            f"capture wrote {w['records']:,} records in {w['objects']} objects "
+            f"({w['bytes'] / MB:.1f} MB) to the moto bucket"
+        )
+    return "\n".join(parts)
+
+
+def document(results: Results) -> dict:
+    found = ratios(results)
+    return {
+        "machine": results.machine,
+        "options": asdict(results.options),
+        "compute": results.compute.as_dict() if results.compute else None,
+        "measurements": [m.as_dict() for m in results.measurements],
+        "ready_seconds": results.ready_seconds,
+        "rss_bytes": results.rss_bytes,
+        "capture_written": results.capture_written,
+        "ratios": found,
+        "targets": [asdict(t) for t in targets(results, found)],
+    }
+
+
+def write_json(results: Results, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document(results), indent=2) + "\n")
+    return path

@@ -1,0 +1,397 @@
+"""One bench run: the compute ceiling, the HTTP ceiling, the FastAPI alternative, the service.
+
+Every server runs alone with uvicorn (one worker, httptools, uvloop) pinned to
+the server core; wrk runs pinned to the load core. Before a row is timed its
+request is sent once and the answer checked against raw onnxruntime's classes,
+so a contender that answers fast but wrong cannot win.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench import bodies, compute, wrk
+from bench.bodies import Body
+from bench.moto import CaptureStore, start_store
+from bench.processes import (
+    ProcessError,
+    Processes,
+    Server,
+    child_env,
+    free_port,
+    require_taskset,
+    rss_bytes,
+)
+
+CAPTURE_OFF = "off"  # PREDICTION_LOG_URL=off: service.capture builds no recorder
+UVICORN_FLAGS = ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
+
+
+class BenchError(RuntimeError):
+    """The bench could not measure something; the message says what and why."""
+
+
+@dataclass(frozen=True)
+class Options:
+    seconds: int = 5
+    warmup_seconds: int = 1
+    concurrency: tuple[int, ...] = (1, 16, 64)
+    compute_seconds: float = 3.0
+    batch_size: int = 256
+    server_core: int = 0
+    load_core: int = 1
+    only: tuple[str, ...] = ()  # contenders to run; empty: all
+
+
+@dataclass(frozen=True)
+class Measurement:
+    contender: str  # "service", "bare" or "fastapi"
+    row: str
+    capture: str | None  # "off" / "on" for the service
+    concurrency: int
+    images_per_request: int
+    result: wrk.WrkResult
+
+    def as_dict(self) -> dict:
+        r = self.result
+        return {
+            "contender": self.contender,
+            "row": self.row,
+            "capture": self.capture,
+            "concurrency": self.concurrency,
+            "images_per_request": self.images_per_request,
+            "requests_per_second": r.requests_per_second,
+            "images_per_second": r.requests_per_second * self.images_per_request,
+            "p50_ms": r.p50_us / 1000,
+            "p90_ms": r.p90_us / 1000,
+            "p99_ms": r.p99_us / 1000,
+            "max_ms": r.max_us / 1000,
+            "non_2xx": r.non_2xx,
+            "socket_errors": r.socket_errors,
+            "wrk": asdict(r),
+        }
+
+
+@dataclass
+class Workload:
+    """The model and the images every contender is asked about."""
+
+    model_path: Path
+    model_sha256: str
+    model_name: str
+    input_name: str
+    output_name: str
+    images: np.ndarray  # float32 [N,1,28,28]
+    expected: list[int]  # raw onnxruntime's classes for `images`
+
+    def service_bodies(self) -> dict[str, Body]:
+        name, i, o = self.model_name, self.input_name, self.output_name
+        return {
+            "predict single": bodies.predict_json(self.images[:1]),
+            "predict batch 64": bodies.predict_json(self.images[:64]),
+            "v2 json single": bodies.v2_json(self.images[:1], name, i),
+            "v2 binary single": bodies.v2_binary(self.images[:1], name, i, o),
+            "v2 binary 256": bodies.v2_binary(self.images[:256], name, i, o),
+        }
+
+
+@dataclass
+class Results:
+    options: Options
+    machine: dict
+    compute: compute.ComputeCeiling | None = None
+    measurements: list[Measurement] = field(default_factory=list)
+    ready_seconds: dict[str, float] = field(default_factory=dict)
+    rss_bytes: dict[str, int] = field(default_factory=dict)
+    capture_written: dict[str, int] | None = None
+
+    def find(
+        self, contender: str, row: str, capture: str | None, concurrency: int
+    ) -> Measurement | None:
+        key = (contender, row, capture, concurrency)
+        for m in self.measurements:
+            if (m.contender, m.row, m.capture, m.concurrency) == key:
+                return m
+        return None
+
+    def rps(self, contender: str, row: str, capture: str | None, concurrency: int) -> float | None:
+        found = self.find(contender, row, capture, concurrency)
+        return found.result.requests_per_second if found else None
+
+
+def load_workload(batch_size: int) -> Workload:
+    """The committed reference model and the first `batch_size` test images, verified."""
+    from pipeline.datasets import load_dataset
+    from pipeline.reference import fetch_verified, load_reference
+
+    reference = load_reference(environ=os.environ)
+    model_path, sha256 = fetch_verified(reference.model)
+    dataset = load_dataset(
+        fetch_verified(reference.test_images)[0],
+        fetch_verified(reference.test_labels)[0],
+        reference.test_format,
+    )
+    if len(dataset) < batch_size:
+        raise BenchError(f"the test set has {len(dataset)} images; the bench needs {batch_size}")
+    images = bodies.pixels(dataset.images[:batch_size]) * np.float32(reference.input_scale)
+    session = compute.session(model_path)
+    return Workload(
+        model_path=model_path,
+        model_sha256=sha256,
+        model_name=reference.name,
+        input_name=session.get_inputs()[0].name,
+        output_name=session.get_outputs()[0].name,
+        images=images,
+        expected=compute.reference_classes(model_path, images),
+    )
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    cpu = "unknown"
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+        cpu = found.group(1).strip() if found else cpu
+    except OSError:
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+# -- one row -----------------------------------------------------------------
+
+
+def post(url: str, body: Body, timeout: float = 10.0) -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(url, data=body.data, headers=body.headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def check_answer(server: Server, row: str, body: Body, expected: list[int]) -> None:
+    try:
+        status, answer, headers = post(server.url + body.path, body)
+    except OSError as exc:
+        server.check_alive()
+        raise BenchError(f"{server.name} did not answer the {row!r} request: {exc}") from None
+    if status != 200:
+        raise BenchError(
+            f"{server.name} answered {status} to the {row!r} request: {answer[:300]!r}"
+        )
+    if body.kind == "fixed":
+        return
+    got = bodies.classes(body, answer, headers)
+    if got != expected[: body.images]:
+        raise BenchError(
+            f"{server.name} answered the {row!r} request with classes {got[:8]}..., "
+            f"raw onnxruntime says {expected[:8]}..."
+        )
+
+
+def measure_row(
+    server: Server,
+    contender: str,
+    row: str,
+    body: Body,
+    capture: str | None,
+    workload: Workload,
+    options: Options,
+    workdir: Path,
+) -> list[Measurement]:
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{server.name} {row}".lower())
+    body_path = workdir / f"{slug}.body"
+    body_path.write_bytes(body.data)
+    script = workdir / f"{slug}.lua"
+    script.write_text(wrk.lua_script(body_path, body.headers))
+    url = server.url + body.path
+
+    check_answer(server, row, body, workload.expected)
+    if options.warmup_seconds > 0:
+        middle = options.concurrency[len(options.concurrency) // 2]
+        wrk.run(
+            url, script, connections=middle, seconds=options.warmup_seconds, core=options.load_core
+        )
+    measured = []
+    for connections in options.concurrency:
+        result = wrk.run(
+            url, script, connections=connections, seconds=options.seconds, core=options.load_core
+        )
+        server.check_alive()
+        measurement = Measurement(contender, row, capture, connections, body.images, result)
+        measured.append(measurement)
+        print(_progress(measurement), file=sys.stderr, flush=True)
+    return measured
+
+
+def _progress(m: Measurement) -> str:
+    r = m.result
+    label = f"{m.contender} {m.row}" + (f" (capture {m.capture})" if m.capture else "")
+    return (
+        f"  {label:<40} c={m.concurrency:<3} {r.requests_per_second:>9.0f} req/s  "
+        f"p50 {r.p50_us / 1000:.2f} ms  p99 {r.p99_us / 1000:.2f} ms"
+        f"  non-2xx {r.non_2xx}  errors {r.socket_errors}"
+    )
+
+
+# -- contenders ----------------------------------------------------------------
+
+
+def uvicorn_argv(app: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *UVICORN_FLAGS,
+        "--log-level",
+        "warning",
+    ]
+
+
+def bench_bare(processes: Processes, workload: Workload, results: Results, workdir: Path) -> None:
+    options = results.options
+    port = free_port()
+    server = processes.start(
+        "bare",
+        uvicorn_argv("bench.bare_app:app", port),
+        env=child_env({}),
+        port=port,
+        ready_path="/",
+        core=options.server_core,
+    )
+    body = bodies.fixed("/predict", bodies.predict_json(workload.images[:1]))
+    results.measurements += measure_row(
+        server, "bare", "predict single", body, None, workload, options, workdir
+    )
+    results.rss_bytes["bare"] = rss_bytes(server.pid)
+    processes.stop(server)
+
+
+def bench_fastapi(
+    processes: Processes, workload: Workload, results: Results, workdir: Path
+) -> None:
+    options = results.options
+    port = free_port()
+    server = processes.start(
+        "fastapi",
+        uvicorn_argv("bench.fastapi_app:app", port),
+        env=child_env({"MODEL_PATH": str(workload.model_path), "INTRA_OP_THREADS": "1"}),
+        port=port,
+        ready_path="/health",
+        core=options.server_core,
+    )
+    results.ready_seconds["fastapi"] = server.ready_seconds
+    body = bodies.predict_json(workload.images[:1])
+    results.measurements += measure_row(
+        server, "fastapi", "predict single", body, None, workload, options, workdir
+    )
+    results.rss_bytes["fastapi"] = rss_bytes(server.pid)
+    processes.stop(server)
+
+
+def bench_service(
+    processes: Processes,
+    workload: Workload,
+    results: Results,
+    workdir: Path,
+    store: CaptureStore | None,
+) -> None:
+    """`python -m service` with capture off (store None) or on (into the moto bucket)."""
+    options = results.options
+    capture = "on" if store is not None else CAPTURE_OFF
+    port = free_port()
+    env = {
+        "MODEL_URL": str(workload.model_path),
+        "MODEL_SHA256": workload.model_sha256,
+        "MODEL_NAME": workload.model_name,
+        "MODEL_CACHE_DIR": str(workdir / f"cache-{capture}"),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "APP_ENV": "local",
+        "INTRA_OP_THREADS": "1",
+        "WEB_CONCURRENCY": "1",
+        "PREDICTION_LOG_URL": store.url if store is not None else CAPTURE_OFF,
+        "PREDICTION_LOG_SPOOL_DIR": str(workdir / f"spool-{capture}"),
+        **(store.env if store is not None else {}),
+    }
+    name = f"service-capture-{capture}"
+    server = processes.start(
+        name,
+        [sys.executable, "-m", "service"],
+        env=child_env(env),
+        port=port,
+        ready_path="/v2/health/ready",
+        core=options.server_core,
+    )
+    results.ready_seconds[name] = server.ready_seconds
+    for row, body in workload.service_bodies().items():
+        results.measurements += measure_row(
+            server, "service", row, body, capture, workload, options, workdir
+        )
+    results.rss_bytes[name] = rss_bytes(server.pid)
+    code = processes.stop(server)
+    if code not in (0, -15):
+        raise ProcessError(f"{name} exited with {code} on SIGTERM:\n{server.log_tail()}")
+
+
+def run(options: Options, workdir: Path | None = None) -> Results:
+    """Measure every contender; stop every started process whatever happens."""
+    wrk.require_wrk()
+    require_taskset()
+    results = Results(options, machine())
+    wanted = set(options.only) or {"compute", "bare", "fastapi", "service", "capture"}
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        work = workdir or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        print("bench: loading the reference model and test images", file=sys.stderr)
+        workload = load_workload(options.batch_size)
+        if "compute" in wanted:
+            print("bench: raw onnxruntime (compute ceiling)", file=sys.stderr, flush=True)
+            results.compute = compute.measure(
+                workload.model_path,
+                workload.images,
+                batch_size=options.batch_size,
+                workdir=work,
+                seconds=options.compute_seconds,
+                core=options.server_core,
+            )
+        with Processes(work) as processes:
+            if "bare" in wanted:
+                print("bench: bare ASGI app (HTTP ceiling)", file=sys.stderr, flush=True)
+                bench_bare(processes, workload, results, work)
+            if "fastapi" in wanted:
+                print("bench: FastAPI + pydantic (the alternative)", file=sys.stderr, flush=True)
+                bench_fastapi(processes, workload, results, work)
+            if "service" in wanted:
+                print("bench: the service, capture off", file=sys.stderr, flush=True)
+                bench_service(processes, workload, results, work, None)
+            if "capture" in wanted:
+                print("bench: the service, capture on (moto S3)", file=sys.stderr, flush=True)
+                store = start_store(processes, core=options.load_core)
+                bench_service(processes, workload, results, work, store)
+                time.sleep(0.2)
+                results.capture_written = store.written()
+    return results

@@ -1,0 +1,227 @@
+"""The bench harness: wrk output parsing, request bodies the service accepts, the
+batch-capable copy, the ratios, and one tiny real run. No timed assertions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from falcon import testing
+
+from bench import bodies, compute, report, wrk
+from bench.__main__ import parser
+from bench.run import Measurement, Options, Results, Workload, load_workload
+from service.app import create_app
+from service.config import Settings
+from service.loader import load_model
+from tests.conftest import REPO
+
+HERE = Path(__file__).parent
+
+
+# -- wrk ---------------------------------------------------------------------------
+
+
+def test_parses_captured_wrk_output() -> None:
+    result = wrk.parse_output((HERE / "wrk_output_ok.txt").read_text())
+    assert result.requests == 3097
+    assert result.requests_per_second == pytest.approx(3097 / 1.007795)
+    assert (result.p50_us, result.p99_us) == (314, 27521)
+    assert result.non_2xx == 0
+    assert result.socket_errors == 0
+
+
+def test_counts_non_2xx_answers() -> None:
+    result = wrk.parse_output((HERE / "wrk_output_non2xx.txt").read_text())
+    assert result.non_2xx == result.requests == 31
+    assert result.p99_us == 626075
+
+
+def test_socket_errors_add_up() -> None:
+    line = (HERE / "wrk_output_ok.txt").read_text().splitlines()[-1]
+    fields = json.loads(line.removeprefix(wrk.MARKER))
+    fields.update(connect_errors=1, read_errors=2, write_errors=3, timeouts=4)
+    assert wrk.parse_output(wrk.MARKER + json.dumps(fields)).socket_errors == 10
+
+
+def test_output_without_result_line_says_so() -> None:
+    text = (HERE / "wrk_output_ok.txt").read_text().replace(wrk.MARKER, "")
+    with pytest.raises(wrk.WrkError, match="no BENCH_RESULT line"):
+        wrk.parse_output(text)
+
+
+def test_lua_script_posts_the_body_file_with_its_headers(tmp_path: Path) -> None:
+    script = wrk.lua_script(tmp_path / "body.bin", {bodies.BINARY_HEADER: "123"})
+    assert f'io.open([==[{tmp_path / "body.bin"}]==], "rb")' in script
+    assert 'wrk.headers["Inference-Header-Content-Length"] = "123"' in script
+    assert 'wrk.method = "POST"' in script
+    assert "function done(summary, latency, requests)" in script
+
+
+def test_wrk_only_reaches_loopback(tmp_path: Path) -> None:
+    with pytest.raises(wrk.WrkError, match=r"only sends traffic to 127\.0\.0\.1"):
+        wrk.run("http://example.com/", tmp_path / "x.lua", connections=1, seconds=1)
+
+
+def test_wrk_is_pinned_to_the_load_core(tmp_path: Path) -> None:
+    argv = wrk.command("http://127.0.0.1:1/", tmp_path / "s.lua", connections=16, seconds=5, core=1)
+    assert argv[:3] == ["taskset", "-c", "1"]
+    assert argv[argv.index("--connections") :][:2] == ["--connections", "16"]
+
+
+# -- bodies against the real service -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workload() -> Workload:
+    return load_workload(256)
+
+
+@pytest.fixture(scope="module")
+def client(workload: Workload, tmp_path_factory: pytest.TempPathFactory) -> testing.TestClient:
+    settings = Settings(
+        model_url=str(workload.model_path),
+        model_sha256=workload.model_sha256,
+        model_name=workload.model_name,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        prediction_log_url="off",
+    )
+    return testing.TestClient(create_app(settings, model=load_model(settings)))
+
+
+@pytest.mark.parametrize(
+    "row",
+    ["predict single", "predict batch 64", "v2 json single", "v2 binary single", "v2 binary 256"],
+)
+def test_service_accepts_each_body_and_answers_raw_onnxruntimes_classes(
+    client: testing.TestClient, workload: Workload, row: str
+) -> None:
+    body = workload.service_bodies()[row]
+    answer = client.simulate_post(body.path, body=body.data, headers=body.headers)
+    assert answer.status_code == 200, answer.text
+    assert bodies.classes(body, answer.content, answer.headers) == workload.expected[: body.images]
+
+
+def test_binary_body_layout(workload: Workload) -> None:
+    body = bodies.v2_binary(workload.images[:2], "m", "x", "y")
+    length = int(body.headers[bodies.BINARY_HEADER])
+    header = json.loads(body.data[:length])
+    assert header["inputs"][0]["shape"] == [2, 1, 28, 28]
+    assert header["inputs"][0]["parameters"]["binary_data_size"] == 2 * 784 * 4
+    tail = np.frombuffer(body.data[length:], dtype="<f4").reshape(2, 1, 28, 28)
+    assert np.array_equal(tail, workload.images[:2])
+
+
+# -- compute ceiling -------------------------------------------------------------------
+
+
+def test_batch_capable_copy_matches_the_original(workload: Workload, tmp_path: Path) -> None:
+    copy = compute.session(compute.batch_capable_copy(workload.model_path, tmp_path / "b.onnx"))
+    batched = copy.run(None, {copy.get_inputs()[0].name: workload.images})[0]
+    original = compute.one_at_a_time(compute.session(workload.model_path), workload.images)
+    assert batched.shape == (256, 10)
+    assert np.allclose(batched, original, rtol=compute.COPY_RTOL, atol=compute.COPY_ATOL)
+    assert batched.argmax(axis=1).tolist() == workload.expected
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def _measurement(contender: str, row: str, capture: str | None, rps: float) -> Measurement:
+    result = wrk.WrkResult(
+        requests=int(rps),
+        duration_us=1_000_000,
+        bytes=0,
+        connect_errors=0,
+        read_errors=0,
+        write_errors=0,
+        timeouts=0,
+        non_2xx=0,
+        p50_us=1000,
+        p90_us=1500,
+        p99_us=2000,
+        max_us=3000,
+        mean_us=1100,
+    )
+    images = 256 if row.endswith("256") else 1
+    return Measurement(contender, row, capture, 16, images, result)
+
+
+def test_ratios_follow_the_issue_formulas() -> None:
+    results = Results(Options(), {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"})
+    results.compute = compute.ComputeCeiling(
+        single_seconds=50e-6,
+        single_runs_per_second=20_000,
+        single_runs_per_second_sustained=20_000,
+        batch_size=256,
+        batch_images_per_second=40_000,
+        batch_images_per_second_sustained=40_000,
+        batch_method="batch-capable copy",
+        copy_max_abs_diff=0.0,
+        copy_note="",
+    )
+    results.measurements = [
+        _measurement("bare", "predict single", None, 20_000),
+        _measurement("fastapi", "predict single", None, 1_000),
+        _measurement("service", "predict single", "off", 8_000),
+        _measurement("service", "predict single", "on", 7_600),
+        _measurement("service", "v2 binary 256", "off", 100),
+    ]
+    found = report.ratios(results)
+    assert found["ideal_predict_rps"] == pytest.approx(1 / (1 / 20_000 + 50e-6))  # 10,000
+    assert found["service_over_ideal"] == pytest.approx(0.8)
+    assert found["service_over_bare"] == pytest.approx(0.4)
+    assert found["service_over_fastapi"] == pytest.approx(8.0)
+    assert found["v2_binary_256_over_raw_onnxruntime"] == pytest.approx(25_600 / 40_000)
+    assert found["capture_on_over_off: predict single"] == pytest.approx(0.95)
+    met = {t.name: t.met for t in report.targets(results, found)}
+    assert met["predict single / ideal"] is True
+    assert met["ready after start, local model (s)"] is None  # not measured here
+    assert "| service | predict single | off | 16 | 8,000 |" in report.table(results)
+
+
+def test_bad_concurrency_is_refused_with_the_reason(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--concurrency", "1,x"])
+    assert "not a comma-separated list of integers" in capsys.readouterr().err
+
+
+# -- one real run ----------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
+    """The whole path (uvicorn, taskset, wrk, report) for the HTTP ceiling, 1 s at c=1."""
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{tool} is missing: `apt-get install wrk util-linux`")
+            pytest.skip(f"{tool} is not installed")
+    output = tmp_path / "results.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            *("--only", "bare", "--seconds", "1", "--warmup", "0"),
+            *("--concurrency", "1", "--output", str(output)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| bare | predict single | - | 1 |" in done.stdout
+    document = json.loads(output.read_text())
+    (row,) = document["measurements"]
+    assert row["requests_per_second"] > 0
+    assert row["non_2xx"] == 0 and row["socket_errors"] == 0
+    assert document["rss_bytes"]["bare"] > 0

@@ -56,7 +56,7 @@ class ModelLifecycle:
     async def process_shutdown(self, scope, event) -> None:
         if hasattr(self._recorder, "close"):
             await self._recorder.close()
-        self._inference.close()
+        await self._inference.close()
 
 
 def create_app(
@@ -67,7 +67,11 @@ def create_app(
 ) -> falcon.asgi.App:
     settings = settings or Settings.from_env()
     metrics = Metrics()
-    inference = Inference(metrics)
+    inference = Inference(
+        metrics,
+        max_batch_size=settings.batch_max_size,
+        max_delay=settings.batch_max_delay_ms / 1000,
+    )
     if recorder is None:  # prediction capture as the settings say (None when it is off)
         recorder = build_recorder(settings, metrics.registry)
 

@@ -21,6 +21,8 @@ DEFAULT_INTRA_OP_THREADS = 1
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_WORKERS = 1
+DEFAULT_BATCH_MAX_SIZE = 64
+DEFAULT_BATCH_MAX_DELAY_MS = 0.0
 
 
 class ConfigError(Exception):
@@ -33,6 +35,9 @@ class Settings:
     model_sha256: str | None = None
     model_name: str | None = None
     model_version: str | None = None
+    # A batch-capable copy of a batch-1 model, proven equal on the test set by the gate.
+    model_batched_url: str | None = None
+    model_batched_sha256: str | None = None
     app_env: str = DEFAULT_APP_ENV
     prediction_log_url: str = DEFAULT_PREDICTION_LOG_URL
     prediction_log_inputs: bool = False
@@ -41,6 +46,8 @@ class Settings:
     prediction_log_spool_dir: Path | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
+    batch_max_size: int = DEFAULT_BATCH_MAX_SIZE
+    batch_max_delay_ms: float = DEFAULT_BATCH_MAX_DELAY_MS
     cache_dir: Path = field(default_factory=default_cache_dir)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -49,11 +56,16 @@ class Settings:
     def __post_init__(self) -> None:
         if self.app_env not in ENVIRONMENTS:
             raise ConfigError(f"APP_ENV={self.app_env!r} is not one of {', '.join(ENVIRONMENTS)}")
-        if self.model_sha256 is not None and (
-            len(self.model_sha256) != 64
-            or any(c not in "0123456789abcdef" for c in self.model_sha256.lower())
+        for name, digest in (
+            ("MODEL_SHA256", self.model_sha256),
+            ("MODEL_BATCHED_SHA256", self.model_batched_sha256),
         ):
-            raise ConfigError("MODEL_SHA256 must be 64 hexadecimal characters (a sha256 digest)")
+            if digest is not None and (
+                len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower())
+            ):
+                raise ConfigError(f"{name} must be 64 hexadecimal characters (a sha256 digest)")
+        if self.batch_max_size < 1:
+            raise ConfigError("BATCH_MAX_SIZE must be at least 1 (1 turns batching off)")
         if not 0 <= self.prediction_log_sample <= 100:
             raise ConfigError("PREDICTION_LOG_SAMPLE must be a percentage from 0 to 100")
         scheme = (
@@ -79,6 +91,8 @@ class Settings:
             model_sha256=env.get("MODEL_SHA256") or None,
             model_name=env.get("MODEL_NAME") or None,
             model_version=env.get("MODEL_VERSION") or None,
+            model_batched_url=env.get("MODEL_BATCHED_URL") or None,
+            model_batched_sha256=env.get("MODEL_BATCHED_SHA256") or None,
             app_env=env.get("APP_ENV", DEFAULT_APP_ENV),
             prediction_log_url=env.get("PREDICTION_LOG_URL", DEFAULT_PREDICTION_LOG_URL),
             prediction_log_inputs=_flag(env, "PREDICTION_LOG_INPUTS", False),
@@ -88,6 +102,10 @@ class Settings:
             else None,
             max_body_bytes=_number(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int),
             intra_op_threads=_number(env, "INTRA_OP_THREADS", DEFAULT_INTRA_OP_THREADS, int),
+            batch_max_size=_number(env, "BATCH_MAX_SIZE", DEFAULT_BATCH_MAX_SIZE, int),
+            batch_max_delay_ms=_number(
+                env, "BATCH_MAX_DELAY_MS", DEFAULT_BATCH_MAX_DELAY_MS, float
+            ),
             cache_dir=Path(env["MODEL_CACHE_DIR"])
             if env.get("MODEL_CACHE_DIR")
             else default_cache_dir(),

@@ -1,4 +1,4 @@
-"""Runs the model off the event loop and keeps the ready state."""
+"""The one door to the model for request handlers: off the event loop, batched, timed."""
 
 from __future__ import annotations
 
@@ -8,21 +8,31 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from service.batching import Batcher, Outputs
 from service.errors import NotReady
 from service.metrics import Metrics
 from service.model import OnnxModel
 
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_DELAY_SECONDS = 0.0
+
 
 class Inference:
-    """The one door to the model for request handlers.
+    """Runs the model in one worker thread (onnxruntime releases the GIL), so the
+    event loop stays free; single-input models go through the dynamic batcher."""
 
-    onnxruntime releases the GIL, so one worker thread keeps the event loop
-    free while the model runs on the core the process was given.
-    """
-
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_delay: float = DEFAULT_MAX_DELAY_SECONDS,
+    ) -> None:
         self._metrics = metrics
+        self._max_batch_size = max_batch_size
+        self._max_delay = max_delay
         self._executor: ThreadPoolExecutor | None = None
+        self._batcher: Batcher | None = None
         self._model: OnnxModel | None = None
 
     @property
@@ -39,32 +49,48 @@ class Inference:
         """Serve `model` from now on; it must already be warmed up."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        if len(model.inputs) == 1:
+            name = model.input.name
+            self._batcher = Batcher(
+                lambda batch: model.run({name: batch}),
+                self._executor,
+                max_batch_size=self._max_batch_size,
+                max_delay=self._max_delay,
+                observe=self._observe,
+            )
         self._model = model
         info = model.info
         self._metrics.model_info.labels(info.name, info.version, info.sha256).set(1)
         self._metrics.ready.set(1)
 
     async def scores(self, batch: np.ndarray) -> np.ndarray:
+        """The first output for a batch shaped [N, *item_shape]."""
         model = self.model
-        return await self._call(model.scores, batch, batch.shape[0])
+        outputs = await self.run({model.input.name: batch})
+        return outputs[model.outputs[0].name]
 
-    async def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def run(self, feeds: dict[str, np.ndarray]) -> Outputs:
         model = self.model
-        rows = next(iter(feeds.values())).shape[0]
-        return await self._call(model.run, feeds, rows)
-
-    async def _call(self, function, argument, rows: int):
+        if self._batcher is not None:
+            return await self._batcher.submit(feeds[model.input.name])
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        result = await loop.run_in_executor(self._executor, function, argument)
-        self._metrics.inference_latency.observe(time.perf_counter() - started)
-        self._metrics.inferred_examples.inc(rows)
-        return result
+        outputs = await loop.run_in_executor(self._executor, model.run, feeds)
+        self._observe(next(iter(feeds.values())).shape[0], time.perf_counter() - started)
+        return outputs
 
-    def close(self) -> None:
-        """Stop serving: wait for running inferences, then release the thread."""
+    def _observe(self, rows: int, seconds: float) -> None:
+        self._metrics.inference_latency.observe(seconds)
+        self._metrics.batch_size.observe(rows)
+        self._metrics.inferred_examples.inc(rows)
+
+    async def close(self) -> None:
+        """Stop serving: fail queued requests, wait for running inferences, free the thread."""
         self._model = None
         self._metrics.ready.set(0)
+        if self._batcher is not None:
+            await self._batcher.close()
+            self._batcher = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

@@ -22,7 +22,19 @@ def load_model(settings: Settings) -> OnnxModel:
         version=settings.model_version or sha256[:12],
         sha256=sha256,
     )
-    model = OnnxModel(path, info, intra_op_threads=settings.intra_op_threads)
+    batched_path = None
+    if settings.model_batched_url:
+        try:
+            batched_path, _ = fetch(
+                settings.model_batched_url,
+                sha256=settings.model_batched_sha256,
+                cache_dir=settings.cache_dir,
+            )
+        except ArtifactError as exc:
+            raise ModelLoadError(f"batch-capable copy refused: {exc}") from exc
+    model = OnnxModel(
+        path, info, intra_op_threads=settings.intra_op_threads, batched_path=batched_path
+    )
     try:
         model.warm_up()
     except Exception as exc:

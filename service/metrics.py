@@ -35,6 +35,12 @@ class Metrics:
             buckets=INFERENCE_BUCKETS,
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "model_batch_size",
+            "Rows per model call (dynamic batching merges requests)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
         self.inferred_examples = Counter(
             "model_inferred_examples",
             "Examples (batch rows) run through the model",

@@ -111,7 +111,7 @@ class Predict:
         require_media(req, (JSON,))
         model = self._inference.model
         body = await read_body(req, self._limit)
-        values = codec.predict_data(codec.parse_json(body), model.input.dtype)
+        values = codec.predict_data(body, model.input.dtype)
         batch, single = model.as_batch(values)
         scores = await self._inference.scores(batch)
         classes = scores.reshape(scores.shape[0], -1).argmax(axis=1).tolist()

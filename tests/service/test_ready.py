@@ -19,9 +19,13 @@ def test_not_ready_until_a_model_is_attached(model):
         inference.model  # noqa: B018
     inference.attach(model)
     assert inference.ready
-    scores = asyncio.run(inference.scores(np.zeros((2, 1, 28, 28), "float32")))
-    assert scores.shape == (2, 10)
-    inference.close()
+
+    async def use_then_close():
+        scores = await inference.scores(np.zeros((2, 1, 28, 28), "float32"))
+        await inference.close()
+        return scores
+
+    assert asyncio.run(use_then_close()).shape == (2, 10)
     assert not inference.ready
 
 

@@ -1,0 +1,153 @@
+"""Dynamic batching and the batch-capable copy: each caller gets its own rows, unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from falcon import testing
+
+from pipeline.batchable import NotBatchable, batchable_copy, make_copy
+from service.app import create_app
+from service.batching import Batcher
+from service.config import Settings
+from service.loader import load_model
+from service.model import ModelInfo, OnnxModel
+
+
+@pytest.fixture(scope="module")
+def images(mnist_test_set) -> np.ndarray:
+    return mnist_test_set[0].astype(np.float32).reshape(-1, 1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def batched_copy(mnist8_path, images, tmp_path_factory):
+    return batchable_copy(mnist8_path, images, tmp_path_factory.mktemp("copy") / "m.onnx")
+
+
+def test_the_copy_agrees_with_the_original_on_the_test_set(batched_copy, images):
+    assert batched_copy.images_checked == len(images) == 1000
+    assert batched_copy.max_abs_difference == 0.0
+
+
+def test_a_model_that_batches_already_is_not_copied(batched_copy, tmp_path):
+    with pytest.raises(NotBatchable, match="not fixed at 1"):
+        make_copy(batched_copy.path, tmp_path / "again.onnx")
+
+
+def test_a_copy_that_answers_differently_is_refused(mnist8_path, reference_files, images, tmp_path):
+    from pipeline.batchable import prove_equal
+
+    other = tmp_path / "other.onnx"
+    make_copy(mnist8_path, other)
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(other))
+    for init in graph.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 4:
+            weights = numpy_helper.to_array(init) * 0.5
+            init.CopyFrom(numpy_helper.from_array(weights, init.name))
+            break
+    onnx.save(graph, str(other))
+    with pytest.raises(NotBatchable, match="differ"):
+        prove_equal(mnist8_path, other, images[:300])
+
+
+async def _concurrently(batcher: Batcher, requests: list[np.ndarray]) -> list[np.ndarray]:
+    results = await asyncio.gather(*(batcher.submit(rows) for rows in requests))
+    await batcher.close()
+    return [result["Plus214_Output_0"] for result in results]
+
+
+@pytest.mark.parametrize("max_delay", [0.0, 0.002])
+def test_concurrent_callers_each_get_their_own_rows(model, images, max_delay):
+    sizes = [1, 3, 1, 7, 2, 1, 16, 5, 1, 1] * 5
+    starts = np.cumsum([0, *sizes[:-1]])
+    requests = [images[s : s + n] for s, n in zip(starts, sizes, strict=True)]
+    seen: list[int] = []
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(
+            lambda batch: model.run({"Input3": batch}),
+            executor,
+            max_batch_size=16,
+            max_delay=max_delay,
+            observe=lambda rows, _: seen.append(rows),
+        )
+        results = asyncio.run(_concurrently(batcher, requests))
+    for rows, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result, model.scores(rows))
+    assert sum(seen) == sum(sizes)
+    assert max(seen) <= 16 and len(seen) < len(requests), "requests were merged"
+
+
+def test_a_failing_batch_fails_its_callers_only(model, images):
+    calls = []
+
+    def run(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return model.run({"Input3": batch})
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(run, executor, max_batch_size=1, max_delay=0)
+            first = await asyncio.gather(batcher.submit(images[:1]), return_exceptions=True)
+            second = await batcher.submit(images[1:2])
+            await batcher.close()
+            return first, second
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(first[0], RuntimeError)
+    assert second["Plus214_Output_0"].shape == (1, 10)
+
+
+def test_batched_copy_model_gives_identical_scores(mnist8_path, batched_copy, images):
+    info = ModelInfo("mnist-8", "v", "0" * 64)
+    plain = OnnxModel(mnist8_path, info)
+    fast = OnnxModel(mnist8_path, info, batched_path=batched_copy.path)
+    np.testing.assert_array_equal(fast.scores(images[:300]), plain.scores(images[:300]))
+
+
+def test_responses_are_identical_with_batching_on_and_off(
+    settings, mnist8_path, batched_copy, images
+):
+    variants = {
+        "off": Settings(**{**settings.__dict__, "batch_max_size": 1}),
+        "on": settings,
+        "on+copy": Settings(
+            **{
+                **settings.__dict__,
+                "model_batched_url": str(batched_copy.path),
+                "model_batched_sha256": batched_copy.sha256,
+            }
+        ),
+    }
+    body = {"data": images[:40].reshape(40, -1).tolist()}
+    answers = {}
+    for name, variant in variants.items():
+        client = testing.TestClient(create_app(variant, model=load_model(variant)))
+        answers[name] = client.simulate_post("/predict", json=body).json["predictions"]
+    assert answers["off"] == answers["on"] == answers["on+copy"]
+
+
+def test_a_copy_of_another_model_is_refused(mnist8_path, tmp_path):
+    from service.errors import ModelLoadError
+
+    other = tmp_path / "other.onnx"
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+    )
+    onnx.save(helper.make_model(graph), str(other))
+    with pytest.raises(ModelLoadError, match="not a batch-capable copy"):
+        OnnxModel(mnist8_path, ModelInfo("m", "v", "0" * 64), batched_path=Path(other))

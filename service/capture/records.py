@@ -19,16 +19,17 @@ One record per batch row, one JSON object per line:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
 import os
+import random
 import re
 import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import orjson
@@ -36,10 +37,13 @@ import orjson
 from service.model import ModelInfo
 
 PART_SUFFIX = ".jsonl.gz"
-# gzip level 5: ~the size of level 9 on JSON numbers at a third of the CPU.
-GZIP_LEVEL = 5
+# gzip level 1: parts ~8% larger than level 5 at half the CPU, which the service needs more.
+GZIP_LEVEL = 1
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
+_random = random.Random()  # seeded from os.urandom in each process
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 @dataclass(slots=True)
@@ -76,8 +80,13 @@ class Part:
 
 
 def iso_time(timestamp: float) -> str:
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    milliseconds = int(timestamp * 1000)
+    return f"{_second(milliseconds // 1000)}.{milliseconds % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=16)
+def _second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def hour_prefix(env: str, timestamp: float) -> str:
@@ -85,13 +94,26 @@ def hour_prefix(env: str, timestamp: float) -> str:
     return f"{env}/{time.strftime('%Y/%m/%d/%H', time.gmtime(timestamp))}"
 
 
+def new_id() -> str:
+    """A random (version 4) UUID string, at a fraction of `uuid.uuid4()`'s cost."""
+    text = f"{_random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+@functools.lru_cache(maxsize=8)
+def _model_fields(model: ModelInfo) -> dict:
+    return {"name": model.name, "version": model.version, "sha256": model.sha256}
+
+
 def build_records(entry: Pending, env: str) -> Iterator[dict]:
     """The records of one request, one per batch row."""
     rows = entry.rows
-    scores = np.ascontiguousarray(entry.scores).reshape(rows, -1)
+    scores = entry.scores
+    if scores.ndim != 2 or not scores.flags.c_contiguous:
+        scores = np.ascontiguousarray(scores).reshape(rows, -1)
     classes = scores.argmax(axis=1).tolist()
-    request_id = entry.request_id or str(uuid.uuid4())
-    model = {"name": entry.model.name, "version": entry.model.version, "sha256": entry.model.sha256}
+    request_id = entry.request_id or new_id()
+    model = _model_fields(entry.model)
     answered = iso_time(entry.answered_at)
     latency_ms = round(entry.latency_seconds * 1000, 3)
     inputs = None

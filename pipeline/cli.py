@@ -69,7 +69,11 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
     """Gate the referenced model, then serve it locally with capture to a local directory."""
     from pipeline.deploy import gate
 
-    gate(None, None)
+    gated = gate(None, None)
+    if gated.batched is not None:
+        os.environ.update(
+            MODEL_BATCHED_URL=str(gated.batched.path), MODEL_BATCHED_SHA256=gated.batched.sha256
+        )
     return cmd_serve(args)
 
 

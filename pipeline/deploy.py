@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import image as images
+from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.download import Downloaded, download
 from pipeline.environment import Environment, resolve
 from pipeline.gate import GateResult, read_champion, run_gate
@@ -44,6 +45,7 @@ class Gated:
     reference: Reference
     downloaded: Downloaded
     result: GateResult
+    batched: BatchableCopy | None = None
 
 
 def gate(
@@ -62,7 +64,34 @@ def gate(
         say(f"gate {check.status} {check.name}: {check.detail}")
     if not result.passed:
         raise DeployError("gate failed: " + "; ".join(result.reasons) + f" (report: {json_path})")
-    return Gated(reference, downloaded, result)
+    return Gated(reference, downloaded, result, batched_copy(reference, downloaded, report_dir))
+
+
+def batched_copy(
+    reference: Reference, downloaded: Downloaded, directory: Path
+) -> BatchableCopy | None:
+    """For a batch-1 model: a batch-capable copy, proven equal on the whole test set."""
+    from pipeline.datasets import load_dataset
+
+    sha = downloaded.sha256s["model"]
+    model = OnnxModel(downloaded.model_path, ModelInfo(reference.name, sha[:12], sha))
+    if not model.batch_fixed_at_one:
+        return None
+    dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
+    inputs = (dataset.images.astype(model.input.dtype) * reference.input_scale).reshape(
+        (-1, *model.input.item_shape)
+    )
+    target = directory / f"{reference.name}.batched.onnx"
+    try:
+        copy = batchable_copy(downloaded.model_path, inputs, target)
+    except NotBatchable as exc:
+        say(f"no batch-capable copy ({exc}); batches run one row at a time")
+        return None
+    say(
+        f"batch-capable copy {copy.sha256[:12]} answers as the model on all "
+        f"{copy.images_checked} test images"
+    )
+    return copy
 
 
 def smoke_images(gated: Gated, count: int = SMOKE_IMAGES) -> SmokeImages:
@@ -87,29 +116,37 @@ def smoke_images(gated: Gated, count: int = SMOKE_IMAGES) -> SmokeImages:
     return SmokeImages(np.stack(chosen), classes)
 
 
-def publish_model(env: Environment, gated: Gated) -> str:
-    """Copy the verified model under the environment's models prefix; return its URL."""
+def publish_model(env: Environment, gated: Gated) -> tuple[str, str]:
+    """Copy the verified model (and its batch-capable copy) under the models prefix."""
+    sha = gated.downloaded.sha256s["model"]
+    name = Path(gated.reference.model.filename).name or f"{gated.reference.name}.onnx"
+    model_url = _publish(env, gated.downloaded.model_path, f"{sha}/{name}")
+    batched_url = ""
+    if gated.batched is not None:
+        batched_url = _publish(
+            env, gated.batched.path, f"{sha}/batched-{gated.batched.sha256}.onnx"
+        )
+    return model_url, batched_url
+
+
+def _publish(env: Environment, source: Path, name: str) -> str:
     import boto3
 
     from service.artifacts import ArtifactError
 
-    sha = gated.downloaded.sha256s["model"]
-    name = Path(gated.reference.model.filename).name or f"{gated.reference.name}.onnx"
     if not env.models_url.startswith("s3://"):
         raise DeployError(f"models_url {env.models_url!r} must be an s3:// URL")
     bucket, _, prefix = env.models_url.removeprefix("s3://").partition("/")
-    key = f"{prefix.strip('/')}/{sha}/{name}".lstrip("/")
+    key = f"{prefix.strip('/')}/{name}".lstrip("/")
     s3 = boto3.client("s3")
     try:
         s3.head_object(Bucket=bucket, Key=key)
-        say(f"model already at s3://{bucket}/{key}")
+        say(f"already at s3://{bucket}/{key}")
     except s3.exceptions.ClientError:
-        s3.upload_file(
-            str(gated.downloaded.model_path), bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"}
-        )
-        say(f"uploaded model to s3://{bucket}/{key}")
+        s3.upload_file(str(source), bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+        say(f"uploaded s3://{bucket}/{key}")
     except Exception as exc:  # botocore's connection errors
-        raise ArtifactError(f"could not publish the model to s3://{bucket}/{key}: {exc}") from exc
+        raise ArtifactError(f"could not publish {source} to s3://{bucket}/{key}: {exc}") from exc
     return f"s3://{bucket}/{key}"
 
 
@@ -181,7 +218,7 @@ def deploy(environment: str, *, terraform_outputs: Callable | None = None) -> di
     env = resolve(environment, terraform_outputs=terraform_outputs)
     gated = gate(environment, env.deployments_url)
     git_sha = images.git_sha()
-    model_url = publish_model(env, gated)
+    model_url, batched_url = publish_model(env, gated)
     if environment == "prod":
         source = resolve("dev", terraform_outputs=terraform_outputs)
         image = promote(env, source, gated, git_sha)
@@ -194,6 +231,8 @@ def deploy(environment: str, *, terraform_outputs: Callable | None = None) -> di
         model_url=model_url,
         model_sha256=gated.downloaded.sha256s["model"],
         gate=gated.result.record(),
+        batched_url=batched_url,
+        batched_sha256=gated.batched.sha256 if gated.batched else "",
     )
     outcome = release(env, candidate, smoke_images(gated), say=say)
     if not outcome.succeeded:

@@ -43,6 +43,8 @@ class Candidate:
     model_url: str
     model_sha256: str
     gate: dict[str, Any]
+    batched_url: str = ""  # the batch-capable copy, when the gate made and proved one
+    batched_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,13 @@ def smoke_test(
             f"smoke test failed on {len(wrong)}/{len(smoke.classes)} images: "
             + "; ".join(wrong[:3])
         )
+    rows = smoke.images.reshape(len(smoke.classes), -1).tolist()
+    status, body = _post_json(f"{base}/predict", {"data": rows})
+    got = body.get("predictions") if status == 200 and isinstance(body, dict) else body
+    if got != smoke.classes:
+        raise ReleaseError(
+            f"smoke test failed on the batch: expected {smoke.classes}, got {got} (HTTP {status})"
+        )
 
 
 # -- the release ----------------------------------------------------------------
@@ -247,6 +256,9 @@ def task_environment(env: Environment, candidate: Candidate) -> dict[str, str]:
         "MODEL_URL": candidate.model_url,
         "MODEL_SHA256": candidate.model_sha256,
         "MODEL_NAME": candidate.model_name,
+        # Always set, empty when absent, so a copy from an earlier release never lingers.
+        "MODEL_BATCHED_URL": candidate.batched_url,
+        "MODEL_BATCHED_SHA256": candidate.batched_sha256,
         "PREDICTION_LOG_URL": env.capture_url,
         "GIT_SHA": candidate.git_sha,
     }

@@ -188,7 +188,7 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def built() -> Built:
+def built() -> Iterator[Built]:
     require(shutil.which("podman") is not None, "podman is not installed")
     require(
         podman("image", "exists", BASE_IMAGE, check=False).returncode == 0,
@@ -204,7 +204,9 @@ def built() -> Built:
     )
     size = int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout)
     print(f"\nimage {ref}: {size / 1e6:.0f} MB, built in {time.monotonic() - started:.0f}s")
-    return Built(ref, sha, model_sha256, cli)
+    yield Built(ref, sha, model_sha256, cli)
+    # Each commit's image has its own 240 MB venv layer: do not pile them up.
+    podman("rmi", ref, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,94 @@
+"""deploy: a model that fails the gate never reaches AWS; names come from outputs or variables."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import boto3
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from pipeline import deploy as deploy_module
+from pipeline.deploy import DeployError, deploy
+from pipeline.environment import REQUIRED, MissingEnvironment, override_name, resolve
+from tests.pipeline.environments import CLUSTER, make_environment
+
+
+@pytest.fixture
+def broken_model(mnist8_path: Path, tmp_path: Path) -> Path:
+    """mnist-8 with every weight zeroed: it answers class 0 for everything (~10% accuracy)."""
+    model = onnx.load(mnist8_path)
+    for initializer in model.graph.initializer:
+        weights = numpy_helper.to_array(initializer)
+        if weights.dtype.kind == "f":
+            initializer.CopyFrom(numpy_helper.from_array(weights * 0, initializer.name))
+    path = tmp_path / "broken.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def aws_snapshot() -> dict:
+    ecs, s3 = boto3.client("ecs"), boto3.client("s3")
+    objects = {
+        bucket["Name"]: [
+            o["Key"] for o in s3.list_objects_v2(Bucket=bucket["Name"]).get("Contents", [])
+        ]
+        for bucket in s3.list_buckets()["Buckets"]
+    }
+    return {
+        "task_definitions": ecs.list_task_definitions()["taskDefinitionArns"],
+        "service": ecs.describe_services(cluster=CLUSTER, services=[CLUSTER])["services"][0][
+            "taskDefinition"
+        ],
+        "objects": objects,
+    }
+
+
+@pytest.mark.integration
+def test_a_gate_failure_touches_nothing_in_aws(aws, broken_model, monkeypatch, tmp_path):
+    env = make_environment("http://127.0.0.1:9")
+    for name, value in asdict(env).items():
+        if name != "environment":
+            monkeypatch.setenv(override_name("dev", name), value)
+    monkeypatch.setenv("MODEL_URL", str(broken_model))
+    monkeypatch.delenv("MODEL_SHA256", raising=False)
+    monkeypatch.chdir(tmp_path)  # the gate report lands in ./build/gate
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("nothing may be built, pushed or released after a gate failure")
+
+    for name in ("build_and_push", "promote", "release", "publish_model"):
+        monkeypatch.setattr(deploy_module, name, must_not_run)
+    before = aws_snapshot()
+    with pytest.raises(DeployError, match="gate failed: .*accuracy"):
+        deploy("dev")
+    assert aws_snapshot() == before
+    assert (tmp_path / "build" / "gate" / "report.md").is_file()
+
+
+def test_names_come_from_terraform_outputs_and_variables_override_them():
+    outputs = {name: f"from-terraform-{name}" for name in REQUIRED}
+    env = resolve(
+        "prod",
+        terraform_outputs=lambda e: outputs,
+        environ={"PROD_ENDPOINT_URL": "http://127.0.0.1:8080"},
+    )
+    assert env.cluster_name == "from-terraform-cluster_name"
+    assert env.endpoint_url == "http://127.0.0.1:8080"
+    assert env.records_url == "from-terraform-deployments_url/prod"
+
+
+def test_missing_names_say_what_to_do():
+    def no_state(environment):
+        raise RuntimeError("terraform is not on PATH")
+
+    with pytest.raises(MissingEnvironment) as error:
+        resolve("dev", terraform_outputs=no_state, environ={"DEV_CLUSTER_NAME": "c"})
+    message = str(error.value)
+    assert "terraform is not on PATH" in message
+    assert "terraform/envs/dev" in message and "DEV_SERVICE_NAME" in message
+    assert "DEV_CLUSTER_NAME" not in message
+    with pytest.raises(MissingEnvironment, match="unknown environment 'staging'"):
+        resolve("staging", environ={})

@@ -62,7 +62,7 @@ def test_a_gate_failure_touches_nothing_in_aws(aws, broken_model, monkeypatch, t
     for name in ("build_and_push", "promote", "release", "publish_model"):
         monkeypatch.setattr(deploy_module, name, must_not_run)
     before = aws_snapshot()
-    with pytest.raises(DeployError, match="gate failed: .*accuracy"):
+    with pytest.raises(DeployError, match=r"gate failed: .*accuracy"):
         deploy("dev")
     assert aws_snapshot() == before
     assert (tmp_path / "build" / "gate" / "report.md").is_file()

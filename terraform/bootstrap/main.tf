@@ -106,11 +106,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "state" {
     id     = "expire-old-state-versions"
     status = "Enabled"
 
-    # Whole bucket; an explicit empty prefix (rather than `filter {}`) is what S3
-    # APIs echo back, so the provider's read-after-write check settles at once.
-    filter {
-      prefix = ""
-    }
+    filter {}
 
     noncurrent_version_expiration {
       noncurrent_days = var.state_version_retention_days

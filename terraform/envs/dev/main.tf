@@ -55,7 +55,7 @@ module "network" {
 
   name                    = local.name
   cidr_block              = var.vpc_cidr_block
-  az_count                = var.az_count
+  availability_zones      = var.availability_zones
   one_nat_gateway_per_az  = var.one_nat_gateway_per_az
   flow_log_retention_days = var.log_retention_days
 }
@@ -83,6 +83,7 @@ module "service" {
   deletion_protection = var.deletion_protection
 
   desired_count                     = var.desired_count
+  enable_autoscaling                = var.enable_autoscaling
   min_capacity                      = var.min_capacity
   max_capacity                      = var.max_capacity
   cpu_target_percent                = var.cpu_target_percent

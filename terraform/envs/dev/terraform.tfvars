@@ -4,7 +4,7 @@ environment = "dev"
 github_repository = "example-org/onnx-ship"
 
 vpc_cidr_block         = "10.10.0.0/16"
-az_count               = 2
+availability_zones     = ["us-east-1a", "us-east-1b"]
 one_nat_gateway_per_az = false
 deletion_protection    = false
 force_destroy          = true

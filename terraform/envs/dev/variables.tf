@@ -63,10 +63,9 @@ variable "vpc_cidr_block" {
   default     = "10.0.0.0/16"
 }
 
-variable "az_count" {
-  description = "Availability zones the load balancer and tasks spread over (2 at least)."
-  type        = number
-  default     = 2
+variable "availability_zones" {
+  description = "Zones (of aws_region) the load balancer and tasks spread over; 2 at least."
+  type        = list(string)
 }
 
 variable "one_nat_gateway_per_az" {
@@ -131,6 +130,12 @@ variable "desired_count" {
   description = "Tasks started when the service is created (autoscaling owns the count afterwards)."
   type        = number
   default     = 1
+}
+
+variable "enable_autoscaling" {
+  description = "Target-tracking autoscaling of the service. Leave on; only the moto-based tests turn it off."
+  type        = bool
+  default     = true
 }
 
 variable "min_capacity" {

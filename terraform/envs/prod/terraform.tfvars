@@ -7,7 +7,7 @@ github_repository = "example-org/onnx-ship"
 promote_from_environments = ["dev"]
 
 vpc_cidr_block         = "10.20.0.0/16"
-az_count               = 2
+availability_zones     = ["us-east-1a", "us-east-1b"]
 one_nat_gateway_per_az = true
 deletion_protection    = true
 force_destroy          = false

@@ -17,14 +17,13 @@ variable "cidr_block" {
 # Subnets
 ################################################################################
 
-variable "az_count" {
-  description = "Number of availability zones, one public and one private subnet in each. The load balancer needs 2."
-  type        = number
-  default     = 2
+variable "availability_zones" {
+  description = "Zones to spread over, named explicitly so the set never changes behind your back; one public and one private subnet in each."
+  type        = list(string)
 
   validation {
-    condition     = var.az_count >= 2
-    error_message = "az_count must be 2 or more: an Application Load Balancer needs subnets in two availability zones."
+    condition     = length(var.availability_zones) >= 2
+    error_message = "availability_zones needs 2 zones or more: an Application Load Balancer needs subnets in two availability zones."
   }
 }
 

@@ -168,6 +168,12 @@ variable "alarm_actions" {
 # Autoscaling
 ################################################################################
 
+variable "enable_autoscaling" {
+  description = "Scale the service with target tracking. Only the moto-based tests turn it off (moto's Application Auto Scaling cannot list tags)."
+  type        = bool
+  default     = true
+}
+
 variable "min_capacity" {
   description = "Fewest tasks autoscaling keeps."
   type        = number

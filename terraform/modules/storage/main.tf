@@ -120,11 +120,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     id     = "expire-old-versions"
     status = "Enabled"
 
-    # Whole bucket; an explicit empty prefix (rather than `filter {}`) is what S3
-    # APIs echo back, so the provider's read-after-write check settles at once.
-    filter {
-      prefix = ""
-    }
+    filter {}
 
     noncurrent_version_expiration {
       noncurrent_days = var.noncurrent_version_retention_days

@@ -71,6 +71,12 @@ def serve(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     return process, url
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux): steadier than req/s on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[float, int, str]:
     result = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
@@ -84,6 +90,20 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[flo
     if "Non-2xx" in result.stdout or "Socket errors" in result.stdout:
         print(result.stdout, file=sys.stderr)
     return rate, total, p99
+
+
+def _children_cpu() -> float:
+    """CPU time of the last reaped child (the service), via RUSAGE_CHILDREN deltas."""
+    import resource
+
+    global _REAPED
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = usage.ru_utime + usage.ru_stime
+    spent, _REAPED = total - _REAPED, total
+    return spent
+
+
+_REAPED = 0.0
 
 
 def main() -> int:
@@ -128,22 +148,35 @@ def main() -> int:
         }
         modes = {"off": "off", "on": f"s3://{BUCKET}/predictions"}
         rates: dict[str, list[float]] = {"off": [], "on": []}
+        cpu: dict[str, list[float]] = {"off": [], "on": []}
         captured = 0
         answered = 0
         for round_ in range(args.rounds):
             order = ["off", "on"] if round_ % 2 == 0 else ["on", "off"]
             for mode in order:
                 process, url = serve({**base, "PREDICTION_LOG_URL": modes[mode]})
+                before = cpu_seconds(process.pid)
                 rate, total, p99 = run_wrk(url + "/predict", script, args.seconds, args.connections)
+                _children_cpu()  # leave wrk's own CPU out
                 process.send_signal(signal.SIGTERM)
-                process.wait(timeout=60)
+                process.wait(timeout=60)  # capture on: includes the final flush
+                per_request = (_children_cpu() - before) / total * 1e6
                 rates[mode].append(rate)
+                cpu[mode].append(per_request)
                 if mode == "on":
                     answered += total
-                print(f"round {round_ + 1} capture {mode:>3}: {rate:8.0f} req/s  p99 {p99}")
+                print(
+                    f"round {round_ + 1} capture {mode:>3}: {rate:8.0f} req/s  p99 {p99:>8}  "
+                    f"service CPU {per_request:6.1f} us/request"
+                )
         captured = sum(1 for _ in read_records(open_store(modes["on"]), "dev"))
         on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
         print(f"\nmedian: capture off {off:.0f} req/s, capture on {on:.0f} req/s: {on / off:.1%}")
+        cpu_on, cpu_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+        print(
+            f"median service CPU per request: off {cpu_off:.1f} us, on {cpu_on:.1f} us: "
+            f"capture-on throughput at CPU saturation: {cpu_off / cpu_on:.1%} of capture-off"
+        )
         print(f"records in S3: {captured}; requests answered with capture on: {answered}")
         # wrk counts requests whose response it read; a request answered as wrk stopped may
         # be recorded without being counted, so records may exceed wrk's count by a few.

@@ -32,30 +32,35 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def ratios(results: Results) -> dict[str, float | None]:
-    """The service against its ceilings and its alternative, at the reference concurrency."""
+    """The service against its ceilings and its alternative, at the reference concurrency.
+
+    The `*_per_cpu` variants divide requests by the server's own CPU seconds
+    instead of wall-clock seconds: on a machine shared with other work they
+    compare efficiency rather than whichever process the scheduler favoured.
+    """
     c = reference_concurrency(results)
-    service = results.rps("service", "predict single", "off", c)
-    bare = results.rps("bare", "predict single", None, c)
-    fastapi = results.rps("fastapi", "predict single", None, c)
     ceiling = results.compute
-    ideal = 1 / (1 / bare + ceiling.single_seconds) if bare and ceiling is not None else None
-    binary = results.rps("service", "v2 binary 256", "off", c)
-    out: dict[str, float | None] = {
-        "concurrency": c,
-        "ideal_predict_rps": ideal,
-        "service_over_bare": _ratio(service, bare),
-        "service_over_ideal": _ratio(service, ideal),
-        "service_over_fastapi": _ratio(service, fastapi),
-        "v2_binary_256_over_raw_onnxruntime": _ratio(
+    out: dict[str, float | None] = {"concurrency": c}
+    for suffix, rate in (("", results.rps), ("_per_cpu", results.per_cpu)):
+        service = rate("service", "predict single", "off", c)
+        bare = rate("bare", "predict single", None, c)
+        fastapi = rate("fastapi", "predict single", None, c)
+        ideal = 1 / (1 / bare + ceiling.single_seconds) if bare and ceiling is not None else None
+        binary = rate("service", "v2 binary 256", "off", c)
+        out[f"ideal_predict_rps{suffix}"] = ideal
+        out[f"service_over_bare{suffix}"] = _ratio(service, bare)
+        out[f"service_over_ideal{suffix}"] = _ratio(service, ideal)
+        out[f"service_over_fastapi{suffix}"] = _ratio(service, fastapi)
+        out[f"v2_binary_256_over_raw_onnxruntime{suffix}"] = _ratio(
             binary * 256 if binary is not None else None,
             ceiling.batch_images_per_second if ceiling else None,
-        ),
-    }
-    for m in results.measurements:
-        if m.contender == "service" and m.capture == "on" and m.concurrency == c:
-            off = results.rps("service", m.row, "off", c)
-            key = "capture_on_over_off: " + m.row
-            out[key] = _ratio(m.result.requests_per_second, off)
+        )
+        for m in results.measurements:
+            if m.contender == "service" and m.capture == "on" and m.concurrency == c:
+                on = rate("service", m.row, "on", c)
+                out[f"capture_on_over_off{suffix}: {m.row}"] = _ratio(
+                    on, rate("service", m.row, "off", c)
+                )
     return out
 
 
@@ -63,7 +68,9 @@ def targets(results: Results, found: dict[str, float | None]) -> list[Target]:
     c = reference_concurrency(results)
     single = results.find("service", "predict single", "off", c)
     p99 = single.result.p99_us / 1000 if single else None
-    capture = [v for k, v in found.items() if k.startswith("capture_on_over_off") and v is not None]
+    capture = [
+        v for k, v in found.items() if k.startswith("capture_on_over_off:") and v is not None
+    ]
     ready = results.ready_seconds.get("service-capture-off")
     rss = max((v for k, v in results.rss_bytes.items() if k.startswith("service")), default=None)
 
@@ -96,15 +103,17 @@ def _fmt(value: float | None, spec: str) -> str:
 def table(results: Results) -> str:
     """The Markdown table of every measured row."""
     lines = [
-        "| contender | row | capture | c | req/s | images/s | p50 ms | p99 ms | non-2xx | errors |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| contender | row | capture | c | req/s | images/s | p50 ms | p99 ms | non-2xx | errors "
+        "| server CPU | req/CPU-s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in results.measurements:
         r = m.result
         lines.append(
             f"| {m.contender} | {m.row} | {m.capture or '-'} | {m.concurrency} "
             f"| {r.requests_per_second:,.0f} | {r.requests_per_second * m.images_per_request:,.0f} "
-            f"| {r.p50_us / 1000:.2f} | {r.p99_us / 1000:.2f} | {r.non_2xx} | {r.socket_errors} |"
+            f"| {r.p50_us / 1000:.2f} | {r.p99_us / 1000:.2f} | {r.non_2xx} | {r.socket_errors} "
+            f"| {_fmt(m.server_cpu_share, '.0%')} | {_fmt(m.requests_per_cpu_second, ',.0f')} |"
         )
     return "\n".join(lines)
 
@@ -133,7 +142,7 @@ def summary(results: Results) -> str:
     for key, value in found.items():
         if key == "concurrency":
             continue
-        spec = ",.0f" if key == "ideal_predict_rps" else ".2f"
+        spec = ",.0f" if key.startswith("ideal_predict_rps") else ".2f"
         parts.append(f"  {key:<45} {_fmt(value, spec)}")
     parts.append("")
     parts.append("targets (issue 7):")

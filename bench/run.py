@@ -29,6 +29,7 @@ from bench.processes import (
     Processes,
     Server,
     child_env,
+    cpu_seconds,
     free_port,
     require_taskset,
     rss_bytes,
@@ -62,6 +63,21 @@ class Measurement:
     concurrency: int
     images_per_request: int
     result: wrk.WrkResult
+    server_cpu_seconds: float | None = None  # CPU the server used during the run
+
+    @property
+    def server_cpu_share(self) -> float | None:
+        """Fraction of one core the server got; well below 1 under load means others took it."""
+        if self.server_cpu_seconds is None or not self.result.duration_us:
+            return None
+        return self.server_cpu_seconds / (self.result.duration_us / 1e6)
+
+    @property
+    def requests_per_cpu_second(self) -> float | None:
+        """Requests per second of server CPU: less sensitive to a shared machine than req/s."""
+        if not self.server_cpu_seconds:
+            return None
+        return self.result.requests / self.server_cpu_seconds
 
     def as_dict(self) -> dict:
         r = self.result
@@ -79,6 +95,9 @@ class Measurement:
             "max_ms": r.max_us / 1000,
             "non_2xx": r.non_2xx,
             "socket_errors": r.socket_errors,
+            "server_cpu_seconds": self.server_cpu_seconds,
+            "server_cpu_share": self.server_cpu_share,
+            "requests_per_cpu_second": self.requests_per_cpu_second,
             "wrk": asdict(r),
         }
 
@@ -128,6 +147,12 @@ class Results:
     def rps(self, contender: str, row: str, capture: str | None, concurrency: int) -> float | None:
         found = self.find(contender, row, capture, concurrency)
         return found.result.requests_per_second if found else None
+
+    def per_cpu(
+        self, contender: str, row: str, capture: str | None, concurrency: int
+    ) -> float | None:
+        found = self.find(contender, row, capture, concurrency)
+        return found.requests_per_cpu_second if found else None
 
 
 def load_workload(batch_size: int) -> Workload:
@@ -232,11 +257,13 @@ def measure_row(
         )
     measured = []
     for connections in options.concurrency:
+        cpu_before = cpu_seconds(server.pid)
         result = wrk.run(
             url, script, connections=connections, seconds=options.seconds, core=options.load_core
         )
         server.check_alive()
-        measurement = Measurement(contender, row, capture, connections, body.images, result)
+        cpu = cpu_seconds(server.pid) - cpu_before
+        measurement = Measurement(contender, row, capture, connections, body.images, result, cpu)
         measured.append(measurement)
         print(_progress(measurement), file=sys.stderr, flush=True)
     return measured
@@ -248,7 +275,7 @@ def _progress(m: Measurement) -> str:
     return (
         f"  {label:<40} c={m.concurrency:<3} {r.requests_per_second:>9.0f} req/s  "
         f"p50 {r.p50_us / 1000:.2f} ms  p99 {r.p99_us / 1000:.2f} ms"
-        f"  non-2xx {r.non_2xx}  errors {r.socket_errors}"
+        f"  non-2xx {r.non_2xx}  errors {r.socket_errors}  server CPU {m.server_cpu_share or 0:.0%}"
     )
 
 

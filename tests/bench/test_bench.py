@@ -133,7 +133,9 @@ def test_batch_capable_copy_matches_the_original(workload: Workload, tmp_path: P
 # -- report ----------------------------------------------------------------------------
 
 
-def _measurement(contender: str, row: str, capture: str | None, rps: float) -> Measurement:
+def _measurement(
+    contender: str, row: str, capture: str | None, rps: float, cpu: float | None = None
+) -> Measurement:
     result = wrk.WrkResult(
         requests=int(rps),
         duration_us=1_000_000,
@@ -150,7 +152,7 @@ def _measurement(contender: str, row: str, capture: str | None, rps: float) -> M
         mean_us=1100,
     )
     images = 256 if row.endswith("256") else 1
-    return Measurement(contender, row, capture, 16, images, result)
+    return Measurement(contender, row, capture, 16, images, result, cpu)
 
 
 def test_ratios_follow_the_issue_formulas() -> None:
@@ -167,9 +169,9 @@ def test_ratios_follow_the_issue_formulas() -> None:
         copy_note="",
     )
     results.measurements = [
-        _measurement("bare", "predict single", None, 20_000),
+        _measurement("bare", "predict single", None, 20_000, cpu=1.0),
         _measurement("fastapi", "predict single", None, 1_000),
-        _measurement("service", "predict single", "off", 8_000),
+        _measurement("service", "predict single", "off", 8_000, cpu=0.5),
         _measurement("service", "predict single", "on", 7_600),
         _measurement("service", "v2 binary 256", "off", 100),
     ]
@@ -180,10 +182,14 @@ def test_ratios_follow_the_issue_formulas() -> None:
     assert found["service_over_fastapi"] == pytest.approx(8.0)
     assert found["v2_binary_256_over_raw_onnxruntime"] == pytest.approx(25_600 / 40_000)
     assert found["capture_on_over_off: predict single"] == pytest.approx(0.95)
+    # per CPU-second: the service used half a core for 8,000 requests, bare a whole one
+    assert found["service_over_bare_per_cpu"] == pytest.approx(16_000 / 20_000)
+    assert found["service_over_fastapi_per_cpu"] is None  # FastAPI's CPU was not measured
     met = {t.name: t.met for t in report.targets(results, found)}
     assert met["predict single / ideal"] is True
     assert met["ready after start, local model (s)"] is None  # not measured here
     assert "| service | predict single | off | 16 | 8,000 |" in report.table(results)
+    assert "| 50% | 16,000 |" in report.table(results)
 
 
 def test_bad_concurrency_is_refused_with_the_reason(capsys: pytest.CaptureFixture) -> None:
@@ -225,3 +231,4 @@ def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
     assert row["requests_per_second"] > 0
     assert row["non_2xx"] == 0 and row["socket_errors"] == 0
     assert document["rss_bytes"]["bare"] > 0
+    assert row["server_cpu_seconds"] > 0

@@ -101,3 +101,19 @@ def rollback(session: nox.Session) -> None:
 def status(session: nox.Session) -> None:
     """Show what runs in an environment: `-- dev|prod`."""
     pipeline_command(session, "status")
+
+
+@nox.session(python=PYTHON)
+def logs(session: nox.Session) -> None:
+    """Print an environment's predictions, newest first: `-- <env> [--since 2h]`."""
+    if not session.posargs:
+        session.error("usage: nox -s logs -- <local|dev|prod> [--since 2h] [--url s3://...]")
+    pipeline_command(session, "logs")
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """Summarise an environment's predictions (classes, hours, latency, drift): `-- <env>`."""
+    if not session.posargs:
+        session.error("usage: nox -s report -- <local|dev|prod> [--since 1d] [--url s3://...]")
+    pipeline_command(session, "report")

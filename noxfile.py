@@ -73,6 +73,20 @@ def pipeline_command(session: nox.Session, *command: str) -> None:
     session.run("python", "-m", "pipeline", *command, *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Build the service image tagged with the git commit sha ($BASE_IMAGE picks the base)."""
+    pipeline_command(session, "build")
+
+
+@nox.session(python=PYTHON)
+def push(session: nox.Session) -> None:
+    """Push this commit's image to an environment's ECR repository: `-- dev|prod`."""
+    if not session.posargs:
+        session.error("usage: nox -s push -- dev|prod")
+    pipeline_command(session, "push")
+
+
 @nox.session(name="deploy-dev", python=PYTHON)
 def deploy_dev(session: nox.Session) -> None:
     """Gate, build, push and release to dev (what a push to the dev branch runs)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,18 @@ def env_root(env: str, terraform_dir: Path = TERRAFORM_DIR) -> Path:
     return root
 
 
+def resolve(target: str | Path, terraform_dir: Path = TERRAFORM_DIR) -> Path:
+    """A root directory from an environment name (`"dev"`) or a path to any root."""
+    if isinstance(target, Path):
+        if not target.is_dir():
+            raise TerraformError(
+                f"{target} is not a directory: pass an environment name "
+                f"({', '.join(ENVIRONMENTS)}) or a Terraform root"
+            )
+        return target
+    return env_root(target, terraform_dir)
+
+
 def roots(terraform_dir: Path = TERRAFORM_DIR) -> list[Path]:
     """Every root and module that `validate` should check: bootstrap, envs/*, modules/*."""
     found = [terraform_dir / "bootstrap"]
@@ -90,12 +103,21 @@ def binary() -> str:
     return path
 
 
+def _cmd(root: Path, command: str, *args: str, **options: Any) -> tuple[int, str, str]:
+    """Run `terraform <command> -no-color` in `root` through python-terraform."""
+    terraform = Terraform(working_dir=str(root), terraform_bin_path=binary())
+    with warnings.catch_warnings():
+        # python-terraform logs failures through the deprecated Logger.warn.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        code, out, err = terraform.cmd(command, *args, no_color=IsFlagged, **options)
+    return code, out or "", err or ""
+
+
 def _run(
     root: Path, command: str, *args: str, ok_codes: Sequence[int] = (0,), **options: Any
 ) -> tuple[int, str]:
     """Run `terraform <command>` in `root`; return (exit code, stdout) or raise."""
-    terraform = Terraform(working_dir=str(root), terraform_bin_path=binary())
-    code, out, err = terraform.cmd(command, *args, no_color=IsFlagged, **options)
+    code, out, err = _cmd(root, command, *args, **options)
     if code not in ok_codes:
         tail = "\n".join((err or out or "").strip().splitlines()[-STDERR_TAIL_LINES:])
         raise TerraformError(
@@ -166,7 +188,7 @@ def _state_bucket_variable() -> dict[str, str]:
 
 
 def plan(
-    env: str,
+    env: str | Path,
     *,
     terraform_dir: Path = TERRAFORM_DIR,
     var_files: Sequence[str | Path] = (),
@@ -174,7 +196,7 @@ def plan(
     destroy: bool = False,
 ) -> PlanResult:
     """`terraform plan -detailed-exitcode -out=tfplan` for `env` (already initialised)."""
-    root = env_root(env, terraform_dir)
+    root = resolve(env, terraform_dir)
     variables = {**_state_bucket_variable(), **(variables or {})}
     args = _var_options(var_files, variables)
     if destroy:
@@ -193,7 +215,7 @@ def plan(
 
 
 def apply(
-    env: str,
+    env: str | Path,
     *,
     terraform_dir: Path = TERRAFORM_DIR,
     plan_file: Path | None = None,
@@ -201,7 +223,7 @@ def apply(
     variables: Mapping[str, str] | None = None,
 ) -> str:
     """`terraform apply` for `env`: the saved `plan_file` if given, else plan and apply at once."""
-    root = env_root(env, terraform_dir)
+    root = resolve(env, terraform_dir)
     if plan_file is not None:
         return _run(root, "apply", str(plan_file), input=False, lock_timeout="60s")[1]
     variables = {**_state_bucket_variable(), **(variables or {})}
@@ -210,22 +232,22 @@ def apply(
 
 
 def destroy(
-    env: str,
+    env: str | Path,
     *,
     terraform_dir: Path = TERRAFORM_DIR,
     var_files: Sequence[str | Path] = (),
     variables: Mapping[str, str] | None = None,
 ) -> str:
     """`terraform destroy -auto-approve` for `env`."""
-    root = env_root(env, terraform_dir)
+    root = resolve(env, terraform_dir)
     variables = {**_state_bucket_variable(), **(variables or {})}
     args = _var_options(var_files, variables)
     return _run(root, "destroy", *args, input=False, auto_approve=IsFlagged, lock_timeout="60s")[1]
 
 
-def outputs(env: str, *, terraform_dir: Path = TERRAFORM_DIR) -> dict[str, Any]:
+def outputs(env: str | Path, *, terraform_dir: Path = TERRAFORM_DIR) -> dict[str, Any]:
     """`terraform output -json` of `env` as {name: value}."""
-    root = env_root(env, terraform_dir)
+    root = resolve(env, terraform_dir)
     out = _run(root, "output", json=IsFlagged)[1]
     try:
         raw = json.loads(out or "{}")
@@ -251,8 +273,7 @@ def validate(root: Path) -> None:
 
 def fmt_check(path: Path = TERRAFORM_DIR) -> None:
     """`terraform fmt -check -recursive`; the error lists the files to format."""
-    terraform = Terraform(working_dir=str(path), terraform_bin_path=binary())
-    code, out, err = terraform.cmd("fmt", check=IsFlagged, recursive=IsFlagged, no_color=IsFlagged)
+    code, out, err = _cmd(path, "fmt", check=IsFlagged, recursive=IsFlagged)
     if code != 0:
         files = " ".join((out or "").split()) or (err or "").strip()
         raise TerraformError(

@@ -1,0 +1,240 @@
+"""Checks that need no AWS: formatting, validation, checkov, the env-root contract,
+and the error messages of pipeline.terraform."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pipeline import terraform
+
+TERRAFORM_DIR = terraform.TERRAFORM_DIR
+ENVS = TERRAFORM_DIR / "envs"
+MODULES = ("storage", "registry", "network", "service", "ci")
+MODULE_FILES = ("main.tf", "variables.tf", "outputs.tf", "versions.tf", "README.md")
+# The root files every environment shares byte for byte; only values differ.
+SHARED_ROOT_FILES = ("main.tf", "variables.tf", "outputs.tf", "versions.tf", ".terraform.lock.hcl")
+VALUE_FILES = ("terraform.tfvars", "backend.hcl")
+
+# What the deploy (pipeline) reads from `terraform output -json`.
+DEPLOY_OUTPUTS = frozenset(
+    {
+        "environment",
+        "aws_region",
+        "cluster_name",
+        "service_name",
+        "task_family",
+        "ecr_repository_url",
+        "ecr_repository_name",
+        "bucket_name",
+        "capture_url",
+        "deployments_url",
+        "endpoint_url",
+        "task_role_arn",
+        "execution_role_arn",
+        "container_name",
+        "log_group_name",
+        "deploy_role_arn",
+    }
+)
+
+
+def assignments(path: Path) -> dict[str, str]:
+    """Top-level `name = value` lines of a tfvars or backend.hcl file."""
+    found = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([a-z_]+)\s*=\s*(.+)$", line)
+        if match:
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def declared(pattern: str, path: Path) -> set[str]:
+    return set(re.findall(pattern, path.read_text(), flags=re.M))
+
+
+# ---------------------------------------------------------------------------
+# Layout and contract
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_module_has_the_four_files_and_a_readme(module: str) -> None:
+    missing = [
+        name for name in MODULE_FILES if not (TERRAFORM_DIR / "modules" / module / name).is_file()
+    ]
+    assert not missing, f"modules/{module} lacks {missing}"
+
+
+def test_env_roots_differ_only_in_values() -> None:
+    dev, prod = ENVS / "dev", ENVS / "prod"
+    for name in SHARED_ROOT_FILES:
+        assert (dev / name).read_bytes() == (prod / name).read_bytes(), f"{name} differs"
+    tracked = {p.name for p in dev.iterdir() if p.is_file() and not p.name.endswith(".tfstate")}
+    assert tracked == set(SHARED_ROOT_FILES + VALUE_FILES)
+    assert tracked == {
+        p.name for p in prod.iterdir() if p.is_file() and not p.name.endswith(".tfstate")
+    }
+
+
+@pytest.mark.parametrize("env", terraform.ENVIRONMENTS)
+def test_tfvars_only_set_declared_variables_and_name_their_environment(env: str) -> None:
+    values = assignments(ENVS / env / "terraform.tfvars")
+    variables = declared(r'^variable "(\w+)"', ENVS / env / "variables.tf")
+    assert set(values) <= variables, f"undeclared: {set(values) - variables}"
+    assert values["environment"] == f'"{env}"'
+
+
+@pytest.mark.parametrize("env", terraform.ENVIRONMENTS)
+def test_backend_has_its_own_state_key_and_locking(env: str) -> None:
+    backend = assignments(ENVS / env / "backend.hcl")
+    assert backend["key"] == f'"onnx-ship/{env}/terraform.tfstate"'
+    assert "bucket" not in backend, "the bucket comes from TF_STATE_BUCKET, not from git"
+    versions = (ENVS / env / "versions.tf").read_text()
+    assert re.search(r'backend "s3" \{[^}]*use_lockfile\s*=\s*true', versions)
+
+
+def test_prod_runs_two_tasks_across_two_zones_at_least() -> None:
+    prod = assignments(ENVS / "prod" / "terraform.tfvars")
+    assert int(prod["desired_count"]) >= 2 and int(prod["min_capacity"]) >= 2
+    assert len(json.loads(prod["availability_zones"])) >= 2
+    assert prod["one_nat_gateway_per_az"] == "true"
+
+
+@pytest.mark.parametrize("env", terraform.ENVIRONMENTS)
+def test_every_output_the_deploy_reads_is_declared(env: str) -> None:
+    outputs = declared(r'^output "(\w+)"', ENVS / env / "outputs.tf")
+    assert outputs >= DEPLOY_OUTPUTS, f"missing: {sorted(DEPLOY_OUTPUTS - outputs)}"
+
+
+def test_the_pipeline_owns_the_task_definition() -> None:
+    service = (TERRAFORM_DIR / "modules" / "service" / "main.tf").read_text()
+    assert "ignore_changes = [task_definition, desired_count]" in service
+
+
+def test_no_test_overrides_in_the_real_roots() -> None:
+    text = "\n".join(p.read_text() for p in TERRAFORM_DIR.rglob("*.tf"))
+    for marker in ("skip_credentials_validation", "endpoints", "127.0.0.1", "localhost", "/opt/"):
+        assert marker not in text, f"{marker!r} belongs in the test override only"
+    assert not list(TERRAFORM_DIR.rglob("*override.tf"))
+
+
+def test_every_checkov_skip_gives_a_reason() -> None:
+    for path in TERRAFORM_DIR.rglob("*.tf"):
+        for line in path.read_text().splitlines():
+            if "checkov:skip" in line:
+                assert re.search(r"checkov:skip=CKV2?_AWS_\d+:\S.{20,}", line), f"{path}: {line}"
+
+
+# ---------------------------------------------------------------------------
+# Tools: fmt, validate, checkov
+# ---------------------------------------------------------------------------
+
+
+def test_terraform_files_are_formatted(terraform_bin: str) -> None:
+    terraform.fmt_check(TERRAFORM_DIR)
+
+
+@pytest.mark.slow
+def test_every_root_and_module_validates(terraform_bin: str, terraform_copy: Path) -> None:
+    roots = terraform.roots(terraform_copy)
+    # Each validate mostly waits on the provider's schema load: two at a time.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(terraform.validate, roots))
+    checked = [root.relative_to(terraform_copy).as_posix() for root in roots]
+    assert checked == [
+        "bootstrap",
+        "envs/dev",
+        "envs/prod",
+        *(f"modules/{name}" for name in sorted(MODULES)),
+    ]
+
+
+@pytest.mark.slow
+def test_checkov_finds_no_failed_check(checkov_bin: str) -> None:
+    result = subprocess.run(
+        [
+            checkov_bin,
+            "-d",
+            str(TERRAFORM_DIR),
+            "--framework",
+            "terraform",
+            "--skip-download",
+            "--quiet",
+            "--compact",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    failed = [
+        f"{check['check_id']} {check['resource']} ({check['file_path']})"
+        for item in reports
+        for check in item.get("results", {}).get("failed_checks", [])
+    ]
+    assert not failed, "checkov failed checks:\n" + "\n".join(failed)
+    assert result.returncode == 0, result.stderr[-2000:]
+    passed = sum(item.get("summary", {}).get("passed", 0) for item in reports)
+    assert passed > 100, "checkov scanned almost nothing: is the path right?"
+
+
+# ---------------------------------------------------------------------------
+# pipeline.terraform error messages
+# ---------------------------------------------------------------------------
+
+
+def test_missing_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("TERRAFORM", raising=False)
+    with pytest.raises(terraform.TerraformError) as error:
+        terraform.fmt_check(TERRAFORM_DIR)
+    assert str(error.value) == (
+        "terraform is not on PATH: install Terraform 1.11+ "
+        "(https://developer.hashicorp.com/terraform/install) and retry"
+    )
+
+
+def test_unknown_environment_names_the_valid_ones() -> None:
+    with pytest.raises(
+        terraform.TerraformError, match="unknown environment 'staging': use one of dev, prod"
+    ):
+        terraform.plan("staging")
+
+
+def test_missing_state_bucket_says_how_to_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(terraform.STATE_BUCKET_VARIABLE, raising=False)
+    with pytest.raises(
+        terraform.TerraformError, match="TF_STATE_BUCKET is not set: run the one-time bootstrap"
+    ):
+        terraform.init_env("dev")
+
+
+def test_a_failing_command_carries_terraforms_error(terraform_bin: str, tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(
+        'resource "aws_s3_bucket" "broken" {\n  no_such_argument = 1\n}\n'
+    )
+    with pytest.raises(terraform.TerraformError) as error:
+        terraform.validate(tmp_path)
+    message = str(error.value)
+    assert message.startswith(
+        f"terraform validate failed in {tmp_path} (exit 1): fix the error below"
+    )
+    assert "no_such_argument" in message
+
+
+def test_unformatted_files_are_named(terraform_bin: str, tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text("locals {\nx=1\n}\n")
+    with pytest.raises(
+        terraform.TerraformError,
+        match=r"not formatted: run `terraform fmt -recursive .*\(main.tf\)",
+    ):
+        terraform.fmt_check(tmp_path)

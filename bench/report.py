@@ -104,8 +104,8 @@ def table(results: Results) -> str:
     """The Markdown table of every measured row."""
     lines = [
         "| contender | row | capture | c | req/s | images/s | p50 ms | p99 ms | non-2xx | errors "
-        "| server CPU | req/CPU-s |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server CPU | wrk CPU | req/CPU-s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in results.measurements:
         r = m.result
@@ -113,7 +113,8 @@ def table(results: Results) -> str:
             f"| {m.contender} | {m.row} | {m.capture or '-'} | {m.concurrency} "
             f"| {r.requests_per_second:,.0f} | {r.requests_per_second * m.images_per_request:,.0f} "
             f"| {r.p50_us / 1000:.2f} | {r.p99_us / 1000:.2f} | {r.non_2xx} | {r.socket_errors} "
-            f"| {_fmt(m.server_cpu_share, '.0%')} | {_fmt(m.requests_per_cpu_second, ',.0f')} |"
+            f"| {_fmt(m.server_cpu_share, '.0%')} | {_fmt(m.load_cpu_share, '.0%')} "
+            f"| {_fmt(m.requests_per_cpu_second, ',.0f')} |"
         )
     return "\n".join(lines)
 
@@ -138,7 +139,15 @@ def summary(results: Results) -> str:
             f"({ceiling.batch_method}: {ceiling.copy_note})",
             "",
         ]
-    parts += [table(results), "", f"ratios at c={found['concurrency']}:"]
+    parts += [
+        table(results),
+        "",
+        "server CPU / wrk CPU: share of one core each used during the run. A server below",
+        "~90% with wrk near 100% was limited by the load generator (or by other work on the",
+        "machine); req/CPU-s (requests per second of server CPU) is then the fairer figure.",
+        "",
+        f"ratios at c={found['concurrency']}:",
+    ]
     for key, value in found.items():
         if key == "concurrency":
             continue

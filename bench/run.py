@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -64,6 +65,7 @@ class Measurement:
     images_per_request: int
     result: wrk.WrkResult
     server_cpu_seconds: float | None = None  # CPU the server used during the run
+    load_cpu_seconds: float | None = None  # CPU wrk used: near 100% of a core, wrk is the limit
 
     @property
     def server_cpu_share(self) -> float | None:
@@ -71,6 +73,12 @@ class Measurement:
         if self.server_cpu_seconds is None or not self.result.duration_us:
             return None
         return self.server_cpu_seconds / (self.result.duration_us / 1e6)
+
+    @property
+    def load_cpu_share(self) -> float | None:
+        if self.load_cpu_seconds is None or not self.result.duration_us:
+            return None
+        return self.load_cpu_seconds / (self.result.duration_us / 1e6)
 
     @property
     def requests_per_cpu_second(self) -> float | None:
@@ -98,6 +106,7 @@ class Measurement:
             "server_cpu_seconds": self.server_cpu_seconds,
             "server_cpu_share": self.server_cpu_share,
             "requests_per_cpu_second": self.requests_per_cpu_second,
+            "load_cpu_share": self.load_cpu_share,
             "wrk": asdict(r),
         }
 
@@ -257,16 +266,25 @@ def measure_row(
         )
     measured = []
     for connections in options.concurrency:
-        cpu_before = cpu_seconds(server.pid)
+        cpu_before, load_before = cpu_seconds(server.pid), _children_cpu_seconds()
         result = wrk.run(
             url, script, connections=connections, seconds=options.seconds, core=options.load_core
         )
         server.check_alive()
         cpu = cpu_seconds(server.pid) - cpu_before
-        measurement = Measurement(contender, row, capture, connections, body.images, result, cpu)
+        load = _children_cpu_seconds() - load_before
+        measurement = Measurement(
+            contender, row, capture, connections, body.images, result, cpu, load
+        )
         measured.append(measurement)
         print(_progress(measurement), file=sys.stderr, flush=True)
     return measured
+
+
+def _children_cpu_seconds() -> float:
+    """CPU used by finished children of this process (wrk, once it has been waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _progress(m: Measurement) -> str:
@@ -276,6 +294,7 @@ def _progress(m: Measurement) -> str:
         f"  {label:<40} c={m.concurrency:<3} {r.requests_per_second:>9.0f} req/s  "
         f"p50 {r.p50_us / 1000:.2f} ms  p99 {r.p99_us / 1000:.2f} ms"
         f"  non-2xx {r.non_2xx}  errors {r.socket_errors}  server CPU {m.server_cpu_share or 0:.0%}"
+        f"  wrk CPU {m.load_cpu_share or 0:.0%}"
     )
 
 

@@ -17,6 +17,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests change directory; a relative FIXTURES_DIR (as the README gives it) must not move.
+    if os.environ.get("FIXTURES_DIR"):
+        os.environ["FIXTURES_DIR"] = str(Path(os.environ["FIXTURES_DIR"]).resolve())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -30,6 +30,7 @@ ENVIRONMENTS = ("dev", "prod")
 STATE_BUCKET_VARIABLE = "TF_STATE_BUCKET"
 PLAN_FILE = "tfplan"
 STDERR_TAIL_LINES = 20
+LOCK_TIMEOUT = "60s"
 
 MISSING_BINARY = (
     "terraform is not on PATH: install Terraform 1.11+ "
@@ -175,16 +176,21 @@ def init_env(
     return root
 
 
-def _var_options(var_files: Sequence[str | Path], variables: Mapping[str, str]) -> list[str]:
-    args = [f"-var-file={Path(path)}" for path in var_files]
-    args += [f"-var={name}={value}" for name, value in variables.items()]
-    return args
-
-
-def _state_bucket_variable() -> dict[str, str]:
-    """Let the deploy role read this environment's outputs from the state bucket."""
+def _arguments(
+    target: str | Path,
+    var_files: Sequence[str | Path],
+    variables: Mapping[str, str] | None,
+    extra_args: Sequence[str],
+) -> list[str]:
+    """-var-file/-var arguments; environments also get the state bucket from TF_STATE_BUCKET,
+    so their deploy role may read their outputs."""
+    merged = dict(variables or {})
     bucket = os.environ.get(STATE_BUCKET_VARIABLE)
-    return {"state_bucket_name": bucket} if bucket else {}
+    if isinstance(target, str) and bucket:
+        merged.setdefault("state_bucket_name", bucket)
+    args = [f"-var-file={Path(path)}" for path in var_files]
+    args += [f"-var={name}={value}" for name, value in merged.items()]
+    return args + list(extra_args)
 
 
 def plan(
@@ -193,21 +199,17 @@ def plan(
     terraform_dir: Path = TERRAFORM_DIR,
     var_files: Sequence[str | Path] = (),
     variables: Mapping[str, str] | None = None,
-    destroy: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> PlanResult:
-    """`terraform plan -detailed-exitcode -out=tfplan` for `env` (already initialised)."""
+    """`terraform plan -detailed-exitcode -out=tfplan` in an initialised environment or root."""
     root = resolve(env, terraform_dir)
-    variables = {**_state_bucket_variable(), **(variables or {})}
-    args = _var_options(var_files, variables)
-    if destroy:
-        args.append("-destroy")
     code, out = _run(
         root,
         "plan",
-        *args,
+        *_arguments(env, var_files, variables, extra_args),
         ok_codes=(0, 2),
         input=False,
-        lock_timeout="60s",
+        lock_timeout=LOCK_TIMEOUT,
         detailed_exitcode=IsFlagged,
         out=PLAN_FILE,
     )
@@ -221,14 +223,16 @@ def apply(
     plan_file: Path | None = None,
     var_files: Sequence[str | Path] = (),
     variables: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> str:
-    """`terraform apply` for `env`: the saved `plan_file` if given, else plan and apply at once."""
+    """`terraform apply`: the saved `plan_file` if given, else plan and apply in one go."""
     root = resolve(env, terraform_dir)
     if plan_file is not None:
-        return _run(root, "apply", str(plan_file), input=False, lock_timeout="60s")[1]
-    variables = {**_state_bucket_variable(), **(variables or {})}
-    args = _var_options(var_files, variables)
-    return _run(root, "apply", *args, input=False, auto_approve=IsFlagged, lock_timeout="60s")[1]
+        return _run(root, "apply", str(plan_file), input=False, lock_timeout=LOCK_TIMEOUT)[1]
+    args = _arguments(env, var_files, variables, extra_args)
+    return _run(
+        root, "apply", *args, input=False, auto_approve=IsFlagged, lock_timeout=LOCK_TIMEOUT
+    )[1]
 
 
 def destroy(
@@ -237,12 +241,15 @@ def destroy(
     terraform_dir: Path = TERRAFORM_DIR,
     var_files: Sequence[str | Path] = (),
     variables: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> str:
-    """`terraform destroy -auto-approve` for `env`."""
+    """`terraform destroy -auto-approve` (python-terraform's own destroy passes the
+    `-force` flag Terraform 0.15 removed, hence the plain command)."""
     root = resolve(env, terraform_dir)
-    variables = {**_state_bucket_variable(), **(variables or {})}
-    args = _var_options(var_files, variables)
-    return _run(root, "destroy", *args, input=False, auto_approve=IsFlagged, lock_timeout="60s")[1]
+    args = _arguments(env, var_files, variables, extra_args)
+    return _run(
+        root, "destroy", *args, input=False, auto_approve=IsFlagged, lock_timeout=LOCK_TIMEOUT
+    )[1]
 
 
 def outputs(env: str | Path, *, terraform_dir: Path = TERRAFORM_DIR) -> dict[str, Any]:

@@ -1,0 +1,353 @@
+"""Apply bootstrap, dev and prod for real against the moto server, inspect what
+they built, check idempotence, then destroy both environments.
+
+The environments are applied once per module (in parallel, they share nothing
+but the account's GitHub OIDC provider, which bootstrap creates first); the tests
+run in file order and the last one destroys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import pytest
+
+from pipeline import terraform
+from tests.terraform import iam
+from tests.terraform.conftest import MOTO_TFVARS, copy_terraform, point_at_moto
+from tests.terraform.test_static import DEPLOY_OUTPUTS
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
+
+ENVS = terraform.ENVIRONMENTS
+T = TypeVar("T")
+
+# Attributes moto does not keep, so a second plan wants to set them again:
+# ECS services lose these three fields, and security group rules that reference
+# another group come back as "<account>/<sg id>" without their description.
+MOTO_FORGETS = {
+    "aws_ecs_service": {
+        "availability_zone_rebalancing",
+        "enable_ecs_managed_tags",
+        "health_check_grace_period_seconds",
+    },
+    "aws_vpc_security_group_egress_rule": {"description", "referenced_security_group_id"},
+    "aws_vpc_security_group_ingress_rule": {"description", "referenced_security_group_id"},
+}
+
+
+@dataclass
+class Applied:
+    work: Path
+    endpoint: str
+    var_file: Path
+    outputs: dict[str, dict[str, Any]]
+
+    def root(self, env: str) -> Path:
+        return self.work / "envs" / env
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+
+def in_parallel(function: Callable[[str], T], items: list[str]) -> dict[str, T]:
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return dict(zip(items, pool.map(function, items), strict=True))
+
+
+@pytest.fixture(scope="module")
+def applied(
+    moto_server: Any, terraform_bin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Applied]:
+    moto_server.reset()
+    work = copy_terraform(tmp_path_factory.mktemp("moto") / "terraform")
+    var_file = work / "moto.tfvars"
+    var_file.write_text(MOTO_TFVARS)
+    bootstrap = work / "bootstrap"
+    roots = {"bootstrap": bootstrap, **{env: work / "envs" / env for env in ENVS}}
+    for root in roots.values():
+        point_at_moto(root, moto_server.endpoint)
+    in_parallel(lambda name: terraform.init(roots[name]), list(roots))
+
+    # The environments look the account's OIDC provider up: create it first.
+    terraform.apply(bootstrap, extra_args=["-target=aws_iam_openid_connect_provider.github"])
+
+    def apply(name: str) -> dict[str, Any]:
+        if name == "bootstrap":
+            terraform.apply(bootstrap)
+        else:
+            terraform.apply(name, terraform_dir=work, var_files=[var_file])
+        return terraform.outputs(roots[name])
+
+    outputs = in_parallel(apply, list(roots))
+    try:
+        yield Applied(work, moto_server.endpoint, var_file, outputs)
+    finally:
+        moto_server.reset()
+
+
+# ---------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_every_output_the_deploy_reads_has_a_value(applied: Applied, env: str) -> None:
+    outputs = applied.outputs[env]
+    assert set(outputs) >= DEPLOY_OUTPUTS, sorted(DEPLOY_OUTPUTS - set(outputs))
+    assert outputs["environment"] == env
+    assert outputs["aws_region"] == "us-east-1"
+    bucket = outputs["bucket_name"]
+    assert env in bucket
+    assert outputs["capture_url"] == f"s3://{bucket}/capture"
+    assert outputs["deployments_url"] == f"s3://{bucket}/deployments"
+    assert outputs["endpoint_url"].startswith("http://")
+    assert outputs["ecr_repository_url"].endswith(f"/{outputs['ecr_repository_name']}")
+    assert outputs["container_name"] == "server"
+    for name in ("cluster_name", "service_name", "task_family", "ecr_repository_name"):
+        assert outputs[name] == f"onnx-ship-{env}"
+
+
+def test_bootstrap_outputs_the_state_bucket_and_oidc_provider(applied: Applied) -> None:
+    outputs = applied.outputs["bootstrap"]
+    assert outputs["state_bucket_name"] == "onnx-ship-tfstate-123456789012-us-east-1"
+    assert outputs["github_oidc_provider_arn"].endswith(
+        ":oidc-provider/token.actions.githubusercontent.com"
+    )
+
+
+# ---------------------------------------------------------------------------
+# What was built
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_bucket_is_versioned_encrypted_private_and_tls_only(applied: Applied, env: str) -> None:
+    s3 = applied.client("s3")
+    bucket = applied.outputs[env]["bucket_name"]
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values()) and len(block) == 4
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    deny = policy["Statement"][0]
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"]["Bool"]["aws:SecureTransport"] in ("false", ["false"])
+    lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    capture = next(rule for rule in lifecycle if rule["ID"] == "capture-to-cheaper-storage")
+    assert capture["Filter"]["Prefix"] == "capture/"
+    assert [t["StorageClass"] for t in capture["Transitions"]] == ["STANDARD_IA", "GLACIER_IR"]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_repository_is_immutable_and_scanned(applied: Applied, env: str) -> None:
+    ecr = applied.client("ecr")
+    name = applied.outputs[env]["ecr_repository_name"]
+    repository = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
+    assert repository["imageTagMutability"] == "IMMUTABLE"
+    assert repository["imageScanningConfiguration"]["scanOnPush"] is True
+    assert ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_service_runs_behind_the_load_balancer_on_private_subnets(
+    applied: Applied, env: str
+) -> None:
+    outputs = applied.outputs[env]
+    ecs, elbv2, ec2 = applied.client("ecs"), applied.client("elbv2"), applied.client("ec2")
+    cluster = ecs.describe_clusters(clusters=[outputs["cluster_name"]], include=["SETTINGS"])
+    assert {"name": "containerInsights", "value": "enabled"} in cluster["clusters"][0]["settings"]
+    service = ecs.describe_services(
+        cluster=outputs["cluster_name"], services=[outputs["service_name"]]
+    )["services"][0]
+    assert service["launchType"] == "FARGATE"
+    network = service["networkConfiguration"]["awsvpcConfiguration"]
+    assert network["assignPublicIp"] == "DISABLED"
+    subnets = ec2.describe_subnets(SubnetIds=network["subnets"])["Subnets"]
+    assert all({"Key": "Tier", "Value": "private"} in subnet["Tags"] for subnet in subnets)
+    assert len({subnet["AvailabilityZone"] for subnet in subnets}) == 2
+    assert not any(subnet["MapPublicIpOnLaunch"] for subnet in subnets)
+    load_balancer = service["loadBalancers"][0]
+    assert (load_balancer["containerName"], load_balancer["containerPort"]) == ("server", 8080)
+    group = elbv2.describe_target_groups(TargetGroupArns=[load_balancer["targetGroupArn"]])[
+        "TargetGroups"
+    ][0]
+    assert group["HealthCheckPath"] == "/v2/health/ready"
+    assert group["TargetType"] == "ip"
+    desired = 2 if env == "prod" else 1
+    assert service["desiredCount"] == desired
+
+    task = ecs.describe_task_definition(taskDefinition=outputs["task_family"])["taskDefinition"]
+    assert task["taskRoleArn"] == outputs["task_role_arn"]
+    assert task["executionRoleArn"] == outputs["execution_role_arn"]
+    container = task["containerDefinitions"][0]
+    environment = {item["name"]: item["value"] for item in container["environment"]}
+    assert environment["APP_ENV"] == env
+    assert environment["PREDICTION_LOG_URL"] == f"{outputs['capture_url']}/{env}"
+    assert container["readonlyRootFilesystem"] is True
+    assert container["logConfiguration"]["options"]["awslogs-group"] == outputs["log_group_name"]
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_alarms_watch_5xx_and_latency(applied: Applied, env: str) -> None:
+    cloudwatch = applied.client("cloudwatch")
+    names = applied.outputs[env]["alarm_names"]
+    alarms = cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
+    metrics = {alarm["MetricName"]: alarm for alarm in alarms}
+    assert set(metrics) == {"HTTPCode_Target_5XX_Count", "TargetResponseTime"}
+    assert metrics["TargetResponseTime"]["ExtendedStatistic"] == "p95"
+
+
+# ---------------------------------------------------------------------------
+# IAM
+# ---------------------------------------------------------------------------
+
+
+def role_policies(applied: Applied, role_name: str) -> list[str]:
+    client = applied.client("iam")
+    names = client.list_role_policies(RoleName=role_name)["PolicyNames"]
+    documents = [
+        json.dumps(client.get_role_policy(RoleName=role_name, PolicyName=name)["PolicyDocument"])
+        for name in names
+    ]
+    for attached in client.list_attached_role_policies(RoleName=role_name)["AttachedPolicies"]:
+        policy = client.get_policy(PolicyArn=attached["PolicyArn"])["Policy"]
+        version = client.get_policy_version(
+            PolicyArn=attached["PolicyArn"], VersionId=policy["DefaultVersionId"]
+        )
+        documents.append(json.dumps(version["PolicyVersion"]["Document"]))
+    return documents
+
+
+def test_no_policy_grants_every_action_on_every_resource(applied: Applied) -> None:
+    roles = [
+        role["RoleName"]
+        for role in applied.client("iam").list_roles()["Roles"]
+        if role["RoleName"].startswith("onnx-ship-")
+    ]
+    assert len(roles) == 8, roles  # task, execution, deploy, flow logs per environment
+    offenders = {name: iam.wildcard_statements(role_policies(applied, name)) for name in roles}
+    assert not {name: found for name, found in offenders.items() if found}
+
+
+def test_dev_task_role_cannot_write_prod_capture(applied: Applied) -> None:
+    dev, prod = applied.outputs["dev"], applied.outputs["prod"]
+    policies = role_policies(applied, "onnx-ship-dev-task")
+    dev_bucket, prod_bucket = dev["bucket_name"], prod["bucket_name"]
+
+    def can(action: str, bucket: str, key: str) -> bool:
+        return iam.allowed(policies, action, f"arn:aws:s3:::{bucket}/{key}")
+
+    # What it must do (proves the evaluator reads the policy at all) ...
+    assert can("s3:PutObject", dev_bucket, "capture/dev/2026/11/27/abc.jsonl")
+    assert can("s3:GetObject", dev_bucket, "models/mnist-12.onnx")
+    # ... and what it must not.
+    for bucket in (prod_bucket, dev_bucket):
+        assert not can("s3:PutObject", bucket, "capture/prod/2026/11/27/abc.jsonl")
+    assert not can("s3:PutObject", dev_bucket, "models/mnist-12.onnx")
+    assert not can("s3:PutObject", dev_bucket, "deployments/dev/release.json")
+    assert not can("s3:DeleteObject", dev_bucket, "capture/dev/2026/11/27/abc.jsonl")
+    assert not can("s3:GetObject", prod_bucket, "models/mnist-12.onnx")
+
+
+def test_each_deploy_role_touches_only_its_environment(applied: Applied) -> None:
+    dev, prod = applied.outputs["dev"], applied.outputs["prod"]
+    dev_deploy = role_policies(applied, "onnx-ship-dev-deploy")
+    prod_deploy = role_policies(applied, "onnx-ship-prod-deploy")
+    prod_service = (
+        f"arn:aws:ecs:us-east-1:123456789012:service/{prod['cluster_name']}/{prod['service_name']}"
+    )
+    dev_records = f"arn:aws:s3:::{dev['bucket_name']}/deployments/dev/release.json"
+    prod_records = f"arn:aws:s3:::{prod['bucket_name']}/deployments/prod/release.json"
+    dev_repository = "arn:aws:ecr:us-east-1:123456789012:repository/onnx-ship-dev"
+
+    assert iam.allowed(dev_deploy, "s3:PutObject", dev_records)
+    assert not iam.allowed(dev_deploy, "s3:PutObject", prod_records)
+    assert not iam.allowed(dev_deploy, "ecs:UpdateService", prod_service)
+    assert iam.allowed(prod_deploy, "ecs:UpdateService", prod_service)
+    assert not iam.allowed(dev_deploy, "iam:PassRole", prod["task_role_arn"])
+    assert iam.allowed(prod_deploy, "iam:PassRole", prod["task_role_arn"])
+    # prod promotes dev's image: it may pull from dev's repository, never push there.
+    assert iam.allowed(prod_deploy, "ecr:BatchGetImage", dev_repository)
+    assert not iam.allowed(prod_deploy, "ecr:PutImage", dev_repository)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_deploy_role_trusts_only_its_github_environment(applied: Applied, env: str) -> None:
+    role = applied.client("iam").get_role(RoleName=f"onnx-ship-{env}-deploy")["Role"]
+    document = role["AssumeRolePolicyDocument"]
+    (statement,) = iam.statements(document if isinstance(document, dict) else str(document))
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert (
+        statement["Principal"]["Federated"]
+        == applied.outputs["bootstrap"]["github_oidc_provider_arn"]
+    )
+    conditions = statement["Condition"]["StringEquals"]
+    assert conditions["token.actions.githubusercontent.com:sub"] == (
+        f"repo:example-org/onnx-ship:environment:{env}"
+    )
+    assert conditions["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+
+
+# ---------------------------------------------------------------------------
+# Idempotence, then destroy (keep these two last)
+# ---------------------------------------------------------------------------
+
+
+def unexpected_changes(plan: dict[str, Any]) -> list[str]:
+    """Planned changes other than the attributes moto is known to forget."""
+    found = []
+    for change in plan.get("resource_changes", []):
+        actions = change["change"]["actions"]
+        if actions in (["no-op"], ["read"]):
+            continue
+        before, after = change["change"]["before"] or {}, change["change"]["after"] or {}
+        changed = {key for key in set(before) | set(after) if before.get(key) != after.get(key)}
+        changed |= set(change["change"].get("after_unknown") or {})
+        allowed = MOTO_FORGETS.get(change["type"], set())
+        if actions != ["update"] or not changed <= allowed:
+            found.append(f"{change['address']}: {actions} {sorted(changed - allowed)}")
+    return found
+
+
+def test_second_plan_changes_only_what_moto_forgets(applied: Applied) -> None:
+    def replan(env: str) -> list[str]:
+        result = terraform.plan(env, terraform_dir=applied.work, var_files=[applied.var_file])
+        return unexpected_changes(terraform.show_json(applied.root(env), result.plan_file))
+
+    assert in_parallel(replan, list(ENVS)) == {env: [] for env in ENVS}
+
+
+def test_destroy_removes_both_environments(applied: Applied) -> None:
+    def destroy(env: str) -> list[Any]:
+        # The state was refreshed by the plan above: skip a second refresh.
+        terraform.destroy(
+            env,
+            terraform_dir=applied.work,
+            var_files=[applied.var_file],
+            extra_args=["-refresh=false"],
+        )
+        return json.loads((applied.root(env) / "terraform.tfstate").read_text())["resources"]
+
+    assert in_parallel(destroy, list(ENVS)) == {env: [] for env in ENVS}
+    ecs = applied.client("ecs")
+    clusters = ecs.describe_clusters(clusters=ecs.list_clusters()["clusterArns"])["clusters"]
+    assert {cluster["status"] for cluster in clusters} <= {"INACTIVE"}
+    remaining = [r["RoleName"] for r in applied.client("iam").list_roles()["Roles"]]
+    assert not [name for name in remaining if name.startswith("onnx-ship-")]
+    assert applied.client("ecr").describe_repositories()["repositories"] == []
+    buckets = [b["Name"] for b in applied.client("s3").list_buckets()["Buckets"]]
+    assert buckets == [applied.outputs["bootstrap"]["state_bucket_name"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         compute_seconds=1.0 if args.quick else 3.0,
         only=tuple(args.only),
     )
+    # A SIGTERM (nox or CI stopping us) unwinds like Ctrl-C, so every started server is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         results = run(options, args.workdir)
     except (BenchError, ProcessError, WrkError) as exc:

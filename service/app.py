@@ -51,7 +51,13 @@ class ModelLifecycle:
         if hasattr(self._recorder, "start"):
             await self._recorder.start()
         info = model.info
-        log.info("ready: serving %s version %s (sha256 %s)", info.name, info.version, info.sha256)
+        log.info(
+            "ready: serving %s version %s (sha256 %s), inference %s",
+            info.name,
+            info.version,
+            info.sha256,
+            "on the event loop" if self._inference.inline else "in a worker thread",
+        )
 
     async def process_shutdown(self, scope, event) -> None:
         if hasattr(self._recorder, "close"):
@@ -71,6 +77,7 @@ def create_app(
         metrics,
         max_batch_size=settings.batch_max_size,
         max_delay=settings.batch_max_delay_ms / 1000,
+        offload=settings.inference_offload,
     )
     if recorder is None:  # prediction capture as the settings say (None when it is off)
         recorder = build_recorder(settings, metrics.registry)

@@ -29,7 +29,7 @@ class Batcher:
     def __init__(
         self,
         run: Callable[[np.ndarray], Outputs],
-        executor: Executor,
+        executor: Executor | None,
         *,
         max_batch_size: int,
         max_delay: float,
@@ -75,7 +75,10 @@ class Batcher:
                 batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
                 started = time.perf_counter()
                 try:
-                    outputs = await loop.run_in_executor(self._executor, self._run, batch)
+                    if self._executor is None:  # a fast model: the hop would cost more
+                        outputs = self._run(batch)
+                    else:
+                        outputs = await loop.run_in_executor(self._executor, self._run, batch)
                 except Exception as exc:
                     for _, future in taken:
                         if not future.done():

@@ -61,31 +61,41 @@ def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
 
 # -- POST /predict -----------------------------------------------------------
 
-# The usual bodies ({"data": [784 numbers]} or a list of such rows) decode through
-# typed msgspec decoders, which refuse strings, booleans and nulls on their own;
+# The usual bodies ({"data": [784 numbers]} or a list of such rows) decode in one pass
+# through typed msgspec decoders, which refuse strings, booleans and nulls on their own;
 # anything else takes the general path, which also words the error.
-_ENVELOPE = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_TYPED = (msgspec.json.Decoder(list[float]), msgspec.json.Decoder(list[list[float]]))
+
+
+class _Flat(msgspec.Struct):
+    data: list[float]
+
+
+class _Rows(msgspec.Struct):
+    data: list[list[float]]
+
+
+_TYPED = (msgspec.json.Decoder(_Flat), msgspec.json.Decoder(_Rows))
 
 
 def predict_data(body: bytes, dtype: np.dtype) -> np.ndarray:
     """The numbers of a /predict body as an array of the model's type."""
-    try:
-        raw = _ENVELOPE.decode(body).get("data")
-        for decoder in _TYPED if raw is not None else ():
-            try:
-                values = decoder.decode(raw)
-            except msgspec.ValidationError:
-                continue
-            if not values or (isinstance(values[0], list) and not all(values)):
-                break  # empty data or an empty row: the general path words the error
+    for decoder in _TYPED:
+        try:
+            values = decoder.decode(body).data
+        except msgspec.ValidationError:
+            continue
+        except msgspec.DecodeError:
+            break
+        if not values or (isinstance(values[0], list) and not all(values)):
+            break  # empty data or an empty row: the general path words the error
+        try:
             with np.errstate(over="ignore"):
                 array = np.array(values, dtype=dtype)
-            if np.isfinite(array).all():
-                return array
+        except ValueError:  # ragged rows
             break
-    except (msgspec.DecodeError, ValueError):
-        pass
+        if np.isfinite(array).all():
+            return array
+        break
     document = parse_json(body)
     if not isinstance(document, dict) or "data" not in document:
         raise InvalidInput('the body must be a JSON object {"data": [numbers]}')

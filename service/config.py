@@ -48,6 +48,7 @@ class Settings:
     intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
     batch_max_size: int = DEFAULT_BATCH_MAX_SIZE
     batch_max_delay_ms: float = DEFAULT_BATCH_MAX_DELAY_MS
+    inference_offload: str = "auto"
     cache_dir: Path = field(default_factory=default_cache_dir)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -64,6 +65,10 @@ class Settings:
                 len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower())
             ):
                 raise ConfigError(f"{name} must be 64 hexadecimal characters (a sha256 digest)")
+        if self.inference_offload not in ("auto", "always", "never"):
+            raise ConfigError(
+                f"INFERENCE_OFFLOAD={self.inference_offload!r} is not auto, always or never"
+            )
         if self.batch_max_size < 1:
             raise ConfigError("BATCH_MAX_SIZE must be at least 1 (1 turns batching off)")
         if not 0 <= self.prediction_log_sample <= 100:
@@ -106,6 +111,7 @@ class Settings:
             batch_max_delay_ms=_number(
                 env, "BATCH_MAX_DELAY_MS", DEFAULT_BATCH_MAX_DELAY_MS, float
             ),
+            inference_offload=env.get("INFERENCE_OFFLOAD", "auto"),
             cache_dir=Path(env["MODEL_CACHE_DIR"])
             if env.get("MODEL_CACHE_DIR")
             else default_cache_dir(),

@@ -65,13 +65,25 @@ class MetricsMiddleware:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        # Label lookups cost more than the increments: keep each child once.
+        self._counters: dict[tuple[str, str, int], object] = {}
+        self._latencies: dict[str, object] = {}
 
     async def process_request(self, req, resp) -> None:
         req.context.started = time.perf_counter()
 
     async def process_response(self, req, resp, resource, req_succeeded) -> None:
         route = req.uri_template or "unmatched"
-        self._metrics.requests.labels(route, req.method, str(resp.status_code)).inc()
+        key = (route, req.method, resp.status_code)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self._metrics.requests.labels(
+                route, req.method, str(resp.status_code)
+            )
+        counter.inc()
         started = getattr(req.context, "started", None)
         if started is not None:
-            self._metrics.request_latency.labels(route).observe(time.perf_counter() - started)
+            latency = self._latencies.get(route)
+            if latency is None:
+                latency = self._latencies[route] = self._metrics.request_latency.labels(route)
+            latency.observe(time.perf_counter() - started)

@@ -118,6 +118,7 @@ def test_responses_are_identical_with_batching_on_and_off(
 ):
     variants = {
         "off": Settings(**{**settings.__dict__, "batch_max_size": 1}),
+        "thread": Settings(**{**settings.__dict__, "inference_offload": "always"}),
         "on": settings,
         "on+copy": Settings(
             **{
@@ -132,7 +133,19 @@ def test_responses_are_identical_with_batching_on_and_off(
     for name, variant in variants.items():
         client = testing.TestClient(create_app(variant, model=load_model(variant)))
         answers[name] = client.simulate_post("/predict", json=body).json["predictions"]
-    assert answers["off"] == answers["on"] == answers["on+copy"]
+    assert answers["off"] == answers["thread"] == answers["on"] == answers["on+copy"]
+
+
+def test_auto_offload_keeps_a_fast_model_on_the_event_loop(model):
+    from service.inference import Inference, probe_latency
+    from service.metrics import Metrics
+
+    assert probe_latency(model) < 0.001
+    for policy, inline in (("auto", True), ("never", True), ("always", False)):
+        inference = Inference(Metrics(), offload=policy)
+        inference.attach(model)
+        assert inference.inline is inline
+        asyncio.run(inference.close())
 
 
 def test_a_copy_of_another_model_is_refused(mnist8_path, tmp_path):

@@ -6,6 +6,7 @@ command line. Sessions that touch AWS or serve are not in the default set.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -131,3 +132,12 @@ def report(session: nox.Session) -> None:
     if not session.posargs:
         session.error("usage: nox -s report -- <local|dev|prod> [--since 1d] [--url s3://...]")
     pipeline_command(session, "report")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmark the service against its ceilings and FastAPI (`-- --quick`: about 1 min)."""
+    if shutil.which("wrk") is None:
+        session.error("wrk is not installed: run `sudo apt-get install wrk`, then try again")
+    install(session, "bench")
+    session.run("python", "-m", "bench", *session.posargs)

@@ -40,16 +40,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve()
 
 
-def _terraform_outputs(environment: str) -> dict:
-    from pipeline import terraform
-
-    return terraform.outputs(environment)
-
-
 def _environment(args: argparse.Namespace):
     from pipeline.environment import resolve
 
-    return resolve(args.environment, terraform_outputs=_terraform_outputs)
+    return resolve(args.environment)
 
 
 def _add_environment(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +54,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     """Download, gate, build or promote, push and release to an environment."""
     from pipeline.deploy import deploy
 
-    record = deploy(args.environment, terraform_outputs=_terraform_outputs)
+    record = deploy(args.environment)
     print(f"released {record['release_id']} to {args.environment}: {record['image']}")
     return 0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,14 +212,14 @@ def _repository(repository_url: str) -> str:
     return f"{registry}/{name}"
 
 
-def deploy(environment: str, *, terraform_outputs: Callable | None = None) -> dict:
+def deploy(environment: str) -> dict:
     """Gate, ship and release to `environment`; the successful deployment record."""
-    env = resolve(environment, terraform_outputs=terraform_outputs)
+    env = resolve(environment)
     gated = gate(environment, env.deployments_url)
     git_sha = images.git_sha()
     model_url, batched_url = publish_model(env, gated)
     if environment == "prod":
-        source = resolve("dev", terraform_outputs=terraform_outputs)
+        source = resolve("dev")
         image = promote(env, source, gated, git_sha)
     else:
         image = build_and_push(env, gated, git_sha)

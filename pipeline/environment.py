@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 ENVIRONMENTS = ("dev", "prod")
 
@@ -42,6 +43,37 @@ class Environment:
 REQUIRED = tuple(f.name for f in fields(Environment) if f.name != "environment")
 
 
+def terraform_outputs(environment: str) -> Mapping[str, object]:
+    """The environment root's outputs; TERRAFORM_DIR names another copy of terraform/."""
+    from pipeline import terraform
+
+    directory = os.environ.get("TERRAFORM_DIR")
+    return terraform.outputs(
+        environment, terraform_dir=Path(directory) if directory else terraform.TERRAFORM_DIR
+    )
+
+
+def output(environment: str, name: str, environ: Mapping[str, str] | None = None) -> str:
+    """One name: `<ENV>_<NAME>` when set, else the Terraform output."""
+    env = os.environ if environ is None else environ
+    given = env.get(override_name(environment, name))
+    if given:
+        return given
+    try:
+        value = terraform_outputs(environment).get(name)
+    except Exception as exc:  # the message below says what to do either way
+        value, problem = None, f" (terraform output failed: {exc})"
+    else:
+        problem = ""
+    if not value:
+        raise MissingEnvironment(
+            f"the {environment} environment's {name} is unknown{problem}: run `terraform apply` "
+            f"in terraform/envs/{environment} (nox -s apply -- {environment}), or set "
+            f"{override_name(environment, name)}"
+        )
+    return str(value)
+
+
 def override_name(environment: str, output: str) -> str:
     return f"{environment.upper()}_{output.upper()}"
 
@@ -49,7 +81,7 @@ def override_name(environment: str, output: str) -> str:
 def resolve(
     environment: str,
     *,
-    terraform_outputs: Callable[[str], Mapping[str, object]] | None = None,
+    terraform_outputs: Callable[[str], Mapping[str, object]] | None = terraform_outputs,
     environ: Mapping[str, str] | None = None,
 ) -> Environment:
     """The environment's resource names: variables first, then Terraform outputs."""

@@ -538,25 +538,19 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repository-url",
         default=None,
-        help="ECR repository URL (default: $ECR_REPOSITORY_URL_<ENV>, then $ECR_REPOSITORY_URL)",
+        help="ECR repository URL (default: $<ENV>_ECR_REPOSITORY_URL, else the terraform output)",
     )
     parser.add_argument("--tag-repo", default=DEFAULT_TAG_REPO)
 
 
 def run_push(args: argparse.Namespace) -> int:
     """Push the image built for this commit to the environment's ECR repository."""
-    repository_url = (
-        args.repository_url
-        or os.environ.get(f"ECR_REPOSITORY_URL_{args.environment.upper()}")
-        or os.environ.get("ECR_REPOSITORY_URL")
-    )
-    if not repository_url:
-        print(
-            f"push failed: no repository URL: set ECR_REPOSITORY_URL_{args.environment.upper()} "
-            "(or ECR_REPOSITORY_URL, or pass --repository-url) to the environment's ECR "
-            "repository, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/onnx-ship",
-            file=sys.stderr,
-        )
+    from pipeline.environment import MissingEnvironment, output
+
+    try:
+        repository_url = args.repository_url or output(args.environment, "ecr_repository_url")
+    except MissingEnvironment as exc:
+        print(f"push failed: {exc}", file=sys.stderr)
         return 2
     try:
         sha = git_sha()

@@ -9,21 +9,22 @@ from pipeline.environment import Environment
 CLUSTER, SERVICE, FAMILY, CONTAINER = "onnx-ship-dev", "onnx-ship-dev", "onnx-ship-dev", "service"
 
 
-def make_environment(endpoint: str) -> Environment:
+def make_environment(endpoint: str, name: str = CLUSTER, environment: str = "dev") -> Environment:
+    """A cluster, service, task definition and bucket all called `name`."""
     ecs = boto3.client("ecs")
-    ecs.create_cluster(clusterName=CLUSTER)
+    ecs.create_cluster(clusterName=name)
     first = ecs.register_task_definition(
-        family=FAMILY,
+        family=name,
         requiresCompatibilities=["FARGATE"],
         networkMode="awsvpc",
         cpu="512",
         memory="1024",
-        executionRoleArn="arn:aws:iam::123456789012:role/onnx-ship-dev-execution",
-        taskRoleArn="arn:aws:iam::123456789012:role/onnx-ship-dev-task",
+        executionRoleArn=f"arn:aws:iam::123456789012:role/{name}-execution",
+        taskRoleArn=f"arn:aws:iam::123456789012:role/{name}-task",
         containerDefinitions=[
             {
                 "name": CONTAINER,
-                "image": "registry/onnx-ship-dev:bootstrap",
+                "image": f"registry/{name}:bootstrap",
                 "essential": True,
                 "portMappings": [{"containerPort": 8080}],
                 "environment": [{"name": "PORT", "value": "8080"}],
@@ -31,23 +32,23 @@ def make_environment(endpoint: str) -> Environment:
         ],
     )["taskDefinition"]["taskDefinitionArn"]
     ecs.create_service(
-        cluster=CLUSTER,
-        serviceName=SERVICE,
+        cluster=name,
+        serviceName=name,
         taskDefinition=first,
         desiredCount=1,
         launchType="FARGATE",
     )
-    boto3.client("s3").create_bucket(Bucket="onnx-ship-dev")
+    boto3.client("s3").create_bucket(Bucket=name)
     return Environment(
-        environment="dev",
+        environment=environment,
         aws_region="us-east-1",
-        cluster_name=CLUSTER,
-        service_name=SERVICE,
-        task_family=FAMILY,
+        cluster_name=name,
+        service_name=name,
+        task_family=name,
         container_name=CONTAINER,
-        ecr_repository_url="127.0.0.1:5000/onnx-ship-dev",
-        capture_url="s3://onnx-ship-dev/capture",
-        deployments_url="s3://onnx-ship-dev/deployments",
-        models_url="s3://onnx-ship-dev/models",
+        ecr_repository_url=f"127.0.0.1:5000/{name}",
+        capture_url=f"s3://{name}/capture",
+        deployments_url=f"s3://{name}/deployments",
+        models_url=f"s3://{name}/models",
         endpoint_url=endpoint,
     )

@@ -9,6 +9,7 @@ run in file order and the last one destroys.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,18 @@ from tests.terraform.test_static import DEPLOY_OUTPUTS
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
 ENVS = terraform.ENVIRONMENTS
+
+# Test-only backend settings layered over backend.hcl: the state bucket on moto.
+MOTO_BACKEND = """\
+endpoints = { s3 = "${endpoint}" }
+use_path_style              = true
+skip_credentials_validation = true
+skip_requesting_account_id  = true
+skip_metadata_api_check     = true
+skip_region_validation      = true
+access_key                  = "testing"
+secret_key                  = "testing"
+"""
 T = TypeVar("T")
 
 # Attributes moto does not keep, so a second plan wants to set them again:
@@ -329,6 +342,47 @@ def test_second_plan_changes_only_what_moto_forgets(applied: Applied) -> None:
         return unexpected_changes(terraform.show_json(applied.root(env), result.plan_file))
 
     assert in_parallel(replan, list(ENVS)) == {env: [] for env in ENVS}
+
+
+def test_environment_state_lives_in_the_bootstrap_bucket(
+    applied: Applied, terraform_bin: str, tmp_path: Path
+) -> None:
+    """The real S3 backend (backend.hcl + TF_STATE_BUCKET, use_lockfile) against moto:
+    push dev's state there and read the deploy's outputs back through it."""
+    work = copy_terraform(tmp_path / "terraform")
+    root = work / "envs" / "dev"
+    point_at_moto(root, applied.endpoint)
+    override = (root / "moto_override.tf").read_text()
+    (root / "moto_override.tf").write_text(override.replace('backend "local" {}', ""))
+    moto_backend = tmp_path / "moto-backend.hcl"
+    moto_backend.write_text(MOTO_BACKEND.replace("${endpoint}", applied.endpoint))
+    bucket = applied.outputs["bootstrap"]["state_bucket_name"]
+
+    def init() -> None:
+        terraform.init_env(
+            "dev",
+            terraform_dir=work,
+            state_bucket=bucket,
+            extra_args=[f"-backend-config={moto_backend}"],
+        )
+
+    # moto speaks plain HTTP, which the state bucket's TLS-only policy refuses ...
+    with pytest.raises(terraform.TerraformError, match="403"):
+        init()
+    # ... so lift the policy for the rest of this test.
+    applied.client("s3").delete_bucket_policy(Bucket=bucket)
+    init()
+    local_state = applied.root("dev") / "terraform.tfstate"
+    subprocess.run(
+        [terraform_bin, "state", "push", str(local_state)],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+
+    assert terraform.outputs("dev", terraform_dir=work) == applied.outputs["dev"]
+    keys = [o["Key"] for o in applied.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["onnx-ship/dev/terraform.tfstate"], "state (and no stale lock file) expected"
 
 
 def test_destroy_removes_both_environments(applied: Applied) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -286,3 +287,57 @@ def fmt_check(path: Path = TERRAFORM_DIR) -> None:
         raise TerraformError(
             f"terraform files are not formatted: run `terraform fmt -recursive {path}` ({files})"
         )
+
+
+# ---------------------------------------------------------------------------
+# Command line: what the nox sessions call
+# ---------------------------------------------------------------------------
+
+USAGE = (
+    "usage: python -m pipeline.terraform plan|apply|output <dev|prod>\n"
+    "       python -m pipeline.terraform lint"
+)
+
+
+def lint(terraform_dir: Path = TERRAFORM_DIR) -> list[Path]:
+    """`fmt -check`, then `init -backend=false` + `validate` of every root and module."""
+    fmt_check(terraform_dir)
+    checked = roots(terraform_dir)
+    for root in checked:
+        validate(root)
+    return checked
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`plan <env>` (init against the S3 state, plan to envs/<env>/tfplan), `apply <env>`
+    (the same plan, then apply it), `output <env>` (JSON) or `lint`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args == ["lint"]:
+            for root in lint():
+                print(f"valid: {root.relative_to(TERRAFORM_DIR.parent)}")
+            return 0
+        if len(args) != 2 or args[0] not in ("plan", "apply", "output"):
+            print(USAGE, file=sys.stderr)
+            return 2
+        command, env = args
+        env_root(env)
+        init_env(env)
+        if command == "output":
+            print(json.dumps(outputs(env), indent=2, sort_keys=True))
+            return 0
+        result = plan(env)
+        print(result.output)
+        if command == "apply":
+            if result.changes:
+                print(apply(env, plan_file=result.plan_file))
+            else:
+                print(f"{env}: no changes, nothing to apply")
+        return 0
+    except TerraformError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

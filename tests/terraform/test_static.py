@@ -71,15 +71,23 @@ def test_every_module_has_the_four_files_and_a_readme(module: str) -> None:
     assert not missing, f"modules/{module} lacks {missing}"
 
 
+def committed_files(root: Path) -> set[str]:
+    """Files of a root that belong in git (not plans, state or test overrides)."""
+    return {
+        p.name
+        for p in root.iterdir()
+        if p.is_file()
+        and p.name != "tfplan"
+        and ".tfstate" not in p.name
+        and not p.name.endswith("override.tf")
+    }
+
+
 def test_env_roots_differ_only_in_values() -> None:
     dev, prod = ENVS / "dev", ENVS / "prod"
     for name in SHARED_ROOT_FILES:
         assert (dev / name).read_bytes() == (prod / name).read_bytes(), f"{name} differs"
-    tracked = {p.name for p in dev.iterdir() if p.is_file() and not p.name.endswith(".tfstate")}
-    assert tracked == set(SHARED_ROOT_FILES + VALUE_FILES)
-    assert tracked == {
-        p.name for p in prod.iterdir() if p.is_file() and not p.name.endswith(".tfstate")
-    }
+    assert committed_files(dev) == committed_files(prod) == set(SHARED_ROOT_FILES + VALUE_FILES)
 
 
 @pytest.mark.parametrize("env", terraform.ENVIRONMENTS)
@@ -238,3 +246,18 @@ def test_unformatted_files_are_named(terraform_bin: str, tmp_path: Path) -> None
         match=r"not formatted: run `terraform fmt -recursive .*\(main.tf\)",
     ):
         terraform.fmt_check(tmp_path)
+
+
+def test_command_line_prints_usage_and_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert terraform.main([]) == 2
+    assert (
+        "usage: python -m pipeline.terraform plan|apply|output <dev|prod>"
+        in capsys.readouterr().err
+    )
+    assert terraform.main(["plan", "qa"]) == 1
+    assert "error: unknown environment 'qa'" in capsys.readouterr().err
+    monkeypatch.delenv(terraform.STATE_BUCKET_VARIABLE, raising=False)
+    assert terraform.main(["apply", "prod"]) == 1
+    assert "error: TF_STATE_BUCKET is not set" in capsys.readouterr().err

@@ -35,6 +35,7 @@ from bench.processes import (
     require_taskset,
     rss_bytes,
 )
+from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 
 CAPTURE_OFF = "off"  # PREDICTION_LOG_URL=off: service.capture builds no recorder
 UVICORN_FLAGS = ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
@@ -122,6 +123,7 @@ class Workload:
     output_name: str
     images: np.ndarray  # float32 [N,1,28,28]
     expected: list[int]  # raw onnxruntime's classes for `images`
+    batched: BatchableCopy | None = None  # what a deploy would ship beside the model
 
     def service_bodies(self) -> dict[str, Body]:
         name, i, o = self.model_name, self.input_name, self.output_name
@@ -164,8 +166,12 @@ class Results:
         return found.requests_per_cpu_second if found else None
 
 
-def load_workload(batch_size: int) -> Workload:
-    """The committed reference model and the first `batch_size` test images, verified."""
+def load_workload(batch_size: int, workdir: Path | None = None) -> Workload:
+    """The committed reference model and the first `batch_size` test images, verified.
+
+    With `workdir`, also the batch-capable copy a deploy would ship (made and proven
+    equal on the whole test set by `pipeline.batchable`), when the model needs one.
+    """
     from pipeline.datasets import load_dataset
     from pipeline.reference import fetch_verified, load_reference
 
@@ -178,8 +184,15 @@ def load_workload(batch_size: int) -> Workload:
     )
     if len(dataset) < batch_size:
         raise BenchError(f"the test set has {len(dataset)} images; the bench needs {batch_size}")
-    images = bodies.pixels(dataset.images[:batch_size]) * np.float32(reference.input_scale)
+    scaled = bodies.pixels(dataset.images) * np.float32(reference.input_scale)
+    images = scaled[:batch_size]
     session = compute.session(model_path)
+    batched = None
+    if workdir is not None and session.get_inputs()[0].shape[0] == 1:
+        try:
+            batched = batchable_copy(model_path, scaled, workdir / "batch-capable.onnx")
+        except NotBatchable as exc:
+            print(f"bench: no batch-capable copy ({exc})", file=sys.stderr)
     return Workload(
         model_path=model_path,
         model_sha256=sha256,
@@ -188,6 +201,7 @@ def load_workload(batch_size: int) -> Workload:
         output_name=session.get_outputs()[0].name,
         images=images,
         expected=compute.reference_classes(model_path, images),
+        batched=batched,
     )
 
 
@@ -381,6 +395,9 @@ def bench_service(
         "WEB_CONCURRENCY": "1",
         "PREDICTION_LOG_URL": store.url if store is not None else CAPTURE_OFF,
         "PREDICTION_LOG_SPOOL_DIR": str(workdir / f"spool-{capture}"),
+        # As a deploy runs it: with the batch-capable copy the gate proved.
+        "MODEL_BATCHED_URL": str(workload.batched.path) if workload.batched else "",
+        "MODEL_BATCHED_SHA256": workload.batched.sha256 if workload.batched else "",
         **(store.env if store is not None else {}),
     }
     name = f"service-capture-{capture}"
@@ -413,14 +430,14 @@ def run(options: Options, workdir: Path | None = None) -> Results:
         work = workdir or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         print("bench: loading the reference model and test images", file=sys.stderr)
-        workload = load_workload(options.batch_size)
+        workload = load_workload(options.batch_size, work)
         if "compute" in wanted:
             print("bench: raw onnxruntime (compute ceiling)", file=sys.stderr, flush=True)
             results.compute = compute.measure(
                 workload.model_path,
                 workload.images,
                 batch_size=options.batch_size,
-                workdir=work,
+                batched_path=workload.batched.path if workload.batched else None,
                 seconds=options.compute_seconds,
                 core=options.server_core,
             )

@@ -79,8 +79,8 @@ def test_wrk_is_pinned_to_the_load_core(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def workload() -> Workload:
-    return load_workload(256)
+def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
+    return load_workload(256, tmp_path_factory.mktemp("workload"))
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +121,13 @@ def test_binary_body_layout(workload: Workload) -> None:
 # -- compute ceiling -------------------------------------------------------------------
 
 
-def test_batch_capable_copy_matches_the_original(workload: Workload, tmp_path: Path) -> None:
-    copy = compute.session(compute.batch_capable_copy(workload.model_path, tmp_path / "b.onnx"))
+def test_the_workload_carries_the_proven_batch_capable_copy(workload: Workload) -> None:
+    assert workload.batched is not None and workload.batched.images_checked == 10_000
+    copy = compute.session(workload.batched.path)
     batched = copy.run(None, {copy.get_inputs()[0].name: workload.images})[0]
     original = compute.one_at_a_time(compute.session(workload.model_path), workload.images)
     assert batched.shape == (256, 10)
-    assert np.allclose(batched, original, rtol=compute.COPY_RTOL, atol=compute.COPY_ATOL)
+    np.testing.assert_array_equal(batched, original)
     assert batched.argmax(axis=1).tolist() == workload.expected
 
 

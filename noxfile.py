@@ -45,6 +45,50 @@ def lint(session: nox.Session) -> None:
     workflows = [str(p) for p in sorted((ROOT / ".github" / "workflows").glob("*.yml"))]
     session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
     session.run("zizmor", "--offline", *workflows)
+    lint_terraform(session)
+
+
+def lint_terraform(session: nox.Session) -> None:
+    """terraform fmt -check and validate of every root and module; checkov in its own venv."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "terraform"))
+    session.run("python", "-m", "pipeline.terraform", "lint")
+    session.notify("checkov")
+
+
+@nox.session(python=PYTHON)
+def checkov(session: nox.Session) -> None:
+    """Scan terraform/ with checkov (its own venv: its pins clash with ours)."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "checkov"))
+    session.run(
+        "checkov",
+        "-d",
+        "terraform",
+        "--framework",
+        "terraform",
+        "--skip-download",
+        "--quiet",
+        "--compact",
+    )
+
+
+def terraform_command(session: nox.Session, command: str) -> None:
+    """`python -m pipeline.terraform <command> <env>` for the one environment in posargs."""
+    if len(session.posargs) != 1 or session.posargs[0] not in ("dev", "prod"):
+        session.error(f"usage: nox -s {command} -- dev|prod")
+    install(session, "terraform")
+    session.run("python", "-m", "pipeline.terraform", command, session.posargs[0])
+
+
+@nox.session(python=PYTHON)
+def plan(session: nox.Session) -> None:
+    """Plan an environment's infrastructure: `-- dev|prod` (needs TF_STATE_BUCKET)."""
+    terraform_command(session, "plan")
+
+
+@nox.session(python=PYTHON)
+def apply(session: nox.Session) -> None:
+    """Plan, then apply that plan to an environment: `-- dev|prod`."""
+    terraform_command(session, "apply")
 
 
 @nox.session(python=PYTHON)

@@ -19,7 +19,7 @@ import numpy as np
 from pipeline import image as images
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.download import Downloaded, download
-from pipeline.environment import Environment, resolve
+from pipeline.environment import Environment, override_name, resolve, terraform_outputs
 from pipeline.gate import GateResult, read_champion, run_gate
 from pipeline.reference import Reference, load_reference
 from pipeline.release import Candidate, SmokeImages, release
@@ -161,26 +161,43 @@ def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
     return f"{_repository(env.ecr_repository_url)}@{digest}"
 
 
-def promote(env: Environment, source: Environment, gated: Gated, git_sha: str) -> str:
-    """Ship the image `source` verified for this commit; rebuild only where it has none."""
+def source_repository(env: Environment, source: str = "dev") -> str:
+    """The repository `env` promotes from: `<SOURCE>_ECR_REPOSITORY_URL`, else the one its
+    own Terraform outputs name (`promote_from_repository_names`, on its registry)."""
+    given = os.environ.get(override_name(source, "ecr_repository_url"))
+    if given:
+        return given
+    names = terraform_outputs(env.environment).get("promote_from_repository_names") or []
+    if not names:
+        raise DeployError(
+            f"{env.environment} promotes from no repository: set promote_from_environments in "
+            f"terraform/envs/{env.environment}/terraform.tfvars, or "
+            f"{override_name(source, 'ecr_repository_url')}"
+        )
+    registry, _ = images.split_repository_url(env.ecr_repository_url)
+    return f"{registry}/{names[0]}"
+
+
+def promote(env: Environment, source_url: str, gated: Gated, git_sha: str) -> str:
+    """Ship the image dev verified for this commit; rebuild only where dev has none."""
     cli = images.find_cli()
     ecr = images.Ecr()
-    verified = f"{_repository(source.ecr_repository_url)}:{VERIFIED_PREFIX}{git_sha}"
-    built = f"{_repository(source.ecr_repository_url)}:{git_sha}"
-    registry, _ = images.split_repository_url(source.ecr_repository_url)
+    verified = f"{_repository(source_url)}:{VERIFIED_PREFIX}{git_sha}"
+    built = f"{_repository(source_url)}:{git_sha}"
+    registry, _ = images.split_repository_url(source_url)
     images.login(cli, registry, ecr.credentials())
     if _pull(cli, registry, verified):
-        say(f"promoting {verified}, verified on {source.environment}")
+        say(f"promoting {verified}, verified on dev")
         digest = images.push(verified, env.ecr_repository_url, git_sha, ecr=ecr, cli=cli)
         return f"{_repository(env.ecr_repository_url)}@{digest}"
     if _pull(cli, registry, built):
         raise DeployError(
-            f"{source.environment} built {built} but never verified it (its release failed or "
-            f"is still running): fix {source.environment} first, then deploy prod again"
+            f"dev built {built} but never verified it (its release failed or is still "
+            "running): fix dev first, then deploy prod again"
         )
     say(
-        f"warning: {source.environment} has no image for {git_sha[:12]}; building one for "
-        f"{env.environment} (it was not verified on {source.environment})"
+        f"warning: dev has no image for {git_sha[:12]}; building one for "
+        f"{env.environment} (it was not verified on dev)"
     )
     return build_and_push(env, gated, git_sha)
 
@@ -219,8 +236,7 @@ def deploy(environment: str) -> dict:
     git_sha = images.git_sha()
     model_url, batched_url = publish_model(env, gated)
     if environment == "prod":
-        source = resolve("dev")
-        image = promote(env, source, gated, git_sha)
+        image = promote(env, source_repository(env), gated, git_sha)
     else:
         image = build_and_push(env, gated, git_sha)
     candidate = Candidate(

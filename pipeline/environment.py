@@ -44,13 +44,17 @@ REQUIRED = tuple(f.name for f in fields(Environment) if f.name != "environment")
 
 
 def terraform_outputs(environment: str) -> Mapping[str, object]:
-    """The environment root's outputs; TERRAFORM_DIR names another copy of terraform/."""
+    """The environment root's outputs; TERRAFORM_DIR names another copy of terraform/.
+
+    A root that was never initialised here (a fresh CI checkout) is first initialised
+    against its S3 state (TF_STATE_BUCKET).
+    """
     from pipeline import terraform
 
-    directory = os.environ.get("TERRAFORM_DIR")
-    return terraform.outputs(
-        environment, terraform_dir=Path(directory) if directory else terraform.TERRAFORM_DIR
-    )
+    directory = Path(os.environ.get("TERRAFORM_DIR") or terraform.TERRAFORM_DIR)
+    if not (terraform.env_root(environment, directory) / ".terraform").is_dir():
+        terraform.init_env(environment, terraform_dir=directory)
+    return terraform.outputs(environment, terraform_dir=directory)
 
 
 def output(environment: str, name: str, environ: Mapping[str, str] | None = None) -> str:

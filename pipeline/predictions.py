@@ -17,7 +17,6 @@ import math
 import os
 import re
 import sys
-import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import numpy as np
 import orjson
 
 from pipeline.reference import REPO
-from service.artifacts import local_path
+from service.artifacts import local_path, s3_location
 from service.config import ENVIRONMENTS
 
 URL_ENV = "PREDICTION_LOG_URL"
@@ -122,11 +121,12 @@ class S3Store:
 
 
 def open_store(url: str) -> Store:
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise PredictionLogError(f"{url!r} needs a bucket: s3://bucket/prefix")
-        return S3Store(parsed.netloc, parsed.path.strip("/"))
+    try:
+        location = s3_location(url)
+    except ValueError as exc:
+        raise PredictionLogError(str(exc)) from None
+    if location is not None:
+        return S3Store(*location)
     path = local_path(url)
     if path is None:
         raise PredictionLogError(

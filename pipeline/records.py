@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from service.artifacts import local_path
+from service.artifacts import local_path, s3_location
 
 LATEST = "latest.json"
 OUTCOMES = ("succeeded", "failed", "rolled_back")
@@ -128,12 +127,10 @@ def _join(base: str, name: str) -> str:
 
 
 def _s3_location(url: str) -> tuple[str, str] | None:
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme != "s3":
-        return None
-    if not parsed.netloc:
-        raise RecordError(f"{url}: an S3 URL needs a bucket, s3://bucket/prefix")
-    return parsed.netloc, parsed.path.lstrip("/")
+    try:
+        return s3_location(url)
+    except ValueError as exc:
+        raise RecordError(str(exc)) from None
 
 
 def _filesystem_path(url: str) -> Path:

@@ -59,6 +59,20 @@ def local_path(url: str) -> Path | None:
     return None
 
 
+def s3_location(url: str) -> tuple[str, str] | None:
+    """`s3://bucket/some/prefix` -> ("bucket", "some/prefix"); None for any other URL.
+
+    The one reading of S3 URLs for every store of the project (model, capture,
+    deployment records); an S3 URL without a bucket is a ValueError.
+    """
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "s3":
+        return None
+    if not parsed.netloc:
+        raise ValueError(f"{url!r} needs a bucket: s3://bucket/prefix")
+    return parsed.netloc, parsed.path.strip("/")
+
+
 def fetch(
     url: str, *, sha256: str | None = None, cache_dir: Path | None = None
 ) -> tuple[Path, str]:

@@ -10,12 +10,11 @@ records. S3 enforces this with a conditional write (`If-None-Match: *`).
 from __future__ import annotations
 
 import os
-import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Protocol
 
-from service.artifacts import local_path
+from service.artifacts import local_path, s3_location
 
 # Parts are small (a few MB at most): a sink that does not answer within
 # seconds is down, and the spool takes over. One quick botocore retry absorbs
@@ -39,11 +38,12 @@ class Sink(Protocol):
 
 def open_sink(url: str) -> Sink:
     """The sink a PREDICTION_LOG_URL names (no network access happens here)."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise SinkError(f"PREDICTION_LOG_URL={url!r} needs a bucket: s3://bucket/prefix")
-        return S3Sink(parsed.netloc, parsed.path.strip("/"))
+    try:
+        location = s3_location(url)
+    except ValueError as exc:
+        raise SinkError(f"PREDICTION_LOG_URL: {exc}") from None
+    if location is not None:
+        return S3Sink(*location)
     path = local_path(url)
     if path is None:
         raise SinkError(

@@ -139,6 +139,77 @@ def build_records(entry: Pending, env: str) -> Iterator[dict]:
         yield record
 
 
+def record_lines(entry: Pending, env: str) -> Iterator[bytes]:
+    """The JSON lines of `build_records(entry, env)`, byte for byte as orjson writes them.
+
+    The fixed fields are encoded once per request and the rows' scores in one call,
+    instead of one dict and one `dumps` per row: capture runs beside the request path
+    on the same core, so its microseconds per record are the service's.
+    """
+    if entry.inputs is not None:  # rare, and large anyway: the plain path
+        for record in build_records(entry, env):
+            yield orjson.dumps(record, option=_DUMPS_OPTIONS)
+        return
+    rows = entry.rows
+    scores = entry.scores
+    if scores.ndim != 2 or not scores.flags.c_contiguous:
+        scores = np.ascontiguousarray(scores).reshape(rows, -1)
+    classes = scores.argmax(axis=1).tolist()
+    request_id = entry.request_id or new_id()
+    quoted_id = orjson.dumps(request_id)
+    middle = b"".join(
+        (
+            b',"time":',
+            orjson.dumps(iso_time(entry.answered_at)),
+            b',"env":',
+            orjson.dumps(env),
+            b',"route":',
+            orjson.dumps(entry.route),
+            b',"model":',
+            _model_json(entry.model),
+            b',"prediction":',
+        )
+    )
+    latency = b',"latency_ms":' + orjson.dumps(round(entry.latency_seconds * 1000, 3)) + b"}\n"
+    if rows == 1:
+        yield b"".join(
+            (
+                b'{"id":',
+                quoted_id,
+                b',"request_id":',
+                quoted_id,
+                b',"row":0',
+                middle,
+                str(classes[0]).encode(),
+                b',"scores":',
+                orjson.dumps(scores[0], option=orjson.OPT_SERIALIZE_NUMPY),
+                latency,
+            )
+        )
+        return
+    for row in range(rows):
+        yield b"".join(
+            (
+                b'{"id":',
+                orjson.dumps(f"{request_id}-{row}"),
+                b',"request_id":',
+                quoted_id,
+                b',"row":',
+                str(row).encode(),
+                middle,
+                str(classes[row]).encode(),
+                b',"scores":',
+                orjson.dumps(scores[row], option=orjson.OPT_SERIALIZE_NUMPY),
+                latency,
+            )
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _model_json(model: ModelInfo) -> bytes:
+    return orjson.dumps(_model_fields(model))
+
+
 class PartNamer:
     """Part names unique across processes and hosts: `<UTC time>-<host>-<pid>-<random>-<seq>`."""
 
@@ -168,11 +239,10 @@ def encode_parts(
     for entry in entries:
         hour = int(entry.answered_at // 3600)
         chunks = by_hour.setdefault(hour, [[]])
-        for record in build_records(entry, env):
+        for line in record_lines(entry, env):
             if len(chunks[-1]) >= max_records or sizes.get(hour, 0) >= max_bytes:
                 chunks.append([])
                 sizes[hour] = 0
-            line = orjson.dumps(record, option=_DUMPS_OPTIONS)
             chunks[-1].append(line)
             sizes[hour] = sizes.get(hour, 0) + len(line)
     return [

@@ -12,13 +12,21 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from falcon import testing
 
 from service.app import create_app
 from service.capture import CaptureConfig, CaptureRecorder, build_recorder
 from service.capture.metrics import CaptureMetrics
-from service.capture.records import PartNamer, Pending, build_records, decode_part, encode_parts
+from service.capture.records import (
+    PartNamer,
+    Pending,
+    build_records,
+    decode_part,
+    encode_parts,
+    record_lines,
+)
 from service.capture.sinks import LocalSink, open_sink
 from service.config import ConfigError, Settings
 from service.model import ModelInfo
@@ -108,6 +116,26 @@ def test_a_single_row_keeps_its_id_and_no_id_gets_a_uuid():
     assert re.fullmatch(r"[0-9a-f-]{36}", generated["id"])
     rows = list(build_records(Pending(0, "/predict", None, INFO, scores(2), None, 0), "dev"))
     assert rows[0]["id"] != rows[1]["id"] and rows[0]["request_id"] == rows[1]["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("request_id", "rows", "route", "latency"),
+    [
+        ("req-7", 1, "/predict", 0.0),
+        ('quote "and" back\\slash \u00e9\u2028', 1, "/v2/infer", 0.0123456),
+        ("batch", 3, "/v2/infer", 1.5),
+        ("wide", 1, "/predict", 12.0),
+    ],
+)
+def test_the_fast_lines_are_exactly_what_orjson_writes_for_the_records(
+    request_id, rows, route, latency
+):
+    entry = Pending(1234.5678, route, request_id, INFO, scores(rows), None, latency)
+    expected = b"".join(
+        orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+        for r in build_records(entry, "prod")
+    )
+    assert b"".join(record_lines(entry, "prod")) == expected
 
 
 def test_parts_are_gzip_json_lines_split_by_utc_hour_under_the_key_layout():

@@ -15,14 +15,17 @@ from pipeline import download as download_step
 from pipeline import gate as gate_step
 from pipeline import image as image_step
 from pipeline import predictions
-from pipeline.reference import REPO, fetch_artifact, load_reference
+from pipeline.datasets import DatasetError
+from pipeline.deploy import DeployError, deploy, gate
+from pipeline.environment import Environment, MissingEnvironment, resolve
+from pipeline.image import ImageError
+from pipeline.records import RecordError
+from pipeline.reference import REPO, InvalidReference, fetch_artifact, load_reference
+from pipeline.release import ReleaseError, format_status, rollback, status
+from pipeline.terraform import TerraformError
 from service.artifacts import ArtifactError
 
 DEFAULT_LOCAL_CAPTURE = REPO / "predictions"
-
-
-class PipelineError(Exception):
-    """A failure with a message that says what to do; the CLI prints it and exits 2."""
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -40,9 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve()
 
 
-def _environment(args: argparse.Namespace):
-    from pipeline.environment import resolve
-
+def _environment(args: argparse.Namespace) -> Environment:
     return resolve(args.environment)
 
 
@@ -52,8 +53,6 @@ def _add_environment(parser: argparse.ArgumentParser) -> None:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Download, gate, build or promote, push and release to an environment."""
-    from pipeline.deploy import deploy
-
     record = deploy(args.environment)
     print(f"released {record['release_id']} to {args.environment}: {record['image']}")
     return 0
@@ -61,8 +60,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_deploy_local(args: argparse.Namespace) -> int:
     """Gate the referenced model, then serve it locally with capture to a local directory."""
-    from pipeline.deploy import gate
-
     gated = gate(None, None)
     if gated.batched is not None:
         os.environ.update(
@@ -73,8 +70,6 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Return an environment to its previous successful release."""
-    from pipeline.release import rollback
-
     record = rollback(_environment(args))
     print(f"{args.environment} is back on {record['restores']} ({record['image']})")
     return 0
@@ -82,8 +77,6 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show what runs in an environment: release, image, model, gate accuracy, health."""
-    from pipeline.release import format_status, status
-
     print(format_status(status(_environment(args))))
     return 0
 
@@ -105,26 +98,18 @@ COMMANDS: dict[
 }
 
 
-def _failures() -> tuple[type[Exception], ...]:
-    from pipeline.deploy import DeployError
-    from pipeline.environment import MissingEnvironment
-    from pipeline.records import RecordError
-    from pipeline.reference import InvalidReference
-    from pipeline.release import ReleaseError
-
-    return (
-        PipelineError,
-        ArtifactError,
-        DeployError,
-        MissingEnvironment,
-        RecordError,
-        InvalidReference,
-        ReleaseError,
-        image_step.ImageError,
-    )
-
-
-FAILURES = _failures()
+# Failures with a message that says what to do: printed as one line, exit status 2.
+FAILURES: tuple[type[Exception], ...] = (
+    ArtifactError,
+    DatasetError,
+    DeployError,
+    ImageError,
+    InvalidReference,
+    MissingEnvironment,
+    RecordError,
+    ReleaseError,
+    TerraformError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,9 +52,12 @@ def terraform_outputs(environment: str) -> Mapping[str, object]:
     from pipeline import terraform
 
     directory = Path(os.environ.get("TERRAFORM_DIR") or terraform.TERRAFORM_DIR)
-    if not (terraform.env_root(environment, directory) / ".terraform").is_dir():
+    try:
+        return terraform.outputs(environment, terraform_dir=directory)
+    except terraform.TerraformError:
+        # Not initialised against its state yet: init_env says what is missing, if anything.
         terraform.init_env(environment, terraform_dir=directory)
-    return terraform.outputs(environment, terraform_dir=directory)
+        return terraform.outputs(environment, terraform_dir=directory)
 
 
 def output(environment: str, name: str, environ: Mapping[str, str] | None = None) -> str:

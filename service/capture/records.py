@@ -105,14 +105,18 @@ def _model_fields(model: ModelInfo) -> dict:
     return {"name": model.name, "version": model.version, "sha256": model.sha256}
 
 
-def build_records(entry: Pending, env: str) -> Iterator[dict]:
-    """The records of one request, one per batch row."""
+def _rows(entry: Pending) -> tuple[int, np.ndarray, list[int], str]:
+    """Row count, scores as [rows, classes], each row's class, and the request's id."""
     rows = entry.rows
     scores = entry.scores
     if scores.ndim != 2 or not scores.flags.c_contiguous:
         scores = np.ascontiguousarray(scores).reshape(rows, -1)
-    classes = scores.argmax(axis=1).tolist()
-    request_id = entry.request_id or new_id()
+    return rows, scores, scores.argmax(axis=1).tolist(), entry.request_id or new_id()
+
+
+def build_records(entry: Pending, env: str) -> Iterator[dict]:
+    """The records of one request, one per batch row."""
+    rows, scores, classes, request_id = _rows(entry)
     model = _model_fields(entry.model)
     answered = iso_time(entry.answered_at)
     latency_ms = round(entry.latency_seconds * 1000, 3)
@@ -150,12 +154,7 @@ def record_lines(entry: Pending, env: str) -> Iterator[bytes]:
         for record in build_records(entry, env):
             yield orjson.dumps(record, option=_DUMPS_OPTIONS)
         return
-    rows = entry.rows
-    scores = entry.scores
-    if scores.ndim != 2 or not scores.flags.c_contiguous:
-        scores = np.ascontiguousarray(scores).reshape(rows, -1)
-    classes = scores.argmax(axis=1).tolist()
-    request_id = entry.request_id or new_id()
+    rows, scores, classes, request_id = _rows(entry)
     quoted_id = orjson.dumps(request_id)
     middle = b"".join(
         (

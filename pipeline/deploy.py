@@ -157,7 +157,7 @@ def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
         os.environ.get("BASE_IMAGE", images.DEFAULT_BASE_IMAGE),
         ca_bundle=images.default_ca_bundle(),
     )
-    digest = images.push(local, env.ecr_repository_url, git_sha)
+    digest = images.push(local, env.ecr_repository_url, git_sha, ecr=images.Ecr(env.client("ecr")))
     return f"{_repository(env.ecr_repository_url)}@{digest}"
 
 
@@ -181,7 +181,7 @@ def source_repository(env: Environment, source: str = "dev") -> str:
 def promote(env: Environment, source_url: str, gated: Gated, git_sha: str) -> str:
     """Ship the image dev verified for this commit; rebuild only where dev has none."""
     cli = images.find_cli()
-    ecr = images.Ecr()
+    ecr = images.Ecr(env.client("ecr"))
     verified = f"{_repository(source_url)}:{VERIFIED_PREFIX}{git_sha}"
     built = f"{_repository(source_url)}:{git_sha}"
     registry, _ = images.split_repository_url(source_url)
@@ -220,7 +220,13 @@ def mark_verified(env: Environment, image: str, git_sha: str) -> None:
     """Tag the released image `verified-<sha>` in the environment's repository."""
     cli = images.find_cli()
     local = f"{images.DEFAULT_TAG_REPO}:{git_sha}"
-    images.push(local, env.ecr_repository_url, f"{VERIFIED_PREFIX}{git_sha}", cli=cli)
+    images.push(
+        local,
+        env.ecr_repository_url,
+        f"{VERIFIED_PREFIX}{git_sha}",
+        ecr=images.Ecr(env.client("ecr")),
+        cli=cli,
+    )
     say(f"tagged {image} as {VERIFIED_PREFIX}{git_sha}")
 
 

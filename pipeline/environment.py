@@ -12,8 +12,10 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 ENVIRONMENTS = ("dev", "prod")
+AWS_MAX_ATTEMPTS = 8
 
 
 class MissingEnvironment(Exception):
@@ -27,12 +29,27 @@ class Environment:
     cluster_name: str
     service_name: str
     task_family: str
+    task_definition_arn: str
     container_name: str
     ecr_repository_url: str
     capture_url: str
     deployments_url: str
     models_url: str
     endpoint_url: str
+
+    def client(self, service: str) -> Any:
+        """A boto3 client for `service` in this environment's region (its `aws_region` output).
+
+        Never the ambient region: ECS clusters and ECR repositories are regional, so a
+        client in another region would look for them in the wrong place. Retries use
+        botocore's standard mode (throttling and transient errors, exponential backoff;
+        AWS SDKs reference guide, "Retry behavior").
+        """
+        import boto3
+        from botocore.config import Config
+
+        config = Config(retries={"mode": "standard", "max_attempts": AWS_MAX_ATTEMPTS})
+        return boto3.client(service, region_name=self.aws_region, config=config)
 
     @property
     def records_url(self) -> str:

@@ -251,13 +251,14 @@ class RemoteImage:
 
 
 class Ecr:
-    """ECR through boto3: the login token and the lookup of an existing tag."""
+    """ECR through boto3: the login token and the lookup of an existing tag.
 
-    def __init__(self, client: Any | None = None) -> None:
-        if client is None:
-            import boto3
+    `client` is a boto3 ECR client in the repository's region
+    (`Environment.client("ecr")`): a login token is only good for its own region's
+    registry.
+    """
 
-            client = boto3.client("ecr")
+    def __init__(self, client: Any) -> None:
         self._client = client
 
     def credentials(self) -> Credentials:
@@ -379,7 +380,7 @@ def push(
     repository_url: str,
     tag: str,
     *,
-    ecr: Ecr | None = None,
+    ecr: Ecr,
     cli: ContainerCli | None = None,
 ) -> str:
     """Push the local `image` as `<repository_url>:<tag>` and return the pushed digest.
@@ -391,7 +392,6 @@ def push(
         raise ImageError(f"tag {tag!r} is not a valid image tag")
     registry, repository_name = split_repository_url(repository_url)
     cli = cli or find_cli()
-    ecr = ecr or Ecr()
     image_id = local_image_id(cli, image)
     remote = f"{registry}/{repository_name}:{tag}"
 
@@ -545,16 +545,20 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_push(args: argparse.Namespace) -> int:
     """Push the image built for this commit to the environment's ECR repository."""
+    import boto3
+
     from pipeline.environment import MissingEnvironment, output
 
     try:
         repository_url = args.repository_url or output(args.environment, "ecr_repository_url")
+        region = output(args.environment, "aws_region")
     except MissingEnvironment as exc:
         print(f"push failed: {exc}", file=sys.stderr)
         return 2
     try:
         sha = git_sha()
-        digest = push(f"{args.tag_repo}:{sha}", repository_url, sha)
+        ecr = Ecr(boto3.client("ecr", region_name=region))
+        digest = push(f"{args.tag_repo}:{sha}", repository_url, sha, ecr=ecr)
     except ImageError as exc:
         print(f"push failed: {exc}", file=sys.stderr)
         return 2

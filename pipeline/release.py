@@ -1,10 +1,11 @@
 """Release an image and a model to an environment's ECS service, verify it, roll back on failure.
 
-A release registers a new task definition revision (the running one, with the
-new image by digest and the model reference in its environment), points the
-service at it, waits until the deployment is stable, then smoke-tests the
-environment's endpoint. Any failure after the service update puts the service
-back on the previous revision. Every attempt leaves a deployment record.
+A release registers a new task definition revision (Terraform's revision of the
+family, with the new image by digest and the model reference in its environment),
+points the service at it, waits until ECS reports that deployment COMPLETED, then
+smoke-tests the environment's endpoint. Any failure after the service update puts
+the service back on the last successful release. Every attempt leaves a
+deployment record.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import records
 from pipeline.environment import Environment
@@ -71,19 +73,19 @@ def release_id(git_sha: str, now: datetime | None = None) -> str:
 
 
 class Ecs:
-    """The few ECS calls a release needs."""
+    """The few ECS calls a release needs, and how it judges a rollout.
+
+    `client` is a boto3 ECS client (`Environment.client("ecs")` gives one in the
+    environment's region with botocore's standard retries).
+    """
 
     def __init__(
         self,
-        client: Any | None = None,
+        client: Any,
         *,
         poll_seconds: float = POLL_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if client is None:
-            import boto3
-
-            client = boto3.client("ecs")
         self._client = client
         self._poll = poll_seconds
         self._sleep = sleep
@@ -104,7 +106,8 @@ class Ecs:
     def register(
         self, base_arn: str, container: str, image: str, environment: dict[str, str]
     ) -> str:
-        """A new revision of `base_arn`'s family with `container`'s image and env replaced."""
+        """A new revision of `base_arn`'s family: `base_arn` with `container`'s image
+        replaced and `environment` set over its variables; every other field is kept."""
         base = self._client.describe_task_definition(taskDefinition=base_arn)["taskDefinition"]
         containers = []
         found = False
@@ -124,54 +127,107 @@ class Ecs:
                 f"task definition {base_arn} has no container {container!r}; check the "
                 "environment's container_name output"
             )
-        keep = (
-            "family",
-            "taskRoleArn",
-            "executionRoleArn",
-            "networkMode",
-            "volumes",
-            "placementConstraints",
-            "requiresCompatibilities",
-            "cpu",
-            "memory",
-            "runtimePlatform",
-            "ephemeralStorage",
-        )
-        request = {k: base[k] for k in keep if base.get(k) not in (None, [], {})}
+        request = {k: base[k] for k in TASK_DEFINITION_FIELDS if base.get(k) not in (None, [], {})}
         registered = self._client.register_task_definition(
             **request, containerDefinitions=containers
         )
         return registered["taskDefinition"]["taskDefinitionArn"]
 
-    def update(self, cluster: str, service: str, task_definition: str) -> None:
-        self._client.update_service(
+    def update(self, cluster: str, service: str, task_definition: str) -> str:
+        """Point the service at `task_definition`; the id of the deployment this starts.
+
+        UpdateService answers with the service, whose PRIMARY deployment is the one
+        the update created (ECS API reference, `Deployment`).
+        """
+        answer = self._client.update_service(
             cluster=cluster, service=service, taskDefinition=task_definition
         )
+        return primary_deployment(answer["service"]).get("id", "")
 
-    def wait_stable(self, cluster: str, service: str, task_definition: str, timeout: float) -> None:
-        """Like boto3's services_stable waiter, and on our revision; fail fast on FAILED."""
+    def wait_for_rollout(
+        self, cluster: str, service: str, deployment_id: str, task_definition: str, timeout: float
+    ) -> None:
+        """Wait until our deployment's `rolloutState` is COMPLETED; ReleaseError otherwise.
+
+        Only our deployment is judged: the PRIMARY one with id `deployment_id` (older
+        deployments, e.g. an earlier FAILED one still listed as ACTIVE, are ECS's to
+        drain). It fails at once when ECS marks it FAILED (circuit breaker or alarm) or
+        when it stops being PRIMARY (ECS rolled it back, or another deployment
+        started). With deployment alarms, COMPLETED comes only after the bake time, and
+        ECS may roll back until then ("Deployment failure detection", ECS developer
+        guide). Errors from the ECS API (throttling, network) are retried by botocore
+        and then by this loop until `timeout` seconds have passed.
+        """
         deadline = time.monotonic() + timeout
+        last_error = ""
         while True:
-            current = self.service(cluster, service)
-            deployments = current.get("deployments", [])
-            failed = [d for d in deployments if d.get("rolloutState") == "FAILED"]
-            if failed:
-                raise ReleaseError(
-                    f"ECS marked the deployment failed: {failed[0].get('rolloutStateReason', '')}"
-                )
-            if (
-                current["taskDefinition"] == task_definition
-                and len(deployments) == 1
-                and current.get("runningCount") == current.get("desiredCount")
-            ):
-                return
+            try:
+                current = self.service(cluster, service)
+            except (BotoCoreError, ClientError) as exc:
+                last_error = f"; last ECS error: {exc}"
+            else:
+                last_error = ""
+                if rollout_verdict(current, deployment_id, task_definition):
+                    return
             if time.monotonic() >= deadline:
                 raise ReleaseError(
-                    f"the service did not become stable within {timeout:.0f} s "
-                    f"({current.get('runningCount')}/{current.get('desiredCount')} tasks running, "
-                    f"{len(deployments)} deployments)"
+                    f"deployment {deployment_id} of {task_definition} did not complete within "
+                    f"{timeout:.0f} s{last_error}"
                 )
             self._sleep(self._poll)
+
+
+# What a new revision keeps of its base (RegisterTaskDefinition's request fields).
+TASK_DEFINITION_FIELDS = (
+    "family",
+    "taskRoleArn",
+    "executionRoleArn",
+    "networkMode",
+    "volumes",
+    "placementConstraints",
+    "requiresCompatibilities",
+    "cpu",
+    "memory",
+    "runtimePlatform",
+    "ephemeralStorage",
+)
+
+
+def primary_deployment(service: dict[str, Any]) -> dict[str, Any]:
+    """The service's PRIMARY deployment (the newest), or {} when it lists none."""
+    return next((d for d in service.get("deployments", []) if d.get("status") == "PRIMARY"), {})
+
+
+def rollout_verdict(service: dict[str, Any], deployment_id: str, task_definition: str) -> bool:
+    """True when our deployment completed, False while it is in progress.
+
+    Raises ReleaseError when ECS failed it or it is no longer PRIMARY. Deployments
+    of services without a circuit breaker carry no `rolloutState`: they count as
+    completed when the service runs only our revision at its desired count.
+    """
+    ours = next((d for d in service.get("deployments", []) if d.get("id") == deployment_id), None)
+    if ours is None or ours.get("status") != "PRIMARY":
+        primary = primary_deployment(service)
+        reason = (ours or {}).get("rolloutStateReason", "")
+        raise ReleaseError(
+            f"deployment {deployment_id} is no longer the service's primary deployment "
+            f"(now {primary.get('id', 'none')} on {primary.get('taskDefinition', 'nothing')})"
+            + (f": {reason}" if reason else "; ECS rolled it back or another deployment started")
+        )
+    state = ours.get("rolloutState")
+    if state == "FAILED":
+        raise ReleaseError(
+            f"ECS marked deployment {deployment_id} failed: {ours.get('rolloutStateReason', '')}"
+        )
+    if state == "COMPLETED":
+        return True
+    if state is None:
+        return (
+            service.get("taskDefinition") == task_definition
+            and len(service.get("deployments", [])) == 1
+            and ours.get("runningCount") == ours.get("desiredCount")
+        )
+    return False
 
 
 # -- smoke test ---------------------------------------------------------------
@@ -250,18 +306,33 @@ def smoke_test(
 # -- the release ----------------------------------------------------------------
 
 
-def task_environment(env: Environment, candidate: Candidate) -> dict[str, str]:
+# What a release sets in the container's environment; Terraform owns every other
+# variable (APP_ENV, PREDICTION_LOG_URL, ports, timeouts...) and the rest of the task.
+RELEASE_VARIABLES = (
+    "MODEL_URL",
+    "MODEL_SHA256",
+    "MODEL_NAME",
+    "MODEL_BATCHED_URL",
+    "MODEL_BATCHED_SHA256",
+    "GIT_SHA",
+)
+
+
+def task_environment(candidate: Candidate) -> dict[str, str]:
+    """The variables a release owns (RELEASE_VARIABLES), for `candidate`."""
     return {
-        "APP_ENV": env.environment,
         "MODEL_URL": candidate.model_url,
         "MODEL_SHA256": candidate.model_sha256,
         "MODEL_NAME": candidate.model_name,
         # Always set, empty when absent, so a copy from an earlier release never lingers.
         "MODEL_BATCHED_URL": candidate.batched_url,
         "MODEL_BATCHED_SHA256": candidate.batched_sha256,
-        "PREDICTION_LOG_URL": env.capture_url,
         "GIT_SHA": candidate.git_sha,
     }
+
+
+# A failure anywhere after the service update: ours, the ECS API's, or the network's.
+RELEASE_FAILURES = (ReleaseError, BotoCoreError, ClientError, OSError)
 
 
 def release(
@@ -275,8 +346,16 @@ def release(
     say: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
-    """Ship `candidate` to `env`; roll back and record the failure when it does not hold."""
-    ecs = ecs or Ecs()
+    """Ship `candidate` to `env`; roll back and record the failure when it does not hold.
+
+    The new revision is Terraform's task definition (`env.task_definition_arn`) with the
+    candidate's image and RELEASE_VARIABLES, so a Terraform change to the task (CPU,
+    memory, roles, logs, base environment) reaches the service with the next release.
+    It succeeds only once ECS reports our deployment COMPLETED and the smoke test
+    passes; otherwise the service returns to the last successful release (`latest.json`).
+    Every attempt leaves a deployment record.
+    """
+    ecs = ecs or Ecs(env.client("ecs"))
     started = datetime.now(UTC)
     record: dict[str, Any] = {
         "release_id": release_id(candidate.git_sha, started),
@@ -291,35 +370,55 @@ def release(
     }
     previous = ecs.current_task_definition(env.cluster_name, env.service_name)
     record["previous_task_definition"] = previous
+    last_good = (records.read_latest(env.records_url) or {}).get("task_definition")
     new = ecs.register(
-        previous, env.container_name, candidate.image, task_environment(env, candidate)
+        env.task_definition_arn, env.container_name, candidate.image, task_environment(candidate)
     )
     record["task_definition"] = new
     say(f"registered {new} (image {candidate.image})")
-    ecs.update(env.cluster_name, env.service_name, new)
-    say(f"service {env.service_name} now on {new}; waiting until stable")
     try:
-        ecs.wait_stable(env.cluster_name, env.service_name, new, stable_timeout)
-        say(f"stable; smoke-testing {env.endpoint_url}")
+        deployment = ecs.update(env.cluster_name, env.service_name, new)
+        record["deployment_id"] = deployment
+        say(f"service {env.service_name}: deployment {deployment} of {new}; waiting for COMPLETED")
+        ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, new, stable_timeout)
+        say(f"completed; smoke-testing {env.endpoint_url}")
         smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep)
-    except ReleaseError as failure:
-        say(f"release failed: {failure}; rolling back to {previous}")
-        ecs.update(env.cluster_name, env.service_name, previous)
-        try:
-            ecs.wait_stable(env.cluster_name, env.service_name, previous, stable_timeout)
-            rolled = "rolled_back"
-        except ReleaseError as rollback_failure:
-            rolled = "failed"
-            failure = ReleaseError(f"{failure}; the rollback did not settle: {rollback_failure}")
-        record.update(
-            outcome=rolled, reason=str(failure), finished_at=datetime.now(UTC).isoformat()
-        )
+    except RELEASE_FAILURES as failure:
+        outcome, reason = _restore(env, ecs, last_good, str(failure), stable_timeout, say)
+        record.update(outcome=outcome, reason=reason, finished_at=datetime.now(UTC).isoformat())
         records.write(env.records_url, record)
-        return Outcome(record, new, previous, False, str(failure))
+        return Outcome(record, new, previous, False, reason)
     record.update(outcome="succeeded", finished_at=datetime.now(UTC).isoformat())
     records.write(env.records_url, record)
     say(f"released {record['release_id']} to {env.environment}")
     return Outcome(record, new, previous, True)
+
+
+def _restore(
+    env: Environment,
+    ecs: Ecs,
+    last_good: str | None,
+    failure: str,
+    timeout: float,
+    say: Callable[[str], None],
+) -> tuple[str, str]:
+    """Put the service back on the last successful release: (outcome, reason)."""
+    if not last_good:
+        say(f"release failed: {failure}; {env.environment} has no earlier release to return to")
+        return "failed", (
+            f"{failure}; no earlier successful release to return to: the service stays on "
+            "the failed revision (ECS's circuit breaker stops its tasks) until the next release"
+        )
+    say(f"release failed: {failure}; rolling back to {last_good}")
+    try:
+        deployment = ecs.update(env.cluster_name, env.service_name, last_good)
+        ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, last_good, timeout)
+    except RELEASE_FAILURES as rollback_failure:
+        return (
+            "failed",
+            f"{failure}; the rollback to {last_good} did not complete: {rollback_failure}",
+        )
+    return "rolled_back", failure
 
 
 def rollback(
@@ -330,7 +429,7 @@ def rollback(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Return `env` to its previous successful release (the one before `latest.json`)."""
-    ecs = ecs or Ecs()
+    ecs = ecs or Ecs(env.client("ecs"))
     history = [r for r in records.list_records(env.records_url) if r["outcome"] == "succeeded"]
     latest = records.read_latest(env.records_url)
     if latest is None or len(history) < 2:
@@ -349,15 +448,22 @@ def rollback(
         f"rolling {env.environment} back from {latest['release_id']} to "
         f"{target['release_id']} ({task_definition})"
     )
-    ecs.update(env.cluster_name, env.service_name, task_definition)
-    ecs.wait_stable(env.cluster_name, env.service_name, task_definition, stable_timeout)
+    deployment = ecs.update(env.cluster_name, env.service_name, task_definition)
+    ecs.wait_for_rollout(
+        env.cluster_name, env.service_name, deployment, task_definition, stable_timeout
+    )
     now = datetime.now(UTC)
     record = {
-        **{k: v for k, v in target.items() if k not in ("reason", "started_at", "finished_at")},
+        **{
+            k: v
+            for k, v in target.items()
+            if k not in ("reason", "started_at", "finished_at", "deployment_id")
+        },
         "release_id": release_id(target.get("git_sha", "rollback"), now),
         "outcome": "succeeded",
         "rollback_of": latest["release_id"],
         "restores": target["release_id"],
+        "deployment_id": deployment,
         "previous_task_definition": latest.get("task_definition"),
         "started_at": now.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
@@ -368,7 +474,7 @@ def rollback(
 
 def status(env: Environment, *, ecs: Ecs | None = None) -> dict[str, Any]:
     """What runs in `env`: the service's revision and tasks, the latest release, health."""
-    ecs = ecs or Ecs()
+    ecs = ecs or Ecs(env.client("ecs"))
     service = ecs.service(env.cluster_name, env.service_name)
     latest = records.read_latest(env.records_url)
     try:

@@ -27,7 +27,11 @@ def make_environment(endpoint: str, name: str = CLUSTER, environment: str = "dev
                 "image": f"registry/{name}:bootstrap",
                 "essential": True,
                 "portMappings": [{"containerPort": 8080}],
-                "environment": [{"name": "PORT", "value": "8080"}],
+                "environment": [
+                    {"name": "APP_ENV", "value": environment},
+                    {"name": "PORT", "value": "8080"},
+                    {"name": "PREDICTION_LOG_URL", "value": f"s3://{name}/capture"},
+                ],
             }
         ],
     )["taskDefinition"]["taskDefinitionArn"]
@@ -45,6 +49,7 @@ def make_environment(endpoint: str, name: str = CLUSTER, environment: str = "dev
         cluster_name=name,
         service_name=name,
         task_family=name,
+        task_definition_arn=first,
         container_name=CONTAINER,
         ecr_repository_url=f"127.0.0.1:5000/{name}",
         capture_url=f"s3://{name}/capture",

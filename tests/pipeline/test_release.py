@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import boto3
 import numpy as np
 import pytest
 
 from pipeline import records
-from pipeline.release import Candidate, Ecs, ReleaseError, SmokeImages, release, rollback, status
+from pipeline.release import (
+    RELEASE_VARIABLES,
+    Candidate,
+    Ecs,
+    ReleaseError,
+    SmokeImages,
+    release,
+    rollback,
+    status,
+)
 from tests.pipeline.environments import CLUSTER, FAMILY, SERVICE, make_environment
 from tests.service.conftest import MNIST8_SHA256, start_server
 
@@ -64,7 +75,7 @@ def candidate(git_sha: str = "a" * 40) -> Candidate:
 
 
 def fast_ecs() -> Ecs:
-    return Ecs(poll_seconds=0.05, sleep=lambda s: None)
+    return Ecs(boto3.client("ecs"), poll_seconds=0.05, sleep=lambda s: None)
 
 
 def test_release_registers_a_revision_points_the_service_and_records_it(aws, mnist8_server, smoke):
@@ -80,9 +91,13 @@ def test_release_registers_a_revision_points_the_service_and_records_it(aws, mni
     assert container["image"] == candidate().image
     variables = {v["name"]: v["value"] for v in container["environment"]}
     assert variables["MODEL_SHA256"] == MNIST8_SHA256
-    assert variables["APP_ENV"] == "dev"
-    assert variables["PREDICTION_LOG_URL"] == "s3://onnx-ship-dev/capture"
-    assert variables["PORT"] == "8080", "settings the pipeline does not own are kept"
+    assert variables["GIT_SHA"] == "a" * 40
+    # Terraform owns every other variable: the release keeps them exactly.
+    assert {k: v for k, v in variables.items() if k not in RELEASE_VARIABLES} == {
+        "APP_ENV": "dev",
+        "PORT": "8080",
+        "PREDICTION_LOG_URL": "s3://onnx-ship-dev/capture",
+    }
     assert definition["taskDefinition"]["taskRoleArn"].endswith("onnx-ship-dev-task")
     latest = records.read_latest(env.records_url)
     assert latest["outcome"] == "succeeded"
@@ -90,21 +105,35 @@ def test_release_registers_a_revision_points_the_service_and_records_it(aws, mni
     assert latest["task_definition"] == outcome.task_definition
 
 
-def test_failed_smoke_test_rolls_back_and_exits_with_the_reason(aws, mnist12_server, smoke):
-    env = make_environment(mnist12_server.url)
-    before = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])["services"][
-        0
-    ]["taskDefinition"]
-    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+def test_failed_smoke_test_rolls_back_to_the_last_release_and_records_why(
+    aws, mnist8_server, mnist12_server, smoke
+):
+    env = make_environment(mnist8_server.url)
+    good = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert good.succeeded, good.reason
+    serving_another_model = replace(env, endpoint_url=mnist12_server.url)
+    outcome = release(
+        serving_another_model, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None
+    )
     assert not outcome.succeeded
     assert "sha256" in outcome.reason
     after = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])["services"][
         0
     ]["taskDefinition"]
-    assert after == before
+    assert after == good.task_definition
+    assert records.read_latest(env.records_url)["git_sha"] == "a" * 40
+    attempts = [r for r in records.list_records(env.records_url) if r["git_sha"] == "b" * 40]
+    assert [(r["outcome"], "sha256" in r["reason"]) for r in attempts] == [("rolled_back", True)]
+
+
+def test_a_failed_first_release_is_recorded_with_nothing_to_return_to(aws, mnist12_server, smoke):
+    env = make_environment(mnist12_server.url)
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert not outcome.succeeded
     assert records.read_latest(env.records_url) is None
     (attempt,) = records.list_records(env.records_url)
-    assert attempt["outcome"] == "rolled_back" and "sha256" in attempt["reason"]
+    assert attempt["outcome"] == "failed"
+    assert "no earlier successful release to return to" in attempt["reason"]
 
 
 def test_wrong_predictions_fail_the_smoke_test(aws, mnist8_server, smoke):
@@ -159,3 +188,38 @@ def test_missing_service_is_a_clear_error(aws, smoke):
     boto3.client("ecs").delete_service(cluster=CLUSTER, service=SERVICE, force=True)
     with pytest.raises(ReleaseError, match="terraform apply"):
         release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+
+
+def test_a_release_starts_from_terraforms_revision_not_the_running_one(aws, mnist8_server, smoke):
+    """A Terraform change to the task (here: memory) reaches the service with the next
+    release, even though the service runs a revision the pipeline registered."""
+    env = make_environment(mnist8_server.url)
+    first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert first.succeeded, first.reason
+    ecs = boto3.client("ecs")
+    terraforms = ecs.describe_task_definition(taskDefinition=env.task_definition_arn)
+    changed = {
+        k: v
+        for k, v in terraforms["taskDefinition"].items()
+        if k in ("family", "containerDefinitions", "requiresCompatibilities", "networkMode")
+    }
+    applied = ecs.register_task_definition(**changed, cpu="1024", memory="2048")
+    env = replace(env, task_definition_arn=applied["taskDefinition"]["taskDefinitionArn"])
+    second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert second.succeeded, second.reason
+    shipped = ecs.describe_task_definition(taskDefinition=second.task_definition)["taskDefinition"]
+    assert (shipped["cpu"], shipped["memory"]) == ("1024", "2048")
+    assert shipped["containerDefinitions"][0]["image"] == candidate("b" * 40).image
+
+
+def test_the_environments_region_is_used_whatever_the_ambient_region(
+    aws, mnist8_server, smoke, monkeypatch
+):
+    """The cluster is in the environment's region (us-east-1); a workflow or shell whose
+    AWS_DEFAULT_REGION names another region still releases to the right cluster."""
+    env = make_environment(mnist8_server.url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    outcome = release(env, candidate(), smoke, say=lambda m: None)
+    assert outcome.succeeded, outcome.reason
+    assert status(env)["in_sync"]

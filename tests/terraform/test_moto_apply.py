@@ -204,12 +204,14 @@ def test_service_runs_behind_the_load_balancer_on_private_subnets(
     assert service["desiredCount"] == desired
 
     task = ecs.describe_task_definition(taskDefinition=outputs["task_family"])["taskDefinition"]
+    assert task["taskDefinitionArn"] == outputs["task_definition_arn"]
     assert task["taskRoleArn"] == outputs["task_role_arn"]
     assert task["executionRoleArn"] == outputs["execution_role_arn"]
     container = task["containerDefinitions"][0]
     environment = {item["name"]: item["value"] for item in container["environment"]}
     assert environment["APP_ENV"] == env
-    assert environment["PREDICTION_LOG_URL"] == f"{outputs['capture_url']}/{env}"
+    # One value for the capture root: the service appends <APP_ENV>/ itself.
+    assert environment["PREDICTION_LOG_URL"] == outputs["capture_url"]
     assert container["readonlyRootFilesystem"] is True
     assert container["logConfiguration"]["options"]["awslogs-group"] == outputs["log_group_name"]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import terraform
+from pipeline.environment import REQUIRED
 
 TERRAFORM_DIR = terraform.TERRAFORM_DIR
 ENVS = TERRAFORM_DIR / "envs"
@@ -41,7 +42,7 @@ DEPLOY_OUTPUTS = frozenset(
         "log_group_name",
         "deploy_role_arn",
     }
-)
+) | frozenset(REQUIRED)
 
 
 def assignments(path: Path) -> dict[str, str]:

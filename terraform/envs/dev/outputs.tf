@@ -38,6 +38,11 @@ output "task_family" {
   value       = module.service.task_family
 }
 
+output "task_definition_arn" {
+  description = "Terraform's revision of the task family: what every release starts from (it overlays the image and the model)."
+  value       = module.service.task_definition_arn
+}
+
 output "container_name" {
   description = "Container name in the task definition."
   value       = module.service.container_name
@@ -97,8 +102,8 @@ output "bucket_name" {
 }
 
 output "capture_url" {
-  description = "Prediction capture root; the service writes under <capture_url>/<environment>/."
-  value       = "s3://${module.storage.bucket_name}/capture"
+  description = "Prediction capture root (the container's PREDICTION_LOG_URL); the service writes under <capture_url>/<environment>/."
+  value       = module.service.capture_url
 }
 
 output "deployments_url" {

@@ -1,13 +1,18 @@
 # The running service: an ECS cluster, a Fargate service behind an Application
 # Load Balancer, its roles, logs, autoscaling and the alarms that roll a bad
-# deployment back. Terraform creates the first task definition; from then on the
-# pipeline registers revisions and points the service at them, so the service
-# ignores `task_definition` (and `desired_count`, which autoscaling owns).
+# deployment back. Terraform owns the task definition; each release registers a
+# revision of it with its own image and model (pipeline/release.py) and points
+# the service at that, so the service ignores `task_definition` (and
+# `desired_count`, which autoscaling owns).
 
 data "aws_region" "current" {}
 
 locals {
-  capture_prefix = "capture/${var.environment}/"
+  # The capture key layout, one value: the service writes <capture_url>/<APP_ENV>/YYYY/MM/DD/HH/<part>
+  # (service/capture/records.py), so the task role may write only capture/<environment>/.
+  capture_root   = "capture"
+  capture_url    = "s3://${var.bucket_name}/${local.capture_root}"
+  capture_prefix = "${local.capture_root}/${var.environment}/"
 
   container_environment = merge(
     {
@@ -15,7 +20,7 @@ locals {
       HOST                  = "0.0.0.0"
       PORT                  = tostring(var.container_port)
       MODEL_CACHE_DIR       = "/tmp/model-cache"
-      PREDICTION_LOG_URL    = "s3://${var.bucket_name}/${trimsuffix(local.capture_prefix, "/")}"
+      PREDICTION_LOG_URL    = local.capture_url
       PREDICTION_LOG_SAMPLE = tostring(var.prediction_log_sample)
     },
     var.container_environment,
@@ -146,7 +151,7 @@ resource "aws_iam_role_policy" "task" {
 }
 
 ################################################################################
-# Task definition (first revision; the pipeline registers the next ones)
+# Task definition (every release overlays its image and model on this revision)
 ################################################################################
 
 resource "aws_ecs_task_definition" "this" {

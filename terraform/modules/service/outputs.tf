@@ -31,6 +31,16 @@ output "task_family" {
   value       = aws_ecs_task_definition.this.family
 }
 
+output "task_definition_arn" {
+  description = "Terraform's revision of the family: every release starts from it and overlays only the image and the model."
+  value       = aws_ecs_task_definition.this.arn
+}
+
+output "capture_url" {
+  description = "PREDICTION_LOG_URL of the container: the capture root; the service writes under <capture_url>/<environment>/."
+  value       = local.capture_url
+}
+
 output "container_name" {
   description = "Name of the service's container in the task definition."
   value       = var.container_name

@@ -1,0 +1,286 @@
+"""How a release judges an ECS rollout, against deployment lists as ECS reports them.
+
+moto's ECS keeps no rollout state machine, so these tests script the ECS API with
+botocore's Stubber: every response is validated against ECS's service model, and
+the deployment lists follow the ECS API reference (`Deployment`: `status` PRIMARY,
+ACTIVE or INACTIVE; `rolloutState` IN_PROGRESS, COMPLETED or FAILED with
+`rolloutStateReason`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import boto3
+import numpy as np
+import pytest
+from botocore.stub import Stubber
+
+from pipeline import records
+from pipeline.environment import Environment
+from pipeline.release import Candidate, Ecs, ReleaseError, SmokeImages, release
+from tests.service.conftest import MNIST8_SHA256, start_server
+
+CLUSTER = SERVICE = FAMILY = "onnx-ship-dev"
+ACCOUNT = "123456789012"
+BOOTSTRAP = f"arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/{FAMILY}:1"
+RELEASED = f"arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/{FAMILY}:2"
+NEXT = f"arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/{FAMILY}:3"
+CIRCUIT_BREAKER = (
+    "ECS deployment circuit breaker: tasks failed to start. "
+    "(CannotPullContainerError: ... onnx-ship-dev:bootstrap: not found)"
+)
+ALARM = "Deployment failed: alarm onnx-ship-dev-target-5xx in ALARM state during bake time."
+
+
+def deployment(
+    deployment_id: str, task_definition: str, status: str, state: str, reason: str = ""
+) -> dict:
+    return {
+        "id": deployment_id,
+        "status": status,
+        "taskDefinition": task_definition,
+        "desiredCount": 1,
+        "runningCount": 1 if state == "COMPLETED" else 0,
+        "pendingCount": 0,
+        "failedTasks": 10 if state == "FAILED" else 0,
+        "createdAt": datetime(2026, 1, 1, tzinfo=UTC),
+        "updatedAt": datetime(2026, 1, 1, tzinfo=UTC),
+        "launchType": "FARGATE",
+        "rolloutState": state,
+        "rolloutStateReason": reason or f"ECS deployment {deployment_id} {state.lower()}.",
+    }
+
+
+def service(task_definition: str, *deployments: dict) -> dict:
+    return {
+        "serviceName": SERVICE,
+        "clusterArn": f"arn:aws:ecs:us-east-1:{ACCOUNT}:cluster/{CLUSTER}",
+        "status": "ACTIVE",
+        "taskDefinition": task_definition,
+        "desiredCount": 1,
+        "runningCount": 1,
+        "deployments": list(deployments),
+    }
+
+
+# What ECS lists right after Terraform created the service on an image that never existed:
+# the circuit breaker failed that first deployment.
+FAILED_BOOTSTRAP = deployment("ecs-svc/0001", BOOTSTRAP, "ACTIVE", "FAILED", CIRCUIT_BREAKER)
+
+
+class ScriptedEcs:
+    """A real boto3 ECS client whose answers are scripted, in order."""
+
+    def __init__(self) -> None:
+        self.client = boto3.client(
+            "ecs",
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        self.stubber = Stubber(self.client)
+
+    def describe(self, answer: dict) -> None:
+        self.stubber.add_response("describe_services", {"services": [answer]})
+
+    def throttled(self) -> None:
+        self.stubber.add_client_error(
+            "describe_services", "ThrottlingException", "Rate exceeded", 400
+        )
+
+    def updated(self, answer: dict) -> None:
+        self.stubber.add_response("update_service", {"service": answer})
+
+    def ecs(self) -> Ecs:
+        return Ecs(self.client, poll_seconds=0, sleep=lambda seconds: None)
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedEcs]:
+    ecs = ScriptedEcs()
+    with ecs.stubber:
+        yield ecs
+        ecs.stubber.assert_no_pending_responses()
+
+
+# -- judging one rollout ---------------------------------------------------------------
+
+
+def test_an_earlier_failed_deployment_still_listed_is_not_ours(scripted):
+    ours = "ecs-svc/0002"
+    for state in ("IN_PROGRESS", "IN_PROGRESS", "COMPLETED"):
+        scripted.describe(
+            service(RELEASED, deployment(ours, RELEASED, "PRIMARY", state), FAILED_BOOTSTRAP)
+        )
+    scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=60)
+
+
+def test_our_deployment_failed_by_the_circuit_breaker_stops_the_wait_with_its_reason(scripted):
+    ours = "ecs-svc/0002"
+    scripted.describe(service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "IN_PROGRESS")))
+    scripted.describe(
+        service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "FAILED", CIRCUIT_BREAKER))
+    )
+    with pytest.raises(ReleaseError, match="CannotPullContainerError"):
+        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=60)
+
+
+def test_an_alarm_rollback_during_the_bake_time_is_a_failure_not_a_success(scripted):
+    """Old tasks are gone and ours run, but COMPLETED never came: ECS rolled back."""
+    ours, rollback = "ecs-svc/0003", "ecs-svc/0004"
+    scripted.describe(service(NEXT, deployment(ours, NEXT, "PRIMARY", "IN_PROGRESS")))
+    scripted.describe(
+        service(
+            RELEASED,
+            deployment(rollback, RELEASED, "PRIMARY", "IN_PROGRESS"),
+            deployment(ours, NEXT, "ACTIVE", "FAILED", ALARM),
+        )
+    )
+    with pytest.raises(ReleaseError, match=r"no longer the service's primary.*in ALARM state"):
+        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, NEXT, timeout=60)
+
+
+def test_throttling_during_the_wait_is_retried(scripted):
+    ours = "ecs-svc/0002"
+    scripted.describe(service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "IN_PROGRESS")))
+    scripted.throttled()
+    scripted.throttled()
+    scripted.describe(service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "COMPLETED")))
+    scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=60)
+
+
+def test_an_api_that_never_answers_ends_at_the_bound_naming_the_last_error(scripted):
+    scripted.throttled()
+    ecs = Ecs(scripted.client, poll_seconds=0, sleep=lambda seconds: None)
+    with pytest.raises(ReleaseError, match=r"did not complete within 0 s; last ECS error.*Rate"):
+        ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=0)
+
+
+# -- whole releases ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def endpoint(mnist8_path, tmp_path_factory):
+    server = start_server(
+        {
+            "MODEL_URL": str(mnist8_path),
+            "MODEL_SHA256": MNIST8_SHA256,
+            "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+            "PREDICTION_LOG_URL": "off",
+        }
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smoke(mnist_test_set) -> SmokeImages:
+    images, labels = mnist_test_set
+    return SmokeImages(
+        images[:2].reshape(2, 1, 28, 28).astype(np.float32), [int(x) for x in labels[:2]]
+    )
+
+
+def environment(endpoint_url: str, records_dir) -> Environment:
+    return Environment(
+        environment="dev",
+        aws_region="us-east-1",
+        cluster_name=CLUSTER,
+        service_name=SERVICE,
+        task_family=FAMILY,
+        task_definition_arn=BOOTSTRAP,
+        container_name="server",
+        ecr_repository_url=f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/onnx-ship-dev",
+        capture_url="s3://bucket/capture",
+        deployments_url=str(records_dir),
+        models_url="s3://bucket/models",
+        endpoint_url=endpoint_url,
+    )
+
+
+def candidate(git_sha: str) -> Candidate:
+    return Candidate(
+        image=f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/onnx-ship-dev@sha256:{'1' * 64}",
+        git_sha=git_sha,
+        model_name="mnist-8",
+        model_url=f"s3://bucket/models/{MNIST8_SHA256}/mnist-8.onnx",
+        model_sha256=MNIST8_SHA256,
+        gate={"accuracy": 0.9891, "passed": True},
+    )
+
+
+def registers(scripted: ScriptedEcs, revision: str) -> None:
+    scripted.stubber.add_response(
+        "describe_task_definition",
+        {
+            "taskDefinition": {
+                "family": FAMILY,
+                "taskDefinitionArn": BOOTSTRAP,
+                "containerDefinitions": [
+                    {
+                        "name": "server",
+                        "image": "onnx-ship-dev:bootstrap",
+                        "environment": [{"name": "APP_ENV", "value": "dev"}],
+                    }
+                ],
+            }
+        },
+        {"taskDefinition": BOOTSTRAP},
+    )
+    scripted.stubber.add_response(
+        "register_task_definition",
+        {"taskDefinition": {"taskDefinitionArn": revision, "family": FAMILY}},
+    )
+
+
+def test_the_first_release_completes_beside_the_failed_bootstrap_deployment(
+    scripted, endpoint, smoke, tmp_path
+):
+    ours = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "IN_PROGRESS")
+    scripted.describe(service(BOOTSTRAP, FAILED_BOOTSTRAP))
+    registers(scripted, RELEASED)
+    scripted.updated(service(RELEASED, ours, FAILED_BOOTSTRAP))
+    scripted.describe(service(RELEASED, ours, FAILED_BOOTSTRAP))
+    scripted.describe(service(RELEASED, {**ours, "rolloutState": "COMPLETED", "runningCount": 1}))
+    env = environment(endpoint.url, tmp_path)
+    outcome = release(env, candidate("a" * 40), smoke, ecs=scripted.ecs(), say=lambda m: None)
+    assert outcome.succeeded, outcome.reason
+    assert records.read_latest(env.records_url)["deployment_id"] == "ecs-svc/0002"
+
+
+def test_nothing_is_recorded_as_released_before_completed(scripted, endpoint, smoke, tmp_path):
+    """ECS rolls back during the bake time: the release returns to the last release
+    and records the rollback; `latest.json` keeps the last release."""
+    env = environment(endpoint.url, tmp_path)
+    records.write(
+        env.records_url,
+        {
+            "release_id": "20260101T000000Z-aaaaaaaaaaaa",
+            "model_sha256": MNIST8_SHA256,
+            "outcome": "succeeded",
+            "gate": {"accuracy": 0.9891},
+            "task_definition": RELEASED,
+        },
+    )
+    ours = deployment("ecs-svc/0003", NEXT, "PRIMARY", "IN_PROGRESS")
+    ecs_rollback = deployment("ecs-svc/0004", RELEASED, "PRIMARY", "IN_PROGRESS")
+    scripted.describe(
+        service(RELEASED, deployment("ecs-svc/0002", RELEASED, "PRIMARY", "COMPLETED"))
+    )
+    registers(scripted, NEXT)
+    scripted.updated(service(NEXT, ours))
+    scripted.describe(service(NEXT, ours))
+    scripted.describe(
+        service(RELEASED, ecs_rollback, deployment("ecs-svc/0003", NEXT, "ACTIVE", "FAILED", ALARM))
+    )
+    # Our rollback: ECS is already rolling back to the same revision, so UpdateService
+    # starts nothing new and we follow ECS's own rollback deployment to COMPLETED.
+    scripted.updated(service(RELEASED, ecs_rollback))
+    scripted.describe(service(RELEASED, {**ecs_rollback, "rolloutState": "COMPLETED"}))
+    outcome = release(env, candidate("b" * 40), smoke, ecs=scripted.ecs(), say=lambda m: None)
+    assert not outcome.succeeded and "in ALARM state" in outcome.reason
+    assert records.read_latest(env.records_url)["task_definition"] == RELEASED
+    attempt = next(r for r in records.list_records(env.records_url) if r.get("git_sha"))
+    assert attempt["outcome"] == "rolled_back"

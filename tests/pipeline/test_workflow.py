@@ -1,0 +1,70 @@
+"""The GitHub workflow: one nox call per job, and no deploy without the commit's tests.
+
+GitHub runs a job whose `if` holds once every job in its `needs` succeeded
+(GitHub Actions docs, "Workflow syntax": `jobs.<job_id>.needs` and `jobs.<job_id>.if`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+WORKFLOW = REPO / ".github" / "workflows" / "pipeline.yml"
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def triggers(workflow: dict) -> dict:
+    return workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+
+
+def runs(job: dict, event: str) -> bool:
+    """Whether the job's `if` admits `event` (the workflow's conditions name only events)."""
+    condition = job.get("if")
+    if condition is None:
+        return True
+    allowed = re.findall(r"github\.event_name == '([a-z_]+)'", condition)
+    return event in allowed
+
+
+def nox_calls(job: dict) -> list[str]:
+    return [
+        line.strip()
+        for step in job["steps"]
+        for line in step.get("run", "").splitlines()
+        if line.strip().startswith("nox ")
+    ]
+
+
+def test_every_job_is_one_nox_call(workflow):
+    for name, job in workflow["jobs"].items():
+        assert len(nox_calls(job)) == 1, f"job {name} runs {nox_calls(job)}"
+
+
+def test_a_push_deploys_only_after_the_tests_of_that_commit_passed(workflow):
+    assert set(triggers(workflow)["push"]["branches"]) == {"dev", "prod"}
+    jobs = workflow["jobs"]
+    deploying = [name for name, job in jobs.items() if "deploy-" in " ".join(nox_calls(job))]
+    testing = [name for name, job in jobs.items() if " test" in " ".join(nox_calls(job))]
+    assert deploying and testing
+    for name in deploying:
+        needs = jobs[name].get("needs", [])
+        needs = [needs] if isinstance(needs, str) else needs
+        assert any(t in needs and runs(jobs[t], "push") for t in testing), (
+            f"job {name} deploys on push without needing a job that tests the commit on push"
+        )
+
+
+def test_pull_requests_run_the_tests_and_deploy_nothing(workflow):
+    jobs = workflow["jobs"].values()
+    assert any(runs(job, "pull_request") and " test" in " ".join(nox_calls(job)) for job in jobs)
+    assert not any(
+        runs(job, "pull_request") and "deploy-" in " ".join(nox_calls(job)) for job in jobs
+    )

@@ -1,10 +1,11 @@
 """The used-by of the project: `nox -s deploy-dev`, `nox -s deploy-prod`, `nox -s deploy-local`.
 
 deploy-dev:  download -> gate (against dev's champion) -> build -> push -> release
-deploy-prod: download -> gate (against prod's champion) -> promote dev's verified image
-             for this commit (rebuilt only where dev has none) -> release
+deploy-prod: download -> gate (against prod's champion) -> promote the image dev verified
+             for this code and model (pipeline.promotion) -> release
 A gate failure stops before anything in AWS is written. After a successful dev
-release the image is also tagged `verified-<git sha>`: that tag is what prod promotes.
+release the image is also tagged `verified-<git tree>-<model sha256>`: that tag is
+what prod promotes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import image as images
+from pipeline import promotion
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.download import Downloaded, download
 from pipeline.environment import Environment, override_name, resolve, terraform_outputs
@@ -27,7 +29,6 @@ from pipeline.report import append_step_summary, write_report
 from service.model import ModelInfo, OnnxModel
 
 SMOKE_IMAGES = 8
-VERIFIED_PREFIX = "verified-"
 DEFAULT_REPORT_DIR = Path("build/gate")
 
 
@@ -178,28 +179,43 @@ def source_repository(env: Environment, source: str = "dev") -> str:
     return f"{registry}/{names[0]}"
 
 
-def promote(env: Environment, source_url: str, gated: Gated, git_sha: str) -> str:
-    """Ship the image dev verified for this commit; rebuild only where dev has none."""
-    cli = images.find_cli()
+def promote(
+    env: Environment,
+    source: str,
+    source_url: str,
+    gated: Gated,
+    git_sha: str,
+    *,
+    cli: images.ContainerCli | None = None,
+) -> tuple[str, promotion.Provenance]:
+    """Ship the image `source` verified for this code and model (see pipeline.promotion);
+    build one only when DEPLOY_UNVERIFIED is set. DeployError when neither holds."""
+    cli = cli or images.find_cli()
     ecr = images.Ecr(env.client("ecr"))
-    verified = f"{_repository(source_url)}:{VERIFIED_PREFIX}{git_sha}"
-    built = f"{_repository(source_url)}:{git_sha}"
     registry, _ = images.split_repository_url(source_url)
     images.login(cli, registry, ecr.credentials())
-    if _pull(cli, registry, verified):
-        say(f"promoting {verified}, verified on dev")
-        digest = images.push(verified, env.ecr_repository_url, git_sha, ecr=ecr, cli=cli)
-        return f"{_repository(env.ecr_repository_url)}@{digest}"
-    if _pull(cli, registry, built):
-        raise DeployError(
-            f"dev built {built} but never verified it (its release failed or is still "
-            "running): fix dev first, then deploy prod again"
+    model_sha256 = gated.downloaded.sha256s["model"]
+    try:
+        chosen = promotion.choose(
+            environment=env.environment,
+            source=source,
+            commit=git_sha,
+            tree=promotion.git_tree(git_sha, images.REPO),
+            model_sha256=model_sha256,
+            has_tag=lambda tag: _pull(cli, registry, f"{_repository(source_url)}:{tag}"),
         )
-    say(
-        f"warning: dev has no image for {git_sha[:12]}; building one for "
-        f"{env.environment} (it was not verified on dev)"
-    )
-    return build_and_push(env, gated, git_sha)
+    except promotion.NotVerified as exc:
+        raise DeployError(str(exc)) from None
+    if chosen.unverified:
+        say(
+            f"warning: {promotion.OVERRIDE_VARIABLE} is set: building an image for "
+            f"{env.environment} that {source} never verified"
+        )
+        return build_and_push(env, gated, git_sha), chosen
+    verified = f"{_repository(source_url)}:{chosen.verified_tag}"
+    say(f"promoting {verified}, verified on {source}")
+    digest = images.push(verified, env.ecr_repository_url, git_sha, ecr=ecr, cli=cli)
+    return f"{_repository(env.ecr_repository_url)}@{digest}", chosen
 
 
 def _pull(cli: images.ContainerCli, registry: str, reference: str) -> bool:
@@ -216,18 +232,15 @@ def _pull(cli: images.ContainerCli, registry: str, reference: str) -> bool:
     return result.returncode == 0
 
 
-def mark_verified(env: Environment, image: str, git_sha: str) -> None:
-    """Tag the released image `verified-<sha>` in the environment's repository."""
+def mark_verified(env: Environment, image: str, git_sha: str, model_sha256: str) -> str:
+    """Tag the released image `verified-<git tree>-<model sha256>` in the environment's
+    repository: what an environment promoting from this one looks for."""
     cli = images.find_cli()
     local = f"{images.DEFAULT_TAG_REPO}:{git_sha}"
-    images.push(
-        local,
-        env.ecr_repository_url,
-        f"{VERIFIED_PREFIX}{git_sha}",
-        ecr=images.Ecr(env.client("ecr")),
-        cli=cli,
-    )
-    say(f"tagged {image} as {VERIFIED_PREFIX}{git_sha}")
+    tag = promotion.verified_tag(promotion.git_tree(git_sha, images.REPO), model_sha256)
+    images.push(local, env.ecr_repository_url, tag, ecr=images.Ecr(env.client("ecr")), cli=cli)
+    say(f"tagged {image} as {tag}")
+    return tag
 
 
 def _repository(repository_url: str) -> str:
@@ -241,8 +254,10 @@ def deploy(environment: str) -> dict:
     gated = gate(environment, env.deployments_url)
     git_sha = images.git_sha()
     model_url, batched_url = publish_model(env, gated)
+    provenance: dict[str, object] = {}
     if environment == "prod":
-        image = promote(env, source_repository(env), gated, git_sha)
+        image, chosen = promote(env, "dev", source_repository(env), gated, git_sha)
+        provenance = chosen.record()
     else:
         image = build_and_push(env, gated, git_sha)
     candidate = Candidate(
@@ -254,10 +269,11 @@ def deploy(environment: str) -> dict:
         gate=gated.result.record(),
         batched_url=batched_url,
         batched_sha256=gated.batched.sha256 if gated.batched else "",
+        provenance=provenance,
     )
     outcome = release(env, candidate, smoke_images(gated), say=say)
     if not outcome.succeeded:
         raise DeployError(f"release to {environment} rolled back: {outcome.reason}")
     if environment == "dev":
-        mark_verified(env, image, git_sha)
+        mark_verified(env, image, git_sha, candidate.model_sha256)
     return outcome.record

@@ -47,6 +47,8 @@ class Candidate:
     gate: dict[str, Any]
     batched_url: str = ""  # the batch-capable copy, when the gate made and proved one
     batched_sha256: str = ""
+    # Where the image comes from when it is promoted (pipeline.promotion.Provenance.record()).
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -366,6 +368,7 @@ def release(
         "model_url": candidate.model_url,
         "model_sha256": candidate.model_sha256,
         "gate": candidate.gate,
+        **candidate.provenance,
         "started_at": started.isoformat(),
     }
     previous = ecs.current_task_definition(env.cluster_name, env.service_name)

@@ -20,7 +20,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from pipeline import terraform
+from pipeline import promotion, terraform
 from tests.conftest import REPO
 from tests.pipeline.test_image import BASE_IMAGE, podman, require
 from tests.service.conftest import MNIST8_SHA256, Server, start_server
@@ -194,7 +194,8 @@ def test_deploy_prod_ships_the_image_dev_verified(
     sha = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.strip()
-    verified = f"{REGISTRY}/onnx-ship-dev:verified-{sha}"
+    tag = promotion.verified_tag(promotion.git_tree(sha, REPO), MNIST8_SHA256)
+    verified = f"{REGISTRY}/onnx-ship-dev:{tag}"
     image_id = "{{.Id}}"
     assert (
         podman("image", "inspect", "--format", image_id, verified).stdout

@@ -151,6 +151,19 @@ def _publish(env: Environment, source: Path, name: str) -> str:
 
 
 def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
+    """This commit's image in the environment's repository, as `repository@digest`.
+
+    Tags are immutable and image builds are not byte-reproducible, so when an earlier
+    run of this commit (e.g. GitHub's "Re-run job" after a failed smoke test) already
+    pushed `<repository>:<git sha>`, that image is reused instead of built again.
+    """
+    ecr = images.Ecr(env.client("ecr"))
+    repository = _repository(env.ecr_repository_url)
+    _, name = images.split_repository_url(env.ecr_repository_url)
+    pushed = ecr.existing(name, git_sha)
+    if pushed is not None:
+        say(f"reusing {repository}:{git_sha} ({pushed.digest}), pushed by an earlier run")
+        return f"{repository}@{pushed.digest}"
     local = images.build(
         images.DEFAULT_TAG_REPO,
         git_sha,
@@ -158,8 +171,8 @@ def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
         os.environ.get("BASE_IMAGE", images.DEFAULT_BASE_IMAGE),
         ca_bundle=images.default_ca_bundle(),
     )
-    digest = images.push(local, env.ecr_repository_url, git_sha, ecr=images.Ecr(env.client("ecr")))
-    return f"{_repository(env.ecr_repository_url)}@{digest}"
+    digest = images.push(local, env.ecr_repository_url, git_sha, ecr=ecr)
+    return f"{repository}@{digest}"
 
 
 def source_repository(env: Environment, source: str = "dev") -> str:
@@ -233,12 +246,16 @@ def _pull(cli: images.ContainerCli, registry: str, reference: str) -> bool:
 
 
 def mark_verified(env: Environment, image: str, git_sha: str, model_sha256: str) -> str:
-    """Tag the released image `verified-<git tree>-<model sha256>` in the environment's
-    repository: what an environment promoting from this one looks for."""
+    """Tag the released `image` (repository@digest) `verified-<git tree>-<model sha256>` in
+    the environment's repository: what an environment promoting from this one looks for."""
     cli = images.find_cli()
-    local = f"{images.DEFAULT_TAG_REPO}:{git_sha}"
+    ecr = images.Ecr(env.client("ecr"))
+    registry, _ = images.split_repository_url(env.ecr_repository_url)
+    images.login(cli, registry, ecr.credentials())
+    if not _pull(cli, registry, image):  # a reused image may not be on this machine
+        raise DeployError(f"could not pull the released image {image} to tag it verified")
     tag = promotion.verified_tag(promotion.git_tree(git_sha, images.REPO), model_sha256)
-    images.push(local, env.ecr_repository_url, tag, ecr=images.Ecr(env.client("ecr")), cli=cli)
+    images.push(image, env.ecr_repository_url, tag, ecr=ecr, cli=cli)
     say(f"tagged {image} as {tag}")
     return tag
 

@@ -92,3 +92,26 @@ def test_missing_names_say_what_to_do():
     assert "DEV_CLUSTER_NAME" not in message
     with pytest.raises(MissingEnvironment, match="unknown environment 'staging'"):
         resolve("staging", environ={})
+
+
+@pytest.mark.integration
+def test_a_rerun_reuses_the_image_an_earlier_run_pushed_for_the_commit(aws, monkeypatch):
+    """Tags are immutable and builds are not byte-reproducible: a second run of the same
+    commit must not build again (its push would be refused) but ship what is there."""
+    env = make_environment("http://127.0.0.1:9")
+    ecr = boto3.client("ecr")
+    ecr.create_repository(repositoryName=CLUSTER)
+    manifest = (
+        '{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",'
+        ' "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,'
+        f' "digest": "sha256:{"c" * 64}"}}, "layers": []}}'
+    )
+    sha = "a" * 40
+    ecr.put_image(repositoryName=CLUSTER, imageManifest=manifest, imageTag=sha)
+    pushed = ecr.describe_images(repositoryName=CLUSTER)["imageDetails"][0]["imageDigest"]
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("the commit's image exists: nothing may be built")
+
+    monkeypatch.setattr(deploy_module.images, "build", must_not_build)
+    assert deploy_module.build_and_push(env, None, sha) == f"127.0.0.1:5000/{CLUSTER}@{pushed}"

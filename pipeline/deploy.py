@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import aws_calls, promotion
 from pipeline import image as images
-from pipeline import promotion
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.download import Downloaded, download
 from pipeline.environment import Environment, override_name, resolve, terraform_outputs
@@ -26,6 +26,7 @@ from pipeline.gate import GateResult, read_champion, run_gate
 from pipeline.reference import Reference, load_reference
 from pipeline.release import Candidate, SmokeImages, release
 from pipeline.report import append_step_summary, write_report
+from service.artifacts import s3_location
 from service.model import ModelInfo, OnnxModel
 
 SMOKE_IMAGES = 8
@@ -130,24 +131,69 @@ def publish_model(env: Environment, gated: Gated) -> tuple[str, str]:
 
 
 def _publish(env: Environment, source: Path, name: str) -> str:
+    """Upload `source` to `<models_url>/<name>` unless it is there; return its s3:// URL.
+
+    Raises DeployError (one line: the S3 action refused, its resource and the grant
+    that fixes it) for any answer but "not there yet" from the lookup or any failed
+    upload. A missing key is a 404 only to a caller with s3:ListBucket (S3 API
+    reference, HeadObject: https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html).
+    """
     import boto3
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    from service.artifacts import ArtifactError
-
-    if not env.models_url.startswith("s3://"):
+    try:
+        location = s3_location(env.models_url)
+    except ValueError as exc:
+        raise DeployError(f"models_url: {exc}") from None
+    if location is None:
         raise DeployError(f"models_url {env.models_url!r} must be an s3:// URL")
-    bucket, _, prefix = env.models_url.removeprefix("s3://").partition("/")
-    key = f"{prefix.strip('/')}/{name}".lstrip("/")
+    bucket, prefix = location
+    key = f"{prefix}/{name}".lstrip("/")
+    url = f"s3://{bucket}/{key}"
     s3 = boto3.client("s3")
     try:
         s3.head_object(Bucket=bucket, Key=key)
-        say(f"already at s3://{bucket}/{key}")
-    except s3.exceptions.ClientError:
+        say(f"already at {url}")
+        return url
+    except ClientError as exc:
+        if _error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+            raise _refused("s3:GetObject", "_publish", bucket, key, exc) from None
+    except BotoCoreError as exc:
+        raise DeployError(f"could not reach S3 to publish {url}: {exc}") from None
+    try:
         s3.upload_file(str(source), bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
-        say(f"uploaded s3://{bucket}/{key}")
-    except Exception as exc:  # botocore's connection errors
-        raise ArtifactError(f"could not publish {source} to s3://{bucket}/{key}: {exc}") from exc
-    return f"s3://{bucket}/{key}"
+    except (ClientError, S3UploadFailedError) as exc:
+        raise _refused("s3:PutObject", "_publish", bucket, key, exc) from None
+    except BotoCoreError as exc:
+        raise DeployError(f"could not reach S3 to publish {url}: {exc}") from None
+    say(f"uploaded {url}")
+    return url
+
+
+def _error_code(exc: BaseException) -> str:
+    """The S3 error code of a ClientError, or of the one boto3's upload wrapped."""
+    from botocore.exceptions import ClientError
+
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, ClientError):
+            return str(error.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _refused(action: str, code: str, bucket: str, key: str, exc: BaseException) -> DeployError:
+    """One line: what S3 refused, on which resource, and the grant that fixes it."""
+    answer = _error_code(exc) or exc.__class__.__name__
+    call = aws_calls.find(aws_calls.Role.DEPLOY, action, code)
+    resource = f"arn:aws:s3:::{bucket}/{key}"
+    if answer in ("AccessDenied", "403", "Forbidden"):
+        return DeployError(
+            f"S3 refused {action} on {resource} ({answer}): the {call.role} role needs "
+            f"{action} on {call.resource} ({aws_calls.GRANTED_IN[call.role]}, listed in "
+            "pipeline/aws_calls.py); apply the environment's Terraform, then deploy again"
+        )
+    detail = " ".join(str(exc).split())
+    return DeployError(f"S3 refused {action} on {resource} ({answer}): {detail}")
 
 
 def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:

@@ -140,6 +140,13 @@ def _download_s3(bucket: str, key: str, target: Path, url: str) -> None:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchKey", "NoSuchBucket"):
             raise ArtifactError(f"{url}: no such object in S3. Check the bucket and key.") from exc
+        if code in ("403", "AccessDenied"):
+            # A role without s3:ListBucket (the task role) gets 403 for a missing key too
+            # (S3 API reference, HeadObject).
+            raise ArtifactError(
+                f"{url}: S3 refused the download ({code}): the object is missing, or this "
+                "role may not s3:GetObject it (pipeline/aws_calls.py lists what each role may read)"
+            ) from exc
         raise ArtifactError(f"{url}: S3 refused the download ({code}): {exc}") from exc
     except BotoCoreError as exc:
         raise ArtifactError(f"{url}: could not reach S3: {exc}") from exc

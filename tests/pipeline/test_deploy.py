@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import onnx
 import pytest
 from onnx import numpy_helper
 
+from pipeline import cli
 from pipeline import deploy as deploy_module
 from pipeline.deploy import DeployError, deploy
 from pipeline.environment import REQUIRED, MissingEnvironment, override_name, resolve
 from tests.pipeline.environments import CLUSTER, make_environment
+from tests.service.conftest import MNIST8_SHA256
 
 
 @pytest.fixture
@@ -115,3 +118,46 @@ def test_a_rerun_reuses_the_image_an_earlier_run_pushed_for_the_commit(aws, monk
 
     monkeypatch.setattr(deploy_module.images, "build", must_not_build)
     assert deploy_module.build_and_push(env, None, sha) == f"127.0.0.1:5000/{CLUSTER}@{pushed}"
+
+
+@pytest.mark.integration
+def test_a_refused_model_upload_is_one_line_naming_the_missing_grant(
+    aws, mnist8_path, monkeypatch, capsys
+):
+    """A deploy role that may read models/ but not write them: the CLI names the action,
+    the object and the grant that fixes it, on one line, exit 2 (no traceback)."""
+    env = make_environment("http://127.0.0.1:9")
+    for name, value in asdict(env).items():
+        if name != "environment":
+            monkeypatch.setenv(override_name("dev", name), value)
+    gated = SimpleNamespace(
+        reference=SimpleNamespace(name="mnist-8", model=SimpleNamespace(filename="mnist-8.onnx")),
+        downloaded=SimpleNamespace(model_path=mnist8_path, sha256s={"model": MNIST8_SHA256}),
+        batched=None,
+    )
+    monkeypatch.setattr(deploy_module, "gate", lambda *args, **kwargs: gated)
+    monkeypatch.setattr(deploy_module.images, "git_sha", lambda: "0" * 40)
+    bucket = f"arn:aws:s3:::{CLUSTER}"
+    reader = aws.user(
+        "models-reader",
+        [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket}/models/*"},
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
+        ],
+    )
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", reader["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", reader["aws_secret_access_key"])
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it keeps the keys it first read
+
+    with aws.enforcing_iam():
+        status = cli.main(["deploy", "dev"])
+
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not line.startswith("deploy: ")]
+    assert status == 2, err
+    assert lines == [
+        f"error: S3 refused s3:PutObject on {bucket}/models/{MNIST8_SHA256}/mnist-8.onnx "
+        "(AccessDenied): the deploy role needs s3:PutObject on "
+        "arn:aws:s3:::{bucket}/models/* (terraform/modules/ci, listed in "
+        "pipeline/aws_calls.py); apply the environment's Terraform, then deploy again"
+    ]

@@ -8,14 +8,18 @@ locally and fail it in CI (`CI=true`).
 from __future__ import annotations
 
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from pipeline import terraform
 
+T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 DEFAULT_PLUGIN_MIRROR = "/opt/tf-plugins"
 MOTO_OVERRIDE_TEMPLATE = HERE / "moto_override.tf.tmpl"
@@ -28,6 +32,9 @@ enable_autoscaling  = false
 deletion_protection = false
 force_destroy       = true
 """
+# The bootstrap's state bucket in moto's account: what TF_STATE_BUCKET holds when the
+# environments are applied (nox -s apply passes it as state_bucket_name).
+MOTO_STATE_BUCKET = "onnx-ship-tfstate-123456789012-us-east-1"
 
 
 def require_tool(message: str, path: str | None) -> str:
@@ -99,3 +106,95 @@ def point_at_moto(root: Path, endpoint: str) -> None:
 def terraform_copy(tmp_path: Path) -> Path:
     """A private copy of terraform/ for one test."""
     return copy_terraform(tmp_path / "terraform")
+
+
+def environment_names(
+    outputs: Mapping[str, Any], state_bucket: str, root: Path | None = None
+) -> dict[str, str]:
+    """The fields of pipeline/aws_calls.py's resource patterns, from an environment's outputs.
+
+    `root` is the environment root whose backend.hcl names the state key (default: the
+    repository's).
+    """
+    env = str(outputs["environment"])
+    backend = ((root or terraform.TERRAFORM_DIR / "envs" / env) / "backend.hcl").read_text()
+    state_key = re.search(r'^key\s*=\s*"([^"]+)"', backend, flags=re.M)
+    assert state_key, "backend.hcl names no key"
+    promoted = list(outputs.get("promote_from_repository_names") or [])
+    return {
+        "environment": env,
+        "region": str(outputs["aws_region"]),
+        "account": str(outputs["deploy_role_arn"]).split(":")[4],
+        "bucket": str(outputs["bucket_name"]),
+        "cluster": str(outputs["cluster_name"]),
+        "service": str(outputs["service_name"]),
+        "repository": str(outputs["ecr_repository_name"]),
+        "promote_from_repository": promoted[0] if promoted else "",
+        "state_bucket": state_bucket,
+        "state_key": state_key.group(1),
+        "task_role_arn": str(outputs["task_role_arn"]),
+        "execution_role_arn": str(outputs["execution_role_arn"]),
+        "log_group": str(outputs["log_group_name"]),
+    }
+
+
+def in_parallel(function: Callable[[str], T], items: list[str]) -> dict[str, T]:
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return dict(zip(items, pool.map(function, items), strict=True))
+
+
+def apply_everything(endpoint: str, work: Path, var_file: Path) -> dict[str, dict[str, Any]]:
+    """Init and apply bootstrap, dev and prod in `work` against moto; their outputs by root.
+
+    The environments look the account's OIDC provider up, so bootstrap creates it
+    first; then the three roots apply in parallel (they share nothing else). Run it
+    with TF_STATE_BUCKET set, as `nox -s apply` is.
+    """
+    bootstrap = work / "bootstrap"
+    roots = {"bootstrap": bootstrap, **{env: work / "envs" / env for env in terraform.ENVIRONMENTS}}
+    for root in roots.values():
+        point_at_moto(root, endpoint)
+    in_parallel(lambda name: terraform.init(roots[name]), list(roots))
+    terraform.apply(bootstrap, extra_args=["-target=aws_iam_openid_connect_provider.github"])
+
+    def apply(name: str) -> dict[str, Any]:
+        if name == "bootstrap":
+            terraform.apply(bootstrap)
+        else:
+            terraform.apply(name, terraform_dir=work, var_files=[var_file])
+        return terraform.outputs(roots[name])
+
+    return in_parallel(apply, list(roots))
+
+
+def assume(endpoint: str, role_arn: str, *, web_identity: bool) -> dict[str, str]:
+    """Credentials of `role_arn` from moto's STS, as AWS_* environment variables.
+
+    The workflow gets the deploy role through GitHub's OIDC token
+    (AssumeRoleWithWebIdentity). moto's STS checks neither the token nor the trust
+    policy's conditions (any string of 4+ characters passes), and with its IAM
+    authorisation on it fails both this call and AssumeRole of a role trusting a
+    service principal (HTTP 500): call it while authorisation is off.
+    """
+    import boto3
+
+    sts = boto3.client(
+        "sts",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    session = role_arn.rsplit("/", 1)[-1]
+    if web_identity:
+        answer = sts.assume_role_with_web_identity(
+            RoleArn=role_arn, RoleSessionName=session, WebIdentityToken="header.claims.signature"
+        )
+    else:
+        answer = sts.assume_role(RoleArn=role_arn, RoleSessionName=session)
+    credentials = answer["Credentials"]
+    return {
+        "AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": credentials["SessionToken"],
+    }

@@ -1,9 +1,25 @@
-"""A small IAM evaluator for identity policies: enough to prove who may write where.
+"""Decide from the policies Terraform rendered whether a role may make a call.
 
-moto does not implement `iam:SimulatePrincipalPolicy`, so the tests decide access
-from the policy documents themselves. The evaluation errs towards "allowed":
-conditions are ignored and NotAction/NotResource match everything they do not
-exclude, so a "cannot" verdict holds whatever the conditions say.
+Action and resource matching is moto's own (`moto.iam.access_control.IAMPolicyStatement`,
+the evaluator behind its IAM enforcement). moto leaves the rest out, as read in that
+module and measured against its server:
+
+- it knows no ARN for ECS, ECR or CloudWatch Logs requests and authorises them against
+  the resource `*`, so a statement scoped to a service or repository never matches;
+- it evaluates only `StringEquals` conditions, and only on keys the request supplies
+  (in practice `sts:ExternalId`): `s3:prefix`, `iam:PassedToService` and every other
+  operator count as met, and an Allow whose StringEquals fails counts as a Deny;
+- it does not check `iam:PassRole` at all (RegisterTaskDefinition with a taskRoleArn
+  passes without it), nor a web identity's token or its trust conditions;
+- bucket policies: only for object requests, conditions counted as met (the bucket's
+  TLS-only Deny refuses every object request, whatever the transport), never combined
+  with the caller's identity policies.
+
+So conditions are evaluated here, for the operators the project's policies use, from
+the condition keys each call carries (pipeline/aws_calls.py `context`): a key the
+request does not carry fails its condition (IAM policy reference, "Condition
+operators"), an operator not known here fails an Allow and holds for a Deny, so a
+verdict of "allowed" never rests on a condition this module cannot read.
 """
 
 from __future__ import annotations
@@ -11,8 +27,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+
+from moto.iam.access_control import IAMPolicyStatement, PermissionResult
 
 Statement = dict[str, Any]
 
@@ -30,37 +48,59 @@ def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
-def _matches(patterns: Iterable[str], value: str, *, case_sensitive: bool) -> bool:
-    if case_sensitive:
-        return any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns)
-    return any(fnmatch.fnmatchcase(value.lower(), pattern.lower()) for pattern in patterns)
+def _string_equals(expected: list[str], actual: str) -> bool:
+    return actual in expected
 
 
-def applies(statement: Statement, action: str, resource: str) -> bool:
-    """Whether `statement` covers `action` on `resource` (conditions ignored)."""
-    if "Action" in statement:
-        action_ok = _matches(_as_list(statement["Action"]), action, case_sensitive=False)
-    else:
-        action_ok = not _matches(_as_list(statement.get("NotAction")), action, case_sensitive=False)
-    if "Resource" in statement:
-        resource_ok = _matches(_as_list(statement["Resource"]), resource, case_sensitive=True)
-    else:
-        resource_ok = not _matches(
-            _as_list(statement.get("NotResource")), resource, case_sensitive=True
-        )
-    return action_ok and resource_ok
+def _string_like(expected: list[str], actual: str) -> bool:
+    return any(fnmatch.fnmatchcase(actual, pattern) for pattern in expected)
 
 
-def allowed(documents: Iterable[str | dict[str, Any]], action: str, resource: str) -> bool:
+OPERATORS = {"StringEquals": _string_equals, "StringLike": _string_like}
+
+
+def conditions_hold(statement: Statement, context: Mapping[str, str]) -> bool:
+    """Whether every condition of `statement` holds for a request carrying `context`."""
+    allow = statement.get("Effect") == "Allow"
+    for operator, tests in (statement.get("Condition") or {}).items():
+        check = OPERATORS.get(operator)
+        for key, expected in tests.items():
+            if check is None:
+                if allow:
+                    return False
+                continue
+            if key not in context or not check(_as_list(expected), context[key]):
+                return False
+    return True
+
+
+def _matches(statement: Statement, action: str, resource: str) -> bool:
+    """moto's action and resource matching, conditions aside."""
+    bare = {k: v for k, v in statement.items() if k != "Condition"}
+    return IAMPolicyStatement(bare).is_action_permitted(action, resource) in (
+        PermissionResult.PERMITTED,
+        PermissionResult.DENIED,
+    )
+
+
+def allowed(
+    documents: Iterable[str | dict[str, Any]],
+    action: str,
+    resource: str,
+    context: Mapping[str, str] | None = None,
+) -> bool:
     """Whether the identity policies allow `action` on `resource` (explicit deny wins)."""
+    context = context or {}
     verdict = False
     for document in documents:
         for statement in statements(document):
-            if not applies(statement, action, resource):
+            if not _matches(statement, action, resource):
+                continue
+            if not conditions_hold(statement, context):
                 continue
             if statement.get("Effect") == "Deny":
                 return False
-            verdict = verdict or statement.get("Effect") == "Allow"
+            verdict = True
     return verdict
 
 
@@ -75,3 +115,14 @@ def wildcard_statements(documents: Iterable[str | dict[str, Any]]) -> list[State
             if every_action and "*" in _as_list(statement.get("Resource")):
                 found.append(statement)
     return found
+
+
+def granted_actions(documents: Iterable[str | dict[str, Any]]) -> set[str]:
+    """Every action an Allow statement names."""
+    return {
+        action
+        for document in documents
+        for statement in statements(document)
+        if statement.get("Effect") == "Allow"
+        for action in _as_list(statement.get("Action"))
+    }

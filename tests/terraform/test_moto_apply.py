@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 import pytest
 
-from pipeline import terraform
+from pipeline import aws_calls, terraform
+from pipeline.aws_calls import Role
 from tests.terraform import iam
-from tests.terraform.conftest import MOTO_TFVARS, copy_terraform, point_at_moto
+from tests.terraform.conftest import (
+    MOTO_STATE_BUCKET,
+    MOTO_TFVARS,
+    apply_everything,
+    assume,
+    copy_terraform,
+    environment_names,
+    in_parallel,
+    point_at_moto,
+)
 from tests.terraform.test_static import DEPLOY_OUTPUTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -39,7 +48,6 @@ skip_region_validation      = true
 access_key                  = "testing"
 secret_key                  = "testing"
 """
-T = TypeVar("T")
 
 # Attributes moto does not keep, so a second plan wants to set them again:
 # ECS services lose these three fields, and security group rules that reference
@@ -75,11 +83,6 @@ class Applied:
         )
 
 
-def in_parallel(function: Callable[[str], T], items: list[str]) -> dict[str, T]:
-    with ThreadPoolExecutor(max_workers=len(items)) as pool:
-        return dict(zip(items, pool.map(function, items), strict=True))
-
-
 @pytest.fixture(scope="module")
 def applied(
     moto_server: Any, terraform_bin: str, tmp_path_factory: pytest.TempPathFactory
@@ -88,25 +91,11 @@ def applied(
     work = copy_terraform(tmp_path_factory.mktemp("moto") / "terraform")
     var_file = work / "moto.tfvars"
     var_file.write_text(MOTO_TFVARS)
-    bootstrap = work / "bootstrap"
-    roots = {"bootstrap": bootstrap, **{env: work / "envs" / env for env in ENVS}}
-    for root in roots.values():
-        point_at_moto(root, moto_server.endpoint)
-    in_parallel(lambda name: terraform.init(roots[name]), list(roots))
-
-    # The environments look the account's OIDC provider up: create it first.
-    terraform.apply(bootstrap, extra_args=["-target=aws_iam_openid_connect_provider.github"])
-
-    def apply(name: str) -> dict[str, Any]:
-        if name == "bootstrap":
-            terraform.apply(bootstrap)
-        else:
-            terraform.apply(name, terraform_dir=work, var_files=[var_file])
-        return terraform.outputs(roots[name])
-
-    outputs = in_parallel(apply, list(roots))
     try:
-        yield Applied(work, moto_server.endpoint, var_file, outputs)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(terraform.STATE_BUCKET_VARIABLE, MOTO_STATE_BUCKET)
+            outputs = apply_everything(moto_server.endpoint, work, var_file)
+            yield Applied(work, moto_server.endpoint, var_file, outputs)
     finally:
         moto_server.reset()
 
@@ -293,11 +282,90 @@ def test_each_deploy_role_touches_only_its_environment(applied: Applied) -> None
     assert not iam.allowed(dev_deploy, "s3:PutObject", prod_records)
     assert not iam.allowed(dev_deploy, "ecs:UpdateService", prod_service)
     assert iam.allowed(prod_deploy, "ecs:UpdateService", prod_service)
-    assert not iam.allowed(dev_deploy, "iam:PassRole", prod["task_role_arn"])
-    assert iam.allowed(prod_deploy, "iam:PassRole", prod["task_role_arn"])
+    to_ecs_tasks = {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+    assert not iam.allowed(dev_deploy, "iam:PassRole", prod["task_role_arn"], to_ecs_tasks)
+    assert iam.allowed(prod_deploy, "iam:PassRole", prod["task_role_arn"], to_ecs_tasks)
+    assert not iam.allowed(prod_deploy, "iam:PassRole", prod["task_role_arn"])
     # prod promotes dev's image: it may pull from dev's repository, never push there.
     assert iam.allowed(prod_deploy, "ecr:BatchGetImage", dev_repository)
     assert not iam.allowed(prod_deploy, "ecr:PutImage", dev_repository)
+
+
+def names(applied: Applied, env: str) -> dict[str, str]:
+    return environment_names(
+        applied.outputs[env], applied.outputs["bootstrap"]["state_bucket_name"], applied.root(env)
+    )
+
+
+def example(arn: str) -> str:
+    """A concrete resource for a pattern (`*` stands for any name but is one)."""
+    return arn if arn == "*" else arn.replace("*", "example")
+
+
+def refused(applied: Applied, env: str, role: Role, names_of: str) -> list[str]:
+    """The calls `role` of `env` makes, with `names_of`'s names, that its policy refuses."""
+    policies = role_policies(applied, f"onnx-ship-{env}-{role}")
+    promotes = bool(applied.outputs[env]["promote_from_repository_names"])
+    fields = names(applied, names_of)
+    return [
+        f"{call.action} on {example(call.arn(fields))} ({call.code})"
+        for call in aws_calls.calls(role, promotes=promotes)
+        if not iam.allowed(
+            policies, call.action, example(call.arn(fields)), call.condition_values(fields)
+        )
+    ]
+
+
+@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize("env", ENVS)
+def test_every_call_is_allowed_for_the_role_that_makes_it(
+    applied: Applied, env: str, role: Role
+) -> None:
+    """Each entry of pipeline/aws_calls.py, on its real resource ARN, against the policy
+    Terraform rendered for the role that makes it (read back through the IAM API)."""
+    assert refused(applied, env, role, names_of=env) == []
+
+
+@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize("env", ENVS)
+def test_no_role_is_granted_an_action_it_does_not_use(
+    applied: Applied, env: str, role: Role
+) -> None:
+    granted = iam.granted_actions(role_policies(applied, f"onnx-ship-{env}-{role}"))
+    used = {call.action for call in aws_calls.calls(role, promotes=True)}
+    assert granted - used == set()
+
+
+@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize(("env", "other"), [("dev", "prod"), ("prod", "dev")])
+def test_no_role_touches_the_other_environment(
+    applied: Applied, env: str, other: str, role: Role
+) -> None:
+    """Every call of `role`, aimed at the other environment's bucket, repository, service
+    and roles, is refused; only what both share (`*`, the state bucket's listing) and
+    prod's pull from dev's repository (promotion) remain."""
+    own, theirs = names(applied, env), names(applied, other)
+    promotes = bool(applied.outputs[env]["promote_from_repository_names"])
+    promoted = {
+        (call.action, call.arn(own))
+        for call in aws_calls.calls(role, promotes=promotes)
+        if call.promotion
+    }
+    reaching = [
+        call
+        for call in aws_calls.calls(role, promotes=promotes)
+        if call.arn(theirs) != call.arn(own) and (call.action, call.arn(theirs)) not in promoted
+    ]
+    assert reaching, "no call names an environment's own resource: is the list empty?"
+    policies = role_policies(applied, f"onnx-ship-{env}-{role}")
+    allowed = [
+        f"{call.action} on {example(call.arn(theirs))}"
+        for call in reaching
+        if iam.allowed(
+            policies, call.action, example(call.arn(theirs)), call.condition_values(theirs)
+        )
+    ]
+    assert allowed == []
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -347,10 +415,11 @@ def test_second_plan_changes_only_what_moto_forgets(applied: Applied) -> None:
 
 
 def test_environment_state_lives_in_the_bootstrap_bucket(
-    applied: Applied, terraform_bin: str, tmp_path: Path
+    applied: Applied, moto_server: Any, terraform_bin: str, tmp_path: Path
 ) -> None:
     """The real S3 backend (backend.hcl + TF_STATE_BUCKET, use_lockfile) against moto:
-    push dev's state there and read the deploy's outputs back through it."""
+    push dev's state there and read the deploy's outputs back through it, as an
+    administrator and as dev's deploy role."""
     work = copy_terraform(tmp_path / "terraform")
     root = work / "envs" / "dev"
     point_at_moto(root, applied.endpoint)
@@ -385,6 +454,30 @@ def test_environment_state_lives_in_the_bootstrap_bucket(
     assert terraform.outputs("dev", terraform_dir=work) == applied.outputs["dev"]
     keys = [o["Key"] for o in applied.client("s3").list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == ["onnx-ship/dev/terraform.tfstate"], "state (and no stale lock file) expected"
+
+    # The deploy's own reading: init and output as dev's deploy role, moto authorising
+    # every request against the role's policy (S3 resources are evaluated, conditions not).
+    role = assume(applied.endpoint, applied.outputs["dev"]["deploy_role_arn"], web_identity=True)
+    role_backend = tmp_path / "role-backend.hcl"
+    settings = [
+        line
+        for line in MOTO_BACKEND.replace("${endpoint}", applied.endpoint).splitlines()
+        if not line.startswith(("access_key", "secret_key"))
+    ]
+    settings += [
+        f'access_key = "{role["AWS_ACCESS_KEY_ID"]}"',
+        f'secret_key = "{role["AWS_SECRET_ACCESS_KEY"]}"',
+        f'token      = "{role["AWS_SESSION_TOKEN"]}"',
+    ]
+    role_backend.write_text("\n".join(settings) + "\n")
+    with moto_server.enforcing_iam():
+        terraform.init_env(
+            "dev",
+            terraform_dir=work,
+            state_bucket=bucket,
+            extra_args=[f"-backend-config={role_backend}"],
+        )
+        assert terraform.outputs("dev", terraform_dir=work) == applied.outputs["dev"]
 
 
 def test_destroy_removes_both_environments(applied: Applied) -> None:

@@ -108,6 +108,44 @@ def test_backend_has_its_own_state_key_and_locking(env: str) -> None:
     assert re.search(r'backend "s3" \{[^}]*use_lockfile\s*=\s*true', versions)
 
 
+def test_environment_inputs_are_required_or_have_a_real_default() -> None:
+    """A null default lets a root apply without the input and silently drop what it
+    feeds (state_bucket_name: the deploy role's reading of the Terraform state)."""
+    files = [*ENVS.glob("*/variables.tf"), *(TERRAFORM_DIR / "modules").glob("*/variables.tf")]
+    assert files
+    offenders = [
+        f"{path.relative_to(TERRAFORM_DIR)}: {name}"
+        for path in files
+        for name, body in re.findall(r'^variable "(\w+)" \{(.*?)^\}', path.read_text(), re.M | re.S)
+        if re.search(r"^\s*default\s*=\s*null\s*$", body, re.M)
+    ]
+    assert offenders == []
+
+
+def code_in(path: Path) -> list[str]:
+    """The fenced blocks and inline code spans of a Markdown file."""
+    text = path.read_text()
+    fenced = re.findall(r"```.*?```", text, flags=re.S)
+    for block in fenced:
+        text = text.replace(block, "")
+    return fenced + re.findall(r"`([^`]+)`", text)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "terraform/README.md"])
+def test_documented_environment_applies_pass_the_state_bucket(doc: str) -> None:
+    """Every `terraform apply` of an environment root the docs show works as written:
+    state_bucket_name has no default."""
+    applies = [
+        code
+        for code in code_in(TERRAFORM_DIR.parent / doc)
+        if re.search(r"terraform\b[^\n]*\bapply\b", code)
+        and "envs" in code
+        and "bootstrap" not in code
+    ]
+    assert applies, f"{doc} shows no terraform apply of an environment"
+    assert [code for code in applies if "state_bucket_name=" not in code] == []
+
+
 def test_prod_runs_two_tasks_across_two_zones_at_least() -> None:
     prod = assignments(ENVS / "prod" / "terraform.tfvars")
     assert int(prod["desired_count"]) >= 2 and int(prod["min_capacity"]) >= 2

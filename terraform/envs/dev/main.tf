@@ -106,7 +106,6 @@ module "ci" {
 
   repository_arn       = module.registry.repository_arn
   pull_repository_arns = local.promote_from_repository_arns
-  cluster_name         = module.service.cluster_name
   service_arn          = module.service.service_arn
   task_role_arn        = module.service.task_role_arn
   execution_role_arn   = module.service.execution_role_arn

@@ -30,9 +30,8 @@ variable "github_repository" {
 }
 
 variable "state_bucket_name" {
-  description = "Terraform state bucket, so the deploy role may read this environment's outputs. nox sets it from TF_STATE_BUCKET; null grants nothing."
+  description = "Terraform state bucket (TF_STATE_BUCKET, terraform/bootstrap's state_bucket_name output): the deploy role reads this environment's outputs from it. nox -s plan|apply pass TF_STATE_BUCKET."
   type        = string
-  default     = null
 }
 
 variable "promote_from_environments" {

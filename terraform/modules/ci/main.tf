@@ -2,15 +2,8 @@
 # workflow jobs of one repository running in the GitHub environment of the same
 # name, and allowed only what a release needs.
 
-data "aws_caller_identity" "current" {}
-
-data "aws_region" "current" {}
-
 locals {
   github_subject = "repo:${var.github_repository}:environment:${var.environment}"
-
-  cluster_arn = "arn:aws:ecs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:cluster/${var.cluster_name}"
-  tasks_arn   = "arn:aws:ecs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:task/${var.cluster_name}/*"
 
   deployments_prefix = "deployments/${var.environment}/"
 }
@@ -52,7 +45,10 @@ resource "aws_iam_role" "deploy" {
 }
 
 ################################################################################
-# Permissions: what a release does, on this environment's resources only
+# Permissions: what a release does, on this environment's resources only.
+# Each statement serves entries of pipeline/aws_calls.py (the one list of the
+# calls and the code that makes them); the policy tests check every entry
+# against this policy as Terraform renders it.
 ################################################################################
 
 data "aws_iam_policy_document" "deploy" {
@@ -65,16 +61,13 @@ data "aws_iam_policy_document" "deploy" {
 
   statement {
     sid = "PushOwnRepository"
+    # The calls behind `docker push` (ECR user guide, "Pushing an image"), plus the
+    # tag lookup before it (BatchGetImage).
     actions = [
       "ecr:BatchCheckLayerAvailability",
       "ecr:BatchGetImage",
       "ecr:CompleteLayerUpload",
-      "ecr:DescribeImageScanFindings",
-      "ecr:DescribeImages",
-      "ecr:DescribeRepositories",
-      "ecr:GetDownloadUrlForLayer",
       "ecr:InitiateLayerUpload",
-      "ecr:ListImages",
       "ecr:PutImage",
       "ecr:UploadLayerPart",
     ]
@@ -87,11 +80,8 @@ data "aws_iam_policy_document" "deploy" {
     content {
       sid = "PullPromotedImages"
       actions = [
-        "ecr:BatchCheckLayerAvailability",
         "ecr:BatchGetImage",
-        "ecr:DescribeImages",
         "ecr:GetDownloadUrlForLayer",
-        "ecr:ListImages",
       ]
       resources = var.pull_repository_arns
     }
@@ -102,7 +92,6 @@ data "aws_iam_policy_document" "deploy" {
     # These task definition actions have no resource-level permissions.
     actions = [
       "ecs:DescribeTaskDefinition",
-      "ecs:ListTaskDefinitions",
       "ecs:RegisterTaskDefinition",
     ]
     resources = ["*"]
@@ -118,24 +107,6 @@ data "aws_iam_policy_document" "deploy" {
   }
 
   statement {
-    sid       = "DescribeOwnTasks"
-    actions   = ["ecs:DescribeTasks"]
-    resources = [local.tasks_arn]
-  }
-
-  statement {
-    sid       = "ListOwnTasks"
-    actions   = ["ecs:ListTasks"]
-    resources = ["*"]
-
-    condition {
-      test     = "ArnEquals"
-      variable = "ecs:cluster"
-      values   = [local.cluster_arn]
-    }
-  }
-
-  statement {
     sid       = "PassOwnTaskRoles"
     actions   = ["iam:PassRole"]
     resources = [var.task_role_arn, var.execution_role_arn]
@@ -148,8 +119,8 @@ data "aws_iam_policy_document" "deploy" {
   }
 
   statement {
-    sid       = "ReadModels"
-    actions   = ["s3:GetObject"]
+    sid       = "PublishModels"
+    actions   = ["s3:GetObject", "s3:PutObject"]
     resources = ["${var.bucket_arn}/models/*"]
   }
 
@@ -160,34 +131,31 @@ data "aws_iam_policy_document" "deploy" {
   }
 
   statement {
-    sid       = "ListModelsAndOwnDeploymentRecords"
+    sid = "ListOwnBucket"
+    # Without a condition: S3 checks ListBucket, with no s3:prefix in the request,
+    # before it answers 404 rather than 403 for a key that does not exist (a first
+    # deploy's latest.json, a model not yet published).
     actions   = ["s3:ListBucket"]
     resources = [var.bucket_arn]
+  }
+
+  statement {
+    sid       = "ReadOwnTerraformOutputs"
+    actions   = ["s3:GetObject"]
+    resources = ["arn:aws:s3:::${var.state_bucket_name}/${var.state_key}"]
+  }
+
+  statement {
+    sid = "ListTerraformWorkspaces"
+    # `terraform init` lists env:/ for workspaces; the default workspace's init and
+    # `terraform output` take no lock, so the lock file needs no grant.
+    actions   = ["s3:ListBucket"]
+    resources = ["arn:aws:s3:::${var.state_bucket_name}"]
 
     condition {
-      test     = "StringLike"
+      test     = "StringEquals"
       variable = "s3:prefix"
-      values   = ["models/*", "${local.deployments_prefix}*"]
-    }
-  }
-
-  dynamic "statement" {
-    for_each = var.state_bucket_name == null ? [] : [1]
-
-    content {
-      sid       = "ReadOwnTerraformOutputs"
-      actions   = ["s3:GetObject"]
-      resources = ["arn:aws:s3:::${var.state_bucket_name}/${var.state_key}"]
-    }
-  }
-
-  dynamic "statement" {
-    for_each = var.state_bucket_name == null ? [] : [1]
-
-    content {
-      sid       = "ListOwnTerraformState"
-      actions   = ["s3:ListBucket"]
-      resources = ["arn:aws:s3:::${var.state_bucket_name}"]
+      values   = ["env:/"]
     }
   }
 }

@@ -42,11 +42,6 @@ variable "pull_repository_arns" {
   default     = []
 }
 
-variable "cluster_name" {
-  description = "ECS cluster of the service."
-  type        = string
-}
-
 variable "service_arn" {
   description = "ECS service the role updates."
   type        = string
@@ -68,15 +63,13 @@ variable "bucket_arn" {
 }
 
 variable "state_bucket_name" {
-  description = "Terraform state bucket, so the deploy can read this environment's outputs; null to grant nothing."
+  description = "Terraform state bucket (terraform/bootstrap's state_bucket_name output): the deploy reads this environment's outputs from it."
   type        = string
-  default     = null
 }
 
 variable "state_key" {
-  description = "Key of this environment's state object in state_bucket_name."
+  description = "Key of this environment's state object in state_bucket_name (its backend.hcl key)."
   type        = string
-  default     = ""
 }
 
 variable "tags" {

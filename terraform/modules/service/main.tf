@@ -53,6 +53,7 @@ resource "aws_cloudwatch_log_group" "this" {
 
 ################################################################################
 # IAM: execution role (pull the image, write logs)
+# Exactly the execution role's entries of pipeline/aws_calls.py.
 ################################################################################
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
@@ -109,6 +110,8 @@ resource "aws_iam_role_policy" "execution" {
 
 ################################################################################
 # IAM: task role (read models/, write this environment's capture/)
+# Exactly the task role's entries of pipeline/aws_calls.py. It lists nothing, so it
+# has no s3:ListBucket: a missing model answers 403, not 404.
 ################################################################################
 
 data "aws_iam_policy_document" "task" {
@@ -116,18 +119,6 @@ data "aws_iam_policy_document" "task" {
     sid       = "ReadModels"
     actions   = ["s3:GetObject"]
     resources = ["${var.bucket_arn}/models/*"]
-  }
-
-  statement {
-    sid       = "ListModels"
-    actions   = ["s3:ListBucket"]
-    resources = [var.bucket_arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["models/*"]
-    }
   }
 
   statement {

@@ -1,0 +1,318 @@
+"""Every AWS call the pipeline and the service make, and the role each one runs under.
+
+The one list of what each role needs. Terraform grants exactly these actions on
+these resources (`terraform/modules/ci` for the deploy role, the IAM sections of
+`terraform/modules/service` for the task and execution roles); the policy tests
+read the policies Terraform rendered and check every entry against them, and the
+README's role table is printed from this list (`python -m pipeline.aws_calls`).
+
+A resource is an ARN pattern over an environment's names: `{bucket}`,
+`{environment}`, `{region}`, `{account}`, `{cluster}`, `{service}`, `{repository}`,
+`{promote_from_repository}`, `{state_bucket}`, `{state_key}`, `{task_role_arn}`,
+`{execution_role_arn}`, `{log_group}`. Sources: the Service Authorization
+Reference (https://docs.aws.amazon.com/service-authorization/latest/reference/)
+for each service's actions and resource types, the ECR user guide's "Private
+repository policies" and "Pushing an image"/"Pulling an image" pages for the
+registry calls behind `docker push`/`pull`, and Terraform's S3 backend page
+(https://developer.hashicorp.com/terraform/language/backend/s3) for the state.
+
+Calls made with a person's own credentials (`nox -s plan|apply`, `nox -s logs|report`)
+are not listed: this project grants nothing for them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    """The roles Terraform makes per environment (`onnx-ship-<env>-<role>`)."""
+
+    DEPLOY = "deploy"  # GitHub Actions assumes it through OIDC and runs `nox -s deploy-<env>`
+    TASK = "task"  # the service's containers
+    EXECUTION = "execution"  # ECS, to start a task: pull its image, send its logs
+
+
+GRANTED_IN = {
+    Role.DEPLOY: "terraform/modules/ci",
+    Role.TASK: "terraform/modules/service (task role)",
+    Role.EXECUTION: "terraform/modules/service (execution role)",
+}
+
+
+@dataclass(frozen=True)
+class AwsCall:
+    """One IAM action a role needs on one resource pattern, and the code that needs it."""
+
+    role: Role
+    action: str
+    resource: str  # ARN pattern, `{name}` fields filled from the environment
+    code: str  # the function (or tool) making the request
+    why: str
+    # Condition keys the request carries, as IAM sees them (e.g. s3:prefix of a listing).
+    context: tuple[tuple[str, str], ...] = ()
+    # Only environments that promote another's image (prod) make this call.
+    promotion: bool = False
+
+    def arn(self, names: Mapping[str, str]) -> str:
+        """The resource with the environment's names filled in (KeyError names a missing one)."""
+        return self.resource.format_map(names)
+
+    def condition_values(self, names: Mapping[str, str]) -> dict[str, str]:
+        return {key: value.format_map(names) for key, value in self.context}
+
+
+BUCKET = "arn:aws:s3:::{bucket}"
+MODELS = "arn:aws:s3:::{bucket}/models/*"
+RECORDS = "arn:aws:s3:::{bucket}/deployments/{environment}/*"
+CAPTURE = "arn:aws:s3:::{bucket}/capture/{environment}/*"
+REPOSITORY = "arn:aws:ecr:{region}:{account}:repository/{repository}"
+SOURCE_REPOSITORY = "arn:aws:ecr:{region}:{account}:repository/{promote_from_repository}"
+SERVICE = "arn:aws:ecs:{region}:{account}:service/{cluster}/{service}"
+LOG_STREAMS = "arn:aws:logs:{region}:{account}:log-group:{log_group}:log-stream:*"
+PASSED_TO_ECS_TASKS = (("iam:PassedToService", "ecs-tasks.amazonaws.com"),)
+
+# `docker push` / `podman push` against ECR: the registry API calls behind a push
+# (ECR user guide, "Pushing a Docker image", required IAM permissions).
+_PUSH = (
+    ("ecr:BatchCheckLayerAvailability", "which layers the repository already has"),
+    ("ecr:InitiateLayerUpload", "start uploading a layer"),
+    ("ecr:UploadLayerPart", "upload a layer"),
+    ("ecr:CompleteLayerUpload", "finish a layer"),
+    ("ecr:PutImage", "write the manifest under the tag"),
+)
+
+CALLS: tuple[AwsCall, ...] = (
+    # -- deploy role: the environment's bucket ---------------------------------------
+    AwsCall(
+        Role.DEPLOY,
+        "s3:GetObject",
+        MODELS,
+        "pipeline.deploy._publish (head_object)",
+        "is the gated model (or its batch-capable copy) already published?",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "s3:PutObject",
+        MODELS,
+        "pipeline.deploy._publish (upload_file)",
+        "publish the gated model and its batch-capable copy under models/<sha256>/",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "s3:ListBucket",
+        BUCKET,
+        "pipeline.records._list",
+        "list the environment's deployment records (rollback)",
+        context=(("s3:prefix", "deployments/{environment}/"),),
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "s3:ListBucket",
+        BUCKET,
+        "pipeline.records._read, pipeline.deploy._publish",
+        "S3 checks it, with no s3:prefix, before it says a key does not exist: a first "
+        "deploy's missing latest.json or model is a 404 with it and a 403 without "
+        "(S3 API reference, GetObject and HeadObject permissions)",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "s3:GetObject",
+        RECORDS,
+        "pipeline.records.read_latest, pipeline.records.list_records",
+        "the champion the gate compares against; status; rollback's history",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "s3:PutObject",
+        RECORDS,
+        "pipeline.records.write",
+        "the deployment record of every release and rollback, and latest.json",
+    ),
+    # -- deploy role: Terraform state (terraform init + output, read only) ---------------
+    AwsCall(
+        Role.DEPLOY,
+        "s3:ListBucket",
+        "arn:aws:s3:::{state_bucket}",
+        "pipeline.environment.terraform_outputs (terraform init)",
+        "the S3 backend lists workspaces under env:/ at init",
+        context=(("s3:prefix", "env:/"),),
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "s3:GetObject",
+        "arn:aws:s3:::{state_bucket}/{state_key}",
+        "pipeline.environment.terraform_outputs (terraform init, terraform output)",
+        "read the environment's outputs; init and output of the default workspace take "
+        "no lock, so the deploy never writes the state or its .tflock",
+    ),
+    # -- deploy role: ECR ---------------------------------------------------------------
+    AwsCall(
+        Role.DEPLOY,
+        "ecr:GetAuthorizationToken",
+        "*",
+        "pipeline.image.Ecr.credentials",
+        "the registry login (the action has no resource-level permissions)",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "ecr:BatchGetImage",
+        REPOSITORY,
+        "pipeline.image.Ecr.existing, pipeline.image.push",
+        "is the tag taken (tags are immutable)? Also listed for every push",
+    ),
+    *(
+        AwsCall(Role.DEPLOY, action, REPOSITORY, "pipeline.image.push (podman/docker push)", why)
+        for action, why in _PUSH
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "ecr:BatchGetImage",
+        SOURCE_REPOSITORY,
+        "pipeline.deploy.promote (podman/docker pull)",
+        "pull the image dev verified, to ship the same bytes",
+        promotion=True,
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "ecr:GetDownloadUrlForLayer",
+        SOURCE_REPOSITORY,
+        "pipeline.deploy.promote (podman/docker pull)",
+        "pull the layers of the image dev verified",
+        promotion=True,
+    ),
+    # -- deploy role: ECS and the roles it hands to tasks -------------------------------
+    AwsCall(
+        Role.DEPLOY,
+        "ecs:DescribeServices",
+        SERVICE,
+        "pipeline.release.Ecs.service",
+        "the running task definition, the rollout's progress, status",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "ecs:DescribeTaskDefinition",
+        "*",
+        "pipeline.release.Ecs.register",
+        "the running revision a release copies (no resource-level permissions)",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "ecs:RegisterTaskDefinition",
+        "*",
+        "pipeline.release.Ecs.register",
+        "the new revision with the image and model (no resource-level permissions)",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "ecs:UpdateService",
+        SERVICE,
+        "pipeline.release.Ecs.update",
+        "point the service at the new revision, or back (rollback)",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "iam:PassRole",
+        "{task_role_arn}",
+        "pipeline.release.Ecs.register (taskRoleArn)",
+        "a registered revision names the task role (ECS developer guide, "
+        "'Permissions to pass a role')",
+        context=PASSED_TO_ECS_TASKS,
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "iam:PassRole",
+        "{execution_role_arn}",
+        "pipeline.release.Ecs.register (executionRoleArn)",
+        "a registered revision names the execution role",
+        context=PASSED_TO_ECS_TASKS,
+    ),
+    # -- task role: the service -----------------------------------------------------------
+    AwsCall(
+        Role.TASK,
+        "s3:GetObject",
+        MODELS,
+        "service.artifacts._download_s3 (download_file: HeadObject, then GetObject)",
+        "load MODEL_URL and MODEL_BATCHED_URL at start-up",
+    ),
+    AwsCall(
+        Role.TASK,
+        "s3:PutObject",
+        CAPTURE,
+        "service.capture.sinks.S3Sink.put (If-None-Match: *)",
+        "write prediction parts, and re-send the ones the spool kept",
+    ),
+    # -- execution role: ECS starting a task ----------------------------------------------
+    AwsCall(
+        Role.EXECUTION,
+        "ecr:GetAuthorizationToken",
+        "*",
+        "ECS agent (image pull)",
+        "the registry login for the task's image",
+    ),
+    AwsCall(
+        Role.EXECUTION,
+        "ecr:BatchCheckLayerAvailability",
+        REPOSITORY,
+        "ECS agent (image pull)",
+        "which of the image's layers exist (ECS developer guide, task execution IAM role)",
+    ),
+    AwsCall(
+        Role.EXECUTION,
+        "ecr:BatchGetImage",
+        REPOSITORY,
+        "ECS agent (image pull)",
+        "the task definition's image manifest",
+    ),
+    AwsCall(
+        Role.EXECUTION,
+        "ecr:GetDownloadUrlForLayer",
+        REPOSITORY,
+        "ECS agent (image pull)",
+        "the image's layers",
+    ),
+    AwsCall(
+        Role.EXECUTION,
+        "logs:CreateLogStream",
+        LOG_STREAMS,
+        "awslogs log driver",
+        "one stream per task in the service's log group",
+    ),
+    AwsCall(
+        Role.EXECUTION,
+        "logs:PutLogEvents",
+        LOG_STREAMS,
+        "awslogs log driver",
+        "the container's stdout and stderr",
+    ),
+)
+
+
+def calls(role: Role, *, promotes: bool = False) -> list[AwsCall]:
+    """The calls `role` makes in an environment (`promotes`: it ships another's image)."""
+    return [c for c in CALLS if c.role is role and (promotes or not c.promotion)]
+
+
+def find(role: Role, action: str, code_part: str = "") -> AwsCall:
+    """The entry for `action` by `role` (whose code mentions `code_part`); KeyError if none."""
+    for call in CALLS:
+        if call.role is role and call.action == action and code_part in call.code:
+            return call
+    raise KeyError(f"{role} makes no {action} call from {code_part or 'anywhere'}")
+
+
+def markdown_table() -> str:
+    """The README's role table: role, action, resource, code."""
+    lines = ["| role | action | resource | code |", "| --- | --- | --- | --- |"]
+    for call in CALLS:
+        resource = call.resource.replace("|", "\\|")
+        only = " (environments that promote)" if call.promotion else ""
+        lines.append(f"| {call.role} | `{call.action}` | `{resource}`{only} | `{call.code}` |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table() + "\n")

@@ -19,6 +19,9 @@ nox.options.error_on_external_run = True
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHON = "3.11"
+# The environments: one Terraform root each (pipeline.environment reads the same directory).
+ENVIRONMENTS = sorted(p.parent.name for p in (ROOT / "terraform" / "envs").glob("*/main.tf"))
+CHOICES = "|".join(ENVIRONMENTS)
 
 
 def install(session: nox.Session, *groups: str) -> None:
@@ -73,21 +76,21 @@ def checkov(session: nox.Session) -> None:
 
 def terraform_command(session: nox.Session, command: str) -> None:
     """`python -m pipeline.terraform <command> <env>` for the one environment in posargs."""
-    if len(session.posargs) != 1 or session.posargs[0] not in ("dev", "prod"):
-        session.error(f"usage: nox -s {command} -- dev|prod")
+    if len(session.posargs) != 1 or session.posargs[0] not in ENVIRONMENTS:
+        session.error(f"usage: nox -s {command} -- {CHOICES}")
     install(session, "terraform")
     session.run("python", "-m", "pipeline.terraform", command, session.posargs[0])
 
 
 @nox.session(python=PYTHON)
 def plan(session: nox.Session) -> None:
-    """Plan an environment's infrastructure: `-- dev|prod` (needs TF_STATE_BUCKET)."""
+    """Plan an environment's infrastructure: `-- <environment>` (needs TF_STATE_BUCKET)."""
     terraform_command(session, "plan")
 
 
 @nox.session(python=PYTHON)
 def apply(session: nox.Session) -> None:
-    """Plan, then apply that plan to an environment: `-- dev|prod`."""
+    """Plan, then apply that plan to an environment: `-- <environment>`."""
     terraform_command(session, "apply")
 
 
@@ -107,7 +110,7 @@ def download(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def gate(session: nox.Session) -> None:
-    """Gate the model on the whole test set (`-- dev|prod`: against that champion)."""
+    """Gate the model on the whole test set (`-- <environment>`: against its champion)."""
     install(session, "pipeline")
     session.run("python", "-m", "pipeline", "gate", *session.posargs)
 
@@ -126,22 +129,26 @@ def build(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def push(session: nox.Session) -> None:
-    """Push this commit's image to an environment's ECR repository: `-- dev|prod`."""
+    """Push this commit's image to an environment's ECR repository: `-- <environment>`."""
     if not session.posargs:
-        session.error("usage: nox -s push -- dev|prod")
+        session.error(f"usage: nox -s push -- {CHOICES}")
     pipeline_command(session, "push")
 
 
-@nox.session(name="deploy-dev", python=PYTHON)
-def deploy_dev(session: nox.Session) -> None:
-    """Gate, build, push and release to dev (what a push to the dev branch runs)."""
-    pipeline_command(session, "deploy", "dev")
+def deploy_session(environment: str) -> None:
+    """`nox -s deploy-<environment>`: one session per Terraform root (deploy-dev, deploy-prod)."""
+
+    def deploy(session: nox.Session) -> None:
+        pipeline_command(session, "deploy", environment)
+
+    deploy.__doc__ = (
+        f"Gate, ship (build, or promote what its source verified) and release to {environment}."
+    )
+    nox.session(name=f"deploy-{environment}", python=PYTHON)(deploy)
 
 
-@nox.session(name="deploy-prod", python=PYTHON)
-def deploy_prod(session: nox.Session) -> None:
-    """Gate and release to prod the image dev verified for this commit."""
-    pipeline_command(session, "deploy", "prod")
+for _environment in ENVIRONMENTS:
+    deploy_session(_environment)
 
 
 @nox.session(name="deploy-local", python=PYTHON)
@@ -152,13 +159,13 @@ def deploy_local(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def rollback(session: nox.Session) -> None:
-    """Return an environment to its previous successful release: `-- dev|prod`."""
+    """Return an environment to its previous successful release: `-- <environment>`."""
     pipeline_command(session, "rollback")
 
 
 @nox.session(python=PYTHON)
 def status(session: nox.Session) -> None:
-    """Show what runs in an environment: `-- dev|prod`."""
+    """Show what runs in an environment: `-- <environment>`."""
     pipeline_command(session, "status")
 
 
@@ -166,7 +173,7 @@ def status(session: nox.Session) -> None:
 def logs(session: nox.Session) -> None:
     """Print an environment's predictions, newest first: `-- <env> [--since 2h]`."""
     if not session.posargs:
-        session.error("usage: nox -s logs -- <local|dev|prod> [--since 2h] [--url s3://...]")
+        session.error(f"usage: nox -s logs -- <local|{CHOICES}> [--since 2h] [--url s3://...]")
     pipeline_command(session, "logs")
 
 
@@ -174,7 +181,7 @@ def logs(session: nox.Session) -> None:
 def report(session: nox.Session) -> None:
     """Summarise an environment's predictions (classes, hours, latency, drift): `-- <env>`."""
     if not session.posargs:
-        session.error("usage: nox -s report -- <local|dev|prod> [--since 1d] [--url s3://...]")
+        session.error(f"usage: nox -s report -- <local|{CHOICES}> [--since 1d] [--url s3://...]")
     pipeline_command(session, "report")
 
 

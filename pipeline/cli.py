@@ -17,7 +17,7 @@ from pipeline import image as image_step
 from pipeline import predictions
 from pipeline.datasets import DatasetError
 from pipeline.deploy import DeployError, deploy, gate
-from pipeline.environment import Environment, MissingEnvironment, resolve
+from pipeline.environment import ENVIRONMENTS, Environment, MissingEnvironment, resolve
 from pipeline.image import ImageError
 from pipeline.records import RecordError
 from pipeline.reference import REPO, InvalidReference, fetch_artifact, load_reference
@@ -48,7 +48,7 @@ def _environment(args: argparse.Namespace) -> Environment:
 
 
 def _add_environment(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("environment", choices=("dev", "prod"))
+    parser.add_argument("environment", choices=ENVIRONMENTS)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

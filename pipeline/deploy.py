@@ -3,9 +3,10 @@
 deploy-dev:  download -> gate (against dev's champion) -> build -> push -> release
 deploy-prod: download -> gate (against prod's champion) -> promote the image dev verified
              for this code and model (pipeline.promotion) -> release
-A gate failure stops before anything in AWS is written. After a successful dev
-release the image is also tagged `verified-<git tree>-<model sha256>`: that tag is
-what prod promotes.
+Whether an environment builds or promotes, and from whom, is its Terraform output
+`promote_from_environments` (prod: ["dev"]). A gate failure stops before anything in
+AWS is written. After every successful release the image is also tagged
+`verified-<git tree>-<model sha256>`: that tag is what a promoting environment ships.
 """
 
 from __future__ import annotations
@@ -221,13 +222,16 @@ def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
     return f"{repository}@{digest}"
 
 
-def source_repository(env: Environment, source: str = "dev") -> str:
-    """The repository `env` promotes from: `<SOURCE>_ECR_REPOSITORY_URL`, else the one its
-    own Terraform outputs name (`promote_from_repository_names`, on its registry)."""
+def source_repository(env: Environment, source: str) -> str:
+    """The repository of `source`, which `env` promotes from: `<SOURCE>_ECR_REPOSITORY_URL`,
+    else the one `env`'s own Terraform outputs name (`promote_from_repository_names`, in
+    the order of `promote_from_environments`, on its registry)."""
     given = os.environ.get(override_name(source, "ecr_repository_url"))
     if given:
         return given
     names = terraform_outputs(env.environment).get("promote_from_repository_names") or []
+    if source in env.promote_from and len(names) == len(env.promote_from):
+        names = [names[env.promote_from.index(source)]]
     if not names:
         raise DeployError(
             f"{env.environment} promotes from no repository: set promote_from_environments in "
@@ -318,8 +322,9 @@ def deploy(environment: str) -> dict:
     git_sha = images.git_sha()
     model_url, batched_url = publish_model(env, gated)
     provenance: dict[str, object] = {}
-    if environment == "prod":
-        image, chosen = promote(env, "dev", source_repository(env), gated, git_sha)
+    if env.promote_from:
+        source = env.promote_from[0]
+        image, chosen = promote(env, source, source_repository(env, source), gated, git_sha)
         provenance = chosen.record()
     else:
         image = build_and_push(env, gated, git_sha)
@@ -337,6 +342,7 @@ def deploy(environment: str) -> dict:
     outcome = release(env, candidate, smoke_images(gated), say=say)
     if not outcome.succeeded:
         raise DeployError(f"release to {environment} rolled back: {outcome.reason}")
-    if environment == "dev":
-        mark_verified(env, image, git_sha, candidate.model_sha256)
+    # Any environment may be another's promotion source (Terraform says who promotes
+    # from whom), so every successful release leaves its verified tag.
+    mark_verified(env, image, git_sha, candidate.model_sha256)
     return outcome.record

@@ -14,7 +14,22 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-ENVIRONMENTS = ("dev", "prod")
+TERRAFORM_DIR = Path(__file__).resolve().parent.parent / "terraform"
+
+
+def environments(terraform_dir: Path = TERRAFORM_DIR) -> tuple[str, ...]:
+    """The environments: one Terraform root each, `terraform/envs/<name>/main.tf`.
+
+    This directory is the one list of environments; adding `staging` is a root, its
+    terraform.tfvars and a workflow branch.
+    """
+    envs = terraform_dir / "envs"
+    if not envs.is_dir():
+        return ()
+    return tuple(sorted(p.name for p in envs.iterdir() if (p / "main.tf").is_file()))
+
+
+ENVIRONMENTS = environments()
 AWS_MAX_ATTEMPTS = 8
 
 
@@ -36,6 +51,9 @@ class Environment:
     deployments_url: str
     models_url: str
     endpoint_url: str
+    # Environments whose verified images this one ships (Terraform's
+    # `promote_from_environments` output; prod: ("dev",)). Empty: it builds its own.
+    promote_from: tuple[str, ...] = ()
 
     def client(self, service: str) -> Any:
         """A boto3 client for `service` in this environment's region (its `aws_region` output).
@@ -57,7 +75,10 @@ class Environment:
         return f"{self.deployments_url.rstrip('/')}/{self.environment}"
 
 
-REQUIRED = tuple(f.name for f in fields(Environment) if f.name != "environment")
+REQUIRED = tuple(
+    f.name for f in fields(Environment) if f.name not in ("environment", "promote_from")
+)
+PROMOTE_FROM_OUTPUT = "promote_from_environments"
 
 
 def terraform_outputs(environment: str) -> Mapping[str, object]:
@@ -136,4 +157,13 @@ def resolve(
             f"{terraform_problem}: run `terraform apply` in terraform/envs/{environment} "
             f"(nox -s apply -- {environment}) so its outputs exist, or set {variables}"
         )
-    return Environment(environment=environment, **{k: str(v) for k, v in values.items()})
+    given_sources = env.get(override_name(environment, PROMOTE_FROM_OUTPUT))
+    if given_sources is not None:
+        sources = [name.strip() for name in given_sources.split(",") if name.strip()]
+    else:
+        sources = list(outputs.get(PROMOTE_FROM_OUTPUT) or [])
+    return Environment(
+        environment=environment,
+        promote_from=tuple(str(name) for name in sources),
+        **{k: str(v) for k, v in values.items()},
+    )

@@ -36,6 +36,7 @@ import numpy as np
 from pipeline import records
 from pipeline.datasets import Dataset, DatasetError, load_dataset
 from pipeline.download import Downloaded, download
+from pipeline.environment import ENVIRONMENTS
 from pipeline.reference import (
     DEFAULT_REFERENCE,
     REPO,
@@ -49,7 +50,6 @@ from service.errors import ModelLoadError
 from service.model import ModelInfo, OnnxModel
 
 DEFAULT_REPORT_DIR = REPO / "build" / "gate"
-ENVIRONMENTS = ("dev", "prod")
 DEPLOYMENTS_URL_ENV = "DEPLOYMENTS_URL"
 # Latency runs stop early past this many seconds, so a very slow model cannot stall CI.
 LATENCY_TIME_LIMIT_SECONDS = 30.0
@@ -421,7 +421,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Gate the referenced model on the whole test set (dev|prod: against its champion)."""
+    """Gate the referenced model on the whole test set (an environment: against its champion)."""
     from pipeline.report import append_step_summary, write_report
 
     if args.environment and not args.deployments_url:
@@ -455,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipeline.gate [dev|prod] [--deployments-url URL] [--report-dir DIR]`."""
+    """`python -m pipeline.gate [<environment>] [--deployments-url URL] [--report-dir DIR]`."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.gate",
         description="Gate the referenced model on the whole test set.",

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.environment import ENVIRONMENTS
 from pipeline.reference import REPO, InvalidReference, load_reference
 
 CLI_NAMES = ("docker", "podman")
@@ -532,7 +533,7 @@ def run_build(args: argparse.Namespace) -> int:
 def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "environment",
-        choices=("dev", "prod"),
+        choices=ENVIRONMENTS,
         help="the environment whose ECR repository receives the image",
     )
     parser.add_argument(

@@ -27,9 +27,10 @@ from typing import IO, Protocol
 import numpy as np
 import orjson
 
+from pipeline.environment import ENVIRONMENTS
 from pipeline.reference import REPO
 from service.artifacts import local_path, s3_location
-from service.config import ENVIRONMENTS
+from service.config import DEFAULT_APP_ENV
 
 URL_ENV = "PREDICTION_LOG_URL"
 DEFAULT_LOCAL_URL = str(REPO / "predictions")
@@ -414,7 +415,9 @@ def test_set_labels() -> np.ndarray:
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("environment", choices=ENVIRONMENTS, help="whose predictions")
+    parser.add_argument(
+        "environment", choices=(DEFAULT_APP_ENV, *ENVIRONMENTS), help="whose predictions"
+    )
     parser.add_argument(
         "--url",
         default=os.environ.get(URL_ENV) or DEFAULT_LOCAL_URL,

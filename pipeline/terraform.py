@@ -25,9 +25,8 @@ from typing import Any
 
 from python_terraform import IsFlagged, Terraform
 
-REPO = Path(__file__).resolve().parent.parent
-TERRAFORM_DIR = REPO / "terraform"
-ENVIRONMENTS = ("dev", "prod")
+from pipeline.environment import ENVIRONMENTS, TERRAFORM_DIR
+
 STATE_BUCKET_VARIABLE = "TF_STATE_BUCKET"
 PLAN_FILE = "tfplan"
 STDERR_TAIL_LINES = 20
@@ -294,7 +293,7 @@ def fmt_check(path: Path = TERRAFORM_DIR) -> None:
 # ---------------------------------------------------------------------------
 
 USAGE = (
-    "usage: python -m pipeline.terraform plan|apply|output <dev|prod>\n"
+    f"usage: python -m pipeline.terraform plan|apply|output <{'|'.join(ENVIRONMENTS)}>\n"
     "       python -m pipeline.terraform lint"
 )
 

@@ -6,13 +6,16 @@ Tests build their own `Settings(...)` instead of patching the environment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.artifacts import default_cache_dir
 
-ENVIRONMENTS = ("local", "dev", "prod")
+# An environment name: `local`, or a Terraform root's (terraform/envs/<name>, whose
+# variables.tf validates the same rule); it becomes an S3 prefix of the capture.
+APP_ENV_PATTERN = re.compile(r"^[a-z][a-z0-9]{1,15}$")
 
 DEFAULT_APP_ENV = "local"
 DEFAULT_PREDICTION_LOG_URL = "predictions"
@@ -55,8 +58,11 @@ class Settings:
     workers: int = DEFAULT_WORKERS
 
     def __post_init__(self) -> None:
-        if self.app_env not in ENVIRONMENTS:
-            raise ConfigError(f"APP_ENV={self.app_env!r} is not one of {', '.join(ENVIRONMENTS)}")
+        if not APP_ENV_PATTERN.match(self.app_env):
+            raise ConfigError(
+                f"APP_ENV={self.app_env!r} is not an environment name: use local, or the "
+                "name of a terraform/envs/ root (2-16 lowercase letters and digits)"
+            )
         for name, digest in (
             ("MODEL_SHA256", self.model_sha256),
             ("MODEL_BATCHED_SHA256", self.model_batched_sha256),

@@ -53,7 +53,7 @@ def aws_snapshot() -> dict:
 def test_a_gate_failure_touches_nothing_in_aws(aws, broken_model, monkeypatch, tmp_path):
     env = make_environment("http://127.0.0.1:9")
     for name, value in asdict(env).items():
-        if name != "environment":
+        if name not in ("environment", "promote_from"):
             monkeypatch.setenv(override_name("dev", name), value)
     monkeypatch.setenv("MODEL_URL", str(broken_model))
     monkeypatch.delenv("MODEL_SHA256", raising=False)
@@ -128,7 +128,7 @@ def test_a_refused_model_upload_is_one_line_naming_the_missing_grant(
     the object and the grant that fixes it, on one line, exit 2 (no traceback)."""
     env = make_environment("http://127.0.0.1:9")
     for name, value in asdict(env).items():
-        if name != "environment":
+        if name not in ("environment", "promote_from"):
             monkeypatch.setenv(override_name("dev", name), value)
     gated = SimpleNamespace(
         reference=SimpleNamespace(name="mnist-8", model=SimpleNamespace(filename="mnist-8.onnx")),

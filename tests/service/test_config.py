@@ -19,7 +19,7 @@ def test_defaults_from_a_minimal_environment():
     ("env", "message"),
     [
         ({}, "MODEL_URL is not set"),
-        ({"MODEL_URL": "m", "APP_ENV": "staging"}, "APP_ENV"),
+        ({"MODEL_URL": "m", "APP_ENV": "Staging/1"}, "APP_ENV"),
         ({"MODEL_URL": "m", "MODEL_SHA256": "abc"}, "MODEL_SHA256"),
         ({"MODEL_URL": "m", "MAX_BODY_BYTES": "lots"}, "MAX_BODY_BYTES"),
         ({"MODEL_URL": "m", "PORT": "-1"}, "PORT"),

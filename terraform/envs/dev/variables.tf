@@ -3,12 +3,12 @@
 ################################################################################
 
 variable "environment" {
-  description = "Environment name: dev or prod. Names every resource and the S3 prefixes capture/<env>/ and deployments/<env>/."
+  description = "Environment name, the name of this root's directory (terraform/envs/<environment>). Names every resource, the GitHub environment and the S3 prefixes capture/<env>/ and deployments/<env>/."
   type        = string
 
   validation {
-    condition     = contains(["dev", "prod"], var.environment)
-    error_message = "environment must be dev or prod (the GitHub environments and S3 prefixes the pipeline uses)."
+    condition     = can(regex("^[a-z][a-z0-9]{1,15}$", var.environment))
+    error_message = "environment must be 2-16 lowercase letters and digits starting with a letter, e.g. dev, staging, prod (it names resources and S3 prefixes)."
   }
 }
 

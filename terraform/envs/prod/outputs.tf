@@ -87,6 +87,11 @@ output "ecr_repository_name" {
   value       = module.registry.repository_name
 }
 
+output "promote_from_environments" {
+  description = "Environments whose verified images this one ships instead of building (prod: [\"dev\"])."
+  value       = var.promote_from_environments
+}
+
 output "promote_from_repository_names" {
   description = "Repositories the deploy may pull a verified image from (prod: dev's)."
   value       = [for source in var.promote_from_environments : "${var.project}-${source}"]

@@ -1,7 +1,8 @@
 """`python -m service`: check the model, then serve it with uvicorn.
 
 The model is fetched, verified and warmed up before the port opens, so a bad
-model stops the process with one line and exit status 2 instead of a traceback.
+model, a bad setting or a directory the service cannot write stops the process
+with one line and exit status 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -15,18 +16,35 @@ from service.config import ConfigError, Settings
 from service.errors import ModelLoadError
 from service.loader import load_model
 from service.logs import configure_logging
+from service.scratch import check_writable
 
 # Inside ECS's 30 s stop timeout, with room for the capture flush after the drain.
 GRACEFUL_SHUTDOWN_SECONDS = 15
+
+
+def startup_failure(exc: Exception) -> str:
+    """One line for an unexpected error that stops the start: the path, when there is one."""
+    if isinstance(exc, OSError) and exc.filename:
+        return (
+            f"cannot use {exc.filename}: {exc.strerror}; the service needs it readable, "
+            "writable and with free space (see MODEL_CACHE_DIR and TMPDIR)"
+        )
+    detail = " ".join(str(exc).split())
+    return f"the service could not start: {type(exc).__name__}: {detail}"
 
 
 def main() -> int:
     log_config = configure_logging()
     try:
         settings = Settings.from_env()
+        check_writable(settings)
         model = load_model(settings)
+        app = create_app(settings, model=model) if settings.workers <= 1 else None
     except (ConfigError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # anything else at start-up: one line too, never a traceback
+        print(f"error: {startup_failure(exc)}", file=sys.stderr)
         return 2
     options = dict(
         host=settings.host,
@@ -40,8 +58,8 @@ def main() -> int:
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    if settings.workers <= 1:
-        uvicorn.run(create_app(settings, model=model), **options)
+    if app is not None:
+        uvicorn.run(app, **options)
     else:
         # Each worker process loads the model again, from the verified local cache.
         uvicorn.run("service.asgi:app", workers=settings.workers, **options)

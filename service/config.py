@@ -23,6 +23,8 @@ DEFAULT_PORT = 8080
 DEFAULT_WORKERS = 1
 DEFAULT_BATCH_MAX_SIZE = 64
 DEFAULT_BATCH_MAX_DELAY_MS = 0.0
+CAPTURE_OFF_URLS = ("", "off", "none")
+SPOOL_SUBDIRECTORY = "prediction-spool"
 
 
 class ConfigError(Exception):
@@ -81,6 +83,15 @@ class Settings:
                 f"PREDICTION_LOG_URL={self.prediction_log_url!r} is not a local directory, "
                 "file:// URL or s3://bucket/prefix (or off, to capture nothing)"
             )
+
+    @property
+    def capture_enabled(self) -> bool:
+        return self.prediction_log_url.strip().lower() not in CAPTURE_OFF_URLS
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where capture parts wait while the sink is down."""
+        return self.prediction_log_spool_dir or self.cache_dir / SPOOL_SUBDIRECTORY
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.capture")
 
-DISABLED_URLS = ("", "off", "none")
-SPOOL_SUBDIRECTORY = "prediction-spool"
-
 
 @dataclass(frozen=True)
 class CaptureConfig:
@@ -66,7 +63,7 @@ def build_recorder(settings: Settings, registry: CollectorRegistry) -> CaptureRe
     """The recorder the settings ask for, or None when PREDICTION_LOG_URL is off."""
     from service.config import ConfigError
 
-    if settings.prediction_log_url.strip().lower() in DISABLED_URLS:
+    if not settings.capture_enabled:
         return None
     try:
         sink = open_sink(settings.prediction_log_url)
@@ -74,7 +71,7 @@ def build_recorder(settings: Settings, registry: CollectorRegistry) -> CaptureRe
         raise ConfigError(str(exc)) from None
     config = CaptureConfig(
         env=settings.app_env,
-        spool_dir=settings.prediction_log_spool_dir or settings.cache_dir / SPOOL_SUBDIRECTORY,
+        spool_dir=settings.spool_dir,
         sample_percent=settings.prediction_log_sample,
         include_inputs=settings.prediction_log_inputs,
     )
@@ -187,7 +184,7 @@ class CaptureRecorder:
         except TimeoutError:
             log.warning(
                 "prediction capture: the sink %s did not take everything within %.0f s; "
-                "%d parts stay in the spool %s for the next start",
+                "%d parts stay in the spool %s, for the next start on the same storage",
                 self.sink.url,
                 self.config.close_seconds,
                 len(self._pending) + len(self._spooled),

@@ -8,6 +8,7 @@ with one line and exit status 2 instead of a traceback.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -18,8 +19,22 @@ from service.loader import load_model
 from service.logs import configure_logging
 from service.scratch import check_writable
 
-# Inside ECS's 30 s stop timeout, with room for the capture flush after the drain.
-GRACEFUL_SHUTDOWN_SECONDS = 15
+
+def server_options(settings: Settings, log_config: dict) -> dict[str, Any]:
+    """uvicorn's settings: keep-alive and drain come from the service's settings."""
+    return dict(
+        host=settings.host,
+        port=settings.port,
+        log_config=log_config,
+        access_log=False,
+        proxy_headers=True,
+        server_header=False,
+        http="httptools",
+        loop="uvloop",
+        lifespan="on",
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        timeout_graceful_shutdown=settings.stop_budget.drain_seconds,
+    )
 
 
 def startup_failure(exc: Exception) -> str:
@@ -46,18 +61,7 @@ def main() -> int:
     except Exception as exc:  # anything else at start-up: one line too, never a traceback
         print(f"error: {startup_failure(exc)}", file=sys.stderr)
         return 2
-    options = dict(
-        host=settings.host,
-        port=settings.port,
-        log_config=log_config,
-        access_log=False,
-        proxy_headers=True,
-        server_header=False,
-        http="httptools",
-        loop="uvloop",
-        lifespan="on",
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
+    options = server_options(settings, log_config)
     if app is not None:
         uvicorn.run(app, **options)
     else:

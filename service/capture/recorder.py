@@ -55,7 +55,7 @@ class CaptureConfig:
     upload_attempts: int = 3
     retry_seconds: float = 0.25
     max_retry_seconds: float = 5.0
-    # Fits ECS's 30 s stop timeout after uvicorn's 15 s drain; the rest stays spooled.
+    # build_recorder gives it the stop budget's flush (service.shutdown); the rest stays spooled.
     close_seconds: float = 10.0
 
 
@@ -74,6 +74,7 @@ def build_recorder(settings: Settings, registry: CollectorRegistry) -> CaptureRe
         spool_dir=settings.spool_dir,
         sample_percent=settings.prediction_log_sample,
         include_inputs=settings.prediction_log_inputs,
+        close_seconds=settings.stop_budget.flush_seconds,
     )
     return CaptureRecorder(sink, config, CaptureMetrics(registry))
 

@@ -184,7 +184,7 @@ def container(built: Built, reference_files: dict[str, Path]) -> Iterator[str]:
         print(podman("logs", name, check=False).stdout)
         raise
     finally:
-        podman("rm", "--force", name, check=False)
+        podman("rm", "--force", "--volumes", name, check=False)  # and the image's VOLUME
 
 
 def name_and_url(container: str) -> tuple[str, str]:

@@ -63,10 +63,17 @@ LABEL org.opencontainers.image.title="onnx-ship" \
       model.sha256="${MODEL_SHA256}"
 
 # A fixed numeric uid lets orchestrators check runAsNonRoot without reading /etc/passwd.
+# /var/lib/onnx-ship is the service's only writable place: the model cache, the capture
+# spool and Python's temporary files. It is owned by that uid here and declared a VOLUME
+# below, because ECS gives a task volume mounted at exactly a VOLUME's path a copy of the
+# image's directory, owner and mode included; any other task volume starts owned by root,
+# mode 0755 (ECS developer guide, "Bind mounts"), and with readonlyRootFilesystem nothing
+# else can be written. terraform/modules/service mounts its scratch volume here.
 RUN useradd --uid 10001 --user-group --no-create-home --no-log-init --home-dir /nonexistent \
         --shell /usr/sbin/nologin app \
-    && mkdir -p /var/cache/onnx-ship /var/lib/onnx-ship \
-    && chown app:app /var/cache/onnx-ship /var/lib/onnx-ship
+    && install -d -o 10001 -g 10001 -m 0755 \
+        /var/lib/onnx-ship /var/lib/onnx-ship/model-cache /var/lib/onnx-ship/tmp
+VOLUME ["/var/lib/onnx-ship"]
 
 COPY --from=builder /opt/venv /opt/venv
 
@@ -78,10 +85,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8080 \
     WEB_CONCURRENCY=1 \
-    MODEL_CACHE_DIR=/var/cache/onnx-ship
+    MODEL_CACHE_DIR=/var/lib/onnx-ship/model-cache \
+    TMPDIR=/var/lib/onnx-ship/tmp
 
 USER 10001:10001
-# Writable by the service: relative paths (the default local prediction capture) land here.
+# Relative paths (the default local prediction capture) land in the volume too.
 WORKDIR /var/lib/onnx-ship
 EXPOSE 8080
 

@@ -1,12 +1,14 @@
 """`python -m service`: check the model, then serve it with uvicorn.
 
 The model is fetched, verified and warmed up before the port opens, so a bad
-model stops the process with one line and exit status 2 instead of a traceback.
+model, a bad setting or a directory the service cannot write stops the process
+with one line and exit status 2 instead of a traceback.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -15,20 +17,12 @@ from service.config import ConfigError, Settings
 from service.errors import ModelLoadError
 from service.loader import load_model
 from service.logs import configure_logging
-
-# Inside ECS's 30 s stop timeout, with room for the capture flush after the drain.
-GRACEFUL_SHUTDOWN_SECONDS = 15
+from service.scratch import check_writable
 
 
-def main() -> int:
-    log_config = configure_logging()
-    try:
-        settings = Settings.from_env()
-        model = load_model(settings)
-    except (ConfigError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    options = dict(
+def server_options(settings: Settings, log_config: dict) -> dict[str, Any]:
+    """uvicorn's settings: keep-alive and drain come from the service's settings."""
+    return dict(
         host=settings.host,
         port=settings.port,
         log_config=log_config,
@@ -38,10 +32,38 @@ def main() -> int:
         http="httptools",
         loop="uvloop",
         lifespan="on",
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        timeout_graceful_shutdown=settings.stop_budget.drain_seconds,
     )
-    if settings.workers <= 1:
-        uvicorn.run(create_app(settings, model=model), **options)
+
+
+def startup_failure(exc: Exception) -> str:
+    """One line for an unexpected error that stops the start: the path, when there is one."""
+    if isinstance(exc, OSError) and exc.filename:
+        return (
+            f"cannot use {exc.filename}: {exc.strerror}; the service needs it readable, "
+            "writable and with free space (see MODEL_CACHE_DIR and TMPDIR)"
+        )
+    detail = " ".join(str(exc).split())
+    return f"the service could not start: {type(exc).__name__}: {detail}"
+
+
+def main() -> int:
+    log_config = configure_logging()
+    try:
+        settings = Settings.from_env()
+        check_writable(settings)
+        model = load_model(settings)
+        app = create_app(settings, model=model) if settings.workers <= 1 else None
+    except (ConfigError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # anything else at start-up: one line too, never a traceback
+        print(f"error: {startup_failure(exc)}", file=sys.stderr)
+        return 2
+    options = server_options(settings, log_config)
+    if app is not None:
+        uvicorn.run(app, **options)
     else:
         # Each worker process loads the model again, from the verified local cache.
         uvicorn.run("service.asgi:app", workers=settings.workers, **options)

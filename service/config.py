@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.artifacts import default_cache_dir
+from service.shutdown import MIN_STOP_TIMEOUT_SECONDS, StopBudget, stop_budget
 
 # An environment name: `local`, or a Terraform root's (terraform/envs/<name>, whose
 # variables.tf validates the same rule); it becomes an S3 prefix of the capture.
@@ -26,6 +27,14 @@ DEFAULT_PORT = 8080
 DEFAULT_WORKERS = 1
 DEFAULT_BATCH_MAX_SIZE = 64
 DEFAULT_BATCH_MAX_DELAY_MS = 0.0
+# Longer than an Application Load Balancer's default 60 s idle timeout, so the load
+# balancer, never the service, closes an idle connection (ELB, "Application Load Balancer
+# idle timeout"). The service module of terraform/ sets it from the load balancer's own.
+DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS = 65
+# ECS's default `stopTimeout`; the task definition sets both to the same value.
+DEFAULT_STOP_TIMEOUT_SECONDS = 30
+CAPTURE_OFF_URLS = ("", "off", "none")
+SPOOL_SUBDIRECTORY = "prediction-spool"
 
 
 class ConfigError(Exception):
@@ -56,6 +65,8 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     workers: int = DEFAULT_WORKERS
+    keep_alive_timeout_seconds: int = DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS
+    stop_timeout_seconds: int = DEFAULT_STOP_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
         if not APP_ENV_PATTERN.match(self.app_env):
@@ -79,6 +90,17 @@ class Settings:
             raise ConfigError("BATCH_MAX_SIZE must be at least 1 (1 turns batching off)")
         if not 0 <= self.prediction_log_sample <= 100:
             raise ConfigError("PREDICTION_LOG_SAMPLE must be a percentage from 0 to 100")
+        if self.keep_alive_timeout_seconds < 1:
+            raise ConfigError(
+                "KEEP_ALIVE_TIMEOUT_SECONDS must be at least 1, and longer than the idle "
+                "timeout of any load balancer in front of the service"
+            )
+        if self.stop_timeout_seconds < MIN_STOP_TIMEOUT_SECONDS:
+            raise ConfigError(
+                f"STOP_TIMEOUT_SECONDS={self.stop_timeout_seconds} leaves no time to drain "
+                f"requests and flush captured predictions: set it to the container's "
+                f"stopTimeout, at least {MIN_STOP_TIMEOUT_SECONDS}"
+            )
         scheme = (
             self.prediction_log_url.split("://", 1)[0] if "://" in self.prediction_log_url else ""
         )
@@ -87,6 +109,20 @@ class Settings:
                 f"PREDICTION_LOG_URL={self.prediction_log_url!r} is not a local directory, "
                 "file:// URL or s3://bucket/prefix (or off, to capture nothing)"
             )
+
+    @property
+    def capture_enabled(self) -> bool:
+        return self.prediction_log_url.strip().lower() not in CAPTURE_OFF_URLS
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where capture parts wait while the sink is down."""
+        return self.prediction_log_spool_dir or self.cache_dir / SPOOL_SUBDIRECTORY
+
+    @property
+    def stop_budget(self) -> StopBudget:
+        """Seconds of drain and of capture flush after SIGTERM (see service.shutdown)."""
+        return stop_budget(self.stop_timeout_seconds)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -124,6 +160,12 @@ class Settings:
             host=env.get("HOST", DEFAULT_HOST),
             port=_number(env, "PORT", DEFAULT_PORT, int),
             workers=_number(env, "WEB_CONCURRENCY", DEFAULT_WORKERS, int),
+            keep_alive_timeout_seconds=_number(
+                env, "KEEP_ALIVE_TIMEOUT_SECONDS", DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS, int
+            ),
+            stop_timeout_seconds=_number(
+                env, "STOP_TIMEOUT_SECONDS", DEFAULT_STOP_TIMEOUT_SECONDS, int
+            ),
         )
 
 

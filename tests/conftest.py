@@ -1,4 +1,4 @@
-"""Fixtures shared by every test package: the real MNIST fixtures and a moto server."""
+"""Fixtures shared by every test package: the real MNIST fixtures, a moto server, Terraform."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PLUGIN_MIRROR = "/opt/tf-plugins"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -162,3 +163,48 @@ def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mo
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     yield moto_server
+
+
+# -- Terraform: the binary and its provider mirror (terraform and image tests) --------------
+
+
+def require_tool(message: str, path: str | None) -> str:
+    """`path` if the tool is there; otherwise skip locally with `message`, fail in CI."""
+    if path and Path(path).is_file():
+        return path
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def terraform_bin(terraform_cli_config: Path | None) -> str:
+    """The terraform binary, pointed at the provider mirror when there is one."""
+    from pipeline import terraform
+
+    try:
+        return terraform.binary()
+    except terraform.TerraformError as error:
+        return require_tool(str(error), None)
+
+
+@pytest.fixture(scope="session")
+def terraform_cli_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
+    """Point Terraform at the local provider mirror (TF_PLUGIN_MIRROR) when there is one.
+
+    Without a mirror Terraform uses the registry as usual, so the tests run
+    wherever the registry is reachable.
+    """
+    mirror = Path(os.environ.get("TF_PLUGIN_MIRROR", DEFAULT_PLUGIN_MIRROR))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TF_IN_AUTOMATION", "1")
+        patch.setenv("CHECKPOINT_DISABLE", "1")
+        if not mirror.is_dir():
+            yield None
+            return
+        config = tmp_path_factory.mktemp("terraform-cli") / "terraformrc"
+        config.write_text(
+            f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n'
+        )
+        patch.setenv("TF_CLI_CONFIG_FILE", str(config))
+        yield config

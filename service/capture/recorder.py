@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.capture")
 
-DISABLED_URLS = ("", "off", "none")
-SPOOL_SUBDIRECTORY = "prediction-spool"
-
 
 @dataclass(frozen=True)
 class CaptureConfig:
@@ -58,7 +55,7 @@ class CaptureConfig:
     upload_attempts: int = 3
     retry_seconds: float = 0.25
     max_retry_seconds: float = 5.0
-    # Fits ECS's 30 s stop timeout after uvicorn's 15 s drain; the rest stays spooled.
+    # build_recorder gives it the stop budget's flush (service.shutdown); the rest stays spooled.
     close_seconds: float = 10.0
 
 
@@ -66,7 +63,7 @@ def build_recorder(settings: Settings, registry: CollectorRegistry) -> CaptureRe
     """The recorder the settings ask for, or None when PREDICTION_LOG_URL is off."""
     from service.config import ConfigError
 
-    if settings.prediction_log_url.strip().lower() in DISABLED_URLS:
+    if not settings.capture_enabled:
         return None
     try:
         sink = open_sink(settings.prediction_log_url)
@@ -74,9 +71,10 @@ def build_recorder(settings: Settings, registry: CollectorRegistry) -> CaptureRe
         raise ConfigError(str(exc)) from None
     config = CaptureConfig(
         env=settings.app_env,
-        spool_dir=settings.prediction_log_spool_dir or settings.cache_dir / SPOOL_SUBDIRECTORY,
+        spool_dir=settings.spool_dir,
         sample_percent=settings.prediction_log_sample,
         include_inputs=settings.prediction_log_inputs,
+        close_seconds=settings.stop_budget.flush_seconds,
     )
     return CaptureRecorder(sink, config, CaptureMetrics(registry))
 
@@ -187,7 +185,7 @@ class CaptureRecorder:
         except TimeoutError:
             log.warning(
                 "prediction capture: the sink %s did not take everything within %.0f s; "
-                "%d parts stay in the spool %s for the next start",
+                "%d parts stay in the spool %s, for the next start on the same storage",
                 self.sink.url,
                 self.config.close_seconds,
                 len(self._pending) + len(self._spooled),

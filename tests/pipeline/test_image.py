@@ -1,16 +1,13 @@
 """The service image, for real: built from this repository with podman on the local
 Debian base, run with the real mnist-8 mounted read-only, and pushed to a loopback
-docker-registry with an ECR login token from moto.
-
-Needs podman, the base image and docker-registry (`.ci/container-setup.sh` makes all
-three). Without them these tests skip on a workstation and fail in CI (CI=true).
+docker-registry with an ECR login token from moto (see tests/pipeline/containers.py for
+what they need). test_image_on_fargate.py runs the same image as Fargate would.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -18,7 +15,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -26,22 +22,10 @@ import pytest
 
 from pipeline import image
 from pipeline.datasets import read_idx_images, read_idx_labels
-from pipeline.reference import load_reference
 from tests.conftest import REPO, free_port, wait_for_http
+from tests.pipeline.containers import TEST_REPO, Built, podman, require
 
-BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/python-base:3.11")
-TEST_REPO = "localhost/onnx-ship-test"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-SETUP_HINT = "run .ci/container-setup.sh (podman, the local base image, docker-registry)"
-
-
-def require(condition: bool, problem: str) -> None:
-    """Missing tooling skips on a workstation and fails in CI, where it must be there."""
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{problem}: {SETUP_HINT}")
-    pytest.skip(f"{problem}: {SETUP_HINT}")
 
 
 # -- fast: no containers -----------------------------------------------------------------
@@ -173,42 +157,6 @@ def put_manifest(repository: str, tag: str, config_digest: str, digest: str | No
 # -- slow: the real image ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Built:
-    ref: str
-    sha: str
-    model_sha256: str
-    cli: image.ContainerCli
-
-
-def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["podman", *args], capture_output=True, text=True, check=check, timeout=timeout
-    )
-
-
-@pytest.fixture(scope="module")
-def built() -> Iterator[Built]:
-    require(shutil.which("podman") is not None, "podman is not installed")
-    require(
-        podman("image", "exists", BASE_IMAGE, check=False).returncode == 0,
-        f"the base image {BASE_IMAGE} does not exist",
-    )
-    cli = image.ContainerCli("podman", shutil.which("podman") or "podman")
-    sha = image.git_sha()
-    model_sha256 = load_reference().model.sha256
-    assert model_sha256 is not None
-    started = time.monotonic()
-    ref = image.build(
-        TEST_REPO, sha, model_sha256, BASE_IMAGE, ca_bundle=image.default_ca_bundle(), cli=cli
-    )
-    size = int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout)
-    print(f"\nimage {ref}: {size / 1e6:.0f} MB, built in {time.monotonic() - started:.0f}s")
-    yield Built(ref, sha, model_sha256, cli)
-    # Each commit's image has its own 240 MB venv layer: do not pile them up.
-    podman("rmi", ref, check=False)
-
-
 @pytest.fixture(scope="module")
 def container(built: Built, reference_files: dict[str, Path]) -> Iterator[str]:
     """The image serving the real mnist-8 (mounted read-only), on a loopback port."""
@@ -236,7 +184,7 @@ def container(built: Built, reference_files: dict[str, Path]) -> Iterator[str]:
         print(podman("logs", name, check=False).stdout)
         raise
     finally:
-        podman("rm", "--force", name, check=False)
+        podman("rm", "--force", "--volumes", name, check=False)  # and the image's VOLUME
 
 
 def name_and_url(container: str) -> tuple[str, str]:

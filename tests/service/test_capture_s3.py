@@ -10,6 +10,7 @@ import http.client
 import itertools
 import json
 import signal
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -164,56 +165,104 @@ def test_concurrent_requests_leave_exactly_one_record_per_row(
     assert "prediction_capture_records_dropped_total 0.0" in metrics
 
 
-@pytest.mark.slow
-def test_s3_stopped_mid_load_and_restarted_still_yields_every_record(
-    mnist8_path, tmp_path, images, monkeypatch
-):
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    recording = tmp_path / "moto-recording.jsonl"
-    # moto keeps its state in memory: its own request recording, replayed into the
-    # restarted server, plays the part of S3's durable storage.
-    moto_env = {"MOTO_ENABLE_RECORDING": "true", "MOTO_RECORDER_FILEPATH": str(recording)}
+class DurableMoto:
+    """A moto server that can be killed and restarted with its buckets and objects.
+
+    moto keeps its state in memory: its own request recording, replayed into the
+    restarted server, plays the part of S3's durable storage.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.recording = directory / "moto-recording.jsonl"
+        self._env = {"MOTO_ENABLE_RECORDING": "true", "MOTO_RECORDER_FILEPATH": str(self.recording)}
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        process = start_moto(self.port, self._env)
+        wait_for_http(f"{self.endpoint}/moto-api/", process=process)
+        return process
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start again and replay the recording (a killed moto may leave half a line)."""
+        data = self.recording.read_bytes()
+        self.recording.write_bytes(data[: data.rfind(b"\n") + 1])
+        self.process = self._start()
+        replay = urllib.request.Request(
+            f"{self.endpoint}/moto-api/recorder/replay-recording", method="POST"
+        )
+        urllib.request.urlopen(replay, timeout=60).close()
+
+
+@pytest.fixture
+def durable_moto(tmp_path, monkeypatch) -> Iterator[DurableMoto]:
+    moto = DurableMoto(tmp_path)
     for name, value in {
-        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL": moto.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(name, value)
-    moto = start_moto(port, moto_env)
-    server = None
     try:
-        wait_for_http(f"{endpoint}/moto-api/", process=moto)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        server = start_server(service_env(mnist8_path, tmp_path))
+        yield moto
+    finally:
+        moto.kill()
+
+
+@pytest.mark.slow
+def test_s3_stopped_mid_load_and_restarted_still_yields_every_record(
+    durable_moto, mnist8_path, tmp_path, images
+):
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    server = start_server(service_env(mnist8_path, tmp_path))
+    try:
         with Load(server.url, images, threads=4) as load:
             time.sleep(1.5)
-            moto.kill()
-            moto.wait(timeout=10)
+            durable_moto.kill()
             answered_before_outage = len(load.answered)
             time.sleep(4)
             answered_during_outage = len(load.answered) - answered_before_outage
-            _truncate_to_last_line(recording)
-            moto = start_moto(port, moto_env)
-            wait_for_http(f"{endpoint}/moto-api/", process=moto)
-            replay = urllib.request.Request(
-                f"{endpoint}/moto-api/recorder/replay-recording", method="POST"
-            )
-            urllib.request.urlopen(replay, timeout=60).close()
+            durable_moto.restart()
             time.sleep(1.5)
         assert load.errors == [], "the service failed requests while S3 was down"
         assert answered_during_outage > 100, "the service stalled while S3 was down"
         ids = wait_for_records(len(load.answered), timeout=30)
         metrics = urllib.request.urlopen(server.url + "/metrics", timeout=5).read().decode()
     finally:
-        if server is not None:
-            server.stop()
-        moto.kill()
-        moto.wait(timeout=10)
+        server.stop()
     assert sorted(ids) == sorted(load.answered)
     assert "prediction_capture_parts_spooled_total 0.0" not in metrics
     assert "prediction_capture_records_dropped_total 0.0" in metrics
+
+
+@pytest.mark.slow
+def test_an_s3_outage_across_the_stop_is_bridged_within_the_stop_timeout(
+    durable_moto, mnist8_path, tmp_path, images
+):
+    """On Fargate the spool dies with the task: the flush after SIGTERM must outlast an
+    outage that is shorter than its budget, not give up at a fixed 10 s."""
+    stop_timeout, outage_after_sigterm = 120, 12
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    server = start_server(
+        {**service_env(mnist8_path, tmp_path), "STOP_TIMEOUT_SECONDS": str(stop_timeout)}
+    )
+    durable_moto.kill()
+    with Load(server.url, images, threads=4, requests=100) as load:
+        load.wait()
+    signalled_at = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(outage_after_sigterm)
+    durable_moto.restart()
+    assert server.process.wait(timeout=stop_timeout) in (0, -signal.SIGTERM)
+    assert time.monotonic() - signalled_at < stop_timeout
+    assert load.errors == [] and len(load.answered) == 125
+    assert sorted(captured_ids()) == sorted(load.answered)
 
 
 def test_sigterm_during_load_leaves_a_record_for_every_answered_request(
@@ -251,12 +300,6 @@ def test_two_processes_on_one_prefix_never_overwrite_each_other(
     keys = open_store(CAPTURE_URL).keys("dev")
     writers = {Path(key).name.split("-", 1)[1].rsplit("-", 1)[0] for key in keys}
     assert len(writers) == 2, f"expected parts from two processes, got {writers}"
-
-
-def _truncate_to_last_line(path: Path) -> None:
-    """A killed moto may leave half a line at the end of its recording."""
-    data = path.read_bytes()
-    path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 @pytest.fixture(autouse=True)

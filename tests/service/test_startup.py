@@ -77,3 +77,31 @@ def test_plain_uvicorn_also_refuses_a_bad_model(mnist8_path, tmp_path):
     )
     assert result.returncode != 0
     assert "sha256 mismatch" in result.stdout + result.stderr
+
+
+def test_a_cache_dir_that_cannot_be_created_stops_with_one_line_naming_it(tmp_path):
+    occupied = tmp_path / "occupied"
+    occupied.write_text("a file where the cache's parent directory should be")
+    cache = occupied / "model-cache"
+    result = run_service(
+        {"MODEL_URL": f"http://127.0.0.1:{free_port()}/mnist-8.onnx", "MODEL_CACHE_DIR": str(cache)}
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"MODEL_CACHE_DIR: cannot write {cache}" in line
+    assert "volume the image declares" in line
+
+
+def test_an_unexpected_start_up_failure_is_one_line_too(mnist8_path, tmp_path, monkeypatch, capsys):
+    """A full scratch volume, say: the path and the error, then exit status 2."""
+    from service import __main__ as entry
+
+    def full_disk(settings):
+        raise OSError(28, "No space left on device", str(tmp_path / ".download-x"))
+
+    monkeypatch.setattr(entry, "load_model", full_disk)
+    monkeypatch.setenv("MODEL_URL", str(mnist8_path))
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path))
+    assert entry.main() == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: cannot use {tmp_path / '.download-x'}: No space left")

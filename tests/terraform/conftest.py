@@ -1,8 +1,9 @@
-"""Terraform test fixtures: the tools, a provider mirror, and throwaway copies of the roots.
+"""Terraform test fixtures: throwaway copies of the roots, pointed at the moto server.
 
 Nothing here writes into the repository: every `terraform init` runs in a copy of
-`terraform/` under pytest's tmp directory. Tools that are missing skip the test
-locally and fail it in CI (`CI=true`).
+`terraform/` under pytest's tmp directory. The binary and the provider mirror
+(`terraform_bin`, `terraform_cli_config`) live in tests/conftest.py, which the image
+tests share. Tools that are missing skip the test locally and fail it in CI (`CI=true`).
 """
 
 from __future__ import annotations
@@ -10,18 +11,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import boto3
 import pytest
 
 from pipeline import terraform
+from tests.conftest import require_tool
 
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
-DEFAULT_PLUGIN_MIRROR = "/opt/tf-plugins"
 MOTO_OVERRIDE_TEMPLATE = HERE / "moto_override.tf.tmpl"
 
 # What the moto-based applies change, and only them: moto's Application Auto
@@ -37,23 +39,6 @@ force_destroy       = true
 MOTO_STATE_BUCKET = "onnx-ship-tfstate-123456789012-us-east-1"
 
 
-def require_tool(message: str, path: str | None) -> str:
-    """`path` if the tool is there; otherwise skip locally with `message`, fail in CI."""
-    if path and Path(path).is_file():
-        return path
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def terraform_bin() -> str:
-    try:
-        return terraform.binary()
-    except terraform.TerraformError as error:
-        return require_tool(str(error), None)
-
-
 @pytest.fixture(scope="session")
 def checkov_bin() -> str:
     """CHECKOV (checkov lives in its own virtualenv, its pins clash with ours) or PATH."""
@@ -65,25 +50,9 @@ def checkov_bin() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def terraform_cli_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
-    """Point Terraform at the local provider mirror (TF_PLUGIN_MIRROR) when there is one.
-
-    Without a mirror Terraform uses the registry as usual, so the tests run
-    wherever the registry is reachable.
-    """
-    mirror = Path(os.environ.get("TF_PLUGIN_MIRROR", DEFAULT_PLUGIN_MIRROR))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TF_IN_AUTOMATION", "1")
-        patch.setenv("CHECKPOINT_DISABLE", "1")
-        if not mirror.is_dir():
-            yield None
-            return
-        config = tmp_path_factory.mktemp("terraform-cli") / "terraformrc"
-        config.write_text(
-            f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n'
-        )
-        patch.setenv("TF_CLI_CONFIG_FILE", str(config))
-        yield config
+def _terraform_cli_config(terraform_cli_config: Path | None) -> Path | None:
+    """Every test here runs Terraform with the shared CLI configuration."""
+    return terraform_cli_config
 
 
 def copy_terraform(destination: Path) -> Path:
@@ -100,6 +69,39 @@ def point_at_moto(root: Path, endpoint: str) -> None:
     """Add the test-only override: moto endpoints, skip flags, local backend."""
     override = MOTO_OVERRIDE_TEMPLATE.read_text().replace("${endpoint}", endpoint)
     (root / "moto_override.tf").write_text(override)
+
+
+def apply_dev_to_moto(work: Path, endpoint: str, extra_tfvars: str = "") -> dict[str, Any]:
+    """Copy terraform/ to `work`, apply bootstrap's OIDC provider and the dev root against
+    the moto server at `endpoint` (MOTO_TFVARS plus `extra_tfvars`); dev's outputs.
+
+    The bucket policy denies requests without TLS, and moto enforces it; the moto server
+    speaks plain HTTP on loopback, so the policy is lifted for the data-plane calls.
+    """
+    copy_terraform(work)
+    var_file = work / "moto.tfvars"
+    var_file.write_text(MOTO_TFVARS + extra_tfvars)
+    for root in (work / "bootstrap", work / "envs" / "dev"):
+        point_at_moto(root, endpoint)
+        terraform.init(root)
+    terraform.apply(
+        work / "bootstrap", extra_args=["-target=aws_iam_openid_connect_provider.github"]
+    )
+    terraform.apply(
+        "dev",
+        terraform_dir=work,
+        var_files=[var_file],
+        variables={"state_bucket_name": MOTO_STATE_BUCKET},
+    )
+    outputs = dict(terraform.outputs("dev", terraform_dir=work))
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).delete_bucket_policy(Bucket=outputs["bucket_name"])
+    return outputs
 
 
 @pytest.fixture

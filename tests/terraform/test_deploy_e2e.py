@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,9 +21,9 @@ import pytest
 
 from pipeline import promotion, terraform
 from tests.conftest import REPO
-from tests.pipeline.test_image import BASE_IMAGE, podman, require
+from tests.pipeline.containers import BASE_IMAGE, podman, require_podman
 from tests.service.conftest import MNIST8_SHA256, Server, start_server
-from tests.terraform.conftest import MOTO_TFVARS, copy_terraform, point_at_moto
+from tests.terraform.conftest import apply_dev_to_moto
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -42,32 +41,10 @@ def run(*command: str, env: dict[str, str], timeout: float = 600) -> subprocess.
 @pytest.fixture(scope="module")
 def dev_state(moto_server, terraform_bin, tmp_path_factory) -> Iterator[Path]:
     """A copy of terraform/ whose dev root was applied against the moto server."""
-    require(shutil.which("podman") is not None, "podman is not installed")
-    require(
-        podman("image", "exists", BASE_IMAGE, check=False).returncode == 0,
-        f"the base image {BASE_IMAGE} does not exist",
-    )
+    require_podman()
     moto_server.reset()
-    work = copy_terraform(tmp_path_factory.mktemp("e2e") / "terraform")
-    var_file = work / "moto.tfvars"
-    var_file.write_text(MOTO_TFVARS)
-    for root in (work / "bootstrap", work / "envs" / "dev"):
-        point_at_moto(root, moto_server.endpoint)
-        terraform.init(root)
-    terraform.apply(
-        work / "bootstrap", extra_args=["-target=aws_iam_openid_connect_provider.github"]
-    )
-    terraform.apply("dev", terraform_dir=work, var_files=[var_file])
-    # The bucket policy denies requests without TLS, and moto enforces it; the moto
-    # server speaks plain HTTP on loopback, so the data-plane calls need it lifted here.
-    bucket = terraform.outputs("dev", terraform_dir=work)["bucket_name"]
-    boto3.client(
-        "s3",
-        endpoint_url=moto_server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).delete_bucket_policy(Bucket=bucket)
+    work = tmp_path_factory.mktemp("e2e") / "terraform"
+    apply_dev_to_moto(work, moto_server.endpoint)
     yield work
     moto_server.reset()
 

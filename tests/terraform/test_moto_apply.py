@@ -202,6 +202,13 @@ def test_service_runs_behind_the_load_balancer_on_private_subnets(
     # One value for the capture root: the service appends <APP_ENV>/ itself.
     assert environment["PREDICTION_LOG_URL"] == outputs["capture_url"]
     assert container["readonlyRootFilesystem"] is True
+    # One number each: SIGKILL's delay and the service's budget; the keep-alive and the ALB's.
+    assert environment["STOP_TIMEOUT_SECONDS"] == str(container["stopTimeout"])
+    attributes = elbv2.describe_load_balancer_attributes(
+        LoadBalancerArn=group["LoadBalancerArns"][0]
+    )["Attributes"]
+    idle = next(a["Value"] for a in attributes if a["Key"] == "idle_timeout.timeout_seconds")
+    assert int(environment["KEEP_ALIVE_TIMEOUT_SECONDS"]) > int(idle)
     assert container["logConfiguration"]["options"]["awslogs-group"] == outputs["log_group_name"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -162,6 +163,67 @@ def test_every_output_the_deploy_reads_is_declared(env: str) -> None:
 def test_the_pipeline_owns_the_task_definition() -> None:
     service = (TERRAFORM_DIR / "modules" / "service" / "main.tf").read_text()
     assert "ignore_changes = [task_definition, desired_count]" in service
+
+
+# ---------------------------------------------------------------------------
+# The task definition against the image it runs
+# ---------------------------------------------------------------------------
+
+DOCKERFILE = TERRAFORM_DIR.parent / "Dockerfile"
+APP_UID = "10001"
+
+
+def runtime_instructions(dockerfile: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile's last stage, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, arguments = line.partition(" ")
+            if keyword.upper() == "FROM":
+                instructions = []
+            instructions.append((keyword.upper(), arguments.strip()))
+    return instructions
+
+
+def owned_directories(command: str, uid: str) -> set[str]:
+    """Directories a RUN command creates or chowns for `uid:uid` (install -d -o, chown)."""
+    found = set()
+    for step in command.split("&&"):
+        words = shlex.split(step)
+        if words[:2] == ["install", "-d"]:
+            options = dict(zip(words[2::2], words[3::2], strict=False))
+            if options.get("-o") == uid and options.get("-g") == uid:
+                found |= {word for word in words if word.startswith("/")}
+        elif words[:1] == ["chown"] and len(words) > 2 and words[1] == f"{uid}:{uid}":
+            found |= set(words[2:])
+    return found
+
+
+def test_every_mounted_path_is_a_volume_the_image_owns_for_its_user() -> None:
+    """With readonlyRootFilesystem only volumes are writable, and Fargate creates a bind
+    mount owned by root, mode 0755, unless the image declares a VOLUME at exactly its
+    containerPath; then ECS copies the image's directory, owner included (ECS developer
+    guide, "Bind mounts"). So each mounted path must be such a VOLUME, owned by the
+    image's user before it is declared."""
+    service = (TERRAFORM_DIR / "modules" / "service" / "main.tf").read_text()
+    mounted = re.findall(r'containerPath\s*=\s*"([^"]+)"', service)
+    assert mounted, "the task definition mounts nothing: where does the service write?"
+    owned: set[str] = set()
+    volumes: set[str] = set()
+    users = []
+    for keyword, arguments in runtime_instructions():
+        if keyword == "RUN":
+            owned |= owned_directories(arguments, APP_UID)
+        elif keyword == "VOLUME":
+            declared_now = json.loads(arguments) if arguments.startswith("[") else arguments.split()
+            assert set(declared_now) <= owned, f"VOLUME {declared_now} before it is owned"
+            volumes |= set(declared_now)
+        elif keyword == "USER":
+            users.append(arguments)
+    assert users[-1] == f"{APP_UID}:{APP_UID}"
+    assert set(mounted) <= volumes, f"mounted but not a VOLUME of the image: {mounted}"
 
 
 def test_no_test_overrides_in_the_real_roots() -> None:

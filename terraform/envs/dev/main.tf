@@ -82,6 +82,8 @@ module "service" {
   ingress_cidr_blocks = var.ingress_cidr_blocks
   deletion_protection = var.deletion_protection
 
+  load_balancer_idle_timeout_seconds = var.load_balancer_idle_timeout_seconds
+
   desired_count                     = var.desired_count
   enable_autoscaling                = var.enable_autoscaling
   min_capacity                      = var.min_capacity

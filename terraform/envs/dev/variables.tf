@@ -79,6 +79,12 @@ variable "ingress_cidr_blocks" {
   default     = ["0.0.0.0/0"]
 }
 
+variable "load_balancer_idle_timeout_seconds" {
+  description = "Seconds the load balancer keeps an idle connection open (the service's keep-alive follows it)."
+  type        = number
+  default     = 60
+}
+
 variable "deletion_protection" {
   description = "Protect the load balancer from deletion."
   type        = bool

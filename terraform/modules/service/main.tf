@@ -14,14 +14,21 @@ locals {
   capture_url    = "s3://${var.bucket_name}/${local.capture_root}"
   capture_prefix = "${local.capture_root}/${var.environment}/"
 
+  # The service keeps idle connections open longer than the load balancer does, so the
+  # load balancer always closes them first and never reuses one the target has just
+  # closed (a 502): ELB, "Application Load Balancer idle timeout".
+  keep_alive_timeout_seconds = var.load_balancer_idle_timeout_seconds + 5
+
+  # The image owns MODEL_CACHE_DIR and TMPDIR (inside its VOLUME, mounted below).
   container_environment = merge(
     {
-      APP_ENV               = var.environment
-      HOST                  = "0.0.0.0"
-      PORT                  = tostring(var.container_port)
-      MODEL_CACHE_DIR       = "/tmp/model-cache"
-      PREDICTION_LOG_URL    = local.capture_url
-      PREDICTION_LOG_SAMPLE = tostring(var.prediction_log_sample)
+      APP_ENV                    = var.environment
+      HOST                       = "0.0.0.0"
+      PORT                       = tostring(var.container_port)
+      PREDICTION_LOG_URL         = local.capture_url
+      PREDICTION_LOG_SAMPLE      = tostring(var.prediction_log_sample)
+      KEEP_ALIVE_TIMEOUT_SECONDS = tostring(local.keep_alive_timeout_seconds)
+      STOP_TIMEOUT_SECONDS       = tostring(var.stop_timeout_seconds)
     },
     var.container_environment,
   )
@@ -159,10 +166,12 @@ resource "aws_ecs_task_definition" "this" {
     cpu_architecture        = "X86_64"
   }
 
-  # The root filesystem is read-only; the model cache and Python's temp files
-  # go to this task-local scratch volume.
+  # The root filesystem is read-only; the model cache, the capture spool and Python's
+  # temporary files go to this task-local volume. Its containerPath is the image's
+  # VOLUME, so ECS copies the image's directory (owned by the service's uid) into it;
+  # any other path would start owned by root (ECS developer guide, "Bind mounts").
   volume {
-    name = "tmp"
+    name = "scratch"
   }
 
   container_definitions = jsonencode([
@@ -171,6 +180,9 @@ resource "aws_ecs_task_definition" "this" {
       image                  = var.container_image
       essential              = true
       readonlyRootFilesystem = true
+      # SIGTERM, then SIGKILL this many seconds later; the service splits the same
+      # number (STOP_TIMEOUT_SECONDS) between its drain and its capture flush.
+      stopTimeout = var.stop_timeout_seconds
       portMappings = [
         {
           containerPort = var.container_port
@@ -185,8 +197,8 @@ resource "aws_ecs_task_definition" "this" {
       ]
       mountPoints = [
         {
-          sourceVolume  = "tmp"
-          containerPath = "/tmp"
+          sourceVolume  = "scratch"
+          containerPath = "/var/lib/onnx-ship"
           readOnly      = false
         },
       ]
@@ -249,6 +261,7 @@ resource "aws_lb" "this" {
   subnets                    = var.public_subnet_ids
   drop_invalid_header_fields = true
   enable_deletion_protection = var.deletion_protection
+  idle_timeout               = var.load_balancer_idle_timeout_seconds
 
   tags = var.tags
 }

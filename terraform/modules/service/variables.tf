@@ -62,6 +62,17 @@ variable "container_environment" {
   default     = {}
 }
 
+variable "stop_timeout_seconds" {
+  description = "Seconds between SIGTERM and SIGKILL when a task stops (the container's stopTimeout); the service fits its drain and capture flush inside."
+  type        = number
+  default     = 120
+
+  validation {
+    condition     = var.stop_timeout_seconds >= 10 && var.stop_timeout_seconds <= 120
+    error_message = "stop_timeout_seconds must be 10-120: Fargate allows at most 120, and the service needs 10 to drain and flush."
+  }
+}
+
 variable "prediction_log_sample" {
   description = "Percentage of predictions captured to S3 (0-100)."
   type        = number
@@ -128,6 +139,12 @@ variable "ingress_cidr_blocks" {
   description = "Networks allowed to reach the load balancer on port 80."
   type        = list(string)
   default     = ["0.0.0.0/0"]
+}
+
+variable "load_balancer_idle_timeout_seconds" {
+  description = "Seconds the load balancer keeps an idle connection open; the service keeps its own open 5 s longer."
+  type        = number
+  default     = 60
 }
 
 variable "health_check_path" {

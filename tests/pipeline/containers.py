@@ -1,0 +1,72 @@
+"""podman for the image tests: the tools check, the command, and the image built once.
+
+Needs podman, the base image and docker-registry (`.ci/container-setup.sh` makes all
+three). Without them the image tests skip on a workstation and fail in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from pipeline import image
+from pipeline.reference import load_reference
+
+BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/python-base:3.11")
+# One name per test session: two checkouts of one commit testing on the same machine
+# must not remove each other's image (the tag is the commit).
+TEST_REPO = f"localhost/onnx-ship-test-{uuid.uuid4().hex[:8]}"
+SETUP_HINT = "run .ci/container-setup.sh (podman, the local base image, docker-registry)"
+
+
+def require(condition: bool, problem: str) -> None:
+    """Missing tooling skips on a workstation and fails in CI, where it must be there."""
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{problem}: {SETUP_HINT}")
+    pytest.skip(f"{problem}: {SETUP_HINT}")
+
+
+def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, check=check, timeout=timeout
+    )
+
+
+def require_podman() -> None:
+    require(shutil.which("podman") is not None, "podman is not installed")
+    require(
+        podman("image", "exists", BASE_IMAGE, check=False).returncode == 0,
+        f"the base image {BASE_IMAGE} does not exist",
+    )
+
+
+@dataclass(frozen=True)
+class Built:
+    ref: str
+    sha: str
+    model_sha256: str
+    cli: image.ContainerCli
+
+
+def build_test_image() -> Built:
+    """This checkout's image, built with podman on BASE_IMAGE as `nox -s build` builds it."""
+    require_podman()
+    cli = image.ContainerCli("podman", shutil.which("podman") or "podman")
+    sha = image.git_sha()
+    model_sha256 = load_reference().model.sha256
+    assert model_sha256 is not None
+    started = time.monotonic()
+    ref = image.build(
+        TEST_REPO, sha, model_sha256, BASE_IMAGE, ca_bundle=image.default_ca_bundle(), cli=cli
+    )
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout)
+    print(f"\nimage {ref}: {size / 1e6:.0f} MB, built in {time.monotonic() - started:.0f}s")
+    return Built(ref, sha, model_sha256, cli)

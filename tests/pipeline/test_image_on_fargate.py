@@ -116,8 +116,9 @@ def register_release(outputs: dict[str, Any], endpoint: str, built: Built, model
     )
     ecs_client = client("ecs", endpoint)
     ecs = Ecs(ecs_client)
-    base = ecs.current_task_definition(outputs["cluster_name"], outputs["service_name"])
-    arn = ecs.register(base, outputs["container_name"], built.ref, task_environment(env, candidate))
+    arn = ecs.register(
+        env.task_definition_arn, env.container_name, built.ref, task_environment(candidate)
+    )
     definition = ecs_client.describe_task_definition(taskDefinition=arn)["taskDefinition"]
     (container,) = [
         c for c in definition["containerDefinitions"] if c["name"] == outputs["container_name"]

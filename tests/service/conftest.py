@@ -75,8 +75,10 @@ class Server:
         return self.process.wait(timeout=timeout)
 
 
-def start_server(env: dict[str, str], ready_path: str = "/v2/health/ready") -> Server:
-    port = free_port()
+def start_server(
+    env: dict[str, str], ready_path: str = "/v2/health/ready", port: int | None = None
+) -> Server:
+    port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "service"],
         cwd=REPO,

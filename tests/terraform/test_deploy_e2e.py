@@ -1,10 +1,23 @@
-"""End to end: `terraform apply` of dev against the moto server, `nox -s deploy-dev` on that
-state's outputs, `nox -s status -- dev`; then `deploy-prod` ships the image dev verified.
+"""End to end: `terraform apply` of dev and prod against the moto server, then
+`nox -s deploy-dev`, `nox -s status -- dev` and a prod deploy, each as its environment's
+deploy role, with moto authorising every request against IAM.
 
-What moto cannot be stands in on loopback: moto's ECS runs no containers, so the endpoint
-the smoke test calls is a real local service serving the same model (DEV_ENDPOINT_URL),
-and moto's ECR keeps no image bytes, so images go to the loopback docker-registry
-(DEV_ECR_REPOSITORY_URL) while the ECR API (login token, tag lookups) is moto's.
+The deploy role's credentials come from moto's STS (AssumeRoleWithWebIdentity, as the
+workflow gets them; moto checks neither the token nor the trust conditions). Once
+Terraform has applied, moto's IAM authorisation is on: S3 requests are checked against
+the role's policy with their resources. moto authorises ECS and ECR requests against the
+resource `*`, so here the deploy roles' ECS and ECR statements are widened to `*`,
+keeping their actions (moto still refuses any action Terraform did not grant); the
+resources, conditions and iam:PassRole moto does not evaluate are checked on the
+rendered policies by test_moto_apply.py. The bucket policies (TLS only) are lifted:
+moto counts their condition as met and would refuse every object request.
+
+What moto cannot be stands in on loopback: moto's ECS runs no containers, so each
+service's task is a real local service started from the revision the service points
+at, with the task role's credentials (tests/terraform/ecs_stand_in.py): it loads the
+model from the bucket's models/ the deploy published to and captures to capture/<env>/.
+moto's ECR keeps no image bytes, so images go to the loopback docker-registry
+(<ENV>_ECR_REPOSITORY_URL) while the ECR API (login token, tag lookups) is moto's.
 """
 
 from __future__ import annotations
@@ -14,20 +27,31 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
 from pipeline import promotion, terraform
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.pipeline.containers import BASE_IMAGE, podman, require_podman
-from tests.service.conftest import MNIST8_SHA256, Server, start_server
-from tests.terraform.conftest import apply_dev_to_moto
+from tests.service.conftest import MNIST8_SHA256
+from tests.terraform import iam
+from tests.terraform.conftest import (
+    MOTO_STATE_BUCKET,
+    MOTO_TFVARS,
+    apply_everything,
+    assume,
+    copy_terraform,
+)
+from tests.terraform.ecs_stand_in import TaskStandIn
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
 REGISTRY = f"127.0.0.1:{os.environ.get('REGISTRY_PORT', '5000')}"
+ENVS = terraform.ENVIRONMENTS
 
 
 def run(*command: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -38,74 +62,133 @@ def run(*command: str, env: dict[str, str], timeout: float = 600) -> subprocess.
     return result
 
 
+@dataclass
+class Deployment:
+    """Both environments applied to moto, with IAM enforced; what each role may use."""
+
+    work: Path
+    endpoint: str
+    outputs: dict[str, dict[str, Any]]
+    admin: dict[str, str]  # boto3 keyword arguments of an administrator, for the checks
+    deploy_roles: dict[str, dict[str, str]]  # AWS_* variables per environment
+    stand_ins: dict[str, TaskStandIn]
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service, endpoint_url=self.endpoint, region_name="us-east-1", **self.admin
+        )
+
+
+def as_moto_authorises(role: str, client: Any) -> None:
+    """Widen the resources of `role`'s ECS- and ECR-only statements to `*` (see above)."""
+    for name in client.list_role_policies(RoleName=role)["PolicyNames"]:
+        document = client.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        document = json.loads(json.dumps(document))
+        for statement in iam.statements(document):
+            actions = statement["Action"]
+            actions = [actions] if isinstance(actions, str) else actions
+            if all(action.split(":")[0] in ("ecs", "ecr") for action in actions):
+                statement["Resource"] = "*"
+        client.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(document))
+
+
 @pytest.fixture(scope="module")
-def dev_state(moto_server, terraform_bin, tmp_path_factory) -> Iterator[Path]:
-    """A copy of terraform/ whose dev root was applied against the moto server."""
+def deployment(moto_server, terraform_bin, tmp_path_factory) -> Iterator[Deployment]:
     require_podman()
     moto_server.reset()
-    work = tmp_path_factory.mktemp("e2e") / "terraform"
-    apply_dev_to_moto(work, moto_server.endpoint)
-    yield work
-    moto_server.reset()
+    work = copy_terraform(tmp_path_factory.mktemp("e2e") / "terraform")
+    var_file = work / "moto.tfvars"
+    var_file.write_text(MOTO_TFVARS)
+    # moto's ECS reports MOTO_ECS_SERVICE_RUNNING (1) tasks running for every service, so
+    # a release waits for stability only where one task is desired.
+    (work / "envs" / "prod" / "moto.auto.tfvars").write_text("desired_count = 1\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(terraform.STATE_BUCKET_VARIABLE, MOTO_STATE_BUCKET)
+        outputs = apply_everything(moto_server.endpoint, work, var_file)
+    setup = {
+        "endpoint_url": moto_server.endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+    }
+    s3, iam_client = boto3.client("s3", **setup), boto3.client("iam", **setup)
+    for env in ENVS:
+        s3.delete_bucket_policy(Bucket=outputs[env]["bucket_name"])
+        as_moto_authorises(f"onnx-ship-{env}-deploy", iam_client)
+    admin = moto_server.user("e2e-admin", [{"Effect": "Allow", "Action": "*", "Resource": "*"}])
+    deploy_roles = {
+        env: assume(moto_server.endpoint, outputs[env]["deploy_role_arn"], web_identity=True)
+        for env in ENVS
+    }
+    local_aws = {"AWS_ENDPOINT_URL": moto_server.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    ecs = boto3.client("ecs", **{**setup, **admin})
+    stand_ins = {
+        env: TaskStandIn(
+            ecs,
+            outputs[env],
+            free_port(),
+            {
+                **local_aws,
+                **assume(moto_server.endpoint, outputs[env]["task_role_arn"], web_identity=False),
+            },
+            tmp_path_factory.mktemp(f"{env}-task-cache"),
+        )
+        for env in ENVS
+    }
+    try:
+        with moto_server.enforcing_iam():
+            for stand_in in stand_ins.values():
+                stand_in.start()
+            yield Deployment(work, moto_server.endpoint, outputs, admin, deploy_roles, stand_ins)
+    finally:
+        for stand_in in stand_ins.values():
+            stand_in.stop()
+        moto_server.reset()
 
 
 @pytest.fixture(scope="module")
-def endpoint(mnist8_path, tmp_path_factory) -> Iterator[Server]:
-    """What the ECS tasks would be: the service, serving the referenced model."""
-    server = start_server(
-        {
-            "MODEL_URL": str(mnist8_path),
-            "MODEL_SHA256": MNIST8_SHA256,
-            "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-            "PREDICTION_LOG_URL": "off",
-        }
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def pipeline_env(dev_state, endpoint, moto_server) -> dict[str, str]:
+def pipeline_env(deployment) -> dict[str, str]:
+    """The workflow's environment, less the role: names from the applied roots' outputs."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DEV_", "PROD_", "VIRTUAL_ENV", "NOX_"))
+        if not k.startswith(("DEV_", "PROD_", "VIRTUAL_ENV", "NOX_", "AWS_"))
     }
     env.update(
-        AWS_ENDPOINT_URL=moto_server.endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_ENDPOINT_URL=deployment.endpoint,
         AWS_DEFAULT_REGION="us-east-1",
-        TERRAFORM_DIR=str(dev_state),
+        TERRAFORM_DIR=str(deployment.work),
         BASE_IMAGE=BASE_IMAGE,
-        DEV_ENDPOINT_URL=endpoint.url,
+        DEV_ENDPOINT_URL=deployment.stand_ins["dev"].url,
         DEV_ECR_REPOSITORY_URL=f"{REGISTRY}/onnx-ship-dev",
+        PROD_ENDPOINT_URL=deployment.stand_ins["prod"].url,
+        PROD_ECR_REPOSITORY_URL=f"{REGISTRY}/onnx-ship-prod",
     )
     return env
 
 
-def client(service: str, env: dict[str, str]):
-    return boto3.client(
-        service,
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+def as_role(deployment: Deployment, pipeline_env: dict[str, str], env: str) -> dict[str, str]:
+    return {**pipeline_env, **deployment.deploy_roles[env]}
 
 
 def nox(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return run(sys.executable, "-m", "nox", "-f", str(REPO / "noxfile.py"), *args, env=env)
 
 
-def test_terraform_apply_then_deploy_dev_then_status(pipeline_env, dev_state):
-    outputs = terraform.outputs("dev", terraform_dir=dev_state)
-    ecs = client("ecs", pipeline_env)
+def captured(deployment: Deployment, env: str) -> list[str]:
+    bucket = deployment.outputs[env]["bucket_name"]
+    listing = deployment.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"capture/{env}/")
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def test_deploy_dev_then_status_as_the_deploy_role(deployment, pipeline_env):
+    outputs = deployment.outputs["dev"]
+    ecs = deployment.client("ecs")
     before = ecs.describe_services(
         cluster=outputs["cluster_name"], services=[outputs["service_name"]]
     )["services"][0]
 
-    deployed = nox("-s", "deploy-dev", env=pipeline_env)
+    deployed = nox("-s", "deploy-dev", env=as_role(deployment, pipeline_env, "dev"))
     assert deployed.returncode == 0, deployed.stderr[-3000:]
 
     service = ecs.describe_services(
@@ -121,7 +204,7 @@ def test_terraform_apply_then_deploy_dev_then_status(pipeline_env, dev_state):
     assert variables["MODEL_BATCHED_URL"].startswith(f"s3://{bucket}/models/{MNIST8_SHA256}/")
     assert variables["PREDICTION_LOG_URL"] == outputs["capture_url"]
 
-    s3 = client("s3", pipeline_env)
+    s3 = deployment.client("s3")
     latest = json.loads(
         s3.get_object(Bucket=bucket, Key="deployments/dev/latest.json")["Body"].read()
     )
@@ -129,52 +212,58 @@ def test_terraform_apply_then_deploy_dev_then_status(pipeline_env, dev_state):
     assert latest["image"] == container["image"]
     assert latest["gate"]["accuracy"] == pytest.approx(0.9891)
 
-    shown = nox("-s", "status", "--", "dev", env=pipeline_env)
-    assert shown.returncode == 0
+    shown = nox("-s", "status", "--", "dev", env=as_role(deployment, pipeline_env, "dev"))
+    assert shown.returncode == 0, shown.stderr[-3000:]
     assert latest["release_id"] in shown.stdout
     assert "ready" in shown.stdout and MNIST8_SHA256 in shown.stdout
 
+    # The task that answered the smoke test ran as the task role: it loaded the model
+    # from models/ and, once stopped, its captured predictions are in capture/dev/.
+    task = deployment.stand_ins["dev"]
+    assert task.errors == [] and task.revision == service["taskDefinition"]
+    task.stop()
+    assert captured(deployment, "dev"), "the task role wrote no prediction to capture/dev/"
 
-def test_deploy_prod_ships_the_image_dev_verified(
-    pipeline_env, dev_state, endpoint, moto_server, monkeypatch
-):
-    """Prod's resources are made directly in moto here (its terraform apply is tested
-    elsewhere); its names come from PROD_* variables."""
-    from tests.pipeline.environments import make_environment
 
-    for name in (
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_DEFAULT_REGION",
-    ):
-        monkeypatch.setenv(name, pipeline_env[name])
-    prod = make_environment(endpoint.url, name="onnx-ship-prod", environment="prod")
-    env = {
-        **pipeline_env,
-        **{f"PROD_{k.upper()}": v for k, v in prod.__dict__.items() if k != "environment"},
-    }
-    env["PROD_ECR_REPOSITORY_URL"] = f"{REGISTRY}/onnx-ship-prod"
-    client("ecr", pipeline_env).create_repository(repositoryName="onnx-ship-prod")
-
-    deployed = run(sys.executable, "-m", "pipeline", "deploy", "prod", env=env)
+def test_deploy_prod_as_its_role_ships_the_image_dev_verified(deployment, pipeline_env):
+    outputs = deployment.outputs["prod"]
+    deployed = run(
+        sys.executable,
+        "-m",
+        "pipeline",
+        "deploy",
+        "prod",
+        env=as_role(deployment, pipeline_env, "prod"),
+    )
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     assert "promoting" in deployed.stderr and "building" not in deployed.stderr
 
-    ecs = client("ecs", pipeline_env)
-    service = ecs.describe_services(cluster="onnx-ship-prod", services=["onnx-ship-prod"])[
-        "services"
-    ][0]
+    ecs = deployment.client("ecs")
+    service = ecs.describe_services(
+        cluster=outputs["cluster_name"], services=[outputs["service_name"]]
+    )["services"][0]
     definition = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])
     image = definition["taskDefinition"]["containerDefinitions"][0]["image"]
     assert image.startswith(f"{REGISTRY}/onnx-ship-prod@sha256:")
+    # Prod runs the bytes dev verified: dev's tag for this tree and model, by image ID.
     sha = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.strip()
     tag = promotion.verified_tag(promotion.git_tree(sha, REPO), MNIST8_SHA256)
     verified = f"{REGISTRY}/onnx-ship-dev:{tag}"
+    podman("pull", "--tls-verify=false", image)
     image_id = "{{.Id}}"
     assert (
         podman("image", "inspect", "--format", image_id, verified).stdout
-        == podman("image", "inspect", "--format", image_id, f"onnx-ship:{sha}").stdout
+        == podman("image", "inspect", "--format", image_id, image).stdout
     )
+    latest = json.loads(
+        deployment.client("s3")
+        .get_object(Bucket=outputs["bucket_name"], Key="deployments/prod/latest.json")["Body"]
+        .read()
+    )
+    assert (latest["promoted_from"], latest["verified_tag"]) == ("dev", tag)
+    task = deployment.stand_ins["prod"]
+    assert task.errors == [] and task.revision == service["taskDefinition"]
+    task.stop()
+    assert captured(deployment, "prod"), "the task role wrote no prediction to capture/prod/"

@@ -139,7 +139,6 @@ def _publish(env: Environment, source: Path, name: str) -> str:
     upload. A missing key is a 404 only to a caller with s3:ListBucket (S3 API
     reference, HeadObject: https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html).
     """
-    import boto3
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -152,7 +151,7 @@ def _publish(env: Environment, source: Path, name: str) -> str:
     bucket, prefix = location
     key = f"{prefix}/{name}".lstrip("/")
     url = f"s3://{bucket}/{key}"
-    s3 = boto3.client("s3")
+    s3 = env.client("s3")
     try:
         s3.head_object(Bucket=bucket, Key=key)
         say(f"already at {url}")
@@ -190,7 +189,8 @@ def _refused(action: str, code: str, bucket: str, key: str, exc: BaseException) 
     if answer in ("AccessDenied", "403", "Forbidden"):
         return DeployError(
             f"S3 refused {action} on {resource} ({answer}): the {call.role} role needs "
-            f"{action} on {call.resource} ({aws_calls.GRANTED_IN[call.role]}, listed in "
+            f"{action} on {call.resource.replace('{bucket}', bucket)} "
+            f"({aws_calls.GRANTED_IN[call.role]}, listed in "
             "pipeline/aws_calls.py); apply the environment's Terraform, then deploy again"
         )
     detail = " ".join(str(exc).split())

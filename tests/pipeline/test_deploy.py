@@ -158,6 +158,6 @@ def test_a_refused_model_upload_is_one_line_naming_the_missing_grant(
     assert lines == [
         f"error: S3 refused s3:PutObject on {bucket}/models/{MNIST8_SHA256}/mnist-8.onnx "
         "(AccessDenied): the deploy role needs s3:PutObject on "
-        "arn:aws:s3:::{bucket}/models/* (terraform/modules/ci, listed in "
+        f"{bucket}/models/* (terraform/modules/ci, listed in "
         "pipeline/aws_calls.py); apply the environment's Terraform, then deploy again"
     ]

@@ -109,7 +109,9 @@ class Ecs:
         self, base_arn: str, container: str, image: str, environment: dict[str, str]
     ) -> str:
         """A new revision of `base_arn`'s family: `base_arn` with `container`'s image
-        replaced and `environment` set over its variables; every other field is kept."""
+        replaced, its `command` removed (the image's own runs; Terraform's revision runs a
+        placeholder until the first release) and `environment` set over its variables;
+        every other field is kept."""
         base = self._client.describe_task_definition(taskDefinition=base_arn)["taskDefinition"]
         containers = []
         found = False
@@ -120,6 +122,7 @@ class Ecs:
                 merged = {item["name"]: item["value"] for item in definition.get("environment", [])}
                 merged.update(environment)
                 definition["image"] = image
+                definition.pop("command", None)
                 definition["environment"] = [
                     {"name": k, "value": v} for k, v in sorted(merged.items())
                 ]

@@ -24,7 +24,8 @@ def make_environment(endpoint: str, name: str = CLUSTER, environment: str = "dev
         containerDefinitions=[
             {
                 "name": CONTAINER,
-                "image": f"registry/{name}:bootstrap",
+                "image": "public.ecr.aws/docker/library/python:3.11-slim",
+                "command": ["python", "-c", "placeholder"],
                 "essential": True,
                 "portMappings": [{"containerPort": 8080}],
                 "environment": [

@@ -89,6 +89,7 @@ def test_release_registers_a_revision_points_the_service_and_records_it(aws, mni
     definition = ecs.describe_task_definition(taskDefinition=outcome.task_definition)
     (container,) = definition["taskDefinition"]["containerDefinitions"]
     assert container["image"] == candidate().image
+    assert "command" not in container, "the image's own command runs, not the placeholder's"
     variables = {v["name"]: v["value"] for v in container["environment"]}
     assert variables["MODEL_SHA256"] == MNIST8_SHA256
     assert variables["GIT_SHA"] == "a" * 40

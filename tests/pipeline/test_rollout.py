@@ -65,9 +65,9 @@ def service(task_definition: str, *deployments: dict) -> dict:
     }
 
 
-# What ECS lists right after Terraform created the service on an image that never existed:
-# the circuit breaker failed that first deployment.
-FAILED_BOOTSTRAP = deployment("ecs-svc/0001", BOOTSTRAP, "ACTIVE", "FAILED", CIRCUIT_BREAKER)
+# An earlier deployment the circuit breaker failed (its image could not be pulled), which
+# ECS still lists as ACTIVE while a new one rolls out.
+FAILED_EARLIER = deployment("ecs-svc/0001", BOOTSTRAP, "ACTIVE", "FAILED", CIRCUIT_BREAKER)
 
 
 class ScriptedEcs:
@@ -112,7 +112,7 @@ def test_an_earlier_failed_deployment_still_listed_is_not_ours(scripted):
     ours = "ecs-svc/0002"
     for state in ("IN_PROGRESS", "IN_PROGRESS", "COMPLETED"):
         scripted.describe(
-            service(RELEASED, deployment(ours, RELEASED, "PRIMARY", state), FAILED_BOOTSTRAP)
+            service(RELEASED, deployment(ours, RELEASED, "PRIMARY", state), FAILED_EARLIER)
         )
     scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=60)
 
@@ -235,14 +235,14 @@ def registers(scripted: ScriptedEcs, revision: str) -> None:
     )
 
 
-def test_the_first_release_completes_beside_the_failed_bootstrap_deployment(
+def test_a_release_completes_beside_an_earlier_failed_deployment(
     scripted, endpoint, smoke, tmp_path
 ):
     ours = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "IN_PROGRESS")
-    scripted.describe(service(BOOTSTRAP, FAILED_BOOTSTRAP))
+    scripted.describe(service(BOOTSTRAP, FAILED_EARLIER))
     registers(scripted, RELEASED)
-    scripted.updated(service(RELEASED, ours, FAILED_BOOTSTRAP))
-    scripted.describe(service(RELEASED, ours, FAILED_BOOTSTRAP))
+    scripted.updated(service(RELEASED, ours, FAILED_EARLIER))
+    scripted.describe(service(RELEASED, ours, FAILED_EARLIER))
     scripted.describe(service(RELEASED, {**ours, "rolloutState": "COMPLETED", "runningCount": 1}))
     env = environment(endpoint.url, tmp_path)
     outcome = release(env, candidate("a" * 40), smoke, ecs=scripted.ecs(), say=lambda m: None)

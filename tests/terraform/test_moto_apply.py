@@ -9,7 +9,11 @@ run in file order and the last one destroys.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,7 @@ import pytest
 
 from pipeline import aws_calls, terraform
 from pipeline.aws_calls import Role
+from tests.conftest import free_port, wait_for_http
 from tests.terraform import iam
 from tests.terraform.conftest import (
     MOTO_STATE_BUCKET,
@@ -210,6 +215,38 @@ def test_service_runs_behind_the_load_balancer_on_private_subnets(
     idle = next(a["Value"] for a in attributes if a["Key"] == "idle_timeout.timeout_seconds")
     assert int(environment["KEEP_ALIVE_TIMEOUT_SECONDS"]) > int(idle)
     assert container["logConfiguration"]["options"]["awslogs-group"] == outputs["log_group_name"]
+
+
+def test_terraforms_revision_serves_a_placeholder_that_passes_the_health_check(
+    applied: Applied,
+) -> None:
+    """The service's first deployment runs Terraform's revision before any release: on an
+    image that exists (a public one), running the command Terraform rendered, which answers
+    the load balancer's health check and tells every other request to release first."""
+    outputs = applied.outputs["dev"]
+    task = applied.client("ecs").describe_task_definition(
+        taskDefinition=outputs["task_definition_arn"]
+    )["taskDefinition"]
+    (container,) = task["containerDefinitions"]
+    assert container["image"].startswith("public.ecr.aws/")
+    assert outputs["ecr_repository_name"] not in container["image"]
+    port = free_port()
+    placeholder = subprocess.Popen(
+        [sys.executable, *container["command"][1:]],
+        env={"HOST": "127.0.0.1", "PORT": str(port), "PATH": os.environ["PATH"]},
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v2/health/ready", process=placeholder)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict", data=b'{"data": []}', method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 503
+        assert "no model is released" in json.loads(refused.value.read())["error"]
+    finally:
+        placeholder.terminate()
+        placeholder.wait(timeout=10)
 
 
 @pytest.mark.parametrize("env", ENVS)

@@ -66,7 +66,6 @@ module "service" {
   name        = local.name
   environment = var.environment
 
-  container_image       = "${module.registry.repository_url}:${var.initial_image_tag}"
   cpu                   = var.task_cpu
   memory                = var.task_memory
   prediction_log_sample = var.prediction_log_sample

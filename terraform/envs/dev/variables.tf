@@ -95,12 +95,6 @@ variable "deletion_protection" {
 # Service
 ################################################################################
 
-variable "initial_image_tag" {
-  description = "Tag of the image in the first task definition revision; the pipeline registers the real ones."
-  type        = string
-  default     = "bootstrap"
-}
-
 variable "task_cpu" {
   description = "Fargate task CPU units."
   type        = number

@@ -176,8 +176,10 @@ resource "aws_ecs_task_definition" "this" {
 
   container_definitions = jsonencode([
     {
-      name                   = var.container_name
-      image                  = var.container_image
+      name = var.container_name
+      # Until the first release: a placeholder on an image that exists (placeholder.py).
+      image                  = var.placeholder_image
+      command                = ["python", "-B", "-c", file("${path.module}/placeholder.py")]
       essential              = true
       readonlyRootFilesystem = true
       # SIGTERM, then SIGKILL this many seconds later; the service splits the same

@@ -39,9 +39,10 @@ variable "enable_deployment_alarms" {
 # Task definition
 ################################################################################
 
-variable "container_image" {
-  description = "Image of the first task definition revision; the pipeline registers the following ones."
+variable "placeholder_image" {
+  description = "Public image running placeholder.py in Terraform's task definition until the first release (which replaces image and command); it must exist, so the service's first deployment completes."
   type        = string
+  default     = "public.ecr.aws/docker/library/python:3.11-slim"
 }
 
 variable "container_name" {

@@ -1,12 +1,17 @@
-"""The service image, built once for every image test of the session."""
+"""Fixtures of the pipeline tests: the service image, built once for every image test of
+the session; a real service serving mnist-8, what a release's smoke test calls; and real
+MNIST test images to smoke-test it with."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
+from pipeline.release import SmokeImages
 from tests.pipeline.containers import Built, build_test_image, podman
+from tests.service.conftest import MNIST8_SHA256, Server, start_server
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +20,27 @@ def built() -> Iterator[Built]:
     yield built
     # Each commit's image has its own 240 MB venv layer: do not pile them up.
     podman("rmi", built.ref, check=False)
+
+
+@pytest.fixture(scope="module")
+def mnist8_server(mnist8_path, tmp_path_factory) -> Iterator[Server]:
+    """The service serving the reference model, capturing to a local directory."""
+    server = start_server(
+        {
+            "MODEL_URL": str(mnist8_path),
+            "MODEL_SHA256": MNIST8_SHA256,
+            "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+            "PREDICTION_LOG_URL": str(tmp_path_factory.mktemp("predictions")),
+        }
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smoke(mnist_test_set) -> SmokeImages:
+    """The first six MNIST test images as the service takes them, with their labels."""
+    images, labels = mnist_test_set
+    return SmokeImages(
+        images[:6].reshape(6, 1, 28, 28).astype(np.float32), [int(x) for x in labels[:6]]
+    )

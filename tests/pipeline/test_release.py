@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import boto3
-import numpy as np
 import pytest
 
 from pipeline import records
@@ -26,20 +25,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def mnist8_server(mnist8_path, tmp_path_factory):
-    server = start_server(
-        {
-            "MODEL_URL": str(mnist8_path),
-            "MODEL_SHA256": MNIST8_SHA256,
-            "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("c")),
-            "PREDICTION_LOG_URL": str(tmp_path_factory.mktemp("p")),
-        }
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def mnist12_server(reference_files, tmp_path_factory):
     """A service answering with another model: what a bad release would look like."""
     model = reference_files["model"].parent / "mnist-12.onnx"
@@ -53,14 +38,6 @@ def mnist12_server(reference_files, tmp_path_factory):
     )
     yield server
     server.stop()
-
-
-@pytest.fixture
-def smoke(mnist_test_set) -> SmokeImages:
-    images, labels = mnist_test_set
-    return SmokeImages(
-        images[:6].reshape(6, 1, 28, 28).astype(np.float32), [int(x) for x in labels[:6]]
-    )
 
 
 def candidate(git_sha: str = "a" * 40) -> Candidate:

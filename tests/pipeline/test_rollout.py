@@ -13,14 +13,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import boto3
-import numpy as np
 import pytest
 from botocore.stub import Stubber
 
 from pipeline import records
 from pipeline.environment import Environment
-from pipeline.release import Candidate, Ecs, ReleaseError, SmokeImages, release
-from tests.service.conftest import MNIST8_SHA256, start_server
+from pipeline.release import Candidate, Ecs, ReleaseError, release
+from tests.service.conftest import MNIST8_SHA256
 
 CLUSTER = SERVICE = FAMILY = "onnx-ship-dev"
 ACCOUNT = "123456789012"
@@ -161,28 +160,6 @@ def test_an_api_that_never_answers_ends_at_the_bound_naming_the_last_error(scrip
 # -- whole releases ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def endpoint(mnist8_path, tmp_path_factory):
-    server = start_server(
-        {
-            "MODEL_URL": str(mnist8_path),
-            "MODEL_SHA256": MNIST8_SHA256,
-            "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-            "PREDICTION_LOG_URL": "off",
-        }
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def smoke(mnist_test_set) -> SmokeImages:
-    images, labels = mnist_test_set
-    return SmokeImages(
-        images[:2].reshape(2, 1, 28, 28).astype(np.float32), [int(x) for x in labels[:2]]
-    )
-
-
 def environment(endpoint_url: str, records_dir) -> Environment:
     return Environment(
         environment="dev",
@@ -236,7 +213,7 @@ def registers(scripted: ScriptedEcs, revision: str) -> None:
 
 
 def test_a_release_completes_beside_an_earlier_failed_deployment(
-    scripted, endpoint, smoke, tmp_path
+    scripted, mnist8_server, smoke, tmp_path
 ):
     ours = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "IN_PROGRESS")
     scripted.describe(service(BOOTSTRAP, FAILED_EARLIER))
@@ -244,16 +221,16 @@ def test_a_release_completes_beside_an_earlier_failed_deployment(
     scripted.updated(service(RELEASED, ours, FAILED_EARLIER))
     scripted.describe(service(RELEASED, ours, FAILED_EARLIER))
     scripted.describe(service(RELEASED, {**ours, "rolloutState": "COMPLETED", "runningCount": 1}))
-    env = environment(endpoint.url, tmp_path)
+    env = environment(mnist8_server.url, tmp_path)
     outcome = release(env, candidate("a" * 40), smoke, ecs=scripted.ecs(), say=lambda m: None)
     assert outcome.succeeded, outcome.reason
     assert records.read_latest(env.records_url)["deployment_id"] == "ecs-svc/0002"
 
 
-def test_nothing_is_recorded_as_released_before_completed(scripted, endpoint, smoke, tmp_path):
+def test_nothing_is_recorded_as_released_before_completed(scripted, mnist8_server, smoke, tmp_path):
     """ECS rolls back during the bake time: the release returns to the last release
     and records the rollback; `latest.json` keeps the last release."""
-    env = environment(endpoint.url, tmp_path)
+    env = environment(mnist8_server.url, tmp_path)
     records.write(
         env.records_url,
         {

@@ -2,7 +2,7 @@
 Debian base, run with the real mnist-8 mounted read-only, and pushed to a loopback
 docker-registry with an ECR login token from moto.
 
-Needs podman, the base image and docker-registry (`.ci/container-setup.sh` makes all
+Needs podman, the base image and docker-registry (`.ci/setup.sh` makes all
 three). Without them these tests skip on a workstation and fail in CI (CI=true).
 """
 
@@ -32,7 +32,7 @@ from tests.conftest import REPO, free_port, wait_for_http
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/python-base:3.11")
 TEST_REPO = "localhost/onnx-ship-test"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-SETUP_HINT = "run .ci/container-setup.sh (podman, the local base image, docker-registry)"
+SETUP_HINT = "run .ci/setup.sh (podman, the local base image, docker-registry)"
 
 
 def require(condition: bool, problem: str) -> None:

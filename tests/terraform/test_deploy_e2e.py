@@ -101,6 +101,8 @@ def pipeline_env(dev_state, endpoint, moto_server) -> dict[str, str]:
         AWS_DEFAULT_REGION="us-east-1",
         TERRAFORM_DIR=str(dev_state),
         BASE_IMAGE=BASE_IMAGE,
+        # The base image is in podman's store; a Docker engine (GitHub's runners) cannot see it.
+        CONTAINER_CLI="podman",
         DEV_ENDPOINT_URL=endpoint.url,
         DEV_ECR_REPOSITORY_URL=f"{REGISTRY}/onnx-ship-dev",
     )

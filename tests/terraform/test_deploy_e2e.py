@@ -24,7 +24,12 @@ from pipeline import promotion, terraform
 from tests.conftest import REPO
 from tests.pipeline.test_image import BASE_IMAGE, podman, require
 from tests.service.conftest import MNIST8_SHA256, Server, start_server
-from tests.terraform.conftest import MOTO_TFVARS, copy_terraform, point_at_moto
+from tests.terraform.conftest import (
+    MOTO_STATE_BUCKET,
+    MOTO_TFVARS,
+    copy_terraform,
+    point_at_moto,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -57,7 +62,9 @@ def dev_state(moto_server, terraform_bin, tmp_path_factory) -> Iterator[Path]:
     terraform.apply(
         work / "bootstrap", extra_args=["-target=aws_iam_openid_connect_provider.github"]
     )
-    terraform.apply("dev", terraform_dir=work, var_files=[var_file])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(terraform.STATE_BUCKET_VARIABLE, MOTO_STATE_BUCKET)
+        terraform.apply("dev", terraform_dir=work, var_files=[var_file])
     # The bucket policy denies requests without TLS, and moto enforces it; the moto
     # server speaks plain HTTP on loopback, so the data-plane calls need it lifted here.
     bucket = terraform.outputs("dev", terraform_dir=work)["bucket_name"]

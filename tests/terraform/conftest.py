@@ -62,8 +62,8 @@ def terraform_bin() -> str:
 def checkov_command() -> list[str]:
     """checkov, which needs its own virtualenv (its pins clash with ours).
 
-    CHECKOV or checkov on PATH when set; else `uv tool run` of pyproject's `checkov`
-    dependency group (what `nox -s checkov` installs), made once here and then cached by uv.
+    CHECKOV, else `checkov` on PATH, else `uv tool run` of pyproject's `checkov` dependency
+    group (what `nox -s checkov` installs): made once here, then cached by uv.
     """
     path = os.environ.get("CHECKOV") or shutil.which("checkov")
     uv = shutil.which("uv")

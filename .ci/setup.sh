@@ -94,6 +94,7 @@ else
   if [ ! -s "$tarball" ]; then
     mirror="$(debian_mirror)"
     rootfs="$(mktemp -d /tmp/onnx-ship-rootfs.XXXXXX)"
+    chmod 0755 "$rootfs"  # the image's /: mktemp's 0700 shuts a non-root user out of every path
     trap 'as_root rm -rf "$rootfs"' EXIT
     mkdir -p "$CACHE_DIR"
     log "debootstrap $SUITE minbase + $BASE_PACKAGES from $mirror"

@@ -184,7 +184,13 @@ def test_deploy_prod_ships_the_image_dev_verified(
     prod = make_environment(endpoint.url, name="onnx-ship-prod", environment="prod")
     env = {
         **pipeline_env,
-        **{f"PROD_{k.upper()}": v for k, v in prod.__dict__.items() if k != "environment"},
+        **{
+            f"PROD_{k.upper()}": v
+            for k, v in prod.__dict__.items()
+            if k not in ("environment", "promote_from")
+        },
+        # What prod's promote_from_environments output says.
+        "PROD_PROMOTE_FROM_ENVIRONMENTS": "dev",
     }
     env["PROD_ECR_REPOSITORY_URL"] = f"{REGISTRY}/onnx-ship-prod"
     client("ecr", pipeline_env).create_repository(repositoryName="onnx-ship-prod")

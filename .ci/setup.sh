@@ -25,14 +25,13 @@ SUITE=bookworm  # Debian 12: python3 is 3.11, what the service needs (>=3.11)
 BASE_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
 # Each host package and what it puts on the machine: a package counts as present when that
 # is there. GitHub's ubuntu-24.04 has runc from Docker's containerd.io, which Ubuntu's runc
-# package would replace (and Docker with it). slirp4netns publishes rootless podman's ports.
+# package would replace (and Docker with it).
 declare -A HOST_PACKAGES=(
   [podman]=podman
   [buildah]=buildah
   [skopeo]=skopeo
   [runc]=runc
   [uidmap]=newuidmap
-  [slirp4netns]=slirp4netns
   [debootstrap]=debootstrap
   [debian-archive-keyring]=/usr/share/keyrings/debian-archive-keyring.gpg
   [docker-registry]=docker-registry

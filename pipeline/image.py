@@ -90,7 +90,7 @@ def find_cli(
         return ContainerCli(kind, path)
     raise ImageError(
         "no usable container CLI: " + "; ".join(problems) + ". Install docker or podman "
-        "(on Debian, `.ci/container-setup.sh` installs podman), or set CONTAINER_CLI"
+        "(on Debian, `.ci/setup.sh` installs podman), or set CONTAINER_CLI"
     )
 
 

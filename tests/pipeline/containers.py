@@ -1,6 +1,6 @@
 """podman for the image tests: the tools check, the command, and the image built once.
 
-Needs podman, the base image and docker-registry (`.ci/container-setup.sh` makes all
+Needs podman, the base image and docker-registry (`.ci/setup.sh` makes all
 three). Without them the image tests skip on a workstation and fail in CI (CI=true).
 """
 
@@ -22,7 +22,7 @@ BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/python-base:3.11")
 # One name per test session: two checkouts of one commit testing on the same machine
 # must not remove each other's image (the tag is the commit).
 TEST_REPO = f"localhost/onnx-ship-test-{uuid.uuid4().hex[:8]}"
-SETUP_HINT = "run .ci/container-setup.sh (podman, the local base image, docker-registry)"
+SETUP_HINT = "run .ci/setup.sh (podman, the local base image, docker-registry)"
 
 
 def require(condition: bool, problem: str) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import tomllib
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,11 +22,12 @@ import boto3
 import pytest
 
 from pipeline import terraform
-from tests.conftest import require_tool
+from tests.conftest import REPO, require_tool
 
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 MOTO_OVERRIDE_TEMPLATE = HERE / "moto_override.tf.tmpl"
+PYPROJECT = REPO / "pyproject.toml"
 
 # What the moto-based applies change, and only them: moto's Application Auto
 # Scaling lacks ListTagsForResource, and nothing in moto runs a load balancer
@@ -40,13 +43,28 @@ MOTO_STATE_BUCKET = "onnx-ship-tfstate-123456789012-us-east-1"
 
 
 @pytest.fixture(scope="session")
-def checkov_bin() -> str:
-    """CHECKOV (checkov lives in its own virtualenv, its pins clash with ours) or PATH."""
-    return require_tool(
-        "checkov is not installed: install it in its own virtualenv "
-        "(`uv tool install checkov`) or set CHECKOV to its path",
-        os.environ.get("CHECKOV") or shutil.which("checkov"),
+def checkov_command() -> list[str]:
+    """checkov, which needs its own virtualenv (its pins clash with ours).
+
+    CHECKOV, else `checkov` on PATH, else `uv tool run` of pyproject's `checkov` dependency
+    group (what `nox -s checkov` installs): made once here, then cached by uv.
+    """
+    path = os.environ.get("CHECKOV") or shutil.which("checkov")
+    uv = shutil.which("uv")
+    missing = (
+        "checkov is not installed: install uv (`pip install uv`), or install checkov in its "
+        "own virtualenv (`uv tool install checkov`) and set CHECKOV to its path"
     )
+    if path or not uv:
+        return [require_tool(missing, path)]
+    first, *others = tomllib.loads(PYPROJECT.read_text())["dependency-groups"]["checkov"]
+    command = [uv, "tool", "run", "--from", first, *(f"--with={r}" for r in others), "checkov"]
+    made = subprocess.run(
+        [*command, "--version"], capture_output=True, text=True, timeout=900, check=False
+    )
+    if made.returncode != 0:
+        require_tool(f"`{' '.join(command)}` failed: {made.stderr[-2000:]}", None)
+    return command
 
 
 @pytest.fixture(scope="session", autouse=True)

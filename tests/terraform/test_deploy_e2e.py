@@ -159,6 +159,8 @@ def pipeline_env(deployment) -> dict[str, str]:
         AWS_DEFAULT_REGION="us-east-1",
         TERRAFORM_DIR=str(deployment.work),
         BASE_IMAGE=BASE_IMAGE,
+        # The base image is in podman's store; a Docker engine (GitHub's runners) cannot see it.
+        CONTAINER_CLI="podman",
         DEV_ENDPOINT_URL=deployment.stand_ins["dev"].url,
         DEV_ECR_REPOSITORY_URL=f"{REGISTRY}/onnx-ship-dev",
         PROD_ENDPOINT_URL=deployment.stand_ins["prod"].url,

@@ -265,10 +265,10 @@ def test_every_root_and_module_validates(terraform_bin: str, terraform_copy: Pat
 
 
 @pytest.mark.slow
-def test_checkov_finds_no_failed_check(checkov_bin: str) -> None:
+def test_checkov_finds_no_failed_check(checkov_command: list[str]) -> None:
     result = subprocess.run(
         [
-            checkov_bin,
+            *checkov_command,
             "-d",
             str(TERRAFORM_DIR),
             "--framework",

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Make this machine able to build, run and push the service image without a Docker
-# engine or Docker Hub: Debian's podman/buildah/skopeo, a Python base image made with
-# debootstrap, and a docker-registry on the loopback interface.
+# Make this machine able to run the whole test suite without a Docker engine or Docker Hub:
+# wrk (the benchmark's own test), Debian's podman/buildah/skopeo, a Python base image made
+# with debootstrap, and a docker-registry on the loopback interface. Runs as root, or as a
+# user with passwordless sudo (GitHub's `runner`): the image lands in that user's podman
+# store.
 #
-# Idempotent: every step checks first, so a rerun takes about a second.
+# Idempotent: every step checks first, so a rerun takes a few seconds. `nox -s test` runs
+# it first when CI=true.
 #
-#   .ci/container-setup.sh            # everything
+#   .ci/setup.sh
 #
 # Environment (all optional):
 #   BASE_IMAGE      image name of the local base      (localhost/python-base:3.11)
@@ -20,17 +23,35 @@ REGISTRY_PORT="${REGISTRY_PORT:-5000}"
 CACHE_DIR="${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/onnx-ship/container}"
 SUITE=bookworm  # Debian 12: python3 is 3.11, what the service needs (>=3.11)
 BASE_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
-HOST_PACKAGES=(podman buildah skopeo docker-registry debootstrap runc uidmap)
+# Each host package and what it puts on the machine: a package counts as present when that
+# is there. GitHub's ubuntu-24.04 has runc from Docker's containerd.io, which Ubuntu's runc
+# package would replace (and Docker with it).
+declare -A HOST_PACKAGES=(
+  [podman]=podman
+  [buildah]=buildah
+  [skopeo]=skopeo
+  [runc]=runc
+  [uidmap]=newuidmap
+  [debootstrap]=debootstrap
+  [debian-archive-keyring]=/usr/share/keyrings/debian-archive-keyring.gpg
+  [docker-registry]=docker-registry
+  [wrk]=wrk
+)
 REGISTRY_DIR=/tmp/onnx-ship-registry
 
-log() { printf '[container-setup] %s\n' "$*" >&2; }
+log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # -- 1. host packages -------------------------------------------------------------------
+present() {  # present <command or absolute path>
+  case "$1" in
+    /*) [ -e "$1" ] ;;
+    *) PATH="$PATH:/usr/sbin:/sbin" command -v "$1" > /dev/null ;;
+  esac
+}
 missing=()
-for package in "${HOST_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
-    || missing+=("$package")
+for package in "${!HOST_PACKAGES[@]}"; do
+  present "${HOST_PACKAGES[$package]}" || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
@@ -73,6 +94,7 @@ else
   if [ ! -s "$tarball" ]; then
     mirror="$(debian_mirror)"
     rootfs="$(mktemp -d /tmp/onnx-ship-rootfs.XXXXXX)"
+    chmod 0755 "$rootfs"  # the image's /: mktemp's 0700 shuts a non-root user out of every path
     trap 'as_root rm -rf "$rootfs"' EXIT
     mkdir -p "$CACHE_DIR"
     log "debootstrap $SUITE minbase + $BASE_PACKAGES from $mirror"

@@ -159,7 +159,12 @@ def put_manifest(repository: str, tag: str, config_digest: str, digest: str | No
 
 @pytest.fixture(scope="module")
 def container(built: Built, reference_files: dict[str, Path]) -> Iterator[str]:
-    """The image serving the real mnist-8 (mounted read-only), on a loopback port."""
+    """The image serving the real mnist-8 (mounted read-only), on a loopback port.
+
+    The container shares the host's network and listens on 127.0.0.1: rootless podman
+    publishes ports only through a TAP device (slirp4netns or pasta), which not every
+    machine lets an unprivileged user open, while host networking needs none.
+    """
     name = f"onnx-ship-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
     podman(
@@ -167,8 +172,12 @@ def container(built: Built, reference_files: dict[str, Path]) -> Iterator[str]:
         "--detach",
         "--name",
         name,
-        "--publish",
-        f"127.0.0.1:{port}:8080",
+        "--network",
+        "host",
+        "--env",
+        "HOST=127.0.0.1",
+        "--env",
+        f"PORT={port}",
         "--volume",
         f"{reference_files['model']}:/fixtures/mnist-8.onnx:ro",
         "--env",

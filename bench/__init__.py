@@ -1,4 +1,4 @@
-"""The benchmark harness of issue 7: the service against its ceilings and its alternative.
+"""The benchmark harness: the service against its ceilings and its alternative.
 
 `python -m bench` (or `nox -s bench`) measures, in one run and on one core
 each for server and load generator: raw onnxruntime (the compute ceiling), a

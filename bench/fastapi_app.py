@@ -1,6 +1,6 @@
 """The alternative users would pick: `/predict` written with FastAPI and pydantic.
 
-This is the original system's design (a pydantic `{data: list[float]}` body, a
+This is the obvious design (a pydantic `{data: list[float]}` body, a
 blocking handler that FastAPI runs in its thread pool, `argmax` of the
 scores), with onnxruntime set up as the service sets it up (one intra-op
 thread), so the comparison measures the framework and not the thread count.

@@ -14,7 +14,7 @@ MB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Target:
-    """One of issue 7's targets and whether this run met it."""
+    """One of the benchmark's targets and whether this run met it."""
 
     name: str
     value: float | None

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.release import SmokeImages
 from tests.pipeline.containers import Built, build_test_image, podman
-from tests.service.conftest import MNIST8_SHA256, Server, start_server
+from tests.service.conftest import mnist8_server  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="session")
@@ -20,21 +20,6 @@ def built() -> Iterator[Built]:
     yield built
     # Each commit's image has its own 240 MB venv layer: do not pile them up.
     podman("rmi", built.ref, check=False)
-
-
-@pytest.fixture(scope="module")
-def mnist8_server(mnist8_path, tmp_path_factory) -> Iterator[Server]:
-    """The service serving the reference model, capturing to a local directory."""
-    server = start_server(
-        {
-            "MODEL_URL": str(mnist8_path),
-            "MODEL_SHA256": MNIST8_SHA256,
-            "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-            "PREDICTION_LOG_URL": str(tmp_path_factory.mktemp("predictions")),
-        }
-    )
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def start_server(
 
 @pytest.fixture(scope="module")
 def server(mnist8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`python -m service` on 127.0.0.1 serving the real mnist-8."""
+    """`python -m service` on 127.0.0.1 serving the real mnist-8, capturing locally."""
     running = start_server(
         {
             "MODEL_URL": str(mnist8_path),
@@ -108,3 +108,7 @@ def server(mnist8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     )
     yield running
     running.stop()
+
+
+# The same server under the name the pipeline tests give what a smoke test calls.
+mnist8_server = server

@@ -357,8 +357,9 @@ def release(
     candidate's image and RELEASE_VARIABLES, so a Terraform change to the task (CPU,
     memory, roles, logs, base environment) reaches the service with the next release.
     It succeeds only once ECS reports our deployment COMPLETED and the smoke test
-    passes; otherwise the service returns to the last successful release (`latest.json`).
-    Every attempt leaves a deployment record.
+    passes; otherwise the service returns to the last successful release (`latest.json`),
+    or, for a first release, to the revision it ran before. Every attempt leaves a
+    deployment record.
     """
     ecs = ecs or Ecs(env.client("ecs"))
     started = datetime.now(UTC)
@@ -376,7 +377,9 @@ def release(
     }
     previous = ecs.current_task_definition(env.cluster_name, env.service_name)
     record["previous_task_definition"] = previous
-    last_good = (records.read_latest(env.records_url) or {}).get("task_definition")
+    # Where a failure returns: the last successful release, else (a first release) what
+    # runs now, Terraform's revision serving its placeholder.
+    restore_to = (records.read_latest(env.records_url) or {}).get("task_definition") or previous
     new = ecs.register(
         env.task_definition_arn, env.container_name, candidate.image, task_environment(candidate)
     )
@@ -390,7 +393,7 @@ def release(
         say(f"completed; smoke-testing {env.endpoint_url}")
         smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep)
     except RELEASE_FAILURES as failure:
-        outcome, reason = _restore(env, ecs, last_good, str(failure), stable_timeout, say)
+        outcome, reason = _restore(env, ecs, restore_to, str(failure), stable_timeout, say)
         record.update(outcome=outcome, reason=reason, finished_at=datetime.now(UTC).isoformat())
         records.write(env.records_url, record)
         return Outcome(record, new, previous, False, reason)
@@ -403,27 +406,18 @@ def release(
 def _restore(
     env: Environment,
     ecs: Ecs,
-    last_good: str | None,
+    target: str,
     failure: str,
     timeout: float,
     say: Callable[[str], None],
 ) -> tuple[str, str]:
-    """Put the service back on the last successful release: (outcome, reason)."""
-    if not last_good:
-        say(f"release failed: {failure}; {env.environment} has no earlier release to return to")
-        return "failed", (
-            f"{failure}; no earlier successful release to return to: the service stays on "
-            "the failed revision (ECS's circuit breaker stops its tasks) until the next release"
-        )
-    say(f"release failed: {failure}; rolling back to {last_good}")
+    """Put the service back on `target` and wait for that deployment: (outcome, reason)."""
+    say(f"release failed: {failure}; rolling back to {target}")
     try:
-        deployment = ecs.update(env.cluster_name, env.service_name, last_good)
-        ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, last_good, timeout)
+        deployment = ecs.update(env.cluster_name, env.service_name, target)
+        ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, target, timeout)
     except RELEASE_FAILURES as rollback_failure:
-        return (
-            "failed",
-            f"{failure}; the rollback to {last_good} did not complete: {rollback_failure}",
-        )
+        return "failed", f"{failure}; the rollback to {target} did not complete: {rollback_failure}"
     return "rolled_back", failure
 
 

@@ -104,14 +104,19 @@ def test_failed_smoke_test_rolls_back_to_the_last_release_and_records_why(
     assert [(r["outcome"], "sha256" in r["reason"]) for r in attempts] == [("rolled_back", True)]
 
 
-def test_a_failed_first_release_is_recorded_with_nothing_to_return_to(aws, mnist12_server, smoke):
+def test_a_failed_first_release_returns_to_the_revision_that_ran_before(aws, mnist12_server, smoke):
+    """Before its first release the service runs Terraform's revision (the placeholder):
+    a failed first release puts it back there rather than leaving a broken revision."""
     env = make_environment(mnist12_server.url)
+    ecs = boto3.client("ecs")
+    before = ecs.describe_services(cluster=CLUSTER, services=[SERVICE])["services"][0]
     outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
     assert not outcome.succeeded
+    after = ecs.describe_services(cluster=CLUSTER, services=[SERVICE])["services"][0]
+    assert after["taskDefinition"] == before["taskDefinition"] == env.task_definition_arn
     assert records.read_latest(env.records_url) is None
     (attempt,) = records.list_records(env.records_url)
-    assert attempt["outcome"] == "failed"
-    assert "no earlier successful release to return to" in attempt["reason"]
+    assert attempt["outcome"] == "rolled_back" and "sha256" in attempt["reason"]
 
 
 def test_wrong_predictions_fail_the_smoke_test(aws, mnist8_server, smoke):

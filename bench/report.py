@@ -154,7 +154,7 @@ def summary(results: Results) -> str:
         spec = ",.0f" if key.startswith("ideal_predict_rps") else ".2f"
         parts.append(f"  {key:<45} {_fmt(value, spec)}")
     parts.append("")
-    parts.append("targets (issue 7):")
+    parts.append("targets:")
     for t in targets(results, found):
         verdict = {True: "met", False: "NOT met", None: "not measured"}[t.met]
         parts.append(f"  {t.name:<45} {_fmt(t.value, '.2f'):>8}  {t.goal:<8} {verdict}")

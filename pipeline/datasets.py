@@ -1,4 +1,4 @@
-"""Decode the test set: MNIST IDX files (gzip or plain) or the original system's CSV pair.
+"""Decode the test set: MNIST IDX files (gzip or plain) or a CSV pair of images and labels.
 
 Both forms give the same `Dataset`: `images` [N, H, W] (uint8 for whole-number
 pixels 0..255, float32 when a CSV holds fractions) and `labels` [N] (int64).
@@ -144,7 +144,7 @@ def read_csv_labels(path: Path) -> np.ndarray:
 
 
 def write_csv(dataset: Dataset, images_path: Path, labels_path: Path) -> None:
-    """Write `dataset` in the original system's form: one image a row, one label a row."""
+    """Write `dataset` as a CSV pair: one image a row, one label a row."""
     pixels = dataset.images.reshape(len(dataset), -1)
     if pixels.dtype == np.uint8:  # formatting through a table is 10x faster than savetxt
         table = np.array([str(v) for v in range(256)], dtype=object)

@@ -5,7 +5,7 @@ pixels are scaled before they reach the model, and holds the gate's
 thresholds. Every field is checked on load: a missing or malformed one stops
 with an `InvalidReference` naming it.
 
-For one run, environment variables override it (the original system's names):
+For one run, environment variables override it:
 `MODEL_URL` (+ `MODEL_SHA256`), `TEST_DATA_URL` + `TEST_LABELS_URL`
 (+ `TEST_DATA_SHA256`, `TEST_LABELS_SHA256`). An overriding URL without its
 sha256 is fetched unpinned; its sha256 is computed and reported instead.

@@ -97,7 +97,7 @@ def served_model(inference: Inference, name: str, version: str | None):
 
 
 class Predict:
-    """POST /predict: the original contract, {"data": [...]} -> {"prediction": 7}."""
+    """POST /predict: the simple contract, {"data": [...]} -> {"prediction": 7}."""
 
     def __init__(
         self, inference: Inference, max_body_bytes: int, recorder: PredictionRecorder | None

@@ -29,7 +29,7 @@ def t10k(reference_files: dict[str, Path]) -> Dataset:
 
 
 def write_csv_pair(dataset: Dataset, folder: Path, header: str | None = None) -> tuple[Path, Path]:
-    """The original system's form: test_data.csv (784 pixels a row), test_labels.csv."""
+    """The CSV form: test_data.csv (784 pixels a row), test_labels.csv."""
     images, labels = folder / "test_data.csv", folder / "test_labels.csv"
     write_csv(dataset, images, labels)
     if header is not None:

@@ -1,4 +1,4 @@
-"""POST /predict: the original contract, its extensions, and every bad input."""
+"""POST /predict: the simple contract, its extensions, and every bad input."""
 
 from __future__ import annotations
 

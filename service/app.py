@@ -10,6 +10,7 @@ import falcon.asgi
 import orjson
 
 from service import resources
+from service.auth import BearerAuth
 from service.capture import build_recorder
 from service.config import Settings
 from service.errors import ModelLoadError, ServiceError
@@ -58,6 +59,13 @@ class ModelLifecycle:
             info.sha256,
             "on the event loop" if self._inference.inline else "in a worker thread",
         )
+        if self._settings.api_tokens:
+            log.info("authentication: a bearer token is required on the model routes")
+        else:
+            log.warning(
+                "authentication off: API_TOKENS is not set, so anyone who reaches the port "
+                "may predict"
+            )
 
     async def process_shutdown(self, scope, event) -> None:
         if hasattr(self._recorder, "close"):
@@ -82,12 +90,10 @@ def create_app(
     if recorder is None:  # prediction capture as the settings say (None when it is off)
         recorder = build_recorder(settings, metrics.registry)
 
-    app = falcon.asgi.App(
-        middleware=[
-            MetricsMiddleware(metrics),
-            ModelLifecycle(settings, inference, model, recorder),
-        ],
-    )
+    middleware = [MetricsMiddleware(metrics), ModelLifecycle(settings, inference, model, recorder)]
+    if settings.api_tokens:
+        middleware.append(BearerAuth(settings.api_tokens))
+    app = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_error_handler(ServiceError, _service_error)
     app.add_error_handler(Exception, _unexpected_error)
@@ -112,6 +118,7 @@ def create_app(
 
 async def _service_error(req, resp, error: ServiceError, params) -> None:
     resp.status = error.status
+    resp.set_headers(error.headers)
     resp.content_type = resources.JSON
     resp.data = orjson.dumps({"error": error.message})
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.artifacts import default_cache_dir
+from service.auth import TokenError, check_token, parse_tokens
 from service.shutdown import MIN_STOP_TIMEOUT_SECONDS, StopBudget, stop_budget
 
 # An environment name: `local`, or a Terraform root's (terraform/envs/<name>, whose
@@ -67,8 +68,16 @@ class Settings:
     workers: int = DEFAULT_WORKERS
     keep_alive_timeout_seconds: int = DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS
     stop_timeout_seconds: int = DEFAULT_STOP_TIMEOUT_SECONDS
+    # Bearer tokens the model routes accept (service.auth); empty: no authentication.
+    # Kept out of repr so that no log line or traceback shows them.
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
+        for position, token in enumerate(self.api_tokens, start=1):
+            try:
+                check_token(token, position)
+            except TokenError as exc:
+                raise ConfigError(f"API_TOKENS: {exc}") from None
         if not APP_ENV_PATTERN.match(self.app_env):
             raise ConfigError(
                 f"APP_ENV={self.app_env!r} is not an environment name: use local, or the "
@@ -166,7 +175,25 @@ class Settings:
             stop_timeout_seconds=_number(
                 env, "STOP_TIMEOUT_SECONDS", DEFAULT_STOP_TIMEOUT_SECONDS, int
             ),
+            api_tokens=_tokens(env),
         )
+
+
+def _tokens(env: Mapping[str, str]) -> tuple[str, ...]:
+    """API_TOKENS, as ECS injects it from a secret: set but empty is a mistake, not "off"."""
+    raw = env.get("API_TOKENS")
+    if raw is None:
+        return ()
+    try:
+        tokens = parse_tokens(raw)
+    except TokenError as exc:
+        raise ConfigError(f"API_TOKENS: {exc}") from None
+    if not tokens:
+        raise ConfigError(
+            "API_TOKENS is set but holds no token: put one or more tokens in it (comma "
+            "separated), or unset it to serve without authentication"
+        )
+    return tokens
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -8,6 +8,8 @@ class ServiceError(Exception):
     """A failure the client can act on; `status` is its HTTP status code."""
 
     status = 400
+    # Response headers the status calls for (e.g. WWW-Authenticate with a 401).
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -16,6 +18,19 @@ class ServiceError(Exception):
 
 class InvalidInput(ServiceError):
     status = 400
+
+
+class Unauthorized(ServiceError):
+    """No valid bearer token; `error` is RFC 6750's error code (section 3.1), if any."""
+
+    status = 401
+
+    def __init__(self, message: str, error: str | None = None) -> None:
+        super().__init__(message)
+        challenge = 'Bearer realm="predict"'
+        if error:
+            challenge += f', error="{error}"'
+        self.headers = {"WWW-Authenticate": challenge}
 
 
 class UnsupportedMediaType(ServiceError):

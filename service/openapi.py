@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.auth import PUBLIC_ROUTES
+
 ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -96,6 +98,23 @@ def _model_paths(prefix: str, params: list[dict]) -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
+    """The document, with bearer authentication on every route outside PUBLIC_ROUTES.
+
+    The security scheme applies when the service has tokens (API_TOKENS); RFC 6750.
+    """
+    document = _routes_document()
+    document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    unauthorized = _json(ERROR, "No valid bearer token (when the service requires one)")
+    for path, operations in document["paths"].items():
+        if path in PUBLIC_ROUTES:
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"bearer": []}]
+            operation["responses"]["401"] = unauthorized
+    return document
+
+
+def _routes_document() -> dict[str, Any]:
     tensor_data = {
         "type": "array",
         "items": {"oneOf": [{"type": "number"}, {"type": "array"}]},

@@ -54,6 +54,9 @@ class Environment:
     # Environments whose verified images this one ships (Terraform's
     # `promote_from_environments` output; prod: ("dev",)). Empty: it builds its own.
     promote_from: tuple[str, ...] = ()
+    # The Secrets Manager secret holding the service's bearer tokens (Terraform's
+    # `api_token_secret_arn` output); empty when the service runs without authentication.
+    api_token_secret_arn: str = ""
 
     def client(self, service: str) -> Any:
         """A boto3 client for `service` in this environment's region (its `aws_region` output).
@@ -69,16 +72,51 @@ class Environment:
         config = Config(retries={"mode": "standard", "max_attempts": AWS_MAX_ATTEMPTS})
         return boto3.client(service, region_name=self.aws_region, config=config)
 
+    def api_token(self) -> str | None:
+        """The bearer token the pipeline presents to this environment's service, or None
+        when the service runs without authentication.
+
+        Read from the secret the task definition injects as API_TOKENS, and parsed the way
+        the service parses it (`service.auth.parse_tokens`): the first token. Raises
+        MissingEnvironment when the secret cannot be read or holds no usable token.
+        """
+        if not self.api_token_secret_arn:
+            return None
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from service.auth import TokenError, parse_tokens
+
+        try:
+            secret = self.client("secretsmanager").get_secret_value(
+                SecretId=self.api_token_secret_arn
+            )
+            tokens = parse_tokens(secret.get("SecretString") or "")
+        except (BotoCoreError, ClientError) as exc:
+            raise MissingEnvironment(
+                f"cannot read the {self.environment} service's API token from "
+                f"{self.api_token_secret_arn} ({exc}): the deploy role needs "
+                "secretsmanager:GetSecretValue on it (terraform/modules/ci grants it)"
+            ) from None
+        except TokenError as exc:
+            raise MissingEnvironment(f"{self.api_token_secret_arn}: {exc}") from None
+        if not tokens:
+            raise MissingEnvironment(
+                f"{self.api_token_secret_arn} holds no token: put one in it (README, "
+                '"Authentication")'
+            )
+        return tokens[0]
+
     @property
     def records_url(self) -> str:
         """This environment's deployment records: `<deployments_url>/<env>`."""
         return f"{self.deployments_url.rstrip('/')}/{self.environment}"
 
 
-REQUIRED = tuple(
-    f.name for f in fields(Environment) if f.name not in ("environment", "promote_from")
-)
+# Outputs every environment has; the others are optional.
+OPTIONAL = ("environment", "promote_from", "api_token_secret_arn")
+REQUIRED = tuple(f.name for f in fields(Environment) if f.name not in OPTIONAL)
 PROMOTE_FROM_OUTPUT = "promote_from_environments"
+TOKEN_SECRET_OUTPUT = "api_token_secret_arn"
 
 
 def terraform_outputs(environment: str) -> Mapping[str, object]:
@@ -162,8 +200,12 @@ def resolve(
         sources = [name.strip() for name in given_sources.split(",") if name.strip()]
     else:
         sources = list(outputs.get(PROMOTE_FROM_OUTPUT) or [])
+    secret_arn = env.get(override_name(environment, TOKEN_SECRET_OUTPUT))
+    if secret_arn is None:
+        secret_arn = outputs.get(TOKEN_SECRET_OUTPUT) or ""
     return Environment(
         environment=environment,
         promote_from=tuple(str(name) for name in sources),
+        api_token_secret_arn=str(secret_arn),
         **{k: str(v) for k, v in values.items()},
     )

@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import records
 from pipeline.environment import Environment
+from service.auth import bearer_header
 
 STABLE_TIMEOUT_SECONDS = 15 * 60
 SMOKE_TIMEOUT_SECONDS = 5 * 60
@@ -238,20 +239,21 @@ def rollout_verdict(service: dict[str, Any], deployment_id: str, task_definition
 # -- smoke test ---------------------------------------------------------------
 
 
-def _get_json(url: str) -> tuple[int, Any]:
+def _get_json(url: str, token: str | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=bearer_header(token) if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_SECONDS) as response:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, None
 
 
-def _post_json(url: str, document: Any) -> tuple[int, Any]:
+def _post_json(url: str, document: Any, token: str | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(
         url,
         data=json.dumps(document).encode(),
         method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **(bearer_header(token) if token else {})},
     )
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
@@ -267,8 +269,14 @@ def smoke_test(
     timeout: float,
     poll_seconds: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
+    token: str | None = None,
 ) -> None:
-    """Ready, the candidate's model (by sha256), and the right class for every smoke image."""
+    """Ready, the candidate's model (by sha256), and the right class for every smoke image.
+
+    With `token` (the environment's bearer token, Environment.api_token), every model
+    route is called with it, and a prediction without it must be refused with 401, so a
+    service that serves without authentication fails the smoke test too.
+    """
     base = endpoint.rstrip("/")
     deadline = time.monotonic() + timeout
     while True:
@@ -281,7 +289,23 @@ def smoke_test(
         if time.monotonic() >= deadline:
             raise ReleaseError(f"{base} did not become ready within {timeout:.0f} s: {status}")
         sleep(poll_seconds)
-    status, metadata = _get_json(f"{base}/v2/models/{candidate.model_name}")
+    if token is not None:
+        status, _ = _post_json(f"{base}/predict", {"data": smoke.images[0].reshape(-1).tolist()})
+        if status != 401:
+            raise ReleaseError(
+                f"{base}/predict answered HTTP {status} to a request without a token: the "
+                "service does not require authentication (is API_TOKENS in the task "
+                "definition's secrets?)"
+            )
+    status, metadata = _get_json(f"{base}/v2/models/{candidate.model_name}", token)
+    if status == 401:
+        raise ReleaseError(
+            f"{base} refused the pipeline's token (HTTP 401): the environment's "
+            "api_token_secret_arn output must name the secret the task definition injects"
+            if token
+            else f"{base} requires a bearer token (HTTP 401), and the environment names no "
+            "api_token_secret_arn to read it from"
+        )
     served = (metadata or {}).get("parameters", {}).get("sha256") if status == 200 else None
     if served != candidate.model_sha256:
         raise ReleaseError(
@@ -290,7 +314,7 @@ def smoke_test(
         )
     wrong = []
     for index, (image, expected) in enumerate(zip(smoke.images, smoke.classes, strict=True)):
-        status, body = _post_json(f"{base}/predict", {"data": image.reshape(-1).tolist()})
+        status, body = _post_json(f"{base}/predict", {"data": image.reshape(-1).tolist()}, token)
         got = body.get("prediction") if status == 200 and isinstance(body, dict) else body
         if got != expected:
             wrong.append(f"image {index}: expected {expected}, got {got} (HTTP {status})")
@@ -300,7 +324,7 @@ def smoke_test(
             + "; ".join(wrong[:3])
         )
     rows = smoke.images.reshape(len(smoke.classes), -1).tolist()
-    status, body = _post_json(f"{base}/predict", {"data": rows})
+    status, body = _post_json(f"{base}/predict", {"data": rows}, token)
     got = body.get("predictions") if status == 200 and isinstance(body, dict) else body
     if got != smoke.classes:
         raise ReleaseError(
@@ -362,6 +386,7 @@ def release(
     deployment record.
     """
     ecs = ecs or Ecs(env.client("ecs"))
+    token = env.api_token()  # before anything changes: an unreadable secret stops here
     started = datetime.now(UTC)
     record: dict[str, Any] = {
         "release_id": release_id(candidate.git_sha, started),
@@ -391,7 +416,7 @@ def release(
         say(f"service {env.service_name}: deployment {deployment} of {new}; waiting for COMPLETED")
         ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, new, stable_timeout)
         say(f"completed; smoke-testing {env.endpoint_url}")
-        smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep)
+        smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep, token=token)
     except RELEASE_FAILURES as failure:
         outcome, reason = _restore(env, ecs, restore_to, str(failure), stable_timeout, say)
         record.update(outcome=outcome, reason=reason, finished_at=datetime.now(UTC).isoformat())
@@ -477,11 +502,13 @@ def status(env: Environment, *, ecs: Ecs | None = None) -> dict[str, Any]:
     ecs = ecs or Ecs(env.client("ecs"))
     service = ecs.service(env.cluster_name, env.service_name)
     latest = records.read_latest(env.records_url)
+    base = env.endpoint_url.rstrip("/")
     try:
-        health, _ = _get_json(f"{env.endpoint_url.rstrip('/')}/v2/health/ready")
+        health, _ = _get_json(f"{base}/v2/health/ready")
     except OSError as exc:
         health = f"unreachable ({exc.__class__.__name__})"
     running = service["taskDefinition"]
+    served = _served_model(base, (latest or {}).get("model_name"), env.api_token())
     return {
         "environment": env.environment,
         "task_definition": running,
@@ -494,7 +521,24 @@ def status(env: Environment, *, ecs: Ecs | None = None) -> dict[str, Any]:
         "git_sha": (latest or {}).get("git_sha"),
         "in_sync": latest is not None and latest.get("task_definition") == running,
         "health": "ready" if health == 200 else f"not ready ({health})",
+        "serving": served,
     }
+
+
+def _served_model(base: str, model_name: str | None, token: str | None) -> str:
+    """What the model route says it serves, asked as a client with the token would."""
+    if not model_name:
+        return "no release yet"
+    try:
+        code, metadata = _get_json(f"{base}/v2/models/{model_name}", token)
+    except OSError as exc:
+        return f"unreachable ({exc.__class__.__name__})"
+    if code == 401:
+        return "refused: HTTP 401 (the token in api_token_secret_arn is not accepted)"
+    if code != 200:
+        return f"HTTP {code}"
+    sha256 = (metadata or {}).get("parameters", {}).get("sha256")
+    return f"{model_name} sha256 {sha256}" + (" (token accepted)" if token else "")
 
 
 def format_status(report: dict[str, Any], keys: Sequence[str] | None = None) -> str:

@@ -99,3 +99,23 @@ def test_the_pipeline_knows_staging_and_whom_it_promotes_from(aws, checkout: Pat
     resolved = "from pipeline.environment import resolve; print(resolve('staging').promote_from)"
     assert run("-c", resolved).strip() == "('dev',)"
     assert "staging" in run("-m", "pipeline", "status", "staging")
+
+
+def test_the_token_secret_comes_from_its_output_or_its_variable() -> None:
+    from pipeline.environment import REQUIRED, resolve
+
+    outputs = {name: f"{name}-value" for name in REQUIRED}
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:onnx-ship-dev-api-tokens-AbCdEf"
+    with_secret = resolve(
+        "dev", terraform_outputs=lambda e: {**outputs, "api_token_secret_arn": arn}, environ={}
+    )
+    assert with_secret.api_token_secret_arn == arn
+    # Authentication off: Terraform's output is null, and nothing is read.
+    without = resolve(
+        "dev", terraform_outputs=lambda e: {**outputs, "api_token_secret_arn": None}, environ={}
+    )
+    assert without.api_token_secret_arn == "" and without.api_token() is None
+    given = resolve(
+        "dev", terraform_outputs=lambda e: outputs, environ={"DEV_API_TOKEN_SECRET_ARN": arn}
+    )
+    assert given.api_token_secret_arn == arn

@@ -8,6 +8,7 @@ import boto3
 import pytest
 
 from pipeline import records
+from pipeline.environment import MissingEnvironment
 from pipeline.release import (
     RELEASE_VARIABLES,
     Candidate,
@@ -206,3 +207,78 @@ def test_the_environments_region_is_used_whatever_the_ambient_region(
     outcome = release(env, candidate(), smoke, say=lambda m: None)
     assert outcome.succeeded, outcome.reason
     assert status(env)["in_sync"]
+
+
+# -- a service that requires a bearer token ------------------------------------------
+
+TOKEN = "pT7-vQ2_xZ9kL4mN8bR3cW6s"
+
+
+@pytest.fixture(scope="module")
+def protected_server(reference_files, tmp_path_factory):
+    """mnist-8 with API_TOKENS set, as ECS starts it with the secret injected."""
+    server = start_server(
+        {
+            "MODEL_URL": str(reference_files["model"]),
+            "MODEL_SHA256": MNIST8_SHA256,
+            "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("c")),
+            "PREDICTION_LOG_URL": "off",
+            "API_TOKENS": f"{TOKEN}\nrotated-token-0123456789",
+        }
+    )
+    yield server
+    server.stop()
+
+
+def with_token_secret(env, secret_string: str = f"{TOKEN}\nrotated-token-0123456789"):
+    arn = boto3.client("secretsmanager").create_secret(
+        Name="onnx-ship-dev-api-tokens", SecretString=secret_string
+    )["ARN"]
+    return replace(env, api_token_secret_arn=arn)
+
+
+def test_release_and_status_present_the_token_read_from_the_secret(aws, protected_server, smoke):
+    env = with_token_secret(make_environment(protected_server.url))
+    assert env.api_token() == TOKEN
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert outcome.succeeded, outcome.reason
+    shown = status(env, ecs=fast_ecs())
+    assert shown["health"] == "ready"
+    assert shown["serving"] == f"mnist-8 sha256 {MNIST8_SHA256} (token accepted)"
+
+
+def test_a_protected_service_without_the_token_fails_the_smoke_test_and_rolls_back(
+    aws, protected_server, smoke
+):
+    env = make_environment(protected_server.url)  # no api_token_secret_arn
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert not outcome.succeeded
+    assert "requires a bearer token (HTTP 401)" in outcome.reason
+
+
+def test_a_wrong_token_in_the_secret_fails_the_smoke_test(aws, protected_server, smoke):
+    env = with_token_secret(make_environment(protected_server.url), "not-the-token-0123456789")
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert not outcome.succeeded and "refused the pipeline's token" in outcome.reason
+
+
+def test_a_service_serving_without_authentication_fails_when_the_environment_has_a_token(
+    aws, mnist8_server, smoke
+):
+    env = with_token_secret(make_environment(mnist8_server.url))
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    assert not outcome.succeeded
+    assert "does not require authentication" in outcome.reason
+
+
+def test_an_unreadable_token_secret_stops_the_release_before_anything_changes(aws, smoke):
+    env = make_environment("http://127.0.0.1:9")
+    missing = replace(
+        env,
+        api_token_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:gone-AbCdEf",
+    )
+    with pytest.raises(MissingEnvironment, match="secretsmanager:GetSecretValue"):
+        release(missing, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
+    assert service["services"][0]["taskDefinition"] == env.task_definition_arn
+    assert records.list_records(env.records_url) == []

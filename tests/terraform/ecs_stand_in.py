@@ -5,6 +5,10 @@ points at a revision whose container environment names a model, the stand-in sto
 the task it runs and starts `python -m service` with that environment, as ECS starts
 a task: the model comes from MODEL_URL (the environment bucket's models/), captures
 go to PREDICTION_LOG_URL, and every AWS call runs with the task role's credentials.
+The container's `secrets` are read as the ECS agent reads them, with the execution
+role's credentials, and become environment variables holding the secret's string (ECS
+developer guide, "Pass Secrets Manager secrets through Amazon ECS environment
+variables"); a refused read stops the task from starting, as it does on Fargate.
 Only HOST, PORT and MODEL_CACHE_DIR are replaced with local ones.
 """
 
@@ -28,6 +32,7 @@ class TaskStandIn:
         port: int,
         aws_environment: Mapping[str, str],
         cache_dir: Path,
+        execution_aws: Mapping[str, str],
     ) -> None:
         self._ecs = ecs
         self._cluster = outputs["cluster_name"]
@@ -36,6 +41,7 @@ class TaskStandIn:
         self._port = port
         self._aws = dict(aws_environment)
         self._cache_dir = cache_dir
+        self._execution_aws = dict(execution_aws)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self.url = f"http://127.0.0.1:{port}"
@@ -75,6 +81,7 @@ class TaskStandIn:
             if c["name"] == self._container
         )
         environment = {item["name"]: item["value"] for item in container["environment"]}
+        environment.update(self._secrets(container))
         self.revision = revision
         if not environment.get("MODEL_URL"):
             return  # Terraform's first revision names no model: ECS could not start it either
@@ -88,3 +95,28 @@ class TaskStandIn:
             MODEL_CACHE_DIR=str(self._cache_dir),
         )
         self.server = start_server(environment, port=self._port)
+
+    def _secrets(self, container: Mapping[str, Any]) -> dict[str, str]:
+        """Each `secrets` entry's value, read with the execution role's credentials."""
+        if not container.get("secrets"):
+            return {}
+        import boto3
+
+        session = boto3.Session(
+            aws_access_key_id=self._execution_aws["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self._execution_aws["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=self._execution_aws.get("AWS_SESSION_TOKEN"),
+            region_name=self._aws.get("AWS_DEFAULT_REGION", "us-east-1"),
+        )
+        endpoint = self._aws.get("AWS_ENDPOINT_URL")
+        values = {}
+        for item in container["secrets"]:
+            source = item["valueFrom"]
+            if source.startswith("arn:aws:secretsmanager:"):
+                client = session.client("secretsmanager", endpoint_url=endpoint)
+                values[item["name"]] = client.get_secret_value(SecretId=source)["SecretString"]
+            else:  # a Systems Manager parameter, by ARN or name
+                client = session.client("ssm", endpoint_url=endpoint)
+                parameter = client.get_parameter(Name=source, WithDecryption=True)["Parameter"]
+                values[item["name"]] = parameter["Value"]
+        return values

@@ -132,6 +132,7 @@ def deployment(moto_server, terraform_bin, tmp_path_factory) -> Iterator[Deploym
                 **assume(moto_server.endpoint, outputs[env]["task_role_arn"], web_identity=False),
             },
             tmp_path_factory.mktemp(f"{env}-task-cache"),
+            assume(moto_server.endpoint, outputs[env]["execution_role_arn"], web_identity=False),
         )
         for env in ENVS
     }
@@ -218,6 +219,7 @@ def test_deploy_dev_then_status_as_the_deploy_role(deployment, pipeline_env):
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert latest["release_id"] in shown.stdout
     assert "ready" in shown.stdout and MNIST8_SHA256 in shown.stdout
+    assert f"mnist-8 sha256 {MNIST8_SHA256} (token accepted)" in shown.stdout
 
     # The task that answered the smoke test ran as the task role: it loaded the model
     # from models/ and, once stopped, its captured predictions are in capture/dev/.

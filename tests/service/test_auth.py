@@ -6,8 +6,10 @@ import dataclasses
 import hmac
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 
+import numpy as np
 import pytest
 from falcon import testing
 
@@ -184,5 +186,22 @@ def test_a_server_started_with_api_tokens_refuses_and_accepts_over_http(
         assert status == 401 and "Bearer" in refused["error"]
         status, answer = post(auth.bearer_header(ROTATED))
         assert status == 200 and answer["prediction"] == raw_argmax(image[None])[0]
+
+        # tritonclient sends the header on every call, so Triton clients keep working.
+        import tritonclient.http as triton
+        from tritonclient.utils import InferenceServerException
+
+        client = triton.InferenceServerClient(urllib.parse.urlparse(server.url).netloc)
+        headers = auth.bearer_header(TOKEN)
+        assert client.is_server_ready()  # readiness needs no token
+        with pytest.raises(InferenceServerException, match="Bearer"):
+            client.get_model_metadata("mnist-8")
+        assert client.get_model_metadata("mnist-8", headers=headers)["name"] == "mnist-8"
+        tensor = triton.InferInput("Input3", [2, 1, 28, 28], "FP32")
+        batch = images[:2].astype(np.float32).reshape(2, 1, 28, 28)
+        tensor.set_data_from_numpy(batch)
+        result = client.infer("mnist-8", [tensor], headers=headers)
+        assert result.as_numpy("Plus214_Output_0").argmax(axis=1).tolist() == raw_argmax(batch)
+        client.close()
     finally:
         server.stop()

@@ -41,7 +41,7 @@ from tests.terraform.conftest import (
     point_at_moto,
     tls_tfvars,
 )
-from tests.terraform.github_oidc import DEFAULT_TEMPLATE, Job
+from tests.terraform.github_oidc import CUSTOM_TEMPLATE, DEFAULT_TEMPLATE, Job
 from tests.terraform.test_static import DEPLOY_OUTPUTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
@@ -601,78 +601,77 @@ def trust_policy(applied: Applied, role_name: str) -> dict[str, Any]:
     return document if isinstance(document, dict) else json.loads(urllib.parse.unquote(document))
 
 
-def other_branch(env: str) -> Job:
-    """A job on a feature branch that names the environment: GitHub lets it in when the
-    environment's deployment branches are not restricted."""
-    return Job(OWNER_REPO, "refs/heads/feature/x", env)
+def github_job(case: str, env: str) -> Job:
+    """The job asking for a token, for each case of the trust test."""
+    own_branch = f"refs/heads/{env}"
+    other_environment = "dev" if env == "prod" else "prod"
+    return {
+        "own-branch-workflow-environment": Job(OWNER_REPO, own_branch, env),
+        # A feature branch naming the environment: GitHub lets it in when the
+        # environment's deployment branches are not restricted.
+        "other-branch": Job(OWNER_REPO, "refs/heads/feature/x", env),
+        "other-workflow": Job(OWNER_REPO, own_branch, env, workflow=".github/workflows/x.yml"),
+        "other-repository": Job("someone-else/onnx-ship", own_branch, env),
+        "other-environment": Job(OWNER_REPO, own_branch, other_environment),
+        "pull-request": Job(OWNER_REPO, "refs/pull/7/merge", event="pull_request"),
+        "pull-request-naming-the-environment": Job(
+            OWNER_REPO, "refs/pull/7/merge", env, event="pull_request"
+        ),
+        "other-audience": Job(OWNER_REPO, own_branch, env, audience="https://github.com/other"),
+    }[case]
+
+
+TRUST_CASES = [
+    "own-branch-workflow-environment",
+    "other-branch",
+    "other-workflow",
+    "other-repository",
+    "other-environment",
+    "pull-request",
+    "pull-request-naming-the-environment",
+    "other-audience",
+]
 
 
 @pytest.mark.parametrize("env", ENVS)
-@pytest.mark.parametrize(
-    ("job", "allowed"),
-    [
-        (lambda env: Job(OWNER_REPO, f"refs/heads/{env}", env), True),
-        (other_branch, False),
-        (
-            lambda env: Job(
-                OWNER_REPO, f"refs/heads/{env}", env, workflow=".github/workflows/x.yml"
-            ),
-            False,
-        ),
-        (lambda env: Job("someone-else/onnx-ship", f"refs/heads/{env}", env), False),
-        (
-            lambda env: Job(OWNER_REPO, f"refs/heads/{env}", "dev" if env == "prod" else "prod"),
-            False,
-        ),
-        (lambda env: Job(OWNER_REPO, "refs/pull/7/merge", event="pull_request"), False),
-        (lambda env: Job(OWNER_REPO, "refs/pull/7/merge", env, event="pull_request"), False),
-        (
-            lambda env: Job(
-                OWNER_REPO, f"refs/heads/{env}", audience="https://github.com/example-org"
-            ),
-            False,
-        ),
-    ],
-    ids=[
-        "own-branch-workflow-environment",
-        "other-branch",
-        "other-workflow",
-        "other-repository",
-        "other-environment",
-        "pull-request",
-        "pull-request-naming-the-environment",
-        "other-audience",
-    ],
-)
+@pytest.mark.parametrize("case", TRUST_CASES)
 def test_deploy_role_trusts_one_workflow_on_one_branch_in_one_environment(
-    applied: Applied, env: str, job: Any, allowed: bool
+    applied: Applied, env: str, case: str
 ) -> None:
     """The rendered trust policy's conditions, evaluated with IAM's StringEquals semantics
-    against the claims GitHub puts in each job's token (the repository's subject
-    customised to repo, context and job_workflow_ref). moto's STS cannot tell: it hands
-    out credentials for any token (tests/terraform/iam.py)."""
+    against the claims GitHub puts in each job's token, whichever subject template the
+    repository has: only the deploying job, with the customised subject (repo, context,
+    job_workflow_ref), gets in. With GitHub's default subject a job on any branch that
+    names the environment would carry the same `sub` as the deploying one, so the default
+    subject must not get in at all. moto's STS cannot tell: it hands out credentials for
+    any token (tests/terraform/iam.py)."""
     provider = ("Federated", applied.outputs["bootstrap"]["github_oidc_provider_arn"])
     document = trust_policy(applied, f"onnx-ship-{env}-deploy")
-    claims = job(env).condition_keys()
-    verdict = iam.trust_allows(document, provider, "sts:AssumeRoleWithWebIdentity", claims)
-    assert verdict is allowed, claims
+    job = github_job(case, env)
+    verdicts = {
+        template: iam.trust_allows(
+            document, provider, "sts:AssumeRoleWithWebIdentity", job.condition_keys(template)
+        )
+        for template in (CUSTOM_TEMPLATE, DEFAULT_TEMPLATE)
+    }
+    allowed = case == "own-branch-workflow-environment"
+    assert verdicts == {CUSTOM_TEMPLATE: allowed, DEFAULT_TEMPLATE: False}, job
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_deploy_role_fails_closed_on_githubs_default_subject(applied: Applied, env: str) -> None:
-    """Until the repository's subject template is customised, even the right job's token
-    (subject repo:<owner>/<repo>:environment:<env>) is refused, and so is any wildcard or
-    looser statement: the policy holds exactly one statement."""
+def test_deploy_role_has_one_exact_statement_for_web_identity_only(
+    applied: Applied, env: str
+) -> None:
+    """One Allow, matched with StringEquals only (no wildcard that a longer subject could
+    satisfy), for AssumeRoleWithWebIdentity only."""
     provider = ("Federated", applied.outputs["bootstrap"]["github_oidc_provider_arn"])
     document = trust_policy(applied, f"onnx-ship-{env}-deploy")
     (statement,) = iam.statements(document)
+    assert statement["Effect"] == "Allow"
     assert set(statement["Condition"]) == {"StringEquals"}
-    own = Job(OWNER_REPO, f"refs/heads/{env}", env)
-    assert not iam.trust_allows(
-        document, provider, "sts:AssumeRoleWithWebIdentity", own.condition_keys(DEFAULT_TEMPLATE)
-    )
-    # Only web identity: no AssumeRole for anyone.
-    assert not iam.trust_allows(document, provider, "sts:AssumeRole", own.condition_keys())
+    own = Job(OWNER_REPO, f"refs/heads/{env}", env).condition_keys()
+    assert iam.trust_allows(document, provider, "sts:AssumeRoleWithWebIdentity", own)
+    assert not iam.trust_allows(document, provider, "sts:AssumeRole", own)
 
 
 @pytest.mark.parametrize("env", ENVS)

@@ -7,13 +7,13 @@ vpc_cidr_block     = "10.10.0.0/16"
 availability_zones = ["us-east-1a", "us-east-1b"]
 # Cost profile: no NAT gateway. The task runs in a public subnet with a public IP
 # ($3.65/month) and a security group only the load balancer reaches, instead of a
-# NAT gateway ($32.85/month plus $0.045/GB). terraform/README.md, "Cost".
+# NAT gateway ($32.85/month plus $0.045/GB): README.md, "What it costs".
 nat_gateways        = "none"
 container_insights  = false
 deletion_protection = false
 force_destroy       = true
 
-# TLS: uncomment with a certificate issued in ACM for domain_name (terraform/README.md, "TLS").
+# TLS: uncomment with a certificate issued in ACM for domain_name (README.md, "Set-up: deploy roles, TLS, authentication").
 # certificate_arn = "arn:aws:acm:us-east-1:<account>:certificate/<id>"
 # domain_name     = "dev.api.example.com"
 # route53_zone_id = "<hosted zone id>"   # optional: Terraform creates the alias record

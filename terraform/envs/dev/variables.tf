@@ -134,7 +134,7 @@ variable "require_authentication" {
 }
 
 variable "api_token_version" {
-  description = "Raise to replace the API token with a fresh random one (README, \"Authentication\")."
+  description = "Raise to replace the API token with a fresh random one (README.md, \"Set-up: deploy roles, TLS, authentication\")."
   type        = number
   default     = 1
 }

@@ -15,7 +15,7 @@ container_insights  = true
 deletion_protection = true
 force_destroy       = false
 
-# TLS: set both with a certificate issued in ACM for domain_name (terraform/README.md, "TLS").
+# TLS: set both with a certificate issued in ACM for domain_name (README.md, "Set-up: deploy roles, TLS, authentication").
 # certificate_arn = "arn:aws:acm:us-east-1:<account>:certificate/<id>"
 # domain_name     = "api.example.com"
 # route53_zone_id = "<hosted zone id>"   # optional: Terraform creates the alias record

@@ -1,6 +1,6 @@
 # The running service: an ECS cluster, a Fargate service behind an Application
-# Load Balancer, its roles, logs, autoscaling and the alarms that roll a bad
-# deployment back. Terraform owns the task definition; each release registers a
+# Load Balancer (HTTPS with a certificate), the bearer tokens it checks, its roles,
+# logs, autoscaling and the alarms that roll a bad deployment back. Terraform owns the task definition; each release registers a
 # revision of it with its own image and model (pipeline/release.py) and points
 # the service at that, so the service ignores `task_definition` (and
 # `desired_count`, which autoscaling owns).
@@ -69,7 +69,8 @@ resource "aws_cloudwatch_log_group" "this" {
 # (Terraform 1.11; the state holds only secret_string_wo_version). ECS reads it
 # into the container's API_TOKENS when a task starts (ECS developer guide,
 # "Pass Secrets Manager secrets through Amazon ECS environment variables").
-# Raising api_token_version writes a fresh token; see the README for rotation.
+# Raising api_token_version writes a fresh token (README.md, "Set-up: deploy roles,
+# TLS, authentication", for reading and rotating it).
 ephemeral "aws_secretsmanager_random_password" "api_token" {
   count = var.require_authentication ? 1 : 0
 
@@ -82,7 +83,7 @@ ephemeral "aws_secretsmanager_random_password" "api_token" {
 
 resource "aws_secretsmanager_secret" "api_tokens" {
   #checkov:skip=CKV_AWS_149:Encrypted with the AWS-managed aws/secretsmanager key: only this account's principals that IAM lets read the secret can decrypt it, and a customer key would add a key policy and kms:Decrypt grants without a control we use.
-  #checkov:skip=CKV2_AWS_57:Clients hold these tokens, so a scheduled rotation Lambda would lock them out unannounced; rotation is deliberate (raise api_token_version, or put "new,old" and restart the tasks: README).
+  #checkov:skip=CKV2_AWS_57:Clients hold these tokens, so a scheduled rotation Lambda would lock them out unannounced; rotation is deliberate (raise api_token_version, or put "new,old" and restart the tasks: README.md, Set-up).
   count = var.require_authentication ? 1 : 0
 
   name                    = "${var.name}/api-tokens"
@@ -426,7 +427,7 @@ resource "aws_lb_listener" "https" {
 
 # /metrics never leaves the VPC: the listener that forwards to the tasks answers it
 # itself, in the service's error shape. Prometheus scrapes the tasks' own address
-# from inside the VPC instead (README, "Metrics").
+# from inside the VPC instead (terraform/README.md, "Metrics").
 resource "aws_lb_listener_rule" "metrics_not_public" {
   listener_arn = local.tls ? aws_lb_listener.https[0].arn : aws_lb_listener.http.arn
   priority     = 1
@@ -470,7 +471,7 @@ resource "aws_route53_record" "endpoint" {
 
 # The only way in, whether the tasks sit in private subnets or (no NAT gateway) in
 # public ones with a public IP: from the load balancer's group, plus the metrics
-# scrapers' groups when given (README, "Metrics").
+# scrapers' groups when given (terraform/README.md, "Metrics").
 resource "aws_security_group" "tasks" {
   name        = "${var.name}-tasks"
   description = "Tasks of ${var.name}: in from the load balancer only, out over HTTPS (ECR, logs, S3)"

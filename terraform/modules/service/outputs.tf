@@ -77,7 +77,7 @@ output "endpoint_url" {
 
 output "endpoint_warning" {
   description = "Why the endpoint is not safe to call over the internet, or null when it serves HTTPS."
-  value       = local.tls ? null : "UNENCRYPTED: ${local.endpoint_url} is plain HTTP, so bearer tokens and predictions cross the internet in clear text. Set certificate_arn and domain_name (terraform/README.md, \"TLS\") before sending it anything real."
+  value       = local.tls ? null : "UNENCRYPTED: ${local.endpoint_url} is plain HTTP, so bearer tokens and predictions cross the internet in clear text. Set certificate_arn and domain_name (README.md, \"Set-up: deploy roles, TLS, authentication\") before sending it anything real."
 }
 
 output "https_listener_arn" {

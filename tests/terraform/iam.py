@@ -4,8 +4,9 @@ Action and resource matching is moto's own (`moto.iam.access_control.IAMPolicySt
 the evaluator behind its IAM enforcement). moto leaves the rest out, as read in that
 module and measured against its server:
 
-- it knows no ARN for ECS, ECR or CloudWatch Logs requests and authorises them against
-  the resource `*`, so a statement scoped to a service or repository never matches;
+- it knows no ARN for ECS, ECR, CloudWatch Logs or Secrets Manager requests and
+  authorises them against the resource `*`, so a statement scoped to a service,
+  repository or secret never matches;
 - it evaluates only `StringEquals` conditions, and only on keys the request supplies
   (in practice `sts:ExternalId`): `s3:prefix`, `iam:PassedToService` and every other
   operator count as met, and an Allow whose StringEquals fails counts as a Deny;

@@ -1,6 +1,7 @@
 # The running service: an ECS cluster, a Fargate service behind an Application
 # Load Balancer (HTTPS with a certificate), the bearer tokens it checks, its roles,
-# logs, autoscaling and the alarms that roll a bad deployment back. Terraform owns the task definition; each release registers a
+# logs, autoscaling and the alarms that roll a bad deployment back. Terraform owns
+# the task definition; each release registers a
 # revision of it with its own image and model (pipeline/release.py) and points
 # the service at that, so the service ignores `task_definition` (and
 # `desired_count`, which autoscaling owns).
@@ -298,7 +299,8 @@ locals {
 
 resource "aws_security_group" "alb" {
   name        = "${var.name}-alb"
-  description = "Load balancer of ${var.name}: HTTP(S) in from the allowed networks, out to the tasks only"
+  # Changing a security group's description replaces the group: this one stays as first written.
+  description = "Load balancer of ${var.name}: HTTP in from the allowed networks, out to the tasks only"
   vpc_id      = var.vpc_id
 
   tags = var.tags

@@ -297,9 +297,10 @@ locals {
   endpoint_url  = "${local.tls ? "https" : "http"}://${local.endpoint_host}"
 }
 
+# Its description says HTTP although 443 opens with a certificate: a new description
+# would replace the group under the running load balancer.
 resource "aws_security_group" "alb" {
   name        = "${var.name}-alb"
-  # Changing a security group's description replaces the group: this one stays as first written.
   description = "Load balancer of ${var.name}: HTTP in from the allowed networks, out to the tasks only"
   vpc_id      = var.vpc_id
 

@@ -9,12 +9,14 @@ README's role table is printed from this list (`python -m pipeline.aws_calls`).
 A resource is an ARN pattern over an environment's names: `{bucket}`,
 `{environment}`, `{region}`, `{account}`, `{cluster}`, `{service}`, `{repository}`,
 `{promote_from_repository}`, `{state_bucket}`, `{state_key}`, `{task_role_arn}`,
-`{execution_role_arn}`, `{log_group}`. Sources: the Service Authorization
+`{execution_role_arn}`, `{log_group}`, `{api_token_secret_arn}`. Sources: the Service Authorization
 Reference (https://docs.aws.amazon.com/service-authorization/latest/reference/)
 for each service's actions and resource types, the ECR user guide's "Private
 repository policies" and "Pushing an image"/"Pulling an image" pages for the
-registry calls behind `docker push`/`pull`, and Terraform's S3 backend page
-(https://developer.hashicorp.com/terraform/language/backend/s3) for the state.
+registry calls behind `docker push`/`pull`, the ECS developer guide's "Required IAM
+permissions for Amazon ECS secrets" for the task definition's `secrets`, and
+Terraform's S3 backend page (https://developer.hashicorp.com/terraform/language/backend/s3)
+for the state.
 
 Calls made with a person's own credentials (`nox -s plan|apply`, `nox -s logs|report`)
 are not listed: this project grants nothing for them.
@@ -56,6 +58,9 @@ class AwsCall:
     context: tuple[tuple[str, str], ...] = ()
     # Only environments that promote another's image (prod) make this call.
     promotion: bool = False
+    # Only environments that require authentication (Terraform's require_authentication,
+    # on by default) have the API tokens secret this call reads.
+    authentication: bool = False
 
     def arn(self, names: Mapping[str, str]) -> str:
         """The resource with the environment's names filled in (KeyError names a missing one)."""
@@ -73,6 +78,7 @@ REPOSITORY = "arn:aws:ecr:{region}:{account}:repository/{repository}"
 SOURCE_REPOSITORY = "arn:aws:ecr:{region}:{account}:repository/{promote_from_repository}"
 SERVICE = "arn:aws:ecs:{region}:{account}:service/{cluster}/{service}"
 LOG_STREAMS = "arn:aws:logs:{region}:{account}:log-group:{log_group}:log-stream:*"
+API_TOKENS = "{api_token_secret_arn}"
 PASSED_TO_ECS_TASKS = (("iam:PassedToService", "ecs-tasks.amazonaws.com"),)
 
 # `docker push` / `podman push` against ECR: the registry API calls behind a push
@@ -230,6 +236,16 @@ CALLS: tuple[AwsCall, ...] = (
         "a registered revision names the execution role",
         context=PASSED_TO_ECS_TASKS,
     ),
+    # -- deploy role: the service's bearer token ------------------------------------------
+    AwsCall(
+        Role.DEPLOY,
+        "secretsmanager:GetSecretValue",
+        API_TOKENS,
+        "pipeline.environment.Environment.api_token",
+        "the first of the service's bearer tokens, which the smoke test and `nox -s status` "
+        "send (the `api_token_secret_arn` output)",
+        authentication=True,
+    ),
     # -- task role: the service -----------------------------------------------------------
     AwsCall(
         Role.TASK,
@@ -288,12 +304,29 @@ CALLS: tuple[AwsCall, ...] = (
         "awslogs log driver",
         "the container's stdout and stderr",
     ),
+    AwsCall(
+        Role.EXECUTION,
+        "secretsmanager:GetSecretValue",
+        API_TOKENS,
+        "ECS agent (task start: the task definition's secrets)",
+        "API_TOKENS for the container, read when a task starts (ECS developer guide, "
+        "'Required IAM permissions for Amazon ECS secrets'; the AWS-managed key needs no "
+        "kms:Decrypt)",
+        authentication=True,
+    ),
 )
 
 
-def calls(role: Role, *, promotes: bool = False) -> list[AwsCall]:
-    """The calls `role` makes in an environment (`promotes`: it ships another's image)."""
-    return [c for c in CALLS if c.role is role and (promotes or not c.promotion)]
+def calls(role: Role, *, promotes: bool = False, authenticates: bool = True) -> list[AwsCall]:
+    """The calls `role` makes in an environment (`promotes`: it ships another's image;
+    `authenticates`: it has the API tokens secret, Terraform's default)."""
+    return [
+        c
+        for c in CALLS
+        if c.role is role
+        and (promotes or not c.promotion)
+        and (authenticates or not c.authentication)
+    ]
 
 
 def find(role: Role, action: str, code_part: str = "") -> AwsCall:
@@ -310,6 +343,7 @@ def markdown_table() -> str:
     for call in CALLS:
         resource = call.resource.replace("|", "\\|")
         only = " (environments that promote)" if call.promotion else ""
+        only += " (environments that require authentication)" if call.authentication else ""
         lines.append(f"| {call.role} | `{call.action}` | `{resource}`{only} | `{call.code}` |")
     return "\n".join(lines)
 

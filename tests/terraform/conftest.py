@@ -155,7 +155,33 @@ def environment_names(
         "task_role_arn": str(outputs["task_role_arn"]),
         "execution_role_arn": str(outputs["execution_role_arn"]),
         "log_group": str(outputs["log_group_name"]),
+        "api_token_secret_arn": str(outputs.get("api_token_secret_arn") or ""),
     }
+
+
+# The certificate variant of an environment: a name, its ACM certificate and the hosted
+# zone Terraform writes the name's alias record into.
+TLS_DOMAIN = "api.onnx-ship.test"
+
+
+def tls_tfvars(endpoint: str, domain: str = TLS_DOMAIN) -> str:
+    """Request an ACM certificate for `domain` and create its parent's hosted zone in the
+    moto server at `endpoint`; the tfvars that give them to an environment root."""
+    settings = {
+        "endpoint_url": endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+    }
+    certificate = boto3.client("acm", **settings).request_certificate(DomainName=domain)
+    zone = boto3.client("route53", **settings).create_hosted_zone(
+        Name=domain.split(".", 1)[1], CallerReference=domain
+    )["HostedZone"]["Id"]
+    return (
+        f'certificate_arn = "{certificate["CertificateArn"]}"\n'
+        f'domain_name     = "{domain}"\n'
+        f'route53_zone_id = "{zone.rsplit("/", 1)[-1]}"\n'
+    )
 
 
 def in_parallel(function: Callable[[str], T], items: list[str]) -> dict[str, T]:

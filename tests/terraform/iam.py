@@ -4,28 +4,34 @@ Action and resource matching is moto's own (`moto.iam.access_control.IAMPolicySt
 the evaluator behind its IAM enforcement). moto leaves the rest out, as read in that
 module and measured against its server:
 
-- it knows no ARN for ECS, ECR or CloudWatch Logs requests and authorises them against
-  the resource `*`, so a statement scoped to a service or repository never matches;
+- it knows no ARN for ECS, ECR, CloudWatch Logs or Secrets Manager requests and
+  authorises them against the resource `*`, so a statement scoped to a service,
+  repository or secret never matches;
 - it evaluates only `StringEquals` conditions, and only on keys the request supplies
   (in practice `sts:ExternalId`): `s3:prefix`, `iam:PassedToService` and every other
   operator count as met, and an Allow whose StringEquals fails counts as a Deny;
 - it does not check `iam:PassRole` at all (RegisterTaskDefinition with a taskRoleArn
-  passes without it), nor a web identity's token or its trust conditions;
+  passes without it), nor a web identity's token or its trust conditions: its STS
+  `AssumeRoleWithWebIdentity` (moto/sts/models.py, 5.2) is `assume_role` under another
+  name, reading neither the WebIdentityToken nor the role's trust policy, so any string
+  claiming any branch gets the role's credentials;
 - bucket policies: only for object requests, conditions counted as met (the bucket's
   TLS-only Deny refuses every object request, whatever the transport), never combined
   with the caller's identity policies.
 
 So conditions are evaluated here, for the operators the project's policies use, from
-the condition keys each call carries (pipeline/aws_calls.py `context`): a key the
-request does not carry fails its condition (IAM policy reference, "Condition
-operators"), an operator not known here fails an Allow and holds for a Deny, so a
-verdict of "allowed" never rests on a condition this module cannot read.
+the condition keys each call carries (pipeline/aws_calls.py `context`, or a token's
+claims for a trust policy): a key the request does not carry fails its condition (IAM
+policy reference, "Condition operators"), an operator not known here fails an Allow and
+holds for a Deny, so a verdict of "allowed" never rests on a condition this module
+cannot read. Several keys under one operator, and several operators, must all hold;
+several values of one key are alternatives.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
+import re
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -52,11 +58,36 @@ def _string_equals(expected: list[str], actual: str) -> bool:
     return actual in expected
 
 
+def _like(pattern: str, actual: str) -> bool:
+    """IAM's wildcard match: `*` any run of characters (none too), `?` exactly one,
+    everything else literal and case-sensitive (no character classes)."""
+    regex = "".join(
+        ".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern
+    )
+    return re.fullmatch(regex, actual, flags=re.S) is not None
+
+
 def _string_like(expected: list[str], actual: str) -> bool:
-    return any(fnmatch.fnmatchcase(actual, pattern) for pattern in expected)
+    return any(_like(pattern, actual) for pattern in expected)
 
 
-OPERATORS = {"StringEquals": _string_equals, "StringLike": _string_like}
+def _arn_like(expected: list[str], actual: str) -> bool:
+    """ArnLike: each of the six colon-separated parts matched on its own, with wildcards
+    (IAM policy reference, "Amazon Resource Name (ARN) condition operators")."""
+    parts = actual.split(":", 5)
+    return len(parts) == 6 and any(
+        len(wanted := pattern.split(":", 5)) == 6
+        and all(_like(w, a) for w, a in zip(wanted, parts, strict=True))
+        for pattern in expected
+    )
+
+
+OPERATORS = {
+    "StringEquals": _string_equals,
+    "StringLike": _string_like,
+    "ArnEquals": _string_equals,
+    "ArnLike": _arn_like,
+}
 
 
 def conditions_hold(statement: Statement, context: Mapping[str, str]) -> bool:
@@ -126,3 +157,28 @@ def granted_actions(documents: Iterable[str | dict[str, Any]]) -> set[str]:
         if statement.get("Effect") == "Allow"
         for action in _as_list(statement.get("Action"))
     }
+
+
+def trust_allows(
+    document: str | dict[str, Any],
+    principal: tuple[str, str],
+    action: str,
+    context: Mapping[str, str],
+) -> bool:
+    """Whether a role's trust policy lets `principal` (type, e.g. ("Federated", <provider
+    ARN>) or ("Service", "vpc-flow-logs.amazonaws.com")) take `action` on a request
+    carrying `context` (a web identity token's claims as condition keys, the calling
+    service's aws:SourceAccount/aws:SourceArn). An explicit Deny wins."""
+    kind, name = principal
+    verdict = False
+    for statement in statements(document):
+        if name not in _as_list((statement.get("Principal") or {}).get(kind)):
+            continue
+        if action not in _as_list(statement.get("Action")):
+            continue
+        if not conditions_hold(statement, context):
+            continue
+        if statement.get("Effect") == "Deny":
+            return False
+        verdict = True
+    return verdict

@@ -3,7 +3,9 @@ they built, check idempotence, then destroy both environments.
 
 The environments are applied once per module (in parallel, they share nothing
 but the account's GitHub OIDC provider, which bootstrap creates first); the tests
-run in file order and the last one destroys.
+run in file order and the last one destroys. The two environments are the two
+endpoint variants: dev as committed (plain HTTP, the endpoint_warning), prod with an
+ACM certificate, a domain name and a hosted zone (HTTPS on 443, port 80 redirecting).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,18 +32,22 @@ from tests.terraform import iam
 from tests.terraform.conftest import (
     MOTO_STATE_BUCKET,
     MOTO_TFVARS,
+    TLS_DOMAIN,
     apply_everything,
     assume,
     copy_terraform,
     environment_names,
     in_parallel,
     point_at_moto,
+    tls_tfvars,
 )
+from tests.terraform.github_oidc import CUSTOM_TEMPLATE, DEFAULT_TEMPLATE, Job
 from tests.terraform.test_static import DEPLOY_OUTPUTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
 ENVS = terraform.ENVIRONMENTS
+OWNER_REPO = "example-org/onnx-ship"  # github_repository in both terraform.tfvars
 
 # Test-only backend settings layered over backend.hcl: the state bucket on moto.
 MOTO_BACKEND = """\
@@ -96,6 +103,8 @@ def applied(
     work = copy_terraform(tmp_path_factory.mktemp("moto") / "terraform")
     var_file = work / "moto.tfvars"
     var_file.write_text(MOTO_TFVARS)
+    # prod is the certificate variant (Terraform reads *.auto.tfvars of the root itself).
+    (work / "envs" / "prod" / "tls.auto.tfvars").write_text(tls_tfvars(moto_server.endpoint))
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv(terraform.STATE_BUCKET_VARIABLE, MOTO_STATE_BUCKET)
@@ -120,7 +129,10 @@ def test_every_output_the_deploy_reads_has_a_value(applied: Applied, env: str) -
     assert env in bucket
     assert outputs["capture_url"] == f"s3://{bucket}/capture"
     assert outputs["deployments_url"] == f"s3://{bucket}/deployments"
-    assert outputs["endpoint_url"].startswith("http://")
+    assert outputs["api_token_secret_arn"].startswith(
+        f"arn:aws:secretsmanager:us-east-1:123456789012:secret:onnx-ship-{env}/api-tokens-"
+    )
+    assert outputs["deploy_role_subject"] == Job(OWNER_REPO, f"refs/heads/{env}", env).subject()
     assert outputs["ecr_repository_url"].endswith(f"/{outputs['ecr_repository_name']}")
     assert outputs["container_name"] == "server"
     for name in ("cluster_name", "service_name", "task_family", "ecr_repository_name"):
@@ -153,10 +165,26 @@ def test_bucket_is_versioned_encrypted_private_and_tls_only(applied: Applied, en
     deny = policy["Statement"][0]
     assert deny["Effect"] == "Deny"
     assert deny["Condition"]["Bool"]["aws:SecureTransport"] in ("false", ["false"])
-    lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-    capture = next(rule for rule in lifecycle if rule["ID"] == "capture-to-cheaper-storage")
+
+
+@pytest.mark.parametrize(("env", "retention_days"), [("dev", 30), ("prod", 400)])
+def test_capture_expires_and_moves_only_to_classes_it_stays_in(
+    applied: Applied, env: str, retention_days: int
+) -> None:
+    """Every capture part expires after the environment's capture_retention_days, and a
+    part moves only to a class it will stay in: dev keeps 30 days, so nothing moves. (That
+    parts under 128 KB never move is S3's TransitionDefaultMinimumObjectSize, which moto
+    always reports as set: test_static checks the configuration sets it.)"""
+    bucket = applied.outputs[env]["bucket_name"]
+    rules = {
+        rule["ID"]: rule
+        for rule in applied.client("s3").get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    }
+    capture = rules["capture-retention"]
     assert capture["Filter"]["Prefix"] == "capture/"
-    assert [t["StorageClass"] for t in capture["Transitions"]] == ["STANDARD_IA", "GLACIER_IR"]
+    assert capture["Expiration"]["Days"] == retention_days
+    moves = [(t["Days"], t["StorageClass"]) for t in capture.get("Transitions", [])]
+    assert moves == ([] if env == "dev" else [(30, "STANDARD_IA"), (90, "GLACIER_IR")])
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -170,23 +198,50 @@ def test_repository_is_immutable_and_scanned(applied: Applied, env: str) -> None
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_service_runs_behind_the_load_balancer_on_private_subnets(
+def test_service_runs_behind_the_load_balancer_in_its_cost_profile(
     applied: Applied, env: str
 ) -> None:
+    """prod: tasks in private subnets behind one NAT gateway per zone, Container Insights
+    on. dev: no NAT gateway, the task in a public subnet with a public IP and a security
+    group only the load balancer reaches, Container Insights off. Both log rejected
+    traffic only."""
     outputs = applied.outputs[env]
     ecs, elbv2, ec2 = applied.client("ecs"), applied.client("elbv2"), applied.client("ec2")
     cluster = ecs.describe_clusters(clusters=[outputs["cluster_name"]], include=["SETTINGS"])
-    assert {"name": "containerInsights", "value": "enabled"} in cluster["clusters"][0]["settings"]
+    insights = "enabled" if env == "prod" else "disabled"
+    assert {"name": "containerInsights", "value": insights} in cluster["clusters"][0]["settings"]
     service = ecs.describe_services(
         cluster=outputs["cluster_name"], services=[outputs["service_name"]]
     )["services"][0]
     assert service["launchType"] == "FARGATE"
     network = service["networkConfiguration"]["awsvpcConfiguration"]
-    assert network["assignPublicIp"] == "DISABLED"
     subnets = ec2.describe_subnets(SubnetIds=network["subnets"])["Subnets"]
-    assert all({"Key": "Tier", "Value": "private"} in subnet["Tags"] for subnet in subnets)
+    vpc_id = subnets[0]["VpcId"]
+    tier = "private" if env == "prod" else "public"
+    assert all({"Key": "Tier", "Value": tier} in subnet["Tags"] for subnet in subnets)
     assert len({subnet["AvailabilityZone"] for subnet in subnets}) == 2
     assert not any(subnet["MapPublicIpOnLaunch"] for subnet in subnets)
+    assert network["assignPublicIp"] == ("DISABLED" if env == "prod" else "ENABLED")
+    nat_gateways = ec2.describe_nat_gateways(
+        Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "state", "Values": ["available"]}]
+    )["NatGateways"]
+    assert len(nat_gateways) == (2 if env == "prod" else 0)
+    flow_logs = ec2.describe_flow_logs(Filters=[{"Name": "resource-id", "Values": [vpc_id]}])
+    assert [log["TrafficType"] for log in flow_logs["FlowLogs"]] == ["REJECT"]
+
+    # Public IP or not, the only way into a task is from the load balancer's group.
+    (group,) = ec2.describe_security_groups(GroupIds=network["securityGroups"])["SecurityGroups"]
+    alb_group = ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [f"onnx-ship-{env}-alb"]}]
+    )["SecurityGroups"][0]["GroupId"]
+    sources = [
+        (rule["FromPort"], rule["ToPort"], pair["GroupId"].rsplit("/", 1)[-1])
+        for rule in group["IpPermissions"]
+        for pair in rule["UserIdGroupPairs"]
+    ]
+    assert sources == [(8080, 8080, alb_group)]
+    assert [rule["IpRanges"] for rule in group["IpPermissions"]] == [[]]
+
     load_balancer = service["loadBalancers"][0]
     assert (load_balancer["containerName"], load_balancer["containerPort"]) == ("server", 8080)
     group = elbv2.describe_target_groups(TargetGroupArns=[load_balancer["targetGroupArn"]])[
@@ -207,6 +262,11 @@ def test_service_runs_behind_the_load_balancer_on_private_subnets(
     # One value for the capture root: the service appends <APP_ENV>/ itself.
     assert environment["PREDICTION_LOG_URL"] == outputs["capture_url"]
     assert container["readonlyRootFilesystem"] is True
+    # The bearer tokens come from Secrets Manager when the task starts, never as a value.
+    assert container["secrets"] == [
+        {"name": "API_TOKENS", "valueFrom": outputs["api_token_secret_arn"]}
+    ]
+    assert "API_TOKENS" not in environment
     # One number each: SIGKILL's delay and the service's budget; the keep-alive and the ALB's.
     assert environment["STOP_TIMEOUT_SECONDS"] == str(container["stopTimeout"])
     attributes = elbv2.describe_load_balancer_attributes(
@@ -257,6 +317,128 @@ def test_alarms_watch_5xx_and_latency(applied: Applied, env: str) -> None:
     metrics = {alarm["MetricName"]: alarm for alarm in alarms}
     assert set(metrics) == {"HTTPCode_Target_5XX_Count", "TargetResponseTime"}
     assert metrics["TargetResponseTime"]["ExtendedStatistic"] == "p95"
+
+
+# ---------------------------------------------------------------------------
+# The endpoint: listeners, /metrics, TLS
+# ---------------------------------------------------------------------------
+
+
+def listeners(applied: Applied, env: str) -> dict[int, dict[str, Any]]:
+    """The load balancer's listeners by port, each with its rules (`Rules`)."""
+    elbv2 = applied.client("elbv2")
+    (balancer,) = elbv2.describe_load_balancers(Names=[f"onnx-ship-{env}"])["LoadBalancers"]
+    found = {}
+    for listener in elbv2.describe_listeners(LoadBalancerArn=balancer["LoadBalancerArn"])[
+        "Listeners"
+    ]:
+        listener["Rules"] = elbv2.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]
+        found[listener["Port"]] = listener
+    return found
+
+
+def forwards_to_tasks(listener: dict[str, Any]) -> bool:
+    (action,) = listener["DefaultActions"]
+    return action["Type"] == "forward" and ":targetgroup/onnx-ship-" in action["TargetGroupArn"]
+
+
+def metrics_rule_answers_404(listener: dict[str, Any]) -> None:
+    """The listener answers /metrics and /metrics/* itself, 404 in the service's JSON error
+    shape, ahead of its forward to the tasks."""
+    (rule,) = [rule for rule in listener["Rules"] if not rule["IsDefault"]]
+    (condition,) = rule["Conditions"]
+    assert condition["Field"] == "path-pattern"
+    assert sorted(condition["PathPatternConfig"]["Values"]) == ["/metrics", "/metrics/*"]
+    (action,) = rule["Actions"]
+    assert action["Type"] == "fixed-response"
+    response = action["FixedResponseConfig"]
+    assert (response["StatusCode"], response["ContentType"]) == ("404", "application/json")
+    assert set(json.loads(response["MessageBody"])) == {"error"}
+
+
+def alb_ingress_ports(applied: Applied, env: str) -> set[int]:
+    group = applied.client("ec2").describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [f"onnx-ship-{env}-alb"]}]
+    )["SecurityGroups"][0]
+    return {rule["FromPort"] for rule in group["IpPermissions"]}
+
+
+def test_without_a_certificate_the_endpoint_is_plain_http_and_says_so(applied: Applied) -> None:
+    outputs = applied.outputs["dev"]
+    by_port = listeners(applied, "dev")
+    assert set(by_port) == {80}
+    http = by_port[80]
+    assert http["Protocol"] == "HTTP" and forwards_to_tasks(http)
+    metrics_rule_answers_404(http)
+    assert alb_ingress_ports(applied, "dev") == {80}
+    assert outputs["endpoint_url"] == f"http://{outputs['load_balancer_dns_name']}"
+    assert outputs["endpoint_warning"].startswith("UNENCRYPTED: ")
+    assert outputs["endpoint_url"] in outputs["endpoint_warning"]
+
+
+def test_with_a_certificate_https_serves_and_port_80_redirects(applied: Applied) -> None:
+    outputs = applied.outputs["prod"]
+    by_port = listeners(applied, "prod")
+    assert set(by_port) == {80, 443}
+    https, http = by_port[443], by_port[80]
+    assert https["Protocol"] == "HTTPS" and forwards_to_tasks(https)
+    assert https["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"
+    (certificate,) = https["Certificates"]
+    described = applied.client("acm").describe_certificate(
+        CertificateArn=certificate["CertificateArn"]
+    )["Certificate"]
+    assert described["DomainName"] == TLS_DOMAIN
+    metrics_rule_answers_404(https)
+    # Port 80 only redirects: permanently, to the same host, path and query on 443.
+    (redirect,) = http["DefaultActions"]
+    assert redirect["Type"] == "redirect"
+    assert {key: redirect["RedirectConfig"][key] for key in ("Protocol", "Port", "StatusCode")} == {
+        "Protocol": "HTTPS",
+        "Port": "443",
+        "StatusCode": "HTTP_301",
+    }
+    assert [rule for rule in http["Rules"] if not rule["IsDefault"]] == []
+    assert alb_ingress_ports(applied, "prod") == {80, 443}
+    assert outputs["endpoint_url"] == f"https://{TLS_DOMAIN}"
+    # A null output: `terraform output -json` leaves it out.
+    assert outputs.get("endpoint_warning") is None
+    # The name is an alias of the load balancer in the given zone.
+    route53 = applied.client("route53")
+    (zone,) = route53.list_hosted_zones()["HostedZones"]
+    records = route53.list_resource_record_sets(HostedZoneId=zone["Id"])["ResourceRecordSets"]
+    (alias,) = [record for record in records if record["Name"] == f"{TLS_DOMAIN}."]
+    assert alias["Type"] == "A"
+    assert alias["AliasTarget"]["DNSName"].rstrip(".") == outputs["load_balancer_dns_name"]
+
+
+# ---------------------------------------------------------------------------
+# The bearer tokens: in Secrets Manager, never in the state
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_api_token_is_generated_in_secrets_manager_and_never_in_the_state(
+    applied: Applied, env: str
+) -> None:
+    """Secrets Manager generated the token (GetRandomPassword, an ephemeral resource) and
+    Terraform wrote it through a write-only argument: the state file holds the secret's
+    ARN and version number, not the value."""
+    arn = applied.outputs[env]["api_token_secret_arn"]
+    token = applied.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+    assert len(token) == 48 and token.isalnum(), "one token, letters and digits"
+    state_text = (applied.root(env) / "terraform.tfstate").read_text()
+    assert arn in state_text
+    assert token not in state_text
+    state = json.loads(state_text)
+    (version,) = [
+        instance["attributes"]
+        for resource in state["resources"]
+        if resource["type"] == "aws_secretsmanager_secret_version"
+        for instance in resource["instances"]
+    ]
+    assert version["secret_string_wo_version"] == 1
+    assert not version.get("secret_string") and not version.get("secret_string_wo")
+    assert version["has_secret_string_wo"] is True
 
 
 # ---------------------------------------------------------------------------
@@ -412,21 +594,107 @@ def test_no_role_touches_the_other_environment(
     assert allowed == []
 
 
+def trust_policy(applied: Applied, role_name: str) -> dict[str, Any]:
+    document = applied.client("iam").get_role(RoleName=role_name)["Role"][
+        "AssumeRolePolicyDocument"
+    ]
+    return document if isinstance(document, dict) else json.loads(urllib.parse.unquote(document))
+
+
+def github_job(case: str, env: str) -> Job:
+    """The job asking for a token, for each case of the trust test."""
+    own_branch = f"refs/heads/{env}"
+    other_environment = "dev" if env == "prod" else "prod"
+    return {
+        "own-branch-workflow-environment": Job(OWNER_REPO, own_branch, env),
+        # A feature branch naming the environment: GitHub lets it in when the
+        # environment's deployment branches are not restricted.
+        "other-branch": Job(OWNER_REPO, "refs/heads/feature/x", env),
+        "other-workflow": Job(OWNER_REPO, own_branch, env, workflow=".github/workflows/x.yml"),
+        "other-repository": Job("someone-else/onnx-ship", own_branch, env),
+        "other-environment": Job(OWNER_REPO, own_branch, other_environment),
+        "pull-request": Job(OWNER_REPO, "refs/pull/7/merge", event="pull_request"),
+        "pull-request-naming-the-environment": Job(
+            OWNER_REPO, "refs/pull/7/merge", env, event="pull_request"
+        ),
+        "other-audience": Job(OWNER_REPO, own_branch, env, audience="https://github.com/other"),
+    }[case]
+
+
+TRUST_CASES = [
+    "own-branch-workflow-environment",
+    "other-branch",
+    "other-workflow",
+    "other-repository",
+    "other-environment",
+    "pull-request",
+    "pull-request-naming-the-environment",
+    "other-audience",
+]
+
+
 @pytest.mark.parametrize("env", ENVS)
-def test_deploy_role_trusts_only_its_github_environment(applied: Applied, env: str) -> None:
-    role = applied.client("iam").get_role(RoleName=f"onnx-ship-{env}-deploy")["Role"]
-    document = role["AssumeRolePolicyDocument"]
-    (statement,) = iam.statements(document if isinstance(document, dict) else str(document))
-    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
-    assert (
-        statement["Principal"]["Federated"]
-        == applied.outputs["bootstrap"]["github_oidc_provider_arn"]
-    )
-    conditions = statement["Condition"]["StringEquals"]
-    assert conditions["token.actions.githubusercontent.com:sub"] == (
-        f"repo:example-org/onnx-ship:environment:{env}"
-    )
-    assert conditions["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+@pytest.mark.parametrize("case", TRUST_CASES)
+def test_deploy_role_trusts_one_workflow_on_one_branch_in_one_environment(
+    applied: Applied, env: str, case: str
+) -> None:
+    """The rendered trust policy's conditions, evaluated with IAM's StringEquals semantics
+    against the claims GitHub puts in each job's token, whichever subject template the
+    repository has: only the deploying job, with the customised subject (repo, context,
+    job_workflow_ref), gets in. With GitHub's default subject a job on any branch that
+    names the environment would carry the same `sub` as the deploying one, so the default
+    subject must not get in at all. moto's STS cannot tell: it hands out credentials for
+    any token (tests/terraform/iam.py)."""
+    provider = ("Federated", applied.outputs["bootstrap"]["github_oidc_provider_arn"])
+    document = trust_policy(applied, f"onnx-ship-{env}-deploy")
+    job = github_job(case, env)
+    verdicts = {
+        template: iam.trust_allows(
+            document, provider, "sts:AssumeRoleWithWebIdentity", job.condition_keys(template)
+        )
+        for template in (CUSTOM_TEMPLATE, DEFAULT_TEMPLATE)
+    }
+    allowed = case == "own-branch-workflow-environment"
+    assert verdicts == {CUSTOM_TEMPLATE: allowed, DEFAULT_TEMPLATE: False}, job
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_deploy_role_has_one_exact_statement_for_web_identity_only(
+    applied: Applied, env: str
+) -> None:
+    """One Allow, matched with StringEquals only (no wildcard that a longer subject could
+    satisfy), for AssumeRoleWithWebIdentity only."""
+    provider = ("Federated", applied.outputs["bootstrap"]["github_oidc_provider_arn"])
+    document = trust_policy(applied, f"onnx-ship-{env}-deploy")
+    (statement,) = iam.statements(document)
+    assert statement["Effect"] == "Allow"
+    assert set(statement["Condition"]) == {"StringEquals"}
+    own = Job(OWNER_REPO, f"refs/heads/{env}", env).condition_keys()
+    assert iam.trust_allows(document, provider, "sts:AssumeRoleWithWebIdentity", own)
+    assert not iam.trust_allows(document, provider, "sts:AssumeRole", own)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_flow_logs_role_trusts_vpc_flow_logs_of_this_account_only(
+    applied: Applied, env: str
+) -> None:
+    """The confused deputy: VPC Flow Logs may assume the role only for a flow log of
+    this account (VPC user guide, "IAM role for publishing flow logs to CloudWatch Logs")."""
+    document = trust_policy(applied, f"onnx-ship-{env}-flow-logs")
+    service = ("Service", "vpc-flow-logs.amazonaws.com")
+    own = {
+        "aws:SourceAccount": "123456789012",
+        "aws:SourceArn": "arn:aws:ec2:us-east-1:123456789012:vpc-flow-log/fl-0123456789abcdef0",
+    }
+    assert iam.trust_allows(document, service, "sts:AssumeRole", own)
+    other_account = {
+        "aws:SourceAccount": "210987654321",
+        "aws:SourceArn": "arn:aws:ec2:us-east-1:210987654321:vpc-flow-log/fl-0123456789abcdef0",
+    }
+    assert not iam.trust_allows(document, service, "sts:AssumeRole", other_account)
+    not_a_flow_log = {**own, "aws:SourceArn": "arn:aws:ec2:us-east-1:123456789012:vpc/vpc-1"}
+    assert not iam.trust_allows(document, service, "sts:AssumeRole", not_a_flow_log)
+    assert not iam.trust_allows(document, service, "sts:AssumeRole", {})
 
 
 # ---------------------------------------------------------------------------

@@ -42,6 +42,7 @@ DEPLOY_OUTPUTS = frozenset(
         "container_name",
         "log_group_name",
         "deploy_role_arn",
+        "api_token_secret_arn",
     }
 ) | frozenset(REQUIRED)
 
@@ -151,7 +152,77 @@ def test_prod_runs_two_tasks_across_two_zones_at_least() -> None:
     prod = assignments(ENVS / "prod" / "terraform.tfvars")
     assert int(prod["desired_count"]) >= 2 and int(prod["min_capacity"]) >= 2
     assert len(json.loads(prod["availability_zones"])) >= 2
-    assert prod["one_nat_gateway_per_az"] == "true"
+    assert prod["nat_gateways"] == '"per_az"'
+
+
+def test_each_environment_has_its_cost_profile() -> None:
+    """dev: no NAT gateway, no Container Insights, capture kept 30 days; prod: a NAT
+    gateway per zone, Container Insights, capture kept 400 days. Both log rejected
+    traffic only (the roots' default)."""
+    dev = assignments(ENVS / "dev" / "terraform.tfvars")
+    prod = assignments(ENVS / "prod" / "terraform.tfvars")
+    assert (dev["nat_gateways"], prod["nat_gateways"]) == ('"none"', '"per_az"')
+    assert (dev["container_insights"], prod["container_insights"]) == ("false", "true")
+    assert (dev["capture_retention_days"], prod["capture_retention_days"]) == ("30", "400")
+    for values in (dev, prod):
+        assert "flow_log_traffic_type" not in values
+    variables = (ENVS / "dev" / "variables.tf").read_text()
+    flow_logs = re.search(r'variable "flow_log_traffic_type" \{.*?^\}', variables, re.M | re.S)
+    assert flow_logs and 'default     = "REJECT"' in flow_logs.group(0)
+
+
+def test_capture_parts_under_128_kb_never_change_storage_class() -> None:
+    """STANDARD_IA and GLACIER_IR bill an object as 128 KB at least, plus a fee per
+    transition: the lifecycle sets S3's minimum transition size explicitly (moto reports
+    it whatever was sent, so the applied tests cannot tell)."""
+    storage = (TERRAFORM_DIR / "modules" / "storage" / "main.tf").read_text()
+    assert re.search(
+        r'^\s*transition_default_minimum_object_size\s*=\s*"all_storage_classes_128K"',
+        storage,
+        re.M,
+    )
+    assert "varies_by_storage_class" not in storage
+
+
+def measured_requests_per_vcpu(readme: Path = TERRAFORM_DIR.parent / "README.md") -> float:
+    """Requests/s one vCPU serves with p99 under 15 ms: the slowest single-image row of the
+    README's benchmark table at c=16 with capture on (as deployed)."""
+    rows = []
+    for line in readme.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[0] == "service" and "single" in cells[1]:
+            _, _, capture, connections, requests, _, _, p99, *_ = cells
+            if capture == "on" and connections == "16":
+                assert float(p99) < 15, f"p99 {p99} ms at c=16: the capacity figure is stale"
+                rows.append(float(requests.replace(",", "")))
+    assert rows, "README's benchmark table has no service single-image rows at c=16"
+    return min(rows)
+
+
+@pytest.mark.parametrize("env", terraform.ENVIRONMENTS)
+def test_request_scaling_target_is_derived_from_measured_capacity(env: str) -> None:
+    """ALBRequestCountPerTarget is a one-minute Sum per task, so requests_per_target / 60
+    is requests/s per task; it aims at 30-80 % of what the task's vCPUs served in the
+    benchmark: headroom, yet not a target the service never reaches."""
+    values = assignments(ENVS / env / "terraform.tfvars")
+    capacity = measured_requests_per_vcpu() * int(values["task_cpu"]) / 1024
+    target = int(values["requests_per_target"]) / 60
+    assert 0.3 <= target / capacity <= 0.8, f"{target:.0f}/s per task of {capacity:.0f}/s"
+
+
+def test_deploy_role_trusts_the_workflow_that_deploys() -> None:
+    """The deploy role's subject names pipeline.yml by path; if the file moved, no deploy
+    could assume the role. pipeline.yml deploys <env> from the branch <env>, in the GitHub
+    environment of that name."""
+    variables = (TERRAFORM_DIR / "modules" / "ci" / "variables.tf").read_text()
+    path = re.search(
+        r'variable "github_workflow_path" \{.*?default\s*=\s*"([^"]+)"', variables, re.S
+    )
+    assert path, "modules/ci has no github_workflow_path default"
+    workflow = (TERRAFORM_DIR.parent / path.group(1)).read_text()
+    assert "environment: ${{ github.ref_name }}" in workflow
+    main = (ENVS / "dev" / "main.tf").read_text()
+    assert "github_branch     = var.environment" in main
 
 
 @pytest.mark.parametrize("env", terraform.ENVIRONMENTS)

@@ -39,8 +39,9 @@ locals {
 module "storage" {
   source = "../../modules/storage"
 
-  bucket_name   = local.bucket_name
-  force_destroy = var.force_destroy
+  bucket_name            = local.bucket_name
+  force_destroy          = var.force_destroy
+  capture_retention_days = var.capture_retention_days
 }
 
 module "registry" {
@@ -56,8 +57,9 @@ module "network" {
   name                    = local.name
   cidr_block              = var.vpc_cidr_block
   availability_zones      = var.availability_zones
-  one_nat_gateway_per_az  = var.one_nat_gateway_per_az
+  nat_gateways            = var.nat_gateways
   flow_log_retention_days = var.log_retention_days
+  flow_log_traffic_type   = var.flow_log_traffic_type
 }
 
 module "service" {
@@ -70,16 +72,28 @@ module "service" {
   memory                = var.task_memory
   prediction_log_sample = var.prediction_log_sample
   log_retention_days    = var.log_retention_days
+  container_insights    = var.container_insights
+
+  require_authentication = var.require_authentication
+  api_token_version      = var.api_token_version
+  # A torn-down dev (force_destroy) can be rebuilt at once under the same secret name.
+  secret_recovery_window_days = var.force_destroy ? 0 : 30
 
   bucket_name    = module.storage.bucket_name
   bucket_arn     = module.storage.bucket_arn
   repository_arn = module.registry.repository_arn
 
-  vpc_id              = module.network.vpc_id
-  public_subnet_ids   = module.network.public_subnet_ids
-  private_subnet_ids  = module.network.private_subnet_ids
-  ingress_cidr_blocks = var.ingress_cidr_blocks
-  deletion_protection = var.deletion_protection
+  vpc_id                             = module.network.vpc_id
+  public_subnet_ids                  = module.network.public_subnet_ids
+  task_subnet_ids                    = module.network.task_subnet_ids
+  assign_public_ip                   = module.network.tasks_need_public_ip
+  ingress_cidr_blocks                = var.ingress_cidr_blocks
+  metrics_scraper_security_group_ids = var.metrics_scraper_security_group_ids
+  deletion_protection                = var.deletion_protection
+
+  certificate_arn = var.certificate_arn
+  domain_name     = var.domain_name
+  route53_zone_id = var.route53_zone_id
 
   load_balancer_idle_timeout_seconds = var.load_balancer_idle_timeout_seconds
 
@@ -103,6 +117,8 @@ module "ci" {
   name              = local.name
   environment       = var.environment
   github_repository = var.github_repository
+  # pipeline.yml deploys <env> from pushes to the branch <env>.
+  github_branch     = var.environment
   oidc_provider_arn = data.aws_iam_openid_connect_provider.github.arn
 
   repository_arn       = module.registry.repository_arn
@@ -110,6 +126,7 @@ module "ci" {
   service_arn          = module.service.service_arn
   task_role_arn        = module.service.task_role_arn
   execution_role_arn   = module.service.execution_role_arn
+  api_token_secret_arn = module.service.api_token_secret_arn
   bucket_arn           = module.storage.bucket_arn
   state_bucket_name    = var.state_bucket_name
   state_key            = local.state_key

@@ -67,16 +67,76 @@ variable "availability_zones" {
   type        = list(string)
 }
 
-variable "one_nat_gateway_per_az" {
-  description = "One NAT gateway per zone (prod) instead of one shared (dev)."
-  type        = bool
-  default     = false
+variable "nat_gateways" {
+  description = "\"per_az\" (prod: a zone outage cuts no zone off), \"shared\" (one NAT gateway), or \"none\" (dev: tasks in the public subnets with a public IP each, reachable from the load balancer only; no NAT bill)."
+  type        = string
+  default     = "shared"
+}
+
+variable "flow_log_traffic_type" {
+  description = "What the VPC flow log records: REJECT (refused traffic only, the cheap default), ACCEPT or ALL."
+  type        = string
+  default     = "REJECT"
 }
 
 variable "ingress_cidr_blocks" {
   description = "Networks allowed to reach the load balancer."
   type        = list(string)
   default     = ["0.0.0.0/0"]
+}
+
+variable "metrics_scraper_security_group_ids" {
+  description = "Security groups inside the VPC (a Prometheus scraper, e.g. the CloudWatch agent) that may reach the tasks' /metrics on the container port."
+  type        = list(string)
+  default     = []
+}
+
+################################################################################
+# TLS and DNS
+################################################################################
+
+variable "certificate_arn" {
+  description = "ACM certificate for domain_name: the load balancer then serves HTTPS on 443 and redirects port 80 there. Empty: plain HTTP (the endpoint_warning output says so)."
+  type        = string
+  default     = ""
+}
+
+variable "domain_name" {
+  description = "Name clients call (the certificate's name), e.g. api.example.com; required with certificate_arn."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.certificate_arn == "" || var.domain_name != ""
+    error_message = "domain_name must be set with certificate_arn: clients must call the name the certificate covers, not the load balancer's DNS name."
+  }
+}
+
+variable "route53_zone_id" {
+  description = "Route 53 hosted zone where Terraform creates domain_name as an alias of the load balancer; empty to create the DNS record yourself (load_balancer_dns_name)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.route53_zone_id == "" || var.domain_name != ""
+    error_message = "route53_zone_id needs domain_name: the record to create in that zone."
+  }
+}
+
+################################################################################
+# Authentication
+################################################################################
+
+variable "require_authentication" {
+  description = "Generate bearer tokens in Secrets Manager and inject them as API_TOKENS, so the service answers 401 without `Authorization: Bearer <token>`."
+  type        = bool
+  default     = true
+}
+
+variable "api_token_version" {
+  description = "Raise to replace the API token with a fresh random one (README.md, \"Set-up: deploy roles, TLS, authentication\")."
+  type        = number
+  default     = 1
 }
 
 variable "load_balancer_idle_timeout_seconds" {
@@ -119,6 +179,18 @@ variable "log_retention_days" {
   default     = 30
 }
 
+variable "container_insights" {
+  description = "CloudWatch Container Insights on the cluster (per-task metrics, billed as custom metrics): prod on, dev off."
+  type        = bool
+  default     = false
+}
+
+variable "capture_retention_days" {
+  description = "Days captured predictions are kept in S3 before they expire (prod 400, dev 30)."
+  type        = number
+  default     = 400
+}
+
 variable "health_check_grace_period_seconds" {
   description = "Seconds a new task has before load balancer health checks count."
   type        = number
@@ -156,9 +228,9 @@ variable "cpu_target_percent" {
 }
 
 variable "requests_per_target" {
-  description = "Requests per task per minute autoscaling aims for."
+  description = "Load balancer requests per task per minute autoscaling aims for: ALBRequestCountPerTarget is a one-minute Sum, so this is requests/s per task x 60. terraform.tfvars derives it from the benchmark's capacity."
   type        = number
-  default     = 1000
+  default     = 60000
 }
 
 ################################################################################

@@ -19,6 +19,11 @@ output "deploy_role_arn" {
   value       = module.ci.deploy_role_arn
 }
 
+output "deploy_role_subject" {
+  description = "The only OIDC subject the deploy role trusts: the repository's customised subject for pipeline.yml on the <environment> branch in the <environment> GitHub environment."
+  value       = module.ci.github_subject
+}
+
 ################################################################################
 # Service
 ################################################################################
@@ -64,8 +69,23 @@ output "log_group_name" {
 }
 
 output "endpoint_url" {
-  description = "Base URL of the service (http://<load balancer DNS name>)."
+  description = "Base URL of the service as served: https://<domain_name> with a certificate, else http://<load balancer DNS name>."
   value       = module.service.endpoint_url
+}
+
+output "endpoint_warning" {
+  description = "Set when the endpoint is plain HTTP (no certificate_arn): bearer tokens and predictions would cross the internet unencrypted. Null when it serves HTTPS."
+  value       = module.service.endpoint_warning
+}
+
+output "load_balancer_dns_name" {
+  description = "DNS name of the load balancer: the target of domain_name's record when Terraform does not create it."
+  value       = module.service.load_balancer_dns_name
+}
+
+output "api_token_secret_arn" {
+  description = "Secrets Manager secret holding the bearer tokens the service accepts (API_TOKENS; the first is the one the pipeline sends), or null when require_authentication is off."
+  value       = module.service.api_token_secret_arn
 }
 
 output "alarm_names" {

@@ -1,17 +1,28 @@
-# The role GitHub Actions assumes to deploy one environment: trusted only by
-# workflow jobs of one repository running in the GitHub environment of the same
-# name, and allowed only what a release needs.
+# The role GitHub Actions assumes to deploy one environment: trusted only by jobs
+# of one workflow file on one branch of one repository, running in the GitHub
+# environment of the same name, and allowed only what a release needs.
 
 locals {
-  github_subject = "repo:${var.github_repository}:environment:${var.environment}"
+  # The repository's OIDC subject, customised to the claims repo, context and
+  # job_workflow_ref (GitHub docs, "OpenID Connect", "Customizing the subject claims";
+  # the set-up step is in terraform/README.md):
+  #   repo:<owner>/<repo>:environment:<env>:job_workflow_ref:<owner>/<repo>/<workflow>@<ref>
+  # job_workflow_ref names the workflow file and the branch it ran from, so a token
+  # from another branch or another workflow file differs even when the GitHub
+  # environment lets that branch in. A repository still on GitHub's default subject
+  # (repo:<owner>/<repo>:environment:<env>) matches nothing: the role fails closed.
+  job_workflow_ref = "${var.github_repository}/${var.github_workflow_path}@refs/heads/${var.github_branch}"
+  github_subject   = "repo:${var.github_repository}:environment:${var.environment}:job_workflow_ref:${local.job_workflow_ref}"
 
   deployments_prefix = "deployments/${var.environment}/"
 }
 
 ################################################################################
-# Trust: GitHub's OIDC tokens for one repository environment
+# Trust: GitHub's OIDC tokens of one workflow, branch and environment
 ################################################################################
 
+# IAM evaluates `sub` and `aud` of a GitHub token (IAM user guide, "Available keys
+# for AWS OIDC federation"); both are matched exactly (StringEquals), no wildcard.
 data "aws_iam_policy_document" "trust" {
   statement {
     actions = ["sts:AssumeRoleWithWebIdentity"]
@@ -137,6 +148,17 @@ data "aws_iam_policy_document" "deploy" {
     # deploy's latest.json, a model not yet published).
     actions   = ["s3:ListBucket"]
     resources = [var.bucket_arn]
+  }
+
+  dynamic "statement" {
+    for_each = var.api_token_secret_arn != "" ? [1] : []
+
+    content {
+      sid = "ReadApiToken"
+      # The smoke test and `nox -s status` send the service's first token.
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [var.api_token_secret_arn]
+    }
   }
 
   statement {

@@ -13,6 +13,6 @@ output "deploy_role_name" {
 }
 
 output "github_subject" {
-  description = "The only OIDC subject the role trusts."
+  description = "The only OIDC subject the role trusts (the repository's customised subject: repo, environment and job_workflow_ref)."
   value       = local.github_subject
 }

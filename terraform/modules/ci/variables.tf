@@ -22,6 +22,17 @@ variable "github_repository" {
   }
 }
 
+variable "github_branch" {
+  description = "Branch whose pushes deploy this environment (the workflow deploys <env> from the branch <env>)."
+  type        = string
+}
+
+variable "github_workflow_path" {
+  description = "Workflow file that deploys, as GitHub's job_workflow_ref names it."
+  type        = string
+  default     = ".github/workflows/pipeline.yml"
+}
+
 variable "oidc_provider_arn" {
   description = "ARN of the account's GitHub OIDC provider (token.actions.githubusercontent.com), created by terraform/bootstrap."
   type        = string
@@ -60,6 +71,13 @@ variable "execution_role_arn" {
 variable "bucket_arn" {
   description = "Environment bucket: the role reads models/ and reads and writes deployments/<environment>/."
   type        = string
+}
+
+variable "api_token_secret_arn" {
+  description = "Secret holding the service's bearer tokens, which the deploy reads to call the service; empty without authentication."
+  type        = string
+  default     = ""
+  nullable    = false
 }
 
 variable "state_bucket_name" {

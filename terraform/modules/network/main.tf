@@ -1,7 +1,11 @@
-# A small VPC of its own per environment: public subnets hold only the load
-# balancer and the NAT gateway(s); tasks run in private subnets without public
-# IPs and reach ECR, CloudWatch Logs and S3 through NAT (S3 through a free
-# gateway endpoint, which keeps model downloads and capture off the NAT bill).
+# A small VPC of its own per environment. With NAT gateways (nat_gateways =
+# "shared" or "per_az") public subnets hold only the load balancer and the NAT
+# gateway(s), and tasks run in private subnets without public IPs, reaching ECR
+# and CloudWatch Logs through NAT. Without (nat_gateways = "none") tasks run in
+# the public subnets with a public IP each and reach those APIs through the
+# internet gateway; their security group (service module) admits only the load
+# balancer. S3 goes through a free gateway endpoint either way, which keeps model
+# downloads and capture off the NAT bill.
 
 data "aws_region" "current" {}
 
@@ -9,7 +13,12 @@ locals {
   azs      = var.availability_zones
   az_count = length(var.availability_zones)
 
-  nat_gateway_count = var.one_nat_gateway_per_az ? local.az_count : 1
+  nat_gateway_count = {
+    none   = 0
+    shared = 1
+    per_az = local.az_count
+  }[var.nat_gateways]
+  tasks_in_public_subnets = var.nat_gateways == "none"
 }
 
 ################################################################################
@@ -114,7 +123,7 @@ resource "aws_route_table" "private" {
 }
 
 resource "aws_route" "private_nat" {
-  count = local.az_count
+  count = local.nat_gateway_count > 0 ? local.az_count : 0
 
   route_table_id         = aws_route_table.private[count.index].id
   destination_cidr_block = "0.0.0.0/0"
@@ -132,7 +141,8 @@ resource "aws_vpc_endpoint" "s3" {
   vpc_id            = aws_vpc.this.id
   service_name      = "com.amazonaws.${data.aws_region.current.name}.s3"
   vpc_endpoint_type = "Gateway"
-  route_table_ids   = aws_route_table.private[*].id
+  # Both tiers: tasks run in the public subnets when there is no NAT gateway.
+  route_table_ids = concat([aws_route_table.public.id], aws_route_table.private[*].id)
 
   tags = merge(var.tags, { Name = "${var.name}-s3" })
 }
@@ -141,6 +151,9 @@ resource "aws_vpc_endpoint" "s3" {
 # Flow logs
 ################################################################################
 
+# Rejected traffic only by default (flow_log_traffic_type): the record of what the
+# security groups turned away, at a fraction of ALL's ingestion bill, since every
+# accepted request already shows in the load balancer's metrics.
 resource "aws_cloudwatch_log_group" "flow_logs" {
   #checkov:skip=CKV_AWS_158:CloudWatch Logs already encrypts at rest; a customer key would add a key policy to maintain and no control we use.
   #checkov:skip=CKV_AWS_338:Flow logs are for debugging connectivity; retention is a per-environment cost choice (var.flow_log_retention_days).
@@ -150,6 +163,14 @@ resource "aws_cloudwatch_log_group" "flow_logs" {
   tags = var.tags
 }
 
+data "aws_caller_identity" "current" {}
+
+data "aws_partition" "current" {}
+
+# Only VPC Flow Logs acting for a flow log of this account may assume the role
+# (the confused deputy): VPC user guide, "IAM role for publishing flow logs to
+# CloudWatch Logs". The flow log's own id is unknown until it exists and the flow
+# log needs the role first, so the ARN's id part is a wildcard, as that page allows.
 data "aws_iam_policy_document" "flow_logs_assume" {
   statement {
     actions = ["sts:AssumeRole"]
@@ -157,6 +178,20 @@ data "aws_iam_policy_document" "flow_logs_assume" {
     principals {
       type        = "Service"
       identifiers = ["vpc-flow-logs.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values = [
+        "arn:${data.aws_partition.current.partition}:ec2:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:vpc-flow-log/*",
+      ]
     }
   }
 }
@@ -187,7 +222,7 @@ resource "aws_iam_role_policy" "flow_logs" {
 
 resource "aws_flow_log" "this" {
   vpc_id          = aws_vpc.this.id
-  traffic_type    = "ALL"
+  traffic_type    = var.flow_log_traffic_type
   log_destination = aws_cloudwatch_log_group.flow_logs.arn
   iam_role_arn    = aws_iam_role.flow_logs.arn
 

@@ -27,10 +27,15 @@ variable "availability_zones" {
   }
 }
 
-variable "one_nat_gateway_per_az" {
-  description = "One NAT gateway per zone (survives a zone outage) instead of one shared NAT gateway (cheaper)."
-  type        = bool
-  default     = false
+variable "nat_gateways" {
+  description = "How tasks reach ECR and CloudWatch Logs: \"per_az\" (one NAT gateway per zone, survives a zone outage), \"shared\" (one NAT gateway), or \"none\" (tasks in the public subnets with a public IP each, no NAT bill)."
+  type        = string
+  default     = "shared"
+
+  validation {
+    condition     = contains(["none", "shared", "per_az"], var.nat_gateways)
+    error_message = "nat_gateways must be \"none\", \"shared\" or \"per_az\"."
+  }
 }
 
 ################################################################################
@@ -41,6 +46,17 @@ variable "flow_log_retention_days" {
   description = "Days VPC flow logs are kept."
   type        = number
   default     = 14
+}
+
+variable "flow_log_traffic_type" {
+  description = "Traffic the flow log records: REJECT (what the security groups refused; the cheap default), ACCEPT or ALL."
+  type        = string
+  default     = "REJECT"
+
+  validation {
+    condition     = contains(["REJECT", "ACCEPT", "ALL"], var.flow_log_traffic_type)
+    error_message = "flow_log_traffic_type must be REJECT, ACCEPT or ALL."
+  }
 }
 
 variable "tags" {

@@ -1,6 +1,7 @@
 # The running service: an ECS cluster, a Fargate service behind an Application
-# Load Balancer, its roles, logs, autoscaling and the alarms that roll a bad
-# deployment back. Terraform owns the task definition; each release registers a
+# Load Balancer (HTTPS with a certificate), the bearer tokens it checks, its roles,
+# logs, autoscaling and the alarms that roll a bad deployment back. Terraform owns
+# the task definition; each release registers a
 # revision of it with its own image and model (pipeline/release.py) and points
 # the service at that, so the service ignores `task_definition` (and
 # `desired_count`, which autoscaling owns).
@@ -39,11 +40,12 @@ locals {
 ################################################################################
 
 resource "aws_ecs_cluster" "this" {
+  #checkov:skip=CKV_AWS_65:Container Insights is var.container_insights: on in prod; off in dev, where ECS's free service CPU and memory metrics suffice and per-task metrics would cost more than the task.
   name = var.name
 
   setting {
     name  = "containerInsights"
-    value = "enabled"
+    value = var.container_insights ? "enabled" : "disabled"
   }
 
   tags = var.tags
@@ -59,7 +61,57 @@ resource "aws_cloudwatch_log_group" "this" {
 }
 
 ################################################################################
-# IAM: execution role (pull the image, write logs)
+# Authentication: the service's bearer tokens in Secrets Manager
+################################################################################
+
+# The value never passes through Terraform's state, a tfvars file or the image:
+# Secrets Manager generates it (GetRandomPassword, an ephemeral resource, kept in
+# no plan or state) and Terraform hands it on through a write-only argument
+# (Terraform 1.11; the state holds only secret_string_wo_version). ECS reads it
+# into the container's API_TOKENS when a task starts (ECS developer guide,
+# "Pass Secrets Manager secrets through Amazon ECS environment variables").
+# Raising api_token_version writes a fresh token (README.md, "Set-up: deploy roles,
+# TLS, authentication", for reading and rotating it).
+ephemeral "aws_secretsmanager_random_password" "api_token" {
+  count = var.require_authentication ? 1 : 0
+
+  password_length = 48
+  # Letters and digits only: the secret holds tokens separated by commas or
+  # whitespace, and a token travels in an HTTP header.
+  exclude_punctuation = true
+  include_space       = false
+}
+
+resource "aws_secretsmanager_secret" "api_tokens" {
+  #checkov:skip=CKV_AWS_149:Encrypted with the AWS-managed aws/secretsmanager key: only this account's principals that IAM lets read the secret can decrypt it, and a customer key would add a key policy and kms:Decrypt grants without a control we use.
+  #checkov:skip=CKV2_AWS_57:Clients hold these tokens, so a scheduled rotation Lambda would lock them out unannounced; rotation is deliberate (raise api_token_version, or put "new,old" and restart the tasks: README.md, Set-up).
+  count = var.require_authentication ? 1 : 0
+
+  name                    = "${var.name}/api-tokens"
+  description             = "Bearer tokens the ${var.name} service accepts (API_TOKENS): one or more, separated by commas or whitespace; the first is the one the pipeline sends."
+  recovery_window_in_days = var.secret_recovery_window_days
+
+  tags = var.tags
+}
+
+resource "aws_secretsmanager_secret_version" "api_tokens" {
+  count = var.require_authentication ? 1 : 0
+
+  secret_id                = aws_secretsmanager_secret.api_tokens[0].id
+  secret_string_wo         = ephemeral.aws_secretsmanager_random_password.api_token[0].random_password
+  secret_string_wo_version = var.api_token_version
+}
+
+locals {
+  api_token_secret_arn = var.require_authentication ? aws_secretsmanager_secret.api_tokens[0].arn : null
+
+  container_secrets = var.require_authentication ? [
+    { name = "API_TOKENS", valueFrom = aws_secretsmanager_secret.api_tokens[0].arn },
+  ] : []
+}
+
+################################################################################
+# IAM: execution role (pull the image, write logs, read the API tokens)
 # Exactly the execution role's entries of pipeline/aws_calls.py.
 ################################################################################
 
@@ -99,6 +151,19 @@ data "aws_iam_policy_document" "execution" {
       "logs:PutLogEvents",
     ]
     resources = ["${aws_cloudwatch_log_group.this.arn}:*"]
+  }
+
+  # ECS reads the task definition's `secrets` with the execution role when it starts
+  # a task (ECS developer guide, "Required IAM permissions for Amazon ECS secrets");
+  # the AWS-managed key needs no kms:Decrypt grant.
+  dynamic "statement" {
+    for_each = var.require_authentication ? [1] : []
+
+    content {
+      sid       = "ReadApiTokens"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [aws_secretsmanager_secret.api_tokens[0].arn]
+    }
   }
 }
 
@@ -197,6 +262,8 @@ resource "aws_ecs_task_definition" "this" {
           value = local.container_environment[key]
         }
       ]
+      # API_TOKENS, from Secrets Manager when the task starts (absent without authentication).
+      secrets = local.container_secrets
       mountPoints = [
         {
           sourceVolume  = "scratch"
@@ -219,9 +286,19 @@ resource "aws_ecs_task_definition" "this" {
 }
 
 ################################################################################
-# Load balancer
+# Load balancer: HTTPS on 443 when a certificate is given (port 80 redirects
+# there), plain HTTP on 80 otherwise (the endpoint_warning output says so).
 ################################################################################
 
+locals {
+  tls = var.certificate_arn != ""
+
+  endpoint_host = var.domain_name != "" ? var.domain_name : aws_lb.this.dns_name
+  endpoint_url  = "${local.tls ? "https" : "http"}://${local.endpoint_host}"
+}
+
+# Its description says HTTP although 443 opens with a certificate: a new description
+# would replace the group under the running load balancer.
 resource "aws_security_group" "alb" {
   name        = "${var.name}-alb"
   description = "Load balancer of ${var.name}: HTTP in from the allowed networks, out to the tasks only"
@@ -231,7 +308,7 @@ resource "aws_security_group" "alb" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "alb_http" {
-  #checkov:skip=CKV_AWS_260:The load balancer is the service's public HTTP endpoint; narrow var.ingress_cidr_blocks to restrict it.
+  #checkov:skip=CKV_AWS_260:The load balancer is the service's public endpoint (with a certificate port 80 only redirects to 443); narrow var.ingress_cidr_blocks to restrict it.
   for_each = toset(var.ingress_cidr_blocks)
 
   security_group_id = aws_security_group.alb.id
@@ -239,6 +316,17 @@ resource "aws_vpc_security_group_ingress_rule" "alb_http" {
   ip_protocol       = "tcp"
   from_port         = 80
   to_port           = 80
+  cidr_ipv4         = each.value
+}
+
+resource "aws_vpc_security_group_ingress_rule" "alb_https" {
+  for_each = local.tls ? toset(var.ingress_cidr_blocks) : toset([])
+
+  security_group_id = aws_security_group.alb.id
+  description       = "HTTPS from ${each.value}"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
   cidr_ipv4         = each.value
 }
 
@@ -253,9 +341,9 @@ resource "aws_vpc_security_group_egress_rule" "alb_to_tasks" {
 
 resource "aws_lb" "this" {
   #checkov:skip=CKV_AWS_91:Access logs need a separate SSE-S3 bucket; every prediction is already captured to S3 and request metrics are in CloudWatch.
-  #checkov:skip=CKV2_AWS_28:No WAF: the API takes fixed-size tensors, rejects malformed bodies with 4xx and has no state to attack; add one in front when it faces untrusted traffic at scale.
+  #checkov:skip=CKV2_AWS_28:No WAF: the API takes fixed-size tensors, rejects malformed bodies with 4xx, checks a bearer token and has no state to attack; add one in front when it faces untrusted traffic at scale.
   #checkov:skip=CKV_AWS_150:Deletion protection is var.deletion_protection: on in prod, off in dev so the environment can be torn down and rebuilt.
-  #checkov:skip=CKV2_AWS_20:No domain or certificate in this project, so there is no HTTPS listener to redirect to; endpoint_url is plain HTTP by design.
+  #checkov:skip=CKV2_AWS_20:Port 80 redirects to the HTTPS listener whenever var.certificate_arn is set; without a certificate there is nothing to redirect to and the endpoint_warning output says the traffic is plain HTTP.
   name                       = var.name
   load_balancer_type         = "application"
   internal                   = false
@@ -269,7 +357,7 @@ resource "aws_lb" "this" {
 }
 
 resource "aws_lb_target_group" "this" {
-  #checkov:skip=CKV_AWS_378:Load balancer to task traffic never leaves the VPC's private subnets; the container serves plain HTTP on its port.
+  #checkov:skip=CKV_AWS_378:Load balancer to task traffic never leaves the VPC; TLS ends at the load balancer and the container serves plain HTTP on its port.
   name                 = var.name
   port                 = var.container_port
   protocol             = "HTTP"
@@ -289,12 +377,48 @@ resource "aws_lb_target_group" "this" {
   tags = var.tags
 }
 
+# Port 80: forwards to the tasks without a certificate, redirects (301) to 443 with one.
 resource "aws_lb_listener" "http" {
-  #checkov:skip=CKV_AWS_2:No domain or certificate in this project; the endpoint is plain HTTP by design (see CKV2_AWS_20 on the load balancer).
-  #checkov:skip=CKV_AWS_103:Plain HTTP listener, so there is no TLS policy to set.
+  #checkov:skip=CKV_AWS_2:With var.certificate_arn this listener only redirects to the HTTPS listener; without one the endpoint is plain HTTP and the endpoint_warning output says so.
+  #checkov:skip=CKV_AWS_103:Port 80 carries no TLS; the HTTPS listener sets var.ssl_policy.
   load_balancer_arn = aws_lb.this.arn
   port              = 80
   protocol          = "HTTP"
+
+  dynamic "default_action" {
+    for_each = local.tls ? [] : [1]
+
+    content {
+      type             = "forward"
+      target_group_arn = aws_lb_target_group.this.arn
+    }
+  }
+
+  dynamic "default_action" {
+    for_each = local.tls ? [1] : []
+
+    content {
+      type = "redirect"
+
+      redirect {
+        protocol    = "HTTPS"
+        port        = "443"
+        status_code = "HTTP_301"
+      }
+    }
+  }
+
+  tags = var.tags
+}
+
+resource "aws_lb_listener" "https" {
+  count = local.tls ? 1 : 0
+
+  load_balancer_arn = aws_lb.this.arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = var.ssl_policy
+  certificate_arn   = var.certificate_arn
 
   default_action {
     type             = "forward"
@@ -304,16 +428,70 @@ resource "aws_lb_listener" "http" {
   tags = var.tags
 }
 
+# /metrics never leaves the VPC: the listener that forwards to the tasks answers it
+# itself, in the service's error shape. Prometheus scrapes the tasks' own address
+# from inside the VPC instead (terraform/README.md, "Metrics").
+resource "aws_lb_listener_rule" "metrics_not_public" {
+  listener_arn = local.tls ? aws_lb_listener.https[0].arn : aws_lb_listener.http.arn
+  priority     = 1
+
+  condition {
+    path_pattern {
+      values = ["/metrics", "/metrics/*"]
+    }
+  }
+
+  action {
+    type = "fixed-response"
+
+    fixed_response {
+      content_type = "application/json"
+      status_code  = "404"
+      message_body = jsonencode({ error = "no route '/metrics' through the load balancer: metrics are scraped inside the VPC; /openapi.json lists the routes" })
+    }
+  }
+
+  tags = var.tags
+}
+
+resource "aws_route53_record" "endpoint" {
+  count = var.route53_zone_id != "" ? 1 : 0
+
+  zone_id = var.route53_zone_id
+  name    = var.domain_name
+  type    = "A"
+
+  alias {
+    name                   = aws_lb.this.dns_name
+    zone_id                = aws_lb.this.zone_id
+    evaluate_target_health = true
+  }
+}
+
 ################################################################################
 # Service
 ################################################################################
 
+# The only way in, whether the tasks sit in private subnets or (no NAT gateway) in
+# public ones with a public IP: from the load balancer's group, plus the metrics
+# scrapers' groups when given (terraform/README.md, "Metrics").
 resource "aws_security_group" "tasks" {
   name        = "${var.name}-tasks"
   description = "Tasks of ${var.name}: in from the load balancer only, out over HTTPS (ECR, logs, S3)"
   vpc_id      = var.vpc_id
 
   tags = var.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "tasks_from_metrics_scrapers" {
+  for_each = toset(var.metrics_scraper_security_group_ids)
+
+  security_group_id            = aws_security_group.tasks.id
+  description                  = "Prometheus scrape of /metrics from ${each.value}"
+  ip_protocol                  = "tcp"
+  from_port                    = var.container_port
+  to_port                      = var.container_port
+  referenced_security_group_id = each.value
 }
 
 resource "aws_vpc_security_group_ingress_rule" "tasks_from_alb" {
@@ -327,7 +505,7 @@ resource "aws_vpc_security_group_ingress_rule" "tasks_from_alb" {
 
 resource "aws_vpc_security_group_egress_rule" "tasks_https" {
   security_group_id = aws_security_group.tasks.id
-  description       = "HTTPS to AWS APIs (ECR, CloudWatch Logs, S3) through NAT and the S3 endpoint"
+  description       = "HTTPS to AWS APIs (ECR, CloudWatch Logs, Secrets Manager, S3) through NAT or the internet gateway and the S3 endpoint"
   ip_protocol       = "tcp"
   from_port         = 443
   to_port           = 443
@@ -335,6 +513,7 @@ resource "aws_vpc_security_group_egress_rule" "tasks_https" {
 }
 
 resource "aws_ecs_service" "this" {
+  #checkov:skip=CKV_AWS_333:A public IP only where var.assign_public_ip (nat_gateways = "none", dev): it replaces a NAT gateway for the task's outbound calls, and the task's security group admits the load balancer alone.
   name                              = var.name
   cluster                           = aws_ecs_cluster.this.id
   task_definition                   = aws_ecs_task_definition.this.arn
@@ -366,9 +545,9 @@ resource "aws_ecs_service" "this" {
   }
 
   network_configuration {
-    subnets          = var.private_subnet_ids
+    subnets          = var.task_subnet_ids
     security_groups  = [aws_security_group.tasks.id]
-    assign_public_ip = false
+    assign_public_ip = var.assign_public_ip
   }
 
   load_balancer {
@@ -384,7 +563,7 @@ resource "aws_ecs_service" "this" {
 
   tags = var.tags
 
-  depends_on = [aws_lb_listener.http, aws_iam_role_policy.execution]
+  depends_on = [aws_lb_listener.http, aws_lb_listener.https, aws_iam_role_policy.execution]
 }
 
 ################################################################################

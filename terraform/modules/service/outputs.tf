@@ -52,7 +52,7 @@ output "task_role_arn" {
 }
 
 output "execution_role_arn" {
-  description = "Role ECS uses to pull the image and write logs."
+  description = "Role ECS uses to pull the image, write logs and read the API tokens."
   value       = aws_iam_role.execution.arn
 }
 
@@ -71,13 +71,37 @@ output "load_balancer_dns_name" {
 }
 
 output "endpoint_url" {
-  description = "Base URL of the service (http://<load balancer DNS name>)."
-  value       = "http://${aws_lb.this.dns_name}"
+  description = "Base URL of the service as served: https://<domain_name> with a certificate, else http://<load balancer DNS name>."
+  value       = local.endpoint_url
+}
+
+output "endpoint_warning" {
+  description = "Why the endpoint is not safe to call over the internet, or null when it serves HTTPS."
+  value       = local.tls ? null : "UNENCRYPTED: ${local.endpoint_url} is plain HTTP, so bearer tokens and predictions cross the internet in clear text. Set certificate_arn and domain_name (README.md, \"Set-up: deploy roles, TLS, authentication\") before sending it anything real."
+}
+
+output "https_listener_arn" {
+  description = "HTTPS listener on 443 (null without a certificate)."
+  value       = local.tls ? aws_lb_listener.https[0].arn : null
+}
+
+output "http_listener_arn" {
+  description = "Listener on 80: forwards to the tasks without a certificate, redirects to 443 with one."
+  value       = aws_lb_listener.http.arn
 }
 
 output "target_group_arn" {
   description = "Target group of the tasks."
   value       = aws_lb_target_group.this.arn
+}
+
+################################################################################
+# Authentication
+################################################################################
+
+output "api_token_secret_arn" {
+  description = "Secrets Manager secret holding the bearer tokens the service accepts (API_TOKENS; the first is the pipeline's), or null without authentication."
+  value       = local.api_token_secret_arn
 }
 
 ################################################################################

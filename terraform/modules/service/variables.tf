@@ -29,6 +29,12 @@ variable "health_check_grace_period_seconds" {
   default     = 60
 }
 
+variable "container_insights" {
+  description = "CloudWatch Container Insights on the cluster (per-task metrics, billed as custom metrics): on in prod, off in dev."
+  type        = bool
+  default     = true
+}
+
 variable "enable_deployment_alarms" {
   description = "Wire the 5xx and latency alarms to the deployment so a firing alarm rolls it back."
   type        = bool
@@ -131,13 +137,25 @@ variable "public_subnet_ids" {
   type        = list(string)
 }
 
-variable "private_subnet_ids" {
-  description = "Subnets of the tasks (no public IPs)."
+variable "task_subnet_ids" {
+  description = "Subnets of the tasks: private ones behind NAT, or public ones (with assign_public_ip) where there is no NAT gateway."
   type        = list(string)
 }
 
+variable "assign_public_ip" {
+  description = "Give each task a public IP: only for tasks in public subnets without NAT (their security group still admits the load balancer alone)."
+  type        = bool
+  default     = false
+}
+
+variable "metrics_scraper_security_group_ids" {
+  description = "Security groups of Prometheus scrapers inside the VPC (e.g. the CloudWatch agent's service) allowed to reach the tasks' container port for /metrics."
+  type        = list(string)
+  default     = []
+}
+
 variable "ingress_cidr_blocks" {
-  description = "Networks allowed to reach the load balancer on port 80."
+  description = "Networks allowed to reach the load balancer (port 80, and 443 with a certificate)."
   type        = list(string)
   default     = ["0.0.0.0/0"]
 }
@@ -158,6 +176,61 @@ variable "deletion_protection" {
   description = "Protect the load balancer from deletion (turn off to destroy the environment)."
   type        = bool
   default     = true
+}
+
+################################################################################
+# TLS and DNS
+################################################################################
+
+variable "certificate_arn" {
+  description = "ACM certificate (in the load balancer's region) for an HTTPS listener on 443, port 80 then redirecting there; empty for plain HTTP on 80."
+  type        = string
+  default     = ""
+}
+
+variable "domain_name" {
+  description = "Name clients use for the endpoint (the certificate's name); endpoint_url uses it when set, else the load balancer's DNS name."
+  type        = string
+  default     = ""
+}
+
+variable "route53_zone_id" {
+  description = "Route 53 hosted zone in which to create domain_name as an alias of the load balancer; empty to point your DNS at it yourself."
+  type        = string
+  default     = ""
+}
+
+variable "ssl_policy" {
+  description = "Security policy of the HTTPS listener: TLS 1.3 and 1.2 with forward-secret ciphers only, the ELB console's default (ELB guide, \"Security policies for your Application Load Balancer\")."
+  type        = string
+  default     = "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"
+}
+
+################################################################################
+# Authentication
+################################################################################
+
+variable "require_authentication" {
+  description = "Create the API tokens secret and inject it as API_TOKENS, so the service asks for `Authorization: Bearer <token>`."
+  type        = bool
+  default     = true
+}
+
+variable "api_token_version" {
+  description = "Version of the generated API token: raise it to replace the token with a fresh random one (Terraform writes it through a write-only argument, never into the state)."
+  type        = number
+  default     = 1
+}
+
+variable "secret_recovery_window_days" {
+  description = "Days a deleted API tokens secret can be restored (0 deletes at once, so a torn-down dev can be rebuilt under the same name; 7-30 otherwise)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.secret_recovery_window_days == 0 || (var.secret_recovery_window_days >= 7 && var.secret_recovery_window_days <= 30)
+    error_message = "secret_recovery_window_days must be 0 or 7-30 (Secrets Manager's DeleteSecret)."
+  }
 }
 
 ################################################################################
@@ -211,9 +284,9 @@ variable "cpu_target_percent" {
 }
 
 variable "requests_per_target" {
-  description = "Load balancer requests per task per minute autoscaling aims for."
+  description = "Load balancer requests per task per minute autoscaling aims for (ALBRequestCountPerTarget is a one-minute Sum: requests/s per task x 60)."
   type        = number
-  default     = 1000
+  default     = 60000
 }
 
 variable "tags" {

@@ -94,25 +94,50 @@ resource "aws_s3_bucket_policy" "this" {
 # Lifecycle
 ################################################################################
 
+locals {
+  # A transition only makes sense for a part that will still be there after it.
+  capture_transitions = [
+    for transition in [
+      { days = var.capture_infrequent_access_after_days, storage_class = "STANDARD_IA" },
+      { days = var.capture_archive_after_days, storage_class = "GLACIER_IR" },
+    ] : transition if transition.days < var.capture_retention_days
+  ]
+}
+
 resource "aws_s3_bucket_lifecycle_configuration" "this" {
   bucket = aws_s3_bucket.this.id
 
+  # STANDARD_IA and GLACIER_IR bill every object as at least 128 KB and charge each
+  # transition, so a capture part smaller than that would cost more after moving than
+  # before: S3 moves no object under 128 KB to any class (S3 API reference,
+  # PutBucketLifecycleConfiguration, TransitionDefaultMinimumObjectSize). Set here
+  # rather than left to the default of the day the configuration was first written.
+  transition_default_minimum_object_size = "all_storage_classes_128K"
+
   rule {
-    id     = "capture-to-cheaper-storage"
+    id     = "capture-retention"
     status = "Enabled"
 
     filter {
       prefix = "capture/"
     }
 
-    transition {
-      days          = var.capture_infrequent_access_after_days
-      storage_class = "STANDARD_IA"
+    dynamic "transition" {
+      for_each = local.capture_transitions
+
+      content {
+        days          = transition.value.days
+        storage_class = transition.value.storage_class
+      }
     }
 
-    transition {
-      days          = var.capture_archive_after_days
-      storage_class = "GLACIER_IR"
+    expiration {
+      days = var.capture_retention_days
+    }
+
+    # Versioning keeps an expired part as a noncurrent version: gone a day later.
+    noncurrent_version_expiration {
+      noncurrent_days = 1
     }
   }
 

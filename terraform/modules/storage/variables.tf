@@ -17,14 +17,25 @@ variable "force_destroy" {
 # Lifecycle
 ################################################################################
 
+variable "capture_retention_days" {
+  description = "Days a capture part is kept before it expires (prediction records are telemetry, not an archive)."
+  type        = number
+  default     = 400
+
+  validation {
+    condition     = var.capture_retention_days >= 1
+    error_message = "capture_retention_days must be 1 or more."
+  }
+}
+
 variable "capture_infrequent_access_after_days" {
-  description = "Days after which objects under capture/ move to STANDARD_IA (30 at least)."
+  description = "Days after which capture parts larger than 128 KB move to STANDARD_IA (30 at least); skipped when the retention is shorter."
   type        = number
   default     = 30
 }
 
 variable "capture_archive_after_days" {
-  description = "Days after which objects under capture/ move to GLACIER_IR."
+  description = "Days after which capture parts larger than 128 KB move to GLACIER_IR; skipped when the retention is shorter."
   type        = number
   default     = 90
 }

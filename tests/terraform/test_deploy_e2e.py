@@ -79,15 +79,19 @@ class Deployment:
         )
 
 
+STAR_ONLY_SERVICES = ("ecs", "ecr", "secretsmanager")
+
+
 def as_moto_authorises(role: str, client: Any) -> None:
-    """Widen the resources of `role`'s ECS- and ECR-only statements to `*` (see above)."""
+    """Widen the resources of `role`'s ECS-, ECR- and Secrets-Manager-only statements to `*`
+    (moto authorises those services against `*` only; tests/terraform/iam.py)."""
     for name in client.list_role_policies(RoleName=role)["PolicyNames"]:
         document = client.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
         document = json.loads(json.dumps(document))
         for statement in iam.statements(document):
             actions = statement["Action"]
             actions = [actions] if isinstance(actions, str) else actions
-            if all(action.split(":")[0] in ("ecs", "ecr") for action in actions):
+            if all(action.split(":")[0] in STAR_ONLY_SERVICES for action in actions):
                 statement["Resource"] = "*"
         client.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(document))
 
@@ -115,6 +119,8 @@ def deployment(moto_server, terraform_bin, tmp_path_factory) -> Iterator[Deploym
     for env in ENVS:
         s3.delete_bucket_policy(Bucket=outputs[env]["bucket_name"])
         as_moto_authorises(f"onnx-ship-{env}-deploy", iam_client)
+        # The ECS agent reads the container's secrets as the execution role.
+        as_moto_authorises(f"onnx-ship-{env}-execution", iam_client)
     admin = moto_server.user("e2e-admin", [{"Effect": "Allow", "Action": "*", "Resource": "*"}])
     deploy_roles = {
         env: assume(moto_server.endpoint, outputs[env]["deploy_role_arn"], web_identity=True)

@@ -242,7 +242,7 @@ CALLS: tuple[AwsCall, ...] = (
         Role.TASK,
         "s3:PutObject",
         CAPTURE,
-        "service.capture.sinks.S3Sink.put (If-None-Match: *)",
+        "service.store.S3Store.put_new (If-None-Match: *)",
         "write prediction parts, and re-send the ones the spool kept",
     ),
     # -- execution role: ECS starting a task ----------------------------------------------

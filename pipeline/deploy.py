@@ -27,8 +27,8 @@ from pipeline.gate import GateResult, read_champion, run_gate
 from pipeline.reference import Reference, load_reference
 from pipeline.release import Candidate, SmokeImages, release
 from pipeline.report import append_step_summary, write_report
-from service.artifacts import s3_location
 from service.model import ModelInfo, OnnxModel
+from service.store import NotAStore, S3Store, StoreError, StoreUnreachable, open_store
 
 SMOKE_IMAGES = 8
 DEFAULT_REPORT_DIR = Path("build/gate")
@@ -139,62 +139,46 @@ def _publish(env: Environment, source: Path, name: str) -> str:
     upload. A missing key is a 404 only to a caller with s3:ListBucket (S3 API
     reference, HeadObject: https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html).
     """
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
-        location = s3_location(env.models_url)
+        models = open_store(env.models_url, s3_client=lambda: env.client("s3"))
+    except NotAStore:
+        raise DeployError(f"models_url {env.models_url!r} must be an s3:// URL") from None
     except ValueError as exc:
         raise DeployError(f"models_url: {exc}") from None
-    if location is None:
+    if not isinstance(models, S3Store):
         raise DeployError(f"models_url {env.models_url!r} must be an s3:// URL")
-    bucket, prefix = location
-    key = f"{prefix}/{name}".lstrip("/")
-    url = f"s3://{bucket}/{key}"
-    s3 = env.client("s3")
+    url = models.url_of(name)
     try:
-        s3.head_object(Bucket=bucket, Key=key)
-        say(f"already at {url}")
-        return url
-    except ClientError as exc:
-        if _error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
-            raise _refused("s3:GetObject", "_publish", bucket, key, exc) from None
-    except BotoCoreError as exc:
+        if models.exists(name):
+            say(f"already at {url}")
+            return url
+    except StoreUnreachable as exc:
         raise DeployError(f"could not reach S3 to publish {url}: {exc}") from None
+    except StoreError as exc:
+        raise _refused("s3:GetObject", "_publish", models.bucket, models.key(name), exc) from None
     try:
-        s3.upload_file(str(source), bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
-    except (ClientError, S3UploadFailedError) as exc:
-        raise _refused("s3:PutObject", "_publish", bucket, key, exc) from None
-    except BotoCoreError as exc:
+        models.upload_file(name, source)
+    except StoreUnreachable as exc:
         raise DeployError(f"could not reach S3 to publish {url}: {exc}") from None
+    except StoreError as exc:
+        raise _refused("s3:PutObject", "_publish", models.bucket, models.key(name), exc) from None
     say(f"uploaded {url}")
     return url
 
 
-def _error_code(exc: BaseException) -> str:
-    """The S3 error code of a ClientError, or of the one boto3's upload wrapped."""
-    from botocore.exceptions import ClientError
-
-    for error in (exc, exc.__cause__, exc.__context__):
-        if isinstance(error, ClientError):
-            return str(error.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _refused(action: str, code: str, bucket: str, key: str, exc: BaseException) -> DeployError:
+def _refused(action: str, code: str, bucket: str, key: str, exc: StoreError) -> DeployError:
     """One line: what S3 refused, on which resource, and the grant that fixes it."""
-    answer = _error_code(exc) or exc.__class__.__name__
     call = aws_calls.find(aws_calls.Role.DEPLOY, action, code)
     resource = f"arn:aws:s3:::{bucket}/{key}"
-    if answer in ("AccessDenied", "403", "Forbidden"):
+    if exc.code in ("AccessDenied", "403", "Forbidden"):
         return DeployError(
-            f"S3 refused {action} on {resource} ({answer}): the {call.role} role needs "
+            f"S3 refused {action} on {resource} ({exc.code}): the {call.role} role needs "
             f"{action} on {call.resource.replace('{bucket}', bucket)} "
             f"({aws_calls.GRANTED_IN[call.role]}, listed in "
             "pipeline/aws_calls.py); apply the environment's Terraform, then deploy again"
         )
     detail = " ".join(str(exc).split())
-    return DeployError(f"S3 refused {action} on {resource} ({answer}): {detail}")
+    return DeployError(f"S3 refused {action} on {resource} ({exc.code}): {detail}")
 
 
 def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:

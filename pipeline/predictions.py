@@ -22,15 +22,23 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 import numpy as np
 import orjson
 
 from pipeline.environment import ENVIRONMENTS
 from pipeline.reference import REPO
-from service.artifacts import local_path, s3_location
 from service.config import DEFAULT_APP_ENV
+from service.store import (
+    LocalStore,
+    NoSuchBucket,
+    NotAStore,
+    S3Store,
+    StoreError,
+    StoreUnreachable,
+)
+from service.store import open_store as store_at
 
 URL_ENV = "PREDICTION_LOG_URL"
 DEFAULT_LOCAL_URL = str(REPO / "predictions")
@@ -47,93 +55,50 @@ class PredictionLogError(Exception):
     """The prediction log cannot be read; the message says what to fix."""
 
 
-# -- where the parts are: a local directory or S3 ----------------------------
+# -- where the parts are: a local directory or S3 (service.store) --------------
+
+PartStore = LocalStore | S3Store
 
 
-class Store(Protocol):
-    url: str
-
-    def keys(self, prefix: str) -> list[str]:
-        """Part keys under `prefix`, relative to the store's root."""
-        ...
-
-    def read(self, key: str) -> bytes: ...
-
-
-class LocalStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.url = str(root)
-
-    def keys(self, prefix: str) -> list[str]:
-        if not self.root.is_dir():
-            raise PredictionLogError(
-                f"{self.root} does not exist: no predictions were captured there; pass --url "
-                f"or set {URL_ENV} to where the service writes them"
-            )
-        base = self.root / prefix
-        return [path.relative_to(self.root).as_posix() for path in base.rglob(f"*{PART_SUFFIX}")]
-
-    def read(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
-
-
-class S3Store:
-    def __init__(self, bucket: str, prefix: str) -> None:
-        import boto3
-
-        self.bucket = bucket
-        self.prefix = prefix
-        self.url = f"s3://{bucket}/{prefix}".rstrip("/")
-        self._client = boto3.client("s3")
-
-    def _full(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def keys(self, prefix: str) -> list[str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        full = self._full(prefix).rstrip("/") + "/"
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full
-            )
-            return [
-                item["Key"][strip:]
-                for page in pages
-                for item in page.get("Contents", [])
-                if item["Key"].endswith(PART_SUFFIX)
-            ]
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code == "NoSuchBucket":
-                raise PredictionLogError(
-                    f"bucket {self.bucket!r} does not exist; check --url / {URL_ENV}"
-                ) from None
-            raise PredictionLogError(f"listing {self.url}/{prefix}: {exc}") from None
-        except BotoCoreError as exc:
-            raise PredictionLogError(
-                f"listing {self.url}/{prefix}: {exc} (are AWS credentials and region set?)"
-            ) from None
-
-    def read(self, key: str) -> bytes:
-        return self._client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
-
-
-def open_store(url: str) -> Store:
+def open_store(url: str) -> PartStore:
+    """The store of parts `url` names; PredictionLogError for a URL that names none."""
     try:
-        location = s3_location(url)
-    except ValueError as exc:
-        raise PredictionLogError(str(exc)) from None
-    if location is not None:
-        return S3Store(*location)
-    path = local_path(url)
-    if path is None:
+        return store_at(url)
+    except NotAStore:
         raise PredictionLogError(
             f"{url!r} is not a local directory, file:// URL or s3://bucket/prefix"
+        ) from None
+    except ValueError as exc:
+        raise PredictionLogError(str(exc)) from None
+
+
+def part_keys(store: PartStore, prefix: str) -> list[str]:
+    """Part keys under `prefix`, relative to the store's root."""
+    if isinstance(store, LocalStore) and not store.root.is_dir():
+        raise PredictionLogError(
+            f"{store.root} does not exist: no predictions were captured there; pass --url "
+            f"or set {URL_ENV} to where the service writes them"
         )
-    return LocalStore(path)
+    try:
+        keys = store.list(prefix)
+    except NoSuchBucket:
+        raise PredictionLogError(
+            f"bucket {store.bucket!r} does not exist; check --url / {URL_ENV}"
+        ) from None
+    except StoreUnreachable as exc:
+        raise PredictionLogError(
+            f"listing {store.url}/{prefix}: {exc} (are AWS credentials and region set?)"
+        ) from None
+    except StoreError as exc:
+        raise PredictionLogError(f"listing {store.url}/{prefix}: {exc}") from None
+    return [key for key in keys if key.endswith(PART_SUFFIX)]
+
+
+def read_part(store: PartStore, key: str) -> bytes:
+    body = store.read(key)
+    if body is None:
+        raise PredictionLogError(f"{store.url}/{key} was listed but is gone; run the command again")
+    return body
 
 
 # -- reading records ------------------------------------------------------------
@@ -145,10 +110,10 @@ class PartRef:
     key: str
 
 
-def list_parts(store: Store, env: str, since: datetime | None = None) -> list[PartRef]:
+def list_parts(store: PartStore, env: str, since: datetime | None = None) -> list[PartRef]:
     """The environment's parts, newest hour first, skipping hours wholly before `since`."""
     parts = []
-    for key in store.keys(env):
+    for key in part_keys(store, env):
         match = _HOUR_KEY.search(key)
         if not match:
             continue
@@ -165,7 +130,7 @@ def decode_part(body: bytes, source: str) -> list[dict]:
         raise PredictionLogError(f"{source} is not a gzip JSON Lines part: {exc}") from None
 
 
-def read_records(store: Store, env: str, since: datetime | None = None) -> Iterator[dict]:
+def read_records(store: PartStore, env: str, since: datetime | None = None) -> Iterator[dict]:
     """Every record of `env` answered at or after `since`, newest first, hour by hour."""
     parts = list_parts(store, env, since)
     cutoff = _iso(since) if since else None
@@ -174,7 +139,7 @@ def read_records(store: Store, env: str, since: datetime | None = None) -> Itera
             record
             for part in parts
             if part.hour == hour
-            for record in decode_part(store.read(part.key), f"{store.url}/{part.key}")
+            for record in decode_part(read_part(store, part.key), f"{store.url}/{part.key}")
             if cutoff is None or record.get("time", "") >= cutoff
         ]
         records.sort(
@@ -201,7 +166,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 def logs(
-    store: Store,
+    store: PartStore,
     env: str,
     *,
     since: datetime | None = None,

@@ -58,8 +58,8 @@ def lint(session: nox.Session) -> None:
 
 def lint_terraform(session: nox.Session) -> None:
     """terraform fmt -check and validate of every root and module; checkov in its own venv."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "terraform"))
-    session.run("python", "-m", "pipeline.terraform", "lint")
+    install(session, "terraform")
+    session.run("python", "-m", "pipeline", "terraform", "lint")
     session.notify("checkov")
 
 
@@ -80,11 +80,11 @@ def checkov(session: nox.Session) -> None:
 
 
 def terraform_command(session: nox.Session, command: str) -> None:
-    """`python -m pipeline.terraform <command> <env>` for the one environment in posargs."""
+    """`python -m pipeline terraform <command> <env>` for the one environment in posargs."""
     if len(session.posargs) != 1 or session.posargs[0] not in ENVIRONMENTS:
         session.error(f"usage: nox -s {command} -- {CHOICES}")
     install(session, "terraform")
-    session.run("python", "-m", "pipeline.terraform", command, session.posargs[0])
+    session.run("python", "-m", "pipeline", "terraform", command, session.posargs[0])
 
 
 @nox.session(python=PYTHON)
@@ -99,31 +99,28 @@ def apply(session: nox.Session) -> None:
     terraform_command(session, "apply")
 
 
+def pipeline_command(session: nox.Session, *command: str) -> None:
+    """Install the pipeline's environment and run one `python -m pipeline` command."""
+    install(session, "pipeline")
+    session.run("python", "-m", "pipeline", *command, *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def serve(session: nox.Session) -> None:
     """Serve the reference model on http://127.0.0.1:8080, capturing predictions locally."""
-    install(session, "pipeline")
-    session.run("python", "-m", "pipeline", "serve", *session.posargs)
+    pipeline_command(session, "serve")
 
 
 @nox.session(python=PYTHON)
 def download(session: nox.Session) -> None:
     """Fetch the model and test data by reference, verifying every sha256."""
-    install(session, "pipeline")
-    session.run("python", "-m", "pipeline", "download", *session.posargs)
+    pipeline_command(session, "download")
 
 
 @nox.session(python=PYTHON)
 def gate(session: nox.Session) -> None:
     """Gate the model on the whole test set (`-- <environment>`: against its champion)."""
-    install(session, "pipeline")
-    session.run("python", "-m", "pipeline", "gate", *session.posargs)
-
-
-def pipeline_command(session: nox.Session, *command: str) -> None:
-    """Install the pipeline's environment and run one `python -m pipeline` command."""
-    install(session, "pipeline")
-    session.run("python", "-m", "pipeline", *command, *session.posargs)
+    pipeline_command(session, "gate")
 
 
 @nox.session(python=PYTHON)

@@ -13,25 +13,18 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from pipeline import aws_calls, promotion
 from pipeline import image as images
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
-from pipeline.download import Downloaded, download
 from pipeline.environment import Environment, override_name, resolve, terraform_outputs
-from pipeline.gate import GateResult, read_champion, run_gate
-from pipeline.reference import Reference, load_reference
+from pipeline.gating import DEFAULT_REPORT_DIR, Gated, gate_model
+from pipeline.reference import load_reference
 from pipeline.release import Candidate, SmokeImages, release
-from pipeline.report import append_step_summary, write_report
-from service.model import ModelInfo, OnnxModel
 from service.store import NotAStore, S3Store, StoreError, StoreUnreachable, open_store
 
 SMOKE_IMAGES = 8
-DEFAULT_REPORT_DIR = Path("build/gate")
 
 
 class DeployError(Exception):
@@ -42,50 +35,13 @@ def say(message: str) -> None:
     print(f"deploy: {message}", file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class Gated:
-    reference: Reference
-    downloaded: Downloaded
-    result: GateResult
-    batched: BatchableCopy | None = None
-
-
-def gate(
-    environment: str | None, deployments_url: str | None, report_dir: Path = DEFAULT_REPORT_DIR
-) -> Gated:
-    """Download by reference and gate; DeployError with the reasons when it fails."""
-    reference = load_reference(environ=os.environ)
-    downloaded = download(reference)
-    champion = (
-        read_champion(deployments_url, environment) if environment and deployments_url else None
-    )
-    result = run_gate(reference, downloaded, champion=champion, environment=environment)
-    json_path, _ = write_report(result, report_dir)
-    append_step_summary(result)
-    for check in result.checks:
-        say(f"gate {check.status} {check.name}: {check.detail}")
-    if not result.passed:
-        raise DeployError("gate failed: " + "; ".join(result.reasons) + f" (report: {json_path})")
-    return Gated(reference, downloaded, result, batched_copy(reference, downloaded, report_dir))
-
-
-def batched_copy(
-    reference: Reference, downloaded: Downloaded, directory: Path
-) -> BatchableCopy | None:
+def batched_copy(gated: Gated, directory: Path = DEFAULT_REPORT_DIR) -> BatchableCopy | None:
     """For a batch-1 model: a batch-capable copy, proven equal on the whole test set."""
-    from pipeline.datasets import load_dataset
-
-    sha = downloaded.sha256s["model"]
-    model = OnnxModel(downloaded.model_path, ModelInfo(reference.name, sha[:12], sha))
-    if not model.batch_fixed_at_one:
+    if not gated.model.batch_fixed_at_one:
         return None
-    dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
-    inputs = (dataset.images.astype(model.input.dtype) * reference.input_scale).reshape(
-        (-1, *model.input.item_shape)
-    )
-    target = directory / f"{reference.name}.batched.onnx"
+    target = directory / f"{gated.reference.name}.batched.onnx"
     try:
-        copy = batchable_copy(downloaded.model_path, inputs, target)
+        copy = batchable_copy(gated.downloaded.model_path, gated.inputs, target)
     except NotBatchable as exc:
         say(f"no batch-capable copy ({exc}); batches run one row at a time")
         return None
@@ -97,37 +53,21 @@ def batched_copy(
 
 
 def smoke_images(gated: Gated, count: int = SMOKE_IMAGES) -> SmokeImages:
-    """The first test images the gated model classifies correctly, and their classes."""
-    from pipeline.datasets import load_dataset
-
-    reference, downloaded = gated.reference, gated.downloaded
-    dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
-    sha = downloaded.sha256s["model"]
-    model = OnnxModel(downloaded.model_path, ModelInfo(reference.name, sha[:12], sha))
-    chosen, classes = [], []
-    for image, label in zip(dataset.images[:200], dataset.labels[:200], strict=True):
-        batch = (image.astype(model.input.dtype) * reference.input_scale).reshape(
-            (1, *model.input.item_shape)
-        )
-        predicted = int(model.scores(batch).argmax())
-        if predicted == int(label):
-            chosen.append(batch[0])
-            classes.append(predicted)
-        if len(chosen) == count:
-            break
-    return SmokeImages(np.stack(chosen), classes)
+    """The first test images (of 200) the gated model classifies correctly, and their classes."""
+    predicted = gated.result.evaluation.predicted
+    labels = gated.dataset.labels
+    chosen = [i for i in range(min(200, len(labels))) if predicted[i] == labels[i]][:count]
+    return SmokeImages(gated.inputs[chosen], [int(predicted[i]) for i in chosen])
 
 
-def publish_model(env: Environment, gated: Gated) -> tuple[str, str]:
+def publish_model(env: Environment, gated: Gated, batched: BatchableCopy | None) -> tuple[str, str]:
     """Copy the verified model (and its batch-capable copy) under the models prefix."""
     sha = gated.downloaded.sha256s["model"]
     name = Path(gated.reference.model.filename).name or f"{gated.reference.name}.onnx"
     model_url = _publish(env, gated.downloaded.model_path, f"{sha}/{name}")
     batched_url = ""
-    if gated.batched is not None:
-        batched_url = _publish(
-            env, gated.batched.path, f"{sha}/batched-{gated.batched.sha256}.onnx"
-        )
+    if batched is not None:
+        batched_url = _publish(env, batched.path, f"{sha}/batched-{batched.sha256}.onnx")
     return model_url, batched_url
 
 
@@ -302,9 +242,15 @@ def _repository(repository_url: str) -> str:
 def deploy(environment: str) -> dict:
     """Gate, ship and release to `environment`; the successful deployment record."""
     env = resolve(environment)
-    gated = gate(environment, env.deployments_url)
+    gated = gate_model(
+        load_reference(environ=os.environ),
+        environment=environment,
+        deployments_url=env.deployments_url,
+        say=say,
+    )
+    batched = batched_copy(gated)
     git_sha = images.git_sha()
-    model_url, batched_url = publish_model(env, gated)
+    model_url, batched_url = publish_model(env, gated, batched)
     provenance: dict[str, object] = {}
     if env.promote_from:
         source = env.promote_from[0]
@@ -320,7 +266,7 @@ def deploy(environment: str) -> dict:
         model_sha256=gated.downloaded.sha256s["model"],
         gate=gated.result.record(),
         batched_url=batched_url,
-        batched_sha256=gated.batched.sha256 if gated.batched else "",
+        batched_sha256=batched.sha256 if batched else "",
         provenance=provenance,
     )
     outcome = release(env, candidate, smoke_images(gated), say=say)

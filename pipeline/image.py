@@ -16,7 +16,6 @@ loopback registry in tests with a token from a moto server.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -31,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.environment import ENVIRONMENTS
-from pipeline.reference import REPO, InvalidReference, load_reference
+from pipeline import REPO
 
 CLI_NAMES = ("docker", "podman")
 DEFAULT_TAG_REPO = "onnx-ship"
@@ -399,7 +397,7 @@ def push(
     existing = ecr.existing(repository_name, tag)
     if existing is not None:
         if image_id in (existing.config_digest, existing.digest):
-            _say(f"{remote} already holds this image ({existing.digest}); nothing to push")
+            say(f"{remote} already holds this image ({existing.digest}); nothing to push")
             return existing.digest
         raise ImageError(
             f"{remote} already exists with another image (digest {existing.digest}, config "
@@ -421,7 +419,7 @@ def push(
             if digest_file.exists()
             else _repo_digest(cli, remote, f"{registry}/{repository_name}")
         )
-    _say(f"pushed {remote} ({digest})")
+    say(f"pushed {remote} ({digest})")
     return digest
 
 
@@ -450,7 +448,7 @@ def _run(
     env: Mapping[str, str] | None = None,
 ) -> str:
     if not capture:
-        _say(f"{what}: {' '.join(command)}" if input is None else what)
+        say(f"{what}: {' '.join(command)}" if input is None else what)
     try:
         result = subprocess.run(
             command,
@@ -475,115 +473,5 @@ def _run(
     return result.stdout or ""
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"image: {message}", file=sys.stderr, flush=True)
-
-
-# -- command line ---------------------------------------------------------------------
-
-
-def add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tag-repo",
-        default=DEFAULT_TAG_REPO,
-        help="local image name; the tag is the git sha",
-    )
-    parser.add_argument(
-        "--base-image",
-        default=os.environ.get("BASE_IMAGE", DEFAULT_BASE_IMAGE),
-        help=f"the Dockerfile's BASE_IMAGE (default: $BASE_IMAGE or {DEFAULT_BASE_IMAGE})",
-    )
-    parser.add_argument(
-        "--ca-bundle",
-        type=Path,
-        default=None,
-        help="CA bundle pip trusts in the build (default: PIP_CERT, SSL_CERT_FILE "
-        "or the system bundle)",
-    )
-
-
-def run_build(args: argparse.Namespace) -> int:
-    """Build the service image, tagged with the git commit sha."""
-    try:
-        model_sha256 = load_reference(environ=os.environ).model.sha256
-        if model_sha256 is None:
-            raise ImageError("the model reference has no sha256: pin the model in model.toml")
-        sha = git_sha()
-        changed = changed_build_inputs()
-        if changed:
-            _say(
-                f"warning: uncommitted changes go into an image tagged {sha[:12]}: "
-                + ", ".join(changed)
-            )
-        image = build(
-            args.tag_repo,
-            sha,
-            model_sha256,
-            args.base_image,
-            ca_bundle=args.ca_bundle or default_ca_bundle(),
-            source_url=source_url(),
-        )
-    except (ImageError, InvalidReference) as exc:
-        print(f"build failed: {exc}", file=sys.stderr)
-        return 2
-    print(image)
-    return 0
-
-
-def add_push_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "environment",
-        choices=ENVIRONMENTS,
-        help="the environment whose ECR repository receives the image",
-    )
-    parser.add_argument(
-        "--repository-url",
-        default=None,
-        help="ECR repository URL (default: $<ENV>_ECR_REPOSITORY_URL, else the terraform output)",
-    )
-    parser.add_argument("--tag-repo", default=DEFAULT_TAG_REPO)
-
-
-def run_push(args: argparse.Namespace) -> int:
-    """Push the image built for this commit to the environment's ECR repository."""
-    import boto3
-
-    from pipeline.environment import MissingEnvironment, output
-
-    try:
-        repository_url = args.repository_url or output(args.environment, "ecr_repository_url")
-        region = output(args.environment, "aws_region")
-    except MissingEnvironment as exc:
-        print(f"push failed: {exc}", file=sys.stderr)
-        return 2
-    try:
-        sha = git_sha()
-        ecr = Ecr(boto3.client("ecr", region_name=region))
-        digest = push(f"{args.tag_repo}:{sha}", repository_url, sha, ecr=ecr)
-    except ImageError as exc:
-        print(f"push failed: {exc}", file=sys.stderr)
-        return 2
-    registry, name = split_repository_url(repository_url)
-    print(f"{registry}/{name}@{digest}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipeline.image build|push ...`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.image", description=__doc__.splitlines()[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, configure, function in (
-        ("build", add_build_arguments, run_build),
-        ("push", add_push_arguments, run_push),
-    ):
-        sub = commands.add_parser(name, help=(function.__doc__ or "").strip())
-        configure(sub)
-        sub.set_defaults(run=function)
-    args = parser.parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,6 @@ chi-square test): a shift there is the first sign of drift.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import math
 import os
@@ -27,9 +26,8 @@ from typing import IO
 import numpy as np
 import orjson
 
-from pipeline.environment import ENVIRONMENTS
-from pipeline.reference import REPO
-from service.config import DEFAULT_APP_ENV
+from pipeline.datasets import read_csv_labels, read_idx_labels
+from pipeline.reference import fetch_artifact, load_reference
 from service.store import (
     LocalStore,
     NoSuchBucket,
@@ -41,8 +39,6 @@ from service.store import (
 from service.store import open_store as store_at
 
 URL_ENV = "PREDICTION_LOG_URL"
-DEFAULT_LOCAL_URL = str(REPO / "predictions")
-DEFAULT_CHART_DIR = Path("reports")
 # Above this total variation distance the predicted classes no longer look like the test set.
 DRIFT_TVD_THRESHOLD = 0.1
 PART_SUFFIX = ".jsonl.gz"
@@ -368,90 +364,9 @@ def plot(summary: Summary, path: Path) -> Path:
 
 def test_set_labels() -> np.ndarray:
     """The labels of the reference test set (model.toml), verified by sha256."""
-    from pipeline.datasets import read_csv_labels, read_idx_labels
-    from pipeline.reference import fetch_artifact, load_reference
-
     reference = load_reference(environ=os.environ)
     path = fetch_artifact(reference.test_labels)
     return read_idx_labels(path) if reference.test_format == "idx" else read_csv_labels(path)
-
-
-# -- command line: `python -m pipeline logs|report <env>` ---------------------------
-
-
-def _common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "environment", choices=(DEFAULT_APP_ENV, *ENVIRONMENTS), help="whose predictions"
-    )
-    parser.add_argument(
-        "--url",
-        default=os.environ.get(URL_ENV) or DEFAULT_LOCAL_URL,
-        help=f"where the service captures predictions: s3://bucket/prefix or a directory "
-        f"(default: ${URL_ENV}, else {DEFAULT_LOCAL_URL})",
-    )
-    parser.add_argument(
-        "--since", help="only predictions since then: 30m, 2h, 1d or an ISO date/time (UTC)"
-    )
-
-
-def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser)
-    parser.add_argument("--limit", type=int, help="print at most this many records")
-    parser.add_argument("--inputs", action="store_true", help="include captured inputs")
-
-
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    _common_arguments(parser)
-    parser.add_argument(
-        "--chart", type=Path, help="the PNG to write (default: reports/predictions-<env>.png)"
-    )
-    parser.add_argument(
-        "--no-baseline",
-        action="store_true",
-        help="skip the comparison with the test set's labels (no download)",
-    )
-
-
-def run_logs(args: argparse.Namespace) -> int:
-    """Print an environment's predictions, one JSON object per line, newest first."""
-    try:
-        store = open_store(args.url)
-        since = parse_since(args.since) if args.since else None
-        printed = logs(store, args.environment, since=since, limit=args.limit, inputs=args.inputs)
-    except PredictionLogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `| head`
-        return 0
-    if not printed:
-        print(f"no predictions for {args.environment} under {store.url}", file=sys.stderr)
-    return 0
-
-
-def run_report(args: argparse.Namespace) -> int:
-    """Summarise an environment's predictions: classes, hours, latency, drift; table + PNG."""
-    try:
-        store = open_store(args.url)
-        since = parse_since(args.since) if args.since else None
-        baseline = None if args.no_baseline else test_set_labels()
-        summary = summarise(
-            read_records(store, args.environment, since), args.environment, baseline
-        )
-    except PredictionLogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not summary.total:
-        print(
-            f"error: nothing to report: no predictions for {args.environment} under {store.url}"
-            + (f" since {args.since}" if args.since else "")
-            + f"; check --url / {URL_ENV}",
-            file=sys.stderr,
-        )
-        return 2
-    print(format_table(summary))
-    chart = plot(summary, args.chart or DEFAULT_CHART_DIR / f"predictions-{args.environment}.png")
-    print(f"\nchart: {chart}")
-    return 0
 
 
 def _iso(moment: datetime) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import terraform
+from pipeline import cli, terraform
 from pipeline.environment import REQUIRED
 
 TERRAFORM_DIR = terraform.TERRAFORM_DIR
@@ -352,13 +352,17 @@ def test_unformatted_files_are_named(terraform_bin: str, tmp_path: Path) -> None
 def test_command_line_prints_usage_and_errors(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert terraform.main([]) == 2
-    assert (
-        "usage: python -m pipeline.terraform plan|apply|output <dev|prod>"
-        in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["terraform"])
+    assert usage.value.code == 2
+    usage_text = " ".join(capsys.readouterr().err.split())
+    assert "usage: python -m pipeline terraform [-h] {plan,apply,output,lint} [environment]" in (
+        usage_text
     )
-    assert terraform.main(["plan", "qa"]) == 1
+    assert cli.main(["terraform", "plan"]) == 2
+    assert "error: terraform plan needs an environment" in capsys.readouterr().err
+    assert cli.main(["terraform", "plan", "qa"]) == 2
     assert "error: unknown environment 'qa'" in capsys.readouterr().err
     monkeypatch.delenv(terraform.STATE_BUCKET_VARIABLE, raising=False)
-    assert terraform.main(["apply", "prod"]) == 1
+    assert cli.main(["terraform", "apply", "prod"]) == 2
     assert "error: TF_STATE_BUCKET is not set" in capsys.readouterr().err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.processes import free_port
+from pipeline import REPO
+
+__all__ = ["REPO", "free_port", "wait_for_http"]
+
 DEFAULT_PLUGIN_MIRROR = "/opt/tf-plugins"
 
 
@@ -24,12 +27,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tests change directory; a relative FIXTURES_DIR (as the README gives it) must not move.
     if os.environ.get("FIXTURES_DIR"):
         os.environ["FIXTURES_DIR"] = str(Path(os.environ["FIXTURES_DIR"]).resolve())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:

@@ -67,7 +67,7 @@ def make_copy(model_path: Path, target: Path) -> Path:
         dim = value.type.tensor_type.shape.dim[0]
         dim.Clear()
         dim.dim_param = BATCH_DIM
-    del graph.value_info[:]  # stale intermediate shapes carry the old batch of 1
+    del graph.value_info[:]  # stale intermediate shapes carry the fixed batch of 1
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(target))
     return target

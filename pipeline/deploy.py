@@ -1,4 +1,4 @@
-"""The used-by of the project: `nox -s deploy-dev`, `nox -s deploy-prod`, `nox -s deploy-local`.
+"""The deploys: `nox -s deploy-dev`, `nox -s deploy-prod`, `nox -s deploy-local`.
 
 deploy-dev:  download -> gate (against dev's champion) -> build -> push -> release
 deploy-prod: download -> gate (against prod's champion) -> promote the image dev verified

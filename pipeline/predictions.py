@@ -2,8 +2,8 @@
 
 The service writes each environment's records (see `service.capture.records`)
 under `<PREDICTION_LOG_URL>/<env>/YYYY/MM/DD/HH/<part>.jsonl.gz`, on S3 or on
-local disk. `logs` prints them one JSON object per line, newest first (the
-original `predicciones_<env>.txt` view); `report` counts them per class and
+local disk. `logs` prints them one JSON object per line, newest first (one
+environment's prediction log); `report` counts them per class and
 per hour, gives latency percentiles, and compares the predicted class
 distribution with the test set's labels (total variation distance and a
 chi-square test): a shift there is the first sign of drift.

@@ -32,15 +32,43 @@ def install(session: nox.Session, *groups: str) -> None:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
 
 
-@nox.session(python=PYTHON)
-def test(session: nox.Session) -> None:
-    """Run the test suite (pass pytest options after --)."""
-    # In CI every test must run, so the machine gets what they need first (wrk, podman,
-    # the local base image, the loopback registry); a workstation is left as it is.
+def run_tests(session: nox.Session, *marker: str) -> None:
+    """pytest over the tests `marker` selects, once the model and MNIST files are here.
+
+    The tests never download (sockets reach 127.0.0.1 only): `python -m pipeline download`
+    fetches and caches the files model.toml pins first (from FIXTURES_DIR when set).
+    """
+    install(session, "test")
+    session.run("python", "-m", "pipeline", "download")
+    session.run("pytest", *marker, *session.posargs)
+
+
+def prepare_machine(session: nox.Session) -> None:
+    """In CI every integration test must run, so the machine gets what they need first
+    (wrk, podman, the local base image, the loopback registry); a workstation is left as
+    it is."""
     if os.environ.get("CI", "").lower() == "true":
         session.run(str(ROOT / ".ci" / "setup.sh"), external=True)
-    install(session, "test")
-    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def test(session: nox.Session) -> None:
+    """Run every test, unit and integration (pass pytest options after --)."""
+    prepare_machine(session)
+    run_tests(session)
+
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    """Run the in-process tests only: no server, registry, podman or Terraform (seconds)."""
+    run_tests(session, "-m", "not integration")
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Run the integration tests: real processes on 127.0.0.1 (moto, uvicorn, podman, Terraform)."""
+    prepare_machine(session)
+    run_tests(session, "-m", "integration")
 
 
 @nox.session(python=PYTHON)

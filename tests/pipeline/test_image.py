@@ -114,12 +114,14 @@ def test_repository_urls_and_loopback_registries() -> None:
     assert not image.is_loopback("123.dkr.ecr.eu-west-1.amazonaws.com")
 
 
+@pytest.mark.integration
 def test_ecr_login_token_is_decoded(aws) -> None:
     credentials = image.Ecr(boto3.client("ecr")).credentials()
     assert credentials.username == "AWS"
     assert credentials.password  # moto's "<account>-auth-token"
 
 
+@pytest.mark.integration
 def test_ecr_tag_lookup(aws) -> None:
     ecr = image.Ecr(boto3.client("ecr"))
     with pytest.raises(image.ImageError, match="'onnx-ship' does not exist"):

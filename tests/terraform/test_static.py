@@ -245,10 +245,12 @@ def test_every_checkov_skip_gives_a_reason() -> None:
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_terraform_files_are_formatted(terraform_bin: str) -> None:
     terraform.fmt_check(TERRAFORM_DIR)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_every_root_and_module_validates(terraform_bin: str, terraform_copy: Path) -> None:
     roots = terraform.roots(terraform_copy)
@@ -264,6 +266,7 @@ def test_every_root_and_module_validates(terraform_bin: str, terraform_copy: Pat
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_checkov_finds_no_failed_check(checkov_command: list[str]) -> None:
     result = subprocess.run(
@@ -327,6 +330,7 @@ def test_missing_state_bucket_says_how_to_bootstrap(monkeypatch: pytest.MonkeyPa
         terraform.init_env("dev")
 
 
+@pytest.mark.integration
 def test_a_failing_command_carries_terraforms_error(terraform_bin: str, tmp_path: Path) -> None:
     (tmp_path / "main.tf").write_text(
         'resource "aws_s3_bucket" "broken" {\n  no_such_argument = 1\n}\n'
@@ -340,6 +344,7 @@ def test_a_failing_command_carries_terraforms_error(terraform_bin: str, tmp_path
     assert "no_such_argument" in message
 
 
+@pytest.mark.integration
 def test_unformatted_files_are_named(terraform_bin: str, tmp_path: Path) -> None:
     (tmp_path / "main.tf").write_text("locals {\nx=1\n}\n")
     with pytest.raises(

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import boto3
 
-from pipeline import REPO, predictions, terraform
+from pipeline import REPO, terraform
 from pipeline import image as images
+from pipeline import registry as registries
 from pipeline.datasets import DatasetError
 from pipeline.deploy import DeployError, batched_copy, deploy
 from pipeline.download import download
@@ -30,7 +31,9 @@ from pipeline.gating import (
     gate_model,
 )
 from pipeline.image import ImageError
-from pipeline.predictions import PredictionLogError
+from pipeline.predictions import chart, statistics
+from pipeline.predictions import store as parts
+from pipeline.predictions.store import PredictionLogError
 from pipeline.records import RecordError
 from pipeline.reference import (
     DEFAULT_REFERENCE,
@@ -206,9 +209,9 @@ def cmd_push(args: argparse.Namespace) -> int:
     repository_url = args.repository_url or output(args.environment, "ecr_repository_url")
     region = output(args.environment, "aws_region")
     sha = images.git_sha()
-    ecr = images.Ecr(boto3.client("ecr", region_name=region))
-    digest = images.push(f"{args.tag_repo}:{sha}", repository_url, sha, ecr=ecr)
-    registry, name = images.split_repository_url(repository_url)
+    ecr = registries.Ecr(boto3.client("ecr", region_name=region))
+    digest = registries.push(f"{args.tag_repo}:{sha}", repository_url, sha, ecr=ecr)
+    registry, name = registries.split_repository_url(repository_url)
     print(f"{registry}/{name}@{digest}")
     return 0
 
@@ -282,9 +285,9 @@ def _add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--url",
-        default=os.environ.get(predictions.URL_ENV) or str(DEFAULT_LOCAL_CAPTURE),
+        default=os.environ.get(parts.URL_ENV) or str(DEFAULT_LOCAL_CAPTURE),
         help=f"where the service captures predictions: s3://bucket/prefix or a directory "
-        f"(default: ${predictions.URL_ENV}, else {DEFAULT_LOCAL_CAPTURE})",
+        f"(default: ${parts.URL_ENV}, else {DEFAULT_LOCAL_CAPTURE})",
     )
     parser.add_argument(
         "--since", help="only predictions since then: 30m, 2h, 1d or an ISO date/time (UTC)"
@@ -299,10 +302,10 @@ def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     """Print an environment's predictions, one JSON object per line, newest first."""
-    store = predictions.open_store(args.url)
-    since = predictions.parse_since(args.since) if args.since else None
+    store = parts.open_store(args.url)
+    since = parts.parse_since(args.since) if args.since else None
     try:
-        printed = predictions.logs(
+        printed = parts.logs(
             store, args.environment, since=since, limit=args.limit, inputs=args.inputs
         )
     except BrokenPipeError:  # `| head`
@@ -326,23 +329,23 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Summarise an environment's predictions: classes, hours, latency, drift; table + PNG."""
-    store = predictions.open_store(args.url)
-    since = predictions.parse_since(args.since) if args.since else None
-    baseline = None if args.no_baseline else predictions.test_set_labels()
-    summary = predictions.summarise(
-        predictions.read_records(store, args.environment, since), args.environment, baseline
+    store = parts.open_store(args.url)
+    since = parts.parse_since(args.since) if args.since else None
+    baseline = None if args.no_baseline else statistics.test_set_labels()
+    summary = statistics.summarise(
+        parts.read_records(store, args.environment, since), args.environment, baseline
     )
     if not summary.total:
         raise PredictionLogError(
             f"nothing to report: no predictions for {args.environment} under {store.url}"
             + (f" since {args.since}" if args.since else "")
-            + f"; check --url / {predictions.URL_ENV}"
+            + f"; check --url / {parts.URL_ENV}"
         )
-    print(predictions.format_table(summary))
-    chart = predictions.plot(
+    print(statistics.format_table(summary))
+    png = chart.plot(
         summary, args.chart or DEFAULT_CHART_DIR / f"predictions-{args.environment}.png"
     )
-    print(f"\nchart: {chart}")
+    print(f"\nchart: {png}")
     return 0
 
 

@@ -15,8 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline import aws_calls, promotion
+from pipeline import REPO, aws_calls, promotion
 from pipeline import image as images
+from pipeline import registry as registries
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.environment import Environment, override_name, resolve, terraform_outputs
 from pipeline.gating import DEFAULT_REPORT_DIR, Gated, gate_model
@@ -128,9 +129,9 @@ def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
     run of this commit (e.g. GitHub's "Re-run job" after a failed smoke test) already
     pushed `<repository>:<git sha>`, that image is reused instead of built again.
     """
-    ecr = images.Ecr(env.client("ecr"))
+    ecr = registries.Ecr(env.client("ecr"))
     repository = _repository(env.ecr_repository_url)
-    _, name = images.split_repository_url(env.ecr_repository_url)
+    _, name = registries.split_repository_url(env.ecr_repository_url)
     pushed = ecr.existing(name, git_sha)
     if pushed is not None:
         say(f"reusing {repository}:{git_sha} ({pushed.digest}), pushed by an earlier run")
@@ -142,7 +143,7 @@ def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
         os.environ.get("BASE_IMAGE", images.DEFAULT_BASE_IMAGE),
         ca_bundle=images.default_ca_bundle(),
     )
-    digest = images.push(local, env.ecr_repository_url, git_sha, ecr=ecr)
+    digest = registries.push(local, env.ecr_repository_url, git_sha, ecr=ecr)
     return f"{repository}@{digest}"
 
 
@@ -162,7 +163,7 @@ def source_repository(env: Environment, source: str) -> str:
             f"terraform/envs/{env.environment}/terraform.tfvars, or "
             f"{override_name(source, 'ecr_repository_url')}"
         )
-    registry, _ = images.split_repository_url(env.ecr_repository_url)
+    registry, _ = registries.split_repository_url(env.ecr_repository_url)
     return f"{registry}/{names[0]}"
 
 
@@ -178,18 +179,18 @@ def promote(
     """Ship the image `source` verified for this code and model (see pipeline.promotion);
     build one only when DEPLOY_UNVERIFIED is set. DeployError when neither holds."""
     cli = cli or images.find_cli()
-    ecr = images.Ecr(env.client("ecr"))
-    registry, _ = images.split_repository_url(source_url)
-    images.login(cli, registry, ecr.credentials())
+    ecr = registries.Ecr(env.client("ecr"))
+    registry, _ = registries.split_repository_url(source_url)
+    registries.login(cli, registry, ecr.credentials())
     model_sha256 = gated.downloaded.sha256s["model"]
     try:
         chosen = promotion.choose(
             environment=env.environment,
             source=source,
             commit=git_sha,
-            tree=promotion.git_tree(git_sha, images.REPO),
+            tree=promotion.git_tree(git_sha, REPO),
             model_sha256=model_sha256,
-            has_tag=lambda tag: _pull(cli, registry, f"{_repository(source_url)}:{tag}"),
+            has_tag=lambda tag: registries.pull(cli, registry, f"{_repository(source_url)}:{tag}"),
         )
     except promotion.NotVerified as exc:
         raise DeployError(str(exc)) from None
@@ -201,41 +202,27 @@ def promote(
         return build_and_push(env, gated, git_sha), chosen
     verified = f"{_repository(source_url)}:{chosen.verified_tag}"
     say(f"promoting {verified}, verified on {source}")
-    digest = images.push(verified, env.ecr_repository_url, git_sha, ecr=ecr, cli=cli)
+    digest = registries.push(verified, env.ecr_repository_url, git_sha, ecr=ecr, cli=cli)
     return f"{_repository(env.ecr_repository_url)}@{digest}", chosen
-
-
-def _pull(cli: images.ContainerCli, registry: str, reference: str) -> bool:
-    import subprocess
-
-    flags = ["--tls-verify=false"] if cli.is_podman and images.is_loopback(registry) else []
-    result = subprocess.run(
-        [cli.path, "pull", *flags, reference],
-        capture_output=True,
-        text=True,
-        timeout=images.PUSH_TIMEOUT_SECONDS,
-        check=False,
-    )
-    return result.returncode == 0
 
 
 def mark_verified(env: Environment, image: str, git_sha: str, model_sha256: str) -> str:
     """Tag the released `image` (repository@digest) `verified-<git tree>-<model sha256>` in
     the environment's repository: what an environment promoting from this one looks for."""
     cli = images.find_cli()
-    ecr = images.Ecr(env.client("ecr"))
-    registry, _ = images.split_repository_url(env.ecr_repository_url)
-    images.login(cli, registry, ecr.credentials())
-    if not _pull(cli, registry, image):  # a reused image may not be on this machine
+    ecr = registries.Ecr(env.client("ecr"))
+    registry, _ = registries.split_repository_url(env.ecr_repository_url)
+    registries.login(cli, registry, ecr.credentials())
+    if not registries.pull(cli, registry, image):  # a reused image may not be on this machine
         raise DeployError(f"could not pull the released image {image} to tag it verified")
-    tag = promotion.verified_tag(promotion.git_tree(git_sha, images.REPO), model_sha256)
-    images.push(image, env.ecr_repository_url, tag, ecr=ecr, cli=cli)
+    tag = promotion.verified_tag(promotion.git_tree(git_sha, REPO), model_sha256)
+    registries.push(image, env.ecr_repository_url, tag, ecr=ecr, cli=cli)
     say(f"tagged {image} as {tag}")
     return tag
 
 
 def _repository(repository_url: str) -> str:
-    registry, name = images.split_repository_url(repository_url)
+    registry, name = registries.split_repository_url(repository_url)
     return f"{registry}/{name}"
 
 

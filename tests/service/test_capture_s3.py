@@ -22,7 +22,7 @@ import boto3
 import numpy as np
 import pytest
 
-from pipeline.predictions import open_store, part_keys, read_records
+from pipeline.predictions.store import open_store, part_keys, read_records
 from tests.conftest import free_port, start_moto, wait_for_http
 from tests.service.conftest import MNIST8_SHA256, start_server
 

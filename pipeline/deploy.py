@@ -227,7 +227,16 @@ def _repository(repository_url: str) -> str:
 
 
 def deploy(environment: str) -> dict:
-    """Gate, ship and release to `environment`; the successful deployment record."""
+    """Gate, ship and release to `environment`; the successful deployment record.
+
+    The gate runs first against the environment's champion, so a failure there
+    (GateFailed) touches nothing in AWS. Then the model is published under
+    `models_url`, the image built and pushed (or, for an environment that promotes,
+    the image its source verified is copied), and released (`pipeline.release.release`).
+    Raises DeployError when the release rolled back or a step in between failed, and
+    the errors of the steps (ArtifactError, RecordError, ImageError, ReleaseError,
+    MissingEnvironment) as they come.
+    """
     env = resolve(environment)
     gated = gate_model(
         load_reference(environ=os.environ),

@@ -90,6 +90,7 @@ class Champion:
 
     @classmethod
     def from_record(cls, environment: str, record: dict[str, Any]) -> Champion:
+        """From a deployment record that `pipeline.records.validate` accepted."""
         return cls(
             environment=environment,
             release_id=record["release_id"],
@@ -203,7 +204,13 @@ def run_gate(
 
 
 def check_signature(model: OnnxModel, dataset: Dataset) -> Check:
-    """Does the model take one test image and answer a score per class?"""
+    """Does the model take one test image and answer a score per class?
+
+    Passes when the model has one floating-point input whose item holds as many values
+    as one test image (`dataset.images` is [N, H, W]), and a first output shaped
+    [batch, classes] with at least as many classes as the labels name (a dynamic
+    class dimension passes). The failed Check's detail names the misfit.
+    """
     image_size = int(np.prod(dataset.images.shape[1:]))
     image_shape = "x".join(map(str, dataset.images.shape[1:]))
     if len(model.inputs) != 1:
@@ -296,7 +303,8 @@ def model_inputs(model: OnnxModel, dataset: Dataset, input_scale: float) -> np.n
 
 
 def time_single_images(model: OnnxModel, batch: np.ndarray, runs: int) -> np.ndarray:
-    """Milliseconds of `runs` single-image calls (stopping early past the time limit)."""
+    """Milliseconds of `runs` single-image calls, cycling through `batch` ([N, *item]);
+    stops early past LATENCY_TIME_LIMIT_SECONDS, so a slow model cannot stall CI."""
     latencies = []
     deadline = time.perf_counter() + LATENCY_TIME_LIMIT_SECONDS
     for i in range(runs):
@@ -316,7 +324,12 @@ def judge(
     downloaded: Downloaded,
     environment: str | None = None,
 ) -> tuple[Check, Check, Check]:
-    """The accuracy, latency and champion checks of an evaluation."""
+    """The accuracy, latency and champion checks of an evaluation, in that order.
+
+    accuracy: top-1 accuracy (0..1) at least `thresholds.min_accuracy`; latency: the p99
+    of the single-image runs, in milliseconds, at most `thresholds.max_p99_latency_ms`;
+    champion: see `compare_with_champion`. Thresholds come from model.toml's `[gate]`.
+    """
     accuracy = evaluation.accuracy
     accuracy_check = Check(
         "accuracy",
@@ -349,6 +362,8 @@ def compare_with_champion(
     model_sha256: str,
     environment: str | None,
 ) -> Check:
+    """The champion check: `accuracy` may fall at most `max_regression` (both 0..1) below
+    the champion's; the champion's own model (same sha256) and no champion both pass."""
     if champion is None:
         where = f"nothing is deployed in {environment}" if environment else "no environment given"
         return Check("champion", PASSED, f"no champion to compare with ({where})")

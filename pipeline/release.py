@@ -372,19 +372,7 @@ def release(
     record.
     """
     ecs = ecs or Ecs(env.client("ecs"))
-    started = datetime.now(UTC)
-    record: dict[str, Any] = {
-        "release_id": release_id(candidate.git_sha, started),
-        "environment": env.environment,
-        "git_sha": candidate.git_sha,
-        "image": candidate.image,
-        "model_name": candidate.model_name,
-        "model_url": candidate.model_url,
-        "model_sha256": candidate.model_sha256,
-        "gate": candidate.gate,
-        **candidate.provenance,
-        "started_at": started.isoformat(),
-    }
+    record = _new_record(env, candidate, datetime.now(UTC))
     previous = ecs.current_task_definition(env.cluster_name, env.service_name)
     record["previous_task_definition"] = previous
     # Where a failure returns: the last successful release, else (a first release) what
@@ -411,6 +399,22 @@ def release(
     records.write(env.records_url, record)
     say(f"released {record['release_id']} to {env.environment}")
     return Outcome(record, new, previous, True)
+
+
+def _new_record(env: Environment, candidate: Candidate, started: datetime) -> dict[str, Any]:
+    """The deployment record of a release of `candidate` started at `started`, so far."""
+    return {
+        "release_id": release_id(candidate.git_sha, started),
+        "environment": env.environment,
+        "git_sha": candidate.git_sha,
+        "image": candidate.image,
+        "model_name": candidate.model_name,
+        "model_url": candidate.model_url,
+        "model_sha256": candidate.model_sha256,
+        "gate": candidate.gate,
+        **candidate.provenance,
+        "started_at": started.isoformat(),
+    }
 
 
 def _restore(

@@ -146,22 +146,16 @@ def _read(url: str, name: str) -> bytes | None:
     store, source = _store(url), _join(url, name)
     try:
         return store.read(name)
-    except StoreUnreachable as exc:
-        raise RecordError(f"{source}: could not reach S3: {exc}") from exc
-    except NoSuchBucket as exc:
-        raise RecordError(f"{source}: bucket {store.bucket!r} does not exist") from exc
     except StoreError as exc:
-        raise RecordError(f"{source}: S3 refused the read ({exc.code}): {exc}") from exc
+        raise _failure(exc, source, f"S3 refused the read ({exc.code})", store) from exc
 
 
 def _list(url: str) -> list[str]:
     """File names directly under `url`."""
     try:
         names = _store(url).list()
-    except StoreUnreachable as exc:
-        raise RecordError(f"{url}: could not reach S3: {exc}") from exc
     except StoreError as exc:
-        raise RecordError(f"{url}: could not list records: {exc}") from exc
+        raise _failure(exc, url, "could not list records") from exc
     return [name for name in names if "/" not in name]
 
 
@@ -169,9 +163,17 @@ def _write(url: str, name: str, body: bytes) -> None:
     store, target = _store(url), _join(url, name)
     try:
         store.put(name, body, "application/json")
-    except StoreUnreachable as exc:
-        raise RecordError(f"{target}: could not reach S3: {exc}") from exc
-    except NoSuchBucket as exc:
-        raise RecordError(f"{target}: bucket {store.bucket!r} does not exist") from exc
     except StoreError as exc:
-        raise RecordError(f"{target}: could not write the record: {exc}") from exc
+        raise _failure(exc, target, "could not write the record", store) from exc
+
+
+def _failure(
+    exc: StoreError, where: str, failed: str, store: LocalStore | S3Store | None = None
+) -> RecordError:
+    """One line for a failed request at `where`: S3 out of reach, the store's bucket
+    missing (when `store` is given), else `failed` and S3's answer."""
+    if isinstance(exc, StoreUnreachable):
+        return RecordError(f"{where}: could not reach S3: {exc}")
+    if isinstance(exc, NoSuchBucket) and isinstance(store, S3Store):
+        return RecordError(f"{where}: bucket {store.bucket!r} does not exist")
+    return RecordError(f"{where}: {failed}: {exc}")

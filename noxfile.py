@@ -32,15 +32,43 @@ def install(session: nox.Session, *groups: str) -> None:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
 
 
-@nox.session(python=PYTHON)
-def test(session: nox.Session) -> None:
-    """Run the test suite (pass pytest options after --)."""
-    # In CI every test must run, so the machine gets what they need first (wrk, podman,
-    # the local base image, the loopback registry); a workstation is left as it is.
+def run_tests(session: nox.Session, *marker: str) -> None:
+    """pytest over the tests `marker` selects, once the model and MNIST files are here.
+
+    The tests never download (sockets reach 127.0.0.1 only): `python -m pipeline download`
+    fetches and caches the files model.toml pins first (from FIXTURES_DIR when set).
+    """
+    install(session, "test")
+    session.run("python", "-m", "pipeline", "download")
+    session.run("pytest", *marker, *session.posargs)
+
+
+def prepare_machine(session: nox.Session) -> None:
+    """In CI every integration test must run, so the machine gets what they need first
+    (wrk, podman, the local base image, the loopback registry); a workstation is left as
+    it is."""
     if os.environ.get("CI", "").lower() == "true":
         session.run(str(ROOT / ".ci" / "setup.sh"), external=True)
-    install(session, "test")
-    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def test(session: nox.Session) -> None:
+    """Run every test, unit and integration (pass pytest options after --)."""
+    prepare_machine(session)
+    run_tests(session)
+
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    """Run the in-process tests only: no server, registry, podman or Terraform (seconds)."""
+    run_tests(session, "-m", "not integration")
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Run the integration tests: real processes on 127.0.0.1 (moto, uvicorn, podman, Terraform)."""
+    prepare_machine(session)
+    run_tests(session, "-m", "integration")
 
 
 @nox.session(python=PYTHON)
@@ -58,8 +86,8 @@ def lint(session: nox.Session) -> None:
 
 def lint_terraform(session: nox.Session) -> None:
     """terraform fmt -check and validate of every root and module; checkov in its own venv."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "terraform"))
-    session.run("python", "-m", "pipeline.terraform", "lint")
+    install(session, "terraform")
+    session.run("python", "-m", "pipeline", "terraform", "lint")
     session.notify("checkov")
 
 
@@ -80,11 +108,11 @@ def checkov(session: nox.Session) -> None:
 
 
 def terraform_command(session: nox.Session, command: str) -> None:
-    """`python -m pipeline.terraform <command> <env>` for the one environment in posargs."""
+    """`python -m pipeline terraform <command> <env>` for the one environment in posargs."""
     if len(session.posargs) != 1 or session.posargs[0] not in ENVIRONMENTS:
         session.error(f"usage: nox -s {command} -- {CHOICES}")
     install(session, "terraform")
-    session.run("python", "-m", "pipeline.terraform", command, session.posargs[0])
+    session.run("python", "-m", "pipeline", "terraform", command, session.posargs[0])
 
 
 @nox.session(python=PYTHON)
@@ -99,31 +127,28 @@ def apply(session: nox.Session) -> None:
     terraform_command(session, "apply")
 
 
+def pipeline_command(session: nox.Session, *command: str) -> None:
+    """Install the pipeline's environment and run one `python -m pipeline` command."""
+    install(session, "pipeline")
+    session.run("python", "-m", "pipeline", *command, *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def serve(session: nox.Session) -> None:
     """Serve the reference model on http://127.0.0.1:8080, capturing predictions locally."""
-    install(session, "pipeline")
-    session.run("python", "-m", "pipeline", "serve", *session.posargs)
+    pipeline_command(session, "serve")
 
 
 @nox.session(python=PYTHON)
 def download(session: nox.Session) -> None:
     """Fetch the model and test data by reference, verifying every sha256."""
-    install(session, "pipeline")
-    session.run("python", "-m", "pipeline", "download", *session.posargs)
+    pipeline_command(session, "download")
 
 
 @nox.session(python=PYTHON)
 def gate(session: nox.Session) -> None:
     """Gate the model on the whole test set (`-- <environment>`: against its champion)."""
-    install(session, "pipeline")
-    session.run("python", "-m", "pipeline", "gate", *session.posargs)
-
-
-def pipeline_command(session: nox.Session, *command: str) -> None:
-    """Install the pipeline's environment and run one `python -m pipeline` command."""
-    install(session, "pipeline")
-    session.run("python", "-m", "pipeline", *command, *session.posargs)
+    pipeline_command(session, "gate")
 
 
 @nox.session(python=PYTHON)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.model import session_options
+
 
 @dataclass(frozen=True)
 class ComputeCeiling:
@@ -42,13 +44,12 @@ class ComputeCeiling:
 
 
 def session(path: Path | str, intra_op_threads: int = 1) -> ort.InferenceSession:
-    """A session configured like the service's (service/model.py)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    """A session configured as the service configures its own (`service.model.session_options`)."""
+    return ort.InferenceSession(
+        str(path),
+        sess_options=session_options(intra_op_threads),
+        providers=["CPUExecutionProvider"],
+    )
 
 
 @contextlib.contextmanager

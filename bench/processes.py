@@ -18,7 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from pipeline import REPO
+
 READY_POLL_SECONDS = 0.005
 STOP_TIMEOUT_SECONDS = 20
 
@@ -35,6 +36,7 @@ def require_taskset() -> None:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel picks it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

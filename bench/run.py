@@ -36,6 +36,8 @@ from bench.processes import (
     rss_bytes,
 )
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
+from pipeline.datasets import load_dataset, scaled_inputs
+from pipeline.reference import fetch_verified, load_reference
 
 CAPTURE_OFF = "off"  # PREDICTION_LOG_URL=off: service.capture builds no recorder
 UVICORN_FLAGS = ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
@@ -172,9 +174,6 @@ def load_workload(batch_size: int, workdir: Path | None = None) -> Workload:
     With `workdir`, also the batch-capable copy a deploy would ship (made and proven
     equal on the whole test set by `pipeline.batchable`), when the model needs one.
     """
-    from pipeline.datasets import load_dataset
-    from pipeline.reference import fetch_verified, load_reference
-
     reference = load_reference(environ=os.environ)
     model_path, sha256 = fetch_verified(reference.model)
     dataset = load_dataset(
@@ -184,9 +183,10 @@ def load_workload(batch_size: int, workdir: Path | None = None) -> Workload:
     )
     if len(dataset) < batch_size:
         raise BenchError(f"the test set has {len(dataset)} images; the bench needs {batch_size}")
-    scaled = bodies.pixels(dataset.images) * np.float32(reference.input_scale)
-    images = scaled[:batch_size]
     session = compute.session(model_path)
+    item_shape = tuple(session.get_inputs()[0].shape[1:])
+    scaled = scaled_inputs(dataset.images, np.dtype(np.float32), item_shape, reference.input_scale)
+    images = scaled[:batch_size]
     batched = None
     if workdir is not None and session.get_inputs()[0].shape[0] == 1:
         try:

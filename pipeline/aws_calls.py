@@ -160,18 +160,18 @@ CALLS: tuple[AwsCall, ...] = (
         Role.DEPLOY,
         "ecr:GetAuthorizationToken",
         "*",
-        "pipeline.image.Ecr.credentials",
+        "pipeline.registry.Ecr.credentials",
         "the registry login (the action has no resource-level permissions)",
     ),
     AwsCall(
         Role.DEPLOY,
         "ecr:BatchGetImage",
         REPOSITORY,
-        "pipeline.image.Ecr.existing, pipeline.image.push",
+        "pipeline.registry.Ecr.existing, pipeline.registry.push",
         "is the tag taken (tags are immutable)? Also listed for every push",
     ),
     *(
-        AwsCall(Role.DEPLOY, action, REPOSITORY, "pipeline.image.push (podman/docker push)", why)
+        AwsCall(Role.DEPLOY, action, REPOSITORY, "pipeline.registry.push (podman/docker push)", why)
         for action, why in _PUSH
     ),
     AwsCall(
@@ -258,7 +258,7 @@ CALLS: tuple[AwsCall, ...] = (
         Role.TASK,
         "s3:PutObject",
         CAPTURE,
-        "service.capture.sinks.S3Sink.put (If-None-Match: *)",
+        "service.store.S3Store.put_new (If-None-Match: *)",
         "write prediction parts, and re-send the ones the spool kept",
     ),
     # -- execution role: ECS starting a task ----------------------------------------------

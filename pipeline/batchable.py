@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.artifacts import sha256_of
+from service.model import session_options
+
 BATCH_DIM = "batch"
 CHECK_BATCH = 256
 # Relative to the largest score magnitude: float32 summation order may differ.
@@ -64,7 +67,7 @@ def make_copy(model_path: Path, target: Path) -> Path:
         dim = value.type.tensor_type.shape.dim[0]
         dim.Clear()
         dim.dim_param = BATCH_DIM
-    del graph.value_info[:]  # stale intermediate shapes carry the old batch of 1
+    del graph.value_info[:]  # stale intermediate shapes carry the fixed batch of 1
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(target))
     return target
@@ -72,8 +75,7 @@ def make_copy(model_path: Path, target: Path) -> Path:
 
 def prove_equal(original: Path, copy: Path, inputs: np.ndarray) -> float:
     """Max |difference| of the copy's scores over `inputs` ([N, *item]); NotBatchable if unequal."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options = session_options()
     reference = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
     try:
         batched = ort.InferenceSession(str(copy), options, providers=["CPUExecutionProvider"])
@@ -102,8 +104,6 @@ def prove_equal(original: Path, copy: Path, inputs: np.ndarray) -> float:
 
 def batchable_copy(model_path: Path, inputs: np.ndarray, target: Path) -> BatchableCopy:
     """Make the copy and prove it equal to the original on `inputs` (the whole test set)."""
-    from service.artifacts import sha256_of
-
     make_copy(model_path, target)
     try:
         worst = prove_equal(model_path, target, inputs)

@@ -1,50 +1,255 @@
-"""`python -m pipeline <command>`: the entry point every nox session calls.
+"""`python -m pipeline <command>`: the one entry point of every step; nox sessions call it.
 
-Each command is a few lines over a module of its own; failures the user can
-fix end with one line on stderr and exit status 2.
+Each command is a few lines over a module of its own. Steps raise; `main` is the
+one place that turns their errors into one line on stderr, `error: <what is wrong
+and what to do>`, and exit status 2 (as `service.app` turns errors into HTTP).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from pipeline import download as download_step
-from pipeline import gate as gate_step
-from pipeline import image as image_step
-from pipeline import predictions
+import boto3
+
+from pipeline import REPO, terraform
+from pipeline import image as images
+from pipeline import registry as registries
 from pipeline.datasets import DatasetError
-from pipeline.deploy import DeployError, deploy, gate
-from pipeline.environment import ENVIRONMENTS, Environment, MissingEnvironment, resolve
+from pipeline.deploy import DeployError, batched_copy, deploy
+from pipeline.download import download
+from pipeline.environment import ENVIRONMENTS, MissingEnvironment, output, resolve
+from pipeline.gating import (
+    DEFAULT_REPORT_DIR,
+    DEPLOYMENTS_URL_ENV,
+    GateFailed,
+    NoDeploymentRecords,
+    gate_model,
+)
 from pipeline.image import ImageError
+from pipeline.predictions import chart, statistics
+from pipeline.predictions import store as parts
+from pipeline.predictions.store import PredictionLogError
 from pipeline.records import RecordError
-from pipeline.reference import REPO, InvalidReference, fetch_artifact, load_reference
+from pipeline.reference import (
+    DEFAULT_REFERENCE,
+    InvalidReference,
+    Reference,
+    fetch_artifact,
+    load_reference,
+)
 from pipeline.release import ReleaseError, format_status, rollback, status
 from pipeline.terraform import TerraformError
+from service.__main__ import serve
 from service.artifacts import ArtifactError
+from service.config import DEFAULT_APP_ENV, ConfigError, Settings
+from service.store import StoreError
 
 DEFAULT_LOCAL_CAPTURE = REPO / "predictions"
+DEFAULT_CHART_DIR = Path("reports")
+TERRAFORM_COMMANDS = ("plan", "apply", "output", "lint")
+
+Command = Callable[[argparse.Namespace], int]
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+
+# -- serve -------------------------------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the reference model locally (the embedded default: no AWS)."""
+    return _serve(load_reference(environ=os.environ))
+
+
+def cmd_deploy_local(args: argparse.Namespace) -> int:
+    """Gate the referenced model, then serve it locally with capture to a local directory."""
     reference = load_reference(environ=os.environ)
+    gated = gate_model(reference)
+    batched = batched_copy(gated)
+    extra = {}
+    if batched is not None:
+        extra = {"MODEL_BATCHED_URL": str(batched.path), "MODEL_BATCHED_SHA256": batched.sha256}
+    return _serve(reference, extra)
+
+
+def _serve(reference: Reference, extra: dict[str, str] | None = None) -> int:
+    """The service's settings from this environment, with the reference's model in it and
+    capture to ./predictions unless PREDICTION_LOG_URL says otherwise."""
     model_path = fetch_artifact(reference.model)
-    os.environ.update(
-        MODEL_URL=str(model_path),
-        MODEL_SHA256=reference.model.sha256 or "",
-        MODEL_NAME=reference.name,
+    environ = {
+        "PREDICTION_LOG_URL": str(DEFAULT_LOCAL_CAPTURE),
+        **os.environ,
+        "MODEL_URL": str(model_path),
+        "MODEL_SHA256": reference.model.sha256 or "",
+        "MODEL_NAME": reference.name,
+        **(extra or {}),
+    }
+    return serve(Settings.from_env(environ))
+
+
+# -- download and gate --------------------------------------------------------------
+
+
+def add_download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch the model and test data by reference, verifying every sha256."""
+    reference = load_reference(args.reference, environ=os.environ)
+    downloaded = download(reference, args.cache_dir)
+    for role, artifact, path in (
+        ("model", reference.model, downloaded.model_path),
+        ("test_images", reference.test_images, downloaded.images_path),
+        ("test_labels", reference.test_labels, downloaded.labels_path),
+    ):
+        pinned = "" if artifact.sha256 else "  (not pinned: no sha256 given)"
+        print(f"{role:<12} {downloaded.sha256s[role]}  {path}{pinned}")
+    return 0
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "environment",
+        nargs="?",
+        choices=ENVIRONMENTS,
+        help="compare with the model deployed there (omit: no champion)",
     )
-    os.environ.setdefault("PREDICTION_LOG_URL", str(DEFAULT_LOCAL_CAPTURE))
-    from service.__main__ import main as serve
+    parser.add_argument(
+        "--deployments-url",
+        default=os.environ.get(DEPLOYMENTS_URL_ENV),
+        help=f"where deployment records live, e.g. s3://bucket/deployments "
+        f"(default: ${DEPLOYMENTS_URL_ENV})",
+    )
+    add_download_arguments(parser)
+    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
 
-    return serve()
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    """Gate the referenced model on the whole test set (an environment: against its champion)."""
+    gated = gate_model(
+        load_reference(args.reference, environ=os.environ),
+        environment=args.environment,
+        deployments_url=args.deployments_url,
+        report_dir=args.report_dir,
+        cache_dir=args.cache_dir,
+    )
+    print(f"gate passed: {gated.reference.name} ({gated.downloaded.sha256s['model']})")
+    return 0
 
 
-def _environment(args: argparse.Namespace) -> Environment:
-    return resolve(args.environment)
+# -- the image ------------------------------------------------------------------------
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tag-repo",
+        default=images.DEFAULT_TAG_REPO,
+        help="local image name; the tag is the git sha",
+    )
+    parser.add_argument(
+        "--base-image",
+        default=os.environ.get("BASE_IMAGE", images.DEFAULT_BASE_IMAGE),
+        help=f"the Dockerfile's BASE_IMAGE (default: $BASE_IMAGE or {images.DEFAULT_BASE_IMAGE})",
+    )
+    parser.add_argument(
+        "--ca-bundle",
+        type=Path,
+        default=None,
+        help="CA bundle pip trusts in the build (default: PIP_CERT, SSL_CERT_FILE "
+        "or the system bundle)",
+    )
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build the service image, tagged with the git commit sha."""
+    model_sha256 = load_reference(environ=os.environ).model.sha256
+    if model_sha256 is None:
+        raise ImageError("the model reference has no sha256: pin the model in model.toml")
+    sha = images.git_sha()
+    changed = images.changed_build_inputs()
+    if changed:
+        images.say(
+            f"warning: uncommitted changes go into an image tagged {sha[:12]}: "
+            + ", ".join(changed)
+        )
+    image = images.build(
+        args.tag_repo,
+        sha,
+        model_sha256,
+        args.base_image,
+        ca_bundle=args.ca_bundle or images.default_ca_bundle(),
+        source_url=images.source_url(),
+    )
+    print(image)
+    return 0
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "environment",
+        choices=ENVIRONMENTS,
+        help="the environment whose ECR repository receives the image",
+    )
+    parser.add_argument(
+        "--repository-url",
+        default=None,
+        help="ECR repository URL (default: $<ENV>_ECR_REPOSITORY_URL, else the terraform output)",
+    )
+    parser.add_argument("--tag-repo", default=images.DEFAULT_TAG_REPO)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Push the image built for this commit to the environment's ECR repository."""
+    repository_url = args.repository_url or output(args.environment, "ecr_repository_url")
+    region = output(args.environment, "aws_region")
+    sha = images.git_sha()
+    ecr = registries.Ecr(boto3.client("ecr", region_name=region))
+    digest = registries.push(f"{args.tag_repo}:{sha}", repository_url, sha, ecr=ecr)
+    registry, name = registries.split_repository_url(repository_url)
+    print(f"{registry}/{name}@{digest}")
+    return 0
+
+
+# -- infrastructure and environments -------------------------------------------------
+
+
+def add_terraform_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=TERRAFORM_COMMANDS)
+    # Not argparse choices: terraform.env_root names the valid environments and the fix.
+    parser.add_argument("environment", nargs="?", help=f"one of {', '.join(ENVIRONMENTS)}")
+
+
+def cmd_terraform(args: argparse.Namespace) -> int:
+    """Terraform: `plan|apply|output <environment>` against its S3 state, or `lint`."""
+    if args.action == "lint":
+        for root in terraform.lint():
+            print(f"valid: {root.relative_to(terraform.TERRAFORM_DIR.parent)}")
+        return 0
+    if args.environment is None:
+        raise TerraformError(
+            f"terraform {args.action} needs an environment: "
+            f"python -m pipeline terraform {args.action} <{'|'.join(ENVIRONMENTS)}>"
+        )
+    env = args.environment
+    terraform.env_root(env)
+    terraform.init_env(env)
+    if args.action == "output":
+        print(json.dumps(terraform.outputs(env), indent=2, sort_keys=True))
+        return 0
+    result = terraform.plan(env)
+    print(result.output)
+    if args.action == "apply":
+        if result.changes:
+            print(terraform.apply(env, plan_file=result.plan_file))
+        else:
+            print(f"{env}: no changes, nothing to apply")
+    return 0
 
 
 def _add_environment(parser: argparse.ArgumentParser) -> None:
@@ -58,68 +263,144 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_deploy_local(args: argparse.Namespace) -> int:
-    """Gate the referenced model, then serve it locally with capture to a local directory."""
-    gated = gate(None, None)
-    if gated.batched is not None:
-        os.environ.update(
-            MODEL_BATCHED_URL=str(gated.batched.path), MODEL_BATCHED_SHA256=gated.batched.sha256
-        )
-    return cmd_serve(args)
-
-
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Return an environment to its previous successful release."""
-    record = rollback(_environment(args))
+    record = rollback(resolve(args.environment))
     print(f"{args.environment} is back on {record['restores']} ({record['image']})")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show what runs in an environment: release, image, model, gate accuracy, health."""
-    print(format_status(status(_environment(args))))
+    print(format_status(status(resolve(args.environment))))
     return 0
 
 
-COMMANDS: dict[
-    str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]
-] = {
-    "serve": (cmd_serve, lambda parser: None),
-    "download": (download_step.run, download_step.add_arguments),
-    "gate": (gate_step.run, gate_step.add_arguments),
-    "build": (image_step.run_build, image_step.add_build_arguments),
-    "push": (image_step.run_push, image_step.add_push_arguments),
+# -- predictions -----------------------------------------------------------------------
+
+
+def _add_capture_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "environment", choices=(DEFAULT_APP_ENV, *ENVIRONMENTS), help="whose predictions"
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(parts.URL_ENV) or str(DEFAULT_LOCAL_CAPTURE),
+        help=f"where the service captures predictions: s3://bucket/prefix or a directory "
+        f"(default: ${parts.URL_ENV}, else {DEFAULT_LOCAL_CAPTURE})",
+    )
+    parser.add_argument(
+        "--since", help="only predictions since then: 30m, 2h, 1d or an ISO date/time (UTC)"
+    )
+
+
+def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_capture_arguments(parser)
+    parser.add_argument("--limit", type=int, help="print at most this many records")
+    parser.add_argument("--inputs", action="store_true", help="include captured inputs")
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print an environment's predictions, one JSON object per line, newest first."""
+    store = parts.open_store(args.url)
+    since = parts.parse_since(args.since) if args.since else None
+    try:
+        printed = parts.logs(
+            store, args.environment, since=since, limit=args.limit, inputs=args.inputs
+        )
+    except BrokenPipeError:  # `| head`
+        return 0
+    if not printed:
+        print(f"no predictions for {args.environment} under {store.url}", file=sys.stderr)
+    return 0
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_capture_arguments(parser)
+    parser.add_argument(
+        "--chart", type=Path, help="the PNG to write (default: reports/predictions-<env>.png)"
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the comparison with the test set's labels (no download)",
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Summarise an environment's predictions: classes, hours, latency, drift; table + PNG."""
+    store = parts.open_store(args.url)
+    since = parts.parse_since(args.since) if args.since else None
+    baseline = None if args.no_baseline else statistics.test_set_labels()
+    summary = statistics.summarise(
+        parts.read_records(store, args.environment, since), args.environment, baseline
+    )
+    if not summary.total:
+        raise PredictionLogError(
+            f"nothing to report: no predictions for {args.environment} under {store.url}"
+            + (f" since {args.since}" if args.since else "")
+            + f"; check --url / {parts.URL_ENV}"
+        )
+    print(statistics.format_table(summary))
+    png = chart.plot(
+        summary, args.chart or DEFAULT_CHART_DIR / f"predictions-{args.environment}.png"
+    )
+    print(f"\nchart: {png}")
+    return 0
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    return None
+
+
+COMMANDS: dict[str, tuple[Command, Arguments]] = {
+    "serve": (cmd_serve, _no_arguments),
+    "download": (cmd_download, add_download_arguments),
+    "gate": (cmd_gate, add_gate_arguments),
+    "build": (cmd_build, add_build_arguments),
+    "push": (cmd_push, add_push_arguments),
+    "terraform": (cmd_terraform, add_terraform_arguments),
     "deploy": (cmd_deploy, _add_environment),
-    "deploy-local": (cmd_deploy_local, lambda parser: None),
+    "deploy-local": (cmd_deploy_local, _no_arguments),
     "rollback": (cmd_rollback, _add_environment),
     "status": (cmd_status, _add_environment),
-    "logs": (predictions.run_logs, predictions.add_logs_arguments),
-    "report": (predictions.run_report, predictions.add_report_arguments),
+    "logs": (cmd_logs, add_logs_arguments),
+    "report": (cmd_report, add_report_arguments),
 }
 
 
 # Failures with a message that says what to do: printed as one line, exit status 2.
 FAILURES: tuple[type[Exception], ...] = (
     ArtifactError,
+    ConfigError,
     DatasetError,
     DeployError,
+    GateFailed,
     ImageError,
     InvalidReference,
     MissingEnvironment,
+    NoDeploymentRecords,
+    PredictionLogError,
     RecordError,
     ReleaseError,
+    StoreError,
     TerraformError,
 )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
     for name, (function, configure) in COMMANDS.items():
         sub = commands.add_parser(name, help=(function.__doc__ or "").strip().splitlines()[0])
         configure(sub)
         sub.set_defaults(run=function)
-    args = parser.parse_args(argv)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a failure is one line on stderr and exit status 2."""
+    args = parser().parse_args(argv)
     try:
         return args.run(args)
     except FAILURES as exc:

@@ -61,6 +61,21 @@ def load_dataset(images_path: Path, labels_path: Path, test_format: str) -> Data
     return Dataset(images, labels)
 
 
+def scaled_inputs(
+    images: np.ndarray, dtype: np.dtype, item_shape: tuple[int, ...], input_scale: float
+) -> np.ndarray:
+    """Test images as a model takes them: `dtype`, shaped [N, *item_shape], pixels times
+    `input_scale` (`[model] input_scale` of model.toml: 1.0 keeps raw 0..255).
+
+    The one place pixels are scaled: the gate, the batch-capable copy's proof, the smoke
+    images and the benchmark all take their inputs from here.
+    """
+    pixels = images.reshape(len(images), -1).astype(dtype)
+    if input_scale != 1.0:
+        pixels *= np.dtype(dtype).type(input_scale)
+    return pixels.reshape((len(images), *item_shape))
+
+
 # -- IDX -----------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""The used-by of the project: `nox -s deploy-dev`, `nox -s deploy-prod`, `nox -s deploy-local`.
+"""The deploys: `nox -s deploy-dev`, `nox -s deploy-prod`, `nox -s deploy-local`.
 
 deploy-dev:  download -> gate (against dev's champion) -> build -> push -> release
 deploy-prod: download -> gate (against prod's champion) -> promote the image dev verified
@@ -13,25 +13,19 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from pipeline import aws_calls, promotion
+from pipeline import REPO, aws_calls, promotion
 from pipeline import image as images
+from pipeline import registry as registries
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
-from pipeline.download import Downloaded, download
 from pipeline.environment import Environment, override_name, resolve, terraform_outputs
-from pipeline.gate import GateResult, read_champion, run_gate
-from pipeline.reference import Reference, load_reference
+from pipeline.gating import DEFAULT_REPORT_DIR, Gated, gate_model
+from pipeline.reference import load_reference
 from pipeline.release import Candidate, SmokeImages, release
-from pipeline.report import append_step_summary, write_report
-from service.artifacts import s3_location
-from service.model import ModelInfo, OnnxModel
+from service.store import NotAStore, S3Store, StoreError, StoreUnreachable, open_store
 
 SMOKE_IMAGES = 8
-DEFAULT_REPORT_DIR = Path("build/gate")
 
 
 class DeployError(Exception):
@@ -42,50 +36,13 @@ def say(message: str) -> None:
     print(f"deploy: {message}", file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True)
-class Gated:
-    reference: Reference
-    downloaded: Downloaded
-    result: GateResult
-    batched: BatchableCopy | None = None
-
-
-def gate(
-    environment: str | None, deployments_url: str | None, report_dir: Path = DEFAULT_REPORT_DIR
-) -> Gated:
-    """Download by reference and gate; DeployError with the reasons when it fails."""
-    reference = load_reference(environ=os.environ)
-    downloaded = download(reference)
-    champion = (
-        read_champion(deployments_url, environment) if environment and deployments_url else None
-    )
-    result = run_gate(reference, downloaded, champion=champion, environment=environment)
-    json_path, _ = write_report(result, report_dir)
-    append_step_summary(result)
-    for check in result.checks:
-        say(f"gate {check.status} {check.name}: {check.detail}")
-    if not result.passed:
-        raise DeployError("gate failed: " + "; ".join(result.reasons) + f" (report: {json_path})")
-    return Gated(reference, downloaded, result, batched_copy(reference, downloaded, report_dir))
-
-
-def batched_copy(
-    reference: Reference, downloaded: Downloaded, directory: Path
-) -> BatchableCopy | None:
+def batched_copy(gated: Gated, directory: Path = DEFAULT_REPORT_DIR) -> BatchableCopy | None:
     """For a batch-1 model: a batch-capable copy, proven equal on the whole test set."""
-    from pipeline.datasets import load_dataset
-
-    sha = downloaded.sha256s["model"]
-    model = OnnxModel(downloaded.model_path, ModelInfo(reference.name, sha[:12], sha))
-    if not model.batch_fixed_at_one:
+    if not gated.model.batch_fixed_at_one:
         return None
-    dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
-    inputs = (dataset.images.astype(model.input.dtype) * reference.input_scale).reshape(
-        (-1, *model.input.item_shape)
-    )
-    target = directory / f"{reference.name}.batched.onnx"
+    target = directory / f"{gated.reference.name}.batched.onnx"
     try:
-        copy = batchable_copy(downloaded.model_path, inputs, target)
+        copy = batchable_copy(gated.downloaded.model_path, gated.inputs, target)
     except NotBatchable as exc:
         say(f"no batch-capable copy ({exc}); batches run one row at a time")
         return None
@@ -97,37 +54,21 @@ def batched_copy(
 
 
 def smoke_images(gated: Gated, count: int = SMOKE_IMAGES) -> SmokeImages:
-    """The first test images the gated model classifies correctly, and their classes."""
-    from pipeline.datasets import load_dataset
-
-    reference, downloaded = gated.reference, gated.downloaded
-    dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
-    sha = downloaded.sha256s["model"]
-    model = OnnxModel(downloaded.model_path, ModelInfo(reference.name, sha[:12], sha))
-    chosen, classes = [], []
-    for image, label in zip(dataset.images[:200], dataset.labels[:200], strict=True):
-        batch = (image.astype(model.input.dtype) * reference.input_scale).reshape(
-            (1, *model.input.item_shape)
-        )
-        predicted = int(model.scores(batch).argmax())
-        if predicted == int(label):
-            chosen.append(batch[0])
-            classes.append(predicted)
-        if len(chosen) == count:
-            break
-    return SmokeImages(np.stack(chosen), classes)
+    """The first test images (of 200) the gated model classifies correctly, and their classes."""
+    predicted = gated.result.evaluation.predicted
+    labels = gated.dataset.labels
+    chosen = [i for i in range(min(200, len(labels))) if predicted[i] == labels[i]][:count]
+    return SmokeImages(gated.inputs[chosen], [int(predicted[i]) for i in chosen])
 
 
-def publish_model(env: Environment, gated: Gated) -> tuple[str, str]:
+def publish_model(env: Environment, gated: Gated, batched: BatchableCopy | None) -> tuple[str, str]:
     """Copy the verified model (and its batch-capable copy) under the models prefix."""
     sha = gated.downloaded.sha256s["model"]
     name = Path(gated.reference.model.filename).name or f"{gated.reference.name}.onnx"
     model_url = _publish(env, gated.downloaded.model_path, f"{sha}/{name}")
     batched_url = ""
-    if gated.batched is not None:
-        batched_url = _publish(
-            env, gated.batched.path, f"{sha}/batched-{gated.batched.sha256}.onnx"
-        )
+    if batched is not None:
+        batched_url = _publish(env, batched.path, f"{sha}/batched-{batched.sha256}.onnx")
     return model_url, batched_url
 
 
@@ -139,62 +80,46 @@ def _publish(env: Environment, source: Path, name: str) -> str:
     upload. A missing key is a 404 only to a caller with s3:ListBucket (S3 API
     reference, HeadObject: https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html).
     """
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
-        location = s3_location(env.models_url)
+        models = open_store(env.models_url, s3_client=lambda: env.client("s3"))
+    except NotAStore:
+        raise DeployError(f"models_url {env.models_url!r} must be an s3:// URL") from None
     except ValueError as exc:
         raise DeployError(f"models_url: {exc}") from None
-    if location is None:
+    if not isinstance(models, S3Store):
         raise DeployError(f"models_url {env.models_url!r} must be an s3:// URL")
-    bucket, prefix = location
-    key = f"{prefix}/{name}".lstrip("/")
-    url = f"s3://{bucket}/{key}"
-    s3 = env.client("s3")
+    url = models.url_of(name)
     try:
-        s3.head_object(Bucket=bucket, Key=key)
-        say(f"already at {url}")
-        return url
-    except ClientError as exc:
-        if _error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
-            raise _refused("s3:GetObject", "_publish", bucket, key, exc) from None
-    except BotoCoreError as exc:
+        if models.exists(name):
+            say(f"already at {url}")
+            return url
+    except StoreUnreachable as exc:
         raise DeployError(f"could not reach S3 to publish {url}: {exc}") from None
+    except StoreError as exc:
+        raise _refused("s3:GetObject", "_publish", models.bucket, models.key(name), exc) from None
     try:
-        s3.upload_file(str(source), bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
-    except (ClientError, S3UploadFailedError) as exc:
-        raise _refused("s3:PutObject", "_publish", bucket, key, exc) from None
-    except BotoCoreError as exc:
+        models.upload_file(name, source)
+    except StoreUnreachable as exc:
         raise DeployError(f"could not reach S3 to publish {url}: {exc}") from None
+    except StoreError as exc:
+        raise _refused("s3:PutObject", "_publish", models.bucket, models.key(name), exc) from None
     say(f"uploaded {url}")
     return url
 
 
-def _error_code(exc: BaseException) -> str:
-    """The S3 error code of a ClientError, or of the one boto3's upload wrapped."""
-    from botocore.exceptions import ClientError
-
-    for error in (exc, exc.__cause__, exc.__context__):
-        if isinstance(error, ClientError):
-            return str(error.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _refused(action: str, code: str, bucket: str, key: str, exc: BaseException) -> DeployError:
+def _refused(action: str, code: str, bucket: str, key: str, exc: StoreError) -> DeployError:
     """One line: what S3 refused, on which resource, and the grant that fixes it."""
-    answer = _error_code(exc) or exc.__class__.__name__
     call = aws_calls.find(aws_calls.Role.DEPLOY, action, code)
     resource = f"arn:aws:s3:::{bucket}/{key}"
-    if answer in ("AccessDenied", "403", "Forbidden"):
+    if exc.code in ("AccessDenied", "403", "Forbidden"):
         return DeployError(
-            f"S3 refused {action} on {resource} ({answer}): the {call.role} role needs "
+            f"S3 refused {action} on {resource} ({exc.code}): the {call.role} role needs "
             f"{action} on {call.resource.replace('{bucket}', bucket)} "
             f"({aws_calls.GRANTED_IN[call.role]}, listed in "
             "pipeline/aws_calls.py); apply the environment's Terraform, then deploy again"
         )
     detail = " ".join(str(exc).split())
-    return DeployError(f"S3 refused {action} on {resource} ({answer}): {detail}")
+    return DeployError(f"S3 refused {action} on {resource} ({exc.code}): {detail}")
 
 
 def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
@@ -204,9 +129,9 @@ def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
     run of this commit (e.g. GitHub's "Re-run job" after a failed smoke test) already
     pushed `<repository>:<git sha>`, that image is reused instead of built again.
     """
-    ecr = images.Ecr(env.client("ecr"))
+    ecr = registries.Ecr(env.client("ecr"))
     repository = _repository(env.ecr_repository_url)
-    _, name = images.split_repository_url(env.ecr_repository_url)
+    _, name = registries.split_repository_url(env.ecr_repository_url)
     pushed = ecr.existing(name, git_sha)
     if pushed is not None:
         say(f"reusing {repository}:{git_sha} ({pushed.digest}), pushed by an earlier run")
@@ -218,7 +143,7 @@ def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
         os.environ.get("BASE_IMAGE", images.DEFAULT_BASE_IMAGE),
         ca_bundle=images.default_ca_bundle(),
     )
-    digest = images.push(local, env.ecr_repository_url, git_sha, ecr=ecr)
+    digest = registries.push(local, env.ecr_repository_url, git_sha, ecr=ecr)
     return f"{repository}@{digest}"
 
 
@@ -238,7 +163,7 @@ def source_repository(env: Environment, source: str) -> str:
             f"terraform/envs/{env.environment}/terraform.tfvars, or "
             f"{override_name(source, 'ecr_repository_url')}"
         )
-    registry, _ = images.split_repository_url(env.ecr_repository_url)
+    registry, _ = registries.split_repository_url(env.ecr_repository_url)
     return f"{registry}/{names[0]}"
 
 
@@ -254,18 +179,18 @@ def promote(
     """Ship the image `source` verified for this code and model (see pipeline.promotion);
     build one only when DEPLOY_UNVERIFIED is set. DeployError when neither holds."""
     cli = cli or images.find_cli()
-    ecr = images.Ecr(env.client("ecr"))
-    registry, _ = images.split_repository_url(source_url)
-    images.login(cli, registry, ecr.credentials())
+    ecr = registries.Ecr(env.client("ecr"))
+    registry, _ = registries.split_repository_url(source_url)
+    registries.login(cli, registry, ecr.credentials())
     model_sha256 = gated.downloaded.sha256s["model"]
     try:
         chosen = promotion.choose(
             environment=env.environment,
             source=source,
             commit=git_sha,
-            tree=promotion.git_tree(git_sha, images.REPO),
+            tree=promotion.git_tree(git_sha, REPO),
             model_sha256=model_sha256,
-            has_tag=lambda tag: _pull(cli, registry, f"{_repository(source_url)}:{tag}"),
+            has_tag=lambda tag: registries.pull(cli, registry, f"{_repository(source_url)}:{tag}"),
         )
     except promotion.NotVerified as exc:
         raise DeployError(str(exc)) from None
@@ -277,50 +202,51 @@ def promote(
         return build_and_push(env, gated, git_sha), chosen
     verified = f"{_repository(source_url)}:{chosen.verified_tag}"
     say(f"promoting {verified}, verified on {source}")
-    digest = images.push(verified, env.ecr_repository_url, git_sha, ecr=ecr, cli=cli)
+    digest = registries.push(verified, env.ecr_repository_url, git_sha, ecr=ecr, cli=cli)
     return f"{_repository(env.ecr_repository_url)}@{digest}", chosen
-
-
-def _pull(cli: images.ContainerCli, registry: str, reference: str) -> bool:
-    import subprocess
-
-    flags = ["--tls-verify=false"] if cli.is_podman and images.is_loopback(registry) else []
-    result = subprocess.run(
-        [cli.path, "pull", *flags, reference],
-        capture_output=True,
-        text=True,
-        timeout=images.PUSH_TIMEOUT_SECONDS,
-        check=False,
-    )
-    return result.returncode == 0
 
 
 def mark_verified(env: Environment, image: str, git_sha: str, model_sha256: str) -> str:
     """Tag the released `image` (repository@digest) `verified-<git tree>-<model sha256>` in
     the environment's repository: what an environment promoting from this one looks for."""
     cli = images.find_cli()
-    ecr = images.Ecr(env.client("ecr"))
-    registry, _ = images.split_repository_url(env.ecr_repository_url)
-    images.login(cli, registry, ecr.credentials())
-    if not _pull(cli, registry, image):  # a reused image may not be on this machine
+    ecr = registries.Ecr(env.client("ecr"))
+    registry, _ = registries.split_repository_url(env.ecr_repository_url)
+    registries.login(cli, registry, ecr.credentials())
+    if not registries.pull(cli, registry, image):  # a reused image may not be on this machine
         raise DeployError(f"could not pull the released image {image} to tag it verified")
-    tag = promotion.verified_tag(promotion.git_tree(git_sha, images.REPO), model_sha256)
-    images.push(image, env.ecr_repository_url, tag, ecr=ecr, cli=cli)
+    tag = promotion.verified_tag(promotion.git_tree(git_sha, REPO), model_sha256)
+    registries.push(image, env.ecr_repository_url, tag, ecr=ecr, cli=cli)
     say(f"tagged {image} as {tag}")
     return tag
 
 
 def _repository(repository_url: str) -> str:
-    registry, name = images.split_repository_url(repository_url)
+    registry, name = registries.split_repository_url(repository_url)
     return f"{registry}/{name}"
 
 
 def deploy(environment: str) -> dict:
-    """Gate, ship and release to `environment`; the successful deployment record."""
+    """Gate, ship and release to `environment`; the successful deployment record.
+
+    The gate runs first against the environment's champion, so a failure there
+    (GateFailed) touches nothing in AWS. Then the model is published under
+    `models_url`, the image built and pushed (or, for an environment that promotes,
+    the image its source verified is copied), and released (`pipeline.release.release`).
+    Raises DeployError when the release rolled back or a step in between failed, and
+    the errors of the steps (ArtifactError, RecordError, ImageError, ReleaseError,
+    MissingEnvironment) as they come.
+    """
     env = resolve(environment)
-    gated = gate(environment, env.deployments_url)
+    gated = gate_model(
+        load_reference(environ=os.environ),
+        environment=environment,
+        deployments_url=env.deployments_url,
+        say=say,
+    )
+    batched = batched_copy(gated)
     git_sha = images.git_sha()
-    model_url, batched_url = publish_model(env, gated)
+    model_url, batched_url = publish_model(env, gated, batched)
     provenance: dict[str, object] = {}
     if env.promote_from:
         source = env.promote_from[0]
@@ -336,7 +262,7 @@ def deploy(environment: str) -> dict:
         model_sha256=gated.downloaded.sha256s["model"],
         gate=gated.result.record(),
         batched_url=batched_url,
-        batched_sha256=gated.batched.sha256 if gated.batched else "",
+        batched_sha256=batched.sha256 if batched else "",
         provenance=provenance,
     )
     outcome = release(env, candidate, smoke_images(gated), say=say)

@@ -14,22 +14,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-TERRAFORM_DIR = Path(__file__).resolve().parent.parent / "terraform"
+from pipeline import terraform
+from pipeline.terraform import ENVIRONMENTS, TERRAFORM_DIR, environments
 
+__all__ = ["ENVIRONMENTS", "TERRAFORM_DIR", "Environment", "environments", "resolve"]
 
-def environments(terraform_dir: Path = TERRAFORM_DIR) -> tuple[str, ...]:
-    """The environments: one Terraform root each, `terraform/envs/<name>/main.tf`.
-
-    This directory is the one list of environments; adding `staging` is a root, its
-    terraform.tfvars and a workflow branch.
-    """
-    envs = terraform_dir / "envs"
-    if not envs.is_dir():
-        return ()
-    return tuple(sorted(p.name for p in envs.iterdir() if (p / "main.tf").is_file()))
-
-
-ENVIRONMENTS = environments()
 AWS_MAX_ATTEMPTS = 8
 
 
@@ -125,9 +114,7 @@ def terraform_outputs(environment: str) -> Mapping[str, object]:
     A root that was never initialised here (a fresh CI checkout) is first initialised
     against its S3 state (TF_STATE_BUCKET).
     """
-    from pipeline import terraform
-
-    directory = Path(os.environ.get("TERRAFORM_DIR") or terraform.TERRAFORM_DIR)
+    directory = Path(os.environ.get("TERRAFORM_DIR") or TERRAFORM_DIR)
     try:
         return terraform.outputs(environment, terraform_dir=directory)
     except terraform.TerraformError:

@@ -14,43 +14,24 @@ The model runs through `service.model.OnnxModel`, exactly as the service runs
 it (one intra-op thread, rows looped for batch-fixed-at-1 models). Pixels are
 multiplied by `[model] input_scale` first.
 
-`python -m pipeline.gate [ENV]` (what `nox -s gate -- [ENV]` runs) downloads
-by reference, gates, writes `report.json` and `report.md`, appends the
-Markdown to `$GITHUB_STEP_SUMMARY` when set, and exits 1 with the reasons
-when a check fails.
+`pipeline.gating.gate_model` runs this gate as a step (download, gate, report)
+for `python -m pipeline gate` and the deploys.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline import records
-from pipeline.datasets import Dataset, DatasetError, load_dataset
-from pipeline.download import Downloaded, download
-from pipeline.environment import ENVIRONMENTS
-from pipeline.reference import (
-    DEFAULT_REFERENCE,
-    REPO,
-    GateThresholds,
-    InvalidReference,
-    Reference,
-    load_reference,
-)
-from service.artifacts import ArtifactError
+from pipeline.datasets import Dataset, load_dataset, scaled_inputs
+from pipeline.download import Downloaded
+from pipeline.reference import GateThresholds, Reference
 from service.errors import ModelLoadError
 from service.model import ModelInfo, OnnxModel
 
-DEFAULT_REPORT_DIR = REPO / "build" / "gate"
-DEPLOYMENTS_URL_ENV = "DEPLOYMENTS_URL"
 # Latency runs stop early past this many seconds, so a very slow model cannot stall CI.
 LATENCY_TIME_LIMIT_SECONDS = 30.0
 _CHUNK = 1000
@@ -75,6 +56,8 @@ class Evaluation:
     latency_ms: dict[str, float]  # p50, p90, p99, max
     latency_runs: int
     inference_seconds: float
+    # The class predicted for each test image, [N] int64 (the smoke test's expectations).
+    predicted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
 
     @property
     def per_class(self) -> list[dict[str, float | int]]:
@@ -107,6 +90,7 @@ class Champion:
 
     @classmethod
     def from_record(cls, environment: str, record: dict[str, Any]) -> Champion:
+        """From a deployment record that `pipeline.records.validate` accepted."""
         return cls(
             environment=environment,
             release_id=record["release_id"],
@@ -129,6 +113,12 @@ class GateResult:
     environment: str | None
     duration_seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    # What the later steps of a deploy take from the gate (not part of the report): the
+    # model as the gate ran it, the test set, and its images as the model takes them
+    # ([N, *item_shape], scaled by `input_scale`); None where the gate did not get there.
+    model: OnnxModel | None = field(default=None, repr=False, compare=False)
+    dataset: Dataset | None = field(default=None, repr=False, compare=False)
+    inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -161,11 +151,18 @@ def run_gate(
     champion: Champion | None = None,
     environment: str | None = None,
 ) -> GateResult:
-    """Gate the downloaded model on the downloaded test set."""
+    """Gate the downloaded model on the downloaded test set: every check, in order.
+
+    The test set is decoded once, here; the result carries it, the model and the
+    scaled inputs for the steps after the gate. A model that does not load or does
+    not fit the service fails `signature` and skips the other checks. Raises
+    DatasetError when a test-data file is malformed; a failed check is a result
+    whose `passed` is False, not an exception.
+    """
     started = time.perf_counter()
     dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
     info = ModelInfo(reference.name, downloaded.sha256s["model"][:12], downloaded.sha256s["model"])
-    evaluation = None
+    model = evaluation = inputs = None
     try:
         model = OnnxModel(downloaded.model_path, info)
         signature = check_signature(model, dataset)
@@ -173,9 +170,8 @@ def run_gate(
         signature = Check("signature", FAILED, str(exc))
     if signature.status == PASSED:
         try:
-            evaluation = evaluate(
-                model, dataset, reference.input_scale, reference.gate.latency_runs
-            )
+            inputs = model_inputs(model, dataset, reference.input_scale)
+            evaluation = evaluate(model, dataset, inputs, reference.gate.latency_runs)
         except Exception as exc:  # onnxruntime raises several private types
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             signature = Check(
@@ -201,11 +197,20 @@ def run_gate(
         environment=environment,
         duration_seconds=time.perf_counter() - started,
         notes=tuple(_unpinned_notes(reference)),
+        model=model,
+        dataset=dataset,
+        inputs=inputs,
     )
 
 
 def check_signature(model: OnnxModel, dataset: Dataset) -> Check:
-    """Does the model take one test image and answer a score per class?"""
+    """Does the model take one test image and answer a score per class?
+
+    Passes when the model has one floating-point input whose item holds as many values
+    as one test image (`dataset.images` is [N, H, W]), and a first output shaped
+    [batch, classes] with at least as many classes as the labels name (a dynamic
+    class dimension passes). The failed Check's detail names the misfit.
+    """
     image_size = int(np.prod(dataset.images.shape[1:]))
     image_shape = "x".join(map(str, dataset.images.shape[1:]))
     if len(model.inputs) != 1:
@@ -252,10 +257,13 @@ def _misfit(detail: str) -> Check:
 
 
 def evaluate(
-    model: OnnxModel, dataset: Dataset, input_scale: float, latency_runs: int
+    model: OnnxModel, dataset: Dataset, batch: np.ndarray, latency_runs: int
 ) -> Evaluation:
-    """Top-1 predictions on every image, then timed single-image runs."""
-    batch = model_inputs(model, dataset, input_scale)
+    """Top-1 predictions on every image of `batch` (the test set as the model takes it,
+    [N, *item_shape]), then `latency_runs` timed single-image runs (milliseconds).
+
+    Raises ModelLoadError when the scores are not shaped [N, classes].
+    """
     model.warm_up()
     started = time.perf_counter()
     scores = np.concatenate(
@@ -285,20 +293,18 @@ def evaluate(
         },
         latency_runs=len(latencies),
         inference_seconds=inference_seconds,
+        predicted=predicted,
     )
 
 
 def model_inputs(model: OnnxModel, dataset: Dataset, input_scale: float) -> np.ndarray:
-    """The test images as the model takes them: scaled, typed, shaped [N, *item_shape]."""
-    spec = model.input
-    pixels = dataset.images.reshape(len(dataset), -1).astype(spec.dtype)
-    if input_scale != 1.0:
-        pixels *= spec.dtype.type(input_scale)
-    return pixels.reshape((len(dataset), *spec.item_shape))
+    """The test images as `model` takes them: see `pipeline.datasets.scaled_inputs`."""
+    return scaled_inputs(dataset.images, model.input.dtype, model.input.item_shape, input_scale)
 
 
 def time_single_images(model: OnnxModel, batch: np.ndarray, runs: int) -> np.ndarray:
-    """Milliseconds of `runs` single-image calls (stopping early past the time limit)."""
+    """Milliseconds of `runs` single-image calls, cycling through `batch` ([N, *item]);
+    stops early past LATENCY_TIME_LIMIT_SECONDS, so a slow model cannot stall CI."""
     latencies = []
     deadline = time.perf_counter() + LATENCY_TIME_LIMIT_SECONDS
     for i in range(runs):
@@ -318,7 +324,12 @@ def judge(
     downloaded: Downloaded,
     environment: str | None = None,
 ) -> tuple[Check, Check, Check]:
-    """The accuracy, latency and champion checks of an evaluation."""
+    """The accuracy, latency and champion checks of an evaluation, in that order.
+
+    accuracy: top-1 accuracy (0..1) at least `thresholds.min_accuracy`; latency: the p99
+    of the single-image runs, in milliseconds, at most `thresholds.max_p99_latency_ms`;
+    champion: see `compare_with_champion`. Thresholds come from model.toml's `[gate]`.
+    """
     accuracy = evaluation.accuracy
     accuracy_check = Check(
         "accuracy",
@@ -351,6 +362,8 @@ def compare_with_champion(
     model_sha256: str,
     environment: str | None,
 ) -> Check:
+    """The champion check: `accuracy` may fall at most `max_regression` (both 0..1) below
+    the champion's; the champion's own model (same sha256) and no champion both pass."""
     if champion is None:
         where = f"nothing is deployed in {environment}" if environment else "no environment given"
         return Check("champion", PASSED, f"no champion to compare with ({where})")
@@ -377,14 +390,6 @@ def compare_with_champion(
     )
 
 
-def read_champion(deployments_url: str, environment: str) -> Champion | None:
-    """The champion from `<deployments_url>/<environment>/latest.json`, if any."""
-    record = records.read_latest(records.environment_url(deployments_url, environment))
-    if record is None or record["outcome"] != "succeeded":
-        return None
-    return Champion.from_record(environment, record)
-
-
 def _unpinned_notes(reference: Reference) -> list[str]:
     return [
         f"{role} {artifact.url} is not pinned by a sha256 (an override without one); "
@@ -396,73 +401,3 @@ def _unpinned_notes(reference: Reference) -> list[str]:
         )
         if artifact.sha256 is None
     ]
-
-
-# -- command line ---------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The gate's command-line options (also used by `python -m pipeline gate`)."""
-    parser.add_argument(
-        "environment",
-        nargs="?",
-        choices=ENVIRONMENTS,
-        help="compare with the model deployed there (omit: no champion)",
-    )
-    parser.add_argument(
-        "--deployments-url",
-        default=os.environ.get(DEPLOYMENTS_URL_ENV),
-        help=f"where deployment records live, e.g. s3://bucket/deployments "
-        f"(default: ${DEPLOYMENTS_URL_ENV})",
-    )
-    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
-    parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
-    parser.add_argument("--cache-dir", type=Path, default=None)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Gate the referenced model on the whole test set (an environment: against its champion)."""
-    from pipeline.report import append_step_summary, write_report
-
-    if args.environment and not args.deployments_url:
-        print(
-            f"gate stopped: comparing with {args.environment}'s champion needs its deployment "
-            f"records: set {DEPLOYMENTS_URL_ENV}=s3://<bucket>/deployments or pass "
-            "--deployments-url",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        reference = load_reference(args.reference, environ=os.environ)
-        downloaded = download(reference, args.cache_dir)
-        champion = (
-            read_champion(args.deployments_url, args.environment) if args.environment else None
-        )
-        result = run_gate(reference, downloaded, champion=champion, environment=args.environment)
-    except (InvalidReference, ArtifactError, DatasetError, records.RecordError) as exc:
-        print(f"gate stopped: {exc}", file=sys.stderr)
-        return 1
-    json_path, markdown_path = write_report(result, args.report_dir)
-    append_step_summary(result)
-    for check in result.checks:
-        print(f"{check.status.upper():<7} {check.name}: {check.detail}")
-    print(f"report: {json_path} and {markdown_path} ({result.duration_seconds:.1f} s)")
-    if not result.passed:
-        print("gate failed: " + "; ".join(result.reasons), file=sys.stderr)
-        return 1
-    print(f"gate passed: {reference.name} ({downloaded.sha256s['model']})")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipeline.gate [<environment>] [--deployments-url URL] [--report-dir DIR]`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.gate",
-        description="Gate the referenced model on the whole test set.",
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,53 +1,32 @@
-"""Build the service image and push it to a registry, tagged with the git commit.
+"""Build the service image, tagged with the git commit, with the machine's container CLI.
 
 `nox -s build` calls `build`: the top-level Dockerfile, built with whichever
 container CLI the machine has (`docker`, else `podman`), tagged
 `<repo>:<git sha>` and labelled with that sha and the model's sha256.
-
-`nox -s push -- <env>` calls `push`: it logs the CLI in to ECR with the token
-from boto3's `ecr.get_authorization_token`, then pushes. Tags are immutable:
-when the tag is already in the repository, the push is skipped if it holds
-this very image and refused otherwise, so a tag always names one build.
-
-Where the image goes (`repository_url`) and where the login token and the tag
-lookup come from (an `Ecr`) are separate, so the same code pushes to a
-loopback registry in tests with a token from a moto server.
+Pushing it is `pipeline.registry`'s.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pipeline.environment import ENVIRONMENTS
-from pipeline.reference import REPO, InvalidReference, load_reference
+from pipeline import REPO
 
 CLI_NAMES = ("docker", "podman")
 DEFAULT_TAG_REPO = "onnx-ship"
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 BUILD_TIMEOUT_SECONDS = 30 * 60
-PUSH_TIMEOUT_SECONDS = 20 * 60
-# Registries on the loopback interface are the test registry: plain HTTP.
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # The files the Dockerfile copies; a change to any other file does not change the image.
 BUILD_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "service", "pipeline")
 CA_BUNDLE_CANDIDATES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 _SHA = re.compile(r"[0-9a-f]{40}")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-# ECR's answers for "no image has this tag" in batch_get_image failures.
-_NOT_FOUND_CODES = ("ImageNotFound", "ImageTagDoesNotExist")
 
 
 class ImageError(Exception):
@@ -223,7 +202,7 @@ def build(
         ca_bundle=ca_bundle,
         source_url=source_url,
     )
-    _run(
+    run_cli(
         command,
         what=f"building {image}",
         timeout=BUILD_TIMEOUT_SECONDS,
@@ -232,215 +211,7 @@ def build(
     return image
 
 
-# -- registry ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """A registry login: what `<cli> login --username U --password-stdin` takes."""
-
-    username: str
-    password: str
-
-
-@dataclass(frozen=True)
-class RemoteImage:
-    """What a repository already holds under a tag."""
-
-    digest: str  # the manifest digest, "sha256:..."
-    config_digest: str | None  # the image ID the manifest points to, when readable
-
-
-class Ecr:
-    """ECR through boto3: the login token and the lookup of an existing tag.
-
-    `client` is a boto3 ECR client in the repository's region
-    (`Environment.client("ecr")`): a login token is only good for its own region's
-    registry.
-    """
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    def credentials(self) -> Credentials:
-        """Decode `get_authorization_token`'s base64 `AWS:<password>` (valid for 12 hours)."""
-        data = self._client.get_authorization_token()["authorizationData"]
-        if not data:
-            raise ImageError("ECR returned no authorization data: check the AWS credentials")
-        decoded = base64.b64decode(data[0]["authorizationToken"]).decode()
-        username, separator, password = decoded.partition(":")
-        if not separator or not password:
-            raise ImageError("ECR's authorization token is not 'user:password' base64")
-        return Credentials(username, password)
-
-    def existing(self, repository_name: str, tag: str) -> RemoteImage | None:
-        """The image the repository holds under `tag`, or None when the tag is free."""
-        from botocore.exceptions import ClientError
-
-        try:
-            answer = self._client.batch_get_image(
-                repositoryName=repository_name,
-                imageIds=[{"imageTag": tag}],
-                acceptedMediaTypes=[
-                    "application/vnd.docker.distribution.manifest.v2+json",
-                    "application/vnd.oci.image.manifest.v1+json",
-                    "application/vnd.oci.image.index.v1+json",
-                    "application/vnd.docker.distribution.manifest.list.v2+json",
-                ],
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "RepositoryNotFoundException":
-                raise ImageError(
-                    f"ECR repository {repository_name!r} does not exist: create it with the "
-                    "environment's terraform apply, or fix the repository URL"
-                ) from None
-            raise
-        for failure in answer.get("failures", []):
-            if failure.get("failureCode") not in _NOT_FOUND_CODES:
-                raise ImageError(
-                    f"ECR could not look up {repository_name}:{tag}: "
-                    f"{failure.get('failureCode')}: {failure.get('failureReason')}"
-                )
-        images = answer.get("images", [])
-        if not images:
-            return None
-        found = images[0]
-        return RemoteImage(
-            digest=found["imageId"]["imageDigest"],
-            config_digest=_config_digest(found.get("imageManifest", "")),
-        )
-
-
-def _config_digest(manifest: str) -> str | None:
-    try:
-        return json.loads(manifest)["config"]["digest"]
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def split_repository_url(repository_url: str) -> tuple[str, str]:
-    """`<registry host[:port]>/<repository name>` -> (registry, name)."""
-    url = repository_url.removeprefix("https://").removeprefix("http://").rstrip("/")
-    registry, _, name = url.partition("/")
-    if not registry or not name or ":" in name or "@" in name:
-        raise ImageError(
-            f"repository URL {repository_url!r} is not <registry>/<name> "
-            "(e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/onnx-ship), without a tag"
-        )
-    return registry, name
-
-
-def is_loopback(registry: str) -> bool:
-    """True for a registry on this machine's loopback interface (the test registry)."""
-    return urllib.parse.urlsplit(f"//{registry}").hostname in LOOPBACK_HOSTS
-
-
-def _tls_flags(cli: ContainerCli, registry: str) -> list[str]:
-    # Docker already treats 127.0.0.0/8 registries as insecure; podman needs telling.
-    return ["--tls-verify=false"] if cli.is_podman and is_loopback(registry) else []
-
-
-def login(cli: ContainerCli, registry: str, credentials: Credentials) -> None:
-    """`<cli> login --username ... --password-stdin <registry>`: the password never hits argv."""
-    _run(
-        [
-            cli.path,
-            "login",
-            *_tls_flags(cli, registry),
-            "--username",
-            credentials.username,
-            "--password-stdin",
-            registry,
-        ],
-        what=f"logging in to {registry}",
-        timeout=120,
-        input=credentials.password,
-    )
-
-
-def local_image_id(cli: ContainerCli, image: str) -> str:
-    """The local image's ID ("sha256:..."), the digest of its config."""
-    result = subprocess.run(
-        [cli.path, "image", "inspect", "--format", "{{.Id}}", image],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise ImageError(
-            f"there is no local image {image} to push: build it first (`nox -s build`) from "
-            f"the same commit ({result.stderr.strip()})"
-        )
-    output = result.stdout.strip()
-    return output if output.startswith("sha256:") else f"sha256:{output}"
-
-
-def push(
-    image: str,
-    repository_url: str,
-    tag: str,
-    *,
-    ecr: Ecr,
-    cli: ContainerCli | None = None,
-) -> str:
-    """Push the local `image` as `<repository_url>:<tag>` and return the pushed digest.
-
-    The tag is immutable: when it exists already, the push is skipped (returning
-    the existing digest) if it holds this image, and refused if it holds another.
-    """
-    if not _TAG.fullmatch(tag):
-        raise ImageError(f"tag {tag!r} is not a valid image tag")
-    registry, repository_name = split_repository_url(repository_url)
-    cli = cli or find_cli()
-    image_id = local_image_id(cli, image)
-    remote = f"{registry}/{repository_name}:{tag}"
-
-    existing = ecr.existing(repository_name, tag)
-    if existing is not None:
-        if image_id in (existing.config_digest, existing.digest):
-            _say(f"{remote} already holds this image ({existing.digest}); nothing to push")
-            return existing.digest
-        raise ImageError(
-            f"{remote} already exists with another image (digest {existing.digest}, config "
-            f"{existing.config_digest}; local image {image_id}). Tags are immutable: push "
-            "a new commit instead of re-tagging this one"
-        )
-
-    login(cli, registry, ecr.credentials())
-    _run([cli.path, "tag", image, remote], what=f"tagging {image} as {remote}", timeout=60)
-    with tempfile.TemporaryDirectory(prefix="onnx-ship-push-") as scratch:
-        command = [cli.path, "push", *_tls_flags(cli, registry)]
-        digest_file = Path(scratch) / "digest"
-        if cli.is_podman:
-            # Docker's manifest format keeps the HEALTHCHECK, which OCI's drops.
-            command += ["--format", "v2s2", "--digestfile", str(digest_file)]
-        _run([*command, remote], what=f"pushing {remote}", timeout=PUSH_TIMEOUT_SECONDS)
-        digest = (
-            digest_file.read_text().strip()
-            if digest_file.exists()
-            else _repo_digest(cli, remote, f"{registry}/{repository_name}")
-        )
-    _say(f"pushed {remote} ({digest})")
-    return digest
-
-
-def _repo_digest(cli: ContainerCli, image: str, repository: str) -> str:
-    """Docker has no --digestfile: read the digest it recorded for the repository."""
-    output = _run(
-        [cli.path, "image", "inspect", "--format", "{{json .RepoDigests}}", image],
-        what=f"reading the pushed digest of {image}",
-        timeout=60,
-        capture=True,
-    )
-    for entry in json.loads(output) or []:
-        name, _, digest = entry.partition("@")
-        if name == repository:
-            return digest
-    raise ImageError(f"{cli.name} pushed {image} but recorded no digest for {repository}")
-
-
-def _run(
+def run_cli(
     command: list[str],
     *,
     what: str,
@@ -450,7 +221,7 @@ def _run(
     env: Mapping[str, str] | None = None,
 ) -> str:
     if not capture:
-        _say(f"{what}: {' '.join(command)}" if input is None else what)
+        say(f"{what}: {' '.join(command)}" if input is None else what)
     try:
         result = subprocess.run(
             command,
@@ -475,115 +246,5 @@ def _run(
     return result.stdout or ""
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"image: {message}", file=sys.stderr, flush=True)
-
-
-# -- command line ---------------------------------------------------------------------
-
-
-def add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tag-repo",
-        default=DEFAULT_TAG_REPO,
-        help="local image name; the tag is the git sha",
-    )
-    parser.add_argument(
-        "--base-image",
-        default=os.environ.get("BASE_IMAGE", DEFAULT_BASE_IMAGE),
-        help=f"the Dockerfile's BASE_IMAGE (default: $BASE_IMAGE or {DEFAULT_BASE_IMAGE})",
-    )
-    parser.add_argument(
-        "--ca-bundle",
-        type=Path,
-        default=None,
-        help="CA bundle pip trusts in the build (default: PIP_CERT, SSL_CERT_FILE "
-        "or the system bundle)",
-    )
-
-
-def run_build(args: argparse.Namespace) -> int:
-    """Build the service image, tagged with the git commit sha."""
-    try:
-        model_sha256 = load_reference(environ=os.environ).model.sha256
-        if model_sha256 is None:
-            raise ImageError("the model reference has no sha256: pin the model in model.toml")
-        sha = git_sha()
-        changed = changed_build_inputs()
-        if changed:
-            _say(
-                f"warning: uncommitted changes go into an image tagged {sha[:12]}: "
-                + ", ".join(changed)
-            )
-        image = build(
-            args.tag_repo,
-            sha,
-            model_sha256,
-            args.base_image,
-            ca_bundle=args.ca_bundle or default_ca_bundle(),
-            source_url=source_url(),
-        )
-    except (ImageError, InvalidReference) as exc:
-        print(f"build failed: {exc}", file=sys.stderr)
-        return 2
-    print(image)
-    return 0
-
-
-def add_push_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "environment",
-        choices=ENVIRONMENTS,
-        help="the environment whose ECR repository receives the image",
-    )
-    parser.add_argument(
-        "--repository-url",
-        default=None,
-        help="ECR repository URL (default: $<ENV>_ECR_REPOSITORY_URL, else the terraform output)",
-    )
-    parser.add_argument("--tag-repo", default=DEFAULT_TAG_REPO)
-
-
-def run_push(args: argparse.Namespace) -> int:
-    """Push the image built for this commit to the environment's ECR repository."""
-    import boto3
-
-    from pipeline.environment import MissingEnvironment, output
-
-    try:
-        repository_url = args.repository_url or output(args.environment, "ecr_repository_url")
-        region = output(args.environment, "aws_region")
-    except MissingEnvironment as exc:
-        print(f"push failed: {exc}", file=sys.stderr)
-        return 2
-    try:
-        sha = git_sha()
-        ecr = Ecr(boto3.client("ecr", region_name=region))
-        digest = push(f"{args.tag_repo}:{sha}", repository_url, sha, ecr=ecr)
-    except ImageError as exc:
-        print(f"push failed: {exc}", file=sys.stderr)
-        return 2
-    registry, name = split_repository_url(repository_url)
-    print(f"{registry}/{name}@{digest}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m pipeline.image build|push ...`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.image", description=__doc__.splitlines()[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, configure, function in (
-        ("build", add_build_arguments, run_build),
-        ("push", add_push_arguments, run_push),
-    ):
-        sub = commands.add_parser(name, help=(function.__doc__ or "").strip())
-        configure(sub)
-        sub.set_defaults(run=function)
-    args = parser.parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

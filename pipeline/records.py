@@ -26,10 +26,17 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
-from service.artifacts import local_path, s3_location
+from service.store import (
+    LocalStore,
+    NoSuchBucket,
+    NotAStore,
+    S3Store,
+    StoreError,
+    StoreUnreachable,
+    open_store,
+)
 
 LATEST = "latest.json"
 OUTCOMES = ("succeeded", "failed", "rolled_back")
@@ -75,15 +82,10 @@ def validate(record: dict[str, Any], source: str = "record") -> dict[str, Any]:
 
 def read_latest(deployments_url: str) -> dict[str, Any] | None:
     """The environment's `latest.json`, or None when nothing was ever deployed there."""
-    source = _join(deployments_url, LATEST)
-    raw = _read(source)
+    raw = _read(deployments_url, LATEST)
     if raw is None:
         return None
-    try:
-        record = json.loads(raw)
-    except ValueError as exc:
-        raise RecordError(f"{source}: not valid JSON: {exc}") from None
-    return validate(record, source)
+    return _decode(raw, _join(deployments_url, LATEST))
 
 
 def list_records(deployments_url: str) -> list[dict[str, Any]]:
@@ -93,14 +95,9 @@ def list_records(deployments_url: str) -> list[dict[str, Any]]:
     )
     found = []
     for name in names:
-        source = _join(deployments_url, name)
-        raw = _read(source)
-        if raw is None:
-            continue
-        try:
-            found.append(validate(json.loads(raw), source))
-        except ValueError as exc:
-            raise RecordError(f"{source}: not valid JSON: {exc}") from None
+        raw = _read(deployments_url, name)
+        if raw is not None:
+            found.append(_decode(raw, _join(deployments_url, name)))
     return found
 
 
@@ -111,103 +108,72 @@ def write(deployments_url: str, record: dict[str, Any]) -> list[str]:
     """
     validate(record)
     body = json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
-    targets = [_join(deployments_url, f"{record['release_id']}.json")]
+    names = [f"{record['release_id']}.json"]
     if record["outcome"] == "succeeded":
-        targets.append(_join(deployments_url, LATEST))
-    for target in targets:
-        _write(target, body)
-    return targets
+        names.append(LATEST)
+    for name in names:
+        _write(deployments_url, name, body)
+    return [_join(deployments_url, name) for name in names]
 
 
-# -- storage: S3 through boto3, or the filesystem -------------------------------
+def _decode(raw: bytes, source: str) -> dict[str, Any]:
+    try:
+        record = json.loads(raw)
+    except ValueError as exc:
+        raise RecordError(f"{source}: not valid JSON: {exc}") from None
+    return validate(record, source)
+
+
+# -- the store: S3 or a local directory (service.store) ----------------------------
 
 
 def _join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
 
-def _s3_location(url: str) -> tuple[str, str] | None:
+def _store(url: str) -> LocalStore | S3Store:
     try:
-        return s3_location(url)
+        return open_store(url)
+    except NotAStore:
+        raise RecordError(
+            f"{url}: deployment records live in S3 (s3://bucket/prefix) or a local directory"
+        ) from None
     except ValueError as exc:
         raise RecordError(str(exc)) from None
 
 
-def _filesystem_path(url: str) -> Path:
-    path = local_path(url)
-    if path is None:
-        raise RecordError(
-            f"{url}: deployment records live in S3 (s3://bucket/prefix) or a local directory"
-        )
-    return path
-
-
-def _read(url: str) -> bytes | None:
-    location = _s3_location(url)
-    if location is None:
-        path = _filesystem_path(url)
-        return path.read_bytes() if path.is_file() else None
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, key = location
+def _read(url: str, name: str) -> bytes | None:
+    store, source = _store(url), _join(url, name)
     try:
-        return _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "404"):
-            return None
-        if code == "NoSuchBucket":
-            raise RecordError(f"{url}: bucket {bucket!r} does not exist") from exc
-        raise RecordError(f"{url}: S3 refused the read ({code}): {exc}") from exc
-    except BotoCoreError as exc:
-        raise RecordError(f"{url}: could not reach S3: {exc}") from exc
+        return store.read(name)
+    except StoreError as exc:
+        raise _failure(exc, source, f"S3 refused the read ({exc.code})", store) from exc
 
 
 def _list(url: str) -> list[str]:
     """File names directly under `url`."""
-    location = _s3_location(url)
-    if location is None:
-        path = _filesystem_path(url)
-        return [p.name for p in path.iterdir() if p.is_file()] if path.is_dir() else []
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, prefix = location
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    names = []
     try:
-        pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
-            names += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
-    except ClientError as exc:
-        raise RecordError(f"{url}: could not list records: {exc}") from exc
-    except BotoCoreError as exc:
-        raise RecordError(f"{url}: could not reach S3: {exc}") from exc
+        names = _store(url).list()
+    except StoreError as exc:
+        raise _failure(exc, url, "could not list records") from exc
     return [name for name in names if "/" not in name]
 
 
-def _write(url: str, body: bytes) -> None:
-    location = _s3_location(url)
-    if location is None:
-        path = _filesystem_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(body)
-        tmp.replace(path)
-        return
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, key = location
+def _write(url: str, name: str, body: bytes) -> None:
+    store, target = _store(url), _join(url, name)
     try:
-        _s3().put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
-            raise RecordError(f"{url}: bucket {bucket!r} does not exist") from exc
-        raise RecordError(f"{url}: could not write the record: {exc}") from exc
-    except BotoCoreError as exc:
-        raise RecordError(f"{url}: could not reach S3: {exc}") from exc
+        store.put(name, body, "application/json")
+    except StoreError as exc:
+        raise _failure(exc, target, "could not write the record", store) from exc
 
 
-def _s3():  # boto3 clients are untyped
-    import boto3
-
-    return boto3.client("s3")
+def _failure(
+    exc: StoreError, where: str, failed: str, store: LocalStore | S3Store | None = None
+) -> RecordError:
+    """One line for a failed request at `where`: S3 out of reach, the store's bucket
+    missing (when `store` is given), else `failed` and S3's answer."""
+    if isinstance(exc, StoreUnreachable):
+        return RecordError(f"{where}: could not reach S3: {exc}")
+    if isinstance(exc, NoSuchBucket) and isinstance(store, S3Store):
+        return RecordError(f"{where}: bucket {store.bucket!r} does not exist")
+    return RecordError(f"{where}: {failed}: {exc}")

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pipeline import REPO
 from service.artifacts import fetch, local_path
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = REPO / "model.toml"
 
 TEST_FORMATS = ("idx", "csv")

@@ -71,6 +71,7 @@ class Outcome:
 
 
 def release_id(git_sha: str, now: datetime | None = None) -> str:
+    """`<UTC time, %Y%m%dT%H%M%SZ>-<first 12 of the git sha>`: sorts by time, names a file."""
     moment = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     return f"{moment}-{git_sha[:12]}"
 
@@ -383,23 +384,20 @@ def release(
     It succeeds only once ECS reports our deployment COMPLETED and the smoke test
     passes; otherwise the service returns to the last successful release (`latest.json`),
     or, for a first release, to the revision it ran before. Every attempt leaves a
-    deployment record.
+    deployment record (`pipeline.records`).
+
+    `smoke.images` are [N, *item_shape] arrays as the service takes them; the timeouts
+    are seconds (`stable_timeout` for each ECS deployment, ours and a rollback's). Which
+    deployment is ours and when it is done follow ECS's `Deployment` (API reference:
+    PRIMARY, `rolloutState`). A failure after the service update (ReleaseError, botocore's
+    errors, OSError) is returned as an Outcome with `succeeded` False, not raised; what
+    fails before it (reading the environment's API token, DescribeServices,
+    RegisterTaskDefinition, reading `latest.json`) raises MissingEnvironment,
+    ReleaseError, botocore's ClientError or RecordError, and so does writing the record.
     """
     ecs = ecs or Ecs(env.client("ecs"))
     token = env.api_token()  # before anything changes: an unreadable secret stops here
-    started = datetime.now(UTC)
-    record: dict[str, Any] = {
-        "release_id": release_id(candidate.git_sha, started),
-        "environment": env.environment,
-        "git_sha": candidate.git_sha,
-        "image": candidate.image,
-        "model_name": candidate.model_name,
-        "model_url": candidate.model_url,
-        "model_sha256": candidate.model_sha256,
-        "gate": candidate.gate,
-        **candidate.provenance,
-        "started_at": started.isoformat(),
-    }
+    record = _new_record(env, candidate, datetime.now(UTC))
     previous = ecs.current_task_definition(env.cluster_name, env.service_name)
     record["previous_task_definition"] = previous
     # Where a failure returns: the last successful release, else (a first release) what
@@ -428,6 +426,22 @@ def release(
     return Outcome(record, new, previous, True)
 
 
+def _new_record(env: Environment, candidate: Candidate, started: datetime) -> dict[str, Any]:
+    """The deployment record of a release of `candidate` started at `started`, so far."""
+    return {
+        "release_id": release_id(candidate.git_sha, started),
+        "environment": env.environment,
+        "git_sha": candidate.git_sha,
+        "image": candidate.image,
+        "model_name": candidate.model_name,
+        "model_url": candidate.model_url,
+        "model_sha256": candidate.model_sha256,
+        "gate": candidate.gate,
+        **candidate.provenance,
+        "started_at": started.isoformat(),
+    }
+
+
 def _restore(
     env: Environment,
     ecs: Ecs,
@@ -453,7 +467,14 @@ def rollback(
     stable_timeout: float = STABLE_TIMEOUT_SECONDS,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Return `env` to its previous successful release (the one before `latest.json`)."""
+    """Return `env` to its previous successful release (the one before `latest.json`).
+
+    Points the service back at that release's task definition, waits up to
+    `stable_timeout` seconds for the deployment to complete (see `Ecs.wait_for_rollout`)
+    and records the rollback as a new successful release, which becomes `latest.json`.
+    Raises ReleaseError when there is no earlier successful release or the deployment
+    does not complete, RecordError when the records cannot be read or written.
+    """
     ecs = ecs or Ecs(env.client("ecs"))
     history = [r for r in records.list_records(env.records_url) if r["outcome"] == "succeeded"]
     latest = records.read_latest(env.records_url)
@@ -498,7 +519,12 @@ def rollback(
 
 
 def status(env: Environment, *, ecs: Ecs | None = None) -> dict[str, Any]:
-    """What runs in `env`: the service's revision and tasks, the latest release, health."""
+    """What runs in `env`: the service's revision and tasks, the latest release, health.
+
+    Health is the endpoint's `/v2/health/ready` status (Open Inference Protocol). Raises
+    ReleaseError when the ECS service is not active, RecordError when `latest.json`
+    cannot be read.
+    """
     ecs = ecs or Ecs(env.client("ecs"))
     service = ecs.service(env.cluster_name, env.service_name)
     latest = records.read_latest(env.records_url)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,24 @@ from typing import Any
 
 from python_terraform import IsFlagged, Terraform
 
-from pipeline.environment import ENVIRONMENTS, TERRAFORM_DIR
+from pipeline import REPO
+
+TERRAFORM_DIR = REPO / "terraform"
+
+
+def environments(terraform_dir: Path = TERRAFORM_DIR) -> tuple[str, ...]:
+    """The environments: one Terraform root each, `terraform/envs/<name>/main.tf`.
+
+    This directory is the one list of environments; adding `staging` is a root, its
+    terraform.tfvars and a workflow branch.
+    """
+    envs = terraform_dir / "envs"
+    if not envs.is_dir():
+        return ()
+    return tuple(sorted(p.name for p in envs.iterdir() if (p / "main.tf").is_file()))
+
+
+ENVIRONMENTS = environments()
 
 STATE_BUCKET_VARIABLE = "TF_STATE_BUCKET"
 PLAN_FILE = "tfplan"
@@ -288,16 +304,6 @@ def fmt_check(path: Path = TERRAFORM_DIR) -> None:
         )
 
 
-# ---------------------------------------------------------------------------
-# Command line: what the nox sessions call
-# ---------------------------------------------------------------------------
-
-USAGE = (
-    f"usage: python -m pipeline.terraform plan|apply|output <{'|'.join(ENVIRONMENTS)}>\n"
-    "       python -m pipeline.terraform lint"
-)
-
-
 def lint(terraform_dir: Path = TERRAFORM_DIR) -> list[Path]:
     """`fmt -check`, then `init -backend=false` + `validate` of every root and module."""
     fmt_check(terraform_dir)
@@ -305,38 +311,3 @@ def lint(terraform_dir: Path = TERRAFORM_DIR) -> list[Path]:
     for root in checked:
         validate(root)
     return checked
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`plan <env>` (init against the S3 state, plan to envs/<env>/tfplan), `apply <env>`
-    (the same plan, then apply it), `output <env>` (JSON) or `lint`."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if args == ["lint"]:
-            for root in lint():
-                print(f"valid: {root.relative_to(TERRAFORM_DIR.parent)}")
-            return 0
-        if len(args) != 2 or args[0] not in ("plan", "apply", "output"):
-            print(USAGE, file=sys.stderr)
-            return 2
-        command, env = args
-        env_root(env)
-        init_env(env)
-        if command == "output":
-            print(json.dumps(outputs(env), indent=2, sort_keys=True))
-            return 0
-        result = plan(env)
-        print(result.output)
-        if command == "apply":
-            if result.changes:
-                print(apply(env, plan_file=result.plan_file))
-            else:
-                print(f"{env}: no changes, nothing to apply")
-        return 0
-    except TerraformError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -49,9 +49,32 @@ def startup_failure(exc: Exception) -> str:
 
 
 def main() -> int:
+    """`python -m service`: the settings from the environment, then `serve`."""
     log_config = configure_logging()
     try:
         settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings, log_config)
+
+
+def serve(settings: Settings, log_config: dict | None = None) -> int:
+    """Check the directories, load and warm up the model, then serve until stopped.
+
+    A failure before the port opens is one line on stderr and exit status 2. With
+    `settings.workers` > 1 every worker is a process of its own that reads its settings
+    from the environment (`service.asgi`), so then `settings` must be what the
+    environment says.
+    """
+    log_config = log_config or configure_logging()
+    try:
+        if settings.workers > 1 and not _from_environment(settings):
+            raise ConfigError(
+                f"WEB_CONCURRENCY={settings.workers} starts worker processes that read their "
+                "settings from the environment, and these settings are not the environment's: "
+                "run `python -m service` with them in the environment, or WEB_CONCURRENCY=1"
+            )
         check_writable(settings)
         model = load_model(settings)
         app = create_app(settings, model=model) if settings.workers <= 1 else None
@@ -68,6 +91,13 @@ def main() -> int:
         # Each worker process loads the model again, from the verified local cache.
         uvicorn.run("service.asgi:app", workers=settings.workers, **options)
     return 0
+
+
+def _from_environment(settings: Settings) -> bool:
+    try:
+        return Settings.from_env() == settings
+    except ConfigError:
+        return False
 
 
 if __name__ == "__main__":

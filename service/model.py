@@ -156,15 +156,28 @@ class OnnxModel:
         )
 
 
-def _session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
+    """How every onnxruntime session of the project runs a model: the service's, the
+    gate's, the batch-capable copy's proof and the benchmark's compute ceiling.
+
+    `intra_op_threads` threads inside an operator (one per worker process, see
+    INTRA_OP_THREADS), one thread between operators, run sequentially, every graph
+    optimisation on.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def _session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            str(path),
+            sess_options=session_options(intra_op_threads),
+            providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # onnxruntime raises several private types
         text = str(exc).strip()

@@ -124,7 +124,7 @@ def _routes_document() -> dict[str, Any]:
         "info": {
             "title": "onnx-ship inference service",
             "version": "0.1.0",
-            "description": "Serves one ONNX model: the original /predict contract and the "
+            "description": "Serves one ONNX model: the simple /predict contract and the "
             "Open Inference Protocol (KServe V2) with Triton's binary tensor extension.",
         },
         "paths": {

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,20 +17,53 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.processes import free_port
+from pipeline import REPO
+from pipeline.reference import Artifact, fetch_artifact, fixtures_dir, load_reference
+from service.artifacts import default_cache_dir
+
+__all__ = ["REPO", "free_port", "wait_for_http"]
+
 DEFAULT_PLUGIN_MIRROR = "/opt/tf-plugins"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # botocore looks for credentials on the EC2 metadata address (169.254.169.254) when the
+    # environment has none; the tests never run on EC2 and reach 127.0.0.1 only.
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     # Tests change directory; a relative FIXTURES_DIR (as the README gives it) must not move.
     if os.environ.get("FIXTURES_DIR"):
         os.environ["FIXTURES_DIR"] = str(Path(os.environ["FIXTURES_DIR"]).resolve())
+    else:
+        # What `nox -s download` cached stands in for FIXTURES_DIR, for this process and
+        # every process a test starts: no test downloads anything.
+        mirror = _mirror_of_the_download_cache()
+        if mirror is not None:
+            os.environ["FIXTURES_DIR"] = str(mirror)
+            config.add_cleanup(lambda: shutil.rmtree(mirror, ignore_errors=True))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _reference_artifacts() -> dict[str, Artifact]:
+    reference = load_reference()
+    return {
+        "model": reference.model,
+        "images": reference.test_images,
+        "labels": reference.test_labels,
+    }
+
+
+def _mirror_of_the_download_cache() -> Path | None:
+    """A directory of links to the reference's files in the download cache, if all are there."""
+    cached = {
+        artifact.filename: default_cache_dir() / str(artifact.sha256) / artifact.filename
+        for artifact in _reference_artifacts().values()
+    }
+    if not all(path.is_file() for path in cached.values()):
+        return None
+    mirror = Path(tempfile.mkdtemp(prefix="onnx-ship-fixtures-"))
+    for name, path in cached.items():
+        (mirror / name).symlink_to(path)
+    return mirror
 
 
 def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
@@ -49,17 +83,26 @@ def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | N
 def reference_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The committed reference's model and MNIST test set, verified by sha256.
 
-    Taken from FIXTURES_DIR when set (CI points it at ../shared/fixtures), else
-    downloaded from the pinned URLs into the user's cache.
+    Taken from FIXTURES_DIR (CI points it at ../shared/fixtures), else from what
+    `nox -s download` cached; never downloaded here. A missing file fails the tests
+    that need it, naming the file and how to get it.
     """
-    from pipeline.reference import fetch_artifact, load_reference
-
-    reference = load_reference()
-    return {
-        "model": fetch_artifact(reference.model),
-        "images": fetch_artifact(reference.test_images),
-        "labels": fetch_artifact(reference.test_labels),
-    }
+    mirror = fixtures_dir()
+    artifacts = _reference_artifacts()
+    missing = [
+        artifact.filename
+        for artifact in artifacts.values()
+        if mirror is None or not (mirror / artifact.filename).is_file()
+    ]
+    if missing:
+        where = f"FIXTURES_DIR={mirror}" if mirror else "the download cache"
+        pytest.fail(
+            f"{', '.join(missing)} not in {where}: run `nox -s download` (it fetches and "
+            "caches the files model.toml pins), or set FIXTURES_DIR to a directory holding "
+            "them; the tests never download",
+            pytrace=False,
+        )
+    return {role: fetch_artifact(artifact) for role, artifact in artifacts.items()}
 
 
 @pytest.fixture(scope="session")

@@ -4,18 +4,20 @@ A sink writes each part whole under `<root>/<key>` and never overwrites one:
 writing a key that already exists is a success that changes nothing
 (`put` returns False), so uploading the same part twice (a retry after a
 lost response, two processes draining one spool) cannot duplicate or clobber
-records. S3 enforces this with a conditional write (`If-None-Match: *`).
+records. The store (`service.store`) makes that a conditional write on S3
+(`If-None-Match: *`) and a hard link on disk.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from service.artifacts import local_path, s3_location
+from service.store import LocalStore, NotAStore, Store, open_store, write_new_file
 
+__all__ = ["LocalSink", "Sink", "SinkError", "StoreSink", "open_sink", "write_new_file"]
+
+PART_CONTENT_TYPE = "application/gzip"
 # Parts are small (a few MB at most): a sink that does not answer within
 # seconds is down, and the spool takes over. One quick botocore retry absorbs
 # a throttle or a 5xx blip; the recorder's own backoff handles the rest.
@@ -39,78 +41,44 @@ class Sink(Protocol):
 def open_sink(url: str) -> Sink:
     """The sink a PREDICTION_LOG_URL names (no network access happens here)."""
     try:
-        location = s3_location(url)
-    except ValueError as exc:
-        raise SinkError(f"PREDICTION_LOG_URL: {exc}") from None
-    if location is not None:
-        return S3Sink(*location)
-    path = local_path(url)
-    if path is None:
+        return StoreSink(open_store(url, s3_client=_s3_client))
+    except NotAStore:
         raise SinkError(
             f"PREDICTION_LOG_URL={url!r}: use a local directory, a file:// URL or s3://bucket/prefix"
-        )
-    return LocalSink(path)
+        ) from None
+    except ValueError as exc:
+        raise SinkError(f"PREDICTION_LOG_URL: {exc}") from None
 
 
-def write_new_file(path: Path, body: bytes) -> bool:
-    """Write `path` whole and durably, never replacing an existing file; False if it existed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    with temporary.open("wb") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        os.link(temporary, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        temporary.unlink()
+class StoreSink:
+    """Parts as new objects of a store: `put` is the store's `put_new`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.url = store.url
+
+    def put(self, key: str, body: bytes) -> bool:
+        return self.store.put_new(key, body, PART_CONTENT_TYPE)
 
 
-class LocalSink:
+class LocalSink(StoreSink):
+    """Parts as files under `root`."""
+
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.url = str(root)
-
-    def put(self, key: str, body: bytes) -> bool:
-        return write_new_file(self.root / key, body)
+        super().__init__(LocalStore(root))
 
 
-class S3Sink:
-    def __init__(self, bucket: str, prefix: str) -> None:
-        import boto3
-        from botocore.config import Config
+def _s3_client() -> Any:
+    import boto3
+    from botocore.config import Config
 
-        self.bucket = bucket
-        self.prefix = prefix
-        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
-        # boto3 reads AWS_ENDPOINT_URL, credentials and region from the environment.
-        self._client = boto3.client(
-            "s3",
-            config=Config(
-                connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
-                read_timeout=S3_READ_TIMEOUT_SECONDS,
-                retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
-                max_pool_connections=2,
-            ),
-        )
-
-    def put(self, key: str, body: bytes) -> bool:
-        from botocore.exceptions import ClientError
-
-        object_key = f"{self.prefix}/{key}" if self.prefix else key
-        try:
-            self._client.put_object(
-                Bucket=self.bucket,
-                Key=object_key,
-                Body=body,
-                ContentType="application/gzip",
-                IfNoneMatch="*",
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
-                return False
-            raise
-        return True
+    # boto3 reads AWS_ENDPOINT_URL, credentials and region from the environment.
+    return boto3.client(
+        "s3",
+        config=Config(
+            connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
+            read_timeout=S3_READ_TIMEOUT_SECONDS,
+            retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
+            max_pool_connections=2,
+        ),
+    )

@@ -156,7 +156,7 @@ def _measurement(
     return Measurement(contender, row, capture, 16, images, result, cpu)
 
 
-def test_ratios_follow_the_issue_formulas() -> None:
+def test_ratios_follow_the_targets_formulas() -> None:
     results = Results(Options(), {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"})
     results.compute = compute.ComputeCeiling(
         single_seconds=50e-6,

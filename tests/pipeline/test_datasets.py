@@ -1,4 +1,4 @@
-"""Decoding the MNIST test set from IDX (gzip or plain) and from the original CSV pair."""
+"""Decoding the MNIST test set from IDX (gzip or plain) and from a CSV images-and-labels pair."""
 
 from __future__ import annotations
 

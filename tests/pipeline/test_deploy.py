@@ -13,8 +13,9 @@ from onnx import numpy_helper
 
 from pipeline import cli
 from pipeline import deploy as deploy_module
-from pipeline.deploy import DeployError, deploy
+from pipeline.deploy import deploy
 from pipeline.environment import REQUIRED, MissingEnvironment, override_name, resolve
+from pipeline.gating import GateFailed
 from tests.pipeline.environments import CLUSTER, make_environment
 from tests.service.conftest import MNIST8_SHA256
 
@@ -65,7 +66,7 @@ def test_a_gate_failure_touches_nothing_in_aws(aws, broken_model, monkeypatch, t
     for name in ("build_and_push", "promote", "release", "publish_model"):
         monkeypatch.setattr(deploy_module, name, must_not_run)
     before = aws_snapshot()
-    with pytest.raises(DeployError, match=r"gate failed: .*accuracy"):
+    with pytest.raises(GateFailed, match=r"gate failed: .*accuracy"):
         deploy("dev")
     assert aws_snapshot() == before
     assert (tmp_path / "build" / "gate" / "report.md").is_file()
@@ -133,9 +134,9 @@ def test_a_refused_model_upload_is_one_line_naming_the_missing_grant(
     gated = SimpleNamespace(
         reference=SimpleNamespace(name="mnist-8", model=SimpleNamespace(filename="mnist-8.onnx")),
         downloaded=SimpleNamespace(model_path=mnist8_path, sha256s={"model": MNIST8_SHA256}),
-        batched=None,
     )
-    monkeypatch.setattr(deploy_module, "gate", lambda *args, **kwargs: gated)
+    monkeypatch.setattr(deploy_module, "gate_model", lambda *args, **kwargs: gated)
+    monkeypatch.setattr(deploy_module, "batched_copy", lambda *args, **kwargs: None)
     monkeypatch.setattr(deploy_module.images, "git_sha", lambda: "0" * 40)
     bucket = f"arn:aws:s3:::{CLUSTER}"
     reader = aws.user(

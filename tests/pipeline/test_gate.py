@@ -18,7 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline import gate, records
+from pipeline import cli, gate, records
 from pipeline.datasets import Dataset, load_dataset, write_csv
 from pipeline.download import Downloaded, download
 from pipeline.gate import Champion, GateResult, check_signature, judge, run_gate
@@ -282,7 +282,7 @@ def test_sha_mismatch_stops_before_anything_runs(
 
     monkeypatch.setattr(gate, "OnnxModel", must_not_run)
     monkeypatch.setattr(gate, "load_dataset", must_not_run)
-    assert gate.main(["--report-dir", str(tmp_path / "report")]) == 1
+    assert cli.main(["gate", "--report-dir", str(tmp_path / "report")]) == 2
     error = capsys.readouterr().err
     assert "sha256 mismatch" in error
     assert f"expected {MNIST8_SHA}" in error
@@ -296,7 +296,7 @@ def test_degraded_model_fails_the_gate(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("MODEL_URL", str(degraded_model))  # a candidate, tried without a commit
-    assert gate.main(["--report-dir", str(tmp_path)]) == 1
+    assert cli.main(["gate", "--report-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "gate failed: accuracy: top-1 accuracy" in error
     assert "below the minimum 98.50%" in error
@@ -314,7 +314,7 @@ def test_csv_test_data_gives_the_same_accuracy_as_idx(
     write_csv(t10k, images, labels)
     monkeypatch.setenv("TEST_DATA_URL", str(images))
     monkeypatch.setenv("TEST_LABELS_URL", labels.as_uri())
-    assert gate.main(["--report-dir", str(tmp_path / "report")]) == 0
+    assert cli.main(["gate", "--report-dir", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["accuracy"] == result.evaluation.accuracy
     assert report["confusion_matrix"] == result.evaluation.confusion.tolist()
@@ -329,8 +329,15 @@ def test_worse_than_the_s3_champion_fails(
     records.write("s3://releases/deployments/dev", _record(0.9950))
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    argv = ["dev", "--deployments-url", "s3://releases/deployments", "--report-dir", str(tmp_path)]
-    assert gate.main(argv) == 1
+    argv = [
+        "gate",
+        "dev",
+        "--deployments-url",
+        "s3://releases/deployments",
+        "--report-dir",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 2
     error = capsys.readouterr().err
     assert "champion: accuracy 98.91% is 0.59% below the champion's 99.50%" in error
     report = json.loads((tmp_path / "report.json").read_text())
@@ -345,7 +352,7 @@ def test_local_champion_within_the_margin_passes(
     deployments = tmp_path / "deployments"
     records.write(str(deployments / "prod"), _record(0.9920))
     monkeypatch.setenv("DEPLOYMENTS_URL", str(deployments))
-    assert gate.main(["prod", "--report-dir", str(tmp_path / "report")]) == 0
+    assert cli.main(["gate", "prod", "--report-dir", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
     assert "PASSED  champion: accuracy 98.91% is 0.29% below the champion's 99.20%" in out
 
@@ -354,5 +361,5 @@ def test_environment_without_deployments_url_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("DEPLOYMENTS_URL", raising=False)
-    assert gate.main(["dev"]) == 2
+    assert cli.main(["gate", "dev"]) == 2
     assert "set DEPLOYMENTS_URL=s3://<bucket>/deployments" in capsys.readouterr().err

@@ -21,6 +21,7 @@ import boto3
 import pytest
 
 from pipeline import image
+from pipeline import registry as registries
 from pipeline.datasets import read_idx_images, read_idx_labels
 from tests.conftest import REPO, free_port, wait_for_http
 from tests.pipeline.containers import TEST_REPO, Built, podman, require
@@ -104,24 +105,26 @@ def test_source_label_comes_from_github_actions() -> None:
 
 
 def test_repository_urls_and_loopback_registries() -> None:
-    assert image.split_repository_url("123.dkr.ecr.eu-west-1.amazonaws.com/onnx-ship") == (
+    assert registries.split_repository_url("123.dkr.ecr.eu-west-1.amazonaws.com/onnx-ship") == (
         "123.dkr.ecr.eu-west-1.amazonaws.com",
         "onnx-ship",
     )
     with pytest.raises(image.ImageError, match="without a tag"):
-        image.split_repository_url("123.dkr.ecr.eu-west-1.amazonaws.com/onnx-ship:abc")
-    assert image.is_loopback("127.0.0.1:5000") and image.is_loopback("localhost")
-    assert not image.is_loopback("123.dkr.ecr.eu-west-1.amazonaws.com")
+        registries.split_repository_url("123.dkr.ecr.eu-west-1.amazonaws.com/onnx-ship:abc")
+    assert registries.is_loopback("127.0.0.1:5000") and registries.is_loopback("localhost")
+    assert not registries.is_loopback("123.dkr.ecr.eu-west-1.amazonaws.com")
 
 
+@pytest.mark.integration
 def test_ecr_login_token_is_decoded(aws) -> None:
-    credentials = image.Ecr(boto3.client("ecr")).credentials()
+    credentials = registries.Ecr(boto3.client("ecr")).credentials()
     assert credentials.username == "AWS"
     assert credentials.password  # moto's "<account>-auth-token"
 
 
+@pytest.mark.integration
 def test_ecr_tag_lookup(aws) -> None:
-    ecr = image.Ecr(boto3.client("ecr"))
+    ecr = registries.Ecr(boto3.client("ecr"))
     with pytest.raises(image.ImageError, match="'onnx-ship' does not exist"):
         ecr.existing("onnx-ship", "abc")
     boto3.client("ecr").create_repository(repositoryName="onnx-ship")
@@ -319,18 +322,18 @@ def test_push_logs_in_pushes_and_keeps_tags_immutable(
     built: Built, registry: str, aws, request: pytest.FixtureRequest
 ) -> None:
     boto3.client("ecr").create_repository(repositoryName="onnx-ship")
-    ecr = image.Ecr(boto3.client("ecr"))
+    ecr = registries.Ecr(boto3.client("ecr"))
     request.addfinalizer(
         lambda: podman("untag", built.ref, f"{registry}/onnx-ship:{built.sha}", check=False)
     )
 
-    digest = image.push(built.ref, f"{registry}/onnx-ship", built.sha, ecr=ecr, cli=built.cli)
+    digest = registries.push(built.ref, f"{registry}/onnx-ship", built.sha, ecr=ecr, cli=built.cli)
 
     pushed = registry_manifest(registry, "onnx-ship", built.sha)
     assert pushed is not None and pushed[0] == digest
     manifest = json.loads(pushed[1])
     assert manifest["mediaType"] == MANIFEST_V2  # Docker format: the HEALTHCHECK survives
-    local_id = image.local_image_id(built.cli, built.ref)
+    local_id = registries.local_image_id(built.cli, built.ref)
     assert manifest["config"]["digest"] == local_id
 
     # ECR now holds this image under the tag: a second push is a no-op returning its digest.
@@ -341,14 +344,15 @@ def test_push_logs_in_pushes_and_keeps_tags_immutable(
         imageDigest=digest,
     )
     assert (
-        image.push(built.ref, f"{registry}/onnx-ship", built.sha, ecr=ecr, cli=built.cli) == digest
+        registries.push(built.ref, f"{registry}/onnx-ship", built.sha, ecr=ecr, cli=built.cli)
+        == digest
     )
 
     # Another image under the same tag is refused before anything is pushed.
     boto3.client("ecr").create_repository(repositoryName="onnx-ship-other")
     put_manifest("onnx-ship-other", built.sha, config_digest="sha256:" + "3" * 64)
     with pytest.raises(image.ImageError, match="Tags are immutable"):
-        image.push(built.ref, f"{registry}/onnx-ship-other", built.sha, ecr=ecr, cli=built.cli)
+        registries.push(built.ref, f"{registry}/onnx-ship-other", built.sha, ecr=ecr, cli=built.cli)
     assert registry_manifest(registry, "onnx-ship-other", built.sha) is None
 
 
@@ -358,4 +362,6 @@ def test_ecr_token_is_base64_of_user_and_password() -> None:
             token = base64.b64encode(b"AWS:secret:with:colons").decode()
             return {"authorizationData": [{"authorizationToken": token}]}
 
-    assert image.Ecr(FakeClient()).credentials() == image.Credentials("AWS", "secret:with:colons")
+    assert registries.Ecr(FakeClient()).credentials() == registries.Credentials(
+        "AWS", "secret:with:colons"
+    )

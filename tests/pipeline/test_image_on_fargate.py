@@ -39,7 +39,7 @@ import pytest
 
 from pipeline.datasets import read_idx_images, read_idx_labels
 from pipeline.environment import resolve
-from pipeline.predictions import open_store, read_records
+from pipeline.predictions.store import open_store, read_records
 from pipeline.release import Candidate, Ecs, task_environment
 from tests.conftest import free_port, wait_for_http
 from tests.pipeline.containers import Built, podman

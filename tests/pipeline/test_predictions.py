@@ -11,8 +11,9 @@ import boto3
 import numpy as np
 import pytest
 
-from pipeline import predictions
 from pipeline.cli import main
+from pipeline.predictions import chart, statistics
+from pipeline.predictions import store as parts
 from service.capture.records import PartNamer, Pending, encode_parts
 from service.capture.sinks import open_sink
 from service.model import ModelInfo
@@ -49,22 +50,22 @@ def test_logs_prints_one_record_per_line_newest_first(tmp_path, capsys):
 
 def test_logs_since_and_limit(tmp_path):
     write_parts(str(tmp_path))
-    store = predictions.open_store(f"file://{tmp_path}")
+    store = parts.open_store(f"file://{tmp_path}")
     out = io.StringIO()
-    since = predictions.parse_since("2025-03-01T12:31")
-    assert predictions.logs(store, "dev", since=since, out=out) == 3
+    since = parts.parse_since("2025-03-01T12:31")
+    assert parts.logs(store, "dev", since=since, out=out) == 3
     assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["c", "b-1", "b-0"]
-    assert predictions.logs(store, "dev", limit=1, out=io.StringIO()) == 1
-    assert predictions.logs(store, "prod", out=io.StringIO()) == 0
+    assert parts.logs(store, "dev", limit=1, out=io.StringIO()) == 1
+    assert parts.logs(store, "prod", out=io.StringIO()) == 0
 
 
 def test_since_accepts_durations_and_dates_and_names_bad_input():
     now = datetime(2025, 3, 1, 12, tzinfo=UTC)
-    assert predictions.parse_since("2h", now) == datetime(2025, 3, 1, 10, tzinfo=UTC)
-    assert predictions.parse_since("30m", now) == datetime(2025, 3, 1, 11, 30, tzinfo=UTC)
-    assert predictions.parse_since("2025-02-01", now) == datetime(2025, 2, 1, tzinfo=UTC)
-    with pytest.raises(predictions.PredictionLogError, match="--since 'yesterday'"):
-        predictions.parse_since("yesterday", now)
+    assert parts.parse_since("2h", now) == datetime(2025, 3, 1, 10, tzinfo=UTC)
+    assert parts.parse_since("30m", now) == datetime(2025, 3, 1, 11, 30, tzinfo=UTC)
+    assert parts.parse_since("2025-02-01", now) == datetime(2025, 2, 1, tzinfo=UTC)
+    with pytest.raises(parts.PredictionLogError, match="--since 'yesterday'"):
+        parts.parse_since("yesterday", now)
 
 
 def test_a_missing_directory_or_bad_url_is_a_clear_error(tmp_path, capsys):
@@ -79,16 +80,16 @@ def test_a_missing_directory_or_bad_url_is_a_clear_error(tmp_path, capsys):
 def test_a_corrupt_part_is_named(tmp_path):
     (tmp_path / "dev/2025/03/01/12").mkdir(parents=True)
     (tmp_path / "dev/2025/03/01/12/x.jsonl.gz").write_bytes(b"not gzip")
-    store = predictions.open_store(str(tmp_path))
-    with pytest.raises(predictions.PredictionLogError, match=r"x\.jsonl\.gz is not a gzip JSON"):
-        list(predictions.read_records(store, "dev"))
+    store = parts.open_store(str(tmp_path))
+    with pytest.raises(parts.PredictionLogError, match=r"x\.jsonl\.gz is not a gzip JSON"):
+        list(parts.read_records(store, "dev"))
 
 
 def test_report_counts_classes_hours_latency_and_compares_with_the_labels(tmp_path):
     write_parts(str(tmp_path))
-    store = predictions.open_store(str(tmp_path))
+    store = parts.open_store(str(tmp_path))
     labels = np.repeat(np.arange(10), 100)
-    summary = predictions.summarise(predictions.read_records(store, "dev"), "dev", labels)
+    summary = statistics.summarise(parts.read_records(store, "dev"), "dev", labels)
     assert summary.total == 4
     assert summary.per_class == {1: 1, 2: 1, 3: 1, 4: 1}
     assert summary.per_hour == {"2025-03-01 12:00": 3, "2025-03-01 13:00": 1}
@@ -98,22 +99,22 @@ def test_report_counts_classes_hours_latency_and_compares_with_the_labels(tmp_pa
     assert summary.drifted
     assert summary.degrees_of_freedom == 9  # 4 records are too few for significance:
     assert summary.p_value == pytest.approx(0.7399, abs=1e-4)
-    table = predictions.format_table(summary)
+    table = statistics.format_table(summary)
     assert "DRIFT?" in table and "2025-03-01 13:00" in table
-    chart = predictions.plot(summary, tmp_path / "chart.png")
-    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = chart.plot(summary, tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_matching_distributions_show_no_drift():
     records = [{"prediction": c, "time": "2025-03-01T12:00:00.000Z"} for c in range(10)] * 50
-    summary = predictions.summarise(records, "dev", np.repeat(np.arange(10), 3))
+    summary = statistics.summarise(records, "dev", np.repeat(np.arange(10), 3))
     assert summary.tvd == 0 and not summary.drifted and summary.p_value == pytest.approx(1.0)
 
 
 def test_chi_square_p_values_match_known_values():
-    assert predictions.chi_square_p_value(16.919, 9) == pytest.approx(0.05, abs=1e-4)
-    assert predictions.chi_square_p_value(3.841, 1) == pytest.approx(0.05, abs=1e-4)
-    assert predictions.chi_square_p_value(2.0, 9) == pytest.approx(0.99147, abs=1e-4)
+    assert statistics.chi_square_p_value(16.919, 9) == pytest.approx(0.05, abs=1e-4)
+    assert statistics.chi_square_p_value(3.841, 1) == pytest.approx(0.05, abs=1e-4)
+    assert statistics.chi_square_p_value(2.0, 9) == pytest.approx(0.99147, abs=1e-4)
 
 
 def test_report_command_prints_a_table_and_writes_the_chart(tmp_path, capsys, monkeypatch):

@@ -212,6 +212,7 @@ def registers(scripted: ScriptedEcs, revision: str) -> None:
     )
 
 
+@pytest.mark.integration
 def test_a_release_completes_beside_an_earlier_failed_deployment(
     scripted, mnist8_server, smoke, tmp_path
 ):
@@ -227,6 +228,7 @@ def test_a_release_completes_beside_an_earlier_failed_deployment(
     assert records.read_latest(env.records_url)["deployment_id"] == "ecs-svc/0002"
 
 
+@pytest.mark.integration
 def test_nothing_is_recorded_as_released_before_completed(scripted, mnist8_server, smoke, tmp_path):
     """ECS rolls back during the bake time: the release returns to the last release
     and records the rollback; `latest.json` keeps the last release."""

@@ -22,7 +22,7 @@ import boto3
 import numpy as np
 import pytest
 
-from pipeline.predictions import open_store, read_records
+from pipeline.predictions.store import open_store, part_keys, read_records
 from tests.conftest import free_port, start_moto, wait_for_http
 from tests.service.conftest import MNIST8_SHA256, start_server
 
@@ -297,7 +297,7 @@ def test_two_processes_on_one_prefix_never_overwrite_each_other(
     answered = loads[0].answered + loads[1].answered
     assert len(answered) == 500 and not loads[0].errors and not loads[1].errors
     assert sorted(captured_ids()) == sorted(answered)
-    keys = open_store(CAPTURE_URL).keys("dev")
+    keys = part_keys(open_store(CAPTURE_URL), "dev")
     writers = {Path(key).name.split("-", 1)[1].rsplit("-", 1)[0] for key in keys}
     assert len(writers) == 2, f"expected parts from two processes, got {writers}"
 

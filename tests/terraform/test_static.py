@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import terraform
+from pipeline import cli, terraform
 from pipeline.environment import REQUIRED
 
 TERRAFORM_DIR = terraform.TERRAFORM_DIR
@@ -316,10 +316,12 @@ def test_every_checkov_skip_gives_a_reason() -> None:
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_terraform_files_are_formatted(terraform_bin: str) -> None:
     terraform.fmt_check(TERRAFORM_DIR)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_every_root_and_module_validates(terraform_bin: str, terraform_copy: Path) -> None:
     roots = terraform.roots(terraform_copy)
@@ -335,6 +337,7 @@ def test_every_root_and_module_validates(terraform_bin: str, terraform_copy: Pat
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_checkov_finds_no_failed_check(checkov_command: list[str]) -> None:
     result = subprocess.run(
@@ -398,6 +401,7 @@ def test_missing_state_bucket_says_how_to_bootstrap(monkeypatch: pytest.MonkeyPa
         terraform.init_env("dev")
 
 
+@pytest.mark.integration
 def test_a_failing_command_carries_terraforms_error(terraform_bin: str, tmp_path: Path) -> None:
     (tmp_path / "main.tf").write_text(
         'resource "aws_s3_bucket" "broken" {\n  no_such_argument = 1\n}\n'
@@ -411,6 +415,7 @@ def test_a_failing_command_carries_terraforms_error(terraform_bin: str, tmp_path
     assert "no_such_argument" in message
 
 
+@pytest.mark.integration
 def test_unformatted_files_are_named(terraform_bin: str, tmp_path: Path) -> None:
     (tmp_path / "main.tf").write_text("locals {\nx=1\n}\n")
     with pytest.raises(
@@ -423,13 +428,17 @@ def test_unformatted_files_are_named(terraform_bin: str, tmp_path: Path) -> None
 def test_command_line_prints_usage_and_errors(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert terraform.main([]) == 2
-    assert (
-        "usage: python -m pipeline.terraform plan|apply|output <dev|prod>"
-        in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["terraform"])
+    assert usage.value.code == 2
+    usage_text = " ".join(capsys.readouterr().err.split())
+    assert "usage: python -m pipeline terraform [-h] {plan,apply,output,lint} [environment]" in (
+        usage_text
     )
-    assert terraform.main(["plan", "qa"]) == 1
+    assert cli.main(["terraform", "plan"]) == 2
+    assert "error: terraform plan needs an environment" in capsys.readouterr().err
+    assert cli.main(["terraform", "plan", "qa"]) == 2
     assert "error: unknown environment 'qa'" in capsys.readouterr().err
     monkeypatch.delenv(terraform.STATE_BUCKET_VARIABLE, raising=False)
-    assert terraform.main(["apply", "prod"]) == 1
+    assert cli.main(["terraform", "apply", "prod"]) == 2
     assert "error: TF_STATE_BUCKET is not set" in capsys.readouterr().err

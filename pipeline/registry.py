@@ -1,0 +1,247 @@
+"""Registries: push the built image to ECR (or the loopback test registry), pull, log in.
+
+`Ecr` is where the login token and the tag lookups come from (boto3's ECR client);
+the repository URL is where the image goes. They are separate, so the same code
+pushes to a loopback registry in tests with a token from a moto server. Tags are
+immutable: a tag that exists already is kept when it holds this very image and
+refused otherwise, so a tag always names one build.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.image import ContainerCli, ImageError, find_cli, run_cli, say
+
+PUSH_TIMEOUT_SECONDS = 20 * 60
+# Registries on the loopback interface are the test registry: plain HTTP.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# ECR's answers for "no image has this tag" in batch_get_image failures.
+_NOT_FOUND_CODES = ("ImageNotFound", "ImageTagDoesNotExist")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A registry login: what `<cli> login --username U --password-stdin` takes."""
+
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class RemoteImage:
+    """What a repository already holds under a tag."""
+
+    digest: str  # the manifest digest, "sha256:..."
+    config_digest: str | None  # the image ID the manifest points to, when readable
+
+
+class Ecr:
+    """ECR through boto3: the login token and the lookup of an existing tag.
+
+    `client` is a boto3 ECR client in the repository's region
+    (`Environment.client("ecr")`): a login token is only good for its own region's
+    registry.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def credentials(self) -> Credentials:
+        """Decode `get_authorization_token`'s base64 `AWS:<password>` (valid for 12 hours)."""
+        data = self._client.get_authorization_token()["authorizationData"]
+        if not data:
+            raise ImageError("ECR returned no authorization data: check the AWS credentials")
+        decoded = base64.b64decode(data[0]["authorizationToken"]).decode()
+        username, separator, password = decoded.partition(":")
+        if not separator or not password:
+            raise ImageError("ECR's authorization token is not 'user:password' base64")
+        return Credentials(username, password)
+
+    def existing(self, repository_name: str, tag: str) -> RemoteImage | None:
+        """The image the repository holds under `tag`, or None when the tag is free."""
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self._client.batch_get_image(
+                repositoryName=repository_name,
+                imageIds=[{"imageTag": tag}],
+                acceptedMediaTypes=[
+                    "application/vnd.docker.distribution.manifest.v2+json",
+                    "application/vnd.oci.image.manifest.v1+json",
+                    "application/vnd.oci.image.index.v1+json",
+                    "application/vnd.docker.distribution.manifest.list.v2+json",
+                ],
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "RepositoryNotFoundException":
+                raise ImageError(
+                    f"ECR repository {repository_name!r} does not exist: create it with the "
+                    "environment's terraform apply, or fix the repository URL"
+                ) from None
+            raise
+        for failure in answer.get("failures", []):
+            if failure.get("failureCode") not in _NOT_FOUND_CODES:
+                raise ImageError(
+                    f"ECR could not look up {repository_name}:{tag}: "
+                    f"{failure.get('failureCode')}: {failure.get('failureReason')}"
+                )
+        images = answer.get("images", [])
+        if not images:
+            return None
+        found = images[0]
+        return RemoteImage(
+            digest=found["imageId"]["imageDigest"],
+            config_digest=_config_digest(found.get("imageManifest", "")),
+        )
+
+
+def _config_digest(manifest: str) -> str | None:
+    try:
+        return json.loads(manifest)["config"]["digest"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def split_repository_url(repository_url: str) -> tuple[str, str]:
+    """`<registry host[:port]>/<repository name>` -> (registry, name)."""
+    url = repository_url.removeprefix("https://").removeprefix("http://").rstrip("/")
+    registry, _, name = url.partition("/")
+    if not registry or not name or ":" in name or "@" in name:
+        raise ImageError(
+            f"repository URL {repository_url!r} is not <registry>/<name> "
+            "(e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/onnx-ship), without a tag"
+        )
+    return registry, name
+
+
+def is_loopback(registry: str) -> bool:
+    """True for a registry on this machine's loopback interface (the test registry)."""
+    return urllib.parse.urlsplit(f"//{registry}").hostname in LOOPBACK_HOSTS
+
+
+def tls_flags(cli: ContainerCli, registry: str) -> list[str]:
+    """The flags a podman command needs for the loopback test registry (plain HTTP)."""
+    # Docker already treats 127.0.0.0/8 registries as insecure; podman needs telling.
+    return ["--tls-verify=false"] if cli.is_podman and is_loopback(registry) else []
+
+
+def login(cli: ContainerCli, registry: str, credentials: Credentials) -> None:
+    """`<cli> login --username ... --password-stdin <registry>`: the password never hits argv."""
+    run_cli(
+        [
+            cli.path,
+            "login",
+            *tls_flags(cli, registry),
+            "--username",
+            credentials.username,
+            "--password-stdin",
+            registry,
+        ],
+        what=f"logging in to {registry}",
+        timeout=120,
+        input=credentials.password,
+    )
+
+
+def local_image_id(cli: ContainerCli, image: str) -> str:
+    """The local image's ID ("sha256:..."), the digest of its config."""
+    result = subprocess.run(
+        [cli.path, "image", "inspect", "--format", "{{.Id}}", image],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ImageError(
+            f"there is no local image {image} to push: build it first (`nox -s build`) from "
+            f"the same commit ({result.stderr.strip()})"
+        )
+    output = result.stdout.strip()
+    return output if output.startswith("sha256:") else f"sha256:{output}"
+
+
+def push(
+    image: str,
+    repository_url: str,
+    tag: str,
+    *,
+    ecr: Ecr,
+    cli: ContainerCli | None = None,
+) -> str:
+    """Push the local `image` as `<repository_url>:<tag>` and return the pushed digest.
+
+    The tag is immutable: when it exists already, the push is skipped (returning
+    the existing digest) if it holds this image, and refused if it holds another.
+    """
+    if not _TAG.fullmatch(tag):
+        raise ImageError(f"tag {tag!r} is not a valid image tag")
+    registry, repository_name = split_repository_url(repository_url)
+    cli = cli or find_cli()
+    image_id = local_image_id(cli, image)
+    remote = f"{registry}/{repository_name}:{tag}"
+
+    existing = ecr.existing(repository_name, tag)
+    if existing is not None:
+        if image_id in (existing.config_digest, existing.digest):
+            say(f"{remote} already holds this image ({existing.digest}); nothing to push")
+            return existing.digest
+        raise ImageError(
+            f"{remote} already exists with another image (digest {existing.digest}, config "
+            f"{existing.config_digest}; local image {image_id}). Tags are immutable: push "
+            "a new commit instead of re-tagging this one"
+        )
+
+    login(cli, registry, ecr.credentials())
+    run_cli([cli.path, "tag", image, remote], what=f"tagging {image} as {remote}", timeout=60)
+    with tempfile.TemporaryDirectory(prefix="onnx-ship-push-") as scratch:
+        command = [cli.path, "push", *tls_flags(cli, registry)]
+        digest_file = Path(scratch) / "digest"
+        if cli.is_podman:
+            # Docker's manifest format keeps the HEALTHCHECK, which OCI's drops.
+            command += ["--format", "v2s2", "--digestfile", str(digest_file)]
+        run_cli([*command, remote], what=f"pushing {remote}", timeout=PUSH_TIMEOUT_SECONDS)
+        digest = (
+            digest_file.read_text().strip()
+            if digest_file.exists()
+            else _repo_digest(cli, remote, f"{registry}/{repository_name}")
+        )
+    say(f"pushed {remote} ({digest})")
+    return digest
+
+
+def _repo_digest(cli: ContainerCli, image: str, repository: str) -> str:
+    """Docker has no --digestfile: read the digest it recorded for the repository."""
+    output = run_cli(
+        [cli.path, "image", "inspect", "--format", "{{json .RepoDigests}}", image],
+        what=f"reading the pushed digest of {image}",
+        timeout=60,
+        capture=True,
+    )
+    for entry in json.loads(output) or []:
+        name, _, digest = entry.partition("@")
+        if name == repository:
+            return digest
+    raise ImageError(f"{cli.name} pushed {image} but recorded no digest for {repository}")
+
+
+def pull(cli: ContainerCli, registry: str, reference: str) -> bool:
+    """`<cli> pull <reference>`: True when the registry holds it and it is now local."""
+    result = subprocess.run(
+        [cli.path, "pull", *tls_flags(cli, registry), reference],
+        capture_output=True,
+        text=True,
+        timeout=PUSH_TIMEOUT_SECONDS,
+        check=False,
+    )
+    return result.returncode == 0

@@ -1,0 +1,238 @@
+"""A store of whole objects under one root: an S3 prefix or a local directory.
+
+The one reading of "a URL that names an S3 prefix or a local directory" for
+every store of the project: the prediction capture writes its parts here, the
+pipeline reads them back and keeps its deployment records here. Keys are
+`/`-separated paths relative to the store's root.
+
+- `put_new(key, body, content_type)` writes an object only if the key is free:
+  S3's conditional write (`If-None-Match: *`, S3 API reference, PutObject), a
+  hard link on disk. It returns False, changing nothing, when the key exists.
+- `put(key, body, content_type)` writes or replaces an object whole.
+- `read(key)` is the object's bytes, or None when there is no such key.
+- `list(prefix)` is every key under `prefix`, at any depth.
+
+Every S3 failure becomes a `StoreError` whose text is botocore's own, with the
+S3 error code in `code` (`NoSuchBucket` as `NoSuchBucket`, network and
+credential failures as `StoreUnreachable`); callers word their messages from it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from service.artifacts import local_path, s3_location
+
+# S3's answers for "no object under this key" (GetObject: NoSuchKey; HeadObject: 404).
+MISSING_CODES = ("404", "NoSuchKey", "NotFound")
+
+
+class NotAStore(ValueError):
+    """The URL names neither a local directory (path or file://) nor s3://bucket/prefix."""
+
+
+class StoreError(Exception):
+    """S3 refused a request; `code` is its error code (or the exception's class name)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NoSuchBucket(StoreError):
+    """The store's bucket does not exist."""
+
+
+class StoreUnreachable(StoreError):
+    """S3 could not be reached (network, endpoint, credentials, region)."""
+
+
+class Store(Protocol):
+    url: str
+
+    def put_new(self, key: str, body: bytes, content_type: str) -> bool: ...
+
+    def put(self, key: str, body: bytes, content_type: str) -> None: ...
+
+    def read(self, key: str) -> bytes | None: ...
+
+    def list(self, prefix: str = "") -> list[str]: ...
+
+
+def open_store(url: str, *, s3_client: Callable[[], Any] | None = None) -> LocalStore | S3Store:
+    """The store `url` names; no network access happens here.
+
+    `s3_client` makes the boto3 S3 client (default: `boto3.client("s3")`, which reads
+    AWS_ENDPOINT_URL, credentials and region from the environment). Raises ValueError
+    for an S3 URL without a bucket and NotAStore for any URL that is neither.
+    """
+    location = s3_location(url)
+    if location is not None:
+        return S3Store(*location, client=(s3_client or _default_client)())
+    path = local_path(url)
+    if path is None:
+        raise NotAStore(f"{url!r} is not a local directory, file:// URL or s3://bucket/prefix")
+    return LocalStore(path)
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError, or of the one boto3's upload wrapped."""
+    from botocore.exceptions import ClientError
+
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, ClientError):
+            return str(error.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def store_error(exc: BaseException) -> StoreError:
+    """The StoreError for a failed S3 request: the one mapping of botocore's exceptions."""
+    from botocore.exceptions import BotoCoreError
+
+    if isinstance(exc, BotoCoreError):
+        return StoreUnreachable(str(exc))
+    code = error_code(exc)
+    kind = NoSuchBucket if code == "NoSuchBucket" else StoreError
+    return kind(str(exc), code or type(exc).__name__)
+
+
+def write_new_file(path: Path, body: bytes) -> bool:
+    """Write `path` whole and durably, never replacing an existing file; False if it existed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    with temporary.open("wb") as handle:
+        handle.write(body)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink()
+
+
+class LocalStore:
+    """A directory; keys are paths below it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
+    def put_new(self, key: str, body: bytes, content_type: str = "") -> bool:
+        return write_new_file(self.root / key, body)
+
+    def put(self, key: str, body: bytes, content_type: str = "") -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_bytes(body)
+        temporary.replace(path)
+
+    def read(self, key: str) -> bytes | None:
+        path = self.root / key
+        return path.read_bytes() if path.is_file() else None
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        return [p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file()]
+
+
+class S3Store:
+    """`s3://bucket/prefix`; keys are object keys below the prefix."""
+
+    def __init__(self, bucket: str, prefix: str, *, client: Any) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self.client = client
+
+    def key(self, key: str) -> str:
+        """The object key of `key`: below the store's prefix."""
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url_of(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.key(key)}"
+
+    def put_new(self, key: str, body: bytes, content_type: str) -> bool:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.key(key),
+                Body=body,
+                ContentType=content_type,
+                IfNoneMatch="*",
+            )
+        except _s3_errors() as exc:
+            if error_code(exc) == "PreconditionFailed":
+                return False
+            raise store_error(exc) from exc
+        return True
+
+    def put(self, key: str, body: bytes, content_type: str) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key(key), Body=body, ContentType=content_type
+            )
+        except _s3_errors() as exc:
+            raise store_error(exc) from exc
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
+        except _s3_errors() as exc:
+            if error_code(exc) in MISSING_CODES:
+                return None
+            raise store_error(exc) from exc
+
+    def exists(self, key: str) -> bool:
+        """HeadObject: is there an object under `key`? (A missing key is a 404 only to a
+        caller with s3:ListBucket; S3 API reference, HeadObject.)"""
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key(key))
+        except _s3_errors() as exc:
+            if error_code(exc) in MISSING_CODES:
+                return False
+            raise store_error(exc) from exc
+        return True
+
+    def upload_file(self, key: str, source: Path) -> None:
+        """Upload a local file under `key` (multipart when large), with an SHA-256 checksum."""
+        try:
+            self.client.upload_file(
+                str(source), self.bucket, self.key(key), ExtraArgs={"ChecksumAlgorithm": "SHA256"}
+            )
+        except _s3_errors() as exc:
+            raise store_error(exc) from exc
+
+    def list(self, prefix: str = "") -> list[str]:
+        full = self.key(prefix).rstrip("/") + "/" if prefix or self.prefix else ""
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            return [item["Key"][strip:] for page in pages for item in page.get("Contents", [])]
+        except _s3_errors() as exc:
+            raise store_error(exc) from exc
+
+
+def _s3_errors() -> tuple[type[Exception], ...]:
+    """What botocore and boto3 raise for a failed request (imported only when S3 is used)."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError, S3UploadFailedError)
+
+
+def _default_client() -> Any:
+    import boto3
+
+    return boto3.client("s3")

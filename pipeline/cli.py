@@ -7,6 +7,7 @@ fix end with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         MODEL_URL=str(model_path),
         MODEL_SHA256=reference.model.sha256 or "",
         MODEL_NAME=reference.name,
+        MODEL_LABELS=json.dumps(list(reference.labels)) if reference.labels else "",
     )
     os.environ.setdefault("PREDICTION_LOG_URL", str(DEFAULT_LOCAL_CAPTURE))
     from service.__main__ import main as serve

@@ -337,6 +337,7 @@ def deploy(environment: str) -> dict:
         gate=gated.result.record(),
         batched_url=batched_url,
         batched_sha256=gated.batched.sha256 if gated.batched else "",
+        labels=gated.reference.labels,
         provenance=provenance,
     )
     outcome = release(env, candidate, smoke_images(gated), say=say)

@@ -11,8 +11,9 @@ import orjson
 
 from service import resources
 from service.capture import build_recorder
-from service.config import Settings
+from service.config import ConfigError, Settings
 from service.errors import ModelLoadError, ServiceError
+from service.http import DrainUnreadBody, RefuseQueryParameters
 from service.inference import Inference
 from service.loader import load_model
 from service.metrics import Metrics, MetricsMiddleware
@@ -33,18 +34,20 @@ class ModelLifecycle:
         inference: Inference,
         model: OnnxModel | None,
         recorder: resources.PredictionRecorder | None,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._inference = inference
         self._model = model
         self._recorder = recorder
+        self._metrics = metrics
 
     async def process_startup(self, scope, event) -> None:
         model = self._model
         if model is None:
             try:
                 model = await asyncio.to_thread(load_model, self._settings)
-            except ModelLoadError as exc:
+            except (ModelLoadError, ConfigError) as exc:
                 log.error("%s", exc)
                 raise
         self._inference.attach(model)
@@ -63,6 +66,7 @@ class ModelLifecycle:
         if hasattr(self._recorder, "close"):
             await self._recorder.close()
         await self._inference.close()
+        self._metrics.close()
 
 
 def create_app(
@@ -72,7 +76,7 @@ def create_app(
     recorder: resources.PredictionRecorder | None = None,
 ) -> falcon.asgi.App:
     settings = settings or Settings.from_env()
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=settings.metrics_dir)
     inference = Inference(
         metrics,
         max_batch_size=settings.batch_max_size,
@@ -84,8 +88,10 @@ def create_app(
 
     app = falcon.asgi.App(
         middleware=[
+            DrainUnreadBody(),
             MetricsMiddleware(metrics),
-            ModelLifecycle(settings, inference, model, recorder),
+            RefuseQueryParameters(),
+            ModelLifecycle(settings, inference, model, recorder, metrics),
         ],
     )
     app.req_options.strip_url_path_trailing_slash = True

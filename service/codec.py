@@ -8,9 +8,8 @@ malformed body becomes an `InvalidInput` that says what was expected.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec

@@ -44,8 +44,7 @@ def content_codings(header: str | None) -> list[str]:
     unknown = [c for c in codings if c not in SUPPORTED_CODINGS]
     if unknown:
         raise UnsupportedMediaType(
-            f"Content-Encoding {', '.join(unknown)} is not supported; use gzip or deflate "
-            "(or none)"
+            f"Content-Encoding {', '.join(unknown)} is not supported; use gzip or deflate (or none)"
         )
     return codings
 
@@ -214,4 +213,3 @@ class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
         head.append(b"connection: close\r\n\r\n")
         self.transport.write(b"".join(head) + body)
         self.transport.close()
-

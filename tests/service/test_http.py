@@ -74,9 +74,9 @@ VALID_BODIES = [
 def test_every_valid_coding_decodes_to_the_same_prediction(client, body, encoding):
     result = post(client, body, encoding)
     assert result.status_code == 200, result.text
-    assert result.json["prediction"] == client.simulate_post("/predict", json=ZEROS).json[
-        "prediction"
-    ]
+    assert (
+        result.json["prediction"] == client.simulate_post("/predict", json=ZEROS).json["prediction"]
+    )
 
 
 # -- and bodies that must not --------------------------------------------------------
@@ -171,9 +171,7 @@ def test_urllib_sending_a_body_over_the_limit_reads_the_413(url, megabytes):
 @pytest.mark.integration
 def test_urllib_sending_a_chunked_body_over_the_limit_reads_the_413(url):
     chunks = (b"0," * 65536 for _ in range(48))  # 6 MiB without a Content-Length
-    status, answer = urllib_post(
-        url + "/predict", chunks, {"Content-Type": "application/json"}
-    )
+    status, answer = urllib_post(url + "/predict", chunks, {"Content-Type": "application/json"})
     assert status == 413
     assert "limit of 4194304" in answer["error"]
 

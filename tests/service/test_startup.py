@@ -126,7 +126,9 @@ def test_a_model_name_the_routes_cannot_reach_stops_the_start(mnist8_path, tmp_p
         ({"MAX_BODY_BYTES": "1000"}, "MAX_BODY_BYTES=1000 is below one example"),
     ],
 )
-def test_settings_that_cannot_serve_stop_the_start_with_one_line(mnist8_path, tmp_path, env, message):
+def test_settings_that_cannot_serve_stop_the_start_with_one_line(
+    mnist8_path, tmp_path, env, message
+):
     result = run_service({"MODEL_URL": str(mnist8_path), "MODEL_CACHE_DIR": str(tmp_path), **env})
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()

@@ -360,18 +360,22 @@ def test_an_empty_outputs_list_answers_every_output(client, mnist_test_set, bina
 # -- Triton's classification extension ----------------------------------------------------
 
 
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
 def raw_scores(mnist8_path, images: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(mnist8_path), providers=["CPUExecutionProvider"])
-    rows = [session.run(None, {INPUT: image.reshape(1, 1, 28, 28).astype("f4")})[0] for image in images]
+    rows = [
+        session.run(None, {INPUT: image.reshape(1, 1, 28, 28).astype("f4")})[0] for image in images
+    ]
     return np.concatenate(rows)
 
 
 def classify(client, images: np.ndarray, count, binary: bool = False):
-    body = infer_body(
-        images, outputs=[{"name": OUTPUT, "parameters": {"classification": count, "binary_data": binary}}]
-    )
+    parameters = {"classification": count, "binary_data": binary}
+    body = infer_body(images, outputs=[{"name": OUTPUT, "parameters": parameters}])
     return client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
 
 
@@ -423,13 +427,12 @@ def test_classification_carries_the_labels(settings, mnist_test_set, mnist8_path
     from service.app import create_app
     from service.loader import load_model
 
-    labelled = Settings(**{**settings.__dict__, "model_labels": tuple("zero one two three four five six seven eight nine".split())})
+    labelled = Settings(**{**settings.__dict__, "model_labels": WORDS})
     client = testing.TestClient(create_app(labelled, model=load_model(labelled)))
     images = mnist_test_set[0][:3]
     result = classify(client, images, 1)
     assert result.status_code == 200
-    words = "zero one two three four five six seven eight nine".split()
     expected = raw_scores(mnist8_path, images).argmax(axis=1)
     for entry, index in zip(result.json["outputs"][0]["data"], expected, strict=True):
-        score, position, label = entry.split(":")
-        assert int(position) == index and label == words[index]
+        _, position, label = entry.split(":")
+        assert int(position) == index and label == WORDS[index]

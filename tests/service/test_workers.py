@@ -22,7 +22,10 @@ from tests.service.conftest import MNIST8_SHA256
 pytestmark = pytest.mark.integration
 
 WORKERS = 2
-PREDICT_200 = ("http_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "200")))
+PREDICT_200 = (
+    "http_requests_total",
+    (("method", "POST"), ("route", "/predict"), ("status", "200")),
+)
 
 
 class Workers:

@@ -86,6 +86,7 @@ def _serve(reference: Reference, extra: dict[str, str] | None = None) -> int:
         "MODEL_URL": str(model_path),
         "MODEL_SHA256": reference.model.sha256 or "",
         "MODEL_NAME": reference.name,
+        "MODEL_LABELS": json.dumps(list(reference.labels)) if reference.labels else "",
         **(extra or {}),
     }
     return serve(Settings.from_env(environ))

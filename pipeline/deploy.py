@@ -263,6 +263,7 @@ def deploy(environment: str) -> dict:
         gate=gated.result.record(),
         batched_url=batched_url,
         batched_sha256=batched.sha256 if batched else "",
+        labels=gated.reference.labels,
         provenance=provenance,
     )
     outcome = release(env, candidate, smoke_images(gated), say=say)

@@ -77,6 +77,8 @@ class Reference:
     input_scale: float = DEFAULT_INPUT_SCALE
     gate: GateThresholds = field(default_factory=GateThresholds)
     source: str = "model.toml"
+    # The class labels of the model's first output, by index (the service's MODEL_LABELS).
+    labels: tuple[str, ...] = ()
 
 
 def fixtures_dir() -> Path | None:
@@ -103,7 +105,7 @@ def parse_reference(doc: Mapping[str, Any], source: str = "model.toml") -> Refer
     """Build a Reference from a parsed TOML document, checking every field."""
     fields = _Fields(doc, source)
     fields.only_tables("model", "test_data", "gate")
-    fields.only_keys("model", "name", "url", "sha256", "input_scale")
+    fields.only_keys("model", "name", "url", "sha256", "input_scale", "labels")
     fields.only_keys(
         "test_data", "format", "images_url", "images_sha256", "labels_url", "labels_sha256"
     )
@@ -122,6 +124,7 @@ def parse_reference(doc: Mapping[str, Any], source: str = "model.toml") -> Refer
         test_labels=Artifact(labels_url, fields.sha256("test_data", "labels_sha256")),
         test_format=test_format,
         input_scale=fields.number("model", "input_scale", DEFAULT_INPUT_SCALE, low=0.0),
+        labels=fields.labels("model", "labels"),
         gate=GateThresholds(
             min_accuracy=fields.number(
                 "gate", "min_accuracy", DEFAULT_MIN_ACCURACY, low=0.0, high=1.0
@@ -331,6 +334,14 @@ class _Fields:
             upper = f" and at most {high}" if high is not None else ""
             self.fail(table, key, f"must be {bound}{upper}", value)
         return float(value)
+
+    def labels(self, table: str, key: str) -> tuple[str, ...]:
+        value = self.get(table, key, [])
+        if not isinstance(value, list) or not all(
+            isinstance(label, str) and label.strip() for label in value
+        ):
+            self.fail(table, key, "must be a list of non-empty strings, one per class", value)
+        return tuple(value)
 
     def integer(self, table: str, key: str, default: int, *, low: int) -> int:
         value = self.get(table, key, default)

@@ -48,6 +48,7 @@ class Candidate:
     gate: dict[str, Any]
     batched_url: str = ""  # the batch-capable copy, when the gate made and proved one
     batched_sha256: str = ""
+    labels: tuple[str, ...] = ()  # the model's class labels (model.toml's [model] labels)
     # Where the image comes from when it is promoted (pipeline.promotion.Provenance.record()).
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -344,6 +345,7 @@ RELEASE_VARIABLES = (
     "MODEL_NAME",
     "MODEL_BATCHED_URL",
     "MODEL_BATCHED_SHA256",
+    "MODEL_LABELS",
     "GIT_SHA",
 )
 
@@ -357,6 +359,7 @@ def task_environment(candidate: Candidate) -> dict[str, str]:
         # Always set, empty when absent, so a copy from an earlier release never lingers.
         "MODEL_BATCHED_URL": candidate.batched_url,
         "MODEL_BATCHED_SHA256": candidate.batched_sha256,
+        "MODEL_LABELS": json.dumps(list(candidate.labels)) if candidate.labels else "",
         "GIT_SHA": candidate.git_sha,
     }
 

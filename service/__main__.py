@@ -1,12 +1,15 @@
-"""`python -m service`: check the model, then serve it with uvicorn.
+"""`python -m service`: check the settings and the model, then serve it with uvicorn.
 
-The model is fetched, verified and warmed up before the port opens, so a bad
-model, a bad setting or a directory the service cannot write stops the process
-with one line and exit status 2 instead of a traceback.
+The settings are checked against what the routes can serve, the address is tried,
+and the model is fetched, verified and warmed up before the port opens, so a bad
+model, a bad setting or a directory the service cannot write stops the process with
+one line and exit status 2 instead of a traceback.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from typing import Any
 
@@ -14,10 +17,14 @@ import uvicorn
 
 from service.app import create_app
 from service.config import ConfigError, Settings
-from service.errors import ModelLoadError
-from service.loader import load_model
+from service.http import JsonErrorsHttpToolsProtocol
 from service.logs import configure_logging
-from service.scratch import check_writable
+from service.metrics import (
+    MULTIPROCESS_VARIABLE,
+    multiprocess_directory,
+    reset_multiprocess_directory,
+)
+from service.startup import failure_line, prepare
 
 
 def server_options(settings: Settings, log_config: dict) -> dict[str, Any]:
@@ -29,7 +36,7 @@ def server_options(settings: Settings, log_config: dict) -> dict[str, Any]:
         access_log=False,
         proxy_headers=True,
         server_header=False,
-        http="httptools",
+        http=JsonErrorsHttpToolsProtocol,
         loop="uvloop",
         lifespan="on",
         timeout_keep_alive=settings.keep_alive_timeout_seconds,
@@ -37,15 +44,41 @@ def server_options(settings: Settings, log_config: dict) -> dict[str, Any]:
     )
 
 
-def startup_failure(exc: Exception) -> str:
-    """One line for an unexpected error that stops the start: the path, when there is one."""
-    if isinstance(exc, OSError) and exc.filename:
-        return (
-            f"cannot use {exc.filename}: {exc.strerror}; the service needs it readable, "
-            "writable and with free space (see MODEL_CACHE_DIR and TMPDIR)"
+def check_address(settings: Settings) -> None:
+    """Bind HOST:PORT once and let go, so a host that does not resolve or a port in
+    use stops the start with one line, before the model is fetched."""
+    try:
+        infos = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-    detail = " ".join(str(exc).split())
-    return f"the service could not start: {type(exc).__name__}: {detail}"
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"HOST={settings.host!r} PORT={settings.port}: cannot listen there ({reason}); "
+            "use an address of this machine (0.0.0.0 for every interface) and a free port"
+        ) from None
+
+
+def prepare_metrics(settings: Settings) -> None:
+    """With several workers, every worker writes its metrics to one directory that
+    each scrape sums (see service.metrics): empty it now, before any worker starts,
+    and hand it to the workers through the environment they are spawned with."""
+    directory = multiprocess_directory(settings)
+    if directory is None:
+        return
+    variable = "PROMETHEUS_MULTIPROC_DIR" if settings.metrics_dir else "TMPDIR"
+    try:
+        reset_multiprocess_directory(directory)
+    except OSError as exc:
+        raise ConfigError(
+            f"{variable}: cannot use {directory} for the workers' metrics "
+            f"({exc.strerror or exc}); point it at a directory this user can write"
+        ) from None
+    os.environ[MULTIPROCESS_VARIABLE] = str(directory)
 
 
 def main() -> int:
@@ -53,14 +86,14 @@ def main() -> int:
     log_config = configure_logging()
     try:
         settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # one line, never a traceback
+        print(f"error: {failure_line(exc)}", file=sys.stderr)
         return 2
     return serve(settings, log_config)
 
 
 def serve(settings: Settings, log_config: dict | None = None) -> int:
-    """Check the directories, load and warm up the model, then serve until stopped.
+    """Check the address, the directories and the model, then serve until stopped.
 
     A failure before the port opens is one line on stderr and exit status 2. With
     `settings.workers` > 1 every worker is a process of its own that reads its settings
@@ -75,14 +108,12 @@ def serve(settings: Settings, log_config: dict | None = None) -> int:
                 "settings from the environment, and these settings are not the environment's: "
                 "run `python -m service` with them in the environment, or WEB_CONCURRENCY=1"
             )
-        check_writable(settings)
-        model = load_model(settings)
+        check_address(settings)
+        prepare_metrics(settings)
+        model = prepare(settings)
         app = create_app(settings, model=model) if settings.workers <= 1 else None
-    except (ConfigError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # anything else at start-up: one line too, never a traceback
-        print(f"error: {startup_failure(exc)}", file=sys.stderr)
+    except Exception as exc:  # anything at start-up: one line, never a traceback
+        print(f"error: {failure_line(exc)}", file=sys.stderr)
         return 2
     options = server_options(settings, log_config)
     if app is not None:

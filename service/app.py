@@ -12,8 +12,9 @@ import orjson
 from service import resources
 from service.auth import BearerAuth
 from service.capture import build_recorder
-from service.config import Settings
+from service.config import ConfigError, Settings
 from service.errors import ModelLoadError, ServiceError
+from service.http import DrainUnreadBody, RefuseQueryParameters
 from service.inference import Inference
 from service.loader import load_model
 from service.metrics import Metrics, MetricsMiddleware
@@ -34,18 +35,20 @@ class ModelLifecycle:
         inference: Inference,
         model: OnnxModel | None,
         recorder: resources.PredictionRecorder | None,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._inference = inference
         self._model = model
         self._recorder = recorder
+        self._metrics = metrics
 
     async def process_startup(self, scope, event) -> None:
         model = self._model
         if model is None:
             try:
                 model = await asyncio.to_thread(load_model, self._settings)
-            except ModelLoadError as exc:
+            except (ModelLoadError, ConfigError) as exc:
                 log.error("%s", exc)
                 raise
         self._inference.attach(model)
@@ -71,6 +74,7 @@ class ModelLifecycle:
         if hasattr(self._recorder, "close"):
             await self._recorder.close()
         await self._inference.close()
+        self._metrics.close()
 
 
 def create_app(
@@ -80,7 +84,7 @@ def create_app(
     recorder: resources.PredictionRecorder | None = None,
 ) -> falcon.asgi.App:
     settings = settings or Settings.from_env()
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_dir=settings.metrics_dir)
     inference = Inference(
         metrics,
         max_batch_size=settings.batch_max_size,
@@ -90,7 +94,12 @@ def create_app(
     if recorder is None:  # prediction capture as the settings say (None when it is off)
         recorder = build_recorder(settings, metrics.registry)
 
-    middleware = [MetricsMiddleware(metrics), ModelLifecycle(settings, inference, model, recorder)]
+    middleware = [
+        DrainUnreadBody(),
+        MetricsMiddleware(metrics),
+        RefuseQueryParameters(),
+        ModelLifecycle(settings, inference, model, recorder, metrics),
+    ]
     if settings.api_tokens:
         middleware.append(BearerAuth(settings.api_tokens))
     app = falcon.asgi.App(middleware=middleware)

@@ -8,13 +8,15 @@ malformed body becomes an `InvalidInput` that says what was expected.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
 import orjson
 
+from service.classification import UNRANKED_DATATYPES, top_classes
 from service.errors import InvalidInput
 from service.model import ORT_TYPES, TensorSpec
 
@@ -62,15 +64,15 @@ def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
 # -- POST /predict -----------------------------------------------------------
 
 # The usual bodies ({"data": [784 numbers]} or a list of such rows) decode in one pass
-# through typed msgspec decoders, which refuse strings, booleans and nulls on their own;
-# anything else takes the general path, which also words the error.
+# through typed msgspec decoders, which refuse strings, booleans, nulls and other keys
+# on their own; anything else takes the general path, which also words the error.
 
 
-class _Flat(msgspec.Struct):
+class _Flat(msgspec.Struct, forbid_unknown_fields=True):
     data: list[float]
 
 
-class _Rows(msgspec.Struct):
+class _Rows(msgspec.Struct, forbid_unknown_fields=True):
     data: list[list[float]]
 
 
@@ -99,10 +101,26 @@ def predict_data(body: bytes, dtype: np.dtype) -> np.ndarray:
     document = parse_json(body)
     if not isinstance(document, dict) or "data" not in document:
         raise InvalidInput('the body must be a JSON object {"data": [numbers]}')
+    _only_keys(document, ("data",), "the body")
     return numeric_array(document["data"], '"data"', dtype)
 
 
 # -- Open Inference Protocol ------------------------------------------------
+
+# What each level of an inference request may hold (Open Inference Protocol, "Inference
+# Request JSON Object"), and the parameters this server implements there: the protocol
+# defines none of its own ("Parameters": a server may implement server-specific ones),
+# so any other parameter is a feature this server does not have and is refused by name
+# rather than silently ignored. Triton's binary tensor extension defines
+# binary_data_output, binary_data_size and binary_data; its classification extension
+# defines classification.
+REQUEST_KEYS = ("id", "parameters", "inputs", "outputs")
+INPUT_KEYS = ("name", "shape", "datatype", "parameters", "data")
+OUTPUT_KEYS = ("name", "parameters")
+REQUEST_PARAMETERS = ("binary_data_output",)
+INPUT_PARAMETERS = ("binary_data_size",)
+OUTPUT_PARAMETERS = ("binary_data", "classification")
+CLASSIFICATION = "classification"
 
 
 @dataclass(frozen=True)
@@ -111,6 +129,8 @@ class InferRequest:
     inputs: dict[str, np.ndarray]
     outputs: tuple[str, ...]
     binary_outputs: frozenset[str]
+    # Output name -> how many top classes to answer instead of the scores.
+    classifications: dict[str, int] = field(default_factory=dict)
 
 
 def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -126,11 +146,39 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def _parameters(entry: dict, where: str) -> dict:
-    params = entry.get("parameters") or {}
+def _only_keys(entry: dict, allowed: Sequence[str], where: str) -> None:
+    unknown = [key for key in entry if key not in allowed]
+    if unknown:
+        raise InvalidInput(
+            f"{where} has {_names(unknown)}, which this server does not read; it reads "
+            f"{_names(allowed)}"
+        )
+
+
+def _parameters(entry: dict, where: str, implemented: Sequence[str]) -> dict:
+    params = entry.get("parameters")
+    if params is None:
+        return {}
     if not isinstance(params, dict):
         raise InvalidInput(f"{where} 'parameters' must be an object")
+    unknown = [key for key in params if key not in implemented]
+    if unknown:
+        raise InvalidInput(
+            f"{where} parameter {_names(unknown)} is not implemented by this server, which "
+            f"implements only {_names(implemented)} there; remove it"
+        )
     return params
+
+
+def _flag(params: dict, name: str, where: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where} parameter '{name}' must be true or false")
+    return value
+
+
+def _names(keys: Sequence[str]) -> str:
+    return ", ".join(repr(key) for key in keys)
 
 
 def _shape(entry: dict, where: str) -> tuple[int, ...]:
@@ -159,14 +207,22 @@ def decode_infer(
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
 ) -> InferRequest:
+    """An inference request (JSON, or JSON header + binary tail) checked against the model.
+
+    Raises InvalidInput naming the first thing wrong: a malformed body, a key or a
+    parameter this server does not implement, an unknown tensor, a wrong datatype or
+    shape, binary sizes that do not add up.
+    """
     head, tail = split_binary(body, header_length)
     document = parse_json(head)
     if not isinstance(document, dict):
         raise InvalidInput("the inference request must be a JSON object with 'inputs'")
+    _only_keys(document, REQUEST_KEYS, "the inference request")
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
-    request_params = _parameters(document, "the request's")
+    request_params = _parameters(document, "the request's", REQUEST_PARAMETERS)
+    binary_default = _flag(request_params, "binary_data_output", "the request's", False)
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
@@ -185,6 +241,7 @@ def decode_infer(
             )
         if name in arrays:
             raise InvalidInput(f"{where} is given twice")
+        _only_keys(entry, INPUT_KEYS, where)
         spec = specs[name]
         if entry.get("datatype") != spec.datatype:
             raise InvalidInput(
@@ -193,10 +250,12 @@ def decode_infer(
         shape = _shape(entry, where)
         _check_shape(spec, shape, where, batch_any=spec.shape[0] == 1)
         count = math.prod(shape)
-        size = _parameters(entry, where).get("binary_data_size")
+        size = _parameters(entry, where, INPUT_PARAMETERS).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidInput(f"{where} 'binary_data_size' must be a non-negative integer")
+            if "data" in entry:
+                raise InvalidInput(f"{where} has both 'data' and 'binary_data_size'; send one")
             if size != count * spec.dtype.itemsize:
                 raise InvalidInput(
                     f"{where} declares {size} bytes; shape {list(shape)} of {spec.datatype} "
@@ -229,31 +288,57 @@ def decode_infer(
     batches = {a.shape[0] for a in arrays.values()}
     if len(batches) > 1:
         raise InvalidInput("all inputs must have the same batch size")
+    names, binary, classifications = _requested_outputs(
+        document.get("outputs"), outputs, binary_default
+    )
+    return InferRequest(request_id, arrays, names, binary, classifications)
 
-    binary_default = request_params.get("binary_data_output") is True
-    output_names = {spec.name for spec in outputs}
-    requested = document.get("outputs")
-    if requested is None:
+
+def _requested_outputs(
+    requested: object, outputs: Sequence[TensorSpec], binary_default: bool
+) -> tuple[tuple[str, ...], frozenset[str], dict[str, int]]:
+    """Which outputs to answer, which of them in binary, and which as classifications.
+
+    No `outputs`, or an empty list, means every output with the request's defaults:
+    the protocol says an absent list returns all outputs, and Triton answers an
+    empty one the same way.
+    """
+    if requested is None or requested == []:
         names = tuple(spec.name for spec in outputs)
-        binary = frozenset(names) if binary_default else frozenset()
-    else:
-        if not isinstance(requested, list):
-            raise InvalidInput("'outputs' must be a list of objects with a 'name'")
-        chosen, binary_set = [], set()
-        for position, entry in enumerate(requested):
-            if not isinstance(entry, dict) or entry.get("name") not in output_names:
-                known = sorted(output_names)
-                raise InvalidInput(
-                    f"outputs[{position}] must name one of the model's outputs {known}"
-                )
-            chosen.append(entry["name"])
-            flag = _parameters(entry, f"output {entry['name']!r}").get(
-                "binary_data", binary_default
+        return names, frozenset(names) if binary_default else frozenset(), {}
+    if not isinstance(requested, list):
+        raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+    specs = {spec.name: spec for spec in outputs}
+    chosen: list[str] = []
+    binary: set[str] = set()
+    classifications: dict[str, int] = {}
+    for position, entry in enumerate(requested):
+        if not isinstance(entry, dict) or entry.get("name") not in specs:
+            raise InvalidInput(
+                f"outputs[{position}] must name one of the model's outputs {sorted(specs)}"
             )
-            if flag is True:
-                binary_set.add(entry["name"])
-        names, binary = tuple(chosen), frozenset(binary_set)
-    return InferRequest(request_id, arrays, names, binary)
+        name = entry["name"]
+        where = f"output {name!r}"
+        if name in chosen:
+            raise InvalidInput(f"{where} is requested twice")
+        _only_keys(entry, OUTPUT_KEYS, where)
+        params = _parameters(entry, where, OUTPUT_PARAMETERS)
+        chosen.append(name)
+        if _flag(params, "binary_data", where, binary_default):
+            binary.add(name)
+        count = params.get(CLASSIFICATION, 0)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise InvalidInput(
+                f"{where} parameter 'classification' must be a whole number of classes "
+                "(0 answers the scores)"
+            )
+        if count:
+            if specs[name].datatype in UNRANKED_DATATYPES:
+                raise InvalidInput(
+                    f"{where} is {specs[name].datatype}, whose values cannot rank classes"
+                )
+            classifications[name] = count
+    return tuple(chosen), frozenset(binary), classifications
 
 
 def encode_infer(
@@ -262,15 +347,27 @@ def encode_infer(
     request: InferRequest,
     results: dict[str, np.ndarray],
     specs: Sequence[TensorSpec],
+    labels: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header length when binary outputs follow it."""
+    """The response body, and the JSON header length when binary outputs follow it.
+
+    An output requested as a classification becomes a BYTES tensor [batch, k] of
+    "<score>:<index>[:<label>]" strings (`labels` by output name); in binary form each
+    element is its UTF-8 bytes after a 4-byte little-endian length (Triton's binary
+    tensor extension, "BYTES" serialization).
+    """
     datatypes = {spec.name: spec.datatype for spec in specs}
     outputs, blobs = [], []
     for name in request.outputs:
         array = results[name]
-        entry: dict = {"name": name, "datatype": datatypes[name], "shape": list(array.shape)}
+        datatype = datatypes[name]
+        count = request.classifications.get(name)
+        if count:
+            array = top_classes(array, count, (labels or {}).get(name, ()))
+            datatype = "BYTES"
+        entry: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if name in request.binary_outputs:
-            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            blob = _tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -283,3 +380,10 @@ def encode_infer(
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
+
+
+def _tensor_bytes(array: np.ndarray) -> bytes:
+    if array.dtype == object:  # BYTES: each element's length, then its bytes
+        encoded = [str(item).encode() for item in array.reshape(-1)]
+        return b"".join(struct.pack("<I", len(item)) + item for item in encoded)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()

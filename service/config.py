@@ -5,8 +5,11 @@ Tests build their own `Settings(...)` instead of patching the environment.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,17 @@ DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS = 65
 DEFAULT_STOP_TIMEOUT_SECONDS = 30
 CAPTURE_OFF_URLS = ("", "off", "none")
 SPOOL_SUBDIRECTORY = "prediction-spool"
+# A model name or version is one segment of /v2/models/{name}/versions/{version}. Only
+# RFC 3986's unreserved characters (section 2.3) reach the route unchanged from every
+# client: '/' splits the segment, '%' '?' '#' and spaces are escaped or cut by some
+# clients and not others, and '.' and '..' are dot-segments that clients remove
+# (RFC 3986 section 5.2.4).
+PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._~-]+$")
+DOT_SEGMENTS = (".", "..")
+# Longer waits hold every request back by that much: one second is already far beyond
+# what batching gains for a model that answers in microseconds to milliseconds.
+MAX_BATCH_MAX_DELAY_MS = 1000.0
+MAX_PORT = 65535
 
 
 class ConfigError(Exception):
@@ -48,6 +62,9 @@ class Settings:
     model_sha256: str | None = None
     model_name: str | None = None
     model_version: str | None = None
+    # Class labels of the model's first output, by index (Triton's classification
+    # extension answers "<score>:<index>:<label>" with them).
+    model_labels: tuple[str, ...] | None = None
     # A batch-capable copy of a batch-1 model, proven equal on the test set by the gate.
     model_batched_url: str | None = None
     model_batched_sha256: str | None = None
@@ -71,6 +88,9 @@ class Settings:
     # Bearer tokens the model routes accept (service.auth); empty: no authentication.
     # Kept out of repr so that no log line or traceback shows them.
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # prometheus-client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR): set, every
+    # worker's metrics are summed in each scrape (see service.metrics).
+    metrics_dir: Path | None = None
 
     def __post_init__(self) -> None:
         for position, token in enumerate(self.api_tokens, start=1):
@@ -78,6 +98,41 @@ class Settings:
                 check_token(token, position)
             except TokenError as exc:
                 raise ConfigError(f"API_TOKENS: {exc}") from None
+        _check_path_segment(
+            "MODEL_NAME",
+            self.served_model_name,
+            "" if self.model_name else " (from the model file's name; set MODEL_NAME)",
+        )
+        if self.model_version is not None:
+            _check_path_segment("MODEL_VERSION", self.model_version, "")
+        if self.model_labels is not None and (
+            not self.model_labels
+            or not all(isinstance(label, str) and label.strip() for label in self.model_labels)
+        ):
+            raise ConfigError(
+                "MODEL_LABELS must be a JSON array of non-empty strings, one per class of the "
+                'model\'s first output, e.g. ["0", "1", "2"]'
+            )
+        if self.model_batched_sha256 and not self.model_batched_url:
+            raise ConfigError(
+                "MODEL_BATCHED_SHA256 is set without MODEL_BATCHED_URL: set both, or neither"
+            )
+        if not 1 <= self.port <= MAX_PORT:
+            raise ConfigError(f"PORT={self.port} is not a TCP port: use 1 to {MAX_PORT}")
+        if self.workers < 1:
+            raise ConfigError(
+                f"WEB_CONCURRENCY={self.workers} serves nothing: use at least 1 (one per vCPU)"
+            )
+        if self.max_body_bytes < 1:
+            raise ConfigError(
+                "MAX_BODY_BYTES must be at least one example's size; the default is "
+                f"{DEFAULT_MAX_BODY_BYTES}"
+            )
+        if self.batch_max_delay_ms > MAX_BATCH_MAX_DELAY_MS:
+            raise ConfigError(
+                f"BATCH_MAX_DELAY_MS={self.batch_max_delay_ms:g} would hold every request back "
+                f"that long: use 0 to {MAX_BATCH_MAX_DELAY_MS:g}"
+            )
         if not APP_ENV_PATTERN.match(self.app_env):
             raise ConfigError(
                 f"APP_ENV={self.app_env!r} is not an environment name: use local, or the "
@@ -120,6 +175,14 @@ class Settings:
             )
 
     @property
+    def served_model_name(self) -> str:
+        """The name under /v2/models/{name}: MODEL_NAME, else the model file's stem."""
+        if self.model_name:
+            return self.model_name
+        name = Path(urllib.parse.urlparse(self.model_url).path.rstrip("/")).name
+        return name.removesuffix(".onnx") or "model"
+
+    @property
     def capture_enabled(self) -> bool:
         return self.prediction_log_url.strip().lower() not in CAPTURE_OFF_URLS
 
@@ -147,6 +210,7 @@ class Settings:
             model_sha256=env.get("MODEL_SHA256") or None,
             model_name=env.get("MODEL_NAME") or None,
             model_version=env.get("MODEL_VERSION") or None,
+            model_labels=_labels(env, "MODEL_LABELS"),
             model_batched_url=env.get("MODEL_BATCHED_URL") or None,
             model_batched_sha256=env.get("MODEL_BATCHED_SHA256") or None,
             app_env=env.get("APP_ENV", DEFAULT_APP_ENV),
@@ -176,6 +240,9 @@ class Settings:
                 env, "STOP_TIMEOUT_SECONDS", DEFAULT_STOP_TIMEOUT_SECONDS, int
             ),
             api_tokens=_tokens(env),
+            metrics_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"])
+            if env.get("PROMETHEUS_MULTIPROC_DIR")
+            else None,
         )
 
 
@@ -194,6 +261,32 @@ def _tokens(env: Mapping[str, str]) -> tuple[str, ...]:
             "separated), or unset it to serve without authentication"
         )
     return tokens
+
+
+def _check_path_segment(variable: str, value: str, origin: str) -> None:
+    if PATH_SEGMENT.match(value) and value not in DOT_SEGMENTS:
+        return
+    raise ConfigError(
+        f"{variable}={value!r}{origin} is not a single URL path segment, so "
+        "/v2/models/{name}/versions/{version} could not reach it: use letters, digits, "
+        "'-', '_', '.' and '~' only, and not '.' or '..' (e.g. "
+        f"{re.sub(r'[^A-Za-z0-9._~-]+', '-', value).strip('.-') or 'model'!r})"
+    )
+
+
+def _labels(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        labels = json.loads(raw)
+    except ValueError:
+        labels = None
+    if not isinstance(labels, list):
+        raise ConfigError(
+            f'{name} must be a JSON array of strings, one per class, e.g. ["0", "1", "2"]'
+        )
+    return tuple(labels)
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -215,6 +308,8 @@ def _number(env: Mapping[str, str], name: str, default, kind):
         value = kind(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a {kind.__name__}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r} is not a finite number")
     if value < 0:
         raise ConfigError(f"{name}={raw!r} must not be negative")
     return value

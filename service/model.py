@@ -8,7 +8,7 @@ at a time. This module never imports falcon.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,15 @@ class TensorSpec:
     def item_size(self) -> int:
         return math.prod(self.item_shape) if all(d > 0 for d in self.item_shape) else -1
 
+    @property
+    def batch_follows(self) -> bool:
+        """Whether the first dimension is a batch the service can fill: 1 or dynamic."""
+        return bool(self.shape) and self.shape[0] in (1, -1)
+
+    def with_dynamic_batch(self) -> TensorSpec:
+        """The same tensor with its first dimension reported as -1 (any batch size)."""
+        return replace(self, shape=(-1, *self.shape[1:]))
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -78,9 +87,11 @@ class OnnxModel:
         *,
         intra_op_threads: int = 1,
         batched_path: Path | None = None,
+        labels: tuple[str, ...] = (),
     ) -> None:
         self._session = _session(path, intra_op_threads)
         self.info = info
+        self.labels = labels
         self.inputs = tuple(TensorSpec.from_ort(a) for a in self._session.get_inputs())
         self.outputs = tuple(TensorSpec.from_ort(a) for a in self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
@@ -92,6 +103,14 @@ class OnnxModel:
             )
         self.input = first
         self.batch_fixed_at_one = first.shape[0] == 1
+        # Batches of any size are served when every input's first dimension is a batch
+        # (1: one row at a time or through the batch-capable copy; -1: in one call), and
+        # the metadata then says -1 there, as Triton does for a batching model (Triton's
+        # model configuration guide, "Maximum Batch Size" and "Inputs and Outputs": with
+        # max_batch_size > 0 a tensor's full shape is [-1] + dims).
+        self.serves_batches = all(spec.batch_follows for spec in self.inputs)
+        self.served_inputs = self._served(self.inputs)
+        self.served_outputs = self._served(self.outputs)
         # A batch-capable copy (made and proven equal on the test set by the pipeline)
         # runs whole batches of a batch-1 model in one call.
         self._batched = None
@@ -103,6 +122,16 @@ class OnnxModel:
                     f"{batched_path} does not take the model's input {first.name!r} "
                     f"{list(first.item_shape)}: it is not a batch-capable copy of this model"
                 )
+
+    def _served(self, specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+        if not self.serves_batches:
+            return specs
+        return tuple(s.with_dynamic_batch() if s.batch_follows else s for s in specs)
+
+    @property
+    def classes(self) -> int:
+        """Scores per example in the first output: what /predict's argmax picks from."""
+        return max(1, math.prod(d for d in self.outputs[0].shape[1:] if d > 0))
 
     # -- inference ---------------------------------------------------------
 
@@ -137,22 +166,25 @@ class OnnxModel:
     def as_batch(self, values: np.ndarray) -> tuple[np.ndarray, bool]:
         """Reshape client data to [N, *item_shape]; say whether it was one example.
 
-        One example may come flat (784 numbers) or in the item's own shape
-        (28x28 or 1x28x28); a batch is a list of such examples.
+        The shape of `data` alone decides, never how many examples it holds: one
+        example is flat (784 numbers for mnist-8) or shaped like the model's item
+        without its size-1 dimensions (28x28); a list of examples adds one leading
+        dimension to either form, or to the full item shape (Nx1x28x28), and stays a
+        list when it holds a single example. Raises InvalidInput for any other shape.
         """
         spec = self.input
-        squeezed_item = tuple(d for d in spec.item_shape if d != 1)
-        squeezed = tuple(d for d in values.shape if d != 1)
-        if values.size == spec.item_size and (values.ndim == 1 or squeezed == squeezed_item):
+        flat = (spec.item_size,)
+        example = tuple(d for d in spec.item_shape if d != 1)
+        shape = values.shape
+        if shape in (flat, example):
             return values.reshape((1, *spec.item_shape)), True
-        if values.ndim >= 2 and values.shape[0] > 0:
-            row_size = values.size // values.shape[0]
-            if row_size == spec.item_size:
-                return values.reshape((values.shape[0], *spec.item_shape)), False
+        if len(shape) >= 2 and shape[0] > 0 and shape[1:] in (flat, example, spec.item_shape):
+            return values.reshape((shape[0], *spec.item_shape)), False
+        forms = " or ".join(dict.fromkeys(str(list(f)) for f in (flat, example)))
         raise InvalidInput(
-            f"data has shape {list(values.shape)} ({values.size} numbers); expected one example "
-            f"of {spec.item_size} numbers (flat, or shaped {list(spec.item_shape)}) or a list "
-            f"of such examples"
+            f"data has shape {list(shape)}; expected one example shaped {forms}, or a list of "
+            f"examples shaped [N, ...] with each example in one of those forms or in "
+            f"{list(spec.item_shape)}"
         )
 
 

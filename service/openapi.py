@@ -15,7 +15,8 @@ def _json(schema: dict, description: str) -> dict:
 
 def _errors(*codes: int) -> dict:
     reasons = {
-        400: "Malformed input: the message says what was expected",
+        400: "Malformed input, or a key, parameter or query parameter this server does not "
+        "implement: the message names it and says what was expected",
         404: "No such model or version",
         405: "Method not allowed",
         413: "Body larger than the limit",
@@ -28,17 +29,39 @@ def _errors(*codes: int) -> dict:
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
 
+PREDICT_DESCRIPTION = (
+    "The shape of `data` alone decides the answer, never the number of examples it holds. "
+    "One example is flat (784 numbers for mnist-8) or shaped like the model's item without "
+    "its size-1 dimensions (28x28) and answers `prediction`. A list of examples adds one "
+    "leading dimension to either form, or to the full item shape (Nx1x28x28), and answers "
+    "`predictions`, also when it holds a single example. The class is the argmax of the "
+    "model's first output."
+)
+INFER_DESCRIPTION = (
+    "Parameters this server implements: `binary_data_output` (request), "
+    "`binary_data_size` (input) and `binary_data` (output) from Triton's binary tensor "
+    "extension; `classification` (output) from Triton's classification extension: the "
+    "output comes back as BYTES [batch, min(k, classes)] of `<score>:<index>:<label>` "
+    "strings (`<score>:<index>` without labels), highest score first. Any other parameter "
+    "or key is refused with 400 naming it. An absent or empty `outputs` list answers every "
+    "output. Request bodies may be gzip (every member) or deflate (zlib or raw) coded."
+)
+NO_QUERY = "No route takes query parameters: one is refused with 400 naming it."
+
 
 def _model_paths(prefix: str, params: list[dict]) -> dict[str, Any]:
     return {
         prefix: {
             "get": {
                 "summary": "Model metadata (name, versions, platform, input and output tensors)",
+                "description": "Shapes read from the graph; -1 is a dimension of any size. "
+                "Where batches are served (always, for a model whose batch dimension is 1 "
+                "or dynamic) the first dimension is -1.",
                 "operationId": f"modelMetadata{'Version' if len(params) > 1 else ''}",
                 "parameters": params,
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/ModelMetadata"}, "Metadata"),
-                    **_errors(404, 503),
+                    **_errors(400, 404, 503),
                 },
             }
         },
@@ -49,13 +72,14 @@ def _model_paths(prefix: str, params: list[dict]) -> dict[str, Any]:
                 "parameters": params,
                 "responses": {
                     "200": _json({"type": "object"}, "The model is ready"),
-                    **_errors(404, 503),
+                    **_errors(400, 404, 503),
                 },
             }
         },
         f"{prefix}/infer": {
             "post": {
                 "summary": "Inference (Open Inference Protocol), JSON or Triton binary tensors",
+                "description": INFER_DESCRIPTION,
                 "operationId": f"modelInfer{'Version' if len(params) > 1 else ''}",
                 "parameters": [
                     *params,
@@ -97,6 +121,11 @@ def _model_paths(prefix: str, params: list[dict]) -> dict[str, Any]:
     }
 
 
+def _parameters(**implemented: dict) -> dict:
+    """A `parameters` object holding only the parameters this server implements."""
+    return {"type": "object", "additionalProperties": False, "properties": implemented}
+
+
 def openapi_document() -> dict[str, Any]:
     """The document, with bearer authentication on every route outside PUBLIC_ROUTES.
 
@@ -119,18 +148,24 @@ def _routes_document() -> dict[str, Any]:
         "type": "array",
         "items": {"oneOf": [{"type": "number"}, {"type": "array"}]},
     }
+    output_data = {
+        "type": "array",
+        "items": {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "array"}]},
+    }
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "onnx-ship inference service",
             "version": "0.1.0",
             "description": "Serves one ONNX model: the simple /predict contract and the "
-            "Open Inference Protocol (KServe V2) with Triton's binary tensor extension.",
+            "Open Inference Protocol (KServe V2) with Triton's binary tensor and "
+            "classification extensions. " + NO_QUERY,
         },
         "paths": {
             "/predict": {
                 "post": {
                     "summary": "Predict the class of one example or a batch",
+                    "description": PREDICT_DESCRIPTION,
                     "operationId": "predict",
                     "requestBody": {
                         "required": True,
@@ -151,7 +186,8 @@ def _routes_document() -> dict[str, Any]:
                     "summary": "Server metadata",
                     "operationId": "serverMetadata",
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/ServerMetadata"}, "Metadata")
+                        "200": _json({"$ref": "#/components/schemas/ServerMetadata"}, "Metadata"),
+                        **_errors(400),
                     },
                 }
             },
@@ -159,14 +195,14 @@ def _routes_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Liveness: the process serves",
                     "operationId": "serverLive",
-                    "responses": {"200": _json({"type": "object"}, "Live")},
+                    "responses": {"200": _json({"type": "object"}, "Live"), **_errors(400)},
                 }
             },
             "/v2/health/ready": {
                 "get": {
                     "summary": "Readiness: the model is loaded and warmed up",
                     "operationId": "serverReady",
-                    "responses": {"200": _json({"type": "object"}, "Ready"), **_errors(503)},
+                    "responses": {"200": _json({"type": "object"}, "Ready"), **_errors(400, 503)},
                 }
             },
             **_model_paths("/v2/models/{name}", [NAME]),
@@ -179,7 +215,8 @@ def _routes_document() -> dict[str, Any]:
                         "200": {
                             "description": "Prometheus text format",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        **_errors(400),
                     },
                 }
             },
@@ -187,7 +224,10 @@ def _routes_document() -> dict[str, Any]:
                 "get": {
                     "summary": "This document",
                     "operationId": "openapi",
-                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")},
+                    "responses": {
+                        "200": _json({"type": "object"}, "OpenAPI 3 document"),
+                        **_errors(400),
+                    },
                 }
             },
         },
@@ -201,10 +241,12 @@ def _routes_document() -> dict[str, Any]:
                 "PredictRequest": {
                     "type": "object",
                     "required": ["data"],
+                    "additionalProperties": False,
                     "properties": {
                         "data": {
-                            "description": "One example (flat, e.g. 784 numbers, or nested in "
-                            "the model's item shape, e.g. 28x28) or a list of examples",
+                            "description": "One example (flat, e.g. 784 numbers, or shaped "
+                            "like the item without its size-1 dimensions, e.g. 28x28) or a "
+                            "list of examples, which answers a list even with one element",
                             "type": "array",
                             "minItems": 1,
                             "items": {"oneOf": [{"type": "number"}, {"type": "array"}]},
@@ -212,13 +254,34 @@ def _routes_document() -> dict[str, Any]:
                     },
                 },
                 "PredictResponse": {
-                    "type": "object",
-                    "properties": {
-                        "prediction": {"type": "integer"},
-                        "predictions": {"type": "array", "items": {"type": "integer"}},
-                        "model": {"type": "string"},
-                        "version": {"type": "string"},
-                    },
+                    "description": "`prediction` when `data` is one example, `predictions` "
+                    "(one per example, in order) when it is a list of examples",
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["prediction", "model", "version"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "prediction": {"type": "integer"},
+                                "model": {"type": "string"},
+                                "version": {"type": "string"},
+                            },
+                        },
+                        {
+                            "type": "object",
+                            "required": ["predictions", "model", "version"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "predictions": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {"type": "integer"},
+                                },
+                                "model": {"type": "string"},
+                                "version": {"type": "string"},
+                            },
+                        },
+                    ],
                 },
                 "ServerMetadata": {
                     "type": "object",
@@ -259,25 +322,53 @@ def _routes_document() -> dict[str, Any]:
                 "RequestInput": {
                     "type": "object",
                     "required": ["name", "shape", "datatype"],
+                    "additionalProperties": False,
                     "properties": {
                         "name": {"type": "string"},
                         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
                         "datatype": {"type": "string"},
-                        "parameters": {"type": "object"},
+                        "parameters": _parameters(
+                            binary_data_size={
+                                "type": "integer",
+                                "minimum": 0,
+                                "description": "Bytes of this input in the binary tail",
+                            }
+                        ),
                         "data": tensor_data,
                     },
                 },
                 "RequestOutput": {
                     "type": "object",
                     "required": ["name"],
-                    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "parameters": _parameters(
+                            binary_data={
+                                "type": "boolean",
+                                "description": "Answer this output as binary tensor data",
+                            },
+                            classification={
+                                "type": "integer",
+                                "minimum": 0,
+                                "description": "Answer the top k classes as BYTES "
+                                "<score>:<index>[:<label>] instead of the scores (0: scores)",
+                            },
+                        ),
+                    },
                 },
                 "InferenceRequest": {
                     "type": "object",
                     "required": ["inputs"],
+                    "additionalProperties": False,
                     "properties": {
                         "id": {"type": "string"},
-                        "parameters": {"type": "object"},
+                        "parameters": _parameters(
+                            binary_data_output={
+                                "type": "boolean",
+                                "description": "Default of every output's binary_data",
+                            }
+                        ),
                         "inputs": {
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/RequestInput"},
@@ -296,7 +387,7 @@ def _routes_document() -> dict[str, Any]:
                         "shape": {"type": "array", "items": {"type": "integer"}},
                         "datatype": {"type": "string"},
                         "parameters": {"type": "object"},
-                        "data": tensor_data,
+                        "data": output_data,
                     },
                 },
                 "InferenceResponse": {

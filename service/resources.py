@@ -7,9 +7,7 @@ every failure is raised as a `ServiceError` and rendered in one place
 
 from __future__ import annotations
 
-import gzip
 import time
-import zlib
 from typing import Protocol
 
 import falcon
@@ -17,13 +15,8 @@ import numpy as np
 import orjson
 
 from service import codec
-from service.errors import (
-    InvalidInput,
-    ModelNotFound,
-    NotReady,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-)
+from service.errors import ModelNotFound, NotReady, UnsupportedMediaType
+from service.http import read_body
 from service.inference import Inference
 from service.metrics import Metrics
 from service.model import ModelInfo
@@ -31,7 +24,7 @@ from service.model import ModelInfo
 JSON = "application/json"
 SERVER_NAME = "onnx-ship"
 SERVER_VERSION = "0.1.0"
-V2_EXTENSIONS = ["binary_tensor_data"]
+V2_EXTENSIONS = ["binary_tensor_data", "classification"]
 
 
 class PredictionRecorder(Protocol):
@@ -49,38 +42,27 @@ class PredictionRecorder(Protocol):
     ) -> None: ...
 
 
-async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
-    if req.content_length is not None and req.content_length > limit:
-        raise PayloadTooLarge(f"the body has {req.content_length} bytes; the limit is {limit}")
-    body = await req.stream.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
-    encoding = (req.get_header("Content-Encoding") or "identity").lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise UnsupportedMediaType(
-            f"Content-Encoding {encoding!r} is not supported; use gzip or deflate"
-        )
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        plain = decompressor.decompress(body, limit + 1)
-    except (zlib.error, gzip.BadGzipFile) as exc:
-        raise InvalidInput(f"the body is not valid {encoding} data: {exc}") from None
-    if len(plain) > limit or decompressor.unconsumed_tail:
-        raise PayloadTooLarge(f"the decompressed body is larger than the limit of {limit} bytes")
-    return plain
-
-
 def require_media(req: falcon.asgi.Request, allowed: tuple[str, ...]) -> None:
-    """A missing Content-Type is taken as allowed; a different one is refused."""
+    """A missing Content-Type is taken as allowed; a different one is refused.
+
+    JSON is UTF-8 (RFC 8259 section 8.1), so a charset other than utf-8 is refused
+    too, instead of being decoded as if it were UTF-8.
+    """
     if req.content_type is None:
         return
-    media = req.content_type.split(";", 1)[0].strip().lower()
+    media, _, options = req.content_type.partition(";")
+    media = media.strip().lower()
     if media not in allowed:
         raise UnsupportedMediaType(
             f"Content-Type {media!r} is not accepted here; send {' or '.join(allowed)}"
         )
+    for option in options.split(";"):
+        name, _, value = option.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType(
+                f"charset {charset!r} is not accepted; JSON bodies are UTF-8 (RFC 8259)"
+            )
 
 
 def send_json(resp: falcon.asgi.Response, document: object, status: int = 200) -> None:
@@ -165,8 +147,8 @@ class ModelMetadata:
                 "name": model.info.name,
                 "versions": [model.info.version],
                 "platform": model.info.platform,
-                "inputs": [_tensor_metadata(spec) for spec in model.inputs],
-                "outputs": [_tensor_metadata(spec) for spec in model.outputs],
+                "inputs": [_tensor_metadata(spec) for spec in model.served_inputs],
+                "outputs": [_tensor_metadata(spec) for spec in model.served_outputs],
                 "parameters": {"sha256": model.info.sha256},
             },
         )
@@ -200,7 +182,12 @@ class ModelInfer:
         request = codec.decode_infer(body, header_length, model.inputs, model.outputs)
         results = await self._inference.run(request.inputs)
         payload, json_length = codec.encode_infer(
-            model.info.name, model.info.version, request, results, model.outputs
+            model.info.name,
+            model.info.version,
+            request,
+            results,
+            model.outputs,
+            {model.outputs[0].name: model.labels} if model.labels else None,
         )
         resp.data = payload
         if json_length is None:

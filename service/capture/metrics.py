@@ -1,4 +1,8 @@
-"""The capture's Prometheus metrics, on the app's own registry."""
+"""The capture's Prometheus metrics, on the app's own registry.
+
+Each gauge names how several workers' values combine in multiprocess mode (see
+service.metrics); counters simply add up.
+"""
 
 from __future__ import annotations
 
@@ -47,12 +51,19 @@ class CaptureMetrics:
             "prediction_capture_queue_records",
             "Records waiting in memory (queue and parts not yet stored)",
             registry=registry,
+            multiprocess_mode="livesum",  # each worker's own memory: they add up
         )
         self.spool_parts = Gauge(
-            "prediction_capture_spool_parts", "Parts waiting in the local spool", registry=registry
+            "prediction_capture_spool_parts",
+            "Parts waiting in the local spool",
+            registry=registry,
+            # The workers share one spool directory and each counts the parts it found
+            # there at start: a sum would count those parts once per worker.
+            multiprocess_mode="livemax",
         )
         self.sink_up = Gauge(
             "prediction_capture_sink_up",
             "1 while the last write to the sink succeeded",
             registry=registry,
+            multiprocess_mode="livemin",  # 0 as soon as any worker's last write failed
         )

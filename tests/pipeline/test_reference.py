@@ -190,3 +190,15 @@ def test_fetch_stops_on_a_sha_mismatch_naming_both_hashes(
     assert caught.value.actual in message
     assert caught.value.actual != MNIST8_SHA
     assert "candidate.onnx" in message
+
+
+def test_the_reference_declares_the_digits_as_labels():
+    assert load_reference().labels == tuple(str(digit) for digit in range(10))
+
+
+@pytest.mark.parametrize("labels", ["0123456789", [0, 1], ["a", " "]])
+def test_labels_must_be_a_list_of_strings(labels):
+    doc = tomllib.loads(DEFAULT_REFERENCE.read_text())
+    doc["model"]["labels"] = labels
+    with pytest.raises(InvalidReference, match=r"\[model\] labels must be a list"):
+        parse_reference(doc)

@@ -18,6 +18,7 @@ from pipeline.release import (
     release,
     rollback,
     status,
+    task_environment,
 )
 from tests.pipeline.environments import CLUSTER, FAMILY, SERVICE, make_environment
 from tests.service.conftest import MNIST8_SHA256, start_server
@@ -50,6 +51,13 @@ def candidate(git_sha: str = "a" * 40) -> Candidate:
         model_sha256=MNIST8_SHA256,
         gate={"accuracy": 0.9891, "passed": True},
     )
+
+
+def test_a_release_hands_the_model_labels_to_the_service():
+    labelled = replace(candidate(), labels=("0", "1", "2"))
+    assert task_environment(labelled)["MODEL_LABELS"] == '["0", "1", "2"]'
+    # Always set, empty without labels, so labels of an earlier release never linger.
+    assert task_environment(candidate())["MODEL_LABELS"] == ""
 
 
 def fast_ecs() -> Ecs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,13 +98,17 @@ def start_server(
 
 @pytest.fixture(scope="module")
 def server(mnist8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`python -m service` on 127.0.0.1 serving the real mnist-8, capturing locally."""
+    """`python -m service` on 127.0.0.1 serving the real mnist-8 with model.toml's labels,
+    capturing locally."""
+    from pipeline.reference import load_reference
+
     running = start_server(
         {
             "MODEL_URL": str(mnist8_path),
             "MODEL_SHA256": MNIST8_SHA256,
             "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
             "PREDICTION_LOG_URL": str(tmp_path_factory.mktemp("predictions")),
+            "MODEL_LABELS": json.dumps(list(load_reference().labels)),
         }
     )
     yield running

@@ -41,6 +41,44 @@ def test_batch_of_one_is_still_a_batch(client):
     assert len(result.json["predictions"]) == 1
 
 
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_a_list_of_28x28_images_answers_predictions_whatever_its_length(
+    client, mnist_test_set, raw_argmax, count
+):
+    """The answer's shape follows the shape of `data`, never the batch size: a list of
+    one 28x28 image is a list, as a list of one flat image is."""
+    images = mnist_test_set[0][:count]
+    result = client.simulate_post("/predict", json={"data": images.tolist()})
+    assert result.status_code == 200
+    assert "prediction" not in result.json
+    assert result.json["predictions"] == raw_argmax(images)
+
+
+def test_a_list_of_images_in_the_full_item_shape_answers_predictions(
+    client, mnist_test_set, raw_argmax
+):
+    images = mnist_test_set[0][:1]
+    result = client.simulate_post("/predict", json={"data": images.reshape(1, 1, 28, 28).tolist()})
+    assert result.status_code == 200
+    assert result.json["predictions"] == raw_argmax(images)
+
+
+@pytest.mark.parametrize(
+    "shape", [(28, 28, 1), (2, 392), (1, 28, 28, 1), (784, 1)], ids=lambda s: "x".join(map(str, s))
+)
+def test_shapes_that_are_neither_an_example_nor_a_list_of_examples_are_400(client, shape):
+    result = client.simulate_post("/predict", json={"data": np.zeros(shape).tolist()})
+    assert result.status_code == 400
+    assert f"data has shape {list(shape)}" in result.json["error"]
+    assert "[784] or [28, 28]" in result.json["error"]
+
+
+def test_a_key_other_than_data_is_400_naming_it(client):
+    result = client.simulate_post("/predict", json={"data": ZEROS, "model": "mnist-8"})
+    assert result.status_code == 400
+    assert "'model'" in result.json["error"]
+
+
 BAD_BODIES = [
     pytest.param(b'{"data": [1, 2, 3]}', "784", id="wrong-count"),
     pytest.param(json.dumps({"data": ["a"] * 784}).encode(), "only numbers", id="strings"),

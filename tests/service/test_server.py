@@ -73,6 +73,36 @@ def test_tritonclient_infers_in_both_modes(server, mnist_test_set, raw_argmax, b
     client.close()
 
 
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_classification_ranks_like_onnxruntime(
+    server, mnist_test_set, raw_argmax, binary
+):
+    """Triton's classification extension: BYTES [batch, k], "<score>:<index>:<label>",
+    highest first, the labels being the digits model.toml declares."""
+    import tritonclient.http as triton
+
+    images = mnist_test_set[0][:16].astype(np.float32).reshape(16, 1, 28, 28)
+    client = triton.InferenceServerClient(urllib.parse.urlparse(server.url).netloc)
+    assert "classification" in client.get_server_metadata()["extensions"]
+    tensor = triton.InferInput("Input3", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images, binary_data=binary)
+    output = triton.InferRequestedOutput("Plus214_Output_0", binary_data=binary, class_count=3)
+    result = client.infer("mnist-8", [tensor], outputs=[output])
+    (described,) = result.get_response()["outputs"]
+    assert described["datatype"] == "BYTES" and described["shape"] == [16, 3]
+    classes = result.as_numpy("Plus214_Output_0")
+    assert classes.shape == (16, 3)
+    rows = [
+        [(e.decode() if isinstance(e, bytes) else e).split(":") for e in row] for row in classes
+    ]
+    assert [int(row[0][1]) for row in rows] == raw_argmax(images)
+    for row in rows:
+        scores = [float(score) for score, _, _ in row]
+        assert scores == sorted(scores, reverse=True)
+        assert all(label == index for _, index, label in row)  # the digits: label = index
+    client.close()
+
+
 def test_sigterm_drains_in_flight_requests(mnist8_path, tmp_path):
     server = start_server(
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -70,13 +71,81 @@ def test_missing_model_url_says_what_to_set():
     assert "MODEL_URL is not set" in result.stderr
 
 
-def test_plain_uvicorn_also_refuses_a_bad_model(mnist8_path, tmp_path):
-    result = run_service(
-        {"MODEL_URL": str(mnist8_path), "MODEL_SHA256": "b" * 64, "MODEL_CACHE_DIR": str(tmp_path)},
-        module=["uvicorn", "service.asgi:app", "--port", str(free_port())],
+def uvicorn_entry(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return run_service(env, module=["uvicorn", "service.asgi:app", "--port", str(free_port())])
+
+
+def test_plain_uvicorn_refuses_a_wrong_sha256_with_one_line(mnist8_path, tmp_path):
+    result = uvicorn_entry(
+        {"MODEL_URL": str(mnist8_path), "MODEL_SHA256": "b" * 64, "MODEL_CACHE_DIR": str(tmp_path)}
     )
     assert result.returncode != 0
-    assert "sha256 mismatch" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = (result.stdout + result.stderr).strip().splitlines()
+    assert line.startswith("error: model refused: sha256 mismatch")
+    assert "b" * 64 in line and MNIST8_SHA256 in line
+
+
+def test_plain_uvicorn_refuses_a_truncated_model_with_one_line(mnist8_path, tmp_path):
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(mnist8_path.read_bytes()[:5000])
+    result = uvicorn_entry({"MODEL_URL": str(truncated), "MODEL_CACHE_DIR": str(tmp_path)})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = (result.stdout + result.stderr).strip().splitlines()
+    assert line.startswith("error: ") and "not a loadable ONNX model" in line
+
+
+def test_plain_uvicorn_refuses_a_bad_setting_with_one_line(mnist8_path, tmp_path):
+    result = uvicorn_entry({"MODEL_URL": str(mnist8_path), "MODEL_NAME": "team/mnist"})
+    assert result.returncode != 0
+    (line,) = (result.stdout + result.stderr).strip().splitlines()
+    assert "MODEL_NAME='team/mnist' is not a single URL path segment" in line
+
+
+def test_a_model_name_the_routes_cannot_reach_stops_the_start(mnist8_path, tmp_path):
+    """'team/mnist' would start and answer 404 on every model route."""
+    result = run_service(
+        {
+            "MODEL_URL": str(mnist8_path),
+            "MODEL_NAME": "team/mnist",
+            "MODEL_CACHE_DIR": str(tmp_path),
+        }
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: MODEL_NAME='team/mnist' is not a single URL path segment")
+    assert "'team-mnist'" in line
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HOST": "no-such-host.invalid"}, "HOST='no-such-host.invalid'"),
+        ({"MODEL_LABELS": '["0", "1"]'}, "MODEL_LABELS has 2 labels"),
+        ({"MAX_BODY_BYTES": "1000"}, "MAX_BODY_BYTES=1000 is below one example"),
+    ],
+)
+def test_settings_that_cannot_serve_stop_the_start_with_one_line(
+    mnist8_path, tmp_path, env, message
+):
+    result = run_service({"MODEL_URL": str(mnist8_path), "MODEL_CACHE_DIR": str(tmp_path), **env})
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert message in line
+
+
+def test_a_port_in_use_stops_the_start_with_one_line(mnist8_path, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_service(
+            {"MODEL_URL": str(mnist8_path), "MODEL_CACHE_DIR": str(tmp_path), "PORT": str(port)}
+        )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"PORT={port}: cannot listen there" in line
 
 
 def test_a_cache_dir_that_cannot_be_created_stops_with_one_line_naming_it(tmp_path):
@@ -95,11 +164,12 @@ def test_a_cache_dir_that_cannot_be_created_stops_with_one_line_naming_it(tmp_pa
 def test_an_unexpected_start_up_failure_is_one_line_too(mnist8_path, tmp_path, monkeypatch, capsys):
     """A full scratch volume, say: the path and the error, then exit status 2."""
     from service import __main__ as entry
+    from service import startup
 
     def full_disk(settings):
         raise OSError(28, "No space left on device", str(tmp_path / ".download-x"))
 
-    monkeypatch.setattr(entry, "load_model", full_disk)
+    monkeypatch.setattr(startup, "load_model", full_disk)
     monkeypatch.setenv("MODEL_URL", str(mnist8_path))
     monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path))
     assert entry.main() == 2

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from service.codec import BINARY_HEADER
+from service.config import Settings
 
 NAME = "mnist-8"
 INPUT = "Input3"
@@ -50,16 +51,18 @@ def binary_body(images: np.ndarray, binary_output: bool = True) -> tuple[bytes, 
 
 
 def test_server_metadata_live_and_ready(client):
-    assert client.simulate_get("/v2").json["extensions"] == ["binary_tensor_data"]
+    assert client.simulate_get("/v2").json["extensions"] == ["binary_tensor_data", "classification"]
     assert client.simulate_get("/v2/health/live").status_code == 200
     assert client.simulate_get("/v2/health/ready").status_code == 200
 
 
-def test_model_metadata_reads_the_graph(client, model):
+def test_model_metadata_reads_the_graph_with_a_dynamic_batch(client, model):
+    """mnist-8's graph fixes the batch at 1, yet batches of any size are served (row by
+    row): the metadata says -1 there, as Triton does for a batching model."""
     result = client.simulate_get(f"/v2/models/{NAME}")
     assert result.status_code == 200
-    assert result.json["inputs"] == [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28]}]
-    assert result.json["outputs"] == [{"name": OUTPUT, "datatype": "FP32", "shape": [1, 10]}]
+    assert result.json["inputs"] == [{"name": INPUT, "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+    assert result.json["outputs"] == [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, 10]}]
     assert result.json["versions"] == [model.info.version]
     assert result.json["parameters"]["sha256"] == model.info.sha256
 
@@ -94,7 +97,7 @@ def test_json_infer_matches_raw_onnxruntime(client, mnist_test_set, raw_argmax):
     images = mnist_test_set[0][:8]
     result = client.simulate_post(
         f"/v2/models/{NAME}/infer",
-        json=infer_body(images, id="abc", parameters={"unknown": "tolerated"}),
+        json=infer_body(images, id="abc"),
     )
     assert result.status_code == 200
     body = result.json
@@ -240,3 +243,196 @@ def test_infer_wrong_content_type_is_415(client):
 def test_v2_wrong_method_is_405(client):
     assert client.simulate_delete("/v2").status_code == 405
     assert client.simulate_get(f"/v2/models/{NAME}/infer").status_code == 405
+
+
+# -- request parameters: implemented, or refused by name -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        pytest.param({"parameters": {"priority": 1}}, "'priority'", id="request-priority"),
+        pytest.param({"parameters": {"timeout": 1000}}, "'timeout'", id="request-timeout"),
+        pytest.param(
+            {"parameters": {"sequence_id": 7, "sequence_start": True}},
+            "'sequence_id', 'sequence_start'",
+            id="request-sequence",
+        ),
+        pytest.param({"parameters": {"my_custom": "x"}}, "'my_custom'", id="request-custom"),
+        pytest.param(
+            {"outputs": [{"name": OUTPUT, "parameters": {"shared_memory_region": "r"}}]},
+            "output 'Plus214_Output_0' parameter 'shared_memory_region'",
+            id="output-shared-memory",
+        ),
+        pytest.param(
+            {"outputs": [{"name": OUTPUT, "parameters": {"top_k": 3}}]},
+            "'top_k'",
+            id="output-custom",
+        ),
+        pytest.param({"model_name": NAME}, "'model_name'", id="request-unknown-key"),
+        pytest.param({"output": [{"name": OUTPUT}]}, "'output'", id="request-typo-key"),
+        pytest.param(
+            {"outputs": [{"name": OUTPUT, "datatype": "FP32"}]}, "'datatype'", id="output-key"
+        ),
+    ],
+)
+def test_unimplemented_request_parameters_and_keys_are_400_naming_them(client, changes, named):
+    body = {**_input(), **changes}
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 400, result.text
+    assert named in result.json["error"]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [
+        ({"shared_memory_region": "r", "shared_memory_byte_size": 3136}, "'shared_memory_region'"),
+        ({"content_type": "np"}, "'content_type'"),
+    ],
+)
+def test_unimplemented_input_parameters_are_400_naming_them(client, parameters, named):
+    body = _input(parameters=parameters)
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 400
+    assert f"input 'Input3' parameter {named}" in result.json["error"]
+
+
+def test_an_unknown_input_key_is_400(client):
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=_input(contents=[0] * 784))
+    assert result.status_code == 400
+    assert "'contents'" in result.json["error"]
+
+
+def test_data_and_binary_data_size_together_are_400(client):
+    blob = np.zeros((1, 1, 28, 28), "<f4").tobytes()
+    head = json.dumps(_input(parameters={"binary_data_size": len(blob)})).encode()
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", body=head + blob, headers={BINARY_HEADER: str(len(head))}
+    )
+    assert result.status_code == 400
+    assert "both 'data' and 'binary_data_size'" in result.json["error"]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"binary_data": "yes"}, "'binary_data' must be true or false"),
+        ({"classification": -1}, "'classification' must be a whole number"),
+        ({"classification": 2.5}, "'classification' must be a whole number"),
+        ({"classification": True}, "'classification' must be a whole number"),
+    ],
+)
+def test_malformed_output_parameters_are_400(client, parameters, message):
+    body = {**_input(), "outputs": [{"name": OUTPUT, "parameters": parameters}]}
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 400
+    assert message in result.json["error"]
+
+
+def test_a_non_boolean_binary_data_output_is_400(client):
+    body = {**_input(), "parameters": {"binary_data_output": 1}}
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 400
+    assert "'binary_data_output' must be true or false" in result.json["error"]
+
+
+def test_an_output_requested_twice_is_400(client):
+    body = {**_input(), "outputs": [{"name": OUTPUT}, {"name": OUTPUT}]}
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 400
+    assert "requested twice" in result.json["error"]
+
+
+@pytest.mark.parametrize("binary_output", [False, True], ids=["json", "binary"])
+def test_an_empty_outputs_list_answers_every_output(client, mnist_test_set, binary_output):
+    """The protocol returns all outputs when none are named; Triton reads [] the same way."""
+    images = mnist_test_set[0][:2]
+    body = infer_body(images, outputs=[], parameters={"binary_data_output": binary_output})
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 200
+    length = int(result.headers.get(BINARY_HEADER.lower(), len(result.content)))
+    head = json.loads(result.content[:length])
+    assert [output["name"] for output in head["outputs"]] == [OUTPUT]
+    assert head["outputs"][0]["shape"] == [2, 10]
+    assert ("parameters" in head["outputs"][0]) is binary_output
+
+
+# -- Triton's classification extension ----------------------------------------------------
+
+
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def raw_scores(mnist8_path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(mnist8_path), providers=["CPUExecutionProvider"])
+    rows = [
+        session.run(None, {INPUT: image.reshape(1, 1, 28, 28).astype("f4")})[0] for image in images
+    ]
+    return np.concatenate(rows)
+
+
+def classify(client, images: np.ndarray, count, binary: bool = False):
+    parameters = {"classification": count, "binary_data": binary}
+    body = infer_body(images, outputs=[{"name": OUTPUT, "parameters": parameters}])
+    return client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+
+
+def test_classification_answers_the_top_classes_as_bytes(client, mnist_test_set, mnist8_path):
+    images = mnist_test_set[0][:4]
+    result = classify(client, images, 3)
+    assert result.status_code == 200, result.text
+    (output,) = result.json["outputs"]
+    assert output["datatype"] == "BYTES" and output["shape"] == [4, 3]
+    entries = np.array(output["data"]).reshape(4, 3)
+    scores = raw_scores(mnist8_path, images)
+    for row, row_scores in zip(entries, scores, strict=True):
+        ranked = [int(entry.split(":")[1]) for entry in row]
+        assert ranked == np.argsort(-row_scores, kind="stable")[:3].tolist()
+        for entry, index in zip(row, ranked, strict=True):
+            assert entry == f"{float(row_scores[index]):f}:{index}"  # no labels: two fields
+
+
+def test_classification_in_binary_uses_bytes_serialization(client, mnist_test_set, mnist8_path):
+    images = mnist_test_set[0][:2]
+    result = classify(client, images, 2, binary=True)
+    assert result.status_code == 200
+    length = int(result.headers[BINARY_HEADER.lower()])
+    (output,) = json.loads(result.content[:length])["outputs"]
+    assert output["datatype"] == "BYTES" and output["shape"] == [2, 2]
+    blob, entries = result.content[length:], []
+    assert output["parameters"]["binary_data_size"] == len(blob)
+    while blob:
+        size = int.from_bytes(blob[:4], "little")
+        entries.append(blob[4 : 4 + size].decode())
+        blob = blob[4 + size :]
+    expected = raw_scores(mnist8_path, images).argmax(axis=1).tolist()
+    assert [int(entries[0].split(":")[1]), int(entries[2].split(":")[1])] == expected
+
+
+def test_classification_count_is_capped_at_the_classes_and_zero_means_scores(
+    client, mnist_test_set
+):
+    images = mnist_test_set[0][:1]
+    capped = classify(client, images, 50).json["outputs"][0]
+    assert capped["shape"] == [1, 10]
+    scores = classify(client, images, 0).json["outputs"][0]
+    assert scores["datatype"] == "FP32" and scores["shape"] == [1, 10]
+
+
+def test_classification_carries_the_labels(settings, mnist_test_set, mnist8_path):
+    from falcon import testing
+
+    from service.app import create_app
+    from service.loader import load_model
+
+    labelled = Settings(**{**settings.__dict__, "model_labels": WORDS})
+    client = testing.TestClient(create_app(labelled, model=load_model(labelled)))
+    images = mnist_test_set[0][:3]
+    result = classify(client, images, 1)
+    assert result.status_code == 200
+    expected = raw_scores(mnist8_path, images).argmax(axis=1)
+    for entry, index in zip(result.json["outputs"][0]["data"], expected, strict=True):
+        _, position, label = entry.split(":")
+        assert int(position) == index and label == WORDS[index]

@@ -1,0 +1,215 @@
+"""HTTP around the routes: request bodies and their content codings, bodies a route
+did not read, query strings, and the JSON 400 for requests uvicorn refuses itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import zlib
+
+import falcon
+import falcon.asgi
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+# An unread request body is read and thrown away before the answer, up to this much and
+# this long, as proxies do (nginx's lingering close): a client that sends its whole body
+# before it reads the answer (urllib, which also asks to close the connection) then gets
+# the answer instead of a reset. Beyond either bound the connection is closed unread.
+DISCARD_MAX_BYTES = 64 * 1024 * 1024
+DISCARD_MAX_SECONDS = 10.0
+_CHUNK = 64 * 1024
+
+# Content codings (RFC 9110 section 8.4.1): "x-gzip" is gzip's old name, which
+# recipients should take as gzip; "identity" is no coding.
+GZIP_CODINGS = ("gzip", "x-gzip")
+DEFLATE_CODING = "deflate"
+IDENTITY_CODING = "identity"
+SUPPORTED_CODINGS = (*GZIP_CODINGS, DEFLATE_CODING, IDENTITY_CODING)
+
+
+# -- request bodies ------------------------------------------------------------
+
+
+def content_codings(header: str | None) -> list[str]:
+    """The codings a Content-Encoding header lists, in the order they were applied.
+
+    Raises UnsupportedMediaType (415) naming any coding other than gzip, x-gzip,
+    deflate and identity.
+    """
+    codings = [c.strip().lower() for c in (header or "").split(",") if c.strip()]
+    unknown = [c for c in codings if c not in SUPPORTED_CODINGS]
+    if unknown:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {', '.join(unknown)} is not supported; use gzip or deflate (or none)"
+        )
+    return codings
+
+
+def decode_content(body: bytes, codings: list[str], limit: int) -> bytes:
+    """Undo the content codings of a request body, last applied first (RFC 9110 8.4).
+
+    gzip is RFC 1952 with every member decoded and zero padding after the last one
+    accepted, as gzip(1) does. deflate is meant to be the zlib format (RFC 1950;
+    RFC 9110 8.4.1.2), but some clients send raw deflate (RFC 1951): a body that does
+    not start with a zlib header is read as raw deflate. Raises InvalidInput for a
+    body that is not valid data of its coding, PayloadTooLarge when the decoded body
+    is over `limit` bytes (decoding stops there: a small bomb cannot fill memory).
+    """
+    for coding in reversed(codings):
+        if coding in GZIP_CODINGS:
+            body = _gunzip(body, limit)
+        elif coding == DEFLATE_CODING:
+            body = _inflate(body, limit)
+    return body
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    plain = bytearray()
+    rest = body
+    members = 0
+    while rest:
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            plain += decoder.decompress(rest, limit + 1 - len(plain))
+        except zlib.error as exc:
+            where = "the body" if members == 0 else f"the data after gzip member {members}"
+            raise InvalidInput(f"{where} is not valid gzip data: {exc}") from None
+        _check_size(plain, decoder, limit)
+        if not decoder.eof:
+            raise InvalidInput("the gzip body is truncated: its last member does not end")
+        members += 1
+        # Each pass consumes a whole member of at least 18 bytes, so the loop ends.
+        rest = decoder.unused_data.lstrip(b"\0")
+    if members == 0:
+        raise InvalidInput("the body is empty, which is not gzip data")
+    return bytes(plain)
+
+
+def _inflate(body: bytes, limit: int) -> bytes:
+    zlib_format = (
+        len(body) >= 2
+        and body[0] & 0x0F == 8
+        and body[0] >> 4 <= 7
+        and (body[0] << 8 | body[1]) % 31 == 0
+    )
+    decoder = zlib.decompressobj(zlib.MAX_WBITS if zlib_format else -zlib.MAX_WBITS)
+    kind = "zlib (RFC 1950)" if zlib_format else "raw deflate (RFC 1951)"
+    try:
+        plain = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"the body is not valid {kind} data: {exc}") from None
+    _check_size(plain, decoder, limit)
+    if not decoder.eof:
+        raise InvalidInput(f"the {kind} body is truncated: its stream does not end")
+    if decoder.unused_data:
+        raise InvalidInput(
+            f"the body has {len(decoder.unused_data)} bytes after the end of its {kind} stream"
+        )
+    return plain
+
+
+def _check_size(plain: bytes | bytearray, decoder, limit: int) -> None:
+    if len(plain) > limit or decoder.unconsumed_tail:
+        raise PayloadTooLarge(f"the decompressed body is larger than the limit of {limit} bytes")
+
+
+async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
+    """The request body with its content codings undone, at most `limit` bytes each way.
+
+    Raises PayloadTooLarge (413) for a body over the limit, compressed or not (the
+    unread rest is drained by DrainUnreadBody), UnsupportedMediaType (415) for an
+    unknown coding, InvalidInput (400) for data its coding cannot decode.
+    """
+    codings = content_codings(req.get_header("Content-Encoding"))
+    if req.content_length is not None and req.content_length > limit:
+        raise PayloadTooLarge(f"the body has {req.content_length} bytes; the limit is {limit}")
+    body = await req.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
+    return decode_content(body, codings, limit) if codings else body
+
+
+# -- middleware ------------------------------------------------------------------
+
+
+class DrainUnreadBody:
+    """Reads and discards what a route left of the request body before the answer goes.
+
+    An error answered before the body was read (413, 415, 404 ...) would otherwise
+    close a connection whose client is still sending: the unread bytes make the kernel
+    reset it, and a client that reads only after sending (urllib) sees the reset, not
+    the answer. The drain is bounded by DISCARD_MAX_BYTES and DISCARD_MAX_SECONDS;
+    past either the answer says `Connection: close`.
+    """
+
+    async def process_response(self, req, resp, resource, req_succeeded) -> None:
+        if req.content_length == 0 or (
+            req.content_length is None and req.get_header("Transfer-Encoding") is None
+        ):
+            return
+        stream = req.stream
+        if stream.eof:
+            return
+        if req.content_length is not None and req.content_length > DISCARD_MAX_BYTES:
+            resp.set_header("Connection", "close")
+            return
+        if not await _discard(stream):
+            resp.set_header("Connection", "close")
+
+
+async def _discard(stream) -> bool:
+    """Read and drop the rest of `stream`; False when a bound stopped it first."""
+    discarded = 0
+    try:
+        async with asyncio.timeout(DISCARD_MAX_SECONDS):
+            while discarded <= DISCARD_MAX_BYTES:
+                chunk = await stream.read(_CHUNK)
+                if not chunk:
+                    return True
+                discarded += len(chunk)
+    except TimeoutError:
+        return False
+    return False
+
+
+class RefuseQueryParameters:
+    """No route takes query parameters: one is refused by name, not silently ignored."""
+
+    async def process_resource(self, req, resp, resource, params) -> None:
+        if resource is not None and req.query_string:
+            names = sorted({part.split("=", 1)[0] for part in req.query_string.split("&")})
+            raise InvalidInput(
+                f"{req.path} takes no query parameters; got {', '.join(map(repr, names))}"
+            )
+
+
+# -- below the app -----------------------------------------------------------------
+
+
+class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering the requests it cannot parse in JSON.
+
+    uvicorn answers a malformed request (request line, header, Content-Length or
+    chunk framing) with its own 400 in plain text before the app sees it; this class
+    gives that answer the service's `{"error": ...}` shape. `python -m service` runs
+    uvicorn with it; `uvicorn service.asgi:app` keeps uvicorn's plain text.
+    """
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls this inside `except httptools.HttpParserError`, so the parser's
+        # own reason is the exception being handled.
+        reason = sys.exc_info()[1]
+        detail = f": {reason}" if reason is not None and str(reason) else ""
+        body = orjson.dumps({"error": f"malformed HTTP request{detail}"})
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            head.append(name + b": " + value + b"\r\n")
+        head.append(b"content-type: application/json\r\n")
+        head.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
+        head.append(b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()

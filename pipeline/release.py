@@ -277,20 +277,11 @@ def smoke_test(
 
     With `token` (the environment's bearer token, Environment.api_token), every model
     route is called with it, and a prediction without it must be refused with 401, so a
-    service that serves without authentication fails the smoke test too.
+    service that serves without authentication fails the smoke test too. Raises
+    ReleaseError naming the first check that failed.
     """
     base = endpoint.rstrip("/")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, _ = _get_json(f"{base}/v2/health/ready")
-        except OSError as exc:
-            status = f"unreachable ({exc})"
-        if status == 200:
-            break
-        if time.monotonic() >= deadline:
-            raise ReleaseError(f"{base} did not become ready within {timeout:.0f} s: {status}")
-        sleep(poll_seconds)
+    _wait_until_ready(base, timeout, poll_seconds, sleep)
     if token is not None:
         status, _ = _post_json(f"{base}/predict", {"data": smoke.images[0].reshape(-1).tolist()})
         if status != 401:
@@ -299,6 +290,27 @@ def smoke_test(
                 "service does not require authentication (is API_TOKENS in the task "
                 "definition's secrets?)"
             )
+    _check_served_model(base, candidate, token)
+    _check_predictions(base, smoke, token)
+
+
+def _wait_until_ready(
+    base: str, timeout: float, poll_seconds: float, sleep: Callable[[float], None]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, _ = _get_json(f"{base}/v2/health/ready")
+        except OSError as exc:
+            status = f"unreachable ({exc})"
+        if status == 200:
+            return
+        if time.monotonic() >= deadline:
+            raise ReleaseError(f"{base} did not become ready within {timeout:.0f} s: {status}")
+        sleep(poll_seconds)
+
+
+def _check_served_model(base: str, candidate: Candidate, token: str | None) -> None:
     status, metadata = _get_json(f"{base}/v2/models/{candidate.model_name}", token)
     if status == 401:
         raise ReleaseError(
@@ -314,6 +326,10 @@ def smoke_test(
             f"{base} serves model sha256 {served} (HTTP {status}), not the released "
             f"{candidate.model_sha256}"
         )
+
+
+def _check_predictions(base: str, smoke: SmokeImages, token: str | None) -> None:
+    """Each smoke image alone, then all of them as one batch."""
     wrong = []
     for index, (image, expected) in enumerate(zip(smoke.images, smoke.classes, strict=True)):
         status, body = _post_json(f"{base}/predict", {"data": image.reshape(-1).tolist()}, token)

@@ -172,6 +172,7 @@ def test_an_unexpected_start_up_failure_is_one_line_too(mnist8_path, tmp_path, m
     monkeypatch.setattr(startup, "load_model", full_disk)
     monkeypatch.setenv("MODEL_URL", str(mnist8_path))
     monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PORT", str(free_port()))  # the address check comes first
     assert entry.main() == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: cannot use {tmp_path / '.download-x'}: No space left")

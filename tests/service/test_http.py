@@ -185,6 +185,9 @@ def test_urllib_sending_a_large_body_to_a_refusing_route_reads_the_refusal(url):
     status, answer = urllib_post(url + "/nowhere", body, {"Content-Type": "application/json"})
     assert status == 404
     assert "/openapi.json" in answer["error"]
+    status, answer = urllib_post(url + "/predict?x=1", body, {"Content-Type": "application/json"})
+    assert status == 400
+    assert "'x'" in answer["error"]
 
 
 def raw_exchange(url: str, request: bytes) -> tuple[bytes, bytes]:

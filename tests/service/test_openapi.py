@@ -76,10 +76,29 @@ def check(result, path: str, method: str) -> None:
             },
         ),
         ("post", "/v2/models/mnist-8/infer", "/v2/models/{name}/infer", {"inputs": 3}),
+        ("post", "/predict", "/predict", {"data": [[[0] * 28] * 28]}),
+        (
+            "post",
+            "/v2/models/mnist-8/infer",
+            "/v2/models/{name}/infer",
+            {
+                "inputs": [
+                    {
+                        "name": "Input3",
+                        "datatype": "FP32",
+                        "shape": [1, 1, 28, 28],
+                        "data": [0] * 784,
+                    }
+                ],
+                "outputs": [{"name": "Plus214_Output_0", "parameters": {"classification": 2}}],
+            },
+        ),
+        ("get", "/v2/models/mnist-8?verbose=1", "/v2/models/{name}", None),
     ],
 )
 def test_responses_fit_the_document(client, method, path, template, body):
-    result = client.simulate_request(method.upper(), path, json=body)
+    path, _, query = path.partition("?")
+    result = client.simulate_request(method.upper(), path, json=body, query_string=query or None)
     check(result, template, method)
 
 

@@ -127,16 +127,17 @@ def test_every_scrape_reports_the_totals_of_all_workers(mnist8_path, tmp_path):
             sent += 40
             if len([n for n in predictions_by_worker(metrics_dir).values() if n > 0]) == WORKERS:
                 break
-        by_worker = predictions_by_worker(metrics_dir)
-        assert len(by_worker) == WORKERS and all(by_worker.values()), by_worker
-        assert sum(by_worker.values()) == sent
-
-        for _ in range(20):
-            values, text = scrape(server.url)
-            assert values[PREDICT_200] == sent
+        totals = [scrape(server.url) for _ in range(20)]
+        assert [values[PREDICT_200] for values, _ in totals] == [sent] * 20
+        for values, text in totals:
             assert values[("model_inferred_examples_total", ())] == sent
             assert values[("model_ready", ())] == 1
             assert "_created" not in text
+            assert "# HELP http_requests_total HTTP requests by route, method and status" in text
+        # Both workers answered, so those totals are sums over two processes.
+        by_worker = predictions_by_worker(metrics_dir)
+        assert len(by_worker) == WORKERS and all(by_worker.values()), by_worker
+        assert sum(by_worker.values()) == sent
     finally:
         server.stop()
     # Stopped workers marked themselves dead: no live gauge of theirs is left.

@@ -41,6 +41,18 @@ class PayloadTooLarge(ServiceError):
     status = 413
 
 
+class NotServedThroughProxy(ServiceError):
+    """A route served only to callers inside the network, asked for through a proxy."""
+
+    status = 404
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"no route {path!r} through a load balancer or proxy: scrape it from inside the "
+            "VPC, at the task's own address"
+        )
+
+
 class ModelNotFound(ServiceError):
     status = 404
 

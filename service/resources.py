@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from service import codec
-from service.errors import ModelNotFound, NotReady, UnsupportedMediaType
+from service.errors import ModelNotFound, NotReady, NotServedThroughProxy, UnsupportedMediaType
 from service.http import read_body
 from service.inference import Inference
 from service.metrics import Metrics
@@ -208,10 +208,21 @@ class ModelInfer:
 
 
 class MetricsEndpoint:
+    """Prometheus text, for scrapers that reach the task directly.
+
+    The load balancer answers `/metrics` itself (a listener rule), but its path match
+    is literal, so a percent-encoded path (`/%6Detrics`) could pass it and be decoded
+    here. Every request an Application Load Balancer forwards carries X-Forwarded-For
+    (ELB user guide, "HTTP headers and Application Load Balancers"); a direct scrape
+    does not. So a request with it is refused as if there were no such route.
+    """
+
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     async def on_get(self, req, resp) -> None:
+        if req.get_header("X-Forwarded-For") is not None:
+            raise NotServedThroughProxy(req.path)
         resp.content_type = self._metrics.content_type
         resp.data = self._metrics.render()
 

@@ -205,3 +205,15 @@ def test_a_server_started_with_api_tokens_refuses_and_accepts_over_http(
         client.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/%6Detrics", "/metrics/"])
+def test_metrics_are_refused_to_anything_a_load_balancer_forwarded(client, path):
+    """An ALB adds X-Forwarded-For to every request it forwards; a scraper inside the VPC
+    calls the task directly. The listener rule's literal path match would let a
+    percent-encoded /metrics through, so the service refuses it too."""
+    forwarded = client.simulate_get(path, headers={"X-Forwarded-For": "203.0.113.7"})
+    assert forwarded.status_code == 404
+    assert "inside the VPC" in forwarded.json["error"]
+    direct = client.simulate_get(path)
+    assert direct.status_code == 200 and "model_ready" in direct.text

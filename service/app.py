@@ -11,7 +11,7 @@ import orjson
 
 from service import resources
 from service.auth import BearerAuth
-from service.capture import build_recorder
+from service.capture import PredictionRecorder, build_recorder
 from service.config import ConfigError, Settings
 from service.errors import ModelLoadError, ServiceError
 from service.http import DrainUnreadBody, RefuseQueryParameters
@@ -34,7 +34,7 @@ class ModelLifecycle:
         settings: Settings,
         inference: Inference,
         model: OnnxModel | None,
-        recorder: resources.PredictionRecorder | None,
+        recorder: PredictionRecorder,
         metrics: Metrics,
     ) -> None:
         self._settings = settings
@@ -52,8 +52,7 @@ class ModelLifecycle:
                 log.error("%s", exc)
                 raise
         self._inference.attach(model)
-        if hasattr(self._recorder, "start"):
-            await self._recorder.start()
+        await self._recorder.start()
         info = model.info
         log.info(
             "ready: serving %s version %s (sha256 %s), inference %s",
@@ -71,8 +70,7 @@ class ModelLifecycle:
             )
 
     async def process_shutdown(self, scope, event) -> None:
-        if hasattr(self._recorder, "close"):
-            await self._recorder.close()
+        await self._recorder.close()
         await self._inference.close()
         self._metrics.close()
 
@@ -81,8 +79,15 @@ def create_app(
     settings: Settings | None = None,
     *,
     model: OnnxModel | None = None,
-    recorder: resources.PredictionRecorder | None = None,
+    recorder: PredictionRecorder | None = None,
 ) -> falcon.asgi.App:
+    """The Falcon ASGI app for `settings` (default: `Settings.from_env()`).
+
+    `model`: an already loaded model (tests, and `python -m service`, which loads it
+    before the port opens); None loads it at ASGI start-up. `recorder`: where answered
+    predictions go; None builds the one the settings ask for (service.capture). Raises
+    ConfigError when a setting cannot be served (e.g. a capture sink that cannot open).
+    """
     settings = settings or Settings.from_env()
     metrics = Metrics(multiprocess_dir=settings.metrics_dir)
     inference = Inference(
@@ -91,7 +96,7 @@ def create_app(
         max_delay=settings.batch_max_delay_ms / 1000,
         offload=settings.inference_offload,
     )
-    if recorder is None:  # prediction capture as the settings say (None when it is off)
+    if recorder is None:  # prediction capture as the settings say (a NullRecorder when off)
         recorder = build_recorder(settings, metrics.registry)
 
     middleware = [

@@ -18,7 +18,7 @@ import orjson
 
 from service.classification import UNRANKED_DATATYPES, top_classes
 from service.errors import InvalidInput
-from service.model import ORT_TYPES, TensorSpec
+from service.model import ORT_TYPES, ModelInfo, TensorSpec
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 
@@ -103,6 +103,18 @@ def predict_data(body: bytes, dtype: np.dtype) -> np.ndarray:
         raise InvalidInput('the body must be a JSON object {"data": [numbers]}')
     _only_keys(document, ("data",), "the body")
     return numeric_array(document["data"], '"data"', dtype)
+
+
+def encode_predict(scores: np.ndarray, single: bool, model: ModelInfo) -> dict:
+    """The /predict answer: the argmax class of each row of `scores` ([batch, classes]
+    or [batch, 1, classes]); `single` (one example sent, not a list) answers
+    {"prediction": k}, otherwise {"predictions": [k, ...]}, with the model's name and
+    version. Which one follows the shape of the request's data alone (README, "One
+    example or a list")."""
+    classes = scores.reshape(scores.shape[0], -1).argmax(axis=1).tolist()
+    if single:
+        return {"prediction": classes[0], "model": model.name, "version": model.version}
+    return {"predictions": classes, "model": model.name, "version": model.version}
 
 
 # -- Open Inference Protocol ------------------------------------------------
@@ -209,11 +221,26 @@ def decode_infer(
 ) -> InferRequest:
     """An inference request (JSON, or JSON header + binary tail) checked against the model.
 
+    Open Inference Protocol, "Inference Request JSON Object"; Triton's binary tensor
+    extension for `header_length` (the Inference-Header-Content-Length header) and the
+    tail. Each input becomes an array of the model's dtype in the request's shape.
     Raises InvalidInput naming the first thing wrong: a malformed body, a key or a
     parameter this server does not implement, an unknown tensor, a wrong datatype or
     shape, binary sizes that do not add up.
     """
     head, tail = split_binary(body, header_length)
+    document = _request_document(head)
+    request_params = _parameters(document, "the request's", REQUEST_PARAMETERS)
+    binary_default = _flag(request_params, "binary_data_output", "the request's", False)
+    arrays = _decode_inputs(document["inputs"], inputs, tail)
+    names, binary, classifications = _requested_outputs(
+        document.get("outputs"), outputs, binary_default
+    )
+    return InferRequest(document.get("id"), arrays, names, binary, classifications)
+
+
+def _request_document(head: bytes) -> dict:
+    """The request's JSON object, its keys, `id` and `inputs` checked."""
     document = parse_json(head)
     if not isinstance(document, dict):
         raise InvalidInput("the inference request must be a JSON object with 'inputs'")
@@ -221,63 +248,30 @@ def decode_infer(
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
-    request_params = _parameters(document, "the request's", REQUEST_PARAMETERS)
-    binary_default = _flag(request_params, "binary_data_output", "the request's", False)
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")
+    return document
 
+
+def _decode_inputs(
+    raw_inputs: list, inputs: Sequence[TensorSpec], tail: bytes
+) -> dict[str, np.ndarray]:
+    """Every input by name; binary ones take their bytes from `tail` in order."""
     specs = {spec.name: spec for spec in inputs}
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for position, entry in enumerate(raw_inputs):
-        if not isinstance(entry, dict):
-            raise InvalidInput(f"inputs[{position}] must be an object")
-        name = entry.get("name")
-        where = f"input {name!r}"
-        if name not in specs:
-            raise InvalidInput(
-                f"{where} is not an input of the model; its inputs are {list(specs)}"
-            )
-        if name in arrays:
-            raise InvalidInput(f"{where} is given twice")
-        _only_keys(entry, INPUT_KEYS, where)
-        spec = specs[name]
-        if entry.get("datatype") != spec.datatype:
-            raise InvalidInput(
-                f"{where} has datatype {entry.get('datatype')!r}; the model expects {spec.datatype}"
-            )
+        spec, where = _input_spec(entry, position, specs, arrays)
         shape = _shape(entry, where)
         _check_shape(spec, shape, where, batch_any=spec.shape[0] == 1)
-        count = math.prod(shape)
         size = _parameters(entry, where, INPUT_PARAMETERS).get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InvalidInput(f"{where} 'binary_data_size' must be a non-negative integer")
-            if "data" in entry:
-                raise InvalidInput(f"{where} has both 'data' and 'binary_data_size'; send one")
-            if size != count * spec.dtype.itemsize:
-                raise InvalidInput(
-                    f"{where} declares {size} bytes; shape {list(shape)} of {spec.datatype} "
-                    f"needs {count * spec.dtype.itemsize}"
-                )
-            if offset + size > len(tail):
-                raise InvalidInput(f"{where} declares more binary data than the body holds")
-            array = np.frombuffer(
-                tail, dtype=spec.dtype.newbyteorder("<"), count=count, offset=offset
-            )
-            offset += size
-            if spec.dtype.kind in FLOAT_KINDS and not np.isfinite(array).all():
-                raise InvalidInput(f"{where} holds NaN or infinity")
+        if size is None:
+            array = _json_tensor(entry, spec, shape, where)
         else:
-            if "data" not in entry:
-                raise InvalidInput(f"{where} has neither 'data' nor 'binary_data_size'")
-            array = numeric_array(entry["data"], f"{where} data", spec.dtype).reshape(-1)
-            if array.size != count:
-                raise InvalidInput(
-                    f"{where} has {array.size} values; shape {list(shape)} needs {count}"
-                )
-        arrays[name] = array.reshape(shape)
+            array = _binary_tensor(entry, spec, shape, where, size, tail, offset)
+            offset += size
+        arrays[spec.name] = array.reshape(shape)
     if offset != len(tail):
         raise InvalidInput(
             f"the body has {len(tail) - offset} bytes of binary data that no input declares"
@@ -285,13 +279,70 @@ def decode_infer(
     missing = [name for name in specs if name not in arrays]
     if missing:
         raise InvalidInput(f"missing inputs {missing}; the model needs {list(specs)}")
-    batches = {a.shape[0] for a in arrays.values()}
-    if len(batches) > 1:
+    if len({a.shape[0] for a in arrays.values()}) > 1:
         raise InvalidInput("all inputs must have the same batch size")
-    names, binary, classifications = _requested_outputs(
-        document.get("outputs"), outputs, binary_default
-    )
-    return InferRequest(request_id, arrays, names, binary, classifications)
+    return arrays
+
+
+def _input_spec(
+    entry: object, position: int, specs: Mapping[str, TensorSpec], seen: Mapping[str, object]
+) -> tuple[TensorSpec, str]:
+    """The model input an entry names, its keys and datatype checked; and how to name it."""
+    if not isinstance(entry, dict):
+        raise InvalidInput(f"inputs[{position}] must be an object")
+    name = entry.get("name")
+    where = f"input {name!r}"
+    if name not in specs:
+        raise InvalidInput(f"{where} is not an input of the model; its inputs are {list(specs)}")
+    if name in seen:
+        raise InvalidInput(f"{where} is given twice")
+    _only_keys(entry, INPUT_KEYS, where)
+    spec = specs[name]
+    if entry.get("datatype") != spec.datatype:
+        raise InvalidInput(
+            f"{where} has datatype {entry.get('datatype')!r}; the model expects {spec.datatype}"
+        )
+    return spec, where
+
+
+def _json_tensor(entry: dict, spec: TensorSpec, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """An input given as JSON `data` (flat or nested, row-major), as a flat array."""
+    if "data" not in entry:
+        raise InvalidInput(f"{where} has neither 'data' nor 'binary_data_size'")
+    array = numeric_array(entry["data"], f"{where} data", spec.dtype).reshape(-1)
+    count = math.prod(shape)
+    if array.size != count:
+        raise InvalidInput(f"{where} has {array.size} values; shape {list(shape)} needs {count}")
+    return array
+
+
+def _binary_tensor(
+    entry: dict,
+    spec: TensorSpec,
+    shape: tuple[int, ...],
+    where: str,
+    size: object,
+    tail: bytes,
+    offset: int,
+) -> np.ndarray:
+    """An input's `size` bytes at `offset` of the binary tail: little-endian values of
+    the input's datatype, row-major (Triton's binary tensor extension)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidInput(f"{where} 'binary_data_size' must be a non-negative integer")
+    if "data" in entry:
+        raise InvalidInput(f"{where} has both 'data' and 'binary_data_size'; send one")
+    count = math.prod(shape)
+    if size != count * spec.dtype.itemsize:
+        raise InvalidInput(
+            f"{where} declares {size} bytes; shape {list(shape)} of {spec.datatype} "
+            f"needs {count * spec.dtype.itemsize}"
+        )
+    if offset + size > len(tail):
+        raise InvalidInput(f"{where} declares more binary data than the body holds")
+    array = np.frombuffer(tail, dtype=spec.dtype.newbyteorder("<"), count=count, offset=offset)
+    if spec.dtype.kind in FLOAT_KINDS and not np.isfinite(array).all():
+        raise InvalidInput(f"{where} holds NaN or infinity")
+    return array
 
 
 def _requested_outputs(

@@ -31,6 +31,9 @@ DEFAULT_PORT = 8080
 DEFAULT_WORKERS = 1
 DEFAULT_BATCH_MAX_SIZE = 64
 DEFAULT_BATCH_MAX_DELAY_MS = 0.0
+# Where the model runs (service.inference): on the event loop or in a worker thread.
+OFFLOAD_POLICIES = ("auto", "always", "never")
+DEFAULT_INFERENCE_OFFLOAD = "auto"
 # Longer than an Application Load Balancer's default 60 s idle timeout, so the load
 # balancer, never the service, closes an idle connection (ELB, "Application Load Balancer
 # idle timeout"). The service module of terraform/ sets it from the load balancer's own.
@@ -78,7 +81,7 @@ class Settings:
     intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
     batch_max_size: int = DEFAULT_BATCH_MAX_SIZE
     batch_max_delay_ms: float = DEFAULT_BATCH_MAX_DELAY_MS
-    inference_offload: str = "auto"
+    inference_offload: str = DEFAULT_INFERENCE_OFFLOAD
     cache_dir: Path = field(default_factory=default_cache_dir)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -146,7 +149,7 @@ class Settings:
                 len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower())
             ):
                 raise ConfigError(f"{name} must be 64 hexadecimal characters (a sha256 digest)")
-        if self.inference_offload not in ("auto", "always", "never"):
+        if self.inference_offload not in OFFLOAD_POLICIES:
             raise ConfigError(
                 f"INFERENCE_OFFLOAD={self.inference_offload!r} is not auto, always or never"
             )
@@ -226,7 +229,7 @@ class Settings:
             batch_max_delay_ms=_number(
                 env, "BATCH_MAX_DELAY_MS", DEFAULT_BATCH_MAX_DELAY_MS, float
             ),
-            inference_offload=env.get("INFERENCE_OFFLOAD", "auto"),
+            inference_offload=env.get("INFERENCE_OFFLOAD", DEFAULT_INFERENCE_OFFLOAD),
             cache_dir=Path(env["MODEL_CACHE_DIR"])
             if env.get("MODEL_CACHE_DIR")
             else default_cache_dir(),

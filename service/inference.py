@@ -10,13 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from service.batching import Batcher, Outputs
+from service.config import (
+    DEFAULT_BATCH_MAX_DELAY_MS,
+    DEFAULT_BATCH_MAX_SIZE,
+    DEFAULT_INFERENCE_OFFLOAD,
+    OFFLOAD_POLICIES,
+)
 from service.errors import NotReady
 from service.metrics import Metrics
 from service.model import OnnxModel
 
-DEFAULT_MAX_BATCH_SIZE = 64
-DEFAULT_MAX_DELAY_SECONDS = 0.0
-OFFLOAD_POLICIES = ("auto", "always", "never")
 # Handing a call to a thread and back costs tens of microseconds plus GIL hand-offs
 # (measured: 165 us in process per /predict inline against 270 us with the hop, for
 # mnist-8's 33 us inference). Below this, "auto" runs the model on the event loop.
@@ -49,9 +52,9 @@ class Inference:
         self,
         metrics: Metrics,
         *,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        max_delay: float = DEFAULT_MAX_DELAY_SECONDS,
-        offload: str = "auto",
+        max_batch_size: int = DEFAULT_BATCH_MAX_SIZE,
+        max_delay: float = DEFAULT_BATCH_MAX_DELAY_MS / 1000,
+        offload: str = DEFAULT_INFERENCE_OFFLOAD,
     ) -> None:
         if offload not in OFFLOAD_POLICIES:
             raise ValueError(f"offload must be one of {OFFLOAD_POLICIES}, not {offload!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service import __version__
 from service.auth import PUBLIC_ROUTES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -156,7 +157,7 @@ def _routes_document() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {
             "title": "onnx-ship inference service",
-            "version": "0.1.0",
+            "version": __version__,
             "description": "Serves one ONNX model: the simple /predict contract and the "
             "Open Inference Protocol (KServe V2) with Triton's binary tensor and "
             "classification extensions. " + NO_QUERY,

@@ -8,38 +8,20 @@ every failure is raised as a `ServiceError` and rendered in one place
 from __future__ import annotations
 
 import time
-from typing import Protocol
 
 import falcon
-import numpy as np
 import orjson
 
-from service import codec
+from service import __version__, codec
+from service.capture import PredictionRecorder
 from service.errors import ModelNotFound, NotReady, NotServedThroughProxy, UnsupportedMediaType
 from service.http import read_body
 from service.inference import Inference
 from service.metrics import Metrics
-from service.model import ModelInfo
 
 JSON = "application/json"
 SERVER_NAME = "onnx-ship"
-SERVER_VERSION = "0.1.0"
 V2_EXTENSIONS = ["binary_tensor_data", "classification"]
-
-
-class PredictionRecorder(Protocol):
-    """Where each answered prediction goes (prediction capture); must not block."""
-
-    def record(
-        self,
-        *,
-        route: str,
-        request_id: str | None,
-        model: ModelInfo,
-        scores: np.ndarray,
-        inputs: np.ndarray | None,
-        latency_seconds: float,
-    ) -> None: ...
 
 
 def require_media(req: falcon.asgi.Request, allowed: tuple[str, ...]) -> None:
@@ -82,7 +64,7 @@ class Predict:
     """POST /predict: the simple contract, {"data": [...]} -> {"prediction": 7}."""
 
     def __init__(
-        self, inference: Inference, max_body_bytes: int, recorder: PredictionRecorder | None
+        self, inference: Inference, max_body_bytes: int, recorder: PredictionRecorder
     ) -> None:
         self._inference = inference
         self._limit = max_body_bytes
@@ -93,31 +75,22 @@ class Predict:
         require_media(req, (JSON,))
         model = self._inference.model
         body = await read_body(req, self._limit)
-        values = codec.predict_data(body, model.input.dtype)
-        batch, single = model.as_batch(values)
+        batch, single = model.as_batch(codec.predict_data(body, model.input.dtype))
         scores = await self._inference.scores(batch)
-        classes = scores.reshape(scores.shape[0], -1).argmax(axis=1).tolist()
-        info = model.info
-        if single:
-            send_json(resp, {"prediction": classes[0], "model": info.name, "version": info.version})
-        else:
-            send_json(resp, {"predictions": classes, "model": info.name, "version": info.version})
-        if self._recorder is not None:
-            self._recorder.record(
-                route="/predict",
-                request_id=req.get_header("X-Request-Id"),
-                model=info,
-                scores=scores,
-                inputs=batch,
-                latency_seconds=time.perf_counter() - started,
-            )
+        send_json(resp, codec.encode_predict(scores, single, model.info))
+        self._recorder.record(
+            route="/predict",
+            request_id=req.get_header("X-Request-Id"),
+            model=model.info,
+            scores=scores,
+            inputs=batch,
+            latency_seconds=time.perf_counter() - started,
+        )
 
 
 class ServerMetadata:
     async def on_get(self, req, resp) -> None:
-        send_json(
-            resp, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": V2_EXTENSIONS}
-        )
+        send_json(resp, {"name": SERVER_NAME, "version": __version__, "extensions": V2_EXTENSIONS})
 
 
 class Live:
@@ -167,7 +140,7 @@ class ModelInfer:
     """POST /v2/models/{name}[/versions/{version}]/infer, JSON or binary tensors."""
 
     def __init__(
-        self, inference: Inference, max_body_bytes: int, recorder: PredictionRecorder | None
+        self, inference: Inference, max_body_bytes: int, recorder: PredictionRecorder
     ) -> None:
         self._inference = inference
         self._limit = max_body_bytes
@@ -195,16 +168,14 @@ class ModelInfer:
         else:
             resp.content_type = "application/octet-stream"
             resp.set_header(codec.BINARY_HEADER, str(json_length))
-        if self._recorder is not None:
-            first_output = model.outputs[0].name
-            self._recorder.record(
-                route="/v2/infer",
-                request_id=request.id,
-                model=model.info,
-                scores=results[first_output],
-                inputs=request.inputs.get(model.input.name),
-                latency_seconds=time.perf_counter() - started,
-            )
+        self._recorder.record(
+            route="/v2/infer",
+            request_id=request.id,
+            model=model.info,
+            scores=results[model.outputs[0].name],
+            inputs=request.inputs.get(model.input.name),
+            latency_seconds=time.perf_counter() - started,
+        )
 
 
 class MetricsEndpoint:

@@ -8,7 +8,16 @@ uploaded is spooled to local disk and uploaded when the sink returns.
     <prefix>/<env>/YYYY/MM/DD/HH/<UTC time>-<host>-<pid>-<random>-<seq>.jsonl.gz
 """
 
+from service.capture.interface import NullRecorder, PredictionRecorder
 from service.capture.recorder import CaptureConfig, CaptureRecorder, build_recorder
 from service.capture.sinks import Sink, open_sink
 
-__all__ = ["CaptureConfig", "CaptureRecorder", "Sink", "build_recorder", "open_sink"]
+__all__ = [
+    "CaptureConfig",
+    "CaptureRecorder",
+    "NullRecorder",
+    "PredictionRecorder",
+    "Sink",
+    "build_recorder",
+    "open_sink",
+]

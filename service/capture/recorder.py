@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service.capture.interface import NullRecorder
 from service.capture.metrics import CaptureMetrics
 from service.capture.records import Part, PartNamer, Pending, encode_parts
 from service.capture.sinks import Sink, SinkError, open_sink
@@ -59,12 +60,17 @@ class CaptureConfig:
     close_seconds: float = 10.0
 
 
-def build_recorder(settings: Settings, registry: CollectorRegistry) -> CaptureRecorder | None:
-    """The recorder the settings ask for, or None when PREDICTION_LOG_URL is off."""
+def build_recorder(
+    settings: Settings, registry: CollectorRegistry
+) -> CaptureRecorder | NullRecorder:
+    """The recorder the settings ask for; a NullRecorder when PREDICTION_LOG_URL is off.
+
+    Raises ConfigError when PREDICTION_LOG_URL names a sink that cannot be opened.
+    """
     from service.config import ConfigError
 
     if not settings.capture_enabled:
-        return None
+        return NullRecorder()
     try:
         sink = open_sink(settings.prediction_log_url)
     except SinkError as exc:
@@ -80,7 +86,7 @@ def build_recorder(settings: Settings, registry: CollectorRegistry) -> CaptureRe
 
 
 class CaptureRecorder:
-    """A `service.resources.PredictionRecorder` that batches records into a sink."""
+    """A `PredictionRecorder` (service.capture.interface) that batches records into a sink."""
 
     def __init__(
         self,

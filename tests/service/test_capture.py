@@ -338,8 +338,10 @@ def test_settings_refuse_an_unknown_capture_url(tmp_path):
 def test_capture_can_be_switched_off(tmp_path):
     from prometheus_client import CollectorRegistry
 
-    off = Settings(model_url="m.onnx", prediction_log_url="off")
-    assert build_recorder(off, CollectorRegistry()) is None
+    from service.capture import NullRecorder
+
+    off = Settings(model_url="m.onnx", prediction_log_url="off", cache_dir=tmp_path)
+    assert isinstance(build_recorder(off, CollectorRegistry()), NullRecorder)
     on = Settings(model_url="m.onnx", prediction_log_url=str(tmp_path), cache_dir=tmp_path)
     recorder = build_recorder(on, CollectorRegistry())
     assert recorder.config.spool_dir == tmp_path / "prediction-spool"

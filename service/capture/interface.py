@@ -1,0 +1,48 @@
+"""What the request path hands each answered prediction to, and the recorder for "off"."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from service.model import ModelInfo
+
+
+class PredictionRecorder(Protocol):
+    """Where each answered prediction goes. `record` must not block the event loop.
+
+    `scores` is the model's first output for the whole request, [batch, classes];
+    `inputs` the request's input, [batch, *item_shape], or None when it is not kept;
+    `latency_seconds` is from the request's arrival to its answer.
+    """
+
+    def record(
+        self,
+        *,
+        route: str,
+        request_id: str | None,
+        model: ModelInfo,
+        scores: np.ndarray,
+        inputs: np.ndarray | None,
+        latency_seconds: float,
+    ) -> None: ...
+
+    async def start(self) -> None:
+        """Called once the model is loaded, before the first request."""
+
+    async def close(self) -> None:
+        """Called at shutdown: flush what is held, within the stop budget."""
+
+
+class NullRecorder:
+    """The recorder when capture is off (PREDICTION_LOG_URL=off): records nothing."""
+
+    def record(self, **prediction: object) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -201,6 +201,12 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings from `environ` (default: the process environment), read once.
+
+        Every variable is in the README's Configuration table; sizes are bytes, times
+        seconds unless the name says `_MS`. Raises ConfigError naming the variable and
+        the fix for a missing MODEL_URL or a value the service could not serve with.
+        """
         env = os.environ if environ is None else environ
         model_url = env.get("MODEL_URL", "").strip()
         if not model_url:

@@ -105,6 +105,11 @@ class Inference:
         return outputs[model.outputs[0].name]
 
     async def run(self, feeds: dict[str, np.ndarray]) -> Outputs:
+        """Every output of the model for `feeds` (input name -> [N, *item_shape] array of
+        the input's dtype), by output name, each [N, ...]. Through the dynamic batcher
+        when batching is on (service.batching), else one call, on the event loop or in
+        the worker thread as the offload policy decided. Raises NotReady (503) before
+        the model is attached."""
         model = self.model
         if self._batcher is not None:
             return await self._batcher.submit(feeds[model.input.name])

@@ -10,12 +10,7 @@ from service.model import ModelInfo
 
 
 class PredictionRecorder(Protocol):
-    """Where each answered prediction goes. `record` must not block the event loop.
-
-    `scores` is the model's first output for the whole request, [batch, classes];
-    `inputs` the request's input, [batch, *item_shape], or None when it is not kept;
-    `latency_seconds` is from the request's arrival to its answer.
-    """
+    """Where each answered prediction goes."""
 
     def record(
         self,
@@ -26,7 +21,14 @@ class PredictionRecorder(Protocol):
         scores: np.ndarray,
         inputs: np.ndarray | None,
         latency_seconds: float,
-    ) -> None: ...
+    ) -> None:
+        """Take one answered request; called on the event loop, so it must not block.
+
+        `route` is "/predict" or "/v2/infer"; `scores` the model's first output for the
+        whole request, [batch, classes]; `inputs` the request's input, [batch,
+        *item_shape], or None when it is not kept; `latency_seconds` from the request's
+        arrival to its answer. One record per row of `scores`.
+        """
 
     async def start(self) -> None:
         """Called once the model is loaded, before the first request."""

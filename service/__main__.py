@@ -81,8 +81,23 @@ def prepare_metrics(settings: Settings) -> None:
     os.environ[MULTIPROCESS_VARIABLE] = str(directory)
 
 
-def main() -> int:
+USAGE = (
+    "usage: python -m service\n"
+    "Serves one ONNX model; every setting comes from the environment (MODEL_URL, PORT, ...:\n"
+    "README.md, Configuration). It takes no arguments."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
     """`python -m service`: the settings from the environment, then `serve`."""
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments:
+        asked = arguments[0] in ("-h", "--help")
+        print(
+            USAGE if asked else f"error: unexpected argument {arguments[0]!r}\n{USAGE}",
+            file=sys.stdout if asked else sys.stderr,
+        )
+        return 0 if asked else 2
     log_config = configure_logging()
     try:
         settings = Settings.from_env()

@@ -173,6 +173,20 @@ def test_an_unexpected_start_up_failure_is_one_line_too(mnist8_path, tmp_path, m
     monkeypatch.setenv("MODEL_URL", str(mnist8_path))
     monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("PORT", str(free_port()))  # the address check comes first
-    assert entry.main() == 2
+    assert entry.main([]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: cannot use {tmp_path / '.download-x'}: No space left")
+
+
+def test_python_m_service_takes_no_arguments_and_says_so():
+    from service import __main__ as entry
+
+    helped = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert helped.returncode == 0 and "every setting comes from the environment" in helped.stdout
+    assert entry.main(["--port", "9000"]) == 2

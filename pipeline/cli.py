@@ -32,6 +32,7 @@ from pipeline.gating import (
 )
 from pipeline.image import ImageError
 from pipeline.predictions import chart, statistics
+from pipeline.predictions import compact as compaction
 from pipeline.predictions import store as parts
 from pipeline.predictions.store import PredictionLogError
 from pipeline.records import RecordError
@@ -349,6 +350,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_capture_arguments(parser)
+    parser.add_argument(
+        "--hour",
+        help="compact this UTC hour only, e.g. 2025-03-01T12 (default: every "
+        "finished hour since --since)",
+    )
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Merge each finished hour's capture parts into a few large objects, exactly once."""
+    store = parts.open_store(args.url)
+    since = parts.parse_since(args.since) if args.since else None
+    hour = None
+    if args.hour:
+        moment = parts.parse_since(args.hour if len(args.hour) > 13 else args.hour + ":00")
+        hour = moment.replace(minute=0, second=0, microsecond=0)
+    done = compaction.compact(store, args.environment, since=since, hour=hour)
+    for entry in done:
+        print(
+            f"{entry.hour:%Y-%m-%d %H}:00  {entry.parts} parts, {entry.records} records -> "
+            f"{entry.objects} objects (generation {entry.generation}), {entry.cleaned} "
+            f"left-overs removed, {entry.seconds:.1f} s"
+        )
+    merged = sum(entry.records for entry in done)
+    print(f"compacted {len(done)} hours of {args.environment} under {store.url}: {merged} records")
+    return 0
+
+
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
     return None
 
@@ -366,6 +396,7 @@ COMMANDS: dict[str, tuple[Command, Arguments]] = {
     "status": (cmd_status, _add_environment),
     "logs": (cmd_logs, add_logs_arguments),
     "report": (cmd_report, add_report_arguments),
+    "compact": (cmd_compact, add_compact_arguments),
 }
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import logging
 import random
 import time
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service.capture import partformat
 from service.capture.metrics import CaptureMetrics
 from service.capture.records import Part, PartNamer, Pending, encode_parts
 from service.capture.sinks import Sink, SinkError, open_sink
@@ -336,7 +336,7 @@ class CaptureRecorder:
         except FileNotFoundError:
             return 0
         self.sink.put(self._spool.key(path), body)
-        return gzip.decompress(body).count(b"\n")
+        return partformat.count(body)
 
     async def _save_to_spool(self, part: Part) -> None:
         try:

@@ -1,0 +1,225 @@
+"""Compaction: an hour's parts merged into a few large objects, exactly once.
+
+Capture writes about one part per second per task (3,600 objects a task-hour);
+reading them back costs one GET each. `compact` merges a finished hour's parts
+into at most `MAX_OBJECTS` gzip JSON Lines objects in the same hour directory,
+so one reader and one Athena table read both forms. The steps, for one hour:
+
+1. finish an earlier run: delete the parts a manifest already covers, and the
+   merged objects no manifest commits (a run that stopped before its commit);
+2. read the parts no manifest covers, concatenate their lines, write the merged
+   objects (`compacted-<generation>-<digest>-<i>.jsonl.gz`);
+3. read the merged objects back and check their record count against the parts';
+4. commit: write the manifest `_compacted-<generation>.json` (the parts it
+   covers, the objects that now hold their records) with a conditional write
+   (S3 `If-None-Match: *`), so two runs cannot both commit a generation;
+5. delete the covered parts.
+
+Readers (`store.data_keys`) read committed merged objects plus the parts no
+manifest covers, so a crash between any two steps loses and duplicates nothing,
+and running `compact` again finishes the job. Parts that arrive after a
+compaction (a spool draining late) are merged by the next run as a new
+generation. Athena reads every data object of an hour: between steps 4 and 5
+(seconds) it would count the hour's records twice, and merged objects of a run
+that stopped before step 4 until the next run removes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from pipeline.predictions.store import (
+    READ_WORKERS,
+    Hour,
+    PartStore,
+    PredictionLogError,
+    list_hours,
+    read_manifest,
+    read_part,
+)
+from service.capture import partformat
+from service.store import StoreError
+
+# One task-hour at ~100 records/s is ~150 MB of JSON: three objects. Ten busy tasks'
+# hour stays at four objects of ~400 MB (Athena splits gzip objects per file, so a few
+# large ones scan as fast as many).
+MAX_OBJECTS = 4
+TARGET_OBJECT_BYTES = 64 * 1024 * 1024  # uncompressed JSON per merged object
+# An hour is finished once its last second is this long past: the recorder uploads a
+# part within seconds; later arrivals (a spool draining) become the next generation.
+SETTLE = timedelta(minutes=10)
+# gzip level 6 (zlib's default): merged objects are written once and read many times.
+MERGED_GZIP_LEVEL = 6
+
+Checkpoint = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class HourCompaction:
+    """What `compact_hour` did: `records` from `parts` into `objects`, generation
+    `generation` (0: nothing to merge); `cleaned` keys left by an earlier run removed."""
+
+    hour: datetime
+    generation: int
+    parts: int
+    records: int
+    objects: int
+    cleaned: int
+    seconds: float
+
+
+class CompactionError(PredictionLogError):
+    """A merged object does not hold the parts' records; nothing was committed."""
+
+
+def compact(
+    store: PartStore,
+    env: str,
+    *,
+    since: datetime | None = None,
+    hour: datetime | None = None,
+    now: datetime | None = None,
+    workers: int = READ_WORKERS,
+    checkpoint: Checkpoint | None = None,
+) -> list[HourCompaction]:
+    """Compact `hour`, or every finished hour since `since` (all hours when None)."""
+    now = now or datetime.now(UTC)
+    if hour is not None:
+        hours = [h for h in list_hours(store, env, hour, now) if h.hour == hour]
+    else:
+        hours = [
+            h
+            for h in list_hours(store, env, since, now)
+            if h.hour + timedelta(hours=1) + SETTLE <= now
+        ]
+    return [compact_hour(store, entry, workers=workers, checkpoint=checkpoint) for entry in hours]
+
+
+def compact_hour(
+    store: PartStore,
+    hour: Hour,
+    *,
+    workers: int = READ_WORKERS,
+    checkpoint: Checkpoint | None = None,
+) -> HourCompaction:
+    """Merge one hour's uncovered parts (steps 1 to 5 of the module's docstring).
+
+    `checkpoint(step)` is called after each step ("cleaned", "written", "verified",
+    "committed"): the tests stop a run there. Raises CompactionError when the merged
+    objects' record count differs from the parts' (nothing is committed then) and
+    PredictionLogError/StoreError when the store fails.
+    """
+    started = time.perf_counter()
+    step = checkpoint or (lambda _: None)
+    manifests = [read_manifest(store, hour, name) for name in sorted(hour.manifests)]
+    covered = {name for manifest in manifests for name in manifest["sources"]}
+    committed = {entry["name"] for manifest in manifests for entry in manifest["objects"]}
+    leftovers = [name for name in hour.parts if name in covered]
+    leftovers += [name for name in hour.compacted if name not in committed]
+    _delete(store, [hour.key(name) for name in leftovers])
+    step("cleaned")
+    sources = sorted(name for name in hour.parts if name not in covered)
+    generation = 1 + max(
+        (partformat.manifest_generation(name) for name in hour.manifests), default=0
+    )
+    if not sources:
+        return HourCompaction(hour.hour, 0, 0, 0, 0, len(leftovers), time.perf_counter() - started)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        bodies = list(pool.map(lambda name: read_part(store, hour.key(name)), sources))
+        chunks = _split(
+            [_lines(store, hour, name, body) for name, body in zip(sources, bodies, strict=True)]
+        )
+        records = sum(len(chunk) for chunk in chunks)
+        digest = hashlib.sha256("\n".join(sources).encode()).hexdigest()[:12]
+        names = [partformat.compacted_name(generation, digest, i) for i in range(len(chunks))]
+        encoded = list(pool.map(lambda chunk: partformat.encode(chunk, MERGED_GZIP_LEVEL), chunks))
+        for name, body in zip(names, encoded, strict=True):
+            if not store.put_new(hour.key(name), body, partformat.CONTENT_TYPE):
+                raise CompactionError(
+                    f"{store.url}/{hour.key(name)} exists: another compaction of this hour is "
+                    "running; run compact again once it is done"
+                )
+        step("written")
+        counts = list(
+            pool.map(lambda name: partformat.count(read_part(store, hour.key(name))), names)
+        )
+    if sum(counts) != records:
+        _delete(store, [hour.key(name) for name in names])
+        raise CompactionError(
+            f"{store.url}/{hour.prefix}: the merged objects hold {sum(counts)} records, the "
+            f"parts {records}; nothing was committed, run compact again"
+        )
+    step("verified")
+    manifest = {
+        "generation": generation,
+        "hour": hour.hour.isoformat(),
+        "records": records,
+        "sources": sources,
+        "objects": [{"name": name, "records": n} for name, n in zip(names, counts, strict=True)],
+    }
+    if not store.put_new(
+        hour.key(partformat.manifest_name(generation)),
+        orjson.dumps(manifest, option=orjson.OPT_INDENT_2),
+        "application/json",
+    ):
+        raise CompactionError(
+            f"{store.url}/{hour.prefix}: another compaction committed generation {generation} "
+            "first; run compact again"
+        )
+    step("committed")
+    _delete(store, [hour.key(name) for name in sources])
+    return HourCompaction(
+        hour.hour,
+        generation,
+        len(sources),
+        records,
+        len(names),
+        len(leftovers),
+        time.perf_counter() - started,
+    )
+
+
+def _lines(store: PartStore, hour: Hour, name: str, body: bytes) -> list[bytes]:
+    try:
+        return partformat.lines(body)
+    except (OSError, EOFError) as exc:
+        raise PredictionLogError(
+            f"{store.url}/{hour.key(name)} is not a gzip JSON Lines part ({exc}); move it "
+            "out of the capture prefix and run compact again"
+        ) from None
+
+
+def _split(parts: list[list[bytes]]) -> list[list[bytes]]:
+    """The parts' lines in at most MAX_OBJECTS chunks of about TARGET_OBJECT_BYTES each."""
+    every = [line for lines in parts for line in lines]
+    size = sum(len(line) for line in every)
+    count = max(1, min(MAX_OBJECTS, -(-size // TARGET_OBJECT_BYTES)))
+    if count == 1:
+        return [every]
+    chunks: list[list[bytes]] = [[] for _ in range(count)]
+    target, filled, index = size / count, 0, 0
+    for line in every:
+        if filled >= target * (index + 1) and index < count - 1:
+            index += 1
+        chunks[index].append(line)
+        filled += len(line)
+    return [chunk for chunk in chunks if chunk]
+
+
+def _delete(store: PartStore, keys: list[str]) -> None:
+    if not keys:
+        return
+    try:
+        store.delete(keys)
+    except StoreError as exc:
+        raise PredictionLogError(
+            f"deleting under {store.url}: {exc}; the task role needs s3:DeleteObject on the "
+            "capture prefix (run compact again: it finishes the job)"
+        ) from None

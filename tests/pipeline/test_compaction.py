@@ -1,0 +1,177 @@
+"""Compaction: an hour's parts merged exactly once, whatever step a run stops at."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.predictions import compact as compaction
+from pipeline.predictions import store as parts
+from service.capture import partformat
+from service.capture.records import PartNamer, Pending, encode_parts
+from service.capture.sinks import open_sink
+from service.model import ModelInfo
+from service.store import LocalStore
+
+INFO = ModelInfo("mnist-8", "1", "cd" * 32)
+NOON = datetime(2025, 3, 1, 12, tzinfo=UTC)
+LATER = NOON + timedelta(days=1)
+
+
+def capture(url: str, hour: datetime, requests: int, first: int = 0, per_part: int = 4) -> None:
+    """`requests` single-row requests in `hour`, `per_part` to a part (as one task writes)."""
+    sink = open_sink(url)
+    namer = PartNamer()
+    scores = np.eye(10, dtype=np.float32)
+    entries = [
+        Pending(
+            hour.timestamp() + 1 + n,
+            "/predict",
+            f"r{first + n}",
+            INFO,
+            scores[[n % 10]],
+            None,
+            0.002,
+        )
+        for n in range(requests)
+    ]
+    for start in range(0, requests, per_part):
+        for part in encode_parts(entries[start : start + per_part], "dev", namer):
+            assert sink.put(part.key, part.body)
+
+
+def ids(store: parts.PartStore) -> Counter:
+    return Counter(record["id"] for record in parts.read_records(store, "dev"))
+
+
+def names(store: LocalStore, hour: datetime) -> list[str]:
+    return sorted(p.name for p in (store.root / partformat.hour_key("dev", hour)).iterdir())
+
+
+def test_an_hour_becomes_one_object_and_a_manifest_and_reads_the_same(tmp_path):
+    capture(str(tmp_path), NOON, 40)
+    capture(str(tmp_path), NOON + timedelta(hours=1), 8, first=100)
+    store = parts.open_store(str(tmp_path))
+    before = ids(store)
+    assert len(names(store, NOON)) == 10
+    done = compaction.compact(store, "dev", now=LATER)
+    assert [(d.parts, d.records, d.objects, d.generation) for d in done] == [
+        (2, 8, 1, 1),
+        (10, 40, 1, 1),
+    ]
+    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
+    assert ids(store) == before and sum(before.values()) == 48
+    # Nothing left to do: a second run changes nothing.
+    assert [d.generation for d in compaction.compact(store, "dev", now=LATER)] == [0, 0]
+    assert ids(store) == before
+
+
+def test_an_unfinished_hour_is_left_alone_unless_named(tmp_path):
+    capture(str(tmp_path), NOON, 8)
+    store = parts.open_store(str(tmp_path))
+    assert compaction.compact(store, "dev", now=NOON + timedelta(minutes=65)) == []
+    done = compaction.compact(store, "dev", hour=NOON, now=NOON + timedelta(minutes=65))
+    assert [d.records for d in done] == [8]
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at(wanted: str):
+    def checkpoint(step: str) -> None:
+        if step == wanted:
+            raise Stop(step)
+
+    return checkpoint
+
+
+@pytest.mark.parametrize("step", ["cleaned", "written", "verified", "committed"])
+def test_a_run_stopped_after_any_step_loses_and_duplicates_nothing(tmp_path, step):
+    capture(str(tmp_path), NOON, 40)
+    store = parts.open_store(str(tmp_path))
+    before = ids(store)
+    with pytest.raises(Stop):
+        compaction.compact(store, "dev", now=LATER, checkpoint=stop_at(step))
+    assert ids(store) == before  # readers see each record once in the meantime
+    compaction.compact(store, "dev", now=LATER)
+    assert ids(store) == before
+    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
+
+
+class DeletesHalfThenFails(LocalStore):
+    def delete(self, keys: list[str]) -> None:
+        super().delete(keys[: len(keys) // 2])
+        raise OSError("the task stopped while deleting")
+
+
+def test_a_run_stopped_while_deleting_the_parts_is_finished_by_the_next(tmp_path):
+    capture(str(tmp_path), NOON, 40)
+    before = ids(parts.open_store(str(tmp_path)))
+    with pytest.raises(OSError):
+        compaction.compact(DeletesHalfThenFails(tmp_path), "dev", now=LATER)
+    store = parts.open_store(str(tmp_path))
+    assert len(names(store, NOON)) == 2 + 5  # manifest, merged object, half the parts
+    assert ids(store) == before
+    (done,) = compaction.compact(store, "dev", now=LATER)
+    assert (done.generation, done.cleaned) == (0, 5)
+    assert ids(store) == before and len(names(store, NOON)) == 2
+
+
+def test_parts_arriving_after_a_compaction_are_read_and_merged_next_time(tmp_path):
+    capture(str(tmp_path), NOON, 20)
+    capture(str(tmp_path), NOON + timedelta(hours=1), 4, first=200)
+    store = parts.open_store(str(tmp_path))
+    compaction.compact(store, "dev", hour=NOON, now=LATER)
+    capture(str(tmp_path), NOON, 6, first=100)  # a spool draining late into a merged hour
+    expected = Counter({f"r{n}": 1 for n in [*range(20), *range(100, 106), *range(200, 204)]})
+    assert ids(store) == expected  # merged + late parts + an uncompacted hour
+    done = compaction.compact(store, "dev", hour=NOON, now=LATER)
+    assert [(d.generation, d.records) for d in done] == [(2, 6)]
+    assert ids(store) == expected
+    assert len([n for n in names(store, NOON) if partformat.is_manifest(n)]) == 2
+
+
+def test_a_merged_object_with_the_wrong_count_is_never_committed(tmp_path, monkeypatch):
+    capture(str(tmp_path), NOON, 8)
+    store = parts.open_store(str(tmp_path))
+    monkeypatch.setattr(partformat, "count", lambda body: 7)
+    with pytest.raises(compaction.CompactionError, match="hold 7 records, the parts 8"):
+        compaction.compact(store, "dev", now=LATER)
+    assert len(names(store, NOON)) == 2  # the parts only
+    assert sum(ids(store).values()) == 8
+
+
+def test_compact_command_names_what_it_did(tmp_path, capsys):
+    capture(str(tmp_path), NOON, 8)
+    assert main(["compact", "dev", "--url", str(tmp_path), "--hour", "2025-03-01T12"]) == 0
+    assert "2 parts, 8 records -> 1 objects (generation 1)" in capsys.readouterr().out
+
+
+def test_part_keys_and_the_athena_projection_share_one_hour_layout(tmp_path):
+    key = PartNamer()("dev", NOON.timestamp() + 59 * 60)
+    hour, name = partformat.split_key(key)
+    assert hour == NOON and key == f"{partformat.hour_key('dev', NOON)}/{name}"
+    assert partformat.projection_format() == "yyyy/MM/dd/HH"
+    assert datetime.strptime("2025/03/01/12", partformat.HOUR_STRFTIME).hour == 12
+
+
+@pytest.mark.integration
+def test_compaction_on_s3_deletes_the_parts_it_merged(aws):
+    boto3.client("s3").create_bucket(Bucket="captures")
+    url = "s3://captures/predictions"
+    capture(url, NOON, 12, per_part=1)
+    store = parts.open_store(url)
+    before = ids(store)
+    (done,) = compaction.compact(store, "dev", now=LATER)
+    assert (done.parts, done.records, done.objects) == (12, 12, 1)
+    keys = [
+        item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="captures")["Contents"]
+    ]
+    assert [key.rsplit("/", 1)[1][:15] for key in keys] == ["_compacted-0001", "compacted-0001-"]
+    assert ids(store) == before

@@ -334,7 +334,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     since = parts.parse_since(args.since) if args.since else None
     baseline = None if args.no_baseline else statistics.test_set_labels()
     summary = statistics.summarise(
-        parts.read_records(store, args.environment, since), args.environment, baseline
+        parts.read_records(store, args.environment, since),
+        args.environment,
+        baseline,
+        None if args.no_baseline else statistics.test_set_input_means,
     )
     if not summary.total:
         raise PredictionLogError(

@@ -33,6 +33,7 @@ from pipeline.gating import (
 from pipeline.image import ImageError
 from pipeline.predictions import chart, statistics
 from pipeline.predictions import compact as compaction
+from pipeline.predictions import engine
 from pipeline.predictions import store as parts
 from pipeline.predictions.store import PredictionLogError
 from pipeline.records import RecordError
@@ -333,8 +334,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = parts.open_store(args.url)
     since = parts.parse_since(args.since) if args.since else None
     baseline = None if args.no_baseline else statistics.test_set_labels()
-    summary = statistics.summarise(
-        parts.read_records(store, args.environment, since),
+    aggregates = engine.aggregate_store(store, args.environment, since)
+    summary = statistics.summary(
+        aggregates,
         args.environment,
         baseline,
         None if args.no_baseline else statistics.test_set_input_means,

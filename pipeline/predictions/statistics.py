@@ -116,45 +116,82 @@ def psi(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def top_probabilities(scores: np.ndarray) -> np.ndarray:
-    """[n, classes] scores -> [n] top-class probabilities: the scores' own maximum when
-    each row already is a distribution (non-negative, summing to 1), else softmax's."""
+    """[n, classes] scores -> [n] top-class probabilities: a row's own maximum when it
+    already is a distribution (non-negative, summing to 1 within 1e-3), else softmax's."""
     scores = scores.astype(np.float64, copy=False)
-    if scores.min() >= 0 and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
-        return scores.max(axis=1)
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return 1.0 / shifted.sum(axis=1)
+    top = scores.max(axis=1)
+    softmax_top = 1.0 / np.exp(scores - top[:, None]).sum(axis=1)
+    distribution = (scores.min(axis=1) >= 0) & (np.abs(scores.sum(axis=1) - 1.0) <= 1e-3)
+    return np.where(distribution, top, softmax_top)
 
 
-class _HourAccumulator:
-    """Per-hour classes, top-class probabilities and input means, one hour in memory."""
+@dataclass
+class Aggregates:
+    """What the statistics need from the records, however they were read (Python over
+    decoded records, an embedded engine, Athena): per hour (`YYYY-MM-DD HH:00`) the
+    class counts, the sum and count of top-class probabilities and the records' mean
+    input values; per model the count; the first and last time; latency percentiles."""
 
-    def __init__(self) -> None:
-        self.classes: dict[str, Counter] = {}
-        self.top: dict[str, tuple[float, int]] = {}
-        self.inputs: dict[str, list[float]] = {}
-        self._hour: str | None = None
-        self._scores: list = []
+    classes: dict[str, Counter] = field(default_factory=dict)
+    top: dict[str, tuple[float, int]] = field(default_factory=dict)
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    models: Counter = field(default_factory=Counter)
+    first: str | None = None
+    last: str | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
 
-    def add(self, hour: str, record: dict) -> None:
-        if hour != self._hour:
-            self.flush()
-            self._hour = hour
-        self.classes.setdefault(hour, Counter())[int(record["prediction"])] += 1
+
+def hour_label(moment: str) -> str:
+    """`2025-03-01T12:34:56.789Z` -> `2025-03-01 12:00`."""
+    return moment[:13].replace("T", " ") + ":00"
+
+
+def aggregate(records: Iterable[dict]) -> Aggregates:
+    """The aggregates of decoded records (one hour's scores in memory at a time)."""
+    result = Aggregates()
+    latencies: list[float] = []
+    inputs: dict[str, list[float]] = {}
+    current: str | None = None
+    scores: list = []
+    for record in records:
+        moment = record.get("time", "")
+        hour = hour_label(moment)
+        if hour != current:
+            _add_top(result, current, scores)
+            current, scores = hour, []
+        result.classes.setdefault(hour, Counter())[int(record["prediction"])] += 1
         if "scores" in record:
-            self._scores.append(record["scores"])
+            scores.append(record["scores"])
         if "inputs" in record:
-            self.inputs.setdefault(hour, []).append(float(np.mean(record["inputs"])))
+            inputs.setdefault(hour, []).append(float(np.mean(record["inputs"])))
+        model = record.get("model", {})
+        result.models[f"{model.get('name')} {model.get('version')}"] += 1
+        result.first = min(result.first or moment, moment)
+        result.last = max(result.last or moment, moment)
+        if record.get("row", 0) == 0 and "latency_ms" in record:  # once per request
+            latencies.append(float(record["latency_ms"]))
+    _add_top(result, current, scores)
+    result.inputs = {hour: np.asarray(values) for hour, values in inputs.items()}
+    if latencies:
+        values = np.percentile(latencies, [50, 90, 99])
+        result.latency_ms = {
+            "p50": float(values[0]),
+            "p90": float(values[1]),
+            "p99": float(values[2]),
+            "max": max(latencies),
+        }
+    return result
 
-    def flush(self) -> None:
-        if self._hour is None or not self._scores:
-            return
-        try:
-            top = top_probabilities(np.asarray(self._scores, dtype=np.float64))
-        except ValueError:  # rows of different lengths: models with different outputs
-            top = np.concatenate([top_probabilities(np.asarray([s])) for s in self._scores])
-        total, count = self.top.get(self._hour, (0.0, 0))
-        self.top[self._hour] = (total + float(top.sum()), count + len(top))
-        self._scores = []
+
+def _add_top(result: Aggregates, hour: str | None, scores: list) -> None:
+    if hour is None or not scores:
+        return
+    try:
+        top = top_probabilities(np.asarray(scores, dtype=np.float64))
+    except ValueError:  # rows of different lengths: models with different outputs
+        top = np.concatenate([top_probabilities(np.asarray([row])) for row in scores])
+    total, count = result.top.get(hour, (0.0, 0))
+    result.top[hour] = (total + float(top.sum()), count + len(top))
 
 
 def summarise(
@@ -163,53 +200,44 @@ def summarise(
     baseline_labels: np.ndarray | None = None,
     baseline_inputs: Callable[[], np.ndarray] | None = None,
 ) -> Summary:
+    """`summary(aggregate(records), ...)`: the statistics of decoded records."""
+    return summary(aggregate(records), env, baseline_labels, baseline_inputs)
+
+
+def summary(
+    aggregates: Aggregates,
+    env: str,
+    baseline_labels: np.ndarray | None = None,
+    baseline_inputs: Callable[[], np.ndarray] | None = None,
+) -> Summary:
     """Counts per class, hour and model; request latency percentiles; drift against the
     test set: `baseline_labels` ([N] ints) for the classes, `baseline_inputs()` ([N]
     floats, each test image's mean input value; called only when records carry inputs)."""
-    summary = Summary(env)
-    latencies = []
-    hours = _HourAccumulator()
-    for record in records:
-        summary.total += 1
-        summary.per_class[int(record["prediction"])] += 1
-        moment = record.get("time", "")
-        hour = moment[:13].replace("T", " ") + ":00"
-        summary.per_hour[hour] += 1
-        hours.add(hour, record)
-        model = record.get("model", {})
-        summary.per_model[f"{model.get('name')} {model.get('version')}"] += 1
-        summary.first = min(summary.first or moment, moment)
-        summary.last = max(summary.last or moment, moment)
-        if record.get("row", 0) == 0 and "latency_ms" in record:  # once per request
-            latencies.append(float(record["latency_ms"]))
-    hours.flush()
-    if latencies:
-        values = np.percentile(latencies, [50, 90, 99])
-        summary.latency_ms = {
-            "p50": float(values[0]),
-            "p90": float(values[1]),
-            "p99": float(values[2]),
-            "max": max(latencies),
-        }
-    if baseline_labels is not None and summary.total:
-        _compare(summary, baseline_labels)
-    _per_hour(summary, hours, baseline_inputs)
-    return summary
+    result = Summary(env)
+    for hour, counts in aggregates.classes.items():
+        result.per_class.update(counts)
+        result.per_hour[hour] = sum(counts.values())
+    result.total = sum(result.per_hour.values())
+    result.per_model = aggregates.models
+    result.first, result.last = aggregates.first, aggregates.last
+    result.latency_ms = aggregates.latency_ms
+    if baseline_labels is not None and result.total:
+        _compare(result, baseline_labels)
+    _per_hour(result, aggregates, baseline_inputs)
+    return result
 
 
 def _per_hour(
-    summary: Summary, hours: _HourAccumulator, baseline_inputs: Callable[[], np.ndarray] | None
+    summary: Summary, hours: Aggregates, baseline_inputs: Callable[[], np.ndarray] | None
 ) -> None:
-    edges = baseline_share = None
-    captured = [value for values in hours.inputs.values() for value in values]
-    if captured:
-        summary.input_mean = float(np.mean(captured))
-    if captured and baseline_inputs is not None:
+    captured = np.concatenate(list(hours.inputs.values())) if hours.inputs else np.empty(0)
+    if captured.size:
+        summary.input_mean = float(captured.mean())
+    if captured.size and baseline_inputs is not None:
         reference = np.asarray(baseline_inputs(), dtype=np.float64)
         summary.baseline_input_mean = float(reference.mean())
         edges = np.unique(np.quantile(reference, np.linspace(0, 1, 11)[1:-1]))
-        baseline_share = _shares(reference, edges)
-        summary.input_psi = psi(_shares(np.asarray(captured), edges), baseline_share)
+        summary.input_psi = psi(_shares(captured, edges), _shares(reference, edges))
     top_total = top_count = 0.0
     for hour in sorted(summary.per_hour):
         entry = HourDrift(hour, summary.per_hour[hour])
@@ -219,8 +247,8 @@ def _per_hour(
             total, count = hours.top[hour]
             entry.mean_top_score = total / count
             top_total, top_count = top_total + total, top_count + count
-        if hour in hours.inputs:
-            entry.mean_input = float(np.mean(hours.inputs[hour]))
+        if hour in hours.inputs and hours.inputs[hour].size:
+            entry.mean_input = float(hours.inputs[hour].mean())
         summary.hours.append(entry)
     if top_count:
         summary.mean_top_score = top_total / top_count

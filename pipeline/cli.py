@@ -31,9 +31,8 @@ from pipeline.gating import (
     gate_model,
 )
 from pipeline.image import ImageError
-from pipeline.predictions import chart, statistics
+from pipeline.predictions import chart, engine, statistics
 from pipeline.predictions import compact as compaction
-from pipeline.predictions import engine
 from pipeline.predictions import store as parts
 from pipeline.predictions.store import PredictionLogError
 from pipeline.records import RecordError
@@ -368,17 +367,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """Merge each finished hour's capture parts into a few large objects, exactly once."""
     store = parts.open_store(args.url)
     since = parts.parse_since(args.since) if args.since else None
-    hour = None
-    if args.hour:
-        moment = parts.parse_since(args.hour if len(args.hour) > 13 else args.hour + ":00")
-        hour = moment.replace(minute=0, second=0, microsecond=0)
+    hour = compaction.parse_hour(args.hour) if args.hour else None
     done = compaction.compact(store, args.environment, since=since, hour=hour)
     for entry in done:
-        print(
-            f"{entry.hour:%Y-%m-%d %H}:00  {entry.parts} parts, {entry.records} records -> "
-            f"{entry.objects} objects (generation {entry.generation}), {entry.cleaned} "
-            f"left-overs removed, {entry.seconds:.1f} s"
-        )
+        print(compaction.describe(entry))
     merged = sum(entry.records for entry in done)
     print(f"compacted {len(done)} hours of {args.environment} under {store.url}: {merged} records")
     return 0

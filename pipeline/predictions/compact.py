@@ -223,3 +223,60 @@ def _delete(store: PartStore, keys: list[str]) -> None:
             f"deleting under {store.url}: {exc}; the task role needs s3:DeleteObject on the "
             "capture prefix (run compact again: it finishes the job)"
         ) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.predictions.compact <env> --url s3://bucket/capture`: what the
+    scheduled task runs (the service image has the runtime dependencies only)."""
+    import argparse
+    import sys
+
+    from pipeline.predictions.store import open_store, parse_since
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.predictions.compact")
+    parser.add_argument("environment")
+    parser.add_argument("--url", required=True, help="s3://bucket/prefix or a directory")
+    parser.add_argument("--since", help="only hours since then: 2d, 6h or an ISO date/time")
+    parser.add_argument("--hour", help="this UTC hour only, e.g. 2025-03-01T12")
+    args = parser.parse_args(argv)
+    try:
+        store = open_store(args.url)
+        done = compact(
+            store,
+            args.environment,
+            since=parse_since(args.since) if args.since else None,
+            hour=parse_hour(args.hour) if args.hour else None,
+        )
+    except (PredictionLogError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for entry in done:
+        print(describe(entry))
+    merged = sum(entry.records for entry in done)
+    print(f"compacted {len(done)} hours of {args.environment} under {store.url}: {merged} records")
+    return 0
+
+
+def parse_hour(text: str) -> datetime:
+    """`2025-03-01T12` (or any ISO date/time in that hour) -> the UTC hour."""
+    from pipeline.predictions.store import parse_since
+
+    try:
+        moment = parse_since(text if len(text) > 13 else f"{text}:00")
+    except PredictionLogError:
+        raise PredictionLogError(
+            f"--hour {text!r} is not a UTC hour: write it as 2025-03-01T12"
+        ) from None
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def describe(entry: HourCompaction) -> str:
+    return (
+        f"{entry.hour:%Y-%m-%d %H}:00  {entry.parts} parts, {entry.records} records -> "
+        f"{entry.objects} objects (generation {entry.generation}), {entry.cleaned} "
+        f"left-overs removed, {entry.seconds:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -84,8 +84,9 @@ def aggregate_files(files: list[Path], since: datetime | None = None) -> Aggrega
     try:
         connection.execute(
             f"""CREATE TEMP TABLE records AS
-            SELECT replace(substr(time, 1, 13), 'T', ' ') || ':00' AS hour, * FROM read_json([{listing}], format = 'newline_delimited',
-                compression = 'gzip', columns = {{{columns}}}) {where}"""
+            SELECT replace(substr(time, 1, 13), 'T', ' ') || ':00' AS hour, *
+            FROM read_json([{listing}], format = 'newline_delimited', compression = 'gzip',
+                columns = {{{columns}}}) {where}"""
         )
         for hour, label, count in connection.execute(
             "SELECT hour, prediction, count(*) FROM records GROUP BY ALL"

@@ -31,7 +31,7 @@ from pipeline.gating import (
     gate_model,
 )
 from pipeline.image import ImageError
-from pipeline.predictions import chart, engine, statistics
+from pipeline.predictions import athena, chart, engine, statistics
 from pipeline.predictions import compact as compaction
 from pipeline.predictions import store as parts
 from pipeline.predictions.store import PredictionLogError
@@ -326,14 +326,29 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the comparison with the test set's labels (no download)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("local", "athena"),
+        default="local",
+        help="local: download the objects and compute with DuckDB (default); athena: query "
+        "the environment's Glue table in its Athena workgroup (Terraform outputs "
+        "athena_workgroup and glue_database, or <ENV>_ATHENA_WORKGROUP / <ENV>_GLUE_DATABASE)",
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Summarise an environment's predictions: classes, hours, latency, drift; table + PNG."""
-    store = parts.open_store(args.url)
     since = parts.parse_since(args.since) if args.since else None
+    if args.engine == "athena":
+        where = output(args.environment, "athena_workgroup")
+        aggregates = athena.aggregate(
+            boto3.client("athena"), where, output(args.environment, "glue_database"), since
+        )
+    else:
+        store = parts.open_store(args.url)
+        where = store.url
+        aggregates = engine.aggregate_store(store, args.environment, since)
     baseline = None if args.no_baseline else statistics.test_set_labels()
-    aggregates = engine.aggregate_store(store, args.environment, since)
     summary = statistics.summary(
         aggregates,
         args.environment,
@@ -342,7 +357,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     if not summary.total:
         raise PredictionLogError(
-            f"nothing to report: no predictions for {args.environment} under {store.url}"
+            f"nothing to report: no predictions for {args.environment} in {where}"
             + (f" since {args.since}" if args.since else "")
             + f"; check --url / {parts.URL_ENV}"
         )

@@ -7,8 +7,9 @@ so one reader and one Athena table read both forms. The steps, for one hour:
 
 1. finish an earlier run: delete the parts a manifest already covers, and the
    merged objects no manifest commits (a run that stopped before its commit);
-2. read the parts no manifest covers, concatenate their lines, write the merged
-   objects (`compacted-<generation>-<digest>-<i>.jsonl.gz`);
+2. read the parts no manifest covers, count their records, write the merged objects
+   (`compacted-<generation>-<digest>-<i>.jsonl.gz`: the parts' gzip members side by
+   side, `partformat.merge`) with a conditional write;
 3. read the merged objects back and check their record count against the parts';
 4. commit: write the manifest `_compacted-<generation>.json` (the parts it
    covers, the objects that now hold their records) with a conditional write
@@ -47,16 +48,14 @@ from pipeline.predictions.store import (
 from service.capture import partformat
 from service.store import StoreError
 
-# One task-hour at ~100 records/s is ~150 MB of JSON: three objects. Ten busy tasks'
-# hour stays at four objects of ~400 MB (Athena splits gzip objects per file, so a few
-# large ones scan as fast as many).
+# One task-hour at ~100 records/s is ~37 MB of parts (gzip): one object. Ten busy tasks'
+# hour stays at four objects of ~100 MB (a gzip object is read whole by one Athena
+# reader, so a few objects per hour keep the scan parallel).
 MAX_OBJECTS = 4
-TARGET_OBJECT_BYTES = 64 * 1024 * 1024  # uncompressed JSON per merged object
+TARGET_OBJECT_BYTES = 128 * 1024 * 1024  # gzip bytes per merged object
 # An hour is finished once its last second is this long past: the recorder uploads a
 # part within seconds; later arrivals (a spool draining) become the next generation.
 SETTLE = timedelta(minutes=10)
-# gzip level 6 (zlib's default): merged objects are written once and read many times.
-MERGED_GZIP_LEVEL = 6
 
 Checkpoint = Callable[[str], None]
 
@@ -133,15 +132,16 @@ def compact_hour(
         return HourCompaction(hour.hour, 0, 0, 0, 0, len(leftovers), time.perf_counter() - started)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         bodies = list(pool.map(lambda name: read_part(store, hour.key(name)), sources))
-        chunks = _split(
-            [_lines(store, hour, name, body) for name, body in zip(sources, bodies, strict=True)]
+        part_counts = list(
+            pool.map(lambda pair: _count(store, hour, *pair), zip(sources, bodies, strict=True))
         )
-        records = sum(len(chunk) for chunk in chunks)
+        records = sum(part_counts)
+        groups = _groups([len(body) for body in bodies])
         digest = hashlib.sha256("\n".join(sources).encode()).hexdigest()[:12]
-        names = [partformat.compacted_name(generation, digest, i) for i in range(len(chunks))]
-        encoded = list(pool.map(lambda chunk: partformat.encode(chunk, MERGED_GZIP_LEVEL), chunks))
-        for name, body in zip(names, encoded, strict=True):
-            if not store.put_new(hour.key(name), body, partformat.CONTENT_TYPE):
+        names = [partformat.compacted_name(generation, digest, i) for i in range(len(groups))]
+        for name, group in zip(names, groups, strict=True):
+            merged = partformat.merge(bodies[i] for i in group)
+            if not store.put_new(hour.key(name), merged, partformat.CONTENT_TYPE):
                 raise CompactionError(
                     f"{store.url}/{hour.key(name)} exists: another compaction of this hour is "
                     "running; run compact again once it is done"
@@ -186,9 +186,9 @@ def compact_hour(
     )
 
 
-def _lines(store: PartStore, hour: Hour, name: str, body: bytes) -> list[bytes]:
+def _count(store: PartStore, hour: Hour, name: str, body: bytes) -> int:
     try:
-        return partformat.lines(body)
+        return partformat.count(body)
     except (OSError, EOFError) as exc:
         raise PredictionLogError(
             f"{store.url}/{hour.key(name)} is not a gzip JSON Lines part ({exc}); move it "
@@ -196,21 +196,17 @@ def _lines(store: PartStore, hour: Hour, name: str, body: bytes) -> list[bytes]:
         ) from None
 
 
-def _split(parts: list[list[bytes]]) -> list[list[bytes]]:
-    """The parts' lines in at most MAX_OBJECTS chunks of about TARGET_OBJECT_BYTES each."""
-    every = [line for lines in parts for line in lines]
-    size = sum(len(line) for line in every)
-    count = max(1, min(MAX_OBJECTS, -(-size // TARGET_OBJECT_BYTES)))
-    if count == 1:
-        return [every]
-    chunks: list[list[bytes]] = [[] for _ in range(count)]
-    target, filled, index = size / count, 0, 0
-    for line in every:
-        if filled >= target * (index + 1) and index < count - 1:
-            index += 1
-        chunks[index].append(line)
-        filled += len(line)
-    return [chunk for chunk in chunks if chunk]
+def _groups(sizes: list[int]) -> list[list[int]]:
+    """Indexes of the parts (in order) for each merged object: at most MAX_OBJECTS groups
+    of about TARGET_OBJECT_BYTES (gzip bytes) each."""
+    total = sum(sizes)
+    count = max(1, min(MAX_OBJECTS, -(-total // TARGET_OBJECT_BYTES)))
+    groups: list[list[int]] = [[] for _ in range(count)]
+    filled = 0
+    for index, size in enumerate(sizes):
+        groups[min(count - 1, int(filled * count // max(total, 1)))].append(index)
+        filled += size
+    return [group for group in groups if group]
 
 
 def _delete(store: PartStore, keys: list[str]) -> None:

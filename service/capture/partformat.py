@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import re
 import time
+import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -38,6 +39,9 @@ _FIELD_DIGITS = {"%Y": 4, "%m": 2, "%d": 2, "%H": 2}
 COMPACTED_PREFIX = "compacted-"
 MANIFEST_PREFIX = "_compacted-"
 MANIFEST_SUFFIX = ".json"
+# Bytes handed to zlib at a time when decompressing: bounds the copy of what follows a
+# member's end (see `decompress`).
+_CHUNK = 1 << 16
 
 
 def hour_prefix(env: str, timestamp: float) -> str:
@@ -108,18 +112,59 @@ def encode(lines: Iterable[bytes], level: int = GZIP_LEVEL) -> bytes:
     return gzip.compress(b"".join(lines), compresslevel=level, mtime=0)
 
 
+def merge(bodies: Iterable[bytes]) -> bytes:
+    """Objects -> one object holding all their records: the members side by side.
+
+    "A gzip file consists of a series of members" (RFC 1952, 2.2): readers of gzip
+    (zlib, DuckDB, Athena's Hadoop codec) read every member, so merging needs no
+    recompression. Measured on a task-hour of 3,600 parts: 0.02 s, where decompressing
+    and compressing again at level 6 takes 3 s (and saves 11% of the bytes).
+    """
+    return b"".join(bodies)
+
+
+def decompress(body: bytes) -> bytes:
+    """The bytes of every gzip member of `body`, in time linear in its size.
+
+    (`gzip.decompress` copies the rest of the object after each member: 30 s for a
+    merged task-hour of 3,600 members against 0.5 s here.) Raises gzip.BadGzipFile (an
+    OSError) when `body` is not gzip and EOFError when it is cut short.
+    """
+    view = memoryview(body)
+    out: list[bytes] = []
+    offset = 0
+    member = zlib.decompressobj(wbits=31)
+    started = False
+    try:
+        while offset < len(body):
+            chunk = view[offset : offset + _CHUNK]
+            out.append(member.decompress(chunk))
+            started = True
+            if member.eof:
+                offset += len(chunk) - len(member.unused_data)
+                member = zlib.decompressobj(wbits=31)
+                started = False
+            else:
+                offset += len(chunk)
+    except zlib.error as exc:
+        raise gzip.BadGzipFile(f"not gzip: {exc}") from None
+    if started:
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+    return b"".join(out)
+
+
 def lines(body: bytes) -> list[bytes]:
     """The non-empty JSON lines of an object, newline kept. Raises OSError/EOFError when
     it is not gzip."""
-    return [line + b"\n" for line in gzip.decompress(body).split(b"\n") if line.strip()]
+    return [line + b"\n" for line in decompress(body).split(b"\n") if line.strip()]
 
 
 def count(body: bytes) -> int:
     """The number of records in an object (raises OSError/EOFError when it is not gzip)."""
-    return len(lines(body))
+    return sum(1 for line in decompress(body).split(b"\n") if line.strip())
 
 
 def decode(body: bytes) -> list[dict]:
     """The records of an object. Raises OSError/EOFError (not gzip) or
     orjson.JSONDecodeError (a line that is not JSON)."""
-    return [orjson.loads(line) for line in gzip.decompress(body).splitlines() if line.strip()]
+    return [orjson.loads(line) for line in decompress(body).splitlines() if line.strip()]

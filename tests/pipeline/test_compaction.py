@@ -137,13 +137,21 @@ def test_parts_arriving_after_a_compaction_are_read_and_merged_next_time(tmp_pat
     assert len([n for n in names(store, NOON) if partformat.is_manifest(n)]) == 2
 
 
-def test_a_merged_object_with_the_wrong_count_is_never_committed(tmp_path, monkeypatch):
+class LosesTheLastPart(LocalStore):
+    """A store whose writes of merged objects come out short (the last part missing)."""
+
+    def put_new(self, key: str, body: bytes, content_type: str = "") -> bool:
+        if partformat.is_compacted(key.rsplit("/", 1)[1]):
+            body = body[: body.rindex(b"\x1f\x8b\x08")]  # the last gzip member's start
+        return super().put_new(key, body, content_type)
+
+
+def test_a_merged_object_with_the_wrong_count_is_never_committed(tmp_path):
     capture(str(tmp_path), NOON, 8)
+    with pytest.raises(compaction.CompactionError, match="hold 4 records, the parts 8"):
+        compaction.compact(LosesTheLastPart(tmp_path), "dev", now=LATER)
     store = parts.open_store(str(tmp_path))
-    monkeypatch.setattr(partformat, "count", lambda body: 7)
-    with pytest.raises(compaction.CompactionError, match="hold 7 records, the parts 8"):
-        compaction.compact(store, "dev", now=LATER)
-    assert len(names(store, NOON)) == 2  # the parts only
+    assert len(names(store, NOON)) == 2  # the parts only: the short object was removed
     assert sum(ids(store).values()) == 8
 
 

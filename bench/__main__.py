@@ -13,7 +13,7 @@ from bench.run import BenchError, Options, run
 from bench.wrk import WrkError
 
 DEFAULT_OUTPUT = Path("build/bench/results.json")
-CONTENDERS = ("compute", "bare", "fastapi", "service", "capture")
+CONTENDERS = ("compute", "bare", "fastapi", "service", "capture", "capture-read")
 
 
 def concurrency_levels(text: str) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ how far the distributions moved, not on whether they did:
 No verdict below `MIN_RECORDS` (1,000) records, overall or in an hour: sampling
 alone moves the estimates. For k equally likely classes and n records, TVD's
 expected value with no drift at all is about `0.4 * k * sqrt((1/k)(1 - 1/k) / n)`
-(0.038 for k = 10, n = 1,000: under half the threshold; 0.54 for n = 4) and PSI's is
+(0.038 for k = 10, n = 1,000: under half the threshold; about 0.6 for n = 4) and PSI's is
 about `(k - 1) / n` (0.009). The chi-square test is kept as a footnote.
 """
 

@@ -544,7 +544,8 @@ def test_no_policy_grants_every_action_on_every_resource(applied: Applied) -> No
         for role in applied.client("iam").list_roles()["Roles"]
         if role["RoleName"].startswith("onnx-ship-")
     ]
-    assert len(roles) == 8, roles  # task, execution, deploy, flow logs per environment
+    # task, execution, deploy, flow logs, compaction, scheduler per environment
+    assert len(roles) == 12, roles
     offenders = {name: iam.wildcard_statements(role_policies(applied, name)) for name in roles}
     assert not {name: found for name, found in offenders.items() if found}
 

@@ -41,7 +41,9 @@ from pipeline.predictions.store import (
     Hour,
     PartStore,
     PredictionLogError,
+    group_hours,
     list_hours,
+    part_keys,
     read_manifest,
     read_part,
 )
@@ -91,7 +93,8 @@ def compact(
     """Compact `hour`, or every finished hour since `since` (all hours when None)."""
     now = now or datetime.now(UTC)
     if hour is not None:
-        hours = [h for h in list_hours(store, env, hour, now) if h.hour == hour]
+        keys = part_keys(store, partformat.hour_key(env, hour) + "/")
+        hours = [h for h in group_hours(keys).values() if h.hour == hour]
     else:
         hours = [
             h

@@ -238,3 +238,32 @@ def test_the_engine_reads_s3_like_the_records(aws):
     by_python, by_engine = python_and_engine(store)
     assert by_engine.total == 24
     assert_same(by_python, by_engine)
+
+
+def test_the_scheduled_command_runs_on_the_service_images_dependencies(tmp_path):
+    """The compaction task runs the service image, which has the runtime dependencies
+    only (pyproject's `dependencies`): the command imports none of the pipeline's."""
+    import subprocess
+    import sys
+
+    capture(str(tmp_path), NOON, 8)
+    code = (
+        "import sys; from pipeline.predictions.compact import main; code = main(sys.argv[1:]); "
+        "extra = {'duckdb', 'matplotlib', 'onnx', 'python_terraform'} & set(sys.modules); "
+        "sys.exit(f'imported {extra}' if extra else code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "dev", "--url", str(tmp_path), "--hour", "2025-03-01T12"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "compacted 1 hours of dev" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-c", code, "dev", "--url", str(tmp_path), "--hour", "noon"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "--hour 'noon' is not a UTC hour" in bad.stderr

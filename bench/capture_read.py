@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -110,13 +111,27 @@ def aws_environment(env: dict[str, str]):
                 os.environ[key] = value
 
 
-def sequential(store: parts.PartStore, since: datetime | None) -> statistics.Summary:
+def sequential(store: parts.PartStore, since: datetime | None) -> int:
     """The reader before compaction and the engine: one GET at a time, every record decoded."""
     keys = [
         key for hour in parts.list_hours(store, ENV, since) for key in parts.data_keys(store, hour)
     ]
     records = (record for key in keys for record in partformat.decode(parts.read_part(store, key)))
-    return statistics.summarise(records, ENV)
+    return statistics.summarise(records, ENV).total
+
+
+class CaptureReadError(Exception):
+    """A reader found another number of records than were written."""
+
+
+def timed(name: str, objects: int, expected: int, read: Callable[[], int]) -> ReadRow:
+    """Time `read()` (which returns the records it read) and check its count."""
+    started = time.perf_counter()
+    records = read()
+    seconds = time.perf_counter() - started
+    if records != expected:
+        raise CaptureReadError(f"{name}: read {records:,} records, {expected:,} were written")
+    return ReadRow(name, records, objects, seconds)
 
 
 def measure(
@@ -130,6 +145,7 @@ def measure(
     result = CaptureRead()
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     first = now - timedelta(hours=hours)
+    since = first - timedelta(minutes=1)
     with aws_environment(aws_env):
         store = parts.open_store(url)
         log(f"encoding one task-hour: {parts_per_hour} parts of {records_per_part} records")
@@ -137,51 +153,30 @@ def measure(
         records = sum(part.records for part in encoded)
         with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
             list(pool.map(lambda p: store.put_new(p.key, p.body, partformat.CONTENT_TYPE), encoded))
-        since = first - timedelta(minutes=1)
 
-        log("reading it back: sequential GETs")
-        started = time.perf_counter()
-        summary = sequential(store, since)
-        result.rows.append(
-            ReadRow(
-                "sequential GETs (before)",
-                summary.total,
-                len(encoded),
-                time.perf_counter() - started,
-            )
-        )
+        def report() -> int:
+            return statistics.summary(engine.aggregate_store(store, ENV, since), ENV).total
 
-        log("reading it back: the report engine")
-        started = time.perf_counter()
-        summary = statistics.summary(engine.aggregate_store(store, ENV, since), ENV)
-        result.rows.append(
-            ReadRow("report engine", summary.total, len(encoded), time.perf_counter() - started)
-        )
-        assert summary.total == records, (summary.total, records)
-
+        log("reading it back: sequential GETs, then the report engine")
+        before = "sequential GETs (before)"
+        result.rows.append(timed(before, len(encoded), records, lambda: sequential(store, since)))
+        result.rows.append(timed("report engine", len(encoded), records, report))
         log("compacting it")
-        started = time.perf_counter()
-        (done,) = compact.compact(store, ENV, hour=first, now=now)
         result.rows.append(
-            ReadRow("compaction", done.records, done.parts, time.perf_counter() - started)
+            timed(
+                "compaction",
+                len(encoded),
+                records,
+                lambda: compact.compact(store, ENV, hour=first, now=now)[0].records,
+            )
         )
         hour = parts.list_hours(store, ENV, since)[0]
         result.objects_per_task_hour = len(hour.compacted) + len(hour.parts)
-
-        log(f"copying the compacted hour to {hours - 1} more hours")
+        log(f"copying the compacted hour to {hours - 1} more hours, reading the {hours} hours")
         copy_hours(store, hour, [first + timedelta(hours=h) for h in range(1, hours)])
-        started = time.perf_counter()
-        summary = statistics.summary(engine.aggregate_store(store, ENV, since), ENV)
-        objects = sum(len(h.compacted) for h in parts.list_hours(store, ENV, since))
-        result.rows.append(
-            ReadRow(
-                f"report engine, compacted {hours} h",
-                summary.total,
-                objects,
-                time.perf_counter() - started,
-            )
-        )
-        assert summary.total == records * hours, (summary.total, records * hours)
+        objects = hours * len(hour.compacted)
+        day = f"report engine, compacted {hours} h"
+        result.rows.append(timed(day, objects, records * hours, report))
     return result
 
 

@@ -120,25 +120,65 @@ def compact_hour(
     """
     started = time.perf_counter()
     step = checkpoint or (lambda _: None)
-    manifests = [read_manifest(store, hour, name) for name in sorted(hour.manifests)]
-    covered = {name for manifest in manifests for name in manifest["sources"]}
-    committed = {entry["name"] for manifest in manifests for entry in manifest["objects"]}
-    leftovers = [name for name in hour.parts if name in covered]
-    leftovers += [name for name in hour.compacted if name not in committed]
-    _delete(store, [hour.key(name) for name in leftovers])
+    covered, leftovers = _finish_earlier_runs(store, hour)
     step("cleaned")
     sources = sorted(name for name in hour.parts if name not in covered)
     generation = 1 + max(
         (partformat.manifest_generation(name) for name in hour.manifests), default=0
     )
     if not sources:
-        return HourCompaction(hour.hour, 0, 0, 0, 0, len(leftovers), time.perf_counter() - started)
+        return HourCompaction(hour.hour, 0, 0, 0, 0, leftovers, time.perf_counter() - started)
+    records, objects = _write_merged(store, hour, sources, generation, workers, step)
+    manifest = {
+        "generation": generation,
+        "hour": hour.hour.isoformat(),
+        "records": records,
+        "sources": sources,
+        "objects": [{"name": name, "records": n} for name, n in objects],
+    }
+    if not store.put_new(
+        hour.key(partformat.manifest_name(generation)),
+        orjson.dumps(manifest, option=orjson.OPT_INDENT_2),
+        "application/json",
+    ):
+        raise CompactionError(
+            f"{store.url}/{hour.prefix}: another compaction committed generation {generation} "
+            "first; run compact again"
+        )
+    step("committed")
+    _delete(store, [hour.key(name) for name in sources])
+    elapsed = time.perf_counter() - started
+    return HourCompaction(
+        hour.hour, generation, len(sources), records, len(objects), leftovers, elapsed
+    )
+
+
+def _finish_earlier_runs(store: PartStore, hour: Hour) -> tuple[set[str], int]:
+    """Step 1: delete the parts the hour's manifests cover and the merged objects none
+    commits. The covered parts' names, and how many objects were deleted."""
+    manifests = [read_manifest(store, hour, name) for name in sorted(hour.manifests)]
+    covered = {name for manifest in manifests for name in manifest["sources"]}
+    committed = {entry["name"] for manifest in manifests for entry in manifest["objects"]}
+    leftovers = [name for name in hour.parts if name in covered]
+    leftovers += [name for name in hour.compacted if name not in committed]
+    _delete(store, [hour.key(name) for name in leftovers])
+    return covered, len(leftovers)
+
+
+def _write_merged(
+    store: PartStore,
+    hour: Hour,
+    sources: list[str],
+    generation: int,
+    workers: int,
+    step: Checkpoint,
+) -> tuple[int, list[tuple[str, int]]]:
+    """Steps 2 and 3: the parts' record count, and each merged object's name and count."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
         bodies = list(pool.map(lambda name: read_part(store, hour.key(name)), sources))
-        part_counts = list(
+        records = sum(
             pool.map(lambda pair: _count(store, hour, *pair), zip(sources, bodies, strict=True))
         )
-        records = sum(part_counts)
         groups = _groups([len(body) for body in bodies])
         digest = hashlib.sha256("\n".join(sources).encode()).hexdigest()[:12]
         names = [partformat.compacted_name(generation, digest, i) for i in range(len(groups))]
@@ -160,33 +200,7 @@ def compact_hour(
             f"parts {records}; nothing was committed, run compact again"
         )
     step("verified")
-    manifest = {
-        "generation": generation,
-        "hour": hour.hour.isoformat(),
-        "records": records,
-        "sources": sources,
-        "objects": [{"name": name, "records": n} for name, n in zip(names, counts, strict=True)],
-    }
-    if not store.put_new(
-        hour.key(partformat.manifest_name(generation)),
-        orjson.dumps(manifest, option=orjson.OPT_INDENT_2),
-        "application/json",
-    ):
-        raise CompactionError(
-            f"{store.url}/{hour.prefix}: another compaction committed generation {generation} "
-            "first; run compact again"
-        )
-    step("committed")
-    _delete(store, [hour.key(name) for name in sources])
-    return HourCompaction(
-        hour.hour,
-        generation,
-        len(sources),
-        records,
-        len(names),
-        len(leftovers),
-        time.perf_counter() - started,
-    )
+    return records, list(zip(names, counts, strict=True))
 
 
 def _count(store: PartStore, hour: Hour, name: str, body: bytes) -> int:

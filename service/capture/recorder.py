@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.capture import partformat
 from service.capture.metrics import CaptureMetrics
+from service.capture.partformat import count as count_records
 from service.capture.records import Part, PartNamer, Pending, encode_parts
 from service.capture.sinks import Sink, SinkError, open_sink
 from service.capture.spool import Spool
@@ -336,7 +336,7 @@ class CaptureRecorder:
         except FileNotFoundError:
             return 0
         self.sink.put(self._spool.key(path), body)
-        return partformat.count(body)
+        return count_records(body)
 
     async def _save_to_spool(self, part: Part) -> None:
         try:

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from service.capture import partformat
 from service.capture.partformat import SUFFIX as PART_SUFFIX
 from service.capture.partformat import decode as decode_part
+from service.capture.partformat import encode as encode_part
 from service.capture.partformat import hour_prefix
 from service.model import ModelInfo
 
@@ -243,7 +243,7 @@ def encode_parts(
     return [
         Part(
             key=namer(env, hour * 3600),
-            body=partformat.encode(lines),
+            body=encode_part(lines),
             records=len(lines),
         )
         for hour, chunks in sorted(by_hour.items())

@@ -869,8 +869,20 @@ def test_environment_state_lives_in_the_bootstrap_bucket(
         assert terraform.outputs("dev", terraform_dir=work) == applied.outputs["dev"]
 
 
-def test_destroy_removes_both_environments(applied: Applied) -> None:
+# moto 5.2.5 has no Athena DeleteNamedQuery (it answers 500): the saved queries leave the
+# state without a request, and the rest is destroyed for real.
+MOTO_CANNOT_DELETE = ("module.capture_catalog.aws_athena_named_query.this",)
+
+
+def test_destroy_removes_both_environments(applied: Applied, terraform_bin: str) -> None:
     def destroy(env: str) -> list[Any]:
+        subprocess.run(
+            [terraform_bin, "state", "rm", *MOTO_CANNOT_DELETE],
+            cwd=applied.root(env),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         # The state was refreshed by the plan above: skip a second refresh.
         terraform.destroy(
             env,

@@ -7,7 +7,10 @@ On the moto S3 server on loopback (`bench.moto`), one run measures:
 - `report engine`: `pipeline.predictions.engine` (16 parallel GETs, DuckDB);
 - `compaction`: `pipeline.predictions.compact.compact_hour` of that hour, from listing to
   the parts' deletion;
-- `report engine, compacted day`: the engine over 24 compacted task-hours (`--since 24h`).
+- `report engine, compacted day`: the engine over 24 compacted task-hours (`--since 24h`);
+- `compaction, peak-size parts`: the same records in parts of 10,000 records, as a task at
+  its peak writes them (a part a second, `encode_parts`' max_records): what the
+  compaction rate is compared with the peak capture rate on.
 
 A task-hour is 3,600 parts of 100 records (one part a second at 100 requests/s, as the
 recorder writes them: `encode_parts`, one record per `/predict` request, 10 scores).
@@ -38,7 +41,11 @@ from service.model import ModelInfo
 
 PARTS_PER_HOUR = 3600
 RECORDS_PER_PART = 100
+# A task at its peak still writes a part a second, of up to 10,000 records
+# (`encode_parts`' max_records): the compaction row at peak merges such parts.
+PEAK_RECORDS_PER_PART = 10_000
 ENV = "bench"
+PEAK_ENV = "bench-peak"
 UPLOAD_WORKERS = 16
 
 
@@ -71,7 +78,9 @@ class CaptureRead:
         }
 
 
-def task_hour(hour: datetime, parts_per_hour: int, records_per_part: int) -> list[Any]:
+def task_hour(
+    hour: datetime, parts_per_hour: int, records_per_part: int, env: str = ENV
+) -> list[Any]:
     """One task's hour of parts, as the recorder encodes them (random logits)."""
     rng = np.random.default_rng(14)
     info = ModelInfo("mnist-8", "1", "cd" * 32)
@@ -93,7 +102,7 @@ def task_hour(hour: datetime, parts_per_hour: int, records_per_part: int) -> lis
             )
             for row in range(records_per_part)
         ]
-        encoded += encode_parts(entries, ENV, namer)
+        encoded += encode_parts(entries, env, namer)
     return encoded
 
 
@@ -177,7 +186,26 @@ def measure(
         objects = hours * len(hour.compacted)
         day = f"report engine, compacted {hours} h"
         result.rows.append(timed(day, objects, records * hours, report))
+        result.rows.append(peak_compaction(store, first, now, records, records_per_part))
     return result
+
+
+def peak_compaction(
+    store: parts.PartStore, hour: datetime, now: datetime, records: int, records_per_part: int
+) -> ReadRow:
+    """Compaction of `records` in parts as a task at its peak writes them."""
+    per_part = min(PEAK_RECORDS_PER_PART, records)
+    count = max(1, records // per_part)
+    log(f"compacting {count} peak-size parts of {per_part} records")
+    encoded = task_hour(hour, count, per_part, PEAK_ENV)
+    with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
+        list(pool.map(lambda p: store.put_new(p.key, p.body, partformat.CONTENT_TYPE), encoded))
+    return timed(
+        f"compaction, peak-size parts ({per_part:,} records)",
+        len(encoded),
+        count * per_part,
+        lambda: compact.compact(store, PEAK_ENV, hour=hour, now=now)[0].records,
+    )
 
 
 def copy_hours(store: parts.PartStore, source: parts.Hour, hours: list[datetime]) -> None:

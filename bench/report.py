@@ -115,7 +115,7 @@ def capture_read_targets(results: Results, at_least, at_most) -> list[Target]:
         return []
     before = found.row("sequential GETs (before)")
     engine = found.row("report engine")
-    merge = found.row("compaction")
+    merge = next((row for row in found.rows if row.name.startswith("compaction, peak")), None)
     day = next((row for row in found.rows if row.name.startswith("report engine, compacted")), None)
     peak = peak_capture_records_per_second(results)
     return [

@@ -54,12 +54,14 @@ def object_files(
     store: PartStore, env: str, since: datetime | None, directory: Path, workers: int
 ) -> list[Path]:
     """The files holding `env`'s records since `since`, each record once: a local store's
-    own files, or an S3 store's objects downloaded `workers` at a time into `directory`."""
+    own files, or, from S3, one file per hour: the objects downloaded `workers` at a time,
+    then each hour's appended into one (`partformat.merge`'s layout: DuckDB then opens
+    24 files for a day of parts instead of 86,400)."""
     hours = list_hours(store, env, since)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        keys = [key for listed in pool.map(lambda h: data_keys(store, h), hours) for key in listed]
+        keys = list(pool.map(lambda h: data_keys(store, h), hours))
         if isinstance(store, LocalStore):
-            return [store.root / key for key in keys]
+            return [store.root / key for listed in keys for key in listed]
 
         def download(key: str) -> Path:
             path = directory / key
@@ -67,7 +69,17 @@ def object_files(
             path.write_bytes(read_part(store, key))
             return path
 
-        return list(pool.map(download, keys))
+        downloaded = list(pool.map(download, [key for listed in keys for key in listed]))
+    files, start = [], 0
+    for listed in keys:
+        pieces, start = downloaded[start : start + len(listed)], start + len(listed)
+        if len(pieces) > 1:
+            with pieces[0].open("ab") as merged:
+                for piece in pieces[1:]:
+                    merged.write(piece.read_bytes())
+                    piece.unlink()
+        files += pieces[:1]
+    return files
 
 
 def aggregate_files(files: list[Path], since: datetime | None = None) -> Aggregates:

@@ -202,6 +202,7 @@ def test_capture_read_targets_compare_the_engine_compaction_and_day_with_the_bas
             capture_read.ReadRow("report engine", 360_000, 3600, 2.0),
             capture_read.ReadRow("compaction", 360_000, 3600, 1.0),
             capture_read.ReadRow("report engine, compacted 24 h", 8_640_000, 24, 25.0),
+            capture_read.ReadRow("compaction, peak-size parts (10,000 records)", 360_000, 36, 1.0),
         ],
         objects_per_task_hour=2,
     )
@@ -228,6 +229,7 @@ def test_capture_read_rows_on_a_small_capture(aws) -> None:
         ("report engine", 60, 12),
         ("compaction", 60, 12),
         ("report engine, compacted 3 h", 180, 3),
+        ("compaction, peak-size parts (60 records)", 60, 1),
     ]
     assert found.objects_per_task_hour == 1
 

@@ -11,11 +11,14 @@ in place, and asks DuckDB for `statistics.Aggregates`.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +45,9 @@ COLUMNS = {
     "model": "STRUCT(name VARCHAR, version VARCHAR)",
     "inputs": "DOUBLE[]",
 }
+# Hours downloaded ahead of the one DuckDB reads: a bound on the disk a report uses
+# (4 compacted task-hours: ~150 MB).
+LOOKAHEAD_HOURS = 4
 # A row's top-class probability: its maximum when it is a distribution already, else
 # softmax's (`statistics.top_probabilities`, the same rule in numpy).
 TOP_PROBABILITY = """CASE
@@ -50,18 +56,23 @@ TOP_PROBABILITY = """CASE
 END"""
 
 
-def object_files(
+def hour_files(
     store: PartStore, env: str, since: datetime | None, directory: Path, workers: int
-) -> list[Path]:
-    """The files holding `env`'s records since `since`, each record once: a local store's
-    own files, or, from S3, one file per hour: the objects downloaded `workers` at a time,
-    then each hour's appended into one (`partformat.merge`'s layout: DuckDB then opens
-    24 files for a day of parts instead of 86,400)."""
+) -> Iterator[list[Path]]:
+    """The files holding each hour's records (newest hour first), each record once: a
+    local store's own files, or an S3 hour's objects downloaded `workers` at a time into
+    `directory` and appended into one file (`partformat.merge`'s layout: DuckDB opens one
+    file an hour, not 3,600). Downloads run up to LOOKAHEAD_HOURS ahead of the consumer,
+    so DuckDB computes one hour while the next ones arrive; an hour's files are removed
+    once the consumer asks for the next."""
     hours = list_hours(store, env, since)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        keys = list(pool.map(lambda h: data_keys(store, h), hours))
+    pool = ThreadPoolExecutor(max(1, workers))
+    try:
+        plans = [pool.submit(data_keys, store, hour) for hour in hours]
         if isinstance(store, LocalStore):
-            return [store.root / key for listed in keys for key in listed]
+            for plan in plans:
+                yield [store.root / key for key in plan.result()]
+            return
 
         def download(key: str) -> Path:
             path = directory / key
@@ -69,76 +80,96 @@ def object_files(
             path.write_bytes(read_part(store, key))
             return path
 
-        downloaded = list(pool.map(download, [key for listed in keys for key in listed]))
-    files, start = [], 0
-    for listed in keys:
-        pieces, start = downloaded[start : start + len(listed)], start + len(listed)
-        if len(pieces) > 1:
-            with pieces[0].open("ab") as merged:
-                for piece in pieces[1:]:
-                    merged.write(piece.read_bytes())
-                    piece.unlink()
-        files += pieces[:1]
-    return files
-
-
-def aggregate_files(files: list[Path], since: datetime | None = None) -> Aggregates:
-    """The report's aggregates over gzip JSON Lines `files` (records at or after `since`)."""
-    import duckdb
-
-    result = Aggregates()
-    if not files:
-        return result
-    listing = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
-    columns = ", ".join(f"'{name}': '{kind}'" for name, kind in COLUMNS.items())
-    where = f"WHERE time >= '{_iso(since)}'" if since else ""
-    connection = duckdb.connect()
-    try:
-        connection.execute(
-            f"""CREATE TEMP TABLE records AS
-            SELECT replace(substr(time, 1, 13), 'T', ' ') || ':00' AS hour, *
-            FROM read_json([{listing}], format = 'newline_delimited', compression = 'gzip',
-                columns = {{{columns}}}) {where}"""
-        )
-        for hour, label, count in connection.execute(
-            "SELECT hour, prediction, count(*) FROM records GROUP BY ALL"
-        ).fetchall():
-            result.classes.setdefault(hour, Counter())[int(label)] = int(count)
-        for hour, total, count in connection.execute(
-            f"SELECT hour, sum({TOP_PROBABILITY}), count(*) FROM records "
-            "WHERE scores IS NOT NULL GROUP BY ALL"
-        ).fetchall():
-            result.top[hour] = (float(total), int(count))
-        for model, count in connection.execute(
-            "SELECT model.name || ' ' || model.version, count(*) FROM records GROUP BY ALL"
-        ).fetchall():
-            result.models[str(model)] = int(count)
-        result.first, result.last = connection.execute(
-            "SELECT min(time), max(time) FROM records"
-        ).fetchone()
-        quantiles, slowest = connection.execute(
-            "SELECT quantile_cont(latency_ms, [0.5, 0.9, 0.99]), max(latency_ms) FROM records "
-            "WHERE coalesce(row, 0) = 0 AND latency_ms IS NOT NULL"
-        ).fetchone()
-        if quantiles is not None:
-            result.latency_ms = dict(zip(("p50", "p90", "p99"), map(float, quantiles), strict=True))
-            result.latency_ms["max"] = float(slowest)
-        means = connection.execute(
-            "SELECT hour, list_avg(inputs) AS mean FROM records WHERE inputs IS NOT NULL"
-        ).fetchnumpy()
-        for hour in np.unique(means["hour"]):
-            result.inputs[str(hour)] = np.asarray(means["mean"][means["hour"] == hour], float)
-    except duckdb.Error as exc:
-        raise PredictionLogError(f"reading the captured records: {exc}") from None
+        pending: deque[list[Future[Path]]] = deque()
+        ahead = iter(plans)
+        for _ in hours:
+            for plan in itertools.islice(ahead, LOOKAHEAD_HOURS - len(pending)):
+                pending.append([pool.submit(download, key) for key in plan.result()])
+            paths = [future.result() for future in pending.popleft()]
+            if len(paths) > 1:
+                with paths[0].open("ab") as merged:
+                    for path in paths[1:]:
+                        merged.write(path.read_bytes())
+                        path.unlink()
+            yield paths[:1]
+            for path in paths[:1]:
+                path.unlink()
     finally:
-        connection.close()
-    return result
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def aggregate_store(
     store: PartStore, env: str, since: datetime | None = None, workers: int = READ_WORKERS
 ) -> Aggregates:
     """The report's aggregates of `env`'s records since `since`, read with DuckDB."""
-    with tempfile.TemporaryDirectory(prefix="capture-") as directory:
-        files = object_files(store, env, since, Path(directory), workers)
-        return aggregate_files(files, since)
+    import duckdb
+
+    result = Aggregates()
+    latencies: list[np.ndarray] = []
+    connection = duckdb.connect()
+    try:
+        with tempfile.TemporaryDirectory(prefix="capture-") as directory:
+            for files in hour_files(store, env, since, Path(directory), workers):
+                latencies.append(_add(connection, result, files, since))
+    except duckdb.Error as exc:
+        raise PredictionLogError(f"reading the captured records: {exc}") from None
+    finally:
+        connection.close()
+    every = np.concatenate(latencies) if latencies else np.empty(0)
+    if every.size:  # numpy's default (linear) percentile is DuckDB's quantile_cont
+        p50, p90, p99 = np.percentile(every, [50, 90, 99])
+        result.latency_ms = {
+            "p50": float(p50),
+            "p90": float(p90),
+            "p99": float(p99),
+            "max": float(every.max()),
+        }
+    return result
+
+
+def _add(
+    connection: Any, result: Aggregates, files: list[Path], since: datetime | None
+) -> np.ndarray:
+    """Add the records of `files` to `result`; their requests' latencies ([n] float64, ms)."""
+    if not files:
+        return np.empty(0)
+    listing = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
+    columns = ", ".join(f"'{name}': '{kind}'" for name, kind in COLUMNS.items())
+    where = f"WHERE time >= '{_iso(since)}'" if since else ""
+    connection.execute(
+        f"""CREATE OR REPLACE TEMP TABLE records AS
+        SELECT replace(substr(time, 1, 13), 'T', ' ') || ':00' AS hour, *
+        FROM read_json([{listing}], format = 'newline_delimited', compression = 'gzip',
+            columns = {{{columns}}}) {where}"""
+    )
+    for hour, label, count in connection.execute(
+        "SELECT hour, prediction, count(*) FROM records GROUP BY ALL"
+    ).fetchall():
+        result.classes.setdefault(hour, Counter())[int(label)] += int(count)
+    for hour, total, count in connection.execute(
+        f"SELECT hour, sum({TOP_PROBABILITY}), count(*) FROM records "
+        "WHERE scores IS NOT NULL GROUP BY ALL"
+    ).fetchall():
+        before_total, before_count = result.top.get(hour, (0.0, 0))
+        result.top[hour] = (before_total + float(total), before_count + int(count))
+    for model, count in connection.execute(
+        "SELECT model.name || ' ' || model.version, count(*) FROM records GROUP BY ALL"
+    ).fetchall():
+        result.models[str(model)] += int(count)
+    first, last = connection.execute("SELECT min(time), max(time) FROM records").fetchone()
+    if first is not None:
+        result.first = min(result.first or first, first)
+        result.last = max(result.last or last, last)
+    means = connection.execute(
+        "SELECT hour, list_avg(inputs) AS mean FROM records WHERE inputs IS NOT NULL"
+    ).fetchnumpy()
+    for hour in np.unique(means["hour"]):
+        found = np.asarray(means["mean"][means["hour"] == hour], float)
+        result.inputs[str(hour)] = np.concatenate([result.inputs.get(str(hour), []), found])
+    return (
+        connection.execute(
+            "SELECT latency_ms FROM records WHERE coalesce(row, 0) = 0 AND latency_ms IS NOT NULL"
+        )
+        .fetchnumpy()["latency_ms"]
+        .astype(np.float64)
+    )

@@ -228,15 +228,20 @@ def test_the_engine_reads_mixed_compacted_and_uncompacted_hours_like_the_records
 
 
 @pytest.mark.integration
-def test_the_engine_reads_s3_like_the_records(aws):
+@pytest.mark.parametrize("lookahead", [1, 4])
+def test_the_engine_reads_s3_like_the_records(aws, monkeypatch, lookahead):
+    from pipeline.predictions import engine
+
+    monkeypatch.setattr(engine, "LOOKAHEAD_HOURS", lookahead)
     boto3.client("s3").create_bucket(Bucket="captures")
     url = "s3://captures/predictions"
     capture(url, NOON, 12)
     capture(url, NOON + timedelta(hours=1), 12, first=100)
+    capture(url, NOON + timedelta(hours=2), 12, first=200)
     store = parts.open_store(url)
     compaction.compact(store, "dev", hour=NOON, now=LATER)
     by_python, by_engine = python_and_engine(store)
-    assert by_engine.total == 24
+    assert by_engine.total == 36 and len(by_engine.hours) == 3
     assert_same(by_python, by_engine)
 
 

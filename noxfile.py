@@ -216,6 +216,17 @@ def report(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def compact(session: nox.Session) -> None:
+    """Merge each finished hour's capture parts into a few objects: `-- <env> [--hour ...]`."""
+    if not session.posargs:
+        session.error(
+            f"usage: nox -s compact -- <local|{CHOICES}> [--hour 2025-03-01T12] [--since 2d] "
+            "[--url s3://...]"
+        )
+    pipeline_command(session, "compact")
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmark the service against its ceilings and FastAPI (`-- --quick`: about 1 min)."""
     if shutil.which("wrk") is None:

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 from bench import report
+from bench.capture_read import CaptureReadError
 from bench.processes import ProcessError
 from bench.run import BenchError, Options, run
 from bench.wrk import WrkError
 
 DEFAULT_OUTPUT = Path("build/bench/results.json")
-CONTENDERS = ("compute", "bare", "fastapi", "service", "capture")
+CONTENDERS = ("compute", "bare", "fastapi", "service", "capture", "capture-read")
 
 
 def concurrency_levels(text: str) -> tuple[int, ...]:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         results = run(options, args.workdir)
-    except (BenchError, ProcessError, WrkError) as exc:
+    except (BenchError, CaptureReadError, ProcessError, WrkError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.summary(results))

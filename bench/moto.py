@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
 import sys
 from dataclasses import dataclass
 
 from bench.processes import Processes, Server, child_env, free_port
+from service.capture import partformat
 
 BUCKET = "bench-capture"
 PREFIX = "capture"
@@ -50,10 +50,9 @@ class CaptureStore:
             for item in page.get("Contents", []):
                 objects += 1
                 size += item["Size"]
-                data = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
-                if item["Key"].endswith(".gz"):
-                    data = gzip.decompress(data)
-                records += data.count(b"\n")
+                if partformat.is_data(item["Key"].rsplit("/", 1)[-1]):
+                    body = s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+                    records += partformat.count(body)
         return {"objects": objects, "bytes": size, "records": records}
 
 

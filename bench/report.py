@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench import capture_read
 from bench.run import Results
 
 REFERENCE_CONCURRENCY = 16
@@ -81,6 +82,7 @@ def targets(results: Results, found: dict[str, float | None]) -> list[Target]:
         return Target(name, value, text, None if value is None else value <= goal)
 
     return [
+        *capture_read_targets(results, at_least, at_most),
         at_least("predict single / ideal", found["service_over_ideal"], 0.70, ">= 0.70"),
         at_least("predict single / FastAPI", found["service_over_fastapi"], 5.0, ">= 5"),
         at_most(f"predict single p99 at c={c} (ms)", p99, 3.0, "< 3 ms"),
@@ -93,6 +95,56 @@ def targets(results: Results, found: dict[str, float | None]) -> list[Target]:
         ),
         at_most("ready after start, local model (s)", ready, 1.0, "<= 1 s"),
         at_most("service resident memory (MB)", rss / MB if rss else None, 150.0, "< 150 MB"),
+    ]
+
+
+def peak_capture_records_per_second(results: Results) -> float | None:
+    """The most records a second one service task captured in this run: the capture-on
+    row with the most images (one record each) a second."""
+    rates = [
+        m.result.requests_per_second * m.images_per_request
+        for m in results.measurements
+        if m.contender == "service" and m.capture == "on"
+    ]
+    return max(rates, default=None)
+
+
+def capture_read_targets(results: Results, at_least, at_most) -> list[Target]:
+    found = results.capture_read
+    if found is None:
+        return []
+    before = found.row("sequential GETs (before)")
+    engine = found.row("report engine")
+    merge = next((row for row in found.rows if row.name.startswith("compaction, peak")), None)
+    day = next((row for row in found.rows if row.name.startswith("report engine, compacted")), None)
+    peak = peak_capture_records_per_second(results)
+    return [
+        at_least(
+            "capture read: engine / sequential (records/s)",
+            _ratio(engine.records_per_second, before.records_per_second)
+            if engine and before
+            else None,
+            5.0,
+            ">= 5",
+        ),
+        at_most(
+            "capture read: objects per compacted task-hour",
+            found.objects_per_task_hour,
+            4,
+            "<= 4",
+        ),
+        at_most(
+            "capture read: compacted day / sequential hour (time)",
+            _ratio(day.seconds, before.seconds) if day and before else None,
+            1.0,
+            "<= 1",
+        ),
+        at_least(
+            "compaction / peak capture of one task (records/s)",
+            _ratio(merge.records_per_second, peak) if merge else None,
+            10.0,
+            ">= 10",
+        ),
     ]
 
 
@@ -161,6 +213,15 @@ def summary(results: Results) -> str:
     ready = ", ".join(f"{k} {v:.2f} s" for k, v in results.ready_seconds.items())
     rss = ", ".join(f"{k} {v / MB:.0f} MB" for k, v in results.rss_bytes.items())
     parts += ["", f"ready after start: {ready}", f"resident memory after load: {rss}"]
+    if results.capture_read is not None:
+        peak = peak_capture_records_per_second(results)
+        parts += [
+            "",
+            capture_read.table(results.capture_read),
+            "objects per task-hour after compaction: "
+            f"{results.capture_read.objects_per_task_hour}; "
+            f"peak capture of one task in this run: {_fmt(peak, ',.0f')} records/s",
+        ]
     if results.capture_written is not None:
         w = results.capture_written
         parts.append(
@@ -180,6 +241,7 @@ def document(results: Results) -> dict:
         "ready_seconds": results.ready_seconds,
         "rss_bytes": results.rss_bytes,
         "capture_written": results.capture_written,
+        "capture_read": results.capture_read.as_dict() if results.capture_read else None,
         "ratios": found,
         "targets": [asdict(t) for t in targets(results, found)],
     }

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import bodies, compute, wrk
+from bench import bodies, capture_read, compute, wrk
 from bench.bodies import Body
-from bench.moto import CaptureStore, start_store
+from bench.moto import PREFIX, CaptureStore, start_store
 from bench.processes import (
     ProcessError,
     Processes,
@@ -39,6 +39,8 @@ from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.datasets import load_dataset, scaled_inputs
 from pipeline.reference import fetch_verified, load_reference
 
+# The capture-read rows' bucket, beside the capture-on rows' one on the same moto server.
+READ_BUCKET = "bench-capture-read"
 CAPTURE_OFF = "off"  # PREDICTION_LOG_URL=off: service.capture builds no recorder
 UVICORN_FLAGS = ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
 
@@ -147,6 +149,7 @@ class Results:
     ready_seconds: dict[str, float] = field(default_factory=dict)
     rss_bytes: dict[str, int] = field(default_factory=dict)
     capture_written: dict[str, int] | None = None
+    capture_read: capture_read.CaptureRead | None = None
 
     def find(
         self, contender: str, row: str, capture: str | None, concurrency: int
@@ -425,7 +428,14 @@ def run(options: Options, workdir: Path | None = None) -> Results:
     wrk.require_wrk()
     require_taskset()
     results = Results(options, machine())
-    wanted = set(options.only) or {"compute", "bare", "fastapi", "service", "capture"}
+    wanted = set(options.only) or {
+        "compute",
+        "bare",
+        "fastapi",
+        "service",
+        "capture",
+        "capture-read",
+    }
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = workdir or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -451,10 +461,18 @@ def run(options: Options, workdir: Path | None = None) -> Results:
             if "service" in wanted:
                 print("bench: the service, capture off", file=sys.stderr, flush=True)
                 bench_service(processes, workload, results, work, None)
+            store = None
+            if {"capture", "capture-read"} & wanted:
+                store = start_store(processes, core=options.load_core)
             if "capture" in wanted:
                 print("bench: the service, capture on (moto S3)", file=sys.stderr, flush=True)
-                store = start_store(processes, core=options.load_core)
                 bench_service(processes, workload, results, work, store)
                 time.sleep(0.2)
                 results.capture_written = store.written()
+            if "capture-read" in wanted:
+                print("bench: capture read back and compacted (moto S3)", file=sys.stderr)
+                store.client().create_bucket(Bucket=READ_BUCKET)
+                results.capture_read = capture_read.measure(
+                    f"s3://{READ_BUCKET}/{PREFIX}", store.env
+                )
     return results

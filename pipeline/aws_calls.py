@@ -9,7 +9,8 @@ README's role table is printed from this list (`python -m pipeline.aws_calls`).
 A resource is an ARN pattern over an environment's names: `{bucket}`,
 `{environment}`, `{region}`, `{account}`, `{cluster}`, `{service}`, `{repository}`,
 `{promote_from_repository}`, `{state_bucket}`, `{state_key}`, `{task_role_arn}`,
-`{execution_role_arn}`, `{log_group}`, `{api_token_secret_arn}`. Sources: the Service Authorization
+`{execution_role_arn}`, `{log_group}`, `{api_token_secret_arn}`, `{task_family}`,
+`{compaction_role_arn}`. Sources: the Service Authorization
 Reference (https://docs.aws.amazon.com/service-authorization/latest/reference/)
 for each service's actions and resource types, the ECR user guide's "Private
 repository policies" and "Pushing an image"/"Pulling an image" pages for the
@@ -36,12 +37,16 @@ class Role(StrEnum):
     DEPLOY = "deploy"  # GitHub Actions assumes it through OIDC and runs `nox -s deploy-<env>`
     TASK = "task"  # the service's containers
     EXECUTION = "execution"  # ECS, to start a task: pull its image, send its logs
+    COMPACTION = "compaction"  # the scheduled compaction task (the service image)
+    SCHEDULER = "scheduler"  # EventBridge Scheduler, to start the compaction task
 
 
 GRANTED_IN = {
     Role.DEPLOY: "terraform/modules/ci",
     Role.TASK: "terraform/modules/service (task role)",
     Role.EXECUTION: "terraform/modules/service (execution role)",
+    Role.COMPACTION: "terraform/modules/capture_catalog (compaction role)",
+    Role.SCHEDULER: "terraform/modules/capture_catalog (scheduler role)",
 }
 
 
@@ -79,6 +84,8 @@ SOURCE_REPOSITORY = "arn:aws:ecr:{region}:{account}:repository/{promote_from_rep
 SERVICE = "arn:aws:ecs:{region}:{account}:service/{cluster}/{service}"
 LOG_STREAMS = "arn:aws:logs:{region}:{account}:log-group:{log_group}:log-stream:*"
 API_TOKENS = "{api_token_secret_arn}"
+TASK_REVISIONS = "arn:aws:ecs:{region}:{account}:task-definition/{task_family}:*"
+CLUSTER = "arn:aws:ecs:{region}:{account}:cluster/{cluster}"
 PASSED_TO_ECS_TASKS = (("iam:PassedToService", "ecs-tasks.amazonaws.com"),)
 
 # `docker push` / `podman push` against ECR: the registry API calls behind a push
@@ -313,6 +320,61 @@ CALLS: tuple[AwsCall, ...] = (
         "'Required IAM permissions for Amazon ECS secrets'; the AWS-managed key needs no "
         "kms:Decrypt)",
         authentication=True,
+    ),
+    # -- compaction role: the scheduled compaction task -----------------------------------
+    AwsCall(
+        Role.COMPACTION,
+        "s3:ListBucket",
+        BUCKET,
+        "pipeline.predictions.store.list_hours (list_objects_v2)",
+        "the hours of capture/<env>/ and what each holds",
+        context=(("s3:prefix", "capture/{environment}/2025/03/01/"),),
+    ),
+    AwsCall(
+        Role.COMPACTION,
+        "s3:GetObject",
+        CAPTURE,
+        "pipeline.predictions.compact.compact_hour (read_part, read_manifest)",
+        "read an hour's parts, its manifests, and the merged objects back to count them",
+    ),
+    AwsCall(
+        Role.COMPACTION,
+        "s3:PutObject",
+        CAPTURE,
+        "service.store.S3Store.put_new (If-None-Match: *)",
+        "write the merged objects and commit them with the manifest",
+    ),
+    AwsCall(
+        Role.COMPACTION,
+        "s3:DeleteObject",
+        CAPTURE,
+        "service.store.S3Store.delete (DeleteObjects)",
+        "remove the parts a manifest covers, and merged objects no manifest commits",
+    ),
+    # -- scheduler role: EventBridge Scheduler starting the compaction task ---------------
+    AwsCall(
+        Role.SCHEDULER,
+        "ecs:RunTask",
+        TASK_REVISIONS,
+        "EventBridge Scheduler (ECS RunTask target)",
+        "start the family's latest revision with the compaction command",
+        context=(("ecs:cluster", CLUSTER),),
+    ),
+    AwsCall(
+        Role.SCHEDULER,
+        "iam:PassRole",
+        "{compaction_role_arn}",
+        "EventBridge Scheduler (ECS RunTask target)",
+        "the compaction task's role (the overrides' taskRoleArn)",
+        context=PASSED_TO_ECS_TASKS,
+    ),
+    AwsCall(
+        Role.SCHEDULER,
+        "iam:PassRole",
+        "{execution_role_arn}",
+        "EventBridge Scheduler (ECS RunTask target)",
+        "the execution role that pulls the image and sends the logs",
+        context=PASSED_TO_ECS_TASKS,
     ),
 )
 

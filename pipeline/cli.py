@@ -31,7 +31,8 @@ from pipeline.gating import (
     gate_model,
 )
 from pipeline.image import ImageError
-from pipeline.predictions import chart, statistics
+from pipeline.predictions import athena, chart, engine, statistics
+from pipeline.predictions import compact as compaction
 from pipeline.predictions import store as parts
 from pipeline.predictions.store import PredictionLogError
 from pipeline.records import RecordError
@@ -326,19 +327,38 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the comparison with the test set's labels (no download)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("local", "athena"),
+        default="local",
+        help="local: download the objects and compute with DuckDB (default); athena: query "
+        "the environment's Glue table in its Athena workgroup (Terraform outputs "
+        "athena_workgroup and glue_database, or <ENV>_ATHENA_WORKGROUP / <ENV>_GLUE_DATABASE)",
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Summarise an environment's predictions: classes, hours, latency, drift; table + PNG."""
-    store = parts.open_store(args.url)
     since = parts.parse_since(args.since) if args.since else None
+    if args.engine == "athena":
+        where = output(args.environment, "athena_workgroup")
+        aggregates = athena.aggregate(
+            boto3.client("athena"), where, output(args.environment, "glue_database"), since
+        )
+    else:
+        store = parts.open_store(args.url)
+        where = store.url
+        aggregates = engine.aggregate_store(store, args.environment, since)
     baseline = None if args.no_baseline else statistics.test_set_labels()
-    summary = statistics.summarise(
-        parts.read_records(store, args.environment, since), args.environment, baseline
+    summary = statistics.summary(
+        aggregates,
+        args.environment,
+        baseline,
+        None if args.no_baseline else statistics.test_set_input_means,
     )
     if not summary.total:
         raise PredictionLogError(
-            f"nothing to report: no predictions for {args.environment} under {store.url}"
+            f"nothing to report: no predictions for {args.environment} in {where}"
             + (f" since {args.since}" if args.since else "")
             + f"; check --url / {parts.URL_ENV}"
         )
@@ -347,6 +367,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         summary, args.chart or DEFAULT_CHART_DIR / f"predictions-{args.environment}.png"
     )
     print(f"\nchart: {png}")
+    return 0
+
+
+def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_capture_arguments(parser)
+    parser.add_argument(
+        "--hour",
+        help="compact this UTC hour only, e.g. 2025-03-01T12 (default: every "
+        "finished hour since --since)",
+    )
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Merge each finished hour's capture parts into a few large objects, exactly once."""
+    store = parts.open_store(args.url)
+    since = parts.parse_since(args.since) if args.since else None
+    hour = compaction.parse_hour(args.hour) if args.hour else None
+    done = compaction.compact(store, args.environment, since=since, hour=hour)
+    for entry in done:
+        print(compaction.describe(entry))
+    merged = sum(entry.records for entry in done)
+    print(f"compacted {len(done)} hours of {args.environment} under {store.url}: {merged} records")
     return 0
 
 
@@ -367,6 +409,7 @@ COMMANDS: dict[str, tuple[Command, Arguments]] = {
     "status": (cmd_status, _add_environment),
     "logs": (cmd_logs, add_logs_arguments),
     "report": (cmd_report, add_report_arguments),
+    "compact": (cmd_compact, add_compact_arguments),
 }
 
 

@@ -11,6 +11,7 @@ pipeline reads them back and keeps its deployment records here. Keys are
 - `put(key, body, content_type)` writes or replaces an object whole.
 - `read(key)` is the object's bytes, or None when there is no such key.
 - `list(prefix)` is every key under `prefix`, at any depth.
+- `delete(keys)` removes objects; a key that is already gone is no error.
 
 Every S3 failure becomes a `StoreError` whose text is botocore's own, with the
 S3 error code in `code` (`NoSuchBucket` as `NoSuchBucket`, network and
@@ -29,6 +30,8 @@ from service.artifacts import local_path, s3_location
 
 # S3's answers for "no object under this key" (GetObject: NoSuchKey; HeadObject: 404).
 MISSING_CODES = ("404", "NoSuchKey", "NotFound")
+# DeleteObjects takes at most 1,000 keys a request (S3 API reference, DeleteObjects).
+DELETE_BATCH = 1000
 
 
 class NotAStore(ValueError):
@@ -61,6 +64,8 @@ class Store(Protocol):
     def read(self, key: str) -> bytes | None: ...
 
     def list(self, prefix: str = "") -> list[str]: ...
+
+    def delete(self, keys: list[str]) -> None: ...
 
 
 def open_store(url: str, *, s3_client: Callable[[], Any] | None = None) -> LocalStore | S3Store:
@@ -144,6 +149,10 @@ class LocalStore:
             return []
         return [p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file()]
 
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            (self.root / key).unlink(missing_ok=True)
+
 
 class S3Store:
     """`s3://bucket/prefix`; keys are object keys below the prefix."""
@@ -222,6 +231,27 @@ class S3Store:
             return [item["Key"][strip:] for page in pages for item in page.get("Contents", [])]
         except _s3_errors() as exc:
             raise store_error(exc) from exc
+
+    def delete(self, keys: list[str]) -> None:
+        """DeleteObjects, up to 1,000 keys a request (S3 API reference, DeleteObjects); a key
+        that does not exist counts as deleted. Needs s3:DeleteObject."""
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            try:
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": self.key(k)} for k in batch], "Quiet": True},
+                )
+            except _s3_errors() as exc:
+                raise store_error(exc) from exc
+            errors = answer.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise StoreError(
+                    f"deleting {len(errors)} of {len(batch)} objects failed, first "
+                    f"{first.get('Key')}: {first.get('Message')}",
+                    str(first.get("Code", "")),
+                )
 
 
 def _s3_errors() -> tuple[type[Exception], ...]:

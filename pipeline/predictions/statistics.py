@@ -1,9 +1,27 @@
 """Statistics of captured predictions: counts per class, hour and model, request latency
-percentiles, and drift against the test set's labels.
+percentiles, and drift against the test set, as effect sizes.
 
-The predicted class distribution is compared with the labels' by total variation
-distance (above `DRIFT_TVD_THRESHOLD` it is flagged as possible drift) and by a
-chi-square goodness-of-fit test: a shift there is the first sign of drift.
+With hundreds of thousands of records every difference is statistically significant
+(a chi-square p-value of 1e-270 says only that n is large), so the verdicts rest on
+how far the distributions moved, not on whether they did:
+
+- total variation distance (TVD) of the predicted classes against the test set's
+  labels, `0.5 * sum |p_i - q_i|`: the share of predictions that would have to change
+  class to match. Above `TVD_THRESHOLD` (0.1) it is flagged.
+- population stability index (PSI), `sum (p_i - q_i) ln(p_i / q_i)`: below 0.1 stable,
+  0.1 to 0.25 a moderate shift, above 0.25 a significant one (the thresholds credit
+  scoring uses for score distributions; Siddiqi, "Credit Risk Scorecards", 2006).
+- the mean top-class probability per hour (softmax of the scores when they are not
+  probabilities already): confidence falling while the classes hold still is drift
+  in the inputs the class counts have not shown yet.
+- when inputs are captured, each record's mean input value against the test set
+  images' (scaled as the model takes them), as PSI over the test set's deciles.
+
+No verdict below `MIN_RECORDS` (1,000) records, overall or in an hour: sampling
+alone moves the estimates. For k equally likely classes and n records, TVD's
+expected value with no drift at all is about `0.4 * k * sqrt((1/k)(1 - 1/k) / n)`
+(0.038 for k = 10, n = 1,000: under half the threshold; about 0.6 for n = 4) and PSI's is
+about `(k - 1) / n` (0.009). The chi-square test is kept as a footnote.
 """
 
 from __future__ import annotations
@@ -11,16 +29,39 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.datasets import read_csv_labels, read_idx_labels
+from pipeline.datasets import read_csv_images, read_csv_labels, read_idx_images, read_idx_labels
 from pipeline.reference import fetch_artifact, load_reference
 
-# Above this total variation distance the predicted classes no longer look like the test set.
-DRIFT_TVD_THRESHOLD = 0.1
+TVD_THRESHOLD = 0.1
+DRIFT_TVD_THRESHOLD = TVD_THRESHOLD  # the name earlier callers use
+PSI_MODERATE = 0.1
+PSI_SIGNIFICANT = 0.25
+MIN_RECORDS = 1000
+# PSI's logarithm needs every share above zero: an empty class counts as this share.
+PSI_FLOOR = 1e-4
+
+
+@dataclass
+class HourDrift:
+    """One UTC hour (`YYYY-MM-DD HH:00`): its record count, the class TVD and PSI against
+    the test set (None without a baseline), the mean top-class probability, and the mean
+    input value (None without captured inputs)."""
+
+    hour: str
+    records: int
+    tvd: float | None = None
+    psi: float | None = None
+    mean_top_score: float | None = None
+    mean_input: float | None = None
+
+    @property
+    def enough(self) -> bool:
+        return self.records >= MIN_RECORDS
 
 
 @dataclass
@@ -35,43 +76,187 @@ class Summary:
     latency_ms: dict[str, float] = field(default_factory=dict)
     baseline: dict[int, float] | None = None
     tvd: float | None = None
+    psi: float | None = None
     chi_square: float | None = None
     degrees_of_freedom: int | None = None
     p_value: float | None = None
+    hours: list[HourDrift] = field(default_factory=list)
+    mean_top_score: float | None = None
+    input_psi: float | None = None
+    input_mean: float | None = None
+    baseline_input_mean: float | None = None
+
+    @property
+    def enough(self) -> bool:
+        return self.total >= MIN_RECORDS
 
     @property
     def drifted(self) -> bool:
-        return self.tvd is not None and self.tvd > DRIFT_TVD_THRESHOLD
+        """A verdict only on `MIN_RECORDS` or more: TVD above its threshold or PSI above
+        the significant shift's."""
+        if not self.enough or self.tvd is None:
+            return False
+        return self.tvd > TVD_THRESHOLD or (self.psi or 0.0) > PSI_SIGNIFICANT
 
 
-def summarise(
-    records: Iterable[dict], env: str, baseline_labels: np.ndarray | None = None
-) -> Summary:
-    """Counts per class, hour and model; request latency percentiles; drift against labels."""
-    summary = Summary(env)
-    latencies = []
+def distances(observed: Counter, expected: dict[int, float]) -> tuple[float, float]:
+    """(TVD, PSI) of the class counts `observed` against the shares `expected`."""
+    total = sum(observed.values())
+    every = sorted(set(expected) | set(observed))
+    p = np.array([observed.get(c, 0) / total for c in every])
+    q = np.array([expected.get(c, 0.0) for c in every])
+    return float(0.5 * np.abs(p - q).sum()), psi(p, q)
+
+
+def psi(p: np.ndarray, q: np.ndarray) -> float:
+    """Population stability index of shares `p` (observed) against `q` (expected), each
+    summing to 1 over the same bins; empty bins count as PSI_FLOOR."""
+    p, q = np.maximum(p, PSI_FLOOR), np.maximum(q, PSI_FLOOR)
+    return float(((p - q) * np.log(p / q)).sum())
+
+
+def top_probabilities(scores: np.ndarray) -> np.ndarray:
+    """[n, classes] scores -> [n] top-class probabilities: a row's own maximum when it
+    already is a distribution (non-negative, summing to 1 within 1e-3), else softmax's."""
+    scores = scores.astype(np.float64, copy=False)
+    top = scores.max(axis=1)
+    softmax_top = 1.0 / np.exp(scores - top[:, None]).sum(axis=1)
+    distribution = (scores.min(axis=1) >= 0) & (np.abs(scores.sum(axis=1) - 1.0) <= 1e-3)
+    return np.where(distribution, top, softmax_top)
+
+
+@dataclass
+class Aggregates:
+    """What the statistics need from the records, however they were read (Python over
+    decoded records, an embedded engine, Athena): per hour (`YYYY-MM-DD HH:00`) the
+    class counts, the sum and count of top-class probabilities and the records' mean
+    input values; per model the count; the first and last time; latency percentiles."""
+
+    classes: dict[str, Counter] = field(default_factory=dict)
+    top: dict[str, tuple[float, int]] = field(default_factory=dict)
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    models: Counter = field(default_factory=Counter)
+    first: str | None = None
+    last: str | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+def hour_label(moment: str) -> str:
+    """`2025-03-01T12:34:56.789Z` -> `2025-03-01 12:00`."""
+    return moment[:13].replace("T", " ") + ":00"
+
+
+def aggregate(records: Iterable[dict]) -> Aggregates:
+    """The aggregates of decoded records (one hour's scores in memory at a time)."""
+    result = Aggregates()
+    latencies: list[float] = []
+    inputs: dict[str, list[float]] = {}
+    current: str | None = None
+    scores: list = []
     for record in records:
-        summary.total += 1
-        summary.per_class[int(record["prediction"])] += 1
         moment = record.get("time", "")
-        summary.per_hour[moment[:13].replace("T", " ") + ":00"] += 1
+        hour = hour_label(moment)
+        if hour != current:
+            _add_top(result, current, scores)
+            current, scores = hour, []
+        result.classes.setdefault(hour, Counter())[int(record["prediction"])] += 1
+        if "scores" in record:
+            scores.append(record["scores"])
+        if "inputs" in record:
+            inputs.setdefault(hour, []).append(float(np.mean(record["inputs"])))
         model = record.get("model", {})
-        summary.per_model[f"{model.get('name')} {model.get('version')}"] += 1
-        summary.first = min(summary.first or moment, moment)
-        summary.last = max(summary.last or moment, moment)
+        result.models[f"{model.get('name')} {model.get('version')}"] += 1
+        result.first = min(result.first or moment, moment)
+        result.last = max(result.last or moment, moment)
         if record.get("row", 0) == 0 and "latency_ms" in record:  # once per request
             latencies.append(float(record["latency_ms"]))
+    _add_top(result, current, scores)
+    result.inputs = {hour: np.asarray(values) for hour, values in inputs.items()}
     if latencies:
         values = np.percentile(latencies, [50, 90, 99])
-        summary.latency_ms = {
+        result.latency_ms = {
             "p50": float(values[0]),
             "p90": float(values[1]),
             "p99": float(values[2]),
             "max": max(latencies),
         }
-    if baseline_labels is not None and summary.total:
-        _compare(summary, baseline_labels)
-    return summary
+    return result
+
+
+def _add_top(result: Aggregates, hour: str | None, scores: list) -> None:
+    if hour is None or not scores:
+        return
+    try:
+        top = top_probabilities(np.asarray(scores, dtype=np.float64))
+    except ValueError:  # rows of different lengths: models with different outputs
+        top = np.concatenate([top_probabilities(np.asarray([row])) for row in scores])
+    total, count = result.top.get(hour, (0.0, 0))
+    result.top[hour] = (total + float(top.sum()), count + len(top))
+
+
+def summarise(
+    records: Iterable[dict],
+    env: str,
+    baseline_labels: np.ndarray | None = None,
+    baseline_inputs: Callable[[], np.ndarray] | None = None,
+) -> Summary:
+    """`summary(aggregate(records), ...)`: the statistics of decoded records."""
+    return summary(aggregate(records), env, baseline_labels, baseline_inputs)
+
+
+def summary(
+    aggregates: Aggregates,
+    env: str,
+    baseline_labels: np.ndarray | None = None,
+    baseline_inputs: Callable[[], np.ndarray] | None = None,
+) -> Summary:
+    """Counts per class, hour and model; request latency percentiles; drift against the
+    test set: `baseline_labels` ([N] ints) for the classes, `baseline_inputs()` ([N]
+    floats, each test image's mean input value; called only when records carry inputs)."""
+    result = Summary(env)
+    for hour, counts in aggregates.classes.items():
+        result.per_class.update(counts)
+        result.per_hour[hour] = sum(counts.values())
+    result.total = sum(result.per_hour.values())
+    result.per_model = aggregates.models
+    result.first, result.last = aggregates.first, aggregates.last
+    result.latency_ms = aggregates.latency_ms
+    if baseline_labels is not None and result.total:
+        _compare(result, baseline_labels)
+    _per_hour(result, aggregates, baseline_inputs)
+    return result
+
+
+def _per_hour(
+    summary: Summary, hours: Aggregates, baseline_inputs: Callable[[], np.ndarray] | None
+) -> None:
+    captured = np.concatenate(list(hours.inputs.values())) if hours.inputs else np.empty(0)
+    if captured.size:
+        summary.input_mean = float(captured.mean())
+    if captured.size and baseline_inputs is not None:
+        reference = np.asarray(baseline_inputs(), dtype=np.float64)
+        summary.baseline_input_mean = float(reference.mean())
+        edges = np.unique(np.quantile(reference, np.linspace(0, 1, 11)[1:-1]))
+        summary.input_psi = psi(_shares(captured, edges), _shares(reference, edges))
+    top_total = top_count = 0.0
+    for hour in sorted(summary.per_hour):
+        entry = HourDrift(hour, summary.per_hour[hour])
+        if summary.baseline is not None:
+            entry.tvd, entry.psi = distances(hours.classes[hour], summary.baseline)
+        if hour in hours.top:
+            total, count = hours.top[hour]
+            entry.mean_top_score = total / count
+            top_total, top_count = top_total + total, top_count + count
+        if hour in hours.inputs and hours.inputs[hour].size:
+            entry.mean_input = float(hours.inputs[hour].mean())
+        summary.hours.append(entry)
+    if top_count:
+        summary.mean_top_score = top_total / top_count
+
+
+def _shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+    return counts / max(len(values), 1)
 
 
 def _compare(summary: Summary, labels: np.ndarray) -> None:
@@ -79,8 +264,7 @@ def _compare(summary: Summary, labels: np.ndarray) -> None:
     expected = {int(c): int(n) / len(labels) for c, n in zip(classes, counts, strict=True)}
     summary.baseline = expected
     every = sorted(set(expected) | set(summary.per_class))
-    observed = {c: summary.per_class.get(c, 0) / summary.total for c in every}
-    summary.tvd = 0.5 * sum(abs(observed[c] - expected.get(c, 0.0)) for c in every)
+    summary.tvd, summary.psi = distances(summary.per_class, expected)
     if any(summary.per_class.get(c, 0) and not expected.get(c) for c in every):
         summary.chi_square, summary.p_value = math.inf, 0.0
     else:
@@ -148,21 +332,55 @@ def format_table(summary: Summary) -> str:
             row += f"  {expected:>8.1%}  {share - expected:>+7.1%}"
         lines.append(row)
     if summary.tvd is not None:
-        verdict = (
-            "DRIFT? the predicted classes moved away from the test set"
-            if (summary.drifted)
-            else "no drift signal"
-        )
-        lines += [
-            "",
+        lines += ["", drift_verdict(summary)]
+        lines.append(
             f"total variation distance to the test set: {summary.tvd:.3f} "
-            f"(threshold {DRIFT_TVD_THRESHOLD}): {verdict}",
+            f"(flagged above {TVD_THRESHOLD}); PSI {summary.psi:.3f} (below {PSI_MODERATE} "
+            f"stable, above {PSI_SIGNIFICANT} significant)"
+        )
+        lines.append(
             f"chi-square: {summary.chi_square:.1f} with {summary.degrees_of_freedom} degrees of "
-            f"freedom, p = {summary.p_value:.3g}",
-        ]
-    lines += ["", f"{'hour (UTC)':<16}  {'count':>8}"]
-    lines += [f"{hour:<16}  {n:>8}" for hour, n in sorted(summary.per_hour.items(), reverse=True)]
+            f"freedom, p = {summary.p_value:.3g} (with many records any difference is "
+            "significant: read the effect sizes above)"
+        )
+    if summary.mean_top_score is not None:
+        lines.append(f"mean top-class probability: {summary.mean_top_score:.3f}")
+    if summary.input_mean is not None:
+        line = f"mean input value: {summary.input_mean:.2f}"
+        if summary.input_psi is not None:
+            line += (
+                f" (test set {summary.baseline_input_mean:.2f}); PSI over the test set's "
+                f"deciles {summary.input_psi:.3f}"
+            )
+        lines.append(line)
+    lines += [
+        "",
+        f"{'hour (UTC)':<16}  {'count':>8}  {'TVD':>6}  {'PSI':>6}  {'top p':>6}  note",
+    ]
+    for entry in reversed(summary.hours):
+        lines.append(
+            f"{entry.hour:<16}  {entry.records:>8}  {_figure(entry.tvd):>6}  "
+            f"{_figure(entry.psi):>6}  {_figure(entry.mean_top_score):>6}  "
+            + ("" if entry.enough else f"under {MIN_RECORDS} records: no verdict")
+        )
     return "\n".join(lines)
+
+
+def drift_verdict(summary: Summary) -> str:
+    if not summary.enough:
+        return (
+            f"no verdict: {summary.total} records, under the {MIN_RECORDS} a verdict needs "
+            "(sampling alone would move the distances)"
+        )
+    if summary.drifted:
+        return "DRIFT: the predicted classes moved away from the test set"
+    if (summary.psi or 0.0) > PSI_MODERATE:
+        return "a moderate shift of the predicted classes (PSI above 0.1): watch it"
+    return "no drift: the predicted classes match the test set's"
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def test_set_labels() -> np.ndarray:
@@ -170,3 +388,12 @@ def test_set_labels() -> np.ndarray:
     reference = load_reference(environ=os.environ)
     path = fetch_artifact(reference.test_labels)
     return read_idx_labels(path) if reference.test_format == "idx" else read_csv_labels(path)
+
+
+def test_set_input_means() -> np.ndarray:
+    """Each test image's mean input value ([N] floats), pixels scaled as the model takes
+    them (`input_scale` of model.toml)."""
+    reference = load_reference(environ=os.environ)
+    path = fetch_artifact(reference.test_images)
+    images = read_idx_images(path) if reference.test_format == "idx" else read_csv_images(path)
+    return images.reshape(len(images), -1).mean(axis=1) * reference.input_scale

@@ -6,6 +6,8 @@ to a sink (a local directory or S3) on worker threads. A part that cannot be
 uploaded is spooled to local disk and uploaded when the sink returns.
 
     <prefix>/<env>/YYYY/MM/DD/HH/<UTC time>-<host>-<pid>-<random>-<seq>.jsonl.gz
+
+`partformat` owns that layout and the encoding; readers and the compactor use it too.
 """
 
 from service.capture.interface import NullRecorder, PredictionRecorder

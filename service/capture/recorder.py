@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import logging
 import random
 import time
@@ -29,6 +28,7 @@ import numpy as np
 
 from service.capture.interface import NullRecorder
 from service.capture.metrics import CaptureMetrics
+from service.capture.partformat import count as count_records
 from service.capture.records import Part, PartNamer, Pending, encode_parts
 from service.capture.sinks import Sink, SinkError, open_sink
 from service.capture.spool import Spool
@@ -342,7 +342,7 @@ class CaptureRecorder:
         except FileNotFoundError:
             return 0
         self.sink.put(self._spool.key(path), body)
-        return gzip.decompress(body).count(b"\n")
+        return count_records(body)
 
     async def _save_to_spool(self, part: Part) -> None:
         try:

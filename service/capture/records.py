@@ -20,7 +20,6 @@ One record per batch row, one JSON object per line:
 from __future__ import annotations
 
 import functools
-import gzip
 import itertools
 import os
 import random
@@ -34,11 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from service.capture.partformat import SUFFIX as PART_SUFFIX
+from service.capture.partformat import decode as decode_part
+from service.capture.partformat import encode as encode_part
+from service.capture.partformat import hour_prefix
 from service.model import ModelInfo
 
-PART_SUFFIX = ".jsonl.gz"
-# gzip level 1: parts ~8% larger than level 5 at half the CPU, which the service needs more.
-GZIP_LEVEL = 1
+__all__ = ["PART_SUFFIX", "Part", "PartNamer", "Pending", "decode_part", "encode_parts"]
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 _random = random.Random()  # seeded from os.urandom in each process
@@ -87,11 +88,6 @@ def iso_time(timestamp: float) -> str:
 @functools.lru_cache(maxsize=16)
 def _second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
-def hour_prefix(env: str, timestamp: float) -> str:
-    """`dev` + a time -> `dev/YYYY/MM/DD/HH` (UTC)."""
-    return f"{env}/{time.strftime('%Y/%m/%d/%H', time.gmtime(timestamp))}"
 
 
 def new_id() -> str:
@@ -247,15 +243,10 @@ def encode_parts(
     return [
         Part(
             key=namer(env, hour * 3600),
-            body=gzip.compress(b"".join(lines), compresslevel=GZIP_LEVEL, mtime=0),
+            body=encode_part(lines),
             records=len(lines),
         )
         for hour, chunks in sorted(by_hour.items())
         for lines in chunks
         if lines
     ]
-
-
-def decode_part(body: bytes) -> list[dict]:
-    """The records of one part (raises ValueError/OSError when it is not gzip JSON Lines)."""
-    return [orjson.loads(line) for line in gzip.decompress(body).splitlines() if line.strip()]

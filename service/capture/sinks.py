@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.capture.partformat import CONTENT_TYPE as PART_CONTENT_TYPE
 from service.store import LocalStore, NotAStore, Store, open_store, write_new_file
 
 __all__ = ["LocalSink", "Sink", "SinkError", "StoreSink", "open_sink", "write_new_file"]
 
-PART_CONTENT_TYPE = "application/gzip"
 # Parts are small (a few MB at most): a sink that does not answer within
 # seconds is down, and the spool takes over. One quick botocore retry absorbs
 # a throttle or a 5xx blip; the recorder's own backoff handles the rest.

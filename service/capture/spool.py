@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.capture.records import PART_SUFFIX, Part
+from service.capture.partformat import SUFFIX as PART_SUFFIX
+from service.capture.records import Part
 from service.capture.sinks import write_new_file
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from falcon import testing
 
-from bench import bodies, compute, report, wrk
+from bench import bodies, capture_read, compute, report, wrk
 from bench.__main__ import parser
 from bench.run import Measurement, Options, Results, Workload, load_workload
 from service.app import create_app
@@ -191,6 +191,47 @@ def test_ratios_follow_the_targets_formulas() -> None:
     assert met["ready after start, local model (s)"] is None  # not measured here
     assert "| service | predict single | off | 16 | 8,000 |" in report.table(results)
     assert "| 50% | - | 16,000 |" in report.table(results)
+
+
+def test_capture_read_targets_compare_the_engine_compaction_and_day_with_the_baseline() -> None:
+    results = Results(Options(), {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"})
+    results.measurements = [_measurement("service", "v2 binary 256", "on", 100.0)]  # 25,600/s
+    results.capture_read = capture_read.CaptureRead(
+        rows=[
+            capture_read.ReadRow("sequential GETs (before)", 360_000, 3600, 20.0),
+            capture_read.ReadRow("report engine", 360_000, 3600, 2.0),
+            capture_read.ReadRow("compaction", 360_000, 3600, 1.0),
+            capture_read.ReadRow("report engine, compacted 24 h", 8_640_000, 24, 25.0),
+            capture_read.ReadRow("compaction, peak-size parts (10,000 records)", 360_000, 36, 1.0),
+        ],
+        objects_per_task_hour=2,
+    )
+    found = {t.name: t for t in report.targets(results, report.ratios(results))}
+    assert found["capture read: engine / sequential (records/s)"].value == pytest.approx(10)
+    assert found["capture read: objects per compacted task-hour"].met
+    day = found["capture read: compacted day / sequential hour (time)"]
+    assert day.value == pytest.approx(1.25) and day.met is False
+    merge = found["compaction / peak capture of one task (records/s)"]
+    assert merge.value == pytest.approx(360_000 / 25_600) and merge.met
+    assert "| report engine | 360,000 | 3,600 | 2.00 | 180,000 |" in report.summary(results)
+
+
+@pytest.mark.integration
+def test_capture_read_rows_on_a_small_capture(aws) -> None:
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="bench-read")
+    found = capture_read.measure(
+        "s3://bench-read/capture", {}, hours=3, parts_per_hour=12, records_per_part=5
+    )
+    assert [(row.name, row.records, row.objects) for row in found.rows] == [
+        ("sequential GETs (before)", 60, 12),
+        ("report engine", 60, 12),
+        ("compaction", 60, 12),
+        ("report engine, compacted 3 h", 180, 3),
+        ("compaction, peak-size parts (60 records)", 60, 1),
+    ]
+    assert found.objects_per_task_hour == 1
 
 
 def test_bad_concurrency_is_refused_with_the_reason(capsys: pytest.CaptureFixture) -> None:

@@ -96,19 +96,74 @@ def test_report_counts_classes_hours_latency_and_compares_with_the_labels(tmp_pa
     assert summary.latency_ms["max"] == 3.0  # once per request, not per row
     assert summary.latency_ms["p50"] == 2.0
     assert summary.tvd == pytest.approx(0.6)  # 4 classes at 25% against 10 at 10%
-    assert summary.drifted
-    assert summary.degrees_of_freedom == 9  # 4 records are too few for significance:
+    assert not summary.drifted  # 4 records: too few for any verdict
+    assert summary.degrees_of_freedom == 9
     assert summary.p_value == pytest.approx(0.7399, abs=1e-4)
+    assert summary.mean_top_score == 1.0  # one-hot scores are probabilities already
     table = statistics.format_table(summary)
-    assert "DRIFT?" in table and "2025-03-01 13:00" in table
+    assert "no verdict: 4 records, under the 1000" in table and "DRIFT" not in table
+    assert "2025-03-01 13:00" in table
     png = chart.plot(summary, tmp_path / "chart.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_matching_distributions_show_no_drift():
-    records = [{"prediction": c, "time": "2025-03-01T12:00:00.000Z"} for c in range(10)] * 50
+    records = [{"prediction": c, "time": "2025-03-01T12:00:00.000Z"} for c in range(10)] * 150
     summary = statistics.summarise(records, "dev", np.repeat(np.arange(10), 3))
-    assert summary.tvd == 0 and not summary.drifted and summary.p_value == pytest.approx(1.0)
+    assert summary.tvd == 0 and summary.psi == 0 and summary.p_value == pytest.approx(1.0)
+    assert summary.enough and not summary.drifted
+    assert "no drift" in statistics.drift_verdict(summary)
+
+
+def synthetic(hour: int, classes: np.ndarray, confidence: float, pixels: np.ndarray) -> list[dict]:
+    """Records of one hour: predicted `classes`, probability `confidence` on the class,
+    each record's inputs of mean value `pixels[n]`."""
+    rows = []
+    for n, label in enumerate(classes):
+        scores = np.full(10, (1 - confidence) / 9)
+        scores[label] = confidence
+        rows.append(
+            {
+                "id": f"{hour}-{n}",
+                "time": f"2025-03-01T{hour:02d}:{n % 60:02d}:00.000Z",
+                "prediction": int(label),
+                "scores": scores.tolist(),
+                "inputs": [float(pixels[n])] * 4,
+            }
+        )
+    return rows
+
+
+def test_drift_figures_on_shifted_and_unshifted_captures():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 10, 10_000)
+    test_means = rng.normal(33.0, 8.0, 10_000)
+    steady = synthetic(10, rng.choice(labels, 2000), 0.95, rng.normal(33.0, 8.0, 2000))
+    # An hour where half the traffic became class 1, confidence fell and inputs darkened;
+    # and an hour too small for a verdict.
+    half_ones = np.where(rng.random(2000) < 0.5, 1, rng.choice(labels, 2000))
+    shifted = synthetic(11, half_ones, 0.6, rng.normal(12.0, 8.0, 2000))
+    few = synthetic(12, np.array([3] * 20), 0.95, rng.normal(33.0, 8.0, 20))
+    calm = statistics.summarise(steady, "dev", labels, lambda: test_means)
+    assert calm.tvd < 0.05 and calm.psi < 0.01 and not calm.drifted
+    assert calm.mean_top_score == pytest.approx(0.95)
+    assert calm.input_psi < statistics.PSI_MODERATE
+    moved = statistics.summarise(steady + shifted + few, "dev", labels, lambda: test_means)
+    by_hour = {entry.hour[-5:-3]: entry for entry in moved.hours}
+    assert by_hour["10"].tvd < 0.05 and by_hour["10"].psi < 0.01
+    assert by_hour["11"].tvd > 0.4 and by_hour["11"].psi > statistics.PSI_SIGNIFICANT
+    assert by_hour["11"].mean_top_score == pytest.approx(0.6)
+    assert by_hour["11"].mean_input == pytest.approx(12, abs=0.5)
+    assert not by_hour["12"].enough and by_hour["12"].tvd > 0.8  # large, yet no verdict
+    assert moved.drifted and moved.input_psi > statistics.PSI_SIGNIFICANT
+    table = statistics.format_table(moved)
+    assert "DRIFT" in table and "under 1000 records: no verdict" in table
+
+
+def test_top_class_probability_of_logits_and_of_probabilities():
+    logits = np.array([[0.0, 0.0], [10.0, 0.0]])
+    assert statistics.top_probabilities(logits) == pytest.approx([0.5, 1 / (1 + np.exp(-10))])
+    assert statistics.top_probabilities(np.array([[0.2, 0.8]])) == pytest.approx([0.8])
 
 
 def test_chi_square_p_values_match_known_values():

@@ -156,6 +156,8 @@ def environment_names(
         "execution_role_arn": str(outputs["execution_role_arn"]),
         "log_group": str(outputs["log_group_name"]),
         "api_token_secret_arn": str(outputs.get("api_token_secret_arn") or ""),
+        "task_family": str(outputs["task_family"]),
+        "compaction_role_arn": str(outputs["compaction_role_arn"]),
     }
 
 

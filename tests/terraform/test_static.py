@@ -17,7 +17,7 @@ from pipeline.environment import REQUIRED
 
 TERRAFORM_DIR = terraform.TERRAFORM_DIR
 ENVS = TERRAFORM_DIR / "envs"
-MODULES = ("storage", "registry", "network", "service", "ci")
+MODULES = ("storage", "registry", "network", "service", "ci", "capture_catalog")
 MODULE_FILES = ("main.tf", "variables.tf", "outputs.tf", "versions.tf", "README.md")
 # The root files every environment shares byte for byte; only values differ.
 SHARED_ROOT_FILES = ("main.tf", "variables.tf", "outputs.tf", "versions.tf", ".terraform.lock.hcl")
@@ -302,6 +302,23 @@ def test_no_test_overrides_in_the_real_roots() -> None:
     for marker in ("skip_credentials_validation", "endpoints", "127.0.0.1", "localhost", "/opt/"):
         assert marker not in text, f"{marker!r} belongs in the test override only"
     assert not list(TERRAFORM_DIR.rglob("*override.tf"))
+
+
+def test_the_glue_tables_hour_projection_is_the_part_format() -> None:
+    """The Glue table's projection pattern and location template, against the keys the
+    service writes (both from service/capture/partformat.py)."""
+    from service.capture import partformat
+
+    catalog = TERRAFORM_DIR / "modules" / "capture_catalog"
+    default = re.search(
+        r'variable "hour_format" \{[^}]*default\s*=\s*"([^"]+)"',
+        (catalog / "variables.tf").read_text(),
+    )
+    assert default and default.group(1) == partformat.projection_format()
+    main = (catalog / "main.tf").read_text()
+    assert re.search(r'capture_prefix\s*=\s*"capture/\$\{var.environment\}"', main)
+    assert '"storage.location.template"     = "${local.location}$${hour}/"' in main
+    assert 'location       = "s3://${var.bucket_name}/${local.capture_prefix}/"' in main
 
 
 def test_every_checkov_skip_gives_a_reason() -> None:

@@ -131,3 +131,21 @@ module "ci" {
   state_bucket_name    = var.state_bucket_name
   state_key            = local.state_key
 }
+
+module "capture_catalog" {
+  source = "../../modules/capture_catalog"
+
+  name          = local.name
+  environment   = var.environment
+  bucket_name   = module.storage.bucket_name
+  bucket_arn    = module.storage.bucket_arn
+  force_destroy = var.force_destroy
+
+  cluster_arn         = module.service.cluster_arn
+  task_definition_arn = module.service.task_definition_arn
+  container_name      = module.service.container_name
+  execution_role_arn  = module.service.execution_role_arn
+  subnet_ids          = module.network.task_subnet_ids
+  security_group_ids  = [module.service.task_security_group_id]
+  assign_public_ip    = module.network.tasks_need_public_ip
+}

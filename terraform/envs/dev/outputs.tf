@@ -140,3 +140,32 @@ output "models_url" {
   description = "Model prefix the tasks may read."
   value       = "s3://${module.storage.bucket_name}/models"
 }
+
+################################################################################
+# Capture catalog
+################################################################################
+
+output "glue_database" {
+  description = "Glue database of the capture table (nox -s report -- <env> --engine athena)."
+  value       = module.capture_catalog.glue_database
+}
+
+output "glue_table" {
+  description = "Glue table over capture/<environment>/."
+  value       = module.capture_catalog.glue_table
+}
+
+output "athena_workgroup" {
+  description = "Athena workgroup for queries over the capture."
+  value       = module.capture_catalog.athena_workgroup
+}
+
+output "compaction_role_arn" {
+  description = "Task role of the scheduled compaction task."
+  value       = module.capture_catalog.compaction_role_arn
+}
+
+output "scheduler_role_arn" {
+  description = "Role EventBridge Scheduler assumes to start the compaction task."
+  value       = module.capture_catalog.scheduler_role_arn
+}

@@ -46,6 +46,11 @@ output "container_name" {
   value       = var.container_name
 }
 
+output "task_security_group_id" {
+  description = "Security group of the service's tasks (HTTPS out only); tasks run beside the service (compaction) use it too."
+  value       = aws_security_group.tasks.id
+}
+
 output "task_role_arn" {
   description = "Role of the running container (reads models/, writes its capture prefix)."
   value       = aws_iam_role.task.arn

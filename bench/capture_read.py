@@ -1,0 +1,245 @@
+"""Capture-read rows: a task-hour of parts read back, compacted, and a compacted day read.
+
+On the moto S3 server on loopback (`bench.moto`), one run measures:
+
+- `sequential GETs`: the reader the report had before: one GET at a time, each part
+  decoded into records, the statistics over the records (the baseline);
+- `report engine`: `pipeline.predictions.engine` (16 parallel GETs, DuckDB);
+- `compaction`: `pipeline.predictions.compact.compact_hour` of that hour, from listing to
+  the parts' deletion;
+- `report engine, compacted day`: the engine over 24 compacted task-hours (`--since 24h`);
+- `compaction, peak-size parts`: the same records in parts of 10,000 records, as a task at
+  its peak writes them (a part a second, `encode_parts`' max_records): what the
+  compaction rate is compared with the peak capture rate on.
+
+A task-hour is 3,600 parts of 100 records (one part a second at 100 requests/s, as the
+recorder writes them: `encode_parts`, one record per `/predict` request, 10 scores).
+The compacted day is the compacted hour's object copied to the 23 hours before it
+(S3 CopyObject, with a manifest each): the same bytes a day of compaction would leave.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pipeline.predictions import compact, engine, statistics
+from pipeline.predictions import store as parts
+from service.capture import partformat
+from service.capture.records import PartNamer, Pending, encode_parts
+from service.model import ModelInfo
+
+PARTS_PER_HOUR = 3600
+RECORDS_PER_PART = 100
+# A task at its peak still writes a part a second, of up to 10,000 records
+# (`encode_parts`' max_records): the compaction row at peak merges such parts.
+PEAK_RECORDS_PER_PART = 10_000
+ENV = "bench"
+PEAK_ENV = "bench-peak"
+UPLOAD_WORKERS = 16
+
+
+@dataclass(frozen=True)
+class ReadRow:
+    name: str
+    records: int
+    objects: int
+    seconds: float
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class CaptureRead:
+    rows: list[ReadRow] = field(default_factory=list)
+    objects_per_task_hour: int | None = None
+
+    def row(self, name: str) -> ReadRow | None:
+        return next((row for row in self.rows if row.name == name), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": [
+                asdict(row) | {"records_per_second": row.records_per_second} for row in self.rows
+            ],
+            "objects_per_task_hour": self.objects_per_task_hour,
+        }
+
+
+def task_hour(
+    hour: datetime, parts_per_hour: int, records_per_part: int, env: str = ENV
+) -> list[Any]:
+    """One task's hour of parts, as the recorder encodes them (random logits)."""
+    rng = np.random.default_rng(14)
+    info = ModelInfo("mnist-8", "1", "cd" * 32)
+    namer = PartNamer()
+    start = hour.timestamp()
+    encoded = []
+    for index in range(parts_per_hour):
+        scores = rng.normal(0.0, 3.0, (records_per_part, 10)).astype(np.float32)
+        second = start + index * 3600 / parts_per_hour
+        entries = [
+            Pending(
+                second + row / records_per_part,
+                "/predict",
+                None,
+                info,
+                scores[row : row + 1],
+                None,
+                0.002,
+            )
+            for row in range(records_per_part)
+        ]
+        encoded += encode_parts(entries, env, namer)
+    return encoded
+
+
+@contextmanager
+def aws_environment(env: dict[str, str]):
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def sequential(store: parts.PartStore, since: datetime | None) -> int:
+    """The reader before compaction and the engine: one GET at a time, every record decoded."""
+    keys = [
+        key for hour in parts.list_hours(store, ENV, since) for key in parts.data_keys(store, hour)
+    ]
+    records = (record for key in keys for record in partformat.decode(parts.read_part(store, key)))
+    return statistics.summarise(records, ENV).total
+
+
+class CaptureReadError(Exception):
+    """A reader found another number of records than were written."""
+
+
+def timed(name: str, objects: int, expected: int, read: Callable[[], int]) -> ReadRow:
+    """Time `read()` (which returns the records it read) and check its count."""
+    started = time.perf_counter()
+    records = read()
+    seconds = time.perf_counter() - started
+    if records != expected:
+        raise CaptureReadError(f"{name}: read {records:,} records, {expected:,} were written")
+    return ReadRow(name, records, objects, seconds)
+
+
+def measure(
+    url: str,
+    aws_env: dict[str, str],
+    hours: int = 24,
+    parts_per_hour: int = PARTS_PER_HOUR,
+    records_per_part: int = RECORDS_PER_PART,
+) -> CaptureRead:
+    """Every capture-read row against the S3 store at `url` (its bucket exists, empty)."""
+    result = CaptureRead()
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    first = now - timedelta(hours=hours)
+    since = first - timedelta(minutes=1)
+    with aws_environment(aws_env):
+        store = parts.open_store(url)
+        log(f"encoding one task-hour: {parts_per_hour} parts of {records_per_part} records")
+        encoded = task_hour(first, parts_per_hour, records_per_part)
+        records = sum(part.records for part in encoded)
+        with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
+            list(pool.map(lambda p: store.put_new(p.key, p.body, partformat.CONTENT_TYPE), encoded))
+
+        def report() -> int:
+            return statistics.summary(engine.aggregate_store(store, ENV, since), ENV).total
+
+        log("reading it back: sequential GETs, then the report engine")
+        before = "sequential GETs (before)"
+        result.rows.append(timed(before, len(encoded), records, lambda: sequential(store, since)))
+        result.rows.append(timed("report engine", len(encoded), records, report))
+        log("compacting it")
+        result.rows.append(
+            timed(
+                "compaction",
+                len(encoded),
+                records,
+                lambda: compact.compact(store, ENV, hour=first, now=now)[0].records,
+            )
+        )
+        hour = parts.list_hours(store, ENV, since)[0]
+        result.objects_per_task_hour = len(hour.compacted) + len(hour.parts)
+        log(f"copying the compacted hour to {hours - 1} more hours, reading the {hours} hours")
+        copy_hours(store, hour, [first + timedelta(hours=h) for h in range(1, hours)])
+        objects = hours * len(hour.compacted)
+        day = f"report engine, compacted {hours} h"
+        result.rows.append(timed(day, objects, records * hours, report))
+        result.rows.append(peak_compaction(store, first, now, records, records_per_part))
+    return result
+
+
+def peak_compaction(
+    store: parts.PartStore, hour: datetime, now: datetime, records: int, records_per_part: int
+) -> ReadRow:
+    """Compaction of `records` in parts as a task at its peak writes them."""
+    per_part = min(PEAK_RECORDS_PER_PART, records)
+    count = max(1, records // per_part)
+    log(f"compacting {count} peak-size parts of {per_part} records")
+    encoded = task_hour(hour, count, per_part, PEAK_ENV)
+    with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
+        list(pool.map(lambda p: store.put_new(p.key, p.body, partformat.CONTENT_TYPE), encoded))
+    return timed(
+        f"compaction, peak-size parts ({per_part:,} records)",
+        len(encoded),
+        count * per_part,
+        lambda: compact.compact(store, PEAK_ENV, hour=hour, now=now)[0].records,
+    )
+
+
+def copy_hours(store: parts.PartStore, source: parts.Hour, hours: list[datetime]) -> None:
+    """The merged objects and manifest of `source`, copied (CopyObject) to each of `hours`."""
+    manifest = parts.read_manifest(store, source, source.manifests[0])
+
+    def copy(hour: datetime) -> None:
+        prefix = partformat.hour_key(ENV, hour)
+        for name in source.compacted:
+            store.client.copy_object(
+                Bucket=store.bucket,
+                Key=store.key(f"{prefix}/{name}"),
+                CopySource={"Bucket": store.bucket, "Key": store.key(source.key(name))},
+            )
+        body = orjson.dumps(manifest | {"hour": hour.isoformat()})
+        store.put_new(f"{prefix}/{source.manifests[0]}", body, "application/json")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(copy, hours))
+
+
+def log(message: str) -> None:
+    print(f"bench: capture read: {message}", file=sys.stderr, flush=True)
+
+
+def table(found: CaptureRead) -> str:
+    """The capture-read rows as Markdown."""
+    lines = [
+        "| capture read (moto S3) | records | objects | seconds | records/s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in found.rows:
+        lines.append(
+            f"| {row.name} | {row.records:,} | {row.objects:,} | {row.seconds:.2f} "
+            f"| {row.records_per_second:,.0f} |"
+        )
+    return "\n".join(lines)

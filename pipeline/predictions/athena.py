@@ -1,0 +1,136 @@
+"""The report through Athena: the same aggregates, computed where the capture lives.
+
+`report <env> --engine athena` runs three queries on the environment's workgroup over
+its Glue table (`terraform/modules/capture_catalog`): class counts and top-class
+probabilities per hour, records per model, and time range and latency percentiles.
+The `hour` partition limits each scan to the hours asked for (partition projection);
+the workgroup cancels a query past its byte limit, which reaches here as the query's
+failure reason. Athena (Trino) has no exact percentile: `approx_percentile` is within
+about 1% of rank (Athena user guide, "Functions in Amazon Athena", Trino docs,
+"approx_percentile"). Captured inputs are not read: the input statistic is local only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.predictions.statistics import Aggregates
+from pipeline.predictions.store import PredictionLogError, _iso
+from service.capture import partformat
+
+# A report's queries scan at most the workgroup's byte limit; this bounds the wait.
+QUERY_TIMEOUT_SECONDS = 600
+POLL_SECONDS = 1.0
+_FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+# The same rule as statistics.top_probabilities and engine.TOP_PROBABILITY.
+TOP_PROBABILITY = """CASE
+    WHEN array_min(scores) >= 0
+         AND abs(reduce(scores, 0e0, (s, x) -> s + x, s -> s) - 1) <= 1e-3
+    THEN array_max(scores)
+    ELSE 1 / reduce(scores, 0e0, (s, x) -> s + exp(x - array_max(scores)), s -> s)
+END"""
+HOUR_LABEL = "concat(replace(substr(time, 1, 13), 'T', ' '), ':00')"
+
+
+def queries(table: str, since: datetime | None) -> dict[str, str]:
+    """The report's SQL over `table` ("database"."table"), records at or after `since`."""
+    where = "WHERE TRUE"
+    if since is not None:
+        since = since.astimezone(UTC)
+        hour = since.strftime(partformat.HOUR_STRFTIME)
+        where = f"WHERE hour >= '{hour}' AND time >= '{_iso(since)}'"
+    return {
+        "classes": f"""SELECT {HOUR_LABEL} AS label, prediction, count(*),
+            sum({TOP_PROBABILITY}) FROM {table} {where} GROUP BY 1, 2""",
+        "models": f"""SELECT concat(model.name, ' ', model.version), count(*)
+            FROM {table} {where} GROUP BY 1""",
+        "requests": f"""SELECT min(time), max(time),
+            approx_percentile(latency_ms, 0.5), approx_percentile(latency_ms, 0.9),
+            approx_percentile(latency_ms, 0.99), max(latency_ms)
+            FROM {table} {where} AND "row" = 0""",
+    }
+
+
+def start(client: Any, sql: str, workgroup: str, database: str) -> str:
+    """StartQueryExecution: the query's execution id."""
+    try:
+        return client.start_query_execution(
+            QueryString=sql, WorkGroup=workgroup, QueryExecutionContext={"Database": database}
+        )["QueryExecutionId"]
+    except Exception as exc:  # botocore's ClientError/BotoCoreError: name them, say what to do
+        raise _failure(workgroup, database, exc) from None
+
+
+def rows(client: Any, execution: str, workgroup: str, database: str) -> list[list[str | None]]:
+    """A started query's rows (header dropped), values as Athena returns them: strings or
+    None. Raises PredictionLogError with Athena's reason when the query fails, is
+    cancelled (the workgroup's byte limit) or runs past QUERY_TIMEOUT_SECONDS."""
+    try:
+        deadline = time.monotonic() + QUERY_TIMEOUT_SECONDS
+        while True:
+            status = client.get_query_execution(QueryExecutionId=execution)["QueryExecution"][
+                "Status"
+            ]
+            if status["State"] in _FINISHED or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_SECONDS)
+        if status["State"] != "SUCCEEDED":
+            reason = status.get("StateChangeReason") or f"still {status['State']}"
+            raise PredictionLogError(f"Athena query {execution} in workgroup {workgroup}: {reason}")
+        found: list[list[str | None]] = []
+        pages = client.get_paginator("get_query_results").paginate(QueryExecutionId=execution)
+        for page in pages:
+            found += [
+                [cell.get("VarCharValue") for cell in row["Data"]]
+                for row in page["ResultSet"]["Rows"]
+            ]
+    except PredictionLogError:
+        raise
+    except Exception as exc:
+        raise _failure(workgroup, database, exc) from None
+    return found[1:]  # the first row of a SELECT's results is its column names
+
+
+def _failure(workgroup: str, database: str, exc: Exception) -> PredictionLogError:
+    return PredictionLogError(
+        f"Athena (workgroup {workgroup}, database {database}): {exc}; are AWS credentials "
+        "and region set, and was the environment applied (nox -s apply -- <env>)?"
+    )
+
+
+def aggregate(
+    client: Any, workgroup: str, database: str, since: datetime | None = None
+) -> Aggregates:
+    """The report's aggregates from Athena (the three queries started at once)."""
+    table = f'"{database}"."predictions"'
+    started = {
+        name: start(client, sql, workgroup, database) for name, sql in queries(table, since).items()
+    }
+    answers = {
+        name: rows(client, execution, workgroup, database) for name, execution in started.items()
+    }
+    result = Aggregates()
+    top: dict[str, list[float]] = {}
+    for label, prediction, count, total in answers["classes"]:
+        result.classes.setdefault(str(label), Counter())[int(prediction)] = int(count)
+        entry = top.setdefault(str(label), [0.0, 0])
+        entry[0] += float(total or 0.0)
+        entry[1] += int(count)
+    result.top = {label: (total, int(count)) for label, (total, count) in top.items()}
+    for model, count in answers["models"]:
+        result.models[str(model)] = int(count)
+    if answers["requests"] and answers["requests"][0][0] is not None:
+        first, last, p50, p90, p99, slowest = answers["requests"][0]
+        result.first, result.last = first, last
+        if p50 is not None:
+            result.latency_ms = {
+                "p50": float(p50),
+                "p90": float(p90),
+                "p99": float(p99),
+                "max": float(slowest),
+            }
+    return result

@@ -1,0 +1,361 @@
+# SQL over the prediction capture: a Glue table over capture/<environment>/ whose hour
+# partitions come from partition projection (no crawler, no MSCK REPAIR TABLE), an
+# Athena workgroup with its result location and a byte-scanned limit, saved queries
+# for the report's figures, and the hourly compaction task that keeps an hour to a
+# few objects (pipeline/predictions/compact.py).
+
+data "aws_region" "current" {}
+
+data "aws_caller_identity" "current" {}
+
+locals {
+  capture_prefix = "capture/${var.environment}"
+  location       = "s3://${var.bucket_name}/${local.capture_prefix}/"
+  database       = replace("${var.name}_capture", "-", "_")
+  # The family, without a revision: RunTask starts its latest ACTIVE revision (ECS API
+  # reference, RunTask, taskDefinition).
+  task_family_arn = replace(var.task_definition_arn, "/:[0-9]+$/", "")
+}
+
+################################################################################
+# Glue catalog
+################################################################################
+
+resource "aws_glue_catalog_database" "this" {
+  name        = local.database
+  description = "Prediction capture of ${var.name}"
+}
+
+# One row per captured prediction (service/capture/records.py). Parts and merged objects
+# are both gzip JSON Lines in the hour directories; compaction manifests start with `_`,
+# which Athena skips. Partition projection computes each hour's location from
+# storage.location.template (Athena user guide, "Partition projection", date type).
+resource "aws_glue_catalog_table" "predictions" {
+  name          = "predictions"
+  database_name = aws_glue_catalog_database.this.name
+  description   = "Captured predictions of ${var.environment}, one row per batch row"
+  table_type    = "EXTERNAL_TABLE"
+
+  parameters = {
+    "classification"                = "json"
+    "compressionType"               = "gzip"
+    "projection.enabled"            = "true"
+    "projection.hour.type"          = "date"
+    "projection.hour.format"        = var.hour_format
+    "projection.hour.range"         = "${var.projection_start},NOW"
+    "projection.hour.interval"      = "1"
+    "projection.hour.interval.unit" = "HOURS"
+    "storage.location.template"     = "${local.location}$${hour}/"
+  }
+
+  partition_keys {
+    name    = "hour"
+    type    = "string"
+    comment = "UTC hour of the records, ${var.hour_format}"
+  }
+
+  storage_descriptor {
+    location      = local.location
+    input_format  = "org.apache.hadoop.mapred.TextInputFormat"
+    output_format = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+
+    ser_de_info {
+      name                  = "json"
+      serialization_library = "org.openx.data.jsonserde.JsonSerDe"
+    }
+
+    columns {
+      name = "id"
+      type = "string"
+    }
+    columns {
+      name = "request_id"
+      type = "string"
+    }
+    columns {
+      name = "row"
+      type = "int"
+    }
+    columns {
+      name    = "time"
+      type    = "string"
+      comment = "ISO 8601 UTC with milliseconds"
+    }
+    columns {
+      name = "env"
+      type = "string"
+    }
+    columns {
+      name = "route"
+      type = "string"
+    }
+    columns {
+      name = "model"
+      type = "struct<name:string,version:string,sha256:string>"
+    }
+    columns {
+      name = "prediction"
+      type = "int"
+    }
+    columns {
+      name = "scores"
+      type = "array<double>"
+    }
+    columns {
+      name = "latency_ms"
+      type = "double"
+    }
+    columns {
+      name = "inputs"
+      type = "array<double>"
+    }
+    columns {
+      name = "input_shape"
+      type = "array<int>"
+    }
+  }
+}
+
+################################################################################
+# Athena
+################################################################################
+
+resource "aws_athena_workgroup" "this" {
+  name          = var.name
+  description   = "Queries over the prediction capture of ${var.environment}"
+  force_destroy = var.force_destroy
+
+  configuration {
+    enforce_workgroup_configuration    = true
+    publish_cloudwatch_metrics_enabled = true
+    bytes_scanned_cutoff_per_query     = var.bytes_scanned_cutoff_per_query
+
+    result_configuration {
+      output_location = "s3://${var.bucket_name}/athena-results/${var.environment}/"
+
+      encryption_configuration {
+        encryption_option = "SSE_S3"
+      }
+    }
+  }
+
+  tags = var.tags
+}
+
+locals {
+  table = "\"${aws_glue_catalog_database.this.name}\".\"${aws_glue_catalog_table.predictions.name}\""
+  queries = {
+    "predictions-per-class-per-hour" = {
+      description = "Predicted classes per hour over the last day"
+      sql         = <<-SQL
+        SELECT hour, prediction, count(*) AS predictions
+        FROM ${local.table}
+        WHERE hour >= date_format(current_timestamp - interval '1' day, '%Y/%m/%d/%H')
+        GROUP BY hour, prediction
+        ORDER BY hour, prediction
+      SQL
+    }
+    "latency-p99-per-hour" = {
+      description = "Request latency percentiles per hour over the last day (one row per request)"
+      sql         = <<-SQL
+        SELECT hour, count(*) AS requests,
+               approx_percentile(latency_ms, 0.5) AS p50_ms,
+               approx_percentile(latency_ms, 0.99) AS p99_ms
+        FROM ${local.table}
+        WHERE hour >= date_format(current_timestamp - interval '1' day, '%Y/%m/%d/%H')
+          AND "row" = 0
+        GROUP BY hour
+        ORDER BY hour
+      SQL
+    }
+    "requests-by-model-version" = {
+      description = "Requests per model version and hour over the last week: who answered after a release"
+      sql         = <<-SQL
+        SELECT hour, model.name AS model, model.version AS version, count(*) AS requests
+        FROM ${local.table}
+        WHERE hour >= date_format(current_timestamp - interval '7' day, '%Y/%m/%d/%H')
+          AND "row" = 0
+        GROUP BY hour, model.name, model.version
+        ORDER BY hour, version
+      SQL
+    }
+  }
+}
+
+resource "aws_athena_named_query" "this" {
+  for_each = local.queries
+
+  name        = "${var.name}-${each.key}"
+  description = each.value.description
+  workgroup   = aws_athena_workgroup.this.id
+  database    = aws_glue_catalog_database.this.name
+  query       = each.value.sql
+}
+
+################################################################################
+# Compaction task role
+################################################################################
+
+data "aws_iam_policy_document" "ecs_tasks_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
+  }
+}
+
+resource "aws_iam_role" "compaction" {
+  name               = "${var.name}-compaction"
+  description        = "The compaction task: merges capture/${var.environment}/ parts"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+
+  tags = var.tags
+}
+
+# pipeline/aws_calls.py, role "compaction": list the hours, read the parts, write the
+# merged objects and manifests, delete the merged parts.
+data "aws_iam_policy_document" "compaction" {
+  statement {
+    sid       = "ListCapture"
+    actions   = ["s3:ListBucket"]
+    resources = [var.bucket_arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${local.capture_prefix}/*"]
+    }
+  }
+
+  statement {
+    sid       = "MergeCapture"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${var.bucket_arn}/${local.capture_prefix}/*"]
+  }
+}
+
+resource "aws_iam_role_policy" "compaction" {
+  name   = "compaction"
+  role   = aws_iam_role.compaction.id
+  policy = data.aws_iam_policy_document.compaction.json
+}
+
+################################################################################
+# Schedule
+################################################################################
+
+data "aws_iam_policy_document" "scheduler_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["scheduler.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
+  }
+}
+
+resource "aws_iam_role" "scheduler" {
+  name               = "${var.name}-scheduler"
+  description        = "EventBridge Scheduler: starts the compaction task of ${var.name}"
+  assume_role_policy = data.aws_iam_policy_document.scheduler_assume.json
+
+  tags = var.tags
+}
+
+# EventBridge Scheduler user guide, "Set up the execution role" (ECS RunTask target):
+# ecs:RunTask on the task definition, iam:PassRole on the roles the task runs with.
+data "aws_iam_policy_document" "scheduler" {
+  statement {
+    sid       = "RunCompaction"
+    actions   = ["ecs:RunTask"]
+    resources = ["${local.task_family_arn}:*"]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [var.cluster_arn]
+    }
+  }
+
+  statement {
+    sid       = "PassTaskRoles"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.compaction.arn, var.execution_role_arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "scheduler" {
+  name   = "run-compaction"
+  role   = aws_iam_role.scheduler.id
+  policy = data.aws_iam_policy_document.scheduler.json
+}
+
+# The service image with the compaction command and the compaction role: Scheduler
+# passes a templated ECS target's input as RunTask's overrides.
+resource "aws_scheduler_schedule" "compaction" {
+  #checkov:skip=CKV_AWS_297:The schedule holds a command line and two role ARNs, no data; Scheduler encrypts it with an AWS owned key, and a customer managed key would add a key and its policy for nothing to protect.
+  name                         = "${var.name}-compaction"
+  description                  = "Merge each finished hour of capture/${var.environment}/ into a few objects"
+  schedule_expression          = var.compaction_schedule
+  schedule_expression_timezone = "UTC"
+  state                        = var.compaction_enabled ? "ENABLED" : "DISABLED"
+
+  flexible_time_window {
+    mode = "OFF"
+  }
+
+  target {
+    arn      = var.cluster_arn
+    role_arn = aws_iam_role.scheduler.arn
+
+    ecs_parameters {
+      task_definition_arn = local.task_family_arn
+      launch_type         = "FARGATE"
+      task_count          = 1
+
+      network_configuration {
+        subnets          = var.subnet_ids
+        security_groups  = var.security_group_ids
+        assign_public_ip = var.assign_public_ip
+      }
+    }
+
+    input = jsonencode({
+      taskRoleArn = aws_iam_role.compaction.arn
+      containerOverrides = [{
+        name = var.container_name
+        command = [
+          "python", "-m", "pipeline.predictions.compact", var.environment,
+          "--url", "s3://${var.bucket_name}/capture", "--since", "2d",
+        ]
+      }]
+    })
+
+    retry_policy {
+      maximum_retry_attempts       = 2
+      maximum_event_age_in_seconds = 3600
+    }
+  }
+}

@@ -1,0 +1,108 @@
+################################################################################
+# Naming
+################################################################################
+
+variable "name" {
+  description = "Name prefix of every resource (onnx-ship-<environment>)."
+  type        = string
+}
+
+variable "environment" {
+  description = "Environment name; its capture prefix is capture/<environment>/."
+  type        = string
+}
+
+variable "tags" {
+  description = "Tags for every resource."
+  type        = map(string)
+  default     = {}
+}
+
+################################################################################
+# Capture and catalog
+################################################################################
+
+variable "bucket_name" {
+  description = "Bucket holding capture/<environment>/ (and athena-results/<environment>/, the workgroup's result location)."
+  type        = string
+}
+
+variable "bucket_arn" {
+  description = "ARN of that bucket."
+  type        = string
+}
+
+variable "hour_format" {
+  description = "The capture's hour directories as a Java date pattern (projection.hour.format); service/capture/partformat.py's projection_format() is the source and a test compares them."
+  type        = string
+  default     = "yyyy/MM/dd/HH"
+}
+
+variable "projection_start" {
+  description = "First hour partition projection considers, in hour_format."
+  type        = string
+  default     = "2024/01/01/00"
+}
+
+variable "bytes_scanned_cutoff_per_query" {
+  description = "Athena cancels a query of the workgroup once it has scanned this many bytes (at least 10 MB). 10 GB: about 25 task-days of compacted capture, USD 0.05 at USD 5 per TB."
+  type        = number
+  default     = 10737418240
+}
+
+variable "force_destroy" {
+  description = "Let terraform destroy the workgroup with its saved queries and history."
+  type        = bool
+  default     = false
+}
+
+################################################################################
+# Compaction schedule
+################################################################################
+
+variable "compaction_schedule" {
+  description = "When the compaction task runs (EventBridge Scheduler expression, UTC): past the hour, after the previous hour settled."
+  type        = string
+  default     = "cron(15 * * * ? *)"
+}
+
+variable "compaction_enabled" {
+  description = "Whether the schedule starts the compaction task."
+  type        = bool
+  default     = true
+}
+
+variable "cluster_arn" {
+  description = "ECS cluster the compaction task runs in."
+  type        = string
+}
+
+variable "task_definition_arn" {
+  description = "The service's task definition (any revision): the schedule runs the family's latest ACTIVE revision, the one the last release registered."
+  type        = string
+}
+
+variable "container_name" {
+  description = "The service container whose command the schedule overrides."
+  type        = string
+}
+
+variable "execution_role_arn" {
+  description = "The service's execution role (image pull, logs), passed to the task."
+  type        = string
+}
+
+variable "subnet_ids" {
+  description = "Subnets of the compaction task."
+  type        = list(string)
+}
+
+variable "security_group_ids" {
+  description = "Security groups of the compaction task (the tasks' own: HTTPS out only)."
+  type        = list(string)
+}
+
+variable "assign_public_ip" {
+  description = "Whether the task needs a public IP to reach AWS (no NAT gateway)."
+  type        = bool
+}

@@ -1,0 +1,274 @@
+"""Compaction: an hour's parts merged exactly once, whatever step a run stops at."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.predictions import compact as compaction
+from pipeline.predictions import store as parts
+from service.capture import partformat
+from service.capture.records import PartNamer, Pending, encode_parts
+from service.capture.sinks import open_sink
+from service.model import ModelInfo
+from service.store import LocalStore
+
+INFO = ModelInfo("mnist-8", "1", "cd" * 32)
+NOON = datetime(2025, 3, 1, 12, tzinfo=UTC)
+LATER = NOON + timedelta(days=1)
+
+
+def capture(url: str, hour: datetime, requests: int, first: int = 0, per_part: int = 4) -> None:
+    """`requests` single-row requests in `hour`, `per_part` to a part (as one task writes)."""
+    sink = open_sink(url)
+    namer = PartNamer()
+    scores = np.eye(10, dtype=np.float32)
+    entries = [
+        Pending(
+            hour.timestamp() + 1 + n,
+            "/predict",
+            f"r{first + n}",
+            INFO,
+            scores[[n % 10]],
+            None,
+            0.002,
+        )
+        for n in range(requests)
+    ]
+    for start in range(0, requests, per_part):
+        for part in encode_parts(entries[start : start + per_part], "dev", namer):
+            assert sink.put(part.key, part.body)
+
+
+def ids(store: parts.PartStore) -> Counter:
+    return Counter(record["id"] for record in parts.read_records(store, "dev"))
+
+
+def names(store: LocalStore, hour: datetime) -> list[str]:
+    return sorted(p.name for p in (store.root / partformat.hour_key("dev", hour)).iterdir())
+
+
+def test_an_hour_becomes_one_object_and_a_manifest_and_reads_the_same(tmp_path):
+    capture(str(tmp_path), NOON, 40)
+    capture(str(tmp_path), NOON + timedelta(hours=1), 8, first=100)
+    store = parts.open_store(str(tmp_path))
+    before = ids(store)
+    assert len(names(store, NOON)) == 10
+    done = compaction.compact(store, "dev", now=LATER)
+    assert [(d.parts, d.records, d.objects, d.generation) for d in done] == [
+        (2, 8, 1, 1),
+        (10, 40, 1, 1),
+    ]
+    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
+    assert ids(store) == before and sum(before.values()) == 48
+    # Nothing left to do: a second run changes nothing.
+    assert [d.generation for d in compaction.compact(store, "dev", now=LATER)] == [0, 0]
+    assert ids(store) == before
+
+
+def test_an_unfinished_hour_is_left_alone_unless_named(tmp_path):
+    capture(str(tmp_path), NOON, 8)
+    store = parts.open_store(str(tmp_path))
+    assert compaction.compact(store, "dev", now=NOON + timedelta(minutes=65)) == []
+    done = compaction.compact(store, "dev", hour=NOON, now=NOON + timedelta(minutes=65))
+    assert [d.records for d in done] == [8]
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at(wanted: str):
+    def checkpoint(step: str) -> None:
+        if step == wanted:
+            raise Stop(step)
+
+    return checkpoint
+
+
+@pytest.mark.parametrize("step", ["cleaned", "written", "verified", "committed"])
+def test_a_run_stopped_after_any_step_loses_and_duplicates_nothing(tmp_path, step):
+    capture(str(tmp_path), NOON, 40)
+    store = parts.open_store(str(tmp_path))
+    before = ids(store)
+    with pytest.raises(Stop):
+        compaction.compact(store, "dev", now=LATER, checkpoint=stop_at(step))
+    assert ids(store) == before  # readers see each record once in the meantime
+    compaction.compact(store, "dev", now=LATER)
+    assert ids(store) == before
+    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
+
+
+class DeletesHalfThenFails(LocalStore):
+    def delete(self, keys: list[str]) -> None:
+        super().delete(keys[: len(keys) // 2])
+        raise OSError("the task stopped while deleting")
+
+
+def test_a_run_stopped_while_deleting_the_parts_is_finished_by_the_next(tmp_path):
+    capture(str(tmp_path), NOON, 40)
+    before = ids(parts.open_store(str(tmp_path)))
+    with pytest.raises(OSError):
+        compaction.compact(DeletesHalfThenFails(tmp_path), "dev", now=LATER)
+    store = parts.open_store(str(tmp_path))
+    assert len(names(store, NOON)) == 2 + 5  # manifest, merged object, half the parts
+    assert ids(store) == before
+    (done,) = compaction.compact(store, "dev", now=LATER)
+    assert (done.generation, done.cleaned) == (0, 5)
+    assert ids(store) == before and len(names(store, NOON)) == 2
+
+
+def test_parts_arriving_after_a_compaction_are_read_and_merged_next_time(tmp_path):
+    capture(str(tmp_path), NOON, 20)
+    capture(str(tmp_path), NOON + timedelta(hours=1), 4, first=200)
+    store = parts.open_store(str(tmp_path))
+    compaction.compact(store, "dev", hour=NOON, now=LATER)
+    capture(str(tmp_path), NOON, 6, first=100)  # a spool draining late into a merged hour
+    expected = Counter({f"r{n}": 1 for n in [*range(20), *range(100, 106), *range(200, 204)]})
+    assert ids(store) == expected  # merged + late parts + an uncompacted hour
+    done = compaction.compact(store, "dev", hour=NOON, now=LATER)
+    assert [(d.generation, d.records) for d in done] == [(2, 6)]
+    assert ids(store) == expected
+    assert len([n for n in names(store, NOON) if partformat.is_manifest(n)]) == 2
+
+
+class LosesTheLastPart(LocalStore):
+    """A store whose writes of merged objects come out short (the last part missing)."""
+
+    def put_new(self, key: str, body: bytes, content_type: str = "") -> bool:
+        if partformat.is_compacted(key.rsplit("/", 1)[1]):
+            body = body[: body.rindex(b"\x1f\x8b\x08")]  # the last gzip member's start
+        return super().put_new(key, body, content_type)
+
+
+def test_a_merged_object_with_the_wrong_count_is_never_committed(tmp_path):
+    capture(str(tmp_path), NOON, 8)
+    with pytest.raises(compaction.CompactionError, match="hold 4 records, the parts 8"):
+        compaction.compact(LosesTheLastPart(tmp_path), "dev", now=LATER)
+    store = parts.open_store(str(tmp_path))
+    assert len(names(store, NOON)) == 2  # the parts only: the short object was removed
+    assert sum(ids(store).values()) == 8
+
+
+def test_compact_command_names_what_it_did(tmp_path, capsys):
+    capture(str(tmp_path), NOON, 8)
+    assert main(["compact", "dev", "--url", str(tmp_path), "--hour", "2025-03-01T12"]) == 0
+    assert "2 parts, 8 records -> 1 objects (generation 1)" in capsys.readouterr().out
+
+
+def test_part_keys_and_the_athena_projection_share_one_hour_layout(tmp_path):
+    key = PartNamer()("dev", NOON.timestamp() + 59 * 60)
+    hour, name = partformat.split_key(key)
+    assert hour == NOON and key == f"{partformat.hour_key('dev', NOON)}/{name}"
+    assert partformat.projection_format() == "yyyy/MM/dd/HH"
+    assert datetime.strptime("2025/03/01/12", partformat.HOUR_STRFTIME).hour == 12
+
+
+@pytest.mark.integration
+def test_compaction_on_s3_deletes_the_parts_it_merged(aws):
+    boto3.client("s3").create_bucket(Bucket="captures")
+    url = "s3://captures/predictions"
+    capture(url, NOON, 12, per_part=1)
+    store = parts.open_store(url)
+    before = ids(store)
+    (done,) = compaction.compact(store, "dev", now=LATER)
+    assert (done.parts, done.records, done.objects) == (12, 12, 1)
+    keys = [
+        item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="captures")["Contents"]
+    ]
+    assert [key.rsplit("/", 1)[1][:15] for key in keys] == ["_compacted-0001", "compacted-0001-"]
+    assert ids(store) == before
+
+
+def python_and_engine(store: parts.PartStore, since: datetime | None = None):
+    from pipeline.predictions import engine, statistics
+
+    labels = np.repeat(np.arange(10), 10)
+    by_python = statistics.summarise(parts.read_records(store, "dev", since), "dev", labels)
+    by_engine = statistics.summary(engine.aggregate_store(store, "dev", since), "dev", labels)
+    return by_python, by_engine
+
+
+def assert_same(by_python, by_engine) -> None:
+    assert by_engine.total == by_python.total
+    assert by_engine.per_class == by_python.per_class
+    assert by_engine.per_hour == by_python.per_hour
+    assert by_engine.per_model == by_python.per_model
+    assert (by_engine.first, by_engine.last) == (by_python.first, by_python.last)
+    assert by_engine.latency_ms == pytest.approx(by_python.latency_ms)
+    assert by_engine.tvd == pytest.approx(by_python.tvd)
+    assert by_engine.psi == pytest.approx(by_python.psi)
+    assert by_engine.mean_top_score == pytest.approx(by_python.mean_top_score)
+    assert [h.mean_top_score for h in by_engine.hours] == pytest.approx(
+        [h.mean_top_score for h in by_python.hours]
+    )
+
+
+def test_the_engine_reads_mixed_compacted_and_uncompacted_hours_like_the_records(tmp_path):
+    capture(str(tmp_path), NOON, 30)
+    capture(str(tmp_path), NOON + timedelta(hours=1), 9, first=100)
+    store = parts.open_store(str(tmp_path))
+    compaction.compact(store, "dev", hour=NOON, now=LATER)
+    capture(str(tmp_path), NOON, 5, first=200)  # late parts beside the merged object
+    # A merged object no manifest commits (a run stopped before its commit) counts nowhere.
+    stray = f"{partformat.hour_key('dev', NOON)}/{partformat.compacted_name(9, 'x', 0)}"
+    (tmp_path / stray).write_bytes(
+        (tmp_path / next(iter(store.list("dev/2025/03/01/12")))).read_bytes()
+    )
+    by_python, by_engine = python_and_engine(store)
+    assert by_python.total == 44
+    assert_same(by_python, by_engine)
+    later = datetime(2025, 3, 1, 13, 0, 5, tzinfo=UTC)
+    assert python_and_engine(store, later)[1].total == 5  # records at or after 13:00:05
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("lookahead", [1, 4])
+def test_the_engine_reads_s3_like_the_records(aws, monkeypatch, lookahead):
+    from pipeline.predictions import engine
+
+    monkeypatch.setattr(engine, "LOOKAHEAD_HOURS", lookahead)
+    boto3.client("s3").create_bucket(Bucket="captures")
+    url = "s3://captures/predictions"
+    capture(url, NOON, 12)
+    capture(url, NOON + timedelta(hours=1), 12, first=100)
+    capture(url, NOON + timedelta(hours=2), 12, first=200)
+    store = parts.open_store(url)
+    compaction.compact(store, "dev", hour=NOON, now=LATER)
+    by_python, by_engine = python_and_engine(store)
+    assert by_engine.total == 36 and len(by_engine.hours) == 3
+    assert_same(by_python, by_engine)
+
+
+def test_the_scheduled_command_runs_on_the_service_images_dependencies(tmp_path):
+    """The compaction task runs the service image, which has the runtime dependencies
+    only (pyproject's `dependencies`): the command imports none of the pipeline's."""
+    import subprocess
+    import sys
+
+    capture(str(tmp_path), NOON, 8)
+    code = (
+        "import sys; from pipeline.predictions.compact import main; code = main(sys.argv[1:]); "
+        "extra = {'duckdb', 'matplotlib', 'onnx', 'python_terraform'} & set(sys.modules); "
+        "sys.exit(f'imported {extra}' if extra else code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "dev", "--url", str(tmp_path), "--hour", "2025-03-01T12"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "compacted 1 hours of dev" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-c", code, "dev", "--url", str(tmp_path), "--hour", "noon"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "--hour 'noon' is not a UTC hour" in bad.stderr

@@ -112,8 +112,10 @@ class CaptureRecorder:
         self._pending_bytes = 0
         self._spooled: deque[Path] = deque()
         self._sink_down = False
-        self._wake: asyncio.Event | None = None
-        self._work: asyncio.Event | None = None
+        # Set when the queue should be encoded into a part now (full, or closing).
+        self._batch_due: asyncio.Event | None = None
+        # Set when an encoded or spooled part waits for the sink.
+        self._upload_due: asyncio.Event | None = None
         self._batch_task: asyncio.Task | None = None
         self._upload_task: asyncio.Task | None = None
         self._stopping = False
@@ -149,11 +151,11 @@ class CaptureRecorder:
         self._queue.append(entry)
         self._queued_rows += entry.rows
         self._queued_bytes += entry.estimated_bytes()
-        if self._wake is not None and (
+        if self._batch_due is not None and (
             self._queued_rows >= self.config.max_part_records
             or self._queued_bytes >= self.config.max_part_bytes
         ):
-            self._wake.set()
+            self._batch_due.set()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -162,7 +164,7 @@ class CaptureRecorder:
         if self._batch_task is not None:
             return
         self._stopping = self._draining = False
-        self._wake, self._work = asyncio.Event(), asyncio.Event()
+        self._batch_due, self._upload_due = asyncio.Event(), asyncio.Event()
         self._spooled = deque(await self._encoder.run(self._spool.scan))
         self.metrics.spool_parts.set(len(self._spooled))
         if self._spooled:
@@ -182,10 +184,10 @@ class CaptureRecorder:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.close_seconds
         self._stopping = True
-        self._wake.set()
+        self._batch_due.set()
         await self._batch_task
         self._draining = True
-        self._work.set()
+        self._upload_due.set()
         try:
             await asyncio.wait_for(self._upload_task, max(0.0, deadline - loop.time()))
         except TimeoutError:
@@ -212,8 +214,8 @@ class CaptureRecorder:
         while time.monotonic() < deadline:
             if not (self._queue or self._encoding_rows or self._pending or self._spooled):
                 return True
-            if self._wake is not None:
-                self._wake.set()
+            if self._batch_due is not None:
+                self._batch_due.set()
             await asyncio.sleep(0.02)
         return False
 
@@ -222,8 +224,8 @@ class CaptureRecorder:
     async def _batch_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.flush_seconds)
-            self._wake.clear()
+                await asyncio.wait_for(self._batch_due.wait(), self.config.flush_seconds)
+            self._batch_due.clear()
             if self._queue:
                 await self._encode_queue()
             if self._stopping:
@@ -256,8 +258,8 @@ class CaptureRecorder:
                 self._pending.append(part)
                 self._pending_bytes += len(part.body)
         self._update_gauges()
-        if self._work is not None:
-            self._work.set()
+        if self._upload_due is not None:
+            self._upload_due.set()
 
     # -- uploading ---------------------------------------------------------
 
@@ -268,13 +270,13 @@ class CaptureRecorder:
         while True:
             if self._pending:
                 part = self._pending[0]
-                stored = not self._sink_down and await self._store(
+                stored = not self._sink_down and await self._upload_with_retries(
                     self._put_part, part, attempts=self.config.upload_attempts
                 )
                 self._pending.popleft()
                 self._pending_bytes -= len(part.body)
                 if stored:
-                    self._stored(part.records)
+                    self._count_uploaded(part.records)
                 else:
                     self._mark_down()
                     await self._save_to_spool(part)
@@ -283,7 +285,9 @@ class CaptureRecorder:
             if self._spooled and (not self._sink_down or loop.time() >= next_probe):
                 path = self._spooled[0]
                 attempts = 1 if self._sink_down else self.config.upload_attempts
-                records = await self._store(self._put_spooled, path, attempts=attempts)
+                records = await self._upload_with_retries(
+                    self._put_spooled, path, attempts=attempts
+                )
                 if records is False:
                     self._mark_down()
                     next_probe = loop.time() + backoff
@@ -292,16 +296,16 @@ class CaptureRecorder:
                     self._spooled.popleft()
                     await self._encoder.run(self._spool.remove, path)
                     if records:  # 0: another process uploaded it first
-                        self._stored(records)
+                        self._count_uploaded(records)
                     backoff = self.config.retry_seconds
                 self._update_gauges()
                 continue
             if self._draining and not self._queue and not self._spooled:
                 return
             timeout = max(0.0, next_probe - loop.time()) if self._spooled else None
-            self._work.clear()
+            self._upload_due.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._work.wait(), timeout)
+                await asyncio.wait_for(self._upload_due.wait(), timeout)
 
     def _retry_cap(self) -> float:
         return (
@@ -310,7 +314,7 @@ class CaptureRecorder:
             else self.config.max_retry_seconds
         )
 
-    async def _store(self, put: Callable, item, *, attempts: int):
+    async def _upload_with_retries(self, put: Callable, item, *, attempts: int):
         """Run `put(item)` on the upload thread with retries; its result, or False."""
         delay = self.config.retry_seconds
         for attempt in range(1, attempts + 1):
@@ -361,7 +365,7 @@ class CaptureRecorder:
         self._spooled.append(path)
         self.metrics.spooled.inc()
 
-    def _stored(self, records: int) -> None:
+    def _count_uploaded(self, records: int) -> None:
         self.metrics.parts_uploaded.inc()
         self.metrics.written.inc(records)
         self._mark_up()

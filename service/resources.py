@@ -60,8 +60,8 @@ def served_model(inference: Inference, name: str, version: str | None):
     return model
 
 
-class Predict:
-    """POST /predict: the simple contract, {"data": [...]} -> {"prediction": 7}."""
+class PredictionRoute:
+    """A route that runs the model: read, decode, infer, encode, then record."""
 
     def __init__(
         self, inference: Inference, max_body_bytes: int, recorder: PredictionRecorder
@@ -69,6 +69,10 @@ class Predict:
         self._inference = inference
         self._limit = max_body_bytes
         self._recorder = recorder
+
+
+class Predict(PredictionRoute):
+    """POST /predict: the simple contract, {"data": [...]} -> {"prediction": 7}."""
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         started = time.perf_counter()
@@ -136,15 +140,8 @@ class ModelReady:
         send_json(resp, {"name": name, "ready": True})
 
 
-class ModelInfer:
+class ModelInfer(PredictionRoute):
     """POST /v2/models/{name}[/versions/{version}]/infer, JSON or binary tensors."""
-
-    def __init__(
-        self, inference: Inference, max_body_bytes: int, recorder: PredictionRecorder
-    ) -> None:
-        self._inference = inference
-        self._limit = max_body_bytes
-        self._recorder = recorder
 
     async def on_post(self, req, resp, name: str, version: str | None = None) -> None:
         started = time.perf_counter()

@@ -22,7 +22,8 @@ import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import Field, dataclass, field, replace
+from dataclasses import fields as fields_of
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,10 +36,6 @@ TEST_FORMATS = ("idx", "csv")
 URL_SCHEMES = ("", "file", "s3", "http", "https")
 
 DEFAULT_INPUT_SCALE = 1.0
-DEFAULT_MIN_ACCURACY = 0.985
-DEFAULT_MAX_P99_LATENCY_MS = 5.0
-DEFAULT_MAX_REGRESSION = 0.005
-DEFAULT_LATENCY_RUNS = 1000
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -57,14 +54,34 @@ class Artifact:
         return Path(urllib.parse.urlparse(self.url).path).name
 
 
+def threshold(default: float, *, low: float, high: float | None = None, **options: Any) -> Any:
+    """A `[gate]` key of model.toml: its default and bounds; `shown` formats it for the
+    gate report's thresholds line ("" leaves it out); `whole=True` wants an integer,
+    `inclusive=True` accepts `low` itself."""
+    return field(default=default, metadata={"low": low, "high": high, **options})
+
+
 @dataclass(frozen=True)
 class GateThresholds:
-    """What a model must achieve on the test set to be shipped."""
+    """What a model must achieve on the test set to be shipped: model.toml's `[gate]`.
 
-    min_accuracy: float = DEFAULT_MIN_ACCURACY
-    max_p99_latency_ms: float = DEFAULT_MAX_P99_LATENCY_MS
-    max_regression: float = DEFAULT_MAX_REGRESSION
-    latency_runs: int = DEFAULT_LATENCY_RUNS
+    Each field is one key, parsed and checked from its metadata, so a new gate check
+    is its field here and its check in `pipeline.gate`."""
+
+    min_accuracy: float = threshold(0.985, low=0.0, high=1.0, shown="accuracy >= {:.2%}")
+    max_p99_latency_ms: float = threshold(5.0, low=0.0, shown="p99 <= {} ms")
+    max_regression: float = threshold(
+        0.005, low=0.0, high=1.0, inclusive=True, shown="drop vs champion <= {:.2%}"
+    )
+    latency_runs: int = threshold(1000, low=1, whole=True, shown="")
+
+    def describe(self) -> str:
+        """The thresholds as the gate report states them."""
+        return ", ".join(
+            f.metadata["shown"].format(getattr(self, f.name))
+            for f in fields_of(self)
+            if f.metadata["shown"]
+        )
 
 
 @dataclass(frozen=True)
@@ -109,7 +126,7 @@ def parse_reference(doc: Mapping[str, Any], source: str = "model.toml") -> Refer
     fields.only_keys(
         "test_data", "format", "images_url", "images_sha256", "labels_url", "labels_sha256"
     )
-    fields.only_keys("gate", "min_accuracy", "max_p99_latency_ms", "max_regression", "latency_runs")
+    fields.only_keys("gate", *(f.name for f in fields_of(GateThresholds)))
 
     model_url = fields.url("model", "url")
     images_url = fields.url("test_data", "images_url")
@@ -126,16 +143,7 @@ def parse_reference(doc: Mapping[str, Any], source: str = "model.toml") -> Refer
         input_scale=fields.number("model", "input_scale", DEFAULT_INPUT_SCALE, low=0.0),
         labels=fields.labels("model", "labels"),
         gate=GateThresholds(
-            min_accuracy=fields.number(
-                "gate", "min_accuracy", DEFAULT_MIN_ACCURACY, low=0.0, high=1.0
-            ),
-            max_p99_latency_ms=fields.number(
-                "gate", "max_p99_latency_ms", DEFAULT_MAX_P99_LATENCY_MS, low=0.0
-            ),
-            max_regression=fields.number(
-                "gate", "max_regression", DEFAULT_MAX_REGRESSION, low=0.0, high=1.0, inclusive=True
-            ),
-            latency_runs=fields.integer("gate", "latency_runs", DEFAULT_LATENCY_RUNS, low=1),
+            **{f.name: fields.threshold("gate", f) for f in fields_of(GateThresholds)}
         ),
         source=source,
     )
@@ -342,6 +350,20 @@ class _Fields:
         ):
             self.fail(table, key, "must be a list of non-empty strings, one per class", value)
         return tuple(value)
+
+    def threshold(self, table: str, declared: Field) -> float | int:
+        """A key declared by `threshold(...)`, checked against its bounds."""
+        bounds = declared.metadata
+        if bounds.get("whole"):
+            return self.integer(table, declared.name, declared.default, low=int(bounds["low"]))
+        return self.number(
+            table,
+            declared.name,
+            declared.default,
+            low=bounds["low"],
+            high=bounds["high"],
+            inclusive=bounds.get("inclusive", False),
+        )
 
     def integer(self, table: str, key: str, default: int, *, low: int) -> int:
         value = self.get(table, key, default)

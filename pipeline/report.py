@@ -85,10 +85,8 @@ def to_markdown(result: GateResult) -> str:
             f"`{champion.model_sha256}`, accuracy {champion.accuracy:.2%}.",
             "",
         ]
-    thresholds = result.thresholds
     lines += [
-        f"Thresholds: accuracy >= {thresholds.min_accuracy:.2%}, p99 <= "
-        f"{thresholds.max_p99_latency_ms} ms, drop vs champion <= {thresholds.max_regression:.2%}.",
+        f"Thresholds: {result.thresholds.describe()}.",
         "",
         f"Test data: images `{result.sha256s['test_images']}`, labels "
         f"`{result.sha256s['test_labels']}`.",

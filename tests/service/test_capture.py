@@ -18,7 +18,6 @@ from falcon import testing
 
 from service.app import create_app
 from service.capture import CaptureConfig, CaptureRecorder, build_recorder
-from service.capture.metrics import CaptureMetrics
 from service.capture.records import (
     PartNamer,
     Pending,
@@ -100,6 +99,7 @@ def test_each_batch_row_is_a_record_with_the_request_id_suffixed():
     records = list(build_records(entry, "dev"))
     assert [r["id"] for r in records] == ["abc-0", "abc-1", "abc-2"]
     assert [r["prediction"] for r in records] == [0, 1, 2]
+    assert [list(r["scores"]) for r in records] == scores(3).tolist()
     first = records[0]
     assert first["request_id"] == "abc" and first["row"] == 0
     assert first["time"] == "1970-01-01T00:00:00.500Z"
@@ -135,7 +135,9 @@ def test_the_fast_lines_are_exactly_what_orjson_writes_for_the_records(
         orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
         for r in build_records(entry, "prod")
     )
-    assert b"".join(record_lines(entry, "prod")) == expected
+    lines = b"".join(record_lines(entry, "prod"))
+    assert lines == expected
+    assert [json.loads(line)["scores"] for line in lines.splitlines()] == scores(rows).tolist()
 
 
 def test_parts_are_gzip_json_lines_split_by_utc_hour_under_the_key_layout():
@@ -370,5 +372,6 @@ def test_the_app_captures_by_default_and_counts_on_metrics(settings, model, tmp_
     text = client.simulate_get("/metrics").text
     assert "prediction_capture_records_written_total 3.0" in text
     assert "prediction_capture_records_dropped_total 0.0" in text
-    metrics = CaptureMetrics()  # a fresh registry each time: no global state
-    assert metrics.written._value.get() == 0
+    # Each app counts on its own registry: a second one in this process starts from zero.
+    other = testing.TestClient(create_app(local, model=model))
+    assert "prediction_capture_records_written_total 0.0" in other.simulate_get("/metrics").text

@@ -48,38 +48,32 @@ def check(result, path: str, method: str) -> None:
     )
 
 
+INFER_ONE = {
+    "inputs": [{"name": "Input3", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0] * 784}]
+}
+
+
 @pytest.mark.parametrize(
-    ("method", "path", "template", "body"),
+    ("method", "path", "template", "body", "status"),
     [
-        ("get", "/v2", "/v2", None),
-        ("get", "/v2/health/live", "/v2/health/live", None),
-        ("get", "/v2/health/ready", "/v2/health/ready", None),
-        ("get", "/v2/models/mnist-8", "/v2/models/{name}", None),
-        ("get", "/v2/models/nope", "/v2/models/{name}", None),
-        ("get", "/v2/models/mnist-8/ready", "/v2/models/{name}/ready", None),
-        ("post", "/predict", "/predict", {"data": [0] * 784}),
-        ("post", "/predict", "/predict", {"data": [[0] * 784] * 2}),
-        ("post", "/predict", "/predict", {"data": [1]}),
-        (
-            "post",
-            "/v2/models/mnist-8/infer",
-            "/v2/models/{name}/infer",
-            {
-                "inputs": [
-                    {
-                        "name": "Input3",
-                        "datatype": "FP32",
-                        "shape": [1, 1, 28, 28],
-                        "data": [0] * 784,
-                    }
-                ]
-            },
-        ),
-        ("post", "/v2/models/mnist-8/infer", "/v2/models/{name}/infer", {"inputs": 3}),
+        ("get", "/v2", "/v2", None, 200),
+        ("get", "/v2/health/live", "/v2/health/live", None, 200),
+        ("get", "/v2/health/ready", "/v2/health/ready", None, 200),
+        ("get", "/v2/models/mnist-8", "/v2/models/{name}", None, 200),
+        ("get", "/v2/models/nope", "/v2/models/{name}", None, 404),
+        ("get", "/v2/models/mnist-8/ready", "/v2/models/{name}/ready", None, 200),
+        ("post", "/predict", "/predict", {"data": [0] * 784}, 200),
+        ("post", "/predict", "/predict", {"data": [[0] * 784] * 2}, 200),
+        ("post", "/predict", "/predict", {"data": [1]}, 400),
+        ("post", "/v2/models/mnist-8/infer", "/v2/models/{name}/infer", INFER_ONE, 200),
+        ("post", "/v2/models/mnist-8/infer", "/v2/models/{name}/infer", {"inputs": 3}, 400),
     ],
 )
-def test_responses_fit_the_document(client, method, path, template, body):
+def test_responses_fit_the_document(client, method, path, template, body, status):
+    """The status each request must get, then its body against that status's schema (a
+    route answering 400 to everything would fit the 400 schema)."""
     result = client.simulate_request(method.upper(), path, json=body)
+    assert result.status_code == status, result.text
     check(result, template, method)
 
 

@@ -109,15 +109,20 @@ def test_json_infer_matches_raw_onnxruntime(client, mnist_test_set, raw_argmax):
     assert scores.argmax(axis=1).tolist() == raw_argmax(images)
 
 
-def test_nested_json_data_is_accepted(client, mnist_test_set):
-    image = mnist_test_set[0][:1].astype(np.float32).reshape(1, 1, 28, 28)
+def test_nested_json_data_is_accepted(client, mnist_test_set, raw_argmax):
+    images = mnist_test_set[0][:3].astype(np.float32).reshape(3, 1, 28, 28)
     body = {
         "inputs": [
-            {"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28], "data": image.tolist()}
+            {"name": INPUT, "datatype": "FP32", "shape": [3, 1, 28, 28], "data": images.tolist()}
         ]
     }
     result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
     assert result.status_code == 200
+    (output,) = result.json["outputs"]
+    assert output["shape"] == [3, 10]
+    flat = client.simulate_post(f"/v2/models/{NAME}/infer", json=infer_body(images)).json
+    assert output["data"] == flat["outputs"][0]["data"]
+    assert np.array(output["data"]).reshape(3, 10).argmax(axis=1).tolist() == raw_argmax(images)
 
 
 def test_binary_infer_round_trip(client, mnist_test_set, raw_argmax):

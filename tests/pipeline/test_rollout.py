@@ -113,7 +113,7 @@ def test_an_earlier_failed_deployment_still_listed_is_not_ours(scripted):
         scripted.describe(
             service(RELEASED, deployment(ours, RELEASED, "PRIMARY", state), FAILED_EARLIER)
         )
-    scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=60)
+    scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
 
 
 def test_our_deployment_failed_by_the_circuit_breaker_stops_the_wait_with_its_reason(scripted):
@@ -123,7 +123,7 @@ def test_our_deployment_failed_by_the_circuit_breaker_stops_the_wait_with_its_re
         service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "FAILED", CIRCUIT_BREAKER))
     )
     with pytest.raises(ReleaseError, match="CannotPullContainerError"):
-        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=60)
+        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
 
 
 def test_an_alarm_rollback_during_the_bake_time_is_a_failure_not_a_success(scripted):
@@ -138,7 +138,7 @@ def test_an_alarm_rollback_during_the_bake_time_is_a_failure_not_a_success(scrip
         )
     )
     with pytest.raises(ReleaseError, match=r"no longer the service's primary.*in ALARM state"):
-        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, NEXT, timeout=60)
+        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, NEXT, timeout=5)
 
 
 def test_throttling_during_the_wait_is_retried(scripted):
@@ -147,7 +147,7 @@ def test_throttling_during_the_wait_is_retried(scripted):
     scripted.throttled()
     scripted.throttled()
     scripted.describe(service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "COMPLETED")))
-    scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=60)
+    scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
 
 
 def test_an_api_that_never_answers_ends_at_the_bound_naming_the_last_error(scripted):
@@ -223,7 +223,15 @@ def test_a_release_completes_beside_an_earlier_failed_deployment(
     scripted.describe(service(RELEASED, ours, FAILED_EARLIER))
     scripted.describe(service(RELEASED, {**ours, "rolloutState": "COMPLETED", "runningCount": 1}))
     env = environment(mnist8_server.url, tmp_path)
-    outcome = release(env, candidate("a" * 40), smoke, ecs=scripted.ecs(), say=lambda m: None)
+    outcome = release(
+        env,
+        candidate("a" * 40),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+        stable_timeout=5,
+        smoke_timeout=10,
+    )
     assert outcome.succeeded, outcome.reason
     assert records.read_latest(env.records_url)["deployment_id"] == "ecs-svc/0002"
 
@@ -258,7 +266,15 @@ def test_nothing_is_recorded_as_released_before_completed(scripted, mnist8_serve
     # starts nothing new and we follow ECS's own rollback deployment to COMPLETED.
     scripted.updated(service(RELEASED, ecs_rollback))
     scripted.describe(service(RELEASED, {**ecs_rollback, "rolloutState": "COMPLETED"}))
-    outcome = release(env, candidate("b" * 40), smoke, ecs=scripted.ecs(), say=lambda m: None)
+    outcome = release(
+        env,
+        candidate("b" * 40),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+        stable_timeout=5,
+        smoke_timeout=10,
+    )
     assert not outcome.succeeded and "in ALARM state" in outcome.reason
     assert records.read_latest(env.records_url)["task_definition"] == RELEASED
     attempt = next(r for r in records.list_records(env.records_url) if r.get("git_sha"))

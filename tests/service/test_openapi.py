@@ -79,4 +79,6 @@ def test_responses_fit_the_document(client, method, path, template, body, status
 
 def test_metrics_and_document_routes_answer(client):
     assert client.simulate_get("/metrics").status_code == 200
-    assert client.simulate_get("/openapi.json").headers["content-type"] == "application/json"
+    document = client.simulate_get("/openapi.json")
+    assert document.headers["content-type"] == "application/json"
+    assert document.json == openapi_document()

@@ -52,8 +52,10 @@ def binary_body(images: np.ndarray, binary_output: bool = True) -> tuple[bytes, 
 
 def test_server_metadata_live_and_ready(client):
     assert client.simulate_get("/v2").json["extensions"] == ["binary_tensor_data", "classification"]
-    assert client.simulate_get("/v2/health/live").status_code == 200
-    assert client.simulate_get("/v2/health/ready").status_code == 200
+    live = client.simulate_get("/v2/health/live")
+    assert (live.status_code, live.json) == (200, {"live": True})
+    ready = client.simulate_get("/v2/health/ready")
+    assert (ready.status_code, ready.json) == (200, {"ready": True})
 
 
 def test_model_metadata_reads_the_graph_with_a_dynamic_batch(client, model):
@@ -70,8 +72,11 @@ def test_model_metadata_reads_the_graph_with_a_dynamic_batch(client, model):
 def test_versioned_routes_answer_for_the_served_version(client, model):
     version = model.info.version
     assert client.simulate_get(f"/v2/models/{NAME}/versions/{version}").status_code == 200
-    assert client.simulate_get(f"/v2/models/{NAME}/versions/{version}/ready").status_code == 200
-    assert client.simulate_get(f"/v2/models/{NAME}/ready").json["ready"] is True
+    versioned = client.simulate_get(f"/v2/models/{NAME}/versions/{version}/ready")
+    assert (versioned.status_code, versioned.json) == (200, {"name": NAME, "ready": True})
+    assert client.simulate_get(f"/v2/models/{NAME}/ready").json == {"name": NAME, "ready": True}
+    other = client.simulate_get(f"/v2/models/{NAME}/versions/not-{version}/ready")
+    assert other.status_code == 404 and f"not-{version}" in other.json["error"]
 
 
 @pytest.mark.parametrize(

@@ -117,13 +117,13 @@ def function_lines(source: str) -> dict[str, int]:
     """The first line (decorators included) of every function, by mutmut's key for it:
     `name` for a module function, `xǁClassǁname` for a method."""
     lines = {}
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.parse(source).body:
         if isinstance(node, ast.ClassDef):
             for item in node.body:
                 if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
                     lines[f"xǁ{node.name}ǁ{item.name}"] = first_line(item)
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            lines.setdefault(node.name, first_line(node))
+            lines[node.name] = first_line(node)
     return lines
 
 

@@ -75,9 +75,9 @@ def test_scores_and_the_report_from_mutmuts_results(tmp_path: Path, monkeypatch)
 
 
 def test_missing_results_and_unknown_modules_are_named(tmp_path: Path):
-    with pytest.raises(MutationError, match="no mutmut results for pkg/m.py"):
+    with pytest.raises(MutationError, match=r"no mutmut results for pkg/m\.py"):
         mutation.score_module("pkg/m.py", root=tmp_path)
-    with pytest.raises(MutationError, match="not a core module: service/app.py"):
+    with pytest.raises(MutationError, match=r"not a core module: service/app\.py"):
         mutation.select(["service/app.py"], changed=False)
 
 

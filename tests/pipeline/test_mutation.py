@@ -63,13 +63,14 @@ def test_scores_and_the_report_from_mutmuts_results(tmp_path: Path, monkeypatch)
     score = mutation.score_module("pkg/m.py", root=tmp_path)
     assert (score.total, score.killed, score.timeouts, score.unchecked) == (5, 1, 1, 1)
     assert score.score == pytest.approx(50.0)  # 2 of the 4 checked
+    assert score.reached_score == pytest.approx(200 / 3)  # 2 of the 3 a test calls
     assert score.survivors == (
         mutation.Survivor(
             "pkg.m.xǁBoxǁsize__mutmut_1", 11, "`return total * 2` -> `return total / 2`"
         ),
     )
     text = mutation.report([score])
-    assert "| `pkg/m.py` | 5 | 2 | 1 | 1 | 50.0% |" in text
+    assert "| `pkg/m.py` | 5 | 2 | 1 | 1 | 50.0% | 66.7% |" in text
     assert "- `pkg/m.py:11` `return total * 2` -> `return total / 2`" in text
     assert "- `pkg/m.py:9` `xǁBoxǁsize`".replace("ǁ", ".") in text
 

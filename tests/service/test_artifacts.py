@@ -92,7 +92,6 @@ def http_server():
     server.shutdown()
 
 
-@pytest.mark.integration
 def test_http_download_once_then_cache(http_server, tmp_path):
     base, hits = http_server
     first = fetch(f"{base}/model.onnx", sha256=DIGEST, cache_dir=tmp_path)
@@ -103,7 +102,6 @@ def test_http_download_once_then_cache(http_server, tmp_path):
         fetch(f"{base}/absent.onnx", cache_dir=tmp_path)
 
 
-@pytest.mark.integration
 def test_a_cached_download_changed_on_disk_is_hashed_again_and_fetched_anew(http_server, tmp_path):
     base, hits = http_server
     path, _ = fetch(f"{base}/model.onnx", sha256=DIGEST, cache_dir=tmp_path)

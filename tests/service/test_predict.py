@@ -168,3 +168,12 @@ def test_zip_bomb_is_413(client):
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
     )
     assert result.status_code == 413
+
+
+def test_the_quick_start_answers_are_what_the_readme_shows(client):
+    """README, Quick start: zeros are a 5, a batch of zeros and 255s is [5, 6], version
+    2f06e72de813 (the first 12 hex digits of mnist-8's sha256)."""
+    one = client.simulate_post("/predict", json={"data": [0] * 784})
+    assert one.json == {"prediction": 5, "model": "mnist-8", "version": "2f06e72de813"}
+    two = client.simulate_post("/predict", json={"data": [[0] * 784, [255] * 784]})
+    assert two.json == {"predictions": [5, 6], "model": "mnist-8", "version": "2f06e72de813"}

@@ -246,13 +246,21 @@ def test_a_down_sink_spools_and_the_spool_uploads_when_it_returns(tmp_path, capl
         send(recorder, 20, rows=2)
         await asyncio.sleep(0.4)
         spooled = list((tmp_path / "spool").rglob("*.jsonl.gz"))
+        up_while_down = recorder.metrics.sink_up._value.get()
         sink.down = False
         assert await recorder.wait_idle(5)
         await recorder.close()
-        return spooled
+        return spooled, up_while_down
 
     with caplog.at_level(logging.INFO, "service.capture"):
-        spooled = asyncio.run(scenario())
+        spooled, up_while_down = asyncio.run(scenario())
+    assert (up_while_down, recorder.metrics.sink_up._value.get()) == (0, 1)
+    # Said once for the outage, however many uploads failed during it.
+    down = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert down == [
+        f"prediction capture: the sink {sink.url} is unreachable; spooling parts to "
+        f"{tmp_path / 'spool'} until it answers again"
+    ]
     assert spooled, "nothing was spooled while the sink was down"
     assert len(read_dir(tmp_path / "out")) == 40
     assert not list((tmp_path / "spool").rglob("*.jsonl.gz"))

@@ -45,3 +45,9 @@ def test_latency_histograms_and_model_info(client, model):
     )
     assert found[key] == 1
     assert found[("model_ready", ())] == 1
+
+
+def test_the_scrape_is_prometheus_text_format(client):
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    assert client.simulate_get("/metrics").headers["content-type"] == CONTENT_TYPE_LATEST

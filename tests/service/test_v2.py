@@ -446,3 +446,22 @@ def test_classification_carries_the_labels(settings, mnist_test_set, mnist8_path
     for entry, index in zip(result.json["outputs"][0]["data"], expected, strict=True):
         _, position, label = entry.split(":")
         assert int(position) == index and label == WORDS[index]
+
+
+def test_the_answer_names_the_model_and_its_version(client, model, mnist_test_set):
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", json=infer_body(mnist_test_set[0][:1])
+    )
+    assert result.json["model_name"] == NAME
+    assert result.json["model_version"] == model.info.version == "2f06e72de813"
+
+
+def test_outputs_that_are_not_a_list_or_carry_unread_keys_are_400_saying_so(client, mnist_test_set):
+    body = infer_body(mnist_test_set[0][:1], outputs={"name": OUTPUT})
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 400
+    assert result.json["error"] == "'outputs' must be a list of objects with a 'name'"
+    body = infer_body(mnist_test_set[0][:1], outputs=[{"name": OUTPUT, "shape": [1]}])
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 400
+    assert result.json["error"].startswith(f"output {OUTPUT!r} has 'shape', which this server")

@@ -165,28 +165,106 @@ def _input(**changes) -> dict:
     return {"inputs": [tensor]}
 
 
+SHAPE_RULE = "input 'Input3' 'shape' must be a list of non-negative integers"
+EXPECTS = "; the model expects [1, 1, 28, 28]"
+# Each bad request with its whole message: a changed or lost message is a failure.
 BAD_INFER = [
-    pytest.param(_input(name="x"), "not an input", id="unknown-input"),
-    pytest.param(_input(datatype="INT64"), "expects FP32", id="wrong-datatype"),
-    pytest.param(_input(datatype="BYTES"), "expects FP32", id="bytes"),
-    pytest.param(_input(shape=[1, 784]), "expects [1, 1, 28, 28]", id="wrong-rank"),
-    pytest.param(_input(shape=[1, 1, 28, 27]), "expects", id="wrong-dim"),
-    pytest.param(_input(shape="1x784"), "non-negative integers", id="shape-string"),
-    pytest.param(_input(shape=[1, 1, 28, -28]), "non-negative integers", id="negative-dim"),
-    pytest.param(_input(data=[0.0] * 783), "needs 784", id="short-data"),
-    pytest.param(_input(data=["x"] * 784), "only numbers", id="string-data"),
-    pytest.param(_input(data=None), "list of numbers", id="null-data"),
+    pytest.param(
+        _input(name="x"),
+        "input 'x' is not an input of the model; its inputs are ['Input3']",
+        id="unknown-input",
+    ),
+    pytest.param(
+        _input(datatype="INT64"),
+        "input 'Input3' has datatype 'INT64'; the model expects FP32",
+        id="wrong-datatype",
+    ),
+    pytest.param(
+        _input(datatype="BYTES"),
+        "input 'Input3' has datatype 'BYTES'; the model expects FP32",
+        id="bytes",
+    ),
+    pytest.param(
+        _input(shape=[1, 784]), "input 'Input3' has shape [1, 784]" + EXPECTS, id="wrong-rank"
+    ),
+    pytest.param(
+        _input(shape=[1, 1, 28, 27]),
+        "input 'Input3' has shape [1, 1, 28, 27]" + EXPECTS,
+        id="wrong-dim",
+    ),
+    pytest.param(
+        _input(shape=[0, 1, 28, 28], data=[]),
+        "input 'Input3' has shape [0, 1, 28, 28]" + EXPECTS,
+        id="zero-batch",
+    ),
+    pytest.param(_input(shape="1x784"), SHAPE_RULE, id="shape-string"),
+    pytest.param(_input(shape=[1, 1, 28, -28]), SHAPE_RULE, id="negative-dim"),
+    pytest.param(_input(shape=[True, 1, 28, 28]), SHAPE_RULE, id="boolean-dim"),
+    pytest.param(
+        _input(data=[0.0] * 783),
+        "input 'Input3' has 783 values; shape [1, 1, 28, 28] needs 784",
+        id="short-data",
+    ),
+    pytest.param(
+        _input(data=["x"] * 784),
+        "input 'Input3' data must hold only numbers (no strings, booleans, nulls or empty lists)",
+        id="string-data",
+    ),
+    pytest.param(
+        _input(data=None),
+        "input 'Input3' data must be a list of numbers, got NoneType",
+        id="null-data",
+    ),
+    pytest.param(
+        _input(data=[1e39] * 784),
+        "input 'Input3' data has numbers too large for float32 (or NaN/infinity)",
+        id="out-of-range",
+    ),
     pytest.param(
         {"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28]}]},
-        "neither",
+        "input 'Input3' has neither 'data' nor 'binary_data_size'",
         id="no-data",
     ),
-    pytest.param({"inputs": []}, "non-empty", id="no-inputs"),
-    pytest.param({}, "non-empty", id="empty-object"),
-    pytest.param([], "JSON object", id="array"),
-    pytest.param({**_input(), "outputs": [{"name": "nope"}]}, "outputs[0]", id="unknown-output"),
-    pytest.param({**_input(), "id": 7}, "'id'", id="numeric-id"),
-    pytest.param({"inputs": _input()["inputs"] * 2}, "twice", id="duplicate-input"),
+    pytest.param({"inputs": []}, "'inputs' must be a non-empty list of tensors", id="no-inputs"),
+    pytest.param({}, "'inputs' must be a non-empty list of tensors", id="empty-object"),
+    pytest.param([], "the inference request must be a JSON object with 'inputs'", id="array"),
+    pytest.param({"inputs": [3]}, "inputs[0] must be an object", id="input-not-an-object"),
+    pytest.param(
+        {**_input(), "outputs": [{"name": "nope"}]},
+        "outputs[0] must name one of the model's outputs ['Plus214_Output_0']",
+        id="unknown-output",
+    ),
+    pytest.param({**_input(), "id": 7}, "'id' must be a string", id="numeric-id"),
+    pytest.param(
+        {"inputs": _input()["inputs"] * 2}, "input 'Input3' is given twice", id="duplicate-input"
+    ),
+    pytest.param(
+        {**_input(), "extra": 1},
+        "the inference request has 'extra', which this server does not read; it reads 'id', "
+        "'parameters', 'inputs', 'outputs'",
+        id="request-key",
+    ),
+    pytest.param(
+        {"inputs": [{**_input()["inputs"][0], "extra": 1}]},
+        "input 'Input3' has 'extra', which this server does not read; it reads 'name', "
+        "'shape', 'datatype', 'parameters', 'data'",
+        id="input-key",
+    ),
+    pytest.param(
+        {**_input(), "parameters": 3},
+        "the request's 'parameters' must be an object",
+        id="parameters-not-an-object",
+    ),
+    pytest.param(
+        {"inputs": [{**_input()["inputs"][0], "parameters": 3}]},
+        "input 'Input3' 'parameters' must be an object",
+        id="input-parameters-not-an-object",
+    ),
+    pytest.param(
+        {**_input(), "parameters": {"binary_data_output": "yes"}},
+        "the request's parameter 'binary_data_output' must be true or false",
+        id="binary-output-flag",
+    ),
 ]
 
 
@@ -194,7 +272,7 @@ BAD_INFER = [
 def test_bad_infer_request_is_400(client, body, message):
     result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
     assert result.status_code == 400, result.text
-    assert message in result.json["error"]
+    assert result.json["error"] == message
 
 
 def test_binary_size_mismatch_is_400(client, mnist_test_set):

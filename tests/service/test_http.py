@@ -318,3 +318,26 @@ def test_a_refused_body_under_the_bounds_keeps_a_keep_alive_connection_usable(ur
     second = conn.getresponse()
     assert second.status == 200 and "prediction" in json.loads(second.read())
     conn.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(zlib.compress(BODY), "the body is not valid gzip data: ", id="zlib-as-gzip"),
+        pytest.param(
+            gzip.compress(BODY) * 2 + b"garbage!",
+            "the data after gzip member 2 is not valid gzip data: ",
+            id="after-the-second-member",
+        ),
+        pytest.param(
+            gzip.compress(BODY)[:-4],
+            "the gzip body is truncated: its last member does not end",
+            id="truncated",
+        ),
+        pytest.param(b"", "the body is empty, which is not gzip data", id="empty"),
+    ],
+)
+def test_gzip_errors_say_which_part_is_wrong(body, message):
+    with pytest.raises(InvalidInput) as raised:
+        decode_content(body, ["gzip"], 1_000_000)
+    assert str(raised.value).startswith(message)

@@ -543,3 +543,23 @@ def test_outputs_that_are_not_a_list_or_carry_unread_keys_are_400_saying_so(clie
     result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
     assert result.status_code == 400
     assert result.json["error"].startswith(f"output {OUTPUT!r} has 'shape', which this server")
+
+
+def test_a_binary_header_length_of_the_whole_body_is_a_json_only_request(client, mnist_test_set):
+    """Inference-Header-Content-Length may cover the whole body (no binary data); 0 or
+    more than the body is refused, naming both lengths."""
+    body = json.dumps(infer_body(mnist_test_set[0][:1])).encode()
+    path = f"/v2/models/{NAME}/infer"
+    headers = {"Content-Type": "application/octet-stream"}
+    whole = client.simulate_post(
+        path, body=body, headers={**headers, "Inference-Header-Content-Length": str(len(body))}
+    )
+    assert whole.status_code == 200, whole.text
+    for length in (0, len(body) + 1):
+        refused = client.simulate_post(
+            path, body=body, headers={**headers, "Inference-Header-Content-Length": str(length)}
+        )
+        assert refused.status_code == 400
+        assert refused.json["error"] == (
+            f"Inference-Header-Content-Length is {length} but the body has {len(body)} bytes"
+        )

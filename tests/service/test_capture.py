@@ -330,7 +330,13 @@ def test_records_are_dropped_only_when_the_disk_fails_too_and_that_is_loud(tmp_p
     with caplog.at_level(logging.CRITICAL, "service.capture"):
         asyncio.run(scenario())
     assert recorder.metrics.dropped._value.get() == 5
-    assert "LOST 5 records" in caplog.text
+    lost = [r.getMessage() for r in caplog.records if "LOST" in r.getMessage()]
+    assert len(lost) == 1
+    assert lost[0].startswith(
+        f"prediction capture LOST 5 records: the sink {sink.url} is down and the spool "
+        f"{tmp_path / 'spool'} cannot be written ("
+    )
+    assert lost[0].endswith("); free the disk or fix its permissions")
 
 
 # -- settings and the app ------------------------------------------------------------
@@ -383,3 +389,25 @@ def test_the_app_captures_by_default_and_counts_on_metrics(settings, model, tmp_
     # Each app counts on its own registry: a second one in this process starts from zero.
     other = testing.TestClient(create_app(local, model=model))
     assert "prediction_capture_records_written_total 0.0" in other.simulate_get("/metrics").text
+
+
+def test_removing_a_spooled_part_tidies_its_empty_directories_only(tmp_path):
+    from service.capture.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    first = tmp_path / "spool" / "dev" / "2026" / "01" / "a.jsonl.gz"
+    second = tmp_path / "spool" / "dev" / "2026" / "02" / "b.jsonl.gz"
+    for path in (first, second):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"part")
+    spool.remove(first)
+    # 01/ went with its part; 2026/ and dev/ still hold 02/; the spool directory stays.
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "spool").rglob("*")) == [
+        "spool/dev",
+        "spool/dev/2026",
+        "spool/dev/2026/02",
+        "spool/dev/2026/02/b.jsonl.gz",
+    ]
+    spool.remove(second)
+    spool.remove(second)  # already gone (another process took it): no error
+    assert (tmp_path / "spool").is_dir() and not list((tmp_path / "spool").iterdir())

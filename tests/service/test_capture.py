@@ -411,3 +411,21 @@ def test_removing_a_spooled_part_tidies_its_empty_directories_only(tmp_path):
     spool.remove(second)
     spool.remove(second)  # already gone (another process took it): no error
     assert (tmp_path / "spool").is_dir() and not list((tmp_path / "spool").iterdir())
+
+
+def test_wait_idle_says_false_while_a_part_is_still_on_its_way(tmp_path):
+    sink = FlakySink(tmp_path / "out")
+    sink.release.clear()  # the upload hangs until released
+    recorder = CaptureRecorder(sink, config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 3)
+        busy = await recorder.wait_idle(0.2)
+        sink.release.set()
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return busy, idle
+
+    assert asyncio.run(scenario()) == (False, True)
+    assert len(read_dir(tmp_path / "out")) == 3

@@ -563,3 +563,15 @@ def test_a_binary_header_length_of_the_whole_body_is_a_json_only_request(client,
         assert refused.json["error"] == (
             f"Inference-Header-Content-Length is {length} but the body has {len(body)} bytes"
         )
+
+
+def test_infer_answers_for_the_served_version_only(client, model, mnist_test_set, raw_argmax):
+    images = mnist_test_set[0][:2]
+    served = client.simulate_post(
+        f"/v2/models/{NAME}/versions/{model.info.version}/infer", json=infer_body(images)
+    )
+    assert served.status_code == 200
+    scores = np.array(served.json["outputs"][0]["data"]).reshape(2, 10)
+    assert scores.argmax(axis=1).tolist() == raw_argmax(images)
+    other = client.simulate_post(f"/v2/models/{NAME}/versions/99/infer", json=infer_body(images))
+    assert other.status_code == 404 and "99" in other.json["error"]

@@ -72,6 +72,15 @@ def integration(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def mutation(session: nox.Session) -> None:
+    """Mutation-test the core modules with mutmut; report in build/mutation/report.md
+    (`-- --changed`: only the core modules changed since HEAD~1; `-- service/codec.py`: those)."""
+    install(session, "mutation")
+    session.run("python", "-m", "pipeline", "download")
+    session.run("python", "-m", "pipeline", "mutation", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Lint Python, the Dockerfile and the GitHub workflow."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))

@@ -31,6 +31,7 @@ from pipeline.gating import (
     gate_model,
 )
 from pipeline.image import ImageError
+from pipeline.mutation import MutationError, mutation
 from pipeline.predictions import athena, chart, engine, statistics
 from pipeline.predictions import compact as compaction
 from pipeline.predictions import store as parts
@@ -396,6 +397,25 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
     return None
 
 
+# -- mutation testing ---------------------------------------------------------------
+
+
+def add_mutation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("modules", nargs="*", help="core modules to mutate (default: all)")
+    parser.add_argument(
+        "--changed", action="store_true", help="only the core modules changed since HEAD~1"
+    )
+    parser.add_argument("--max-children", type=int, default=None, help="parallel test runs")
+
+
+def cmd_mutation(args: argparse.Namespace) -> int:
+    """Mutation-test the core modules with mutmut; report in build/mutation/report.md."""
+    path = mutation(args.modules, changed=args.changed, max_children=args.max_children)
+    print(path.read_text(), end="")
+    print(f"report: {path.relative_to(REPO)}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Command, Arguments]] = {
     "serve": (cmd_serve, _no_arguments),
     "download": (cmd_download, add_download_arguments),
@@ -410,6 +430,7 @@ COMMANDS: dict[str, tuple[Command, Arguments]] = {
     "logs": (cmd_logs, add_logs_arguments),
     "report": (cmd_report, add_report_arguments),
     "compact": (cmd_compact, add_compact_arguments),
+    "mutation": (cmd_mutation, add_mutation_arguments),
 }
 
 
@@ -423,6 +444,7 @@ FAILURES: tuple[type[Exception], ...] = (
     ImageError,
     InvalidReference,
     MissingEnvironment,
+    MutationError,
     NoDeploymentRecords,
     PredictionLogError,
     RecordError,

@@ -363,3 +363,17 @@ def test_environment_without_deployments_url_is_a_usage_error(
     monkeypatch.delenv("DEPLOYMENTS_URL", raising=False)
     assert cli.main(["gate", "dev"]) == 2
     assert "set DEPLOYMENTS_URL=s3://<bucket>/deployments" in capsys.readouterr().err
+
+
+def test_only_a_succeeded_latest_record_is_the_champion(tmp_path: Path) -> None:
+    from pipeline.gating import read_champion
+
+    deployments = str(tmp_path / "deployments")
+    assert read_champion(deployments, "dev") is None
+    records.write(f"{deployments}/dev", _record(0.9920))
+    champion = read_champion(deployments, "dev")
+    assert champion is not None
+    assert (champion.environment, champion.release_id) == ("dev", "20250101T000000Z-champ")
+    assert champion.accuracy == 0.9920
+    records.write(f"{deployments}/prod", {**_record(0.9950), "outcome": "rolled_back"})
+    assert read_champion(deployments, "prod") is None

@@ -60,13 +60,22 @@ def test_a_release_hands_the_model_labels_to_the_service():
     assert task_environment(candidate())["MODEL_LABELS"] == ""
 
 
+# The waits' bounds: moto completes an ECS deployment at once and the servers the smoke
+# test calls are ready before a release starts, so seconds are plenty; a rollout or
+# rollback that never completes fails the test within them, not after the defaults
+# (15 minutes per deployment, 5 for the smoke test).
+STABLE_SECONDS = 10.0
+SMOKE_SECONDS = 10.0
+BOUNDS = {"stable_timeout": STABLE_SECONDS, "smoke_timeout": SMOKE_SECONDS}
+
+
 def fast_ecs() -> Ecs:
-    return Ecs(boto3.client("ecs"), poll_seconds=0.05, sleep=lambda s: None)
+    return Ecs(boto3.client("ecs"), poll_seconds=0.05)
 
 
 def test_release_registers_a_revision_points_the_service_and_records_it(aws, mnist8_server, smoke):
     env = make_environment(mnist8_server.url)
-    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert outcome.succeeded, outcome.reason
     ecs = boto3.client("ecs")
     service = ecs.describe_services(cluster=CLUSTER, services=[SERVICE])["services"][0]
@@ -96,11 +105,16 @@ def test_failed_smoke_test_rolls_back_to_the_last_release_and_records_why(
     aws, mnist8_server, mnist12_server, smoke
 ):
     env = make_environment(mnist8_server.url)
-    good = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None)
+    good = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert good.succeeded, good.reason
     serving_another_model = replace(env, endpoint_url=mnist12_server.url)
     outcome = release(
-        serving_another_model, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None
+        serving_another_model,
+        candidate("b" * 40),
+        smoke,
+        ecs=fast_ecs(),
+        say=lambda m: None,
+        **BOUNDS,
     )
     assert not outcome.succeeded
     assert "sha256" in outcome.reason
@@ -119,7 +133,7 @@ def test_a_failed_first_release_returns_to_the_revision_that_ran_before(aws, mni
     env = make_environment(mnist12_server.url)
     ecs = boto3.client("ecs")
     before = ecs.describe_services(cluster=CLUSTER, services=[SERVICE])["services"][0]
-    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert not outcome.succeeded
     after = ecs.describe_services(cluster=CLUSTER, services=[SERVICE])["services"][0]
     assert after["taskDefinition"] == before["taskDefinition"] == env.task_definition_arn
@@ -131,7 +145,7 @@ def test_a_failed_first_release_returns_to_the_revision_that_ran_before(aws, mni
 def test_wrong_predictions_fail_the_smoke_test(aws, mnist8_server, smoke):
     env = make_environment(mnist8_server.url)
     lying = SmokeImages(smoke.images, [(c + 1) % 10 for c in smoke.classes])
-    outcome = release(env, candidate(), lying, ecs=fast_ecs(), say=lambda m: None)
+    outcome = release(env, candidate(), lying, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert not outcome.succeeded
     assert "smoke test failed on 6/6 images" in outcome.reason
 
@@ -144,6 +158,7 @@ def test_unreachable_endpoint_fails_within_the_bound(aws, smoke):
         smoke,
         ecs=fast_ecs(),
         smoke_timeout=0.5,
+        stable_timeout=STABLE_SECONDS,
         say=lambda m: None,
         sleep=lambda s: None,
     )
@@ -154,13 +169,13 @@ def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it
     aws, mnist8_server, smoke
 ):
     env = make_environment(mnist8_server.url)
-    first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None)
-    second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None)
+    first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
+    second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert first.succeeded and second.succeeded
     shown = status(env, ecs=fast_ecs())
     assert shown["git_sha"] == "b" * 40 and shown["in_sync"] and shown["health"] == "ready"
     assert shown["gate_accuracy"] == 0.9891
-    restored = rollback(env, ecs=fast_ecs(), say=lambda m: None)
+    restored = rollback(env, ecs=fast_ecs(), say=lambda m: None, stable_timeout=STABLE_SECONDS)
     assert restored["task_definition"] == first.task_definition
     assert restored["rollback_of"] == second.record["release_id"]
     service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
@@ -172,21 +187,21 @@ def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it
 def test_rollback_without_history_says_so(aws, mnist8_server):
     env = make_environment(mnist8_server.url)
     with pytest.raises(ReleaseError, match="no earlier successful release"):
-        rollback(env, ecs=fast_ecs(), say=lambda m: None)
+        rollback(env, ecs=fast_ecs(), say=lambda m: None, stable_timeout=STABLE_SECONDS)
 
 
 def test_missing_service_is_a_clear_error(aws, smoke):
     env = make_environment("http://127.0.0.1:9")
     boto3.client("ecs").delete_service(cluster=CLUSTER, service=SERVICE, force=True)
     with pytest.raises(ReleaseError, match="terraform apply"):
-        release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+        release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
 
 
 def test_a_release_starts_from_terraforms_revision_not_the_running_one(aws, mnist8_server, smoke):
     """A Terraform change to the task (here: memory) reaches the service with the next
     release, even though the service runs a revision the pipeline registered."""
     env = make_environment(mnist8_server.url)
-    first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None)
+    first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert first.succeeded, first.reason
     ecs = boto3.client("ecs")
     terraforms = ecs.describe_task_definition(taskDefinition=env.task_definition_arn)
@@ -197,7 +212,7 @@ def test_a_release_starts_from_terraforms_revision_not_the_running_one(aws, mnis
     }
     applied = ecs.register_task_definition(**changed, cpu="1024", memory="2048")
     env = replace(env, task_definition_arn=applied["taskDefinition"]["taskDefinitionArn"])
-    second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None)
+    second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert second.succeeded, second.reason
     shipped = ecs.describe_task_definition(taskDefinition=second.task_definition)["taskDefinition"]
     assert (shipped["cpu"], shipped["memory"]) == ("1024", "2048")
@@ -212,7 +227,7 @@ def test_the_environments_region_is_used_whatever_the_ambient_region(
     env = make_environment(mnist8_server.url)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    outcome = release(env, candidate(), smoke, say=lambda m: None)
+    outcome = release(env, candidate(), smoke, say=lambda m: None, **BOUNDS)
     assert outcome.succeeded, outcome.reason
     assert status(env)["in_sync"]
 
@@ -248,7 +263,7 @@ def with_token_secret(env, secret_string: str = f"{TOKEN}\nrotated-token-0123456
 def test_release_and_status_present_the_token_read_from_the_secret(aws, protected_server, smoke):
     env = with_token_secret(make_environment(protected_server.url))
     assert env.api_token() == TOKEN
-    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert outcome.succeeded, outcome.reason
     shown = status(env, ecs=fast_ecs())
     assert shown["health"] == "ready"
@@ -259,14 +274,14 @@ def test_a_protected_service_without_the_token_fails_the_smoke_test_and_rolls_ba
     aws, protected_server, smoke
 ):
     env = make_environment(protected_server.url)  # no api_token_secret_arn
-    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert not outcome.succeeded
     assert "requires a bearer token (HTTP 401)" in outcome.reason
 
 
 def test_a_wrong_token_in_the_secret_fails_the_smoke_test(aws, protected_server, smoke):
     env = with_token_secret(make_environment(protected_server.url), "not-the-token-0123456789")
-    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert not outcome.succeeded and "refused the pipeline's token" in outcome.reason
 
 
@@ -274,7 +289,7 @@ def test_a_service_serving_without_authentication_fails_when_the_environment_has
     aws, mnist8_server, smoke
 ):
     env = with_token_secret(make_environment(mnist8_server.url))
-    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert not outcome.succeeded
     assert "does not require authentication" in outcome.reason
 
@@ -286,7 +301,7 @@ def test_an_unreadable_token_secret_stops_the_release_before_anything_changes(aw
         api_token_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:gone-AbCdEf",
     )
     with pytest.raises(MissingEnvironment, match="secretsmanager:GetSecretValue"):
-        release(missing, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None)
+        release(missing, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
     assert service["services"][0]["taskDefinition"] == env.task_definition_arn
     assert records.list_records(env.records_url) == []

@@ -18,7 +18,14 @@ from botocore.stub import Stubber
 
 from pipeline import records
 from pipeline.environment import Environment
-from pipeline.release import Candidate, Ecs, ReleaseError, release
+from pipeline.release import (
+    Candidate,
+    Ecs,
+    ReleaseError,
+    primary_deployment,
+    release,
+    rollout_verdict,
+)
 from tests.service.conftest import MNIST8_SHA256
 
 CLUSTER = SERVICE = FAMILY = "onnx-ship-dev"
@@ -113,7 +120,7 @@ def test_an_earlier_failed_deployment_still_listed_is_not_ours(scripted):
         scripted.describe(
             service(RELEASED, deployment(ours, RELEASED, "PRIMARY", state), FAILED_EARLIER)
         )
-    scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=60)
+    scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
 
 
 def test_our_deployment_failed_by_the_circuit_breaker_stops_the_wait_with_its_reason(scripted):
@@ -123,7 +130,7 @@ def test_our_deployment_failed_by_the_circuit_breaker_stops_the_wait_with_its_re
         service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "FAILED", CIRCUIT_BREAKER))
     )
     with pytest.raises(ReleaseError, match="CannotPullContainerError"):
-        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=60)
+        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
 
 
 def test_an_alarm_rollback_during_the_bake_time_is_a_failure_not_a_success(scripted):
@@ -138,7 +145,7 @@ def test_an_alarm_rollback_during_the_bake_time_is_a_failure_not_a_success(scrip
         )
     )
     with pytest.raises(ReleaseError, match=r"no longer the service's primary.*in ALARM state"):
-        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, NEXT, timeout=60)
+        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, NEXT, timeout=5)
 
 
 def test_throttling_during_the_wait_is_retried(scripted):
@@ -147,7 +154,7 @@ def test_throttling_during_the_wait_is_retried(scripted):
     scripted.throttled()
     scripted.throttled()
     scripted.describe(service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "COMPLETED")))
-    scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=60)
+    scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
 
 
 def test_an_api_that_never_answers_ends_at_the_bound_naming_the_last_error(scripted):
@@ -223,7 +230,15 @@ def test_a_release_completes_beside_an_earlier_failed_deployment(
     scripted.describe(service(RELEASED, ours, FAILED_EARLIER))
     scripted.describe(service(RELEASED, {**ours, "rolloutState": "COMPLETED", "runningCount": 1}))
     env = environment(mnist8_server.url, tmp_path)
-    outcome = release(env, candidate("a" * 40), smoke, ecs=scripted.ecs(), say=lambda m: None)
+    outcome = release(
+        env,
+        candidate("a" * 40),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+        stable_timeout=5,
+        smoke_timeout=10,
+    )
     assert outcome.succeeded, outcome.reason
     assert records.read_latest(env.records_url)["deployment_id"] == "ecs-svc/0002"
 
@@ -258,8 +273,114 @@ def test_nothing_is_recorded_as_released_before_completed(scripted, mnist8_serve
     # starts nothing new and we follow ECS's own rollback deployment to COMPLETED.
     scripted.updated(service(RELEASED, ecs_rollback))
     scripted.describe(service(RELEASED, {**ecs_rollback, "rolloutState": "COMPLETED"}))
-    outcome = release(env, candidate("b" * 40), smoke, ecs=scripted.ecs(), say=lambda m: None)
+    outcome = release(
+        env,
+        candidate("b" * 40),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+        stable_timeout=5,
+        smoke_timeout=10,
+    )
     assert not outcome.succeeded and "in ALARM state" in outcome.reason
     assert records.read_latest(env.records_url)["task_definition"] == RELEASED
     attempt = next(r for r in records.list_records(env.records_url) if r.get("git_sha"))
     assert attempt["outcome"] == "rolled_back"
+
+
+# -- the verdict on one describe_services answer, message by message ----------------
+
+
+def without_rollout_state(*deployments: dict) -> list[dict]:
+    """Deployments as a service without a circuit breaker reports them: no rolloutState."""
+    return [
+        {k: v for k, v in d.items() if k not in ("rolloutState", "rolloutStateReason")}
+        for d in deployments
+    ]
+
+
+def test_the_primary_deployment_is_the_one_marked_primary():
+    old = deployment("ecs-svc/0001", BOOTSTRAP, "ACTIVE", "COMPLETED")
+    ours = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "IN_PROGRESS")
+    assert primary_deployment(service(RELEASED, old, ours)) == ours
+    assert primary_deployment(service(RELEASED, old)) == {}
+    assert primary_deployment({}) == {}
+
+
+def test_a_deployment_no_longer_primary_is_named_with_the_one_that_is():
+    ours = deployment("ecs-svc/0002", RELEASED, "ACTIVE", "IN_PROGRESS", reason="rolled back")
+    now = deployment("ecs-svc/0003", BOOTSTRAP, "PRIMARY", "IN_PROGRESS")
+    with pytest.raises(ReleaseError) as raised:
+        rollout_verdict(service(BOOTSTRAP, ours, now), "ecs-svc/0002", RELEASED)
+    assert str(raised.value) == (
+        f"deployment ecs-svc/0002 is no longer the service's primary deployment "
+        f"(now ecs-svc/0003 on {BOOTSTRAP}): rolled back"
+    )
+    with pytest.raises(ReleaseError) as raised:
+        rollout_verdict(service(BOOTSTRAP), "ecs-svc/0002", RELEASED)
+    assert str(raised.value) == (
+        "deployment ecs-svc/0002 is no longer the service's primary deployment "
+        "(now none on nothing); ECS rolled it back or another deployment started"
+    )
+
+
+def test_a_failed_rollout_names_ecs_reason_and_progress_is_not_done():
+    failed = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "FAILED", reason=CIRCUIT_BREAKER)
+    with pytest.raises(ReleaseError) as raised:
+        rollout_verdict(service(RELEASED, failed), "ecs-svc/0002", RELEASED)
+    assert str(raised.value) == f"ECS marked deployment ecs-svc/0002 failed: {CIRCUIT_BREAKER}"
+    going = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "IN_PROGRESS")
+    assert rollout_verdict(service(RELEASED, going), "ecs-svc/0002", RELEASED) is False
+    done = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "COMPLETED")
+    assert rollout_verdict(service(RELEASED, done), "ecs-svc/0002", RELEASED) is True
+
+
+def test_without_a_rollout_state_done_means_only_ours_running_at_the_desired_count():
+    running = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "COMPLETED")
+    starting = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "IN_PROGRESS")
+    draining = deployment("ecs-svc/0001", BOOTSTRAP, "ACTIVE", "COMPLETED")
+
+    def verdict(task_definition: str, *deployments: dict) -> bool:
+        answer = {**service(task_definition), "deployments": without_rollout_state(*deployments)}
+        return rollout_verdict(answer, "ecs-svc/0002", RELEASED)
+
+    assert verdict(RELEASED, running) is True
+    assert verdict(RELEASED, starting) is False  # 0 of 1 running
+    assert verdict(RELEASED, running, draining) is False  # the old one still drains
+    assert verdict(BOOTSTRAP, running) is False  # the service points elsewhere
+
+
+def test_an_inactive_service_is_named_with_the_fix(scripted):
+    scripted.stubber.add_response(
+        "describe_services",
+        {"services": [{**service(RELEASED), "status": "INACTIVE"}], "failures": []},
+        {"cluster": CLUSTER, "services": [SERVICE]},
+    )
+    with pytest.raises(ReleaseError) as raised:
+        scripted.ecs().service(CLUSTER, SERVICE)
+    assert str(raised.value) == (
+        f"ECS service {SERVICE!r} is not active in cluster {CLUSTER!r}: "
+        "run the environment's terraform apply first"
+    )
+
+
+def test_a_missing_service_is_named_too(scripted):
+    scripted.stubber.add_response(
+        "describe_services",
+        {"services": [], "failures": [{"arn": SERVICE, "reason": "MISSING"}]},
+        {"cluster": CLUSTER, "services": [SERVICE]},
+    )
+    with pytest.raises(ReleaseError, match="is not active in cluster"):
+        scripted.ecs().service(CLUSTER, SERVICE)
+
+
+def test_the_wait_sleeps_its_poll_interval_between_answers(scripted):
+    going = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "IN_PROGRESS")
+    done = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "COMPLETED")
+    scripted.describe(service(RELEASED, going))
+    scripted.describe(service(RELEASED, going))
+    scripted.describe(service(RELEASED, done))
+    slept: list[float] = []
+    ecs = Ecs(scripted.client, poll_seconds=0.25, sleep=slept.append)
+    ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=5)
+    assert slept == [0.25, 0.25]

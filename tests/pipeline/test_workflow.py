@@ -68,3 +68,12 @@ def test_pull_requests_run_the_tests_and_deploy_nothing(workflow):
     assert not any(
         runs(job, "pull_request") and "deploy-" in " ".join(nox_calls(job)) for job in jobs
     )
+
+
+def test_mutation_testing_runs_on_the_changed_core_modules_within_the_budget(workflow):
+    """The job diffs against HEAD~1, so its checkout must hold that commit."""
+    (job,) = [job for job in workflow["jobs"].values() if "mutation" in " ".join(nox_calls(job))]
+    assert nox_calls(job) == ["nox -s mutation -- --changed"]
+    assert job["timeout-minutes"] <= 15
+    checkout = next(step for step in job["steps"] if "actions/checkout" in step.get("uses", ""))
+    assert checkout["with"]["fetch-depth"] >= 2

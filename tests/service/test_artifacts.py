@@ -92,7 +92,6 @@ def http_server():
     server.shutdown()
 
 
-@pytest.mark.integration
 def test_http_download_once_then_cache(http_server, tmp_path):
     base, hits = http_server
     first = fetch(f"{base}/model.onnx", sha256=DIGEST, cache_dir=tmp_path)
@@ -101,3 +100,13 @@ def test_http_download_once_then_cache(http_server, tmp_path):
     assert hits == ["/model.onnx"]
     with pytest.raises(ArtifactError, match="HTTP 404"):
         fetch(f"{base}/absent.onnx", cache_dir=tmp_path)
+
+
+def test_a_cached_download_changed_on_disk_is_hashed_again_and_fetched_anew(http_server, tmp_path):
+    base, hits = http_server
+    path, _ = fetch(f"{base}/model.onnx", sha256=DIGEST, cache_dir=tmp_path)
+    path.write_bytes(b"changed after the download")
+    again, digest = fetch(f"{base}/model.onnx", sha256=DIGEST, cache_dir=tmp_path)
+    assert (again, digest) == (path, DIGEST)
+    assert again.read_bytes() == PAYLOAD
+    assert hits == ["/model.onnx", "/model.onnx"]

@@ -214,6 +214,7 @@ def test_metrics_are_refused_to_anything_a_load_balancer_forwarded(client, path)
     percent-encoded /metrics through, so the service refuses it too."""
     forwarded = client.simulate_get(path, headers={"X-Forwarded-For": "203.0.113.7"})
     assert forwarded.status_code == 404
+    assert forwarded.json["error"].startswith("no route '/metrics' through a load balancer")
     assert "inside the VPC" in forwarded.json["error"]
     direct = client.simulate_get(path)
     assert direct.status_code == 200 and "model_ready" in direct.text

@@ -18,7 +18,6 @@ from falcon import testing
 
 from service.app import create_app
 from service.capture import CaptureConfig, CaptureRecorder, build_recorder
-from service.capture.metrics import CaptureMetrics
 from service.capture.records import (
     PartNamer,
     Pending,
@@ -100,6 +99,7 @@ def test_each_batch_row_is_a_record_with_the_request_id_suffixed():
     records = list(build_records(entry, "dev"))
     assert [r["id"] for r in records] == ["abc-0", "abc-1", "abc-2"]
     assert [r["prediction"] for r in records] == [0, 1, 2]
+    assert [list(r["scores"]) for r in records] == scores(3).tolist()
     first = records[0]
     assert first["request_id"] == "abc" and first["row"] == 0
     assert first["time"] == "1970-01-01T00:00:00.500Z"
@@ -135,7 +135,9 @@ def test_the_fast_lines_are_exactly_what_orjson_writes_for_the_records(
         orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
         for r in build_records(entry, "prod")
     )
-    assert b"".join(record_lines(entry, "prod")) == expected
+    lines = b"".join(record_lines(entry, "prod"))
+    assert lines == expected
+    assert [json.loads(line)["scores"] for line in lines.splitlines()] == scores(rows).tolist()
 
 
 def test_parts_are_gzip_json_lines_split_by_utc_hour_under_the_key_layout():
@@ -244,13 +246,21 @@ def test_a_down_sink_spools_and_the_spool_uploads_when_it_returns(tmp_path, capl
         send(recorder, 20, rows=2)
         await asyncio.sleep(0.4)
         spooled = list((tmp_path / "spool").rglob("*.jsonl.gz"))
+        up_while_down = recorder.metrics.sink_up._value.get()
         sink.down = False
         assert await recorder.wait_idle(5)
         await recorder.close()
-        return spooled
+        return spooled, up_while_down
 
     with caplog.at_level(logging.INFO, "service.capture"):
-        spooled = asyncio.run(scenario())
+        spooled, up_while_down = asyncio.run(scenario())
+    assert (up_while_down, recorder.metrics.sink_up._value.get()) == (0, 1)
+    # Said once for the outage, however many uploads failed during it.
+    down = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert down == [
+        f"prediction capture: the sink {sink.url} is unreachable; spooling parts to "
+        f"{tmp_path / 'spool'} until it answers again"
+    ]
     assert spooled, "nothing was spooled while the sink was down"
     assert len(read_dir(tmp_path / "out")) == 40
     assert not list((tmp_path / "spool").rglob("*.jsonl.gz"))
@@ -320,7 +330,13 @@ def test_records_are_dropped_only_when_the_disk_fails_too_and_that_is_loud(tmp_p
     with caplog.at_level(logging.CRITICAL, "service.capture"):
         asyncio.run(scenario())
     assert recorder.metrics.dropped._value.get() == 5
-    assert "LOST 5 records" in caplog.text
+    lost = [r.getMessage() for r in caplog.records if "LOST" in r.getMessage()]
+    assert len(lost) == 1
+    assert lost[0].startswith(
+        f"prediction capture LOST 5 records: the sink {sink.url} is down and the spool "
+        f"{tmp_path / 'spool'} cannot be written ("
+    )
+    assert lost[0].endswith("); free the disk or fix its permissions")
 
 
 # -- settings and the app ------------------------------------------------------------
@@ -372,5 +388,46 @@ def test_the_app_captures_by_default_and_counts_on_metrics(settings, model, tmp_
     text = client.simulate_get("/metrics").text
     assert "prediction_capture_records_written_total 3.0" in text
     assert "prediction_capture_records_dropped_total 0.0" in text
-    metrics = CaptureMetrics()  # a fresh registry each time: no global state
-    assert metrics.written._value.get() == 0
+    # Each app counts on its own registry: a second one in this process starts from zero.
+    other = testing.TestClient(create_app(local, model=model))
+    assert "prediction_capture_records_written_total 0.0" in other.simulate_get("/metrics").text
+
+
+def test_removing_a_spooled_part_tidies_its_empty_directories_only(tmp_path):
+    from service.capture.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    first = tmp_path / "spool" / "dev" / "2026" / "01" / "a.jsonl.gz"
+    second = tmp_path / "spool" / "dev" / "2026" / "02" / "b.jsonl.gz"
+    for path in (first, second):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"part")
+    spool.remove(first)
+    # 01/ went with its part; 2026/ and dev/ still hold 02/; the spool directory stays.
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "spool").rglob("*")) == [
+        "spool/dev",
+        "spool/dev/2026",
+        "spool/dev/2026/02",
+        "spool/dev/2026/02/b.jsonl.gz",
+    ]
+    spool.remove(second)
+    spool.remove(second)  # already gone (another process took it): no error
+    assert (tmp_path / "spool").is_dir() and not list((tmp_path / "spool").iterdir())
+
+
+def test_wait_idle_says_false_while_a_part_is_still_on_its_way(tmp_path):
+    sink = FlakySink(tmp_path / "out")
+    sink.release.clear()  # the upload hangs until released
+    recorder = CaptureRecorder(sink, config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 3)
+        busy = await recorder.wait_idle(0.2)
+        sink.release.set()
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return busy, idle
+
+    assert asyncio.run(scenario()) == (False, True)
+    assert len(read_dir(tmp_path / "out")) == 3

@@ -83,8 +83,11 @@ def test_labels_must_match_the_model_classes(settings):
     from service.loader import load_model
 
     nine = Settings(**{**settings.__dict__, "model_labels": tuple("012345678")})
-    with pytest.raises(ConfigError, match="MODEL_LABELS has 9 labels but the model's first output"):
+    with pytest.raises(
+        ConfigError, match="MODEL_LABELS has 9 labels but the model's first output"
+    ) as raised:
         load_model(nine)
+    assert str(raised.value).endswith("has 10 classes: give one label per class, in class order")
 
 
 def test_a_body_limit_below_one_example_is_refused(settings):

@@ -3,6 +3,7 @@ from plain clients, query strings, and requests the server refuses before the ap
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import socket
@@ -14,6 +15,8 @@ import zlib
 
 import pytest
 
+from service import http
+from service.errors import InvalidInput, PayloadTooLarge
 from service.http import decode_content
 
 ZEROS = {"data": [0] * 784}
@@ -119,6 +122,86 @@ def test_decoding_stops_at_the_limit_inside_a_member():
     bomb = gzip.compress(b"0" * 50_000_000)
     with pytest.raises(Exception, match="larger than the limit"):
         decode_content(bomb, ["gzip"], 1_000_000)
+
+
+def stored_deflate(first: int, checksum: bool) -> tuple[bytes, bytes]:
+    """A raw deflate stream (RFC 1951) that opens with the byte `first` and a second byte
+    that makes the pair a valid zlib header checksum or not (RFC 1950: a multiple of 31),
+    and the bytes it decodes to.
+
+    A non-final stored block whose padding bits (ignored by inflate) fill `first`, its
+    LEN being the second byte, then an empty final fixed-Huffman block.
+    """
+    second = next(b for b in range(1, 256) if (((first << 8) | b) % 31 == 0) == checksum)
+    data = bytes((i * 7) % 256 for i in range(second))
+    return bytes([first, second, 0, second ^ 0xFF, 0xFF]) + data + b"\x03\x00", data
+
+
+@pytest.mark.parametrize(
+    ("first", "checksum"),
+    [
+        pytest.param(0x78, False, id="zlib-method-but-bad-check"),
+        pytest.param(0x88, True, id="window-too-large-for-zlib"),
+        pytest.param(0x70, True, id="check-fits-but-not-deflate-method"),
+    ],
+)
+def test_raw_deflate_that_resembles_a_zlib_header_is_still_raw(first, checksum):
+    """Only a header with method 8, a window of at most 32 KiB and a valid check is zlib."""
+    body, data = stored_deflate(first, checksum)
+    assert decode_content(body, ["deflate"], 1000) == data
+    with pytest.raises(InvalidInput, match=r"the raw deflate \(RFC 1951\) body is truncated"):
+        decode_content(body[:-2], ["deflate"], 1000)
+
+
+def test_two_bytes_of_zlib_header_are_a_truncated_zlib_stream():
+    with pytest.raises(InvalidInput, match=r"^the zlib \(RFC 1950\) body is truncated"):
+        decode_content(b"\x78\x9c", ["deflate"], 1000)
+    with pytest.raises(InvalidInput, match=r"^the body is not valid raw deflate \(RFC 1951\) data"):
+        decode_content(b"\xff\xff", ["deflate"], 1000)
+
+
+@pytest.mark.parametrize("coding", ["deflate", "gzip"])
+def test_a_body_of_exactly_the_limit_decodes_and_one_byte_more_is_413(coding):
+    plain = b"7" * 5000
+    packed = zlib.compress(plain) if coding == "deflate" else gzip.compress(plain)
+    assert decode_content(packed, [coding], 5000) == plain
+    with pytest.raises(PayloadTooLarge, match="larger than the limit of 4999 bytes"):
+        decode_content(packed, [coding], 4999)
+
+
+class Stream:
+    """What DrainUnreadBody reads: `chunks` then the end, or no end at all."""
+
+    def __init__(self, chunks: list[bytes], ends: bool = True) -> None:
+        self.chunks = list(chunks)
+        self.ends = ends
+        self.read_bytes = 0
+
+    async def read(self, size: int) -> bytes:
+        if self.chunks:
+            chunk = self.chunks.pop(0)[:size]
+            self.read_bytes += len(chunk)
+            return chunk
+        if not self.ends:
+            await asyncio.sleep(3600)
+        return b""
+
+
+def test_the_drain_reads_the_rest_and_says_whether_it_reached_the_end(monkeypatch):
+    stream = Stream([b"x" * 100, b"y" * 100])
+    assert asyncio.run(http._discard(stream)) is True and stream.read_bytes == 200
+    assert asyncio.run(http._discard(Stream([]))) is True
+    monkeypatch.setattr(http, "DISCARD_MAX_BYTES", 250)
+    endless = Stream([b"z" * 100] * 10)
+    assert asyncio.run(http._discard(endless)) is False
+    assert endless.read_bytes == 300  # stops at the first chunk past the bound
+    exact = Stream([b"z" * 125, b"z" * 125])
+    assert asyncio.run(http._discard(exact)) is True
+
+
+def test_the_drain_gives_up_on_a_body_that_stops_coming(monkeypatch):
+    monkeypatch.setattr(http, "DISCARD_MAX_SECONDS", 0.05)
+    assert asyncio.run(http._discard(Stream([b"x" * 10], ends=False))) is False
 
 
 def test_a_charset_other_than_utf8_is_415(client):
@@ -238,3 +321,26 @@ def test_a_refused_body_under_the_bounds_keeps_a_keep_alive_connection_usable(ur
     second = conn.getresponse()
     assert second.status == 200 and "prediction" in json.loads(second.read())
     conn.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(zlib.compress(BODY), "the body is not valid gzip data: ", id="zlib-as-gzip"),
+        pytest.param(
+            gzip.compress(BODY) * 2 + b"garbage!",
+            "the data after gzip member 2 is not valid gzip data: ",
+            id="after-the-second-member",
+        ),
+        pytest.param(
+            gzip.compress(BODY)[:-4],
+            "the gzip body is truncated: its last member does not end",
+            id="truncated",
+        ),
+        pytest.param(b"", "the body is empty, which is not gzip data", id="empty"),
+    ],
+)
+def test_gzip_errors_say_which_part_is_wrong(body, message):
+    with pytest.raises(InvalidInput) as raised:
+        decode_content(body, ["gzip"], 1_000_000)
+    assert str(raised.value).startswith(message)

@@ -15,12 +15,10 @@ def samples(client) -> dict:
 
 
 def test_requests_are_counted_by_route_template_and_status(client, model):
-    app = client.app
     client.simulate_post("/predict", json={"data": [0] * 784})
     client.simulate_post("/predict", json={"data": [0] * 3})
     client.simulate_get(f"/v2/models/{model.info.name}")
     found = samples(client)
-    assert client.app is app
 
     def count(route, method, status):
         key = (
@@ -47,3 +45,9 @@ def test_latency_histograms_and_model_info(client, model):
     )
     assert found[key] == 1
     assert found[("model_ready", ())] == 1
+
+
+def test_the_scrape_is_prometheus_text_format(client):
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    assert client.simulate_get("/metrics").headers["content-type"] == CONTENT_TYPE_LATEST

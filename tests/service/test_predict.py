@@ -35,10 +35,12 @@ def test_batch_answers_one_prediction_per_row(client, mnist_test_set, raw_argmax
     assert np.mean(np.array(result.json["predictions"]) == labels[:16]) >= 0.9
 
 
-def test_batch_of_one_is_still_a_batch(client):
-    result = client.simulate_post("/predict", json={"data": [ZEROS]})
+def test_batch_of_one_is_still_a_batch(client, mnist_test_set, raw_argmax):
+    images = mnist_test_set[0]
+    result = client.simulate_post("/predict", json={"data": [images[3].reshape(-1).tolist()]})
     assert result.status_code == 200
-    assert len(result.json["predictions"]) == 1
+    assert "prediction" not in result.json
+    assert result.json["predictions"] == raw_argmax(images[3:4])
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
@@ -139,16 +141,20 @@ def test_unknown_route_is_404_with_json(client):
     assert "/openapi.json" in result.json["error"]
 
 
-def test_gzip_body_is_accepted(client):
+def test_gzip_body_is_accepted(client, mnist_test_set, raw_argmax):
     import gzip
 
-    body = gzip.compress(json.dumps({"data": ZEROS}).encode())
+    images = mnist_test_set[0]
+    plain = json.dumps({"data": images[:4].reshape(4, -1).tolist()}).encode()
     result = client.simulate_post(
         "/predict",
-        body=body,
+        body=gzip.compress(plain),
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
     )
     assert result.status_code == 200
+    assert result.json["predictions"] == raw_argmax(images[:4])
+    identity = client.simulate_post("/predict", body=plain, content_type="application/json")
+    assert result.json == identity.json
 
 
 def test_zip_bomb_is_413(client):
@@ -162,3 +168,12 @@ def test_zip_bomb_is_413(client):
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
     )
     assert result.status_code == 413
+
+
+def test_the_quick_start_answers_are_what_the_readme_shows(client):
+    """README, Quick start: zeros are a 5, a batch of zeros and 255s is [5, 6], version
+    2f06e72de813 (the first 12 hex digits of mnist-8's sha256)."""
+    one = client.simulate_post("/predict", json={"data": [0] * 784})
+    assert one.json == {"prediction": 5, "model": "mnist-8", "version": "2f06e72de813"}
+    two = client.simulate_post("/predict", json={"data": [[0] * 784, [255] * 784]})
+    assert two.json == {"predictions": [5, 6], "model": "mnist-8", "version": "2f06e72de813"}

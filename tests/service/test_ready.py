@@ -38,3 +38,33 @@ def test_two_apps_do_not_share_metrics(settings, model):
     second = testing.TestClient(create_app(settings, model=model))
     first.simulate_post("/predict", json={"data": [0] * 784})
     assert 'route="/predict"' not in second.simulate_get("/metrics").text
+
+
+def test_the_ready_route_answers_503_until_start_up_has_loaded_the_model(settings, model):
+    """Requests that arrive before the lifespan start-up (which loads the model, none being
+    given) ends: readiness refuses, liveness answers; after start-up, ready is 200."""
+    from falcon import testing
+
+    from service.app import create_app
+
+    app = create_app(settings)
+
+    async def get(path: str) -> tuple[int, bytes]:
+        """One request straight to the ASGI app, no lifespan event sent first."""
+        collector = testing.ASGIResponseEventCollector()
+        scope = testing.create_scope(path=path, method="GET")
+        await app(scope, testing.ASGIRequestEventEmitter(), collector)
+        return collector.status, b"".join(collector.body_chunks)
+
+    assert asyncio.run(get("/v2/health/live"))[0] == 200
+    for path in ("/v2/health/ready", "/v2/models/mnist-8/ready"):
+        status, body = asyncio.run(get(path))
+        assert status == 503 and b'"error"' in body
+
+    async def after_start_up() -> tuple[int, int]:
+        async with testing.ASGIConductor(app) as conductor:
+            ready = await conductor.simulate_get("/v2/health/ready")
+            model_ready = await conductor.simulate_get("/v2/models/mnist-8/ready")
+            return ready.status_code, model_ready.status_code
+
+    assert asyncio.run(after_start_up()) == (200, 200)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -14,6 +15,17 @@ from tests.conftest import REPO, free_port
 from tests.service.conftest import MNIST8_SHA256
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """`service.__main__.main()` run in-process points the root logger at this test's
+    captured stdout; later tests would log to that closed stream ("--- Logging error ---")."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def run_service(

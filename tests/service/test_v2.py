@@ -52,8 +52,10 @@ def binary_body(images: np.ndarray, binary_output: bool = True) -> tuple[bytes, 
 
 def test_server_metadata_live_and_ready(client):
     assert client.simulate_get("/v2").json["extensions"] == ["binary_tensor_data", "classification"]
-    assert client.simulate_get("/v2/health/live").status_code == 200
-    assert client.simulate_get("/v2/health/ready").status_code == 200
+    live = client.simulate_get("/v2/health/live")
+    assert (live.status_code, live.json) == (200, {"live": True})
+    ready = client.simulate_get("/v2/health/ready")
+    assert (ready.status_code, ready.json) == (200, {"ready": True})
 
 
 def test_model_metadata_reads_the_graph_with_a_dynamic_batch(client, model):
@@ -70,8 +72,11 @@ def test_model_metadata_reads_the_graph_with_a_dynamic_batch(client, model):
 def test_versioned_routes_answer_for_the_served_version(client, model):
     version = model.info.version
     assert client.simulate_get(f"/v2/models/{NAME}/versions/{version}").status_code == 200
-    assert client.simulate_get(f"/v2/models/{NAME}/versions/{version}/ready").status_code == 200
-    assert client.simulate_get(f"/v2/models/{NAME}/ready").json["ready"] is True
+    versioned = client.simulate_get(f"/v2/models/{NAME}/versions/{version}/ready")
+    assert (versioned.status_code, versioned.json) == (200, {"name": NAME, "ready": True})
+    assert client.simulate_get(f"/v2/models/{NAME}/ready").json == {"name": NAME, "ready": True}
+    other = client.simulate_get(f"/v2/models/{NAME}/versions/not-{version}/ready")
+    assert other.status_code == 404 and f"not-{version}" in other.json["error"]
 
 
 @pytest.mark.parametrize(
@@ -109,15 +114,20 @@ def test_json_infer_matches_raw_onnxruntime(client, mnist_test_set, raw_argmax):
     assert scores.argmax(axis=1).tolist() == raw_argmax(images)
 
 
-def test_nested_json_data_is_accepted(client, mnist_test_set):
-    image = mnist_test_set[0][:1].astype(np.float32).reshape(1, 1, 28, 28)
+def test_nested_json_data_is_accepted(client, mnist_test_set, raw_argmax):
+    images = mnist_test_set[0][:3].astype(np.float32).reshape(3, 1, 28, 28)
     body = {
         "inputs": [
-            {"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28], "data": image.tolist()}
+            {"name": INPUT, "datatype": "FP32", "shape": [3, 1, 28, 28], "data": images.tolist()}
         ]
     }
     result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
     assert result.status_code == 200
+    (output,) = result.json["outputs"]
+    assert output["shape"] == [3, 10]
+    flat = client.simulate_post(f"/v2/models/{NAME}/infer", json=infer_body(images)).json
+    assert output["data"] == flat["outputs"][0]["data"]
+    assert np.array(output["data"]).reshape(3, 10).argmax(axis=1).tolist() == raw_argmax(images)
 
 
 def test_binary_infer_round_trip(client, mnist_test_set, raw_argmax):
@@ -155,28 +165,106 @@ def _input(**changes) -> dict:
     return {"inputs": [tensor]}
 
 
+SHAPE_RULE = "input 'Input3' 'shape' must be a list of non-negative integers"
+EXPECTS = "; the model expects [1, 1, 28, 28]"
+# Each bad request with its whole message: a changed or lost message is a failure.
 BAD_INFER = [
-    pytest.param(_input(name="x"), "not an input", id="unknown-input"),
-    pytest.param(_input(datatype="INT64"), "expects FP32", id="wrong-datatype"),
-    pytest.param(_input(datatype="BYTES"), "expects FP32", id="bytes"),
-    pytest.param(_input(shape=[1, 784]), "expects [1, 1, 28, 28]", id="wrong-rank"),
-    pytest.param(_input(shape=[1, 1, 28, 27]), "expects", id="wrong-dim"),
-    pytest.param(_input(shape="1x784"), "non-negative integers", id="shape-string"),
-    pytest.param(_input(shape=[1, 1, 28, -28]), "non-negative integers", id="negative-dim"),
-    pytest.param(_input(data=[0.0] * 783), "needs 784", id="short-data"),
-    pytest.param(_input(data=["x"] * 784), "only numbers", id="string-data"),
-    pytest.param(_input(data=None), "list of numbers", id="null-data"),
+    pytest.param(
+        _input(name="x"),
+        "input 'x' is not an input of the model; its inputs are ['Input3']",
+        id="unknown-input",
+    ),
+    pytest.param(
+        _input(datatype="INT64"),
+        "input 'Input3' has datatype 'INT64'; the model expects FP32",
+        id="wrong-datatype",
+    ),
+    pytest.param(
+        _input(datatype="BYTES"),
+        "input 'Input3' has datatype 'BYTES'; the model expects FP32",
+        id="bytes",
+    ),
+    pytest.param(
+        _input(shape=[1, 784]), "input 'Input3' has shape [1, 784]" + EXPECTS, id="wrong-rank"
+    ),
+    pytest.param(
+        _input(shape=[1, 1, 28, 27]),
+        "input 'Input3' has shape [1, 1, 28, 27]" + EXPECTS,
+        id="wrong-dim",
+    ),
+    pytest.param(
+        _input(shape=[0, 1, 28, 28], data=[]),
+        "input 'Input3' has shape [0, 1, 28, 28]" + EXPECTS,
+        id="zero-batch",
+    ),
+    pytest.param(_input(shape="1x784"), SHAPE_RULE, id="shape-string"),
+    pytest.param(_input(shape=[1, 1, 28, -28]), SHAPE_RULE, id="negative-dim"),
+    pytest.param(_input(shape=[True, 1, 28, 28]), SHAPE_RULE, id="boolean-dim"),
+    pytest.param(
+        _input(data=[0.0] * 783),
+        "input 'Input3' has 783 values; shape [1, 1, 28, 28] needs 784",
+        id="short-data",
+    ),
+    pytest.param(
+        _input(data=["x"] * 784),
+        "input 'Input3' data must hold only numbers (no strings, booleans, nulls or empty lists)",
+        id="string-data",
+    ),
+    pytest.param(
+        _input(data=None),
+        "input 'Input3' data must be a list of numbers, got NoneType",
+        id="null-data",
+    ),
+    pytest.param(
+        _input(data=[1e39] * 784),
+        "input 'Input3' data has numbers too large for float32 (or NaN/infinity)",
+        id="out-of-range",
+    ),
     pytest.param(
         {"inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 1, 28, 28]}]},
-        "neither",
+        "input 'Input3' has neither 'data' nor 'binary_data_size'",
         id="no-data",
     ),
-    pytest.param({"inputs": []}, "non-empty", id="no-inputs"),
-    pytest.param({}, "non-empty", id="empty-object"),
-    pytest.param([], "JSON object", id="array"),
-    pytest.param({**_input(), "outputs": [{"name": "nope"}]}, "outputs[0]", id="unknown-output"),
-    pytest.param({**_input(), "id": 7}, "'id'", id="numeric-id"),
-    pytest.param({"inputs": _input()["inputs"] * 2}, "twice", id="duplicate-input"),
+    pytest.param({"inputs": []}, "'inputs' must be a non-empty list of tensors", id="no-inputs"),
+    pytest.param({}, "'inputs' must be a non-empty list of tensors", id="empty-object"),
+    pytest.param([], "the inference request must be a JSON object with 'inputs'", id="array"),
+    pytest.param({"inputs": [3]}, "inputs[0] must be an object", id="input-not-an-object"),
+    pytest.param(
+        {**_input(), "outputs": [{"name": "nope"}]},
+        "outputs[0] must name one of the model's outputs ['Plus214_Output_0']",
+        id="unknown-output",
+    ),
+    pytest.param({**_input(), "id": 7}, "'id' must be a string", id="numeric-id"),
+    pytest.param(
+        {"inputs": _input()["inputs"] * 2}, "input 'Input3' is given twice", id="duplicate-input"
+    ),
+    pytest.param(
+        {**_input(), "extra": 1},
+        "the inference request has 'extra', which this server does not read; it reads 'id', "
+        "'parameters', 'inputs', 'outputs'",
+        id="request-key",
+    ),
+    pytest.param(
+        {"inputs": [{**_input()["inputs"][0], "extra": 1}]},
+        "input 'Input3' has 'extra', which this server does not read; it reads 'name', "
+        "'shape', 'datatype', 'parameters', 'data'",
+        id="input-key",
+    ),
+    pytest.param(
+        {**_input(), "parameters": 3},
+        "the request's 'parameters' must be an object",
+        id="parameters-not-an-object",
+    ),
+    pytest.param(
+        {"inputs": [{**_input()["inputs"][0], "parameters": 3}]},
+        "input 'Input3' 'parameters' must be an object",
+        id="input-parameters-not-an-object",
+    ),
+    pytest.param(
+        {**_input(), "parameters": {"binary_data_output": "yes"}},
+        "the request's parameter 'binary_data_output' must be true or false",
+        id="binary-output-flag",
+    ),
 ]
 
 
@@ -184,7 +272,7 @@ BAD_INFER = [
 def test_bad_infer_request_is_400(client, body, message):
     result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
     assert result.status_code == 400, result.text
-    assert message in result.json["error"]
+    assert result.json["error"] == message
 
 
 def test_binary_size_mismatch_is_400(client, mnist_test_set):
@@ -436,3 +524,54 @@ def test_classification_carries_the_labels(settings, mnist_test_set, mnist8_path
     for entry, index in zip(result.json["outputs"][0]["data"], expected, strict=True):
         _, position, label = entry.split(":")
         assert int(position) == index and label == WORDS[index]
+
+
+def test_the_answer_names_the_model_and_its_version(client, model, mnist_test_set):
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", json=infer_body(mnist_test_set[0][:1])
+    )
+    assert result.json["model_name"] == NAME
+    assert result.json["model_version"] == model.info.version == "2f06e72de813"
+
+
+def test_outputs_that_are_not_a_list_or_carry_unread_keys_are_400_saying_so(client, mnist_test_set):
+    body = infer_body(mnist_test_set[0][:1], outputs={"name": OUTPUT})
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 400
+    assert result.json["error"] == "'outputs' must be a list of objects with a 'name'"
+    body = infer_body(mnist_test_set[0][:1], outputs=[{"name": OUTPUT, "shape": [1]}])
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
+    assert result.status_code == 400
+    assert result.json["error"].startswith(f"output {OUTPUT!r} has 'shape', which this server")
+
+
+def test_a_binary_header_length_of_the_whole_body_is_a_json_only_request(client, mnist_test_set):
+    """Inference-Header-Content-Length may cover the whole body (no binary data); 0 or
+    more than the body is refused, naming both lengths."""
+    body = json.dumps(infer_body(mnist_test_set[0][:1])).encode()
+    path = f"/v2/models/{NAME}/infer"
+    headers = {"Content-Type": "application/octet-stream"}
+    whole = client.simulate_post(
+        path, body=body, headers={**headers, "Inference-Header-Content-Length": str(len(body))}
+    )
+    assert whole.status_code == 200, whole.text
+    for length in (0, len(body) + 1):
+        refused = client.simulate_post(
+            path, body=body, headers={**headers, "Inference-Header-Content-Length": str(length)}
+        )
+        assert refused.status_code == 400
+        assert refused.json["error"] == (
+            f"Inference-Header-Content-Length is {length} but the body has {len(body)} bytes"
+        )
+
+
+def test_infer_answers_for_the_served_version_only(client, model, mnist_test_set, raw_argmax):
+    images = mnist_test_set[0][:2]
+    served = client.simulate_post(
+        f"/v2/models/{NAME}/versions/{model.info.version}/infer", json=infer_body(images)
+    )
+    assert served.status_code == 200
+    scores = np.array(served.json["outputs"][0]["data"]).reshape(2, 10)
+    assert scores.argmax(axis=1).tolist() == raw_argmax(images)
+    other = client.simulate_post(f"/v2/models/{NAME}/versions/99/infer", json=infer_body(images))
+    assert other.status_code == 404 and "99" in other.json["error"]

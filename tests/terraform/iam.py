@@ -121,17 +121,25 @@ def allowed(
     context: Mapping[str, str] | None = None,
 ) -> bool:
     """Whether the identity policies allow `action` on `resource` (explicit deny wins)."""
-    context = context or {}
+    matching = (
+        statement
+        for document in documents
+        for statement in statements(document)
+        if _matches(statement, action, resource)
+    )
+    return _verdict(matching, context or {})
+
+
+def _verdict(matching: Iterable[Statement], context: Mapping[str, str]) -> bool:
+    """IAM's evaluation over the statements that name the request: allowed when one
+    whose conditions hold allows it and none whose conditions hold denies it."""
     verdict = False
-    for document in documents:
-        for statement in statements(document):
-            if not _matches(statement, action, resource):
-                continue
-            if not conditions_hold(statement, context):
-                continue
-            if statement.get("Effect") == "Deny":
-                return False
-            verdict = True
+    for statement in matching:
+        if not conditions_hold(statement, context):
+            continue
+        if statement.get("Effect") == "Deny":
+            return False
+        verdict = True
     return verdict
 
 
@@ -170,15 +178,10 @@ def trust_allows(
     carrying `context` (a web identity token's claims as condition keys, the calling
     service's aws:SourceAccount/aws:SourceArn). An explicit Deny wins."""
     kind, name = principal
-    verdict = False
-    for statement in statements(document):
-        if name not in _as_list((statement.get("Principal") or {}).get(kind)):
-            continue
-        if action not in _as_list(statement.get("Action")):
-            continue
-        if not conditions_hold(statement, context):
-            continue
-        if statement.get("Effect") == "Deny":
-            return False
-        verdict = True
-    return verdict
+    matching = (
+        statement
+        for statement in statements(document)
+        if name in _as_list((statement.get("Principal") or {}).get(kind))
+        and action in _as_list(statement.get("Action"))
+    )
+    return _verdict(matching, context)

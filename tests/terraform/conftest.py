@@ -30,12 +30,13 @@ MOTO_OVERRIDE_TEMPLATE = HERE / "moto_override.tf.tmpl"
 PYPROJECT = REPO / "pyproject.toml"
 
 # What the moto-based applies change, and only them: moto's Application Auto
-# Scaling lacks ListTagsForResource, and nothing in moto runs a load balancer
-# that would need deletion protection or keeps the bucket's objects worth saving.
+# Scaling lacks ListTagsForResource, which the provider reads after creating a scalable
+# target (the autoscaling resources are planned against the applied environments
+# instead), and nothing in moto keeps the bucket's objects worth saving. Deletion
+# protection stays as each environment's tfvars set it.
 MOTO_TFVARS = """\
-enable_autoscaling  = false
-deletion_protection = false
-force_destroy       = true
+enable_autoscaling = false
+force_destroy      = true
 """
 # The bootstrap's state bucket in moto's account: what TF_STATE_BUCKET holds when the
 # environments are applied (nox -s apply passes it as state_bucket_name).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -273,8 +274,13 @@ def test_service_runs_behind_the_load_balancer_in_its_cost_profile(
     attributes = elbv2.describe_load_balancer_attributes(
         LoadBalancerArn=group["LoadBalancerArns"][0]
     )["Attributes"]
-    idle = next(a["Value"] for a in attributes if a["Key"] == "idle_timeout.timeout_seconds")
-    assert int(environment["KEEP_ALIVE_TIMEOUT_SECONDS"]) > int(idle)
+    values = {a["Key"]: a["Value"] for a in attributes}
+    assert int(environment["KEEP_ALIVE_TIMEOUT_SECONDS"]) > int(
+        values["idle_timeout.timeout_seconds"]
+    )
+    # prod's load balancer cannot be deleted until protection is switched off (dev's can).
+    protected = "true" if env == "prod" else "false"
+    assert values["deletion_protection.enabled"] == protected
     assert container["logConfiguration"]["options"]["awslogs-group"] == outputs["log_group_name"]
 
 
@@ -795,10 +801,82 @@ def unexpected_changes(plan: dict[str, Any]) -> list[str]:
     return found
 
 
-def test_second_plan_changes_only_what_moto_forgets(applied: Applied) -> None:
+AUTOSCALING = {
+    "module.service.aws_appautoscaling_target.this[0]",
+    "module.service.aws_appautoscaling_policy.cpu[0]",
+    "module.service.aws_appautoscaling_policy.requests[0]",
+}
+
+
+def tfvars_number(env: str, name: str) -> float:
+    """A number assigned in the committed `terraform/envs/<env>/terraform.tfvars`."""
+    text = (terraform.TERRAFORM_DIR / "envs" / env / "terraform.tfvars").read_text()
+    (value,) = re.findall(rf"^{name}\s*=\s*([0-9.]+)\s*$", text, flags=re.MULTILINE)
+    return float(value)
+
+
+def arn_suffix(arn: str, marker: str) -> str:
+    """The final portion of an ELB ARN, from `marker` on (`app/...`, `targetgroup/...`)."""
+    return arn[arn.index(marker) :]
+
+
+def check_autoscaling(applied: Applied, env: str, planned: dict[str, dict[str, Any]]) -> None:
+    """The scalable target and its two target-tracking policies, as the committed tfvars
+    set them, on this environment's service and target group. The request policy's
+    resource label is the final portions of the load balancer's and the target group's
+    ARNs joined by `/` (Application Auto Scaling API reference,
+    PredefinedMetricSpecification)."""
+    outputs = applied.outputs[env]
+    target = planned["module.service.aws_appautoscaling_target.this[0]"]
+    assert target["resource_id"] == f"service/{outputs['cluster_name']}/{outputs['service_name']}"
+    assert target["scalable_dimension"] == "ecs:service:DesiredCount"
+    assert target["min_capacity"] == tfvars_number(env, "min_capacity")
+    assert target["max_capacity"] == tfvars_number(env, "max_capacity")
+
+    cpu = planned["module.service.aws_appautoscaling_policy.cpu[0]"]
+    (cpu_tracking,) = cpu["target_tracking_scaling_policy_configuration"]
+    assert cpu_tracking["target_value"] == tfvars_number(env, "cpu_target_percent")
+    (cpu_metric,) = cpu_tracking["predefined_metric_specification"]
+    assert cpu_metric["predefined_metric_type"] == "ECSServiceAverageCPUUtilization"
+
+    requests = planned["module.service.aws_appautoscaling_policy.requests[0]"]
+    (tracking,) = requests["target_tracking_scaling_policy_configuration"]
+    assert tracking["target_value"] == tfvars_number(env, "requests_per_target")
+    (metric,) = tracking["predefined_metric_specification"]
+    assert metric["predefined_metric_type"] == "ALBRequestCountPerTarget"
+    service = applied.client("ecs").describe_services(
+        cluster=outputs["cluster_name"], services=[outputs["service_name"]]
+    )["services"][0]
+    group_arn = service["loadBalancers"][0]["targetGroupArn"]
+    group = applied.client("elbv2").describe_target_groups(TargetGroupArns=[group_arn])
+    balancer_arn = group["TargetGroups"][0]["LoadBalancerArns"][0]
+    label = f"{arn_suffix(balancer_arn, 'app/')}/{arn_suffix(group_arn, 'targetgroup/')}"
+    assert metric["resource_label"] == label
+
+
+def test_second_plan_changes_only_what_moto_forgets_and_adds_the_autoscaling(
+    applied: Applied,
+) -> None:
+    """Planned with `enable_autoscaling` as the committed tfvars leave it (on): against
+    the applied environment it creates the scalable target and its two policies and
+    changes nothing else but what moto forgets."""
+    switched_on = applied.work / "autoscaling.tfvars"
+    switched_on.write_text("enable_autoscaling = true\n")
+
     def replan(env: str) -> list[str]:
-        result = terraform.plan(env, terraform_dir=applied.work, var_files=[applied.var_file])
-        return unexpected_changes(terraform.show_json(applied.root(env), result.plan_file))
+        var_files = [applied.var_file, switched_on]
+        result = terraform.plan(env, terraform_dir=applied.work, var_files=var_files)
+        plan = terraform.show_json(applied.root(env), result.plan_file)
+        changes = plan.get("resource_changes", [])
+        created = {
+            change["address"]: change["change"]["after"]
+            for change in changes
+            if change["address"] in AUTOSCALING and change["change"]["actions"] == ["create"]
+        }
+        assert set(created) == AUTOSCALING, env
+        check_autoscaling(applied, env, created)
+        others = [change for change in changes if change["address"] not in AUTOSCALING]
+        return unexpected_changes({"resource_changes": others})
 
     assert in_parallel(replan, list(ENVS)) == {env: [] for env in ENVS}
 
@@ -874,8 +952,29 @@ def test_environment_state_lives_in_the_bootstrap_bucket(
 MOTO_CANNOT_DELETE = ("module.capture_catalog.aws_athena_named_query.this",)
 
 
+def switch_off_deletion_protection(applied: Applied, env: str) -> None:
+    """The README's teardown of prod, first step: AWS refuses DeleteLoadBalancer while
+    deletion protection is on (ELB User Guide, "Deletion protection"); moto does not."""
+    terraform.apply(
+        env,
+        terraform_dir=applied.work,
+        var_files=[applied.var_file],
+        variables={"deletion_protection": "false", "force_destroy": "true"},
+        # The state was refreshed by the plan above.
+        extra_args=["-refresh=false"],
+    )
+    elbv2 = applied.client("elbv2")
+    (balancer,) = elbv2.describe_load_balancers(Names=[f"onnx-ship-{env}"])["LoadBalancers"]
+    attributes = elbv2.describe_load_balancer_attributes(
+        LoadBalancerArn=balancer["LoadBalancerArn"]
+    )["Attributes"]
+    assert {"Key": "deletion_protection.enabled", "Value": "false"} in attributes
+
+
 def test_destroy_removes_both_environments(applied: Applied, terraform_bin: str) -> None:
     def destroy(env: str) -> list[Any]:
+        if env == "prod":
+            switch_off_deletion_protection(applied, env)
         subprocess.run(
             [terraform_bin, "state", "rm", *MOTO_CANNOT_DELETE],
             cwd=applied.root(env),

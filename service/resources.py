@@ -17,6 +17,7 @@ from service.capture import PredictionRecorder
 from service.errors import ModelNotFound, NotReady, NotServedThroughProxy, UnsupportedMediaType
 from service.http import read_body
 from service.inference import Inference
+from service.jsonnumbers import NumberArrays
 from service.metrics import Metrics
 
 JSON = "application/json"
@@ -69,6 +70,7 @@ class PredictionRoute:
         self._inference = inference
         self._limit = max_body_bytes
         self._recorder = recorder
+        self._numbers = NumberArrays()
 
 
 class Predict(PredictionRoute):
@@ -79,7 +81,7 @@ class Predict(PredictionRoute):
         require_media(req, (JSON,))
         model = self._inference.model
         body = await read_body(req, self._limit)
-        batch, single = model.as_batch(codec.predict_data(body, model.input.dtype))
+        batch, single = model.as_batch(codec.predict_data(body, model.input.dtype, self._numbers))
         scores = await self._inference.scores(batch)
         send_json(resp, codec.encode_predict(scores, single, model.info))
         self._recorder.record(

@@ -10,6 +10,7 @@ import falcon.asgi
 import orjson
 
 from service import resources
+from service.admission import BodyBudget
 from service.auth import BearerAuth
 from service.capture import PredictionRecorder, build_recorder
 from service.config import ConfigError, Settings
@@ -23,6 +24,9 @@ from service.openapi import openapi_document
 
 log = logging.getLogger("service")
 
+# Request bodies the prediction routes hold at once, in bodies of the largest size allowed
+# (MAX_BODY_BYTES): 8 MB by default, ten requests of 256 images as binary tensors.
+BODY_BUDGET_BODIES = 2
 MODEL_ROUTES = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
 
 
@@ -114,14 +118,15 @@ def create_app(
     app.set_error_serializer(_http_error)
 
     limit = settings.max_body_bytes
-    app.add_route("/predict", resources.Predict(inference, limit, recorder))
+    budget = BodyBudget(BODY_BUDGET_BODIES * limit)
+    app.add_route("/predict", resources.Predict(inference, limit, recorder, budget))
     app.add_route("/v2", resources.ServerMetadata())
     app.add_route("/v2/health/live", resources.Live())
     app.add_route("/v2/health/ready", resources.Ready(inference))
     for route in MODEL_ROUTES:
         app.add_route(route, resources.ModelMetadata(inference))
         app.add_route(f"{route}/ready", resources.ModelReady(inference))
-        app.add_route(f"{route}/infer", resources.ModelInfer(inference, limit, recorder))
+        app.add_route(f"{route}/infer", resources.ModelInfer(inference, limit, recorder, budget))
     app.add_route("/metrics", resources.MetricsEndpoint(metrics))
     app.add_route("/openapi.json", resources.OpenApi(openapi_document()))
     return app

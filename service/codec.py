@@ -156,8 +156,9 @@ class InferRequest:
     classifications: dict[str, int] = field(default_factory=dict)
 
 
-def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """Split a body into its JSON header and binary tail (Triton's extension)."""
+def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes | memoryview]:
+    """Split a body into its JSON header and binary tail (Triton's extension); the tail
+    is a view of the body, not a copy (800 kB for 256 MNIST images)."""
     if header_length is None:
         return body, b""
     try:
@@ -166,7 +167,7 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
         raise InvalidInput(f"{BINARY_HEADER} must be an integer, got {header_length!r}") from None
     if not 0 < length <= len(body):
         raise InvalidInput(f"{BINARY_HEADER} is {length} but the body has {len(body)} bytes")
-    return body[:length], body[length:]
+    return body[:length], memoryview(body)[length:]
 
 
 def _only_keys(entry: dict, allowed: Sequence[str], where: str) -> None:
@@ -266,7 +267,7 @@ def _request_document(head: bytes) -> dict:
 
 
 def _decode_inputs(
-    raw_inputs: list, inputs: Sequence[TensorSpec], tail: bytes
+    raw_inputs: list, inputs: Sequence[TensorSpec], tail: bytes | memoryview
 ) -> dict[str, np.ndarray]:
     """Every input by name; binary ones take their bytes from `tail` in order."""
     specs = {spec.name: spec for spec in inputs}
@@ -333,7 +334,7 @@ def _binary_tensor(
     shape: tuple[int, ...],
     where: str,
     size: object,
-    tail: bytes,
+    tail: bytes | memoryview,
     offset: int,
 ) -> np.ndarray:
     """An input's `size` bytes at `offset` of the binary tail: little-endian values of

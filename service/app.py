@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import falcon
@@ -57,6 +58,11 @@ class ModelLifecycle:
                 raise
         self._inference.attach(model)
         await self._recorder.start()
+        # Everything alive now (the model, onnxruntime, boto3, the app) lives as long as
+        # the process: moved out of the collector's reach, a full collection no longer
+        # walks it. Measured with capture on to S3: a full collection took 38 ms with
+        # boto3's ~89,000 objects in the heap, stalling every request in flight (p99).
+        gc.freeze()
         info = model.info
         log.info(
             "ready: serving %s version %s (sha256 %s), inference %s",

@@ -15,6 +15,8 @@ the model's type once, so the arrays are equal bit for bit.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import simdjson
 
@@ -84,6 +86,6 @@ class NumberArrays:
             return None
         values = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64)
         del data, document  # the parser may be reused only once both are gone
-        if values.size != int(np.prod(shape)):
+        if values.size != math.prod(shape):
             return None
         return values, shape

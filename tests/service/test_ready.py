@@ -81,9 +81,13 @@ def test_start_up_moves_what_it_made_out_of_the_collectors_reach(settings, model
 
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+    async def started() -> int:
+        async with testing.ASGIConductor(create_app(settings, model=model)) as conductor:
+            assert (await conductor.simulate_get("/v2/health/ready")).status_code == 200
+            return gc.get_freeze_count()
+
     try:
-        with testing.TestClient(create_app(settings, model=model)) as client:
-            assert client.simulate_get("/v2/health/ready").status_code == 200
-            assert gc.get_freeze_count() > 1000
+        assert asyncio.run(started()) > 1000
     finally:
         gc.unfreeze()

@@ -19,8 +19,8 @@ import boto3
 from pipeline import REPO, terraform
 from pipeline import image as images
 from pipeline import registry as registries
-from pipeline.datasets import DatasetError
 from pipeline.batchable import BatchableCopy
+from pipeline.datasets import DatasetError
 from pipeline.deploy import DeployError, batched_copy, deploy, served_copy
 from pipeline.download import download
 from pipeline.environment import ENVIRONMENTS, MissingEnvironment, output, resolve

@@ -15,11 +15,11 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import REPO, aws_calls, promotion
 from pipeline import image as images
 from pipeline import registry as registries
-import numpy as np
-
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.datasets import load_dataset
 from pipeline.download import download

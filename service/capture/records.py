@@ -34,10 +34,9 @@ import numpy as np
 import orjson
 
 from service.capture.partformat import SUFFIX as PART_SUFFIX
+from service.capture.partformat import GzipMember, hour_prefix
 from service.capture.partformat import decode as decode_part
-from service.capture.partformat import GzipMember
 from service.capture.partformat import encode as encode_part
-from service.capture.partformat import hour_prefix
 from service.model import ModelInfo
 
 __all__ = [
@@ -322,7 +321,9 @@ class PartsBuilder:
         self._namer = namer
         self._max_records = max_records
         self._max_bytes = max_bytes
-        self._open: dict[int, tuple[GzipMember, list[int]]] = {}  # hour -> (member, [records, bytes])
+        self._open: dict[
+            int, tuple[GzipMember, list[int]]
+        ] = {}  # hour -> (member, [records, bytes])
         self._closed: dict[int, list[Part]] = {}
 
     def add(self, entries: Sequence[Pending]) -> None:

@@ -4,7 +4,6 @@ batch-capable copy, the ratios, and one tiny real run. No timed assertions."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import shutil

@@ -55,7 +55,12 @@ def test_a_request_larger_than_the_budget_runs_alone():
         await asyncio.gather(big, small)
         return log
 
-    assert asyncio.run(scenario()) == ["big in, 5000 held", "big out", "small in, 10 held", "small out"]
+    assert asyncio.run(scenario()) == [
+        "big in, 5000 held",
+        "big out",
+        "small in, 10 held",
+        "small out",
+    ]
 
 
 def test_a_waiting_request_that_is_cancelled_gives_its_place_up():
@@ -89,5 +94,8 @@ def test_the_prediction_routes_share_one_budget_released_after_each_answer(clien
     assert budget.capacity == BODY_BUDGET_BODIES * 256 * 1024
     assert client.simulate_post("/predict", json={"data": [0.0] * 784}).status_code == 200
     assert client.simulate_post("/predict", json={"data": ["x"]}).status_code == 400
-    assert client.simulate_post("/predict", body=b"{", headers={"Content-Encoding": "br"}).status_code == 415
+    assert (
+        client.simulate_post("/predict", body=b"{", headers={"Content-Encoding": "br"}).status_code
+        == 415
+    )
     assert budget.held == 0

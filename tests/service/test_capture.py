@@ -18,8 +18,7 @@ import pytest
 from falcon import testing
 
 from service.app import create_app
-from service.capture import CaptureConfig, CaptureRecorder, build_recorder
-from service.capture import partformat
+from service.capture import CaptureConfig, CaptureRecorder, build_recorder, partformat
 from service.capture.records import (
     PartNamer,
     PartsBuilder,
@@ -170,15 +169,24 @@ def _mixed_entries() -> list[Pending]:
         request_id = None if i % 4 else f'req "{i}" \u00e9\\'
         values = rng.standard_normal((1, 10)).astype(np.float32) * 10.0 ** (i % 7 - 3)
         entries.append(
-            Pending(3600 * 5 + i * 0.37, route, request_id, INFO if i % 5 else other, values,
-                    None, i * 1.1e-5)
+            Pending(
+                3600 * 5 + i * 0.37,
+                route,
+                request_id,
+                INFO if i % 5 else other,
+                values,
+                None,
+                i * 1.1e-5,
+            )
         )
     entries[7] = Pending(3600 * 5 + 7, "/predict", "b", INFO, scores(3), None, 0.002)
     entries[9] = Pending(3600 * 5 + 9, "/predict", "c", INFO, scores(1), np.ones((1, 4)), 0.002)
-    entries[11] = Pending(3600 * 5 + 11, "/predict", "d", INFO, scores(1).reshape(1, 1, 10),
-                          None, 0.002)
-    entries[13] = Pending(3600 * 5 + 13, "/predict", "e", INFO, scores(1).astype(np.float64),
-                          None, 0.002)
+    entries[11] = Pending(
+        3600 * 5 + 11, "/predict", "d", INFO, scores(1).reshape(1, 1, 10), None, 0.002
+    )
+    entries[13] = Pending(
+        3600 * 5 + 13, "/predict", "e", INFO, scores(1).astype(np.float64), None, 0.002
+    )
     return entries
 
 
@@ -191,9 +199,7 @@ def test_lines_of_many_requests_are_byte_for_byte_those_of_each_request():
     named = [i for i, e in enumerate(entries) if e.request_id is not None]
     for dtype in (np.float32, np.float64):
         singles = [
-            e
-            for e in entries
-            if e.request_id is not None and e.inputs is None and e.rows == 1
+            e for e in entries if e.request_id is not None and e.inputs is None and e.rows == 1
         ]
         singles = [replace(e, scores=e.scores.astype(dtype)) for e in singles]
         assert lines_of(singles, "prod") == [
@@ -237,8 +243,14 @@ def test_the_recorder_encodes_between_requests_a_slice_at_a_time(tmp_path):
         recorder = CaptureRecorder(LocalSink(tmp_path), CaptureConfig("dev", tmp_path / "spool"))
         await recorder.start()
         for i in range(1000):
-            recorder.record(route="/predict", request_id=f"r{i}", model=INFO, scores=scores(1),
-                            inputs=None, latency_seconds=0.001)
+            recorder.record(
+                route="/predict",
+                request_id=f"r{i}",
+                model=INFO,
+                scores=scores(1),
+                inputs=None,
+                latency_seconds=0.001,
+            )
         turns = 0
         stop = asyncio.Event()
 

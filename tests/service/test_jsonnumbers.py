@@ -152,7 +152,9 @@ def test_every_bad_body_gets_the_general_paths_answer_word_for_word(body):
 def test_the_route_refuses_the_corpus_with_the_general_paths_message(client, body, message):
     """Through POST /predict (the lane in front): each bad body is 400 with the message
     the general path words for it."""
-    result = client.simulate_post("/predict", body=body, headers={"Content-Type": "application/json"})
+    result = client.simulate_post(
+        "/predict", body=body, headers={"Content-Type": "application/json"}
+    )
     assert result.status_code == 400
     expected = general(body)
     if isinstance(expected, str):  # refused while decoding (else by its shape, later)

@@ -12,12 +12,13 @@ import os
 import platform
 import re
 import resource
+import secrets
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,15 @@ from bench.processes import (
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.datasets import load_dataset, scaled_inputs
 from pipeline.reference import fetch_verified, load_reference
+from service.auth import bearer_header
+from service.shutdown import MIN_STOP_TIMEOUT_SECONDS
 
 # The capture-read rows' bucket, beside the capture-on rows' one on the same moto server.
 READ_BUCKET = "bench-capture-read"
 CAPTURE_OFF = "off"  # PREDICTION_LOG_URL=off: service.capture builds no recorder
+# STOP_TIMEOUT_SECONDS for the service: its smallest budget, inside the bench's wait
+# (bench.processes.STOP_TIMEOUT_SECONDS) even when capture still has parts to upload.
+SERVICE_STOP_SECONDS = MIN_STOP_TIMEOUT_SECONDS
 UVICORN_FLAGS = ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
 
 
@@ -386,6 +392,7 @@ def bench_service(
     options = results.options
     capture = "on" if store is not None else CAPTURE_OFF
     port = free_port()
+    token = secrets.token_urlsafe(32)
     env = {
         "MODEL_URL": str(workload.model_path),
         "MODEL_SHA256": workload.model_sha256,
@@ -396,6 +403,10 @@ def bench_service(
         "APP_ENV": "local",
         "INTRA_OP_THREADS": "1",
         "WEB_CONCURRENCY": "1",
+        # A deploy asks for a bearer token (require_authentication, on by default).
+        "API_TOKENS": token,
+        # The service's whole stop (drain, then capture flush) fits in the bench's wait.
+        "STOP_TIMEOUT_SECONDS": str(SERVICE_STOP_SECONDS),
         "PREDICTION_LOG_URL": store.url if store is not None else CAPTURE_OFF,
         "PREDICTION_LOG_SPOOL_DIR": str(workdir / f"spool-{capture}"),
         # As a deploy runs it: with the batch-capable copy the gate proved.
@@ -413,10 +424,14 @@ def bench_service(
         core=options.server_core,
     )
     results.ready_seconds[name] = server.ready_seconds
+    rss = []
     for row, body in workload.service_bodies().items():
+        body = replace(body, headers={**body.headers, **bearer_header(token)})
         results.measurements += measure_row(
             server, "service", row, body, capture, workload, options, workdir
         )
+        rss.append(rss_bytes(server.pid))
+    results.rss_bytes[f"{name} after single images"] = rss[0]
     results.rss_bytes[name] = rss_bytes(server.pid)
     code = processes.stop(server)
     if code not in (0, -15):

@@ -19,8 +19,9 @@ import boto3
 from pipeline import REPO, terraform
 from pipeline import image as images
 from pipeline import registry as registries
+from pipeline.batchable import BatchableCopy
 from pipeline.datasets import DatasetError
-from pipeline.deploy import DeployError, batched_copy, deploy
+from pipeline.deploy import DeployError, batched_copy, deploy, served_copy
 from pipeline.download import download
 from pipeline.environment import ENVIRONMENTS, MissingEnvironment, output, resolve
 from pipeline.gating import (
@@ -63,19 +64,24 @@ Arguments = Callable[[argparse.ArgumentParser], None]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the reference model locally (the embedded default: no AWS)."""
-    return _serve(load_reference(environ=os.environ))
+    """Serve the reference model locally (the embedded default: no AWS), as a deploy
+    serves it: with the batch-capable copy a deploy ships beside a batch-1 model."""
+    reference = load_reference(environ=os.environ)
+    return _serve(reference, _batched_variables(served_copy(reference)))
 
 
 def cmd_deploy_local(args: argparse.Namespace) -> int:
     """Gate the referenced model, then serve it locally with capture to a local directory."""
     reference = load_reference(environ=os.environ)
     gated = gate_model(reference)
-    batched = batched_copy(gated)
-    extra = {}
-    if batched is not None:
-        extra = {"MODEL_BATCHED_URL": str(batched.path), "MODEL_BATCHED_SHA256": batched.sha256}
-    return _serve(reference, extra)
+    return _serve(reference, _batched_variables(batched_copy(gated)))
+
+
+def _batched_variables(batched: BatchableCopy | None) -> dict[str, str]:
+    """MODEL_BATCHED_URL and MODEL_BATCHED_SHA256 for `batched`, as a release sets them."""
+    if batched is None:
+        return {}
+    return {"MODEL_BATCHED_URL": str(batched.path), "MODEL_BATCHED_SHA256": batched.sha256}
 
 
 def _serve(reference: Reference, extra: dict[str, str] | None = None) -> int:

@@ -15,14 +15,20 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import REPO, aws_calls, promotion
 from pipeline import image as images
 from pipeline import registry as registries
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
+from pipeline.datasets import load_dataset
+from pipeline.download import download
 from pipeline.environment import Environment, override_name, resolve, terraform_outputs
+from pipeline.gate import model_inputs
 from pipeline.gating import DEFAULT_REPORT_DIR, Gated, gate_model
-from pipeline.reference import load_reference
+from pipeline.reference import Reference, load_reference
 from pipeline.release import Candidate, SmokeImages, release
+from service.model import ModelInfo, OnnxModel
 from service.store import NotAStore, S3Store, StoreError, StoreUnreachable, open_store
 
 SMOKE_IMAGES = 8
@@ -40,9 +46,32 @@ def batched_copy(gated: Gated, directory: Path = DEFAULT_REPORT_DIR) -> Batchabl
     """For a batch-1 model: a batch-capable copy, proven equal on the whole test set."""
     if not gated.model.batch_fixed_at_one:
         return None
-    target = directory / f"{gated.reference.name}.batched.onnx"
+    return _proven_copy(gated.reference, gated.downloaded.model_path, gated.inputs, directory)
+
+
+def served_copy(reference: Reference, directory: Path = DEFAULT_REPORT_DIR) -> BatchableCopy | None:
+    """The batch-capable copy a deploy of `reference` ships beside the model, without the
+    gate (`nox -s serve`): None when the model takes batches itself, or cannot be copied.
+
+    Made and proven on the whole test set as `batched_copy` makes it for a deploy, so a
+    local server runs batches as a deployed task runs them. Raises what
+    `pipeline.download.download` and `pipeline.datasets.load_dataset` raise.
+    """
+    downloaded = download(reference)
+    model = OnnxModel(downloaded.model_path, ModelInfo(reference.name, "local", "-"))
+    if not model.batch_fixed_at_one:
+        return None
+    dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
+    inputs = model_inputs(model, dataset, reference.input_scale)
+    return _proven_copy(reference, downloaded.model_path, inputs, directory)
+
+
+def _proven_copy(
+    reference: Reference, model_path: Path, inputs: np.ndarray, directory: Path
+) -> BatchableCopy | None:
+    target = directory / f"{reference.name}.batched.onnx"
     try:
-        copy = batchable_copy(gated.downloaded.model_path, gated.inputs, target)
+        copy = batchable_copy(model_path, inputs, target)
     except NotBatchable as exc:
         say(f"no batch-capable copy ({exc}); batches run one row at a time")
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import falcon
@@ -10,6 +11,7 @@ import falcon.asgi
 import orjson
 
 from service import resources
+from service.admission import BodyBudget
 from service.auth import BearerAuth
 from service.capture import PredictionRecorder, build_recorder
 from service.config import ConfigError, Settings
@@ -23,6 +25,9 @@ from service.openapi import openapi_document
 
 log = logging.getLogger("service")
 
+# Request bodies the prediction routes hold at once, in bodies of the largest size allowed
+# (MAX_BODY_BYTES): 8 MB by default, ten requests of 256 images as binary tensors.
+BODY_BUDGET_BODIES = 2
 MODEL_ROUTES = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
 
 
@@ -53,6 +58,11 @@ class ModelLifecycle:
                 raise
         self._inference.attach(model)
         await self._recorder.start()
+        # Everything alive now (the model, onnxruntime, boto3, the app) lives as long as
+        # the process: moved out of the collector's reach, a full collection no longer
+        # walks it. Measured with capture on to S3: a full collection took 38 ms with
+        # boto3's ~89,000 objects in the heap, stalling every request in flight (p99).
+        gc.freeze()
         info = model.info
         log.info(
             "ready: serving %s version %s (sha256 %s), inference %s",
@@ -114,14 +124,15 @@ def create_app(
     app.set_error_serializer(_http_error)
 
     limit = settings.max_body_bytes
-    app.add_route("/predict", resources.Predict(inference, limit, recorder))
+    budget = BodyBudget(BODY_BUDGET_BODIES * limit)
+    app.add_route("/predict", resources.Predict(inference, limit, recorder, budget))
     app.add_route("/v2", resources.ServerMetadata())
     app.add_route("/v2/health/live", resources.Live())
     app.add_route("/v2/health/ready", resources.Ready(inference))
     for route in MODEL_ROUTES:
         app.add_route(route, resources.ModelMetadata(inference))
         app.add_route(f"{route}/ready", resources.ModelReady(inference))
-        app.add_route(f"{route}/infer", resources.ModelInfer(inference, limit, recorder))
+        app.add_route(f"{route}/infer", resources.ModelInfer(inference, limit, recorder, budget))
     app.add_route("/metrics", resources.MetricsEndpoint(metrics))
     app.add_route("/openapi.json", resources.OpenApi(openapi_document()))
     return app

@@ -18,6 +18,7 @@ import orjson
 
 from service.classification import UNRANKED_DATATYPES, top_classes
 from service.errors import InvalidInput
+from service.jsonnumbers import NumberArrays
 from service.model import ORT_TYPES, ModelInfo, TensorSpec
 
 BINARY_HEADER = "Inference-Header-Content-Length"
@@ -63,9 +64,10 @@ def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
 
 # -- POST /predict -----------------------------------------------------------
 
-# The usual bodies ({"data": [784 numbers]} or a list of such rows) decode in one pass
-# through typed msgspec decoders, which refuse strings, booleans, nulls and other keys
-# on their own; anything else takes the general path, which also words the error.
+# The usual bodies ({"data": [784 numbers]} or a list of such rows) of a float model go
+# straight to an array (service.jsonnumbers); of other models, in one pass through typed
+# msgspec decoders, which refuse strings, booleans, nulls and other keys on their own.
+# Anything else takes the general path, which also words the error.
 
 
 class _Flat(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,8 +81,17 @@ class _Rows(msgspec.Struct, forbid_unknown_fields=True):
 _TYPED = (msgspec.json.Decoder(_Flat), msgspec.json.Decoder(_Rows))
 
 
-def predict_data(body: bytes, dtype: np.dtype) -> np.ndarray:
-    """The numbers of a /predict body as an array of the model's type."""
+def predict_data(body: bytes, dtype: np.dtype, numbers: NumberArrays | None = None) -> np.ndarray:
+    """The numbers of a /predict body as an array of the model's type, shaped as `data`.
+
+    `numbers`: the fast lane for float models (None: typed and general paths only); it
+    gives the same array as the general path or declines. Raises InvalidInput saying
+    what is wrong with the body.
+    """
+    if numbers is not None:
+        array = numbers.decode(body, dtype)
+        if array is not None:
+            return array
     for decoder in _TYPED:
         try:
             values = decoder.decode(body).data
@@ -145,8 +156,9 @@ class InferRequest:
     classifications: dict[str, int] = field(default_factory=dict)
 
 
-def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """Split a body into its JSON header and binary tail (Triton's extension)."""
+def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes | memoryview]:
+    """Split a body into its JSON header and binary tail (Triton's extension); the tail
+    is a view of the body, not a copy (800 kB for 256 MNIST images)."""
     if header_length is None:
         return body, b""
     try:
@@ -155,7 +167,7 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
         raise InvalidInput(f"{BINARY_HEADER} must be an integer, got {header_length!r}") from None
     if not 0 < length <= len(body):
         raise InvalidInput(f"{BINARY_HEADER} is {length} but the body has {len(body)} bytes")
-    return body[:length], body[length:]
+    return body[:length], memoryview(body)[length:]
 
 
 def _only_keys(entry: dict, allowed: Sequence[str], where: str) -> None:
@@ -255,7 +267,7 @@ def _request_document(head: bytes) -> dict:
 
 
 def _decode_inputs(
-    raw_inputs: list, inputs: Sequence[TensorSpec], tail: bytes
+    raw_inputs: list, inputs: Sequence[TensorSpec], tail: bytes | memoryview
 ) -> dict[str, np.ndarray]:
     """Every input by name; binary ones take their bytes from `tail` in order."""
     specs = {spec.name: spec for spec in inputs}
@@ -322,7 +334,7 @@ def _binary_tensor(
     shape: tuple[int, ...],
     where: str,
     size: object,
-    tail: bytes,
+    tail: bytes | memoryview,
     offset: int,
 ) -> np.ndarray:
     """An input's `size` bytes at `offset` of the binary tail: little-endian values of

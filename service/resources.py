@@ -13,10 +13,12 @@ import falcon
 import orjson
 
 from service import __version__, codec
+from service.admission import BodyBudget
 from service.capture import PredictionRecorder
 from service.errors import ModelNotFound, NotReady, NotServedThroughProxy, UnsupportedMediaType
 from service.http import read_body
 from service.inference import Inference
+from service.jsonnumbers import NumberArrays
 from service.metrics import Metrics
 
 JSON = "application/json"
@@ -64,11 +66,23 @@ class PredictionRoute:
     """A route that runs the model: read, decode, infer, encode, then record."""
 
     def __init__(
-        self, inference: Inference, max_body_bytes: int, recorder: PredictionRecorder
+        self,
+        inference: Inference,
+        max_body_bytes: int,
+        recorder: PredictionRecorder,
+        budget: BodyBudget,
     ) -> None:
         self._inference = inference
         self._limit = max_body_bytes
         self._recorder = recorder
+        self._budget = budget
+        self._numbers = NumberArrays()
+
+    def _held(self, req: falcon.asgi.Request):
+        """The body budget for this request, from its read to its computed answer: its
+        Content-Length, or the body limit when it has none (chunked)."""
+        length = req.content_length
+        return self._budget.hold(self._limit if length is None else min(length, self._limit))
 
 
 class Predict(PredictionRoute):
@@ -78,9 +92,12 @@ class Predict(PredictionRoute):
         started = time.perf_counter()
         require_media(req, (JSON,))
         model = self._inference.model
-        body = await read_body(req, self._limit)
-        batch, single = model.as_batch(codec.predict_data(body, model.input.dtype))
-        scores = await self._inference.scores(batch)
+        async with self._held(req):
+            body = await read_body(req, self._limit)
+            data = codec.predict_data(body, model.input.dtype, self._numbers)
+            del body
+            batch, single = model.as_batch(data)
+            scores = await self._inference.scores(batch)
         send_json(resp, codec.encode_predict(scores, single, model.info))
         self._recorder.record(
             route="/predict",
@@ -148,9 +165,11 @@ class ModelInfer(PredictionRoute):
         header_length = req.get_header(codec.BINARY_HEADER)
         require_media(req, (JSON, "application/octet-stream"))
         model = served_model(self._inference, name, version)
-        body = await read_body(req, self._limit)
-        request = codec.decode_infer(body, header_length, model.inputs, model.outputs)
-        results = await self._inference.run(request.inputs)
+        async with self._held(req):
+            body = await read_body(req, self._limit)
+            request = codec.decode_infer(body, header_length, model.inputs, model.outputs)
+            del body
+            results = await self._inference.run(request.inputs)
         payload, json_length = codec.encode_infer(
             model.info.name,
             model.info.version,

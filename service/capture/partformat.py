@@ -109,7 +109,30 @@ def manifest_generation(name: str) -> int:
 
 def encode(lines: Iterable[bytes], level: int = GZIP_LEVEL) -> bytes:
     """JSON lines (each ending in a newline) -> one gzip member, deterministic (mtime 0)."""
-    return gzip.compress(b"".join(lines), compresslevel=level, mtime=0)
+    member = GzipMember(level)
+    member.add(b"".join(lines))
+    return member.finish()
+
+
+class GzipMember:
+    """One gzip member written a piece at a time: the bytes `gzip.compress(all pieces,
+    level, mtime=0)` gives (zlib's gzip wrapper, RFC 1952), however the data is cut.
+
+    The recorder compresses a part in pieces between requests, so no single call holds
+    the service's core for the whole part.
+    """
+
+    def __init__(self, level: int = GZIP_LEVEL) -> None:
+        self._compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        self._out: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        self._out.append(self._compressor.compress(data))
+
+    def finish(self) -> bytes:
+        """The whole member; the object is spent after this."""
+        self._out.append(self._compressor.flush())
+        return b"".join(self._out)
 
 
 def merge(bodies: Iterable[bytes]) -> bytes:

@@ -27,19 +27,29 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
 from service.capture.partformat import SUFFIX as PART_SUFFIX
+from service.capture.partformat import GzipMember, hour_prefix
 from service.capture.partformat import decode as decode_part
 from service.capture.partformat import encode as encode_part
-from service.capture.partformat import hour_prefix
 from service.model import ModelInfo
 
-__all__ = ["PART_SUFFIX", "Part", "PartNamer", "Pending", "decode_part", "encode_parts"]
+__all__ = [
+    "PART_SUFFIX",
+    "Part",
+    "PartNamer",
+    "PartsBuilder",
+    "Pending",
+    "decode_part",
+    "encode_part",
+    "encode_parts",
+    "lines_of",
+]
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 _random = random.Random()  # seeded from os.urandom in each process
@@ -220,6 +230,142 @@ class PartNamer:
         return f"{hour_prefix(env, timestamp)}/{name}"
 
 
+def lines_of(entries: Sequence[Pending], env: str) -> list[bytes]:
+    """The JSON lines of `entries`, in order, byte for byte those of `record_lines`.
+
+    A run of single-row requests without inputs (every /predict of one image) is
+    encoded together: one argmax and one `orjson.dumps` for all their scores, then one
+    bytes template per record, at about a third of `record_lines`' cost per record.
+    """
+    if _all_single_rows(entries):
+        return _single_row_lines(entries, env)
+    return [line for entry in entries for line in record_lines(entry, env)]
+
+
+def _all_single_rows(entries: Sequence[Pending]) -> bool:
+    """Whether every entry is one row without inputs, with scores of one dtype and size."""
+    if not entries:
+        return False
+    first = entries[0].scores
+    return first.size > 0 and all(
+        entry.inputs is None
+        and entry.rows == 1
+        and entry.scores.size == first.size
+        and entry.scores.dtype == first.dtype
+        for entry in entries
+    )
+
+
+def _single_row_lines(entries: Sequence[Pending], env: str) -> list[bytes]:
+    scores = np.concatenate([entry.scores.reshape(1, -1) for entry in entries])
+    classes = scores.argmax(axis=1).tolist()
+    # [[a,b],[c,d]] -> "a,b", "c,d": each row as orjson writes it alone.
+    rows = orjson.dumps(scores, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+    lines = []
+    for entry, predicted, row in zip(entries, classes, rows, strict=True):
+        quoted_id = orjson.dumps(entry.request_id or new_id())
+        lines.append(
+            _SINGLE_ROW_LINE
+            % (
+                quoted_id,
+                quoted_id,
+                orjson.dumps(iso_time(entry.answered_at)),
+                _fixed_fields(env, entry.route, entry.model),
+                predicted,
+                row,
+                orjson.dumps(round(entry.latency_seconds * 1000, 3)),
+            )
+        )
+    return lines
+
+
+_SINGLE_ROW_LINE = (
+    b'{"id":%b,"request_id":%b,"row":0,"time":%b%b%d,"scores":[%b],"latency_ms":%b}\n'
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _fixed_fields(env: str, route: str, model: ModelInfo) -> bytes:
+    """`,"env":..,"route":..,"model":{..},"prediction":` for one environment, route, model."""
+    return b"".join(
+        (
+            b',"env":',
+            orjson.dumps(env),
+            b',"route":',
+            orjson.dumps(route),
+            b',"model":',
+            _model_json(model),
+            b',"prediction":',
+        )
+    )
+
+
+class PartsBuilder:
+    """Encodes requests into gzip JSON Lines parts a slice at a time: one or more parts
+    per UTC hour the requests fall in, each holding at most `max_records` records and
+    about `max_bytes` of JSON (a part closes once it reaches either).
+
+    `add` does a slice's work and returns, so the recorder can let requests run between
+    slices; `finish` closes every open part. Parts come out ordered by hour, then by
+    when they were started.
+    """
+
+    def __init__(
+        self,
+        env: str,
+        namer: PartNamer,
+        max_records: int = 10_000,
+        max_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self._env = env
+        self._namer = namer
+        self._max_records = max_records
+        self._max_bytes = max_bytes
+        self._open: dict[
+            int, tuple[GzipMember, list[int]]
+        ] = {}  # hour -> (member, [records, bytes])
+        self._closed: dict[int, list[Part]] = {}
+
+    def add(self, entries: Sequence[Pending]) -> None:
+        """Encode and compress `entries` (in the order they were answered)."""
+        for hour, group in itertools.groupby(entries, key=lambda e: int(e.answered_at // 3600)):
+            lines = lines_of(list(group), self._env)
+            start = 0
+            while start < len(lines):
+                member, counts = self._member(hour)
+                room = self._max_records - counts[0]
+                taken = lines[start : start + room]
+                size = 0
+                for count, line in enumerate(taken, 1):
+                    size += len(line)
+                    if counts[1] + size >= self._max_bytes:
+                        taken = taken[:count]
+                        break
+                data = b"".join(taken)
+                member.add(data)
+                counts[0] += len(taken)
+                counts[1] += len(data)
+                start += len(taken)
+                if counts[0] >= self._max_records or counts[1] >= self._max_bytes:
+                    self._close(hour)
+
+    def finish(self) -> list[Part]:
+        for hour in list(self._open):
+            self._close(hour)
+        return [part for hour in sorted(self._closed) for part in self._closed[hour]]
+
+    def _member(self, hour: int) -> tuple[GzipMember, list[int]]:
+        if hour not in self._open:
+            self._open[hour] = (GzipMember(), [0, 0])
+        return self._open[hour]
+
+    def _close(self, hour: int) -> None:
+        member, (records, _) = self._open.pop(hour)
+        if records:
+            part = Part(self._namer(self._env, hour * 3600), member.finish(), records)
+            self._closed.setdefault(hour, []).append(part)
+
+
 def encode_parts(
     entries: Iterable[Pending],
     env: str,
@@ -227,26 +373,7 @@ def encode_parts(
     max_records: int = 10_000,
     max_bytes: int = 8 * 1024 * 1024,
 ) -> list[Part]:
-    """Encode requests into gzip JSON Lines parts: one or more per UTC hour they fall in,
-    each holding at most `max_records` records and about `max_bytes` of JSON."""
-    by_hour: dict[int, list[list[bytes]]] = {}
-    sizes: dict[int, int] = {}
-    for entry in entries:
-        hour = int(entry.answered_at // 3600)
-        chunks = by_hour.setdefault(hour, [[]])
-        for line in record_lines(entry, env):
-            if len(chunks[-1]) >= max_records or sizes.get(hour, 0) >= max_bytes:
-                chunks.append([])
-                sizes[hour] = 0
-            chunks[-1].append(line)
-            sizes[hour] = sizes.get(hour, 0) + len(line)
-    return [
-        Part(
-            key=namer(env, hour * 3600),
-            body=encode_part(lines),
-            records=len(lines),
-        )
-        for hour, chunks in sorted(by_hour.items())
-        for lines in chunks
-        if lines
-    ]
+    """Encode requests into gzip JSON Lines parts at once (see `PartsBuilder`)."""
+    builder = PartsBuilder(env, namer, max_records, max_bytes)
+    builder.add(list(entries))
+    return builder.finish()

@@ -3,6 +3,7 @@ batch-capable copy, the ratios, and one tiny real run. No timed assertions."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -191,6 +192,47 @@ def test_ratios_follow_the_targets_formulas() -> None:
     assert met["ready after start, local model (s)"] is None  # not measured here
     assert "| service | predict single | off | 16 | 8,000 |" in report.table(results)
     assert "| 50% | - | 16,000 |" in report.table(results)
+
+
+def _row(row: str, capture: str, c: int, rps: float, p99_ms: float) -> Measurement:
+    m = _measurement("service", row, capture, rps)
+    result = dataclasses.replace(m.result, p99_us=int(p99_ms * 1000))
+    return dataclasses.replace(m, concurrency=c, result=result)
+
+
+def test_capture_targets_are_the_worst_single_image_row_at_every_level() -> None:
+    """Throughput: the worst on/off ratio of any single-image row at any level; tail: at
+    each level the worst p99 ratio; batch rows count in neither."""
+    results = Results(
+        Options(concurrency=(1, 16, 64)),
+        {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"},
+    )
+    results.measurements = [
+        _row("predict single", "off", 1, 3000, 0.5),
+        _row("predict single", "on", 1, 2940, 0.55),  # 0.98, tail 1.1
+        _row("v2 json single", "off", 1, 3000, 0.5),
+        _row("v2 json single", "on", 1, 2700, 0.7),  # 0.90, tail 1.4
+        _row("predict single", "off", 16, 8000, 2.0),
+        _row("predict single", "on", 16, 7900, 2.2),
+        _row("predict single", "off", 64, 8000, 8.0),
+        _row("predict single", "on", 64, 7900, 8.8),
+        _row("v2 binary 256", "off", 64, 100, 100.0),
+        _row("v2 binary 256", "on", 64, 10, 1000.0),  # a batch row: counted in neither
+    ]
+    results.rss_bytes = {
+        "service-capture-off after single images": 90 * report.MB,
+        "service-capture-off": 140 * report.MB,
+        "service-capture-on": 160 * report.MB,
+    }
+    throughput, tails = report.capture_cost(results)
+    assert throughput == pytest.approx(0.90)
+    assert tails == {1: pytest.approx(1.4), 16: pytest.approx(1.1), 64: pytest.approx(1.1)}
+    found = {t.name: t for t in report.targets(results, report.ratios(results))}
+    assert found["capture on / off req/s, worst single-image row"].met is False
+    assert found["capture on / off p99 at c=1, worst single row"].met is False
+    assert found["capture on / off p99 at c=16, worst single row"].met is True
+    memory = found["service resident memory after the whole bench (MB)"]
+    assert memory.value == pytest.approx(160) and memory.met is False
 
 
 def test_capture_read_targets_compare_the_engine_compaction_and_day_with_the_baseline() -> None:

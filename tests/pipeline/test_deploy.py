@@ -162,3 +162,23 @@ def test_a_refused_model_upload_is_one_line_naming_the_missing_grant(
         f"{bucket}/models/* (terraform/modules/ci, listed in "
         "pipeline/aws_calls.py); apply the environment's Terraform, then deploy again"
     ]
+
+
+def test_serve_runs_the_batch_capable_copy_a_deploy_ships(monkeypatch, tmp_path):
+    """`nox -s serve` (cli serve) hands the service the copy a deploy would make, proven
+    on the whole test set, so a local server runs batches as a deployed task does."""
+    from pipeline.reference import load_reference
+    from service.artifacts import sha256_of
+
+    copy = deploy_module.served_copy(load_reference(), tmp_path)
+    assert copy is not None and copy.images_checked == 10_000
+    assert copy.max_abs_difference == 0.0 and copy.sha256 == sha256_of(copy.path)
+
+    served = {}
+    monkeypatch.setattr(cli, "served_copy", lambda reference: copy)
+    monkeypatch.setattr(cli, "serve", lambda settings: served.setdefault("settings", settings))
+    monkeypatch.setenv("PREDICTION_LOG_URL", "off")
+    cli.main(["serve"])
+    settings = served["settings"]
+    assert settings.model_batched_url == str(copy.path)
+    assert settings.model_batched_sha256 == copy.sha256

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,15 @@ import pytest
 from falcon import testing
 
 from service.app import create_app
-from service.capture import CaptureConfig, CaptureRecorder, build_recorder
+from service.capture import CaptureConfig, CaptureRecorder, build_recorder, partformat
 from service.capture.records import (
     PartNamer,
+    PartsBuilder,
     Pending,
     build_records,
     decode_part,
     encode_parts,
+    lines_of,
     record_lines,
 )
 from service.capture.sinks import LocalSink, open_sink
@@ -153,6 +156,120 @@ def test_parts_are_gzip_json_lines_split_by_utc_hour_under_the_key_layout():
     assert json.loads(lines[0])["inputs"] == [1.0] * 4
     assert json.loads(lines[0])["input_shape"] == [1, 2, 2]
     assert [p.records for p in parts] == [2, 1]
+
+
+def _mixed_entries() -> list[Pending]:
+    """Single images of two routes, models and dtypes, ids that need escaping, 3-d scores,
+    and among them a batch and a request with inputs."""
+    other = ModelInfo("other", "2", "cd" * 32)
+    rng = np.random.default_rng(3)
+    entries = []
+    for i in range(300):
+        route = "/predict" if i % 3 else "/v2/infer"
+        request_id = None if i % 4 else f'req "{i}" \u00e9\\'
+        values = rng.standard_normal((1, 10)).astype(np.float32) * 10.0 ** (i % 7 - 3)
+        entries.append(
+            Pending(
+                3600 * 5 + i * 0.37,
+                route,
+                request_id,
+                INFO if i % 5 else other,
+                values,
+                None,
+                i * 1.1e-5,
+            )
+        )
+    entries[7] = Pending(3600 * 5 + 7, "/predict", "b", INFO, scores(3), None, 0.002)
+    entries[9] = Pending(3600 * 5 + 9, "/predict", "c", INFO, scores(1), np.ones((1, 4)), 0.002)
+    entries[11] = Pending(
+        3600 * 5 + 11, "/predict", "d", INFO, scores(1).reshape(1, 1, 10), None, 0.002
+    )
+    entries[13] = Pending(
+        3600 * 5 + 13, "/predict", "e", INFO, scores(1).astype(np.float64), None, 0.002
+    )
+    return entries
+
+
+def test_lines_of_many_requests_are_byte_for_byte_those_of_each_request():
+    """The encoding of a run of single images together (one argmax, one dumps) writes
+    exactly what record_lines writes for each: uuids aside, generated per record."""
+    entries = _mixed_entries()
+    expected = [line for entry in entries for line in record_lines(entry, "prod")]
+    got = lines_of(entries, "prod")
+    named = [i for i, e in enumerate(entries) if e.request_id is not None]
+    for dtype in (np.float32, np.float64):
+        singles = [
+            e for e in entries if e.request_id is not None and e.inputs is None and e.rows == 1
+        ]
+        singles = [replace(e, scores=e.scores.astype(dtype)) for e in singles]
+        assert lines_of(singles, "prod") == [
+            line for entry in singles for line in record_lines(entry, "prod")
+        ]
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        left, right = orjson.loads(a), orjson.loads(b)
+        if left["request_id"] != right["request_id"]:  # a generated id, one per record
+            left["id"] = left["request_id"] = right["id"] = right["request_id"] = None
+        assert left == right
+    assert named
+
+
+def test_parts_built_a_slice_at_a_time_are_those_built_at_once():
+    """Same records in the same parts, split at the same record and byte limits,
+    whatever the slices; the gzip member is gzip.compress's."""
+    entries = [e for e in _mixed_entries() if e.request_id is not None]
+    at_once = encode_parts(entries, "dev", PartNamer(), max_records=20, max_bytes=3000)
+    builder = PartsBuilder("dev", PartNamer(), max_records=20, max_bytes=3000)
+    for start in range(0, len(entries), 7):
+        builder.add(entries[start : start + 7])
+    sliced = builder.finish()
+    assert [p.records for p in sliced] == [p.records for p in at_once]
+    assert [p.body for p in sliced] == [p.body for p in at_once]
+    assert [p.key[:18] for p in sliced] == [p.key[:18] for p in at_once]
+    lines = [line for entry in entries for line in record_lines(entry, "dev")]
+    everything = b"".join(partformat.decompress(p.body) for p in at_once)
+    assert everything == b"".join(lines)
+    assert all(p.records <= 20 for p in at_once) and len(at_once) > 5
+    data = b"".join(lines)
+    assert partformat.encode([data[:100], data[100:]]) == gzip.compress(data, 1, mtime=0)
+
+
+def test_the_recorder_encodes_between_requests_a_slice_at_a_time(tmp_path):
+    """A second's records are encoded in slices with the event loop's other work in
+    between (no single stretch as long as the whole batch), and each record once."""
+    from service.capture import recorder as recorder_module
+
+    async def scenario() -> tuple[int, list[dict]]:
+        recorder = CaptureRecorder(LocalSink(tmp_path), CaptureConfig("dev", tmp_path / "spool"))
+        await recorder.start()
+        for i in range(1000):
+            recorder.record(
+                route="/predict",
+                request_id=f"r{i}",
+                model=INFO,
+                scores=scores(1),
+                inputs=None,
+                latency_seconds=0.001,
+            )
+        turns = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal turns
+            while not stop.is_set():
+                turns += 1
+                await asyncio.sleep(0)
+
+        ticking = asyncio.create_task(ticker())
+        await recorder._encode_queue()
+        stop.set()
+        await ticking
+        await recorder.close()
+        return turns, read_dir(tmp_path)
+
+    turns, records = asyncio.run(scenario())
+    assert turns >= 1000 // recorder_module.ENCODE_SLICE
+    assert sorted(r["id"] for r in records) == sorted(f"r{i}" for i in range(1000))
 
 
 def test_part_names_never_repeat_within_or_across_processes():

@@ -68,3 +68,26 @@ def test_the_ready_route_answers_503_until_start_up_has_loaded_the_model(setting
             return ready.status_code, model_ready.status_code
 
     assert asyncio.run(after_start_up()) == (200, 200)
+
+
+def test_start_up_moves_what_it_made_out_of_the_collectors_reach(settings, model):
+    """After start-up the heap the process will keep (model, app, libraries) is frozen,
+    so a full garbage collection under load does not walk it (capture's p99)."""
+    import gc
+
+    from falcon import testing
+
+    from service.app import create_app
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+
+    async def started() -> int:
+        async with testing.ASGIConductor(create_app(settings, model=model)) as conductor:
+            assert (await conductor.simulate_get("/v2/health/ready")).status_code == 200
+            return gc.get_freeze_count()
+
+    try:
+        assert asyncio.run(started()) > 1000
+    finally:
+        gc.unfreeze()

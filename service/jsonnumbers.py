@@ -1,0 +1,91 @@
+"""The numbers of a body's `"data"` array straight into numpy, without a Python float each.
+
+`/predict`'s usual body is `{"data": [784 numbers]}` or a list of such rows. Turning it
+into a float32 array through Python objects (a JSON parser's list of floats, then
+`np.array`) cost about 25 us of a request's 150 (the profile in README, Performance);
+simdjson (pysimdjson) parses the body and copies the array's numbers into one buffer of
+doubles in C, which numpy rounds to the model's type.
+
+This is only a fast lane: it answers an array when the answer is certain to be the one
+the general path (`service.codec`) would give, and None for everything else, which the
+general path then decodes or refuses with its own message. Numbers are parsed to the
+nearest double by both (simdjson and msgspec/orjson round correctly), then rounded to
+the model's type once, so the arrays are equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import simdjson
+
+# The types this lane serves: a double rounded once to them is what np.array() of Python
+# floats gives. Other types (integers, float16) take the general path.
+FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class NumberArrays:
+    """Decodes `{"data": [numbers]}` and `{"data": [[numbers], ...]}` bodies.
+
+    Holds one simdjson parser (its buffers are reused from request to request), so one
+    instance serves one event loop: `decode` never awaits, so calls never interleave.
+    """
+
+    def __init__(self) -> None:
+        self._parser = simdjson.Parser()
+
+    def decode(self, body: bytes, dtype: np.dtype) -> np.ndarray | None:
+        """The `data` of `body` as an array of `dtype`: shape [n] for a flat list of n
+        numbers, [rows, n] for rows of n numbers each; None when the body is anything
+        else (another key, a string, boolean or null, deeper or ragged nesting, an empty
+        list, a number beyond the type's range, malformed JSON) or `dtype` is not
+        float32/float64. Never raises for any body."""
+        if dtype not in FAST_DTYPES:
+            return None
+        try:
+            numbers = self._numbers(body)
+        except (ValueError, TypeError, KeyError):  # not JSON, or not numbers all through
+            return None
+        except RuntimeError:  # the parser was left in use (cannot happen here; be safe)
+            self._parser = simdjson.Parser()
+            return None
+        if numbers is None:
+            return None
+        values, shape = numbers
+        with np.errstate(over="ignore"):  # a number past the type's range becomes inf
+            array = values.astype(dtype).reshape(shape)
+        if not np.isfinite(array).all():  # past the type's range: the general path words it
+            return None
+        return array
+
+    def _numbers(self, body: bytes) -> tuple[np.ndarray, tuple[int, ...]] | None:
+        """Every number of `data` as float64, and the shape they form; None when `data`
+        is not a non-empty flat list or a non-empty list of equally long non-empty rows.
+
+        Brackets are counted in the raw bytes: with `data` the only key and only numbers
+        in it (as_buffer refuses anything else), one `[` means a flat list and rows + 1
+        mean rows with nothing nested deeper (as_buffer would flatten that silently).
+        """
+        brackets = body.count(b"[")
+        document = self._parser.parse(body)
+        if not isinstance(document, simdjson.Object) or len(document) != 1:
+            return None  # another key, or "data" twice (the general path keeps the last)
+        data = document.get("data")
+        if not isinstance(data, simdjson.Array) or len(data) == 0:
+            return None
+        rows = len(data)
+        if brackets == 1:
+            shape: tuple[int, ...] = (rows,)
+        elif brackets == rows + 1 and isinstance(data[0], simdjson.Array):
+            width = len(data[0])
+            if width == 0 or any(len(row) != width for row in data):
+                return None
+            shape = (rows, width)
+        else:
+            return None
+        values = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64)
+        del data, document  # the parser may be reused only once both are gone
+        if values.size != math.prod(shape):
+            return None
+        return values, shape

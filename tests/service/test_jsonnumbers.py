@@ -1,0 +1,183 @@
+"""The fast lane for /predict's numbers: the general path's arrays bit for bit, or nothing.
+
+The lane (service.jsonnumbers) must give exactly the array the general path
+(service.codec without it) gives for every body it takes, and decline every body the
+general path refuses, so that every bad input still gets the general path's message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from service import codec
+from service.errors import InvalidInput
+from service.jsonnumbers import NumberArrays
+from tests.service.test_predict import BAD_BODIES
+
+F32 = np.dtype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def all_test_images(reference_files: dict[str, Path]) -> np.ndarray:
+    """The whole MNIST test set (10,000 images) as the service's input: float32 [N, 784]."""
+    from pipeline.datasets import read_idx_images
+
+    images = read_idx_images(reference_files["images"])
+    return images.reshape(len(images), -1).astype(np.float32)
+
+
+def general(body: bytes, dtype: np.dtype = F32) -> np.ndarray | str:
+    """What the general path makes of `body`: its array, or its error message."""
+    try:
+        return codec.predict_data(body, dtype)
+    except InvalidInput as exc:
+        return exc.message
+
+
+def fast(body: bytes, dtype: np.dtype = F32) -> np.ndarray | str:
+    """What /predict makes of `body` with the lane in front."""
+    try:
+        return codec.predict_data(body, dtype, NumberArrays())
+    except InvalidInput as exc:
+        return exc.message
+
+
+def same(a: np.ndarray | str, b: np.ndarray | str) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [1.0, 255.0], ids=["pixels", "scaled-0-1"])
+def test_every_mnist_test_image_decodes_as_the_general_path_and_answers_as_onnxruntime(
+    all_test_images, model, mnist8_path, scale
+):
+    """Each of the 10,000 images as its own flat body: the lane takes it, the array is
+    the general path's bit for bit, and the model's classes on it are raw onnxruntime's
+    on the original float32 pixels."""
+    import onnxruntime as ort
+
+    images = (all_test_images / np.float32(scale)).astype(np.float32)
+    lane = NumberArrays()
+    decoded = np.empty_like(images)
+    for i, image in enumerate(images):
+        body = orjson.dumps({"data": image.tolist()})
+        taken = lane.decode(body, F32)
+        assert taken is not None, f"image {i}: the lane declined a plain body"
+        assert same(taken, general(body)), f"image {i}: the lane and the general path differ"
+        decoded[i] = taken
+    assert decoded.tobytes() == images.tobytes()
+
+    raw = ort.InferenceSession(str(mnist8_path), providers=["CPUExecutionProvider"])
+    name = raw.get_inputs()[0].name
+    expected = [int(raw.run(None, {name: row.reshape(1, 1, 28, 28)})[0].argmax()) for row in images]
+    scores = model.scores(decoded.reshape(-1, 1, 28, 28))
+    assert scores.reshape(len(images), -1).argmax(axis=1).tolist() == expected
+
+
+def test_rows_of_images_decode_as_the_general_path(all_test_images):
+    lane = NumberArrays()
+    for start in range(0, 1000, 100):
+        rows = all_test_images[start : start + 100] / np.float32(255)
+        body = orjson.dumps({"data": rows.tolist()})
+        taken = lane.decode(body, F32)
+        assert taken is not None and taken.shape == (100, 784)
+        assert same(taken, general(body))
+
+
+def test_numbers_of_every_form_round_as_the_general_path():
+    """Long decimals, exponents, integers up to 64 bits, -0 and float32's edges: one
+    rounding from the nearest double, as np.array() of Python floats does."""
+    rng = np.random.default_rng(7)
+    forms = [
+        (rng.standard_normal(784) * 10.0 ** rng.integers(-45, 38, 784)).tolist(),
+        rng.integers(-(2**63), 2**63 - 1, 784, dtype=np.int64).tolist(),
+        [0.1, -0.0, 0, 1e-46, 1.401298464324817e-45, 3.4028234e38, 2**64 - 1, -(2**63)],
+    ]
+    lane = NumberArrays()
+    for values in forms:
+        for body in (orjson.dumps({"data": values}), json.dumps({"data": values}).encode()):
+            taken = lane.decode(body, F32)
+            assert taken is not None
+            assert same(taken, general(body))
+        double = orjson.dumps({"data": values})
+        assert same(lane.decode(double, np.dtype(np.float64)), general(double, np.float64))
+
+
+# Bodies the lane must leave to the general path, whatever becomes of them there: the
+# bad-input corpus (but its list of three numbers, which the lane takes and the route
+# then refuses by its shape) and bodies that look almost like a plain list.
+DECLINED = [
+    *[param.values[0] for param in BAD_BODIES if param.id != "wrong-count"],
+    b'{"data": [1, [2]]}',  # a flat list with a row in it: ragged
+    b'{"data": [[[1, 2]], [[3, 4]]]}',  # nested deeper
+    b'{"data": [[1, 2], [3, [4]]]}',
+    b'{"data": [[1, 2], 3]}',
+    b'{"data": [[1, 2], []]}',
+    b'{"data": [1], "data": [2]}',  # a repeated key: the general path keeps the last
+    b'{"data": [1], "model": "mnist-8"}',
+    b'{"data": [1e400]}',  # beyond a double
+    b'{"data": [-1e39]}',  # beyond float32
+    b'{"data": [18446744073709551616]}',  # beyond 64 bits
+    b'{"data": ["[", 1]}',
+    b'{"d[ata": [1, 2]}',
+    b'{"data": [1, 2]} trailing',
+    b'{"data": [01, 2]}',
+    b'{"data": [1, 2,]}',
+    b'{"data": [+1]}',
+    b'{"data": [.5]}',
+    b'{"data": [1, 2]',
+    b"\xff\xfe",
+    b"null",
+]
+
+
+@pytest.mark.parametrize("body", DECLINED, ids=range(len(DECLINED)))
+def test_the_lane_declines_what_is_not_a_plain_list_of_numbers(body):
+    assert NumberArrays().decode(body, F32) is None
+
+
+@pytest.mark.parametrize("body", [p.values[0] for p in BAD_BODIES] + DECLINED)
+def test_every_bad_body_gets_the_general_paths_answer_word_for_word(body):
+    assert same(fast(body), general(body))
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_BODIES)
+def test_the_route_refuses_the_corpus_with_the_general_paths_message(client, body, message):
+    """Through POST /predict (the lane in front): each bad body is 400 with the message
+    the general path words for it."""
+    result = client.simulate_post(
+        "/predict", body=body, headers={"Content-Type": "application/json"}
+    )
+    assert result.status_code == 400
+    expected = general(body)
+    if isinstance(expected, str):  # refused while decoding (else by its shape, later)
+        assert result.json["error"] == expected
+    assert message in result.json["error"]
+
+
+def test_rows_of_one_number_keep_their_shape():
+    """[[1], [2]] is two rows of one (the route then refuses shape [2, 1]), not [1, 2]."""
+    body = b'{"data": [[1], [2]]}'
+    assert NumberArrays().decode(body, F32).shape == (2, 1)
+    assert same(fast(body), general(body))
+
+
+def test_the_lane_is_reusable_after_a_body_it_declined():
+    lane = NumberArrays()
+    for body in DECLINED:
+        lane.decode(body, F32)
+    assert lane.decode(b'{"data": [0.5, 2]}', F32).tolist() == [0.5, 2.0]
+
+
+def test_integer_models_take_the_typed_path():
+    """The lane serves float32 and float64 only; an int64 model's numbers still decode."""
+    body = b'{"data": [1, 2, 3]}'
+    assert NumberArrays().decode(body, np.dtype(np.int64)) is None
+    assert same(fast(body, np.dtype(np.int64)), general(body, np.dtype(np.int64)))

@@ -113,8 +113,8 @@ def capture_read_targets(results: Results, at_least, at_most) -> list[Target]:
     found = results.capture_read
     if found is None:
         return []
-    before = found.row("sequential GETs (before)")
-    engine = found.row("report engine")
+    before = found.row(capture_read.SEQUENTIAL)
+    engine = found.row(capture_read.ENGINE)
     merge = next((row for row in found.rows if row.name.startswith("compaction, peak")), None)
     day = next((row for row in found.rows if row.name.startswith("report engine, compacted")), None)
     peak = peak_capture_records_per_second(results)
@@ -221,6 +221,9 @@ def summary(results: Results) -> str:
             "objects per task-hour after compaction: "
             f"{results.capture_read.objects_per_task_hour}; "
             f"peak capture of one task in this run: {_fmt(peak, ',.0f')} records/s",
+            "ceiling of any reader over the sequential one on this S3 server (sequential "
+            "seconds / the server's CPU seconds for the engine's GETs): "
+            f"{_fmt(results.capture_read.ceiling(), '.2f')}",
         ]
     if results.capture_written is not None:
         w = results.capture_written

@@ -432,3 +432,27 @@ def test_without_a_compaction_family_the_release_says_it_leaves_the_schedule(
     assert outcome.succeeded, outcome.reason
     assert "no compaction_task_family output: the scheduled compaction is left as it is" in said
     assert outcome.record["compaction_task_definition"] == ""
+
+
+def test_the_compaction_family_and_role_come_from_their_outputs_or_variables():
+    from pipeline.environment import REQUIRED, resolve
+
+    outputs = {name: f"{name}-value" for name in REQUIRED}
+    applied = {
+        **outputs,
+        "compaction_task_family": COMPACTION_FAMILY,
+        "compaction_role_arn": COMPACTION_ROLE,
+    }
+    env = resolve("dev", terraform_outputs=lambda e: applied, environ={})
+    assert (env.compaction_task_family, env.compaction_role_arn) == (
+        COMPACTION_FAMILY,
+        COMPACTION_ROLE,
+    )
+    given = resolve(
+        "dev",
+        terraform_outputs=lambda e: applied,
+        environ={"DEV_COMPACTION_TASK_FAMILY": "other-compaction"},
+    )
+    assert given.compaction_task_family == "other-compaction"
+    older = resolve("dev", terraform_outputs=lambda e: outputs, environ={})
+    assert (older.compaction_task_family, older.compaction_role_arn) == ("", "")

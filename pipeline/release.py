@@ -421,8 +421,7 @@ def release(
     It succeeds only once ECS reports our deployment COMPLETED, the smoke test passes and
     the compaction family has a revision with the released image; otherwise the service
     returns to the last successful release (`latest.json`), or, for a first release, to
-    the revision it ran before. Every attempt leaves a
-    deployment record (`pipeline.records`).
+    the revision it ran before. Every attempt leaves a record (`pipeline.records`).
 
     `smoke.images` are [N, *item_shape] arrays as the service takes them; the timeouts
     are seconds (`stable_timeout` for each ECS deployment, ours and a rollback's). Which

@@ -16,6 +16,14 @@ A task-hour is 3,600 parts of 100 records (one part a second at 100 requests/s, 
 recorder writes them: `encode_parts`, one record per `/predict` request, 10 scores).
 The compacted day is the compacted hour's object copied to the 23 hours before it
 (S3 CopyObject, with a manifest each): the same bytes a day of compaction would leave.
+
+Each row also records the CPU seconds the S3 server (moto, on the same cores) spent
+during it, from /proc/<pid>/stat. moto spends about 2.5 ms of CPU on each GET in one
+Python process, whatever the client asks (measured with py-spy: Flask/werkzeug request
+handling, its request log, the service lookup; botocore's flexible checksums changed
+nothing), so no reader of the task-hour can finish before moto has spent that CPU on its
+3,600 GETs: `ceiling()` is the sequential reader's time over it, the most any reader
+can gain over the baseline on this server.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bench.processes import cpu_seconds
 from pipeline.predictions import compact, engine, statistics
 from pipeline.predictions import store as parts
 from service.capture import partformat
@@ -55,6 +64,8 @@ class ReadRow:
     records: int
     objects: int
     seconds: float
+    # CPU seconds the S3 server spent during the row (None: not measured).
+    server_cpu_seconds: float | None = None
 
     @property
     def records_per_second(self) -> float:
@@ -69,13 +80,27 @@ class CaptureRead:
     def row(self, name: str) -> ReadRow | None:
         return next((row for row in self.rows if row.name == name), None)
 
+    def ceiling(self) -> float | None:
+        """The sequential reader's seconds over the S3 server's CPU seconds during the
+        engine's read of the same parts: the most any reader of them could gain over the
+        sequential one, however little CPU the reader itself spends (None: not measured)."""
+        before, read = self.row(SEQUENTIAL), self.row(ENGINE)
+        if before is None or read is None or not read.server_cpu_seconds:
+            return None
+        return before.seconds / read.server_cpu_seconds
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "rows": [
                 asdict(row) | {"records_per_second": row.records_per_second} for row in self.rows
             ],
             "objects_per_task_hour": self.objects_per_task_hour,
+            "ceiling_over_sequential": self.ceiling(),
         }
+
+
+SEQUENTIAL = "sequential GETs (before)"
+ENGINE = "report engine"
 
 
 def task_hour(
@@ -133,14 +158,19 @@ class CaptureReadError(Exception):
     """A reader found another number of records than were written."""
 
 
-def timed(name: str, objects: int, expected: int, read: Callable[[], int]) -> ReadRow:
-    """Time `read()` (which returns the records it read) and check its count."""
+def timed(
+    name: str, objects: int, expected: int, read: Callable[[], int], server: int | None = None
+) -> ReadRow:
+    """Time `read()` (which returns the records it read) and check its count; with
+    `server`, the CPU seconds that process (the S3 server) spent meanwhile."""
+    server_before = cpu_seconds(server) if server else 0.0
     started = time.perf_counter()
     records = read()
     seconds = time.perf_counter() - started
+    server_cpu = cpu_seconds(server) - server_before if server else None
     if records != expected:
         raise CaptureReadError(f"{name}: read {records:,} records, {expected:,} were written")
-    return ReadRow(name, records, objects, seconds)
+    return ReadRow(name, records, objects, seconds, server_cpu)
 
 
 def measure(
@@ -149,8 +179,10 @@ def measure(
     hours: int = 24,
     parts_per_hour: int = PARTS_PER_HOUR,
     records_per_part: int = RECORDS_PER_PART,
+    server: int | None = None,
 ) -> CaptureRead:
-    """Every capture-read row against the S3 store at `url` (its bucket exists, empty)."""
+    """Every capture-read row against the S3 store at `url` (its bucket exists, empty);
+    `server` is the S3 server's process id, whose CPU each row then records."""
     result = CaptureRead()
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     first = now - timedelta(hours=hours)
@@ -167,9 +199,9 @@ def measure(
             return statistics.summary(engine.aggregate_store(store, ENV, since), ENV).total
 
         log("reading it back: sequential GETs, then the report engine")
-        before = "sequential GETs (before)"
-        result.rows.append(timed(before, len(encoded), records, lambda: sequential(store, since)))
-        result.rows.append(timed("report engine", len(encoded), records, report))
+        n = len(encoded)
+        result.rows.append(timed(SEQUENTIAL, n, records, lambda: sequential(store, since), server))
+        result.rows.append(timed(ENGINE, n, records, report, server))
         log("compacting it")
         result.rows.append(
             timed(
@@ -177,6 +209,7 @@ def measure(
                 len(encoded),
                 records,
                 lambda: compact.compact(store, ENV, hour=first, now=now)[0].records,
+                server,
             )
         )
         hour = parts.list_hours(store, ENV, since)[0]
@@ -185,13 +218,18 @@ def measure(
         copy_hours(store, hour, [first + timedelta(hours=h) for h in range(1, hours)])
         objects = hours * len(hour.compacted)
         day = f"report engine, compacted {hours} h"
-        result.rows.append(timed(day, objects, records * hours, report))
-        result.rows.append(peak_compaction(store, first, now, records, records_per_part))
+        result.rows.append(timed(day, objects, records * hours, report, server))
+        result.rows.append(peak_compaction(store, first, now, records, records_per_part, server))
     return result
 
 
 def peak_compaction(
-    store: parts.PartStore, hour: datetime, now: datetime, records: int, records_per_part: int
+    store: parts.PartStore,
+    hour: datetime,
+    now: datetime,
+    records: int,
+    records_per_part: int,
+    server: int | None = None,
 ) -> ReadRow:
     """Compaction of `records` in parts as a task at its peak writes them."""
     per_part = min(PEAK_RECORDS_PER_PART, records)
@@ -205,6 +243,7 @@ def peak_compaction(
         len(encoded),
         count * per_part,
         lambda: compact.compact(store, PEAK_ENV, hour=hour, now=now)[0].records,
+        server,
     )
 
 
@@ -234,12 +273,15 @@ def log(message: str) -> None:
 def table(found: CaptureRead) -> str:
     """The capture-read rows as Markdown."""
     lines = [
-        "| capture read (moto S3) | records | objects | seconds | records/s |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| capture read (moto S3) | records | objects | seconds | records/s | moto CPU s "
+        "| moto CPU ms/object |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in found.rows:
+        cpu = row.server_cpu_seconds
         lines.append(
             f"| {row.name} | {row.records:,} | {row.objects:,} | {row.seconds:.2f} "
-            f"| {row.records_per_second:,.0f} |"
+            f"| {row.records_per_second:,.0f} | {'-' if cpu is None else f'{cpu:.2f}'} "
+            f"| {'-' if cpu is None else f'{cpu / row.objects * 1000:.2f}'} |"
         )
     return "\n".join(lines)

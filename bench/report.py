@@ -141,8 +141,8 @@ def capture_read_targets(results: Results, at_least, at_most) -> list[Target]:
     found = results.capture_read
     if found is None:
         return []
-    before = found.row("sequential GETs (before)")
-    engine = found.row("report engine")
+    before = found.row(capture_read.SEQUENTIAL)
+    engine = found.row(capture_read.ENGINE)
     merge = next((row for row in found.rows if row.name.startswith("compaction, peak")), None)
     day = next((row for row in found.rows if row.name.startswith("report engine, compacted")), None)
     peak = peak_capture_records_per_second(results)
@@ -242,14 +242,7 @@ def summary(results: Results) -> str:
     rss = ", ".join(f"{k} {v / MB:.0f} MB" for k, v in results.rss_bytes.items())
     parts += ["", f"ready after start: {ready}", f"resident memory after load: {rss}"]
     if results.capture_read is not None:
-        peak = peak_capture_records_per_second(results)
-        parts += [
-            "",
-            capture_read.table(results.capture_read),
-            "objects per task-hour after compaction: "
-            f"{results.capture_read.objects_per_task_hour}; "
-            f"peak capture of one task in this run: {_fmt(peak, ',.0f')} records/s",
-        ]
+        parts += ["", *_capture_read_lines(results, results.capture_read)]
     if results.capture_written is not None:
         w = results.capture_written
         parts.append(
@@ -257,6 +250,18 @@ def summary(results: Results) -> str:
             f"({w['bytes'] / MB:.1f} MB) to the moto bucket"
         )
     return "\n".join(parts)
+
+
+def _capture_read_lines(results: Results, found: capture_read.CaptureRead) -> list[str]:
+    peak = peak_capture_records_per_second(results)
+    ceiling = _fmt(found.ceiling(), ".2f")
+    return [
+        capture_read.table(found),
+        f"objects per task-hour after compaction: {found.objects_per_task_hour}; "
+        f"peak capture of one task in this run: {_fmt(peak, ',.0f')} records/s",
+        "ceiling of any reader over the sequential one on this S3 server (sequential "
+        f"seconds / the server's CPU seconds for the engine's GETs): {ceiling}",
+    ]
 
 
 def document(results: Results) -> dict:

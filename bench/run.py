@@ -488,6 +488,6 @@ def run(options: Options, workdir: Path | None = None) -> Results:
                 print("bench: capture read back and compacted (moto S3)", file=sys.stderr)
                 store.client().create_bucket(Bucket=READ_BUCKET)
                 results.capture_read = capture_read.measure(
-                    f"s3://{READ_BUCKET}/{PREFIX}", store.env
+                    f"s3://{READ_BUCKET}/{PREFIX}", store.env, server=store.server.pid
                 )
     return results

@@ -9,8 +9,8 @@ README's role table is printed from this list (`python -m pipeline.aws_calls`).
 A resource is an ARN pattern over an environment's names: `{bucket}`,
 `{environment}`, `{region}`, `{account}`, `{cluster}`, `{service}`, `{repository}`,
 `{promote_from_repository}`, `{state_bucket}`, `{state_key}`, `{task_role_arn}`,
-`{execution_role_arn}`, `{log_group}`, `{api_token_secret_arn}`, `{task_family}`,
-`{compaction_role_arn}`. Sources: the Service Authorization
+`{execution_role_arn}`, `{log_group}`, `{api_token_secret_arn}`,
+`{compaction_role_arn}`, `{compaction_task_family}`. Sources: the Service Authorization
 Reference (https://docs.aws.amazon.com/service-authorization/latest/reference/)
 for each service's actions and resource types, the ECR user guide's "Private
 repository policies" and "Pushing an image"/"Pulling an image" pages for the
@@ -84,7 +84,7 @@ SOURCE_REPOSITORY = "arn:aws:ecr:{region}:{account}:repository/{promote_from_rep
 SERVICE = "arn:aws:ecs:{region}:{account}:service/{cluster}/{service}"
 LOG_STREAMS = "arn:aws:logs:{region}:{account}:log-group:{log_group}:log-stream:*"
 API_TOKENS = "{api_token_secret_arn}"
-TASK_REVISIONS = "arn:aws:ecs:{region}:{account}:task-definition/{task_family}:*"
+COMPACTION_REVISIONS = "arn:aws:ecs:{region}:{account}:task-definition/{compaction_task_family}:*"
 CLUSTER = "arn:aws:ecs:{region}:{account}:cluster/{cluster}"
 PASSED_TO_ECS_TASKS = (("iam:PassedToService", "ecs-tasks.amazonaws.com"),)
 
@@ -221,6 +221,21 @@ CALLS: tuple[AwsCall, ...] = (
     ),
     AwsCall(
         Role.DEPLOY,
+        "ecs:DescribeTaskDefinition",
+        "*",
+        "pipeline.compaction_task.register",
+        "the released revision the compaction family's revision copies",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "ecs:RegisterTaskDefinition",
+        "*",
+        "pipeline.compaction_task.register",
+        "once a release succeeded (or a rollback completed): the compaction family's revision "
+        "with its image, the compaction command and role",
+    ),
+    AwsCall(
+        Role.DEPLOY,
         "ecs:UpdateService",
         SERVICE,
         "pipeline.release.Ecs.update",
@@ -241,6 +256,14 @@ CALLS: tuple[AwsCall, ...] = (
         "{execution_role_arn}",
         "pipeline.release.Ecs.register (executionRoleArn)",
         "a registered revision names the execution role",
+        context=PASSED_TO_ECS_TASKS,
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "iam:PassRole",
+        "{compaction_role_arn}",
+        "pipeline.compaction_task.register (taskRoleArn)",
+        "the compaction family's revision names the compaction role",
         context=PASSED_TO_ECS_TASKS,
     ),
     # -- deploy role: the service's bearer token ------------------------------------------
@@ -355,9 +378,9 @@ CALLS: tuple[AwsCall, ...] = (
     AwsCall(
         Role.SCHEDULER,
         "ecs:RunTask",
-        TASK_REVISIONS,
+        COMPACTION_REVISIONS,
         "EventBridge Scheduler (ECS RunTask target)",
-        "start the family's latest revision with the compaction command",
+        "start the compaction family's latest revision (the last successful release's image)",
         context=(("ecs:cluster", CLUSTER),),
     ),
     AwsCall(
@@ -365,7 +388,7 @@ CALLS: tuple[AwsCall, ...] = (
         "iam:PassRole",
         "{compaction_role_arn}",
         "EventBridge Scheduler (ECS RunTask target)",
-        "the compaction task's role (the overrides' taskRoleArn)",
+        "the compaction task's role (the revision's taskRoleArn)",
         context=PASSED_TO_ECS_TASKS,
     ),
     AwsCall(

@@ -46,6 +46,11 @@ class Environment:
     # The Secrets Manager secret holding the service's bearer tokens (Terraform's
     # `api_token_secret_arn` output); empty when the service runs without authentication.
     api_token_secret_arn: str = ""
+    # The task family the compaction schedule runs, and its task role (Terraform's
+    # `compaction_task_family` and `compaction_role_arn` outputs): a successful release
+    # registers its image there (pipeline.compaction_task). Empty: left as it is.
+    compaction_task_family: str = ""
+    compaction_role_arn: str = ""
 
     def client(self, service: str) -> Any:
         """A boto3 client for `service` in this environment's region (its `aws_region` output).
@@ -102,10 +107,18 @@ class Environment:
 
 
 # Outputs every environment has; the others are optional.
-OPTIONAL = ("environment", "promote_from", "api_token_secret_arn")
+OPTIONAL = (
+    "environment",
+    "promote_from",
+    "api_token_secret_arn",
+    "compaction_task_family",
+    "compaction_role_arn",
+)
 REQUIRED = tuple(f.name for f in fields(Environment) if f.name not in OPTIONAL)
 PROMOTE_FROM_OUTPUT = "promote_from_environments"
 TOKEN_SECRET_OUTPUT = "api_token_secret_arn"
+# Optional names read like the required ones: `<ENV>_<OUTPUT>`, else the output, else "".
+OPTIONAL_OUTPUTS = (TOKEN_SECRET_OUTPUT, "compaction_task_family", "compaction_role_arn")
 
 
 def terraform_outputs(environment: str) -> Mapping[str, object]:
@@ -187,12 +200,13 @@ def resolve(
         sources = [name.strip() for name in given_sources.split(",") if name.strip()]
     else:
         sources = list(outputs.get(PROMOTE_FROM_OUTPUT) or [])
-    secret_arn = env.get(override_name(environment, TOKEN_SECRET_OUTPUT))
-    if secret_arn is None:
-        secret_arn = outputs.get(TOKEN_SECRET_OUTPUT) or ""
+    optional = {}
+    for name in OPTIONAL_OUTPUTS:
+        value = env.get(override_name(environment, name))
+        optional[name] = str(outputs.get(name) or "") if value is None else value
     return Environment(
         environment=environment,
         promote_from=tuple(str(name) for name in sources),
-        api_token_secret_arn=str(secret_arn),
+        **optional,
         **{k: str(v) for k, v in values.items()},
     )

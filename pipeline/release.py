@@ -3,8 +3,9 @@
 A release registers a new task definition revision (Terraform's revision of the
 family, with the new image by digest and the model reference in its environment),
 points the service at it, waits until ECS reports that deployment COMPLETED, then
-smoke-tests the environment's endpoint. Any failure after the service update puts
-the service back on the last successful release. Every attempt leaves a
+smoke-tests the environment's endpoint, and then gives the scheduled compaction task
+the released image (pipeline.compaction_task). Any failure after the service update
+puts the service back on the last successful release. Every attempt leaves a
 deployment record.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline import records
+from pipeline import compaction_task, records
 from pipeline.environment import Environment
 from service.auth import bearer_header
 
@@ -140,6 +141,23 @@ class Ecs:
             **request, containerDefinitions=containers
         )
         return registered["taskDefinition"]["taskDefinitionArn"]
+
+    def register_compaction(self, env: Environment, released: str) -> str:
+        """The compaction family's new revision, running `released`'s image (see
+        pipeline.compaction_task); "" when `env` names no compaction family."""
+        if not env.compaction_task_family:
+            return ""
+        try:
+            return compaction_task.register(
+                self._client,
+                released,
+                compaction_family=env.compaction_task_family,
+                container=env.container_name,
+                command=compaction_task.command(env.environment, env.capture_url),
+                task_role_arn=env.compaction_role_arn,
+            )
+        except KeyError as missing:
+            raise ReleaseError(f"{missing.args[0]}; check the container_name output") from None
 
     def update(self, cluster: str, service: str, task_definition: str) -> str:
         """Point the service at `task_definition`; the id of the deployment this starts.
@@ -400,10 +418,10 @@ def release(
     The new revision is Terraform's task definition (`env.task_definition_arn`) with the
     candidate's image and RELEASE_VARIABLES, so a Terraform change to the task (CPU,
     memory, roles, logs, base environment) reaches the service with the next release.
-    It succeeds only once ECS reports our deployment COMPLETED and the smoke test
-    passes; otherwise the service returns to the last successful release (`latest.json`),
-    or, for a first release, to the revision it ran before. Every attempt leaves a
-    deployment record (`pipeline.records`).
+    It succeeds only once ECS reports our deployment COMPLETED, the smoke test passes and
+    the compaction family has a revision with the released image; otherwise the service
+    returns to the last successful release (`latest.json`), or, for a first release, to
+    the revision it ran before. Every attempt leaves a record (`pipeline.records`).
 
     `smoke.images` are [N, *item_shape] arrays as the service takes them; the timeouts
     are seconds (`stable_timeout` for each ECS deployment, ours and a rollback's). Which
@@ -434,6 +452,7 @@ def release(
         ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, new, stable_timeout)
         say(f"completed; smoke-testing {env.endpoint_url}")
         smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep, token=token)
+        record["compaction_task_definition"] = _follow_with_compaction(env, ecs, new, say)
     except RELEASE_FAILURES as failure:
         outcome, reason = _restore(env, ecs, restore_to, str(failure), stable_timeout, say)
         record.update(outcome=outcome, reason=reason, finished_at=datetime.now(UTC).isoformat())
@@ -459,6 +478,21 @@ def _new_record(env: Environment, candidate: Candidate, started: datetime) -> di
         **candidate.provenance,
         "started_at": started.isoformat(),
     }
+
+
+def _follow_with_compaction(
+    env: Environment, ecs: Ecs, released: str, say: Callable[[str], None]
+) -> str:
+    """Point the scheduled compaction at the image of `released`, now the last successful
+    release; a failure here fails the release (the service returns to the last good one,
+    whose image compaction still runs)."""
+    compaction = ecs.register_compaction(env, released)
+    say(
+        f"scheduled compaction runs {compaction}"
+        if compaction
+        else "no compaction_task_family output: the scheduled compaction is left as it is"
+    )
+    return compaction
 
 
 def _restore(
@@ -489,8 +523,9 @@ def rollback(
     """Return `env` to its previous successful release (the one before `latest.json`).
 
     Points the service back at that release's task definition, waits up to
-    `stable_timeout` seconds for the deployment to complete (see `Ecs.wait_for_rollout`)
-    and records the rollback as a new successful release, which becomes `latest.json`.
+    `stable_timeout` seconds for the deployment to complete (see `Ecs.wait_for_rollout`),
+    gives the scheduled compaction that release's image, and records the rollback as a
+    new successful release, which becomes `latest.json`.
     Raises ReleaseError when there is no earlier successful release or the deployment
     does not complete, RecordError when the records cannot be read or written.
     """
@@ -517,6 +552,7 @@ def rollback(
     ecs.wait_for_rollout(
         env.cluster_name, env.service_name, deployment, task_definition, stable_timeout
     )
+    compaction = _follow_with_compaction(env, ecs, task_definition, say)
     now = datetime.now(UTC)
     record = {
         **{
@@ -529,6 +565,7 @@ def rollback(
         "rollback_of": latest["release_id"],
         "restores": target["release_id"],
         "deployment_id": deployment,
+        "compaction_task_definition": compaction,
         "previous_task_definition": latest.get("task_definition"),
         "started_at": now.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),

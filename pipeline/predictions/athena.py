@@ -8,6 +8,15 @@ the workgroup cancels a query past its byte limit, which reaches here as the que
 failure reason. Athena (Trino) has no exact percentile: `approx_percentile` is within
 about 1% of rank (Athena user guide, "Functions in Amazon Athena", Trino docs,
 "approx_percentile"). Captured inputs are not read: the input statistic is local only.
+
+Between a compaction's commit and the deletion of the parts it covers (seconds), an
+hour holds each of those records twice: in its part and in a merged object, and Athena
+reads every data object of the hour (the manifest, whose name starts with `_`, says
+which copy counts, but Athena skips it). So every query reads `deduplicated(...)`: one
+copy of each record, the merged object's when there is one (Athena's `"$path"`
+pseudo-column names the object a row comes from: Athena user guide, "Getting the file
+locations for source data in Amazon S3"). A part and the merged object hold the same
+bytes for a record, so they agree on `id`, `request_id`, `time` and `row`.
 """
 
 from __future__ import annotations
@@ -36,22 +45,37 @@ END"""
 HOUR_LABEL = "concat(replace(substr(time, 1, 13), 'T', ' '), ':00')"
 
 
+# One copy of each record: the one in a merged object when a part still holds it too.
+# terraform/modules/capture_catalog's saved queries use the same clause (a test compares).
+RECORD_KEY = 'hour, id, request_id, time, "row"'
+MERGED_FIRST = f"strpos(\"$path\", '/{partformat.COMPACTED_PREFIX}') DESC"
+
+
+def deduplicated(table: str, condition: str) -> str:
+    """A subquery of `table`'s rows matching `condition` (which bounds the `hour`
+    partition, so the scan stays within it), each record once (see the module's doc)."""
+    return f"""(SELECT * FROM (SELECT *, row_number() OVER (
+            PARTITION BY {RECORD_KEY} ORDER BY {MERGED_FIRST}) AS copy
+        FROM {table} WHERE {condition}) AS copies WHERE copy = 1) AS records"""
+
+
 def queries(table: str, since: datetime | None) -> dict[str, str]:
     """The report's SQL over `table` ("database"."table"), records at or after `since`."""
-    where = "WHERE TRUE"
+    condition = "TRUE"
     if since is not None:
         since = since.astimezone(UTC)
         hour = since.strftime(partformat.HOUR_STRFTIME)
-        where = f"WHERE hour >= '{hour}' AND time >= '{_iso(since)}'"
+        condition = f"hour >= '{hour}' AND time >= '{_iso(since)}'"
+    records = deduplicated(table, condition)
     return {
         "classes": f"""SELECT {HOUR_LABEL} AS label, prediction, count(*),
-            sum({TOP_PROBABILITY}) FROM {table} {where} GROUP BY 1, 2""",
+            sum({TOP_PROBABILITY}) FROM {records} GROUP BY 1, 2""",
         "models": f"""SELECT concat(model.name, ' ', model.version), count(*)
-            FROM {table} {where} GROUP BY 1""",
+            FROM {records} GROUP BY 1""",
         "requests": f"""SELECT min(time), max(time),
             approx_percentile(latency_ms, 0.5), approx_percentile(latency_ms, 0.9),
             approx_percentile(latency_ms, 0.99), max(latency_ms)
-            FROM {table} {where} AND "row" = 0""",
+            FROM {records} WHERE "row" = 0""",
     }
 
 

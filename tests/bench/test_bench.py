@@ -258,13 +258,38 @@ def test_capture_read_targets_compare_the_engine_compaction_and_day_with_the_bas
     assert "| report engine | 360,000 | 3,600 | 2.00 | 180,000 |" in report.summary(results)
 
 
+def test_the_readers_ceiling_is_the_sequential_time_over_the_servers_cpu() -> None:
+    """No reader finishes before the S3 server has spent its CPU on the GETs: with 20 s
+    sequential and 8 s of server CPU during the engine's read, 2.5x is the most any
+    reader could gain, and the summary says so."""
+    results = Results(Options(), {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"})
+    results.capture_read = capture_read.CaptureRead(
+        rows=[
+            capture_read.ReadRow("sequential GETs (before)", 360_000, 3600, 20.0, 9.0),
+            capture_read.ReadRow("report engine", 360_000, 3600, 10.0, 8.0),
+        ]
+    )
+    assert results.capture_read.ceiling() == pytest.approx(2.5)
+    assert results.capture_read.as_dict()["ceiling_over_sequential"] == pytest.approx(2.5)
+    shown = report.summary(results)
+    assert "| report engine | 360,000 | 3,600 | 10.00 | 36,000 | 8.00 | 2.22 |" in shown
+    assert "the server's CPU seconds for the engine's GETs): 2.50" in shown
+    unmeasured = capture_read.CaptureRead(rows=results.capture_read.rows[:1])
+    assert unmeasured.ceiling() is None
+
+
 @pytest.mark.integration
 def test_capture_read_rows_on_a_small_capture(aws) -> None:
     import boto3
 
     boto3.client("s3").create_bucket(Bucket="bench-read")
     found = capture_read.measure(
-        "s3://bench-read/capture", {}, hours=3, parts_per_hour=12, records_per_part=5
+        "s3://bench-read/capture",
+        {},
+        hours=3,
+        parts_per_hour=12,
+        records_per_part=5,
+        server=aws.process.pid,
     )
     assert [(row.name, row.records, row.objects) for row in found.rows] == [
         ("sequential GETs (before)", 60, 12),
@@ -274,6 +299,9 @@ def test_capture_read_rows_on_a_small_capture(aws) -> None:
         ("compaction, peak-size parts (60 records)", 60, 1),
     ]
     assert found.objects_per_task_hour == 1
+    # The moto server's CPU, from /proc/<pid>/stat, during each row.
+    assert all(row.server_cpu_seconds is not None for row in found.rows)
+    assert sum(row.server_cpu_seconds for row in found.rows) > 0
 
 
 def test_bad_concurrency_is_refused_with_the_reason(capsys: pytest.CaptureFixture) -> None:

@@ -82,3 +82,50 @@ def test_the_hour_bound_is_the_part_formats_directory():
 
     sql = athena.queries('"d"."t"', datetime(2025, 3, 1, 7, 5, tzinfo=UTC))["classes"]
     assert "hour >= '2025/03/01/07'" in sql
+
+
+def test_each_record_counts_once_while_parts_and_their_merged_object_coexist():
+    """The window between a compaction's commit and the parts' deletion: the hour holds
+    records a, b and c in parts and in the merged object, and a late part holds d. The
+    queries' record source keeps one copy of each, the merged one, and keeps distinct
+    records that share a client-given request id. Run on DuckDB, which reads the same
+    SQL for this clause (`"$path"` is Athena's pseudo-column, here a column)."""
+    import duckdb
+
+    hour = "2025/03/01/12"
+    base = f"s3://b/capture/dev/{hour}/"
+    merged = f"{base}compacted-1-abc-0.jsonl.gz"
+    rows = [
+        # id, request_id, time, row, object
+        ("a", "a", "2025-03-01T12:00:01.000Z", 0, f"{base}20250301T120001Z-h-1-x-1.jsonl.gz"),
+        ("b", "b", "2025-03-01T12:00:02.000Z", 0, f"{base}20250301T120001Z-h-1-x-1.jsonl.gz"),
+        ("c", "c", "2025-03-01T12:00:03.000Z", 0, f"{base}20250301T120003Z-h-1-x-2.jsonl.gz"),
+        ("a", "a", "2025-03-01T12:00:01.000Z", 0, merged),
+        ("b", "b", "2025-03-01T12:00:02.000Z", 0, merged),
+        ("c", "c", "2025-03-01T12:00:03.000Z", 0, merged),
+        ("d", "d", "2025-03-01T12:59:59.000Z", 0, f"{base}20250301T125959Z-h-1-x-9.jsonl.gz"),
+        # the same client request id twice, a second apart: two records
+        ("r", "r", "2025-03-01T12:10:00.000Z", 0, f"{base}20250301T121000Z-h-2-y-1.jsonl.gz"),
+        ("r", "r", "2025-03-01T12:10:01.000Z", 0, f"{base}20250301T121001Z-h-2-y-2.jsonl.gz"),
+    ]
+    connection = duckdb.connect()
+    connection.execute(
+        'CREATE TABLE t (hour VARCHAR, id VARCHAR, request_id VARCHAR, time VARCHAR, "row" INT, '
+        '"$path" VARCHAR)'
+    )
+    connection.executemany(
+        "INSERT INTO t VALUES (?, ?, ?, ?, ?, ?)", [(hour, *row) for row in rows]
+    )
+    source = athena.deduplicated("t", f"hour >= '{hour}'")
+    kept = connection.execute(f'SELECT id, time, "$path" FROM {source} ORDER BY time').fetchall()
+    assert [(record_id, path == merged) for record_id, _, path in kept] == [
+        ("a", True),
+        ("b", True),
+        ("c", True),
+        ("r", False),
+        ("r", False),
+        ("d", False),
+    ]
+    # The report's three queries read every record through it.
+    for sql in athena.queries('"d"."predictions"', None).values():
+        assert athena.deduplicated('"d"."predictions"', "TRUE") in sql

@@ -305,3 +305,154 @@ def test_an_unreadable_token_secret_stops_the_release_before_anything_changes(aw
     service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
     assert service["services"][0]["taskDefinition"] == env.task_definition_arn
     assert records.list_records(env.records_url) == []
+
+
+# -- the scheduled compaction runs the image of the last successful release -------------
+
+COMPACTION_FAMILY = f"{FAMILY}-compaction"
+COMPACTION_ROLE = "arn:aws:iam::123456789012:role/onnx-ship-dev-compaction"
+
+
+def with_compaction(env):
+    """The environment as Terraform outputs it: the schedule's family and task role."""
+    return replace(
+        env, compaction_task_family=COMPACTION_FAMILY, compaction_role_arn=COMPACTION_ROLE
+    )
+
+
+def image_of(git_sha: str) -> Candidate:
+    """A candidate whose image differs with its commit."""
+    image = f"127.0.0.1:5000/onnx-ship-dev@sha256:{git_sha[0] * 64}"
+    return replace(candidate(git_sha), image=image)
+
+
+def compaction_runs() -> dict:
+    """What the schedule starts: the compaction family's latest ACTIVE revision."""
+    return boto3.client("ecs").describe_task_definition(taskDefinition=COMPACTION_FAMILY)[
+        "taskDefinition"
+    ]
+
+
+def test_a_successful_release_gives_the_scheduled_compaction_its_image_command_and_role(
+    aws, mnist8_server, smoke
+):
+    env = with_compaction(make_environment(mnist8_server.url))
+    outcome = release(env, image_of("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
+    assert outcome.succeeded, outcome.reason
+    runs = compaction_runs()
+    assert runs["taskDefinitionArn"] == outcome.record["compaction_task_definition"]
+    assert runs["taskRoleArn"] == COMPACTION_ROLE
+    released = boto3.client("ecs").describe_task_definition(taskDefinition=outcome.task_definition)
+    assert runs["executionRoleArn"] == released["taskDefinition"]["executionRoleArn"]
+    assert (runs["cpu"], runs["memory"]) == ("512", "1024")
+    (container,) = runs["containerDefinitions"]
+    assert container["image"] == image_of("a" * 40).image
+    assert container["command"] == [
+        "python", "-m", "pipeline.predictions.compact", "dev",
+        "--url", "s3://onnx-ship-dev/capture", "--since", "2d",
+    ]  # fmt: skip
+    assert "portMappings" not in container or container["portMappings"] == []
+    variables = {v["name"]: v["value"] for v in container["environment"]}
+    assert variables["PREDICTION_LOG_URL"] == "s3://onnx-ship-dev/capture"
+
+
+def test_a_release_that_rolls_back_leaves_compaction_on_the_last_good_image(
+    aws, mnist8_server, mnist12_server, smoke
+):
+    """The failed release registered a service revision for its image; the compaction
+    family gets none, so the schedule still runs the image that passed."""
+    env = with_compaction(make_environment(mnist8_server.url))
+    good = release(env, image_of("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
+    assert good.succeeded, good.reason
+    bad = release(
+        replace(env, endpoint_url=mnist12_server.url),
+        image_of("b" * 40),
+        smoke,
+        ecs=fast_ecs(),
+        say=lambda m: None,
+        **BOUNDS,
+    )
+    assert not bad.succeeded
+    ecs = boto3.client("ecs")
+    failed = ecs.describe_task_definition(taskDefinition=bad.task_definition)["taskDefinition"]
+    assert failed["containerDefinitions"][0]["image"] == image_of("b" * 40).image
+    runs = compaction_runs()
+    assert runs["taskDefinitionArn"] == good.record["compaction_task_definition"]
+    assert runs["containerDefinitions"][0]["image"] == image_of("a" * 40).image
+
+
+def test_a_failed_first_release_registers_no_compaction_revision(aws, mnist12_server, smoke):
+    env = with_compaction(make_environment(mnist12_server.url))
+    outcome = release(env, image_of("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
+    assert not outcome.succeeded
+    listed = boto3.client("ecs").list_task_definitions(familyPrefix=COMPACTION_FAMILY)
+    assert listed["taskDefinitionArns"] == []
+
+
+def test_rollback_puts_compaction_back_on_the_restored_release(aws, mnist8_server, smoke):
+    env = with_compaction(make_environment(mnist8_server.url))
+    for sha in ("a" * 40, "b" * 40):
+        shipped = release(env, image_of(sha), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
+        assert shipped.succeeded, shipped.reason
+    assert compaction_runs()["containerDefinitions"][0]["image"] == image_of("b" * 40).image
+    restored = rollback(env, ecs=fast_ecs(), say=lambda m: None, stable_timeout=STABLE_SECONDS)
+    runs = compaction_runs()
+    assert runs["taskDefinitionArn"] == restored["compaction_task_definition"]
+    assert runs["containerDefinitions"][0]["image"] == image_of("a" * 40).image
+
+
+def test_a_terraform_change_to_the_service_leaves_compaction_on_the_released_image(
+    aws, mnist8_server, smoke
+):
+    """`terraform apply` after a task change registers a service revision running the
+    placeholder; the compaction family, which Terraform never registers, is untouched."""
+    env = with_compaction(make_environment(mnist8_server.url))
+    shipped = release(env, image_of("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
+    assert shipped.succeeded, shipped.reason
+    ecs = boto3.client("ecs")
+    terraforms = ecs.describe_task_definition(taskDefinition=env.task_definition_arn)
+    kept = ("family", "containerDefinitions", "requiresCompatibilities", "networkMode")
+    applied = ecs.register_task_definition(
+        **{k: v for k, v in terraforms["taskDefinition"].items() if k in kept},
+        cpu="1024",
+        memory="2048",
+    )["taskDefinition"]
+    assert applied["containerDefinitions"][0]["image"].startswith("public.ecr.aws/")
+    runs = compaction_runs()
+    assert runs["taskDefinitionArn"] == shipped.record["compaction_task_definition"]
+    assert runs["containerDefinitions"][0]["image"] == image_of("a" * 40).image
+
+
+def test_without_a_compaction_family_the_release_says_it_leaves_the_schedule(
+    aws, mnist8_server, smoke
+):
+    said: list[str] = []
+    env = make_environment(mnist8_server.url)
+    outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=said.append, **BOUNDS)
+    assert outcome.succeeded, outcome.reason
+    assert "no compaction_task_family output: the scheduled compaction is left as it is" in said
+    assert outcome.record["compaction_task_definition"] == ""
+
+
+def test_the_compaction_family_and_role_come_from_their_outputs_or_variables():
+    from pipeline.environment import REQUIRED, resolve
+
+    outputs = {name: f"{name}-value" for name in REQUIRED}
+    applied = {
+        **outputs,
+        "compaction_task_family": COMPACTION_FAMILY,
+        "compaction_role_arn": COMPACTION_ROLE,
+    }
+    env = resolve("dev", terraform_outputs=lambda e: applied, environ={})
+    assert (env.compaction_task_family, env.compaction_role_arn) == (
+        COMPACTION_FAMILY,
+        COMPACTION_ROLE,
+    )
+    given = resolve(
+        "dev",
+        terraform_outputs=lambda e: applied,
+        environ={"DEV_COMPACTION_TASK_FAMILY": "other-compaction"},
+    )
+    assert given.compaction_task_family == "other-compaction"
+    older = resolve("dev", terraform_outputs=lambda e: outputs, environ={})
+    assert (older.compaction_task_family, older.compaction_role_arn) == ("", "")

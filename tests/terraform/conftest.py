@@ -159,6 +159,7 @@ def environment_names(
         "api_token_secret_arn": str(outputs.get("api_token_secret_arn") or ""),
         "task_family": str(outputs["task_family"]),
         "compaction_role_arn": str(outputs["compaction_role_arn"]),
+        "compaction_task_family": str(outputs["compaction_task_family"]),
     }
 
 

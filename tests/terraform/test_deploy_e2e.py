@@ -213,6 +213,13 @@ def test_deploy_dev_then_status_as_the_deploy_role(deployment, pipeline_env):
     assert variables["MODEL_BATCHED_URL"].startswith(f"s3://{bucket}/models/{MNIST8_SHA256}/")
     assert variables["PREDICTION_LOG_URL"] == outputs["capture_url"]
 
+    # The scheduled compaction now runs the released image, with its own command and role.
+    compaction = ecs.describe_task_definition(taskDefinition=outputs["compaction_task_family"])
+    (compactor,) = compaction["taskDefinition"]["containerDefinitions"]
+    assert compactor["image"] == container["image"]
+    assert compactor["command"][:4] == ["python", "-m", "pipeline.predictions.compact", "dev"]
+    assert compaction["taskDefinition"]["taskRoleArn"] == outputs["compaction_role_arn"]
+
     s3 = deployment.client("s3")
     latest = json.loads(
         s3.get_object(Bucket=bucket, Key="deployments/dev/latest.json")["Body"].read()

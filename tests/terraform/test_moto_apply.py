@@ -526,22 +526,29 @@ def test_athena_workgroup_keeps_results_limits_bytes_and_saves_the_queries(
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_compaction_schedule_runs_the_service_family_with_the_compact_command(
+def test_compaction_schedule_runs_the_compaction_family_which_terraform_never_registers(
     applied: Applied, env: str
 ) -> None:
+    """The schedule starts the latest revision of `<family>-compaction`, which carries its
+    own command and role (pipeline/compaction_task.py), and passes no input. Terraform
+    registers no revision of that family, so no apply can put the placeholder there: only
+    a successful release does (tests/pipeline/test_release.py)."""
     outputs = applied.outputs[env]
     schedule = applied.client("scheduler").get_schedule(Name=f"onnx-ship-{env}-compaction")
     target = schedule["Target"]
-    family = outputs["task_definition_arn"].rsplit(":", 1)[0]
-    assert target["EcsParameters"]["TaskDefinitionArn"] == family
+    family = outputs["compaction_task_family"]
+    assert family == f"{outputs['task_family']}-compaction"
+    arn = f"arn:aws:ecs:us-east-1:123456789012:task-definition/{family}"
+    assert target["EcsParameters"]["TaskDefinitionArn"] == arn
     assert target["RoleArn"] == outputs["scheduler_role_arn"]
-    overrides = json.loads(target["Input"])
-    assert overrides["taskRoleArn"] == outputs["compaction_role_arn"]
-    (container,) = overrides["containerOverrides"]
-    assert container["name"] == outputs["container_name"]
-    assert container["command"][:4] == ["python", "-m", "pipeline.predictions.compact", env]
-    assert container["command"][5] == outputs["capture_url"]
+    assert not target.get("Input")
     assert schedule["State"] == "ENABLED"
+    listed = applied.client("ecs").list_task_definitions(familyPrefix=family)
+    assert listed["taskDefinitionArns"] == []
+    service_revisions = applied.client("ecs").list_task_definitions(
+        familyPrefix=outputs["task_family"]
+    )["taskDefinitionArns"]
+    assert service_revisions == [outputs["task_definition_arn"]]
 
 
 def test_no_policy_grants_every_action_on_every_resource(applied: Applied) -> None:

@@ -321,6 +321,20 @@ def test_the_glue_tables_hour_projection_is_the_part_format() -> None:
     assert 'location       = "s3://${var.bucket_name}/${local.capture_prefix}/"' in main
 
 
+def test_the_saved_queries_count_each_record_once_as_the_report_does() -> None:
+    """The saved queries read the capture through the same de-duplicating clause as
+    `report --engine athena` (pipeline/predictions/athena.py's deduplicated())."""
+    from pipeline.predictions import athena
+
+    main = (TERRAFORM_DIR / "modules" / "capture_catalog" / "main.tf").read_text()
+    found = re.search(r"records = <<-SQL\n(.*?)\n\s*SQL\n", main, flags=re.S)
+    assert found, "capture_catalog names no records clause"
+    expected = athena.deduplicated("${local.table}", "%s")
+    assert " ".join(found.group(1).split()) == " ".join(expected.split())
+    assert main.count("FROM ${format(local.records, ") == 3
+    assert "FROM ${local.table}" not in main.replace("FROM ${local.table} WHERE %s", "")
+
+
 def test_every_checkov_skip_gives_a_reason() -> None:
     for path in TERRAFORM_DIR.rglob("*.tf"):
         for line in path.read_text().splitlines():

@@ -126,6 +126,7 @@ module "ci" {
   service_arn          = module.service.service_arn
   task_role_arn        = module.service.task_role_arn
   execution_role_arn   = module.service.execution_role_arn
+  compaction_role_arn  = module.capture_catalog.compaction_role_arn
   api_token_secret_arn = module.service.api_token_secret_arn
   bucket_arn           = module.storage.bucket_arn
   state_bucket_name    = var.state_bucket_name
@@ -141,11 +142,10 @@ module "capture_catalog" {
   bucket_arn    = module.storage.bucket_arn
   force_destroy = var.force_destroy
 
-  cluster_arn         = module.service.cluster_arn
-  task_definition_arn = module.service.task_definition_arn
-  container_name      = module.service.container_name
-  execution_role_arn  = module.service.execution_role_arn
-  subnet_ids          = module.network.task_subnet_ids
-  security_group_ids  = [module.service.task_security_group_id]
-  assign_public_ip    = module.network.tasks_need_public_ip
+  cluster_arn        = module.service.cluster_arn
+  task_family        = module.service.task_family
+  execution_role_arn = module.service.execution_role_arn
+  subnet_ids         = module.network.task_subnet_ids
+  security_group_ids = [module.service.task_security_group_id]
+  assign_public_ip   = module.network.tasks_need_public_ip
 }

@@ -165,6 +165,11 @@ output "compaction_role_arn" {
   value       = module.capture_catalog.compaction_role_arn
 }
 
+output "compaction_task_family" {
+  description = "Task family the compaction schedule runs; a successful release registers its image there."
+  value       = module.capture_catalog.compaction_task_family
+}
+
 output "scheduler_role_arn" {
   description = "Role EventBridge Scheduler assumes to start the compaction task."
   value       = module.capture_catalog.scheduler_role_arn

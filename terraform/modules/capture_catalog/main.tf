@@ -8,13 +8,21 @@ data "aws_region" "current" {}
 
 data "aws_caller_identity" "current" {}
 
+data "aws_partition" "current" {}
+
 locals {
   capture_prefix = "capture/${var.environment}"
   location       = "s3://${var.bucket_name}/${local.capture_prefix}/"
   database       = replace("${var.name}_capture", "-", "_")
-  # The family, without a revision: RunTask starts its latest ACTIVE revision (ECS API
-  # reference, RunTask, taskDefinition).
-  task_family_arn = replace(var.task_definition_arn, "/:[0-9]+$/", "")
+  # The compaction family, without a revision: RunTask starts its latest ACTIVE revision
+  # (ECS API reference, RunTask, taskDefinition: "If a revision isn't specified, the
+  # latest ACTIVE revision is used"; IAM authorises that revision's ARN). Terraform
+  # registers no revision of it: a successful release does (pipeline/compaction_task.py),
+  # with the released image, the compaction command and role. So a failed release or a
+  # change to the service's task definition here never moves compaction off the image of
+  # the last successful release.
+  compaction_family     = "${var.task_family}-compaction"
+  compaction_family_arn = "arn:${data.aws_partition.current.partition}:ecs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:task-definition/${local.compaction_family}"
 }
 
 ################################################################################
@@ -28,7 +36,8 @@ resource "aws_glue_catalog_database" "this" {
 
 # One row per captured prediction (service/capture/records.py). Parts and merged objects
 # are both gzip JSON Lines in the hour directories; compaction manifests start with `_`,
-# which Athena skips. Partition projection computes each hour's location from
+# which Athena skips (the saved queries read local.records, which counts a record held
+# by both a part and a merged object once). Partition projection computes each hour's location from
 # storage.location.template (Athena user guide, "Partition projection", date type).
 resource "aws_glue_catalog_table" "predictions" {
   name          = "predictions"
@@ -144,13 +153,22 @@ resource "aws_athena_workgroup" "this" {
 
 locals {
   table = "\"${aws_glue_catalog_database.this.name}\".\"${aws_glue_catalog_table.predictions.name}\""
+  # The rows of the hours the condition (%s) names, each record once: between a
+  # compaction's commit and the deletion of its parts, an hour holds their records in
+  # the parts and in the merged object; the merged copy ("$path", Athena's pseudo-column
+  # naming a row's object) wins. pipeline/predictions/athena.py's deduplicated() is the
+  # same clause, and a test compares them.
+  records = <<-SQL
+    (SELECT * FROM (SELECT *, row_number() OVER (
+            PARTITION BY hour, id, request_id, time, "row" ORDER BY strpos("$path", '/compacted-') DESC) AS copy
+        FROM ${local.table} WHERE %s) AS copies WHERE copy = 1) AS records
+  SQL
   queries = {
     "predictions-per-class-per-hour" = {
       description = "Predicted classes per hour over the last day"
       sql         = <<-SQL
         SELECT hour, prediction, count(*) AS predictions
-        FROM ${local.table}
-        WHERE hour >= date_format(current_timestamp - interval '1' day, '%Y/%m/%d/%H')
+        FROM ${format(local.records, "hour >= date_format(current_timestamp - interval '1' day, '%Y/%m/%d/%H')")}
         GROUP BY hour, prediction
         ORDER BY hour, prediction
       SQL
@@ -161,9 +179,8 @@ locals {
         SELECT hour, count(*) AS requests,
                approx_percentile(latency_ms, 0.5) AS p50_ms,
                approx_percentile(latency_ms, 0.99) AS p99_ms
-        FROM ${local.table}
-        WHERE hour >= date_format(current_timestamp - interval '1' day, '%Y/%m/%d/%H')
-          AND "row" = 0
+        FROM ${format(local.records, "hour >= date_format(current_timestamp - interval '1' day, '%Y/%m/%d/%H')")}
+        WHERE "row" = 0
         GROUP BY hour
         ORDER BY hour
       SQL
@@ -172,9 +189,8 @@ locals {
       description = "Requests per model version and hour over the last week: who answered after a release"
       sql         = <<-SQL
         SELECT hour, model.name AS model, model.version AS version, count(*) AS requests
-        FROM ${local.table}
-        WHERE hour >= date_format(current_timestamp - interval '7' day, '%Y/%m/%d/%H')
-          AND "row" = 0
+        FROM ${format(local.records, "hour >= date_format(current_timestamp - interval '7' day, '%Y/%m/%d/%H')")}
+        WHERE "row" = 0
         GROUP BY hour, model.name, model.version
         ORDER BY hour, version
       SQL
@@ -284,7 +300,7 @@ data "aws_iam_policy_document" "scheduler" {
   statement {
     sid       = "RunCompaction"
     actions   = ["ecs:RunTask"]
-    resources = ["${local.task_family_arn}:*"]
+    resources = ["${local.compaction_family_arn}:*"]
 
     condition {
       test     = "ArnEquals"
@@ -312,8 +328,10 @@ resource "aws_iam_role_policy" "scheduler" {
   policy = data.aws_iam_policy_document.scheduler.json
 }
 
-# The service image with the compaction command and the compaction role: Scheduler
-# passes a templated ECS target's input as RunTask's overrides.
+# The compaction family's latest revision, which carries its own command and role: the
+# schedule passes no input (the Scheduler API reference, Target.Input, does not say how an
+# ECS target would use it). Until the first successful release registers a revision,
+# RunTask fails and Scheduler retries, then drops the event.
 resource "aws_scheduler_schedule" "compaction" {
   #checkov:skip=CKV_AWS_297:The schedule holds a command line and two role ARNs, no data; Scheduler encrypts it with an AWS owned key, and a customer managed key would add a key and its policy for nothing to protect.
   name                         = "${var.name}-compaction"
@@ -331,7 +349,7 @@ resource "aws_scheduler_schedule" "compaction" {
     role_arn = aws_iam_role.scheduler.arn
 
     ecs_parameters {
-      task_definition_arn = local.task_family_arn
+      task_definition_arn = local.compaction_family_arn
       launch_type         = "FARGATE"
       task_count          = 1
 
@@ -341,17 +359,6 @@ resource "aws_scheduler_schedule" "compaction" {
         assign_public_ip = var.assign_public_ip
       }
     }
-
-    input = jsonencode({
-      taskRoleArn = aws_iam_role.compaction.arn
-      containerOverrides = [{
-        name = var.container_name
-        command = [
-          "python", "-m", "pipeline.predictions.compact", var.environment,
-          "--url", "s3://${var.bucket_name}/capture", "--since", "2d",
-        ]
-      }]
-    })
 
     retry_policy {
       maximum_retry_attempts       = 2

@@ -31,6 +31,11 @@ output "compaction_role_arn" {
   value       = aws_iam_role.compaction.arn
 }
 
+output "compaction_task_family" {
+  description = "Task family the schedule runs (its latest ACTIVE revision); a successful release registers its image there."
+  value       = local.compaction_family
+}
+
 output "scheduler_role_arn" {
   description = "Role EventBridge Scheduler assumes to start the compaction task."
   value       = aws_iam_role.scheduler.arn

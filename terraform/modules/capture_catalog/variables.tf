@@ -77,13 +77,8 @@ variable "cluster_arn" {
   type        = string
 }
 
-variable "task_definition_arn" {
-  description = "The service's task definition (any revision): the schedule runs the family's latest ACTIVE revision, the one the last release registered."
-  type        = string
-}
-
-variable "container_name" {
-  description = "The service container whose command the schedule overrides."
+variable "task_family" {
+  description = "The service's task family; the schedule runs the latest revision of <task_family>-compaction, which only a successful release registers (pipeline/compaction_task.py)."
   type        = string
 }
 

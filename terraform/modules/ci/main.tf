@@ -120,7 +120,7 @@ data "aws_iam_policy_document" "deploy" {
   statement {
     sid       = "PassOwnTaskRoles"
     actions   = ["iam:PassRole"]
-    resources = [var.task_role_arn, var.execution_role_arn]
+    resources = [var.task_role_arn, var.execution_role_arn, var.compaction_role_arn]
 
     condition {
       test     = "StringEquals"

@@ -68,6 +68,11 @@ variable "execution_role_arn" {
   type        = string
 }
 
+variable "compaction_role_arn" {
+  description = "Task role of the compaction family's revisions, which a successful release registers."
+  type        = string
+}
+
 variable "bucket_arn" {
   description = "Environment bucket: the role reads models/ and reads and writes deployments/<environment>/."
   type        = string

@@ -500,7 +500,11 @@ def test_a_protected_service_without_a_token_names_the_missing_output(
 def expect_release_start(scripted: ScriptedEcs, running: str, revision: str) -> None:
     scripted.stubber.add_response(
         "describe_services",
-        {"services": [service(running, deployment("ecs-svc/0001", running, "PRIMARY", "COMPLETED"))]},
+        {
+            "services": [
+                service(running, deployment("ecs-svc/0001", running, "PRIMARY", "COMPLETED"))
+            ]
+        },
         {"cluster": CLUSTER, "services": [SERVICE]},
     )
     expect_register(
@@ -522,18 +526,14 @@ def expect_deployment(scripted: ScriptedEcs, revision: str, deployment_id: str, 
         scripted.describe(service(revision, deployment(deployment_id, revision, "PRIMARY", state)))
 
 
-def test_a_release_that_holds_is_recorded_whole(
-    scripted, endpoints, app, smoke, tmp_path, clock
-):
+def test_a_release_that_holds_is_recorded_whole(scripted, endpoints, app, smoke, tmp_path, clock):
     endpoints.serve(HOST, app)
     env = environment(BASE, tmp_path)
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "IN_PROGRESS", "COMPLETED")
     said: list[str] = []
     shipped = candidate(provenance={"promoted_from": "dev"})
-    outcome = release(
-        env, shipped, smoke, ecs=scripted.ecs(), say=said.append, sleep=clock.sleep
-    )
+    outcome = release(env, shipped, smoke, ecs=scripted.ecs(), say=said.append, sleep=clock.sleep)
     assert (outcome.succeeded, outcome.reason) == (True, "")
     assert (outcome.task_definition, outcome.previous_task_definition) == (NEXT, BOOTSTRAP)
     record = dict(outcome.record)
@@ -612,7 +612,12 @@ def test_a_failed_first_release_returns_to_what_ran_before(
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
     outcome = release(
-        env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None, sleep=clock.sleep,
+        env,
+        candidate(),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+        sleep=clock.sleep,
         smoke_timeout=4,
     )
     assert not outcome.succeeded
@@ -628,11 +633,19 @@ def test_a_rollback_that_does_not_complete_is_recorded_as_failed(
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     scripted.stubber.add_client_error(
-        "update_service", "ServerException", "ECS is down", 500,
+        "update_service",
+        "ServerException",
+        "ECS is down",
+        500,
         expected_params={"cluster": CLUSTER, "service": SERVICE, "taskDefinition": BOOTSTRAP},
     )
     outcome = release(
-        env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None, sleep=clock.sleep,
+        env,
+        candidate(),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+        sleep=clock.sleep,
         smoke_timeout=0,
     )
     assert outcome.record["outcome"] == "failed"
@@ -666,12 +679,15 @@ def test_the_deployment_wait_is_bounded_by_the_stable_timeout(
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "IN_PROGRESS", "COMPLETED")
     ecs = Ecs(scripted.client, poll_seconds=30, sleep=clock.sleep)
     outcome = release(
-        env, candidate(), smoke, ecs=ecs, say=lambda m: None, sleep=clock.sleep,
+        env,
+        candidate(),
+        smoke,
+        ecs=ecs,
+        say=lambda m: None,
+        sleep=clock.sleep,
         stable_timeout=30,
     )
-    assert outcome.reason == (
-        f"deployment ecs-svc/0002 of {NEXT} did not complete within 30 s"
-    )
+    assert outcome.reason == (f"deployment ecs-svc/0002 of {NEXT} did not complete within 30 s")
     assert outcome.record["outcome"] == "rolled_back"
 
 
@@ -680,8 +696,9 @@ def test_default_bounds_are_fifteen_and_five_minutes(scripted, endpoints, smoke,
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
-    outcome = release(env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None,
-                      sleep=clock.sleep)
+    outcome = release(
+        env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None, sleep=clock.sleep
+    )
     assert " within 300 s" in outcome.reason
     assert sum(clock.slept) == 300
 

@@ -9,6 +9,7 @@ for every mutant of pipeline/release.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from unittest import mock
 
 import boto3
+import numpy as np
 import pytest
 from botocore.stub import ANY, Stubber
 
@@ -947,3 +949,188 @@ def test_format_status_aligns_the_keys_asked_for():
     report = {"environment": "dev", "in_sync": True, "health": "ready"}
     assert format_status(report) == "environment  dev\nin_sync      True\nhealth       ready"
     assert format_status(report, ["health", "in_sync"]) == "health   ready\nin_sync  True"
+
+
+# -- answers the real service never gives, from a stand-in ------------------------------
+
+
+class StandIn:
+    """A stand-in service whose routes answer what it is told: (status, body bytes)."""
+
+    def __init__(self, ready=(200, b'{"ready": true}'), metadata=None, predict=None) -> None:
+        served = json.dumps({"name": "mnist-8", "parameters": {"sha256": MNIST8_SHA256}})
+        self.answers = {
+            "ready": ready,
+            "model": metadata or (200, served.encode()),
+            # One answer for a row and for a batch of that row.
+            "predict": predict or (200, b'{"prediction": 7, "predictions": [7]}'),
+        }
+
+    def app(self):
+        import falcon
+        import falcon.asgi
+
+        answers = self.answers
+
+        class Route:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            async def respond(self, resp) -> None:
+                code, body = answers[self.name]
+                resp.status = code
+                resp.content_type = falcon.MEDIA_JSON
+                resp.data = body
+
+            async def on_get(self, req, resp, **params):
+                await self.respond(resp)
+
+            async def on_post(self, req, resp, **params):
+                await self.respond(resp)
+
+        app = falcon.asgi.App()
+        app.add_route("/v2/health/ready", Route("ready"))
+        app.add_route("/v2/models/{name}", Route("model"))
+        app.add_route("/predict", Route("predict"))
+        return app
+
+
+ONE = SmokeImages(np.zeros((1, 1, 28, 28), dtype=np.float32), [7])
+
+
+def test_an_empty_ready_answer_counts_as_ready(endpoints, scripted, tmp_path):
+    endpoints.serve(HOST, StandIn(ready=(200, b"")).app())
+    smoke_test(BASE, candidate(), ONE, timeout=1)
+    env = environment(BASE, tmp_path)
+    expect_describe(scripted, RELEASED)
+    assert status(env, ecs=scripted.ecs())["health"] == "ready"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, b'{"name": "mnist-8"}'),  # no parameters
+        (203, json.dumps({"parameters": {"sha256": MNIST8_SHA256}}).encode()),  # not 200
+    ],
+)
+def test_only_a_200_naming_the_sha256_proves_the_model(endpoints, answer):
+    endpoints.serve(HOST, StandIn(metadata=answer).app())
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), ONE, timeout=1)
+    assert str(raised.value) == (
+        f"{BASE} serves model sha256 None (HTTP {answer[0]}), not the released {MNIST8_SHA256}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "got"),
+    [
+        ((200, b"[7]"), "[7]"),  # not an object
+        ((201, b'{"prediction": 7}'), "{'prediction': 7}"),  # not 200
+    ],
+)
+def test_only_a_200_object_names_a_prediction(endpoints, answer, got):
+    endpoints.serve(HOST, StandIn(predict=answer).app())
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), ONE, timeout=1)
+    assert str(raised.value) == (
+        f"smoke test failed on 1/1 images: image 0: expected 7, got {got} (HTTP {answer[0]})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "got"),
+    [((200, b"[[7]]"), "[[7]]"), ((201, b'{"predictions": [7]}'), "{'predictions': [7]}")],
+)
+def test_only_a_200_object_names_the_batchs_predictions(endpoints, answer, got):
+    """The single row answered right, the batch with `answer`."""
+    stand_in = StandIn()
+    calls = []
+    original = stand_in.answers
+
+    class Answers(dict):
+        def __getitem__(self, name):
+            if name == "predict":
+                calls.append(name)
+                return original["predict"] if len(calls) == 1 else answer
+            return original[name]
+
+    stand_in.answers = Answers(original)
+    endpoints.serve(HOST, stand_in.app())
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), ONE, timeout=1)
+    assert str(raised.value) == (
+        f"smoke test failed on the batch: expected [7], got {got} (HTTP {answer[0]})"
+    )
+
+
+def test_an_error_body_is_quoted_up_to_300_bytes(endpoints):
+    body = b'{"error": "' + b"x" * 400 + b'"}'
+    endpoints.serve(HOST, StandIn(predict=(400, body)).app())
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), ONE, timeout=1)
+    assert str(raised.value) == (
+        f"smoke test failed on 1/1 images: image 0: expected 7, got {body[:300]!r} (HTTP 400)"
+    )
+
+
+def test_every_request_is_bounded_by_the_http_timeout(endpoints, app, smoke, scripted, tmp_path):
+    endpoints.serve(HOST, app)
+    smoke_test(BASE, candidate(), smoke, timeout=1)
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    expect_describe(scripted, RELEASED)
+    status(env, ecs=scripted.ecs())
+    assert endpoints.timeouts == [10] * len(endpoints.requests)
+
+
+def test_smoke_images_and_classes_must_pair_up(endpoints, app, smoke):
+    endpoints.serve(HOST, app)
+    with pytest.raises(ValueError):
+        smoke_test(BASE, candidate(), SmokeImages(smoke.images, smoke.classes[:-1]), timeout=1)
+
+
+def test_register_of_a_container_without_command_or_variables(scripted):
+    base = {
+        "family": FAMILY,
+        "taskDefinitionArn": BOOTSTRAP,
+        "runtimePlatform": {},
+        "containerDefinitions": [{"name": "server", "image": "onnx-ship-dev:bootstrap"}],
+    }
+    sent = {
+        "family": FAMILY,
+        "containerDefinitions": [
+            {"name": "server", "image": IMAGE, "environment": [{"name": "GIT_SHA", "value": "a"}]}
+        ],
+    }
+    expect_register(scripted, base, NEXT, sent)
+    assert scripted.ecs().register(BOOTSTRAP, "server", IMAGE, {"GIT_SHA": "a"}) == NEXT
+
+
+@contextmanager
+def ecs_of_the_environment(scripted: ScriptedEcs) -> Iterator[None]:
+    """Environment.client("ecs") gives the scripted client (what release, rollback and
+    status use when no Ecs is passed)."""
+
+    def client(env, name):
+        assert name == "ecs", name
+        return scripted.client
+
+    with mock.patch.object(Environment, "client", client):
+        yield
+
+
+def test_release_rollback_and_status_use_the_environments_ecs(
+    scripted, endpoints, app, smoke, tmp_path
+):
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
+    expect_describe(scripted, BOOTSTRAP)
+    with ecs_of_the_environment(scripted):
+        assert release(env, candidate(), smoke, say=lambda m: None).succeeded
+        assert rollback(env, say=lambda m: None)["task_definition"] == BOOTSTRAP
+        assert status(env)["in_sync"] is True

@@ -9,6 +9,7 @@ it answers, fast enough to run for every mutant of pipeline/deploy.py.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -489,9 +490,11 @@ def test_promotion_of_what_the_source_never_verified_stops(aws, cli, mnist8_path
     monkeypatch.delenv("DEPLOY_UNVERIFIED", raising=False)
     with pytest.raises(DeployError) as raised:
         promote(environment("prod"), "dev", SOURCE_URL, gated_stand_in(mnist8_path), SHA)
-    assert str(raised.value).startswith(
+    assert str(raised.value) == (
         f"dev never verified this code with this model (tree {TREE[:12]}, model "
-        f"{MNIST8_SHA256[:12]}): deploy commit {SHA[:12]} to dev first"
+        f"{MNIST8_SHA256[:12]}): deploy commit {SHA[:12]} to dev first (merge it into dev and "
+        "push), then deploy prod again; or set DEPLOY_UNVERIFIED=true to build an unverified "
+        "image for prod (its deployment record says so)"
     )
     assert [c[0] for c in cli.calls] == ["login", "pull"]
 
@@ -549,7 +552,12 @@ class Steps:
 
 def install_steps(monkeypatch, steps: Steps, batched: BatchableCopy | None) -> None:
     monkeypatch.setattr(deploy_module, "resolve", lambda name: steps.env)
-    monkeypatch.setattr(deploy_module, "load_reference", lambda environ: "the reference")
+
+    def load_reference(environ):
+        assert environ is os.environ
+        return "the reference"
+
+    monkeypatch.setattr(deploy_module, "load_reference", load_reference)
 
     def gate(reference, **kwargs):
         assert reference == "the reference"

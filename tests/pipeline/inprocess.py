@@ -35,6 +35,7 @@ class _AppHandler(urllib.request.BaseHandler):
     def http_open(self, request: urllib.request.Request):
         self.endpoints.requests.append((request.get_method(), request.full_url))
         self.endpoints.timeouts.append(request.timeout)
+        self.endpoints.headers.append(dict(request.header_items()))
         client = self.endpoints.apps.get(request.host)
         if client is None:
             raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
@@ -63,6 +64,7 @@ class Endpoints:
         self.apps: dict[str, testing.TestClient] = {}
         self.requests: list[tuple[str, str]] = []
         self.timeouts: list[float | None] = []  # each request's socket timeout
+        self.headers: list[dict[str, str]] = []  # each request's headers
 
     def serve(self, host: str, app) -> str:
         """Serve `app` at `http://<host>`; returns that base URL."""

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import boto3
@@ -112,9 +112,23 @@ def test_a_release_id_is_the_utc_second_and_the_short_sha():
     moment = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
     assert release_id("0123456789abcdef0123", moment) == "20260304T050607Z-0123456789ab"
     made = release_id("fedcba9876543210")
-    today = datetime.now(UTC).strftime("%Y%m%d")
-    assert made.startswith(today + "T") and made.endswith("Z-fedcba987654")
+    assert made.endswith("Z-fedcba987654")
     assert len(made) == len("20260304T050607Z-") + 12
+
+
+def test_a_release_id_is_utc_whatever_the_local_zone(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: no hour in common with UTC
+    time.tzset()
+    try:
+        before = datetime.now(UTC).strftime("%Y%m%dT%H")
+        made = release_id("fedcba9876543210")
+        after = datetime.now(UTC).strftime("%Y%m%dT%H")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert made[:11] in (before, after)
 
 
 def test_the_task_environment_is_exactly_the_release_variables():
@@ -133,6 +147,7 @@ def test_the_task_environment_is_exactly_the_release_variables():
     assert tuple(task_environment(candidate())) == RELEASE_VARIABLES
     assert task_environment(candidate())["MODEL_BATCHED_URL"] == ""
     assert task_environment(candidate())["MODEL_BATCHED_SHA256"] == ""
+    assert task_environment(candidate())["MODEL_LABELS"] == ""
 
 
 # -- ECS calls: what is sent ------------------------------------------------------------
@@ -298,13 +313,15 @@ def test_the_default_poll_interval_is_ten_seconds(scripted, clock):
 
 
 def test_a_service_serving_the_candidate_passes_the_smoke_test(endpoints, app, smoke, clock):
-    endpoints.serve(HOST, app)
-    smoke_test(BASE + "/", candidate(), smoke, timeout=1, sleep=clock.sleep)
-    assert endpoints.requests[0] == ("GET", f"{BASE}/v2/health/ready")
-    assert endpoints.requests[1] == ("GET", f"{BASE}/v2/models/mnist-8")
+    base = endpoints.serve("svc-X", app)  # only the trailing "/" comes off the endpoint
+    smoke_test(base + "/", candidate(), smoke, timeout=1, sleep=clock.sleep)
+    assert endpoints.requests[0] == ("GET", f"{base}/v2/health/ready")
+    assert endpoints.requests[1] == ("GET", f"{base}/v2/models/mnist-8")
     posts = [url for method, url in endpoints.requests if method == "POST"]
-    assert posts == [f"{BASE}/predict"] * (len(smoke.classes) + 1)
+    assert posts == [f"{base}/predict"] * (len(smoke.classes) + 1)
     assert clock.slept == []
+    # Without a token, no Authorization header at all.
+    assert not any("Authorization" in headers for headers in endpoints.headers)
 
 
 def test_a_wrong_class_fails_the_smoke_test_naming_the_image(endpoints, app, smoke):
@@ -324,9 +341,12 @@ def test_the_message_names_at_most_three_wrong_images(endpoints, app, smoke):
     wrong = [(c + 1) % 10 for c in smoke.classes]
     with pytest.raises(ReleaseError) as raised:
         smoke_test(BASE, candidate(), SmokeImages(smoke.images, wrong), timeout=1)
-    message = str(raised.value)
-    assert message.startswith(f"smoke test failed on {len(wrong)}/{len(wrong)} images: image 0:")
-    assert message.count("image ") == 3 and "image 2:" in message
+    right = smoke.classes
+    assert str(
+        raised.value
+    ) == f"smoke test failed on {len(wrong)}/{len(wrong)} images: " + "; ".join(
+        f"image {i}: expected {wrong[i]}, got {right[i]} (HTTP 200)" for i in range(3)
+    )
 
 
 def test_images_the_service_refuses_name_its_answer(endpoints, app, smoke):
@@ -537,6 +557,7 @@ def test_a_release_that_holds_is_recorded_whole(scripted, endpoints, app, smoke,
     shipped = candidate(provenance={"promoted_from": "dev"})
     outcome = release(env, shipped, smoke, ecs=scripted.ecs(), say=said.append, sleep=clock.sleep)
     assert (outcome.succeeded, outcome.reason) == (True, "")
+    assert datetime.fromisoformat(outcome.record["finished_at"]).utcoffset().total_seconds() == 0
     assert (outcome.task_definition, outcome.previous_task_definition) == (NEXT, BOOTSTRAP)
     record = dict(outcome.record)
     started = datetime.fromisoformat(record.pop("started_at"))
@@ -599,7 +620,7 @@ def test_a_failed_smoke_test_returns_to_the_last_release_and_records_why(
     assert (outcome.task_definition, outcome.previous_task_definition) == (NEXT, BOOTSTRAP)
     assert outcome.record["outcome"] == "rolled_back"
     assert outcome.record["reason"] == why
-    assert "finished_at" in outcome.record
+    assert datetime.fromisoformat(outcome.record["finished_at"]).utcoffset().total_seconds() == 0
     assert records.read_latest(env.records_url) == last
     (attempt,) = [r for r in records.list_records(env.records_url) if r.get("git_sha")]
     assert attempt == outcome.record
@@ -888,6 +909,11 @@ def test_status_reports_the_service_the_latest_release_and_what_is_served(
         "health": "ready",
         "serving": f"mnist-8 sha256 {MNIST8_SHA256}",
     }
+    assert endpoints.requests == [
+        ("GET", f"{BASE}/v2/health/ready"),
+        ("GET", f"{BASE}/v2/models/mnist-8"),
+    ]
+    assert not any("Authorization" in headers for headers in endpoints.headers)
     expect_describe(scripted, NEXT)
     assert status(env, ecs=scripted.ecs())["in_sync"] is False
 
@@ -1134,3 +1160,123 @@ def test_release_rollback_and_status_use_the_environments_ecs(
         assert release(env, candidate(), smoke, say=lambda m: None).succeeded
         assert rollback(env, say=lambda m: None)["task_definition"] == BOOTSTRAP
         assert status(env)["in_sync"] is True
+
+
+# -- more of what ECS may answer -------------------------------------------------------
+
+
+def bare(answer: dict) -> dict:
+    """A service answer as ECS gives it for a service without a circuit breaker."""
+    return {
+        **answer,
+        "deployments": [
+            {k: v for k, v in d.items() if k not in ("rolloutState", "rolloutStateReason")}
+            for d in answer["deployments"]
+        ],
+    }
+
+
+def test_without_rollout_state_the_wait_ends_when_the_service_runs_only_ours(scripted, clock):
+    scripted.describe(
+        bare(service(RELEASED, deployment("ecs-svc/0002", RELEASED, "PRIMARY", "COMPLETED")))
+    )
+    ecs = Ecs(scripted.client, poll_seconds=1, sleep=clock.sleep)
+    ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=5)
+    assert clock.slept == []
+
+
+def test_a_service_listing_no_deployments_has_none_of_ours():
+    with pytest.raises(ReleaseError) as raised:
+        release_module.rollout_verdict({"taskDefinition": RELEASED}, "ecs-svc/0002", RELEASED)
+    assert str(raised.value) == (
+        "deployment ecs-svc/0002 is no longer the service's primary deployment "
+        "(now none on nothing); ECS rolled it back or another deployment started"
+    )
+
+
+def test_a_failed_deployment_without_a_reason_says_nothing_more():
+    failed = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "FAILED")
+    del failed["rolloutStateReason"]
+    with pytest.raises(ReleaseError) as raised:
+        release_module.rollout_verdict(service(RELEASED, failed), "ecs-svc/0002", RELEASED)
+    assert str(raised.value) == "ECS marked deployment ecs-svc/0002 failed: "
+
+
+def test_one_smoke_image_is_enough_with_a_token(endpoints, protected_app, smoke):
+    endpoints.serve(HOST, protected_app)
+    one = SmokeImages(smoke.images[:1], smoke.classes[:1])
+    smoke_test(BASE, candidate(), one, timeout=1, token=TOKEN)
+    assert [h.get("Authorization") for h in endpoints.headers][2:] == [f"Bearer {TOKEN}"] * 3
+
+
+def test_status_of_metadata_without_parameters(endpoints, scripted, tmp_path):
+    endpoints.serve(HOST, StandIn(metadata=(200, b'{"name": "mnist-8"}')).app())
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    expect_describe(scripted, RELEASED)
+    assert status(env, ecs=scripted.ecs())["serving"] == "mnist-8 sha256 None"
+
+
+class Ticking(datetime):
+    """A clock a minute further on at every reading: what is read once must be used once."""
+
+    readings = 0
+
+    @classmethod
+    def now(cls, tz=None):
+        Ticking.readings += 1
+        return datetime(2026, 5, 1, 12, 0, tzinfo=UTC) + timedelta(minutes=Ticking.readings)
+
+
+def test_a_release_is_named_by_the_moment_it_started(
+    scripted, endpoints, app, smoke, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(release_module, "datetime", Ticking)
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    outcome = release(env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None)
+    started = datetime.fromisoformat(outcome.record["started_at"])
+    assert outcome.record["release_id"] == release_id("a" * 40, started)
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
+    record = rollback(env, ecs=scripted.ecs(), say=lambda m: None)
+    assert record["release_id"] == release_id(
+        "c" * 40, datetime.fromisoformat(record["started_at"])
+    )
+
+
+def test_rollbacks_follow_deployments_without_rollout_state(
+    scripted, endpoints, smoke, tmp_path, clock
+):
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    back = deployment("ecs-svc/0003", BOOTSTRAP, "PRIMARY", "IN_PROGRESS")
+    scripted.stubber.add_response(
+        "update_service",
+        {"service": service(BOOTSTRAP, back)},
+        {"cluster": CLUSTER, "service": SERVICE, "taskDefinition": BOOTSTRAP},
+    )
+    scripted.describe(bare(service(BOOTSTRAP, {**back, "runningCount": 1})))
+    outcome = release(
+        env,
+        candidate(),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+        sleep=clock.sleep,
+        smoke_timeout=0,
+    )
+    assert outcome.record["outcome"] == "rolled_back"
+    # The same for an operator's rollback.
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    scripted.stubber.add_response(
+        "update_service",
+        {"service": service(BOOTSTRAP, back)},
+        {"cluster": CLUSTER, "service": SERVICE, "taskDefinition": BOOTSTRAP},
+    )
+    scripted.describe(bare(service(BOOTSTRAP, {**back, "runningCount": 1})))
+    assert rollback(env, ecs=scripted.ecs(), say=lambda m: None)["task_definition"] == BOOTSTRAP

@@ -551,7 +551,11 @@ class Steps:
 
 
 def install_steps(monkeypatch, steps: Steps, batched: BatchableCopy | None) -> None:
-    monkeypatch.setattr(deploy_module, "resolve", lambda name: steps.env)
+    def resolve(name):
+        assert name == steps.env.environment
+        return steps.env
+
+    monkeypatch.setattr(deploy_module, "resolve", resolve)
 
     def load_reference(environ):
         assert environ is os.environ
@@ -565,7 +569,12 @@ def install_steps(monkeypatch, steps: Steps, batched: BatchableCopy | None) -> N
         return steps.gated
 
     monkeypatch.setattr(deploy_module, "gate_model", gate)
-    monkeypatch.setattr(deploy_module, "batched_copy", lambda gated: batched)
+
+    def copy(gated):
+        assert gated is steps.gated
+        return batched
+
+    monkeypatch.setattr(deploy_module, "batched_copy", copy)
     monkeypatch.setattr(images, "git_sha", lambda: SHA)
 
     def release(env, candidate, smoke, *, say):
@@ -639,7 +648,12 @@ def test_a_deploy_without_a_batched_copy_releases_none(aws, cli, mnist8_path, mo
 
 def test_a_promoting_deploy_records_where_its_image_comes_from(aws, cli, mnist8_path, monkeypatch):
     monkeypatch.delenv("DEPLOY_UNVERIFIED", raising=False)
-    monkeypatch.setenv("DEV_ECR_REPOSITORY_URL", SOURCE_URL)
+    monkeypatch.delenv("DEV_ECR_REPOSITORY_URL", raising=False)
+    monkeypatch.setattr(
+        deploy_module,
+        "terraform_outputs",
+        lambda name: {"promote_from_repository_names": ["onnx-ship-dev"]},
+    )
     cli.available.add(VERIFIED)
     steps = Steps(environment("prod", promote_from=("dev",)), passed_gate(mnist8_path))
     steps.outcome = Outcome({"release_id": "r2"}, "td:2", "td:1", True)

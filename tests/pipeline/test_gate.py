@@ -307,6 +307,24 @@ def test_degraded_model_fails_the_gate(
     assert "not pinned by a sha256" in report["notes"][0]
 
 
+def test_every_failed_check_is_named_in_the_error(
+    degraded_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Below the minimum and below prod's champion: both reasons, then the report."""
+    deployments = tmp_path / "deployments"
+    records.write(str(deployments / "prod"), _record(0.9920))
+    monkeypatch.setenv("DEPLOYMENTS_URL", str(deployments))
+    monkeypatch.setenv("MODEL_URL", str(degraded_model))
+    assert cli.main(["gate", "prod", "--report-dir", str(tmp_path / "report")]) == 2
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert len(report["reasons"]) >= 2
+    expected = "gate failed: " + "; ".join(report["reasons"]) + f" (report: {tmp_path / 'report'}"
+    assert expected in capsys.readouterr().err
+
+
 def test_csv_test_data_gives_the_same_accuracy_as_idx(
     result: GateResult, t10k: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

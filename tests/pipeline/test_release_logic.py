@@ -890,8 +890,8 @@ def expect_describe(scripted: ScriptedEcs, running: str) -> None:
 def test_status_reports_the_service_the_latest_release_and_what_is_served(
     scripted, endpoints, app, tmp_path
 ):
-    endpoints.serve(HOST, app)
-    env = environment(BASE + "/", tmp_path)
+    base = endpoints.serve("svc-X", app)  # only the trailing "/" comes off the endpoint
+    env = environment(base + "/", tmp_path)
     latest = succeeded("20260102T000000Z-cccccccccccc", RELEASED, image="img:2")
     records.write(env.records_url, latest)
     expect_describe(scripted, RELEASED)
@@ -910,8 +910,8 @@ def test_status_reports_the_service_the_latest_release_and_what_is_served(
         "serving": f"mnist-8 sha256 {MNIST8_SHA256}",
     }
     assert endpoints.requests == [
-        ("GET", f"{BASE}/v2/health/ready"),
-        ("GET", f"{BASE}/v2/models/mnist-8"),
+        ("GET", f"{base}/v2/health/ready"),
+        ("GET", f"{base}/v2/models/mnist-8"),
     ]
     assert not any("Authorization" in headers for headers in endpoints.headers)
     expect_describe(scripted, NEXT)
@@ -1111,9 +1111,12 @@ def test_every_request_is_bounded_by_the_http_timeout(endpoints, app, smoke, scr
 
 
 def test_smoke_images_and_classes_must_pair_up(endpoints, app, smoke):
+    """Two images with four classes: refused before any prediction, not sent as a batch of
+    four half images."""
     endpoints.serve(HOST, app)
     with pytest.raises(ValueError):
-        smoke_test(BASE, candidate(), SmokeImages(smoke.images, smoke.classes[:-1]), timeout=1)
+        smoke_test(BASE, candidate(), SmokeImages(smoke.images[:2], smoke.classes[:4]), timeout=1)
+    assert [method for method, _ in endpoints.requests].count("POST") == 2
 
 
 def test_register_of_a_container_without_command_or_variables(scripted):

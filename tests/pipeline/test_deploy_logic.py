@@ -84,7 +84,7 @@ def gated_stand_in(model_path: Path, filename: str = "mnist-8.onnx", **more) -> 
 
 
 @pytest.fixture
-def aws(monkeypatch) -> Iterator[None]:
+def moto_in_process(monkeypatch) -> Iterator[None]:
     """moto in this process: S3 and ECR answer without any socket."""
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_ECR"):
         monkeypatch.delenv(name, raising=False)
@@ -222,7 +222,7 @@ def s3_object(key: str) -> bytes:
 
 
 def test_the_model_and_its_copy_are_published_under_the_models_sha256(
-    aws, mnist8_path, tmp_path, capsys
+    moto_in_process, mnist8_path, tmp_path, capsys
 ):
     copy_path = tmp_path / "copy.onnx"
     copy_path.write_bytes(b"batched copy")
@@ -247,7 +247,7 @@ def test_the_model_and_its_copy_are_published_under_the_models_sha256(
     )
 
 
-def test_the_published_name_is_the_files_or_the_models(aws, mnist8_path):
+def test_the_published_name_is_the_files_or_the_models(moto_in_process, mnist8_path):
     env = environment()
     nested = gated_stand_in(mnist8_path, filename="models/v2/digits.onnx")
     assert publish_model(env, nested, None) == (
@@ -394,7 +394,7 @@ def create_repository(name: str) -> None:
     boto3.client("ecr", region_name="us-east-1").create_repository(repositoryName=name)
 
 
-def test_a_new_commit_is_built_and_pushed(aws, cli, mnist8_path, monkeypatch):
+def test_a_new_commit_is_built_and_pushed(moto_in_process, cli, mnist8_path, monkeypatch):
     create_repository("onnx-ship-dev")
     monkeypatch.setenv("BASE_IMAGE", "python:3.12-slim")
     image = build_and_push(environment(), gated_stand_in(mnist8_path), SHA)
@@ -408,7 +408,7 @@ def test_a_new_commit_is_built_and_pushed(aws, cli, mnist8_path, monkeypatch):
     assert cli.calls[2][4] == images.DEFAULT_BASE_IMAGE
 
 
-def test_a_commit_already_pushed_is_reused(aws, cli, capsys):
+def test_a_commit_already_pushed_is_reused(moto_in_process, cli, capsys):
     create_repository("onnx-ship-dev")
     pushed = put_image("onnx-ship-dev", SHA)
     put_image("onnx-ship-dev", "b" * 40)
@@ -463,7 +463,9 @@ SOURCE_URL = f"{REGISTRY}/onnx-ship-dev"
 VERIFIED = f"{SOURCE_URL}:{promotion.verified_tag(TREE, MNIST8_SHA256)}"
 
 
-def test_promotion_ships_the_image_the_source_verified(aws, cli, mnist8_path, monkeypatch, capsys):
+def test_promotion_ships_the_image_the_source_verified(
+    moto_in_process, cli, mnist8_path, monkeypatch, capsys
+):
     monkeypatch.delenv("DEPLOY_UNVERIFIED", raising=False)
     cli.available.add(VERIFIED)
     image, chosen = promote(
@@ -479,14 +481,16 @@ def test_promotion_ships_the_image_the_source_verified(aws, cli, mnist8_path, mo
     assert capsys.readouterr().err == f"deploy: promoting {VERIFIED}, verified on dev\n"
 
 
-def test_promotion_finds_the_cli_itself(aws, cli, mnist8_path, monkeypatch):
+def test_promotion_finds_the_cli_itself(moto_in_process, cli, mnist8_path, monkeypatch):
     monkeypatch.delenv("DEPLOY_UNVERIFIED", raising=False)
     cli.available.add(VERIFIED)
     promote(environment("prod"), "dev", SOURCE_URL, gated_stand_in(mnist8_path), SHA)
     assert cli.calls[-1][-1] is True  # pushed with the CLI images.find_cli gave
 
 
-def test_promotion_of_what_the_source_never_verified_stops(aws, cli, mnist8_path, monkeypatch):
+def test_promotion_of_what_the_source_never_verified_stops(
+    moto_in_process, cli, mnist8_path, monkeypatch
+):
     monkeypatch.delenv("DEPLOY_UNVERIFIED", raising=False)
     with pytest.raises(DeployError) as raised:
         promote(environment("prod"), "dev", SOURCE_URL, gated_stand_in(mnist8_path), SHA)
@@ -499,7 +503,9 @@ def test_promotion_of_what_the_source_never_verified_stops(aws, cli, mnist8_path
     assert [c[0] for c in cli.calls] == ["login", "pull"]
 
 
-def test_an_unverified_promotion_builds_when_asked_to(aws, cli, mnist8_path, monkeypatch, capsys):
+def test_an_unverified_promotion_builds_when_asked_to(
+    moto_in_process, cli, mnist8_path, monkeypatch, capsys
+):
     create_repository("onnx-ship-prod")
     monkeypatch.setenv("DEPLOY_UNVERIFIED", "true")
     image, chosen = promote(
@@ -515,7 +521,7 @@ def test_an_unverified_promotion_builds_when_asked_to(aws, cli, mnist8_path, mon
     )
 
 
-def test_a_released_image_is_tagged_verified(aws, cli, capsys):
+def test_a_released_image_is_tagged_verified(moto_in_process, cli, capsys):
     released = f"{REGISTRY}/onnx-ship-dev@{DIGEST}"
     cli.available.add(released)
     tag = mark_verified(environment(), released, SHA, MNIST8_SHA256)
@@ -528,7 +534,7 @@ def test_a_released_image_is_tagged_verified(aws, cli, capsys):
     assert capsys.readouterr().err == f"deploy: tagged {released} as {tag}\n"
 
 
-def test_a_released_image_that_cannot_be_pulled_is_named(aws, cli):
+def test_a_released_image_that_cannot_be_pulled_is_named(moto_in_process, cli):
     released = f"{REGISTRY}/onnx-ship-dev@{DIGEST}"
     with pytest.raises(DeployError) as raised:
         mark_verified(environment(), released, SHA, MNIST8_SHA256)
@@ -601,7 +607,7 @@ def passed_gate(model_path: Path) -> SimpleNamespace:
 
 
 def test_a_deploy_gates_publishes_builds_releases_and_tags(
-    aws, cli, mnist8_path, monkeypatch, tmp_path
+    moto_in_process, cli, mnist8_path, monkeypatch, tmp_path
 ):
     create_repository("onnx-ship-dev")
     copy = tmp_path / "copy.onnx"
@@ -636,7 +642,9 @@ def test_a_deploy_gates_publishes_builds_releases_and_tags(
     assert steps.verified == [(steps.env, image, SHA, MNIST8_SHA256)]
 
 
-def test_a_deploy_without_a_batched_copy_releases_none(aws, cli, mnist8_path, monkeypatch):
+def test_a_deploy_without_a_batched_copy_releases_none(
+    moto_in_process, cli, mnist8_path, monkeypatch
+):
     create_repository("onnx-ship-dev")
     steps = Steps(environment(), passed_gate(mnist8_path))
     steps.outcome = Outcome({"release_id": "r1"}, "td:2", "td:1", True)
@@ -646,7 +654,9 @@ def test_a_deploy_without_a_batched_copy_releases_none(aws, cli, mnist8_path, mo
     assert (candidate.batched_url, candidate.batched_sha256) == ("", "")
 
 
-def test_a_promoting_deploy_records_where_its_image_comes_from(aws, cli, mnist8_path, monkeypatch):
+def test_a_promoting_deploy_records_where_its_image_comes_from(
+    moto_in_process, cli, mnist8_path, monkeypatch
+):
     monkeypatch.delenv("DEPLOY_UNVERIFIED", raising=False)
     monkeypatch.delenv("DEV_ECR_REPOSITORY_URL", raising=False)
     monkeypatch.setattr(
@@ -669,7 +679,7 @@ def test_a_promoting_deploy_records_where_its_image_comes_from(aws, cli, mnist8_
 
 
 def test_a_rolled_back_release_fails_the_deploy_and_tags_nothing(
-    aws, cli, mnist8_path, monkeypatch
+    moto_in_process, cli, mnist8_path, monkeypatch
 ):
     create_repository("onnx-ship-dev")
     steps = Steps(environment(), passed_gate(mnist8_path))

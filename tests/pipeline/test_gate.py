@@ -307,6 +307,24 @@ def test_degraded_model_fails_the_gate(
     assert "not pinned by a sha256" in report["notes"][0]
 
 
+def test_every_failed_check_is_named_in_the_error(
+    degraded_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Below the minimum and below prod's champion: both reasons, then the report."""
+    deployments = tmp_path / "deployments"
+    records.write(str(deployments / "prod"), _record(0.9920))
+    monkeypatch.setenv("DEPLOYMENTS_URL", str(deployments))
+    monkeypatch.setenv("MODEL_URL", str(degraded_model))
+    assert cli.main(["gate", "prod", "--report-dir", str(tmp_path / "report")]) == 2
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert len(report["reasons"]) >= 2
+    expected = "gate failed: " + "; ".join(report["reasons"]) + f" (report: {tmp_path / 'report'}"
+    assert expected in capsys.readouterr().err
+
+
 def test_csv_test_data_gives_the_same_accuracy_as_idx(
     result: GateResult, t10k: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -377,3 +395,47 @@ def test_only_a_succeeded_latest_record_is_the_champion(tmp_path: Path) -> None:
     assert champion.accuracy == 0.9920
     records.write(f"{deployments}/prod", {**_record(0.9950), "outcome": "rolled_back"})
     assert read_champion(deployments, "prod") is None
+
+
+def test_gate_model_hands_on_what_the_gate_found(
+    reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gate_model downloads into the cache it is given, gates against the environment's
+    champion, writes the report and the job summary, and returns what the gate produced."""
+    import shutil
+    import urllib.parse
+
+    from pipeline.gating import gate_model
+    from pipeline.reference import fetch_artifact
+
+    # The remote artifacts already in the given cache (where a download puts them), and no
+    # FIXTURES_DIR: only that cache can answer.
+    cache = tmp_path / "cache"
+    for artifact in (reference.model, reference.test_images, reference.test_labels):
+        name = Path(urllib.parse.urlparse(artifact.url).path).name
+        (cache / artifact.sha256).mkdir(parents=True)
+        shutil.copy(fetch_artifact(artifact), cache / artifact.sha256 / name)
+    monkeypatch.delenv("FIXTURES_DIR", raising=False)
+    deployments = tmp_path / "deployments"
+    records.write(str(deployments / "prod"), _record(0.9920))
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    said: list[str] = []
+    gated = gate_model(
+        reference,
+        environment="prod",
+        deployments_url=str(deployments),
+        report_dir=tmp_path / "report",
+        cache_dir=cache,
+        say=said.append,
+    )
+    assert gated.downloaded.model_path.parent == cache / reference.model.sha256
+    assert gated.result.environment == "prod"
+    assert gated.result.passed and gated.model is gated.result.model
+    assert gated.report == tmp_path / "report" / "report.json"
+    assert json.loads(gated.report.read_text())["environment"] == "prod"
+    assert "Champion: prod release `20250101T000000Z-champ`" in summary.read_text()
+    assert said[-1] == (
+        f"report: {tmp_path / 'report' / 'report.json'} and {tmp_path / 'report' / 'report.md'}"
+        f" ({gated.result.duration_seconds:.1f} s)"
+    )

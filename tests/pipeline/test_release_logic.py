@@ -1,0 +1,1285 @@
+"""A release's decisions, in-process: ECS scripted with botocore's Stubber (every request and
+answer validated against ECS's service model), deployment records in a directory, and the
+service's real ASGI app answering the smoke test through urllib (tests/pipeline/inprocess.py).
+
+The integration tests (test_release.py, test_rollout.py) run the same code against moto and
+uvicorn servers; these check each answer, record and message exactly, fast enough to run
+for every mutant of pipeline/release.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from unittest import mock
+
+import boto3
+import numpy as np
+import pytest
+from botocore.stub import ANY, Stubber
+
+from pipeline import records
+from pipeline import release as release_module
+from pipeline.environment import Environment, MissingEnvironment
+from pipeline.release import (
+    RELEASE_VARIABLES,
+    Candidate,
+    Ecs,
+    ReleaseError,
+    SmokeImages,
+    format_status,
+    release,
+    release_id,
+    rollback,
+    smoke_test,
+    status,
+    task_environment,
+)
+from service.app import create_app
+from tests.pipeline.inprocess import Clock, Endpoints
+from tests.pipeline.test_rollout import (
+    ACCOUNT,
+    BOOTSTRAP,
+    CLUSTER,
+    FAMILY,
+    NEXT,
+    RELEASED,
+    SERVICE,
+    ScriptedEcs,
+    deployment,
+    environment,
+    service,
+)
+from tests.service.conftest import MNIST8_SHA256, model, settings  # noqa: F401 (fixtures)
+
+HOST = "svc.test"
+BASE = f"http://{HOST}"
+TOKEN = "t0ken-for-the-smoke-test-0123456789"
+OTHER_SHA256 = "0" * 64
+IMAGE = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/onnx-ship-dev@sha256:{'1' * 64}"
+
+
+@pytest.fixture
+def endpoints():
+    with Endpoints().installed() as served:
+        yield served
+
+
+@pytest.fixture
+def app(settings, model):  # noqa: F811 (fixtures)
+    return create_app(settings, model=model)
+
+
+@pytest.fixture
+def protected_app(settings, model):  # noqa: F811 (fixtures)
+    return create_app(replace(settings, api_tokens=(TOKEN,)), model=model)
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(release_module, "time", clock.as_time_module())
+    return clock
+
+
+@pytest.fixture
+def scripted():
+    ecs = ScriptedEcs()
+    with ecs.stubber:
+        yield ecs
+        ecs.stubber.assert_no_pending_responses()
+
+
+def candidate(git_sha: str = "a" * 40, **changes) -> Candidate:
+    made = Candidate(
+        image=IMAGE,
+        git_sha=git_sha,
+        model_name="mnist-8",
+        model_url=f"s3://bucket/models/{MNIST8_SHA256}/mnist-8.onnx",
+        model_sha256=MNIST8_SHA256,
+        gate={"accuracy": 0.9891, "passed": True},
+    )
+    return replace(made, **changes)
+
+
+# -- names and variables -------------------------------------------------------------
+
+
+def test_a_release_id_is_the_utc_second_and_the_short_sha():
+    moment = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    assert release_id("0123456789abcdef0123", moment) == "20260304T050607Z-0123456789ab"
+    made = release_id("fedcba9876543210")
+    assert made.endswith("Z-fedcba987654")
+    assert len(made) == len("20260304T050607Z-") + 12
+
+
+def test_a_release_id_is_utc_whatever_the_local_zone(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: no hour in common with UTC
+    time.tzset()
+    try:
+        before = datetime.now(UTC).strftime("%Y%m%dT%H")
+        made = release_id("fedcba9876543210")
+        after = datetime.now(UTC).strftime("%Y%m%dT%H")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert made[:11] in (before, after)
+
+
+def test_the_task_environment_is_exactly_the_release_variables():
+    labelled = candidate(
+        batched_url="s3://bucket/models/x/batched-y.onnx", batched_sha256="b" * 64, labels=("a",)
+    )
+    assert task_environment(labelled) == {
+        "MODEL_URL": labelled.model_url,
+        "MODEL_SHA256": MNIST8_SHA256,
+        "MODEL_NAME": "mnist-8",
+        "MODEL_BATCHED_URL": "s3://bucket/models/x/batched-y.onnx",
+        "MODEL_BATCHED_SHA256": "b" * 64,
+        "MODEL_LABELS": '["a"]',
+        "GIT_SHA": "a" * 40,
+    }
+    assert tuple(task_environment(candidate())) == RELEASE_VARIABLES
+    assert task_environment(candidate())["MODEL_BATCHED_URL"] == ""
+    assert task_environment(candidate())["MODEL_BATCHED_SHA256"] == ""
+    assert task_environment(candidate())["MODEL_LABELS"] == ""
+
+
+# -- ECS calls: what is sent ------------------------------------------------------------
+
+BASE_TASK = {
+    "family": FAMILY,
+    "taskDefinitionArn": BOOTSTRAP,
+    "revision": 1,
+    "status": "ACTIVE",
+    "taskRoleArn": f"arn:aws:iam::{ACCOUNT}:role/task",
+    "executionRoleArn": f"arn:aws:iam::{ACCOUNT}:role/execution",
+    "networkMode": "awsvpc",
+    "volumes": [],
+    "placementConstraints": [],
+    "requiresCompatibilities": ["FARGATE"],
+    "cpu": "512",
+    "memory": "1024",
+    "runtimePlatform": {"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"},
+    "ephemeralStorage": {"sizeInGiB": 21},
+    "containerDefinitions": [
+        {
+            "name": "server",
+            "image": "onnx-ship-dev:bootstrap",
+            "command": ["python", "-c", "placeholder"],
+            "environment": [
+                {"name": "APP_ENV", "value": "dev"},
+                {"name": "MODEL_NAME", "value": "old"},
+            ],
+        },
+        {"name": "sidecar", "image": "agent:1", "command": ["agent"]},
+    ],
+}
+
+
+def expect_register(scripted: ScriptedEcs, base: dict, revision: str, sent: dict) -> None:
+    scripted.stubber.add_response(
+        "describe_task_definition", {"taskDefinition": base}, {"taskDefinition": BOOTSTRAP}
+    )
+    scripted.stubber.add_response(
+        "register_task_definition",
+        {"taskDefinition": {"taskDefinitionArn": revision, "family": FAMILY}},
+        sent,
+    )
+
+
+def registered_request(environment: dict[str, str]) -> dict:
+    """What register sends for BASE_TASK: its fields but the empty ones, the server's image
+    and variables replaced, its placeholder command gone, the sidecar untouched."""
+    merged = {"APP_ENV": "dev", "MODEL_NAME": "old", **environment}
+    return {
+        "family": FAMILY,
+        "taskRoleArn": BASE_TASK["taskRoleArn"],
+        "executionRoleArn": BASE_TASK["executionRoleArn"],
+        "networkMode": "awsvpc",
+        "requiresCompatibilities": ["FARGATE"],
+        "cpu": "512",
+        "memory": "1024",
+        "runtimePlatform": BASE_TASK["runtimePlatform"],
+        "ephemeralStorage": {"sizeInGiB": 21},
+        "containerDefinitions": [
+            {
+                "name": "server",
+                "image": IMAGE,
+                "environment": [{"name": k, "value": v} for k, v in sorted(merged.items())],
+            },
+            {"name": "sidecar", "image": "agent:1", "command": ["agent"]},
+        ],
+    }
+
+
+def test_register_replaces_the_image_and_variables_and_keeps_every_other_field(scripted):
+    variables = {"MODEL_NAME": "mnist-8", "GIT_SHA": "a" * 40}
+    expect_register(scripted, BASE_TASK, NEXT, registered_request(variables))
+    assert scripted.ecs().register(BOOTSTRAP, "server", IMAGE, variables) == NEXT
+
+
+def test_register_without_the_container_names_the_output_to_check(scripted):
+    scripted.stubber.add_response(
+        "describe_task_definition", {"taskDefinition": BASE_TASK}, {"taskDefinition": BOOTSTRAP}
+    )
+    with pytest.raises(ReleaseError) as raised:
+        scripted.ecs().register(BOOTSTRAP, "web", IMAGE, {})
+    assert str(raised.value) == (
+        f"task definition {BOOTSTRAP} has no container 'web'; check the "
+        "environment's container_name output"
+    )
+
+
+def test_update_points_the_service_and_answers_the_primary_deployment(scripted):
+    ours = deployment("ecs-svc/0002", NEXT, "PRIMARY", "IN_PROGRESS")
+    old = deployment("ecs-svc/0001", RELEASED, "ACTIVE", "COMPLETED")
+    scripted.stubber.add_response(
+        "update_service",
+        {"service": service(NEXT, old, ours)},
+        {"cluster": CLUSTER, "service": SERVICE, "taskDefinition": NEXT},
+    )
+    scripted.stubber.add_response(
+        "update_service",
+        {"service": service(NEXT, old)},
+        {"cluster": CLUSTER, "service": SERVICE, "taskDefinition": NEXT},
+    )
+    ecs = scripted.ecs()
+    assert ecs.update(CLUSTER, SERVICE, NEXT) == "ecs-svc/0002"
+    assert ecs.update(CLUSTER, SERVICE, NEXT) == ""
+
+
+def test_the_current_task_definition_is_the_services(scripted):
+    scripted.stubber.add_response(
+        "describe_services",
+        {"services": [service(RELEASED)]},
+        {"cluster": CLUSTER, "services": [SERVICE]},
+    )
+    assert scripted.ecs().current_task_definition(CLUSTER, SERVICE) == RELEASED
+
+
+def test_a_service_missing_from_the_answer_is_not_active(scripted):
+    scripted.stubber.add_response("describe_services", {"failures": []})
+    with pytest.raises(ReleaseError, match=f"ECS service {SERVICE!r} is not active"):
+        scripted.ecs().service(CLUSTER, SERVICE)
+
+
+# -- waiting for a rollout, on a virtual clock -------------------------------------------
+
+
+def test_the_wait_asks_until_its_bound_then_names_deployment_and_bound(scripted, clock):
+    going = service(RELEASED, deployment("ecs-svc/0002", RELEASED, "PRIMARY", "IN_PROGRESS"))
+    for _ in range(3):  # at 0, 10 and 20 s; 20 s is the bound
+        scripted.describe(going)
+    ecs = Ecs(scripted.client, poll_seconds=10, sleep=clock.sleep)
+    with pytest.raises(ReleaseError) as raised:
+        ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=20)
+    assert str(raised.value) == (
+        f"deployment ecs-svc/0002 of {RELEASED} did not complete within 20 s"
+    )
+    assert clock.slept == [10, 10]
+
+
+def test_an_answer_after_an_error_clears_the_error_from_the_message(scripted, clock):
+    scripted.throttled()
+    scripted.describe(
+        service(RELEASED, deployment("ecs-svc/0002", RELEASED, "PRIMARY", "IN_PROGRESS"))
+    )
+    ecs = Ecs(scripted.client, poll_seconds=5, sleep=clock.sleep)
+    with pytest.raises(ReleaseError) as raised:
+        ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=5)
+    assert str(raised.value).endswith("did not complete within 5 s")
+
+
+def test_the_default_poll_interval_is_ten_seconds(scripted, clock):
+    scripted.describe(
+        service(RELEASED, deployment("ecs-svc/0002", RELEASED, "PRIMARY", "IN_PROGRESS"))
+    )
+    scripted.describe(
+        service(RELEASED, deployment("ecs-svc/0002", RELEASED, "PRIMARY", "COMPLETED"))
+    )
+    Ecs(scripted.client, sleep=clock.sleep).wait_for_rollout(
+        CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=60
+    )
+    assert clock.slept == [10.0]
+
+
+# -- the smoke test through the service's ASGI app ------------------------------------
+
+
+def test_a_service_serving_the_candidate_passes_the_smoke_test(endpoints, app, smoke, clock):
+    base = endpoints.serve("svc-X", app)  # only the trailing "/" comes off the endpoint
+    smoke_test(base + "/", candidate(), smoke, timeout=1, sleep=clock.sleep)
+    assert endpoints.requests[0] == ("GET", f"{base}/v2/health/ready")
+    assert endpoints.requests[1] == ("GET", f"{base}/v2/models/mnist-8")
+    posts = [url for method, url in endpoints.requests if method == "POST"]
+    assert posts == [f"{base}/predict"] * (len(smoke.classes) + 1)
+    assert clock.slept == []
+    # Without a token, no Authorization header at all.
+    assert not any("Authorization" in headers for headers in endpoints.headers)
+
+
+def test_a_wrong_class_fails_the_smoke_test_naming_the_image(endpoints, app, smoke):
+    endpoints.serve(HOST, app)
+    right = smoke.classes
+    wrong = [*right[:2], (right[2] + 1) % 10, *right[3:]]
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), SmokeImages(smoke.images, wrong), timeout=1)
+    assert str(raised.value) == (
+        f"smoke test failed on 1/{len(right)} images: image 2: expected {wrong[2]}, "
+        f"got {right[2]} (HTTP 200)"
+    )
+
+
+def test_the_message_names_at_most_three_wrong_images(endpoints, app, smoke):
+    endpoints.serve(HOST, app)
+    wrong = [(c + 1) % 10 for c in smoke.classes]
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), SmokeImages(smoke.images, wrong), timeout=1)
+    right = smoke.classes
+    assert str(
+        raised.value
+    ) == f"smoke test failed on {len(wrong)}/{len(wrong)} images: " + "; ".join(
+        f"image {i}: expected {wrong[i]}, got {right[i]} (HTTP 200)" for i in range(3)
+    )
+
+
+def test_images_the_service_refuses_name_its_answer(endpoints, app, smoke):
+    endpoints.serve(HOST, app)
+    ten_pixels = SmokeImages(smoke.images[:1].reshape(1, -1)[:, :10], [7])
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), ten_pixels, timeout=1)
+    message = str(raised.value)
+    assert message.startswith("smoke test failed on 1/1 images: image 0: expected 7, got b'{")
+    assert message.endswith("(HTTP 400)")
+
+
+def test_the_batch_is_checked_after_the_single_images(endpoints, smoke):
+    """A service answering single rows right but batches wrong fails on the batch."""
+    answers = BatchMisanswering(smoke.classes)
+    endpoints.serve(HOST, answers.app())
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), smoke, timeout=1)
+    assert str(raised.value) == (
+        f"smoke test failed on the batch: expected {smoke.classes}, "
+        f"got {smoke.classes[::-1]} (HTTP 200)"
+    )
+    assert answers.batch == smoke.images.reshape(len(smoke.classes), -1).tolist()
+
+
+class BatchMisanswering:
+    """A stand-in service: ready, serving mnist-8, right on single rows, batches reversed."""
+
+    def __init__(self, classes: list[int]) -> None:
+        self.classes = classes
+        self.singles = 0
+        self.batch: list | None = None
+
+    def app(self):
+        import falcon
+        import falcon.asgi
+
+        outer = self
+
+        class Ready:
+            async def on_get(self, req, resp):
+                resp.media = {"ready": True}
+
+        class Model:
+            async def on_get(self, req, resp, name):
+                resp.media = {"name": name, "parameters": {"sha256": MNIST8_SHA256}}
+
+        class Predict:
+            async def on_post(self, req, resp):
+                data = (await req.get_media())["data"]
+                if isinstance(data[0], list):
+                    outer.batch = data
+                    resp.media = {"predictions": outer.classes[::-1]}
+                else:
+                    resp.media = {"prediction": outer.classes[outer.singles]}
+                    outer.singles += 1
+
+        app = falcon.asgi.App()
+        app.add_route("/v2/health/ready", Ready())
+        app.add_route("/v2/models/{name}", Model())
+        app.add_route("/predict", Predict())
+        return app
+
+
+def test_a_service_serving_another_model_fails_naming_both_sha256s(endpoints, app, smoke):
+    endpoints.serve(HOST, app)
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(model_sha256=OTHER_SHA256), smoke, timeout=1)
+    assert str(raised.value) == (
+        f"{BASE} serves model sha256 {MNIST8_SHA256} (HTTP 200), not the released {OTHER_SHA256}"
+    )
+
+
+def test_a_model_name_the_service_does_not_serve_fails_with_its_status(endpoints, app, smoke):
+    endpoints.serve(HOST, app)
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(model_name="mnist-12"), smoke, timeout=1)
+    assert str(raised.value) == (
+        f"{BASE} serves model sha256 None (HTTP 404), not the released {MNIST8_SHA256}"
+    )
+
+
+def test_an_unreachable_service_is_polled_until_the_bound(endpoints, smoke, clock):
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), smoke, timeout=6, poll_seconds=2, sleep=clock.sleep)
+    assert str(raised.value) == (
+        f"{BASE} did not become ready within 6 s: unreachable (<urlopen error "
+        "[Errno 111] Connection refused>)"
+    )
+    assert clock.slept == [2, 2, 2]
+    assert endpoints.requests == [("GET", f"{BASE}/v2/health/ready")] * 4
+
+
+def starting_app():
+    """A stand-in service still starting: 503 on every route, as the service answers
+    before its model is loaded."""
+    import falcon
+    import falcon.asgi
+
+    class Starting:
+        async def on_get(self, req, resp, **params):
+            resp.status = falcon.HTTP_503
+            resp.media = {"error": "model not loaded yet"}
+
+    app = falcon.asgi.App()
+    app.add_route("/v2/health/ready", Starting())
+    app.add_route("/v2/models/{name}", Starting())
+    return app
+
+
+def test_a_service_not_ready_is_named_with_its_status(endpoints, smoke, clock):
+    endpoints.serve(HOST, starting_app())
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), smoke, timeout=0, sleep=clock.sleep)
+    assert str(raised.value) == f"{BASE} did not become ready within 0 s: 503"
+
+
+def test_the_ready_wait_sleeps_two_seconds_by_default(endpoints, app, smoke, clock):
+    calls = []
+
+    def ready_on_second_call(seconds):
+        calls.append(seconds)
+        endpoints.serve(HOST, app)
+
+    smoke_test(BASE, candidate(), smoke, timeout=10, sleep=ready_on_second_call)
+    assert calls == [2.0]
+
+
+def test_a_token_is_presented_and_a_request_without_it_must_be_refused(
+    endpoints, protected_app, smoke
+):
+    endpoints.serve(HOST, protected_app)
+    smoke_test(BASE, candidate(), smoke, timeout=1, token=TOKEN)
+    posts = [url for method, url in endpoints.requests if method == "POST"]
+    assert len(posts) == len(smoke.classes) + 2  # the unauthenticated one first
+
+
+def test_a_service_without_authentication_fails_when_a_token_is_expected(endpoints, app, smoke):
+    endpoints.serve(HOST, app)
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), smoke, timeout=1, token=TOKEN)
+    assert str(raised.value) == (
+        f"{BASE}/predict answered HTTP 200 to a request without a token: the service does "
+        "not require authentication (is API_TOKENS in the task definition's secrets?)"
+    )
+
+
+def test_a_refused_token_names_the_secret_output(endpoints, protected_app, smoke):
+    endpoints.serve(HOST, protected_app)
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), smoke, timeout=1, token=TOKEN[::-1])
+    assert str(raised.value) == (
+        f"{BASE} refused the pipeline's token (HTTP 401): the environment's "
+        "api_token_secret_arn output must name the secret the task definition injects"
+    )
+
+
+def test_a_protected_service_without_a_token_names_the_missing_output(
+    endpoints, protected_app, smoke
+):
+    endpoints.serve(HOST, protected_app)
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), smoke, timeout=1)
+    assert str(raised.value) == (
+        f"{BASE} requires a bearer token (HTTP 401), and the environment names no "
+        "api_token_secret_arn to read it from"
+    )
+
+
+# -- whole releases --------------------------------------------------------------------
+
+
+def expect_release_start(scripted: ScriptedEcs, running: str, revision: str) -> None:
+    scripted.stubber.add_response(
+        "describe_services",
+        {
+            "services": [
+                service(running, deployment("ecs-svc/0001", running, "PRIMARY", "COMPLETED"))
+            ]
+        },
+        {"cluster": CLUSTER, "services": [SERVICE]},
+    )
+    expect_register(
+        scripted,
+        BASE_TASK,
+        revision,
+        {**registered_request(task_environment(candidate())), "containerDefinitions": ANY},
+    )
+
+
+def expect_deployment(scripted: ScriptedEcs, revision: str, deployment_id: str, *states: str):
+    ours = deployment(deployment_id, revision, "PRIMARY", "IN_PROGRESS")
+    scripted.stubber.add_response(
+        "update_service",
+        {"service": service(revision, ours)},
+        {"cluster": CLUSTER, "service": SERVICE, "taskDefinition": revision},
+    )
+    for state in states:
+        scripted.describe(service(revision, deployment(deployment_id, revision, "PRIMARY", state)))
+
+
+def test_a_release_that_holds_is_recorded_whole(scripted, endpoints, app, smoke, tmp_path, clock):
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "IN_PROGRESS", "COMPLETED")
+    said: list[str] = []
+    shipped = candidate(provenance={"promoted_from": "dev"})
+    outcome = release(env, shipped, smoke, ecs=scripted.ecs(), say=said.append, sleep=clock.sleep)
+    assert (outcome.succeeded, outcome.reason) == (True, "")
+    assert datetime.fromisoformat(outcome.record["finished_at"]).utcoffset().total_seconds() == 0
+    assert (outcome.task_definition, outcome.previous_task_definition) == (NEXT, BOOTSTRAP)
+    record = dict(outcome.record)
+    started = datetime.fromisoformat(record.pop("started_at"))
+    finished = datetime.fromisoformat(record.pop("finished_at"))
+    assert started.tzinfo is not None and started <= finished
+    assert record == {
+        "release_id": release_id("a" * 40, started),
+        "environment": "dev",
+        "git_sha": "a" * 40,
+        "image": IMAGE,
+        "model_name": "mnist-8",
+        "model_url": shipped.model_url,
+        "model_sha256": MNIST8_SHA256,
+        "gate": {"accuracy": 0.9891, "passed": True},
+        "promoted_from": "dev",
+        "previous_task_definition": BOOTSTRAP,
+        "task_definition": NEXT,
+        "deployment_id": "ecs-svc/0002",
+        "outcome": "succeeded",
+    }
+    assert records.read_latest(env.records_url) == outcome.record
+    assert said == [
+        f"registered {NEXT} (image {IMAGE})",
+        f"service {SERVICE}: deployment ecs-svc/0002 of {NEXT}; waiting for COMPLETED",
+        f"completed; smoke-testing {BASE}",
+        f"released {outcome.record['release_id']} to dev",
+    ]
+
+
+def test_a_failed_smoke_test_returns_to_the_last_release_and_records_why(
+    scripted, endpoints, app, smoke, tmp_path, clock
+):
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    last = {
+        "release_id": "20260101T000000Z-bbbbbbbbbbbb",
+        "model_sha256": MNIST8_SHA256,
+        "outcome": "succeeded",
+        "gate": {"accuracy": 0.99},
+        "task_definition": RELEASED,
+    }
+    records.write(env.records_url, last)
+    # The service runs something else now (a hand-made change): the release still
+    # returns to the last successful release, not to what ran.
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0003", "COMPLETED")
+    expect_deployment(scripted, RELEASED, "ecs-svc/0004", "COMPLETED")
+    said: list[str] = []
+    outcome = release(
+        env,
+        candidate(model_sha256=OTHER_SHA256),
+        smoke,
+        ecs=scripted.ecs(),
+        say=said.append,
+        sleep=clock.sleep,
+        smoke_timeout=1,
+    )
+    why = f"{BASE} serves model sha256 {MNIST8_SHA256} (HTTP 200), not the released {OTHER_SHA256}"
+    assert (outcome.succeeded, outcome.reason) == (False, why)
+    assert (outcome.task_definition, outcome.previous_task_definition) == (NEXT, BOOTSTRAP)
+    assert outcome.record["outcome"] == "rolled_back"
+    assert outcome.record["reason"] == why
+    assert datetime.fromisoformat(outcome.record["finished_at"]).utcoffset().total_seconds() == 0
+    assert records.read_latest(env.records_url) == last
+    (attempt,) = [r for r in records.list_records(env.records_url) if r.get("git_sha")]
+    assert attempt == outcome.record
+    assert said[-1] == f"release failed: {why}; rolling back to {RELEASED}"
+
+
+def test_a_failed_first_release_returns_to_what_ran_before(
+    scripted, endpoints, smoke, tmp_path, clock
+):
+    env = environment(BASE, tmp_path)  # nothing serves it: the smoke test never sees ready
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
+    outcome = release(
+        env,
+        candidate(),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+        sleep=clock.sleep,
+        smoke_timeout=4,
+    )
+    assert not outcome.succeeded
+    assert outcome.reason.startswith(f"{BASE} did not become ready within 4 s: unreachable")
+    assert clock.slept == [2.0, 2.0]
+    assert records.read_latest(env.records_url) is None
+
+
+def test_a_rollback_that_does_not_complete_is_recorded_as_failed(
+    scripted, endpoints, smoke, tmp_path, clock
+):
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.stubber.add_client_error(
+        "update_service",
+        "ServerException",
+        "ECS is down",
+        500,
+        expected_params={"cluster": CLUSTER, "service": SERVICE, "taskDefinition": BOOTSTRAP},
+    )
+    outcome = release(
+        env,
+        candidate(),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+        sleep=clock.sleep,
+        smoke_timeout=0,
+    )
+    assert outcome.record["outcome"] == "failed"
+    assert outcome.reason == (
+        f"{BASE} did not become ready within 0 s: unreachable (<urlopen error [Errno 111] "
+        f"Connection refused>); the rollback to {BOOTSTRAP} did not complete: An error "
+        "occurred (ServerException) when calling the UpdateService operation: ECS is down"
+    )
+    assert outcome.record["reason"] == outcome.reason
+
+
+def test_an_ecs_error_on_the_update_rolls_back(scripted, endpoints, smoke, tmp_path, clock):
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    scripted.stubber.add_client_error("update_service", "AccessDeniedException", "no", 400)
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
+    outcome = release(
+        env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None, sleep=clock.sleep
+    )
+    assert outcome.record["outcome"] == "rolled_back"
+    assert "AccessDeniedException" in outcome.reason
+    assert "deployment_id" not in outcome.record
+
+
+def test_the_deployment_wait_is_bounded_by_the_stable_timeout(
+    scripted, endpoints, smoke, tmp_path, clock
+):
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "IN_PROGRESS", "IN_PROGRESS")
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "IN_PROGRESS", "COMPLETED")
+    ecs = Ecs(scripted.client, poll_seconds=30, sleep=clock.sleep)
+    outcome = release(
+        env,
+        candidate(),
+        smoke,
+        ecs=ecs,
+        say=lambda m: None,
+        sleep=clock.sleep,
+        stable_timeout=30,
+    )
+    assert outcome.reason == (f"deployment ecs-svc/0002 of {NEXT} did not complete within 30 s")
+    assert outcome.record["outcome"] == "rolled_back"
+
+
+def test_default_bounds_are_fifteen_and_five_minutes(scripted, endpoints, smoke, tmp_path, clock):
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
+    outcome = release(
+        env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None, sleep=clock.sleep
+    )
+    assert " within 300 s" in outcome.reason
+    assert sum(clock.slept) == 300
+
+
+def test_a_token_secret_is_read_before_anything_changes(scripted, smoke, tmp_path):
+    """An environment whose secret cannot be read stops before any ECS call."""
+    env = replace(environment(BASE, tmp_path), api_token_secret_arn="arn:aws:secretsmanager:x")
+    with secret_holding(None), pytest.raises(MissingEnvironment):
+        release(env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None)
+
+
+@contextmanager
+def secret_holding(value: str | None) -> Iterator[None]:
+    """Environment.client("secretsmanager") answers GetSecretValue with `value` (None: refused)."""
+    client = boto3.client(
+        "secretsmanager",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    stubber = Stubber(client)
+    if value is None:
+        stubber.add_client_error("get_secret_value", "AccessDeniedException", "no", 400)
+    else:
+        stubber.add_response("get_secret_value", {"SecretString": value, "Name": "tokens"})
+
+    def only_secrets(env, name):
+        assert name == "secretsmanager", name
+        return client
+
+    with stubber, mock.patch.object(Environment, "client", only_secrets):
+        yield
+        stubber.assert_no_pending_responses()
+
+
+def test_a_protected_release_presents_the_secrets_token(
+    scripted, endpoints, protected_app, smoke, tmp_path, clock
+):
+    endpoints.serve(HOST, protected_app)
+    env = replace(environment(BASE, tmp_path), api_token_secret_arn="arn:aws:secretsmanager:x")
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    with secret_holding(TOKEN):
+        outcome = release(
+            env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None, sleep=clock.sleep
+        )
+    assert outcome.succeeded, outcome.reason
+
+
+# -- rollback ------------------------------------------------------------------------
+
+
+def succeeded(release_id: str, task_definition: str, **more) -> dict:
+    return {
+        "release_id": release_id,
+        "model_sha256": MNIST8_SHA256,
+        "model_name": "mnist-8",
+        "outcome": "succeeded",
+        "gate": {"accuracy": 0.99},
+        "task_definition": task_definition,
+        "git_sha": "c" * 40,
+        "reason": "x",
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "finished_at": "2026-01-01T00:01:00+00:00",
+        "deployment_id": "ecs-svc/old",
+        **more,
+    }
+
+
+def test_rollback_returns_to_the_release_before_the_latest_and_records_it(
+    scripted, tmp_path, clock
+):
+    env = environment(BASE, tmp_path)
+    first = succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP)
+    second = succeeded("20260102T000000Z-cccccccccccc", RELEASED, image="img:2")
+    failed = {**succeeded("20260102T120000Z-dddddddddddd", NEXT), "outcome": "rolled_back"}
+    third = succeeded("20260103T000000Z-eeeeeeeeeeee", NEXT)
+    for record in (first, second, failed, third):
+        records.write(env.records_url, record)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    said: list[str] = []
+    record = rollback(env, ecs=scripted.ecs(), say=said.append)
+    now = datetime.fromisoformat(record.pop("started_at"))
+    assert datetime.fromisoformat(record.pop("finished_at")) >= now
+    assert record == {
+        "release_id": release_id("c" * 40, now),
+        "model_sha256": MNIST8_SHA256,
+        "model_name": "mnist-8",
+        "outcome": "succeeded",
+        "gate": {"accuracy": 0.99},
+        "task_definition": RELEASED,
+        "git_sha": "c" * 40,
+        "image": "img:2",
+        "rollback_of": third["release_id"],
+        "restores": second["release_id"],
+        "deployment_id": "ecs-svc/0009",
+        "previous_task_definition": NEXT,
+    }
+    assert records.read_latest(env.records_url)["restores"] == second["release_id"]
+    assert said == [
+        f"rolling dev back from {third['release_id']} to {second['release_id']} ({RELEASED})"
+    ]
+
+
+def test_rollback_of_a_record_without_a_sha_still_names_itself(scripted, tmp_path):
+    env = environment(BASE, tmp_path)
+    first = succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP)
+    del first["git_sha"]
+    records.write(env.records_url, first)
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0009", "COMPLETED")
+    record = rollback(env, ecs=scripted.ecs(), say=lambda m: None)
+    assert record["release_id"].endswith("Z-rollback")
+
+
+def test_rollback_waits_with_its_bound(scripted, tmp_path, clock):
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0009", "IN_PROGRESS", "IN_PROGRESS")
+    ecs = Ecs(scripted.client, poll_seconds=7, sleep=clock.sleep)
+    with pytest.raises(ReleaseError, match="did not complete within 7 s"):
+        rollback(env, ecs=ecs, say=lambda m: None, stable_timeout=7)
+    assert clock.slept == [7]
+
+
+def test_rollback_without_two_successful_releases_says_how_many(scripted, tmp_path):
+    env = environment(BASE, tmp_path)
+    with pytest.raises(ReleaseError) as raised:
+        rollback(env, ecs=scripted.ecs(), say=lambda m: None)
+    assert str(raised.value) == (
+        "dev has no earlier successful release to return to (0 successful release(s) recorded)"
+    )
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
+    records.write(
+        env.records_url,
+        {**succeeded("20260102T000000Z-cccccccccccc", RELEASED), "outcome": "failed"},
+    )
+    with pytest.raises(ReleaseError) as raised:
+        rollback(env, ecs=scripted.ecs(), say=lambda m: None)
+    assert str(raised.value).endswith("(1 successful release(s) recorded)")
+
+
+def test_rollback_when_the_latest_is_the_oldest_says_so(scripted, tmp_path):
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
+    with pytest.raises(ReleaseError) as raised:
+        rollback(env, ecs=scripted.ecs(), say=lambda m: None)
+    assert str(raised.value) == (
+        "dev has no successful release before 20260101T000000Z-cccccccccccc"
+    )
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def expect_describe(scripted: ScriptedEcs, running: str) -> None:
+    scripted.stubber.add_response(
+        "describe_services",
+        {"services": [{**service(running), "runningCount": 1, "desiredCount": 2}]},
+        {"cluster": CLUSTER, "services": [SERVICE]},
+    )
+
+
+def test_status_reports_the_service_the_latest_release_and_what_is_served(
+    scripted, endpoints, app, tmp_path
+):
+    base = endpoints.serve("svc-X", app)  # only the trailing "/" comes off the endpoint
+    env = environment(base + "/", tmp_path)
+    latest = succeeded("20260102T000000Z-cccccccccccc", RELEASED, image="img:2")
+    records.write(env.records_url, latest)
+    expect_describe(scripted, RELEASED)
+    assert status(env, ecs=scripted.ecs()) == {
+        "environment": "dev",
+        "task_definition": RELEASED,
+        "tasks": "1/2",
+        "release": latest["release_id"],
+        "image": "img:2",
+        "model": "mnist-8",
+        "model_sha256": MNIST8_SHA256,
+        "gate_accuracy": 0.99,
+        "git_sha": "c" * 40,
+        "in_sync": True,
+        "health": "ready",
+        "serving": f"mnist-8 sha256 {MNIST8_SHA256}",
+    }
+    assert endpoints.requests == [
+        ("GET", f"{base}/v2/health/ready"),
+        ("GET", f"{base}/v2/models/mnist-8"),
+    ]
+    assert not any("Authorization" in headers for headers in endpoints.headers)
+    expect_describe(scripted, NEXT)
+    assert status(env, ecs=scripted.ecs())["in_sync"] is False
+
+
+def test_status_of_an_environment_never_released_and_unreachable(scripted, endpoints, tmp_path):
+    env = environment(BASE, tmp_path)
+    expect_describe(scripted, BOOTSTRAP)
+    assert status(env, ecs=scripted.ecs()) == {
+        "environment": "dev",
+        "task_definition": BOOTSTRAP,
+        "tasks": "1/2",
+        "release": None,
+        "image": None,
+        "model": None,
+        "model_sha256": None,
+        "gate_accuracy": None,
+        "git_sha": None,
+        "in_sync": False,
+        "health": "not ready (unreachable (URLError))",
+        "serving": "no release yet",
+    }
+
+
+def test_status_names_what_the_model_route_answers(scripted, endpoints, tmp_path):
+    endpoints.serve(HOST, starting_app())
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    expect_describe(scripted, RELEASED)
+    report = status(env, ecs=scripted.ecs())
+    assert (report["health"], report["serving"]) == ("not ready (503)", "HTTP 503")
+    records.write(
+        env.records_url, succeeded("20260103T000000Z-cccccccccccc", RELEASED, gate={"accuracy": 1})
+    )
+    endpoints.apps.clear()
+    expect_describe(scripted, RELEASED)
+    report = status(env, ecs=scripted.ecs())
+    assert report["serving"] == "unreachable (URLError)"
+    assert report["gate_accuracy"] == 1
+
+
+def test_status_with_a_token(scripted, endpoints, protected_app, tmp_path):
+    endpoints.serve(HOST, protected_app)
+    env = replace(environment(BASE, tmp_path), api_token_secret_arn="arn:aws:secretsmanager:x")
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    expect_describe(scripted, RELEASED)
+    with secret_holding(TOKEN):
+        report = status(env, ecs=scripted.ecs())
+    assert report["serving"] == f"mnist-8 sha256 {MNIST8_SHA256} (token accepted)"
+    assert report["health"] == "ready"
+    expect_describe(scripted, RELEASED)
+    with secret_holding(TOKEN[::-1]):
+        report = status(env, ecs=scripted.ecs())
+    assert report["serving"] == (
+        "refused: HTTP 401 (the token in api_token_secret_arn is not accepted)"
+    )
+
+
+def test_format_status_aligns_the_keys_asked_for():
+    report = {"environment": "dev", "in_sync": True, "health": "ready"}
+    assert format_status(report) == "environment  dev\nin_sync      True\nhealth       ready"
+    assert format_status(report, ["health", "in_sync"]) == "health   ready\nin_sync  True"
+
+
+# -- answers the real service never gives, from a stand-in ------------------------------
+
+
+class StandIn:
+    """A stand-in service whose routes answer what it is told: (status, body bytes)."""
+
+    def __init__(self, ready=(200, b'{"ready": true}'), metadata=None, predict=None) -> None:
+        served = json.dumps({"name": "mnist-8", "parameters": {"sha256": MNIST8_SHA256}})
+        self.answers = {
+            "ready": ready,
+            "model": metadata or (200, served.encode()),
+            # One answer for a row and for a batch of that row.
+            "predict": predict or (200, b'{"prediction": 7, "predictions": [7]}'),
+        }
+
+    def app(self):
+        import falcon
+        import falcon.asgi
+
+        answers = self.answers
+
+        class Route:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            async def respond(self, resp) -> None:
+                code, body = answers[self.name]
+                resp.status = code
+                resp.content_type = falcon.MEDIA_JSON
+                resp.data = body
+
+            async def on_get(self, req, resp, **params):
+                await self.respond(resp)
+
+            async def on_post(self, req, resp, **params):
+                await self.respond(resp)
+
+        app = falcon.asgi.App()
+        app.add_route("/v2/health/ready", Route("ready"))
+        app.add_route("/v2/models/{name}", Route("model"))
+        app.add_route("/predict", Route("predict"))
+        return app
+
+
+ONE = SmokeImages(np.zeros((1, 1, 28, 28), dtype=np.float32), [7])
+
+
+def test_an_empty_ready_answer_counts_as_ready(endpoints, scripted, tmp_path):
+    endpoints.serve(HOST, StandIn(ready=(200, b"")).app())
+    smoke_test(BASE, candidate(), ONE, timeout=1)
+    env = environment(BASE, tmp_path)
+    expect_describe(scripted, RELEASED)
+    assert status(env, ecs=scripted.ecs())["health"] == "ready"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, b'{"name": "mnist-8"}'),  # no parameters
+        (203, json.dumps({"parameters": {"sha256": MNIST8_SHA256}}).encode()),  # not 200
+    ],
+)
+def test_only_a_200_naming_the_sha256_proves_the_model(endpoints, answer):
+    endpoints.serve(HOST, StandIn(metadata=answer).app())
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), ONE, timeout=1)
+    assert str(raised.value) == (
+        f"{BASE} serves model sha256 None (HTTP {answer[0]}), not the released {MNIST8_SHA256}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "got"),
+    [
+        ((200, b"[7]"), "[7]"),  # not an object
+        ((201, b'{"prediction": 7}'), "{'prediction': 7}"),  # not 200
+    ],
+)
+def test_only_a_200_object_names_a_prediction(endpoints, answer, got):
+    endpoints.serve(HOST, StandIn(predict=answer).app())
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), ONE, timeout=1)
+    assert str(raised.value) == (
+        f"smoke test failed on 1/1 images: image 0: expected 7, got {got} (HTTP {answer[0]})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "got"),
+    [((200, b"[[7]]"), "[[7]]"), ((201, b'{"predictions": [7]}'), "{'predictions': [7]}")],
+)
+def test_only_a_200_object_names_the_batchs_predictions(endpoints, answer, got):
+    """The single row answered right, the batch with `answer`."""
+    stand_in = StandIn()
+    calls = []
+    original = stand_in.answers
+
+    class Answers(dict):
+        def __getitem__(self, name):
+            if name == "predict":
+                calls.append(name)
+                return original["predict"] if len(calls) == 1 else answer
+            return original[name]
+
+    stand_in.answers = Answers(original)
+    endpoints.serve(HOST, stand_in.app())
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), ONE, timeout=1)
+    assert str(raised.value) == (
+        f"smoke test failed on the batch: expected [7], got {got} (HTTP {answer[0]})"
+    )
+
+
+def test_an_error_body_is_quoted_up_to_300_bytes(endpoints):
+    body = b'{"error": "' + b"x" * 400 + b'"}'
+    endpoints.serve(HOST, StandIn(predict=(400, body)).app())
+    with pytest.raises(ReleaseError) as raised:
+        smoke_test(BASE, candidate(), ONE, timeout=1)
+    assert str(raised.value) == (
+        f"smoke test failed on 1/1 images: image 0: expected 7, got {body[:300]!r} (HTTP 400)"
+    )
+
+
+def test_every_request_is_bounded_by_the_http_timeout(endpoints, app, smoke, scripted, tmp_path):
+    endpoints.serve(HOST, app)
+    smoke_test(BASE, candidate(), smoke, timeout=1)
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    expect_describe(scripted, RELEASED)
+    status(env, ecs=scripted.ecs())
+    assert endpoints.timeouts == [10] * len(endpoints.requests)
+
+
+def test_smoke_images_and_classes_must_pair_up(endpoints, app, smoke):
+    """Two images with four classes: refused before any prediction, not sent as a batch of
+    four half images."""
+    endpoints.serve(HOST, app)
+    with pytest.raises(ValueError):
+        smoke_test(BASE, candidate(), SmokeImages(smoke.images[:2], smoke.classes[:4]), timeout=1)
+    assert [method for method, _ in endpoints.requests].count("POST") == 2
+
+
+def test_register_of_a_container_without_command_or_variables(scripted):
+    base = {
+        "family": FAMILY,
+        "taskDefinitionArn": BOOTSTRAP,
+        "runtimePlatform": {},
+        "containerDefinitions": [{"name": "server", "image": "onnx-ship-dev:bootstrap"}],
+    }
+    sent = {
+        "family": FAMILY,
+        "containerDefinitions": [
+            {"name": "server", "image": IMAGE, "environment": [{"name": "GIT_SHA", "value": "a"}]}
+        ],
+    }
+    expect_register(scripted, base, NEXT, sent)
+    assert scripted.ecs().register(BOOTSTRAP, "server", IMAGE, {"GIT_SHA": "a"}) == NEXT
+
+
+@contextmanager
+def ecs_of_the_environment(scripted: ScriptedEcs) -> Iterator[None]:
+    """Environment.client("ecs") gives the scripted client (what release, rollback and
+    status use when no Ecs is passed)."""
+
+    def client(env, name):
+        assert name == "ecs", name
+        return scripted.client
+
+    with mock.patch.object(Environment, "client", client):
+        yield
+
+
+def test_release_rollback_and_status_use_the_environments_ecs(
+    scripted, endpoints, app, smoke, tmp_path
+):
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
+    expect_describe(scripted, BOOTSTRAP)
+    with ecs_of_the_environment(scripted):
+        assert release(env, candidate(), smoke, say=lambda m: None).succeeded
+        assert rollback(env, say=lambda m: None)["task_definition"] == BOOTSTRAP
+        assert status(env)["in_sync"] is True
+
+
+# -- more of what ECS may answer -------------------------------------------------------
+
+
+def bare(answer: dict) -> dict:
+    """A service answer as ECS gives it for a service without a circuit breaker."""
+    return {
+        **answer,
+        "deployments": [
+            {k: v for k, v in d.items() if k not in ("rolloutState", "rolloutStateReason")}
+            for d in answer["deployments"]
+        ],
+    }
+
+
+def test_without_rollout_state_the_wait_ends_when_the_service_runs_only_ours(scripted, clock):
+    scripted.describe(
+        bare(service(RELEASED, deployment("ecs-svc/0002", RELEASED, "PRIMARY", "COMPLETED")))
+    )
+    ecs = Ecs(scripted.client, poll_seconds=1, sleep=clock.sleep)
+    ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=5)
+    assert clock.slept == []
+
+
+def test_a_service_listing_no_deployments_has_none_of_ours():
+    with pytest.raises(ReleaseError) as raised:
+        release_module.rollout_verdict({"taskDefinition": RELEASED}, "ecs-svc/0002", RELEASED)
+    assert str(raised.value) == (
+        "deployment ecs-svc/0002 is no longer the service's primary deployment "
+        "(now none on nothing); ECS rolled it back or another deployment started"
+    )
+
+
+def test_a_failed_deployment_without_a_reason_says_nothing_more():
+    failed = deployment("ecs-svc/0002", RELEASED, "PRIMARY", "FAILED")
+    del failed["rolloutStateReason"]
+    with pytest.raises(ReleaseError) as raised:
+        release_module.rollout_verdict(service(RELEASED, failed), "ecs-svc/0002", RELEASED)
+    assert str(raised.value) == "ECS marked deployment ecs-svc/0002 failed: "
+
+
+def test_one_smoke_image_is_enough_with_a_token(endpoints, protected_app, smoke):
+    endpoints.serve(HOST, protected_app)
+    one = SmokeImages(smoke.images[:1], smoke.classes[:1])
+    smoke_test(BASE, candidate(), one, timeout=1, token=TOKEN)
+    assert [h.get("Authorization") for h in endpoints.headers][2:] == [f"Bearer {TOKEN}"] * 3
+
+
+def test_status_of_metadata_without_parameters(endpoints, scripted, tmp_path):
+    endpoints.serve(HOST, StandIn(metadata=(200, b'{"name": "mnist-8"}')).app())
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    expect_describe(scripted, RELEASED)
+    assert status(env, ecs=scripted.ecs())["serving"] == "mnist-8 sha256 None"
+
+
+class Ticking(datetime):
+    """A clock a minute further on at every reading: what is read once must be used once."""
+
+    readings = 0
+
+    @classmethod
+    def now(cls, tz=None):
+        Ticking.readings += 1
+        return datetime(2026, 5, 1, 12, 0, tzinfo=UTC) + timedelta(minutes=Ticking.readings)
+
+
+def test_a_release_is_named_by_the_moment_it_started(
+    scripted, endpoints, app, smoke, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(release_module, "datetime", Ticking)
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    outcome = release(env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None)
+    started = datetime.fromisoformat(outcome.record["started_at"])
+    assert outcome.record["release_id"] == release_id("a" * 40, started)
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
+    record = rollback(env, ecs=scripted.ecs(), say=lambda m: None)
+    assert record["release_id"] == release_id(
+        "c" * 40, datetime.fromisoformat(record["started_at"])
+    )
+
+
+def test_rollbacks_follow_deployments_without_rollout_state(
+    scripted, endpoints, smoke, tmp_path, clock
+):
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    back = deployment("ecs-svc/0003", BOOTSTRAP, "PRIMARY", "IN_PROGRESS")
+    scripted.stubber.add_response(
+        "update_service",
+        {"service": service(BOOTSTRAP, back)},
+        {"cluster": CLUSTER, "service": SERVICE, "taskDefinition": BOOTSTRAP},
+    )
+    scripted.describe(bare(service(BOOTSTRAP, {**back, "runningCount": 1})))
+    outcome = release(
+        env,
+        candidate(),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+        sleep=clock.sleep,
+        smoke_timeout=0,
+    )
+    assert outcome.record["outcome"] == "rolled_back"
+    # The same for an operator's rollback.
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    scripted.stubber.add_response(
+        "update_service",
+        {"service": service(BOOTSTRAP, back)},
+        {"cluster": CLUSTER, "service": SERVICE, "taskDefinition": BOOTSTRAP},
+    )
+    scripted.describe(bare(service(BOOTSTRAP, {**back, "runningCount": 1})))
+    assert rollback(env, ecs=scripted.ecs(), say=lambda m: None)["task_definition"] == BOOTSTRAP

@@ -577,12 +577,15 @@ def test_a_release_that_holds_is_recorded_whole(scripted, endpoints, app, smoke,
         "task_definition": NEXT,
         "deployment_id": "ecs-svc/0002",
         "outcome": "succeeded",
+        # No compaction family in this environment: nothing registered for it.
+        "compaction_task_definition": "",
     }
     assert records.read_latest(env.records_url) == outcome.record
     assert said == [
         f"registered {NEXT} (image {IMAGE})",
         f"service {SERVICE}: deployment ecs-svc/0002 of {NEXT}; waiting for COMPLETED",
         f"completed; smoke-testing {BASE}",
+        "no compaction_task_family output: the scheduled compaction is left as it is",
         f"released {outcome.record['release_id']} to dev",
     ]
 
@@ -819,10 +822,12 @@ def test_rollback_returns_to_the_release_before_the_latest_and_records_it(
         "restores": second["release_id"],
         "deployment_id": "ecs-svc/0009",
         "previous_task_definition": NEXT,
+        "compaction_task_definition": "",
     }
     assert records.read_latest(env.records_url)["restores"] == second["release_id"]
     assert said == [
-        f"rolling dev back from {third['release_id']} to {second['release_id']} ({RELEASED})"
+        f"rolling dev back from {third['release_id']} to {second['release_id']} ({RELEASED})",
+        "no compaction_task_family output: the scheduled compaction is left as it is",
     ]
 
 

@@ -107,11 +107,12 @@ def test_a_block_that_raises_gives_its_bytes_back_and_the_next_waiter_enters():
     admits the request that waited for them, and the exception reaches the caller."""
     budget = BodyBudget(100)
     log: list[str] = []
+    fail = asyncio.Event()
 
     async def failing() -> None:
         async with budget.hold(80):
             log.append(f"failing in, {budget.held} held")
-            await asyncio.sleep(0)
+            await fail.wait()
             raise RuntimeError("the model broke")
 
     async def scenario() -> int:
@@ -120,6 +121,7 @@ def test_a_block_that_raises_gives_its_bytes_back_and_the_next_waiter_enters():
         second = asyncio.create_task(_hold(budget, 50, log, "second", asyncio.Event()))
         await asyncio.sleep(0)
         log.append(f"waiting {budget.held}")
+        fail.set()
         with pytest.raises(RuntimeError, match="the model broke"):
             await first
         await asyncio.sleep(0)

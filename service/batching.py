@@ -42,7 +42,10 @@ class Batcher:
         self._observe = observe
         self._pending: collections.deque[tuple[np.ndarray, asyncio.Future]] = collections.deque()
         self._pending_rows = 0
-        self._wakeup: asyncio.Event | None = None
+        # What the idle drain task awaits; a submit resolves it. A bare future rather than
+        # an asyncio.Event: the Event's wait made a future, a waiter list and a loop check
+        # on every batch (about 3 us of CPU a request when requests come one at a time).
+        self._idle: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
 
     async def submit(self, rows: np.ndarray) -> Outputs:
@@ -52,12 +55,14 @@ class Batcher:
         future = loop.create_future()
         self._pending.append((rows, future))
         self._pending_rows += rows.shape[0]
-        self._wakeup.set()
+        idle = self._idle
+        if idle is not None and not idle.done():
+            idle.set_result(None)
         return await future
 
     def _ensure_running(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._wakeup = asyncio.Event()
+            self._idle = None
             self._pending.clear()
             self._pending_rows = 0
             self._task = loop.create_task(self._drain(), name="batcher")
@@ -65,8 +70,10 @@ class Batcher:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
+            if not self._pending:
+                self._idle = loop.create_future()
+                await self._idle
+                self._idle = None
             while self._pending:
                 if self._max_delay and self._pending_rows < self._max_rows:
                     await asyncio.sleep(self._max_delay)

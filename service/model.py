@@ -7,6 +7,7 @@ at a time. This module never imports falcon.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,14 +51,20 @@ class TensorSpec:
         shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
         return cls(arg.name, dtype, datatype, shape)
 
-    @property
+    # Computed once per tensor (the spec is frozen): every request reads them.
+    @functools.cached_property
     def item_shape(self) -> tuple[int, ...]:
         """The shape of one example: everything after the batch dimension."""
         return self.shape[1:]
 
-    @property
+    @functools.cached_property
     def item_size(self) -> int:
         return math.prod(self.item_shape) if all(d > 0 for d in self.item_shape) else -1
+
+    @functools.cached_property
+    def example_shape(self) -> tuple[int, ...]:
+        """One example without its size-1 dimensions (28x28 for mnist-8's 1x28x28)."""
+        return tuple(d for d in self.item_shape if d != 1)
 
     @property
     def batch_follows(self) -> bool:
@@ -174,7 +181,7 @@ class OnnxModel:
         """
         spec = self.input
         flat = (spec.item_size,)
-        example = tuple(d for d in spec.item_shape if d != 1)
+        example = spec.example_shape
         shape = values.shape
         if shape in (flat, example):
             return values.reshape((1, *spec.item_shape)), True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -99,3 +100,35 @@ def test_the_prediction_routes_share_one_budget_released_after_each_answer(clien
         == 415
     )
     assert budget.held == 0
+
+
+def test_a_block_that_raises_gives_its_bytes_back_and_the_next_waiter_enters():
+    """The reservation ends however its block ends: an exception releases the bytes and
+    admits the request that waited for them, and the exception reaches the caller."""
+    budget = BodyBudget(100)
+    log: list[str] = []
+    fail = asyncio.Event()
+
+    async def failing() -> None:
+        async with budget.hold(80):
+            log.append(f"failing in, {budget.held} held")
+            await fail.wait()
+            raise RuntimeError("the model broke")
+
+    async def scenario() -> int:
+        first = asyncio.create_task(failing())
+        await asyncio.sleep(0)
+        second = asyncio.create_task(_hold(budget, 50, log, "second", asyncio.Event()))
+        await asyncio.sleep(0)
+        log.append(f"waiting {budget.held}")
+        fail.set()
+        with pytest.raises(RuntimeError, match="the model broke"):
+            await first
+        await asyncio.sleep(0)
+        second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
+        return budget.held
+
+    assert asyncio.run(scenario()) == 0
+    assert log == ["failing in, 80 held", "waiting 80", "second in, 50 held"]

@@ -189,3 +189,33 @@ def test_a_copy_of_another_model_is_refused(mnist8_path, tmp_path):
     onnx.save(helper.make_model(graph), str(other))
     with pytest.raises(ModelLoadError, match="not a batch-capable copy"):
         OnnxModel(mnist8_path, ModelInfo("m", "v", "0" * 64), batched_path=Path(other))
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["inline", "thread"])
+def test_requests_one_at_a_time_each_wake_the_idle_batcher(model, images, offload):
+    """A lone request after the batcher went idle is answered (the drain task sleeps
+    between batches and each submit wakes it), in its own batch, with its own scores;
+    and a batcher closed on one event loop serves again on the next."""
+    seen: list[int] = []
+
+    async def one_by_one(batcher: Batcher, count: int) -> list[np.ndarray]:
+        answers = []
+        for i in range(count):
+            answers.append((await batcher.submit(images[i : i + 1]))["Plus214_Output_0"])
+            await asyncio.sleep(0)  # the drain task goes idle again
+        await batcher.close()
+        return answers
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = Batcher(
+            lambda batch: model.run({"Input3": batch}),
+            executor if offload else None,
+            max_batch_size=16,
+            max_delay=0,
+            observe=lambda rows, _: seen.append(rows),
+        )
+        first = asyncio.run(one_by_one(batcher, 20))
+        second = asyncio.run(one_by_one(batcher, 5))
+    for i, answer in enumerate(first + second):
+        np.testing.assert_array_equal(answer, model.scores(images[i % 20 : i % 20 + 1]))
+    assert seen == [1] * 25

@@ -7,11 +7,13 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.config import ConfigError, Settings
 from service.errors import ModelLoadError
 from service.loader import load_model
+from service.model import TensorSpec
 from tests.service.conftest import MNIST8_SHA256
 
 
@@ -129,3 +131,15 @@ def _zeros(model, rows: int):
     import numpy as np
 
     return np.zeros((rows, *model.input.item_shape), dtype=model.input.dtype)
+
+
+def test_a_tensors_derived_shapes_follow_its_own_shape():
+    """The example shapes every request reads are computed once per spec; a spec made
+    from another (`with_dynamic_batch`) has its own, and a dynamic dimension has no size."""
+    spec = TensorSpec("x", np.dtype(np.float32), "FP32", (1, 1, 28, 28))
+    assert (spec.item_shape, spec.example_shape, spec.item_size) == ((1, 28, 28), (28, 28), 784)
+    dynamic = spec.with_dynamic_batch()
+    assert dynamic.shape == (-1, 1, 28, 28) and dynamic.item_size == 784
+    ragged = TensorSpec("y", np.dtype(np.float32), "FP32", (-1, 3, -1))
+    assert (ragged.item_shape, ragged.example_shape, ragged.item_size) == ((3, -1), (3, -1), -1)
+    assert spec == TensorSpec("x", np.dtype(np.float32), "FP32", (1, 1, 28, 28))

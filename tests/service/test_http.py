@@ -344,3 +344,118 @@ def test_gzip_errors_say_which_part_is_wrong(body, message):
     with pytest.raises(InvalidInput) as raised:
         decode_content(body, ["gzip"], 1_000_000)
     assert str(raised.value).startswith(message)
+
+
+# -- the drain middleware and the JSON 400 below the app, in this process
+
+
+class DrainRequest:
+    """What DrainUnreadBody reads of a request: its length, its headers and its stream."""
+
+    def __init__(self, stream, content_length=None, headers=None, eof=False) -> None:
+        self.content_length = content_length
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
+        self.stream = stream
+        self.stream.eof = eof
+
+    def get_header(self, name: str):
+        return self.headers.get(name.lower())
+
+
+class Answer:
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+
+    def set_header(self, name: str, value: str) -> None:
+        self.headers[name] = value
+
+
+def drain(request) -> dict[str, str]:
+    answer = Answer()
+    asyncio.run(http.DrainUnreadBody().process_response(request, answer, None, True))
+    return answer.headers
+
+
+def test_the_drain_reads_what_the_route_left_of_a_body_and_keeps_the_connection():
+    sized = Stream([b"x" * 100, b"y" * 50])
+    assert drain(DrainRequest(sized, content_length=150)) == {}
+    assert sized.read_bytes == 150
+    chunked = Stream([b"x" * 70])
+    assert drain(DrainRequest(chunked, headers={"Transfer-Encoding": "chunked"})) == {}
+    assert chunked.read_bytes == 70
+
+
+def test_the_drain_leaves_requests_without_a_body_or_with_the_body_read_alone():
+    for request in (
+        DrainRequest(Stream([b"never read"], ends=False), content_length=0),
+        DrainRequest(Stream([b"never read"], ends=False)),  # no length, not chunked
+        DrainRequest(Stream([b"never read"], ends=False), content_length=10, eof=True),
+    ):
+        assert drain(request) == {}
+        assert request.stream.read_bytes == 0
+
+
+def test_a_body_past_the_drain_bounds_is_left_unread_and_the_connection_closed(monkeypatch):
+    announced = DrainRequest(Stream([b"x"]), content_length=http.DISCARD_MAX_BYTES + 1)
+    assert drain(announced) == {"Connection": "close"}
+    assert announced.stream.read_bytes == 0
+    at_the_bound = DrainRequest(Stream([b"x" * 10]), content_length=http.DISCARD_MAX_BYTES)
+    assert drain(at_the_bound) == {}
+    monkeypatch.setattr(http, "DISCARD_MAX_BYTES", 100)
+    endless = DrainRequest(Stream([b"x" * 60] * 5), headers={"Transfer-Encoding": "chunked"})
+    assert drain(endless) == {"Connection": "close"}
+    monkeypatch.setattr(http, "DISCARD_MAX_SECONDS", 0.05)
+    stalled = DrainRequest(Stream([b"x"], ends=False), content_length=50)
+    assert drain(stalled) == {"Connection": "close"}
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def refused(reason: BaseException | None) -> tuple[bytes, dict, bool]:
+    """What the protocol writes when uvicorn's parser refuses a request for `reason`."""
+    from types import SimpleNamespace
+
+    protocol = object.__new__(http.JsonErrorsHttpToolsProtocol)
+    protocol.server_state = SimpleNamespace(
+        default_headers=[(b"server", b"uvicorn"), (b"date", b"Mon, 30 Nov 2026 12:00:00 GMT")]
+    )
+    protocol.transport = Transport()
+    if reason is None:
+        protocol.send_400_response("Invalid HTTP request received.")
+    else:
+        try:
+            raise reason
+        except type(reason):
+            protocol.send_400_response("Invalid HTTP request received.")
+    head, _, body = protocol.transport.written.partition(b"\r\n\r\n")
+    return head, json.loads(body), protocol.transport.closed
+
+
+def test_a_request_the_parser_refuses_is_answered_in_json_with_the_parsers_reason():
+    head, body, closed = refused(ValueError("invalid header token"))
+    assert body == {"error": "malformed HTTP request: invalid header token"}
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    assert head.split(b"\r\n") == [
+        b"HTTP/1.1 400 Bad Request",
+        b"server: uvicorn",
+        b"date: Mon, 30 Nov 2026 12:00:00 GMT",
+        b"content-type: application/json",
+        b"content-length: " + str(len(raw)).encode(),
+        b"connection: close",
+    ]
+    assert closed
+
+
+def test_a_refusal_without_a_reason_says_only_malformed():
+    assert refused(None)[1] == {"error": "malformed HTTP request"}
+    assert refused(ValueError(""))[1] == {"error": "malformed HTTP request"}

@@ -1,0 +1,273 @@
+"""The capture recorder's promises counted exactly: what its settings become, what triggers a
+part without anyone waiting for it, what each metric and warning says, and a spooled part
+another process took first. (tests/service/test_capture.py covers the flow around them.)"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.capture import CaptureRecorder, build_recorder
+from service.capture.records import Part
+from service.capture.sinks import LocalSink
+from service.capture.spool import Spool
+from service.config import ConfigError, Settings
+from tests.service.test_capture import FlakySink, config, read_dir, send
+
+
+def value(metric) -> float:
+    return metric._value.get()
+
+
+def wait_for_files(root: Path, count: int, timeout: float = 10.0) -> int:
+    """Parts under `root` once there are `count` (polled, bounded): no one asks the recorder
+    to hurry, so what made the part is the trigger under test."""
+    deadline = time.monotonic() + timeout
+    found = 0
+    while time.monotonic() < deadline:
+        found = len(list(root.rglob("*.jsonl.gz")))
+        if found >= count:
+            return found
+        time.sleep(0.02)
+    return found
+
+
+def test_the_settings_become_the_recorders_config(tmp_path):
+    settings = Settings(
+        model_url="m.onnx",
+        prediction_log_url=str(tmp_path / "out"),
+        prediction_log_sample=25.0,
+        prediction_log_inputs=True,
+        prediction_log_spool_dir=tmp_path / "spool",
+        app_env="staging",
+        cache_dir=tmp_path,
+        stop_timeout_seconds=60,
+    )
+    recorder = build_recorder(settings, CollectorRegistry())
+    assert isinstance(recorder, CaptureRecorder)
+    assert recorder.sink.url == str(tmp_path / "out")
+    got = recorder.config
+    assert (got.env, got.spool_dir, got.sample_percent, got.include_inputs) == (
+        "staging",
+        tmp_path / "spool",
+        25.0,
+        True,
+    )
+    assert got.close_seconds == settings.stop_budget.flush_seconds > 0
+    # The metrics are the registry's: a scrape of the app shows them.
+    assert value(recorder.metrics.sink_up) == 1
+
+
+def test_an_unusable_capture_url_is_a_config_error_naming_it(tmp_path, monkeypatch):
+    from service.capture import recorder as recorder_module
+    from service.capture.sinks import SinkError
+
+    def refuse(url):
+        raise SinkError(f"PREDICTION_LOG_URL={url!r}: refused")
+
+    monkeypatch.setattr(recorder_module, "open_sink", refuse)
+    settings = Settings(model_url="m.onnx", prediction_log_url=str(tmp_path), cache_dir=tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        build_recorder(settings, CollectorRegistry())
+    assert str(raised.value) == f"PREDICTION_LOG_URL={str(tmp_path)!r}: refused"
+
+
+@pytest.mark.parametrize(
+    ("limits", "requests"),
+    [
+        pytest.param({"max_part_records": 10}, 5, id="by-records"),  # 5 requests of 2 rows
+        pytest.param({"max_part_bytes": 2_000}, 3, id="by-bytes"),  # ~540 bytes a request
+    ],
+)
+def test_a_full_queue_becomes_a_part_before_its_flush_time(tmp_path, limits, requests):
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, **limits)
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, requests - 1, rows=2)
+        await asyncio.sleep(0.2)
+        before = len(list((tmp_path / "out").rglob("*.jsonl.gz")))
+        send(recorder, 1, rows=2, prefix="last")
+        found = await asyncio.to_thread(wait_for_files, tmp_path / "out", 1)
+        await recorder.close()
+        return before, found >= 1
+
+    assert asyncio.run(scenario()) == (0, True)
+    assert len(read_dir(tmp_path / "out")) == 2 * requests
+
+
+def test_every_counter_and_gauge_after_a_clean_run(tmp_path):
+    draws = iter([0.1, 0.9] * 10)
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"),
+        config(tmp_path, sample_percent=50, max_part_records=4),
+        sampler=lambda: next(draws),
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 10, rows=3)  # 5 kept (15 records), 5 sampled out (15 records)
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    metrics = recorder.metrics
+    assert value(metrics.captured) == 15
+    assert value(metrics.sampled_out) == 15
+    assert value(metrics.written) == 15
+    parts = len(list((tmp_path / "out").rglob("*.jsonl.gz")))
+    assert value(metrics.parts_uploaded) == parts >= 4  # at most 4 records a part
+    assert (value(metrics.queued), value(metrics.spool_parts)) == (0, 0)
+    assert (value(metrics.retries), value(metrics.spooled), value(metrics.dropped)) == (0, 0, 0)
+
+
+def test_a_sample_draw_at_the_percentage_is_left_out():
+    # `random()` < sample/100 keeps a record: exactly at the percentage it is left out.
+    recorder = CaptureRecorder(
+        FlakySink(Path("/nonexistent")),
+        config(Path("/nonexistent"), sample_percent=50),
+        sampler=iter([0.5, 0.49]).__next__,
+    )
+    send(recorder, 2)
+    assert value(recorder.metrics.sampled_out) == 1
+    assert [entry.request_id for entry in recorder._queue] == ["r1"]
+
+
+class FailsFirst(FlakySink):
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    def put(self, key: str, body: bytes) -> bool:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError(f"refused #{self.calls}")
+        return self._local.put(key, body)
+
+
+def test_each_failed_write_is_counted_and_named_with_its_attempt(tmp_path, caplog):
+    sink = FailsFirst(tmp_path / "out", failures=2)
+    recorder = CaptureRecorder(sink, config(tmp_path, upload_attempts=3))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 1)
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    with caplog.at_level(logging.WARNING, "service.capture"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"prediction capture: writing to {sink.url} failed (attempt 1 of 3): refused #1",
+        f"prediction capture: writing to {sink.url} failed (attempt 2 of 3): refused #2",
+    ]
+    # The third attempt stored it: nothing spooled, the sink never marked down.
+    assert value(recorder.metrics.retries) == 2
+    assert (value(recorder.metrics.spooled), value(recorder.metrics.sink_up)) == (0, 1)
+    assert len(read_dir(tmp_path / "out")) == 1
+
+
+def test_a_part_that_fails_every_attempt_is_spooled_after_exactly_those_attempts(tmp_path):
+    sink = FailsFirst(tmp_path / "out", failures=2)
+    recorder = CaptureRecorder(sink, config(tmp_path, upload_attempts=2))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 1)
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    # Two attempts failed and the part went to the spool; the spool's upload then took it.
+    assert value(recorder.metrics.spooled) == 1
+    assert value(recorder.metrics.retries) == 2
+    assert sink.calls == 3
+    assert len(read_dir(tmp_path / "out")) == 1
+
+
+def test_a_start_reports_the_parts_a_previous_process_spooled(tmp_path, caplog):
+    spool = Spool(tmp_path / "spool")
+    from service.capture.records import PartNamer, Pending, encode_parts
+    from tests.service.test_capture import INFO, scores
+
+    namer = PartNamer()
+    for i in range(3):
+        (part,) = encode_parts(
+            [Pending(time.time(), "/predict", f"old{i}", INFO, scores(1), None, 0.001)],
+            "dev",
+            namer,
+        )
+        spool.save(part)
+    sink = FlakySink(tmp_path / "out")
+    sink.release.clear()  # nothing is uploaded while the start is checked
+    recorder = CaptureRecorder(sink, config(tmp_path))
+
+    async def scenario():
+        with caplog.at_level(logging.INFO, "service.capture"):
+            await recorder.start()
+            await recorder.start()  # a second start changes nothing
+        spooled = value(recorder.metrics.spool_parts)
+        sink.release.set()
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+        return spooled
+
+    assert asyncio.run(scenario()) == 3
+    started = [r.getMessage() for r in caplog.records if "spooled parts in" in r.getMessage()]
+    assert started == [
+        f"prediction capture: 3 spooled parts in {tmp_path / 'spool'} will be uploaded to "
+        f"{sink.url}"
+    ]
+    assert sorted(r["id"] for r in read_dir(tmp_path / "out")) == ["old0", "old1", "old2"]
+    assert value(recorder.metrics.written) == 3
+    assert value(recorder.metrics.spool_parts) == 0
+
+
+def test_a_spooled_part_another_process_uploaded_first_is_not_counted_again(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    path = spool.save(Part("dev/2026/11/30/14/x.jsonl.gz", b"not read", 5))
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path))
+    # Another process took the part between this one's scan and its upload.
+    assert recorder._put_spooled(path.with_name("gone.jsonl.gz")) == 0
+
+    async def scenario():
+        await recorder.start()
+        path.unlink()
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    assert (value(recorder.metrics.written), value(recorder.metrics.parts_uploaded)) == (0, 0)
+    assert not list((tmp_path / "out").rglob("*"))
+
+
+def test_a_close_past_its_time_says_how_many_parts_stay_spooled(tmp_path, caplog):
+    sink = FlakySink(tmp_path / "out")
+    sink.down = True
+    recorder = CaptureRecorder(
+        sink, config(tmp_path, close_seconds=0.3, max_part_records=2, upload_attempts=1)
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 6)
+        await recorder.close()
+
+    with caplog.at_level(logging.WARNING, "service.capture"):
+        asyncio.run(scenario())
+    late = [r.getMessage() for r in caplog.records if "did not take everything" in r.getMessage()]
+    assert late == [
+        f"prediction capture: the sink {sink.url} did not take everything within 0 s; "
+        f"3 parts stay in the spool {tmp_path / 'spool'}, for the next start on the same storage"
+    ]
+    assert len(list((tmp_path / "spool").rglob("*.jsonl.gz"))) == 3
+    assert value(recorder.metrics.spool_parts) == 3

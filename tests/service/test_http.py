@@ -459,3 +459,48 @@ def test_a_request_the_parser_refuses_is_answered_in_json_with_the_parsers_reaso
 def test_a_refusal_without_a_reason_says_only_malformed():
     assert refused(None)[1] == {"error": "malformed HTTP request"}
     assert refused(ValueError(""))[1] == {"error": "malformed HTTP request"}
+
+
+class BodyRequest:
+    """What read_body reads: the Content-Encoding and Content-Length headers and the stream."""
+
+    def __init__(self, body: bytes, content_length=None, encoding=None) -> None:
+        self.content_length = content_length
+        self.encoding = encoding
+        self.stream = Stream([body])
+
+    def get_header(self, name: str):
+        return self.encoding if name.lower() == "content-encoding" else None
+
+
+def test_a_body_without_a_length_is_read_to_the_limit_and_one_byte_more_is_413():
+    # Chunked bodies come without Content-Length: only the bytes read can tell.
+    assert asyncio.run(http.read_body(BodyRequest(b"x" * 100), 100)) == b"x" * 100
+    over = BodyRequest(b"x" * 101)
+    with pytest.raises(PayloadTooLarge) as raised:
+        asyncio.run(http.read_body(over, 100))
+    assert str(raised.value) == "the body is larger than the limit of 100 bytes"
+
+
+def test_an_announced_length_over_the_limit_is_413_before_reading():
+    request = BodyRequest(b"x" * 10, content_length=101)
+    with pytest.raises(PayloadTooLarge) as raised:
+        asyncio.run(http.read_body(request, 100))
+    assert str(raised.value) == "the body has 101 bytes; the limit is 100"
+    assert request.stream.read_bytes == 0
+    at_limit = BodyRequest(b"y" * 100, content_length=100)
+    assert asyncio.run(http.read_body(at_limit, 100)) == b"y" * 100
+
+
+def test_read_body_undoes_the_codings_and_refuses_an_unknown_one():
+    packed = BodyRequest(gzip.compress(b"z" * 300), encoding="gzip")
+    assert asyncio.run(http.read_body(packed, 1000)) == b"z" * 300
+    from service.errors import UnsupportedMediaType
+
+    with pytest.raises(UnsupportedMediaType) as raised:
+        asyncio.run(http.read_body(BodyRequest(b"{}", encoding="gzip, BR , zstd"), 1000))
+    assert str(raised.value) == (
+        "Content-Encoding br, zstd is not supported; use gzip or deflate (or none)"
+    )
+    assert http.content_codings(" GZip , identity,,") == ["gzip", "identity"]
+    assert http.content_codings(None) == []

@@ -35,6 +35,13 @@ def test_mismatch_names_both_hashes(local_file, tmp_path):
     assert wrong in str(error.value) and DIGEST in str(error.value)
 
 
+def test_a_local_mismatch_names_the_reference(local_file, tmp_path):
+    with pytest.raises(ChecksumMismatch) as error:
+        fetch(local_file.as_uri(), sha256="3" * 64, cache_dir=tmp_path)
+    assert error.value.source == local_file.as_uri()
+    assert str(error.value).startswith(f"sha256 mismatch for {local_file.as_uri()}: ")
+
+
 def test_missing_file_and_unknown_scheme(tmp_path):
     with pytest.raises(ArtifactError, match="no such file"):
         fetch(str(tmp_path / "absent.onnx"), cache_dir=tmp_path)
@@ -74,6 +81,15 @@ def http_server():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             hits.append(self.path)
+            if self.path.startswith("/watch/"):
+                # Answers with what the cache directory named in the path holds meanwhile.
+                watched = Path("/" + self.path.removeprefix("/watch/"))
+                body = "\n".join(sorted(p.name for p in watched.iterdir())).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if self.path in ("/model.onnx", "/"):
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(PAYLOAD)))
@@ -302,3 +318,48 @@ def test_a_default_cache_download_goes_under_xdg_cache_home(http_server, monkeyp
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path, _ = fetch(f"{base}/model.onnx")
     assert path == tmp_path / "onnx-ship" / DIGEST / "model.onnx"
+
+
+def test_a_download_is_written_beside_the_cache_under_a_hidden_name_until_verified(
+    http_server, tmp_path
+):
+    """The bytes land in the cache directory itself (so the final rename stays on one file
+    system) under a dot name no `<sha256>/<name>` lookup can match, in a cache directory made
+    with all its parents."""
+    base, _ = http_server
+    cache = tmp_path / "new" / "cache"
+    path, _ = fetch(f"{base}/watch{cache}", cache_dir=cache)
+    (in_flight,) = path.read_text().splitlines()
+    assert in_flight.startswith(".download-")
+    assert [p.name for p in cache.iterdir()] == [path.parent.name]
+
+
+def test_an_s3_key_is_the_path_after_the_bucket_whatever_it_starts_with(s3_in_process, tmp_path):
+    s3_in_process.create_bucket(Bucket="models")
+    s3_in_process.put_object(Bucket="models", Key="X/Xmodel.onnx", Body=PAYLOAD)
+    path, digest = fetch("s3://models/X/Xmodel.onnx", cache_dir=tmp_path)
+    assert (path.name, digest) == ("Xmodel.onnx", DIGEST)
+
+
+def test_https_is_downloaded_like_http(tmp_path):
+    from tests.conftest import free_port
+
+    url = f"https://127.0.0.1:{free_port()}/m.onnx"
+    with pytest.raises(ArtifactError) as raised:
+        fetch(url, cache_dir=tmp_path)
+    assert str(raised.value).startswith(f"{url}: download failed: ")
+
+
+@pytest.mark.parametrize("response", [{"Error": {"Message": "no code"}}, {}])
+def test_an_s3_refusal_without_a_code_is_named_with_an_empty_one(monkeypatch, tmp_path, response):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    class Client:
+        def download_file(self, bucket, key, target):
+            raise ClientError(response, "GetObject")
+
+    monkeypatch.setattr(boto3, "client", lambda service: Client())
+    with pytest.raises(ArtifactError) as raised:
+        fetch("s3://models/m.onnx", cache_dir=tmp_path)
+    assert str(raised.value).startswith("s3://models/m.onnx: S3 refused the download (): ")

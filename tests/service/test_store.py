@@ -330,3 +330,36 @@ def test_a_local_delete_removes_files_and_a_missing_one_is_no_error(tmp_path: Pa
     store.delete(["a/1", "a/none"])
     assert store.list() == ["a/2"]
     assert store.url == str(tmp_path)
+
+
+def test_an_s3_error_without_a_code_is_named_by_its_class():
+    from botocore.exceptions import ClientError
+
+    for response in ({"Error": {"Message": "no code"}}, {}):
+        error = ClientError(response, "GetObject")
+        assert error_code(error) == ""
+        assert store_error(error).code == "ClientError"
+
+
+def test_keys_s3_would_not_delete_without_a_code_give_an_empty_code():
+    store, stubber = _stubbed_store()
+    stubber.add_response("delete_objects", {"Errors": [{"Key": "env/a", "Message": "no"}]})
+    with pytest.raises(StoreError) as raised:
+        store.delete(["a"])
+    assert raised.value.code == ""
+    assert str(raised.value) == "deleting 1 of 1 objects failed, first env/a: no"
+
+
+def test_a_local_put_makes_every_missing_directory(tmp_path: Path):
+    store = LocalStore(tmp_path / "new" / "root")
+    store.put("a/b/c.json", b"{}")
+    assert (tmp_path / "new" / "root" / "a" / "b" / "c.json").read_bytes() == b"{}"
+
+
+def test_s3_list_of_a_prefix_ending_in_any_letter_keeps_it(s3_in_process):
+    s3_in_process.create_bucket(Bucket="store")
+    for key in ("boX/1", "bo/2", "X/3"):
+        s3_in_process.put_object(Bucket="store", Key=key, Body=b"")
+    store = open_store("s3://store")
+    assert store.list("boX") == ["boX/1"]
+    assert store.list("X") == ["X/3"]

@@ -504,3 +504,22 @@ def test_read_body_undoes_the_codings_and_refuses_an_unknown_one():
     )
     assert http.content_codings(" GZip , identity,,") == ["gzip", "identity"]
     assert http.content_codings(None) == []
+
+
+def test_read_body_reads_at_most_one_byte_past_the_limit():
+    request = BodyRequest(b"x" * 10_000)
+    with pytest.raises(PayloadTooLarge):
+        asyncio.run(http.read_body(request, 100))
+    assert request.stream.read_bytes == 101
+
+
+def test_only_zero_bytes_pad_a_gzip_body():
+    with pytest.raises(InvalidInput) as raised:
+        decode_content(gzip.compress(BODY) + b"\0\0" + b"X" * 20, ["gzip"], 1_000_000)
+    assert str(raised.value).startswith("the data after gzip member 1 is not valid gzip data: ")
+
+
+def test_a_query_parameter_is_named_up_to_its_first_equals_sign(client):
+    result = client.simulate_post("/predict?x=1=2&y", json=ZEROS)
+    assert result.status_code == 400
+    assert result.json == {"error": "/predict takes no query parameters; got 'x', 'y'"}

@@ -128,3 +128,57 @@ def test_a_worker_that_stops_removes_its_own_live_gauges(worker):
     assert list(worker.directory.glob(f"gauge_live*_{os.getpid()}.db"))
     metrics.close()
     assert not list(worker.directory.glob(f"gauge_live*_{os.getpid()}.db"))
+
+
+def test_the_capture_metrics_are_named_typed_and_explained_as_documented():
+    """Every capture series as a scrape shows it: name, type and help text (README, GET
+    /metrics and *Prediction capture*), nothing else."""
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry()
+    CaptureMetrics(registry)
+    heads = [
+        line
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith("# ")
+    ]
+    expected = {
+        "prediction_capture_records_captured_total": (
+            "counter",
+            "Records taken into the capture queue (one per batch row)",
+        ),
+        "prediction_capture_records_sampled_out_total": (
+            "counter",
+            "Records left out by PREDICTION_LOG_SAMPLE",
+        ),
+        "prediction_capture_records_written_total": (
+            "counter",
+            "Records in parts the sink has stored",
+        ),
+        "prediction_capture_parts_uploaded_total": (
+            "counter",
+            "Parts the sink has stored (from memory or from the spool)",
+        ),
+        "prediction_capture_retries_total": (
+            "counter",
+            "Failed sink writes that were tried again or spooled",
+        ),
+        "prediction_capture_parts_spooled_total": (
+            "counter",
+            "Parts written to the local spool because the sink was down or memory was full",
+        ),
+        "prediction_capture_records_dropped_total": (
+            "counter",
+            "Records lost because neither the sink nor the local spool could take them",
+        ),
+        "prediction_capture_queue_records": (
+            "gauge",
+            "Records waiting in memory (queue and parts not yet stored)",
+        ),
+        "prediction_capture_spool_parts": ("gauge", "Parts waiting in the local spool"),
+        "prediction_capture_sink_up": ("gauge", "1 while the last write to the sink succeeded"),
+    }
+    want = []
+    for name, (kind, text) in expected.items():
+        want += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+    assert sorted(heads) == sorted(want)

@@ -146,7 +146,9 @@ def test_an_s3_download_lands_in_the_cache_by_content_hash_in_process(s3_in_proc
     ]
     # An upper-case sha256 names the same bytes: served from the cache, S3 not asked.
     s3_in_process.delete_object(Bucket="models", Key="mnist/model.onnx")
-    again = fetch("s3://models/mnist/model.onnx", sha256=DIGEST.upper(), cache_dir=tmp_path / "cache")
+    again = fetch(
+        "s3://models/mnist/model.onnx", sha256=DIGEST.upper(), cache_dir=tmp_path / "cache"
+    )
     assert again == (path, DIGEST)
 
 

@@ -138,9 +138,7 @@ def test_the_capture_metrics_are_named_typed_and_explained_as_documented():
     registry = CollectorRegistry()
     CaptureMetrics(registry)
     heads = [
-        line
-        for line in generate_latest(registry).decode().splitlines()
-        if line.startswith("# ")
+        line for line in generate_latest(registry).decode().splitlines() if line.startswith("# ")
     ]
     expected = {
         "prediction_capture_records_captured_total": (

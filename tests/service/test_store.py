@@ -287,9 +287,7 @@ def test_keys_s3_would_not_delete_are_a_store_error_naming_the_first():
     )
     with pytest.raises(StoreError) as raised:
         store.delete(["a", "b", "c"])
-    assert str(raised.value) == (
-        "deleting 2 of 3 objects failed, first env/a: Access Denied"
-    )
+    assert str(raised.value) == ("deleting 2 of 3 objects failed, first env/a: Access Denied")
     assert raised.value.code == "AccessDenied"
 
 

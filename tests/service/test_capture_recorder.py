@@ -271,3 +271,28 @@ def test_a_close_past_its_time_says_how_many_parts_stay_spooled(tmp_path, caplog
     ]
     assert len(list((tmp_path / "spool").rglob("*.jsonl.gz"))) == 3
     assert value(recorder.metrics.spool_parts) == 3
+
+
+def test_wait_idle_hurries_the_queue_instead_of_waiting_for_the_flush(tmp_path):
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 3)
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return idle
+
+    assert asyncio.run(scenario()) is True
+    assert len(read_dir(tmp_path / "out")) == 3
+
+
+def test_while_draining_the_spool_is_retried_at_least_every_second(tmp_path):
+    """README, stop sequence: with the sink down, the flush retries every second."""
+    recorder = CaptureRecorder(LocalSink(tmp_path), config(tmp_path, max_retry_seconds=5.0))
+    assert recorder._retry_cap() == 5.0
+    recorder._draining = True
+    assert recorder._retry_cap() == 1.0
+    quick = CaptureRecorder(LocalSink(tmp_path), config(tmp_path, max_retry_seconds=0.5))
+    quick._draining = True
+    assert quick._retry_cap() == 0.5

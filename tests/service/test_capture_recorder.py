@@ -296,3 +296,19 @@ def test_while_draining_the_spool_is_retried_at_least_every_second(tmp_path):
     quick = CaptureRecorder(LocalSink(tmp_path), config(tmp_path, max_retry_seconds=0.5))
     quick._draining = True
     assert quick._retry_cap() == 0.5
+
+
+def test_the_sink_coming_back_is_said_once_with_the_spooled_parts_left(tmp_path, caplog):
+    sink = FlakySink(tmp_path / "out")
+    recorder = CaptureRecorder(sink, config(tmp_path))
+    recorder._spooled.extend([tmp_path / "a", tmp_path / "b"])
+    with caplog.at_level(logging.INFO, "service.capture"):
+        recorder._mark_up()  # up already: nothing to say
+        recorder._mark_down()
+        recorder._mark_up()
+        recorder._mark_up()
+    back = [r.getMessage() for r in caplog.records if "answers again" in r.getMessage()]
+    assert back == [
+        f"prediction capture: the sink {sink.url} answers again; uploading 2 spooled parts"
+    ]
+    assert value(recorder.metrics.sink_up) == 1

@@ -307,7 +307,7 @@ def test_the_sink_coming_back_is_said_once_with_the_spooled_parts_left(tmp_path,
         recorder._mark_down()
         recorder._mark_up()
         recorder._mark_up()
-    back = [r.getMessage() for r in caplog.records if "answers again" in r.getMessage()]
+    back = [r.getMessage() for r in caplog.records if "answers again;" in r.getMessage()]
     assert back == [
         f"prediction capture: the sink {sink.url} answers again; uploading 2 spooled parts"
     ]

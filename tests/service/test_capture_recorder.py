@@ -37,6 +37,12 @@ def wait_for_files(root: Path, count: int, timeout: float = 10.0) -> int:
     return found
 
 
+def wait_for_records(root: Path, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(read_dir(root)) < count:
+        time.sleep(0.02)
+
+
 def test_the_settings_become_the_recorders_config(tmp_path):
     settings = Settings(
         model_url="m.onnx",
@@ -312,3 +318,119 @@ def test_the_sink_coming_back_is_said_once_with_the_spooled_parts_left(tmp_path,
         f"prediction capture: the sink {sink.url} answers again; uploading 2 spooled parts"
     ]
     assert value(recorder.metrics.sink_up) == 1
+
+
+def pending(request_id: str, answered_at: float = 1_764_500_000.0):
+    from service.capture.records import Pending
+    from tests.service.test_capture import INFO, scores
+
+    return Pending(answered_at, "/predict", request_id, INFO, scores(1), None, 0.001)
+
+
+def test_parts_in_memory_fill_it_exactly_and_the_next_one_is_spooled(tmp_path):
+    from service.capture.records import PartNamer, encode_parts
+
+    (sample,) = encode_parts([pending("a")], "dev", PartNamer())
+    size = len(sample.body)  # the same for "b": the body is gzip with mtime 0
+    recorder = CaptureRecorder(FlakySink(tmp_path / "out"), config(tmp_path, max_memory_bytes=size))
+
+    async def encode(request_id: str) -> None:
+        recorder._queue.append(pending(request_id))
+        recorder._queued_rows += 1
+        await recorder._encode_queue()
+
+    async def scenario():
+        await encode("a")  # exactly the memory bound: kept in memory
+        kept = ([p.records for p in recorder._pending], len(recorder._spooled))
+        await encode("b")  # one byte more than the bound would hold: spooled
+        return kept, [p.records for p in recorder._pending], len(recorder._spooled)
+
+    assert asyncio.run(scenario()) == (([1], 0), [1], 1)
+    assert value(recorder.metrics.spooled) == 1
+    assert value(recorder.metrics.queued) == 1
+
+
+def test_records_that_cannot_be_encoded_are_counted_lost_and_logged_with_the_cause(
+    tmp_path, monkeypatch, caplog
+):
+    from service.capture import recorder as recorder_module
+
+    def broken(*args):
+        raise ValueError("cannot encode")
+
+    monkeypatch.setattr(recorder_module, "encode_parts", broken)
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 3, rows=2)
+        await recorder.close()
+
+    with caplog.at_level(logging.CRITICAL, "service.capture"):
+        asyncio.run(scenario())
+    (lost,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert lost.getMessage() == "prediction capture LOST 6 records: encoding failed"
+    assert lost.exc_info is not None and str(lost.exc_info[1]) == "cannot encode"
+    assert value(recorder.metrics.dropped) == 6
+    assert value(recorder.metrics.captured) == 6
+
+
+def test_a_part_holds_about_max_part_bytes_of_json(tmp_path):
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_bytes=1_000)
+    )
+    send(recorder, 10)  # queued before the start: one batch, encoded at close
+
+    async def scenario():
+        await recorder.start()
+        await recorder.close()
+
+    asyncio.run(scenario())
+    parts = list((tmp_path / "out").rglob("*.jsonl.gz"))
+    assert len(parts) >= 3
+    assert len(read_dir(tmp_path / "out")) == 10
+
+
+def test_wait_idle_is_false_while_the_queue_is_being_encoded(tmp_path):
+    import threading
+
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
+    hold = threading.Event()
+
+    async def scenario():
+        await recorder.start()
+        blocker = recorder._encoder.run(hold.wait, 10)  # the encoder thread is busy
+        send(recorder, 4)
+        recorder._batch_due.set()
+        await asyncio.sleep(0.05)  # the batch is taken from the queue, waiting to encode
+        while recorder._queue:
+            await asyncio.sleep(0.01)
+        busy = await recorder.wait_idle(0.1)
+        hold.set()
+        await blocker
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return busy, idle
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+def test_a_part_leaves_the_bytes_count_of_the_queue_at_zero(tmp_path):
+    # 360 estimated bytes a one-row request: with a bound of 361, two trigger a part and the
+    # third alone must not.
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_bytes=361)
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 1, prefix="a")
+        send(recorder, 1, prefix="b")
+        await asyncio.to_thread(wait_for_records, tmp_path / "out", 2)
+        send(recorder, 1, prefix="c")
+        await asyncio.sleep(0.3)
+        after_third = len(read_dir(tmp_path / "out"))
+        await recorder.close()
+        return after_third
+
+    assert asyncio.run(scenario()) == 2

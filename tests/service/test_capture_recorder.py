@@ -87,7 +87,8 @@ def test_an_unusable_capture_url_is_a_config_error_naming_it(tmp_path, monkeypat
     ("limits", "requests"),
     [
         pytest.param({"max_part_records": 10}, 5, id="by-records"),  # 5 requests of 2 rows
-        pytest.param({"max_part_bytes": 2_000}, 3, id="by-bytes"),  # ~540 bytes a request
+        # 720 estimated bytes a request of 2 rows (240 a row + 12 a score): exactly the bound
+        pytest.param({"max_part_bytes": 1_440}, 2, id="by-bytes"),
     ],
 )
 def test_a_full_queue_becomes_a_part_before_its_flush_time(tmp_path, limits, requests):
@@ -139,7 +140,7 @@ def test_a_sample_draw_at_the_percentage_is_left_out():
     recorder = CaptureRecorder(
         FlakySink(Path("/nonexistent")),
         config(Path("/nonexistent"), sample_percent=50),
-        sampler=iter([0.5, 0.49]).__next__,
+        sampler=iter([0.5, 0.499]).__next__,
     )
     send(recorder, 2)
     assert value(recorder.metrics.sampled_out) == 1
@@ -434,3 +435,26 @@ def test_a_part_leaves_the_bytes_count_of_the_queue_at_zero(tmp_path):
         return after_third
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_a_given_answer_time_is_the_records_time(tmp_path):
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path))
+    from tests.service.test_capture import INFO, scores
+
+    recorder.record(
+        route="/predict",
+        request_id="t",
+        model=INFO,
+        scores=scores(1),
+        inputs=None,
+        latency_seconds=0.001,
+        answered_at=1_764_500_000.25,
+    )
+
+    async def scenario():
+        await recorder.start()
+        await recorder.close()
+
+    asyncio.run(scenario())
+    (record,) = read_dir(tmp_path / "out")
+    assert record["time"] == "2025-11-30T10:53:20.250Z"

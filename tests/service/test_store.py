@@ -361,3 +361,8 @@ def test_s3_list_of_a_prefix_ending_in_any_letter_keeps_it(s3_in_process):
     store = open_store("s3://store")
     assert store.list("boX") == ["boX/1"]
     assert store.list("X") == ["X/3"]
+
+
+def test_an_s3_prefix_keeps_every_letter_and_loses_only_its_slashes():
+    store = open_store("s3://bucket/Xenv/X/", s3_client=lambda: None)
+    assert (store.bucket, store.prefix, store.url) == ("bucket", "Xenv/X", "s3://bucket/Xenv/X")

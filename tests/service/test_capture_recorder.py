@@ -458,3 +458,15 @@ def test_a_given_answer_time_is_the_records_time(tmp_path):
     asyncio.run(scenario())
     (record,) = read_dir(tmp_path / "out")
     assert record["time"] == "2025-11-30T10:53:20.250Z"
+
+
+def test_the_background_tasks_are_named_for_a_task_dump(tmp_path):
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        names = {task.get_name() for task in asyncio.all_tasks()}
+        await recorder.close()
+        return names
+
+    assert {"capture-batch", "capture-upload"} <= asyncio.run(scenario())

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.capture import CaptureRecorder, build_recorder
-from service.capture.records import Part
+from service.capture.records import Part, decode_part
 from service.capture.sinks import LocalSink
 from service.capture.spool import Spool
 from service.config import ConfigError, Settings
@@ -470,3 +470,62 @@ def test_the_background_tasks_are_named_for_a_task_dump(tmp_path):
         return names
 
     assert {"capture-batch", "capture-upload"} <= asyncio.run(scenario())
+
+
+def test_uploaded_parts_free_their_memory_so_a_healthy_sink_never_spools(tmp_path):
+    from service.capture.records import PartNamer, encode_parts
+
+    (sample,) = encode_parts([pending("r0")], "dev", PartNamer())
+    bound = len(sample.body) * 3 // 2  # room for one part, not two
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, max_memory_bytes=bound)
+    )
+
+    async def scenario():
+        await recorder.start()
+        for i in range(4):
+            send(recorder, 1, prefix=f"r{i}-")
+            assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    assert value(recorder.metrics.spooled) == 0
+    assert recorder._pending_bytes == 0
+    assert len(read_dir(tmp_path / "out")) == 4
+
+
+def test_parts_still_in_memory_at_the_end_of_close_go_to_the_spool(tmp_path):
+    sink = FlakySink(tmp_path / "out")
+    sink.release.clear()  # the first upload hangs past the close
+    recorder = CaptureRecorder(sink, config(tmp_path, close_seconds=0.3, max_part_records=2))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 6)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    spooled = list((tmp_path / "spool").rglob("*.jsonl.gz"))
+    sink.release.set()
+    assert sum(len(decode_part(p.read_bytes())) for p in spooled) == 6
+    assert recorder._pending_bytes == 0 and not recorder._pending
+
+
+def test_a_spooled_part_gets_every_attempt_while_the_sink_is_up(tmp_path, caplog):
+    from service.capture.records import PartNamer, encode_parts
+
+    (part,) = encode_parts([pending("old")], "dev", PartNamer())
+    Spool(tmp_path / "spool").save(part)
+    sink = FailsFirst(tmp_path / "out", failures=1)
+    recorder = CaptureRecorder(sink, config(tmp_path, upload_attempts=3))
+
+    async def scenario():
+        await recorder.start()
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    with caplog.at_level(logging.INFO, "service.capture"):
+        asyncio.run(scenario())
+    # One failed write was retried at once: the sink was never taken for down.
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert (value(recorder.metrics.retries), value(recorder.metrics.written)) == (1, 1)

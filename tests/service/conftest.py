@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +22,26 @@ from service.model import OnnxModel
 from tests.conftest import REPO, free_port, wait_for_http
 
 MNIST8_SHA256 = "2f06e72de813a8635c9bc0397ac447a601bdbfa7df4bebc278723b958831c9bf"
+
+
+@pytest.fixture
+def s3_in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """S3 inside this process: moto's `mock_aws` answers boto3 through botocore's event hooks
+    (no socket, no server), so a mutation run that changes the code in this process is seen.
+    Yields a boto3 S3 client; every client built in the block reaches the same fake S3.
+    (https://docs.getmoto.org/en/latest/docs/getting_started.html, "Decorator" and "Context
+    manager".)"""
+    from moto import mock_aws
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        import boto3
+
+        yield boto3.client("s3")
 
 
 @pytest.fixture(scope="session")

@@ -454,6 +454,7 @@ def test_records_are_dropped_only_when_the_disk_fails_too_and_that_is_loud(tmp_p
         f"{tmp_path / 'spool'} cannot be written ("
     )
     assert lost[0].endswith("); free the disk or fix its permissions")
+    assert "Not a directory" in lost[0]  # the OS's reason, named
 
 
 # -- settings and the app ------------------------------------------------------------

@@ -344,3 +344,182 @@ def test_gzip_errors_say_which_part_is_wrong(body, message):
     with pytest.raises(InvalidInput) as raised:
         decode_content(body, ["gzip"], 1_000_000)
     assert str(raised.value).startswith(message)
+
+
+# -- the drain middleware and the JSON 400 below the app, in this process
+
+
+class DrainRequest:
+    """What DrainUnreadBody reads of a request: its length, its headers and its stream."""
+
+    def __init__(self, stream, content_length=None, headers=None, eof=False) -> None:
+        self.content_length = content_length
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
+        self.stream = stream
+        self.stream.eof = eof
+
+    def get_header(self, name: str):
+        return self.headers.get(name.lower())
+
+
+class Answer:
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+
+    def set_header(self, name: str, value: str) -> None:
+        self.headers[name] = value
+
+
+def drain(request) -> dict[str, str]:
+    answer = Answer()
+    asyncio.run(http.DrainUnreadBody().process_response(request, answer, None, True))
+    return answer.headers
+
+
+def test_the_drain_reads_what_the_route_left_of_a_body_and_keeps_the_connection():
+    sized = Stream([b"x" * 100, b"y" * 50])
+    assert drain(DrainRequest(sized, content_length=150)) == {}
+    assert sized.read_bytes == 150
+    chunked = Stream([b"x" * 70])
+    assert drain(DrainRequest(chunked, headers={"Transfer-Encoding": "chunked"})) == {}
+    assert chunked.read_bytes == 70
+
+
+def test_the_drain_leaves_requests_without_a_body_or_with_the_body_read_alone():
+    for request in (
+        DrainRequest(Stream([b"never read"], ends=False), content_length=0),
+        DrainRequest(Stream([b"never read"], ends=False)),  # no length, not chunked
+        DrainRequest(Stream([b"never read"], ends=False), content_length=10, eof=True),
+    ):
+        assert drain(request) == {}
+        assert request.stream.read_bytes == 0
+
+
+def test_a_body_past_the_drain_bounds_is_left_unread_and_the_connection_closed(monkeypatch):
+    announced = DrainRequest(Stream([b"x"]), content_length=http.DISCARD_MAX_BYTES + 1)
+    assert drain(announced) == {"Connection": "close"}
+    assert announced.stream.read_bytes == 0
+    at_the_bound = DrainRequest(Stream([b"x" * 10]), content_length=http.DISCARD_MAX_BYTES)
+    assert drain(at_the_bound) == {}
+    monkeypatch.setattr(http, "DISCARD_MAX_BYTES", 100)
+    endless = DrainRequest(Stream([b"x" * 60] * 5), headers={"Transfer-Encoding": "chunked"})
+    assert drain(endless) == {"Connection": "close"}
+    monkeypatch.setattr(http, "DISCARD_MAX_SECONDS", 0.05)
+    stalled = DrainRequest(Stream([b"x"], ends=False), content_length=50)
+    assert drain(stalled) == {"Connection": "close"}
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def refused(reason: BaseException | None) -> tuple[bytes, dict, bool]:
+    """What the protocol writes when uvicorn's parser refuses a request for `reason`."""
+    from types import SimpleNamespace
+
+    protocol = object.__new__(http.JsonErrorsHttpToolsProtocol)
+    protocol.server_state = SimpleNamespace(
+        default_headers=[(b"server", b"uvicorn"), (b"date", b"Mon, 30 Nov 2026 12:00:00 GMT")]
+    )
+    protocol.transport = Transport()
+    if reason is None:
+        protocol.send_400_response("Invalid HTTP request received.")
+    else:
+        try:
+            raise reason
+        except type(reason):
+            protocol.send_400_response("Invalid HTTP request received.")
+    head, _, body = protocol.transport.written.partition(b"\r\n\r\n")
+    return head, json.loads(body), protocol.transport.closed
+
+
+def test_a_request_the_parser_refuses_is_answered_in_json_with_the_parsers_reason():
+    head, body, closed = refused(ValueError("invalid header token"))
+    assert body == {"error": "malformed HTTP request: invalid header token"}
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    assert head.split(b"\r\n") == [
+        b"HTTP/1.1 400 Bad Request",
+        b"server: uvicorn",
+        b"date: Mon, 30 Nov 2026 12:00:00 GMT",
+        b"content-type: application/json",
+        b"content-length: " + str(len(raw)).encode(),
+        b"connection: close",
+    ]
+    assert closed
+
+
+def test_a_refusal_without_a_reason_says_only_malformed():
+    assert refused(None)[1] == {"error": "malformed HTTP request"}
+    assert refused(ValueError(""))[1] == {"error": "malformed HTTP request"}
+
+
+class BodyRequest:
+    """What read_body reads: the Content-Encoding and Content-Length headers and the stream."""
+
+    def __init__(self, body: bytes, content_length=None, encoding=None) -> None:
+        self.content_length = content_length
+        self.encoding = encoding
+        self.stream = Stream([body])
+
+    def get_header(self, name: str):
+        return self.encoding if name.lower() == "content-encoding" else None
+
+
+def test_a_body_without_a_length_is_read_to_the_limit_and_one_byte_more_is_413():
+    # Chunked bodies come without Content-Length: only the bytes read can tell.
+    assert asyncio.run(http.read_body(BodyRequest(b"x" * 100), 100)) == b"x" * 100
+    over = BodyRequest(b"x" * 101)
+    with pytest.raises(PayloadTooLarge) as raised:
+        asyncio.run(http.read_body(over, 100))
+    assert str(raised.value) == "the body is larger than the limit of 100 bytes"
+
+
+def test_an_announced_length_over_the_limit_is_413_before_reading():
+    request = BodyRequest(b"x" * 10, content_length=101)
+    with pytest.raises(PayloadTooLarge) as raised:
+        asyncio.run(http.read_body(request, 100))
+    assert str(raised.value) == "the body has 101 bytes; the limit is 100"
+    assert request.stream.read_bytes == 0
+    at_limit = BodyRequest(b"y" * 100, content_length=100)
+    assert asyncio.run(http.read_body(at_limit, 100)) == b"y" * 100
+
+
+def test_read_body_undoes_the_codings_and_refuses_an_unknown_one():
+    packed = BodyRequest(gzip.compress(b"z" * 300), encoding="gzip")
+    assert asyncio.run(http.read_body(packed, 1000)) == b"z" * 300
+    from service.errors import UnsupportedMediaType
+
+    with pytest.raises(UnsupportedMediaType) as raised:
+        asyncio.run(http.read_body(BodyRequest(b"{}", encoding="gzip, BR , zstd"), 1000))
+    assert str(raised.value) == (
+        "Content-Encoding br, zstd is not supported; use gzip or deflate (or none)"
+    )
+    assert http.content_codings(" GZip , identity,,") == ["gzip", "identity"]
+    assert http.content_codings(None) == []
+
+
+def test_read_body_reads_at_most_one_byte_past_the_limit():
+    request = BodyRequest(b"x" * 10_000)
+    with pytest.raises(PayloadTooLarge):
+        asyncio.run(http.read_body(request, 100))
+    assert request.stream.read_bytes == 101
+
+
+def test_only_zero_bytes_pad_a_gzip_body():
+    with pytest.raises(InvalidInput) as raised:
+        decode_content(gzip.compress(BODY) + b"\0\0" + b"X" * 20, ["gzip"], 1_000_000)
+    assert str(raised.value).startswith("the data after gzip member 1 is not valid gzip data: ")
+
+
+def test_a_query_parameter_is_named_up_to_its_first_equals_sign(client):
+    result = client.simulate_post("/predict?x=1=2&y", json=ZEROS)
+    assert result.status_code == 400
+    assert result.json == {"error": "/predict takes no query parameters; got 'x', 'y'"}

@@ -18,7 +18,10 @@ from service.store import (
     NotAStore,
     S3Store,
     StoreError,
+    StoreUnreachable,
+    error_code,
     open_store,
+    store_error,
     write_new_file,
 )
 
@@ -109,3 +112,257 @@ def test_s3_errors_are_store_errors_naming_the_bucket(aws) -> None:
             call()
         assert raised.value.code == "NoSuchBucket"
         assert isinstance(raised.value, StoreError)
+
+
+# -- The S3 store in this process (moto's mock_aws; botocore's Stubber where moto cannot
+#    answer as S3 does): what a mutation run sees, and the answers compared whole.
+
+
+def test_s3_put_new_writes_once_below_the_prefix_with_its_content_type(s3_in_process):
+    s3_in_process.create_bucket(Bucket="capture")
+    store = open_store("s3://capture/dev")
+    assert store.put_new("p/1.gz", b"first", "application/gzip") is True
+    # The conditional write (If-None-Match: *) answers 412 for the taken key: nothing changes.
+    assert store.put_new("p/1.gz", b"second", "text/plain") is False
+    got = s3_in_process.get_object(Bucket="capture", Key="dev/p/1.gz")
+    assert (got["Body"].read(), got["ContentType"]) == (b"first", "application/gzip")
+    assert [o["Key"] for o in s3_in_process.list_objects_v2(Bucket="capture")["Contents"]] == [
+        "dev/p/1.gz"
+    ]
+
+
+def test_s3_put_replaces_read_and_exists_answer_per_key(s3_in_process):
+    s3_in_process.create_bucket(Bucket="store")
+    store = open_store("s3://store/env")
+    store.put("a/1.json", b"one", "application/json")
+    store.put("a/1.json", b"two", "text/plain")
+    got = s3_in_process.get_object(Bucket="store", Key="env/a/1.json")
+    assert (got["Body"].read(), got["ContentType"]) == (b"two", "text/plain")
+    assert store.read("a/1.json") == b"two"
+    assert store.read("a/none") is None
+    assert store.exists("a/1.json") is True
+    assert store.exists("a/none") is False
+
+
+def test_s3_upload_file_lands_below_the_prefix_with_its_sha256_checksum(s3_in_process, tmp_path):
+    import base64
+    import hashlib
+
+    s3_in_process.create_bucket(Bucket="store")
+    source = tmp_path / "model.onnx"
+    source.write_bytes(b"model bytes")
+    open_store("s3://store/env").upload_file("m/model.onnx", source)
+    head = s3_in_process.head_object(Bucket="store", Key="env/m/model.onnx", ChecksumMode="ENABLED")
+    expected = base64.b64encode(hashlib.sha256(b"model bytes").digest()).decode()
+    assert head["ChecksumSHA256"] == expected
+    body = s3_in_process.get_object(Bucket="store", Key="env/m/model.onnx")["Body"].read()
+    assert body == b"model bytes"
+
+
+def test_s3_list_gives_keys_below_the_prefix_and_never_a_sibling_prefix(s3_in_process):
+    s3_in_process.create_bucket(Bucket="store")
+    for key in ("env/a/1", "env/a/b/2", "env/c", "env2/x", "envy", "other/a/9"):
+        s3_in_process.put_object(Bucket="store", Key=key, Body=b"")
+    store = open_store("s3://store/env")
+    assert sorted(store.list()) == ["a/1", "a/b/2", "c"]
+    assert sorted(store.list("a")) == ["a/1", "a/b/2"]
+    assert sorted(store.list("a/")) == ["a/1", "a/b/2"]
+    assert store.list("nothing") == []
+    bucket_wide = open_store("s3://store")
+    assert sorted(bucket_wide.list()) == [
+        "env/a/1",
+        "env/a/b/2",
+        "env/c",
+        "env2/x",
+        "envy",
+        "other/a/9",
+    ]
+    assert bucket_wide.list("other") == ["other/a/9"]
+    assert bucket_wide.list("env/a/b") == ["env/a/b/2"]
+
+
+def test_s3_delete_removes_the_keys_and_a_missing_key_is_no_error(s3_in_process):
+    s3_in_process.create_bucket(Bucket="store")
+    for key in ("env/a", "env/b", "a"):
+        s3_in_process.put_object(Bucket="store", Key=key, Body=b"")
+    store = open_store("s3://store/env")
+    store.delete(["a", "gone"])
+    store.delete([])
+    keys = [o["Key"] for o in s3_in_process.list_objects_v2(Bucket="store")["Contents"]]
+    assert sorted(keys) == ["a", "env/b"]
+
+
+def test_every_s3_call_on_a_missing_bucket_is_no_such_bucket_with_botocores_text(
+    s3_in_process, tmp_path
+):
+    source = tmp_path / "f"
+    source.write_bytes(b"x")
+    store = open_store("s3://no-such-bucket/env")
+    calls = {
+        "PutObject": [
+            lambda: store.put_new("k", b"", "text/plain"),
+            lambda: store.put("k", b"", "text/plain"),
+            # boto3's upload wraps the ClientError in S3UploadFailedError: the code is kept.
+            lambda: store.upload_file("k", source),
+        ],
+        "GetObject": [lambda: store.read("k")],
+        "HeadObject": [lambda: store.exists("k")],
+        "ListObjectsV2": [lambda: store.list()],
+        "DeleteObjects": [lambda: store.delete(["k"])],
+    }
+    for operation, of_operation in calls.items():
+        for call in of_operation:
+            with pytest.raises(NoSuchBucket) as raised:
+                call()
+            assert raised.value.code == "NoSuchBucket"
+            assert f"(NoSuchBucket) when calling the {operation} operation" in str(raised.value)
+
+
+def _stubbed_store(prefix: str = "env"):
+    """An S3Store whose client answers only what the test queues (botocore's Stubber checks
+    each request against the S3 service model and the expected parameters)."""
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client(
+        "s3", region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+    )
+    stubber = Stubber(client)
+    stubber.activate()
+    return S3Store("bucket", prefix, client=client), stubber
+
+
+def test_an_s3_refusal_other_than_missing_is_a_store_error_with_its_code():
+    store, stubber = _stubbed_store()
+    for method in ("get_object", "head_object", "put_object"):
+        stubber.add_client_error(method, "AccessDenied", "Access Denied", 403)
+    for call in (
+        lambda: store.read("k"),
+        lambda: store.exists("k"),
+        lambda: store.put_new("k", b"", "text/plain"),
+    ):
+        with pytest.raises(StoreError) as raised:
+            call()
+        assert type(raised.value) is StoreError
+        assert raised.value.code == "AccessDenied"
+        assert "(AccessDenied)" in str(raised.value) and "Access Denied" in str(raised.value)
+    stubber.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("code", ["404", "NoSuchKey", "NotFound"])
+def test_every_s3_answer_for_no_such_key_reads_as_missing(code):
+    store, stubber = _stubbed_store()
+    stubber.add_client_error("get_object", code, "missing", 404)
+    stubber.add_client_error("head_object", code, "missing", 404)
+    assert store.read("k") is None
+    assert store.exists("k") is False
+
+
+def test_delete_sends_at_most_1000_keys_a_request_below_the_prefix():
+    store, stubber = _stubbed_store()
+    keys = [f"k{i}" for i in range(1001)]
+    for batch in (keys[:1000], keys[1000:]):
+        stubber.add_response(
+            "delete_objects",
+            {},
+            {
+                "Bucket": "bucket",
+                "Delete": {"Objects": [{"Key": f"env/{k}"} for k in batch], "Quiet": True},
+            },
+        )
+    store.delete(keys)
+    stubber.assert_no_pending_responses()
+
+
+def test_keys_s3_would_not_delete_are_a_store_error_naming_the_first():
+    store, stubber = _stubbed_store()
+    stubber.add_response(
+        "delete_objects",
+        {
+            "Errors": [
+                {"Key": "env/a", "Code": "AccessDenied", "Message": "Access Denied"},
+                {"Key": "env/b", "Code": "InternalError", "Message": "try again"},
+            ]
+        },
+    )
+    with pytest.raises(StoreError) as raised:
+        store.delete(["a", "b", "c"])
+    assert str(raised.value) == ("deleting 2 of 3 objects failed, first env/a: Access Denied")
+    assert raised.value.code == "AccessDenied"
+
+
+def test_an_unreachable_s3_is_store_unreachable():
+    import boto3
+    from botocore.config import Config
+
+    from tests.conftest import free_port
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region_name="us-east-1",
+        aws_access_key_id="t",
+        aws_secret_access_key="t",
+        config=Config(retries={"total_max_attempts": 1}, connect_timeout=2),
+    )
+    store = S3Store("bucket", "env", client=client)
+    with pytest.raises(StoreUnreachable) as raised:
+        store.read("k")
+    assert raised.value.code == ""
+    assert "Could not connect to the endpoint URL" in str(raised.value)
+
+
+def test_a_failure_without_an_s3_code_is_named_by_its_class():
+    from boto3.exceptions import S3UploadFailedError
+
+    error = store_error(S3UploadFailedError("Failed to upload"))
+    assert type(error) is StoreError
+    assert (str(error), error.code) == ("Failed to upload", "S3UploadFailedError")
+    assert error_code(ValueError("x")) == ""
+
+
+def test_a_local_delete_removes_files_and_a_missing_one_is_no_error(tmp_path: Path):
+    store = LocalStore(tmp_path)
+    store.put("a/1", b"1")
+    store.put("a/2", b"2")
+    store.delete(["a/1", "a/none"])
+    assert store.list() == ["a/2"]
+    assert store.url == str(tmp_path)
+
+
+def test_an_s3_error_without_a_code_is_named_by_its_class():
+    from botocore.exceptions import ClientError
+
+    for response in ({"Error": {"Message": "no code"}}, {}):
+        error = ClientError(response, "GetObject")
+        assert error_code(error) == ""
+        assert store_error(error).code == "ClientError"
+
+
+def test_keys_s3_would_not_delete_without_a_code_give_an_empty_code():
+    store, stubber = _stubbed_store()
+    stubber.add_response("delete_objects", {"Errors": [{"Key": "env/a", "Message": "no"}]})
+    with pytest.raises(StoreError) as raised:
+        store.delete(["a"])
+    assert raised.value.code == ""
+    assert str(raised.value) == "deleting 1 of 1 objects failed, first env/a: no"
+
+
+def test_a_local_put_makes_every_missing_directory(tmp_path: Path):
+    store = LocalStore(tmp_path / "new" / "root")
+    store.put("a/b/c.json", b"{}")
+    assert (tmp_path / "new" / "root" / "a" / "b" / "c.json").read_bytes() == b"{}"
+
+
+def test_s3_list_of_a_prefix_ending_in_any_letter_keeps_it(s3_in_process):
+    s3_in_process.create_bucket(Bucket="store")
+    for key in ("boX/1", "bo/2", "X/3"):
+        s3_in_process.put_object(Bucket="store", Key=key, Body=b"")
+    store = open_store("s3://store")
+    assert store.list("boX") == ["boX/1"]
+    assert store.list("X") == ["X/3"]
+
+
+def test_an_s3_prefix_keeps_every_letter_and_loses_only_its_slashes():
+    store = open_store("s3://bucket/Xenv/X/", s3_client=lambda: None)
+    assert (store.bucket, store.prefix, store.url) == ("bucket", "Xenv/X", "s3://bucket/Xenv/X")

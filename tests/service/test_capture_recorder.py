@@ -1,0 +1,531 @@
+"""The capture recorder's promises counted exactly: what its settings become, what triggers a
+part without anyone waiting for it, what each metric and warning says, and a spooled part
+another process took first. (tests/service/test_capture.py covers the flow around them.)"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.capture import CaptureRecorder, build_recorder
+from service.capture.records import Part, decode_part
+from service.capture.sinks import LocalSink
+from service.capture.spool import Spool
+from service.config import ConfigError, Settings
+from tests.service.test_capture import FlakySink, config, read_dir, send
+
+
+def value(metric) -> float:
+    return metric._value.get()
+
+
+def wait_for_files(root: Path, count: int, timeout: float = 10.0) -> int:
+    """Parts under `root` once there are `count` (polled, bounded): no one asks the recorder
+    to hurry, so what made the part is the trigger under test."""
+    deadline = time.monotonic() + timeout
+    found = 0
+    while time.monotonic() < deadline:
+        found = len(list(root.rglob("*.jsonl.gz")))
+        if found >= count:
+            return found
+        time.sleep(0.02)
+    return found
+
+
+def wait_for_records(root: Path, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(read_dir(root)) < count:
+        time.sleep(0.02)
+
+
+def test_the_settings_become_the_recorders_config(tmp_path):
+    settings = Settings(
+        model_url="m.onnx",
+        prediction_log_url=str(tmp_path / "out"),
+        prediction_log_sample=25.0,
+        prediction_log_inputs=True,
+        prediction_log_spool_dir=tmp_path / "spool",
+        app_env="staging",
+        cache_dir=tmp_path,
+        stop_timeout_seconds=60,
+    )
+    recorder = build_recorder(settings, CollectorRegistry())
+    assert isinstance(recorder, CaptureRecorder)
+    assert recorder.sink.url == str(tmp_path / "out")
+    got = recorder.config
+    assert (got.env, got.spool_dir, got.sample_percent, got.include_inputs) == (
+        "staging",
+        tmp_path / "spool",
+        25.0,
+        True,
+    )
+    assert got.close_seconds == settings.stop_budget.flush_seconds > 0
+    # The metrics are the registry's: a scrape of the app shows them.
+    assert value(recorder.metrics.sink_up) == 1
+
+
+def test_an_unusable_capture_url_is_a_config_error_naming_it(tmp_path, monkeypatch):
+    from service.capture import recorder as recorder_module
+    from service.capture.sinks import SinkError
+
+    def refuse(url):
+        raise SinkError(f"PREDICTION_LOG_URL={url!r}: refused")
+
+    monkeypatch.setattr(recorder_module, "open_sink", refuse)
+    settings = Settings(model_url="m.onnx", prediction_log_url=str(tmp_path), cache_dir=tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        build_recorder(settings, CollectorRegistry())
+    assert str(raised.value) == f"PREDICTION_LOG_URL={str(tmp_path)!r}: refused"
+
+
+@pytest.mark.parametrize(
+    ("limits", "requests"),
+    [
+        pytest.param({"max_part_records": 10}, 5, id="by-records"),  # 5 requests of 2 rows
+        # 720 estimated bytes a request of 2 rows (240 a row + 12 a score): exactly the bound
+        pytest.param({"max_part_bytes": 1_440}, 2, id="by-bytes"),
+    ],
+)
+def test_a_full_queue_becomes_a_part_before_its_flush_time(tmp_path, limits, requests):
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, **limits)
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, requests - 1, rows=2)
+        await asyncio.sleep(0.2)
+        before = len(list((tmp_path / "out").rglob("*.jsonl.gz")))
+        send(recorder, 1, rows=2, prefix="last")
+        found = await asyncio.to_thread(wait_for_files, tmp_path / "out", 1)
+        await recorder.close()
+        return before, found >= 1
+
+    assert asyncio.run(scenario()) == (0, True)
+    assert len(read_dir(tmp_path / "out")) == 2 * requests
+
+
+def test_every_counter_and_gauge_after_a_clean_run(tmp_path):
+    draws = iter([0.1, 0.9] * 10)
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"),
+        config(tmp_path, sample_percent=50, max_part_records=4),
+        sampler=lambda: next(draws),
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 10, rows=3)  # 5 kept (15 records), 5 sampled out (15 records)
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    metrics = recorder.metrics
+    assert value(metrics.captured) == 15
+    assert value(metrics.sampled_out) == 15
+    assert value(metrics.written) == 15
+    parts = len(list((tmp_path / "out").rglob("*.jsonl.gz")))
+    assert value(metrics.parts_uploaded) == parts >= 4  # at most 4 records a part
+    assert (value(metrics.queued), value(metrics.spool_parts)) == (0, 0)
+    assert (value(metrics.retries), value(metrics.spooled), value(metrics.dropped)) == (0, 0, 0)
+
+
+def test_a_sample_draw_at_the_percentage_is_left_out():
+    # `random()` < sample/100 keeps a record: exactly at the percentage it is left out.
+    recorder = CaptureRecorder(
+        FlakySink(Path("/nonexistent")),
+        config(Path("/nonexistent"), sample_percent=50),
+        sampler=iter([0.5, 0.499]).__next__,
+    )
+    send(recorder, 2)
+    assert value(recorder.metrics.sampled_out) == 1
+    assert [entry.request_id for entry in recorder._queue] == ["r1"]
+
+
+class FailsFirst(FlakySink):
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    def put(self, key: str, body: bytes) -> bool:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError(f"refused #{self.calls}")
+        return self._local.put(key, body)
+
+
+def test_each_failed_write_is_counted_and_named_with_its_attempt(tmp_path, caplog):
+    sink = FailsFirst(tmp_path / "out", failures=2)
+    recorder = CaptureRecorder(sink, config(tmp_path, upload_attempts=3))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 1)
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    with caplog.at_level(logging.WARNING, "service.capture"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"prediction capture: writing to {sink.url} failed (attempt 1 of 3): refused #1",
+        f"prediction capture: writing to {sink.url} failed (attempt 2 of 3): refused #2",
+    ]
+    # The third attempt stored it: nothing spooled, the sink never marked down.
+    assert value(recorder.metrics.retries) == 2
+    assert (value(recorder.metrics.spooled), value(recorder.metrics.sink_up)) == (0, 1)
+    assert len(read_dir(tmp_path / "out")) == 1
+
+
+def test_a_part_that_fails_every_attempt_is_spooled_after_exactly_those_attempts(tmp_path):
+    sink = FailsFirst(tmp_path / "out", failures=2)
+    recorder = CaptureRecorder(sink, config(tmp_path, upload_attempts=2))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 1)
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    # Two attempts failed and the part went to the spool; the spool's upload then took it.
+    assert value(recorder.metrics.spooled) == 1
+    assert value(recorder.metrics.retries) == 2
+    assert sink.calls == 3
+    assert len(read_dir(tmp_path / "out")) == 1
+
+
+def test_a_start_reports_the_parts_a_previous_process_spooled(tmp_path, caplog):
+    spool = Spool(tmp_path / "spool")
+    from service.capture.records import PartNamer, Pending, encode_parts
+    from tests.service.test_capture import INFO, scores
+
+    namer = PartNamer()
+    for i in range(3):
+        (part,) = encode_parts(
+            [Pending(time.time(), "/predict", f"old{i}", INFO, scores(1), None, 0.001)],
+            "dev",
+            namer,
+        )
+        spool.save(part)
+    sink = FlakySink(tmp_path / "out")
+    sink.release.clear()  # nothing is uploaded while the start is checked
+    recorder = CaptureRecorder(sink, config(tmp_path))
+
+    async def scenario():
+        with caplog.at_level(logging.INFO, "service.capture"):
+            await recorder.start()
+            await recorder.start()  # a second start changes nothing
+        spooled = value(recorder.metrics.spool_parts)
+        sink.release.set()
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+        return spooled
+
+    assert asyncio.run(scenario()) == 3
+    started = [r.getMessage() for r in caplog.records if "spooled parts in" in r.getMessage()]
+    assert started == [
+        f"prediction capture: 3 spooled parts in {tmp_path / 'spool'} will be uploaded to "
+        f"{sink.url}"
+    ]
+    assert sorted(r["id"] for r in read_dir(tmp_path / "out")) == ["old0", "old1", "old2"]
+    assert value(recorder.metrics.written) == 3
+    assert value(recorder.metrics.spool_parts) == 0
+
+
+def test_a_spooled_part_another_process_uploaded_first_is_not_counted_again(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    path = spool.save(Part("dev/2026/11/30/14/x.jsonl.gz", b"not read", 5))
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path))
+    # Another process took the part between this one's scan and its upload.
+    assert recorder._put_spooled(path.with_name("gone.jsonl.gz")) == 0
+
+    async def scenario():
+        await recorder.start()
+        path.unlink()
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    assert (value(recorder.metrics.written), value(recorder.metrics.parts_uploaded)) == (0, 0)
+    assert not list((tmp_path / "out").rglob("*"))
+
+
+def test_a_close_past_its_time_says_how_many_parts_stay_spooled(tmp_path, caplog):
+    sink = FlakySink(tmp_path / "out")
+    sink.down = True
+    recorder = CaptureRecorder(
+        sink, config(tmp_path, close_seconds=0.3, max_part_records=2, upload_attempts=1)
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 6)
+        await recorder.close()
+
+    with caplog.at_level(logging.WARNING, "service.capture"):
+        asyncio.run(scenario())
+    late = [r.getMessage() for r in caplog.records if "did not take everything" in r.getMessage()]
+    assert late == [
+        f"prediction capture: the sink {sink.url} did not take everything within 0 s; "
+        f"3 parts stay in the spool {tmp_path / 'spool'}, for the next start on the same storage"
+    ]
+    assert len(list((tmp_path / "spool").rglob("*.jsonl.gz"))) == 3
+    assert value(recorder.metrics.spool_parts) == 3
+
+
+def test_wait_idle_hurries_the_queue_instead_of_waiting_for_the_flush(tmp_path):
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 3)
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return idle
+
+    assert asyncio.run(scenario()) is True
+    assert len(read_dir(tmp_path / "out")) == 3
+
+
+def test_while_draining_the_spool_is_retried_at_least_every_second(tmp_path):
+    """README, stop sequence: with the sink down, the flush retries every second."""
+    recorder = CaptureRecorder(LocalSink(tmp_path), config(tmp_path, max_retry_seconds=5.0))
+    assert recorder._retry_cap() == 5.0
+    recorder._draining = True
+    assert recorder._retry_cap() == 1.0
+    quick = CaptureRecorder(LocalSink(tmp_path), config(tmp_path, max_retry_seconds=0.5))
+    quick._draining = True
+    assert quick._retry_cap() == 0.5
+
+
+def test_the_sink_coming_back_is_said_once_with_the_spooled_parts_left(tmp_path, caplog):
+    sink = FlakySink(tmp_path / "out")
+    recorder = CaptureRecorder(sink, config(tmp_path))
+    recorder._spooled.extend([tmp_path / "a", tmp_path / "b"])
+    with caplog.at_level(logging.INFO, "service.capture"):
+        recorder._mark_up()  # up already: nothing to say
+        recorder._mark_down()
+        recorder._mark_up()
+        recorder._mark_up()
+    back = [r.getMessage() for r in caplog.records if "answers again;" in r.getMessage()]
+    assert back == [
+        f"prediction capture: the sink {sink.url} answers again; uploading 2 spooled parts"
+    ]
+    assert value(recorder.metrics.sink_up) == 1
+
+
+def pending(request_id: str, answered_at: float = 1_764_500_000.0):
+    from service.capture.records import Pending
+    from tests.service.test_capture import INFO, scores
+
+    return Pending(answered_at, "/predict", request_id, INFO, scores(1), None, 0.001)
+
+
+def test_parts_in_memory_fill_it_exactly_and_the_next_one_is_spooled(tmp_path):
+    from service.capture.records import PartNamer, encode_parts
+
+    (sample,) = encode_parts([pending("a")], "dev", PartNamer())
+    size = len(sample.body)  # the same for "b": the body is gzip with mtime 0
+    recorder = CaptureRecorder(FlakySink(tmp_path / "out"), config(tmp_path, max_memory_bytes=size))
+
+    async def encode(request_id: str) -> None:
+        recorder._queue.append(pending(request_id))
+        recorder._queued_rows += 1
+        await recorder._encode_queue()
+
+    async def scenario():
+        await encode("a")  # exactly the memory bound: kept in memory
+        kept = ([p.records for p in recorder._pending], len(recorder._spooled))
+        await encode("b")  # one byte more than the bound would hold: spooled
+        return kept, [p.records for p in recorder._pending], len(recorder._spooled)
+
+    assert asyncio.run(scenario()) == (([1], 0), [1], 1)
+    assert value(recorder.metrics.spooled) == 1
+    assert value(recorder.metrics.queued) == 1
+
+
+def test_records_that_cannot_be_encoded_are_counted_lost_and_logged_with_the_cause(
+    tmp_path, monkeypatch, caplog
+):
+    from service.capture import recorder as recorder_module
+
+    def broken(*args):
+        raise ValueError("cannot encode")
+
+    monkeypatch.setattr(recorder_module, "encode_parts", broken)
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 3, rows=2)
+        await recorder.close()
+
+    with caplog.at_level(logging.CRITICAL, "service.capture"):
+        asyncio.run(scenario())
+    (lost,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert lost.getMessage() == "prediction capture LOST 6 records: encoding failed"
+    assert lost.exc_info is not None and str(lost.exc_info[1]) == "cannot encode"
+    assert value(recorder.metrics.dropped) == 6
+    assert value(recorder.metrics.captured) == 6
+
+
+def test_a_part_holds_about_max_part_bytes_of_json(tmp_path):
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_bytes=1_000)
+    )
+    send(recorder, 10)  # queued before the start: one batch, encoded at close
+
+    async def scenario():
+        await recorder.start()
+        await recorder.close()
+
+    asyncio.run(scenario())
+    parts = list((tmp_path / "out").rglob("*.jsonl.gz"))
+    assert len(parts) >= 3
+    assert len(read_dir(tmp_path / "out")) == 10
+
+
+def test_wait_idle_is_false_while_the_queue_is_being_encoded(tmp_path):
+    import threading
+
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
+    hold = threading.Event()
+
+    async def scenario():
+        await recorder.start()
+        blocker = recorder._encoder.run(hold.wait, 10)  # the encoder thread is busy
+        send(recorder, 4)
+        recorder._batch_due.set()
+        await asyncio.sleep(0.05)  # the batch is taken from the queue, waiting to encode
+        while recorder._queue:
+            await asyncio.sleep(0.01)
+        busy = await recorder.wait_idle(0.1)
+        hold.set()
+        await blocker
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return busy, idle
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+def test_a_part_leaves_the_bytes_count_of_the_queue_at_zero(tmp_path):
+    # 360 estimated bytes a one-row request: with a bound of 361, two trigger a part and the
+    # third alone must not.
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_bytes=361)
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 1, prefix="a")
+        send(recorder, 1, prefix="b")
+        await asyncio.to_thread(wait_for_records, tmp_path / "out", 2)
+        send(recorder, 1, prefix="c")
+        await asyncio.sleep(0.3)
+        after_third = len(read_dir(tmp_path / "out"))
+        await recorder.close()
+        return after_third
+
+    assert asyncio.run(scenario()) == 2
+
+
+def test_a_given_answer_time_is_the_records_time(tmp_path):
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path))
+    from tests.service.test_capture import INFO, scores
+
+    recorder.record(
+        route="/predict",
+        request_id="t",
+        model=INFO,
+        scores=scores(1),
+        inputs=None,
+        latency_seconds=0.001,
+        answered_at=1_764_500_000.25,
+    )
+
+    async def scenario():
+        await recorder.start()
+        await recorder.close()
+
+    asyncio.run(scenario())
+    (record,) = read_dir(tmp_path / "out")
+    assert record["time"] == "2025-11-30T10:53:20.250Z"
+
+
+def test_the_background_tasks_are_named_for_a_task_dump(tmp_path):
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        names = {task.get_name() for task in asyncio.all_tasks()}
+        await recorder.close()
+        return names
+
+    assert {"capture-batch", "capture-upload"} <= asyncio.run(scenario())
+
+
+def test_uploaded_parts_free_their_memory_so_a_healthy_sink_never_spools(tmp_path):
+    from service.capture.records import PartNamer, encode_parts
+
+    (sample,) = encode_parts([pending("r0")], "dev", PartNamer())
+    bound = len(sample.body) * 3 // 2  # room for one part, not two
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, max_memory_bytes=bound)
+    )
+
+    async def scenario():
+        await recorder.start()
+        for i in range(4):
+            send(recorder, 1, prefix=f"r{i}-")
+            assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    assert value(recorder.metrics.spooled) == 0
+    assert recorder._pending_bytes == 0
+    assert len(read_dir(tmp_path / "out")) == 4
+
+
+def test_parts_still_in_memory_at_the_end_of_close_go_to_the_spool(tmp_path):
+    sink = FlakySink(tmp_path / "out")
+    sink.release.clear()  # the first upload hangs past the close
+    recorder = CaptureRecorder(sink, config(tmp_path, close_seconds=0.3, max_part_records=2))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 6)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    spooled = list((tmp_path / "spool").rglob("*.jsonl.gz"))
+    sink.release.set()
+    assert sum(len(decode_part(p.read_bytes())) for p in spooled) == 6
+    assert recorder._pending_bytes == 0 and not recorder._pending
+
+
+def test_a_spooled_part_gets_every_attempt_while_the_sink_is_up(tmp_path, caplog):
+    from service.capture.records import PartNamer, encode_parts
+
+    (part,) = encode_parts([pending("old")], "dev", PartNamer())
+    Spool(tmp_path / "spool").save(part)
+    sink = FailsFirst(tmp_path / "out", failures=1)
+    recorder = CaptureRecorder(sink, config(tmp_path, upload_attempts=3))
+
+    async def scenario():
+        await recorder.start()
+        assert await recorder.wait_idle(5)
+        await recorder.close()
+
+    with caplog.at_level(logging.INFO, "service.capture"):
+        asyncio.run(scenario())
+    # One failed write was retried at once: the sink was never taken for down.
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert (value(recorder.metrics.retries), value(recorder.metrics.written)) == (1, 1)

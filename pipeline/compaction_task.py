@@ -24,22 +24,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline import revisions
+
 # What `python -m pipeline.predictions.compact` is asked each hour: every hour of the
 # last two days that is finished and not yet compacted (a missed run is caught up).
 SINCE = "2d"
-# The revision keeps the released one's settings (RegisterTaskDefinition's fields) but
-# its family and task role.
-KEPT_FIELDS = (
-    "executionRoleArn",
-    "networkMode",
-    "volumes",
-    "placementConstraints",
-    "requiresCompatibilities",
-    "cpu",
-    "memory",
-    "runtimePlatform",
-    "ephemeralStorage",
-)
+# The revision keeps the released one's settings but its family and task role.
+KEPT_FIELDS = tuple(f for f in revisions.REQUEST_FIELDS if f not in ("family", "taskRoleArn"))
 # What a task that serves nothing does not need: the API tokens and the listening port.
 DROPPED_CONTAINER_FIELDS = ("secrets", "portMappings", "healthCheck")
 
@@ -86,7 +77,7 @@ def register(
         containers.append(definition)
     if not any(c["name"] == container for c in containers):
         raise KeyError(f"task definition {released} has no container {container!r}")
-    request = {k: base[k] for k in KEPT_FIELDS if base.get(k) not in (None, [], {})}
+    request = revisions.kept_fields(base, KEPT_FIELDS)
     registered = client.register_task_definition(
         **request,
         family=compaction_family,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline import compaction_task, records
+from pipeline import compaction_task, records, revisions
 from pipeline.environment import Environment
 from service.auth import bearer_header
 
@@ -136,7 +136,7 @@ class Ecs:
                 f"task definition {base_arn} has no container {container!r}; check the "
                 "environment's container_name output"
             )
-        request = {k: base[k] for k in TASK_DEFINITION_FIELDS if base.get(k) not in (None, [], {})}
+        request = revisions.kept_fields(base)
         registered = self._client.register_task_definition(
             **request, containerDefinitions=containers
         )
@@ -201,22 +201,6 @@ class Ecs:
                     f"{timeout:.0f} s{last_error}"
                 )
             self._sleep(self._poll)
-
-
-# What a new revision keeps of its base (RegisterTaskDefinition's request fields).
-TASK_DEFINITION_FIELDS = (
-    "family",
-    "taskRoleArn",
-    "executionRoleArn",
-    "networkMode",
-    "volumes",
-    "placementConstraints",
-    "requiresCompatibilities",
-    "cpu",
-    "memory",
-    "runtimePlatform",
-    "ephemeralStorage",
-)
 
 
 def primary_deployment(service: dict[str, Any]) -> dict[str, Any]:

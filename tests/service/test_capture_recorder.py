@@ -354,12 +354,12 @@ def test_parts_in_memory_fill_it_exactly_and_the_next_one_is_spooled(tmp_path):
 def test_records_that_cannot_be_encoded_are_counted_lost_and_logged_with_the_cause(
     tmp_path, monkeypatch, caplog
 ):
-    from service.capture import recorder as recorder_module
+    from service.capture.records import PartsBuilder
 
     def broken(*args):
         raise ValueError("cannot encode")
 
-    monkeypatch.setattr(recorder_module, "encode_parts", broken)
+    monkeypatch.setattr(PartsBuilder, "add", broken)
     recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path))
 
     async def scenario():
@@ -392,28 +392,33 @@ def test_a_part_holds_about_max_part_bytes_of_json(tmp_path):
     assert len(read_dir(tmp_path / "out")) == 10
 
 
-def test_wait_idle_is_false_while_the_queue_is_being_encoded(tmp_path):
-    import threading
-
+def test_wait_idle_is_false_while_the_queue_is_being_encoded(tmp_path, monkeypatch):
     recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
-    hold = threading.Event()
+    encode = recorder._encode
 
     async def scenario():
+        hold = asyncio.Event()
+
+        async def held(entries):  # the batch is taken from the queue, its encoding held
+            await hold.wait()
+            return await encode(entries)
+
+        monkeypatch.setattr(recorder, "_encode", held)
         await recorder.start()
-        blocker = recorder._encoder.run(hold.wait, 10)  # the encoder thread is busy
         send(recorder, 4)
         recorder._batch_due.set()
-        await asyncio.sleep(0.05)  # the batch is taken from the queue, waiting to encode
-        while recorder._queue:
+        for _ in range(500):
+            if not recorder._queue:
+                break
             await asyncio.sleep(0.01)
         busy = await recorder.wait_idle(0.1)
         hold.set()
-        await blocker
         idle = await recorder.wait_idle(5)
         await recorder.close()
         return busy, idle
 
     assert asyncio.run(scenario()) == (False, True)
+    assert sum(1 for _ in (tmp_path / "out").rglob("*.jsonl.gz")) == 1
 
 
 def test_a_part_leaves_the_bytes_count_of_the_queue_at_zero(tmp_path):

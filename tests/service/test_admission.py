@@ -132,3 +132,128 @@ def test_a_block_that_raises_gives_its_bytes_back_and_the_next_waiter_enters():
 
     assert asyncio.run(scenario()) == 0
     assert log == ["failing in, 80 held", "waiting 80", "second in, 50 held"]
+
+
+def test_a_budget_of_one_byte_is_a_budget():
+    assert BodyBudget(1).capacity == 1
+
+
+def _entered(budget: BodyBudget, size: int) -> tuple[asyncio.Task, asyncio.Event]:
+    """A task holding `size` bytes until its event is set; `.entered` once inside."""
+    leave = asyncio.Event()
+
+    async def run() -> None:
+        async with budget.hold(size):
+            await leave.wait()
+
+    return asyncio.create_task(run()), leave
+
+
+def test_requests_that_fill_the_budget_exactly_run_together():
+    async def scenario() -> tuple[int, int]:
+        budget = BodyBudget(10)
+        a, leave_a = _entered(budget, 4)
+        b, leave_b = _entered(budget, 6)
+        await asyncio.sleep(0)
+        together = budget.held
+        leave_a.set()
+        leave_b.set()
+        await asyncio.gather(a, b)
+        return together, budget.held
+
+    assert asyncio.run(scenario()) == (10, 0)
+
+
+def test_a_waiting_request_enters_when_it_fits_exactly_and_not_before():
+    async def scenario() -> list[int]:
+        budget = BodyBudget(10)
+        a, leave_a = _entered(budget, 4)
+        c, leave_c = _entered(budget, 4)
+        b, leave_b = _entered(budget, 6)  # 8 held: 6 more would be 14
+        d, leave_d = _entered(budget, 7)  # behind b
+        await asyncio.sleep(0)
+        seen = [budget.held]
+        leave_a.set()  # 4 held: b's 6 fits exactly, then d's 7 does not
+        await asyncio.sleep(0.01)
+        seen.append(budget.held)
+        for leave in (leave_c, leave_b):
+            leave.set()
+        await asyncio.sleep(0.01)
+        seen.append(budget.held)  # nothing else held: d enters alone
+        leave_d.set()
+        await asyncio.gather(a, b, c, d)
+        return [*seen, budget.held]
+
+    assert asyncio.run(scenario()) == [8, 10, 7, 0]
+
+
+def test_an_empty_body_never_waits():
+    async def scenario() -> tuple[int, bool]:
+        budget = BodyBudget(10)
+        full, leave = _entered(budget, 10)
+        await asyncio.sleep(0)
+        async with budget.hold(0):
+            inside = budget.held
+        async with budget.hold(-5):  # a negative length counts as none
+            pass
+        leave.set()
+        await full
+        return inside, budget.held == 0
+
+    assert asyncio.run(scenario()) == (10, True)
+
+
+def test_a_cancelled_waiter_at_the_head_lets_the_next_one_in():
+    async def scenario() -> tuple[int, bool]:
+        budget = BodyBudget(10)
+        holder, leave = _entered(budget, 5)
+        big, _ = _entered(budget, 8)  # waits: 13 would not fit
+        small, leave_small = _entered(budget, 2)  # waits behind big
+        await asyncio.sleep(0)
+        big.cancel()
+        await asyncio.gather(big, return_exceptions=True)
+        await asyncio.sleep(0.01)
+        entered = budget.held  # small fits beside the holder now
+        leave.set()
+        leave_small.set()
+        await asyncio.gather(holder, small)
+        return entered, big.cancelled()
+
+    assert asyncio.run(scenario()) == (7, True)
+
+
+def test_a_waiter_cancelled_while_bytes_come_back_ends_cancelled():
+    """Cancelled, then passed over by a release before its own clean-up has run."""
+
+    async def scenario() -> tuple[bool, int]:
+        budget = BodyBudget(10)
+        held = budget.hold(10)
+        await held.__aenter__()
+        first, _ = _entered(budget, 10)
+        second, leave_second = _entered(budget, 10)
+        await asyncio.sleep(0)
+        first.cancel()  # its wait is cancelled at once; its clean-up runs later
+        await held.__aexit__(None, None, None)  # the release skips it, admits second
+        results = await asyncio.gather(first, return_exceptions=True)
+        await asyncio.sleep(0.01)
+        inside = budget.held
+        leave_second.set()
+        await second
+        return isinstance(results[0], asyncio.CancelledError), inside
+
+    assert asyncio.run(scenario()) == (True, 10)
+
+
+def test_a_waiter_granted_just_as_it_is_cancelled_gives_the_bytes_back():
+    async def scenario() -> tuple[bool, int]:
+        budget = BodyBudget(10)
+        held = budget.hold(10)
+        await held.__aenter__()
+        waiter, _ = _entered(budget, 10)
+        await asyncio.sleep(0)
+        await held.__aexit__(None, None, None)  # grants the waiter its bytes ...
+        waiter.cancel()  # ... and it is cancelled before it runs again
+        results = await asyncio.gather(waiter, return_exceptions=True)
+        return isinstance(results[0], asyncio.CancelledError), budget.held
+
+    assert asyncio.run(scenario()) == (True, 0)

@@ -63,7 +63,7 @@ def released(ecs: Any) -> str:
 
 
 def test_the_command_compacts_the_environments_last_two_days_under_its_capture_url():
-    assert COMMAND == [
+    assert compaction_task.command("dev", "s3://bucket/capture") == [
         "python",
         "-m",
         "pipeline.predictions.compact",

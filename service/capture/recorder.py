@@ -289,13 +289,15 @@ class CaptureRecorder:
                 stored = not self._sink_down and await self._upload_with_retries(
                     self._put_part, part, attempts=self.config.upload_attempts
                 )
-                self._pending.popleft()
-                self._pending_bytes -= len(part.body)
                 if stored:
                     self._count_uploaded(part.records)
                 else:
                     self._mark_down()
+                    # Pending until it is on disk: a close that cancels this loop meanwhile
+                    # spools it itself (the same file name: written once).
                     await self._save_to_spool(part)
+                self._pending.popleft()
+                self._pending_bytes -= len(part.body)
                 self._update_gauges()
                 continue
             if self._spooled and (not self._sink_down or loop.time() >= next_probe):

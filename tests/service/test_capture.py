@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -410,6 +411,30 @@ def test_close_leaves_what_it_cannot_upload_spooled_for_the_next_process(tmp_pat
 
     asyncio.run(next_start())
     assert sorted(r["id"] for r in read_dir(tmp_path / "out")) == sorted(f"r{i}" for i in range(7))
+
+
+def test_a_close_that_ends_while_a_part_is_being_spooled_still_leaves_it_spooled(tmp_path):
+    """The close's deadline passes while the upload loop writes a part to the spool: the
+    part is spooled all the same, once, before close returns."""
+    sink = FlakySink(tmp_path / "out")
+    sink.down = True
+    recorder = CaptureRecorder(sink, config(tmp_path, close_seconds=0.1, upload_attempts=1))
+    save = recorder._spool.save
+
+    def slow_save(part):
+        time.sleep(0.5)  # a slow disk: the close's deadline passes meanwhile
+        return save(part)
+
+    recorder._spool.save = slow_save
+
+    async def shut_down_while_down():
+        await recorder.start()
+        send(recorder, 7)
+        await recorder.close()
+
+    asyncio.run(shut_down_while_down())
+    parts = list((tmp_path / "spool").rglob("*.gz"))
+    assert [len(decode_part(p.read_bytes())) for p in parts] == [7]
 
 
 def test_full_memory_spills_to_the_spool_instead_of_dropping(tmp_path):

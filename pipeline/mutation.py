@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,13 +76,24 @@ def mutant_glob(module: str) -> str:
     return module.removesuffix(".py").replace("/", ".") + ".*"
 
 
+def mutmut_environment(environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
+    """`environ` with FIXTURES_DIR made absolute against `cwd`: mutmut runs the tests from
+    its copy of the tree (`mutants/`), where a relative path (the README's
+    `../shared/fixtures`) would name another directory."""
+    environment = dict(environ)
+    if environment.get("FIXTURES_DIR"):
+        environment["FIXTURES_DIR"] = str((cwd / environment["FIXTURES_DIR"]).resolve())
+    return environment
+
+
 def run_mutmut(modules: list[str], max_children: int | None = None) -> None:
     """`mutmut run` over the mutants of `modules` (mutmut's own output goes to the terminal)."""
     command = ["mutmut", "run"]
     if max_children:
         command += ["--max-children", str(max_children)]
     command += [mutant_glob(module) for module in modules]
-    done = subprocess.run(command, cwd=REPO, check=False)
+    environment = mutmut_environment(os.environ, Path.cwd())
+    done = subprocess.run(command, cwd=REPO, env=environment, check=False)
     if done.returncode != 0:
         raise MutationError(
             f"mutmut run exited with {done.returncode}: its output above names the cause "

@@ -88,3 +88,18 @@ def test_the_core_is_what_pyproject_names():
     assert "service/capture/records.py" in core
     assert not any(module.endswith("__init__.py") for module in core)
     assert mutation.select(["service/codec.py"], changed=False) == ["service/codec.py"]
+
+
+def test_a_relative_fixtures_dir_reaches_mutmut_as_the_directory_it_names(tmp_path: Path):
+    """mutmut runs the tests from `mutants/`: the README's relative FIXTURES_DIR must be
+    resolved against where `nox -s mutation` was started, not there."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    given = {"FIXTURES_DIR": "../shared/fixtures", "PATH": "/usr/bin"}
+    environment = mutation.mutmut_environment(given, repo)
+    assert environment == {
+        "FIXTURES_DIR": str(tmp_path / "shared" / "fixtures"),
+        "PATH": "/usr/bin",
+    }
+    assert given["FIXTURES_DIR"] == "../shared/fixtures"
+    assert mutation.mutmut_environment({"PATH": "/usr/bin"}, repo) == {"PATH": "/usr/bin"}

@@ -38,7 +38,6 @@ from pipeline.datasets import read_csv_images, read_csv_labels, read_idx_images,
 from pipeline.reference import fetch_artifact, load_reference
 
 TVD_THRESHOLD = 0.1
-DRIFT_TVD_THRESHOLD = TVD_THRESHOLD  # the name earlier callers use
 PSI_MODERATE = 0.1
 PSI_SIGNIFICANT = 0.25
 MIN_RECORDS = 1000

@@ -34,7 +34,10 @@ def server_options(settings: Settings, log_config: dict) -> dict[str, Any]:
         port=settings.port,
         log_config=log_config,
         access_log=False,
-        proxy_headers=True,
+        # Nothing here reads the client's address or scheme (no access log, no absolute
+        # URLs), so uvicorn's X-Forwarded-* rewriting would be a layer on every request
+        # that changes nothing.
+        proxy_headers=False,
         server_header=False,
         http=JsonErrorsHttpToolsProtocol,
         loop="uvloop",

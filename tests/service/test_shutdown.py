@@ -35,6 +35,7 @@ def test_uvicorn_and_the_recorder_take_their_budgets_from_stop_timeout_seconds(t
     options = server_options(settings, log_config={})
     assert options["timeout_graceful_shutdown"] == stop_budget(120).drain_seconds
     assert options["timeout_keep_alive"] == 65
+    assert options["proxy_headers"] is False  # nothing reads the client address or scheme
     recorder = build_recorder(settings, CollectorRegistry())
     assert recorder.config.close_seconds == stop_budget(120).flush_seconds
 

@@ -162,6 +162,20 @@ def test_the_route_refuses_the_corpus_with_the_general_paths_message(client, bod
     assert message in result.json["error"]
 
 
+def test_float32s_largest_number_is_taken_and_one_beyond_it_is_not():
+    """The range check is exact at float32's edge: its largest number stays in the lane;
+    a double beyond it, in either sign, goes to the general path."""
+    largest = float(np.finfo(np.float32).max)
+    lane = NumberArrays()
+    for body in (orjson.dumps({"data": [largest]}), orjson.dumps({"data": [[-largest]]})):
+        taken = lane.decode(body, F32)
+        assert taken is not None
+        assert same(taken, general(body))
+    beyond = orjson.dumps({"data": [0.0, float(np.nextafter(largest, np.inf)) * 2]})
+    assert lane.decode(beyond, F32) is None
+    assert same(lane.decode(beyond, np.dtype(np.float64)), general(beyond, np.float64))
+
+
 def test_rows_of_one_number_keep_their_shape():
     """[[1], [2]] is two rows of one (the route then refuses shape [2, 1]), not [1, 2]."""
     body = b'{"data": [[1], [2]]}'

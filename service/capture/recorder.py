@@ -29,7 +29,7 @@ import numpy as np
 from service.capture.interface import NullRecorder
 from service.capture.metrics import CaptureMetrics
 from service.capture.partformat import count as count_records
-from service.capture.records import Part, PartNamer, PartsBuilder, Pending
+from service.capture.records import Part, PartNamer, PartsBuilder, Pending, row_slices
 from service.capture.sinks import Sink, SinkError, open_sink
 from service.capture.spool import Spool
 from service.capture.worker import Worker
@@ -42,9 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.capture")
 
-# Requests encoded and compressed per turn of the event loop: about 0.3 ms of work for
-# single-image records, so a request waits at most that long for capture.
-ENCODE_SLICE = 128
+# Rows (records) encoded and compressed per turn of the event loop: about 0.2 ms of work
+# for single-image requests, so a request that arrives meanwhile waits about that long at
+# most. Counted in rows, not requests: a request of 256 images is 256 records.
+ENCODE_SLICE_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,8 @@ class CaptureRecorder:
             self._upload_due.set()
 
     async def _encode(self, entries: list[Pending]) -> list[Part]:
-        """`entries` as parts, encoded on the event loop ENCODE_SLICE requests at a time.
+        """`entries` as parts, encoded on the event loop about ENCODE_SLICE_ROWS rows at a
+        time (whole requests: one larger than that is a slice of its own).
 
         Between slices the loop serves requests. A worker thread would hold the GIL
         for the whole batch in stretches of the interpreter's switch interval (5 ms),
@@ -272,8 +274,8 @@ class CaptureRecorder:
             self.config.max_part_records,
             self.config.max_part_bytes,
         )
-        for start in range(0, len(entries), ENCODE_SLICE):
-            builder.add(entries[start : start + ENCODE_SLICE])
+        for piece in row_slices(entries, ENCODE_SLICE_ROWS):
+            builder.add(piece)
             await asyncio.sleep(0)
         return builder.finish()
 

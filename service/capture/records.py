@@ -300,6 +300,23 @@ def _fixed_fields(env: str, route: str, model: ModelInfo) -> bytes:
     )
 
 
+def row_slices(entries: Sequence[Pending], rows: int) -> Iterator[list[Pending]]:
+    """`entries` in order, cut into consecutive slices that each end as soon as they hold
+    `rows` rows or more: every slice but the last holds at least `rows`, and at most
+    `rows - 1` plus its last request's rows (a request larger than `rows` ends the slice
+    it starts or joins)."""
+    piece: list[Pending] = []
+    held = 0
+    for entry in entries:
+        piece.append(entry)
+        held += entry.rows
+        if held >= rows:
+            yield piece
+            piece, held = [], 0
+    if piece:
+        yield piece
+
+
 class PartsBuilder:
     """Encodes requests into gzip JSON Lines parts a slice at a time: one or more parts
     per UTC hour the requests fall in, each holding at most `max_records` records and

@@ -29,6 +29,7 @@ from service.capture.records import (
     encode_parts,
     lines_of,
     record_lines,
+    row_slices,
 )
 from service.capture.sinks import LocalSink, open_sink
 from service.config import ConfigError, Settings
@@ -269,8 +270,23 @@ def test_the_recorder_encodes_between_requests_a_slice_at_a_time(tmp_path):
         return turns, read_dir(tmp_path)
 
     turns, records = asyncio.run(scenario())
-    assert turns >= 1000 // recorder_module.ENCODE_SLICE
+    assert turns >= 1000 // recorder_module.ENCODE_SLICE_ROWS
     assert sorted(r["id"] for r in records) == sorted(f"r{i}" for i in range(1000))
+
+
+def test_slices_are_cut_by_rows_so_a_large_request_never_shares_a_long_one():
+    """The encoder's slices hold about ENCODE_SLICE_ROWS records, counted in rows: each
+    ends once it reaches the count, whole requests in order, each once."""
+
+    def pending(rows: int) -> Pending:
+        return Pending(0.0, "/predict", None, INFO, scores(rows), None, 0.001)
+
+    singles = [pending(1) for _ in range(70)]
+    assert [len(s) for s in row_slices(singles, 32)] == [32, 32, 6]
+    assert list(itertools.chain.from_iterable(row_slices(singles, 32))) == singles
+    mixed = [pending(1), pending(1), pending(256), pending(1), pending(40), pending(3)]
+    assert [[e.rows for e in s] for s in row_slices(mixed, 32)] == [[1, 1, 256], [1, 40], [3]]
+    assert list(row_slices([], 32)) == []
 
 
 def test_part_names_never_repeat_within_or_across_processes():

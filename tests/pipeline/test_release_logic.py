@@ -831,6 +831,129 @@ def test_rollback_returns_to_the_release_before_the_latest_and_records_it(
     ]
 
 
+# -- the scheduled compaction follows the last successful release ----------------------
+
+COMPACTION_FAMILY = f"{FAMILY}-compaction"
+COMPACTION_ROLE = f"arn:aws:iam::{ACCOUNT}:role/onnx-ship-dev-compaction"
+COMPACTION_REVISION = f"arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/{COMPACTION_FAMILY}:7"
+COMPACT_COMMAND = [
+    "python", "-m", "pipeline.predictions.compact", "dev",
+    "--url", "s3://bucket/capture", "--since", "2d",
+]  # fmt: skip
+
+
+def with_compaction(env: Environment) -> Environment:
+    return replace(
+        env, compaction_task_family=COMPACTION_FAMILY, compaction_role_arn=COMPACTION_ROLE
+    )
+
+
+def released_task(arn: str, image: str) -> dict:
+    """A released service revision as DescribeTaskDefinition answers it: the server with
+    its token, port and health check, and a sidecar."""
+    return {
+        **BASE_TASK,
+        "taskDefinitionArn": arn,
+        "containerDefinitions": [
+            {
+                "name": "server",
+                "image": image,
+                "environment": [{"name": "APP_ENV", "value": "dev"}],
+                "secrets": [{"name": "API_TOKENS", "valueFrom": "arn:aws:secretsmanager:x"}],
+                "portMappings": [{"containerPort": 8080}],
+                "healthCheck": {"command": ["CMD", "true"]},
+            },
+            {"name": "sidecar", "image": "agent:1", "command": ["agent"]},
+        ],
+    }
+
+
+def expect_compaction(scripted: ScriptedEcs, released: str, image: str) -> None:
+    """DescribeTaskDefinition of `released`, then exactly this RegisterTaskDefinition: the
+    compaction family and role, the compaction command, no token, port or health check."""
+    scripted.stubber.add_response(
+        "describe_task_definition",
+        {"taskDefinition": released_task(released, image)},
+        {"taskDefinition": released},
+    )
+    scripted.stubber.add_response(
+        "register_task_definition",
+        {"taskDefinition": {"taskDefinitionArn": COMPACTION_REVISION, "family": COMPACTION_FAMILY}},
+        {
+            "family": COMPACTION_FAMILY,
+            "taskRoleArn": COMPACTION_ROLE,
+            "executionRoleArn": BASE_TASK["executionRoleArn"],
+            "networkMode": "awsvpc",
+            "requiresCompatibilities": ["FARGATE"],
+            "cpu": "512",
+            "memory": "1024",
+            "runtimePlatform": BASE_TASK["runtimePlatform"],
+            "ephemeralStorage": {"sizeInGiB": 21},
+            "containerDefinitions": [
+                {
+                    "name": "server",
+                    "image": image,
+                    "environment": [{"name": "APP_ENV", "value": "dev"}],
+                    "command": COMPACT_COMMAND,
+                },
+                {"name": "sidecar", "image": "agent:1", "command": ["agent"]},
+            ],
+        },
+    )
+
+
+def test_a_successful_release_points_the_scheduled_compaction_at_its_image(
+    scripted, endpoints, app, smoke, tmp_path, clock
+):
+    endpoints.serve(HOST, app)
+    env = with_compaction(environment(BASE, tmp_path))
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    expect_compaction(scripted, NEXT, IMAGE)
+    said: list[str] = []
+    outcome = release(
+        env, candidate(), smoke, ecs=scripted.ecs(), say=said.append, sleep=clock.sleep
+    )
+    assert outcome.succeeded
+    assert outcome.record["compaction_task_definition"] == COMPACTION_REVISION
+    assert records.read_latest(env.records_url) == outcome.record
+    assert said[-2:] == [
+        f"scheduled compaction runs {COMPACTION_REVISION}",
+        f"released {outcome.record['release_id']} to dev",
+    ]
+
+
+def test_rollback_points_the_scheduled_compaction_back_at_the_restored_image(
+    scripted, tmp_path, clock
+):
+    env = with_compaction(environment(BASE, tmp_path))
+    for record in (
+        succeeded("20260102T000000Z-cccccccccccc", RELEASED, image="img:2"),
+        succeeded("20260103T000000Z-eeeeeeeeeeee", NEXT),
+    ):
+        records.write(env.records_url, record)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    expect_compaction(scripted, RELEASED, "img:2")
+    said: list[str] = []
+    record = rollback(env, ecs=scripted.ecs(), say=said.append)
+    assert record["compaction_task_definition"] == COMPACTION_REVISION
+    assert said[-1] == f"scheduled compaction runs {COMPACTION_REVISION}"
+
+
+def test_a_released_revision_without_the_container_fails_compaction_by_name(scripted):
+    env = with_compaction(environment(BASE, "unused"))
+    scripted.stubber.add_response(
+        "describe_task_definition",
+        {"taskDefinition": {**released_task(NEXT, IMAGE), "containerDefinitions": []}},
+        {"taskDefinition": NEXT},
+    )
+    with pytest.raises(ReleaseError) as raised:
+        scripted.ecs().register_compaction(env, NEXT)
+    assert str(raised.value) == (
+        f"task definition {NEXT} has no container 'server'; check the container_name output"
+    )
+
+
 def test_rollback_of_a_record_without_a_sha_still_names_itself(scripted, tmp_path):
     env = environment(BASE, tmp_path)
     first = succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP)

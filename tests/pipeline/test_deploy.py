@@ -7,13 +7,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import boto3
+import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
 from pipeline import cli
 from pipeline import deploy as deploy_module
+from pipeline.batchable import batchable_copy
+from pipeline.datasets import load_dataset, scaled_inputs
 from pipeline.deploy import deploy
+from pipeline.download import download
 from pipeline.environment import REQUIRED, MissingEnvironment, override_name, resolve
 from pipeline.gating import GateFailed
 from tests.pipeline.environments import CLUSTER, make_environment
@@ -170,8 +174,25 @@ def test_serve_runs_the_batch_capable_copy_a_deploy_ships(monkeypatch, tmp_path)
     from pipeline.reference import load_reference
     from service.artifacts import sha256_of
 
-    copy = deploy_module.served_copy(load_reference(), tmp_path)
+    reference = load_reference()
+    proved_on = []
+
+    def batchable(model_path, inputs, target):  # the proof, seeing what it is shown
+        proved_on.append(inputs)
+        return batchable_copy(model_path, inputs, target)
+
+    monkeypatch.setattr(deploy_module, "batchable_copy", batchable)
+    copy = deploy_module.served_copy(reference, tmp_path)
     assert copy is not None and copy.images_checked == 10_000
+    # Proven on the test images as the model takes them (model.toml's scale), not on
+    # anything that merely has their shape.
+    downloaded = download(reference)
+    dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
+    expected = scaled_inputs(
+        dataset.images, np.dtype(np.float32), (1, 28, 28), reference.input_scale
+    )
+    (shown,) = proved_on
+    assert shown.dtype == expected.dtype and np.array_equal(shown, expected)
     assert copy.max_abs_difference == 0.0 and copy.sha256 == sha256_of(copy.path)
 
     served = {}

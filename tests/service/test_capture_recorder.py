@@ -534,3 +534,83 @@ def test_a_spooled_part_gets_every_attempt_while_the_sink_is_up(tmp_path, caplog
     # One failed write was retried at once: the sink was never taken for down.
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert (value(recorder.metrics.retries), value(recorder.metrics.written)) == (1, 1)
+
+
+async def _until(condition, polls: int = 500) -> bool:
+    """Whether `condition()` holds within `polls` polls 10 ms apart."""
+    for _ in range(polls):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
+
+
+def test_a_second_outage_after_the_spool_drained_is_spooled_and_drained_again(tmp_path):
+    """The spool's probe delay starts over once the spool drains: a later outage is
+    probed and uploaded like the first (the upload loop does not stop)."""
+    sink = FlakySink(tmp_path / "out")
+    recorder = CaptureRecorder(sink, config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        drained = []
+        for outage, prefix in ((1, "a"), (2, "b")):
+            sink.down = True
+            calls = sink.calls
+            send(recorder, 1, prefix=prefix)
+            # Its part failed every attempt and went to the spool, and a probe failed too.
+            spooled = await _until(
+                lambda n=outage, c=calls: (
+                    value(recorder.metrics.spooled) == n and sink.calls >= c + 4
+                )
+            )
+            sink.down = False
+            drained.append((spooled, await recorder.wait_idle(5)))
+        await recorder.close()
+        return drained
+
+    assert asyncio.run(scenario()) == [(True, True), (True, True)]
+    assert sorted(r["id"] for r in read_dir(tmp_path / "out")) == ["a0", "b0"]
+    assert value(recorder.metrics.parts_uploaded) == 2
+    assert value(recorder.metrics.written) == 2
+    assert value(recorder.metrics.spool_parts) == 0
+    assert value(recorder.metrics.sink_up) == 1
+
+
+def test_the_queue_gauge_counts_a_batch_being_encoded_while_a_part_uploads(
+    tmp_path, monkeypatch
+):
+    """A part stored while the next batch is encoded leaves the queue gauge at that
+    batch's rows: they are in memory, neither queued nor in a part yet."""
+    sink = FlakySink(tmp_path / "out")
+    sink.release.clear()  # the first part's write waits
+    recorder = CaptureRecorder(sink, config(tmp_path, flush_seconds=60))
+    encode = recorder._encode
+
+    async def scenario():
+        hold = asyncio.Event()
+
+        async def held(entries):  # the second batch (3 requests) is held mid-encoding
+            if len(entries) == 3:
+                await hold.wait()
+            return await encode(entries)
+
+        monkeypatch.setattr(recorder, "_encode", held)
+        await recorder.start()
+        send(recorder, 1, prefix="a")
+        recorder._batch_due.set()
+        writing = await _until(lambda: sink.calls == 1)
+        send(recorder, 3, prefix="b")
+        recorder._batch_due.set()
+        encoding = await _until(lambda: value(recorder.metrics.captured) == 4)
+        sink.release.set()
+        stored = await _until(lambda: value(recorder.metrics.written) == 1)
+        during = value(recorder.metrics.queued)
+        hold.set()
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return writing, encoding, stored, during, idle
+
+    assert asyncio.run(scenario()) == (True, True, True, 3, True)
+    assert value(recorder.metrics.queued) == 0
+    assert value(recorder.metrics.written) == 4

@@ -18,6 +18,7 @@ import pytest
 from service.capture import partformat
 from service.capture.records import (
     PartNamer,
+    PartsBuilder,
     Pending,
     build_records,
     encode_parts,
@@ -101,6 +102,35 @@ def test_single_images_encoded_together_keep_every_field_their_own():
         record["prediction"] = (3 * i + 1) % 10
         expected.append(record)
     assert decoded(lines_of(entries, "dev")) == expected
+
+
+def test_latency_is_in_milliseconds_rounded_to_the_microsecond_on_every_path():
+    latencies = [0.0123456, 0.0004444, 1.23456789]
+    singles = [
+        Pending(ANSWERED, "/predict", f"s{i}", MODEL, batch_scores(1), None, seconds)
+        for i, seconds in enumerate(latencies)
+    ]
+    expected = [12.346, 0.444, 1234.568]
+    assert [r["latency_ms"] for r in decoded(lines_of(singles, "dev"))] == expected
+    assert [
+        r["latency_ms"] for entry in singles for r in decoded(list(record_lines(entry, "dev")))
+    ] == expected
+    batch = Pending(ANSWERED, "/predict", "b", MODEL, batch_scores(2), None, 0.0123456)
+    assert [r["latency_ms"] for r in decoded(lines_of([batch], "dev"))] == [12.346, 12.346]
+
+
+def test_a_part_filled_over_several_slices_stops_at_max_records():
+    entries = [
+        Pending(ANSWERED, "/predict", f"r{i}", MODEL, batch_scores(1), None, 0.001)
+        for i in range(7)
+    ]
+    builder = PartsBuilder("dev", PartNamer(), max_records=5, max_bytes=1 << 20)
+    builder.add(entries[:3])
+    builder.add(entries[3:])
+    parts = builder.finish()
+    assert [p.records for p in parts] == [5, 2]
+    ids = [[r["id"] for r in partformat.decode(p.body)] for p in parts]
+    assert ids == [["r0", "r1", "r2", "r3", "r4"], ["r5", "r6"]]
 
 
 def test_scores_not_contiguous_in_memory_are_written_as_their_values():

@@ -5,6 +5,7 @@ and key layout, and the names the readers and the compactor tell apart."""
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import time
 import uuid
@@ -133,6 +134,51 @@ def test_a_part_filled_over_several_slices_stops_at_max_records():
     assert ids == [["r0", "r1", "r2", "r3", "r4"], ["r5", "r6"]]
 
 
+def test_a_part_closes_once_its_json_reaches_max_bytes():
+    entries = [
+        Pending(ANSWERED, "/predict", f"r{i}", MODEL, batch_scores(1), None, 0.001)
+        for i in range(5)
+    ]
+    lines = lines_of(entries, "dev")
+    size = len(lines[0])
+    assert all(len(line) == size for line in lines)
+    for max_bytes, records in ((2 * size, [2, 2, 1]), (2 * size + 1, [3, 2])):
+        parts = encode_parts(entries, "dev", PartNamer(), max_bytes=max_bytes)
+        assert [p.records for p in parts] == records
+        assert b"".join(partformat.decompress(p.body) for p in parts) == b"".join(lines)
+
+
+def test_parts_come_out_ordered_by_hour_whatever_the_order_of_their_records():
+    late = Pending(ANSWERED + 3600, "/predict", "late", MODEL, batch_scores(1), None, 0.001)
+    early = Pending(ANSWERED, "/predict", "early", MODEL, batch_scores(1), None, 0.001)
+    parts = encode_parts([late, early], "dev", PartNamer())
+    assert [p.key[:18] for p in parts] == ["dev/2025/11/30/10/", "dev/2025/11/30/11/"]
+    assert [partformat.decode(p.body)[0]["id"] for p in parts] == ["early", "late"]
+
+
+def test_no_requests_make_no_lines_and_no_parts():
+    assert lines_of([], "dev") == []
+    assert encode_parts([], "dev", PartNamer()) == []
+
+
+def test_a_part_is_named_by_its_records_hour_and_the_utc_time_it_was_made(monkeypatch):
+    monkeypatch.setenv("TZ", "XYZ-05:30")
+    time.tzset()
+    monkeypatch.setattr(time, "time", lambda: 1_764_510_123.987)  # 13:42:03.987 UTC
+    try:
+        namer = PartNamer()
+        first, second = namer("dev", ANSWERED), namer("prod", ANSWERED + 7200)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    pattern = r"20251130T134203\.987Z-[A-Za-z0-9.-]+-(\d+)-[0-9a-f]{8}-(\d{6})\.jsonl\.gz"
+    assert first.startswith("dev/2025/11/30/10/")
+    assert second.startswith("prod/2025/11/30/12/")
+    found = [re.fullmatch(pattern, key.split("/")[-1]) for key in (first, second)]
+    assert [m.group(2) for m in found] == ["000001", "000002"]
+    assert {int(m.group(1)) for m in found} == {os.getpid()}
+
+
 def test_scores_not_contiguous_in_memory_are_written_as_their_values():
     """A strided or column-major batch (a view the model's output may be) gives the same
     lines as its contiguous copy."""
@@ -179,6 +225,9 @@ def test_a_part_holds_at_most_ten_thousand_records_by_default():
     ]
     parts = encode_parts(entries, "dev", PartNamer())
     assert [part.records for part in parts] == [10_000, 1]
+    builder = PartsBuilder("dev", PartNamer())
+    builder.add(entries)
+    assert [part.records for part in builder.finish()] == [10_000, 1]
     assert [partformat.count(part.body) for part in parts] == [10_000, 1]
 
 

@@ -200,9 +200,8 @@ def test_a_generated_id_is_a_random_version_4_uuid():
         assert str(parsed) == text
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
     assert len(set(ids)) == len(ids)
-    (record,) = decoded(
-        list(record_lines(Pending(ANSWERED, "/predict", None, MODEL, batch_scores(1), None, 0), "dev"))
-    )
+    anonymous = Pending(ANSWERED, "/predict", None, MODEL, batch_scores(1), None, 0)
+    (record,) = decoded(list(record_lines(anonymous, "dev")))
     assert uuid.UUID(record["id"]).version == 4 and record["request_id"] == record["id"]
 
 
@@ -249,7 +248,9 @@ def test_a_part_is_one_deterministic_gzip_member_of_json_lines():
 
 def test_merged_members_read_as_every_record_in_order():
     first = partformat.encode([b'{"n":1}\n', b'{"n":2}\n'])
-    big = partformat.encode([orjson.dumps({"n": n, "pad": "x" * 200}) + b"\n" for n in range(3, 800)])
+    big = partformat.encode(
+        [orjson.dumps({"n": n, "pad": "x" * 200}) + b"\n" for n in range(3, 800)]
+    )
     merged = partformat.merge([first, big, first])
     assert merged == first + big + first
     numbers = [record["n"] for record in partformat.decode(merged)]

@@ -577,9 +577,7 @@ def test_a_second_outage_after_the_spool_drained_is_spooled_and_drained_again(tm
     assert value(recorder.metrics.sink_up) == 1
 
 
-def test_the_queue_gauge_counts_a_batch_being_encoded_while_a_part_uploads(
-    tmp_path, monkeypatch
-):
+def test_the_queue_gauge_counts_a_batch_being_encoded_while_a_part_uploads(tmp_path, monkeypatch):
     """A part stored while the next batch is encoded leaves the queue gauge at that
     batch's rows: they are in memory, neither queued nor in a part yet."""
     sink = FlakySink(tmp_path / "out")

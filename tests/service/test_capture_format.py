@@ -271,6 +271,14 @@ def test_a_member_larger_than_a_read_is_read_whole():
     assert partformat.count(merged) == 800
 
 
+def test_lines_are_cut_at_newlines_only():
+    lines = [b'{"id":"a b\\tc","route":"/predict"}\n', b'{"id":"\xc2\xa0 "}\n']
+    body = partformat.encode(lines)
+    assert partformat.lines(body) == lines
+    assert partformat.decode(body) == [{"id": "a b\tc", "route": "/predict"}, {"id": "\u00a0 "}]
+    assert partformat.count(body) == 2
+
+
 def test_an_empty_object_holds_no_records():
     assert partformat.decompress(b"") == b""
     assert (partformat.decode(b""), partformat.count(b""), partformat.lines(b"")) == ([], 0, [])

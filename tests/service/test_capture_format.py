@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import socket
 import time
 import uuid
 import zlib
@@ -177,6 +178,22 @@ def test_a_part_is_named_by_its_records_hour_and_the_utc_time_it_was_made(monkey
     found = [re.fullmatch(pattern, key.split("/")[-1]) for key in (first, second)]
     assert [m.group(2) for m in found] == ["000001", "000002"]
     assert {int(m.group(1)) for m in found} == {os.getpid()}
+
+
+@pytest.mark.parametrize(
+    ("hostname", "host"),
+    [
+        ("web_01.example.com", "web-01.example.com"),  # outside [A-Za-z0-9.-]: "-"
+        ("-edge-", "edge"),
+        ("XX" + "a" * 43 + "_", "XX" + "a" * 38),  # 40 characters at most
+        ("__", "host"),  # nothing left
+    ],
+)
+def test_a_part_name_carries_the_host_name_made_safe_for_a_key(monkeypatch, hostname, host):
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    name = PartNamer()("dev", ANSWERED).split("/")[-1]
+    pattern = rf"\d{{8}}T\d{{6}}\.\d{{3}}Z-(.+)-{os.getpid()}-[0-9a-f]{{8}}-000001\.jsonl\.gz"
+    assert re.fullmatch(pattern, name).group(1) == host
 
 
 def test_scores_not_contiguous_in_memory_are_written_as_their_values():

@@ -612,3 +612,56 @@ def test_the_queue_gauge_counts_a_batch_being_encoded_while_a_part_uploads(tmp_p
     assert asyncio.run(scenario()) == (True, True, True, 3, True)
     assert value(recorder.metrics.queued) == 0
     assert value(recorder.metrics.written) == 4
+
+
+def test_the_sink_and_the_spool_are_served_by_their_own_named_threads(tmp_path, monkeypatch):
+    """A thread dump names the capture's two worker threads: writes to the sink on
+    `capture-upload`, the spool's disk work on `capture-disk`."""
+    import threading
+
+    seen: dict[str, set[str]] = {"sink": set(), "disk": set()}
+    scan = Spool.scan
+
+    def scan_on(spool):
+        seen["disk"].add(threading.current_thread().name)
+        return scan(spool)
+
+    monkeypatch.setattr(Spool, "scan", scan_on)
+
+    class Watched(LocalSink):
+        def put(self, key: str, body: bytes) -> bool:
+            seen["sink"].add(threading.current_thread().name)
+            return super().put(key, body)
+
+    recorder = CaptureRecorder(Watched(tmp_path / "out"), config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 2)
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return idle
+
+    assert asyncio.run(scenario()) is True
+    assert seen == {"sink": {"capture-upload"}, "disk": {"capture-disk"}}
+
+
+def test_a_new_recorders_queue_counts_its_bytes_from_zero(tmp_path):
+    """A one-row request is estimated at 360 bytes: with a bound of 361 the first request
+    of a new recorder does not make the batch due, the second does."""
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_bytes=361)
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 1, prefix="a")
+        after_one = recorder._batch_due.is_set()
+        send(recorder, 1, prefix="b")
+        after_two = recorder._batch_due.is_set()
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return after_one, after_two, idle
+
+    assert asyncio.run(scenario()) == (False, True, True)
+    assert sorted(r["id"] for r in read_dir(tmp_path / "out")) == ["a0", "b0"]

@@ -534,3 +534,134 @@ def test_a_spooled_part_gets_every_attempt_while_the_sink_is_up(tmp_path, caplog
     # One failed write was retried at once: the sink was never taken for down.
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert (value(recorder.metrics.retries), value(recorder.metrics.written)) == (1, 1)
+
+
+async def _until(condition, polls: int = 500) -> bool:
+    """Whether `condition()` holds within `polls` polls 10 ms apart."""
+    for _ in range(polls):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
+
+
+def test_a_second_outage_after_the_spool_drained_is_spooled_and_drained_again(tmp_path):
+    """The spool's probe delay starts over once the spool drains: a later outage is
+    probed and uploaded like the first (the upload loop does not stop)."""
+    sink = FlakySink(tmp_path / "out")
+    recorder = CaptureRecorder(sink, config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        drained = []
+        for outage, prefix in ((1, "a"), (2, "b")):
+            sink.down = True
+            calls = sink.calls
+            send(recorder, 1, prefix=prefix)
+            # Its part failed every attempt and went to the spool, and a probe failed too.
+            spooled = await _until(
+                lambda n=outage, c=calls: (
+                    value(recorder.metrics.spooled) == n and sink.calls >= c + 4
+                )
+            )
+            sink.down = False
+            drained.append((spooled, await recorder.wait_idle(5)))
+        await recorder.close()
+        return drained
+
+    assert asyncio.run(scenario()) == [(True, True), (True, True)]
+    assert sorted(r["id"] for r in read_dir(tmp_path / "out")) == ["a0", "b0"]
+    assert value(recorder.metrics.parts_uploaded) == 2
+    assert value(recorder.metrics.written) == 2
+    assert value(recorder.metrics.spool_parts) == 0
+    assert value(recorder.metrics.sink_up) == 1
+
+
+def test_the_queue_gauge_counts_a_batch_being_encoded_while_a_part_uploads(tmp_path, monkeypatch):
+    """A part stored while the next batch is encoded leaves the queue gauge at that
+    batch's rows: they are in memory, neither queued nor in a part yet."""
+    sink = FlakySink(tmp_path / "out")
+    sink.release.clear()  # the first part's write waits
+    recorder = CaptureRecorder(sink, config(tmp_path, flush_seconds=60))
+    encode = recorder._encode
+
+    async def scenario():
+        hold = asyncio.Event()
+
+        async def held(entries):  # the second batch (3 requests) is held mid-encoding
+            if len(entries) == 3:
+                await hold.wait()
+            return await encode(entries)
+
+        monkeypatch.setattr(recorder, "_encode", held)
+        await recorder.start()
+        send(recorder, 1, prefix="a")
+        recorder._batch_due.set()
+        writing = await _until(lambda: sink.calls == 1)
+        send(recorder, 3, prefix="b")
+        recorder._batch_due.set()
+        encoding = await _until(lambda: value(recorder.metrics.captured) == 4)
+        sink.release.set()
+        stored = await _until(lambda: value(recorder.metrics.written) == 1)
+        during = value(recorder.metrics.queued)
+        hold.set()
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return writing, encoding, stored, during, idle
+
+    assert asyncio.run(scenario()) == (True, True, True, 3, True)
+    assert value(recorder.metrics.queued) == 0
+    assert value(recorder.metrics.written) == 4
+
+
+def test_the_sink_and_the_spool_are_served_by_their_own_named_threads(tmp_path, monkeypatch):
+    """A thread dump names the capture's two worker threads: writes to the sink on
+    `capture-upload`, the spool's disk work on `capture-disk`."""
+    import threading
+
+    seen: dict[str, set[str]] = {"sink": set(), "disk": set()}
+    scan = Spool.scan
+
+    def scan_on(spool):
+        seen["disk"].add(threading.current_thread().name)
+        return scan(spool)
+
+    monkeypatch.setattr(Spool, "scan", scan_on)
+
+    class Watched(LocalSink):
+        def put(self, key: str, body: bytes) -> bool:
+            seen["sink"].add(threading.current_thread().name)
+            return super().put(key, body)
+
+    recorder = CaptureRecorder(Watched(tmp_path / "out"), config(tmp_path))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 2)
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return idle
+
+    assert asyncio.run(scenario()) is True
+    assert seen == {"sink": {"capture-upload"}, "disk": {"capture-disk"}}
+
+
+def test_a_new_recorders_queue_counts_its_bytes_from_zero(tmp_path):
+    """A one-row request is estimated at 360 bytes: with a bound of 361 the first request
+    of a new recorder does not make the batch due, the second does."""
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_bytes=361)
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 1, prefix="a")
+        after_one = recorder._batch_due.is_set()
+        send(recorder, 1, prefix="b")
+        after_two = recorder._batch_due.is_set()
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return after_one, after_two, idle
+
+    assert asyncio.run(scenario()) == (False, True, True)
+    assert sorted(r["id"] for r in read_dir(tmp_path / "out")) == ["a0", "b0"]

@@ -1,0 +1,375 @@
+"""The capture's records and part format, compared whole: every field of every record of a
+batch as the README's *Prediction capture* lists them, the part's bytes (gzip, RFC 1952)
+and key layout, and the names the readers and the compactor tell apart."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import socket
+import time
+import uuid
+import zlib
+from datetime import UTC, datetime, timedelta, timezone
+
+import numpy as np
+import orjson
+import pytest
+
+from service.capture import partformat
+from service.capture.records import (
+    PartNamer,
+    PartsBuilder,
+    Pending,
+    build_records,
+    encode_parts,
+    lines_of,
+    new_id,
+    record_lines,
+)
+from service.model import ModelInfo
+
+MODEL = ModelInfo("mnist-8", "3f2a9c1b0d4e", "ab" * 32)
+MODEL_FIELDS = {"name": "mnist-8", "version": "3f2a9c1b0d4e", "sha256": "ab" * 32}
+ANSWERED = 1_764_500_000.5  # 2025-11-30T10:53:20.500Z
+TIME = "2025-11-30T10:53:20.500Z"
+
+
+def batch_scores(rows: int) -> np.ndarray:
+    """Rows of distinct values (exact in binary), row r's highest at column 3r+1 mod 10."""
+    values = np.arange(rows * 10, dtype=np.float32).reshape(rows, 10) / 4
+    for row in range(rows):
+        values[row, (3 * row + 1) % 10] = 100.0 + row
+    return values
+
+
+def expected_record(request_id: str, row: int, rows: int, env: str, route: str) -> dict:
+    scores = batch_scores(rows)[row].tolist()
+    return {
+        "id": request_id if rows == 1 else f"{request_id}-{row}",
+        "request_id": request_id,
+        "row": row,
+        "time": TIME,
+        "env": env,
+        "route": route,
+        "model": MODEL_FIELDS,
+        "prediction": (3 * row + 1) % 10,
+        "scores": scores,
+        "latency_ms": 12.5,
+    }
+
+
+def decoded(lines: list[bytes]) -> list[dict]:
+    return [orjson.loads(line) for line in lines]
+
+
+# -- records --------------------------------------------------------------------------
+
+
+def test_every_field_of_every_row_of_a_batch_is_that_rows():
+    entry = Pending(ANSWERED, "/v2/infer", "req-9", MODEL, batch_scores(3), None, 0.0125)
+    expected = [expected_record("req-9", row, 3, "staging", "/v2/infer") for row in range(3)]
+    assert decoded(list(record_lines(entry, "staging"))) == expected
+    assert decoded(lines_of([entry], "staging")) == expected
+    # The dicts themselves (numpy scores compared as lists).
+    records = list(build_records(entry, "staging"))
+    assert [{**r, "scores": r["scores"].tolist()} for r in records] == expected
+
+
+def test_a_batch_with_inputs_carries_each_rows_inputs_and_shape_beside_every_other_field():
+    inputs = np.arange(3 * 1 * 2 * 2, dtype=np.float32).reshape(3, 1, 2, 2) / 2
+    entry = Pending(ANSWERED, "/predict", "req-9", MODEL, batch_scores(3), inputs, 0.0125)
+    expected = [
+        {
+            **expected_record("req-9", row, 3, "prod", "/predict"),
+            "inputs": inputs[row].reshape(-1).tolist(),
+            "input_shape": [1, 2, 2],
+        }
+        for row in range(3)
+    ]
+    assert decoded(list(record_lines(entry, "prod"))) == expected
+    assert decoded(lines_of([entry], "prod")) == expected
+
+
+def test_single_images_encoded_together_keep_every_field_their_own():
+    entries = [
+        Pending(ANSWERED, route, f"one-{i}", MODEL, batch_scores(i + 1)[i : i + 1], None, 0.0125)
+        for i, route in enumerate(["/predict", "/v2/infer", "/predict"])
+    ]
+    expected = []
+    for i, route in enumerate(["/predict", "/v2/infer", "/predict"]):
+        record = expected_record(f"one-{i}", 0, 1, "dev", route)
+        record["scores"] = batch_scores(i + 1)[i].tolist()
+        record["prediction"] = (3 * i + 1) % 10
+        expected.append(record)
+    assert decoded(lines_of(entries, "dev")) == expected
+
+
+def test_latency_is_in_milliseconds_rounded_to_the_microsecond_on_every_path():
+    latencies = [0.0123456, 0.0004444, 1.23456789]
+    singles = [
+        Pending(ANSWERED, "/predict", f"s{i}", MODEL, batch_scores(1), None, seconds)
+        for i, seconds in enumerate(latencies)
+    ]
+    expected = [12.346, 0.444, 1234.568]
+    assert [r["latency_ms"] for r in decoded(lines_of(singles, "dev"))] == expected
+    assert [
+        r["latency_ms"] for entry in singles for r in decoded(list(record_lines(entry, "dev")))
+    ] == expected
+    batch = Pending(ANSWERED, "/predict", "b", MODEL, batch_scores(2), None, 0.0123456)
+    assert [r["latency_ms"] for r in decoded(lines_of([batch], "dev"))] == [12.346, 12.346]
+
+
+def test_a_part_filled_over_several_slices_stops_at_max_records():
+    entries = [
+        Pending(ANSWERED, "/predict", f"r{i}", MODEL, batch_scores(1), None, 0.001)
+        for i in range(7)
+    ]
+    builder = PartsBuilder("dev", PartNamer(), max_records=5, max_bytes=1 << 20)
+    builder.add(entries[:3])
+    builder.add(entries[3:])
+    parts = builder.finish()
+    assert [p.records for p in parts] == [5, 2]
+    ids = [[r["id"] for r in partformat.decode(p.body)] for p in parts]
+    assert ids == [["r0", "r1", "r2", "r3", "r4"], ["r5", "r6"]]
+
+
+def test_a_part_closes_once_its_json_reaches_max_bytes():
+    entries = [
+        Pending(ANSWERED, "/predict", f"r{i}", MODEL, batch_scores(1), None, 0.001)
+        for i in range(5)
+    ]
+    lines = lines_of(entries, "dev")
+    size = len(lines[0])
+    assert all(len(line) == size for line in lines)
+    for max_bytes, records in ((2 * size, [2, 2, 1]), (2 * size + 1, [3, 2])):
+        parts = encode_parts(entries, "dev", PartNamer(), max_bytes=max_bytes)
+        assert [p.records for p in parts] == records
+        assert b"".join(partformat.decompress(p.body) for p in parts) == b"".join(lines)
+
+
+def test_parts_come_out_ordered_by_hour_whatever_the_order_of_their_records():
+    late = Pending(ANSWERED + 3600, "/predict", "late", MODEL, batch_scores(1), None, 0.001)
+    early = Pending(ANSWERED, "/predict", "early", MODEL, batch_scores(1), None, 0.001)
+    parts = encode_parts([late, early], "dev", PartNamer())
+    assert [p.key[:18] for p in parts] == ["dev/2025/11/30/10/", "dev/2025/11/30/11/"]
+    assert [partformat.decode(p.body)[0]["id"] for p in parts] == ["early", "late"]
+
+
+def test_no_requests_make_no_lines_and_no_parts():
+    assert lines_of([], "dev") == []
+    assert encode_parts([], "dev", PartNamer()) == []
+
+
+def test_a_part_is_named_by_its_records_hour_and_the_utc_time_it_was_made(monkeypatch):
+    monkeypatch.setenv("TZ", "XYZ-05:30")
+    time.tzset()
+    monkeypatch.setattr(time, "time", lambda: 1_764_510_123.987)  # 13:42:03.987 UTC
+    try:
+        namer = PartNamer()
+        first, second = namer("dev", ANSWERED), namer("prod", ANSWERED + 7200)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    pattern = r"20251130T134203\.987Z-[A-Za-z0-9.-]+-(\d+)-[0-9a-f]{8}-(\d{6})\.jsonl\.gz"
+    assert first.startswith("dev/2025/11/30/10/")
+    assert second.startswith("prod/2025/11/30/12/")
+    found = [re.fullmatch(pattern, key.split("/")[-1]) for key in (first, second)]
+    assert [m.group(2) for m in found] == ["000001", "000002"]
+    assert {int(m.group(1)) for m in found} == {os.getpid()}
+
+
+@pytest.mark.parametrize(
+    ("hostname", "host"),
+    [
+        ("web_01.example.com", "web-01.example.com"),  # outside [A-Za-z0-9.-]: "-"
+        ("-edge-", "edge"),
+        ("XX" + "a" * 43 + "_", "XX" + "a" * 38),  # 40 characters at most
+        ("__", "host"),  # nothing left
+    ],
+)
+def test_a_part_name_carries_the_host_name_made_safe_for_a_key(monkeypatch, hostname, host):
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    name = PartNamer()("dev", ANSWERED).split("/")[-1]
+    pattern = rf"\d{{8}}T\d{{6}}\.\d{{3}}Z-(.+)-{os.getpid()}-[0-9a-f]{{8}}-000001\.jsonl\.gz"
+    assert re.fullmatch(pattern, name).group(1) == host
+
+
+def test_scores_not_contiguous_in_memory_are_written_as_their_values():
+    """A strided or column-major batch (a view the model's output may be) gives the same
+    lines as its contiguous copy."""
+    values = batch_scores(3)
+    for view in (np.asfortranarray(values), np.concatenate([values, values], axis=1)[:, :10]):
+        assert not view.flags.c_contiguous
+        entry = Pending(ANSWERED, "/predict", "req-9", MODEL, view, None, 0.0125)
+        copy = Pending(ANSWERED, "/predict", "req-9", MODEL, values.copy(), None, 0.0125)
+        assert list(record_lines(entry, "dev")) == list(record_lines(copy, "dev"))
+        assert decoded(list(record_lines(entry, "dev"))) == [
+            expected_record("req-9", row, 3, "dev", "/predict") for row in range(3)
+        ]
+
+
+def test_a_generated_id_is_a_random_version_4_uuid():
+    ids = [new_id() for _ in range(200)]
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert len(set(ids)) == len(ids)
+    anonymous = Pending(ANSWERED, "/predict", None, MODEL, batch_scores(1), None, 0)
+    (record,) = decoded(list(record_lines(anonymous, "dev")))
+    assert uuid.UUID(record["id"]).version == 4 and record["request_id"] == record["id"]
+
+
+def test_the_queue_counts_a_request_at_its_estimated_json_size():
+    """The estimate the queue's byte bound (max_part_bytes) adds up: 240 bytes a row, 12 a
+    score and 8 an input value; the JSON written is of that order."""
+    alone = Pending(ANSWERED, "/predict", "r", MODEL, batch_scores(1), None, 0.001)
+    assert (alone.rows, alone.estimated_bytes()) == (1, 240 + 12 * 10)
+    inputs = np.zeros((3, 1, 28, 28), dtype=np.float32)
+    batch = Pending(ANSWERED, "/predict", "r", MODEL, batch_scores(3), inputs, 0.001)
+    assert (batch.rows, batch.estimated_bytes()) == (3, 240 * 3 + 12 * 30 + 8 * 3 * 784)
+    written = sum(len(line) for line in record_lines(batch, "dev"))
+    assert batch.estimated_bytes() / 2 < written < batch.estimated_bytes() * 2
+
+
+def test_a_part_holds_at_most_ten_thousand_records_by_default():
+    entries = [
+        Pending(ANSWERED, "/predict", f"r{i}", MODEL, batch_scores(1), None, 0.001)
+        for i in range(10_001)
+    ]
+    parts = encode_parts(entries, "dev", PartNamer())
+    assert [part.records for part in parts] == [10_000, 1]
+    builder = PartsBuilder("dev", PartNamer())
+    builder.add(entries)
+    assert [part.records for part in builder.finish()] == [10_000, 1]
+    assert [partformat.count(part.body) for part in parts] == [10_000, 1]
+
+
+# -- the part format ------------------------------------------------------------------
+
+
+def test_a_part_is_one_deterministic_gzip_member_of_json_lines():
+    lines = [b'{"a":1}\n', b'{"b":[2,3]}\n']
+    body = partformat.encode(lines)
+    # RFC 1952: magic 1f 8b, CM 8 (deflate), no flags, MTIME 0; then the data.
+    assert body[:4] == b"\x1f\x8b\x08\x00" and body[4:8] == b"\x00\x00\x00\x00"
+    assert body == gzip.compress(b"".join(lines), compresslevel=1, mtime=0)
+    assert body == partformat.encode(lines)
+    assert gzip.decompress(body) == b"".join(lines)
+    assert partformat.decode(body) == [{"a": 1}, {"b": [2, 3]}]
+    assert partformat.lines(body) == lines
+    assert partformat.count(body) == 2
+
+
+def test_merged_members_read_as_every_record_in_order():
+    first = partformat.encode([b'{"n":1}\n', b'{"n":2}\n'])
+    big = partformat.encode(
+        [orjson.dumps({"n": n, "pad": "x" * 200}) + b"\n" for n in range(3, 800)]
+    )
+    merged = partformat.merge([first, big, first])
+    assert merged == first + big + first
+    numbers = [record["n"] for record in partformat.decode(merged)]
+    assert numbers == [1, 2, *range(3, 800), 1, 2]
+    assert partformat.count(merged) == len(numbers)
+    assert partformat.decompress(merged) == gzip.decompress(merged)
+
+
+def test_a_member_larger_than_a_read_is_read_whole():
+    """Members of incompressible records, each spanning several of the reader's chunks."""
+    rng = np.random.default_rng(5)
+    records = [{"n": n, "pad": rng.bytes(600).hex()} for n in range(400)]
+    body = partformat.encode(orjson.dumps(r) + b"\n" for r in records)
+    assert len(body) > 3 * (1 << 16)
+    merged = partformat.merge([body, body])
+    assert partformat.decompress(merged) == gzip.decompress(merged)
+    assert partformat.decode(merged) == records + records
+    assert partformat.count(merged) == 800
+
+
+def test_lines_are_cut_at_newlines_only():
+    lines = [b'{"id":"a b\\tc","route":"/predict"}\n', b'{"id":"\xc2\xa0 "}\n']
+    body = partformat.encode(lines)
+    assert partformat.lines(body) == lines
+    assert partformat.decode(body) == [{"id": "a b\tc", "route": "/predict"}, {"id": "\u00a0 "}]
+    assert partformat.count(body) == 2
+
+
+def test_an_empty_object_holds_no_records():
+    assert partformat.decompress(b"") == b""
+    assert (partformat.decode(b""), partformat.count(b""), partformat.lines(b"")) == ([], 0, [])
+
+
+CUT_SHORT = "Compressed file ended before the end-of-stream marker was reached"
+
+
+def test_a_body_that_is_not_gzip_or_cut_short_is_refused_with_the_cause():
+    body = partformat.encode([b'{"n":1}\n'])
+    with pytest.raises(gzip.BadGzipFile, match=r"^not gzip: Error -3 while decompressing"):
+        partformat.decode(b"plain text, not gzip")
+    # zlib's own wrapper (RFC 1950) is not gzip either, first or after a gzip member.
+    for other in (zlib.compress(b'{"n":1}\n'), body + zlib.compress(b'{"n":2}\n')):
+        with pytest.raises(gzip.BadGzipFile, match=r"^not gzip: "):
+            partformat.decode(other)
+    for cut in (body[:-6], body[:12], body + body[:12]):
+        with pytest.raises(EOFError, match=f"^{CUT_SHORT}$"):
+            partformat.decode(cut)
+        with pytest.raises(EOFError, match=f"^{CUT_SHORT}$"):
+            partformat.count(cut)
+
+
+def test_the_hour_directory_is_the_utc_hour_whatever_the_hosts_time_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "XYZ-05:30")  # POSIX: 5 h 30 ahead of UTC
+    time.tzset()
+    try:
+        hour = datetime(2025, 11, 30, 23, tzinfo=UTC)
+        assert partformat.hour_key("dev", hour) == "dev/2025/11/30/23"
+        east = hour.astimezone(timezone(timedelta(hours=9)))
+        assert partformat.hour_key("dev", east) == "dev/2025/11/30/23"
+        assert partformat.hour_prefix("dev", hour.timestamp() + 3599) == "dev/2025/11/30/23"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_the_hour_pattern_reads_the_four_digit_fields_of_the_layout():
+    pattern = partformat._hour_pattern()
+    assert re.fullmatch(pattern, "2025/11/30/07").groups() == ("2025", "11", "30", "07")
+    for other in ("2025/11/30/7", "25/11/30/07", "2025-11-30-07", "2025/11/30"):
+        assert re.fullmatch(pattern, other) is None
+    assert partformat.projection_format() == "yyyy/MM/dd/HH"
+
+
+def test_a_key_splits_into_its_utc_hour_and_name():
+    hour = datetime(2025, 11, 30, 7, tzinfo=UTC)
+    assert partformat.split_key("root/dev/2025/11/30/07/p.jsonl.gz") == (hour, "p.jsonl.gz")
+    assert partformat.split_key("dev/2025/11/30/07/p.jsonl.gz") == (hour, "p.jsonl.gz")
+    for other in ("dev/2025/11/30/p.jsonl.gz", "dev/2025/11/30/07/", "dev/2025/11/30/07"):
+        assert partformat.split_key(other) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "compacted", "manifest"),
+    [
+        ("20251130T075959.123Z-host-7-0a1b2c3d-000001.jsonl.gz", True, False, False),
+        ("compacted-0002-ab12-00.jsonl.gz", True, True, False),
+        ("_compacted-0002.json", False, False, True),
+        ("_compacted-0002.jsonl.gz", False, False, False),  # underscore: Athena skips it
+        (".part.jsonl.gz", False, False, False),  # a hidden (temporary) file
+        ("part.jsonl", False, False, False),
+        ("part.json", False, False, False),
+        ("compacted-0002.json", False, False, False),
+        ("manifest.json", False, False, False),
+    ],
+)
+def test_names_tell_parts_merged_objects_and_manifests_apart(name, data, compacted, manifest):
+    assert partformat.is_data(name) is data
+    assert partformat.is_compacted(name) is compacted
+    assert partformat.is_manifest(name) is manifest
+
+
+def test_merged_object_and_manifest_names_follow_the_layout():
+    assert partformat.compacted_name(2, "ab12", 3) == "compacted-0002-ab12-03.jsonl.gz"
+    assert partformat.manifest_name(12) == "_compacted-0012.json"
+    assert partformat.manifest_generation("_compacted-0012.json") == 12

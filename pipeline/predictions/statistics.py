@@ -335,7 +335,7 @@ def format_table(summary: Summary) -> str:
         lines.append(
             f"total variation distance to the test set: {summary.tvd:.3f} "
             f"(flagged above {TVD_THRESHOLD}); PSI {summary.psi:.3f} (below {PSI_MODERATE} "
-            f"stable, above {PSI_SIGNIFICANT} significant)"
+            f"stable, above {PSI_SIGNIFICANT} drift)"
         )
         lines.append(
             f"chi-square: {summary.chi_square:.1f} with {summary.degrees_of_freedom} degrees of "

@@ -52,7 +52,7 @@ def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
         raise InvalidInput(
             f"{what} must hold only numbers (no strings, booleans, nulls or empty lists)"
         )
-    if dtype.kind in "iu":
+    if np.issubdtype(dtype, np.integer):
         _check_integers(raw, what, dtype)
         return raw.astype(dtype)
     with np.errstate(over="ignore"):  # a number past the type's range becomes inf
@@ -65,7 +65,7 @@ def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
 def _check_integers(raw: np.ndarray, what: str, dtype: np.dtype) -> None:
     """Refuse numbers an integer type cannot hold exactly: numpy's cast would truncate a
     fraction and wrap a number past the type's range (300 as uint8 is 44) without a word."""
-    if raw.dtype.kind in FLOAT_KINDS and not (raw == np.trunc(raw)).all():
+    if not (raw == np.trunc(raw)).all():  # integers are their own trunc
         raise InvalidInput(f"{what} has numbers with a fraction; {dtype.name} holds whole numbers")
     limits = np.iinfo(dtype)
     low, high = int(raw.min()), int(raw.max())

@@ -52,14 +52,27 @@ def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
         raise InvalidInput(
             f"{what} must hold only numbers (no strings, booleans, nulls or empty lists)"
         )
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            array = raw.astype(dtype, copy=False)
-    except (OverflowError, ValueError):
-        raise InvalidInput(f"{what} has numbers out of range for {dtype.name}") from None
+    if np.issubdtype(dtype, np.integer):
+        _check_integers(raw, what, dtype)
+        return raw.astype(dtype)
+    with np.errstate(over="ignore"):  # a number past the type's range becomes inf
+        array = raw.astype(dtype, copy=False)
     if array.dtype.kind in FLOAT_KINDS and not np.isfinite(array).all():
         raise InvalidInput(f"{what} has numbers too large for {dtype.name} (or NaN/infinity)")
     return array
+
+
+def _check_integers(raw: np.ndarray, what: str, dtype: np.dtype) -> None:
+    """Refuse numbers an integer type cannot hold exactly: numpy's cast would truncate a
+    fraction and wrap a number past the type's range (300 as uint8 is 44) without a word."""
+    if not (raw == np.trunc(raw)).all():  # integers are their own trunc
+        raise InvalidInput(f"{what} has numbers with a fraction; {dtype.name} holds whole numbers")
+    limits = np.iinfo(dtype)
+    low, high = int(raw.min()), int(raw.max())
+    if low < limits.min or high > limits.max:
+        raise InvalidInput(
+            f"{what} has numbers out of range for {dtype.name} ({limits.min} to {limits.max})"
+        )
 
 
 # -- POST /predict -----------------------------------------------------------
@@ -92,7 +105,8 @@ def predict_data(body: bytes, dtype: np.dtype, numbers: NumberArrays | None = No
         array = numbers.decode(body, dtype)
         if array is not None:
             return array
-    for decoder in _TYPED:
+    # Integer types take the general path, which refuses fractions and wrapped numbers.
+    for decoder in _TYPED if dtype.kind in FLOAT_KINDS else ():
         try:
             values = decoder.decode(body).data
         except msgspec.ValidationError:

@@ -138,3 +138,28 @@ def server(mnist8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 # The same server under the name the pipeline tests give what a smoke test calls.
 mnist8_server = server
+
+
+class ListRecorder:
+    """A prediction recorder that keeps what each answered request hands it."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def record(self, **prediction: Any) -> None:
+        self.records.append(prediction)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def recorded(settings: Settings, model: OnnxModel) -> tuple[testing.TestClient, list[dict]]:
+    """An in-process client whose answered predictions go to a list: (client, records)."""
+    recorder = ListRecorder()
+    return testing.TestClient(
+        create_app(settings, model=model, recorder=recorder)
+    ), recorder.records

@@ -107,7 +107,9 @@ def test_numbers_of_every_form_round_as_the_general_path():
             assert taken is not None
             assert same(taken, general(body))
         double = orjson.dumps({"data": values})
-        assert same(lane.decode(double, np.dtype(np.float64)), general(double, np.float64))
+        assert same(
+            lane.decode(double, np.dtype(np.float64)), general(double, np.dtype(np.float64))
+        )
 
 
 # Bodies the lane must leave to the general path, whatever becomes of them there: the
@@ -190,8 +192,105 @@ def test_the_lane_is_reusable_after_a_body_it_declined():
     assert lane.decode(b'{"data": [0.5, 2]}', F32).tolist() == [0.5, 2.0]
 
 
-def test_integer_models_take_the_typed_path():
+def test_integer_models_decode_on_the_general_path():
     """The lane serves float32 and float64 only; an int64 model's numbers still decode."""
     body = b'{"data": [1, 2, 3]}'
     assert NumberArrays().decode(body, np.dtype(np.int64)) is None
     assert same(fast(body, np.dtype(np.int64)), general(body, np.dtype(np.int64)))
+
+
+class Lane:
+    """A stand-in fast lane that answers every body with one array."""
+
+    def __init__(self, array: np.ndarray | None) -> None:
+        self.array = array
+
+    def decode(self, body: bytes, dtype: np.dtype) -> np.ndarray | None:
+        return self.array
+
+
+def test_the_lanes_array_is_the_answer_and_a_decline_falls_through():
+    taken = np.zeros(3, F32)
+    assert codec.predict_data(b'{"data": [1, 2]}', F32, Lane(taken)) is taken
+    assert codec.predict_data(b'{"data": [1, 2]}', F32, Lane(None)).tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("body", "shape"),
+    [
+        (b'{"data": [0.5, 2, 3]}', (3,)),
+        (b'{"data": [[0.5, 2], [3, 4]]}', (2, 2)),
+        (b'{"data": [[1], [2], [3]]}', (3, 1)),
+    ],
+)
+def test_well_formed_float_bodies_decode_in_one_typed_pass(monkeypatch, body, shape):
+    """Without the lane, a flat list or equal rows of numbers decode through msgspec's
+    typed decoders, never reaching the general path's second parse (README,
+    "one-pass typed decoding of the body")."""
+
+    def second_parse(body: bytes) -> object:
+        raise AssertionError("the general path parsed a well-formed body")
+
+    monkeypatch.setattr(codec, "parse_json", second_parse)
+    array = codec.predict_data(body, F32)
+    assert array.dtype == F32 and array.shape == shape
+    assert (
+        array.reshape(-1).tolist() == np.array(orjson.loads(body)["data"], F32).reshape(-1).tolist()
+    )
+
+
+def test_numbers_past_float32_are_refused_without_a_warning_on_every_path():
+    """The lane, the typed decoders and the general path each meet 1e39: the answer is
+    the general path's 400, and numpy's overflow on the way is expected, not reported."""
+    import warnings
+
+    body = b'{"data": [1e39, 0]}'
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for lane in (NumberArrays(), None):
+            with pytest.raises(InvalidInput) as refused:
+                codec.predict_data(body, F32, lane)
+            assert refused.value.message == (
+                '"data" has numbers too large for float32 (or NaN/infinity)'
+            )
+    assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "dtype", "message"),
+    [
+        (b'{"data": [300, 1]}', "uint8", '"data" has numbers out of range for uint8 (0 to 255)'),
+        (b'{"data": [[-1], [1]]}', "uint8", '"data" has numbers out of range for uint8 (0 to 255)'),
+        (
+            b'{"data": [1e30]}',
+            "int64",
+            '"data" has numbers out of range for int64 (-9223372036854775808 to '
+            "9223372036854775807)",
+        ),
+        (
+            b'{"data": [9223372036854775808]}',
+            "int64",
+            '"data" has numbers out of range for int64 (-9223372036854775808 to '
+            "9223372036854775807)",
+        ),
+        (
+            b'{"data": [1.5, 2]}',
+            "int32",
+            '"data" has numbers with a fraction; int32 holds whole numbers',
+        ),
+    ],
+)
+def test_an_integer_models_numbers_must_fit_its_type(body, dtype, message):
+    """/predict on an integer model: a number the type cannot hold is a 400 naming the
+    range, not a wrapped or truncated input (nor a 500 from numpy's OverflowError)."""
+    with pytest.raises(InvalidInput) as refused:
+        codec.predict_data(body, np.dtype(dtype), NumberArrays())
+    assert refused.value.message == message
+
+
+def test_an_integer_models_range_ends_are_accepted():
+    assert codec.predict_data(b'{"data": [0, 255.0]}', np.dtype("uint8")).tolist() == [0, 255]
+    limits = b'{"data": [-9223372036854775808, 9223372036854775807]}'
+    decoded = codec.predict_data(limits, np.dtype("int64"), NumberArrays())
+    assert decoded.dtype == np.int64
+    assert decoded.tolist() == [-9223372036854775808, 9223372036854775807]

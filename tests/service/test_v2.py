@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 
-from service.codec import BINARY_HEADER
+from service.codec import BINARY_HEADER, InferRequest, decode_infer, encode_infer
 from service.config import Settings
+from service.errors import InvalidInput
+from service.model import TensorSpec
 
 NAME = "mnist-8"
 INPUT = "Input3"
@@ -96,6 +99,15 @@ def test_unknown_model_or_version_is_404(client, path):
 def test_unknown_model_infer_is_404(client, mnist_test_set):
     result = client.simulate_post("/v2/models/resnet/infer", json=infer_body(mnist_test_set[0][:1]))
     assert result.status_code == 404
+    assert result.json == {
+        "error": "model 'resnet' is not served here; this server serves 'mnist-8' version "
+        "'2f06e72de813'"
+    }
+    versioned = client.simulate_get(f"/v2/models/{NAME}/versions/99/ready")
+    assert versioned.json == {
+        "error": "model 'mnist-8' version '99' is not served here; this server serves "
+        "'mnist-8' version '2f06e72de813'"
+    }
 
 
 def test_json_infer_matches_raw_onnxruntime(client, mnist_test_set, raw_argmax):
@@ -135,6 +147,7 @@ def test_binary_infer_round_trip(client, mnist_test_set, raw_argmax):
     body, headers = binary_body(images)
     result = client.simulate_post(f"/v2/models/{NAME}/infer", body=body, headers=headers)
     assert result.status_code == 200
+    assert result.headers["content-type"] == "application/octet-stream"
     length = int(result.headers[BINARY_HEADER.lower()])
     head = json.loads(result.content[:length])
     assert head["id"] == "req-1"
@@ -279,7 +292,7 @@ def test_binary_size_mismatch_is_400(client, mnist_test_set):
     body, headers = binary_body(mnist_test_set[0][:1])
     result = client.simulate_post(f"/v2/models/{NAME}/infer", body=body[:-4], headers=headers)
     assert result.status_code == 400
-    assert "binary data" in result.json["error"]
+    assert result.json == {"error": "input 'Input3' declares more binary data than the body holds"}
 
 
 def test_binary_trailing_bytes_are_400(client, mnist_test_set):
@@ -288,7 +301,7 @@ def test_binary_trailing_bytes_are_400(client, mnist_test_set):
         f"/v2/models/{NAME}/infer", body=body + b"\0" * 8, headers=headers
     )
     assert result.status_code == 400
-    assert "no input declares" in result.json["error"]
+    assert result.json == {"error": "the body has 8 bytes of binary data that no input declares"}
 
 
 def test_binary_nan_is_400(client):
@@ -309,7 +322,7 @@ def test_binary_nan_is_400(client):
         f"/v2/models/{NAME}/infer", body=head + blob, headers={BINARY_HEADER: str(len(head))}
     )
     assert result.status_code == 400
-    assert "NaN" in result.json["error"]
+    assert result.json == {"error": "input 'Input3' holds NaN or infinity"}
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "999999"])
@@ -326,6 +339,10 @@ def test_infer_wrong_content_type_is_415(client):
         f"/v2/models/{NAME}/infer", body=b"x", headers={"Content-Type": "text/plain"}
     )
     assert result.status_code == 415
+    assert result.json == {
+        "error": "Content-Type 'text/plain' is not accepted here; "
+        "send application/json or application/octet-stream"
+    }
 
 
 def test_v2_wrong_method_is_405(client):
@@ -401,20 +418,29 @@ def test_data_and_binary_data_size_together_are_400(client):
     assert "both 'data' and 'binary_data_size'" in result.json["error"]
 
 
+CLASSIFICATION_RULE = (
+    "output 'Plus214_Output_0' parameter 'classification' must be a whole number of classes "
+    "(0 answers the scores)"
+)
+
+
 @pytest.mark.parametrize(
     ("parameters", "message"),
     [
-        ({"binary_data": "yes"}, "'binary_data' must be true or false"),
-        ({"classification": -1}, "'classification' must be a whole number"),
-        ({"classification": 2.5}, "'classification' must be a whole number"),
-        ({"classification": True}, "'classification' must be a whole number"),
+        (
+            {"binary_data": "yes"},
+            "output 'Plus214_Output_0' parameter 'binary_data' must be true or false",
+        ),
+        ({"classification": -1}, CLASSIFICATION_RULE),
+        ({"classification": 2.5}, CLASSIFICATION_RULE),
+        ({"classification": True}, CLASSIFICATION_RULE),
     ],
 )
 def test_malformed_output_parameters_are_400(client, parameters, message):
     body = {**_input(), "outputs": [{"name": OUTPUT, "parameters": parameters}]}
     result = client.simulate_post(f"/v2/models/{NAME}/infer", json=body)
     assert result.status_code == 400
-    assert message in result.json["error"]
+    assert result.json == {"error": message}
 
 
 def test_a_non_boolean_binary_data_output_is_400(client):
@@ -575,3 +601,223 @@ def test_infer_answers_for_the_served_version_only(client, model, mnist_test_set
     assert scores.argmax(axis=1).tolist() == raw_argmax(images)
     other = client.simulate_post(f"/v2/models/{NAME}/versions/99/infer", json=infer_body(images))
     assert other.status_code == 404 and "99" in other.json["error"]
+
+
+def _binary_request(size: object, blob: bytes) -> tuple[bytes, dict]:
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": INPUT,
+                    "datatype": "FP32",
+                    "shape": [1, 1, 28, 28],
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
+    return head + blob, {BINARY_HEADER: str(len(head)), "Content-Type": "application/octet-stream"}
+
+
+SIZE_RULE = "input 'Input3' 'binary_data_size' must be a non-negative integer"
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (-4, SIZE_RULE),
+        (True, SIZE_RULE),
+        ("3136", SIZE_RULE),
+        (0, "input 'Input3' declares 0 bytes; shape [1, 1, 28, 28] of FP32 needs 3136"),
+        (3132, "input 'Input3' declares 3132 bytes; shape [1, 1, 28, 28] of FP32 needs 3136"),
+    ],
+)
+def test_a_binary_data_size_that_is_not_the_tensors_is_400(client, size, message):
+    body, headers = _binary_request(size, bytes(3136))
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=body, headers=headers)
+    assert result.status_code == 400
+    assert result.json == {"error": message}
+
+
+@pytest.mark.parametrize(
+    ("length", "message"),
+    [
+        (1, "the request body is not valid JSON: unexpected end of data: line 1 column 2 (char 1)"),
+        (2, "the inference request must be a JSON object with 'inputs'"),
+    ],
+)
+def test_a_one_byte_json_header_is_read_as_json(client, length, message):
+    """Any length from 1 to the body's is a JSON header to read: `{` alone is malformed
+    JSON, `[]` is not an object (not a refused header length)."""
+    body = b"{" if length == 1 else b"[]"
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", body=body + bytes(8), headers={BINARY_HEADER: str(length)}
+    )
+    assert result.status_code == 400
+    assert result.json == {"error": message}
+
+
+def test_a_dimension_of_one_past_the_batch_is_checked(client):
+    """Only the batch dimension may differ from the model's 1: [1, 2, 28, 28] is refused."""
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", json=_input(shape=[1, 2, 28, 28], data=[0.0] * 1568)
+    )
+    assert result.json == {
+        "error": "input 'Input3' has shape [1, 2, 28, 28]; the model expects [1, 1, 28, 28]"
+    }
+
+
+def test_the_recorder_gets_the_v2_request_its_scores_and_its_latency(recorded, mnist_test_set):
+    client, records = recorded
+    images = mnist_test_set[0][:2].astype(np.float32)
+    started = time.perf_counter()
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", json=infer_body(images, id="v2-9"))
+    elapsed = time.perf_counter() - started
+    (record,) = records
+    assert record["route"] == "/v2/infer" and record["request_id"] == "v2-9"
+    assert record["inputs"].shape == (2, 1, 28, 28)
+    assert record["inputs"].reshape(2, -1).tolist() == images.reshape(2, -1).tolist()
+    assert record["scores"].reshape(-1).tolist() == result.json["outputs"][0]["data"]
+    assert 0 < record["latency_seconds"] <= elapsed
+
+
+# -- the codec on signatures other than mnist-8's ----------------------------------------
+# decode_infer and encode_infer are pure functions of the body and the model's tensors:
+# several inputs, dynamic dimensions, integer and boolean tensors, two outputs.
+
+F32 = np.dtype(np.float32)
+PIXELS = TensorSpec("pixels", F32, "FP32", (-1, 3))
+COUNTS = TensorSpec("counts", np.dtype(np.int64), "INT64", (-1, 2))
+BYTE = TensorSpec("byte", np.dtype(np.uint8), "UINT8", (-1, 1))
+SCORES = TensorSpec("scores", F32, "FP32", (-1, 2))
+FLAGS = TensorSpec("flags", np.dtype(np.bool_), "BOOL", (-1, 2))
+
+
+def _tensor(spec: TensorSpec, shape: list[int], **fields) -> dict:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": shape, **fields}
+
+
+def _decode(document: dict, inputs=(PIXELS, COUNTS), outputs=(SCORES,), tail: bytes = b""):
+    head = json.dumps(document).encode()
+    return decode_infer(head + tail, str(len(head)) if tail else None, inputs, outputs)
+
+
+def test_two_binary_inputs_each_take_their_own_bytes():
+    pixels = np.array([[1.5, 2, 3], [4, 5, 6]], "<f4")
+    counts = np.array([[7, 8], [9, -10]], "<i8")
+    request = _decode(
+        {
+            "inputs": [
+                _tensor(PIXELS, [2, 3], parameters={"binary_data_size": pixels.nbytes}),
+                _tensor(COUNTS, [2, 2], parameters={"binary_data_size": counts.nbytes}),
+            ]
+        },
+        tail=pixels.tobytes() + counts.tobytes(),
+    )
+    assert request.inputs["pixels"].dtype == F32 and request.inputs["pixels"].shape == (2, 3)
+    assert request.inputs["pixels"].tolist() == pixels.tolist()
+    assert request.inputs["counts"].dtype == np.int64
+    assert request.inputs["counts"].tolist() == [[7, 8], [9, -10]]
+
+
+def test_a_missing_input_and_unequal_batches_are_400():
+    with pytest.raises(InvalidInput) as missing:
+        _decode({"inputs": [_tensor(PIXELS, [1, 3], data=[1, 2, 3])]})
+    assert (
+        missing.value.message == "missing inputs ['counts']; the model needs ['pixels', 'counts']"
+    )
+    with pytest.raises(InvalidInput) as unequal:
+        _decode(
+            {
+                "inputs": [
+                    _tensor(PIXELS, [2, 3], data=[0] * 6),
+                    _tensor(COUNTS, [1, 2], data=[0] * 2),
+                ]
+            }
+        )
+    assert unequal.value.message == "all inputs must have the same batch size"
+
+
+def test_dynamic_dimensions_take_any_size_and_a_batch_of_one_any_batch():
+    """-1 is any size; a graph that fixes the batch at 1 is served row by row, so its
+    batch dimension takes any size too (the other dimensions are checked)."""
+    wide = TensorSpec("wide", F32, "FP32", (-1, -1))
+    request = _decode({"inputs": [_tensor(wide, [2, 5], data=list(range(10)))]}, inputs=(wide,))
+    assert request.inputs["wide"].shape == (2, 5)
+    fixed = TensorSpec("fixed", F32, "FP32", (1, 3))
+    request = _decode({"inputs": [_tensor(fixed, [2, 3], data=[0] * 6)]}, inputs=(fixed,))
+    assert request.inputs["fixed"].shape == (2, 3)
+    with pytest.raises(InvalidInput) as wrong:
+        _decode({"inputs": [_tensor(fixed, [2, 4], data=[0] * 8)]}, inputs=(fixed,))
+    assert wrong.value.message == "input 'fixed' has shape [2, 4]; the model expects [1, 3]"
+
+
+def test_an_output_without_an_order_cannot_be_a_classification():
+    with pytest.raises(InvalidInput) as refused:
+        _decode(
+            {
+                "inputs": [
+                    _tensor(PIXELS, [1, 3], data=[0] * 3),
+                    _tensor(COUNTS, [1, 2], data=[0, 0]),
+                ],
+                "outputs": [{"name": "flags", "parameters": {"classification": 1}}],
+            },
+            outputs=(SCORES, FLAGS),
+        )
+    assert refused.value.message == "output 'flags' is BOOL, whose values cannot rank classes"
+
+
+def test_two_binary_outputs_follow_the_json_header_in_order():
+    scores = np.array([[0.25, 0.75]], F32)
+    flags = np.array([[True, False]])
+    request = InferRequest("r", {}, ("scores", "flags"), frozenset({"scores", "flags"}))
+    body, length = encode_infer(
+        "m", "1", request, {"scores": scores, "flags": flags}, (SCORES, FLAGS)
+    )
+    head = json.loads(body[:length])
+    assert head == {
+        "model_name": "m",
+        "model_version": "1",
+        "id": "r",
+        "outputs": [
+            {
+                "name": "scores",
+                "datatype": "FP32",
+                "shape": [1, 2],
+                "parameters": {"binary_data_size": 8},
+            },
+            {
+                "name": "flags",
+                "datatype": "BOOL",
+                "shape": [1, 2],
+                "parameters": {"binary_data_size": 2},
+            },
+        ],
+    }
+    assert body[length:] == scores.astype("<f4").tobytes() + b"\x01\x00"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([300], "input 'byte' data has numbers out of range for uint8 (0 to 255)"),
+        ([-1], "input 'byte' data has numbers out of range for uint8 (0 to 255)"),
+        ([1e30], "input 'byte' data has numbers out of range for uint8 (0 to 255)"),
+        ([256.0], "input 'byte' data has numbers out of range for uint8 (0 to 255)"),
+        ([1.5], "input 'byte' data has numbers with a fraction; uint8 holds whole numbers"),
+    ],
+)
+def test_numbers_an_integer_input_cannot_hold_are_400(data, message):
+    """An integer tensor's JSON numbers must fit its type exactly: numpy's cast would
+    wrap 300 to 44 and -1 to 255, and cut 1.5 to 1, and the model would answer for
+    numbers nobody sent."""
+    with pytest.raises(InvalidInput) as refused:
+        _decode({"inputs": [_tensor(BYTE, [1, 1], data=data)]}, inputs=(BYTE,))
+    assert refused.value.message == message
+
+
+@pytest.mark.parametrize(("data", "expected"), [([0], 0), ([255], 255), ([7.0], 7)])
+def test_an_integer_input_takes_every_whole_number_of_its_range(data, expected):
+    request = _decode({"inputs": [_tensor(BYTE, [1, 1], data=data)]}, inputs=(BYTE,))
+    assert request.inputs["byte"].dtype == np.uint8
+    assert request.inputs["byte"].tolist() == [[expected]]

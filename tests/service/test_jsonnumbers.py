@@ -175,7 +175,7 @@ def test_float32s_largest_number_is_taken_and_one_beyond_it_is_not():
         assert same(taken, general(body))
     beyond = orjson.dumps({"data": [0.0, float(np.nextafter(largest, np.inf)) * 2]})
     assert lane.decode(beyond, F32) is None
-    assert same(lane.decode(beyond, np.dtype(np.float64)), general(beyond, np.float64))
+    assert same(lane.decode(beyond, np.dtype(np.float64)), general(beyond, np.dtype(np.float64)))
 
 
 def test_rows_of_one_number_keep_their_shape():

@@ -665,3 +665,32 @@ def test_a_new_recorders_queue_counts_its_bytes_from_zero(tmp_path):
 
     assert asyncio.run(scenario()) == (False, True, True)
     assert sorted(r["id"] for r in read_dir(tmp_path / "out")) == ["a0", "b0"]
+
+
+def test_a_failing_write_is_retried_after_doubling_waits_and_not_after_the_last(
+    tmp_path, monkeypatch
+):
+    """`upload_attempts` tries, `retry_seconds` before the second, twice that before the
+    third, and no wait after the last one: the schedule, read off the waits asked for."""
+    from service.capture import recorder as recorder_module
+
+    sink = FlakySink(tmp_path / "out")
+    sink.down = True
+    recorder = CaptureRecorder(sink, config(tmp_path, upload_attempts=4, retry_seconds=0.5))
+    waits: list[float] = []
+
+    async def recorded_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def scenario() -> object:
+        monkeypatch.setattr(recorder_module.asyncio, "sleep", recorded_sleep)
+        try:
+            part = Part("dev/2026/01/01/00/x.jsonl.gz", b"body", 1)
+            return await recorder._upload_with_retries(recorder._put_part, part, attempts=4)
+        finally:
+            monkeypatch.undo()
+
+    assert asyncio.run(scenario()) is False
+    assert waits == [0.5, 1.0, 2.0]
+    assert sink.calls == 4
+    assert value(recorder.metrics.retries) == 4

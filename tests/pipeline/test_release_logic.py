@@ -193,6 +193,19 @@ def expect_register(scripted: ScriptedEcs, base: dict, revision: str, sent: dict
     )
 
 
+# The task-level fields of BASE_TASK every new revision sends again (the empty ones
+# dropped; the family and task role are each revision's own).
+BASE_KEPT = {
+    "executionRoleArn": BASE_TASK["executionRoleArn"],
+    "networkMode": "awsvpc",
+    "requiresCompatibilities": ["FARGATE"],
+    "cpu": "512",
+    "memory": "1024",
+    "runtimePlatform": BASE_TASK["runtimePlatform"],
+    "ephemeralStorage": {"sizeInGiB": 21},
+}
+
+
 def registered_request(environment: dict[str, str]) -> dict:
     """What register sends for BASE_TASK: its fields but the empty ones, the server's image
     and variables replaced, its placeholder command gone, the sidecar untouched."""
@@ -200,13 +213,7 @@ def registered_request(environment: dict[str, str]) -> dict:
     return {
         "family": FAMILY,
         "taskRoleArn": BASE_TASK["taskRoleArn"],
-        "executionRoleArn": BASE_TASK["executionRoleArn"],
-        "networkMode": "awsvpc",
-        "requiresCompatibilities": ["FARGATE"],
-        "cpu": "512",
-        "memory": "1024",
-        "runtimePlatform": BASE_TASK["runtimePlatform"],
-        "ephemeralStorage": {"sizeInGiB": 21},
+        **BASE_KEPT,
         "containerDefinitions": [
             {
                 "name": "server",
@@ -882,13 +889,7 @@ def expect_compaction(scripted: ScriptedEcs, released: str, image: str) -> None:
         {
             "family": COMPACTION_FAMILY,
             "taskRoleArn": COMPACTION_ROLE,
-            "executionRoleArn": BASE_TASK["executionRoleArn"],
-            "networkMode": "awsvpc",
-            "requiresCompatibilities": ["FARGATE"],
-            "cpu": "512",
-            "memory": "1024",
-            "runtimePlatform": BASE_TASK["runtimePlatform"],
-            "ephemeralStorage": {"sizeInGiB": 21},
+            **BASE_KEPT,
             "containerDefinitions": [
                 {
                     "name": "server",

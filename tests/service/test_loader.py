@@ -13,7 +13,7 @@ import pytest
 from service.config import ConfigError, Settings
 from service.errors import ModelLoadError
 from service.loader import load_model
-from service.model import TensorSpec
+from service.model import OnnxModel, TensorSpec
 from tests.service.conftest import MNIST8_SHA256
 
 
@@ -28,6 +28,24 @@ def test_the_version_is_the_first_12_hex_digits_of_the_files_sha256(settings, mn
 def test_model_version_replaces_the_hash_rule(settings):
     info = load_model(replace(settings, model_version="v7")).info
     assert (info.version, info.sha256) == ("v7", MNIST8_SHA256)
+
+
+def test_the_model_runs_with_the_settings_intra_op_threads(settings):
+    model = load_model(replace(settings, intra_op_threads=3))
+    assert model._session.get_session_options().intra_op_num_threads == 3
+
+
+def test_a_model_whose_warm_up_fails_is_refused_with_the_reason(settings, monkeypatch):
+    def failing_warm_up(self) -> None:
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : out of memory")
+
+    monkeypatch.setattr(OnnxModel, "warm_up", failing_warm_up)
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(settings)
+    assert str(raised.value) == (
+        "model refused: warm-up inference failed: "
+        "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : out of memory"
+    )
 
 
 def test_a_model_whose_sha256_differs_is_refused_naming_both(settings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import socket
 import threading
 from pathlib import Path
 
@@ -106,6 +107,23 @@ def http_server():
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", hits
     server.shutdown()
+
+
+def test_a_server_that_stops_answering_fails_the_download_instead_of_holding_it(
+    tmp_path, monkeypatch
+):
+    """The connection is taken (the kernel's backlog) but no answer ever comes: the
+    download gives up after HTTP_TIMEOUT_SECONDS and says so, rather than waiting forever."""
+    import service.artifacts as artifacts
+
+    monkeypatch.setattr(artifacts, "HTTP_TIMEOUT_SECONDS", 0.2)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/model.onnx"
+        with pytest.raises(ArtifactError) as raised:
+            fetch(url, cache_dir=tmp_path)
+    assert str(raised.value) == f"{url}: download failed: timed out"
 
 
 def test_http_download_once_then_cache(http_server, tmp_path):

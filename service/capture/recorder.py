@@ -48,6 +48,9 @@ log = logging.getLogger("service.capture")
 # 128). Counted in rows, not requests: a request of 256 images is 256 records.
 ENCODE_SLICE_ROWS = 8
 
+# How often wait_idle looks again.
+IDLE_POLL_SECONDS = 0.02
+
 
 @dataclass(frozen=True)
 class CaptureConfig:
@@ -215,15 +218,19 @@ class CaptureRecorder:
         self._batch_task = self._upload_task = None
 
     async def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until every record so far is in the sink (for tests and benchmarks)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not (self._queue or self._encoding_rows or self._pending or self._spooled):
-                return True
+        """Wait up to `timeout` seconds (of the event loop's clock) until every record so
+        far is in the sink, hurrying the queue meanwhile; False when it is not. For tests
+        and benchmarks."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._queue or self._encoding_rows or self._pending or self._spooled:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
             if self._batch_due is not None:
                 self._batch_due.set()
-            await asyncio.sleep(0.02)
-        return False
+            await asyncio.sleep(min(IDLE_POLL_SECONDS, remaining))
+        return True
 
     # -- batching ----------------------------------------------------------
 

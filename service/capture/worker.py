@@ -34,14 +34,24 @@ class Worker:
 
     def _serve(self) -> None:
         while True:
-            loop, future, function, args = self._jobs.get()
-            try:
-                outcome = (function(*args), None)
-            except BaseException as exc:
-                outcome = (None, exc)
-            # RuntimeError: the loop is closed, so nobody waits for this result.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, *outcome)
+            self.complete(*self._jobs.get())
+
+    @staticmethod
+    def complete(
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future,
+        function: Callable[..., Any],
+        args: tuple,
+    ) -> None:
+        """Run one job in the calling thread and hand its result or exception to
+        `future` on `loop` (from any thread, the loop's own included)."""
+        try:
+            outcome = (function(*args), None)
+        except BaseException as exc:
+            outcome = (None, exc)
+        # RuntimeError: the loop is closed, so nobody waits for this result.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, future, *outcome)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

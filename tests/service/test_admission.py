@@ -257,3 +257,25 @@ def test_a_waiter_granted_just_as_it_is_cancelled_gives_the_bytes_back():
         return isinstance(results[0], asyncio.CancelledError), budget.held
 
     assert asyncio.run(scenario()) == (True, 0)
+
+
+def test_the_release_itself_admits_the_next_waiter_past_a_cancelled_one():
+    """A cancelled waiter at the head is skipped by the release that frees the bytes:
+    the next waiter holds them before the cancelled one's clean-up has run."""
+
+    async def scenario() -> tuple[int, int]:
+        budget = BodyBudget(10)
+        held = budget.hold(10)
+        await held.__aenter__()
+        first, _ = _entered(budget, 10)
+        second, leave_second = _entered(budget, 10)
+        await asyncio.sleep(0)
+        first.cancel()  # its clean-up runs when the loop next runs it
+        await held.__aexit__(None, None, None)  # does not suspend
+        at_release = budget.held
+        await asyncio.gather(first, return_exceptions=True)
+        leave_second.set()
+        await second
+        return at_release, budget.held
+
+    assert asyncio.run(scenario()) == (10, 0)

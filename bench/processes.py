@@ -2,7 +2,8 @@
 
 `Processes` owns every process the bench starts and stops them all when its
 `with` block ends, however it ends. Each server is pinned to one core with
-`taskset`; its output goes to a log file whose tail is shown if it fails.
+`taskset` (a stand-in for a remote service also runs at idle priority);
+its output goes to a log file whose tail is shown if it fails.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ class ProcessError(RuntimeError):
     """A contender did not start, did not answer, or died."""
 
 
-def require_taskset() -> None:
-    if shutil.which("taskset") is None:
+def require_scheduling_tools() -> None:
+    """`taskset` (pinning) and `chrt` (idle priority), both from util-linux."""
+    missing = [tool for tool in ("taskset", "chrt") if shutil.which(tool) is None]
+    if missing:
         raise ProcessError(
-            "taskset is not installed: install util-linux (`sudo apt-get install util-linux`)"
+            f"{' and '.join(missing)} not installed: install util-linux "
+            "(`sudo apt-get install util-linux`)"
         )
 
 
@@ -135,11 +139,18 @@ class Processes:
         port: int,
         ready_path: str,
         core: int | None,
+        idle: bool = False,
         timeout: float = 60.0,
     ) -> Server:
-        """Start `argv` (pinned to `core`) and wait until GET `ready_path` answers 200."""
+        """Start `argv` (pinned to `core`) and wait until GET `ready_path` answers 200.
+
+        `idle`: run it in the SCHED_IDLE class (`chrt --idle 0`, sched(7)), so it gets the
+        core only when nothing else there wants it.
+        """
         log = self._logs / f"{name}.log"
         command = ["taskset", "-c", str(core), *argv] if core is not None else argv
+        if idle:
+            command = ["chrt", "--idle", "0", *command]
         started = time.perf_counter()
         with log.open("wb") as sink:
             process = subprocess.Popen(

@@ -33,7 +33,7 @@ from bench.processes import (
     child_env,
     cpu_seconds,
     free_port,
-    require_taskset,
+    require_scheduling_tools,
     rss_bytes,
 )
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
@@ -441,7 +441,7 @@ def bench_service(
 def run(options: Options, workdir: Path | None = None) -> Results:
     """Measure every contender; stop every started process whatever happens."""
     wrk.require_wrk()
-    require_taskset()
+    require_scheduling_tools()
     results = Results(options, machine())
     wanted = set(options.only) or {
         "compute",

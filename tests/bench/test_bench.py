@@ -17,6 +17,8 @@ from falcon import testing
 
 from bench import bodies, capture_read, compute, report, wrk
 from bench.__main__ import parser
+from bench.moto import start_store
+from bench.processes import Processes
 from bench.run import Measurement, Options, Results, Workload, load_workload
 from service.app import create_app
 from service.config import Settings
@@ -74,6 +76,16 @@ def test_wrk_is_pinned_to_the_load_core(tmp_path: Path) -> None:
     argv = wrk.command("http://127.0.0.1:1/", tmp_path / "s.lua", connections=16, seconds=5, core=1)
     assert argv[:3] == ["taskset", "-c", "1"]
     assert argv[argv.index("--connections") :][:2] == ["--connections", "16"]
+
+
+def test_the_capture_store_runs_at_idle_priority_on_the_load_core(tmp_path: Path) -> None:
+    """moto stands in for S3, which runs on other machines: it may not take the core from
+    wrk (or anything else) while wrk waits to read an answer."""
+    with Processes(tmp_path) as processes:
+        store = start_store(processes, core=1)
+        pid = store.server.pid
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert os.sched_getaffinity(pid) == {1}
 
 
 # -- bodies against the real service -------------------------------------------------

@@ -36,8 +36,8 @@ class Worker:
         while True:
             self.complete(*self._jobs.get())
 
-    @staticmethod
     def complete(
+        self,
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future,
         function: Callable[..., Any],

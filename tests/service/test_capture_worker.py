@@ -76,3 +76,13 @@ def test_a_cancelled_caller_or_a_closed_loop_does_not_stop_the_thread():
         return await worker.run(lambda: "served")
 
     assert asyncio.run(still_served()) == "served"
+
+
+def test_completing_a_job_for_a_closed_loop_drops_its_result_quietly():
+    """`complete` runs the job in the calling thread; the loop it answers to may be gone."""
+    loop = asyncio.new_event_loop()
+    future = loop.create_future()
+    loop.close()
+    ran: list[int] = []
+    Worker("capture-test-closed").complete(loop, future, ran.append, (7,))
+    assert ran == [7] and not future.done()

@@ -97,7 +97,7 @@ def spooled_records(spool_dir: Path) -> list[dict]:
 
 
 def test_a_down_sink_gets_the_retries_then_one_write_a_probe_on_a_doubling_backoff(tmp_path):
-    sink = ClockedSink(tmp_path / "out", up_at=4.0)
+    sink = ClockedSink(tmp_path / "out", up_at=7.0)
     recorder = CaptureRecorder(
         sink,
         config(
@@ -112,15 +112,16 @@ def test_a_down_sink_gets_the_retries_then_one_write_a_probe_on_a_doubling_backo
     async def scenario() -> list[float]:
         await recorder.start()
         send(recorder, 1)
-        await asyncio.sleep(6)
+        await asyncio.sleep(10)
         writes = list(sink.writes)
         await recorder.close()
         return writes
 
     writes = on_virtual_clock(scenario)
     # The part at the flush: three attempts 0.25 then 0.5 s apart; spooled, then probed at
-    # once and 0.25, 0.5, 1, 2 (the cap) s after each failed probe, one write a probe.
-    assert writes == [0.1, 0.35, 0.85, 0.85, 1.1, 1.6, 2.6, 4.6]
+    # once and 0.25, 0.5, 1, 2 s after each failed probe, then every 2 s (the cap), one
+    # write a probe.
+    assert writes == [0.1, 0.35, 0.85, 0.85, 1.1, 1.6, 2.6, 4.6, 6.6, 8.6]
     assert len(read_dir(tmp_path / "out")) == 1
     assert Spool(tmp_path / "spool").scan() == []
 

@@ -122,12 +122,7 @@ class OnnxModel:
         # runs whole batches of a batch-1 model in one call.
         self._batched = None
         if batched_path is not None and self.batch_fixed_at_one:
-            # Without onnxruntime's CPU memory arena: the arena keeps the largest run's
-            # tensors for the life of the process (about 10 MB for runs of 64 rows), while
-            # what malloc frees is given back after large requests (service.memory).
-            # Measured: the same time per run of 64 rows (1,505 against 1,506 us, best of
-            # 7 rounds of 200), 10 MB less resident after the bench's batch rows.
-            self._batched = _session(batched_path, intra_op_threads, memory_arena=False)
+            self._batched = _session(batched_path, intra_op_threads)
             copy_input = self._batched.get_inputs()[0]
             if copy_input.name != first.name or tuple(copy_input.shape[1:]) != first.item_shape:
                 raise ModelLoadError(
@@ -200,17 +195,15 @@ class OnnxModel:
         )
 
 
-def session_options(intra_op_threads: int = 1, *, memory_arena: bool = True) -> ort.SessionOptions:
+def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
     """How every onnxruntime session of the project runs a model: the service's, the
     gate's, the batch-capable copy's proof and the benchmark's compute ceiling.
 
     `intra_op_threads` threads inside an operator (one per worker process, see
     INTRA_OP_THREADS), one thread between operators, run sequentially, every graph
-    optimisation on; `memory_arena` False runs without onnxruntime's CPU memory arena
-    (`SessionOptions.enable_cpu_mem_arena`), its tensors then come from malloc.
+    optimisation on.
     """
     options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = memory_arena
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -218,13 +211,11 @@ def session_options(intra_op_threads: int = 1, *, memory_arena: bool = True) -> 
     return options
 
 
-def _session(
-    path: Path, intra_op_threads: int, *, memory_arena: bool = True
-) -> ort.InferenceSession:
+def _session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(
             str(path),
-            sess_options=session_options(intra_op_threads, memory_arena=memory_arena),
+            sess_options=session_options(intra_op_threads),
             providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # onnxruntime raises several private types

@@ -219,11 +219,3 @@ def test_requests_one_at_a_time_each_wake_the_idle_batcher(model, images, offloa
     for i, answer in enumerate(first + second):
         np.testing.assert_array_equal(answer, model.scores(images[i % 20 : i % 20 + 1]))
     assert seen == [1] * 25
-
-
-def test_the_batch_capable_copy_runs_without_onnxruntimes_memory_arena(mnist8_path, batched_copy):
-    """The arena would keep the largest batch's tensors for the life of the process; the
-    single-row session keeps its arena."""
-    model = OnnxModel(mnist8_path, ModelInfo("m", "v", "0" * 64), batched_path=batched_copy.path)
-    assert model._batched.get_session_options().enable_cpu_mem_arena is False
-    assert model._session.get_session_options().enable_cpu_mem_arena is True

@@ -284,9 +284,12 @@ def test_the_budget_calls_its_hook_once_it_empties_after_a_capacitys_worth_of_bo
         assert calls == [0]
         async with budget.hold(999):  # 999 more: below a capacity's worth again
             pass
+        await asyncio.sleep(0)
         assert calls == [0]
         async with budget.hold(1):
             pass
+        assert calls == [0]  # not before the loop's next turn: after this answer
+        await asyncio.sleep(0)
         assert calls == [0, 0]
 
     asyncio.run(scenario())

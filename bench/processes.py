@@ -23,6 +23,9 @@ from pipeline import REPO
 
 READY_POLL_SECONDS = 0.005
 STOP_TIMEOUT_SECONDS = 20
+# A server is quiet once it used at most one clock tick of CPU (10 ms) in this long.
+QUIET_WINDOW_SECONDS = 0.5
+QUIET_TIMEOUT_SECONDS = 15
 
 
 class ProcessError(RuntimeError):
@@ -63,6 +66,22 @@ def rss_bytes(pid: int) -> int:
                 raise ProcessError(f"unexpected VmRSS unit {unit!r} in /proc/{pid}/status")
             return int(value) * 1024
     raise ProcessError(f"/proc/{pid}/status has no VmRSS line")
+
+
+def wait_quiet(pid: int, timeout: float = QUIET_TIMEOUT_SECONDS) -> float:
+    """Wait until `pid` used at most one clock tick of CPU in QUIET_WINDOW_SECONDS (its
+    last requests answered, capture's last records encoded and stored), for at most
+    `timeout` seconds; the seconds waited."""
+    started = time.perf_counter()
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    before = cpu_seconds(pid)
+    while time.perf_counter() - started < timeout:
+        time.sleep(QUIET_WINDOW_SECONDS)
+        now = cpu_seconds(pid)
+        if now - before <= tick + 1e-9:
+            break
+        before = now
+    return time.perf_counter() - started
 
 
 @dataclass

@@ -35,6 +35,7 @@ from bench.processes import (
     free_port,
     require_scheduling_tools,
     rss_bytes,
+    wait_quiet,
 )
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.datasets import load_dataset, scaled_inputs
@@ -432,6 +433,10 @@ def bench_service(
         )
         rss.append(rss_bytes(server.pid))
     results.rss_bytes[f"{name} after single images"] = rss[0]
+    results.rss_bytes[f"{name} as the last row ends"] = rss[-1]
+    # What the service keeps once the load is over: its last requests answered and, with
+    # capture on, their records encoded and stored (service.memory gives the heap back then).
+    wait_quiet(server.pid)
     results.rss_bytes[name] = rss_bytes(server.pid)
     code = processes.stop(server)
     if code not in (0, -15):

@@ -19,6 +19,7 @@ from service.errors import ModelLoadError, ServiceError
 from service.http import DrainUnreadBody, RefuseQueryParameters
 from service.inference import Inference
 from service.loader import load_model
+from service.memory import release_free_memory
 from service.metrics import Metrics, MetricsMiddleware
 from service.model import OnnxModel
 from service.openapi import openapi_document
@@ -124,7 +125,7 @@ def create_app(
     app.set_error_serializer(_http_error)
 
     limit = settings.max_body_bytes
-    budget = BodyBudget(BODY_BUDGET_BODIES * limit)
+    budget = BodyBudget(BODY_BUDGET_BODIES * limit, when_emptied=release_free_memory)
     app.add_route("/predict", resources.Predict(inference, limit, recorder, budget))
     app.add_route("/v2", resources.ServerMetadata())
     app.add_route("/v2/health/live", resources.Live())

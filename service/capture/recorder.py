@@ -9,6 +9,12 @@ Memory is bounded: the queue is turned into parts at least every
 `max_part_bytes`), and parts beyond `max_memory_bytes` go to the spool instead
 of waiting in memory. Records are only lost when the local disk fails too;
 they are then counted as dropped and logged at CRITICAL level.
+
+Once everything encoded is stored and at least a part's worth of records
+(`max_part_records`) went out since the last time, `when_drained` is called: the service
+gives the heap's free pages back then (service.memory), as it does when its requests are
+done, since the encoding and the uploads after a burst of large batches run after the
+requests' own release.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from service.capture.records import Part, PartNamer, PartsBuilder, Pending, row_
 from service.capture.sinks import Sink, SinkError, open_sink
 from service.capture.spool import Spool
 from service.capture.worker import Worker
+from service.memory import release_free_memory
 from service.model import ModelInfo
 
 if TYPE_CHECKING:
@@ -91,7 +98,7 @@ def build_recorder(
         include_inputs=settings.prediction_log_inputs,
         close_seconds=settings.stop_budget.flush_seconds,
     )
-    return CaptureRecorder(sink, config, CaptureMetrics(registry))
+    return CaptureRecorder(sink, config, CaptureMetrics(registry), when_drained=release_free_memory)
 
 
 class CaptureRecorder:
@@ -104,11 +111,14 @@ class CaptureRecorder:
         metrics: CaptureMetrics | None = None,
         *,
         sampler: Callable[[], float] = random.random,
+        when_drained: Callable[[], object] | None = None,
     ) -> None:
         self.sink = sink
         self.config = config
         self.metrics = metrics or CaptureMetrics()
         self._sampler = sampler
+        self._when_drained = when_drained
+        self._stored_since_drained = 0  # records stored since `when_drained` was called
         self._spool = Spool(config.spool_dir)
         self._namer = PartNamer()
         self._disk = Worker("capture-disk")  # the spool: reads, writes, removes
@@ -330,10 +340,21 @@ class CaptureRecorder:
                 continue
             if self._draining and not self._queue and not self._spooled:
                 return
+            self._drained()
             timeout = max(0.0, next_probe - loop.time()) if self._spooled else None
             self._upload_due.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._upload_due.wait(), timeout)
+
+    def _drained(self) -> None:
+        """Nothing is queued or encoding and everything encoded is stored: call
+        `when_drained` when at least a part's worth of records went out since the last time."""
+        if self._queue or self._encoding_rows:
+            return
+        if self._stored_since_drained >= self.config.max_part_records:
+            self._stored_since_drained = 0
+            if self._when_drained is not None:
+                self._when_drained()
 
     def _retry_cap(self) -> float:
         return (
@@ -396,6 +417,7 @@ class CaptureRecorder:
     def _count_uploaded(self, records: int) -> None:
         self.metrics.parts_uploaded.inc()
         self.metrics.written.inc(records)
+        self._stored_since_drained += records
         self._mark_up()
 
     def _mark_down(self) -> None:

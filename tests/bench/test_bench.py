@@ -356,3 +356,18 @@ def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
     assert row["non_2xx"] == 0 and row["socket_errors"] == 0
     assert document["rss_bytes"]["bare"] > 0
     assert row["server_cpu_seconds"] > 0 and row["load_cpu_share"] > 0
+
+
+def test_memory_is_read_once_the_server_has_gone_quiet():
+    """`wait_quiet` returns only after the process stopped using CPU: a process that works
+    for 0.6 s of CPU and then sleeps has done all its work when it returns."""
+    from bench.processes import cpu_seconds, wait_quiet
+
+    busy_then_idle = "import time\nwhile time.process_time() < 0.6:\n    pass\ntime.sleep(60)\n"
+    process = subprocess.Popen([sys.executable, "-c", busy_then_idle])
+    try:
+        wait_quiet(process.pid)
+        assert cpu_seconds(process.pid) >= 0.55  # /proc counts whole clock ticks
+    finally:
+        process.kill()
+        process.wait(timeout=10)

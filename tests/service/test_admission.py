@@ -260,3 +260,46 @@ def test_a_waiter_granted_just_as_it_is_cancelled_gives_the_bytes_back():
         return isinstance(results[0], asyncio.CancelledError), budget.held
 
     assert asyncio.run(scenario()) == (True, 0)
+
+
+def test_the_budget_calls_its_hook_once_it_empties_after_a_capacitys_worth_of_bodies():
+    """Not while anything is held, not before `capacity` bytes went through since the last
+    call, then once, and counting starts again."""
+    calls: list[int] = []
+
+    async def scenario() -> None:
+        budget = BodyBudget(1000, when_emptied=lambda: calls.append(budget.held))
+        gates = [asyncio.Event() for _ in range(3)]
+        log: list[str] = []
+        tasks = [
+            asyncio.create_task(_hold(budget, 600, log, str(i), gate))
+            for i, gate in enumerate(gates)
+        ]
+        await asyncio.sleep(0)
+        gates[0].set()  # 600 went through, the second holds 600: not empty
+        await asyncio.sleep(0.01)
+        assert calls == []
+        gates[1].set()  # the third enters as the second leaves: still not empty
+        await asyncio.sleep(0.01)
+        assert calls == []
+        gates[2].set()  # empty, 1800 bytes since the start
+        await asyncio.gather(*tasks)
+        assert calls == [0]
+        async with budget.hold(999):  # 999 more: below a capacity's worth again
+            pass
+        await asyncio.sleep(0)
+        assert calls == [0]
+        async with budget.hold(1):
+            pass
+        assert calls == [0]  # not before the loop's next turn: after this answer
+        await asyncio.sleep(0)
+        assert calls == [0, 0]
+
+    asyncio.run(scenario())
+
+
+def test_the_prediction_routes_budget_gives_freed_memory_back_when_it_empties(client):
+    from service.memory import release_free_memory
+
+    budget = client.app._router.find("/predict")[0]._budget
+    assert budget._when_emptied is release_free_memory

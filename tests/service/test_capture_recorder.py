@@ -694,3 +694,38 @@ def test_a_failing_write_is_retried_after_doubling_waits_and_not_after_the_last(
     assert waits == [0.5, 1.0, 2.0]
     assert sink.calls == 4
     assert value(recorder.metrics.retries) == 4
+
+
+def test_the_drained_hook_runs_once_a_parts_worth_is_stored_and_nothing_waits(tmp_path):
+    """Called when the queue is empty and everything encoded is stored, after at least
+    `max_part_records` records went out since the last call; not before."""
+    calls: list[int] = []
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"),
+        config(tmp_path, max_part_records=10),
+        when_drained=lambda: calls.append(len(read_dir(tmp_path / "out"))),
+    )
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 3, rows=3)  # 9 records: below a part's worth
+        assert await recorder.wait_idle(5)
+        await asyncio.sleep(0.1)
+        assert calls == []
+        send(recorder, 1, rows=3, prefix="more")  # 12 records stored in all
+        assert await recorder.wait_idle(5)
+        await asyncio.sleep(0.1)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    assert calls == [12]  # once, with every record already in the sink
+
+
+def test_the_recorder_the_settings_build_gives_freed_memory_back_when_drained(tmp_path):
+    from service.memory import release_free_memory
+
+    settings = Settings(
+        model_url="m.onnx", prediction_log_url=str(tmp_path / "out"), cache_dir=tmp_path
+    )
+    recorder = build_recorder(settings, CollectorRegistry())
+    assert recorder._when_drained is release_free_memory

@@ -303,3 +303,42 @@ def test_the_prediction_routes_budget_gives_freed_memory_back_when_it_empties(cl
 
     budget = client.app._router.find("/predict")[0]._budget
     assert budget._when_emptied is release_free_memory
+
+
+def test_the_budget_empties_after_exactly_its_capacity_and_only_while_nothing_is_held():
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        calls: list[int] = []
+        budget = BodyBudget(10, when_emptied=lambda: calls.append(budget.held))
+        async with budget.hold(9):  # 9 bytes since the start: not yet
+            pass
+        await asyncio.sleep(0)
+        before = list(calls)
+        async with budget.hold(1):  # 10: a capacity's worth
+            pass
+        # A request that fits enters before the loop's next turn: the budget is not empty
+        # when the call comes, so it waits for that request to leave.
+        held = budget.hold(5)
+        await held.__aenter__()
+        await asyncio.sleep(0)
+        while_held = list(calls)
+        await held.__aexit__(None, None, None)
+        await asyncio.sleep(0)
+        return before, while_held, calls
+
+    assert asyncio.run(scenario()) == ([], [], [0])
+
+
+def test_a_budget_without_a_hook_empties_quietly():
+    async def scenario() -> list[str]:
+        errors: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: errors.append(context["message"])
+        )
+        budget = BodyBudget(10)
+        for _ in range(3):
+            async with budget.hold(10):
+                pass
+            await asyncio.sleep(0)
+        return errors
+
+    assert asyncio.run(scenario()) == []

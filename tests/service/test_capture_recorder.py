@@ -729,3 +729,30 @@ def test_the_recorder_the_settings_build_gives_freed_memory_back_when_drained(tm
     )
     recorder = build_recorder(settings, CollectorRegistry())
     assert recorder._when_drained is release_free_memory
+
+
+def test_drained_means_nothing_queued_or_encoding_and_a_parts_worth_stored_since_the_last_call(
+    tmp_path,
+):
+    calls: list[int] = []
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"),
+        config(tmp_path, max_part_records=10),
+        when_drained=lambda: calls.append(1),
+    )
+    recorder._count_uploaded(10)
+    send(recorder, 1)  # queued, not yet encoded
+    recorder._drained()
+    queued = len(calls)
+    recorder._queue.clear()
+    recorder._encoding_rows = 1  # being encoded
+    recorder._drained()
+    encoding = len(calls)
+    recorder._encoding_rows = 0
+    recorder._drained()  # 10 stored, nothing waiting: the call
+    recorder._count_uploaded(9)
+    recorder._drained()  # 9 since that call: not yet
+    below = len(calls)
+    recorder._count_uploaded(1)
+    recorder._drained()
+    assert (queued, encoding, below, len(calls)) == (0, 0, 1, 2)

@@ -432,7 +432,7 @@ def bench_service(
             server, "service", row, body, capture, workload, options, workdir
         )
         rss.append(rss_bytes(server.pid))
-    results.rss_bytes[f"{name} after single images"] = rss[0]
+    results.rss_bytes[f"{name} after the first row"] = rss[0]
     results.rss_bytes[f"{name} as the last row ends"] = rss[-1]
     # What the service keeps once the load is over: its last requests answered and, with
     # capture on, their records encoded and stored (service.memory gives the heap back then).

@@ -232,7 +232,7 @@ def test_capture_targets_are_the_worst_single_image_row_at_every_level() -> None
         _row("v2 binary 256", "on", 64, 10, 1000.0),  # a batch row: counted in neither
     ]
     results.rss_bytes = {
-        "service-capture-off after single images": 90 * report.MB,
+        "service-capture-off after the first row": 90 * report.MB,
         "service-capture-off": 140 * report.MB,
         "service-capture-on": 160 * report.MB,
     }

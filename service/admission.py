@@ -15,9 +15,10 @@ What those requests freed is given back to the system once they are done: when t
 empties after at least its capacity in bodies went through since the last time, it calls
 `when_emptied` (the app passes `service.memory.release_free_memory`). Nothing is held then,
 and it runs on the loop's next turn, after the last request's answer is written, so the
-work (a few milliseconds after a burst of large batches) delays no request's answer,
-and under a steady load of small requests it happens once every capacity's worth of bodies
-(about 2,500 of the bench's single-image requests with the default budget).
+work (a few milliseconds after a burst of large batches) delays no answer already computed
+(a request that arrives meanwhile waits for it on the event loop), and under a steady
+load of small requests it happens once every capacity's worth of bodies (about 2,500 of
+the bench's single-image requests with the default budget).
 """
 
 from __future__ import annotations

@@ -226,14 +226,17 @@ def test_parts_built_a_slice_at_a_time_are_those_built_at_once():
         builder.add(entries[start : start + 7])
     sliced = builder.finish()
     assert [p.records for p in sliced] == [p.records for p in at_once]
-    assert [p.body for p in sliced] == [p.body for p in at_once]
+    # The same records in each part; the bytes may differ (ISA-L's deflate depends on the cut).
+    assert [partformat.decompress(p.body) for p in sliced] == [
+        partformat.decompress(p.body) for p in at_once
+    ]
     assert [p.key[:18] for p in sliced] == [p.key[:18] for p in at_once]
     lines = [line for entry in entries for line in record_lines(entry, "dev")]
     everything = b"".join(partformat.decompress(p.body) for p in at_once)
     assert everything == b"".join(lines)
     assert all(p.records <= 20 for p in at_once) and len(at_once) > 5
     data = b"".join(lines)
-    assert partformat.encode([data[:100], data[100:]]) == gzip.compress(data, 1, mtime=0)
+    assert gzip.decompress(partformat.encode([data[:100], data[100:]])) == data
 
 
 def test_the_recorder_encodes_between_requests_a_slice_at_a_time(tmp_path):

@@ -382,15 +382,25 @@ def bench_fastapi(
     processes.stop(server)
 
 
-def bench_service(
+@dataclass
+class ServiceUnderTest:
+    """One started `python -m service` and the bearer token its requests carry."""
+
+    server: Server
+    capture: str
+    token: str
+    rss: list[int] = field(default_factory=list)  # VmRSS after each row
+    measurements: list[Measurement] = field(default_factory=list)
+
+
+def start_service(
     processes: Processes,
     workload: Workload,
-    results: Results,
     workdir: Path,
     store: CaptureStore | None,
-) -> None:
-    """`python -m service` with capture off (store None) or on (into the moto bucket)."""
-    options = results.options
+    core: int,
+) -> ServiceUnderTest:
+    """`python -m service` on `core`, capture off (store None) or on (into the moto bucket)."""
     capture = "on" if store is not None else CAPTURE_OFF
     port = free_port()
     token = secrets.token_urlsafe(32)
@@ -415,32 +425,64 @@ def bench_service(
         "MODEL_BATCHED_SHA256": workload.batched.sha256 if workload.batched else "",
         **(store.env if store is not None else {}),
     }
-    name = f"service-capture-{capture}"
     server = processes.start(
-        name,
+        f"service-capture-{capture}",
         [sys.executable, "-m", "service"],
         env=child_env(env),
         port=port,
         ready_path="/v2/health/ready",
-        core=options.server_core,
+        core=core,
     )
-    results.ready_seconds[name] = server.ready_seconds
-    rss = []
+    return ServiceUnderTest(server, capture, token)
+
+
+def bench_services(
+    processes: Processes,
+    workload: Workload,
+    results: Results,
+    workdir: Path,
+    stores: list[CaptureStore | None],
+) -> None:
+    """The service with capture off (a None store) and/or on, measured a row at a time in
+    turn: each row with capture off, then the same row with capture on.
+
+    The readings a capture on/off ratio compares are then seconds apart, not minutes: on
+    a shared machine the same server's rate drifted by up to 15% between runs minutes
+    apart, more than the 5% the capture target allows. Before each row every other
+    service is waited on until it has gone quiet (capture's last records encoded and
+    stored), so no service works while another is measured.
+    """
+    options = results.options
+    services = [
+        start_service(processes, workload, workdir, store, options.server_core) for store in stores
+    ]
+    for service in services:
+        results.ready_seconds[service.server.name] = service.server.ready_seconds
     for row, body in workload.service_bodies().items():
-        body = replace(body, headers={**body.headers, **bearer_header(token)})
-        results.measurements += measure_row(
-            server, "service", row, body, capture, workload, options, workdir
-        )
-        rss.append(rss_bytes(server.pid))
-    results.rss_bytes[f"{name} after the first row"] = rss[0]
-    results.rss_bytes[f"{name} as the last row ends"] = rss[-1]
-    # What the service keeps once the load is over: its last requests answered and, with
-    # capture on, their records encoded and stored (service.memory gives the heap back then).
-    wait_quiet(server.pid)
-    results.rss_bytes[name] = rss_bytes(server.pid)
-    code = processes.stop(server)
-    if code not in (0, -15):
-        raise ProcessError(f"{name} exited with {code} on SIGTERM:\n{server.log_tail()}")
+        for service in services:
+            for other in services:
+                if other is not service:
+                    wait_quiet(other.server.pid)
+            signed = replace(body, headers={**body.headers, **bearer_header(service.token)})
+            service.measurements += measure_row(
+                service.server, "service", row, signed, service.capture, workload, options, workdir
+            )
+            service.rss.append(rss_bytes(service.server.pid))
+    for service in services:
+        name = service.server.name
+        results.measurements += service.measurements
+        results.rss_bytes[f"{name} after the first row"] = service.rss[0]
+        results.rss_bytes[f"{name} as the last row ends"] = service.rss[-1]
+        # What the service keeps once the load is over: its last requests answered and,
+        # with capture on, their records encoded and stored (service.memory gives the heap
+        # back then).
+        wait_quiet(service.server.pid)
+        results.rss_bytes[name] = rss_bytes(service.server.pid)
+        code = processes.stop(service.server)
+        if code not in (0, -15):
+            raise ProcessError(
+                f"{name} exited with {code} on SIGTERM:\n{service.server.log_tail()}"
+            )
 
 
 def run(options: Options, workdir: Path | None = None) -> Results:
@@ -478,15 +520,22 @@ def run(options: Options, workdir: Path | None = None) -> Results:
             if "fastapi" in wanted:
                 print("bench: FastAPI + pydantic (the alternative)", file=sys.stderr, flush=True)
                 bench_fastapi(processes, workload, results, work)
-            if "service" in wanted:
-                print("bench: the service, capture off", file=sys.stderr, flush=True)
-                bench_service(processes, workload, results, work, None)
             store = None
             if {"capture", "capture-read"} & wanted:
                 store = start_store(processes, core=options.load_core)
+            stores = [None] if "service" in wanted else []
             if "capture" in wanted:
-                print("bench: the service, capture on (moto S3)", file=sys.stderr, flush=True)
-                bench_service(processes, workload, results, work, store)
+                stores.append(store)
+            if stores:
+                print(
+                    "bench: the service, capture "
+                    + " and ".join("on (moto S3)" if s is not None else "off" for s in stores)
+                    + ", a row at a time in turn",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                bench_services(processes, workload, results, work, stores)
+            if "capture" in wanted:
                 time.sleep(0.2)
                 results.capture_written = store.written()
             if "capture-read" in wanted:

@@ -358,6 +358,66 @@ def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
     assert row["server_cpu_seconds"] > 0 and row["load_cpu_share"] > 0
 
 
+def test_capture_off_and_on_are_measured_a_row_at_a_time_in_turn(monkeypatch, tmp_path):
+    """Each row runs with capture off, then with capture on, the other service quiet
+    first; the results keep the off rows before the on rows, and each service's memory is
+    read after its first row, as its last row ends and once it is quiet."""
+    from bench import run
+
+    events: list[str] = []
+
+    class FakeServer:
+        def __init__(self, name: str, pid: int) -> None:
+            self.name, self.pid, self.ready_seconds = name, pid, 0.5
+
+    def start_service(processes, workload, workdir, store, core):
+        capture = "off" if store is None else "on"
+        pid = 100 if store is None else 200
+        return run.ServiceUnderTest(FakeServer(f"service-capture-{capture}", pid), capture, "t")
+
+    def measure_row(server, contender, row, body, capture, workload, options, workdir):
+        events.append(f"{row} {capture}")
+        return [_measurement("service", row, capture, 100.0)]
+
+    class FakeProcesses:
+        def stop(self, server):
+            events.append(f"stop {server.pid}")
+            return 0
+
+    monkeypatch.setattr(run, "start_service", start_service)
+    monkeypatch.setattr(run, "measure_row", measure_row)
+    monkeypatch.setattr(run, "wait_quiet", lambda pid: events.append(f"quiet {pid}"))
+    monkeypatch.setattr(run, "rss_bytes", lambda pid: pid * 1000 + len(events))
+    body = bodies.Body("predict", "/predict", b"{}", {}, 1)
+    monkeypatch.setattr(Workload, "service_bodies", lambda self: {"a": body, "b": body})
+    workload = Workload(Path("m.onnx"), "0" * 64, "m", "x", "y", np.zeros((1, 1, 28, 28)), [0])
+    results = Results(Options(), {})
+    run.bench_services(FakeProcesses(), workload, results, tmp_path, [None, object()])
+    assert events[:8] == [
+        "quiet 200",
+        "a off",
+        "quiet 100",
+        "a on",
+        "quiet 200",
+        "b off",
+        "quiet 100",
+        "b on",
+    ]
+    assert events[8:] == ["quiet 100", "stop 100", "quiet 200", "stop 200"]
+    assert [(m.row, m.capture) for m in results.measurements] == [
+        ("a", "off"),
+        ("b", "off"),
+        ("a", "on"),
+        ("b", "on"),
+    ]
+    assert set(results.rss_bytes) == {
+        f"service-capture-{c}{when}"
+        for c in ("off", "on")
+        for when in ("", " after the first row", " as the last row ends")
+    }
+    assert results.ready_seconds == {"service-capture-off": 0.5, "service-capture-on": 0.5}
+
+
 def test_memory_is_read_once_the_server_has_gone_quiet():
     """`wait_quiet` returns only after the process stopped using CPU: a process that works
     for 0.6 s of CPU and then sleeps has done all its work when it returns."""

@@ -31,6 +31,7 @@ from bench.processes import (
     Processes,
     Server,
     child_env,
+    compile_bytecode,
     cpu_seconds,
     free_port,
     require_scheduling_tools,
@@ -501,6 +502,10 @@ def run(options: Options, workdir: Path | None = None) -> Results:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = workdir or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
+        print(
+            "bench: compiling the servers' Python modules, as an image build does", file=sys.stderr
+        )
+        compile_bytecode()
         print("bench: loading the reference model and test images", file=sys.stderr)
         workload = load_workload(options.batch_size, work)
         if "compute" in wanted:

@@ -431,3 +431,21 @@ def test_memory_is_read_once_the_server_has_gone_quiet():
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+def test_the_servers_modules_are_compiled_before_they_start(tmp_path, monkeypatch):
+    """A module the bench's servers import has its bytecode written, whatever
+    PYTHONDONTWRITEBYTECODE says, as an image build's pip install writes it."""
+    from bench import processes
+
+    package = tmp_path / "site"
+    (package / "pkg").mkdir(parents=True)
+    (package / "pkg" / "mod.py").write_text("VALUE = 1\n")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setattr(
+        processes.sysconfig, "get_paths", lambda: {"purelib": str(package), "platlib": str(package)}
+    )
+    directories = processes.compile_bytecode()
+    assert directories[0] == package and processes.REPO / "service" in directories
+    assert list((package / "pkg" / "__pycache__").glob("mod.*.pyc"))
+    assert list((processes.REPO / "service" / "__pycache__").glob("app.*.pyc"))

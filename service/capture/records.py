@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import random
 import re
 import socket
 import threading
@@ -53,7 +52,6 @@ __all__ = [
 ]
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
-_random = random.Random()  # seeded from os.urandom, again in a forked child (below)
 
 
 @dataclass(slots=True)
@@ -116,7 +114,7 @@ def quoted_new_ids(count: int) -> list[bytes]:
     They are made _ID_BLOCK at a time in one numpy pass and handed out from that stock: a
     run of single-image records needs one per record, and making one in Python costs about
     1.1 us (`uuid.uuid4()` more), against 0.05 in a block. Thread-safe; a forked child
-    empties the stock and reseeds (os.register_at_fork), so two processes never share ids.
+    empties the stock it inherited (os.register_at_fork), so two processes never share ids.
     """
     with _id_lock:
         if count > len(_id_stock):
@@ -128,8 +126,8 @@ def quoted_new_ids(count: int) -> list[bytes]:
 
 
 def _quoted_uuids(count: int) -> list[bytes]:
-    raw = np.frombuffer(_random.randbytes(16 * count), dtype=np.uint8).reshape(count, 16)
-    raw = raw.copy()
+    # os.urandom, as uuid.uuid4() uses: one call for the whole block.
+    raw = np.frombuffer(os.urandom(16 * count), dtype=np.uint8).reshape(count, 16).copy()
     raw[:, 6] = raw[:, 6] & 0x0F | 0x40  # version 4
     raw[:, 8] = raw[:, 8] & 0x3F | 0x80  # variant 10 (RFC 9562 section 4.1)
     text = np.empty((count, _QUOTED_UUID), dtype=np.uint8)
@@ -144,7 +142,6 @@ def _forget_ids_after_fork() -> None:
     global _id_lock
     _id_lock = threading.Lock()
     _id_stock.clear()
-    _random.seed()
 
 
 _ID_BLOCK = 1024

@@ -10,11 +10,10 @@ from pathlib import Path
 from bench import report
 from bench.capture_read import CaptureReadError
 from bench.processes import ProcessError
-from bench.run import BenchError, Options, run
+from bench.run import CONTENDERS, BenchError, Options, run
 from bench.wrk import WrkError
 
 DEFAULT_OUTPUT = Path("build/bench/results.json")
-CONTENDERS = ("compute", "bare", "fastapi", "service", "capture", "capture-read")
 
 
 def concurrency_levels(text: str) -> tuple[int, ...]:

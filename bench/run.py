@@ -53,6 +53,10 @@ SERVICE_STOP_SECONDS = MIN_STOP_TIMEOUT_SECONDS
 UVICORN_FLAGS = ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
 
 
+# What a run measures, in this order (`--only` picks some).
+CONTENDERS = ("compute", "bare", "fastapi", "service", "capture", "capture-read")
+
+
 class BenchError(RuntimeError):
     """The bench could not measure something; the message says what and why."""
 
@@ -454,6 +458,8 @@ def bench_services(
     stored), so no service works while another is measured.
     """
     options = results.options
+    kinds = " and ".join("on (moto S3)" if store is not None else "off" for store in stores)
+    print(f"bench: the service, capture {kinds}, a row at a time in turn", file=sys.stderr)
     services = [
         start_service(processes, workload, workdir, store, options.server_core) for store in stores
     ]
@@ -491,14 +497,7 @@ def run(options: Options, workdir: Path | None = None) -> Results:
     wrk.require_wrk()
     require_scheduling_tools()
     results = Results(options, machine())
-    wanted = set(options.only) or {
-        "compute",
-        "bare",
-        "fastapi",
-        "service",
-        "capture",
-        "capture-read",
-    }
+    wanted = set(options.only or CONTENDERS)
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = workdir or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -532,13 +531,6 @@ def run(options: Options, workdir: Path | None = None) -> Results:
             if "capture" in wanted:
                 stores.append(store)
             if stores:
-                print(
-                    "bench: the service, capture "
-                    + " and ".join("on (moto S3)" if s is not None else "off" for s in stores)
-                    + ", a row at a time in turn",
-                    file=sys.stderr,
-                    flush=True,
-                )
                 bench_services(processes, workload, results, work, stores)
             if "capture" in wanted:
                 time.sleep(0.2)

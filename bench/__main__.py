@@ -29,7 +29,11 @@ def concurrency_levels(text: str) -> tuple[int, ...]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="1 s per level (about a minute in all)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 s per level (about 3 minutes in all: the capture-read rows keep their size)",
+    )
     p.add_argument("--seconds", type=int, help="seconds per concurrency level (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per row (default 1)")
     p.add_argument(

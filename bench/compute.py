@@ -101,7 +101,10 @@ def measure(
     if copy is not None:
         batched = copy.run(None, {copy.get_inputs()[0].name: batch})[0]
         copy_diff = float(np.max(np.abs(batched - reference)))
-        note = f"pipeline.batchable copy, proven equal on the whole test set (here {copy_diff:.2g})"
+        note = (
+            "pipeline.batchable copy, proven equal on the whole test set; "
+            f"largest difference here {copy_diff:.2g}"
+        )
     else:
         note = "no batch-capable copy; looped over the original"
 

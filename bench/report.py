@@ -118,7 +118,7 @@ def targets(results: Results, found: dict[str, float | None]) -> list[Target]:
         ),
         at_most("ready after start, local model (s)", ready, 1.0, "<= 1 s"),
         at_most(
-            "service resident memory after the whole bench (MB)",
+            "service resident memory once quiet after the whole bench (MB)",
             rss / MB if rss else None,
             150.0,
             "< 150 MB",

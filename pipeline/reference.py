@@ -99,8 +99,22 @@ class Reference:
 
 
 def fixtures_dir() -> Path | None:
+    """The FIXTURES_DIR mirror, resolved; None when it is not set.
+
+    Raises InvalidReference when it is set to something that is not a directory: a mirror
+    that is not there would otherwise send every lookup to the network without a word.
+    """
     raw = os.environ.get("FIXTURES_DIR")
-    return Path(raw).resolve() if raw else None
+    if not raw:
+        return None
+    mirror = Path(raw).resolve()
+    if not mirror.is_dir():
+        raise InvalidReference(
+            f"FIXTURES_DIR={raw} ({mirror}) is not a directory: point it at the directory "
+            "holding the model and MNIST files (absolute, or relative to where the command "
+            "runs), or unset it to download them from the URLs model.toml pins"
+        )
+    return mirror
 
 
 def load_reference(

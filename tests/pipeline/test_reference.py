@@ -175,6 +175,23 @@ def test_fetch_prefers_the_fixtures_mirror(
     assert fetch_artifact(reference.test_labels, cache_dir=tmp_path / "cache") == copy
 
 
+def test_a_fixtures_dir_that_is_not_there_is_named_not_bypassed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A mirror that does not exist fails with its name and the fix, instead of every
+    lookup going to the network; the CLI prints it as one line and exits 2."""
+    from pipeline import cli
+
+    monkeypatch.setenv("FIXTURES_DIR", "../no-such-fixtures")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidReference, match=r"FIXTURES_DIR=\.\./no-such-fixtures \("):
+        fetch_verified(load_reference().test_labels, cache_dir=tmp_path / "cache")
+    assert cli.main(["download"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "is not a directory" in line and "unset it to download" in line
+    assert "\n" not in line
+
+
 def test_fetch_stops_on_a_sha_mismatch_naming_both_hashes(
     mnist8_path: Path, tmp_path: Path
 ) -> None:

@@ -142,8 +142,8 @@ def test_records_without_a_request_id_get_distinct_version_4_ids_past_a_block():
 
 
 def test_a_forked_child_never_hands_out_its_parents_ids():
-    """The id stock and its random generator are the process's: a child forked after ids
-    were made starts afresh (os.register_at_fork), so it cannot repeat the parent's next."""
+    """The id stock is the process's: a child forked after ids were made empties the stock
+    it inherited (os.register_at_fork), so it cannot repeat the parent's next ids."""
     new_id()  # the parent holds a stock now
     reader, writer = os.pipe()
     child = os.fork()

@@ -60,7 +60,7 @@ def test(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def unit(session: nox.Session) -> None:
-    """Run the in-process tests only: no server, registry, podman or Terraform (seconds)."""
+    """Run the in-process tests only: no server, registry, podman or Terraform (about a minute)."""
     run_tests(session, "-m", "not integration")
 
 

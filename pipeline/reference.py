@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pipeline import REPO
-from service.artifacts import fetch, local_path
+from service.artifacts import ArtifactError, ChecksumMismatch, fetch, local_path
 
 DEFAULT_REFERENCE = REPO / "model.toml"
 
@@ -226,14 +226,25 @@ def fetch_verified(artifact: Artifact, cache_dir: Path | None = None) -> tuple[P
     """Local path of a verified copy of `artifact` and its sha256.
 
     FIXTURES_DIR stands in for the network: it serves remote URLs only, so a
-    local path (a candidate model, say) is always read as named.
+    local path (a candidate model, say) is always read as named. A file the mirror lacks
+    is downloaded; when that fails, the ArtifactError also says the mirror lacks it.
     """
     mirror = fixtures_dir()
     source = artifact.url
     remote = local_path(artifact.url) is None
     if remote and mirror is not None and (mirror / artifact.filename).is_file():
         source = str(mirror / artifact.filename)
-    return fetch(source, sha256=artifact.sha256, cache_dir=cache_dir)
+    try:
+        return fetch(source, sha256=artifact.sha256, cache_dir=cache_dir)
+    except ChecksumMismatch:
+        raise
+    except ArtifactError as exc:
+        if not remote or mirror is None or source != artifact.url:
+            raise
+        raise ArtifactError(
+            f"{exc} (FIXTURES_DIR={mirror} has no {artifact.filename}; put it there, or "
+            "point FIXTURES_DIR at the directory that holds it)"
+        ) from None
 
 
 def fetch_artifact(artifact: Artifact, cache_dir: Path | None = None) -> Path:

@@ -18,7 +18,7 @@ from pipeline.reference import (
     load_reference,
     parse_reference,
 )
-from service.artifacts import ChecksumMismatch
+from service.artifacts import ArtifactError, ChecksumMismatch
 
 MNIST8_SHA = "2f06e72de813a8635c9bc0397ac447a601bdbfa7df4bebc278723b958831c9bf"
 MNIST12_SHA = "5c688690f8bacf667d4c2074af5ad0646ca328d7ab03eccf944a65b320171bdd"
@@ -190,6 +190,25 @@ def test_a_fixtures_dir_that_is_not_there_is_named_not_bypassed(
     line = capsys.readouterr().err.strip()
     assert "is not a directory" in line and "unset it to download" in line
     assert "\n" not in line
+
+
+def test_a_failed_download_says_the_fixtures_dir_lacks_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mirror that exists but lacks a file sends that file to its URL; when the download
+    fails, the error names the mirror and the file as well as the URL."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("FIXTURES_DIR", str(empty))
+    reference = apply_overrides(
+        load_reference(),
+        {"MODEL_URL": "http://127.0.0.1:9/mnist-8.onnx", "MODEL_SHA256": MNIST8_SHA},
+    )
+    with pytest.raises(ArtifactError) as caught:
+        fetch_verified(reference.model, cache_dir=tmp_path / "cache")
+    message = str(caught.value)
+    assert "http://127.0.0.1:9/mnist-8.onnx" in message
+    assert f"FIXTURES_DIR={empty} has no mnist-8.onnx" in message
 
 
 def test_fetch_stops_on_a_sha_mismatch_naming_both_hashes(

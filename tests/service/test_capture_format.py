@@ -5,6 +5,7 @@ and key layout, and the names the readers and the compactor tell apart."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import re
 import socket
@@ -26,6 +27,7 @@ from service.capture.records import (
     encode_parts,
     lines_of,
     new_id,
+    quoted_new_ids,
     record_lines,
 )
 from service.model import ModelInfo
@@ -139,6 +141,33 @@ def test_records_without_a_request_id_get_distinct_version_4_ids_past_a_block():
         parsed = uuid.UUID(record["id"])
         assert str(parsed) == record["id"] == record["request_id"]
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_ids_are_handed_out_as_many_as_asked_and_every_random_digit_varies():
+    """Exactly `count` ids a call, never one twice; over 2,500 ids each of the 30 random
+    hex digits takes all 16 values, the version digit is always 4 and the variant digit
+    takes each of 8, 9, a and b (RFC 9562 section 4.1, 5.4): no random bit is fixed or
+    copied from another."""
+    batches = [quoted_new_ids(count) for count in (1, 3, 1024, 1472)]
+    assert [len(batch) for batch in batches] == [1, 3, 1024, 1472]
+    texts = [quoted[1:-1].decode() for batch in batches[2:] for quoted in batch]
+    assert len(set(texts)) == 2496
+    digits = [text.replace("-", "") for text in texts]
+    for position in range(32):
+        seen = {digit[position] for digit in digits}
+        if position == 12:
+            assert seen == {"4"}
+        elif position == 16:
+            assert seen == set("89ab")
+        else:
+            assert len(seen) == 16, position
+    for first, second in itertools.combinations(range(32), 2):  # no digit copies another
+        assert any(digit[first] != digit[second] for digit in digits), (first, second)
+
+
+def test_a_request_with_a_scalar_output_is_one_record():
+    entry = Pending(ANSWERED, "/predict", "s", MODEL, np.float32(3.5) * np.ones(()), None, 0)
+    assert entry.rows == 1
 
 
 def test_a_forked_child_never_hands_out_its_parents_ids():

@@ -54,7 +54,7 @@ UVICORN_FLAGS = ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
 
 
 # What a run measures, in this order (`--only` picks some).
-CONTENDERS = ("compute", "bare", "fastapi", "service", "capture", "capture-read")
+CONTENDERS = ("compute", "bare", "falcon", "fastapi", "service", "capture", "capture-read")
 
 
 class BenchError(RuntimeError):
@@ -75,7 +75,7 @@ class Options:
 
 @dataclass(frozen=True)
 class Measurement:
-    contender: str  # "service", "bare" or "fastapi"
+    contender: str  # "service" or a name in REFERENCE_APPS
     row: str
     capture: str | None  # "off" / "on" for the service
     concurrency: int
@@ -346,44 +346,56 @@ def uvicorn_argv(app: str, port: int) -> list[str]:
     ]
 
 
-def bench_bare(processes: Processes, workload: Workload, results: Results, workdir: Path) -> None:
-    options = results.options
-    port = free_port()
-    server = processes.start(
-        "bare",
-        uvicorn_argv("bench.bare_app:app", port),
-        env=child_env({}),
-        port=port,
-        ready_path="/",
-        core=options.server_core,
-    )
-    body = bodies.fixed("/predict", bodies.predict_json(workload.images[:1]))
-    results.measurements += measure_row(
-        server, "bare", "predict single", body, None, workload, options, workdir
-    )
-    results.rss_bytes["bare"] = rss_bytes(server.pid)
-    processes.stop(server)
+@dataclass(frozen=True)
+class ReferenceApp:
+    """A server the service is compared with, measured on the single-image row."""
+
+    title: str
+    target: str  # uvicorn's APP argument
+    ready_path: str
+    model: bool  # runs the model (MODEL_PATH), so its answers are checked
 
 
-def bench_fastapi(
-    processes: Processes, workload: Workload, results: Results, workdir: Path
+# In the order they run: the HTTP ceiling, the framework ceiling, the alternative.
+REFERENCE_APPS = {
+    "bare": ReferenceApp("bare ASGI app (HTTP ceiling)", "bench.bare_app:app", "/", False),
+    "falcon": ReferenceApp(
+        "Falcon + the JSON lane, a fixed answer (framework ceiling)",
+        "bench.falcon_app:app",
+        "/health",
+        False,
+    ),
+    "fastapi": ReferenceApp(
+        "FastAPI + pydantic (the alternative)", "bench.fastapi_app:app", "/health", True
+    ),
+}
+
+
+def bench_reference(
+    processes: Processes, workload: Workload, results: Results, workdir: Path, name: str
 ) -> None:
+    """Start `name` of REFERENCE_APPS on the server core and measure its single-image row."""
+    app = REFERENCE_APPS[name]
     options = results.options
     port = free_port()
+    env = {"MODEL_PATH": str(workload.model_path), "INTRA_OP_THREADS": "1"} if app.model else {}
     server = processes.start(
-        "fastapi",
-        uvicorn_argv("bench.fastapi_app:app", port),
-        env=child_env({"MODEL_PATH": str(workload.model_path), "INTRA_OP_THREADS": "1"}),
+        name,
+        uvicorn_argv(app.target, port),
+        env=child_env(env),
         port=port,
-        ready_path="/health",
+        ready_path=app.ready_path,
         core=options.server_core,
     )
-    results.ready_seconds["fastapi"] = server.ready_seconds
     body = bodies.predict_json(workload.images[:1])
+    if app.model:
+        results.ready_seconds[name] = server.ready_seconds
+    else:  # it answers a fixed body: nothing to check
+        body = bodies.fixed("/predict", body)
     results.measurements += measure_row(
-        server, "fastapi", "predict single", body, None, workload, options, workdir
+        server, name, "predict single", body, None, workload, options, workdir
     )
-    results.rss_bytes["fastapi"] = rss_bytes(server.pid)
+    results.rss_bytes[name] = rss_bytes(server.pid)
     processes.stop(server)
 
 
@@ -518,12 +530,10 @@ def run(options: Options, workdir: Path | None = None) -> Results:
                 core=options.server_core,
             )
         with Processes(work) as processes:
-            if "bare" in wanted:
-                print("bench: bare ASGI app (HTTP ceiling)", file=sys.stderr, flush=True)
-                bench_bare(processes, workload, results, work)
-            if "fastapi" in wanted:
-                print("bench: FastAPI + pydantic (the alternative)", file=sys.stderr, flush=True)
-                bench_fastapi(processes, workload, results, work)
+            for name, reference in REFERENCE_APPS.items():
+                if name in wanted:
+                    print(f"bench: {reference.title}", file=sys.stderr, flush=True)
+                    bench_reference(processes, workload, results, work, name)
             store = None
             if {"capture", "capture-read"} & wanted:
                 store = start_store(processes, core=options.load_core)

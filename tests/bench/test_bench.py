@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from falcon import testing
 
-from bench import bodies, capture_read, compute, report, wrk
+from bench import bodies, capture_read, compute, falcon_app, report, wrk
 from bench.__main__ import parser
 from bench.moto import start_store
 from bench.processes import Processes
@@ -121,6 +121,17 @@ def test_service_accepts_each_body_and_answers_raw_onnxruntimes_classes(
     assert bodies.classes(body, answer.content, answer.headers) == workload.expected[: body.images]
 
 
+def test_the_framework_ceiling_decodes_the_body_with_the_lane_and_refuses_a_bad_one(
+    workload: Workload,
+) -> None:
+    client = testing.TestClient(falcon_app.create_app())
+    body = bodies.predict_json(workload.images[:1])
+    answer = client.simulate_post(body.path, body=body.data, headers=body.headers)
+    assert answer.status_code == 200 and answer.json == {"prediction": 7}
+    refused = client.simulate_post("/predict", body=b'{"data": "seven"}')
+    assert refused.status_code == 400 and "data" in refused.json["description"]
+
+
 def test_binary_body_layout(workload: Workload) -> None:
     body = bodies.v2_binary(workload.images[:2], "m", "x", "y")
     length = int(body.headers[bodies.BINARY_HEADER])
@@ -185,6 +196,7 @@ def test_ratios_follow_the_targets_formulas() -> None:
     results.measurements = [
         _measurement("bare", "predict single", None, 20_000, cpu=1.0),
         _measurement("fastapi", "predict single", None, 1_000),
+        _measurement("falcon", "predict single", None, 15_000),
         _measurement("service", "predict single", "off", 8_000, cpu=0.5),
         _measurement("service", "predict single", "on", 7_600),
         _measurement("service", "v2 binary 256", "off", 100),
@@ -194,6 +206,10 @@ def test_ratios_follow_the_targets_formulas() -> None:
     assert found["service_over_ideal"] == pytest.approx(0.8)
     assert found["service_over_bare"] == pytest.approx(0.4)
     assert found["service_over_fastapi"] == pytest.approx(8.0)
+    falcon_ideal = 1 / (1 / 15_000 + 50e-6)  # about 8,571
+    assert found["falcon_ideal_predict_rps"] == pytest.approx(falcon_ideal)
+    assert found["falcon_ideal_over_ideal"] == pytest.approx(falcon_ideal / 10_000)
+    assert found["service_over_falcon_ideal"] == pytest.approx(8_000 / falcon_ideal)
     assert found["v2_binary_256_over_raw_onnxruntime"] == pytest.approx(25_600 / 40_000)
     assert found["capture_on_over_off: predict single"] == pytest.approx(0.95)
     # per CPU-second: the service used half a core for 8,000 requests, bare a whole one
@@ -327,7 +343,8 @@ def test_bad_concurrency_is_refused_with_the_reason(capsys: pytest.CaptureFixtur
 
 @pytest.mark.integration
 def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
-    """The whole path (uvicorn, taskset, wrk, report) for the HTTP ceiling, 1 s at c=1."""
+    """The whole path (uvicorn, taskset, wrk, report) for the HTTP ceiling and the
+    framework ceiling, 1 s each at c=1."""
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             if os.environ.get("CI") == "true":
@@ -339,7 +356,7 @@ def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
             sys.executable,
             "-m",
             "bench",
-            *("--only", "bare", "--seconds", "1", "--warmup", "0"),
+            *("--only", "bare", "falcon", "--seconds", "1", "--warmup", "0"),
             *("--concurrency", "1", "--output", str(output)),
         ],
         cwd=REPO,
@@ -350,12 +367,14 @@ def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "| bare | predict single | - | 1 |" in done.stdout
+    assert "| falcon | predict single | - | 1 |" in done.stdout
     document = json.loads(output.read_text())
-    (row,) = document["measurements"]
-    assert row["requests_per_second"] > 0
-    assert row["non_2xx"] == 0 and row["socket_errors"] == 0
-    assert document["rss_bytes"]["bare"] > 0
-    assert row["server_cpu_seconds"] > 0 and row["load_cpu_share"] > 0
+    assert [row["contender"] for row in document["measurements"]] == ["bare", "falcon"]
+    for row in document["measurements"]:
+        assert row["requests_per_second"] > 0
+        assert row["non_2xx"] == 0 and row["socket_errors"] == 0
+        assert document["rss_bytes"][row["contender"]] > 0
+        assert row["server_cpu_seconds"] > 0 and row["load_cpu_share"] > 0
 
 
 def test_capture_off_and_on_are_measured_a_row_at_a_time_in_turn(monkeypatch, tmp_path):

@@ -178,6 +178,26 @@ def test_float32s_largest_number_is_taken_and_one_beyond_it_is_not():
     assert same(lane.decode(beyond, np.dtype(np.float64)), general(beyond, np.dtype(np.float64)))
 
 
+def test_a_flat_lists_brackets_are_not_counted_byte_by_byte():
+    """`bytes.count` reads every byte of the body (a sixth of the lane's cost on a
+    784-number body): a flat list is told without it, rows still count theirs."""
+
+    class Body(bytes):
+        counts = 0
+
+        def count(self, *args) -> int:
+            Body.counts += 1
+            return super().count(*args)
+
+    lane = NumberArrays()
+    assert lane.decode(Body(b'{"data": [1, 2.5, 3]}'), F32).tolist() == [1, 2.5, 3]
+    assert Body.counts == 0
+    assert lane.decode(Body(b'{"data": [[1, 2], [3, 4]]}'), F32).shape == (2, 2)
+    assert lane.decode(Body(b'{"data": [[1, 2]]}'), F32).shape == (1, 2)
+    assert lane.decode(Body(b'{"data": [1, [2]]}'), F32) is None
+    assert Body.counts == 3
+
+
 def test_rows_of_one_number_keep_their_shape():
     """[[1], [2]] is two rows of one (the route then refuses shape [2, 1]), not [1, 2]."""
     body = b'{"data": [[1], [2]]}'

@@ -125,8 +125,9 @@ async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
     unknown coding, InvalidInput (400) for data its coding cannot decode.
     """
     codings = content_codings(req.get_header("Content-Encoding"))
-    if req.content_length is not None and req.content_length > limit:
-        raise PayloadTooLarge(f"the body has {req.content_length} bytes; the limit is {limit}")
+    length = req.content_length  # parsed from the header on every read: read once
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the body has {length} bytes; the limit is {limit}")
     body = await req.stream.read(limit + 1)
     if len(body) > limit:
         raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
@@ -147,14 +148,13 @@ class DrainUnreadBody:
     """
 
     async def process_response(self, req, resp, resource, req_succeeded) -> None:
-        if req.content_length == 0 or (
-            req.content_length is None and req.get_header("Transfer-Encoding") is None
-        ):
+        length = req.content_length
+        if length == 0 or (length is None and req.get_header("Transfer-Encoding") is None):
             return
         stream = req.stream
         if stream.eof:
             return
-        if req.content_length is not None and req.content_length > DISCARD_MAX_BYTES:
+        if length is not None and length > DISCARD_MAX_BYTES:
             resp.set_header("Connection", "close")
             return
         if not await _discard(stream):

@@ -44,7 +44,8 @@ def ratios(results: Results) -> dict[str, float | None]:
     The ideal, `1/(1/bare + t_inference)`, leaves out what every service of this body does
     on top of HTTP: decode 784 JSON numbers and route the request. The same formula over
     the framework ceiling (bench.falcon_app: Falcon and the JSON lane, a fixed answer) is
-    the most any Falcon service of this body reaches; both are printed.
+    the most a Falcon service of this body reaches running the model once a request
+    (batching can do better); both are printed. A ratio whose rows did not run is None.
 
     The `*_per_cpu` variants divide requests by the server's own CPU seconds
     instead of wall-clock seconds: on a machine shared with other work they
@@ -247,7 +248,7 @@ def summary(results: Results) -> str:
         f"ratios at c={found['concurrency']}:",
     ]
     for key, value in found.items():
-        if key == "concurrency":
+        if key == "concurrency" or value is None:  # its rows were not run
             continue
         spec = ",.0f" if "ideal_predict_rps" in key else ".2f"
         parts.append(f"  {key:<45} {_fmt(value, spec)}")
@@ -258,7 +259,10 @@ def summary(results: Results) -> str:
         parts.append(f"  {t.name:<45} {_fmt(t.value, '.2f'):>8}  {t.goal:<8} {verdict}")
     ready = ", ".join(f"{k} {v:.2f} s" for k, v in results.ready_seconds.items())
     rss = ", ".join(f"{k} {v / MB:.0f} MB" for k, v in results.rss_bytes.items())
-    parts += ["", f"ready after start: {ready}", f"resident memory after load: {rss}"]
+    parts.append("")
+    if ready:
+        parts.append(f"ready after start: {ready}")
+    parts.append(f"resident memory after load: {rss}")
     if results.capture_read is not None:
         parts += ["", *_capture_read_lines(results, results.capture_read)]
     if results.capture_written is not None:

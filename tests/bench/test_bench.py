@@ -218,6 +218,10 @@ def test_ratios_follow_the_targets_formulas() -> None:
     met = {t.name: t.met for t in report.targets(results, found)}
     assert met["predict single / ideal"] is True
     assert met["ready after start, local model (s)"] is None  # not measured here
+    printed = report.summary(results)
+    assert "  service_over_falcon_ideal " in printed
+    assert "service_over_fastapi_per_cpu" not in printed  # a ratio of rows not measured
+    assert "ready after start:" not in printed
     assert "| service | predict single | off | 16 | 8,000 |" in report.table(results)
     assert "| 50% | - | 16,000 |" in report.table(results)
 

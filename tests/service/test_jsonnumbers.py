@@ -179,7 +179,7 @@ def test_float32s_largest_number_is_taken_and_one_beyond_it_is_not():
 
 
 def test_a_flat_lists_brackets_are_not_counted_byte_by_byte():
-    """`bytes.count` reads every byte of the body (a sixth of the lane's cost on a
+    """`bytes.count` reads every byte of the body (a seventh of the lane's cost on a
     784-number body): a flat list is told without it, rows still count theirs."""
 
     class Body(bytes):

@@ -64,8 +64,9 @@ def ratios(results: Results) -> dict[str, float | None]:
         out[f"ideal_predict_rps{suffix}"] = ideal
         out[f"service_over_bare{suffix}"] = _ratio(service, bare)
         out[f"service_over_ideal{suffix}"] = _ratio(service, ideal)
-        # The same formula over the framework ceiling: the most of the ideal any Falcon
-        # service that decodes this JSON body reaches, and how much of it the service keeps.
+        # The same formula over the framework ceiling: the most of the ideal a Falcon service
+        # that decodes this JSON body reaches running the model once a request, and how
+        # much of that the service keeps.
         falcon_ideal = _ideal(framework, ceiling)
         out[f"falcon_ideal_predict_rps{suffix}"] = falcon_ideal
         out[f"falcon_ideal_over_ideal{suffix}"] = _ratio(falcon_ideal, ideal)

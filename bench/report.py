@@ -245,25 +245,17 @@ def summary(results: Results) -> str:
         "server CPU / wrk CPU: share of one core each used during the run. A server below",
         "~90% with wrk near 100% was limited by the load generator (or by other work on the",
         "machine); req/CPU-s (requests per second of server CPU) is then the fairer figure.",
+        *_ratio_lines(found),
         "",
-        f"ratios at c={found['concurrency']}:",
+        *_target_lines(targets(results, found)),
+        "",
     ]
-    for key, value in found.items():
-        if key == "concurrency" or value is None:  # its rows were not run
-            continue
-        spec = ",.0f" if "ideal_predict_rps" in key else ".2f"
-        parts.append(f"  {key:<45} {_fmt(value, spec)}")
-    parts.append("")
-    parts.append("targets:")
-    for t in targets(results, found):
-        verdict = {True: "met", False: "NOT met", None: "not measured"}[t.met]
-        parts.append(f"  {t.name:<45} {_fmt(t.value, '.2f'):>8}  {t.goal:<8} {verdict}")
     ready = ", ".join(f"{k} {v:.2f} s" for k, v in results.ready_seconds.items())
     rss = ", ".join(f"{k} {v / MB:.0f} MB" for k, v in results.rss_bytes.items())
-    parts.append("")
     if ready:
         parts.append(f"ready after start: {ready}")
-    parts.append(f"resident memory after load: {rss}")
+    if rss:
+        parts.append(f"resident memory after load: {rss}")
     if results.capture_read is not None:
         parts += ["", *_capture_read_lines(results, results.capture_read)]
     if results.capture_written is not None:
@@ -273,6 +265,28 @@ def summary(results: Results) -> str:
             f"({w['bytes'] / MB:.1f} MB) to the moto bucket"
         )
     return "\n".join(parts)
+
+
+def _ratio_lines(found: dict[str, float | None]) -> list[str]:
+    """The ratios whose rows ran (none: no lines), under their heading."""
+    shown = {k: v for k, v in found.items() if k != "concurrency" and v is not None}
+    if not shown:
+        return []
+    width = max(map(len, shown))
+    lines = ["", f"ratios at c={found['concurrency']}:"]
+    for key, value in shown.items():
+        spec = ",.0f" if "ideal_predict_rps" in key else ".2f"
+        lines.append(f"  {key:<{width}} {_fmt(value, spec)}")
+    return lines
+
+
+def _target_lines(found: list[Target]) -> list[str]:
+    width = max((len(t.name) for t in found), default=0)
+    lines = ["targets:"]
+    for t in found:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[t.met]
+        lines.append(f"  {t.name:<{width}} {_fmt(t.value, '.2f'):>8}  {t.goal:<8} {verdict}")
+    return lines
 
 
 def _capture_read_lines(results: Results, found: capture_read.CaptureRead) -> list[str]:

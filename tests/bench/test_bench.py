@@ -226,6 +226,16 @@ def test_ratios_follow_the_targets_formulas() -> None:
     assert "| 50% | - | 16,000 |" in report.table(results)
 
 
+def test_the_summary_prints_only_what_was_measured_and_aligns_the_targets() -> None:
+    results = Results(Options(), {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"})
+    printed = report.summary(results)
+    for heading in ("ratios at", "ready after start:", "resident memory after load:"):
+        assert heading not in printed
+    rows = [line for line in printed.splitlines() if line.endswith("not measured")]
+    assert len(rows) == len(report.targets(results, report.ratios(results)))
+    assert len({line.index(" -  ") for line in rows}) == 1  # every value in one column
+
+
 def _row(row: str, capture: str, c: int, rps: float, p99_ms: float) -> Measurement:
     m = _measurement("service", row, capture, rps)
     result = dataclasses.replace(m.result, p99_us=int(p99_ms * 1000))

@@ -177,9 +177,12 @@ class Stream:
         self.ends = ends
         self.read_bytes = 0
 
-    async def read(self, size: int) -> bytes:
+    async def read(self, size: int | None = None) -> bytes:
         if self.chunks:
-            chunk = self.chunks.pop(0)[:size]
+            if size is None:  # everything that is left, as Falcon's BoundedStream.read()
+                chunk, self.chunks = b"".join(self.chunks), []
+            else:
+                chunk = self.chunks.pop(0)[:size]
             self.read_bytes += len(chunk)
             return chunk
         if not self.ends:

@@ -6,20 +6,19 @@ One Falcon ASGI route that reads the body, decodes it with the service's own JSO
 admission, batching or capture. The bare app (`bench.bare_app`) is the HTTP ceiling; this
 one adds what any Falcon service of this JSON body must do on top of HTTP, so the ideal's
 formula with it in place of the bare app, `1/(1/falcon + t_inference)`, is the most such
-a service reaches on the machine: `uvicorn bench.falcon_app:app`.
+a service reaches on the machine running the model once a request (batching can do
+better): `uvicorn bench.falcon_app:app`.
 """
 
 from __future__ import annotations
 
 import falcon
 import falcon.asgi
-import numpy as np
 import orjson
 
-from service.jsonnumbers import NumberArrays
+from service.jsonnumbers import FLOAT32, NumberArrays
 
 ANSWER = orjson.dumps({"prediction": 7})
-FLOAT32 = np.dtype(np.float32)
 
 
 class Predict:

@@ -170,7 +170,7 @@ class CaptureRecorder:
             return
         self._queue.append(entry)
         self._queued_rows += entry.rows
-        self._queued_bytes += entry.estimated_bytes()
+        self._queued_bytes += entry.estimated_bytes
         if self._batch_due is not None and (
             self._queued_rows >= self.config.max_part_records
             or self._queued_bytes >= self.config.max_part_bytes

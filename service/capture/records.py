@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 import os
 import re
 import socket
@@ -29,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -54,7 +56,7 @@ _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Pending:
     """One answered request, as the request path hands it over (no work done yet)."""
 
@@ -65,18 +67,32 @@ class Pending:
     scores: np.ndarray
     inputs: np.ndarray | None
     latency_seconds: float
-    # Records this request makes (its batch rows): read four times per record on the way.
+    # Records this request makes (its batch rows).
     rows: int = field(init=False)
+    # Roughly the JSON size of its records, in bytes (for batching by bytes).
+    estimated_bytes: int = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.rows = int(self.scores.shape[0]) if self.scores.ndim else 1
-
-    def estimated_bytes(self) -> int:
-        """Roughly the JSON size of this request's records (for batching by bytes)."""
-        size = 240 * self.rows + 12 * self.scores.size
-        if self.inputs is not None:
-            size += 8 * self.inputs.size
-        return size
+    def __init__(
+        self,
+        answered_at: float,
+        route: str,
+        request_id: str | None,
+        model: ModelInfo,
+        scores: np.ndarray,
+        inputs: np.ndarray | None,
+        latency_seconds: float,
+    ) -> None:
+        # One frame: made on the request path for every answered request.
+        self.answered_at = answered_at
+        self.route = route
+        self.request_id = request_id
+        self.model = model
+        self.scores = scores
+        self.inputs = inputs
+        self.latency_seconds = latency_seconds
+        self.rows = rows = scores.shape[0] if scores.ndim else 1
+        size = 240 * rows + 12 * scores.size
+        self.estimated_bytes = size if inputs is None else size + 8 * inputs.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +116,12 @@ def _iso_milliseconds(milliseconds: int) -> str:
 @functools.lru_cache(maxsize=16)
 def _second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+def latency_milliseconds(seconds: float) -> float:
+    """Seconds -> milliseconds rounded to the microsecond, half to even: as numpy's `rint`
+    rounds the same product, so a column of latencies rounds to the same values."""
+    return round(seconds * 1e6) / 1000
 
 
 def new_id() -> str:
@@ -175,7 +197,7 @@ def build_records(entry: Pending, env: str) -> Iterator[dict]:
     rows, scores, classes, request_id = _rows(entry)
     model = _model_fields(entry.model)
     answered = iso_time(entry.answered_at)
-    latency_ms = round(entry.latency_seconds * 1000, 3)
+    latency_ms = latency_milliseconds(entry.latency_seconds)
     inputs = None
     if entry.inputs is not None:
         inputs = np.ascontiguousarray(entry.inputs).reshape(rows, -1)
@@ -225,7 +247,7 @@ def record_lines(entry: Pending, env: str) -> Iterator[bytes]:
             b',"prediction":',
         )
     )
-    latency = b',"latency_ms":' + orjson.dumps(round(entry.latency_seconds * 1000, 3)) + b"}\n"
+    latency = b',"latency_ms":' + orjson.dumps(latency_milliseconds(entry.latency_seconds)) + b"}\n"
     if rows == 1:
         yield b"".join(
             (
@@ -283,62 +305,93 @@ class PartNamer:
 def lines_of(entries: Sequence[Pending], env: str) -> list[bytes]:
     """The JSON lines of `entries`, in order, byte for byte those of `record_lines`.
 
-    A run of single-row requests without inputs (every /predict of one image) is
-    encoded together: one argmax and one `orjson.dumps` for all their scores, then one
-    bytes template per record, at about a third of `record_lines`' cost per record.
+    A run of single-row requests without inputs, whose scores share one shape and dtype
+    (every /predict of one image), is encoded a column at a time (`_single_row_lines`).
     """
-    if _all_single_rows(entries):
-        return _single_row_lines(entries, env)
+    columns = _single_row_columns(entries)
+    if columns is not None:
+        return _single_row_lines(columns, env)
     return [line for entry in entries for line in record_lines(entry, env)]
 
 
-def _all_single_rows(entries: Sequence[Pending]) -> bool:
-    """Whether every entry is one row without inputs, with scores of one dtype and size."""
-    if not entries:
-        return False
-    first = entries[0].scores
-    return first.size > 0 and all(
-        entry.inputs is None
-        and entry.rows == 1
-        and entry.scores.size == first.size
-        and entry.scores.dtype == first.dtype
-        for entry in entries
+class _SingleRows(NamedTuple):
+    answered_at: tuple[float, ...]
+    request_ids: tuple[str | None, ...]
+    routes: tuple[str, ...]
+    models: tuple[ModelInfo, ...]
+    scores: np.ndarray  # [requests, values], the scores of all of them
+    latency_seconds: tuple[float, ...]
+
+
+def _single_row_columns(entries: Sequence[Pending]) -> _SingleRows | None:
+    """`entries` as columns when every one is a single row without inputs and their
+    scores concatenate without a cast (one shape, one dtype); None otherwise."""
+    count = len(entries)
+    if not count:
+        return None
+    rows, answered, request_ids, routes, models, scores, inputs, latencies = zip(
+        *map(_COLUMNS, entries), strict=True
     )
+    if rows.count(1) != count or any(map(operator.is_not, inputs, itertools.repeat(None))):
+        return None
+    try:  # "no" casting: scores of another dtype would be written as that dtype's numbers
+        matrix = np.concatenate(scores, dtype=scores[0].dtype, casting="no")
+    except (ValueError, TypeError):  # scalar outputs, or other shapes or dtypes
+        return None
+    return _SingleRows(answered, request_ids, routes, models, matrix.reshape(count, -1), latencies)
 
 
-def _single_row_lines(entries: Sequence[Pending], env: str) -> list[bytes]:
-    scores = np.concatenate([entry.scores.reshape(1, -1) for entry in entries])
-    classes = scores.argmax(axis=1).tolist()
+def _single_row_lines(columns: _SingleRows, env: str) -> list[bytes]:
+    """The lines of single-row requests, made a column at a time: each column (ids, times,
+    classes, scores, latencies) for all of them in one numpy or orjson call, and each line
+    one join of its pieces, so no Python runs once per record."""
+    count = len(columns.routes)
     # [[a,b],[c,d]] -> "a,b", "c,d": each row as orjson writes it alone; the same for the
-    # latencies, each as orjson writes the float alone.
-    rows = orjson.dumps(scores, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
-    latencies = orjson.dumps([round(entry.latency_seconds * 1000, 3) for entry in entries])
-    generated = iter(quoted_new_ids(sum(1 for entry in entries if not entry.request_id)))
-    first = entries[0]
-    fixed = _fixed_fields(env, first.route, first.model)
-    times: dict[int, bytes] = {}  # milliseconds -> the quoted ISO time: many share one
-    lines = []
-    for entry, predicted, row, latency in zip(
-        entries, classes, rows, latencies[1:-1].split(b","), strict=True
-    ):
-        quoted_id = orjson.dumps(entry.request_id) if entry.request_id else next(generated)
-        milliseconds = int(entry.answered_at * 1000)
-        answered = times.get(milliseconds)
-        if answered is None:
-            answered = times[milliseconds] = orjson.dumps(_iso_milliseconds(milliseconds))
-        fields = (
-            fixed
-            if entry.route is first.route and entry.model is first.model
-            else _fixed_fields(env, entry.route, entry.model)
-        )
-        lines.append(
-            _SINGLE_ROW_LINE % (quoted_id, quoted_id, answered, fields, predicted, row, latency)
-        )
-    return lines
+    # classes and the latencies, each as orjson writes the number alone.
+    rows = orjson.dumps(columns.scores, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
+    classes = _numbers_text(columns.scores.argmax(axis=1))
+    latencies = np.array(columns.latency_seconds, dtype=np.float64)
+    latency_text = _numbers_text(np.rint(latencies * 1e6) / 1000)  # = latency_milliseconds
+    request_ids = columns.request_ids
+    given = sum(map(bool, request_ids))
+    if given:
+        generated = iter(quoted_new_ids(count - given))
+        ids = [orjson.dumps(given_id) if given_id else next(generated) for given_id in request_ids]
+    else:
+        ids = quoted_new_ids(count)
+    answered = np.array(columns.answered_at, dtype=np.float64)
+    milliseconds = (answered * 1000).astype(np.int64).tolist()
+    quoted_times = {ms: orjson.dumps(_iso_milliseconds(ms)) for ms in set(milliseconds)}
+    routes, models = columns.routes, columns.models
+    if routes.count(routes[0]) == count and models.count(models[0]) == count:
+        fields = itertools.repeat(_fixed_fields(env, routes[0], models[0]))
+    else:
+        fields = map(_fixed_fields, itertools.repeat(env), routes, models)
+    pieces = zip(
+        itertools.repeat(b'{"id":'),
+        ids,
+        itertools.repeat(b',"request_id":'),
+        ids,
+        itertools.repeat(b',"row":0,"time":'),
+        map(quoted_times.__getitem__, milliseconds),
+        fields,
+        classes,
+        itertools.repeat(b',"scores":['),
+        rows,
+        itertools.repeat(b'],"latency_ms":'),
+        latency_text,
+        itertools.repeat(b"}\n"),
+    )
+    return list(map(b"".join, pieces))
 
 
-_SINGLE_ROW_LINE = (
-    b'{"id":%b,"request_id":%b,"row":0,"time":%b%b%d,"scores":[%b],"latency_ms":%b}\n'
+def _numbers_text(values: np.ndarray) -> list[bytes]:
+    """A 1-D array -> each value as orjson writes it alone (`[1.5, 2.0]` -> `b"1.5", b"2.0"`)."""
+    return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+
+
+_COLUMNS = operator.attrgetter(
+    "rows", "answered_at", "request_id", "route", "model", "scores", "inputs", "latency_seconds"
 )
 
 
@@ -375,6 +428,23 @@ def row_slices(entries: Sequence[Pending], rows: int) -> Iterator[list[Pending]]
         yield piece
 
 
+def _by_hour(entries: Sequence[Pending]) -> Iterator[tuple[int, Sequence[Pending]]]:
+    """(UTC hour since the epoch, its run of `entries`) for each run of one hour, in order:
+    one run, found in one numpy pass, when they all fall in one hour."""
+    if not entries:
+        return
+    answered = np.fromiter(map(_ANSWERED_AT, entries), dtype=np.float64, count=len(entries))
+    hours = answered // 3600
+    if hours.min() == hours.max():
+        yield int(hours[0]), entries
+        return
+    for hour, run in itertools.groupby(entries, key=lambda e: int(e.answered_at // 3600)):
+        yield hour, list(run)
+
+
+_ANSWERED_AT = operator.attrgetter("answered_at")
+
+
 class PartsBuilder:
     """Encodes requests into gzip JSON Lines parts a slice at a time: one or more parts
     per UTC hour the requests fall in, each holding at most `max_records` records and
@@ -403,8 +473,8 @@ class PartsBuilder:
 
     def add(self, entries: Sequence[Pending]) -> None:
         """Encode and compress `entries` (in the order they were answered)."""
-        for hour, group in itertools.groupby(entries, key=lambda e: int(e.answered_at // 3600)):
-            lines = lines_of(list(group), self._env)
+        for hour, group in _by_hour(entries):
+            lines = lines_of(group, self._env)
             start = 0
             while start < len(lines):
                 member, counts = self._member(hour)

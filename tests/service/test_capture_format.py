@@ -129,6 +129,37 @@ def test_single_images_of_other_models_and_routes_in_one_run_are_written_as_alon
     ]
 
 
+def test_a_run_of_given_and_generated_ids_and_other_dtypes_or_shapes_is_written_as_alone():
+    """Single images encoded a column at a time keep each request's own id (given ones
+    as given, the others generated and distinct), and a run whose scores differ in dtype
+    or shape, or hold a scalar, gives each request the bytes it gets encoded alone."""
+    entries = [
+        Pending(ANSWERED + i / 3000, "/predict", request_id, MODEL, batch_scores(1), None, 0.0004)
+        for i, request_id in enumerate(["given-0", None, "", "given-3", None])
+    ]
+    records = decoded(lines_of(entries, "dev"))
+    assert [r["id"] for r in records][0::3] == ["given-0", "given-3"]
+    generated = [records[i]["id"] for i in (1, 2, 4)]
+    assert len(set(generated)) == 3 and all(uuid.UUID(g).version == 4 for g in generated)
+    assert [r["request_id"] for r in records] == [r["id"] for r in records]
+    assert [r["time"][-7:] for r in records] == [
+        f"{int((ANSWERED + i / 3000) * 1000) % 60000 / 1000:06.3f}Z" for i in range(5)
+    ]
+
+    for odd in (
+        batch_scores(1).astype(np.float64),
+        batch_scores(1).reshape(1, 2, 5),
+        np.float32(3.5) * np.ones((), dtype=np.float32),
+    ):
+        mixed = [
+            Pending(ANSWERED, "/predict", f"m{i}", MODEL, scores, None, 0.001 * i)
+            for i, scores in enumerate([batch_scores(1), odd, batch_scores(1)])
+        ]
+        assert lines_of(mixed, "dev") == [
+            line for entry in mixed for line in record_lines(entry, "dev")
+        ]
+
+
 def test_records_without_a_request_id_get_distinct_version_4_ids_past_a_block():
     """Ids are made in blocks of 1,024; 2,500 anonymous records span three blocks."""
     entries = [
@@ -307,12 +338,12 @@ def test_the_queue_counts_a_request_at_its_estimated_json_size():
     """The estimate the queue's byte bound (max_part_bytes) adds up: 240 bytes a row, 12 a
     score and 8 an input value; the JSON written is of that order."""
     alone = Pending(ANSWERED, "/predict", "r", MODEL, batch_scores(1), None, 0.001)
-    assert (alone.rows, alone.estimated_bytes()) == (1, 240 + 12 * 10)
+    assert (alone.rows, alone.estimated_bytes) == (1, 240 + 12 * 10)
     inputs = np.zeros((3, 1, 28, 28), dtype=np.float32)
     batch = Pending(ANSWERED, "/predict", "r", MODEL, batch_scores(3), inputs, 0.001)
-    assert (batch.rows, batch.estimated_bytes()) == (3, 240 * 3 + 12 * 30 + 8 * 3 * 784)
+    assert (batch.rows, batch.estimated_bytes) == (3, 240 * 3 + 12 * 30 + 8 * 3 * 784)
     written = sum(len(line) for line in record_lines(batch, "dev"))
-    assert batch.estimated_bytes() / 2 < written < batch.estimated_bytes() * 2
+    assert batch.estimated_bytes / 2 < written < batch.estimated_bytes * 2
 
 
 def test_a_part_holds_at_most_ten_thousand_records_by_default():

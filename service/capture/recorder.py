@@ -1,14 +1,20 @@
-"""The recorder: the request path enqueues, background tasks batch, upload and spool.
+"""The recorder: the request path enqueues, background tasks encode, upload and spool.
 
-    record()  -> queue (memory)  --batcher, every flush_seconds or when full-->  parts
+    record()  -> queue (memory)  --encoder, a slice at a time as records come-->  open parts
+    open parts  --closed every flush_seconds, or when full-->  parts
     parts     -> sink (retries with backoff)  --still failing-->  spool (local disk)
     spool     -> sink, oldest first, as soon as the sink answers again
 
-Memory is bounded: the queue is turned into parts at least every
-`flush_seconds` (sooner when it holds `max_part_records` rows or
-`max_part_bytes`), and parts beyond `max_memory_bytes` go to the spool instead
-of waiting in memory. Records are only lost when the local disk fails too;
-they are then counted as dropped and logged at CRITICAL level.
+Records are encoded as they come, ENCODE_SLICE_ROWS at a time, not a second's worth at
+once: the encoding's work is spread evenly between requests instead of arriving in a burst
+after each flush, and a record lives in memory as a Python object for a few requests only,
+so queued records never pile up into the garbage collector's older generations (whose
+collections stall every request in flight). Memory is bounded: open parts are closed at
+least every `flush_seconds` after their first record (sooner when they hold
+`max_part_records` records or `max_part_bytes` of JSON), and parts beyond
+`max_memory_bytes` go to the spool instead of waiting in memory. Records are only lost
+when the local disk fails too; they are then counted as dropped and logged at CRITICAL
+level.
 
 Once everything encoded is stored and at least a part's worth of records
 (`max_part_records`) went out since the last time, `when_drained` is called: the service
@@ -35,7 +41,7 @@ import numpy as np
 from service.capture.interface import NullRecorder
 from service.capture.metrics import CaptureMetrics
 from service.capture.partformat import count as count_records
-from service.capture.records import Part, PartNamer, PartsBuilder, Pending, row_slices
+from service.capture.records import Part, PartNamer, PartsBuilder, Pending, take_slice
 from service.capture.sinks import Sink, SinkError, open_sink
 from service.capture.spool import Spool
 from service.capture.worker import Worker
@@ -49,11 +55,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.capture")
 
-# Rows (records) encoded and compressed per turn of the event loop: about 80 us of work for
-# single-image requests, so a request that arrives meanwhile waits about that long at most
-# (measured per record: 5.9 us in slices of 8, 5.0 in slices of 16, 4.1 in slices of 64;
-# what a slice costs besides its records is spread over more of them). Counted in rows,
-# not requests: a request of 256 images is 256 records.
+# Rows (records) encoded and compressed per turn of the event loop, and how many must be
+# queued before the encoder wakes: about 80 us of work for single-image requests, so a
+# request that arrives meanwhile waits about that long at most (README, Performance: longer
+# slices cost fewer instructions a record and hold the loop longer). Counted in rows, not
+# requests: a request of 256 images is 256 records.
 ENCODE_SLICE_ROWS = 16
 
 # How often wait_idle looks again.
@@ -125,15 +131,21 @@ class CaptureRecorder:
         self._disk = Worker("capture-disk")  # the spool: reads, writes, removes
         self._uploader = Worker("capture-upload")
         self._queue: deque[Pending] = deque()
-        self._encoding_rows = 0
+        self._encoding_rows = 0  # rows of the slice being encoded
         self._queued_rows = 0
         self._queued_bytes = 0
+        self._builder: PartsBuilder | None = None  # the open parts
+        self._open_rows = 0  # records in the open parts
+        # When the open parts close (the event loop's clock); None while nothing is queued
+        # or open.
+        self._close_at: float | None = None
+        self._hurry = False  # close the open parts now (wait_idle)
+        # Resolved to wake the encoder; set while it waits.
+        self._encoder_waiter: asyncio.Future | None = None
         self._pending: deque[Part] = deque()
         self._pending_bytes = 0
         self._spooled: deque[Path] = deque()
         self._sink_down = False
-        # Set when the queue should be encoded into a part now (full, or closing).
-        self._batch_due: asyncio.Event | None = None
         # Set when an encoded or spooled part waits for the sink.
         self._upload_due: asyncio.Event | None = None
         self._batch_task: asyncio.Task | None = None
@@ -171,11 +183,23 @@ class CaptureRecorder:
         self._queue.append(entry)
         self._queued_rows += entry.rows
         self._queued_bytes += entry.estimated_bytes
-        if self._batch_due is not None and (
-            self._queued_rows >= self.config.max_part_records
-            or self._queued_bytes >= self.config.max_part_bytes
+        if self._encoder_waiter is not None and (
+            self._close_at is None or self._queued_rows >= ENCODE_SLICE_ROWS or self._part_due()
         ):
-            self._batch_due.set()
+            self._wake_encoder()
+
+    def _part_due(self) -> bool:
+        """The queue and the open parts hold a part's worth: `max_part_records` records, or
+        `max_part_bytes` of JSON queued (by its estimate)."""
+        return (
+            self._queued_rows + self._open_rows >= self.config.max_part_records
+            or self._queued_bytes >= self.config.max_part_bytes
+        )
+
+    def _wake_encoder(self) -> None:
+        waiter, self._encoder_waiter = self._encoder_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -183,8 +207,8 @@ class CaptureRecorder:
         """Start the background tasks and pick up parts a previous process spooled."""
         if self._batch_task is not None:
             return
-        self._stopping = self._draining = False
-        self._batch_due, self._upload_due = asyncio.Event(), asyncio.Event()
+        self._stopping = self._draining = self._hurry = False
+        self._upload_due = asyncio.Event()
         self._spooled = deque(await self._disk.run(self._spool.scan))
         self.metrics.spool_parts.set(len(self._spooled))
         if self._spooled:
@@ -204,7 +228,7 @@ class CaptureRecorder:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.close_seconds
         self._stopping = True
-        self._batch_due.set()
+        self._wake_encoder()
         await self._batch_task
         self._draining = True
         self._upload_due.set()
@@ -234,69 +258,119 @@ class CaptureRecorder:
         and benchmarks."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._queue or self._encoding_rows or self._pending or self._spooled:
+        while (
+            self._queue or self._encoding_rows or self._open_rows or self._pending or self._spooled
+        ):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            if self._batch_due is not None:
-                self._batch_due.set()
+            self._hurry = True
+            self._wake_encoder()
             await asyncio.sleep(min(IDLE_POLL_SECONDS, remaining))
         return True
 
     # -- batching ----------------------------------------------------------
 
     async def _batch_loop(self) -> None:
+        """Encode queued records a slice at a time as they come; close the open parts
+        `flush_seconds` after their first record, when hurried, and when stopping."""
+        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._batch_due.wait(), self.config.flush_seconds)
-            self._batch_due.clear()
-            if self._queue:
+            now = loop.time()
+            if self._close_at is None and self._queue:
+                self._close_at = now + self.config.flush_seconds
+            closing = (
+                self._stopping
+                or self._hurry
+                or self._part_due()
+                or (self._close_at is not None and now >= self._close_at)
+            )
+            if closing:
+                self._hurry = False
                 await self._encode_queue()
-            if self._stopping:
-                return
+                if self._stopping:
+                    return
+            elif self._queued_rows >= ENCODE_SLICE_ROWS:
+                await self._encode_slices(rest=False)
+            else:
+                await self._wait_for_records(self._close_at)
+
+    async def _wait_for_records(self, deadline: float | None) -> None:
+        """Until record() queues a slice's worth, a part's worth or the first record of a
+        part, a close is asked for, or the loop's clock reaches `deadline`."""
+        loop = asyncio.get_running_loop()
+        waiter = self._encoder_waiter = loop.create_future()
+        timer = None if deadline is None else loop.call_at(deadline, self._wake_encoder)
+        try:
+            await waiter
+        finally:
+            self._encoder_waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def _encode_queue(self) -> None:
-        entries, rows = list(self._queue), self._queued_rows
-        self._queue, self._queued_rows, self._queued_bytes = deque(), 0, 0
-        self.metrics.captured.inc(rows)
-        self._encoding_rows = rows
-        try:
-            parts = await self._encode(entries)
-        except Exception:
-            self.metrics.dropped.inc(rows)
-            log.critical("prediction capture LOST %d records: encoding failed", rows, exc_info=True)
-            return
-        finally:
-            self._encoding_rows = 0
+        """Everything queued into parts now: encoded, and the open parts closed."""
+        await self._encode_slices(rest=True)
+        if self._builder is not None:
+            await self._store_parts(self._builder.finish())
+            self._builder = None
+            self._open_rows = 0
+        self._close_at = None
+        self._update_gauges()
+
+    async def _encode_slices(self, *, rest: bool) -> None:
+        """Queued records into the open parts, ENCODE_SLICE_ROWS rows a turn of the event
+        loop (whole requests: one larger than that is a slice of its own); with `rest`,
+        also the last slice smaller than that."""
+        while self._queue and (rest or self._queued_rows >= ENCODE_SLICE_ROWS):
+            piece = take_slice(self._queue, ENCODE_SLICE_ROWS)
+            rows = sum(entry.rows for entry in piece)
+            self._queued_rows -= rows
+            self._queued_bytes -= sum(entry.estimated_bytes for entry in piece)
+            self.metrics.captured.inc(rows)
+            self._encoding_rows = rows
+            try:
+                await self._encode(piece)
+            except Exception:
+                self.metrics.dropped.inc(rows)
+                log.critical(
+                    "prediction capture LOST %d records: encoding failed", rows, exc_info=True
+                )
+            finally:
+                self._encoding_rows = 0
+
+    async def _encode(self, piece: list[Pending]) -> None:
+        """One slice into the open parts, then a turn of the event loop for requests.
+
+        A worker thread would hold the GIL for long stretches of the interpreter's switch
+        interval (5 ms), and every request that arrived meanwhile waited for it: that was
+        capture's p99 (README, Performance). A part that fills goes to the sink at once.
+        """
+        if self._builder is None:
+            self._builder = PartsBuilder(
+                self.config.env,
+                self._namer,
+                self.config.max_part_records,
+                self.config.max_part_bytes,
+            )
+        self._builder.add(piece)
+        self._open_rows = self._builder.open_records
+        filled = self._builder.take_closed()
+        if filled:
+            await self._store_parts(filled)
+            self._update_gauges()
+        await asyncio.sleep(0)
+
+    async def _store_parts(self, parts: list[Part]) -> None:
+        """Encoded parts to memory for the uploader, or to the spool when memory is full."""
         for part in parts:
             if self._pending_bytes + len(part.body) > self.config.max_memory_bytes:
                 await self._save_to_spool(part)  # memory is full: spill, never drop
             else:
                 self._pending.append(part)
                 self._pending_bytes += len(part.body)
-        self._update_gauges()
-        if self._upload_due is not None:
+        if parts and self._upload_due is not None:
             self._upload_due.set()
-
-    async def _encode(self, entries: list[Pending]) -> list[Part]:
-        """`entries` as parts, encoded on the event loop about ENCODE_SLICE_ROWS rows at a
-        time (whole requests: one larger than that is a slice of its own).
-
-        Between slices the loop serves requests. A worker thread would hold the GIL
-        for the whole batch in stretches of the interpreter's switch interval (5 ms),
-        and every request that arrived meanwhile waited for it: that was capture's
-        p99 (README, Performance).
-        """
-        builder = PartsBuilder(
-            self.config.env,
-            self._namer,
-            self.config.max_part_records,
-            self.config.max_part_bytes,
-        )
-        for piece in row_slices(entries, ENCODE_SLICE_ROWS):
-            builder.add(piece)
-            await asyncio.sleep(0)
-        return builder.finish()
 
     # -- uploading ---------------------------------------------------------
 
@@ -350,7 +424,7 @@ class CaptureRecorder:
     def _drained(self) -> None:
         """Nothing is queued or encoding and everything encoded is stored: call
         `when_drained` when at least a part's worth of records went out since the last time."""
-        if self._queue or self._encoding_rows:
+        if self._queue or self._encoding_rows or self._open_rows:
             return
         if self._stored_since_drained >= self.config.max_part_records:
             self._stored_since_drained = 0
@@ -444,6 +518,9 @@ class CaptureRecorder:
 
     def _update_gauges(self) -> None:
         self.metrics.queued.set(
-            self._queued_rows + self._encoding_rows + sum(p.records for p in self._pending)
+            self._queued_rows
+            + self._encoding_rows
+            + self._open_rows
+            + sum(p.records for p in self._pending)
         )
         self.metrics.spool_parts.set(len(self._spooled))

@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -411,21 +412,17 @@ def _fixed_fields(env: str, route: str, model: ModelInfo) -> bytes:
     )
 
 
-def row_slices(entries: Sequence[Pending], rows: int) -> Iterator[list[Pending]]:
-    """`entries` in order, cut into consecutive slices that each end as soon as they hold
-    `rows` rows or more: every slice but the last holds at least `rows`, and at most
-    `rows - 1` plus its last request's rows (a request larger than `rows` ends the slice
-    it starts or joins)."""
+def take_slice(queue: deque[Pending], rows: int) -> list[Pending]:
+    """Whole requests popped from the left of `queue`, in order, until they hold `rows`
+    rows or more or the queue is empty: a slice holds at most `rows - 1` plus its last
+    request's rows (a request larger than `rows` ends the slice it starts or joins)."""
     piece: list[Pending] = []
     held = 0
-    for entry in entries:
+    while queue and held < rows:
+        entry = queue.popleft()
         piece.append(entry)
         held += entry.rows
-        if held >= rows:
-            yield piece
-            piece, held = [], 0
-    if piece:
-        yield piece
+    return piece
 
 
 def _by_hour(entries: Sequence[Pending]) -> Iterator[tuple[int, Sequence[Pending]]]:
@@ -451,8 +448,8 @@ class PartsBuilder:
     about `max_bytes` of JSON (a part closes once it reaches either).
 
     `add` does a slice's work and returns, so the recorder can let requests run between
-    slices; `finish` closes every open part. Parts come out ordered by hour, then by
-    when they were started.
+    slices; `take_closed` hands out the parts that filled meanwhile, `finish` closes every
+    open part. Parts come out ordered by hour, then by when they were started.
     """
 
     def __init__(
@@ -472,34 +469,51 @@ class PartsBuilder:
         self._closed: dict[int, list[Part]] = {}
 
     def add(self, entries: Sequence[Pending]) -> None:
-        """Encode and compress `entries` (in the order they were answered)."""
-        for hour, group in _by_hour(entries):
-            lines = lines_of(group, self._env)
-            start = 0
-            while start < len(lines):
-                member, counts = self._member(hour)
-                room = self._max_records - counts[0]
-                taken = lines[start : start + room]
-                data = b"".join(taken)
-                if counts[1] + len(data) >= self._max_bytes:  # the part fills: cut at its line
-                    size = 0
-                    for count, line in enumerate(taken, 1):
-                        size += len(line)
-                        if counts[1] + size >= self._max_bytes:
-                            taken = taken[:count]
-                            break
-                    data = b"".join(taken)
-                member.add(data)
-                counts[0] += len(taken)
-                counts[1] += len(data)
-                start += len(taken)
-                if counts[0] >= self._max_records or counts[1] >= self._max_bytes:
-                    self._close(hour)
+        """Encode and compress `entries` (in the order they were answered). Every line is
+        made before any is compressed: when encoding raises, no part holds any of them."""
+        encoded = [(hour, lines_of(group, self._env)) for hour, group in _by_hour(entries)]
+        for hour, lines in encoded:
+            self._write(hour, lines)
+
+    @property
+    def open_records(self) -> int:
+        """Records in parts not closed yet."""
+        return sum(counts[0] for _, counts in self._open.values())
+
+    def take_closed(self) -> list[Part]:
+        """The parts closed so far (full ones), ordered by hour, then by when they were
+        started; each is handed out once."""
+        parts = [part for hour in sorted(self._closed) for part in self._closed[hour]]
+        self._closed.clear()
+        return parts
 
     def finish(self) -> list[Part]:
+        """Close every open part; every part not taken yet (`take_closed`)."""
         for hour in list(self._open):
             self._close(hour)
-        return [part for hour in sorted(self._closed) for part in self._closed[hour]]
+        return self.take_closed()
+
+    def _write(self, hour: int, lines: list[bytes]) -> None:
+        start = 0
+        while start < len(lines):
+            member, counts = self._member(hour)
+            room = self._max_records - counts[0]
+            taken = lines[start : start + room]
+            data = b"".join(taken)
+            if counts[1] + len(data) >= self._max_bytes:  # the part fills: cut at its line
+                size = 0
+                for count, line in enumerate(taken, 1):
+                    size += len(line)
+                    if counts[1] + size >= self._max_bytes:
+                        taken = taken[:count]
+                        break
+                data = b"".join(taken)
+            member.add(data)
+            counts[0] += len(taken)
+            counts[1] += len(data)
+            start += len(taken)
+            if counts[0] >= self._max_records or counts[1] >= self._max_bytes:
+                self._close(hour)
 
     def _member(self, hour: int) -> tuple[GzipMember, list[int]]:
         if hour not in self._open:

@@ -10,6 +10,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from service.capture.records import (
     encode_parts,
     lines_of,
     record_lines,
-    row_slices,
+    take_slice,
 )
 from service.capture.sinks import LocalSink, open_sink
 from service.config import ConfigError, Settings
@@ -240,14 +241,13 @@ def test_parts_built_a_slice_at_a_time_are_those_built_at_once():
 
 
 def test_the_recorder_encodes_between_requests_a_slice_at_a_time(tmp_path):
-    """A second's records are encoded in slices with the event loop's other work in
-    between (no single stretch as long as the whole batch), and each record once."""
+    """A backlog of records is encoded in slices with the event loop's other work in
+    between (no single stretch as long as the whole backlog), and each record once."""
     from service.capture import recorder as recorder_module
 
     async def scenario() -> tuple[int, list[dict]]:
         recorder = CaptureRecorder(LocalSink(tmp_path), CaptureConfig("dev", tmp_path / "spool"))
-        await recorder.start()
-        for i in range(1000):
+        for i in range(1000):  # queued before the encoder starts: one backlog
             recorder.record(
                 route="/predict",
                 request_id=f"r{i}",
@@ -266,13 +266,19 @@ def test_the_recorder_encodes_between_requests_a_slice_at_a_time(tmp_path):
                 await asyncio.sleep(0)
 
         ticking = asyncio.create_task(ticker())
-        await recorder._encode_queue()
+        await recorder.start()
+        for _ in range(1000):  # no hurry: the encoder works through it on its own
+            if len(recorder._queue) < recorder_module.ENCODE_SLICE_ROWS:
+                break
+            await asyncio.sleep(0.001)
         stop.set()
         await ticking
+        left = len(recorder._queue)
         await recorder.close()
-        return turns, read_dir(tmp_path)
+        return turns, left, read_dir(tmp_path)
 
-    turns, records = asyncio.run(scenario())
+    turns, left, records = asyncio.run(scenario())
+    assert left < recorder_module.ENCODE_SLICE_ROWS
     assert turns >= 1000 // recorder_module.ENCODE_SLICE_ROWS
     assert sorted(r["id"] for r in records) == sorted(f"r{i}" for i in range(1000))
 
@@ -284,12 +290,19 @@ def test_slices_are_cut_by_rows_so_a_large_request_never_shares_a_long_one():
     def pending(rows: int) -> Pending:
         return Pending(0.0, "/predict", None, INFO, scores(rows), None, 0.001)
 
+    def slices(entries: list[Pending]) -> list[list[Pending]]:
+        queue = deque(entries)
+        taken = []
+        while queue:
+            taken.append(take_slice(queue, 32))
+        return taken
+
     singles = [pending(1) for _ in range(70)]
-    assert [len(s) for s in row_slices(singles, 32)] == [32, 32, 6]
-    assert list(itertools.chain.from_iterable(row_slices(singles, 32))) == singles
+    assert [len(s) for s in slices(singles)] == [32, 32, 6]
+    assert list(itertools.chain.from_iterable(slices(singles))) == singles
     mixed = [pending(1), pending(1), pending(256), pending(1), pending(40), pending(3)]
-    assert [[e.rows for e in s] for s in row_slices(mixed, 32)] == [[1, 1, 256], [1, 40], [3]]
-    assert list(row_slices([], 32)) == []
+    assert [[e.rows for e in s] for s in slices(mixed)] == [[1, 1, 256], [1, 40], [3]]
+    assert take_slice(deque(), 32) == []
 
 
 def test_part_names_never_repeat_within_or_across_processes():

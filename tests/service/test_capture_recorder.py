@@ -13,11 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.capture import CaptureRecorder, build_recorder
+from service.capture.recorder import ENCODE_SLICE_ROWS
 from service.capture.records import Part, decode_part
 from service.capture.sinks import LocalSink
 from service.capture.spool import Spool
 from service.config import ConfigError, Settings
-from tests.service.test_capture import FlakySink, config, read_dir, send
+from tests.service.test_capture import INFO, FlakySink, config, read_dir, scores, send
 
 
 def value(metric) -> float:
@@ -35,6 +36,12 @@ def wait_for_files(root: Path, count: int, timeout: float = 10.0) -> int:
             return found
         time.sleep(0.02)
     return found
+
+
+def hurry(recorder: CaptureRecorder) -> None:
+    """Ask the encoder to close its parts now, as wait_idle does, without waiting."""
+    recorder._hurry = True
+    recorder._wake_encoder()
 
 
 def wait_for_records(root: Path, count: int, timeout: float = 10.0) -> None:
@@ -108,6 +115,76 @@ def test_a_full_queue_becomes_a_part_before_its_flush_time(tmp_path, limits, req
 
     assert asyncio.run(scenario()) == (0, True)
     assert len(read_dir(tmp_path / "out")) == 2 * requests
+
+
+def test_a_slices_worth_of_records_is_encoded_as_it_comes_and_stored_at_the_flush(tmp_path):
+    """Records are encoded a slice at a time as they come, not a flush interval's worth at
+    once: once ENCODE_SLICE_ROWS rows are queued they leave the queue for the open part,
+    which is stored at its flush time (here: when hurried), not before."""
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, ENCODE_SLICE_ROWS - 1)
+        await asyncio.sleep(0.05)
+        below = len(recorder._queue)
+        send(recorder, 1, prefix="last")
+        for _ in range(200):
+            if not recorder._queue:
+                break
+            await asyncio.sleep(0.005)
+        encoded = (len(recorder._queue), value(recorder.metrics.captured))
+        await asyncio.sleep(0.05)
+        stored_before_flush = len(read_dir(tmp_path / "out"))
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return below, encoded, stored_before_flush, idle
+
+    assert asyncio.run(scenario()) == (
+        ENCODE_SLICE_ROWS - 1,
+        (0, ENCODE_SLICE_ROWS),
+        0,
+        True,
+    )
+    assert len(read_dir(tmp_path / "out")) == ENCODE_SLICE_ROWS
+    assert value(recorder.metrics.queued) == 0
+
+
+def test_records_waiting_for_their_part_do_not_pile_up_as_python_objects(tmp_path):
+    """Between flushes a busy service queues thousands of records; encoded as they come,
+    they are bytes in the open part, not objects the garbage collector walks (a collection
+    of the older generations stalls every request in flight)."""
+    import gc
+
+    records = 4_000
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
+
+    async def scenario():
+        await recorder.start()
+        await asyncio.sleep(0)
+        gc.collect()
+        before = len(gc.get_objects())
+        for i in range(records):  # one request at a time, the event loop turning between
+            recorder.record(
+                route="/predict",
+                request_id=f"r{i}",
+                model=INFO,
+                scores=scores(1),
+                inputs=None,
+                latency_seconds=0.001,
+            )
+            await asyncio.sleep(0)
+        growth = len(gc.get_objects()) - before
+        open_records = recorder._open_rows
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return growth, open_records, idle
+
+    growth, open_records, idle = asyncio.run(scenario())
+    assert open_records > records - 2 * ENCODE_SLICE_ROWS
+    assert growth < 200  # a few slices' worth at most, not one object a record
+    assert idle is True
+    assert len(read_dir(tmp_path / "out")) == records
 
 
 def test_every_counter_and_gauge_after_a_clean_run(tmp_path):
@@ -399,14 +476,14 @@ def test_wait_idle_is_false_while_the_queue_is_being_encoded(tmp_path, monkeypat
     async def scenario():
         hold = asyncio.Event()
 
-        async def held(entries):  # the batch is taken from the queue, its encoding held
+        async def held(piece):  # the slice is taken from the queue, its encoding held
             await hold.wait()
-            return await encode(entries)
+            return await encode(piece)
 
         monkeypatch.setattr(recorder, "_encode", held)
         await recorder.start()
         send(recorder, 4)
-        recorder._batch_due.set()
+        hurry(recorder)
         for _ in range(500):
             if not recorder._queue:
                 break
@@ -588,18 +665,18 @@ def test_the_queue_gauge_counts_a_batch_being_encoded_while_a_part_uploads(tmp_p
     async def scenario():
         hold = asyncio.Event()
 
-        async def held(entries):  # the second batch (3 requests) is held mid-encoding
-            if len(entries) == 3:
+        async def held(piece):  # the second slice (3 requests) is held mid-encoding
+            if len(piece) == 3:
                 await hold.wait()
-            return await encode(entries)
+            return await encode(piece)
 
         monkeypatch.setattr(recorder, "_encode", held)
         await recorder.start()
         send(recorder, 1, prefix="a")
-        recorder._batch_due.set()
+        hurry(recorder)
         writing = await _until(lambda: sink.calls == 1)
         send(recorder, 3, prefix="b")
-        recorder._batch_due.set()
+        hurry(recorder)
         encoding = await _until(lambda: value(recorder.metrics.captured) == 4)
         sink.release.set()
         stored = await _until(lambda: value(recorder.metrics.written) == 1)
@@ -648,7 +725,7 @@ def test_the_sink_and_the_spool_are_served_by_their_own_named_threads(tmp_path, 
 
 def test_a_new_recorders_queue_counts_its_bytes_from_zero(tmp_path):
     """A one-row request is estimated at 360 bytes: with a bound of 361 the first request
-    of a new recorder does not make the batch due, the second does."""
+    of a new recorder does not make a part due, the second does."""
     recorder = CaptureRecorder(
         LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_bytes=361)
     )
@@ -656,9 +733,9 @@ def test_a_new_recorders_queue_counts_its_bytes_from_zero(tmp_path):
     async def scenario():
         await recorder.start()
         send(recorder, 1, prefix="a")
-        after_one = recorder._batch_due.is_set()
+        after_one = recorder._part_due()
         send(recorder, 1, prefix="b")
-        after_two = recorder._batch_due.is_set()
+        after_two = recorder._part_due()
         idle = await recorder.wait_idle(5)
         await recorder.close()
         return after_one, after_two, idle

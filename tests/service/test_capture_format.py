@@ -269,6 +269,22 @@ def test_parts_come_out_ordered_by_hour_whatever_the_order_of_their_records():
     assert [partformat.decode(p.body)[0]["id"] for p in parts] == ["early", "late"]
 
 
+def test_a_slice_that_cannot_be_encoded_leaves_no_record_of_it_in_any_part():
+    """Every line of a slice is made before any is compressed: a slice whose second hour
+    cannot be encoded (complex scores: no JSON number) adds nothing, and the parts before
+    it are whole."""
+    builder = PartsBuilder("dev", PartNamer())
+    builder.add([Pending(ANSWERED, "/predict", "kept", MODEL, batch_scores(1), None, 0.001)])
+    good = Pending(ANSWERED, "/predict", "first-hour", MODEL, batch_scores(1), None, 0.001)
+    bad_scores = batch_scores(1).astype(np.complex64)
+    bad = Pending(ANSWERED + 3600, "/predict", "next-hour", MODEL, bad_scores, None, 0.001)
+    with pytest.raises(TypeError):
+        builder.add([good, bad])
+    assert builder.open_records == 1
+    (part,) = builder.finish()
+    assert [r["id"] for r in partformat.decode(part.body)] == ["kept"]
+
+
 def test_no_requests_make_no_lines_and_no_parts():
     assert lines_of([], "dev") == []
     assert encode_parts([], "dev", PartNamer()) == []

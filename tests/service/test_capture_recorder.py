@@ -428,6 +428,39 @@ def test_parts_in_memory_fill_it_exactly_and_the_next_one_is_spooled(tmp_path):
     assert value(recorder.metrics.queued) == 1
 
 
+def test_a_slice_that_cannot_be_encoded_loses_only_its_own_records(tmp_path, caplog):
+    """The records encoded before a slice that fails are stored with their part; only
+    the failing slice's records are counted lost."""
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, ENCODE_SLICE_ROWS)
+        for _ in range(200):
+            if not recorder._queue:
+                break
+            await asyncio.sleep(0.005)
+        recorder.record(
+            route="/predict",
+            request_id="complex",
+            model=INFO,
+            scores=scores(1).astype("complex64"),  # no JSON number
+            inputs=None,
+            latency_seconds=0.001,
+        )
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return idle
+
+    with caplog.at_level(logging.CRITICAL, "service.capture"):
+        assert asyncio.run(scenario()) is True
+    (lost,) = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert lost.getMessage() == "prediction capture LOST 1 records: encoding failed"
+    assert len(read_dir(tmp_path / "out")) == ENCODE_SLICE_ROWS
+    assert value(recorder.metrics.dropped) == 1
+    assert value(recorder.metrics.written) == ENCODE_SLICE_ROWS
+
+
 def test_records_that_cannot_be_encoded_are_counted_lost_and_logged_with_the_cause(
     tmp_path, monkeypatch, caplog
 ):

@@ -41,7 +41,7 @@ import numpy as np
 from service.capture.interface import NullRecorder
 from service.capture.metrics import CaptureMetrics
 from service.capture.partformat import count as count_records
-from service.capture.records import Part, PartNamer, PartsBuilder, Pending, take_slice
+from service.capture.records import Part, PartNamer, PartsBuilder, Pending, Slice, take_slice
 from service.capture.sinks import Sink, SinkError, open_sink
 from service.capture.spool import Spool
 from service.capture.worker import Worker
@@ -324,22 +324,23 @@ class CaptureRecorder:
         also the last slice smaller than that."""
         while self._queue and (rest or self._queued_rows >= ENCODE_SLICE_ROWS):
             piece = take_slice(self._queue, ENCODE_SLICE_ROWS)
-            rows = sum(entry.rows for entry in piece)
-            self._queued_rows -= rows
-            self._queued_bytes -= sum(entry.estimated_bytes for entry in piece)
-            self.metrics.captured.inc(rows)
-            self._encoding_rows = rows
+            self._queued_rows -= piece.rows
+            self._queued_bytes -= piece.estimated_bytes
+            self.metrics.captured.inc(piece.rows)
+            self._encoding_rows = piece.rows
             try:
                 await self._encode(piece)
             except Exception:
-                self.metrics.dropped.inc(rows)
+                self.metrics.dropped.inc(piece.rows)
                 log.critical(
-                    "prediction capture LOST %d records: encoding failed", rows, exc_info=True
+                    "prediction capture LOST %d records: encoding failed",
+                    piece.rows,
+                    exc_info=True,
                 )
             finally:
                 self._encoding_rows = 0
 
-    async def _encode(self, piece: list[Pending]) -> None:
+    async def _encode(self, piece: Slice) -> None:
         """One slice into the open parts, then a turn of the event loop for requests.
 
         A worker thread would hold the GIL for long stretches of the interpreter's switch
@@ -353,9 +354,9 @@ class CaptureRecorder:
                 self.config.max_part_records,
                 self.config.max_part_bytes,
             )
-        self._builder.add(piece)
-        self._open_rows = self._builder.open_records
-        filled = self._builder.take_closed()
+        filled = self._builder.add(piece.entries)
+        self._encoding_rows = 0
+        self._open_rows += piece.rows - sum(part.records for part in filled)
         if filled:
             await self._store_parts(filled)
             self._update_gauges()

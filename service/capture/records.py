@@ -412,17 +412,24 @@ def _fixed_fields(env: str, route: str, model: ModelInfo) -> bytes:
     )
 
 
-def take_slice(queue: deque[Pending], rows: int) -> list[Pending]:
+class Slice(NamedTuple):
+    entries: list[Pending]
+    rows: int
+    estimated_bytes: int
+
+
+def take_slice(queue: deque[Pending], rows: int) -> Slice:
     """Whole requests popped from the left of `queue`, in order, until they hold `rows`
     rows or more or the queue is empty: a slice holds at most `rows - 1` plus its last
     request's rows (a request larger than `rows` ends the slice it starts or joins)."""
     piece: list[Pending] = []
-    held = 0
+    held = size = 0
     while queue and held < rows:
         entry = queue.popleft()
         piece.append(entry)
         held += entry.rows
-    return piece
+        size += entry.estimated_bytes
+    return Slice(piece, held, size)
 
 
 def _by_hour(entries: Sequence[Pending]) -> Iterator[tuple[int, Sequence[Pending]]]:
@@ -447,9 +454,9 @@ class PartsBuilder:
     per UTC hour the requests fall in, each holding at most `max_records` records and
     about `max_bytes` of JSON (a part closes once it reaches either).
 
-    `add` does a slice's work and returns, so the recorder can let requests run between
-    slices; `take_closed` hands out the parts that filled meanwhile, `finish` closes every
-    open part. Parts come out ordered by hour, then by when they were started.
+    `add` does a slice's work and returns the parts it filled, so the recorder can let
+    requests run between slices and store a full part at once; `finish` closes every
+    open part, ordered by hour.
     """
 
     def __init__(
@@ -466,34 +473,23 @@ class PartsBuilder:
         self._open: dict[
             int, tuple[GzipMember, list[int]]
         ] = {}  # hour -> (member, [records, bytes])
-        self._closed: dict[int, list[Part]] = {}
 
-    def add(self, entries: Sequence[Pending]) -> None:
-        """Encode and compress `entries` (in the order they were answered). Every line is
-        made before any is compressed: when encoding raises, no part holds any of them."""
+    def add(self, entries: Sequence[Pending]) -> list[Part]:
+        """Encode and compress `entries` (in the order they were answered); the parts they
+        filled, closed. Every line is made before any is compressed: when encoding raises,
+        no part holds any of them."""
         encoded = [(hour, lines_of(group, self._env)) for hour, group in _by_hour(entries)]
+        filled: list[Part] = []
         for hour, lines in encoded:
-            self._write(hour, lines)
-
-    @property
-    def open_records(self) -> int:
-        """Records in parts not closed yet."""
-        return sum(counts[0] for _, counts in self._open.values())
-
-    def take_closed(self) -> list[Part]:
-        """The parts closed so far (full ones), ordered by hour, then by when they were
-        started; each is handed out once."""
-        parts = [part for hour in sorted(self._closed) for part in self._closed[hour]]
-        self._closed.clear()
-        return parts
+            self._write(hour, lines, filled)
+        return filled
 
     def finish(self) -> list[Part]:
-        """Close every open part; every part not taken yet (`take_closed`)."""
-        for hour in list(self._open):
-            self._close(hour)
-        return self.take_closed()
+        """Close every open part: those with records, ordered by hour."""
+        closed = (self._close(hour) for hour in sorted(self._open))
+        return [part for part in closed if part is not None]
 
-    def _write(self, hour: int, lines: list[bytes]) -> None:
+    def _write(self, hour: int, lines: list[bytes], filled: list[Part]) -> None:
         start = 0
         while start < len(lines):
             member, counts = self._member(hour)
@@ -513,18 +509,18 @@ class PartsBuilder:
             counts[1] += len(data)
             start += len(taken)
             if counts[0] >= self._max_records or counts[1] >= self._max_bytes:
-                self._close(hour)
+                filled.append(self._close(hour))
 
     def _member(self, hour: int) -> tuple[GzipMember, list[int]]:
         if hour not in self._open:
             self._open[hour] = (GzipMember(), [0, 0])
         return self._open[hour]
 
-    def _close(self, hour: int) -> None:
+    def _close(self, hour: int) -> Part | None:
         member, (records, _) = self._open.pop(hour)
-        if records:
-            part = Part(self._namer(self._env, hour * 3600), member.finish(), records)
-            self._closed.setdefault(hour, []).append(part)
+        if not records:
+            return None
+        return Part(self._namer(self._env, hour * 3600), member.finish(), records)
 
 
 def encode_parts(
@@ -536,5 +532,9 @@ def encode_parts(
 ) -> list[Part]:
     """Encode requests into gzip JSON Lines parts at once (see `PartsBuilder`)."""
     builder = PartsBuilder(env, namer, max_records, max_bytes)
-    builder.add(list(entries))
-    return builder.finish()
+    filled = builder.add(list(entries))
+    return sorted(filled + builder.finish(), key=_hour_of)
+
+
+def _hour_of(part: Part) -> str:
+    return part.key.rsplit("/", 1)[0]

@@ -223,9 +223,10 @@ def test_parts_built_a_slice_at_a_time_are_those_built_at_once():
     entries = [e for e in _mixed_entries() if e.request_id is not None]
     at_once = encode_parts(entries, "dev", PartNamer(), max_records=20, max_bytes=3000)
     builder = PartsBuilder("dev", PartNamer(), max_records=20, max_bytes=3000)
+    sliced = []
     for start in range(0, len(entries), 7):
-        builder.add(entries[start : start + 7])
-    sliced = builder.finish()
+        sliced += builder.add(entries[start : start + 7])
+    sliced += builder.finish()
     assert [p.records for p in sliced] == [p.records for p in at_once]
     # The same records in each part; the bytes may differ (ISA-L's deflate depends on the cut).
     assert [partformat.decompress(p.body) for p in sliced] == [
@@ -294,7 +295,7 @@ def test_slices_are_cut_by_rows_so_a_large_request_never_shares_a_long_one():
         queue = deque(entries)
         taken = []
         while queue:
-            taken.append(take_slice(queue, 32))
+            taken.append(take_slice(queue, 32).entries)
         return taken
 
     singles = [pending(1) for _ in range(70)]
@@ -302,7 +303,7 @@ def test_slices_are_cut_by_rows_so_a_large_request_never_shares_a_long_one():
     assert list(itertools.chain.from_iterable(slices(singles))) == singles
     mixed = [pending(1), pending(1), pending(256), pending(1), pending(40), pending(3)]
     assert [[e.rows for e in s] for s in slices(mixed)] == [[1, 1, 256], [1, 40], [3]]
-    assert take_slice(deque(), 32) == []
+    assert take_slice(deque(), 32) == ([], 0, 0)
 
 
 def test_part_names_never_repeat_within_or_across_processes():

@@ -239,9 +239,9 @@ def test_a_part_filled_over_several_slices_stops_at_max_records():
         for i in range(7)
     ]
     builder = PartsBuilder("dev", PartNamer(), max_records=5, max_bytes=1 << 20)
-    builder.add(entries[:3])
-    builder.add(entries[3:])
-    parts = builder.finish()
+    assert builder.add(entries[:3]) == []
+    (filled,) = builder.add(entries[3:])  # the first part fills here, and is handed out
+    parts = [filled, *builder.finish()]
     assert [p.records for p in parts] == [5, 2]
     ids = [[r["id"] for r in partformat.decode(p.body)] for p in parts]
     assert ids == [["r0", "r1", "r2", "r3", "r4"], ["r5", "r6"]]
@@ -274,13 +274,13 @@ def test_a_slice_that_cannot_be_encoded_leaves_no_record_of_it_in_any_part():
     cannot be encoded (complex scores: no JSON number) adds nothing, and the parts before
     it are whole."""
     builder = PartsBuilder("dev", PartNamer())
-    builder.add([Pending(ANSWERED, "/predict", "kept", MODEL, batch_scores(1), None, 0.001)])
+    kept = Pending(ANSWERED, "/predict", "kept", MODEL, batch_scores(1), None, 0.001)
+    assert builder.add([kept]) == []
     good = Pending(ANSWERED, "/predict", "first-hour", MODEL, batch_scores(1), None, 0.001)
     bad_scores = batch_scores(1).astype(np.complex64)
     bad = Pending(ANSWERED + 3600, "/predict", "next-hour", MODEL, bad_scores, None, 0.001)
     with pytest.raises(TypeError):
         builder.add([good, bad])
-    assert builder.open_records == 1
     (part,) = builder.finish()
     assert [r["id"] for r in partformat.decode(part.body)] == ["kept"]
 
@@ -370,8 +370,8 @@ def test_a_part_holds_at_most_ten_thousand_records_by_default():
     parts = encode_parts(entries, "dev", PartNamer())
     assert [part.records for part in parts] == [10_000, 1]
     builder = PartsBuilder("dev", PartNamer())
-    builder.add(entries)
-    assert [part.records for part in builder.finish()] == [10_000, 1]
+    assert [part.records for part in builder.add(entries)] == [10_000]
+    assert [part.records for part in builder.finish()] == [1]
     assert [partformat.count(part.body) for part in parts] == [10_000, 1]
 
 

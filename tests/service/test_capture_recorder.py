@@ -699,7 +699,7 @@ def test_the_queue_gauge_counts_a_batch_being_encoded_while_a_part_uploads(tmp_p
         hold = asyncio.Event()
 
         async def held(piece):  # the second slice (3 requests) is held mid-encoding
-            if len(piece) == 3:
+            if len(piece.entries) == 3:
                 await hold.wait()
             return await encode(piece)
 

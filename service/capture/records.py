@@ -316,7 +316,7 @@ def lines_of(entries: Sequence[Pending], env: str) -> list[bytes]:
 
 
 class _SingleRows(NamedTuple):
-    answered_at: tuple[float, ...]
+    answered_at: np.ndarray  # float64 seconds since the epoch
     request_ids: tuple[str | None, ...]
     routes: tuple[str, ...]
     models: tuple[ModelInfo, ...]
@@ -339,7 +339,14 @@ def _single_row_columns(entries: Sequence[Pending]) -> _SingleRows | None:
         matrix = np.concatenate(scores, dtype=scores[0].dtype, casting="no")
     except (ValueError, TypeError):  # scalar outputs, or other shapes or dtypes
         return None
-    return _SingleRows(answered, request_ids, routes, models, matrix.reshape(count, -1), latencies)
+    return _SingleRows(
+        np.array(answered, dtype=np.float64),
+        request_ids,
+        routes,
+        models,
+        matrix.reshape(count, -1),
+        latencies,
+    )
 
 
 def _single_row_lines(columns: _SingleRows, env: str) -> list[bytes]:
@@ -360,9 +367,11 @@ def _single_row_lines(columns: _SingleRows, env: str) -> list[bytes]:
         ids = [orjson.dumps(given_id) if given_id else next(generated) for given_id in request_ids]
     else:
         ids = quoted_new_ids(count)
-    answered = np.array(columns.answered_at, dtype=np.float64)
-    milliseconds = (answered * 1000).astype(np.int64).tolist()
-    quoted_times = {ms: orjson.dumps(_iso_milliseconds(ms)) for ms in set(milliseconds)}
+    # `"2025-11-30T10:00:00.123Z"` as `iso_time` writes it, quoted: the second's part from
+    # a cache (`"2025-11-30T10:00:00.`), the milliseconds' from a table (`123Z"`).
+    milliseconds = (columns.answered_at * 1000).astype(np.int64)
+    seconds = map(_quoted_second, (milliseconds // 1000).tolist())
+    fractions = map(_MILLISECOND_SUFFIXES.__getitem__, (milliseconds % 1000).tolist())
     routes, models = columns.routes, columns.models
     if routes.count(routes[0]) == count and models.count(models[0]) == count:
         fields = itertools.repeat(_fixed_fields(env, routes[0], models[0]))
@@ -374,7 +383,8 @@ def _single_row_lines(columns: _SingleRows, env: str) -> list[bytes]:
         itertools.repeat(b',"request_id":'),
         ids,
         itertools.repeat(b',"row":0,"time":'),
-        map(quoted_times.__getitem__, milliseconds),
+        seconds,
+        fractions,
         fields,
         classes,
         itertools.repeat(b',"scores":['),
@@ -384,6 +394,15 @@ def _single_row_lines(columns: _SingleRows, env: str) -> list[bytes]:
         itertools.repeat(b"}\n"),
     )
     return list(map(b"".join, pieces))
+
+
+@functools.lru_cache(maxsize=16)
+def _quoted_second(second: int) -> bytes:
+    """`"2025-11-30T10:00:00.`: a time's JSON string up to its milliseconds."""
+    return orjson.dumps(_second(second))[:-1] + b"."
+
+
+_MILLISECOND_SUFFIXES = [b'%03dZ"' % millisecond for millisecond in range(1000)]
 
 
 def _numbers_text(values: np.ndarray) -> list[bytes]:
@@ -432,21 +451,19 @@ def take_slice(queue: deque[Pending], rows: int) -> Slice:
     return Slice(piece, held, size)
 
 
-def _by_hour(entries: Sequence[Pending]) -> Iterator[tuple[int, Sequence[Pending]]]:
-    """(UTC hour since the epoch, its run of `entries`) for each run of one hour, in order:
-    one run, found in one numpy pass, when they all fall in one hour."""
+def _lines_by_hour(entries: Sequence[Pending], env: str) -> list[tuple[int, list[bytes]]]:
+    """(UTC hour since the epoch, the JSON lines of its run of `entries`) for each run of
+    one hour, in order: a run of single images in one hour, the common case, is taken
+    apart into columns once, for its hour and its lines."""
     if not entries:
-        return
-    answered = np.fromiter(map(_ANSWERED_AT, entries), dtype=np.float64, count=len(entries))
-    hours = answered // 3600
-    if hours.min() == hours.max():
-        yield int(hours[0]), entries
-        return
-    for hour, run in itertools.groupby(entries, key=lambda e: int(e.answered_at // 3600)):
-        yield hour, list(run)
-
-
-_ANSWERED_AT = operator.attrgetter("answered_at")
+        return []
+    columns = _single_row_columns(entries)
+    if columns is not None:
+        hours = columns.answered_at // 3600
+        if hours.min() == hours.max():
+            return [(int(hours[0]), _single_row_lines(columns, env))]
+    runs = itertools.groupby(entries, key=lambda entry: int(entry.answered_at // 3600))
+    return [(hour, lines_of(list(run), env)) for hour, run in runs]
 
 
 class PartsBuilder:
@@ -478,7 +495,7 @@ class PartsBuilder:
         """Encode and compress `entries` (in the order they were answered); the parts they
         filled, closed. Every line is made before any is compressed: when encoding raises,
         no part holds any of them."""
-        encoded = [(hour, lines_of(group, self._env)) for hour, group in _by_hour(entries)]
+        encoded = _lines_by_hour(entries, self._env)
         filled: list[Part] = []
         for hour, lines in encoded:
             self._write(hour, lines, filled)

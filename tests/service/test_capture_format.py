@@ -25,6 +25,7 @@ from service.capture.records import (
     Pending,
     build_records,
     encode_parts,
+    iso_time,
     lines_of,
     new_id,
     quoted_new_ids,
@@ -158,6 +159,24 @@ def test_a_run_of_given_and_generated_ids_and_other_dtypes_or_shapes_is_written_
         assert lines_of(mixed, "dev") == [
             line for entry in mixed for line in record_lines(entry, "dev")
         ]
+
+
+def test_times_in_a_column_are_those_of_a_record_alone_across_seconds_and_milliseconds():
+    """A run's times are made from a second's cached text and a millisecond's: the same
+    bytes as `iso_time` alone, at a second's first and last millisecond, across seconds
+    and minutes, and for times between two milliseconds (truncated, not rounded)."""
+    second = ANSWERED - 0.5  # 10:53:20.000
+    offsets = [0, 0.0005, 0.001, 0.12345678, 0.9989, 0.999, 0.9995, 1 - 1e-9, 1, 39.999, 40]
+    entries = [
+        Pending(second + offset, "/predict", f"t{i}", MODEL, batch_scores(1), None, 0.001)
+        for i, offset in enumerate(offsets)
+    ]
+    assert lines_of(entries, "dev") == [
+        line for entry in entries for line in record_lines(entry, "dev")
+    ]
+    assert [r["time"] for r in decoded(lines_of(entries, "dev"))] == [
+        iso_time(entry.answered_at) for entry in entries
+    ]
 
 
 def test_records_without_a_request_id_get_distinct_version_4_ids_past_a_block():

@@ -142,6 +142,7 @@ class CaptureRecorder:
         self._hurry = False  # close the open parts now (wait_idle)
         # Resolved to wake the encoder; set while it waits.
         self._encoder_waiter: asyncio.Future | None = None
+        self._close_timer: asyncio.TimerHandle | None = None  # wakes it at `_close_at`
         self._pending: deque[Part] = deque()
         self._pending_bytes = 0
         self._spooled: deque[Path] = deque()
@@ -279,6 +280,7 @@ class CaptureRecorder:
             now = loop.time()
             if self._close_at is None and self._queue:
                 self._close_at = now + self.config.flush_seconds
+                self._close_timer = loop.call_at(self._close_at, self._wake_encoder)
             closing = (
                 self._stopping
                 or self._hurry
@@ -293,20 +295,13 @@ class CaptureRecorder:
             elif self._queued_rows >= ENCODE_SLICE_ROWS:
                 await self._encode_slices(rest=False)
             else:
-                await self._wait_for_records(self._close_at)
+                await self._wait_for_records()
 
-    async def _wait_for_records(self, deadline: float | None) -> None:
+    async def _wait_for_records(self) -> None:
         """Until record() queues a slice's worth, a part's worth or the first record of a
-        part, a close is asked for, or the loop's clock reaches `deadline`."""
-        loop = asyncio.get_running_loop()
-        waiter = self._encoder_waiter = loop.create_future()
-        timer = None if deadline is None else loop.call_at(deadline, self._wake_encoder)
-        try:
-            await waiter
-        finally:
-            self._encoder_waiter = None
-            if timer is not None:
-                timer.cancel()
+        part, a close is asked for, or the open parts' close time comes (`_close_timer`)."""
+        self._encoder_waiter = asyncio.get_running_loop().create_future()
+        await self._encoder_waiter
 
     async def _encode_queue(self) -> None:
         """Everything queued into parts now: encoded, and the open parts closed."""
@@ -316,13 +311,21 @@ class CaptureRecorder:
             self._builder = None
             self._open_rows = 0
         self._close_at = None
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
         self._update_gauges()
 
     async def _encode_slices(self, *, rest: bool) -> None:
         """Queued records into the open parts, ENCODE_SLICE_ROWS rows a turn of the event
         loop (whole requests: one larger than that is a slice of its own); with `rest`,
-        also the last slice smaller than that."""
+        also the last slice smaller than that. The event loop turns between two slices;
+        after the last one the caller's next wait turns it."""
+        first = True
         while self._queue and (rest or self._queued_rows >= ENCODE_SLICE_ROWS):
+            if not first:
+                await asyncio.sleep(0)
+            first = False
             piece = take_slice(self._queue, ENCODE_SLICE_ROWS)
             self._queued_rows -= piece.rows
             self._queued_bytes -= piece.estimated_bytes
@@ -341,7 +344,7 @@ class CaptureRecorder:
                 self._encoding_rows = 0
 
     async def _encode(self, piece: Slice) -> None:
-        """One slice into the open parts, then a turn of the event loop for requests.
+        """One slice into the open parts, on the event loop.
 
         A worker thread would hold the GIL for long stretches of the interpreter's switch
         interval (5 ms), and every request that arrived meanwhile waited for it: that was
@@ -360,7 +363,6 @@ class CaptureRecorder:
         if filled:
             await self._store_parts(filled)
             self._update_gauges()
-        await asyncio.sleep(0)
 
     async def _store_parts(self, parts: list[Part]) -> None:
         """Encoded parts to memory for the uploader, or to the spool when memory is full."""

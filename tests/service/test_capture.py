@@ -97,6 +97,18 @@ def send(recorder: CaptureRecorder, requests: int, rows: int = 1, prefix: str = 
         )
 
 
+def record_predict(recorder: CaptureRecorder, request_id: str, row_scores=None) -> None:
+    """One `/predict` of a single image, as the route records it (scores of one row)."""
+    recorder.record(
+        route="/predict",
+        request_id=request_id,
+        model=INFO,
+        scores=scores(1) if row_scores is None else row_scores,
+        inputs=None,
+        latency_seconds=0.001,
+    )
+
+
 # -- records and parts ------------------------------------------------------------
 
 
@@ -249,14 +261,7 @@ def test_the_recorder_encodes_between_requests_a_slice_at_a_time(tmp_path):
     async def scenario() -> tuple[int, list[dict]]:
         recorder = CaptureRecorder(LocalSink(tmp_path), CaptureConfig("dev", tmp_path / "spool"))
         for i in range(1000):  # queued before the encoder starts: one backlog
-            recorder.record(
-                route="/predict",
-                request_id=f"r{i}",
-                model=INFO,
-                scores=scores(1),
-                inputs=None,
-                latency_seconds=0.001,
-            )
+            record_predict(recorder, f"r{i}")
         turns = 0
         stop = asyncio.Event()
 

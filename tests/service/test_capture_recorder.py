@@ -18,7 +18,7 @@ from service.capture.records import Part, decode_part
 from service.capture.sinks import LocalSink
 from service.capture.spool import Spool
 from service.config import ConfigError, Settings
-from tests.service.test_capture import INFO, FlakySink, config, read_dir, scores, send
+from tests.service.test_capture import FlakySink, config, read_dir, record_predict, scores, send
 
 
 def value(metric) -> float:
@@ -165,14 +165,7 @@ def test_records_waiting_for_their_part_do_not_pile_up_as_python_objects(tmp_pat
         gc.collect()
         before = len(gc.get_objects())
         for i in range(records):  # one request at a time, the event loop turning between
-            recorder.record(
-                route="/predict",
-                request_id=f"r{i}",
-                model=INFO,
-                scores=scores(1),
-                inputs=None,
-                latency_seconds=0.001,
-            )
+            record_predict(recorder, f"r{i}")
             await asyncio.sleep(0)
         growth = len(gc.get_objects()) - before
         open_records = recorder._open_rows
@@ -440,14 +433,7 @@ def test_a_slice_that_cannot_be_encoded_loses_only_its_own_records(tmp_path, cap
             if not recorder._queue:
                 break
             await asyncio.sleep(0.005)
-        recorder.record(
-            route="/predict",
-            request_id="complex",
-            model=INFO,
-            scores=scores(1).astype("complex64"),  # no JSON number
-            inputs=None,
-            latency_seconds=0.001,
-        )
+        record_predict(recorder, "complex", scores(1).astype("complex64"))  # no JSON number
         idle = await recorder.wait_idle(5)
         await recorder.close()
         return idle

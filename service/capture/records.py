@@ -432,6 +432,8 @@ def _fixed_fields(env: str, route: str, model: ModelInfo) -> bytes:
 
 
 class Slice(NamedTuple):
+    """Whole requests taken from the queue to be encoded in one turn of the event loop."""
+
     entries: list[Pending]
     rows: int
     estimated_bytes: int

@@ -97,6 +97,10 @@ def send(recorder: CaptureRecorder, requests: int, rows: int = 1, prefix: str = 
         )
 
 
+def value(metric) -> float:
+    return metric._value.get()
+
+
 def record_predict(recorder: CaptureRecorder, request_id: str, row_scores=None) -> None:
     """One `/predict` of a single image, as the route records it (scores of one row)."""
     recorder.record(
@@ -254,39 +258,47 @@ def test_parts_built_a_slice_at_a_time_are_those_built_at_once():
 
 
 def test_the_recorder_encodes_between_requests_a_slice_at_a_time(tmp_path):
-    """A backlog of records is encoded in slices with the event loop's other work in
-    between (no single stretch as long as the whole backlog), and each record once."""
+    """A backlog of records is encoded a slice at a time with the event loop's other work
+    in between: between two turns of another task at most ENCODE_SLICE_ROWS records leave
+    the queue. Parts fill meanwhile (100 records each); every record is counted once, in
+    the queue, the open part, a part in memory or the sink, and stored once."""
     from service.capture import recorder as recorder_module
 
-    async def scenario() -> tuple[int, list[dict]]:
-        recorder = CaptureRecorder(LocalSink(tmp_path), CaptureConfig("dev", tmp_path / "spool"))
+    slice_rows = recorder_module.ENCODE_SLICE_ROWS
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path), CaptureConfig("dev", tmp_path / "spool", max_part_records=100)
+    )
+
+    def accounted() -> tuple[int, int, int]:
+        queue = recorder._queue
+        in_memory = sum(part.records for part in recorder._pending)
+        return (
+            recorder._queued_rows - sum(entry.rows for entry in queue),
+            recorder._queued_bytes - sum(entry.estimated_bytes for entry in queue),
+            len(queue) + recorder._open_rows + in_memory + int(value(recorder.metrics.written)),
+        )
+
+    async def scenario() -> tuple[list[int], list[tuple[int, int, int]], int]:
         for i in range(1000):  # queued before the encoder starts: one backlog
             record_predict(recorder, f"r{i}")
-        turns = 0
-        stop = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal turns
-            while not stop.is_set():
-                turns += 1
-                await asyncio.sleep(0)
-
-        ticking = asyncio.create_task(ticker())
+        queued: list[int] = []
+        books: list[tuple[int, int, int]] = []
         await recorder.start()
-        for _ in range(1000):  # no hurry: the encoder works through it on its own
-            if len(recorder._queue) < recorder_module.ENCODE_SLICE_ROWS:
-                break
-            await asyncio.sleep(0.001)
-        stop.set()
-        await ticking
+        while len(recorder._queue) >= slice_rows and len(queued) < 10_000:
+            queued.append(len(recorder._queue))  # one sample a turn of the event loop
+            books.append(accounted())
+            await asyncio.sleep(0)
         left = len(recorder._queue)
         await recorder.close()
-        return turns, left, read_dir(tmp_path)
+        return queued, books, left
 
-    turns, left, records = asyncio.run(scenario())
-    assert left < recorder_module.ENCODE_SLICE_ROWS
-    assert turns >= 1000 // recorder_module.ENCODE_SLICE_ROWS
-    assert sorted(r["id"] for r in records) == sorted(f"r{i}" for i in range(1000))
+    queued, books, left = asyncio.run(scenario())
+    assert left < slice_rows
+    steps = [before - after for before, after in itertools.pairwise(queued)]
+    assert max(steps) == slice_rows  # a slice a turn, never more
+    assert len(queued) >= 1000 // slice_rows - 1
+    assert set(books) == {(0, 0, 1000)}
+    assert sorted(r["id"] for r in read_dir(tmp_path)) == sorted(f"r{i}" for i in range(1000))
 
 
 def test_slices_are_cut_by_rows_so_a_large_request_never_shares_a_long_one():

@@ -18,11 +18,15 @@ from service.capture.records import Part, decode_part
 from service.capture.sinks import LocalSink
 from service.capture.spool import Spool
 from service.config import ConfigError, Settings
-from tests.service.test_capture import FlakySink, config, read_dir, record_predict, scores, send
-
-
-def value(metric) -> float:
-    return metric._value.get()
+from tests.service.test_capture import (
+    FlakySink,
+    config,
+    read_dir,
+    record_predict,
+    scores,
+    send,
+    value,
+)
 
 
 def wait_for_files(root: Path, count: int, timeout: float = 10.0) -> int:

@@ -333,7 +333,7 @@ class CaptureRecorder:
             self.metrics.captured.inc(piece.rows)
             self._encoding_rows = piece.rows
             try:
-                await self._encode(piece)
+                filled = await self._encode(piece)
             except Exception:
                 self.metrics.dropped.inc(piece.rows)
                 log.critical(
@@ -341,15 +341,20 @@ class CaptureRecorder:
                     piece.rows,
                     exc_info=True,
                 )
+                continue
             finally:
                 self._encoding_rows = 0
+            self._open_rows += piece.rows - sum(part.records for part in filled)
+            if filled:
+                await self._store_parts(filled)
+                self._update_gauges()
 
-    async def _encode(self, piece: Slice) -> None:
-        """One slice into the open parts, on the event loop.
+    async def _encode(self, piece: Slice) -> list[Part]:
+        """One slice into the open parts, on the event loop; the parts it filled.
 
         A worker thread would hold the GIL for long stretches of the interpreter's switch
         interval (5 ms), and every request that arrived meanwhile waited for it: that was
-        capture's p99 (README, Performance). A part that fills goes to the sink at once.
+        capture's p99 (README, Performance).
         """
         if self._builder is None:
             self._builder = PartsBuilder(
@@ -358,12 +363,7 @@ class CaptureRecorder:
                 self.config.max_part_records,
                 self.config.max_part_bytes,
             )
-        filled = self._builder.add(piece.entries)
-        self._encoding_rows = 0
-        self._open_rows += piece.rows - sum(part.records for part in filled)
-        if filled:
-            await self._store_parts(filled)
-            self._update_gauges()
+        return self._builder.add(piece.entries)
 
     async def _store_parts(self, parts: list[Part]) -> None:
         """Encoded parts to memory for the uploader, or to the spool when memory is full."""

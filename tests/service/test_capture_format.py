@@ -304,6 +304,17 @@ def test_a_slice_that_cannot_be_encoded_leaves_no_record_of_it_in_any_part():
     assert [r["id"] for r in partformat.decode(part.body)] == ["kept"]
 
 
+def test_parts_come_out_ordered_by_hour_when_a_later_hours_part_fills_first():
+    late = [
+        Pending(ANSWERED + 3600, "/predict", f"late-{i}", MODEL, batch_scores(1), None, 0.001)
+        for i in range(2)
+    ]
+    early = Pending(ANSWERED, "/predict", "early", MODEL, batch_scores(1), None, 0.001)
+    parts = encode_parts([*late, early], "dev", PartNamer(), max_records=2)
+    assert [p.key[:18] for p in parts] == ["dev/2025/11/30/10/", "dev/2025/11/30/11/"]
+    assert [p.records for p in parts] == [1, 2]
+
+
 def test_no_requests_make_no_lines_and_no_parts():
     assert lines_of([], "dev") == []
     assert encode_parts([], "dev", PartNamer()) == []

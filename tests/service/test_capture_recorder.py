@@ -158,6 +158,31 @@ def test_a_slices_worth_of_records_is_encoded_as_it_comes_and_stored_at_the_flus
     assert value(recorder.metrics.queued) == 0
 
 
+def test_the_queue_gauge_counts_the_records_in_the_open_part(tmp_path):
+    """78 records one at a time, parts of 40: the first 40 close a part; of the other 38, a
+    slice of 32 waits encoded in the open part and 6 in the queue; the gauge counts all
+    38 as waiting in memory."""
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_records=40)
+    )
+
+    async def scenario():
+        await recorder.start()
+        for i in range(78):  # one request at a time, the event loop turning between
+            record_predict(recorder, f"r{i}")
+            await asyncio.sleep(0)
+        for _ in range(400):
+            if value(recorder.metrics.written) == 40:
+                break
+            await asyncio.sleep(0.005)
+        waiting = (len(recorder._queue), recorder._open_rows, value(recorder.metrics.queued))
+        await recorder.close()
+        return waiting
+
+    assert asyncio.run(scenario()) == (38 - ENCODE_SLICE_ROWS, ENCODE_SLICE_ROWS, 38)
+    assert len(read_dir(tmp_path / "out")) == 78
+
+
 def test_records_waiting_for_their_part_do_not_pile_up_as_python_objects(tmp_path):
     """Between flushes a busy service queues thousands of records; encoded as they come,
     they are bytes in the open part, not objects the garbage collector walks (a collection

@@ -58,7 +58,7 @@ log = logging.getLogger("service.capture")
 # Rows (records) encoded and compressed per turn of the event loop, and how many must be
 # queued before the encoder wakes: about 115 us of work for single-image requests, so a
 # request that arrives meanwhile waits about that long at most, once every 32 requests
-# (README, Performance: slices of 16 held the loop about 65 us, every 16 requests, and
+# (README, Performance: slices of 16 held the loop about 62 us, every 16 requests, and
 # cost capture 36,833 instructions a request against 31,572). Counted in rows, not
 # requests: a request of 256 images is 256 records.
 ENCODE_SLICE_ROWS = 32

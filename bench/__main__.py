@@ -37,6 +37,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=int, help="seconds per concurrency level (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per row (default 1)")
     p.add_argument(
+        "--rounds",
+        type=int,
+        help="alternated capture off/on runs a level's seconds are split into "
+        "(default 3; 1 with --quick)",
+    )
+    p.add_argument(
         "--concurrency", type=concurrency_levels, default=(1, 16, 64), help="default 1,16,64"
     )
     p.add_argument(
@@ -55,12 +61,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    seconds = args.seconds or (1 if args.quick else 5)
-    if seconds < 1 or args.warmup < 0:
-        print("error: --seconds must be at least 1 and --warmup not negative", file=sys.stderr)
+    seconds = args.seconds if args.seconds is not None else (1 if args.quick else 5)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    if seconds < 1 or args.warmup < 0 or rounds < 1:
+        print(
+            "error: --seconds and --rounds must be at least 1 and --warmup not negative",
+            file=sys.stderr,
+        )
         return 2
     options = Options(
         seconds=seconds,
+        rounds=rounds,
         warmup_seconds=args.warmup,
         concurrency=args.concurrency,
         compute_seconds=1.0 if args.quick else 3.0,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import capture_read
-from bench.run import Results
+from bench.run import Measurement, Results
 
 REFERENCE_CONCURRENCY = 16
 MB = 1024 * 1024
@@ -78,16 +81,41 @@ def ratios(results: Results) -> dict[str, float | None]:
         )
         for m in results.measurements:
             if m.contender == "service" and m.capture == "on" and m.concurrency == c:
-                on = rate("service", m.row, "on", c)
-                out[f"capture_on_over_off{suffix}: {m.row}"] = _ratio(
-                    on, rate("service", m.row, "off", c)
+                off = results.find("service", m.row, "off", c)
+                out[f"capture_on_over_off{suffix}: {m.row}"] = paired_ratio(
+                    m, off, RUN_RATES[suffix]
                 )
     return out
 
 
+# A run's requests a second: of wall-clock time, and of the server's CPU time.
+RUN_RATES = {
+    "": lambda m: m.result.requests_per_second,
+    "_per_cpu": lambda m: m.requests_per_cpu_second,
+}
+
+
+def paired_ratio(
+    on: Measurement | None, off: Measurement | None, value: Callable[[Measurement], float | None]
+) -> float | None:
+    """`value` with capture on over with capture off at one row and level: the median of
+    the ratios of the alternated pairs of runs (on's i-th run over off's i-th), so a
+    machine whose speed drifts between pairs moves both sides of each ratio alike. Levels
+    measured once give the one ratio; None when either side is missing or not positive."""
+    if on is None or off is None:
+        return None
+    same = len(on.run_list) == len(off.run_list)
+    pairs = list(zip(on.run_list, off.run_list, strict=True)) if same else [(on, off)]
+    ratios = [_ratio(value(a), value(b)) for a, b in pairs]
+    if not ratios or None in ratios:
+        return None
+    return statistics.median(ratios)
+
+
 def capture_cost(results: Results) -> tuple[float | None, dict[int, float | None]]:
     """Capture on against off on the single-image rows: the worst throughput ratio over
-    every row and level, and at each level the worst p99 ratio (on / off)."""
+    every row and level, and at each level the worst p99 ratio (on / off); each ratio the
+    median of its alternated pairs' (paired_ratio)."""
     throughput: list[float] = []
     tails: dict[int, float | None] = {}
     for c in results.options.concurrency:
@@ -96,10 +124,11 @@ def capture_cost(results: Results) -> tuple[float | None, dict[int, float | None
             if row.capture != "on" or row.concurrency != c or row.images_per_request != 1:
                 continue
             off = results.find("service", row.row, "off", c)
-            if off is None:
+            rate = paired_ratio(row, off, RUN_RATES[""])
+            tail = paired_ratio(row, off, lambda m: m.result.p99_us)
+            if rate is None or tail is None:
                 continue
-            throughput.append(row.result.requests_per_second / off.result.requests_per_second)
-            tail = row.result.p99_us / off.result.p99_us
+            throughput.append(rate)
             worst = tail if worst is None else max(worst, tail)
         tails[c] = worst
     return min(throughput, default=None), tails
@@ -200,6 +229,11 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _service_rounds(results: Results) -> int:
+    """How many alternated runs the service's levels were measured in (1: once)."""
+    return max((len(m.runs) for m in results.measurements), default=0) or 1
+
+
 def table(results: Results) -> str:
     """The Markdown table of every measured row."""
     lines = [
@@ -227,6 +261,16 @@ def summary(results: Results) -> str:
         f"machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, "
         f"onnxruntime {m['onnxruntime']}; server on core {results.options.server_core}, "
         f"wrk on core {results.options.load_core}; {results.options.seconds} s per level",
+        *(
+            [
+                f"service rows with capture off and on: each level {rounds} alternated pairs of "
+                f"{math.ceil(results.options.seconds / rounds)} s runs; req/s over all of a "
+                "level's runs, p50/p99 the median of the runs', capture on/off ratios the "
+                "median of the pairs' ratios"
+            ]
+            if (rounds := _service_rounds(results)) > 1
+            else []
+        ),
         "",
     ]
     ceiling = results.compute

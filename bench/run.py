@@ -8,6 +8,7 @@ so a contender that answers fast but wrong cannot win.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -66,6 +67,9 @@ class Options:
     seconds: int = 5
     warmup_seconds: int = 1
     concurrency: tuple[int, ...] = (1, 16, 64)
+    # With capture off and on both measured, each level runs as this many alternated pairs
+    # of runs (off, on, off, on, ...), the level's seconds split between them.
+    rounds: int = 3
     compute_seconds: float = 3.0
     batch_size: int = 256
     server_core: int = 0
@@ -83,6 +87,9 @@ class Measurement:
     result: wrk.WrkResult
     server_cpu_seconds: float | None = None  # CPU the server used during the run
     load_cpu_seconds: float | None = None  # CPU wrk used: near 100% of a core, wrk is the limit
+    # The alternated runs `result` combines (bench.wrk.combined), in the order they ran;
+    # empty when the level ran once.
+    runs: tuple[Measurement, ...] = ()
 
     @property
     def server_cpu_share(self) -> float | None:
@@ -125,7 +132,36 @@ class Measurement:
             "requests_per_cpu_second": self.requests_per_cpu_second,
             "load_cpu_share": self.load_cpu_share,
             "wrk": asdict(r),
+            "runs": [run.as_dict() for run in self.runs],
         }
+
+    @property
+    def run_list(self) -> tuple[Measurement, ...]:
+        """The runs this level's figures come from: its alternated runs, or itself."""
+        return self.runs or (self,)
+
+
+def combined(runs: list[Measurement]) -> Measurement:
+    """Alternated runs of one row and level as one measurement: requests and CPU added,
+    percentiles the median run's (bench.wrk.combined); the runs kept in `runs`."""
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+
+    def total(seconds: list[float | None]) -> float | None:
+        return None if None in seconds else sum(seconds)
+
+    return Measurement(
+        first.contender,
+        first.row,
+        first.capture,
+        first.concurrency,
+        first.images_per_request,
+        wrk.combined([m.result for m in runs]),
+        total([m.server_cpu_seconds for m in runs]),
+        total([m.load_cpu_seconds for m in runs]),
+        tuple(runs),
+    )
 
 
 @dataclass
@@ -270,7 +306,20 @@ def check_answer(server: Server, row: str, body: Body, expected: list[int]) -> N
         )
 
 
-def measure_row(
+@dataclass(frozen=True)
+class PreparedRow:
+    """A row ready to be timed on one server: its URL and wrk's Lua script for its body."""
+
+    server: Server
+    contender: str
+    row: str
+    capture: str | None
+    images_per_request: int
+    url: str
+    script: Path
+
+
+def prepare_row(
     server: Server,
     contender: str,
     row: str,
@@ -279,7 +328,10 @@ def measure_row(
     workload: Workload,
     options: Options,
     workdir: Path,
-) -> list[Measurement]:
+) -> PreparedRow:
+    """Write the row's body and script, check the server's answer against raw
+    onnxruntime's, and warm the server up on it (options.warmup_seconds at the middle
+    level). Raises BenchError when the answer is wrong."""
     slug = re.sub(r"[^a-z0-9]+", "-", f"{server.name} {row}".lower())
     body_path = workdir / f"{slug}.body"
     body_path.write_bytes(body.data)
@@ -293,18 +345,50 @@ def measure_row(
         wrk.run(
             url, script, connections=middle, seconds=options.warmup_seconds, core=options.load_core
         )
+    return PreparedRow(server, contender, row, capture, body.images, url, script)
+
+
+def measure_level(
+    prepared: PreparedRow, connections: int, seconds: int, options: Options
+) -> Measurement:
+    """One wrk run of `seconds` at `connections`, with the CPU the server and wrk used."""
+    server = prepared.server
+    cpu_before, load_before = cpu_seconds(server.pid), _children_cpu_seconds()
+    result = wrk.run(
+        prepared.url,
+        prepared.script,
+        connections=connections,
+        seconds=seconds,
+        core=options.load_core,
+    )
+    server.check_alive()
+    return Measurement(
+        prepared.contender,
+        prepared.row,
+        prepared.capture,
+        connections,
+        prepared.images_per_request,
+        result,
+        cpu_seconds(server.pid) - cpu_before,
+        _children_cpu_seconds() - load_before,
+    )
+
+
+def measure_row(
+    server: Server,
+    contender: str,
+    row: str,
+    body: Body,
+    capture: str | None,
+    workload: Workload,
+    options: Options,
+    workdir: Path,
+) -> list[Measurement]:
+    """The row on one server: prepared, then one run of options.seconds at each level."""
+    prepared = prepare_row(server, contender, row, body, capture, workload, options, workdir)
     measured = []
     for connections in options.concurrency:
-        cpu_before, load_before = cpu_seconds(server.pid), _children_cpu_seconds()
-        result = wrk.run(
-            url, script, connections=connections, seconds=options.seconds, core=options.load_core
-        )
-        server.check_alive()
-        cpu = cpu_seconds(server.pid) - cpu_before
-        load = _children_cpu_seconds() - load_before
-        measurement = Measurement(
-            contender, row, capture, connections, body.images, result, cpu, load
-        )
+        measurement = measure_level(prepared, connections, options.seconds, options)
         measured.append(measurement)
         print(_progress(measurement), file=sys.stderr, flush=True)
     return measured
@@ -319,11 +403,13 @@ def _children_cpu_seconds() -> float:
 def _progress(m: Measurement) -> str:
     r = m.result
     label = f"{m.contender} {m.row}" + (f" (capture {m.capture})" if m.capture else "")
+    p99s = " ".join(f"{run.result.p99_us / 1000:.2f}" for run in m.runs)
+    runs = f"  ({len(m.runs)} runs, p99s {p99s} ms)"
     return (
         f"  {label:<40} c={m.concurrency:<3} {r.requests_per_second:>9.0f} req/s  "
         f"p50 {r.p50_us / 1000:.2f} ms  p99 {r.p99_us / 1000:.2f} ms"
         f"  non-2xx {r.non_2xx}  errors {r.socket_errors}  server CPU {m.server_cpu_share or 0:.0%}"
-        f"  wrk CPU {m.load_cpu_share or 0:.0%}"
+        f"  wrk CPU {m.load_cpu_share or 0:.0%}" + (runs if m.runs else "")
     )
 
 
@@ -460,14 +546,17 @@ def bench_services(
     workdir: Path,
     stores: list[CaptureStore | None],
 ) -> None:
-    """The service with capture off (a None store) and/or on, measured a row at a time in
-    turn: each row with capture off, then the same row with capture on.
+    """The service with capture off (a None store) and/or on, measured a row at a time,
+    and with both, each level as `options.rounds` alternated pairs of runs (off, on, off,
+    on, ...) of `ceil(options.seconds / options.rounds)` seconds each.
 
-    The readings a capture on/off ratio compares are then seconds apart, not minutes: on
-    a shared machine the same server's rate drifted by up to 15% between runs minutes
-    apart, more than the 5% the capture target allows. Before each row every other
-    service is waited on until it has gone quiet (capture's last records encoded and
-    stored), so no service works while another is measured.
+    The readings a capture on/off ratio compares are then seconds apart, not minutes,
+    and come in pairs: on a shared machine the same server's rate drifted by up to 15%
+    between runs minutes apart and p99 by 2x between runs seconds apart, more than the 5%
+    and 20% the capture targets allow; bench.report takes the median of the pairs'
+    ratios. Before every run each other service is waited on until it has gone quiet
+    (capture's last records encoded and stored), so no service works while another is
+    measured.
     """
     options = results.options
     kinds = " and ".join("on (moto S3)" if store is not None else "off" for store in stores)
@@ -478,14 +567,8 @@ def bench_services(
     for service in services:
         results.ready_seconds[service.server.name] = service.server.ready_seconds
     for row, body in workload.service_bodies().items():
+        measure_in_pairs(services, row, body, workload, options, workdir)
         for service in services:
-            for other in services:
-                if other is not service:
-                    wait_quiet(other.server.pid)
-            signed = replace(body, headers={**body.headers, **bearer_header(service.token)})
-            service.measurements += measure_row(
-                service.server, "service", row, signed, service.capture, workload, options, workdir
-            )
             service.rss.append(rss_bytes(service.server.pid))
     for service in services:
         name = service.server.name
@@ -502,6 +585,47 @@ def bench_services(
             raise ProcessError(
                 f"{name} exited with {code} on SIGTERM:\n{service.server.log_tail()}"
             )
+
+
+def measure_in_pairs(
+    services: list[ServiceUnderTest],
+    row: str,
+    body: Body,
+    workload: Workload,
+    options: Options,
+    workdir: Path,
+) -> None:
+    """One row on every service: prepared on each, then each level as `options.rounds`
+    alternated runs of every service (one run of `options.seconds` when there is one
+    service), each other service quiet first; a level's runs appended to each service's
+    measurements as one (combined)."""
+    rounds = max(1, options.rounds) if len(services) > 1 else 1
+    seconds = math.ceil(options.seconds / rounds)
+
+    def alone(service: ServiceUnderTest) -> None:
+        for other in services:
+            if other is not service:
+                wait_quiet(other.server.pid)
+
+    prepared = {}
+    for service in services:
+        alone(service)
+        signed = replace(body, headers={**body.headers, **bearer_header(service.token)})
+        prepared[service.capture] = prepare_row(
+            service.server, "service", row, signed, service.capture, workload, options, workdir
+        )
+    for connections in options.concurrency:
+        runs: dict[str, list[Measurement]] = {service.capture: [] for service in services}
+        for _ in range(rounds):
+            for service in services:
+                alone(service)
+                runs[service.capture].append(
+                    measure_level(prepared[service.capture], connections, seconds, options)
+                )
+        for service in services:
+            measurement = combined(runs[service.capture])
+            service.measurements.append(measurement)
+            print(_progress(measurement), file=sys.stderr, flush=True)
 
 
 def run(options: Options, workdir: Path | None = None) -> Results:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,31 @@ class WrkResult:
     @property
     def socket_errors(self) -> int:
         return self.connect_errors + self.read_errors + self.write_errors + self.timeouts
+
+
+def combined(runs: Sequence[WrkResult]) -> WrkResult:
+    """Several runs of one row as one: counts and durations added (so the rate is over
+    all of them), p50/p90/p99 the median of the runs' (wrk reports percentiles, not its
+    histogram, so they cannot be merged exactly), max the largest, mean weighted by
+    requests. One run comes back as it is."""
+    if len(runs) == 1:
+        return runs[0]
+    requests = sum(r.requests for r in runs)
+    return WrkResult(
+        requests=requests,
+        duration_us=sum(r.duration_us for r in runs),
+        bytes=sum(r.bytes for r in runs),
+        connect_errors=sum(r.connect_errors for r in runs),
+        read_errors=sum(r.read_errors for r in runs),
+        write_errors=sum(r.write_errors for r in runs),
+        timeouts=sum(r.timeouts for r in runs),
+        non_2xx=sum(r.non_2xx for r in runs),
+        p50_us=statistics.median(r.p50_us for r in runs),
+        p90_us=statistics.median(r.p90_us for r in runs),
+        p99_us=statistics.median(r.p99_us for r in runs),
+        max_us=max(r.max_us for r in runs),
+        mean_us=sum(r.mean_us * r.requests for r in runs) / requests if requests else 0.0,
+    )
 
 
 def require_wrk() -> str:

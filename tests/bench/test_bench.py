@@ -19,7 +19,7 @@ from bench import bodies, capture_read, compute, falcon_app, report, wrk
 from bench.__main__ import parser
 from bench.moto import start_store
 from bench.processes import Processes
-from bench.run import Measurement, Options, Results, Workload, load_workload
+from bench.run import Measurement, Options, Results, Workload, combined, load_workload
 from service.app import create_app
 from service.config import Settings
 from service.loader import load_model
@@ -391,13 +391,16 @@ def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
         assert row["server_cpu_seconds"] > 0 and row["load_cpu_share"] > 0
 
 
-def test_capture_off_and_on_are_measured_a_row_at_a_time_in_turn(monkeypatch, tmp_path):
-    """Each row runs with capture off, then with capture on, the other service quiet
-    first; the results keep the off rows before the on rows, and each service's memory is
-    read after its first row, as its last row ends and once it is quiet."""
+def test_capture_off_and_on_alternate_in_pairs_at_every_level(monkeypatch, tmp_path):
+    """Each row is prepared on both services, then every level runs as alternated pairs of
+    runs (off, on, off, on), the other service quiet before each, of the level's seconds
+    split between the pairs; a level's runs become one measurement that keeps them. The
+    results keep the off rows before the on rows, and each service's memory is read after
+    its first row, as its last row ends and once it is quiet."""
     from bench import run
 
     events: list[str] = []
+    seconds_asked: set[int] = set()
 
     class FakeServer:
         def __init__(self, name: str, pid: int) -> None:
@@ -408,9 +411,15 @@ def test_capture_off_and_on_are_measured_a_row_at_a_time_in_turn(monkeypatch, tm
         pid = 100 if store is None else 200
         return run.ServiceUnderTest(FakeServer(f"service-capture-{capture}", pid), capture, "t")
 
-    def measure_row(server, contender, row, body, capture, workload, options, workdir):
-        events.append(f"{row} {capture}")
-        return [_measurement("service", row, capture, 100.0)]
+    def prepare_row(server, contender, row, body, capture, workload, options, workdir):
+        events.append(f"prepare {row} {capture}")
+        return run.PreparedRow(server, contender, row, capture, 1, "u", Path("s"))
+
+    def measure_level(prepared, connections, seconds, options):
+        events.append(f"{prepared.row} {prepared.capture} c={connections}")
+        seconds_asked.add(seconds)
+        measured = _measurement("service", prepared.row, prepared.capture, 100.0 + len(events))
+        return dataclasses.replace(measured, concurrency=connections)
 
     class FakeProcesses:
         def stop(self, server):
@@ -418,37 +427,149 @@ def test_capture_off_and_on_are_measured_a_row_at_a_time_in_turn(monkeypatch, tm
             return 0
 
     monkeypatch.setattr(run, "start_service", start_service)
-    monkeypatch.setattr(run, "measure_row", measure_row)
+    monkeypatch.setattr(run, "prepare_row", prepare_row)
+    monkeypatch.setattr(run, "measure_level", measure_level)
     monkeypatch.setattr(run, "wait_quiet", lambda pid: events.append(f"quiet {pid}"))
     monkeypatch.setattr(run, "rss_bytes", lambda pid: pid * 1000 + len(events))
     body = bodies.Body("predict", "/predict", b"{}", {}, 1)
     monkeypatch.setattr(Workload, "service_bodies", lambda self: {"a": body, "b": body})
     workload = Workload(Path("m.onnx"), "0" * 64, "m", "x", "y", np.zeros((1, 1, 28, 28)), [0])
-    results = Results(Options(), {})
+    results = Results(Options(seconds=5, rounds=2, concurrency=(1, 16)), {})
     run.bench_services(FakeProcesses(), workload, results, tmp_path, [None, object()])
-    assert events[:8] == [
-        "quiet 200",
-        "a off",
-        "quiet 100",
-        "a on",
-        "quiet 200",
-        "b off",
-        "quiet 100",
-        "b on",
+    pair = ["quiet 200", "{} off c={}", "quiet 100", "{} on c={}"]
+    expected = []
+    for row in ("a", "b"):
+        expected += ["quiet 200", f"prepare {row} off", "quiet 100", f"prepare {row} on"]
+        for c in (1, 16):
+            expected += [e.format(row, c) if "{}" in e else e for e in pair * 2]
+    assert events[: len(expected)] == expected
+    assert events[len(expected) :] == ["quiet 100", "stop 100", "quiet 200", "stop 200"]
+    assert seconds_asked == {3}  # 5 s split into 2 pairs: whole seconds, rounded up
+    assert [(m.row, m.capture, m.concurrency) for m in results.measurements] == [
+        ("a", "off", 1),
+        ("a", "off", 16),
+        ("b", "off", 1),
+        ("b", "off", 16),
+        ("a", "on", 1),
+        ("a", "on", 16),
+        ("b", "on", 1),
+        ("b", "on", 16),
     ]
-    assert events[8:] == ["quiet 100", "stop 100", "quiet 200", "stop 200"]
-    assert [(m.row, m.capture) for m in results.measurements] == [
-        ("a", "off"),
-        ("b", "off"),
-        ("a", "on"),
-        ("b", "on"),
-    ]
+    for m in results.measurements:
+        assert len(m.runs) == 2 and {r.capture for r in m.runs} == {m.capture}
+        assert m.result.requests == sum(r.result.requests for r in m.runs)
     assert set(results.rss_bytes) == {
         f"service-capture-{c}{when}"
         for c in ("off", "on")
         for when in ("", " after the first row", " as the last row ends")
     }
     assert results.ready_seconds == {"service-capture-off": 0.5, "service-capture-on": 0.5}
+
+
+def test_one_service_runs_each_level_once_for_its_whole_seconds(monkeypatch, tmp_path):
+    """With only capture off there is nothing to pair: one run of `seconds` a level."""
+    from bench import run
+
+    asked: list[tuple[int, int]] = []
+
+    class FakeServer:
+        name, pid, ready_seconds = "service-capture-off", 100, 0.5
+
+    monkeypatch.setattr(
+        run, "start_service", lambda *a: run.ServiceUnderTest(FakeServer(), "off", "t")
+    )
+    monkeypatch.setattr(
+        run,
+        "prepare_row",
+        lambda server, contender, row, body, capture, *rest: run.PreparedRow(
+            server, contender, row, capture, 1, "u", Path("s")
+        ),
+    )
+
+    def measure_level(prepared, connections, seconds, options):
+        asked.append((connections, seconds))
+        return dataclasses.replace(
+            _measurement("service", "a", "off", 100.0), concurrency=connections
+        )
+
+    monkeypatch.setattr(run, "measure_level", measure_level)
+    monkeypatch.setattr(run, "wait_quiet", lambda pid: None)
+    monkeypatch.setattr(run, "rss_bytes", lambda pid: 1)
+    body = bodies.Body("predict", "/predict", b"{}", {}, 1)
+    monkeypatch.setattr(Workload, "service_bodies", lambda self: {"a": body})
+    workload = Workload(Path("m.onnx"), "0" * 64, "m", "x", "y", np.zeros((1, 1, 28, 28)), [0])
+    results = Results(Options(seconds=5, rounds=3, concurrency=(1, 16)), {})
+
+    class FakeProcesses:
+        def stop(self, server):
+            return 0
+
+    run.bench_services(FakeProcesses(), workload, results, tmp_path, [None])
+    assert asked == [(1, 5), (16, 5)]
+    assert all(m.runs == () for m in results.measurements)
+
+
+def _runs(row: str, capture: str, c: int, rates: list[float], p99s_ms: list[float]) -> Measurement:
+    """A level measured as alternated runs of one second each."""
+    runs = [_row(row, capture, c, rate, p99) for rate, p99 in zip(rates, p99s_ms, strict=True)]
+    return combined(runs)
+
+
+def test_one_disturbed_pair_of_runs_does_not_decide_the_capture_verdict() -> None:
+    """A stall of the machine during one capture-on run halves that run; the median of
+    the pairs' ratios still reads capture's own cost (0.96), where the level's pooled
+    rate would read 0.81, and likewise for p99."""
+    results = Results(Options(concurrency=(16,)), {})
+    off = _runs("predict single", "off", 16, [1000, 1000, 1000], [2.0, 2.0, 2.0])
+    on = _runs("predict single", "on", 16, [960, 500, 960], [2.1, 9.0, 2.2])
+    results.measurements = [off, on]
+    assert on.result.requests_per_second / off.result.requests_per_second == pytest.approx(
+        2420 / 3000
+    )
+    throughput, tails = report.capture_cost(results)
+    assert throughput == pytest.approx(0.96)
+    assert tails == {16: pytest.approx(1.1)}
+    assert report.ratios(results)["capture_on_over_off: predict single"] == pytest.approx(0.96)
+
+
+def test_pairs_follow_the_order_the_runs_ran_in() -> None:
+    """Each on run is compared with the off run beside it: a machine that slows from
+    pair to pair moves both sides of every ratio alike."""
+    off = _runs("predict single", "off", 1, [3000, 2000, 1000], [1.0, 1.5, 3.0])
+    on = _runs("predict single", "on", 1, [2940, 1960, 980], [1.1, 1.65, 3.3])
+    assert report.paired_ratio(on, off, report.RUN_RATES[""]) == pytest.approx(0.98)
+    assert report.paired_ratio(on, off, lambda m: m.result.p99_us) == pytest.approx(1.1)
+    assert report.paired_ratio(on, None, report.RUN_RATES[""]) is None
+
+
+def test_runs_combine_into_the_levels_figures() -> None:
+    """Counts and seconds add (the rate is over all runs), percentiles are the median
+    run's, the maximum the largest, the mean weighted by requests; CPU adds."""
+    first = wrk.WrkResult(100, 1_000_000, 10, 1, 0, 0, 0, 2, 1000, 1500, 2000, 3000, 1100)
+    second = wrk.WrkResult(300, 1_000_000, 30, 0, 1, 0, 0, 0, 900, 1400, 5000, 9000, 1300)
+    third = wrk.WrkResult(200, 1_000_000, 20, 0, 0, 0, 1, 0, 800, 1300, 1000, 2500, 1200)
+    both = wrk.combined([first, second, third])
+    assert (both.requests, both.duration_us, both.bytes) == (600, 3_000_000, 60)
+    assert both.requests_per_second == pytest.approx(200)
+    assert (both.socket_errors, both.non_2xx) == (3, 2)
+    assert (both.p50_us, both.p90_us, both.p99_us, both.max_us) == (900, 1400, 2000, 9000)
+    assert both.mean_us == pytest.approx((100 * 1100 + 300 * 1300 + 200 * 1200) / 600)
+    assert wrk.combined([first]) is first
+    runs = [
+        dataclasses.replace(_measurement("service", "a", "on", 100, cpu=0.5), result=r)
+        for r in (first, second, third)
+    ]
+    level = combined(runs)
+    assert level.server_cpu_seconds == pytest.approx(1.5)
+    assert level.runs == tuple(runs) and level.as_dict()["runs"][1]["requests_per_second"] == 300
+
+
+@pytest.mark.parametrize("flag", ["--seconds", "--rounds"])
+def test_a_count_below_one_is_refused(flag: str, capsys: pytest.CaptureFixture) -> None:
+    from bench.__main__ import main
+
+    assert main([flag, "0"]) == 2
+    assert "--seconds and --rounds must be at least 1" in capsys.readouterr().err
 
 
 def test_memory_is_read_once_the_server_has_gone_quiet():

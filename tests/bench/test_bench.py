@@ -210,6 +210,7 @@ def test_ratios_follow_the_targets_formulas() -> None:
     assert found["falcon_ideal_predict_rps"] == pytest.approx(falcon_ideal)
     assert found["falcon_ideal_over_ideal"] == pytest.approx(falcon_ideal / 10_000)
     assert found["service_over_falcon_ideal"] == pytest.approx(8_000 / falcon_ideal)
+    assert found["falcon_ideal_over_fastapi"] == pytest.approx(falcon_ideal / 1_000)
     assert found["v2_binary_256_over_raw_onnxruntime"] == pytest.approx(25_600 / 40_000)
     assert found["capture_on_over_off: predict single"] == pytest.approx(0.95)
     # per CPU-second: the service used half a core for 8,000 requests, bare a whole one
@@ -217,9 +218,15 @@ def test_ratios_follow_the_targets_formulas() -> None:
     assert found["service_over_fastapi_per_cpu"] is None  # FastAPI's CPU was not measured
     met = {t.name: t.met for t in report.targets(results, found)}
     assert met["predict single / ideal"] is True
+    ceilings = {t.name: t.ceiling for t in report.targets(results, found)}
+    assert ceilings["predict single / ideal"] == pytest.approx(falcon_ideal / 10_000)
+    assert ceilings["predict single / FastAPI"] == pytest.approx(falcon_ideal / 1_000)
     assert met["ready after start, local model (s)"] is None  # not measured here
     printed = report.summary(results)
     assert "  service_over_falcon_ideal " in printed
+    lines = {line.split("  ")[1]: line for line in printed.splitlines() if "  predict " in line}
+    assert lines["predict single / ideal"].endswith(" met (framework ceiling 0.86)")
+    assert lines["predict single / FastAPI"].endswith(" met (framework ceiling 8.57)")
     assert "service_over_fastapi_per_cpu" not in printed  # a ratio of rows not measured
     assert "ready after start:" not in printed
     assert "| service | predict single | off | 16 | 8,000 |" in report.table(results)

@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -374,23 +375,27 @@ def measure_level(
     )
 
 
-def measure_row(
-    server: Server,
-    contender: str,
-    row: str,
-    body: Body,
-    capture: str | None,
-    workload: Workload,
+def measure_levels(
+    rows: list[PreparedRow],
     options: Options,
-    workdir: Path,
-) -> list[Measurement]:
-    """The row on one server: prepared, then one run of options.seconds at each level."""
-    prepared = prepare_row(server, contender, row, body, capture, workload, options, workdir)
-    measured = []
+    before_run: Callable[[PreparedRow], None] = lambda row: None,
+) -> list[list[Measurement]]:
+    """Every prepared row at every level, in order: one prepared row runs once a level for
+    `options.seconds`; several (the same row on several servers) run as `options.rounds`
+    alternated runs a level of `ceil(options.seconds / options.rounds)` seconds each,
+    `before_run` called before every run. Each row's level measurements, its runs combined."""
+    rounds = max(1, options.rounds) if len(rows) > 1 else 1
+    seconds = math.ceil(options.seconds / rounds)
+    measured: list[list[Measurement]] = [[] for _ in rows]
     for connections in options.concurrency:
-        measurement = measure_level(prepared, connections, options.seconds, options)
-        measured.append(measurement)
-        print(_progress(measurement), file=sys.stderr, flush=True)
+        runs: list[list[Measurement]] = [[] for _ in rows]
+        for _ in range(rounds):
+            for prepared, its_runs in zip(rows, runs, strict=True):
+                before_run(prepared)
+                its_runs.append(measure_level(prepared, connections, seconds, options))
+        for its_levels, its_runs in zip(measured, runs, strict=True):
+            its_levels.append(combined(its_runs))
+            print(_progress(its_levels[-1]), file=sys.stderr, flush=True)
     return measured
 
 
@@ -478,9 +483,8 @@ def bench_reference(
         results.ready_seconds[name] = server.ready_seconds
     else:  # it answers a fixed body: nothing to check
         body = bodies.fixed("/predict", body)
-    results.measurements += measure_row(
-        server, name, "predict single", body, None, workload, options, workdir
-    )
+    prepared = prepare_row(server, name, "predict single", body, None, workload, options, workdir)
+    results.measurements += measure_levels([prepared], options)[0]
     results.rss_bytes[name] = rss_bytes(server.pid)
     processes.stop(server)
 
@@ -595,37 +599,27 @@ def measure_in_pairs(
     options: Options,
     workdir: Path,
 ) -> None:
-    """One row on every service: prepared on each, then each level as `options.rounds`
-    alternated runs of every service (one run of `options.seconds` when there is one
-    service), each other service quiet first; a level's runs appended to each service's
-    measurements as one (combined)."""
-    rounds = max(1, options.rounds) if len(services) > 1 else 1
-    seconds = math.ceil(options.seconds / rounds)
+    """One row on every service, prepared on each, then measured in alternated runs
+    (measure_levels), each other service quiet before every run; each service's level
+    measurements appended to its own."""
 
-    def alone(service: ServiceUnderTest) -> None:
+    def alone(server: Server) -> None:
         for other in services:
-            if other is not service:
+            if other.server is not server:
                 wait_quiet(other.server.pid)
 
-    prepared = {}
+    prepared = []
     for service in services:
-        alone(service)
+        alone(service.server)
         signed = replace(body, headers={**body.headers, **bearer_header(service.token)})
-        prepared[service.capture] = prepare_row(
-            service.server, "service", row, signed, service.capture, workload, options, workdir
+        prepared.append(
+            prepare_row(
+                service.server, "service", row, signed, service.capture, workload, options, workdir
+            )
         )
-    for connections in options.concurrency:
-        runs: dict[str, list[Measurement]] = {service.capture: [] for service in services}
-        for _ in range(rounds):
-            for service in services:
-                alone(service)
-                runs[service.capture].append(
-                    measure_level(prepared[service.capture], connections, seconds, options)
-                )
-        for service in services:
-            measurement = combined(runs[service.capture])
-            service.measurements.append(measurement)
-            print(_progress(measurement), file=sys.stderr, flush=True)
+    levels = measure_levels(prepared, options, lambda row: alone(row.server))
+    for service, measured in zip(services, levels, strict=True):
+        service.measurements += measured
 
 
 def run(options: Options, workdir: Path | None = None) -> Results:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import capture_read
-from bench.run import Measurement, Results
+from bench.run import CAPTURE_OFF, Measurement, Results
 
 REFERENCE_CONCURRENCY = 16
 MB = 1024 * 1024
@@ -137,6 +137,23 @@ def capture_cost(results: Results) -> tuple[float | None, dict[int, float | None
             worst = tail if worst is None else max(worst, tail)
         tails[c] = worst
     return min(throughput, default=None), tails
+
+
+def run_spread(results: Results) -> tuple[float, str, int] | None:
+    """How far the machine alone moved this run: the largest ratio of the fastest to the
+    slowest of one level's capture-off runs (the same server, row and level, seconds
+    apart) over the single-image rows, with its row and level; None when no level ran in
+    alternated runs. A capture ratio nearer its goal than this is within the noise."""
+    spreads = [
+        (max(rates) / min(rates), m.row, m.concurrency)
+        for m in results.measurements
+        if m.contender == "service"
+        and m.capture == CAPTURE_OFF
+        and m.images_per_request == 1
+        and len(m.runs) > 1
+        and min(rates := [run.result.requests_per_second for run in m.runs]) > 0
+    ]
+    return max(spreads, default=None)
 
 
 def targets(results: Results, found: dict[str, float | None]) -> list[Target]:
@@ -311,6 +328,7 @@ def summary(results: Results) -> str:
         *_ratio_lines(found),
         "",
         *_target_lines(targets(results, found)),
+        *_spread_lines(run_spread(results)),
         "",
     ]
     ready = ", ".join(f"{k} {v:.2f} s" for k, v in results.ready_seconds.items())
@@ -354,6 +372,16 @@ def _target_lines(found: list[Target]) -> list[str]:
     return lines
 
 
+def _spread_lines(spread: tuple[float, str, int] | None) -> list[str]:
+    if spread is None:
+        return []
+    ratio, row, level = spread
+    return [
+        f"the machine's own moves: capture-off runs of one level differed by up to {ratio:.2f}x "
+        f"({row} at c={level}); a capture ratio nearer its goal than that is within the noise"
+    ]
+
+
 def _capture_read_lines(results: Results, found: capture_read.CaptureRead) -> list[str]:
     peak = peak_capture_records_per_second(results)
     ceiling = _fmt(found.ceiling(), ".2f")
@@ -379,6 +407,7 @@ def document(results: Results) -> dict:
         "capture_read": results.capture_read.as_dict() if results.capture_read else None,
         "ratios": found,
         "targets": [asdict(t) for t in targets(results, found)],
+        "capture_off_run_spread": run_spread(results),
     }
 
 

@@ -539,6 +539,24 @@ def test_one_disturbed_pair_of_runs_does_not_decide_the_capture_verdict() -> Non
     assert report.ratios(results)["capture_on_over_off: predict single"] == pytest.approx(0.96)
 
 
+def test_the_machines_own_moves_are_the_widest_capture_off_level() -> None:
+    """The fastest over the slowest capture-off run of one single-image level, the widest
+    such level named; batch rows, capture-on runs and levels run once do not count."""
+    machine = {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"}
+    results = Results(Options(concurrency=(1, 16)), machine)
+    assert report.run_spread(results) is None
+    results.measurements = [
+        _runs("predict single", "off", 1, [1000, 1100, 1050], [1.0] * 3),
+        _runs("v2 json single", "off", 16, [900, 1200, 1000], [1.0] * 3),
+        _runs("v2 json single", "on", 16, [100, 1200, 1000], [1.0] * 3),
+        _runs("v2 binary 256", "off", 16, [10, 100, 50], [1.0] * 3),
+        _row("v2 binary single", "off", 1, 500, 1.0),
+    ]
+    spread = report.run_spread(results)
+    assert spread == (pytest.approx(1200 / 900), "v2 json single", 16)
+    assert "differed by up to 1.33x (v2 json single at c=16)" in report.summary(results)
+
+
 def test_pairs_follow_the_order_the_runs_ran_in() -> None:
     """Each on run is compared with the off run beside it: a machine that slows from
     pair to pair moves both sides of every ratio alike."""

@@ -167,7 +167,9 @@ class ModelInfer(PredictionRoute):
         model = served_model(self._inference, name, version)
         async with self._held(req):
             body = await read_body(req, self._limit)
-            request = codec.decode_infer(body, header_length, model.inputs, model.outputs)
+            request = codec.decode_infer(
+                body, header_length, model.inputs, model.outputs, self._numbers
+            )
             del body
             results = await self._inference.run(request.inputs)
         payload, json_length = codec.encode_infer(

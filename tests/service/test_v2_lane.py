@@ -1,0 +1,210 @@
+"""The fast lane for V2 JSON tensors: the general path's request bit for bit, or nothing.
+
+With `NumberArrays` given, `codec.decode_infer` reads each float input's JSON `data`
+straight into numpy (service.codec._lane_document); it must give exactly the
+`InferRequest` the general path (orjson, then `np.asarray`) gives for every body the
+general path takes, and every error must be the general path's, word for word.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from service import codec
+from service.errors import InvalidInput
+from service.jsonnumbers import NumberArrays
+from tests.service.test_v2 import BAD_INFER, INPUT, OUTPUT
+
+SHAPE = [1, 1, 28, 28]
+
+
+@pytest.fixture(scope="module")
+def all_test_images(reference_files: dict[str, Path]) -> np.ndarray:
+    """The whole MNIST test set (10,000 images): float32 [N, 784]."""
+    from pipeline.datasets import read_idx_images
+
+    images = read_idx_images(reference_files["images"])
+    return images.reshape(len(images), -1).astype(np.float32)
+
+
+def infer_body(data: object, shape: list[int] = SHAPE, **extra: object) -> bytes:
+    tensor = {"name": INPUT, "shape": shape, "datatype": "FP32", "data": data}
+    return json.dumps({"inputs": [tensor], **extra}).encode()
+
+
+def decoded(model, body: bytes, numbers: NumberArrays | None) -> codec.InferRequest | str:
+    """What decode_infer makes of `body` (its request, or its error's message)."""
+    try:
+        return codec.decode_infer(body, None, model.inputs, model.outputs, numbers)
+    except InvalidInput as exc:
+        return exc.message
+
+
+def same(a: codec.InferRequest | str, b: codec.InferRequest | str) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    if (a.id, a.outputs, a.binary_outputs, a.classifications) != (
+        b.id,
+        b.outputs,
+        b.binary_outputs,
+        b.classifications,
+    ) or a.inputs.keys() != b.inputs.keys():
+        return False
+    return all(
+        x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+        for x, y in ((a.inputs[k], b.inputs[k]) for k in a.inputs)
+    )
+
+
+def taken_by_the_lane(model, body: bytes) -> bool:
+    return codec._lane_document(body, model.inputs, NumberArrays()) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [1.0, 255.0], ids=["pixels", "scaled-0-1"])
+def test_every_mnist_test_image_decodes_as_the_general_path(all_test_images, model, scale):
+    """Each of the 10,000 images as its own V2 JSON request: the lane takes it and the
+    request is the general path's bit for bit, equal to the original float32 pixels."""
+    images = (all_test_images / np.float32(scale)).astype(np.float32)
+    lane = NumberArrays()
+    for i, image in enumerate(images):
+        body = infer_body(image.tolist(), id=f"req-{i}")
+        fast = decoded(model, body, lane)
+        assert taken_by_the_lane(model, body), f"image {i}: the lane declined a plain request"
+        assert same(fast, decoded(model, body, None)), f"image {i}: the lane and general differ"
+        assert fast.inputs[INPUT].tobytes() == image.tobytes()
+
+
+def test_batches_flat_and_as_rows_decode_as_the_general_path(all_test_images, model):
+    """A batch of 100 images, its data flat or as one row per image (row-major, as the
+    protocol allows), with the usual output options."""
+    lane = NumberArrays()
+    rows = all_test_images[:100] / np.float32(255)
+    outputs = [{"name": OUTPUT, "parameters": {"classification": 3}}]
+    for data in (rows.reshape(-1).tolist(), rows.tolist()):
+        body = infer_body(data, [100, 1, 28, 28], outputs=outputs, parameters={})
+        assert taken_by_the_lane(model, body)
+        fast = decoded(model, body, lane)
+        assert same(fast, decoded(model, body, None))
+        assert fast.inputs[INPUT].shape == (100, 1, 28, 28)
+        assert fast.classifications == {OUTPUT: 3}
+
+
+def test_the_lane_builds_no_python_float_for_the_numbers(model, monkeypatch):
+    """The general path's list-to-array step is not reached for a plain request."""
+
+    def general_numbers(*args: object) -> np.ndarray:
+        raise AssertionError("the numbers went through Python floats")
+
+    monkeypatch.setattr(codec, "numeric_array", general_numbers)
+    request = codec.decode_infer(
+        infer_body([0.5] * 784), None, model.inputs, model.outputs, NumberArrays()
+    )
+    assert request.inputs[INPUT].dtype == np.float32
+    assert request.inputs[INPUT].reshape(-1).tolist() == [0.5] * 784
+
+
+ZEROS = [0] * 783
+# Requests the lane must decline or agree on, whatever the general path makes of them.
+LOOK_ALIKES = [
+    # repeated keys: msgspec and orjson both keep the last
+    b'{"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", '
+    b'"data": [1], "data": [' + b"0," * 783 + b"2]}]}",
+    b'{"id": "a", "id": "b", "inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], '
+    b'"datatype": "FP32", "data": [' + b"0," * 783 + b"2]}]}",
+    # integers a double cannot hold: np.asarray makes int64 and rounds to float32 once
+    infer_body([*ZEROS, 2**60 + 2**36 + 1]),
+    infer_body([*ZEROS, 2**53 + 1]),
+    infer_body([*ZEROS, 2**63]),  # uint64 in np.asarray
+    infer_body([*ZEROS, -(2**63)]),
+    infer_body([*ZEROS, 2**53]),
+    infer_body([*ZEROS, 2**53 + 0.5]),  # a double: the same both ways
+    infer_body([*ZEROS, 2**64]),  # beyond 64 bits: orjson makes it a float
+    infer_body([True, *([0.5] * 783)]),  # booleans among floats: np.asarray takes them
+    infer_body([[[[0.5] * 28] * 28]]),  # nested as the shape: not for the lane
+    infer_body([[0.5] * 784, [0.5] * 783]),  # ragged rows
+    infer_body([[0.5] * 784, 0.5]),
+    infer_body([-0.0, *([0] * 783)]),
+    infer_body([0, *([-0] * 783)]),
+    b'{"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ['
+    + b"0, " * 783
+    + b"1e400]}]}",
+    b'{"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ['
+    + b"0, " * 783
+    + b'"\xff"]}]}',
+    b'{"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ['
+    + b"0, " * 783
+    + b"1]}]} x",
+    b'  {"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", '
+    b'"data": [' + b"0 , " * 783 + b"1 ] } ] }  ",
+    infer_body([0.5] * 784, outputs=[{"name": OUTPUT, "parameters": {"classification": 10**30}}]),
+    infer_body([0.5] * 784, parameters={"binary_data_output": 1e308}),
+    b'{"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ['
+    + b"0, " * 783
+    + b'1], "parameters": {"binary_data_size": 1e400}}]}',
+    infer_body([0.5] * 784, id="caf\u00e9 \\u00e9"),
+    b'{"id": "\\ud800", "inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], '
+    b'"datatype": "FP32", "data": [' + b"0," * 783 + b"2]}]}",
+    orjson.dumps(
+        {"inputs": [{"name": INPUT, "shape": SHAPE, "datatype": "FP64", "data": [0.5] * 784}]}
+    ),
+    orjson.dumps(
+        {"inputs": [{"name": 3, "shape": SHAPE, "datatype": "FP32", "data": [0.5] * 784}]}
+    ),
+    orjson.dumps({"inputs": {"name": INPUT}}),
+    orjson.dumps({"inputs": [{"name": INPUT, "shape": SHAPE, "datatype": "FP32", "data": []}]}),
+    orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": INPUT,
+                    "shape": SHAPE,
+                    "datatype": "FP32",
+                    "data": [0.5] * 784,
+                    "parameters": {"binary_data_size": 3136},
+                }
+            ]
+        }
+    ),
+    b"",
+    b"null",
+    b"[1, 2]",
+]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [orjson.dumps(param.values[0]) for param in BAD_INFER] + LOOK_ALIKES,
+)
+def test_every_request_gets_the_general_paths_answer(model, body):
+    """The bad-input corpus and the look-alikes: the same request, or the same message."""
+    assert same(decoded(model, body, NumberArrays()), decoded(model, body, None))
+
+
+def test_integers_a_double_rounds_twice_are_declined(model):
+    """2**60 + 2**36 + 1 is one above float32's midpoint between 2**60 and its next: int64
+    rounds it up to float32 once, a double first drops the 1 and then rounds to even
+    (down). The lane leaves all-integer data with such numbers to the general path."""
+    body = infer_body([*ZEROS, 2**60 + 2**36 + 1])
+    assert not taken_by_the_lane(model, body)
+    general = decoded(model, body, None)
+    assert general.inputs[INPUT].reshape(-1)[-1] == np.float32(2**60 + 2**37)
+    assert NumberArrays().decode_array(b"[1, 9007199254740991]", np.dtype(np.float32)) is not None
+    assert NumberArrays().decode_array(b"[1, 9007199254740993]", np.dtype(np.float32)) is None
+
+
+def test_the_route_answers_a_json_tensor_through_the_lane(client, all_test_images):
+    """POST /v2/models/mnist-8/infer with the first test image: class 7, as raw
+    onnxruntime says (its label)."""
+    body = infer_body(all_test_images[0].tolist(), id="req-1")
+    result = client.simulate_post(
+        "/v2/models/mnist-8/infer", body=body, headers={"Content-Type": "application/json"}
+    )
+    assert result.status_code == 200, result.text
+    assert result.json["id"] == "req-1"
+    assert int(np.argmax(result.json["outputs"][0]["data"])) == 7

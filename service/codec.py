@@ -259,7 +259,9 @@ def decode_infer(
     the request the general path gives, or declines. Every error is the general path's.
     """
     head, tail = split_binary(body, header_length)
-    lane = _lane_document(head, inputs, numbers) if numbers is not None else None
+    # Binary requests carry their numbers in the tail already: the lane is for JSON bodies.
+    json_body = numbers is not None and header_length is None
+    lane = _lane_document(head, inputs, numbers) if json_body else None
     if lane is not None:
         try:
             return _infer_request(_checked_document(lane), inputs, outputs, tail)

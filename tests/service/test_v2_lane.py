@@ -18,7 +18,7 @@ import pytest
 from service import codec
 from service.errors import InvalidInput
 from service.jsonnumbers import NumberArrays
-from tests.service.test_v2 import BAD_INFER, INPUT, OUTPUT
+from tests.service.test_v2 import BAD_INFER, INPUT, OUTPUT, binary_body
 
 SHAPE = [1, 1, 28, 28]
 
@@ -208,3 +208,18 @@ def test_the_route_answers_a_json_tensor_through_the_lane(client, all_test_image
     assert result.status_code == 200, result.text
     assert result.json["id"] == "req-1"
     assert int(np.argmax(result.json["outputs"][0]["data"])) == 7
+
+
+def test_a_binary_request_does_not_consult_the_lane(model, all_test_images, monkeypatch):
+    """Binary tensors carry their numbers in the tail: the JSON header is read once, by
+    the general path."""
+
+    def lane(*args: object) -> dict | None:
+        raise AssertionError("the lane was asked about a binary request")
+
+    monkeypatch.setattr(codec, "_lane_document", lane)
+    body, headers = binary_body(all_test_images[:2].reshape(2, 1, 28, 28))
+    request = codec.decode_infer(
+        body, headers[codec.BINARY_HEADER], model.inputs, model.outputs, NumberArrays()
+    )
+    assert request.inputs[INPUT].tobytes() == all_test_images[:2].tobytes()

@@ -127,8 +127,8 @@ def test_a_full_queue_becomes_a_part_before_its_flush_time(tmp_path, limits, req
 def test_a_slices_worth_of_records_is_encoded_as_it_comes_and_stored_at_the_flush(tmp_path):
     """Records are encoded a slice at a time as they come, not a flush interval's worth at
     once: once ENCODE_SLICE_ROWS rows are queued a slice of them leaves the queue for the
-    open part; fewer wait in the queue; the part is stored at its flush time (here: when
-    hurried), not before."""
+    open part (at exactly a slice's worth, not one more); fewer wait in the queue; the part
+    is stored at its flush time (here: when hurried), not before."""
     recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
 
     async def scenario():
@@ -136,20 +136,23 @@ def test_a_slices_worth_of_records_is_encoded_as_it_comes_and_stored_at_the_flus
         send(recorder, ENCODE_SLICE_ROWS - 1)
         await asyncio.sleep(0.05)
         below = len(recorder._queue)
-        send(recorder, 4, prefix="more")  # a slice's worth and 3 more
+        send(recorder, 1, prefix="slice")  # exactly a slice's worth
         for _ in range(200):
             if value(recorder.metrics.captured):
                 break
             await asyncio.sleep(0.005)
+        exact = (len(recorder._queue), value(recorder.metrics.captured))
+        send(recorder, 3, prefix="more")
         await asyncio.sleep(0.05)
         encoded = (len(recorder._queue), value(recorder.metrics.captured))
         stored_before_flush = len(read_dir(tmp_path / "out"))
         idle = await recorder.wait_idle(5)
         await recorder.close()
-        return below, encoded, stored_before_flush, idle
+        return below, exact, encoded, stored_before_flush, idle
 
     assert asyncio.run(scenario()) == (
         ENCODE_SLICE_ROWS - 1,
+        (0, ENCODE_SLICE_ROWS),
         (3, ENCODE_SLICE_ROWS),
         0,
         True,

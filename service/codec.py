@@ -404,6 +404,11 @@ def _input_spec(
     if not isinstance(entry, dict):
         raise InvalidInput(f"inputs[{position}] must be an object")
     name = entry.get("name")
+    if not isinstance(name, str):  # also keeps a list or an object out of the lookup below
+        raise InvalidInput(
+            f"inputs[{position}] 'name' must be a string naming one of the model's inputs "
+            f"{list(specs)}"
+        )
     where = f"input {name!r}"
     if name not in specs:
         raise InvalidInput(f"{where} is not an input of the model; its inputs are {list(specs)}")
@@ -483,11 +488,11 @@ def _requested_outputs(
     binary: set[str] = set()
     classifications: dict[str, int] = {}
     for position, entry in enumerate(requested):
-        if not isinstance(entry, dict) or entry.get("name") not in specs:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or name not in specs:
             raise InvalidInput(
                 f"outputs[{position}] must name one of the model's outputs {sorted(specs)}"
             )
-        name = entry["name"]
         where = f"output {name!r}"
         if name in chosen:
             raise InvalidInput(f"{where} is requested twice")

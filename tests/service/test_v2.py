@@ -243,6 +243,21 @@ BAD_INFER = [
     pytest.param([], "the inference request must be a JSON object with 'inputs'", id="array"),
     pytest.param({"inputs": [3]}, "inputs[0] must be an object", id="input-not-an-object"),
     pytest.param(
+        _input(name=[INPUT]),
+        "inputs[0] 'name' must be a string naming one of the model's inputs ['Input3']",
+        id="input-named-by-a-list",
+    ),
+    pytest.param(
+        {"inputs": [{k: v for k, v in _input()["inputs"][0].items() if k != "name"}]},
+        "inputs[0] 'name' must be a string naming one of the model's inputs ['Input3']",
+        id="input-without-a-name",
+    ),
+    pytest.param(
+        {**_input(), "outputs": [{"name": {"a": 1}}]},
+        "outputs[0] must name one of the model's outputs ['Plus214_Output_0']",
+        id="output-named-by-an-object",
+    ),
+    pytest.param(
         {**_input(), "outputs": [{"name": "nope"}]},
         "outputs[0] must name one of the model's outputs ['Plus214_Output_0']",
         id="unknown-output",

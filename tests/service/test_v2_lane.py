@@ -156,6 +156,10 @@ LOOK_ALIKES = [
     orjson.dumps(
         {"inputs": [{"name": 3, "shape": SHAPE, "datatype": "FP32", "data": [0.5] * 784}]}
     ),
+    # a name no dict can hold: the lane must not look it up among the model's inputs
+    orjson.dumps(
+        {"inputs": [{"name": [INPUT], "shape": SHAPE, "datatype": "FP32", "data": [0.5] * 784}]}
+    ),
     orjson.dumps({"inputs": {"name": INPUT}}),
     orjson.dumps({"inputs": [{"name": INPUT, "shape": SHAPE, "datatype": "FP32", "data": []}]}),
     orjson.dumps(

@@ -836,3 +836,56 @@ def test_an_integer_input_takes_every_whole_number_of_its_range(data, expected):
     request = _decode({"inputs": [_tensor(BYTE, [1, 1], data=data)]}, inputs=(BYTE,))
     assert request.inputs["byte"].dtype == np.uint8
     assert request.inputs["byte"].tolist() == [[expected]]
+
+
+# Every place of a request a client fills in, and a value of every JSON kind for it.
+KINDS = [None, True, 1.5, -1, "x", [1], {"a": 1}, []]
+PLACES = [
+    ("id",),
+    ("parameters",),
+    ("parameters", "binary_data_output"),
+    ("inputs",),
+    ("inputs", 0),
+    ("inputs", 0, "name"),
+    ("inputs", 0, "shape"),
+    ("inputs", 0, "shape", 0),
+    ("inputs", 0, "datatype"),
+    ("inputs", 0, "data"),
+    ("inputs", 0, "data", 0),
+    ("inputs", 0, "parameters"),
+    ("inputs", 0, "parameters", "binary_data_size"),
+    ("outputs",),
+    ("outputs", 0),
+    ("outputs", 0, "name"),
+    ("outputs", 0, "parameters"),
+    ("outputs", 0, "parameters", "binary_data"),
+    ("outputs", 0, "parameters", "classification"),
+]
+
+
+def _with(place: tuple, value: object) -> dict:
+    request = {
+        **_input(),
+        "id": "req-1",
+        "parameters": {},
+        "outputs": [{"name": OUTPUT, "parameters": {}}],
+    }
+    request["inputs"][0]["parameters"] = {}
+    *path, last = place
+    target = request
+    for step in path:
+        target = target[step]
+    target[last] = value
+    return request
+
+
+@pytest.mark.parametrize("place", PLACES, ids=lambda p: ".".join(map(str, p)))
+def test_any_value_anywhere_is_answered_or_refused_with_a_reason(client, place):
+    """A value of any JSON kind in any place of a request gets a 200 or a 400 with a
+    message, never a server error (a list or an object where a name is looked up once
+    made a 500)."""
+    for value in KINDS:
+        result = client.simulate_post(f"/v2/models/{NAME}/infer", json=_with(place, value))
+        assert result.status_code in (200, 400), (place, value, result.text)
+        if result.status_code == 400:
+            assert result.json["error"], (place, value)

@@ -63,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     seconds = args.seconds if args.seconds is not None else (1 if args.quick else 5)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
-    if seconds < 1 or args.warmup < 0 or rounds < 1:
-        print(
-            "error: --seconds and --rounds must be at least 1 and --warmup not negative",
-            file=sys.stderr,
-        )
-        return 2
+    for flag, value, least in (
+        ("--seconds", seconds, 1),
+        ("--rounds", rounds, 1),
+        ("--warmup", args.warmup, 0),
+    ):
+        if value < least:
+            print(f"error: {flag} is {value}; it must be at least {least}", file=sys.stderr)
+            return 2
     options = Options(
         seconds=seconds,
         rounds=rounds,

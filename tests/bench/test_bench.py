@@ -589,12 +589,16 @@ def test_runs_combine_into_the_levels_figures() -> None:
     assert level.runs == tuple(runs) and level.as_dict()["runs"][1]["requests_per_second"] == 300
 
 
-@pytest.mark.parametrize("flag", ["--seconds", "--rounds"])
-def test_a_count_below_one_is_refused(flag: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("flag", "value", "least"), [("--seconds", "0", 1), ("--rounds", "0", 1), ("--warmup", "-1", 0)]
+)
+def test_a_count_below_its_least_is_refused_by_name(
+    flag: str, value: str, least: int, capsys: pytest.CaptureFixture
+) -> None:
     from bench.__main__ import main
 
-    assert main([flag, "0"]) == 2
-    assert "--seconds and --rounds must be at least 1" in capsys.readouterr().err
+    assert main([flag, value]) == 2
+    assert capsys.readouterr().err == f"error: {flag} is {value}; it must be at least {least}\n"
 
 
 def test_memory_is_read_once_the_server_has_gone_quiet():

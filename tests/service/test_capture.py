@@ -131,6 +131,16 @@ def test_each_batch_row_is_a_record_with_the_request_id_suffixed():
     assert "inputs" not in first
 
 
+def test_scores_of_any_rank_are_one_row_of_scores_per_example():
+    """A model whose output is [batch, 1, classes] (V2 records the first output as the
+    model gives it): each row's scores flattened and its class their argmax."""
+    ranked = np.zeros((2, 1, 10), np.float32)
+    ranked[0, 0, 3] = ranked[1, 0, 7] = 1.0
+    records = list(build_records(Pending(0, "/v2/infer", "r", INFO, ranked, None, 0), "dev"))
+    assert [r["prediction"] for r in records] == [3, 7]
+    assert [list(r["scores"]) for r in records] == ranked.reshape(2, 10).tolist()
+
+
 def test_a_single_row_keeps_its_id_and_no_id_gets_a_uuid():
     (given,) = build_records(Pending(0, "/predict", "req-7", INFO, scores(1), None, 0), "dev")
     assert given["id"] == "req-7"

@@ -483,6 +483,26 @@ def test_a_slice_that_cannot_be_encoded_loses_only_its_own_records(tmp_path, cap
     assert value(recorder.metrics.written) == ENCODE_SLICE_ROWS
 
 
+def test_the_slices_after_one_that_cannot_be_encoded_are_stored_at_the_close(tmp_path):
+    """A record that cannot be encoded, then three slices' worth, then an immediate
+    close: the failing slice is lost and every slice after it is encoded in the same
+    pass and stored through the sink before the upload ends, none left to the spool."""
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
+
+    async def scenario():
+        await recorder.start()
+        record_predict(recorder, "complex", scores(1).astype("complex64"))  # no JSON number
+        send(recorder, 3 * ENCODE_SLICE_ROWS)
+        await recorder.close()
+
+    asyncio.run(scenario())
+    kept = 3 * ENCODE_SLICE_ROWS + 1 - ENCODE_SLICE_ROWS  # the failing slice: 1 bad, 31 good
+    assert len(read_dir(tmp_path / "out")) == kept
+    assert value(recorder.metrics.written) == kept
+    assert value(recorder.metrics.dropped) == ENCODE_SLICE_ROWS
+    assert [p for p in (tmp_path / "spool").rglob("*") if p.is_file()] == []
+
+
 def test_records_that_cannot_be_encoded_are_counted_lost_and_logged_with_the_cause(
     tmp_path, monkeypatch, caplog
 ):

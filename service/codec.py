@@ -488,12 +488,19 @@ def _requested_outputs(
     binary: set[str] = set()
     classifications: dict[str, int] = {}
     for position, entry in enumerate(requested):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or name not in specs:
+        if not isinstance(entry, dict):
+            raise InvalidInput(f"outputs[{position}] must be an object with a 'name'")
+        name = entry.get("name")
+        if not isinstance(name, str):
             raise InvalidInput(
-                f"outputs[{position}] must name one of the model's outputs {sorted(specs)}"
+                f"outputs[{position}] 'name' must be a string naming one of the model's "
+                f"outputs {list(specs)}"
             )
         where = f"output {name!r}"
+        if name not in specs:
+            raise InvalidInput(
+                f"{where} is not an output of the model; its outputs are {list(specs)}"
+            )
         if name in chosen:
             raise InvalidInput(f"{where} is requested twice")
         _only_keys(entry, OUTPUT_KEYS, where)

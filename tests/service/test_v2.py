@@ -254,12 +254,17 @@ BAD_INFER = [
     ),
     pytest.param(
         {**_input(), "outputs": [{"name": {"a": 1}}]},
-        "outputs[0] must name one of the model's outputs ['Plus214_Output_0']",
+        "outputs[0] 'name' must be a string naming one of the model's outputs ['Plus214_Output_0']",
         id="output-named-by-an-object",
     ),
     pytest.param(
+        {**_input(), "outputs": ["Plus214_Output_0"]},
+        "outputs[0] must be an object with a 'name'",
+        id="output-not-an-object",
+    ),
+    pytest.param(
         {**_input(), "outputs": [{"name": "nope"}]},
-        "outputs[0] must name one of the model's outputs ['Plus214_Output_0']",
+        "output 'nope' is not an output of the model; its outputs are ['Plus214_Output_0']",
         id="unknown-output",
     ),
     pytest.param({**_input(), "id": 7}, "'id' must be a string", id="numeric-id"),

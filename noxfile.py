@@ -32,6 +32,12 @@ def install(session: nox.Session, *groups: str) -> None:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
 
 
+# pytest-xdist: a worker a core (at most four: each starts its own moto server and
+# services), each test file on one worker so its module fixtures are made once
+# (tests/conftest.py groups them); `-- -n 0` runs in this process.
+PARALLEL = ("--numprocesses", "auto", "--maxprocesses", "4", "--dist", "loadgroup")
+
+
 def run_tests(session: nox.Session, *marker: str) -> None:
     """pytest over the tests `marker` selects, once the model and MNIST files are here.
 
@@ -40,7 +46,7 @@ def run_tests(session: nox.Session, *marker: str) -> None:
     """
     install(session, "test")
     session.run("python", "-m", "pipeline", "download")
-    session.run("pytest", *marker, *session.posargs)
+    session.run("pytest", *PARALLEL, *marker, *session.posargs)
 
 
 def prepare_machine(session: nox.Session) -> None:

@@ -43,6 +43,23 @@ def pytest_configure(config: pytest.Config) -> None:
             config.add_cleanup(lambda: shutil.rmtree(mirror, ignore_errors=True))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's `--dist loadgroup`: one group a test file, so a file's
+    module fixtures (a Terraform apply, a server) are made on one worker once; and every
+    test of the session's image (the `built` fixture) in one group, so it is built once.
+
+    Runs before xdist's own hook, which reads the groups; without `-n` nothing reads them.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        group = (
+            "image" if "built" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+        )
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def _reference_artifacts() -> dict[str, Artifact]:
     reference = load_reference()
     return {

@@ -33,9 +33,13 @@ def install(session: nox.Session, *groups: str) -> None:
 
 
 # pytest-xdist: a worker a core (at most four: each starts its own moto server and
-# services), each test file on one worker so its module fixtures are made once
-# (tests/conftest.py groups them); `-- -n 0` runs in this process.
-PARALLEL = ("--numprocesses", "auto", "--maxprocesses", "4", "--dist", "loadgroup")
+# services), each test file on one worker so its module fixtures are made once, the
+# heaviest files first (tests/conftest.py groups and orders them); `-- -n 0` runs the
+# tests in this process.
+PARALLEL = (
+    "--numprocesses", "auto", "--maxprocesses", "4",
+    "--dist", "loadgroup", "--no-loadscope-reorder",
+)  # fmt: skip
 
 
 def run_tests(session: nox.Session, *marker: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -45,19 +46,34 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's `--dist loadgroup`: one group a test file, so a file's
-    module fixtures (a Terraform apply, a server) are made on one worker once; and every
-    test of the session's image (the `built` fixture) in one group, so it is built once.
+    """Groups for pytest-xdist's `--dist loadgroup`, heaviest first.
 
-    Runs before xdist's own hook, which reads the groups; without `-n` nothing reads them.
+    One group a test file, so a file's module fixtures (a Terraform apply, a server) are
+    made on one worker once; every test of the session's image (the `built` fixture) in
+    one group, so it is built once. Workers take the groups in this order (nox passes
+    `--no-loadscope-reorder`): first those whose tests need a longer `timeout` than the
+    suite's (the Terraform applies, the image as Fargate runs it), then those with the
+    most `slow` tests, so the longest start at once instead of ending the run alone.
+    Runs before xdist's own hook, which reads the groups; without `-n` only the order holds.
     """
+    slow: collections.Counter[str] = collections.Counter()
+    timeout: collections.Counter[str] = collections.Counter()
     for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        group = (
-            "image" if "built" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-        )
-        item.add_marker(pytest.mark.xdist_group(group))
+        mark = item.get_closest_marker("xdist_group")
+        if mark is None:
+            image = "built" in getattr(item, "fixturenames", ())
+            mark = pytest.mark.xdist_group("image" if image else item.nodeid.split("::")[0])
+            item.add_marker(mark)
+        group = mark.args[0]
+        slow[group] += item.get_closest_marker("slow") is not None
+        bound = item.get_closest_marker("timeout")
+        timeout[group] = max(timeout[group], bound.args[0] if bound and bound.args else 0)
+
+    def heaviest_first(item: pytest.Item) -> tuple[int, int]:
+        group = item.get_closest_marker("xdist_group").args[0]
+        return -timeout[group], -slow[group]
+
+    items.sort(key=heaviest_first)
 
 
 def _reference_artifacts() -> dict[str, Artifact]:

@@ -25,6 +25,10 @@ PUSH_TIMEOUT_SECONDS = 20 * 60
 # Registries on the loopback interface are the test registry: plain HTTP.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# A registry's "not there" answers, as docker and podman print them: the OCI Distribution
+# Spec's MANIFEST_UNKNOWN and NAME_UNKNOWN error codes ("Error codes"); ECR and
+# docker-registry answer a missing tag or repository with them.
+_ABSENT = ("manifest unknown", "name unknown")
 # ECR's answers for "no image has this tag" in batch_get_image failures.
 _NOT_FOUND_CODES = ("ImageNotFound", "ImageTagDoesNotExist")
 
@@ -236,12 +240,30 @@ def _repo_digest(cli: ContainerCli, image: str, repository: str) -> str:
 
 
 def pull(cli: ContainerCli, registry: str, reference: str) -> bool:
-    """`<cli> pull <reference>`: True when the registry holds it and it is now local."""
-    result = subprocess.run(
-        [cli.path, "pull", *tls_flags(cli, registry), reference],
-        capture_output=True,
-        text=True,
-        timeout=PUSH_TIMEOUT_SECONDS,
-        check=False,
+    """`<cli> pull <reference>`: True when the registry holds it and it is now local,
+    False when the registry answers that the tag or the repository is not there.
+
+    Raises ImageError naming the CLI's error for any other failure (an expired login,
+    an unreachable registry, a full disk): that is not an answer about the tag.
+    """
+    what = f"{cli.name} pull {reference}"
+    try:
+        result = subprocess.run(
+            [cli.path, "pull", *tls_flags(cli, registry), reference],
+            capture_output=True,
+            text=True,
+            timeout=PUSH_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ImageError(f"{what} took longer than {PUSH_TIMEOUT_SECONDS}s") from None
+    if result.returncode == 0:
+        return True
+    detail = (result.stderr or result.stdout).strip()
+    if any(answer in detail.lower() for answer in _ABSENT):
+        return False
+    last = detail.splitlines()[-1] if detail else f"exit {result.returncode}"
+    raise ImageError(
+        f"{what} failed: {last}; check that {registry} answers and that the login is current, "
+        "then run the deploy again"
     )
-    return result.returncode == 0

@@ -22,6 +22,7 @@ from bench.processes import free_port
 from pipeline import REPO
 from pipeline.reference import Artifact, fetch_artifact, fixtures_dir, load_reference
 from service.artifacts import default_cache_dir
+from tests.pipeline.containers import PODMAN_GROUP
 
 __all__ = ["REPO", "free_port", "wait_for_http"]
 
@@ -50,10 +51,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     One group a test file, so a file's module fixtures (a Terraform apply, a server) are
     made on one worker once; every test of the session's image (the `built` fixture) in
-    one group, so it is built once. Workers take the groups in this order (nox passes
-    `--no-loadscope-reorder`): first those whose tests need a longer `timeout` than the
-    suite's (the Terraform applies, the image as Fargate runs it), then those with the
-    most `slow` tests, so the longest start at once instead of ending the run alone.
+    the group `podman` (PODMAN_GROUP), so it is built once, with the other tests that
+    build, tag, pull or remove images in podman's one store on the machine. Workers take
+    the groups in this order (nox passes `--no-loadscope-reorder`): first those whose
+    tests need a longer `timeout` than the suite's (podman's, the Terraform applies), then
+    those with the most `slow` tests, so the longest start at once instead of ending the
+    run alone.
     Runs before xdist's own hook, which reads the groups; without `-n` only the order holds.
     """
     slow: collections.Counter[str] = collections.Counter()
@@ -61,8 +64,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         mark = item.get_closest_marker("xdist_group")
         if mark is None:
-            image = "built" in getattr(item, "fixturenames", ())
-            mark = pytest.mark.xdist_group("image" if image else item.nodeid.split("::")[0])
+            if "built" in getattr(item, "fixturenames", ()):
+                mark = PODMAN_GROUP
+            else:
+                mark = pytest.mark.xdist_group(item.nodeid.split("::")[0])
             item.add_marker(mark)
         group = mark.args[0]
         slow[group] += item.get_closest_marker("slow") is not None

@@ -347,7 +347,9 @@ class CaptureRecorder:
             self._open_rows += piece.rows - sum(part.records for part in filled)
             if filled:
                 await self._store_parts(filled)
-                self._update_gauges()
+            # A slice at a time, not a record at a time: the queue gauge trails the records
+            # by at most a slice (and record() stays free of metric writes).
+            self._update_gauges()
 
     async def _encode(self, piece: Slice) -> list[Part]:
         """One slice into the open parts, on the event loop; the parts it filled.

@@ -24,7 +24,7 @@ from pipeline import image
 from pipeline import registry as registries
 from pipeline.datasets import read_idx_images, read_idx_labels
 from tests.conftest import REPO, free_port, wait_for_http
-from tests.pipeline.containers import TEST_REPO, Built, podman, require
+from tests.pipeline.containers import PODMAN_GROUP, TEST_REPO, Built, podman, require
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -354,6 +354,57 @@ def test_push_logs_in_pushes_and_keeps_tags_immutable(
     with pytest.raises(image.ImageError, match="Tags are immutable"):
         registries.push(built.ref, f"{registry}/onnx-ship-other", built.sha, ecr=ecr, cli=built.cli)
     assert registry_manifest(registry, "onnx-ship-other", built.sha) is None
+
+
+def docker_pull_failing_with(directory: Path, message: str) -> image.ContainerCli:
+    """A `docker` whose pull prints `message` on stderr and exits 1, as docker does."""
+    script = directory / "docker"
+    script.write_text(f"#!/bin/sh\necho '{message}' >&2\nexit 1\n")
+    script.chmod(0o755)
+    return image.ContainerCli("docker", str(script))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # docker pull from ECR: a tag the repository does not hold, a repository that is not there
+        "Error response from daemon: manifest for 123456789012.dkr.ecr.us-east-1.amazonaws.com/"
+        "onnx-ship-dev:verified-x not found: manifest unknown: Requested image not found",
+        "Error response from daemon: repository 123456789012.dkr.ecr.us-east-1.amazonaws.com/"
+        "onnx-ship-dev not found: name unknown: The repository with name 'onnx-ship-dev' does "
+        "not exist in the registry with id '123456789012'",
+    ],
+    ids=["tag", "repository"],
+)
+def test_pull_reads_a_registrys_not_there_as_no(tmp_path: Path, message: str) -> None:
+    cli = docker_pull_failing_with(tmp_path, message)
+    assert registries.pull(cli, "123456789012.dkr.ecr.us-east-1.amazonaws.com", "r:t") is False
+
+
+def test_pull_raises_on_a_failure_that_is_not_an_answer_about_the_tag(tmp_path: Path) -> None:
+    """An expired login is not "this tag is not there": a deploy must not read it as
+    "dev never verified this" (docker's message when the ECR token has expired)."""
+    cli = docker_pull_failing_with(
+        tmp_path,
+        "Error response from daemon: pull access denied for 123456789012.dkr.ecr.us-east-1."
+        "amazonaws.com/onnx-ship-dev, repository does not exist or may require docker login: "
+        "denied: Your authorization token has expired. Reauthenticate and try again.",
+    )
+    with pytest.raises(image.ImageError, match=r"docker pull r:t failed: .*token has expired"):
+        registries.pull(cli, "123456789012.dkr.ecr.us-east-1.amazonaws.com", "r:t")
+
+
+@pytest.mark.integration
+@PODMAN_GROUP
+def test_pull_tells_a_missing_tag_from_a_registry_that_does_not_answer(registry: str) -> None:
+    """With podman and docker-registry for real: a tag the registry does not hold is a no;
+    a registry that does not answer is an error naming it."""
+    require(shutil.which("podman") is not None, "podman is not installed")
+    cli = image.ContainerCli("podman", shutil.which("podman") or "podman")
+    assert registries.pull(cli, registry, f"{registry}/onnx-ship:verified-none") is False
+    closed = f"127.0.0.1:{free_port()}"
+    with pytest.raises(image.ImageError, match=rf"podman pull {closed}/onnx-ship:x failed: .*"):
+        registries.pull(cli, closed, f"{closed}/onnx-ship:x")
 
 
 def test_ecr_token_is_base64_of_user_and_password() -> None:

@@ -163,18 +163,20 @@ def test_a_slices_worth_of_records_is_encoded_as_it_comes_and_stored_at_the_flus
 
 def test_the_queue_gauge_counts_the_records_in_the_open_part(tmp_path):
     """78 records one at a time, parts of 40: the first 40 close a part; of the other 38, a
-    slice of 32 waits encoded in the open part and 6 in the queue; the gauge counts all
-    38 as waiting in memory."""
-    recorder = CaptureRecorder(
-        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_records=40)
-    )
+    slice of 32 waits encoded in the open part and 6 in the queue; once the first part is
+    stored, the gauge counts all 38 as waiting in memory. (The sink holds the first part
+    until all 78 are in: the gauge is set as parts move, not on every record.)"""
+    sink = FlakySink(tmp_path / "out")
+    sink.release.clear()
+    recorder = CaptureRecorder(sink, config(tmp_path, flush_seconds=60, max_part_records=40))
 
     async def scenario():
         await recorder.start()
         for i in range(78):  # one request at a time, the event loop turning between
             record_predict(recorder, f"r{i}")
             await asyncio.sleep(0)
-        for _ in range(400):
+        sink.release.set()
+        for _ in range(2000):  # bounded: 10 s
             if value(recorder.metrics.written) == 40:
                 break
             await asyncio.sleep(0.005)
@@ -184,6 +186,30 @@ def test_the_queue_gauge_counts_the_records_in_the_open_part(tmp_path):
 
     assert asyncio.run(scenario()) == (38 - ENCODE_SLICE_ROWS, ENCODE_SLICE_ROWS, 38)
     assert len(read_dir(tmp_path / "out")) == 78
+
+
+def test_the_queue_gauge_follows_each_encoded_slice_before_any_part_is_full(tmp_path):
+    """A slice's worth of records one at a time, parts of 1,000: the slice is encoded
+    into the open part, no part fills, and the gauge already counts the slice."""
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_records=1000)
+    )
+
+    async def scenario():
+        await recorder.start()
+        for i in range(ENCODE_SLICE_ROWS):
+            record_predict(recorder, f"r{i}")
+            await asyncio.sleep(0)
+        for _ in range(2000):  # bounded: 10 s
+            if recorder._open_rows == ENCODE_SLICE_ROWS:
+                break
+            await asyncio.sleep(0.005)
+        waiting = (recorder._open_rows, value(recorder.metrics.queued))
+        await recorder.close()
+        return waiting
+
+    assert asyncio.run(scenario()) == (ENCODE_SLICE_ROWS, ENCODE_SLICE_ROWS)
+    assert len(read_dir(tmp_path / "out")) == ENCODE_SLICE_ROWS
 
 
 def test_records_waiting_for_their_part_do_not_pile_up_as_python_objects(tmp_path):

@@ -33,12 +33,11 @@ def install(session: nox.Session, *groups: str) -> None:
 
 
 # pytest-xdist: a worker a core (at most four: each starts its own moto server and
-# services), each test file on one worker so its module fixtures are made once, the
-# heaviest files first (tests/conftest.py groups and orders them); `-- -n 0` runs the
-# tests in this process.
+# services), a test file at a time, podman's files together, the heaviest first
+# (tests/workers.py); `-- -n 0` runs the tests in this process.
 PARALLEL = (
     "--numprocesses", "auto", "--maxprocesses", "4",
-    "--dist", "loadgroup", "--no-loadscope-reorder",
+    "--dist", "loadfile", "--no-loadscope-reorder",
 )  # fmt: skip
 
 

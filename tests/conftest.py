@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from bench.processes import free_port
 from pipeline import REPO
 from pipeline.reference import Artifact, fetch_artifact, fixtures_dir, load_reference
 from service.artifacts import default_cache_dir
-from tests.pipeline.containers import PODMAN_GROUP
+from tests import workers
 
 __all__ = ["REPO", "free_port", "wait_for_http"]
 
@@ -45,40 +44,15 @@ def pytest_configure(config: pytest.Config) -> None:
             config.add_cleanup(lambda: shutil.rmtree(mirror, ignore_errors=True))
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """pytest-xdist's workers take a test file at a time, podman's files together
+    (tests/workers.py)."""
+    return workers.make_scheduler(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's `--dist loadgroup`, heaviest first.
-
-    One group a test file, so a file's module fixtures (a Terraform apply, a server) are
-    made on one worker once; every test of the session's image (the `built` fixture) in
-    the group `podman` (PODMAN_GROUP), so it is built once, with the other tests that
-    build, tag, pull or remove images in podman's one store on the machine. Workers take
-    the groups in this order (nox passes `--no-loadscope-reorder`): first those whose
-    tests need a longer `timeout` than the suite's (podman's, the Terraform applies), then
-    those with the most `slow` tests, so the longest start at once instead of ending the
-    run alone.
-    Runs before xdist's own hook, which reads the groups; without `-n` only the order holds.
-    """
-    slow: collections.Counter[str] = collections.Counter()
-    timeout: collections.Counter[str] = collections.Counter()
-    for item in items:
-        mark = item.get_closest_marker("xdist_group")
-        if mark is None:
-            if "built" in getattr(item, "fixturenames", ()):
-                mark = PODMAN_GROUP
-            else:
-                mark = pytest.mark.xdist_group(item.nodeid.split("::")[0])
-            item.add_marker(mark)
-        group = mark.args[0]
-        slow[group] += item.get_closest_marker("slow") is not None
-        bound = item.get_closest_marker("timeout")
-        timeout[group] = max(timeout[group], bound.args[0] if bound and bound.args else 0)
-
-    def heaviest_first(item: pytest.Item) -> tuple[int, int]:
-        group = item.get_closest_marker("xdist_group").args[0]
-        return -timeout[group], -slow[group]
-
-    items.sort(key=heaviest_first)
+    workers.heaviest_first(items)
 
 
 def _reference_artifacts() -> dict[str, Artifact]:

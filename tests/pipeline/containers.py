@@ -23,10 +23,6 @@ BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/python-base:3.11")
 # must not remove each other's image (the tag is the commit).
 TEST_REPO = f"localhost/onnx-ship-test-{uuid.uuid4().hex[:8]}"
 SETUP_HINT = "run .ci/setup.sh (podman, the local base image, docker-registry)"
-# The tests that build, run, tag, pull or remove images in podman's one store on the
-# machine run on one pytest-xdist worker, one at a time (tests/conftest.py adds the tests
-# of the session's image; the others carry the mark).
-PODMAN_GROUP = pytest.mark.xdist_group("podman")
 
 
 def require(condition: bool, problem: str) -> None:

@@ -24,7 +24,7 @@ from pipeline import image
 from pipeline import registry as registries
 from pipeline.datasets import read_idx_images, read_idx_labels
 from tests.conftest import REPO, free_port, wait_for_http
-from tests.pipeline.containers import PODMAN_GROUP, TEST_REPO, Built, podman, require
+from tests.pipeline.containers import TEST_REPO, Built, podman, require
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -395,7 +395,6 @@ def test_pull_raises_on_a_failure_that_is_not_an_answer_about_the_tag(tmp_path: 
 
 
 @pytest.mark.integration
-@PODMAN_GROUP
 def test_pull_tells_a_missing_tag_from_a_registry_that_does_not_answer(registry: str) -> None:
     """With podman and docker-registry for real: a tag the registry does not hold is a no;
     a registry that does not answer is an error naming it."""

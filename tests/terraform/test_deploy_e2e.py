@@ -36,7 +36,7 @@ import pytest
 
 from pipeline import promotion, terraform
 from tests.conftest import REPO, free_port
-from tests.pipeline.containers import BASE_IMAGE, PODMAN_GROUP, podman, require_podman
+from tests.pipeline.containers import BASE_IMAGE, podman, require_podman
 from tests.service.conftest import MNIST8_SHA256
 from tests.terraform import iam
 from tests.terraform.conftest import (
@@ -48,12 +48,7 @@ from tests.terraform.conftest import (
 )
 from tests.terraform.ecs_stand_in import TaskStandIn
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.integration,
-    pytest.mark.timeout(900),
-    PODMAN_GROUP,
-]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
 REGISTRY = f"127.0.0.1:{os.environ.get('REGISTRY_PORT', '5000')}"
 ENVS = terraform.ENVIRONMENTS

@@ -26,6 +26,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from typing import Any
 import boto3
 import pytest
 
-from pipeline import promotion, terraform
+from pipeline import image, promotion, terraform
 from tests.conftest import REPO, free_port
 from tests.pipeline.containers import BASE_IMAGE, podman, require_podman
 from tests.service.conftest import MNIST8_SHA256
@@ -51,6 +53,7 @@ from tests.terraform.ecs_stand_in import TaskStandIn
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
 REGISTRY = f"127.0.0.1:{os.environ.get('REGISTRY_PORT', '5000')}"
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 ENVS = terraform.ENVIRONMENTS
 
 
@@ -96,9 +99,45 @@ def as_moto_authorises(role: str, client: Any) -> None:
         client.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(document))
 
 
+def delete_from_registry(repository: str, tag: str) -> None:
+    """Delete `repository:tag`'s manifest from the loopback registry (and so every tag of
+    that image), if it holds it: the registry's API, `DELETE /v2/<name>/manifests/<digest>`."""
+    url = f"http://{REGISTRY}/v2/{repository}/manifests"
+    request = urllib.request.Request(f"{url}/{tag}", method="HEAD", headers={"Accept": MANIFEST_V2})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            digest = answer.headers["Docker-Content-Digest"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return
+        raise
+    urllib.request.urlopen(urllib.request.Request(f"{url}/{digest}", method="DELETE"), timeout=10)
+
+
 @pytest.fixture(scope="module")
-def deployment(moto_server, terraform_bin, tmp_path_factory) -> Iterator[Deployment]:
+def fresh_images() -> Iterator[None]:
+    """No image of an earlier run of this commit: the shared registry loses this tree's
+    verified tags first, so prod can only promote what this run's dev verified; and the
+    deploys' images of this commit (a venv layer of their own) leave podman's store after."""
     require_podman()
+    sha = image.git_sha()
+    verified = promotion.verified_tag(promotion.git_tree(sha, REPO), MNIST8_SHA256)
+    for env in ENVS:
+        delete_from_registry(f"onnx-ship-{env}", verified)
+    yield
+    repositories = {"localhost/onnx-ship", *(f"{REGISTRY}/onnx-ship-{env}" for env in ENVS)}
+    listed = podman("images", "--format", "{{.Repository}} {{.Tag}}").stdout.splitlines()
+    ours = [
+        f"{repository}:{tag}"
+        for repository, tag in (line.split(" ", 1) for line in listed)
+        if repository in repositories and tag in (sha, verified)
+    ]
+    if ours:
+        podman("rmi", "--force", *ours, check=False)
+
+
+@pytest.fixture(scope="module")
+def deployment(moto_server, terraform_bin, tmp_path_factory, fresh_images) -> Iterator[Deployment]:
     moto_server.reset()
     work = copy_terraform(tmp_path_factory.mktemp("e2e") / "terraform")
     var_file = work / "moto.tfvars"

@@ -9,7 +9,7 @@ first (nox passes `--no-loadscope-reorder`, so they are taken in the order of th
 The units come from the test's file alone, through xdist's scheduler hook, not from
 `xdist_group` marks: `--dist loadgroup` carries a mark by appending it to the test's node
 id, which pytest 9.2 no longer reads, and the tests are then spread one by one without a
-word (pytest-xdist issue 1386).
+word (a fault known to pytest-xdist's maintainers, not fixed in 3.8).
 """
 
 from __future__ import annotations

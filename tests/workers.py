@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-# tests/test_structure.py checks that these are the files that import the podman helpers
+# tests/test_workers.py checks that these are the files that import the podman helpers
 # (tests/pipeline/containers.py) or take the session's image (the `built` fixture).
 PODMAN_FILES = frozenset(
     {
@@ -64,4 +64,9 @@ def heaviest_first(items: list[pytest.Item]) -> None:
         slow[unit] += item.get_closest_marker("slow") is not None
         bound = item.get_closest_marker("timeout")
         timeout[unit] = max(timeout[unit], bound.args[0] if bound and bound.args else 0)
-    items.sort(key=lambda item: (-timeout[work_unit(item.nodeid)], -slow[work_unit(item.nodeid)]))
+
+    def weight(item: pytest.Item) -> tuple[int, int]:
+        unit = work_unit(item.nodeid)
+        return -timeout[unit], -slow[unit]
+
+    items.sort(key=weight)

@@ -118,22 +118,31 @@ def delete_from_registry(repository: str, tag: str) -> None:
 def fresh_images() -> Iterator[None]:
     """No image of an earlier run of this commit: the shared registry loses this tree's
     verified tags first, so prod can only promote what this run's dev verified; and the
-    deploys' images of this commit (a venv layer of their own) leave podman's store after."""
+    images the deploys made of this commit (a venv layer of their own) and the build's
+    untagged stages leave podman's store after, by ID (a tag alone would leave the image,
+    still named by its registry digests)."""
     require_podman()
     sha = image.git_sha()
     verified = promotion.verified_tag(promotion.git_tree(sha, REPO), MNIST8_SHA256)
     for env in ENVS:
         delete_from_registry(f"onnx-ship-{env}", verified)
+    dangling = image_ids("--filter", "dangling=true")
     yield
     repositories = {"localhost/onnx-ship", *(f"{REGISTRY}/onnx-ship-{env}" for env in ENVS)}
-    listed = podman("images", "--format", "{{.Repository}} {{.Tag}}").stdout.splitlines()
-    ours = [
-        f"{repository}:{tag}"
-        for repository, tag in (line.split(" ", 1) for line in listed)
+    listed = podman("images", "--no-trunc", "--format", "{{.ID}} {{.Repository}} {{.Tag}}")
+    ours = {
+        image_id
+        for image_id, repository, tag in (line.split(" ") for line in listed.stdout.splitlines())
         if repository in repositories and tag in (sha, verified)
-    ]
+    }
+    # The build's first stage is left untagged (podman keeps it as a cache).
+    ours |= image_ids("--filter", "dangling=true") - dangling
     if ours:
         podman("rmi", "--force", *ours, check=False)
+
+
+def image_ids(*filters: str) -> set[str]:
+    return set(podman("images", "--quiet", "--no-trunc", *filters).stdout.split())
 
 
 @pytest.fixture(scope="module")

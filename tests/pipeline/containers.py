@@ -10,6 +10,8 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/python-base:3.11")
 # must not remove each other's image (the tag is the commit).
 TEST_REPO = f"localhost/onnx-ship-test-{uuid.uuid4().hex[:8]}"
 SETUP_HINT = "run .ci/setup.sh (podman, the local base image, docker-registry)"
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 def require(condition: bool, problem: str) -> None:
@@ -48,6 +51,27 @@ def require_podman() -> None:
     )
 
 
+def podman_cli() -> image.ContainerCli:
+    """This machine's podman, as the pipeline's image code takes a container CLI."""
+    require(shutil.which("podman") is not None, "podman is not installed")
+    return image.ContainerCli("podman", shutil.which("podman") or "podman")
+
+
+def registry_manifest(registry: str, repository: str, tag: str) -> tuple[str, bytes] | None:
+    """`repository:tag`'s digest and Docker v2 manifest in the loopback `registry`, or None
+    when the registry does not hold it (its API's 404)."""
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{repository}/manifests/{tag}", headers={"Accept": MANIFEST_V2}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.headers["Docker-Content-Digest"], answer.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
 @dataclass(frozen=True)
 class Built:
     ref: str
@@ -59,7 +83,7 @@ class Built:
 def build_test_image() -> Built:
     """This checkout's image, built with podman on BASE_IMAGE as `nox -s build` builds it."""
     require_podman()
-    cli = image.ContainerCli("podman", shutil.which("podman") or "podman")
+    cli = podman_cli()
     sha = image.git_sha()
     model_sha256 = load_reference().model.sha256
     assert model_sha256 is not None

@@ -24,10 +24,15 @@ from pipeline import image
 from pipeline import registry as registries
 from pipeline.datasets import read_idx_images, read_idx_labels
 from tests.conftest import REPO, free_port, wait_for_http
-from tests.pipeline.containers import TEST_REPO, Built, podman, require
-
-MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-
+from tests.pipeline.containers import (
+    MANIFEST_V2,
+    TEST_REPO,
+    Built,
+    podman,
+    podman_cli,
+    registry_manifest,
+    require,
+)
 
 # -- fast: no containers -----------------------------------------------------------------
 
@@ -303,19 +308,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def registry_manifest(registry: str, repository: str, tag: str) -> tuple[str, bytes] | None:
-    request = urllib.request.Request(
-        f"http://{registry}/v2/{repository}/manifests/{tag}", headers={"Accept": MANIFEST_V2}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.headers["Docker-Content-Digest"], answer.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 def test_push_logs_in_pushes_and_keeps_tags_immutable(
@@ -398,8 +390,7 @@ def test_pull_raises_on_a_failure_that_is_not_an_answer_about_the_tag(tmp_path: 
 def test_pull_tells_a_missing_tag_from_a_registry_that_does_not_answer(registry: str) -> None:
     """With podman and docker-registry for real: a tag the registry does not hold is a no;
     a registry that does not answer is an error naming it."""
-    require(shutil.which("podman") is not None, "podman is not installed")
-    cli = image.ContainerCli("podman", shutil.which("podman") or "podman")
+    cli = podman_cli()
     assert registries.pull(cli, registry, f"{registry}/onnx-ship:verified-none") is False
     closed = f"127.0.0.1:{free_port()}"
     with pytest.raises(image.ImageError, match=rf"podman pull {closed}/onnx-ship:x failed: .*"):

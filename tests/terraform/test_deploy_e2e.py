@@ -26,7 +26,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import pytest
 
 from pipeline import image, promotion, terraform
 from tests.conftest import REPO, free_port
-from tests.pipeline.containers import BASE_IMAGE, podman, require_podman
+from tests.pipeline.containers import BASE_IMAGE, podman, registry_manifest, require_podman
 from tests.service.conftest import MNIST8_SHA256
 from tests.terraform import iam
 from tests.terraform.conftest import (
@@ -53,7 +52,6 @@ from tests.terraform.ecs_stand_in import TaskStandIn
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
 REGISTRY = f"127.0.0.1:{os.environ.get('REGISTRY_PORT', '5000')}"
-MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 ENVS = terraform.ENVIRONMENTS
 
 
@@ -102,16 +100,10 @@ def as_moto_authorises(role: str, client: Any) -> None:
 def delete_from_registry(repository: str, tag: str) -> None:
     """Delete `repository:tag`'s manifest from the loopback registry (and so every tag of
     that image), if it holds it: the registry's API, `DELETE /v2/<name>/manifests/<digest>`."""
-    url = f"http://{REGISTRY}/v2/{repository}/manifests"
-    request = urllib.request.Request(f"{url}/{tag}", method="HEAD", headers={"Accept": MANIFEST_V2})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            digest = answer.headers["Docker-Content-Digest"]
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return
-        raise
-    urllib.request.urlopen(urllib.request.Request(f"{url}/{digest}", method="DELETE"), timeout=10)
+    held = registry_manifest(REGISTRY, repository, tag)
+    if held is not None:
+        url = f"http://{REGISTRY}/v2/{repository}/manifests/{held[0]}"
+        urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10)
 
 
 @pytest.fixture(scope="module")

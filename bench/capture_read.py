@@ -2,8 +2,8 @@
 
 On the moto S3 server on loopback (`bench.moto`), one run measures:
 
-- `sequential GETs`: the reader the report had before: one GET at a time, each part
-  decoded into records, the statistics over the records (the baseline);
+- `sequential GETs (baseline)`: the simplest reader: one GET at a time, each part
+  decoded into records, the statistics over the records;
 - `report engine`: `pipeline.predictions.engine` (16 parallel GETs, DuckDB);
 - `compaction`: `pipeline.predictions.compact.compact_hour` of that hour, from listing to
   the parts' deletion;
@@ -84,10 +84,10 @@ class CaptureRead:
         """The sequential reader's seconds over the S3 server's CPU seconds during the
         engine's read of the same parts: the most any reader of them could gain over the
         sequential one, however little CPU the reader itself spends (None: not measured)."""
-        before, read = self.row(SEQUENTIAL), self.row(ENGINE)
-        if before is None or read is None or not read.server_cpu_seconds:
+        baseline, read = self.row(SEQUENTIAL), self.row(ENGINE)
+        if baseline is None or read is None or not read.server_cpu_seconds:
             return None
-        return before.seconds / read.server_cpu_seconds
+        return baseline.seconds / read.server_cpu_seconds
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -99,7 +99,7 @@ class CaptureRead:
         }
 
 
-SEQUENTIAL = "sequential GETs (before)"
+SEQUENTIAL = "sequential GETs (baseline)"
 ENGINE = "report engine"
 
 
@@ -146,7 +146,7 @@ def aws_environment(env: dict[str, str]):
 
 
 def sequential(store: parts.PartStore, since: datetime | None) -> int:
-    """The reader before compaction and the engine: one GET at a time, every record decoded."""
+    """The baseline reader: one GET at a time, every record decoded in Python."""
     keys = [
         key for hour in parts.list_hours(store, ENV, since) for key in parts.data_keys(store, hour)
     ]

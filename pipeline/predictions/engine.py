@@ -3,7 +3,8 @@
 Decoding records into Python dicts costs about 6 µs a record (orjson, measured on a
 merged task-hour of 360,000 records: 2.1 s); DuckDB's JSON reader computes every
 figure of the report over the same gzip object in 0.34 s, pyarrow's reader parses
-it in 1.0 s before any figure (`python bench/capture_engines.py`, README). So the
+it in 1.0 s before any figure (measured once, by a script not kept; the bench's
+capture-read rows measure this engine against the baseline reader). So the
 report downloads the objects the hour's manifests name (`store.data_keys`: each
 record once) in parallel into a temporary directory, or reads a local store's files
 in place, and asks DuckDB for `statistics.Aggregates`.

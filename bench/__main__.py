@@ -12,6 +12,14 @@ from bench.capture_read import CaptureReadError
 from bench.processes import ProcessError
 from bench.run import CONTENDERS, BenchError, Options, run
 from bench.wrk import WrkError
+from pipeline.datasets import DatasetError
+from pipeline.reference import InvalidReference
+from service.artifacts import ArtifactError
+
+# The model reference or its files cannot be used (a download that fails offline, a
+# FIXTURES_DIR that lacks a file): the message names the fix; exit status 2, as the
+# pipeline's commands give for the same faults.
+REFERENCE_FAULTS = (ArtifactError, DatasetError, InvalidReference)
 
 DEFAULT_OUTPUT = Path("build/bench/results.json")
 
@@ -32,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="1 s per level (about 3 minutes in all: the capture-read rows keep their size)",
+        help="1 s per level (about 4 minutes in all: the capture-read rows keep their size)",
     )
     p.add_argument("--seconds", type=int, help="seconds per concurrency level (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per row (default 1)")
@@ -83,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         results = run(options, args.workdir)
+    except REFERENCE_FAULTS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (BenchError, CaptureReadError, ProcessError, WrkError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

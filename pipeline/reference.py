@@ -227,7 +227,8 @@ def fetch_verified(artifact: Artifact, cache_dir: Path | None = None) -> tuple[P
 
     FIXTURES_DIR stands in for the network: it serves remote URLs only, so a
     local path (a candidate model, say) is always read as named. A file the mirror lacks
-    is downloaded; when that fails, the ArtifactError also says the mirror lacks it.
+    is downloaded; when a download fails, the ArtifactError also says how a local copy
+    would serve: the mirror lacks the file, or no mirror is set.
     """
     mirror = fixtures_dir()
     source = artifact.url
@@ -239,8 +240,13 @@ def fetch_verified(artifact: Artifact, cache_dir: Path | None = None) -> tuple[P
     except ChecksumMismatch:
         raise
     except ArtifactError as exc:
-        if not remote or mirror is None or source != artifact.url:
+        if not remote or source != artifact.url:
             raise
+        if mirror is None:
+            raise ArtifactError(
+                f"{exc} (without the network, set FIXTURES_DIR to a directory holding "
+                f"{artifact.filename})"
+            ) from None
         raise ArtifactError(
             f"{exc} (FIXTURES_DIR={mirror} has no {artifact.filename}; put it there, or "
             "point FIXTURES_DIR at the directory that holds it)"

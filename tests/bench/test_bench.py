@@ -601,6 +601,24 @@ def test_a_count_below_its_least_is_refused_by_name(
     assert capsys.readouterr().err == f"error: {flag} is {value}; it must be at least {least}\n"
 
 
+def test_a_model_that_cannot_be_fetched_is_one_line_naming_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Offline without FIXTURES_DIR the bench stops before any server, with the download's
+    failure and the fix on one line and exit status 2, not a traceback."""
+    import bench.__main__ as entry
+
+    monkeypatch.delenv("FIXTURES_DIR", raising=False)
+    monkeypatch.setenv("MODEL_URL", "http://127.0.0.1:9/mnist-8.onnx")
+    monkeypatch.setenv("MODEL_SHA256", "0" * 64)
+    monkeypatch.setattr(entry, "run", lambda options, workdir: load_workload(1, tmp_path))
+    assert entry.main(["--only", "compute"]) == 2
+    line = capsys.readouterr().err
+    assert line.startswith("error: http://127.0.0.1:9/mnist-8.onnx: download failed: ")
+    assert line.endswith("set FIXTURES_DIR to a directory holding mnist-8.onnx)\n")
+    assert line.count("\n") == 1
+
+
 def test_memory_is_read_once_the_server_has_gone_quiet():
     """`wait_quiet` returns only after the process stopped using CPU: a process that works
     for 0.6 s of CPU and then sleeps has done all its work when it returns."""

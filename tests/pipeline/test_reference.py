@@ -211,6 +211,24 @@ def test_a_failed_download_says_the_fixtures_dir_lacks_the_file(
     assert f"FIXTURES_DIR={empty} has no mnist-8.onnx" in message
 
 
+def test_a_failed_download_without_a_mirror_names_fixtures_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline without FIXTURES_DIR, the error says how a local copy would serve."""
+    monkeypatch.delenv("FIXTURES_DIR", raising=False)
+    reference = apply_overrides(
+        load_reference(),
+        {"MODEL_URL": "http://127.0.0.1:9/mnist-8.onnx", "MODEL_SHA256": MNIST8_SHA},
+    )
+    with pytest.raises(ArtifactError) as caught:
+        fetch_verified(reference.model, cache_dir=tmp_path / "cache")
+    message = str(caught.value)
+    assert message.startswith("http://127.0.0.1:9/mnist-8.onnx: download failed: ")
+    assert message.endswith(
+        "(without the network, set FIXTURES_DIR to a directory holding mnist-8.onnx)"
+    )
+
+
 def test_fetch_stops_on_a_sha_mismatch_naming_both_hashes(
     mnist8_path: Path, tmp_path: Path
 ) -> None:

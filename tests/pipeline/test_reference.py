@@ -192,30 +192,20 @@ def test_a_fixtures_dir_that_is_not_there_is_named_not_bypassed(
     assert "\n" not in line
 
 
-def test_a_failed_download_says_the_fixtures_dir_lacks_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("mirror", ["empty", None])
+def test_a_failed_download_names_how_a_local_copy_would_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mirror: str | None
 ) -> None:
     """A mirror that exists but lacks a file sends that file to its URL; when the download
-    fails, the error names the mirror and the file as well as the URL."""
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    monkeypatch.setenv("FIXTURES_DIR", str(empty))
-    reference = apply_overrides(
-        load_reference(),
-        {"MODEL_URL": "http://127.0.0.1:9/mnist-8.onnx", "MODEL_SHA256": MNIST8_SHA},
-    )
-    with pytest.raises(ArtifactError) as caught:
-        fetch_verified(reference.model, cache_dir=tmp_path / "cache")
-    message = str(caught.value)
-    assert "http://127.0.0.1:9/mnist-8.onnx" in message
-    assert f"FIXTURES_DIR={empty} has no mnist-8.onnx" in message
-
-
-def test_a_failed_download_without_a_mirror_names_fixtures_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Offline without FIXTURES_DIR, the error says how a local copy would serve."""
-    monkeypatch.delenv("FIXTURES_DIR", raising=False)
+    fails, the error names the URL and the mirror that lacks the file, or, with no mirror
+    (offline without FIXTURES_DIR), how a local copy would serve."""
+    if mirror is None:
+        monkeypatch.delenv("FIXTURES_DIR", raising=False)
+        fix = "(without the network, set FIXTURES_DIR to a directory holding mnist-8.onnx)"
+    else:
+        (tmp_path / mirror).mkdir()
+        monkeypatch.setenv("FIXTURES_DIR", str(tmp_path / mirror))
+        fix = f"(FIXTURES_DIR={tmp_path / mirror} has no mnist-8.onnx; put it there, or "
     reference = apply_overrides(
         load_reference(),
         {"MODEL_URL": "http://127.0.0.1:9/mnist-8.onnx", "MODEL_SHA256": MNIST8_SHA},
@@ -224,9 +214,7 @@ def test_a_failed_download_without_a_mirror_names_fixtures_dir(
         fetch_verified(reference.model, cache_dir=tmp_path / "cache")
     message = str(caught.value)
     assert message.startswith("http://127.0.0.1:9/mnist-8.onnx: download failed: ")
-    assert message.endswith(
-        "(without the network, set FIXTURES_DIR to a directory holding mnist-8.onnx)"
-    )
+    assert fix in message
 
 
 def test_fetch_stops_on_a_sha_mismatch_naming_both_hashes(

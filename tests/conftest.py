@@ -32,16 +32,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # botocore looks for credentials on the EC2 metadata address (169.254.169.254) when the
     # environment has none; the tests never run on EC2 and reach 127.0.0.1 only.
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    # Tests change directory; a relative FIXTURES_DIR (as the README gives it) must not move.
-    if os.environ.get("FIXTURES_DIR"):
-        os.environ["FIXTURES_DIR"] = str(Path(os.environ["FIXTURES_DIR"]).resolve())
-    else:
-        # What `nox -s download` cached stands in for FIXTURES_DIR, for this process and
-        # every process a test starts: no test downloads anything.
-        mirror = _mirror_of_the_download_cache()
-        if mirror is not None:
-            os.environ["FIXTURES_DIR"] = str(mirror)
-            config.add_cleanup(lambda: shutil.rmtree(mirror, ignore_errors=True))
+    # The tests see the reference's files only, as on a GitHub runner, where `nox -s
+    # download` caches exactly the files model.toml pins and nothing else is there: a
+    # directory of links to them, taken from FIXTURES_DIR when it is set (CI's
+    # ../shared/fixtures holds more), else from the download cache. It stands in for
+    # FIXTURES_DIR in this process and every process a test starts: no test downloads.
+    given = os.environ.get("FIXTURES_DIR")
+    mirror = _mirror_of_the_reference(Path(given).resolve() if given else None)
+    if mirror is not None:
+        os.environ["FIXTURES_DIR"] = str(mirror)
+        config.add_cleanup(lambda: shutil.rmtree(mirror, ignore_errors=True))
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
@@ -64,16 +64,23 @@ def _reference_artifacts() -> dict[str, Artifact]:
     }
 
 
-def _mirror_of_the_download_cache() -> Path | None:
-    """A directory of links to the reference's files in the download cache, if all are there."""
-    cached = {
-        artifact.filename: default_cache_dir() / str(artifact.sha256) / artifact.filename
-        for artifact in _reference_artifacts().values()
-    }
-    if not all(path.is_file() for path in cached.values()):
+def _mirror_of_the_reference(source: Path | None) -> Path | None:
+    """A directory of links to the reference's files found in `source` (a FIXTURES_DIR),
+    or in the download cache when `source` is None; None when none of them is there (the
+    fixture `reference_files` then names what is missing)."""
+    found = {}
+    for artifact in _reference_artifacts().values():
+        path = (
+            source / artifact.filename
+            if source is not None
+            else default_cache_dir() / str(artifact.sha256) / artifact.filename
+        )
+        if path.is_file():
+            found[artifact.filename] = path
+    if not found:
         return None
     mirror = Path(tempfile.mkdtemp(prefix="onnx-ship-fixtures-"))
-    for name, path in cached.items():
+    for name, path in found.items():
         (mirror / name).symlink_to(path)
     return mirror
 
@@ -96,8 +103,9 @@ def reference_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     """The committed reference's model and MNIST test set, verified by sha256.
 
     Taken from FIXTURES_DIR (CI points it at ../shared/fixtures), else from what
-    `nox -s download` cached; never downloaded here. A missing file fails the tests
-    that need it, naming the file and how to get it.
+    `nox -s download` cached, through the directory of links `pytest_configure` makes;
+    never downloaded here. A missing file fails the tests that need it, naming the file
+    and how to get it.
     """
     mirror = fixtures_dir()
     artifacts = _reference_artifacts()
@@ -107,9 +115,9 @@ def reference_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
         if mirror is None or not (mirror / artifact.filename).is_file()
     ]
     if missing:
-        where = f"FIXTURES_DIR={mirror}" if mirror else "the download cache"
         pytest.fail(
-            f"{', '.join(missing)} not in {where}: run `nox -s download` (it fetches and "
+            f"{', '.join(missing)} not in FIXTURES_DIR or the download cache: run "
+            "`nox -s download` (it fetches and "
             "caches the files model.toml pins), or set FIXTURES_DIR to a directory holding "
             "them; the tests never download",
             pytrace=False,

@@ -8,6 +8,7 @@ import boto3
 import pytest
 
 from pipeline import records
+from pipeline.batchable import make_copy
 from pipeline.environment import MissingEnvironment
 from pipeline.release import (
     RELEASE_VARIABLES,
@@ -27,9 +28,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def mnist12_server(reference_files, tmp_path_factory):
-    """A service answering with another model: what a bad release would look like."""
-    model = reference_files["model"].parent / "mnist-12.onnx"
+def other_model_server(reference_files, tmp_path_factory):
+    """A service answering with another model file (mnist-8's batch-capable copy: other
+    bytes, another sha256): what a release that shipped the wrong model looks like."""
+    model = make_copy(reference_files["model"], tmp_path_factory.mktemp("m") / "other.onnx")
     server = start_server(
         {
             "MODEL_URL": str(model),
@@ -102,12 +104,12 @@ def test_release_registers_a_revision_points_the_service_and_records_it(aws, mni
 
 
 def test_failed_smoke_test_rolls_back_to_the_last_release_and_records_why(
-    aws, mnist8_server, mnist12_server, smoke
+    aws, mnist8_server, other_model_server, smoke
 ):
     env = make_environment(mnist8_server.url)
     good = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert good.succeeded, good.reason
-    serving_another_model = replace(env, endpoint_url=mnist12_server.url)
+    serving_another_model = replace(env, endpoint_url=other_model_server.url)
     outcome = release(
         serving_another_model,
         candidate("b" * 40),
@@ -127,10 +129,12 @@ def test_failed_smoke_test_rolls_back_to_the_last_release_and_records_why(
     assert [(r["outcome"], "sha256" in r["reason"]) for r in attempts] == [("rolled_back", True)]
 
 
-def test_a_failed_first_release_returns_to_the_revision_that_ran_before(aws, mnist12_server, smoke):
+def test_a_failed_first_release_returns_to_the_revision_that_ran_before(
+    aws, other_model_server, smoke
+):
     """Before its first release the service runs Terraform's revision (the placeholder):
     a failed first release puts it back there rather than leaving a broken revision."""
-    env = make_environment(mnist12_server.url)
+    env = make_environment(other_model_server.url)
     ecs = boto3.client("ecs")
     before = ecs.describe_services(cluster=CLUSTER, services=[SERVICE])["services"][0]
     outcome = release(env, candidate(), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
@@ -357,7 +361,7 @@ def test_a_successful_release_gives_the_scheduled_compaction_its_image_command_a
 
 
 def test_a_release_that_rolls_back_leaves_compaction_on_the_last_good_image(
-    aws, mnist8_server, mnist12_server, smoke
+    aws, mnist8_server, other_model_server, smoke
 ):
     """The failed release registered a service revision for its image; the compaction
     family gets none, so the schedule still runs the image that passed."""
@@ -365,7 +369,7 @@ def test_a_release_that_rolls_back_leaves_compaction_on_the_last_good_image(
     good = release(env, image_of("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert good.succeeded, good.reason
     bad = release(
-        replace(env, endpoint_url=mnist12_server.url),
+        replace(env, endpoint_url=other_model_server.url),
         image_of("b" * 40),
         smoke,
         ecs=fast_ecs(),
@@ -381,8 +385,8 @@ def test_a_release_that_rolls_back_leaves_compaction_on_the_last_good_image(
     assert runs["containerDefinitions"][0]["image"] == image_of("a" * 40).image
 
 
-def test_a_failed_first_release_registers_no_compaction_revision(aws, mnist12_server, smoke):
-    env = with_compaction(make_environment(mnist12_server.url))
+def test_a_failed_first_release_registers_no_compaction_revision(aws, other_model_server, smoke):
+    env = with_compaction(make_environment(other_model_server.url))
     outcome = release(env, image_of("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert not outcome.succeeded
     listed = boto3.client("ecs").list_task_definitions(familyPrefix=COMPACTION_FAMILY)

@@ -7,7 +7,11 @@ pull_request event, else `ref:<ref>`. A repository whose template is customised 
 `repo`, `context` and `job_workflow_ref` gets
 `repo:<owner>/<repo>:<context>:job_workflow_ref:<owner>/<repo>/<workflow path>@<ref>`.
 (GitHub docs, "OpenID Connect": "Example subject claims", "Customizing the subject
-claims for an organization or repository".) IAM exposes the claims as condition keys
+claims for an organization or repository".) A repository with immutable subject claims
+(on by default for every repository created, renamed or transferred since 2026-07-15) has
+its owner's and its own numeric IDs in the `repo` part, `repo:<owner>@<id>/<repo>@<id>`,
+even with a customised template; other claims keep the names (GitHub docs, "OpenID
+Connect", "Immutable subject claims"). IAM exposes the claims as condition keys
 `token.actions.githubusercontent.com:<claim>`; `sub` and `aud` are the ones every
 partition evaluates (IAM user guide, "Available keys for AWS OIDC federation").
 """
@@ -27,12 +31,22 @@ DEFAULT_TEMPLATE = ("repo", "context")
 class Job:
     """One workflow job asking for a token: where it runs and what it names."""
 
-    repository: str
+    repository: str  # <owner>/<name>
     ref: str  # refs/heads/<branch>, or refs/pull/<n>/merge for a pull request
     environment: str | None = None
     event: str = "push"
     workflow: str = WORKFLOW
     audience: str = "sts.amazonaws.com"
+    # (owner id, repository id) when the repository has immutable subject claims.
+    ids: tuple[int, int] | None = None
+
+    @property
+    def repo(self) -> str:
+        """The `repo` part of the subject."""
+        if self.ids is None:
+            return self.repository
+        owner, name = self.repository.split("/")
+        return f"{owner}@{self.ids[0]}/{name}@{self.ids[1]}"
 
     @property
     def context(self) -> str:
@@ -48,7 +62,7 @@ class Job:
 
     def subject(self, template: tuple[str, ...] = CUSTOM_TEMPLATE) -> str:
         values = {
-            "repo": self.repository,
+            "repo": self.repo,
             "context": self.context,
             "job_workflow_ref": self.job_workflow_ref,
         }

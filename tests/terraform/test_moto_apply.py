@@ -50,6 +50,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600
 
 ENVS = terraform.ENVIRONMENTS
 OWNER_REPO = "example-org/onnx-ship"  # github_repository in both terraform.tfvars
+# prod's, here: the same repository with immutable subject claims (its IDs in `sub`).
+IMMUTABLE_IDS = (123456, 456789)
+REPOSITORY_IDS = {"dev": None, "prod": IMMUTABLE_IDS}
 
 # Test-only backend settings layered over backend.hcl: the state bucket on moto.
 MOTO_BACKEND = """\
@@ -107,6 +110,11 @@ def applied(
     var_file.write_text(MOTO_TFVARS)
     # prod is the certificate variant (Terraform reads *.auto.tfvars of the root itself).
     (work / "envs" / "prod" / "tls.auto.tfvars").write_text(tls_tfvars(moto_server.endpoint))
+    # and its repository has immutable subject claims.
+    owner, name = OWNER_REPO.split("/")
+    (work / "envs" / "prod" / "oidc.auto.tfvars").write_text(
+        f'github_repository = "{owner}@{IMMUTABLE_IDS[0]}/{name}@{IMMUTABLE_IDS[1]}"\n'
+    )
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv(terraform.STATE_BUCKET_VARIABLE, MOTO_STATE_BUCKET)
@@ -134,7 +142,8 @@ def test_every_output_the_deploy_reads_has_a_value(applied: Applied, env: str) -
     assert outputs["api_token_secret_arn"].startswith(
         f"arn:aws:secretsmanager:us-east-1:123456789012:secret:onnx-ship-{env}/api-tokens-"
     )
-    assert outputs["deploy_role_subject"] == Job(OWNER_REPO, f"refs/heads/{env}", env).subject()
+    own = Job(OWNER_REPO, f"refs/heads/{env}", env, ids=REPOSITORY_IDS[env])
+    assert outputs["deploy_role_subject"] == own.subject()
     assert outputs["ecr_repository_url"].endswith(f"/{outputs['ecr_repository_name']}")
     assert outputs["container_name"] == "server"
     for name in ("cluster_name", "service_name", "task_family", "ecr_repository_name"):
@@ -692,22 +701,32 @@ def trust_policy(applied: Applied, role_name: str) -> dict[str, Any]:
 
 
 def github_job(case: str, env: str) -> Job:
-    """The job asking for a token, for each case of the trust test."""
+    """The job asking for a token, for each case of the trust test (the repository's IDs
+    in `sub` where its environment's github_repository has them)."""
     own_branch = f"refs/heads/{env}"
     other_environment = "dev" if env == "prod" else "prod"
+    ids = REPOSITORY_IDS[env]
     return {
-        "own-branch-workflow-environment": Job(OWNER_REPO, own_branch, env),
+        "own-branch-workflow-environment": Job(OWNER_REPO, own_branch, env, ids=ids),
         # A feature branch naming the environment: GitHub lets it in when the
         # environment's deployment branches are not restricted.
-        "other-branch": Job(OWNER_REPO, "refs/heads/feature/x", env),
-        "other-workflow": Job(OWNER_REPO, own_branch, env, workflow=".github/workflows/x.yml"),
-        "other-repository": Job("someone-else/onnx-ship", own_branch, env),
-        "other-environment": Job(OWNER_REPO, own_branch, other_environment),
-        "pull-request": Job(OWNER_REPO, "refs/pull/7/merge", event="pull_request"),
-        "pull-request-naming-the-environment": Job(
-            OWNER_REPO, "refs/pull/7/merge", env, event="pull_request"
+        "other-branch": Job(OWNER_REPO, "refs/heads/feature/x", env, ids=ids),
+        "other-workflow": Job(
+            OWNER_REPO, own_branch, env, workflow=".github/workflows/x.yml", ids=ids
         ),
-        "other-audience": Job(OWNER_REPO, own_branch, env, audience="https://github.com/other"),
+        "other-repository": Job("someone-else/onnx-ship", own_branch, env, ids=ids),
+        # A repository that took the name after the owner renamed or deleted theirs.
+        "same-names-other-ids": Job(OWNER_REPO, own_branch, env, ids=(7, 8)),
+        # The other subject form: the role trusts the form github_repository gives.
+        "other-subject-form": Job(OWNER_REPO, own_branch, env, ids=None if ids else IMMUTABLE_IDS),
+        "other-environment": Job(OWNER_REPO, own_branch, other_environment, ids=ids),
+        "pull-request": Job(OWNER_REPO, "refs/pull/7/merge", event="pull_request", ids=ids),
+        "pull-request-naming-the-environment": Job(
+            OWNER_REPO, "refs/pull/7/merge", env, event="pull_request", ids=ids
+        ),
+        "other-audience": Job(
+            OWNER_REPO, own_branch, env, audience="https://github.com/other", ids=ids
+        ),
     }[case]
 
 
@@ -716,6 +735,8 @@ TRUST_CASES = [
     "other-branch",
     "other-workflow",
     "other-repository",
+    "same-names-other-ids",
+    "other-subject-form",
     "other-environment",
     "pull-request",
     "pull-request-naming-the-environment",
@@ -759,7 +780,7 @@ def test_deploy_role_has_one_exact_statement_for_web_identity_only(
     (statement,) = iam.statements(document)
     assert statement["Effect"] == "Allow"
     assert set(statement["Condition"]) == {"StringEquals"}
-    own = Job(OWNER_REPO, f"refs/heads/{env}", env).condition_keys()
+    own = Job(OWNER_REPO, f"refs/heads/{env}", env, ids=REPOSITORY_IDS[env]).condition_keys()
     assert iam.trust_allows(document, provider, "sts:AssumeRoleWithWebIdentity", own)
     assert not iam.trust_allows(document, provider, "sts:AssumeRole", own)
 

@@ -1,6 +1,8 @@
 environment = "dev"
 
-# The repository whose `dev` GitHub environment may deploy here: set yours.
+# The repository whose `dev` GitHub environment may deploy here: set yours. With its IDs,
+# "<owner>@<owner id>/<name>@<repository id>", if it has immutable OIDC subject claims
+# (every repository created, renamed or transferred since 2026-07-15): terraform/README.md.
 github_repository = "example-org/onnx-ship"
 
 vpc_cidr_block     = "10.10.0.0/16"

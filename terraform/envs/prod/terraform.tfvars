@@ -1,6 +1,8 @@
 environment = "prod"
 
-# The repository whose `prod` GitHub environment may deploy here: set yours.
+# The repository whose `prod` GitHub environment may deploy here: set yours. With its IDs,
+# "<owner>@<owner id>/<name>@<repository id>", if it has immutable OIDC subject claims
+# (every repository created, renamed or transferred since 2026-07-15): terraform/README.md.
 github_repository = "example-org/onnx-ship"
 
 # prod ships the image dev built and verified: its deploy role may pull from dev's repository.

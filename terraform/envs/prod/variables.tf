@@ -25,7 +25,7 @@ variable "aws_region" {
 }
 
 variable "github_repository" {
-  description = "GitHub repository (<owner>/<name>) whose <environment> GitHub environment may assume the deploy role."
+  description = "GitHub repository whose <environment> GitHub environment may assume the deploy role: <owner>/<name>, or <owner>@<owner id>/<name>@<repository id> for a repository with immutable OIDC subject claims (terraform/README.md, Deploy roles)."
   type        = string
 }
 

@@ -11,7 +11,13 @@ locals {
   # from another branch or another workflow file differs even when the GitHub
   # environment lets that branch in. A repository still on GitHub's default subject
   # (repo:<owner>/<repo>:environment:<env>) matches nothing: the role fails closed.
-  job_workflow_ref = "${var.github_repository}/${var.github_workflow_path}@refs/heads/${var.github_branch}"
+  # A repository with immutable subject claims (every one created, renamed or
+  # transferred since 2026-07-15) has its owner's and its own numeric IDs in the repo
+  # part, `repo:<owner>@<owner id>/<repo>@<repo id>:...`, and names only in
+  # job_workflow_ref (GitHub docs, "OpenID Connect", "Immutable subject claims"):
+  # github_repository is then given with its IDs.
+  repository_names = replace(var.github_repository, "/@[0-9]+/", "")
+  job_workflow_ref = "${local.repository_names}/${var.github_workflow_path}@refs/heads/${var.github_branch}"
   github_subject   = "repo:${var.github_repository}:environment:${var.environment}:job_workflow_ref:${local.job_workflow_ref}"
 
   deployments_prefix = "deployments/${var.environment}/"

@@ -13,12 +13,12 @@ variable "environment" {
 }
 
 variable "github_repository" {
-  description = "GitHub repository allowed to assume the role, as <owner>/<name>."
+  description = "GitHub repository allowed to assume the role, as the repo part of its OIDC subject: <owner>/<name>, or <owner>@<owner id>/<name>@<repository id> for a repository with immutable subject claims (created, renamed or transferred since 2026-07-15)."
   type        = string
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", var.github_repository))
-    error_message = "github_repository must be <owner>/<name>, e.g. my-org/onnx-ship (no wildcards)."
+    condition     = can(regex("^([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|[A-Za-z0-9_.-]+@[0-9]+/[A-Za-z0-9_.-]+@[0-9]+)$", var.github_repository))
+    error_message = "github_repository must be <owner>/<name> (e.g. my-org/onnx-ship) or, for a repository with immutable subject claims, <owner>@<owner id>/<name>@<repository id> (e.g. my-org@123456/onnx-ship@456789; gh api repos/<owner>/<name> --jq '\"\\(.owner.login)@\\(.owner.id)/\\(.name)@\\(.id)\"' prints it). No wildcards."
   }
 }
 

@@ -98,6 +98,21 @@ _PUSH = (
     ("ecr:PutImage", "write the manifest under the tag"),
 )
 
+# `docker pull` / `podman pull` from ECR: the manifest, then every blob (layers and the
+# image's config) the local store lacks; podman reads the config blob even of an image
+# it holds (ECR user guide, "Pulling an image", required IAM permissions; the managed
+# policy AmazonEC2ContainerRegistryPullOnly).
+_PULL = (
+    ("ecr:BatchGetImage", "read the manifest"),
+    ("ecr:GetDownloadUrlForLayer", "read the layers and the config the machine lacks"),
+)
+
+# What ECR authorises for each container CLI command against a repository.
+REGISTRY_ACTIONS: dict[str, tuple[str, ...]] = {
+    "push": tuple(action for action, _ in _PUSH),
+    "pull": tuple(action for action, _ in _PULL),
+}
+
 CALLS: tuple[AwsCall, ...] = (
     # -- deploy role: the environment's bucket ---------------------------------------
     AwsCall(
@@ -181,21 +196,27 @@ CALLS: tuple[AwsCall, ...] = (
         AwsCall(Role.DEPLOY, action, REPOSITORY, "pipeline.registry.push (podman/docker push)", why)
         for action, why in _PUSH
     ),
-    AwsCall(
-        Role.DEPLOY,
-        "ecr:BatchGetImage",
-        SOURCE_REPOSITORY,
-        "pipeline.deploy.promote (podman/docker pull)",
-        "pull the image dev verified, to ship the same bytes",
-        promotion=True,
+    *(
+        AwsCall(
+            Role.DEPLOY,
+            action,
+            REPOSITORY,
+            "pipeline.deploy.mark_verified (podman/docker pull)",
+            f"the released image, to tag it verified: {why} (a re-run's fresh runner "
+            "lacks an image an earlier run pushed)",
+        )
+        for action, why in _PULL
     ),
-    AwsCall(
-        Role.DEPLOY,
-        "ecr:GetDownloadUrlForLayer",
-        SOURCE_REPOSITORY,
-        "pipeline.deploy.promote (podman/docker pull)",
-        "pull the layers of the image dev verified",
-        promotion=True,
+    *(
+        AwsCall(
+            Role.DEPLOY,
+            action,
+            SOURCE_REPOSITORY,
+            "pipeline.deploy.promote (podman/docker pull)",
+            f"the image dev verified, to ship the same bytes: {why}",
+            promotion=True,
+        )
+        for action, why in _PULL
     ),
     # -- deploy role: ECS and the roles it hands to tasks -------------------------------
     AwsCall(

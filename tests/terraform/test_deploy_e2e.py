@@ -12,6 +12,11 @@ resources, conditions and iam:PassRole moto does not evaluate are checked on the
 rendered policies by test_moto_apply.py. The bucket policies (TLS only) are lifted:
 moto counts their condition as met and would refuse every object request.
 
+moto authorises no registry request either, so every `podman pull` and `push` the deploy
+runs is logged (`CONTAINER_CLI` is a logging wrapper of podman) and checked against the
+deploy role's policy as Terraform rendered it, with the actions ECR authorises for that
+command (pipeline/aws_calls.py `REGISTRY_ACTIONS`).
+
 What moto cannot be stands in on loopback: moto's ECS runs no containers, so each
 service's task is a real local service started from the revision the service points
 at, with the task role's credentials (tests/terraform/ecs_stand_in.py): it loads the
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -35,7 +41,7 @@ from typing import Any
 import boto3
 import pytest
 
-from pipeline import image, promotion, terraform
+from pipeline import aws_calls, image, promotion, terraform
 from tests.conftest import REPO, free_port
 from tests.pipeline.containers import BASE_IMAGE, podman, registry_manifest, require_podman
 from tests.service.conftest import MNIST8_SHA256
@@ -73,6 +79,9 @@ class Deployment:
     admin: dict[str, str]  # boto3 keyword arguments of an administrator, for the checks
     deploy_roles: dict[str, dict[str, str]]  # AWS_* variables per environment
     stand_ins: dict[str, TaskStandIn]
+    # Each deploy role's policies as Terraform rendered them (before the widening below).
+    deploy_policies: dict[str, list[dict[str, Any]]]
+    registry_log: Path  # "<pull|push> <reference>" per container CLI command
 
     def client(self, service: str) -> Any:
         return boto3.client(
@@ -81,6 +90,52 @@ class Deployment:
 
 
 STAR_ONLY_SERVICES = ("ecs", "ecr", "secretsmanager")
+
+
+def role_policy_documents(role: str, client: Any) -> list[dict[str, Any]]:
+    return [
+        json.loads(
+            json.dumps(client.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"])
+        )
+        for name in client.list_role_policies(RoleName=role)["PolicyNames"]
+    ]
+
+
+def logging_podman(directory: Path) -> tuple[Path, Path]:
+    """A podman wrapper that appends `<pull|push> <reference>` to a log before each of
+    those commands (the reference is a pull's or push's last argument); (wrapper, log)."""
+    log = directory / "registry.log"
+    wrapper = directory / "podman"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in pull|push)\n'
+        "  for last; do :; done\n"
+        f"  printf '%s %s\\n' \"$1\" \"$last\" >> '{log}' ;;\n"
+        "esac\n"
+        f'exec {shutil.which("podman") or "podman"} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    log.touch()
+    return wrapper, log
+
+
+def registry_refusals(deployment: Deployment, env: str, since: int = 0) -> list[str]:
+    """The logged registry commands (from line `since`) that ECR would refuse the deploy
+    role of `env`: each action ECR authorises for the command, on the repository's ARN,
+    evaluated on the role's policy as Terraform rendered it."""
+    account = str(deployment.outputs[env]["deploy_role_arn"]).split(":")[4]
+    refused = []
+    for line in deployment.registry_log.read_text().splitlines()[since:]:
+        command, reference = line.split(" ", 1)
+        registry, _, rest = reference.partition("/")
+        if registry != REGISTRY:
+            continue
+        repository = rest.split("@")[0].split(":")[0]
+        arn = f"arn:aws:ecr:us-east-1:{account}:repository/{repository}"
+        for action in aws_calls.REGISTRY_ACTIONS[command]:
+            if not iam.allowed(deployment.deploy_policies[env], action, arn, {}):
+                refused.append(f"{command} {reference}: {action} on {arn}")
+    return refused
 
 
 def as_moto_authorises(role: str, client: Any) -> None:
@@ -156,6 +211,10 @@ def deployment(moto_server, terraform_bin, tmp_path_factory, fresh_images) -> It
         "aws_secret_access_key": "testing",
     }
     s3, iam_client = boto3.client("s3", **setup), boto3.client("iam", **setup)
+    deploy_policies = {
+        env: role_policy_documents(f"onnx-ship-{env}-deploy", iam_client) for env in ENVS
+    }
+    _, registry_log = logging_podman(tmp_path_factory.mktemp("cli"))
     for env in ENVS:
         s3.delete_bucket_policy(Bucket=outputs[env]["bucket_name"])
         as_moto_authorises(f"onnx-ship-{env}-deploy", iam_client)
@@ -186,7 +245,16 @@ def deployment(moto_server, terraform_bin, tmp_path_factory, fresh_images) -> It
         with moto_server.enforcing_iam():
             for stand_in in stand_ins.values():
                 stand_in.start()
-            yield Deployment(work, moto_server.endpoint, outputs, admin, deploy_roles, stand_ins)
+            yield Deployment(
+                work,
+                moto_server.endpoint,
+                outputs,
+                admin,
+                deploy_roles,
+                stand_ins,
+                deploy_policies,
+                registry_log,
+            )
     finally:
         for stand_in in stand_ins.values():
             stand_in.stop()
@@ -206,8 +274,9 @@ def pipeline_env(deployment) -> dict[str, str]:
         AWS_DEFAULT_REGION="us-east-1",
         TERRAFORM_DIR=str(deployment.work),
         BASE_IMAGE=BASE_IMAGE,
-        # The base image is in podman's store; a Docker engine (GitHub's runners) cannot see it.
-        CONTAINER_CLI="podman",
+        # The base image is in podman's store; a Docker engine (GitHub's runners) cannot see
+        # it. podman, through the wrapper that logs its registry commands.
+        CONTAINER_CLI=str(deployment.registry_log.parent / "podman"),
         DEV_ENDPOINT_URL=deployment.stand_ins["dev"].url,
         DEV_ECR_REPOSITORY_URL=f"{REGISTRY}/onnx-ship-dev",
         PROD_ENDPOINT_URL=deployment.stand_ins["prod"].url,
@@ -237,8 +306,14 @@ def test_deploy_dev_then_status_as_the_deploy_role(deployment, pipeline_env):
         cluster=outputs["cluster_name"], services=[outputs["service_name"]]
     )["services"][0]
 
+    logged = len(deployment.registry_log.read_text().splitlines())
     deployed = nox("-s", "deploy-dev", env=as_role(deployment, pipeline_env, "dev"))
     assert deployed.returncode == 0, deployed.stderr[-3000:]
+    # ECR would have let the role run every pull and push it ran (the released image's
+    # pull to tag it verified among them).
+    commands = deployment.registry_log.read_text().splitlines()[logged:]
+    assert any(line.startswith("pull ") for line in commands), commands
+    assert registry_refusals(deployment, "dev", since=logged) == []
 
     service = ecs.describe_services(
         cluster=outputs["cluster_name"], services=[outputs["service_name"]]
@@ -284,6 +359,7 @@ def test_deploy_dev_then_status_as_the_deploy_role(deployment, pipeline_env):
 
 def test_deploy_prod_as_its_role_ships_the_image_dev_verified(deployment, pipeline_env):
     outputs = deployment.outputs["prod"]
+    logged = len(deployment.registry_log.read_text().splitlines())
     deployed = run(
         sys.executable,
         "-m",
@@ -293,6 +369,7 @@ def test_deploy_prod_as_its_role_ships_the_image_dev_verified(deployment, pipeli
         env=as_role(deployment, pipeline_env, "prod"),
     )
     assert deployed.returncode == 0, deployed.stderr[-3000:]
+    assert registry_refusals(deployment, "prod", since=logged) == []
     assert "promoting" in deployed.stderr and "building" not in deployed.stderr
 
     ecs = deployment.client("ecs")

@@ -77,13 +77,15 @@ data "aws_iam_policy_document" "deploy" {
   }
 
   statement {
-    sid = "PushOwnRepository"
-    # The calls behind `docker push` (ECR user guide, "Pushing an image"), plus the
-    # tag lookup before it (BatchGetImage).
+    sid = "PushPullOwnRepository"
+    # The calls behind `docker push` (ECR user guide, "Pushing an image"), the tag
+    # lookup before it (BatchGetImage), and `docker pull` of a released image to tag it
+    # verified (BatchGetImage, GetDownloadUrlForLayer: "Pulling an image").
     actions = [
       "ecr:BatchCheckLayerAvailability",
       "ecr:BatchGetImage",
       "ecr:CompleteLayerUpload",
+      "ecr:GetDownloadUrlForLayer",
       "ecr:InitiateLayerUpload",
       "ecr:PutImage",
       "ecr:UploadLayerPart",

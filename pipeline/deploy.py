@@ -237,14 +237,31 @@ def promote(
 
 def mark_verified(env: Environment, image: str, git_sha: str, model_sha256: str) -> str:
     """Tag the released `image` (repository@digest) `verified-<git tree>-<model sha256>` in
-    the environment's repository: what an environment promoting from this one looks for."""
-    cli = images.find_cli()
+    the environment's repository: what an environment promoting from this one looks for.
+
+    The tag names a tree and a model, not a build: when an earlier image of this tree and
+    model holds it already (an empty commit, a revert of a revert, a branch fast-forwarded
+    to a merge of the same tree), that image stays verified, since tags are immutable and
+    both were built from the same code and model.
+    """
     ecr = registries.Ecr(env.client("ecr"))
-    registry, _ = registries.split_repository_url(env.ecr_repository_url)
+    registry, name = registries.split_repository_url(env.ecr_repository_url)
+    tag = promotion.verified_tag(promotion.git_tree(git_sha, REPO), model_sha256)
+    held = ecr.existing(name, tag)
+    if held is not None:
+        released = image.rpartition("@")[2]
+        if held.digest == released:
+            say(f"{image} is tagged {tag} already")
+        else:
+            say(
+                f"{tag} names {registry}/{name}@{held.digest} already, an earlier image of this "
+                "tree and model: it stays the verified one (tags are immutable)"
+            )
+        return tag
+    cli = images.find_cli()
     registries.login(cli, registry, ecr.credentials())
     if not registries.pull(cli, registry, image):  # a reused image may not be on this machine
         raise DeployError(f"could not pull the released image {image} to tag it verified")
-    tag = promotion.verified_tag(promotion.git_tree(git_sha, REPO), model_sha256)
     registries.push(image, env.ecr_repository_url, tag, ecr=ecr, cli=cli)
     say(f"tagged {image} as {tag}")
     return tag

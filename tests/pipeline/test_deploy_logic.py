@@ -522,6 +522,7 @@ def test_an_unverified_promotion_builds_when_asked_to(
 
 
 def test_a_released_image_is_tagged_verified(moto_in_process, cli, capsys):
+    create_repository("onnx-ship-dev")
     released = f"{REGISTRY}/onnx-ship-dev@{DIGEST}"
     cli.available.add(released)
     tag = mark_verified(environment(), released, SHA, MNIST8_SHA256)
@@ -534,7 +535,30 @@ def test_a_released_image_is_tagged_verified(moto_in_process, cli, capsys):
     assert capsys.readouterr().err == f"deploy: tagged {released} as {tag}\n"
 
 
+def test_a_tree_and_model_verified_by_an_earlier_image_stay_so(moto_in_process, cli, capsys):
+    """A new commit of a tree dev verified (an empty commit, a revert of a revert): its
+    release succeeds and the tag keeps the earlier image, rather than failing the deploy
+    on the immutable tag."""
+    create_repository("onnx-ship-dev")
+    tag = promotion.verified_tag(TREE, MNIST8_SHA256)
+    earlier = put_image("onnx-ship-dev", tag)
+    released = f"{REGISTRY}/onnx-ship-dev@sha256:{'d' * 64}"
+    assert mark_verified(environment(), released, SHA, MNIST8_SHA256) == tag
+    assert cli.calls == []
+    assert capsys.readouterr().err == (
+        f"deploy: {tag} names {REGISTRY}/onnx-ship-dev@{earlier} already, an earlier image of "
+        "this tree and model: it stays the verified one (tags are immutable)\n"
+    )
+    # A re-run of the very release that tagged it: nothing to do either.
+    assert mark_verified(environment(), f"{REGISTRY}/onnx-ship-dev@{earlier}", SHA, MNIST8_SHA256)
+    assert cli.calls == []
+    assert capsys.readouterr().err == (
+        f"deploy: {REGISTRY}/onnx-ship-dev@{earlier} is tagged {tag} already\n"
+    )
+
+
 def test_a_released_image_that_cannot_be_pulled_is_named(moto_in_process, cli):
+    create_repository("onnx-ship-dev")
     released = f"{REGISTRY}/onnx-ship-dev@{DIGEST}"
     with pytest.raises(DeployError) as raised:
         mark_verified(environment(), released, SHA, MNIST8_SHA256)

@@ -22,6 +22,13 @@ from pipeline import REPO
 CLI_NAMES = ("docker", "podman")
 DEFAULT_TAG_REPO = "onnx-ship"
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
+# What the image is built for, whatever machine builds it: the task definitions run on
+# Fargate's X86_64 (terraform/modules/service, runtime_platform; ECS API reference,
+# RuntimePlatform). An image built on an arm64 machine without it would hold arm64 code
+# only, and its tasks would never start.
+PLATFORM = "linux/amd64"
+# ECS's cpuArchitecture names for each image platform.
+ECS_CPU_ARCHITECTURE = {"linux/amd64": "X86_64", "linux/arm64": "ARM64"}
 BUILD_TIMEOUT_SECONDS = 30 * 60
 # The files the Dockerfile copies; a change to any other file does not change the image.
 BUILD_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "service", "pipeline")
@@ -154,6 +161,7 @@ def build_command(
 ) -> list[str]:
     """The `<cli> build` command line for the top-level Dockerfile."""
     command = [cli.path, "build", "--file", str(context / "Dockerfile"), "--tag", image]
+    command += ["--platform", PLATFORM]
     if cli.is_podman:
         # OCI image configs have no HEALTHCHECK; the Docker format keeps it.
         command += ["--format", "docker"]

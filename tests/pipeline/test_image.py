@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -95,12 +96,32 @@ def test_podman_build_keeps_the_healthcheck_and_passes_the_ca_as_a_secret(tmp_pa
         ca_bundle=Path("/etc/ssl/certs/ca-certificates.crt"),
     )
     assert command[:2] == ["/usr/bin/podman", "build"]
+    assert command[command.index("--platform") + 1] == "linux/amd64"
     assert "--format" in command and command[command.index("--format") + 1] == "docker"
     assert "id=ca,src=/etc/ssl/certs/ca-certificates.crt" in command
     assert "BASE_IMAGE=localhost/python-base:3.11" in command
     assert f"MODEL_SHA256={'f' * 64}" in command
     assert not any(arg.startswith("SOURCE_URL=") for arg in command)  # the Dockerfile's default
     assert command[-1] == str(tmp_path)
+
+
+def test_the_image_is_built_for_the_architecture_every_task_definition_runs() -> None:
+    """On an arm64 machine (a Mac) a build without --platform makes an arm64-only image,
+    which Fargate tasks of cpu_architecture X86_64 cannot start."""
+    declared = set()
+    for path in (REPO / "terraform").rglob("*.tf"):
+        declared |= set(re.findall(r'cpu_architecture\s*=\s*"([A-Z0-9_]+)"', path.read_text()))
+    assert declared == {image.ECS_CPU_ARCHITECTURE[image.PLATFORM]}
+    command = image.build_command(
+        image.ContainerCli("docker", "/usr/bin/docker"),
+        "onnx-ship:abc",
+        git_sha="abc",
+        model_sha256="f" * 64,
+        base_image="python:3.11-slim",
+        context=REPO,
+        ca_bundle=None,
+    )
+    assert command[command.index("--platform") + 1] == image.PLATFORM
 
 
 def test_source_label_comes_from_github_actions() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline import cli, terraform
 from pipeline.environment import REQUIRED
+from service.config import APP_ENV_PATTERN
 
 TERRAFORM_DIR = terraform.TERRAFORM_DIR
 ENVS = TERRAFORM_DIR / "envs"
@@ -295,6 +296,18 @@ def test_every_mounted_path_is_a_volume_the_image_owns_for_its_user() -> None:
             users.append(arguments)
     assert users[-1] == f"{APP_UID}:{APP_UID}"
     assert set(mounted) <= volumes, f"mounted but not a VOLUME of the image: {mounted}"
+
+
+def test_every_environment_terraform_admits_is_one_the_service_takes() -> None:
+    """The environment becomes the service's APP_ENV: a name a module or root admitted but
+    service/config.py refuses would stop every task at start-up (exit 2)."""
+    rules = {
+        str(path.relative_to(TERRAFORM_DIR)): rule
+        for path in TERRAFORM_DIR.rglob("*.tf")
+        for rule in re.findall(r'regex\("([^"]+)", var\.environment\)', path.read_text())
+    }
+    assert len(rules) >= 3, rules  # the service module and both roots
+    assert set(rules.values()) == {APP_ENV_PATTERN.pattern}, rules
 
 
 def test_no_test_overrides_in_the_real_roots() -> None:

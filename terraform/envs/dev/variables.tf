@@ -140,7 +140,7 @@ variable "api_token_version" {
 }
 
 variable "load_balancer_idle_timeout_seconds" {
-  description = "Seconds the load balancer keeps an idle connection open (the service's keep-alive follows it)."
+  description = "Seconds the load balancer keeps an idle connection open (1 to 4000; the service's keep-alive outlasts any of them)."
   type        = number
   default     = 60
 }

@@ -17,8 +17,14 @@ locals {
 
   # The service keeps idle connections open longer than the load balancer does, so the
   # load balancer always closes them first and never reuses one the target has just
-  # closed (a 502): ELB, "Application Load Balancer idle timeout".
-  keep_alive_timeout_seconds = var.load_balancer_idle_timeout_seconds + 5
+  # closed (a 502): ELB, "Application Load Balancer idle timeout". Longer than any idle
+  # timeout a load balancer takes (1 to 4,000 s: ELB API reference, LoadBalancerAttribute,
+  # idle_timeout.timeout_seconds), not than this one's: a new idle timeout
+  # reaches the load balancer at `terraform apply`, while the tasks keep running the
+  # revision of the last release (and a rollback runs an older one), so a keep-alive
+  # derived from it would fall behind until the next release.
+  load_balancer_max_idle_timeout_seconds = 4000
+  keep_alive_timeout_seconds             = local.load_balancer_max_idle_timeout_seconds + 5
 
   # The image owns MODEL_CACHE_DIR and TMPDIR (inside its VOLUME, mounted below).
   container_environment = merge(

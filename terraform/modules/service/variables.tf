@@ -12,8 +12,8 @@ variable "environment" {
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,15}$", var.environment))
-    error_message = "environment must be 2-16 lowercase letters, digits or dashes, starting with a letter (e.g. dev, prod)."
+    condition     = can(regex("^[a-z][a-z0-9]{1,15}$", var.environment))
+    error_message = "environment must be 2-16 lowercase letters or digits, starting with a letter (e.g. dev, prod), as the service's APP_ENV."
   }
 }
 
@@ -161,9 +161,14 @@ variable "ingress_cidr_blocks" {
 }
 
 variable "load_balancer_idle_timeout_seconds" {
-  description = "Seconds the load balancer keeps an idle connection open; the service keeps its own open 5 s longer."
+  description = "Seconds the load balancer keeps an idle connection open (1 to 4000); the service keeps its own open longer than the most this allows (4005 s), so a change here never needs a release."
   type        = number
   default     = 60
+
+  validation {
+    condition     = var.load_balancer_idle_timeout_seconds >= 1 && var.load_balancer_idle_timeout_seconds <= 4000
+    error_message = "load_balancer_idle_timeout_seconds must be 1 to 4000 (an Application Load Balancer's range)."
+  }
 }
 
 variable "health_check_path" {

@@ -36,6 +36,7 @@ declare -A HOST_PACKAGES=(
   [debian-archive-keyring]=/usr/share/keyrings/debian-archive-keyring.gpg
   [docker-registry]=docker-registry
   [wrk]=wrk
+  [catatonit]=/usr/libexec/podman/catatonit
 )
 REGISTRY_DIR=/tmp/onnx-ship-registry
 

@@ -38,7 +38,13 @@ def released(ecs: Any) -> str:
         "environment": [{"name": "APP_ENV", "value": "dev"}],
         "secrets": [{"name": "API_TOKENS", "valueFrom": SECRET}],
         "portMappings": [{"containerPort": 8080, "protocol": "tcp"}],
-        "healthCheck": {"command": ["CMD", "python", "-m", "service.health"]},
+        "healthCheck": {
+            "command": [
+                "CMD-SHELL",
+                'python -c "import urllib.request; urllib.request.'
+                "urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=2)\"",
+            ]
+        },
         "mountPoints": [{"sourceVolume": "state", "containerPath": "/var/lib/onnx-ship"}],
         "readonlyRootFilesystem": True,
     }

@@ -10,7 +10,10 @@ decides the `podman run` (AWS-FIDELITY.md, "Fargate storage"):
 - each mountPoint: a fresh root-owned 0755 directory, unless the image declares a
   VOLUME at exactly that path: then an anonymous volume, which copies the image's
   directory with its owner and mode as ECS does ("Bind mounts");
-- the registered environment and user; `stopTimeout` as podman's stop timeout.
+- the registered environment and user; `stopTimeout` as podman's stop timeout;
+- `linuxParameters.initProcessEnabled`: `--init` (podman's catatonit as PID 1, as ECS
+  runs its init process), without which the container's own process is PID 1 and
+  ignores SIGTERM until it installs a handler.
 
 The real mnist-8 is uploaded to the environment's bucket in moto and fetched by the
 container; predictions are captured to the same bucket.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import subprocess
 import time
 import uuid
@@ -42,7 +46,7 @@ from pipeline.environment import resolve
 from pipeline.predictions.store import open_store, read_records
 from pipeline.release import Candidate, Ecs, task_environment
 from tests.conftest import free_port, wait_for_http
-from tests.pipeline.containers import Built, podman
+from tests.pipeline.containers import BASE_IMAGE, Built, podman
 from tests.terraform.conftest import apply_dev_to_moto
 from tests.terraform.test_static import TERRAFORM_DIR, assignments
 
@@ -66,6 +70,8 @@ class Task:
     idle_timeout_seconds: int
     seconds_to_ready: float
     process: subprocess.Popen
+    image_volumes: set[str]  # the image's VOLUME paths
+    terraform_container: dict[str, Any]  # Terraform's own revision's (the placeholder)
     answered: list[str] = field(default_factory=list)  # request ids answered 200
 
     def post(self, path: str, document: dict, request_id: str, connection=None) -> dict:
@@ -126,6 +132,17 @@ def register_release(outputs: dict[str, Any], endpoint: str, built: Built, model
     return container
 
 
+def terraform_container(outputs: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    """The container of Terraform's own revision: what runs until the first release."""
+    definition = client("ecs", endpoint).describe_task_definition(
+        taskDefinition=outputs["task_definition_arn"]
+    )["taskDefinition"]
+    (container,) = [
+        c for c in definition["containerDefinitions"] if c["name"] == outputs["container_name"]
+    ]
+    return container
+
+
 def load_balancer_idle_timeout(endpoint: str, name: str) -> int:
     """The idle timeout (seconds) Terraform gave the environment's load balancer."""
     elbv2 = client("elbv2", endpoint)
@@ -151,8 +168,45 @@ def run_options(container: dict[str, Any], image_volumes: set[str], scratch: Pat
             options += ["--mount", f"type=bind,src={host_dir},dst={path}{read_only}"]
     if container.get("user"):
         options += ["--user", container["user"]]
+    if container.get("linuxParameters", {}).get("initProcessEnabled"):
+        options += ["--init"]
     options += ["--stop-timeout", str(container.get("stopTimeout", 30))]
     return options
+
+
+def stopped_while_starting(
+    container: dict[str, Any],
+    image: str,
+    environment: dict[str, str],
+    image_volumes: set[str],
+    scratch: Path,
+) -> tuple[float, int]:
+    """Start `container` as Fargate runs it and stop it at once, as ECS stops a task
+    (SIGTERM, then SIGKILL `stopTimeout` seconds later): the seconds the stop took and
+    the container's exit code."""
+    name = f"onnx-ship-starting-{uuid.uuid4().hex[:8]}"
+    port = str(free_port())
+    podman(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        "host",
+        *run_options(container, image_volumes, scratch),
+        *[f"--env={key}={value}" for key, value in sorted({**environment, "PORT": port}.items())],
+        image,
+        *container.get("command", []),
+    )
+    try:
+        stop_timeout = int(container.get("stopTimeout", 30))
+        started = time.monotonic()
+        podman("stop", "--time", str(stop_timeout), name, timeout=stop_timeout + 30)
+        took = time.monotonic() - started
+        code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+        return took, int(code)
+    finally:
+        podman("rm", "--force", "--volumes", name, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +274,8 @@ def task(
                 idle_timeout_seconds=idle_timeout,
                 seconds_to_ready=time.monotonic() - started,
                 process=process,
+                image_volumes=set(volumes or {}),
+                terraform_container=terraform_container(outputs, endpoint),
             )
     except Exception:
         print(log.read_text()[-6000:])
@@ -276,6 +332,42 @@ def test_an_idle_connection_outlasts_the_load_balancer_idle_timeout(task: Task) 
     connection.close()
 
 
+def test_a_task_stopped_while_it_starts_stops_at_once(
+    task: Task, built: Built, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """ECS stops tasks that are still starting (a failed deployment, a scale-in): SIGTERM
+    reaches the service through the init process and ends it, rather than waiting out
+    stopTimeout (120 s) for SIGKILL while the model loads."""
+    took, code = stopped_while_starting(
+        task.container,
+        built.ref,
+        task.environment,
+        task.image_volumes,
+        tmp_path_factory.mktemp("starting"),
+    )
+    print(f"\nstopped {took:.1f}s after SIGTERM while starting, exit {code}")
+    assert code == 128 + signal.SIGTERM and took < 10
+
+
+def test_the_placeholder_stops_at_once(
+    task: Task, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Terraform's own revision, which runs until the first release: its placeholder
+    installs no signal handler at all, so without an init process it always waited out
+    stopTimeout, and the first release's rollout with it."""
+    placeholder = task.terraform_container
+    assert placeholder["command"][:2] == ["python", "-B"]
+    took, code = stopped_while_starting(
+        placeholder,
+        BASE_IMAGE,  # has python, as the placeholder's public image does
+        {item["name"]: item["value"] for item in placeholder["environment"]},
+        set(),
+        tmp_path_factory.mktemp("placeholder"),
+    )
+    print(f"\nplaceholder stopped {took:.1f}s after SIGTERM, exit {code}")
+    assert code == 128 + signal.SIGTERM and took < 10
+
+
 def test_stop_within_stop_timeout_leaves_every_answered_request_in_s3(task: Task) -> None:
     stop_timeout = task.container["stopTimeout"]
     assert task.environment["STOP_TIMEOUT_SECONDS"] == str(stop_timeout)
@@ -287,7 +379,12 @@ def test_stop_within_stop_timeout_leaves_every_answered_request_in_s3(task: Task
     stopped_in = time.monotonic() - started
     print(f"\nstopped {stopped_in:.1f}s after SIGTERM (stopTimeout {stop_timeout}s)")
     assert stopped_in < stop_timeout
-    assert task.process.wait(timeout=30) == 0
-    assert podman("inspect", "--format", "{{.State.ExitCode}}", task.name).stdout.strip() == "0"
+    # uvicorn shuts down gracefully (the capture flushed in the lifespan's shutdown), then
+    # raises the signal it caught again, so the process ends as SIGTERM ends it: 143, as
+    # ECS reports a task it stopped. (A PID 1 without the init ignored that, exiting 0.)
+    terminated = 128 + signal.SIGTERM
+    assert task.process.wait(timeout=30) == terminated
+    exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", task.name).stdout
+    assert exit_code.strip() == str(terminated)
     captured = [record["id"] for record in read_records(open_store(task.capture_url), "dev")]
     assert sorted(captured) == sorted(task.answered)

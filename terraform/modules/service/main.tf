@@ -256,6 +256,14 @@ resource "aws_ecs_task_definition" "this" {
       # SIGTERM, then SIGKILL this many seconds later; the service splits the same
       # number (STOP_TIMEOUT_SECONDS) between its drain and its capture flush.
       stopTimeout = var.stop_timeout_seconds
+      # An init process as PID 1 passes SIGTERM on to the service (ECS API reference,
+      # LinuxParameters, initProcessEnabled: valid on Fargate). A Python PID 1 gets no
+      # signal it has no handler for (pid_namespaces(7)): the placeholder, and the
+      # service until uvicorn installs its handlers, would ignore SIGTERM and run until
+      # SIGKILL, stopTimeout later.
+      linuxParameters = {
+        initProcessEnabled = true
+      }
       portMappings = [
         {
           containerPort = var.container_port

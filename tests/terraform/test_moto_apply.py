@@ -323,6 +323,14 @@ def test_terraforms_revision_serves_a_placeholder_that_passes_the_health_check(
             urllib.request.urlopen(request, timeout=5)
         assert refused.value.code == 503
         assert "no model is released" in json.loads(refused.value.read())["error"]
+        # A scan of the public load balancer is a 4xx, as the service answers it: 5xx
+        # answers feed the alarm that rolls a deployment back, the first release's too.
+        with pytest.raises(urllib.error.HTTPError) as unknown:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/wp-login.php?x=1", timeout=5)
+        assert unknown.value.code == 404
+        assert json.loads(unknown.value.read()) == {
+            "error": "no route '/wp-login.php'; /openapi.json lists the routes"
+        }
     finally:
         placeholder.terminate()
         placeholder.wait(timeout=10)

@@ -41,15 +41,26 @@ PARALLEL = (
 )  # fmt: skip
 
 
-def run_tests(session: nox.Session, *marker: str) -> None:
+def run_tests(session: nox.Session, *marker: str, terraform: bool = True) -> None:
     """pytest over the tests `marker` selects, once the model and MNIST files are here.
 
     The tests never download (sockets reach 127.0.0.1 only): `python -m pipeline download`
     fetches and caches the files model.toml pins first (from FIXTURES_DIR when set).
     """
     install(session, "test")
+    if terraform:
+        use_provider_mirror(session)
     session.run("python", "-m", "pipeline", "download")
     session.run("pytest", *PARALLEL, *marker, *session.posargs)
+
+
+def use_provider_mirror(session: nox.Session) -> None:
+    """In CI, every `terraform init` of the session links one copy of the providers
+    (`python -m pipeline terraform mirror`: 675 MB once, not per root), unless
+    TF_CLI_CONFIG_FILE names a configuration already."""
+    if os.environ.get("CI", "").lower() == "true" and not os.environ.get("TF_CLI_CONFIG_FILE"):
+        config = session.run("python", "-m", "pipeline", "terraform", "mirror", silent=True)
+        session.env["TF_CLI_CONFIG_FILE"] = str(config).strip().splitlines()[-1]
 
 
 def prepare_machine(session: nox.Session) -> None:
@@ -70,7 +81,7 @@ def test(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def unit(session: nox.Session) -> None:
     """Run the in-process tests only: no server, registry, podman or Terraform (about a minute)."""
-    run_tests(session, "-m", "not integration")
+    run_tests(session, "-m", "not integration", terraform=False)
 
 
 @nox.session(python=PYTHON)
@@ -105,6 +116,7 @@ def lint(session: nox.Session) -> None:
 def lint_terraform(session: nox.Session) -> None:
     """terraform fmt -check and validate of every root and module; checkov in its own venv."""
     install(session, "terraform")
+    use_provider_mirror(session)
     session.run("python", "-m", "pipeline", "terraform", "lint")
     session.notify("checkov")
 

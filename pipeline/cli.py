@@ -16,7 +16,7 @@ from pathlib import Path
 
 import boto3
 
-from pipeline import REPO, terraform
+from pipeline import REPO, provider_mirror, terraform
 from pipeline import image as images
 from pipeline import registry as registries
 from pipeline.batchable import BatchableCopy
@@ -54,7 +54,7 @@ from service.store import StoreError
 
 DEFAULT_LOCAL_CAPTURE = REPO / "predictions"
 DEFAULT_CHART_DIR = Path("reports")
-TERRAFORM_COMMANDS = ("plan", "apply", "output", "lint")
+TERRAFORM_COMMANDS = ("plan", "apply", "output", "lint", "mirror")
 
 Command = Callable[[argparse.Namespace], int]
 Arguments = Callable[[argparse.ArgumentParser], None]
@@ -235,7 +235,12 @@ def add_terraform_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_terraform(args: argparse.Namespace) -> int:
-    """Terraform: `plan|apply|output <environment>` against its S3 state, or `lint`."""
+    """Terraform: `plan|apply|output <environment>` against its S3 state, `lint`, or
+    `mirror` (one unpacked copy of the providers every init links: the path of its CLI
+    configuration, for TF_CLI_CONFIG_FILE; pipeline/provider_mirror.py)."""
+    if args.action == "mirror":
+        print(provider_mirror.prepare())
+        return 0
     if args.action == "lint":
         for root in terraform.lint():
             print(f"valid: {root.relative_to(terraform.TERRAFORM_DIR.parent)}")

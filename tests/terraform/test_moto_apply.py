@@ -287,8 +287,10 @@ def test_service_runs_behind_the_load_balancer_in_its_cost_profile(
     # Longer than any idle timeout the load balancer may be given later (ELB: at most
     # 4,000 s): the task keeps this revision's value while `terraform apply` changes the
     # load balancer's at once.
-    assert int(environment["KEEP_ALIVE_TIMEOUT_SECONDS"]) > 4000 >= int(
-        values["idle_timeout.timeout_seconds"]
+    assert (
+        int(environment["KEEP_ALIVE_TIMEOUT_SECONDS"])
+        > 4000
+        >= int(values["idle_timeout.timeout_seconds"])
     )
     # prod's load balancer cannot be deleted until protection is switched off (dev's can).
     protected = "true" if env == "prod" else "false"

@@ -295,7 +295,10 @@ def test_service_runs_behind_the_load_balancer_in_its_cost_profile(
     # prod's load balancer cannot be deleted until protection is switched off (dev's can).
     protected = "true" if env == "prod" else "false"
     assert values["deletion_protection.enabled"] == protected
-    assert container["logConfiguration"]["options"]["awslogs-group"] == outputs["log_group_name"]
+    options = container["logConfiguration"]["options"]
+    assert options["awslogs-group"] == outputs["log_group_name"]
+    # Set, not left to the account's defaultLogDriverMode: stdout never blocks the loop.
+    assert (options["mode"], options["max-buffer-size"]) == ("non-blocking", "25m")
 
 
 def test_terraforms_revision_serves_a_placeholder_that_passes_the_health_check(

@@ -285,12 +285,18 @@ resource "aws_ecs_task_definition" "this" {
           readOnly      = false
         },
       ]
+      # Non-blocking, whatever the account's defaultLogDriverMode says: a CloudWatch Logs
+      # stall then costs log lines past a 25 MB buffer, never a write to stdout that
+      # blocks the event loop and every request with it (ECS API reference,
+      # LogConfiguration, mode and max-buffer-size).
       logConfiguration = {
         logDriver = "awslogs"
         options = {
           awslogs-group         = aws_cloudwatch_log_group.this.name
           awslogs-region        = data.aws_region.current.name
           awslogs-stream-prefix = var.container_name
+          mode                  = "non-blocking"
+          max-buffer-size       = "25m"
         }
       }
     },

@@ -354,8 +354,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     since = parts.parse_since(args.since) if args.since else None
     if args.engine == "athena":
         where = output(args.environment, "athena_workgroup")
+        # The workgroup and the Glue table are regional: the environment's region, never
+        # the ambient one.
+        client = boto3.client("athena", region_name=output(args.environment, "aws_region"))
         aggregates = athena.aggregate(
-            boto3.client("athena"), where, output(args.environment, "glue_database"), since
+            client, where, output(args.environment, "glue_database"), since
         )
     else:
         store = parts.open_store(args.url)

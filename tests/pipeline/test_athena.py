@@ -44,6 +44,10 @@ def test_report_through_athena_reads_the_three_queries(aws, monkeypatch, capsys,
     )
     monkeypatch.setenv("DEV_ATHENA_WORKGROUP", WORKGROUP)
     monkeypatch.setenv("DEV_GLUE_DATABASE", DATABASE)
+    # The workgroup is in the environment's region; the shell's default is another.
+    monkeypatch.setenv("DEV_AWS_REGION", client.meta.region_name)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.delenv("AWS_REGION", raising=False)
     classes = [["label", "prediction", "_col2", "_col3"]] + [
         ["2025-03-01 12:00", str(c), "150", str(150 * 0.9)] for c in range(10)
     ]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import REPO, aws_calls, promotion
+from pipeline import REPO, aws_calls, history, promotion, records
 from pipeline import image as images
 from pipeline import registry as registries
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
@@ -272,10 +272,42 @@ def _repository(repository_url: str) -> str:
     return f"{registry}/{name}"
 
 
+def refuse_older(env: Environment, git_sha: str) -> None:
+    """DeployError when the environment runs a release of a later commit whose history
+    holds `git_sha`: shipping it would put older code back. GitHub starts the queued deploys
+    of one branch in the order their tests finished, not the order of the pushes, and
+    "Re-run" of an old workflow run deploys its old commit again (GitHub Actions docs,
+    "Control the concurrency of workflows and jobs"; "Re-running workflows and jobs").
+    The same commit deploys again (a re-run of the latest push); a commit the history
+    cannot place (a shallow checkout, another branch's) deploys, with a warning for the
+    shallow one. Going back is `nox -s rollback`, or a revert commit."""
+    latest = records.read_latest(env.records_url)
+    if latest is None or latest.get("outcome") != "succeeded":
+        return
+    running = str(latest.get("git_sha", ""))
+    if not running or running == git_sha:
+        return
+    later = history.contains(running, git_sha, REPO)
+    if later is None:
+        say(
+            f"warning: cannot tell whether {env.environment}'s release of {running[:12]} is "
+            f"later than {git_sha[:12]} (the checkout lacks one of them: fetch the history, "
+            "actions/checkout's fetch-depth: 0)"
+        )
+    elif later:
+        raise DeployError(
+            f"{env.environment} runs {running[:12]}, a later commit whose history holds "
+            f"{git_sha[:12]}: deploying this one would put older code back (a deploy that "
+            "waited behind a later push, or a re-run of an old run). Nothing was changed. To "
+            f"go back on purpose: nox -s rollback -- {env.environment}, or push a revert commit"
+        )
+
+
 def deploy(environment: str) -> dict:
     """Gate, ship and release to `environment`; the successful deployment record.
 
-    The gate runs first against the environment's champion, so a failure there
+    A commit older than the one the environment runs is refused first (`refuse_older`).
+    The gate runs against the environment's champion, so a failure there
     (GateFailed) touches nothing in AWS. Then the model is published under
     `models_url`, the image built and pushed (or, for an environment that promotes,
     the image its source verified is copied), and released (`pipeline.release.release`).
@@ -284,6 +316,8 @@ def deploy(environment: str) -> dict:
     MissingEnvironment) as they come.
     """
     env = resolve(environment)
+    git_sha = images.git_sha()
+    refuse_older(env, git_sha)
     gated = gate_model(
         load_reference(environ=os.environ),
         environment=environment,
@@ -291,7 +325,6 @@ def deploy(environment: str) -> dict:
         say=say,
     )
     batched = batched_copy(gated)
-    git_sha = images.git_sha()
     model_url, batched_url = publish_model(env, gated, batched)
     provenance: dict[str, object] = {}
     if env.promote_from:

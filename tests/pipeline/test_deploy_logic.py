@@ -9,6 +9,7 @@ it answers, fast enough to run for every mutant of pipeline/deploy.py.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -713,3 +714,64 @@ def test_a_rolled_back_release_fails_the_deploy_and_tags_nothing(
         deploy("dev")
     assert str(raised.value) == "release to dev rolled back: smoke test failed"
     assert steps.verified == []
+
+
+def write_latest(env: Environment, record: dict) -> None:
+    """The environment's latest.json: a release record with `record`'s keys."""
+    record = {
+        "release_id": "r0",
+        "model_sha256": MNIST8_SHA256,
+        "gate": {"accuracy": 0.99},
+        **record,
+    }
+    boto3.client("s3", region_name="us-east-1").put_object(
+        Bucket=BUCKET, Key="deployments/dev/latest.json", Body=json.dumps(record).encode()
+    )
+
+
+def test_a_commit_older_than_the_running_release_is_refused_before_anything_runs(
+    moto_in_process, cli, mnist8_path, monkeypatch
+):
+    """A deploy that waited behind a later push, or a re-run of an old run: the running
+    release's commit holds this one in its history, so this deploy would put older code
+    back. Refused before the gate, with the way back on purpose."""
+    steps = Steps(environment(), passed_gate(mnist8_path))
+    install_steps(monkeypatch, steps, None)
+    later = "c" * 40
+    write_latest(steps.env, {"outcome": "succeeded", "git_sha": later})
+    asked = []
+    monkeypatch.setattr(deploy_module.history, "contains", lambda *args: asked.append(args) or True)
+    with pytest.raises(DeployError) as refused:
+        deploy("dev")
+    assert asked == [(later, SHA, REPO)]
+    assert str(refused.value) == (
+        f"dev runs {later[:12]}, a later commit whose history holds {SHA[:12]}: deploying this "
+        "one would put older code back (a deploy that waited behind a later push, or a re-run "
+        "of an old run). Nothing was changed. To go back on purpose: nox -s rollback -- dev, "
+        "or push a revert commit"
+    )
+    assert steps.gate_calls == [] and steps.released == []
+
+
+@pytest.mark.parametrize(
+    ("latest", "contains", "warned"),
+    [
+        ({"outcome": "succeeded", "git_sha": SHA}, None, False),  # a re-run of this push
+        ({"outcome": "succeeded", "git_sha": "c" * 40}, False, False),  # not later
+        ({"outcome": "rolled_back", "git_sha": "c" * 40}, True, False),  # not what runs
+        ({"outcome": "succeeded", "git_sha": "c" * 40}, None, True),  # a shallow checkout
+    ],
+)
+def test_a_commit_that_is_not_older_deploys(
+    moto_in_process, cli, mnist8_path, monkeypatch, capsys, latest, contains, warned
+):
+    create_repository("onnx-ship-dev")
+    steps = Steps(environment(), passed_gate(mnist8_path))
+    steps.outcome = Outcome({"release_id": "r1"}, "td:2", "td:1", True)
+    install_steps(monkeypatch, steps, None)
+    write_latest(steps.env, latest)
+    monkeypatch.setattr(deploy_module.history, "contains", lambda *args: contains)
+    assert deploy("dev") == {"release_id": "r1"}
+    assert (
+        "cannot tell whether dev's release of cccccccccccc" in capsys.readouterr().err
+    ) is warned

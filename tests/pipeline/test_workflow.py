@@ -88,6 +88,15 @@ def test_only_the_deploy_job_may_ask_for_an_oidc_token(workflow):
         assert asks == ("deploy-" in " ".join(nox_calls(job))), name
 
 
+def test_the_deploy_checkout_holds_the_history_that_orders_commits(workflow):
+    """A deploy refuses a commit older than the running release's, which git can tell only
+    from a checkout holding both (actions/checkout fetches one commit by default)."""
+    for name, job in workflow["jobs"].items():
+        if "deploy-" in " ".join(nox_calls(job)):
+            (checkout,) = [s for s in job["steps"] if "actions/checkout" in s.get("uses", "")]
+            assert checkout["with"]["fetch-depth"] == 0, name
+
+
 def test_pull_requests_run_the_tests_and_deploy_nothing(workflow):
     jobs = workflow["jobs"].values()
     assert any(runs(job, "pull_request") and " test" in " ".join(nox_calls(job)) for job in jobs)

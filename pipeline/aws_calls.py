@@ -131,6 +131,14 @@ CALLS: tuple[AwsCall, ...] = (
     ),
     AwsCall(
         Role.DEPLOY,
+        "s3:AbortMultipartUpload",
+        MODELS,
+        "pipeline.deploy._publish (upload_file)",
+        "a model over 8 MiB goes up in parts; a failed upload is aborted, not left to bill "
+        "until the bucket's lifecycle removes it (S3 user guide, multipart upload permissions)",
+    ),
+    AwsCall(
+        Role.DEPLOY,
         "s3:ListBucket",
         BUCKET,
         "pipeline.records._list",

@@ -138,8 +138,11 @@ data "aws_iam_policy_document" "deploy" {
   }
 
   statement {
-    sid       = "PublishModels"
-    actions   = ["s3:GetObject", "s3:PutObject"]
+    sid = "PublishModels"
+    # boto3 uploads a model over 8 MiB in parts (PutObject covers them) and aborts the
+    # upload when a part fails, which is an action of its own (S3 user guide, "Multipart
+    # upload API and permissions").
+    actions   = ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"]
     resources = ["${var.bucket_arn}/models/*"]
   }
 

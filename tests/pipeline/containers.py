@@ -43,6 +43,13 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     )
 
 
+def run_detached(name: str, *arguments: str) -> None:
+    """`podman run --detach --name <name> --network host <arguments>`: the image tests'
+    containers share the host's network (rootless podman publishes a port only through a
+    TAP device, which not every machine lets an unprivileged user open)."""
+    podman("run", "--detach", "--name", name, "--network", "host", *arguments)
+
+
 def require_podman() -> None:
     require(shutil.which("podman") is not None, "podman is not installed")
     require(

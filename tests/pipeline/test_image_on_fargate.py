@@ -46,7 +46,7 @@ from pipeline.environment import resolve
 from pipeline.predictions.store import open_store, read_records
 from pipeline.release import Candidate, Ecs, task_environment
 from tests.conftest import free_port, wait_for_http
-from tests.pipeline.containers import BASE_IMAGE, Built, podman
+from tests.pipeline.containers import BASE_IMAGE, Built, podman, run_detached
 from tests.terraform.conftest import apply_dev_to_moto
 from tests.terraform.test_static import TERRAFORM_DIR, assignments
 
@@ -186,13 +186,8 @@ def stopped_while_starting(
     the container's exit code."""
     name = f"onnx-ship-starting-{uuid.uuid4().hex[:8]}"
     port = str(free_port())
-    podman(
-        "run",
-        "--detach",
-        "--name",
+    run_detached(
         name,
-        "--network",
-        "host",
         *run_options(container, image_volumes, scratch),
         *[f"--env={key}={value}" for key, value in sorted({**environment, "PORT": port}.items())],
         image,

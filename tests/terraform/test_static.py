@@ -476,8 +476,9 @@ def test_command_line_prints_usage_and_errors(
         cli.main(["terraform"])
     assert usage.value.code == 2
     usage_text = " ".join(capsys.readouterr().err.split())
-    assert "usage: python -m pipeline terraform [-h] {plan,apply,output,lint,mirror} [environment]" in (
-        usage_text
+    assert (
+        "usage: python -m pipeline terraform [-h] {plan,apply,output,lint,mirror} [environment]"
+        in (usage_text)
     )
     assert cli.main(["terraform", "plan"]) == 2
     assert "error: terraform plan needs an environment" in capsys.readouterr().err

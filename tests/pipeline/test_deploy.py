@@ -147,6 +147,12 @@ def test_a_refused_model_upload_is_one_line_naming_the_missing_grant(
         "models-reader",
         [
             {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket}/models/*"},
+            # Its records, as the deploy role reads them (latest.json, before the gate).
+            {
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"{bucket}/deployments/dev/*",
+            },
             {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
         ],
     )

@@ -42,20 +42,17 @@ def providers(directory: Path) -> Path:
 
 def build(directory: Path, root: Path | None = None) -> Path:
     """The mirror in `directory` of the providers `root` needs (default: the dev
-    environment's root, whose lock file every root and module shares), installed by
-    `terraform init -backend=false -lockfile=readonly` when it holds none yet; its path.
-    Raises TerraformError when Terraform cannot install them (the registry out of reach:
-    its message says why)."""
-    mirror = providers(directory)
-    if not any(mirror.glob("*/*/*/*/*/terraform-provider-*")):
-        directory.mkdir(parents=True, exist_ok=True)
-        with _data_dir(directory):
-            terraform.init(
-                root or terraform.env_root("dev"),
-                backend=False,
-                extra_args=["-lockfile=readonly"],
-            )
-    return mirror
+    environment's root, whose lock file every root and module shares), by `terraform init
+    -backend=false -lockfile=readonly` with its data directory there: it installs what the
+    lock file pins and the mirror lacks (a first run, a provider upgrade) and checks what
+    is there against the lock file's hashes; its path. Raises TerraformError when
+    Terraform cannot install them (the registry out of reach: its message says why)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with _data_dir(directory):
+        terraform.init(
+            root or terraform.env_root("dev"), backend=False, extra_args=["-lockfile=readonly"]
+        )
+    return providers(directory)
 
 
 def cli_config(mirror: Path, path: Path) -> Path:

@@ -34,8 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     # The tests see the reference's files only, as on a GitHub runner, where `nox -s
     # download` caches exactly the files model.toml pins and nothing else is there: a
-    # directory of links to them, taken from FIXTURES_DIR when it is set (CI's
-    # ../shared/fixtures holds more), else from the download cache. It stands in for
+    # directory of links to them, each taken from FIXTURES_DIR when it is set and holds
+    # it (CI's ../shared/fixtures holds more), else from the download cache. It stands in for
     # FIXTURES_DIR in this process and every process a test starts: no test downloads.
     given = os.environ.get("FIXTURES_DIR")
     mirror = _mirror_of_the_reference(Path(given).resolve() if given else None)
@@ -65,17 +65,17 @@ def _reference_artifacts() -> dict[str, Artifact]:
 
 
 def _mirror_of_the_reference(source: Path | None) -> Path | None:
-    """A directory of links to the reference's files found in `source` (a FIXTURES_DIR),
-    or in the download cache when `source` is None; None when none of them is there (the
-    fixture `reference_files` then names what is missing)."""
+    """A directory of links to the reference's files, each from `source` (a FIXTURES_DIR)
+    when it is there, else from the download cache (where `nox -s download` puts a file
+    FIXTURES_DIR lacks); None when neither holds any (the fixture `reference_files` then
+    names what is missing)."""
     found = {}
     for artifact in _reference_artifacts().values():
-        path = (
-            source / artifact.filename
-            if source is not None
-            else default_cache_dir() / str(artifact.sha256) / artifact.filename
-        )
-        if path.is_file():
+        places = [default_cache_dir() / str(artifact.sha256) / artifact.filename]
+        if source is not None:
+            places.insert(0, source / artifact.filename)
+        path = next((place for place in places if place.is_file()), None)
+        if path is not None:
             found[artifact.filename] = path
     if not found:
         return None

@@ -330,12 +330,18 @@ def test_terraforms_revision_serves_a_placeholder_that_passes_the_health_check(
         assert "no model is released" in json.loads(refused.value.read())["error"]
         # A scan of the public load balancer is a 4xx, as the service answers it: 5xx
         # answers feed the alarm that rolls a deployment back, the first release's too.
-        with pytest.raises(urllib.error.HTTPError) as unknown:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/wp-login.php?x=1", timeout=5)
-        assert unknown.value.code == 404
-        assert json.loads(unknown.value.read()) == {
-            "error": "no route '/wp-login.php'; /openapi.json lists the routes"
-        }
+        for method, path in (
+            ("GET", "/wp-login.php?x=1"),
+            ("GET", "/v2/_catalog"),
+            ("OPTIONS", "/predict"),
+            ("PROPFIND", "/"),
+        ):
+            scan = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+            with pytest.raises(urllib.error.HTTPError) as unknown:
+                urllib.request.urlopen(scan, timeout=5)
+            assert unknown.value.code == 404, (method, path)
+            expected = {"error": f"no route {method} {path.split('?')[0]!r}"}
+            assert json.loads(unknown.value.read()) == expected
     finally:
         placeholder.terminate()
         placeholder.wait(timeout=10)

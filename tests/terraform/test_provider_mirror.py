@@ -33,8 +33,11 @@ def test_inits_from_the_mirror_link_the_providers_instead_of_copying_them(
         "  }\n}\n"
     )
     assert "TF_DATA_DIR" not in os.environ
-    # A second prepare finds it there: nothing installed again.
+    # A second prepare checks what is there and keeps it: the same provider, not a copy.
     assert provider_mirror.prepare(tmp_path / "mirror") == config
+    assert list(mirror.glob("registry.terraform.io/hashicorp/aws/*/*/terraform-provider-*")) == [
+        installed
+    ]
 
     monkeypatch.setenv("TF_CLI_CONFIG_FILE", str(config))
     work = copy_terraform(tmp_path / "terraform")

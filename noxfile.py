@@ -94,7 +94,8 @@ def integration(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def mutation(session: nox.Session) -> None:
     """Mutation-test the core modules with mutmut; report in build/mutation/report.md
-    (`-- --changed`: only the core modules changed since HEAD~1; `-- service/codec.py`: those)."""
+    (`-- --changed`: only the core modules changed, by the push or pull request in GitHub Actions,
+    else since HEAD~1; `-- service/codec.py`: those)."""
     install(session, "mutation")
     session.run("python", "-m", "pipeline", "download")
     session.run("python", "-m", "pipeline", "mutation", *session.posargs)

@@ -417,7 +417,10 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 def add_mutation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("modules", nargs="*", help="core modules to mutate (default: all)")
     parser.add_argument(
-        "--changed", action="store_true", help="only the core modules changed since HEAD~1"
+        "--changed",
+        action="store_true",
+        help="only the core modules changed: by the push or pull request in GitHub Actions, "
+        "else since HEAD~1",
     )
     parser.add_argument("--max-children", type=int, default=None, help="parallel test runs")
 

@@ -4,7 +4,7 @@ mutmut (https://mutmut.readthedocs.io) copies the tree into `mutants/`, changes 
 operator, constant or call at a time and runs the fast tests that reach the changed
 function; a change no test notices "survives". `[tool.mutmut]` in pyproject.toml says what
 is mutated (`only_mutate`) and which tests run. This module picks the modules (all of
-them, the ones named, or the ones changed since HEAD~1), runs mutmut on them, then reads
+them, the ones named, or the ones a push or pull request changed), runs mutmut on them, then reads
 mutmut's results (`mutants/<module>.meta`) and writes `build/mutation/report.md`: the
 score per module and every survivor with its file:line and the change.
 """
@@ -51,6 +51,26 @@ def core_modules(patterns: list[str], root: Path = REPO) -> list[str]:
         if path.name != "__init__.py"
     }
     return sorted(found)
+
+
+def changed_since(environ: Mapping[str, str]) -> str:
+    """The commit `--changed` diffs against: in GitHub Actions, the commit before a push
+    (all of its commits, not only the last) or a pull request's base; else HEAD~1. From
+    the event's payload (`GITHUB_EVENT_PATH`: `before` of a push, `pull_request.base.sha`;
+    GitHub docs, "Webhook events and payloads"); a new branch's push has no before
+    (forty zeros) and falls back to HEAD~1."""
+    path = environ.get("GITHUB_EVENT_PATH")
+    if not path:
+        return "HEAD~1"
+    try:
+        event = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return "HEAD~1"
+    if environ.get("GITHUB_EVENT_NAME") == "pull_request":
+        before = str(event.get("pull_request", {}).get("base", {}).get("sha", ""))
+    else:
+        before = str(event.get("before", ""))
+    return before if re.fullmatch(r"[0-9a-f]{40}", before) and before.strip("0") else "HEAD~1"
 
 
 def changed_core_modules(core: list[str], since: str = "HEAD~1") -> list[str]:
@@ -262,7 +282,7 @@ def select(modules: list[str], changed: bool) -> list[str]:
     all of them."""
     core = core_modules(core_patterns())
     if changed:
-        return changed_core_modules(core)
+        return changed_core_modules(core, changed_since(os.environ))
     if not modules:
         return core
     unknown = [m for m in modules if not any(fnmatch.fnmatch(m, p) for p in core_patterns())]

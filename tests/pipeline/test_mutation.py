@@ -103,3 +103,25 @@ def test_a_relative_fixtures_dir_reaches_mutmut_as_the_directory_it_names(tmp_pa
     }
     assert given["FIXTURES_DIR"] == "../shared/fixtures"
     assert mutation.mutmut_environment({"PATH": "/usr/bin"}, repo) == {"PATH": "/usr/bin"}
+
+
+def test_changed_modules_are_those_of_the_whole_push_or_pull_request(tmp_path):
+    """A push of several commits: the diff starts before the first of them (the event's
+    `before`), not at HEAD~1; a pull request diffs against its base; a new branch's push
+    (no before) and a run outside GitHub Actions use HEAD~1."""
+    before, base = "1" * 40, "2" * 40
+    push = tmp_path / "push.json"
+    push.write_text(json.dumps({"before": before, "after": "3" * 40}))
+    new_branch = tmp_path / "new.json"
+    new_branch.write_text(json.dumps({"before": "0" * 40}))
+    pull = tmp_path / "pull.json"
+    pull.write_text(json.dumps({"pull_request": {"base": {"sha": base}}}))
+
+    def since(path, event="push"):
+        return mutation.changed_since({"GITHUB_EVENT_PATH": str(path), "GITHUB_EVENT_NAME": event})
+
+    assert since(push) == before
+    assert since(pull, "pull_request") == base
+    assert since(new_branch) == "HEAD~1"
+    assert since(tmp_path / "missing.json") == "HEAD~1"
+    assert mutation.changed_since({}) == "HEAD~1"

@@ -386,15 +386,25 @@ CALLS: tuple[AwsCall, ...] = (
         Role.COMPACTION,
         "s3:GetObject",
         CAPTURE,
-        "pipeline.predictions.compact.compact_hour (read_part, read_manifest)",
-        "read an hour's parts, its manifests, and the merged objects back to count them",
+        "pipeline.predictions.compact.compact_hour (read_part, read_manifest, sha256)",
+        "read an hour's parts and its manifests, and the merged objects back to check them",
     ),
     AwsCall(
         Role.COMPACTION,
         "s3:PutObject",
         CAPTURE,
-        "service.store.S3Store.put_new (If-None-Match: *)",
-        "write the merged objects and commit them with the manifest",
+        "service.store.S3Store.put_new, put_new_stream (If-None-Match: *)",
+        "write the merged objects (multipart uploads: CreateMultipartUpload, UploadPart and "
+        "CompleteMultipartUpload are s3:PutObject) and commit them with the manifest",
+    ),
+    AwsCall(
+        Role.COMPACTION,
+        "s3:AbortMultipartUpload",
+        CAPTURE,
+        "service.store.S3Store.put_new_stream (abort_multipart_upload)",
+        "a merged object whose upload failed (or found its key taken) is aborted, not left "
+        "to bill until the bucket's lifecycle removes it (S3 user guide, multipart upload "
+        "permissions)",
     ),
     AwsCall(
         Role.COMPACTION,

@@ -20,6 +20,7 @@ import orjson
 
 from service.capture import partformat
 from service.store import (
+    Entry,
     LocalStore,
     NoSuchBucket,
     NotAStore,
@@ -60,6 +61,11 @@ def open_store(url: str) -> PartStore:
 def part_keys(store: PartStore, prefix: str, *, check_only: bool = False) -> list[str]:
     """Part keys under `prefix`, relative to the store's root (merged objects and
     manifests included); with `check_only`, only the local directory's check."""
+    return [entry.key for entry in part_entries(store, prefix, check_only=check_only)]
+
+
+def part_entries(store: PartStore, prefix: str, *, check_only: bool = False) -> list[Entry]:
+    """`part_keys` with each object's size and last-modified time."""
     if isinstance(store, LocalStore) and not store.root.is_dir():
         raise PredictionLogError(
             f"{store.root} does not exist: no predictions were captured there; pass --url "
@@ -68,7 +74,7 @@ def part_keys(store: PartStore, prefix: str, *, check_only: bool = False) -> lis
     if check_only:
         return []
     try:
-        keys = store.list(prefix)
+        entries = store.entries(prefix)
     except NoSuchBucket:
         raise PredictionLogError(
             f"bucket {store.bucket!r} does not exist; check --url / {URL_ENV}"
@@ -79,7 +85,7 @@ def part_keys(store: PartStore, prefix: str, *, check_only: bool = False) -> lis
         ) from None
     except StoreError as exc:
         raise PredictionLogError(f"listing {store.url}/{prefix}: {exc}") from None
-    return [key for key in keys if partformat.split_key(key)]
+    return [entry for entry in entries if partformat.split_key(entry.key)]
 
 
 def read_part(store: PartStore, key: str) -> bytes:

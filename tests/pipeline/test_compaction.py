@@ -16,7 +16,7 @@ from service.capture import partformat
 from service.capture.records import PartNamer, Pending, encode_parts
 from service.capture.sinks import open_sink
 from service.model import ModelInfo
-from service.store import LocalStore
+from service.store import LocalStore, S3Store
 
 INFO = ModelInfo("mnist-8", "1", "cd" * 32)
 NOON = datetime(2025, 3, 1, 12, tzinfo=UTC)
@@ -137,25 +137,177 @@ def test_parts_arriving_after_a_compaction_are_read_and_merged_next_time(tmp_pat
     assert len([n for n in names(store, NOON) if partformat.is_manifest(n)]) == 2
 
 
-class LosesTheLastPart(LocalStore):
-    """A store whose writes of merged objects come out short (the last part missing)."""
+def test_memory_holds_a_few_parts_not_the_hour(tmp_path):
+    """An hour is streamed part by part into its merged object: a busy hour's parts (about
+    0.9 GB a task-hour at the scaling target) never sit in memory together."""
+    import tracemalloc
 
-    def put_new(self, key: str, body: bytes, content_type: str = "") -> bool:
-        if partformat.is_compacted(key.rsplit("/", 1)[1]):
-            body = body[: body.rindex(b"\x1f\x8b\x08")]  # the last gzip member's start
-        return super().put_new(key, body, content_type)
+    rng = np.random.default_rng(7)
+    sink, namer = open_sink(str(tmp_path)), PartNamer()
+    for part in range(24):
+        entries = [
+            Pending(
+                NOON.timestamp() + 1 + part,
+                "/predict",
+                f"r{part}-{n}",
+                INFO,
+                np.eye(10, dtype=np.float32)[[n % 10]],
+                rng.random((1, 784), dtype=np.float32),  # inputs: barely compressible
+                0.002,
+            )
+            for n in range(40)
+        ]
+        for encoded in encode_parts(entries, "dev", namer):
+            assert sink.put(encoded.key, encoded.body)
+    store = parts.open_store(str(tmp_path))
+    hour_bytes = sum(p.stat().st_size for p in (tmp_path / "dev").rglob("*.gz"))
+    largest = max(p.stat().st_size for p in (tmp_path / "dev").rglob("*.gz"))
+    assert hour_bytes > 3_000_000
+    tracemalloc.start()
+    try:
+        (done,) = compaction.compact(store, "dev", now=LATER, workers=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (done.parts, done.records, done.objects) == (24, 960, 1)
+    # workers * READ_AHEAD parts read ahead, one being written, inflate's pieces.
+    assert peak < (2 * compaction.READ_AHEAD + 3) * largest + 2_000_000 < hour_bytes
 
 
-class ChangesARecord(LocalStore):
-    """A store whose writes of merged objects change a record: the same number of records,
-    valid gzip, one id different."""
+def test_a_run_on_a_listing_taken_before_another_runs_commit_loses_nothing(tmp_path):
+    """The listing `compact` takes of every hour may be minutes old when an hour's turn
+    comes: each hour is listed again then, or another run's committed objects would look
+    like a stopped run's and be deleted."""
+    capture(str(tmp_path), NOON, 40)
+    store = parts.open_store(str(tmp_path))
+    before = ids(store)
+    stale = {}
 
-    def put_new(self, key: str, body: bytes, content_type: str = "") -> bool:
-        if partformat.is_compacted(key.rsplit("/", 1)[1]):
-            lines = partformat.lines(body)
-            lines[0] = lines[0].replace(b'"r0"', b'"r9"', 1)
-            body = partformat.encode(lines)
-        return super().put_new(key, body, content_type)
+    def snapshot(step: str) -> None:
+        if step == "written":
+            stale["hour"] = parts.group_hours(parts.part_keys(store, "dev"))[NOON]
+
+    compaction.compact(store, "dev", now=LATER, checkpoint=snapshot)
+    assert stale["hour"].compacted and not stale["hour"].manifests
+    done = compaction.compact_hour(store, stale["hour"])
+    assert (done.generation, done.cleaned) == (0, 0)
+    assert ids(store) == before
+
+
+def test_two_runs_at_once_both_finish_and_lose_nothing(tmp_path):
+    """The schedule's run and a `nox -s compact` at once: the second finds the first's
+    merged objects uncommitted but young, writes the same bytes (taken as its own),
+    commits; the first's commit finds the same manifest there."""
+    import threading
+
+    capture(str(tmp_path), NOON, 40)
+    store = parts.open_store(str(tmp_path))
+    before = ids(store)
+    paused, go, outcome = threading.Event(), threading.Event(), {}
+
+    def pause(step: str) -> None:
+        if step == "verified":
+            paused.set()
+            go.wait(30)
+
+    def first() -> None:
+        try:
+            outcome["first"] = compaction.compact(store, "dev", now=LATER, checkpoint=pause)
+        except Exception as exc:  # reported below
+            outcome["first"] = exc
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert paused.wait(30)
+    second = compaction.compact(store, "dev", now=LATER)
+    go.set()
+    thread.join(30)
+    assert [d.generation for d in second] == [1]
+    assert not isinstance(outcome["first"], Exception), outcome["first"]
+    assert [d.generation for d in outcome["first"]] == [1]
+    assert ids(store) == before
+    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
+
+
+def _age(store: LocalStore, hour: datetime, age: timedelta) -> None:
+    """Make the hour's uncommitted merged objects `age` old."""
+    import os
+
+    moment = (datetime.now(UTC) - age).timestamp()
+    for path in (store.root / partformat.hour_key("dev", hour)).iterdir():
+        if partformat.is_compacted(path.name):
+            os.utime(path, (moment, moment))
+
+
+@pytest.mark.parametrize("age", [timedelta(minutes=30), timedelta(hours=4)])
+def test_a_stopped_runs_objects_are_removed_only_once_orphan_age_old(tmp_path, age):
+    capture(str(tmp_path), NOON, 40)
+    store = parts.open_store(str(tmp_path))
+    with pytest.raises(Stop):
+        compaction.compact(store, "dev", now=LATER, checkpoint=stop_at("written"))
+    capture(str(tmp_path), NOON, 4, first=100)  # other parts: another digest, other names
+    expected = ids(store)
+    _age(store, NOON, age)
+    (done,) = compaction.compact(store, "dev", now=LATER)
+    old = age > compaction.ORPHAN_AGE
+    assert (done.generation, done.parts, done.cleaned) == (1, 11, 1 if old else 0)
+    merged = [n for n in names(store, NOON) if partformat.is_compacted(n)]
+    assert len(merged) == (1 if old else 2)  # a young one stays, read by no reader
+    assert ids(store) == expected
+
+
+def test_a_run_slower_than_commit_within_leaves_its_objects_uncommitted(tmp_path, monkeypatch):
+    capture(str(tmp_path), NOON, 8)
+    store = parts.open_store(str(tmp_path))
+    before = ids(store)
+    monkeypatch.setattr(compaction, "COMMIT_WITHIN", timedelta(0))
+    with pytest.raises(compaction.CompactionError, match="more than 0:00:00; not committed"):
+        compaction.compact(store, "dev", now=LATER)
+    assert not [n for n in names(store, NOON) if partformat.is_manifest(n)]
+    assert ids(store) == before
+    monkeypatch.undo()
+    (done,) = compaction.compact(store, "dev", now=LATER)  # takes the same bytes as its own
+    assert (done.generation, done.records, done.cleaned) == (1, 8, 0)
+    assert ids(store) == before
+
+
+def test_another_runs_different_object_under_our_name_is_not_taken(tmp_path):
+    capture(str(tmp_path), NOON, 8)
+    store = parts.open_store(str(tmp_path))
+    with pytest.raises(Stop):
+        compaction.compact(store, "dev", now=LATER, checkpoint=stop_at("written"))
+    (merged,) = [n for n in names(store, NOON) if partformat.is_compacted(n)]
+    path = store.root / partformat.hour_key("dev", NOON) / merged
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(compaction.CompactionError, match="exists: another compaction"):
+        compaction.compact(store, "dev", now=LATER)
+
+
+class ChangesMergedObjects(LocalStore):
+    """A store whose writes of merged objects store `change(the bytes sent)`."""
+
+    def put_new_stream(self, key, chunks, content_type=""):
+        body = type(self).change(b"".join(chunks()))
+        return super().put_new_stream(key, lambda: [body], content_type)
+
+
+class LosesTheLastPart(ChangesMergedObjects):
+    """Merged objects come out short (the last part missing)."""
+
+    @staticmethod
+    def change(body: bytes) -> bytes:
+        return body[: body.rindex(b"\x1f\x8b\x08")]  # the last gzip member's start
+
+
+class ChangesARecord(ChangesMergedObjects):
+    """Merged objects have one record changed: the same number of records, valid gzip,
+    one id different."""
+
+    @staticmethod
+    def change(body: bytes) -> bytes:
+        lines = partformat.lines(body)
+        lines[0] = lines[0].replace(b'"r0"', b'"r9"', 1)
+        return partformat.encode(lines)
 
 
 READ_BACK_CHANGED = r"compacted-0001-\w+-00\.jsonl\.gz read back is not what was written; nothing"
@@ -200,6 +352,31 @@ def test_compaction_on_s3_deletes_the_parts_it_merged(aws):
         item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="captures")["Contents"]
     ]
     assert [key.rsplit("/", 1)[1][:15] for key in keys] == ["_compacted-0001", "compacted-0001-"]
+    assert ids(store) == before
+
+
+@pytest.mark.integration
+def test_a_commit_whose_answer_was_lost_is_retried_and_its_412_read_as_ours(aws):
+    """botocore retries a PUT whose answer did not arrive (a read timeout, a 5xx) though S3
+    stored it; the retry's If-None-Match then gets 412 for the run's own manifest."""
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="captures")
+    capture("s3://captures/predictions", NOON, 12, per_part=1)
+    lost = []
+
+    def lose_the_manifests_answer(attempts, request_dict, response=None, **_):
+        answered = response is not None and response[0].status_code == 200
+        if attempts == 1 and answered and "/_compacted-" in request_dict["url"]:
+            lost.append(request_dict["url"])
+            return 0  # retry now, as after a lost answer
+        return None
+
+    client.meta.events.register_first("needs-retry.s3.PutObject", lose_the_manifests_answer)
+    store = S3Store("captures", "predictions", client=client)
+    before = ids(store)
+    (done,) = compaction.compact(store, "dev", now=LATER)
+    assert len(lost) == 1
+    assert (done.generation, done.parts, done.records) == (1, 12, 12)
     assert ids(store) == before
 
 

@@ -366,3 +366,118 @@ def test_s3_list_of_a_prefix_ending_in_any_letter_keeps_it(s3_in_process):
 def test_an_s3_prefix_keeps_every_letter_and_loses_only_its_slashes():
     store = open_store("s3://bucket/Xenv/X/", s3_client=lambda: None)
     assert (store.bucket, store.prefix, store.url) == ("bucket", "Xenv/X", "s3://bucket/Xenv/X")
+
+
+# -- Streams, digests and listings with sizes and times -----------------------------------
+
+
+def _chunks(total: int, size: int = 1024 * 1024) -> list[bytes]:
+    """`total` bytes that no two chunks share, in chunks of `size`."""
+    import hashlib
+
+    return [
+        (hashlib.sha256(str(n).encode()).digest() * (size // 32 + 1))[: min(size, total - start)]
+        for n, start in enumerate(range(0, total, size))
+    ]
+
+
+def test_s3_put_new_stream_uploads_parts_of_at_least_8_mib_and_never_replaces(s3_in_process):
+    import hashlib
+
+    from service import store as stores
+
+    s3_in_process.create_bucket(Bucket="capture")
+    store = open_store("s3://capture/dev")
+    chunks = _chunks(2 * stores.STREAM_PART_BYTES + 123)
+    whole = b"".join(chunks)
+    assert store.put_new_stream("h/merged.gz", lambda: chunks, "application/gzip") is True
+    head = s3_in_process.head_object(Bucket="capture", Key="dev/h/merged.gz", PartNumber=1)
+    assert head["PartsCount"] == 3 and head["ContentLength"] == stores.STREAM_PART_BYTES
+    got = s3_in_process.get_object(Bucket="capture", Key="dev/h/merged.gz")
+    assert (got["Body"].read(), got["ContentType"]) == (whole, "application/gzip")
+    assert store.sha256("h/merged.gz") == hashlib.sha256(whole).digest()
+    assert store.sha256("h/missing.gz") is None
+    # Taken: 412 at the completion; the object stays, and no upload is left open.
+    assert store.put_new_stream("h/merged.gz", lambda: [b"other"], "text/plain") is False
+    assert store.read("h/merged.gz") == whole
+    assert s3_in_process.list_multipart_uploads(Bucket="capture").get("Uploads", []) == []
+    # No bytes at all is one empty part: an empty object.
+    assert store.put_new_stream("h/empty.gz", lambda: iter(()), "application/gzip") is True
+    assert store.read("h/empty.gz") == b""
+
+
+def test_a_stream_that_fails_midway_aborts_its_upload_and_writes_nothing(s3_in_process):
+    s3_in_process.create_bucket(Bucket="capture")
+    store = open_store("s3://capture/dev")
+
+    def failing():
+        yield from _chunks(9 * 1024 * 1024)
+        raise OSError("a part could not be read")
+
+    with pytest.raises(OSError, match="could not be read"):
+        store.put_new_stream("h/merged.gz", failing, "application/gzip")
+    assert store.read("h/merged.gz") is None
+    assert s3_in_process.list_multipart_uploads(Bucket="capture").get("Uploads", []) == []
+
+
+def test_a_local_stream_and_digest_answer_as_s3s(tmp_path: Path) -> None:
+    import hashlib
+
+    store = open_store(str(tmp_path))
+    chunks = _chunks(3 * 1024 * 1024 + 5)
+    assert store.put_new_stream("h/m.gz", lambda: chunks) is True
+    assert store.put_new_stream("h/m.gz", lambda: [b"x"]) is False
+    assert store.sha256("h/m.gz") == hashlib.sha256(b"".join(chunks)).digest()
+    assert store.sha256("h/none") is None
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["m.gz"]
+
+
+def test_entries_give_each_objects_size_and_time_on_s3_and_on_disk(s3_in_process, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    s3_in_process.create_bucket(Bucket="capture")
+    for store in (open_store("s3://capture/dev"), open_store(str(tmp_path))):
+        store.put_new("a/1.gz", b"12345", "application/gzip")
+        store.put_new("a/b/2.gz", b"", "application/gzip")
+        entries = sorted(store.entries("a"), key=lambda entry: entry.key)
+        assert [(e.key, e.size) for e in entries] == [("a/1.gz", 5), ("a/b/2.gz", 0)]
+        now = datetime.now(UTC)
+        assert all(now - timedelta(minutes=1) < e.modified <= now for e in entries)
+        assert all(e.modified.tzinfo is not None for e in entries)
+        assert sorted(store.list("a")) == ["a/1.gz", "a/b/2.gz"]
+
+
+@pytest.mark.parametrize("operation", ["put_object", "complete_multipart_upload"])
+def test_a_conditional_write_meeting_a_concurrent_one_is_tried_again(operation):
+    """409 ConditionalRequestConflict: S3 asks for the write again (PutObject and
+    CompleteMultipartUpload, If-None-Match); botocore does not retry a 409."""
+    store, stubber = _stubbed_store()
+    attempts = 2
+    for attempt in range(attempts):
+        if operation == "complete_multipart_upload":
+            stubber.add_response("create_multipart_upload", {"UploadId": f"u{attempt}"})
+            stubber.add_response("upload_part", {"ETag": '"e"', "ChecksumSHA256": "c2hh"})
+        last = attempt == attempts - 1
+        if last:
+            stubber.add_response(operation, {})
+        else:
+            stubber.add_client_error(operation, "ConditionalRequestConflict", "conflict", 409)
+            if operation == "complete_multipart_upload":
+                stubber.add_response("abort_multipart_upload", {})
+    if operation == "put_object":
+        assert store.put_new("k", b"body", "text/plain") is True
+    else:
+        assert store.put_new_stream("k", lambda: [b"body"], "text/plain") is True
+    stubber.assert_no_pending_responses()
+
+
+def test_a_conflict_that_persists_is_a_store_error_naming_it():
+    from service import store as stores
+
+    store, stubber = _stubbed_store()
+    for _ in range(stores.CONFLICT_ATTEMPTS):
+        stubber.add_client_error("put_object", "ConditionalRequestConflict", "conflict", 409)
+    with pytest.raises(StoreError) as raised:
+        store.put_new("k", b"body", "text/plain")
+    assert raised.value.code == "ConditionalRequestConflict"
+    stubber.assert_no_pending_responses()

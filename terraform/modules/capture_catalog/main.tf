@@ -238,7 +238,8 @@ resource "aws_iam_role" "compaction" {
 }
 
 # pipeline/aws_calls.py, role "compaction": list the hours, read the parts, write the
-# merged objects and manifests, delete the merged parts.
+# merged objects (multipart uploads, aborted when they fail) and manifests, delete the
+# merged parts.
 data "aws_iam_policy_document" "compaction" {
   statement {
     sid       = "ListCapture"
@@ -254,7 +255,7 @@ data "aws_iam_policy_document" "compaction" {
 
   statement {
     sid       = "MergeCapture"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    actions   = ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
     resources = ["${var.bucket_arn}/${local.capture_prefix}/*"]
   }
 }

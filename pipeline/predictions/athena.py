@@ -92,15 +92,18 @@ def start(client: Any, sql: str, workgroup: str, database: str) -> str:
 def rows(client: Any, execution: str, workgroup: str, database: str) -> list[list[str | None]]:
     """A started query's rows (header dropped), values as Athena returns them: strings or
     None. Raises PredictionLogError with Athena's reason when the query fails, is
-    cancelled (the workgroup's byte limit) or runs past QUERY_TIMEOUT_SECONDS."""
+    cancelled (the workgroup's byte limit) or runs past QUERY_TIMEOUT_SECONDS; a query
+    past that bound is stopped first (`stop`)."""
     try:
         deadline = time.monotonic() + QUERY_TIMEOUT_SECONDS
         while True:
             status = client.get_query_execution(QueryExecutionId=execution)["QueryExecution"][
                 "Status"
             ]
-            if status["State"] in _FINISHED or time.monotonic() > deadline:
+            if status["State"] in _FINISHED:
                 break
+            if time.monotonic() > deadline:
+                raise PredictionLogError(_stopped_waiting(client, execution, workgroup, status))
             time.sleep(POLL_SECONDS)
         if status["State"] != "SUCCEEDED":
             reason = status.get("StateChangeReason") or f"still {status['State']}"
@@ -119,6 +122,37 @@ def rows(client: Any, execution: str, workgroup: str, database: str) -> list[lis
     return found[1:]  # the first row of a SELECT's results is its column names
 
 
+def stop(client: Any, execution: str) -> str:
+    """Stop a query nothing waits for any more: "" once stopped, else why not.
+
+    Athena runs a query until it finishes or the workgroup's byte limit cancels it,
+    whether or not anyone still waits for it, and bills the bytes it scans;
+    StopQueryExecution ends it (Athena API reference, StopQueryExecution), which takes
+    athena:StopQueryExecution on the workgroup.
+    """
+    try:
+        client.stop_query_execution(QueryExecutionId=execution)
+    except Exception as exc:  # botocore's ClientError/BotoCoreError
+        return str(exc)
+    return ""
+
+
+def _stopped_waiting(client: Any, execution: str, workgroup: str, status: dict[str, Any]) -> str:
+    """The message of a query past QUERY_TIMEOUT_SECONDS, which it stops first."""
+    waited = (
+        f"Athena query {execution} in workgroup {workgroup}: still {status['State']} after "
+        f"{QUERY_TIMEOUT_SECONDS} s"
+    )
+    refused = stop(client, execution)
+    if not refused:
+        return f"{waited}; stopped it"
+    return (
+        f"{waited}, and stopping it failed ({refused}): it runs until it finishes or the "
+        "workgroup's byte limit cancels it, unless you stop it: aws athena "
+        f"stop-query-execution --query-execution-id {execution}"
+    )
+
+
 def _failure(workgroup: str, database: str, exc: Exception) -> PredictionLogError:
     return PredictionLogError(
         f"Athena (workgroup {workgroup}, database {database}): {exc}; are AWS credentials "
@@ -129,14 +163,21 @@ def _failure(workgroup: str, database: str, exc: Exception) -> PredictionLogErro
 def aggregate(
     client: Any, workgroup: str, database: str, since: datetime | None = None
 ) -> Aggregates:
-    """The report's aggregates from Athena (the three queries started at once)."""
+    """The report's aggregates from Athena (the three queries started at once). Raises
+    PredictionLogError when a query fails, after stopping those not read yet."""
     table = f'"{database}"."predictions"'
     started = {
         name: start(client, sql, workgroup, database) for name, sql in queries(table, since).items()
     }
-    answers = {
-        name: rows(client, execution, workgroup, database) for name, execution in started.items()
-    }
+    answers: dict[str, list[list[str | None]]] = {}
+    try:
+        for name, execution in started.items():
+            answers[name] = rows(client, execution, workgroup, database)
+    except PredictionLogError:
+        # The report gives up: the queries it has not read yet would run on, scanning.
+        for execution in list(started.values())[len(answers) + 1 :]:
+            stop(client, execution)
+        raise
     result = Aggregates()
     top: dict[str, list[float]] = {}
     for label, prediction, count, total in answers["classes"]:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 
 from pipeline.cli import main
 from pipeline.predictions import athena
+from pipeline.predictions.store import PredictionLogError
+from tests.pipeline.inprocess import Clock
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +138,81 @@ def test_each_record_counts_once_while_parts_and_their_merged_object_coexist():
     # The report's three queries read every record through it.
     for sql in athena.queries('"d"."predictions"', None).values():
         assert athena.deduplicated('"d"."predictions"', "TRUE") in sql
+
+
+# -- queries the report stops waiting for ----------------------------------------------
+
+
+@pytest.fixture
+def scripted_athena() -> Iterator[tuple[Any, Stubber]]:
+    """A real boto3 Athena client whose answers are scripted, in order (botocore's Stubber
+    checks each request and answer against Athena's service model)."""
+    client = boto3.client(
+        "athena",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
+
+
+def state(stubber: Stubber, execution: str, current: str, reason: str = "") -> None:
+    """GetQueryExecution of `execution` answers `current` (and the reason Athena gives)."""
+    status = {"State": current, **({"StateChangeReason": reason} if reason else {})}
+    stubber.add_response(
+        "get_query_execution",
+        {"QueryExecution": {"QueryExecutionId": execution, "Status": status}},
+        {"QueryExecutionId": execution},
+    )
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(athena, "time", clock.as_time_module())
+    monkeypatch.setattr(athena, "QUERY_TIMEOUT_SECONDS", 2)
+    return clock
+
+
+def test_a_query_past_the_bound_is_stopped_before_the_report_gives_up(scripted_athena, clock):
+    """Athena runs a query nobody waits for until it ends or the workgroup's byte limit
+    cancels it, billing what it scans (Athena API reference, StopQueryExecution)."""
+    client, stubber = scripted_athena
+    for _ in range(4):  # at 0, 1, 2 and 3 s; past 2 s it stops waiting
+        state(stubber, "q1", "RUNNING")
+    stubber.add_response("stop_query_execution", {}, {"QueryExecutionId": "q1"})
+    with pytest.raises(PredictionLogError) as raised:
+        athena.rows(client, "q1", WORKGROUP, DATABASE)
+    assert str(raised.value) == (
+        f"Athena query q1 in workgroup {WORKGROUP}: still RUNNING after 2 s; stopped it"
+    )
+    assert clock.slept == [1.0, 1.0, 1.0]
+
+
+def test_a_query_that_cannot_be_stopped_says_how_to_stop_it(scripted_athena, clock):
+    client, stubber = scripted_athena
+    for _ in range(4):
+        state(stubber, "q1", "QUEUED")
+    stubber.add_client_error("stop_query_execution", "AccessDeniedException", "no", 400)
+    with pytest.raises(PredictionLogError) as raised:
+        athena.rows(client, "q1", WORKGROUP, DATABASE)
+    assert str(raised.value) == (
+        f"Athena query q1 in workgroup {WORKGROUP}: still QUEUED after 2 s, and stopping it "
+        "failed (An error occurred (AccessDeniedException) when calling the "
+        "StopQueryExecution operation: no): it runs until it finishes or the workgroup's "
+        "byte limit cancels it, unless you stop it: aws athena stop-query-execution "
+        "--query-execution-id q1"
+    )
+
+
+def test_a_failed_query_stops_the_report_queries_not_read_yet(scripted_athena, clock):
+    client, stubber = scripted_athena
+    for execution in ("q1", "q2", "q3"):
+        stubber.add_response("start_query_execution", {"QueryExecutionId": execution})
+    state(stubber, "q1", "FAILED", "Query exhausted resources at this scale factor")
+    for execution in ("q2", "q3"):
+        stubber.add_response("stop_query_execution", {}, {"QueryExecutionId": execution})
+    with pytest.raises(PredictionLogError, match="exhausted resources"):
+        athena.aggregate(client, WORKGROUP, DATABASE)

@@ -14,6 +14,7 @@ import yaml
 from tests.conftest import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "pipeline.yml"
+CI_MODULE = REPO / "terraform" / "modules" / "ci" / "main.tf"
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,42 @@ def test_mutation_testing_runs_on_the_changed_core_modules_within_the_budget(wor
     assert 45 <= job["timeout-minutes"] <= 60
     checkout = next(step for step in job["steps"] if "actions/checkout" in step.get("uses", ""))
     assert checkout["with"]["fetch-depth"] == 0
+
+
+def deploy_role_max_session_seconds() -> int:
+    """The deploy role's `max_session_duration` as terraform/modules/ci sets it, or IAM's
+    default of one hour when it sets none (IAM API reference, CreateRole:
+    MaxSessionDuration)."""
+    role = re.search(
+        r'^resource "aws_iam_role" "deploy" \{\n(.*?)^\}', CI_MODULE.read_text(), re.M | re.S
+    )
+    assert role, f"{CI_MODULE} makes no aws_iam_role.deploy"
+    setting = re.search(r"^\s*max_session_duration\s*=\s*(.+?)\s*$", role.group(1), re.M)
+    if setting is None:
+        return 3600
+    assert setting.group(1).isdigit(), f"max_session_duration = {setting.group(1)}: not a number"
+    return int(setting.group(1))
+
+
+def test_the_deploy_credentials_outlast_the_deploy_job(workflow):
+    """configure-aws-credentials asks STS for a session of role-duration-seconds (one hour
+    when unset: the action's README, "Credential Lifetime"), which STS refuses beyond the
+    role's maximum session duration (STS API reference, AssumeRoleWithWebIdentity:
+    DurationSeconds). GitHub cancels a job after its timeout-minutes (GitHub Actions docs,
+    "Workflow syntax"), so credentials that last that long never expire mid-release."""
+    credentialed = 0
+    for name, job in workflow["jobs"].items():
+        for step in job["steps"]:
+            if "aws-actions/configure-aws-credentials" not in step.get("uses", ""):
+                continue
+            credentialed += 1
+            seconds = step["with"].get("role-duration-seconds")
+            assert seconds is not None, f"job {name} leaves role-duration-seconds to its default"
+            assert job["timeout-minutes"] * 60 <= int(seconds), (
+                f"job {name} may run {job['timeout-minutes']} min on {seconds} s credentials"
+            )
+            assert int(seconds) <= deploy_role_max_session_seconds(), (
+                f"job {name} asks for {seconds} s, more than the deploy role's "
+                f"max_session_duration ({CI_MODULE.relative_to(REPO)})"
+            )
+    assert credentialed, "no job configures AWS credentials"

@@ -22,6 +22,11 @@ from typing import Any
 
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.retries.standard import (
+    RetryContext,
+    ThrottledRetryableChecker,
+    TransientRetryableChecker,
+)
 
 from pipeline import compaction_task, records, revisions
 from pipeline.environment import Environment
@@ -35,6 +40,78 @@ HTTP_TIMEOUT_SECONDS = 10
 
 class ReleaseError(Exception):
     """The release failed; the message says where and why."""
+
+
+# -- which ECS errors a wait outlives ---------------------------------------------------
+
+_THROTTLED = ThrottledRetryableChecker()
+_TRANSIENT = TransientRetryableChecker()
+
+
+def transient(error: BotoCoreError | ClientError) -> bool:
+    """Whether asking again may get another answer: throttling (its error codes or HTTP
+    429), a server error (HTTP 5xx: ECS's ServerException, InternalFailure,
+    ServiceUnavailable), a timeout or a dropped connection. These are the errors
+    botocore's standard retry mode retries, judged by botocore's own checkers (AWS SDKs
+    and Tools reference guide, "Retry behavior"). Anything else (AccessDeniedException,
+    ExpiredTokenException, ClusterNotFoundException, missing credentials) gets the same
+    answer every time (AWS "Common Errors": each is a 4xx)."""
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        context = RetryContext(attempt_number=1, parsed_response=error.response)
+        return (
+            status >= 500
+            or status == 429
+            or _THROTTLED.is_retryable(context)
+            or _TRANSIENT.is_retryable(context)
+        )
+    return _TRANSIENT.is_retryable(RetryContext(attempt_number=1, caught_exception=error))
+
+
+_GRANT = (
+    "grant the deploy role ecs:DescribeServices on the service (terraform/modules/ci "
+    "grants what pipeline/aws_calls.py lists) and apply the environment"
+)
+_SESSION = (
+    "the AWS session ended before the release did: deploy again; in GitHub Actions the "
+    "deploy job's role-duration-seconds (.github/workflows/pipeline.yml) must cover its "
+    "timeout-minutes"
+)
+_CREDENTIALS = "check the AWS credentials the pipeline runs with (AWS_PROFILE, AWS_ACCESS_KEY_ID)"
+_NAMES = (
+    "check the environment's cluster_name, service_name and aws_region outputs, or run its "
+    "terraform apply (nox -s apply -- <env>)"
+)
+# What to do about an ECS error no retry changes, by its code (AWS "Common Errors";
+# ECS API reference, DescribeServices: Errors) or, for botocore's own, its class.
+REFUSAL_FIXES = {
+    "AccessDeniedException": _GRANT,
+    "AccessDenied": _GRANT,
+    "ExpiredTokenException": _SESSION,
+    "ExpiredToken": _SESSION,
+    "RequestExpired": _SESSION,
+    "UnrecognizedClientException": _CREDENTIALS,
+    "InvalidClientTokenId": _CREDENTIALS,
+    "InvalidSignatureException": _CREDENTIALS,
+    "IncompleteSignature": _CREDENTIALS,
+    "NoCredentialsError": _CREDENTIALS,
+    "ClusterNotFoundException": _NAMES,
+    "ServiceNotFoundException": _NAMES,
+}
+
+
+def refusal(error: BotoCoreError | ClientError, cluster: str, service: str) -> ReleaseError:
+    """The ReleaseError for an ECS error `transient` says no retry changes: the error,
+    and what to do about it when its code is one of REFUSAL_FIXES."""
+    code = (
+        error.response.get("Error", {}).get("Code", "")
+        if isinstance(error, ClientError)
+        else type(error).__name__
+    )
+    fix = REFUSAL_FIXES.get(code, "asking again would get the same answer")
+    return ReleaseError(
+        f"ECS refused to describe service {service!r} in cluster {cluster!r}: {error}; {fix}"
+    )
 
 
 @dataclass(frozen=True)
@@ -109,6 +186,13 @@ class Ecs:
     def current_task_definition(self, cluster: str, service: str) -> str:
         return self.service(cluster, service)["taskDefinition"]
 
+    def revision_status(self, task_definition: str) -> str:
+        """The revision's `status`: ACTIVE, INACTIVE once deregistered, DELETE_IN_PROGRESS
+        once deleted (ECS developer guide, "Amazon ECS task definition states";
+        DescribeTaskDefinition answers for all three)."""
+        answer = self._client.describe_task_definition(taskDefinition=task_definition)
+        return answer["taskDefinition"].get("status", "ACTIVE")
+
     def register(
         self, base_arn: str, container: str, image: str, environment: dict[str, str]
     ) -> str:
@@ -181,8 +265,10 @@ class Ecs:
         when it stops being PRIMARY (ECS rolled it back, or another deployment
         started). With deployment alarms, COMPLETED comes only after the bake time, and
         ECS may roll back until then ("Deployment failure detection", ECS developer
-        guide). Errors from the ECS API (throttling, network) are retried by botocore
-        and then by this loop until `timeout` seconds have passed.
+        guide). Transient errors from the ECS API (`transient`: throttling, 5xx,
+        network) are retried by botocore and then by this loop until `timeout` seconds
+        have passed; any other (access denied, expired credentials, no such cluster)
+        raises ReleaseError at once, naming the fix (`refusal`).
         """
         deadline = time.monotonic() + timeout
         last_error = ""
@@ -190,6 +276,8 @@ class Ecs:
             try:
                 current = self.service(cluster, service)
             except (BotoCoreError, ClientError) as exc:
+                if not transient(exc):
+                    raise refusal(exc, cluster, service) from exc
                 last_error = f"; last ECS error: {exc}"
             else:
                 last_error = ""
@@ -405,7 +493,8 @@ def release(
     It succeeds only once ECS reports our deployment COMPLETED, the smoke test passes and
     the compaction family has a revision with the released image; otherwise the service
     returns to the last successful release (`latest.json`), or, for a first release, to
-    the revision it ran before. Every attempt leaves a record (`pipeline.records`).
+    the revision it ran before (Terraform's current revision when that one is no longer
+    ACTIVE: _restorable). Every attempt leaves a record (`pipeline.records`).
 
     `smoke.images` are [N, *item_shape] arrays as the service takes them; the timeouts
     are seconds (`stable_timeout` for each ECS deployment, ours and a rollback's). Which
@@ -422,8 +511,11 @@ def release(
     previous = ecs.current_task_definition(env.cluster_name, env.service_name)
     record["previous_task_definition"] = previous
     # Where a failure returns: the last successful release, else (a first release) what
-    # runs now, Terraform's revision serving its placeholder.
-    restore_to = (records.read_latest(env.records_url) or {}).get("task_definition") or previous
+    # runs now, Terraform's revision serving its placeholder, or Terraform's current
+    # revision when an apply has deregistered that one since (see _restorable).
+    last_release = (records.read_latest(env.records_url) or {}).get("task_definition")
+    restore_to = last_release or previous
+    instead = "" if last_release else env.task_definition_arn
     new = ecs.register(
         env.task_definition_arn, env.container_name, candidate.image, task_environment(candidate)
     )
@@ -438,7 +530,9 @@ def release(
         smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep, token=token)
         record["compaction_task_definition"] = _follow_with_compaction(env, ecs, new, say)
     except RELEASE_FAILURES as failure:
-        outcome, reason = _restore(env, ecs, restore_to, str(failure), stable_timeout, say)
+        outcome, reason = _restore(
+            env, ecs, restore_to, str(failure), stable_timeout, say, instead=instead
+        )
         record.update(outcome=outcome, reason=reason, finished_at=datetime.now(UTC).isoformat())
         records.write(env.records_url, record)
         return Outcome(record, new, previous, False, reason)
@@ -486,15 +580,56 @@ def _restore(
     failure: str,
     timeout: float,
     say: Callable[[str], None],
+    *,
+    instead: str = "",
 ) -> tuple[str, str]:
-    """Put the service back on `target` and wait for that deployment: (outcome, reason)."""
+    """Put the service back on `target` (or `instead`, see _restorable) and wait for that
+    deployment: (outcome, reason)."""
     say(f"release failed: {failure}; rolling back to {target}")
     try:
+        target = _restorable(env, ecs, target, instead, say)
         deployment = ecs.update(env.cluster_name, env.service_name, target)
         ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, target, timeout)
     except RELEASE_FAILURES as rollback_failure:
         return "failed", f"{failure}; the rollback to {target} did not complete: {rollback_failure}"
     return "rolled_back", failure
+
+
+def _restorable(
+    env: Environment, ecs: Ecs, target: str, instead: str, say: Callable[[str], None]
+) -> str:
+    """`target` when it is ACTIVE, else `instead` (for a first release, Terraform's
+    revision: the `task_definition_arn` output) when that one is ACTIVE.
+
+    ECS starts no deployment of a revision that is not ACTIVE: "you can't update an
+    existing service to reference an INACTIVE task definition" (ECS API reference,
+    DeregisterTaskDefinition; DeleteTaskDefinitions says the same of DELETE_IN_PROGRESS).
+    A first release returns to the revision that ran before it, which a Terraform apply
+    that changed the task, or a person, may have deregistered since. Raises ReleaseError
+    saying what to do when neither revision can run.
+    """
+    status = ecs.revision_status(target)
+    if status == "ACTIVE":
+        return target
+    if not instead:
+        problem = f"{target}, the last successful release's revision, is {status}"
+        fix = "deploy that release's commit again, which registers a new revision of it"
+    else:
+        fix = (
+            f"run nox -s apply -- {env.environment}, which registers Terraform's revision "
+            "anew, then deploy again"
+        )
+        if instead == target:
+            problem = f"{target}, Terraform's revision, is {status}"
+        else:
+            fallback = ecs.revision_status(instead)
+            if fallback == "ACTIVE":
+                say(f"{target} is {status}; rolling back to Terraform's revision {instead} instead")
+                return instead
+            problem = f"{target} is {status} and Terraform's revision {instead} is {fallback}"
+    raise ReleaseError(
+        f"{problem}, and ECS cannot point a service at a revision that is not ACTIVE: {fix}"
+    )
 
 
 def rollback(

@@ -19,6 +19,7 @@ from unittest import mock
 import boto3
 import numpy as np
 import pytest
+from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 from botocore.stub import ANY, Stubber
 
 from pipeline import records
@@ -31,12 +32,14 @@ from pipeline.release import (
     ReleaseError,
     SmokeImages,
     format_status,
+    refusal,
     release,
     release_id,
     rollback,
     smoke_test,
     status,
     task_environment,
+    transient,
 )
 from service.app import create_app
 from tests.pipeline.inprocess import Clock, Endpoints
@@ -182,9 +185,11 @@ BASE_TASK = {
 }
 
 
-def expect_register(scripted: ScriptedEcs, base: dict, revision: str, sent: dict) -> None:
+def expect_register(
+    scripted: ScriptedEcs, base: dict, revision: str, sent: dict, base_arn: str = BOOTSTRAP
+) -> None:
     scripted.stubber.add_response(
-        "describe_task_definition", {"taskDefinition": base}, {"taskDefinition": BOOTSTRAP}
+        "describe_task_definition", {"taskDefinition": base}, {"taskDefinition": base_arn}
     )
     scripted.stubber.add_response(
         "register_task_definition",
@@ -314,6 +319,73 @@ def test_the_default_poll_interval_is_ten_seconds(scripted, clock):
         CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=60
     )
     assert clock.slept == [10.0]
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status", "fix"),
+    [
+        (
+            "AccessDeniedException",
+            403,
+            "grant the deploy role ecs:DescribeServices on the service (terraform/modules/ci "
+            "grants what pipeline/aws_calls.py lists) and apply the environment",
+        ),
+        (
+            "ExpiredTokenException",
+            403,
+            "the AWS session ended before the release did: deploy again; in GitHub Actions "
+            "the deploy job's role-duration-seconds (.github/workflows/pipeline.yml) must "
+            "cover its timeout-minutes",
+        ),
+        (
+            "ClusterNotFoundException",
+            400,
+            "check the environment's cluster_name, service_name and aws_region outputs, or "
+            "run its terraform apply (nox -s apply -- <env>)",
+        ),
+        ("InvalidParameterException", 400, "asking again would get the same answer"),
+    ],
+)
+def test_an_ecs_error_no_retry_changes_ends_the_wait_at_once_naming_the_fix(
+    scripted, clock, code, http_status, fix
+):
+    """Only throttling and server errors are worth asking again (AWS SDKs and Tools
+    reference guide, "Retry behavior"); a refusal stops the wait before its first poll."""
+    scripted.stubber.add_client_error("describe_services", code, "no", http_status)
+    ecs = Ecs(scripted.client, poll_seconds=10, sleep=clock.sleep)
+    with pytest.raises(ReleaseError) as raised:
+        ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=900)
+    assert str(raised.value) == (
+        f"ECS refused to describe service {SERVICE!r} in cluster {CLUSTER!r}: An error "
+        f"occurred ({code}) when calling the DescribeServices operation: no; {fix}"
+    )
+    assert clock.slept == []
+
+
+def test_throttling_and_server_errors_are_asked_again_until_the_rollout_completes(scripted, clock):
+    for code, http_status in (
+        ("ThrottlingException", 400),
+        ("TooManyRequestsException", 400),
+        ("ServerException", 500),
+        ("ServiceUnavailable", 503),
+        ("RequestTimeoutException", 408),
+    ):
+        scripted.stubber.add_client_error("describe_services", code, "later", http_status)
+    scripted.describe(
+        service(RELEASED, deployment("ecs-svc/0002", RELEASED, "PRIMARY", "COMPLETED"))
+    )
+    ecs = Ecs(scripted.client, poll_seconds=10, sleep=clock.sleep)
+    ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=900)
+    assert clock.slept == [10] * 5
+
+
+def test_a_dropped_connection_is_transient_and_missing_credentials_are_not():
+    assert transient(EndpointConnectionError(endpoint_url="https://ecs.us-east-1.amazonaws.com"))
+    assert not transient(NoCredentialsError())
+    assert str(refusal(NoCredentialsError(), CLUSTER, SERVICE)).endswith(
+        ": Unable to locate credentials; check the AWS credentials the pipeline runs with "
+        "(AWS_PROFILE, AWS_ACCESS_KEY_ID)"
+    )
 
 
 # -- the smoke test through the service's ASGI app ------------------------------------
@@ -526,7 +598,11 @@ def test_a_protected_service_without_a_token_names_the_missing_output(
 # -- whole releases --------------------------------------------------------------------
 
 
-def expect_release_start(scripted: ScriptedEcs, running: str, revision: str) -> None:
+def expect_release_start(
+    scripted: ScriptedEcs, running: str, revision: str, terraforms: str = BOOTSTRAP
+) -> None:
+    """DescribeServices (the service runs `running`), then the new `revision` registered
+    from Terraform's revision `terraforms`."""
     scripted.stubber.add_response(
         "describe_services",
         {
@@ -541,6 +617,7 @@ def expect_release_start(scripted: ScriptedEcs, running: str, revision: str) -> 
         BASE_TASK,
         revision,
         {**registered_request(task_environment(candidate())), "containerDefinitions": ANY},
+        terraforms,
     )
 
 
@@ -614,6 +691,7 @@ def test_a_failed_smoke_test_returns_to_the_last_release_and_records_why(
     # returns to the last successful release, not to what ran.
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0003", "COMPLETED")
+    scripted.revision(RELEASED)
     expect_deployment(scripted, RELEASED, "ecs-svc/0004", "COMPLETED")
     said: list[str] = []
     outcome = release(
@@ -643,6 +721,7 @@ def test_a_failed_first_release_returns_to_what_ran_before(
     env = environment(BASE, tmp_path)  # nothing serves it: the smoke test never sees ready
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
     outcome = release(
         env,
@@ -665,6 +744,7 @@ def test_a_rollback_that_does_not_complete_is_recorded_as_failed(
     env = environment(BASE, tmp_path)
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(BOOTSTRAP)
     scripted.stubber.add_client_error(
         "update_service",
         "ServerException",
@@ -694,6 +774,7 @@ def test_an_ecs_error_on_the_update_rolls_back(scripted, endpoints, smoke, tmp_p
     env = environment(BASE, tmp_path)
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     scripted.stubber.add_client_error("update_service", "AccessDeniedException", "no", 400)
+    scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
     outcome = release(
         env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None, sleep=clock.sleep
@@ -709,6 +790,7 @@ def test_the_deployment_wait_is_bounded_by_the_stable_timeout(
     env = environment(BASE, tmp_path)
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "IN_PROGRESS", "IN_PROGRESS")
+    scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "IN_PROGRESS", "COMPLETED")
     ecs = Ecs(scripted.client, poll_seconds=30, sleep=clock.sleep)
     outcome = release(
@@ -728,12 +810,105 @@ def test_default_bounds_are_fifteen_and_five_minutes(scripted, endpoints, smoke,
     env = environment(BASE, tmp_path)
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
     outcome = release(
         env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None, sleep=clock.sleep
     )
     assert " within 300 s" in outcome.reason
     assert sum(clock.slept) == 300
+
+
+# Terraform's revision after an apply that changed the task: the revision the service
+# ran before (BOOTSTRAP) was deregistered by that apply.
+APPLIED = f"arn:aws:ecs:us-east-1:{ACCOUNT}:task-definition/{FAMILY}:4"
+
+
+def failing_release(scripted, env: Environment, smoke, clock: Clock, said: list[str]):
+    """A release whose smoke test fails: nothing serves the endpoint."""
+    return release(
+        env,
+        candidate(),
+        smoke,
+        ecs=scripted.ecs(),
+        say=said.append,
+        sleep=clock.sleep,
+        smoke_timeout=0,
+    )
+
+
+def test_a_first_release_returns_to_terraforms_revision_when_the_one_before_is_inactive(
+    scripted, endpoints, smoke, tmp_path, clock
+):
+    """ECS refuses UpdateService to an INACTIVE revision (ECS API reference,
+    DeregisterTaskDefinition), so the release goes back to Terraform's current one."""
+    env = replace(environment(BASE, tmp_path), task_definition_arn=APPLIED)
+    expect_release_start(scripted, BOOTSTRAP, NEXT, terraforms=APPLIED)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(BOOTSTRAP, "INACTIVE")
+    scripted.revision(APPLIED)
+    expect_deployment(scripted, APPLIED, "ecs-svc/0003", "COMPLETED")
+    said: list[str] = []
+    outcome = failing_release(scripted, env, smoke, clock, said)
+    assert outcome.record["outcome"] == "rolled_back", outcome.reason
+    assert outcome.record["previous_task_definition"] == BOOTSTRAP
+    assert said[-1] == (
+        f"{BOOTSTRAP} is INACTIVE; rolling back to Terraform's revision {APPLIED} instead"
+    )
+    assert records.read_latest(env.records_url) is None
+
+
+def test_a_first_release_with_no_active_revision_to_return_to_says_to_apply(
+    scripted, endpoints, smoke, tmp_path, clock
+):
+    env = replace(environment(BASE, tmp_path), task_definition_arn=APPLIED)
+    expect_release_start(scripted, BOOTSTRAP, NEXT, terraforms=APPLIED)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(BOOTSTRAP, "INACTIVE")
+    scripted.revision(APPLIED, "DELETE_IN_PROGRESS")
+    outcome = failing_release(scripted, env, smoke, clock, [])
+    assert outcome.record["outcome"] == "failed"
+    assert outcome.reason.endswith(
+        f"; the rollback to {BOOTSTRAP} did not complete: {BOOTSTRAP} is INACTIVE and "
+        f"Terraform's revision {APPLIED} is DELETE_IN_PROGRESS, and ECS cannot point a service "
+        "at a revision that is not ACTIVE: run nox -s apply -- dev, which registers "
+        "Terraform's revision anew, then deploy again"
+    )
+
+
+def test_a_first_release_from_terraforms_inactive_revision_says_to_apply(
+    scripted, endpoints, smoke, tmp_path, clock
+):
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(BOOTSTRAP, "INACTIVE")
+    outcome = failing_release(scripted, env, smoke, clock, [])
+    assert outcome.record["outcome"] == "failed"
+    assert outcome.reason.endswith(
+        f"did not complete: {BOOTSTRAP}, Terraform's revision, is INACTIVE, and ECS cannot "
+        "point a service at a revision that is not ACTIVE: run nox -s apply -- dev, which "
+        "registers Terraform's revision anew, then deploy again"
+    )
+
+
+def test_a_last_release_deregistered_by_hand_is_not_replaced_by_the_placeholder(
+    scripted, endpoints, smoke, tmp_path, clock
+):
+    """Only a first release goes back to Terraform's revision (its placeholder): a later
+    one whose last good revision was deregistered says how to get that release back."""
+    env = replace(environment(BASE, tmp_path), task_definition_arn=APPLIED)
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", RELEASED))
+    expect_release_start(scripted, RELEASED, NEXT, terraforms=APPLIED)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(RELEASED, "INACTIVE")
+    outcome = failing_release(scripted, env, smoke, clock, [])
+    assert outcome.record["outcome"] == "failed"
+    assert outcome.reason.endswith(
+        f"did not complete: {RELEASED}, the last successful release's revision, is INACTIVE, "
+        "and ECS cannot point a service at a revision that is not ACTIVE: deploy that "
+        "release's commit again, which registers a new revision of it"
+    )
 
 
 def test_a_token_secret_is_read_before_anything_changes(scripted, smoke, tmp_path):
@@ -1385,6 +1560,7 @@ def test_rollbacks_follow_deployments_without_rollout_state(
     env = environment(BASE, tmp_path)
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(BOOTSTRAP)
     back = deployment("ecs-svc/0003", BOOTSTRAP, "PRIMARY", "IN_PROGRESS")
     scripted.stubber.add_response(
         "update_service",

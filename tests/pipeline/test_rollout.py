@@ -99,6 +99,22 @@ class ScriptedEcs:
     def updated(self, answer: dict) -> None:
         self.stubber.add_response("update_service", {"service": answer})
 
+    def revision(self, arn: str, status: str = "ACTIVE") -> None:
+        """DescribeTaskDefinition of `arn`, a revision in `status` (what a failed release
+        asks of the revision it returns to)."""
+        self.stubber.add_response(
+            "describe_task_definition",
+            {
+                "taskDefinition": {
+                    "taskDefinitionArn": arn,
+                    "family": FAMILY,
+                    "containerDefinitions": [{"name": "server", "image": "img"}],
+                    "status": status,
+                }
+            },
+            {"taskDefinition": arn},
+        )
+
     def ecs(self) -> Ecs:
         return Ecs(self.client, poll_seconds=0, sleep=lambda seconds: None)
 
@@ -271,6 +287,7 @@ def test_nothing_is_recorded_as_released_before_completed(scripted, mnist8_serve
     )
     # Our rollback: ECS is already rolling back to the same revision, so UpdateService
     # starts nothing new and we follow ECS's own rollback deployment to COMPLETED.
+    scripted.revision(RELEASED)
     scripted.updated(service(RELEASED, ecs_rollback))
     scripted.describe(service(RELEASED, {**ecs_rollback, "rolloutState": "COMPLETED"}))
     outcome = release(

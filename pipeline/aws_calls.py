@@ -243,6 +243,14 @@ CALLS: tuple[AwsCall, ...] = (
     ),
     AwsCall(
         Role.DEPLOY,
+        "ecs:DescribeTaskDefinition",
+        "*",
+        "pipeline.release.Ecs.revision_status",
+        "after a failed release: is the revision it returns to still ACTIVE (ECS cannot point "
+        "a service at an INACTIVE one; ECS API reference, DeregisterTaskDefinition)?",
+    ),
+    AwsCall(
+        Role.DEPLOY,
         "ecs:RegisterTaskDefinition",
         "*",
         "pipeline.release.Ecs.register",

@@ -89,8 +89,11 @@ class Ecr:
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "RepositoryNotFoundException":
                 raise ImageError(
-                    f"ECR repository {repository_name!r} does not exist: create it with the "
-                    "environment's terraform apply, or fix the repository URL"
+                    f"ECR repository {repository_name!r} does not exist in "
+                    f"{self._client.meta.region_name}: create it with the environment's "
+                    "terraform apply, or fix the repository URL (an environment promotes from "
+                    "a repository of its own account and region: give every environment the "
+                    "same aws_region)"
                 ) from None
             raise
         for failure in answer.get("failures", []):

@@ -119,3 +119,35 @@ def test_the_token_secret_comes_from_its_output_or_its_variable() -> None:
         "dev", terraform_outputs=lambda e: outputs, environ={"DEV_API_TOKEN_SECRET_ARN": arn}
     )
     assert given.api_token_secret_arn == arn
+
+
+def _hcl_string(text: str, name: str) -> str | None:
+    """The string `name = "..."` sets at the top level of a tfvars or backend file."""
+    import re
+
+    found = re.search(rf'^\s*{name}\s*=\s*"([^"]*)"', text, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def test_every_environment_and_its_state_name_one_region() -> None:
+    """An environment promotes from a repository of its own account and region (the deploy
+    role's pull grant and the registry login are prod's region's), so every root's
+    `aws_region` (its terraform.tfvars, else the variable's default) and its backend's
+    region are one."""
+    import re
+
+    regions = {}
+    for root in sorted((REPO / "terraform" / "envs").iterdir()):
+        default = re.search(
+            r'variable "aws_region" \{.*?default\s*=\s*"([^"]+)"',
+            (root / "variables.tf").read_text(),
+            re.DOTALL,
+        )
+        tfvars = _hcl_string((root / "terraform.tfvars").read_text(), "aws_region")
+        regions[root.name] = tfvars or (default.group(1) if default else None)
+        regions[f"{root.name} state"] = _hcl_string((root / "backend.hcl").read_text(), "region")
+    assert None not in regions.values(), regions
+    assert len(set(regions.values())) == 1, (
+        f"the environments name more than one region: {regions}; set the same aws_region in "
+        "every terraform/envs/*/terraform.tfvars and the same region in every backend.hcl"
+    )

@@ -143,7 +143,7 @@ def test_ecr_login_token_is_decoded(aws) -> None:
 @pytest.mark.integration
 def test_ecr_tag_lookup(aws) -> None:
     ecr = registries.Ecr(boto3.client("ecr"))
-    with pytest.raises(image.ImageError, match="'onnx-ship' does not exist"):
+    with pytest.raises(image.ImageError, match="'onnx-ship' does not exist in us-east-1: "):
         ecr.existing("onnx-ship", "abc")
     boto3.client("ecr").create_repository(repositoryName="onnx-ship")
     assert ecr.existing("onnx-ship", "abc") is None

@@ -493,8 +493,7 @@ def release(
     It succeeds only once ECS reports our deployment COMPLETED, the smoke test passes and
     the compaction family has a revision with the released image; otherwise the service
     returns to the last successful release (`latest.json`), or, for a first release, to
-    the revision it ran before (Terraform's current revision when that one is no longer
-    ACTIVE: _restorable). Every attempt leaves a record (`pipeline.records`).
+    the revision it ran before (`_where_a_failure_returns`). Every attempt leaves a record.
 
     `smoke.images` are [N, *item_shape] arrays as the service takes them; the timeouts
     are seconds (`stable_timeout` for each ECS deployment, ours and a rollback's). Which
@@ -510,12 +509,7 @@ def release(
     record = _new_record(env, candidate, datetime.now(UTC))
     previous = ecs.current_task_definition(env.cluster_name, env.service_name)
     record["previous_task_definition"] = previous
-    # Where a failure returns: the last successful release, else (a first release) what
-    # runs now, Terraform's revision serving its placeholder, or Terraform's current
-    # revision when an apply has deregistered that one since (see _restorable).
-    last_release = (records.read_latest(env.records_url) or {}).get("task_definition")
-    restore_to = last_release or previous
-    instead = "" if last_release else env.task_definition_arn
+    restore_to, instead = _where_a_failure_returns(env, previous)
     new = ecs.register(
         env.task_definition_arn, env.container_name, candidate.image, task_environment(candidate)
     )
@@ -540,6 +534,17 @@ def release(
     records.write(env.records_url, record)
     say(f"released {record['release_id']} to {env.environment}")
     return Outcome(record, new, previous, True)
+
+
+def _where_a_failure_returns(env: Environment, previous: str) -> tuple[str, str]:
+    """(the revision a failed release returns to, the one instead when that one is no
+    longer ACTIVE: `_restorable`): the last successful release's (`latest.json`) and none,
+    else, for a first release, what runs now (Terraform's revision serving its
+    placeholder) and Terraform's current revision."""
+    last_release = (records.read_latest(env.records_url) or {}).get("task_definition")
+    if last_release:
+        return last_release, ""
+    return previous, env.task_definition_arn
 
 
 def _new_record(env: Environment, candidate: Candidate, started: datetime) -> dict[str, Any]:

@@ -199,6 +199,33 @@ def test_capture_expires_and_moves_only_to_classes_it_stays_in(
 
 
 @pytest.mark.parametrize("env", ENVS)
+def test_capture_delete_markers_and_athena_results_expire(applied: Applied, env: str) -> None:
+    """Compaction deletes the parts it merges, and in a versioned bucket each delete leaves
+    a delete marker: a rule expiring after N days removes one only at N days old, so a rule
+    of its own (ExpiredObjectDeleteMarker, which S3 takes only without Days) removes it as
+    soon as it is the part's only version. Athena writes every query's result under the
+    workgroup's location, and only the lifecycle removes them."""
+    outputs = applied.outputs[env]
+    bucket = outputs["bucket_name"]
+    rules = applied.client("s3").get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    markers = [
+        rule for rule in rules if rule.get("Expiration", {}).get("ExpiredObjectDeleteMarker")
+    ]
+    assert [(rule["Filter"]["Prefix"], rule["Expiration"]) for rule in markers] == [
+        ("capture/", {"ExpiredObjectDeleteMarker": True})
+    ]
+    workgroup = applied.client("athena").get_work_group(WorkGroup=outputs["athena_workgroup"])
+    location = workgroup["WorkGroup"]["Configuration"]["ResultConfiguration"]["OutputLocation"]
+    results_key = location.removeprefix(f"s3://{bucket}/")
+    results = [
+        (rule["Expiration"]["Days"], rule["NoncurrentVersionExpiration"]["NoncurrentDays"])
+        for rule in rules
+        if rule["Filter"].get("Prefix") and results_key.startswith(rule["Filter"]["Prefix"])
+    ]
+    assert results == [(7, 1)]
+
+
+@pytest.mark.parametrize("env", ENVS)
 def test_repository_is_immutable_and_scanned(applied: Applied, env: str) -> None:
     ecr = applied.client("ecr")
     name = applied.outputs[env]["ecr_repository_name"]

@@ -7,14 +7,17 @@ import json
 import re
 import shlex
 import subprocess
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from pipeline import cli, terraform
+from pipeline import aws_calls, cli, promotion, terraform
 from pipeline.environment import REQUIRED
 from service.config import APP_ENV_PATTERN
+from tests.terraform.ecr_lifecycle import Image, expired
 
 TERRAFORM_DIR = terraform.TERRAFORM_DIR
 ENVS = TERRAFORM_DIR / "envs"
@@ -353,6 +356,205 @@ def test_every_checkov_skip_gives_a_reason() -> None:
         for line in path.read_text().splitlines():
             if "checkov:skip" in line:
                 assert re.search(r"checkov:skip=CKV2?_AWS_\d+:\S.{20,}", line), f"{path}: {line}"
+
+
+# ---------------------------------------------------------------------------
+# What a first apply waits for, and what later changes leave in place
+# ---------------------------------------------------------------------------
+
+
+def dependency_graph(terraform_bin: str, root: Path) -> dict[str, set[str]]:
+    """What each resource of `root` waits for, as Terraform orders them: `terraform graph`
+    (Terraform 1.7+: the configuration's resources and data sources, an edge from each to
+    those it depends on, through locals, variables and module outputs alike), with a
+    local backend, so nothing is read from AWS. Node -> the nodes of its edges."""
+    (root / "graph_override.tf").write_text('terraform {\n  backend "local" {}\n}\n')
+    terraform.init(root)
+    dot = subprocess.run(
+        [terraform_bin, "graph"], cwd=root, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    graph: dict[str, set[str]] = {}
+    for source, target in re.findall(r'^\s*"([^"]+)" -> "([^"]+)"', dot, flags=re.M):
+        graph.setdefault(source, set()).add(target)
+    assert graph, dot[-2000:]
+    return graph
+
+
+def waits_for(graph: Mapping[str, set[str]], node: str) -> set[str]:
+    """Every node `node` depends on, directly or through others."""
+    found: set[str] = set()
+    todo = [node]
+    while todo:
+        for target in graph.get(todo.pop(), set()) - found:
+            found.add(target)
+            todo.append(target)
+    return found
+
+
+NETWORK = "module.network"
+PUBLIC_ROUTES = {
+    f"{NETWORK}.aws_internet_gateway.this",
+    f"{NETWORK}.aws_route.public_internet",
+    f"{NETWORK}.aws_route_table_association.public",
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("env", terraform.ENVIRONMENTS)
+def test_a_first_apply_routes_the_subnets_before_the_load_balancer_and_the_tasks(
+    env: str, terraform_bin: str, terraform_copy: Path
+) -> None:
+    """AWS refuses an internet-facing load balancer in a VPC without an attached internet
+    gateway (InvalidSubnet), and a task that starts before its subnet routes to ECR
+    (NAT, or the internet gateway in dev), to S3 (the gateway endpoint) and before its
+    API-token secret has a value cannot start. A subnet ID exists before any of that, so
+    the order is Terraform's graph, read here as Terraform computes it. The graph is the
+    configuration's: prod's NAT routes are among what the service waits for, and dev,
+    whose count of them is 0, waits for the public routes its tasks use."""
+    graph = dependency_graph(terraform_bin, terraform_copy / "envs" / env)
+    load_balancer = waits_for(graph, "module.service.aws_lb.this")
+    assert load_balancer >= PUBLIC_ROUTES, sorted(PUBLIC_ROUTES - load_balancer)
+    first_task_needs = PUBLIC_ROUTES | {
+        f"{NETWORK}.aws_route.private_nat",
+        f"{NETWORK}.aws_route_table_association.private",
+        f"{NETWORK}.aws_vpc_endpoint.s3",
+        "module.service.aws_secretsmanager_secret_version.api_tokens",
+    }
+    service = waits_for(graph, "module.service.aws_ecs_service.this")
+    assert service >= first_task_needs, sorted(first_task_needs - service)
+
+
+def console_value(
+    terraform_bin: str, module: Path, expression: str, variables: dict[str, str]
+) -> str:
+    """`expression` as `terraform console` prints it in `module` (initialised), given
+    `variables`: configuration only, no provider call, no state."""
+    return subprocess.run(
+        [terraform_bin, "console", *(f"-var={k}={v}" for k, v in variables.items())],
+        input=expression,
+        cwd=module,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+
+
+# One synthetic repository history: 300 pushes 8 hours apart (100 days), each tagged with
+# its commit; every fifth a successful release, tagged verified- as well, the first of
+# them the 3rd push (the image a later release of the same tree and model leaves
+# verified); two untagged images (interrupted pushes), one old and one recent.
+PUSH_INTERVAL = timedelta(hours=8)
+FIRST_PUSH = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def push_history() -> tuple[list[Image], list[Image]]:
+    """(tagged pushes, oldest first; untagged images)."""
+    model = "ab" * 32
+    pushes = []
+    for n in range(300):
+        tags: tuple[str, ...] = (f"{n:040x}",)
+        if n % 5 == 2:
+            tags += (promotion.verified_tag(f"{n:040x}", model),)
+        pushes.append(Image(f"sha256:{n:064x}", tags, FIRST_PUSH + n * PUSH_INTERVAL))
+    untagged = [
+        Image(f"sha256:{300 + n:064x}", (), FIRST_PUSH + n * PUSH_INTERVAL) for n in (10, 299)
+    ]
+    return pushes, untagged
+
+
+@pytest.mark.integration
+def test_released_images_outlive_every_later_push(terraform_bin: str, terraform_copy: Path) -> None:
+    """A promoting environment ships the image tagged verified-<tree>-<model> in its
+    source's repository, which may be far older than the last 50 pushes (the tag stays on
+    the first image of a tree and model), and a rollback returns to an earlier release's
+    image. The registry's lifecycle, as Terraform renders it and as ECR applies it
+    (tests/terraform/ecr_lifecycle.py), keeps every released image of the history while
+    still expiring old unreleased pushes and interrupted ones."""
+    registry = terraform_copy / "modules" / "registry"
+    terraform.init(registry, backend=False)
+    rendered = console_value(terraform_bin, registry, "local.lifecycle_policy", {"name": "x"})
+    policy = json.loads(json.loads(rendered))
+    pushes, untagged = push_history()
+    now = pushes[-1].pushed_at + timedelta(hours=1)
+    gone = expired(policy, pushes + untagged, now)
+
+    released = {image.digest for image in pushes if len(image.tags) == 2}
+    assert pushes[2].digest in released and pushes[2].digest not in gone
+    assert not gone & released
+    newest = sorted(pushes + untagged, key=lambda image: image.pushed_at, reverse=True)[:50]
+    assert not gone & {image.digest for image in newest}
+    older = {image.digest for image in pushes if image not in newest}
+    assert older - released <= gone
+    assert untagged[0].digest in gone and untagged[1].digest not in gone
+
+
+def test_the_lifecycle_evaluator_reproduces_the_ecr_user_guides_examples() -> None:
+    """ECR user guide, "Examples of lifecycle policies": "Filtering on multiple rules"
+    (examples A and B) and "Filtering on multiple tags in a single rule" (A and B)."""
+    now = datetime(2025, 1, 31, tzinfo=UTC)
+
+    def image(name: str, tags: tuple[str, ...], days_ago: int) -> Image:
+        return Image(name, tags, now - timedelta(days=days_ago))
+
+    def rule(priority: int, prefixes: list[str], **count: object) -> dict[str, object]:
+        selection = {"tagStatus": "tagged", "tagPrefixList": prefixes, **count}
+        return {"rulePriority": priority, "selection": selection, "action": {"type": "expire"}}
+
+    one = {"countType": "imageCountMoreThan", "countNumber": 1}
+    three = [
+        image("A", ("beta-1", "prod-1"), 10),
+        image("B", ("beta-2", "prod-2"), 9),
+        image("C", ("beta-3",), 8),
+    ]
+    prod_first = {"rules": [rule(1, ["prod"], **one), rule(2, ["beta"], **one)]}
+    beta_first = {"rules": [rule(1, ["beta"], **one), rule(2, ["prod"], **one)]}
+    assert expired(prod_first, three, now) == {"A"}
+    assert expired(beta_first, three, now) == {"A", "B"}
+
+    six = [
+        image("A", ("alpha-1",), 12),
+        image("B", ("beta-1",), 11),
+        image("C", ("alpha-2", "beta-2"), 10),
+        image("D", ("alpha-3",), 4),
+        image("E", ("beta-3",), 3),
+        image("F", ("alpha-4", "beta-4"), 2),
+    ]
+    older_than_five = {"countType": "sinceImagePushed", "countUnit": "days", "countNumber": 5}
+    assert expired({"rules": [rule(1, ["alpha", "beta"], **older_than_five)]}, six, now) == {"C"}
+    not_exclusive = [
+        image("A", ("alpha-1", "beta-1", "gamma-1"), 10),
+        image("B", ("alpha-2", "beta-2"), 9),
+        image("C", ("alpha-3", "beta-3", "gamma-2"), 8),
+    ]
+    assert expired({"rules": [rule(1, ["alpha", "beta"], **one)]}, not_exclusive, now) == {
+        "A",
+        "B",
+    }
+
+
+def test_the_registry_counts_released_images_by_the_tag_the_pipeline_gives_them() -> None:
+    registry = (TERRAFORM_DIR / "modules" / "registry" / "main.tf").read_text()
+    prefix = re.search(r'^\s*verified_tag_prefix\s*=\s*"([^"]+)"', registry, flags=re.M)
+    assert prefix and prefix.group(1) == promotion.VERIFIED_PREFIX
+
+
+def test_terraform_never_deregisters_a_task_definition_revision() -> None:
+    """A failed first release returns the service to Terraform's revision, and ECS refuses
+    UpdateService to an INACTIVE one (ECS API reference, DeregisterTaskDefinition): every
+    task definition Terraform manages keeps its replaced revisions (skip_destroy), and no
+    role may deregister one."""
+    revisions = []
+    for path in TERRAFORM_DIR.rglob("*.tf"):
+        text = path.read_text()
+        for block in re.findall(
+            r'^resource "aws_ecs_task_definition" "\w+" \{\n.*?^\}', text, flags=re.M | re.S
+        ):
+            revisions.append(path)
+            assert re.search(r"^  skip_destroy\s*=\s*true$", block, flags=re.M), path
+        assert not re.search(r'"ecs:(\*|Deregister)', text), path
+    assert revisions, "no aws_ecs_task_definition found"
+    assert not [c for c in aws_calls.CALLS if c.action.endswith(":DeregisterTaskDefinition")]
 
 
 # ---------------------------------------------------------------------------

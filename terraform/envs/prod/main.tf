@@ -12,6 +12,9 @@ provider "aws" {
 
 data "aws_caller_identity" "current" {}
 
+# aws, aws-cn or aws-us-gov: ARNs built here name the region's partition.
+data "aws_partition" "current" {}
+
 # Created once per account by terraform/bootstrap.
 data "aws_iam_openid_connect_provider" "github" {
   url = "https://token.actions.githubusercontent.com"
@@ -32,7 +35,7 @@ locals {
   # Repositories of the environments this one promotes images from (prod: dev).
   promote_from_repository_arns = [
     for source in var.promote_from_environments :
-    "arn:aws:ecr:${var.aws_region}:${local.account_id}:repository/${var.project}-${source}"
+    "arn:${data.aws_partition.current.partition}:ecr:${var.aws_region}:${local.account_id}:repository/${var.project}-${source}"
   ]
 }
 

@@ -2,6 +2,9 @@
 # of one workflow file on one branch of one repository, running in the GitHub
 # environment of the same name, and allowed only what a release needs.
 
+# aws, aws-cn or aws-us-gov: ARNs built here name the region's partition.
+data "aws_partition" "current" {}
+
 locals {
   # The repository's OIDC subject, customised to the claims repo, context and
   # job_workflow_ref (GitHub docs, "OpenID Connect", "Customizing the subject claims";
@@ -175,7 +178,7 @@ data "aws_iam_policy_document" "deploy" {
   statement {
     sid       = "ReadOwnTerraformOutputs"
     actions   = ["s3:GetObject"]
-    resources = ["arn:aws:s3:::${var.state_bucket_name}/${var.state_key}"]
+    resources = ["arn:${data.aws_partition.current.partition}:s3:::${var.state_bucket_name}/${var.state_key}"]
   }
 
   statement {
@@ -183,7 +186,7 @@ data "aws_iam_policy_document" "deploy" {
     # `terraform init` lists env:/ for workspaces; the default workspace's init and
     # `terraform output` take no lock, so the lock file needs no grant.
     actions   = ["s3:ListBucket"]
-    resources = ["arn:aws:s3:::${var.state_bucket_name}"]
+    resources = ["arn:${data.aws_partition.current.partition}:s3:::${var.state_bucket_name}"]
 
     condition {
       test     = "StringEquals"

@@ -23,10 +23,24 @@ resource "aws_ecr_repository" "this" {
 # Lifecycle
 ################################################################################
 
-resource "aws_ecr_lifecycle_policy" "this" {
-  repository = aws_ecr_repository.this.name
+# ECR applies the rules in rulePriority order; an image that matches the tags of a
+# rule is never expired by a rule of lower priority, and imageCountMoreThan keeps the
+# most recently pushed images of those a rule selects (ECR user guide, "Lifecycle
+# policy properties" and "How lifecycle policies work", evaluation rules). A count of
+# every push alone would expire old images that still matter: the image a promoting
+# environment ships is the one that first took `verified-<tree>-<model>` (when the same
+# tree and model come back, the tag stays on the older image), and the images a failed
+# release or a rollback returns to are earlier successful releases', each tagged so
+# (pipeline/deploy.py, mark_verified). So released images are counted apart, by a rule
+# before the one that counts every push. A release whose tree and model were verified
+# before by another image has no tag of its own (its commit's tag is on every push):
+# the count of every push keeps it.
+locals {
+  # The tag a successful release gives its image: pipeline/promotion.py, VERIFIED_PREFIX
+  # (a test keeps the two equal).
+  verified_tag_prefix = "verified-"
 
-  policy = jsonencode({
+  lifecycle_policy = jsonencode({
     rules = [
       {
         rulePriority = 1
@@ -41,7 +55,19 @@ resource "aws_ecr_lifecycle_policy" "this" {
       },
       {
         rulePriority = 2
-        description  = "Keep the most recent images, enough to roll back"
+        description  = "Keep the most recent released images: what promotion ships and a rollback returns to"
+        selection = {
+          tagStatus     = "tagged"
+          tagPrefixList = [local.verified_tag_prefix]
+          countType     = "imageCountMoreThan"
+          countNumber   = var.max_verified_image_count
+        }
+        action = { type = "expire" }
+      },
+      {
+        # A rule with tagStatus "any" must come last (highest rulePriority).
+        rulePriority = 3
+        description  = "Keep the most recent pushes, released or not"
         selection = {
           tagStatus   = "any"
           countType   = "imageCountMoreThan"
@@ -51,4 +77,9 @@ resource "aws_ecr_lifecycle_policy" "this" {
       },
     ]
   })
+}
+
+resource "aws_ecr_lifecycle_policy" "this" {
+  repository = aws_ecr_repository.this.name
+  policy     = local.lifecycle_policy
 }

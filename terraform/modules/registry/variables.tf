@@ -24,9 +24,17 @@ variable "untagged_image_retention_days" {
 }
 
 variable "max_image_count" {
-  description = "Number of most recent images kept; older ones expire. Keep it above the releases you may roll back to."
+  description = "Number of most recent images kept of every push, released or not; older ones expire unless they are among the max_verified_image_count most recent released images."
   type        = number
   default     = 50
+}
+
+# At one to three releases a working day (20 to 60 a month), 200 keeps three months or
+# more of releases to promote or roll back to.
+variable "max_verified_image_count" {
+  description = "Number of most recent released (verified-) images kept, whatever was pushed since: what promotion ships and a rollback returns to."
+  type        = number
+  default     = 200
 }
 
 variable "tags" {

@@ -223,6 +223,14 @@ resource "aws_iam_role_policy" "task" {
 # Task definition (every release overlays its image and model on this revision)
 ################################################################################
 
+# Terraform replaces this revision whenever an argument below changes, and by default
+# deregisters the one it replaces. Until the first release succeeds, the service runs
+# Terraform's revision and ignores the new one (lifecycle below), and a failed first
+# release returns to what the service ran; ECS refuses UpdateService to an INACTIVE
+# revision (ECS API reference, DeregisterTaskDefinition). skip_destroy keeps every
+# revision Terraform made ACTIVE, replaced or destroyed (provider docs,
+# aws_ecs_task_definition, skip_destroy). The pipeline's revisions are never in this
+# state, so nothing here deregisters them.
 resource "aws_ecs_task_definition" "this" {
   family                   = var.name
   requires_compatibilities = ["FARGATE"]
@@ -301,6 +309,8 @@ resource "aws_ecs_task_definition" "this" {
       }
     },
   ])
+
+  skip_destroy = true
 
   tags = var.tags
 }
@@ -583,7 +593,20 @@ resource "aws_ecs_service" "this" {
 
   tags = var.tags
 
-  depends_on = [aws_lb_listener.http, aws_lb_listener.https, aws_iam_role_policy.execution]
+  # What a first task needs the moment it starts, beyond what the arguments above
+  # reference: the listeners, its execution role's grants, and a value in the API
+  # tokens' secret. ECS reads the secret named in `secrets` as GetSecretValue without
+  # a version, that is its AWSCURRENT version (Secrets Manager API reference,
+  # GetSecretValue); a secret created without one has none, and the task stops with
+  # ResourceInitializationError (ECS developer guide, "Pass Secrets Manager secrets
+  # through Amazon ECS environment variables"). The routes a task needs come with
+  # var.task_subnet_ids (network module, outputs.tf).
+  depends_on = [
+    aws_lb_listener.http,
+    aws_lb_listener.https,
+    aws_iam_role_policy.execution,
+    aws_secretsmanager_secret_version.api_tokens,
+  ]
 }
 
 ################################################################################

@@ -1,6 +1,12 @@
 # One bucket per environment holds everything the service and the pipeline
 # share: models/ (read by tasks), capture/<env>/ (prediction records written by
-# tasks) and deployments/<env>/ (release records written by the pipeline).
+# tasks), deployments/<env>/ (release records written by the pipeline) and
+# athena-results/<env>/ (query results of the capture's Athena workgroup).
+
+locals {
+  capture_prefix        = "capture/"
+  athena_results_prefix = "athena-results/"
+}
 
 ################################################################################
 # Bucket
@@ -119,7 +125,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     status = "Enabled"
 
     filter {
-      prefix = "capture/"
+      prefix = local.capture_prefix
     }
 
     dynamic "transition" {
@@ -136,6 +142,49 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     }
 
     # Versioning keeps an expired part as a noncurrent version: gone a day later.
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+  }
+
+  # Compaction deletes every part it merges, hourly: in a versioned bucket each delete
+  # leaves a delete marker, the part's only version once its noncurrent version has
+  # expired a day later. A rule that expires after N days removes such markers only
+  # once they are N days old (up to 400 here), and every LIST of capture/ walks past
+  # them meanwhile. This rule removes each as soon as it is the only version left; S3
+  # takes ExpiredObjectDeleteMarker only in a rule without Days or Date (S3 user
+  # guide, "Lifecycle configuration elements", "Managing delete markers"; S3 API
+  # reference, LifecycleExpiration).
+  rule {
+    id     = "capture-delete-markers"
+    status = "Enabled"
+
+    filter {
+      prefix = local.capture_prefix
+    }
+
+    expiration {
+      expired_object_delete_marker = true
+    }
+  }
+
+  # The capture_catalog module's Athena workgroup writes every query's result under
+  # athena-results/<env>/, and nothing else removes them. The report reads a result
+  # once, right after its query (pipeline/predictions/athena.py), and Athena reuses a
+  # result for at most 7 days (Athena API reference, ResultReuseByAgeConfiguration,
+  # MaxAgeInMinutes up to 10,080), so nothing reads an older one.
+  rule {
+    id     = "athena-results-retention"
+    status = "Enabled"
+
+    filter {
+      prefix = local.athena_results_prefix
+    }
+
+    expiration {
+      days = var.athena_results_retention_days
+    }
+
     noncurrent_version_expiration {
       noncurrent_days = 1
     }

@@ -40,6 +40,12 @@ variable "capture_archive_after_days" {
   default     = 90
 }
 
+variable "athena_results_retention_days" {
+  description = "Days an Athena query result (athena-results/) is kept; 7 is the longest Athena reuses a result."
+  type        = number
+  default     = 7
+}
+
 variable "noncurrent_version_retention_days" {
   description = "Days an overwritten or deleted object version is kept before it expires."
   type        = number

@@ -154,13 +154,25 @@ def _refused(action: str, code: str, bucket: str, key: str, exc: StoreError) -> 
 def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
     """This commit's image in the environment's repository, as `repository@digest`.
 
-    Tags are immutable and image builds are not byte-reproducible, so when an earlier
-    run of this commit (e.g. GitHub's "Re-run job" after a failed smoke test) already
-    pushed `<repository>:<git sha>`, that image is reused instead of built again.
+    Tags are immutable and image builds are not byte-reproducible, so an image already
+    there is reused rather than built again: the one this environment released and
+    verified for this code and model (`verified-<git tree>-<model sha256>`: an empty
+    commit, a revert of a revert, a merge of the same tree), else the one an earlier run
+    of this commit pushed (`<repository>:<git sha>`, e.g. GitHub's "Re-run job" after a
+    failed smoke test). So every release of a verified tree runs the image an environment
+    promoting from this one ships, and the registry's lifecycle keeps it as a released
+    image (terraform/modules/registry).
     """
     ecr = registries.Ecr(env.client("ecr"))
     repository = _repository(env.ecr_repository_url)
     _, name = registries.split_repository_url(env.ecr_repository_url)
+    tag = promotion.verified_tag(
+        promotion.git_tree(git_sha, REPO), gated.downloaded.sha256s["model"]
+    )
+    verified = ecr.existing(name, tag)
+    if verified is not None:
+        say(f"reusing {repository}:{tag} ({verified.digest}), released for this code and model")
+        return f"{repository}@{verified.digest}"
     pushed = ecr.existing(name, git_sha)
     if pushed is not None:
         say(f"reusing {repository}:{git_sha} ({pushed.digest}), pushed by an earlier run")

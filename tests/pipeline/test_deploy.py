@@ -122,7 +122,9 @@ def test_a_rerun_reuses_the_image_an_earlier_run_pushed_for_the_commit(aws, monk
         raise AssertionError("the commit's image exists: nothing may be built")
 
     monkeypatch.setattr(deploy_module.images, "build", must_not_build)
-    assert deploy_module.build_and_push(env, None, sha) == f"127.0.0.1:5000/{CLUSTER}@{pushed}"
+    monkeypatch.setattr(deploy_module.promotion, "git_tree", lambda commit, repo: "e" * 40)
+    gated = SimpleNamespace(downloaded=SimpleNamespace(sha256s={"model": MNIST8_SHA256}))
+    assert deploy_module.build_and_push(env, gated, sha) == f"127.0.0.1:5000/{CLUSTER}@{pushed}"
 
 
 @pytest.mark.integration

@@ -409,15 +409,40 @@ def test_a_new_commit_is_built_and_pushed(moto_in_process, cli, mnist8_path, mon
     assert cli.calls[2][4] == images.DEFAULT_BASE_IMAGE
 
 
-def test_a_commit_already_pushed_is_reused(moto_in_process, cli, capsys):
+def test_a_commit_already_pushed_is_reused(moto_in_process, cli, mnist8_path, capsys):
     create_repository("onnx-ship-dev")
     pushed = put_image("onnx-ship-dev", SHA)
     put_image("onnx-ship-dev", "b" * 40)
-    assert build_and_push(environment(), None, SHA) == f"{REGISTRY}/onnx-ship-dev@{pushed}"
+    gated = gated_stand_in(mnist8_path)
+    assert build_and_push(environment(), gated, SHA) == f"{REGISTRY}/onnx-ship-dev@{pushed}"
     assert cli.calls == []
     assert capsys.readouterr().err == (
         f"deploy: reusing {REGISTRY}/onnx-ship-dev:{SHA} ({pushed}), pushed by an earlier run\n"
     )
+
+
+def test_a_tree_and_model_released_before_ship_that_image(
+    moto_in_process, cli, mnist8_path, capsys
+):
+    """A new commit of a tree this environment released with this model (an empty commit,
+    a revert of a revert) ships the verified image, not a new build, nor this commit's
+    image a failed run pushed: the release runs what a promoting environment ships, and
+    the registry keeps it as a released image."""
+    create_repository("onnx-ship-dev")
+    tag = promotion.verified_tag(TREE, MNIST8_SHA256)
+    verified = put_image("onnx-ship-dev", tag)
+    put_image("onnx-ship-dev", SHA)  # this commit, pushed by a run whose release failed
+    gated = gated_stand_in(mnist8_path)
+    assert build_and_push(environment(), gated, SHA) == f"{REGISTRY}/onnx-ship-dev@{verified}"
+    assert cli.calls == []
+    assert capsys.readouterr().err == (
+        f"deploy: reusing {REGISTRY}/onnx-ship-dev:{tag} ({verified}), released for this code "
+        "and model\n"
+    )
+    # Another model on the same code is not what was released.
+    gated.downloaded.sha256s["model"] = "f" * 64
+    build_and_push(environment(), gated, SHA)
+    assert capsys.readouterr().err.endswith("pushed by an earlier run\n")
 
 
 def test_the_source_repository_is_the_variable_when_set(monkeypatch):

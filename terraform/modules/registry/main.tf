@@ -31,10 +31,9 @@ resource "aws_ecr_repository" "this" {
 # environment ships is the one that first took `verified-<tree>-<model>` (when the same
 # tree and model come back, the tag stays on the older image), and the images a failed
 # release or a rollback returns to are earlier successful releases', each tagged so
-# (pipeline/deploy.py, mark_verified). So released images are counted apart, by a rule
-# before the one that counts every push. A release whose tree and model were verified
-# before by another image has no tag of its own (its commit's tag is on every push):
-# the count of every push keeps it.
+# (pipeline/deploy.py, mark_verified; a release of a tree and model released before
+# ships that image again, build_and_push). So released images are counted apart, by a
+# rule before the one that counts every push.
 locals {
   # The tag a successful release gives its image: pipeline/promotion.py, VERIFIED_PREFIX
   # (a test keeps the two equal).

@@ -248,7 +248,13 @@ def peak_compaction(
 
 
 def copy_hours(store: parts.PartStore, source: parts.Hour, hours: list[datetime]) -> None:
-    """The merged objects and manifest of `source`, copied (CopyObject) to each of `hours`."""
+    """The merged objects and manifest of `source`, copied (CopyObject) to each of `hours`.
+
+    A merged object is a multipart upload with a composite SHA-256 (`<digest>-<parts>`);
+    S3 gives a copy a checksum of its whole bytes, computed anew with ChecksumAlgorithm
+    (S3 user guide, "Checking object integrity", copy operations). Without it moto copies
+    the composite value as a whole-object one, which botocore's GetObject check refuses.
+    """
     manifest = parts.read_manifest(store, source, source.manifests[0])
 
     def copy(hour: datetime) -> None:
@@ -258,6 +264,7 @@ def copy_hours(store: parts.PartStore, source: parts.Hour, hours: list[datetime]
                 Bucket=store.bucket,
                 Key=store.key(f"{prefix}/{name}"),
                 CopySource={"Bucket": store.bucket, "Key": store.key(source.key(name))},
+                ChecksumAlgorithm="SHA256",
             )
         body = orjson.dumps(manifest | {"hour": hour.isoformat()})
         store.put_new(f"{prefix}/{source.manifests[0]}", body, "application/json")

@@ -876,39 +876,42 @@ def test_a_first_release_with_no_active_revision_to_return_to_says_to_apply(
     )
 
 
-def test_a_first_release_from_terraforms_inactive_revision_says_to_apply(
-    scripted, endpoints, smoke, tmp_path, clock
+@pytest.mark.parametrize(
+    "last_release, fix",
+    [
+        (
+            None,
+            f"{BOOTSTRAP}, Terraform's revision, is INACTIVE, and ECS cannot point a service at "
+            "a revision that is not ACTIVE: run nox -s apply -- dev, which registers "
+            "Terraform's revision anew, then deploy again",
+        ),
+        (
+            RELEASED,
+            f"{RELEASED}, the last successful release's revision, is INACTIVE, and ECS cannot "
+            "point a service at a revision that is not ACTIVE: deploy that release's commit "
+            "again, which registers a new revision of it",
+        ),
+    ],
+    ids=["first release, Terraform's revision", "later release, deregistered by hand"],
+)
+def test_a_revision_to_return_to_that_is_inactive_says_what_to_do(
+    scripted, endpoints, smoke, tmp_path, clock, last_release, fix
 ):
+    """A first release whose Terraform revision is INACTIVE says to apply; a later one
+    whose last good revision was deregistered is not put on Terraform's placeholder, but
+    says how to get that release back."""
     env = environment(BASE, tmp_path)
-    expect_release_start(scripted, BOOTSTRAP, NEXT)
+    if last_release:
+        env = replace(env, task_definition_arn=APPLIED)
+        records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", last_release))
+        expect_release_start(scripted, last_release, NEXT, terraforms=APPLIED)
+    else:
+        expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
-    scripted.revision(BOOTSTRAP, "INACTIVE")
+    scripted.revision(last_release or BOOTSTRAP, "INACTIVE")
     outcome = failing_release(scripted, env, smoke, clock, [])
     assert outcome.record["outcome"] == "failed"
-    assert outcome.reason.endswith(
-        f"did not complete: {BOOTSTRAP}, Terraform's revision, is INACTIVE, and ECS cannot "
-        "point a service at a revision that is not ACTIVE: run nox -s apply -- dev, which "
-        "registers Terraform's revision anew, then deploy again"
-    )
-
-
-def test_a_last_release_deregistered_by_hand_is_not_replaced_by_the_placeholder(
-    scripted, endpoints, smoke, tmp_path, clock
-):
-    """Only a first release goes back to Terraform's revision (its placeholder): a later
-    one whose last good revision was deregistered says how to get that release back."""
-    env = replace(environment(BASE, tmp_path), task_definition_arn=APPLIED)
-    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", RELEASED))
-    expect_release_start(scripted, RELEASED, NEXT, terraforms=APPLIED)
-    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
-    scripted.revision(RELEASED, "INACTIVE")
-    outcome = failing_release(scripted, env, smoke, clock, [])
-    assert outcome.record["outcome"] == "failed"
-    assert outcome.reason.endswith(
-        f"did not complete: {RELEASED}, the last successful release's revision, is INACTIVE, "
-        "and ECS cannot point a service at a revision that is not ACTIVE: deploy that "
-        "release's commit again, which registers a new revision of it"
-    )
+    assert outcome.reason.endswith(f"did not complete: {fix}")
 
 
 def test_a_token_secret_is_read_before_anything_changes(scripted, smoke, tmp_path):

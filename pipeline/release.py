@@ -637,6 +637,32 @@ def _restorable(
     )
 
 
+def _rollback_target(
+    env: Environment, history: list[dict[str, Any]], latest: dict[str, Any]
+) -> dict[str, Any]:
+    """The successful release a rollback returns to: the latest one before `latest` that
+    runs another revision than `latest` and was never rolled back from. So a second
+    rollback goes further back, as a second one is asked for when the first release it
+    returned to is wrong too, instead of returning to the release the first one left
+    (every rollback is a record naming what it rolled back from, `rollback_of`).
+    Raises ReleaseError when there is none."""
+    left = {r["rollback_of"] for r in history if r.get("rollback_of")}
+    refused = {r["task_definition"] for r in history if r["release_id"] in left}
+    refused.add(latest.get("task_definition"))
+    earlier = [
+        r
+        for r in history
+        if r["release_id"] < latest["release_id"] and r["task_definition"] not in refused
+    ]
+    if not earlier:
+        rolled_back = f" (rolled back from: {', '.join(sorted(left))})" if left else ""
+        raise ReleaseError(
+            f"{env.environment} has no successful release before {latest['release_id']} "
+            f"that runs another revision and was not rolled back from{rolled_back}"
+        )
+    return earlier[-1]
+
+
 def rollback(
     env: Environment,
     *,
@@ -644,7 +670,7 @@ def rollback(
     stable_timeout: float = STABLE_TIMEOUT_SECONDS,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Return `env` to its previous successful release (the one before `latest.json`).
+    """Return `env` to its previous successful release (`_rollback_target`).
 
     Points the service back at that release's task definition, waits up to
     `stable_timeout` seconds for the deployment to complete (see `Ecs.wait_for_rollout`),
@@ -661,12 +687,7 @@ def rollback(
             f"{env.environment} has no earlier successful release to return to "
             f"({len(history)} successful release(s) recorded)"
         )
-    earlier = [r for r in history if r["release_id"] < latest["release_id"]]
-    if not earlier:
-        raise ReleaseError(
-            f"{env.environment} has no successful release before {latest['release_id']}"
-        )
-    target = earlier[-1]
+    target = _rollback_target(env, history, latest)
     task_definition = target["task_definition"]
     say(
         f"rolling {env.environment} back from {latest['release_id']} to "

@@ -1179,7 +1179,48 @@ def test_rollback_when_the_latest_is_the_oldest_says_so(scripted, tmp_path):
     with pytest.raises(ReleaseError) as raised:
         rollback(env, ecs=scripted.ecs(), say=lambda m: None)
     assert str(raised.value) == (
-        "dev has no successful release before 20260101T000000Z-cccccccccccc"
+        "dev has no successful release before 20260101T000000Z-cccccccccccc that runs "
+        "another revision and was not rolled back from"
+    )
+
+
+class MinutesApart(datetime):
+    """`datetime` whose now() is a minute later at each call: rollbacks minutes apart, as
+    each waits for its deployment (release ids are to the second)."""
+
+    calls = 0
+
+    @classmethod
+    def now(cls, tz=None):
+        cls.calls += 1
+        return datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=cls.calls)
+
+
+def test_a_second_rollback_goes_further_back_never_to_what_was_rolled_back_from(
+    scripted, tmp_path, monkeypatch
+):
+    """Releases Z, A, B; a rollback from B returns to A. A second rollback (A is wrong too)
+    returns to Z, not to B, which the first left; a third has nowhere left to go."""
+    monkeypatch.setattr(release_module, "datetime", MinutesApart)
+    env = environment(BASE, tmp_path)
+    z = succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP)
+    a = succeeded("20260102T000000Z-cccccccccccc", RELEASED)
+    b = succeeded("20260103T000000Z-cccccccccccc", NEXT)
+    for record in (z, a, b):
+        records.write(env.records_url, record)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    first = rollback(env, ecs=scripted.ecs(), say=lambda m: None)
+    assert (first["restores"], first["rollback_of"]) == (a["release_id"], b["release_id"])
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0010", "COMPLETED")
+    second = rollback(env, ecs=scripted.ecs(), say=lambda m: None)
+    assert (second["restores"], second["rollback_of"]) == (z["release_id"], first["release_id"])
+    assert second["task_definition"] == BOOTSTRAP
+    with pytest.raises(ReleaseError) as raised:
+        rollback(env, ecs=scripted.ecs(), say=lambda m: None)
+    assert str(raised.value) == (
+        f"dev has no successful release before {second['release_id']} that runs another "
+        "revision and was not rolled back from (rolled back from: "
+        f"{b['release_id']}, {first['release_id']})"
     )
 
 

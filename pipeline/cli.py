@@ -317,7 +317,7 @@ def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_logs(args: argparse.Namespace) -> int:
     """Print an environment's predictions, one JSON object per line, newest first."""
     store = parts.open_store(args.url)
-    since = parts.parse_since(args.since) if args.since else None
+    since = parts.parse_since(args.since) if args.since is not None else None
     try:
         printed = parts.logs(
             store, args.environment, since=since, limit=args.limit, inputs=args.inputs
@@ -351,7 +351,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Summarise an environment's predictions: classes, hours, latency, drift; table + PNG."""
-    since = parts.parse_since(args.since) if args.since else None
+    since = parts.parse_since(args.since) if args.since is not None else None
     if args.engine == "athena":
         where = output(args.environment, "athena_workgroup")
         # The workgroup and the Glue table are regional: the environment's region, never
@@ -397,8 +397,8 @@ def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_compact(args: argparse.Namespace) -> int:
     """Merge each finished hour's capture parts into a few large objects, exactly once."""
     store = parts.open_store(args.url)
-    since = parts.parse_since(args.since) if args.since else None
-    hour = compaction.parse_hour(args.hour) if args.hour else None
+    since = parts.parse_since(args.since) if args.since is not None else None
+    hour = compaction.parse_hour(args.hour) if args.hour is not None else None
     done = compaction.compact(store, args.environment, since=since, hour=hour)
     for entry in done:
         print(compaction.describe(entry))

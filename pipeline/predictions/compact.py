@@ -393,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         done = compact(
             store,
             args.environment,
-            since=parse_since(args.since) if args.since else None,
-            hour=parse_hour(args.hour) if args.hour else None,
+            since=parse_since(args.since) if args.since is not None else None,
+            hour=parse_hour(args.hour) if args.hour is not None else None,
         )
     except (PredictionLogError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)

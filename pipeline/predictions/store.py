@@ -48,6 +48,11 @@ PartStore = LocalStore | S3Store
 
 def open_store(url: str) -> PartStore:
     """The store of parts `url` names; PredictionLogError for a URL that names none."""
+    if not url.strip():
+        raise PredictionLogError(
+            f"an empty URL names no store of parts: pass --url (a directory or "
+            f"s3://bucket/prefix) or set {URL_ENV}"
+        )
     try:
         return store_at(url, s3_client=_s3_client)
     except NotAStore:
@@ -67,8 +72,9 @@ def part_keys(store: PartStore, prefix: str, *, check_only: bool = False) -> lis
 def part_entries(store: PartStore, prefix: str, *, check_only: bool = False) -> list[Entry]:
     """`part_keys` with each object's size and last-modified time."""
     if isinstance(store, LocalStore) and not store.root.is_dir():
+        what = "is a file, not a directory of parts" if store.root.exists() else "does not exist"
         raise PredictionLogError(
-            f"{store.root} does not exist: no predictions were captured there; pass --url "
+            f"{store.root} {what}: no predictions were captured there; pass --url "
             f"or set {URL_ENV} to where the service writes them"
         )
     if check_only:

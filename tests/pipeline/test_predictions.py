@@ -77,6 +77,23 @@ def test_a_missing_directory_or_bad_url_is_a_clear_error(tmp_path, capsys):
     assert "nothing to report: no predictions for dev" in capsys.readouterr().err
 
 
+def test_an_empty_or_file_url_and_empty_times_are_refused_not_taken_as_defaults(tmp_path, capsys):
+    """An empty --url is not the current directory, a file is not a missing directory,
+    and an empty --hour or --since is not "every hour": each is one line, exit 2."""
+    part = tmp_path / "before.jsonl"
+    part.write_text("{}\n")
+    for argv, message in [
+        (["logs", "dev", "--url", ""], "an empty URL names no store of parts: pass --url"),
+        (["logs", "dev", "--url", str(part)], f"{part} is a file, not a directory of parts"),
+        (["compact", "dev", "--url", str(tmp_path), "--hour", ""], "--hour '' is not a UTC hour"),
+        (["compact", "dev", "--url", str(tmp_path), "--since", ""], "--since '' is neither"),
+        (["logs", "dev", "--url", str(tmp_path), "--since", ""], "--since '' is neither"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+
+
 def test_a_corrupt_part_is_named(tmp_path):
     (tmp_path / "dev/2025/03/01/12").mkdir(parents=True)
     (tmp_path / "dev/2025/03/01/12/x.jsonl.gz").write_bytes(b"not gzip")

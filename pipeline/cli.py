@@ -400,10 +400,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     since = parts.parse_since(args.since) if args.since is not None else None
     hour = compaction.parse_hour(args.hour) if args.hour is not None else None
     done = compaction.compact(store, args.environment, since=since, hour=hour)
-    for entry in done:
-        print(compaction.describe(entry))
-    merged = sum(entry.records for entry in done)
-    print(f"compacted {len(done)} hours of {args.environment} under {store.url}: {merged} records")
+    print("\n".join(compaction.report(done, args.environment, store.url)))
     return 0
 
 

@@ -399,10 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PredictionLogError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for entry in done:
-        print(describe(entry))
-    merged = sum(entry.records for entry in done)
-    print(f"compacted {len(done)} hours of {args.environment} under {store.url}: {merged} records")
+    print("\n".join(report(done, args.environment, store.url)))
     return 0
 
 
@@ -417,6 +414,19 @@ def parse_hour(text: str) -> datetime:
             f"--hour {text!r} is not a UTC hour: write it as 2025-03-01T12"
         ) from None
     return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def report(done: list[HourCompaction], env: str, url: str) -> list[str]:
+    """What a run prints: a line for each hour it changed, and a total that counts the
+    hours with nothing to do (compacted already) without a line each (the schedule's
+    `--since 2d` looks at 48 hours an hour)."""
+    changed = [entry for entry in done if entry.generation or entry.cleaned]
+    idle = len(done) - len(changed)
+    merged = sum(entry.records for entry in changed)
+    total = f"compacted {len(changed)} hours of {env} under {url}: {merged} records"
+    return [describe(entry) for entry in changed] + [
+        total + (f" ({idle} hours had nothing to compact)" if idle else "")
+    ]
 
 
 def describe(entry: HourCompaction) -> str:

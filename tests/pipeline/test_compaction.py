@@ -329,6 +329,11 @@ def test_compact_command_names_what_it_did(tmp_path, capsys):
     capture(str(tmp_path), NOON, 8)
     assert main(["compact", "dev", "--url", str(tmp_path), "--hour", "2025-03-01T12"]) == 0
     assert "2 parts, 8 records -> 1 objects (generation 1)" in capsys.readouterr().out
+    # Again: the hour has nothing to do, counted in the total without a line of its own.
+    assert main(["compact", "dev", "--url", str(tmp_path), "--hour", "2025-03-01T12"]) == 0
+    assert capsys.readouterr().out == (
+        f"compacted 0 hours of dev under {tmp_path}: 0 records (1 hours had nothing to compact)\n"
+    )
 
 
 def test_part_keys_and_the_athena_projection_share_one_hour_layout(tmp_path):

@@ -376,12 +376,28 @@ def test_terraforms_revision_serves_a_placeholder_that_passes_the_health_check(
 
 @pytest.mark.parametrize("env", ENVS)
 def test_alarms_watch_5xx_and_latency(applied: Applied, env: str) -> None:
+    """The deployment's alarms: the targets' 5xx and p95, per target group, and the 5xx the
+    load balancer answers itself (a task that resets connections: 502), which CloudWatch
+    publishes per load balancer only (ELB guide, "CloudWatch metrics for your Application
+    Load Balancer": HTTPCode_ELB_5XX_Count, dimensions LoadBalancer)."""
     cloudwatch = applied.client("cloudwatch")
     names = applied.outputs[env]["alarm_names"]
     alarms = cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
     metrics = {alarm["MetricName"]: alarm for alarm in alarms}
-    assert set(metrics) == {"HTTPCode_Target_5XX_Count", "TargetResponseTime"}
+    assert set(metrics) == {
+        "HTTPCode_Target_5XX_Count",
+        "HTTPCode_ELB_5XX_Count",
+        "TargetResponseTime",
+    }
     assert metrics["TargetResponseTime"]["ExtendedStatistic"] == "p95"
+    dimensions = {
+        name: sorted(d["Name"] for d in alarm["Dimensions"]) for name, alarm in metrics.items()
+    }
+    assert dimensions == {
+        "HTTPCode_Target_5XX_Count": ["LoadBalancer", "TargetGroup"],
+        "HTTPCode_ELB_5XX_Count": ["LoadBalancer"],
+        "TargetResponseTime": ["LoadBalancer", "TargetGroup"],
+    }
 
 
 # ---------------------------------------------------------------------------

@@ -613,7 +613,17 @@ resource "aws_ecs_service" "this" {
 # Alarms (wired to the deployment: a firing alarm rolls the deployment back)
 ################################################################################
 
+# The targets' own 5xx and latency are per target group; the 5xx the load balancer
+# answers itself (502 when a task resets or closes a connection it was sent a request
+# on, 503 with no healthy target, 504 on a target's timeout) never reach
+# HTTPCode_Target_5XX_Count, and HTTPCode_ELB_5XX_Count has no TargetGroup dimension
+# (ELB guide, "CloudWatch metrics for your Application Load Balancer").
 locals {
+  target_dimensions = {
+    LoadBalancer = aws_lb.this.arn_suffix
+    TargetGroup  = aws_lb_target_group.this.arn_suffix
+  }
+
   alarms = {
     target-5xx = {
       description         = "Targets of ${var.name} answer 5xx"
@@ -623,6 +633,17 @@ locals {
       threshold           = var.alarm_5xx_threshold
       evaluation_periods  = 2
       comparison_operator = "GreaterThanThreshold"
+      dimensions          = local.target_dimensions
+    }
+    lb-5xx = {
+      description         = "The load balancer of ${var.name} answers 5xx itself (502, 503, 504)"
+      metric_name         = "HTTPCode_ELB_5XX_Count"
+      statistic           = "Sum"
+      extended_statistic  = null
+      threshold           = var.alarm_5xx_threshold
+      evaluation_periods  = 2
+      comparison_operator = "GreaterThanThreshold"
+      dimensions          = { LoadBalancer = aws_lb.this.arn_suffix }
     }
     latency-p95 = {
       description         = "p95 response time of ${var.name} targets above ${var.alarm_latency_p95_seconds}s"
@@ -632,6 +653,7 @@ locals {
       threshold           = var.alarm_latency_p95_seconds
       evaluation_periods  = 3
       comparison_operator = "GreaterThanThreshold"
+      dimensions          = local.target_dimensions
     }
   }
 }
@@ -653,10 +675,7 @@ resource "aws_cloudwatch_metric_alarm" "deployment" {
   alarm_actions       = var.alarm_actions
   ok_actions          = var.alarm_actions
 
-  dimensions = {
-    LoadBalancer = aws_lb.this.arn_suffix
-    TargetGroup  = aws_lb_target_group.this.arn_suffix
-  }
+  dimensions = each.value.dimensions
 
   tags = var.tags
 }

@@ -146,18 +146,18 @@ def write_new_file(path: Path, body: bytes | Iterable[bytes]) -> bool:
     replacing an existing file; False if it existed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    with temporary.open("wb") as handle:
-        for chunk in (body,) if isinstance(body, bytes | bytearray | memoryview) else body:
-            handle.write(chunk)
-        handle.flush()
-        os.fsync(handle.fileno())
     try:
+        with temporary.open("wb") as handle:
+            for chunk in (body,) if isinstance(body, bytes | bytearray | memoryview) else body:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.link(temporary, path)
         return True
     except FileExistsError:
         return False
     finally:
-        temporary.unlink()
+        temporary.unlink(missing_ok=True)
 
 
 class LocalStore:

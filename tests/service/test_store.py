@@ -420,6 +420,18 @@ def test_a_stream_that_fails_midway_aborts_its_upload_and_writes_nothing(s3_in_p
     assert s3_in_process.list_multipart_uploads(Bucket="capture").get("Uploads", []) == []
 
 
+def test_a_local_stream_that_fails_midway_leaves_no_file(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+
+    def failing():
+        yield b"first"
+        raise OSError("a part could not be read")
+
+    with pytest.raises(OSError, match="could not be read"):
+        store.put_new_stream("h/m.gz", failing)
+    assert list((tmp_path / "h").iterdir()) == []
+
+
 def test_a_local_stream_and_digest_answer_as_s3s(tmp_path: Path) -> None:
     import hashlib
 

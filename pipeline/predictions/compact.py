@@ -236,7 +236,7 @@ class _Writing:
     def _same(self, name: str, digest: bytes) -> bool:
         if self.store.sha256(self.hour.key(name)) != digest:
             return False
-        if name in self.listed:  # there before this run: committed within its age
+        if name in self.listed:  # there before this run: the deadline runs from its write
             self.oldest = min(self.oldest, self.listed[name].modified)
         return True
 

@@ -155,3 +155,54 @@ def test_the_deploy_credentials_outlast_the_deploy_job(workflow):
                 f"max_session_duration ({CI_MODULE.relative_to(REPO)})"
             )
     assert credentialed, "no job configures AWS credentials"
+
+
+# The first release of each action the workflow uses whose action.yml declares
+# `runs.using: node24` (read from each action's repository at that tag). GitHub-hosted
+# runners run JavaScript actions on Node.js 24 since 2026-06-02 and no longer carry
+# Node.js 20 since 2026-09-16 (GitHub changelog, "Deprecation of Node 20 on GitHub
+# Actions runners", 2025-09-19): a release built for node20 then runs on a runtime it was
+# never released for.
+FIRST_NODE24_RELEASE = {
+    "actions/checkout": (5, 0, 0),
+    "actions/setup-python": (6, 0, 0),
+    "hashicorp/setup-terraform": (4, 0, 0),
+    "aws-actions/configure-aws-credentials": (6, 0, 0),
+}
+PINNED_USE = re.compile(
+    r"uses:\s*(?P<action>[\w.-]+/[\w.-]+)@(?P<ref>\S+)(?:\s*#\s*v(?P<version>[\d.]+))?"
+)
+
+
+def pinned_actions() -> list[tuple[str, str, str | None]]:
+    """(action, ref, release named in the pin's comment) of every `uses:` line."""
+    return [
+        (m["action"], m["ref"], m["version"])
+        for m in map(PINNED_USE.search, WORKFLOW.read_text().splitlines())
+        if m is not None
+    ]
+
+
+def test_every_action_is_pinned_to_a_commit_of_a_named_release():
+    """A tag can be moved to other code; a commit cannot (GitHub Actions docs, "Security
+    hardening for GitHub Actions": pin actions to a full-length commit SHA). The comment
+    names the release, so a reader and the runtime check below know what the SHA is."""
+    uses = pinned_actions()
+    assert uses, "the workflow uses no actions"
+    for action, ref, version in uses:
+        assert re.fullmatch(r"[0-9a-f]{40}", ref), f"{action}@{ref}: not a full commit SHA"
+        assert version, f"{action}@{ref}: no `# vX.Y.Z` comment naming its release"
+
+
+def test_every_action_runs_on_the_node_runtime_the_runners_carry():
+    for action, _ref, version in pinned_actions():
+        assert action in FIRST_NODE24_RELEASE, (
+            f"{action}: not in FIRST_NODE24_RELEASE; add the first release whose "
+            "action.yml declares `runs.using: node24`"
+        )
+        release = tuple(int(part) for part in version.split("."))
+        first = FIRST_NODE24_RELEASE[action]
+        assert release >= first, (
+            f"{action} v{version} is built for Node.js 20, which the runners no longer "
+            f"carry: pin v{'.'.join(map(str, first))} or later"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -18,6 +19,11 @@ import urllib.request
 from pathlib import Path
 
 HTTP_TIMEOUT_SECONDS = 60
+# S3 User Guide, "General purpose bucket naming rules": 3 to 63 lowercase letters, digits,
+# dots and hyphens, beginning and ending with a letter or digit. Buckets made in us-east-1
+# before 2018-03-01 may also hold capitals and underscores and run to 255 characters (the
+# guide's legacy rules, and botocore's own check), so those names pass too.
+BUCKET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 _CHUNK = 1 << 20
 
 
@@ -63,13 +69,19 @@ def s3_location(url: str) -> tuple[str, str] | None:
     """`s3://bucket/some/prefix` -> ("bucket", "some/prefix"); None for any other URL.
 
     The one reading of S3 URLs for every store of the project (model, capture,
-    deployment records); an S3 URL without a bucket is a ValueError.
+    deployment records); an S3 URL without a bucket, or whose bucket is no S3 bucket name
+    (BUCKET_NAME), is a ValueError.
     """
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme != "s3":
         return None
     if not parsed.netloc:
         raise ValueError(f"{url!r} needs a bucket: s3://bucket/prefix")
+    if not BUCKET_NAME.fullmatch(parsed.netloc):
+        raise ValueError(
+            f"{url!r}: {parsed.netloc!r} is not an S3 bucket name (3 to 63 lowercase letters, "
+            "digits, dots and hyphens, beginning and ending with a letter or digit)"
+        )
     return parsed.netloc, parsed.path.strip("/")
 
 
@@ -119,7 +131,7 @@ def fetch(
 def _download(url: str, target: Path) -> None:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "s3":
-        _download_s3(parsed.netloc, parsed.path.lstrip("/"), target, url)
+        _download_s3(url, target)
     elif parsed.scheme in ("http", "https"):
         _download_http(url, target)
     else:
@@ -128,10 +140,16 @@ def _download(url: str, target: Path) -> None:
         )
 
 
-def _download_s3(bucket: str, key: str, target: Path, url: str) -> None:
+def _download_s3(url: str, target: Path) -> None:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    try:
+        bucket, key = s3_location(url) or ("", "")
+    except ValueError as exc:
+        if urllib.parse.urlparse(url).netloc:  # a bucket, but no bucket's name
+            raise ArtifactError(f"{exc}: fix the URL.") from None
+        bucket, key = "", ""
     if not bucket or not key:
         raise ArtifactError(f"{url}: an S3 URL needs a bucket and a key, s3://bucket/key.")
     try:

@@ -88,6 +88,8 @@ def test_an_empty_or_file_url_and_empty_times_are_refused_not_taken_as_defaults(
         (["compact", "dev", "--url", str(tmp_path), "--hour", ""], "--hour '' is not a UTC hour"),
         (["compact", "dev", "--url", str(tmp_path), "--since", ""], "--since '' is neither"),
         (["logs", "dev", "--url", str(tmp_path), "--since", ""], "--since '' is neither"),
+        (["logs", "dev", "--url", "s3://bad bucket/x"], "'bad bucket' is not an S3 bucket name"),
+        (["compact", "dev", "--url", "s3://Bad_/x"], "'Bad_' is not an S3 bucket name"),
     ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

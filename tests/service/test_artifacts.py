@@ -11,7 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from service.artifacts import ArtifactError, ChecksumMismatch, fetch
+from service.artifacts import ArtifactError, ChecksumMismatch, fetch, s3_location
 
 PAYLOAD = b"not really a model, but bytes with a known hash"
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -383,3 +383,23 @@ def test_an_s3_refusal_without_a_code_is_named_with_an_empty_one(monkeypatch, tm
     with pytest.raises(ArtifactError) as raised:
         fetch("s3://models/m.onnx", cache_dir=tmp_path)
     assert str(raised.value).startswith("s3://models/m.onnx: S3 refused the download (): ")
+
+
+@pytest.mark.parametrize("bucket", ["bad bucket", "b", "-models", "models-", "mödels"])
+def test_an_s3_url_whose_bucket_is_no_bucket_name_is_refused_in_one_line(bucket, tmp_path):
+    """S3 User Guide, "General purpose bucket naming rules"; botocore would otherwise
+    answer with its validation regexes across several lines."""
+    url = f"s3://{bucket}/model.onnx"
+    with pytest.raises(ArtifactError) as raised:
+        fetch(url, cache_dir=tmp_path)
+    assert str(raised.value) == (
+        f"{url!r}: {bucket!r} is not an S3 bucket name (3 to 63 lowercase letters, digits, "
+        "dots and hyphens, beginning and ending with a letter or digit): fix the URL."
+    )
+
+
+@pytest.mark.parametrize("bucket", ["abc", "my.models-2", "Legacy_Bucket", "a" * 255])
+def test_bucket_names_s3_accepts_keep_their_place_in_the_url(bucket):
+    """Lowercase names, and the capitals, underscores and lengths up to 255 of buckets made
+    in us-east-1 before 2018-03-01 (the same guide's legacy rules)."""
+    assert s3_location(f"s3://{bucket}/some/prefix/") == (bucket, "some/prefix")

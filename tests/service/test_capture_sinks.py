@@ -65,6 +65,13 @@ def test_a_sink_url_that_names_no_store_says_what_to_write():
     assert str(raised.value) == (
         "PREDICTION_LOG_URL: 's3:///capture' needs a bucket: s3://bucket/prefix"
     )
+    with pytest.raises(SinkError) as raised:
+        open_sink("s3://Capture Bucket/dev")
+    assert str(raised.value) == (
+        "PREDICTION_LOG_URL: 's3://Capture Bucket/dev': 'Capture Bucket' is not an S3 bucket "
+        "name (3 to 63 lowercase letters, digits, dots and hyphens, beginning and ending with "
+        "a letter or digit)"
+    )
 
 
 def test_the_spool_saves_a_part_under_its_key_and_never_replaces_one(tmp_path: Path):

@@ -557,6 +557,84 @@ def test_terraform_never_deregisters_a_task_definition_revision() -> None:
     assert not [c for c in aws_calls.CALLS if c.action.endswith(":DeregisterTaskDefinition")]
 
 
+# EC2 API reference: a security group's name and description (CreateSecurityGroup) and a
+# rule's description (IpRange, UserIdGroupPair, PrefixListId: without `&`) take up to 255
+# of these characters; anything else is InvalidParameterValue at apply time, which neither
+# the provider nor moto checks beforehand. A group's name may not begin with "sg-".
+SECURITY_GROUP_TEXT = re.compile(r"[A-Za-z0-9 ._\-:/()#,@\[\]+=;{}!$*]{0,255}")
+SECURITY_GROUP_TYPES = (
+    "aws_security_group",
+    "aws_security_group_rule",
+    "aws_vpc_security_group_ingress_rule",
+    "aws_vpc_security_group_egress_rule",
+)
+
+
+def security_group_texts() -> list[tuple[str, str, str]]:
+    """(file, resource, text) of every name and description a security group resource
+    sends EC2, each `${...}` interpolation read as one letter (the names it takes are
+    lowercase letters, digits and hyphens; CIDR blocks and group IDs keep to the set)."""
+    found = []
+    for path in sorted(TERRAFORM_DIR.rglob("*.tf")):
+        text = path.read_text()
+        for kind, name, block in re.findall(
+            r'^resource "(\w+)" "(\w+)" \{\n(.*?)^\}', text, flags=re.M | re.S
+        ):
+            if kind not in SECURITY_GROUP_TYPES:
+                continue
+            for value in re.findall(r'^\s*(?:name|description)\s*=\s*"(.*)"$', block, re.M):
+                found.append((path.name, f"{kind}.{name}", re.sub(r"\$\{[^}]*\}", "x", value)))
+    return found
+
+
+def test_every_security_group_name_and_description_is_one_ec2_accepts() -> None:
+    texts = security_group_texts()
+    assert len(texts) >= 10, texts  # the load balancer's and the tasks' groups and rules
+    for path, resource, value in texts:
+        assert SECURITY_GROUP_TEXT.fullmatch(value), (
+            f"{path}: {resource}: {value!r} holds a character EC2 refuses "
+            "(allowed: letters, digits, spaces and ._-:/()#,@[]+=;{}!$*)"
+        )
+        assert not value.startswith("sg-"), f"{path}: {resource}: {value!r}"
+
+
+def names_in_root(terraform_bin: str, root: Path, project: str) -> subprocess.CompletedProcess:
+    """`local.name` of an environment root (initialised with a local backend) as `terraform
+    console` prints it for `project`; a refused value fails the call."""
+    return subprocess.run(
+        [terraform_bin, "console", f"-var=project={project}"],
+        input="local.name",
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.integration
+def test_a_project_name_aws_would_refuse_is_refused_at_plan_time(
+    terraform_bin: str, terraform_copy: Path
+) -> None:
+    """<project>-<environment> names the load balancer and the target group (at most 32
+    letters, digits and hyphens, not beginning with internal-: Elastic Load Balancing API
+    reference, CreateLoadBalancer) and begins the bucket's name (at most 63 with a 12-digit
+    account ID and the region: S3 User Guide, "General purpose bucket naming rules"): the
+    longest project and environment the roots admit fit both, and the rest are refused
+    before any AWS call instead of halfway through an apply."""
+    root = terraform_copy / "envs" / "dev"
+    (root / "graph_override.tf").write_text('terraform {\n  backend "local" {}\n}\n')
+    terraform.init(root)
+    longest = "a" + "b" * 14
+    assert names_in_root(terraform_bin, root, longest).stdout.strip() == f'"{longest}-dev"'
+    longest_region = "ap-southeast-7"
+    assert len(f"{longest}-{'e' * 16}") <= 32
+    assert len(f"{longest}-{'e' * 16}-{'0' * 12}-{longest_region}") <= 63
+    for project in ("internal", longest + "c", "ml-", "ML_team"):
+        answer = names_in_root(terraform_bin, root, project)
+        assert answer.returncode != 0, project
+        assert "project must be 2-15 lowercase letters" in answer.stderr, (project, answer.stderr)
+
+
 # ---------------------------------------------------------------------------
 # Tools: fmt, validate, checkov
 # ---------------------------------------------------------------------------

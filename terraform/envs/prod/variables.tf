@@ -16,6 +16,16 @@ variable "project" {
   description = "Project name, the prefix of every name."
   type        = string
   default     = "onnx-ship"
+
+  # It begins the load balancer's and target group's names, <project>-<environment>, which
+  # take at most 32 letters, digits and hyphens, neither beginning nor ending with a hyphen
+  # nor beginning with internal- (Elastic Load Balancing API reference, CreateLoadBalancer
+  # and CreateTargetGroup: Name), and the bucket's, which with the account ID and region
+  # takes at most 63 (S3 User Guide, "General purpose bucket naming rules").
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,13}[a-z0-9]$", var.project)) && !startswith("${var.project}-", "internal-")
+    error_message = "project must be 2-15 lowercase letters, digits and hyphens, starting with a letter and ending with a letter or digit, and not internal (it begins the load balancer's name, at most 32 characters with the environment, and the bucket's)."
+  }
 }
 
 variable "aws_region" {

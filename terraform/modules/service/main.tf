@@ -362,7 +362,7 @@ resource "aws_vpc_security_group_ingress_rule" "alb_https" {
 
 resource "aws_vpc_security_group_egress_rule" "alb_to_tasks" {
   security_group_id            = aws_security_group.alb.id
-  description                  = "To the tasks' container port"
+  description                  = "To the container port of the tasks"
   ip_protocol                  = "tcp"
   from_port                    = var.container_port
   to_port                      = var.container_port

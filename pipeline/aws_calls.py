@@ -392,6 +392,15 @@ CALLS: tuple[AwsCall, ...] = (
     ),
     AwsCall(
         Role.COMPACTION,
+        "s3:ListBucket",
+        BUCKET,
+        "pipeline.predictions.compact.compact_hour (read_part, sha256)",
+        "S3 checks it, with no s3:prefix, before it says a key does not exist: a part another "
+        "run deleted after this one listed it is a 404 with it and a 403 without (S3 API "
+        "reference, GetObject permissions)",
+    ),
+    AwsCall(
+        Role.COMPACTION,
         "s3:GetObject",
         CAPTURE,
         "pipeline.predictions.compact.compact_hour (read_part, read_manifest, sha256)",

@@ -239,18 +239,15 @@ resource "aws_iam_role" "compaction" {
 
 # pipeline/aws_calls.py, role "compaction": list the hours, read the parts, write the
 # merged objects (multipart uploads, aborted when they fail) and manifests, delete the
-# merged parts.
+# merged parts. s3:ListBucket on the environment's own bucket has no s3:prefix condition:
+# S3 checks it, with no prefix in the request, before it answers 404 rather than 403 for a
+# key that is gone (a part another run deleted after this one listed it; S3 API reference,
+# GetObject), as for the deploy role.
 data "aws_iam_policy_document" "compaction" {
   statement {
     sid       = "ListCapture"
     actions   = ["s3:ListBucket"]
     resources = [var.bucket_arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["${local.capture_prefix}/*"]
-    }
   }
 
   statement {

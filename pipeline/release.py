@@ -172,6 +172,8 @@ class Ecs:
         self._client = client
         self._poll = poll_seconds
         self._sleep = sleep
+        # Deployment id -> its createdAt, as UpdateService answered (ECS's own clock).
+        self._started: dict[str, datetime] = {}
 
     def service(self, cluster: str, service: str) -> dict[str, Any]:
         answer = self._client.describe_services(cluster=cluster, services=[service])
@@ -252,7 +254,10 @@ class Ecs:
         answer = self._client.update_service(
             cluster=cluster, service=service, taskDefinition=task_definition
         )
-        return primary_deployment(answer["service"]).get("id", "")
+        primary = primary_deployment(answer["service"])
+        if "id" in primary and "createdAt" in primary:
+            self._started[primary["id"]] = primary["createdAt"]
+        return primary.get("id", "")
 
     def wait_for_rollout(
         self, cluster: str, service: str, deployment_id: str, task_definition: str, timeout: float
@@ -281,7 +286,8 @@ class Ecs:
                 last_error = f"; last ECS error: {exc}"
             else:
                 last_error = ""
-                if rollout_verdict(current, deployment_id, task_definition):
+                started = self._started.get(deployment_id)
+                if rollout_verdict(current, deployment_id, task_definition, started=started):
                     return
             if time.monotonic() >= deadline:
                 raise ReleaseError(
@@ -296,14 +302,30 @@ def primary_deployment(service: dict[str, Any]) -> dict[str, Any]:
     return next((d for d in service.get("deployments", []) if d.get("status") == "PRIMARY"), {})
 
 
-def rollout_verdict(service: dict[str, Any], deployment_id: str, task_definition: str) -> bool:
+def rollout_verdict(
+    service: dict[str, Any],
+    deployment_id: str,
+    task_definition: str,
+    *,
+    started: datetime | None = None,
+) -> bool:
     """True when our deployment completed, False while it is in progress.
 
     Raises ReleaseError when ECS failed it or it is no longer PRIMARY. Deployments
     of services without a circuit breaker carry no `rolloutState`: they count as
     completed when the service runs only our revision at its desired count.
+
+    `started` is our deployment's createdAt as UpdateService answered. The ECS API is
+    eventually consistent (ECS API reference: "the result of an API command you run that
+    affects your Amazon ECS resources might not be immediately visible to all subsequent
+    commands"), so a DescribeServices soon after the update may still show the service
+    as it was: an answer that lists only deployments created before ours is such a view,
+    and counts as in progress. A rollback or any later deployment is newer than ours.
     """
-    ours = next((d for d in service.get("deployments", []) if d.get("id") == deployment_id), None)
+    listed = service.get("deployments", [])
+    ours = next((d for d in listed if d.get("id") == deployment_id), None)
+    if ours is None and started is not None and _before(listed, started):
+        return False
     if ours is None or ours.get("status") != "PRIMARY":
         primary = primary_deployment(service)
         reason = (ours or {}).get("rolloutStateReason", "")
@@ -326,6 +348,13 @@ def rollout_verdict(service: dict[str, Any], deployment_id: str, task_definition
             and ours.get("runningCount") == ours.get("desiredCount")
         )
     return False
+
+
+def _before(deployments: list[dict[str, Any]], started: datetime) -> bool:
+    """Whether every deployment listed was created before `started` (and one is listed)."""
+    return bool(deployments) and all(
+        "createdAt" in d and d["createdAt"] < started for d in deployments
+    )
 
 
 # -- smoke test ---------------------------------------------------------------

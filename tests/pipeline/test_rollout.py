@@ -41,7 +41,13 @@ ALARM = "Deployment failed: alarm onnx-ship-dev-target-5xx in ALARM state during
 
 
 def deployment(
-    deployment_id: str, task_definition: str, status: str, state: str, reason: str = ""
+    deployment_id: str,
+    task_definition: str,
+    status: str,
+    state: str,
+    reason: str = "",
+    *,
+    created: datetime = datetime(2026, 1, 1, tzinfo=UTC),
 ) -> dict:
     return {
         "id": deployment_id,
@@ -51,8 +57,8 @@ def deployment(
         "runningCount": 1 if state == "COMPLETED" else 0,
         "pendingCount": 0,
         "failedTasks": 10 if state == "FAILED" else 0,
-        "createdAt": datetime(2026, 1, 1, tzinfo=UTC),
-        "updatedAt": datetime(2026, 1, 1, tzinfo=UTC),
+        "createdAt": created,
+        "updatedAt": created,
         "launchType": "FARGATE",
         "rolloutState": state,
         "rolloutStateReason": reason or f"ECS deployment {deployment_id} {state.lower()}.",
@@ -162,6 +168,71 @@ def test_an_alarm_rollback_during_the_bake_time_is_a_failure_not_a_success(scrip
     )
     with pytest.raises(ReleaseError, match=r"no longer the service's primary.*in ALARM state"):
         scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, NEXT, timeout=5)
+
+
+# An update at 12:00: the deployment it made, and the one it replaced (created earlier).
+UPDATED_AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+BEFORE = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+AFTER = datetime(2026, 3, 1, 12, 5, tzinfo=UTC)
+
+
+def test_an_answer_from_before_our_update_is_read_as_in_progress_not_as_a_rollback(scripted):
+    """ECS's API is eventually consistent: the first DescribeServices after UpdateService
+    may still show the service as it was, our deployment not yet listed."""
+    ours = "ecs-svc/0002"
+    old = deployment("ecs-svc/0001", BOOTSTRAP, "PRIMARY", "COMPLETED", created=BEFORE)
+    scripted.updated(
+        service(
+            RELEASED,
+            deployment(ours, RELEASED, "PRIMARY", "IN_PROGRESS", created=UPDATED_AT),
+            dict(old, status="ACTIVE"),
+        )
+    )
+    scripted.describe(service(BOOTSTRAP, old))  # the service as it was before the update
+    scripted.describe(
+        service(
+            RELEASED,
+            deployment(ours, RELEASED, "PRIMARY", "IN_PROGRESS", created=UPDATED_AT),
+            dict(old, status="ACTIVE"),
+        )
+    )
+    scripted.describe(
+        service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "COMPLETED", created=UPDATED_AT))
+    )
+    ecs = scripted.ecs()
+    assert ecs.update(CLUSTER, SERVICE, RELEASED) == ours
+    ecs.wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
+
+
+def test_a_newer_deployment_without_ours_is_still_a_rollback(scripted):
+    """A rollback, or anyone's later update, is created after ours: not a stale view."""
+    ours = "ecs-svc/0002"
+    scripted.updated(
+        service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "IN_PROGRESS", created=UPDATED_AT))
+    )
+    scripted.describe(
+        service(
+            BOOTSTRAP,
+            deployment("ecs-svc/0003", BOOTSTRAP, "PRIMARY", "IN_PROGRESS", created=AFTER),
+        )
+    )
+    ecs = scripted.ecs()
+    ecs.update(CLUSTER, SERVICE, RELEASED)
+    with pytest.raises(ReleaseError, match="no longer the service's primary deployment"):
+        ecs.wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
+
+
+def test_a_view_from_before_our_update_that_never_changes_ends_at_the_bound(scripted):
+    ours = "ecs-svc/0002"
+    old = deployment("ecs-svc/0001", BOOTSTRAP, "PRIMARY", "COMPLETED", created=BEFORE)
+    scripted.updated(
+        service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "IN_PROGRESS", created=UPDATED_AT))
+    )
+    scripted.describe(service(BOOTSTRAP, old))
+    ecs = scripted.ecs()
+    ecs.update(CLUSTER, SERVICE, RELEASED)
+    with pytest.raises(ReleaseError, match=f"deployment {ours} .* did not complete within 0 s"):
+        ecs.wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=0)
 
 
 def test_throttling_during_the_wait_is_retried(scripted):

@@ -245,6 +245,14 @@ CALLS: tuple[AwsCall, ...] = (
         Role.DEPLOY,
         "ecs:DescribeTaskDefinition",
         "*",
+        "pipeline.release.Ecs._confirm",
+        "the new revision is found before the service is pointed at it (the ECS API is "
+        "eventually consistent: ECS API reference, RunTask and UpdateService)",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "ecs:DescribeTaskDefinition",
+        "*",
         "pipeline.release.Ecs.revision_status",
         "after a failed release: is the revision it returns to still ACTIVE (ECS cannot point "
         "a service at an INACTIVE one; ECS API reference, DeregisterTaskDefinition)?",

@@ -35,6 +35,10 @@ from service.auth import bearer_header
 STABLE_TIMEOUT_SECONDS = 15 * 60
 SMOKE_TIMEOUT_SECONDS = 5 * 60
 POLL_SECONDS = 10.0
+# Waits between DescribeTaskDefinition calls confirming a new revision before the service
+# is pointed at it: about 30 s in all (ECS API reference, eventual consistency: "Confirm
+# the state of the resource before you run a command to modify it", backing off).
+CONFIRM_WAITS_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)
 HTTP_TIMEOUT_SECONDS = 10
 
 
@@ -226,7 +230,29 @@ class Ecs:
         registered = self._client.register_task_definition(
             **request, containerDefinitions=containers
         )
-        return registered["taskDefinition"]["taskDefinitionArn"]
+        arn = registered["taskDefinition"]["taskDefinitionArn"]
+        self._confirm(arn)
+        return arn
+
+    def _confirm(self, task_definition: str) -> None:
+        """Return once DescribeTaskDefinition finds `task_definition`, a revision just
+        registered: the ECS API is eventually consistent, and an UpdateService naming a
+        revision ECS does not see yet fails ("TaskDefinition not found"). ECS answers a
+        revision it does not find with ClientException; any other error is raised.
+        Raises ReleaseError when it is still not found after CONFIRM_WAITS_SECONDS."""
+        for wait in (*CONFIRM_WAITS_SECONDS, None):
+            try:
+                self._client.describe_task_definition(taskDefinition=task_definition)
+                return
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ClientException":
+                    raise
+                if wait is None:
+                    raise ReleaseError(
+                        f"ECS registered {task_definition} but still does not find it after "
+                        f"{sum(CONFIRM_WAITS_SECONDS):.0f} s ({exc}); run the deploy again"
+                    ) from None
+                self._sleep(wait)
 
     def register_compaction(self, env: Environment, released: str) -> str:
         """The compaction family's new revision, running `released`'s image (see

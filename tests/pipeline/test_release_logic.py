@@ -19,7 +19,7 @@ from unittest import mock
 import boto3
 import numpy as np
 import pytest
-from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from botocore.stub import ANY, Stubber
 
 from pipeline import records
@@ -196,6 +196,25 @@ def expect_register(
         {"taskDefinition": {"taskDefinitionArn": revision, "family": FAMILY}},
         sent,
     )
+    confirm(scripted, revision)
+
+
+def confirm(scripted: ScriptedEcs, revision: str, not_found: int = 0) -> None:
+    """DescribeTaskDefinition of the new revision: ECS not finding it `not_found` times
+    (its API is eventually consistent), then finding it."""
+    for _ in range(not_found):
+        scripted.stubber.add_client_error(
+            "describe_task_definition",
+            "ClientException",
+            "Unable to describe task definition.",
+            400,
+            expected_params={"taskDefinition": revision},
+        )
+    scripted.stubber.add_response(
+        "describe_task_definition",
+        {"taskDefinition": {"taskDefinitionArn": revision, "family": FAMILY, "status": "ACTIVE"}},
+        {"taskDefinition": revision},
+    )
 
 
 # The task-level fields of BASE_TASK every new revision sends again (the empty ones
@@ -234,6 +253,67 @@ def test_register_replaces_the_image_and_variables_and_keeps_every_other_field(s
     variables = {"MODEL_NAME": "mnist-8", "GIT_SHA": "a" * 40}
     expect_register(scripted, BASE_TASK, NEXT, registered_request(variables))
     assert scripted.ecs().register(BOOTSTRAP, "server", IMAGE, variables) == NEXT
+
+
+def register_answering(scripted: ScriptedEcs, not_found: int) -> list[float]:
+    """Register NEXT, ECS not finding it `not_found` times: the waits between the looks."""
+    variables = {"MODEL_NAME": "mnist-8"}
+    scripted.stubber.add_response(
+        "describe_task_definition", {"taskDefinition": BASE_TASK}, {"taskDefinition": BOOTSTRAP}
+    )
+    scripted.stubber.add_response(
+        "register_task_definition",
+        {"taskDefinition": {"taskDefinitionArn": NEXT, "family": FAMILY}},
+        registered_request(variables),
+    )
+    confirm(scripted, NEXT, not_found=not_found)
+    waits: list[float] = []
+    assert (
+        Ecs(scripted.client, sleep=waits.append).register(BOOTSTRAP, "server", IMAGE, variables)
+        == NEXT
+    )
+    return waits
+
+
+def test_a_new_revision_ecs_does_not_find_yet_is_looked_for_again_before_it_is_used(scripted):
+    """The ECS API is eventually consistent: a revision just registered may not be found
+    for a moment, and an UpdateService naming it would fail."""
+    assert register_answering(scripted, not_found=2) == [1.0, 2.0]
+
+
+def test_a_new_revision_still_not_found_after_the_waits_stops_the_release_unchanged(scripted):
+    scripted.stubber.add_response(
+        "describe_task_definition", {"taskDefinition": BASE_TASK}, {"taskDefinition": BOOTSTRAP}
+    )
+    scripted.stubber.add_response(
+        "register_task_definition",
+        {"taskDefinition": {"taskDefinitionArn": NEXT, "family": FAMILY}},
+    )
+    for _ in range(len(release_module.CONFIRM_WAITS_SECONDS) + 1):
+        scripted.stubber.add_client_error(
+            "describe_task_definition", "ClientException", "Unable to describe task definition."
+        )
+    waits: list[float] = []
+    with pytest.raises(ReleaseError) as raised:
+        Ecs(scripted.client, sleep=waits.append).register(BOOTSTRAP, "server", IMAGE, {})
+    assert waits == list(release_module.CONFIRM_WAITS_SECONDS)
+    assert str(raised.value).startswith(f"ECS registered {NEXT} but still does not find it")
+    assert str(raised.value).endswith("run the deploy again")
+
+
+def test_a_refused_look_at_the_new_revision_is_raised_not_waited_out(scripted):
+    scripted.stubber.add_response(
+        "describe_task_definition", {"taskDefinition": BASE_TASK}, {"taskDefinition": BOOTSTRAP}
+    )
+    scripted.stubber.add_response(
+        "register_task_definition",
+        {"taskDefinition": {"taskDefinitionArn": NEXT, "family": FAMILY}},
+    )
+    scripted.stubber.add_client_error("describe_task_definition", "AccessDeniedException")
+    waits: list[float] = []
+    with pytest.raises(ClientError, match="AccessDenied"):
+        Ecs(scripted.client, sleep=waits.append).register(BOOTSTRAP, "server", IMAGE, {})
+    assert waits == []
 
 
 def test_register_without_the_container_names_the_output_to_check(scripted):

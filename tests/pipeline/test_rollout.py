@@ -304,6 +304,7 @@ def registers(scripted: ScriptedEcs, revision: str) -> None:
         "register_task_definition",
         {"taskDefinition": {"taskDefinitionArn": revision, "family": FAMILY}},
     )
+    scripted.revision(revision)  # found: the service may be pointed at it
 
 
 @pytest.mark.integration

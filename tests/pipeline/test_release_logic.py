@@ -255,64 +255,45 @@ def test_register_replaces_the_image_and_variables_and_keeps_every_other_field(s
     assert scripted.ecs().register(BOOTSTRAP, "server", IMAGE, variables) == NEXT
 
 
-def register_answering(scripted: ScriptedEcs, not_found: int) -> list[float]:
-    """Register NEXT, ECS not finding it `not_found` times: the waits between the looks."""
-    variables = {"MODEL_NAME": "mnist-8"}
+def register_next(scripted: ScriptedEcs, *looks: str) -> tuple[Ecs, list[float]]:
+    """Script a register of NEXT from BOOTSTRAP whose first looks at the new revision ECS
+    answers with these error codes; the Ecs to call, and the waits it will make."""
     scripted.stubber.add_response(
         "describe_task_definition", {"taskDefinition": BASE_TASK}, {"taskDefinition": BOOTSTRAP}
     )
     scripted.stubber.add_response(
         "register_task_definition",
         {"taskDefinition": {"taskDefinitionArn": NEXT, "family": FAMILY}},
-        registered_request(variables),
     )
-    confirm(scripted, NEXT, not_found=not_found)
+    for code in looks:
+        scripted.stubber.add_client_error("describe_task_definition", code, "Unable to describe.")
     waits: list[float] = []
-    assert (
-        Ecs(scripted.client, sleep=waits.append).register(BOOTSTRAP, "server", IMAGE, variables)
-        == NEXT
-    )
-    return waits
+    return Ecs(scripted.client, sleep=waits.append), waits
 
 
 def test_a_new_revision_ecs_does_not_find_yet_is_looked_for_again_before_it_is_used(scripted):
     """The ECS API is eventually consistent: a revision just registered may not be found
     for a moment, and an UpdateService naming it would fail."""
-    assert register_answering(scripted, not_found=2) == [1.0, 2.0]
+    ecs, waits = register_next(scripted, "ClientException", "ClientException")
+    confirm(scripted, NEXT)
+    assert ecs.register(BOOTSTRAP, "server", IMAGE, {}) == NEXT
+    assert waits == [1.0, 2.0]
 
 
 def test_a_new_revision_still_not_found_after_the_waits_stops_the_release_unchanged(scripted):
-    scripted.stubber.add_response(
-        "describe_task_definition", {"taskDefinition": BASE_TASK}, {"taskDefinition": BOOTSTRAP}
-    )
-    scripted.stubber.add_response(
-        "register_task_definition",
-        {"taskDefinition": {"taskDefinitionArn": NEXT, "family": FAMILY}},
-    )
-    for _ in range(len(release_module.CONFIRM_WAITS_SECONDS) + 1):
-        scripted.stubber.add_client_error(
-            "describe_task_definition", "ClientException", "Unable to describe task definition."
-        )
-    waits: list[float] = []
+    waits_allowed = release_module.CONFIRM_WAITS_SECONDS
+    ecs, waits = register_next(scripted, *["ClientException"] * (len(waits_allowed) + 1))
     with pytest.raises(ReleaseError) as raised:
-        Ecs(scripted.client, sleep=waits.append).register(BOOTSTRAP, "server", IMAGE, {})
-    assert waits == list(release_module.CONFIRM_WAITS_SECONDS)
+        ecs.register(BOOTSTRAP, "server", IMAGE, {})
+    assert waits == list(waits_allowed)
     assert str(raised.value).startswith(f"ECS registered {NEXT} but still does not find it")
     assert str(raised.value).endswith("run the deploy again")
 
 
 def test_a_refused_look_at_the_new_revision_is_raised_not_waited_out(scripted):
-    scripted.stubber.add_response(
-        "describe_task_definition", {"taskDefinition": BASE_TASK}, {"taskDefinition": BOOTSTRAP}
-    )
-    scripted.stubber.add_response(
-        "register_task_definition",
-        {"taskDefinition": {"taskDefinitionArn": NEXT, "family": FAMILY}},
-    )
-    scripted.stubber.add_client_error("describe_task_definition", "AccessDeniedException")
-    waits: list[float] = []
+    ecs, waits = register_next(scripted, "AccessDeniedException")
     with pytest.raises(ClientError, match="AccessDenied"):
-        Ecs(scripted.client, sleep=waits.append).register(BOOTSTRAP, "server", IMAGE, {})
+        ecs.register(BOOTSTRAP, "server", IMAGE, {})
     assert waits == []
 
 

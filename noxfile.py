@@ -80,7 +80,7 @@ def test(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def unit(session: nox.Session) -> None:
-    """Run the in-process tests only: no server, registry, podman or Terraform (about a minute)."""
+    """Run the in-process tests only: no server, registry, podman or Terraform (1 to 1.5 min)."""
     run_tests(session, "-m", "not integration", terraform=False)
 
 

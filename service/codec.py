@@ -48,7 +48,9 @@ def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
         raise InvalidInput(
             f"{what} is ragged: nested lists must all have the same length"
         ) from None
-    if raw.dtype.kind not in "iuf" or raw.size == 0:
+    # numpy takes a boolean among numbers as 1 or 0 (np.asarray([True, 0.5]) is float64):
+    # JSON's true and false are not numbers, so any one of them refuses the whole list.
+    if raw.dtype.kind not in "iuf" or raw.size == 0 or _holds_boolean(values):
         raise InvalidInput(
             f"{what} must hold only numbers (no strings, booleans, nulls or empty lists)"
         )
@@ -60,6 +62,14 @@ def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
     if array.dtype.kind in FLOAT_KINDS and not np.isfinite(array).all():
         raise InvalidInput(f"{what} has numbers too large for {dtype.name} (or NaN/infinity)")
     return array
+
+
+def _holds_boolean(values: list) -> bool:
+    """Whether nested lists `values` hold a bool anywhere (a pass in C per list)."""
+    kinds = set(map(type, values))
+    return bool in kinds or (
+        list in kinds and any(_holds_boolean(item) for item in values if type(item) is list)
+    )
 
 
 def _check_integers(raw: np.ndarray, what: str, dtype: np.dtype) -> None:

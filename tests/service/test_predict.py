@@ -91,6 +91,24 @@ BAD_BODIES = [
     pytest.param(json.dumps({"data": [None] * 784}).encode(), ONLY_NUMBERS, id="nulls"),
     pytest.param(json.dumps({"data": [True] * 784}).encode(), ONLY_NUMBERS, id="booleans"),
     pytest.param(
+        json.dumps({"data": [True] + [0] * 783}).encode(), ONLY_NUMBERS, id="boolean-among-ints"
+    ),
+    pytest.param(
+        json.dumps({"data": [0.5] * 783 + [False]}).encode(),
+        ONLY_NUMBERS,
+        id="boolean-among-floats",
+    ),
+    pytest.param(
+        json.dumps({"data": [[0] * 784, [0] * 783 + [True]]}).encode(),
+        ONLY_NUMBERS,
+        id="boolean-in-a-row",
+    ),
+    pytest.param(
+        json.dumps({"data": [[[0] * 28] * 27 + [[0] * 27 + [True]]]}).encode(),
+        ONLY_NUMBERS,
+        id="boolean-in-a-28x28-image",
+    ),
+    pytest.param(
         b'{"data": [NaN' + b", 0" * 783 + b"]}",
         NOT_JSON + "unexpected character, expected a JSON value: line 1 column 11 (char 10)",
         id="nan",

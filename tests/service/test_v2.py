@@ -224,6 +224,11 @@ BAD_INFER = [
         id="string-data",
     ),
     pytest.param(
+        _input(data=[0.0] * 783 + [True]),
+        "input 'Input3' data must hold only numbers (no strings, booleans, nulls or empty lists)",
+        id="boolean-among-data",
+    ),
+    pytest.param(
         _input(data=None),
         "input 'Input3' data must be a list of numbers, got NoneType",
         id="null-data",

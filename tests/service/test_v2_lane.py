@@ -133,7 +133,8 @@ LOOK_ALIKES = [
     infer_body([*ZEROS, 2**53]),
     infer_body([*ZEROS, 2**53 + 0.5]),  # a double: the same both ways
     infer_body([*ZEROS, 2**64]),  # beyond 64 bits: orjson makes it a float
-    infer_body([True, *([0.5] * 783)]),  # booleans among floats: np.asarray takes them
+    infer_body([True, *([0.5] * 783)]),  # a boolean among floats: refused by both
+    infer_body([*([0.5] * 783), False]),
     infer_body([[[[0.5] * 28] * 28]]),  # nested as the shape: not for the lane
     infer_body([[0.5] * 784, [0.5] * 783]),  # ragged rows
     infer_body([[0.5] * 784, 0.5]),

@@ -124,8 +124,42 @@ resource "aws_s3_bucket_lifecycle_configuration" "state" {
 # GitHub OIDC provider
 ################################################################################
 
+locals {
+  github_oidc_url = "https://token.actions.githubusercontent.com"
+  # What aws-actions/configure-aws-credentials asks for as the token's audience.
+  github_oidc_audience = "sts.amazonaws.com"
+  github_oidc_provider_arn = (
+    var.create_github_oidc_provider
+    ? aws_iam_openid_connect_provider.github[0].arn
+    : data.aws_iam_openid_connect_provider.existing[0].arn
+  )
+}
+
+# An account holds one provider per URL (CreateOpenIDConnectProvider answers
+# EntityAlreadyExists for a second): where the account has one already, it is looked up
+# instead, and must admit the audience the workflow's tokens carry.
 resource "aws_iam_openid_connect_provider" "github" {
-  url             = "https://token.actions.githubusercontent.com"
-  client_id_list  = ["sts.amazonaws.com"]
+  count = var.create_github_oidc_provider ? 1 : 0
+
+  url             = local.github_oidc_url
+  client_id_list  = [local.github_oidc_audience]
   thumbprint_list = var.github_oidc_thumbprints
+}
+
+moved {
+  from = aws_iam_openid_connect_provider.github
+  to   = aws_iam_openid_connect_provider.github[0]
+}
+
+data "aws_iam_openid_connect_provider" "existing" {
+  count = var.create_github_oidc_provider ? 0 : 1
+
+  url = local.github_oidc_url
+
+  lifecycle {
+    postcondition {
+      condition     = contains(self.client_id_list, local.github_oidc_audience)
+      error_message = "The account's GitHub OIDC provider does not admit the audience sts.amazonaws.com, which the workflow's tokens carry: add it with `aws iam add-client-id-to-open-id-connect-provider --open-id-connect-provider-arn <its ARN> --client-id sts.amazonaws.com`, then apply again."
+    }
+  }
 }

@@ -10,5 +10,5 @@ output "aws_region" {
 
 output "github_oidc_provider_arn" {
   description = "The account's GitHub OIDC provider, trusted by every environment's deploy role."
-  value       = aws_iam_openid_connect_provider.github.arn
+  value       = local.github_oidc_provider_arn
 }

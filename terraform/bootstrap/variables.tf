@@ -30,3 +30,9 @@ variable "github_oidc_thumbprints" {
     "1c58a3a8518e8759bf075b76b750d4f2df264fcd",
   ]
 }
+
+variable "create_github_oidc_provider" {
+  description = "Create the account's GitHub OIDC provider (token.actions.githubusercontent.com); false where the account already has one, which is then looked up and must admit the audience sts.amazonaws.com (an account holds one provider per URL)."
+  type        = bool
+  default     = true
+}

@@ -26,6 +26,13 @@ from service.metrics import (
 )
 from service.startup import failure_line, prepare
 
+# With several workers, uvicorn's supervisor pings each one and kills (SIGKILL) one that
+# does not answer within this many seconds (`--timeout-worker-healthcheck`, uvicorn 0.37;
+# 5 s by default). A worker loads the model while it starts, and onnxruntime holds the GIL
+# while it builds a session, so a large model on a fraction of a vCPU could be killed and
+# restarted again and again before it serves; ECS's health check grace allows 60 s.
+WORKER_HEALTHCHECK_SECONDS = 60
+
 
 def server_options(settings: Settings, log_config: dict) -> dict[str, Any]:
     """uvicorn's settings: keep-alive and drain come from the service's settings."""
@@ -44,6 +51,7 @@ def server_options(settings: Settings, log_config: dict) -> dict[str, Any]:
         lifespan="on",
         timeout_keep_alive=settings.keep_alive_timeout_seconds,
         timeout_graceful_shutdown=settings.stop_budget.drain_seconds,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
 
 
@@ -130,6 +138,10 @@ def serve(settings: Settings, log_config: dict | None = None) -> int:
         prepare_metrics(settings)
         model = prepare(settings)
         app = create_app(settings, model=model) if settings.workers <= 1 else None
+        # With workers, each loads its own copy from the verified cache: the supervisor
+        # keeps none (one more model's weights and arena against the task's memory limit,
+        # past which the container is stopped: ECS developer guide, container memory).
+        del model
     except Exception as exc:  # anything at start-up: one line, never a traceback
         print(f"error: {failure_line(exc)}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import uvicorn
 from prometheus_client import CollectorRegistry
 
 from service.__main__ import server_options
@@ -36,6 +37,9 @@ def test_uvicorn_and_the_recorder_take_their_budgets_from_stop_timeout_seconds(t
     assert options["timeout_graceful_shutdown"] == stop_budget(120).drain_seconds
     assert options["timeout_keep_alive"] == 65
     assert options["proxy_headers"] is False  # nothing reads the client address or scheme
+    # a worker loading a large model answers its supervisor late; ECS's grace is 60 s
+    assert options["timeout_worker_healthcheck"] == 60
+    uvicorn.Config(app=None, **{**options, "log_config": None})  # options this uvicorn takes
     recorder = build_recorder(settings, CollectorRegistry())
     assert recorder.config.close_seconds == stop_budget(120).flush_seconds
 

@@ -202,3 +202,41 @@ def test_python_m_service_takes_no_arguments_and_says_so():
     )
     assert helped.returncode == 0 and "every setting comes from the environment" in helped.stdout
     assert entry.main(["--port", "9000"]) == 2
+
+
+def test_the_supervisor_of_several_workers_keeps_no_model(mnist8_path, tmp_path, monkeypatch):
+    """Each worker process loads the model from the verified cache; the process that
+    checked it and supervises them holds no copy while they serve."""
+    import gc
+    import weakref
+
+    import uvicorn
+
+    from service import __main__ as entry
+
+    loaded: list[weakref.ref] = []
+    prepare = entry.prepare
+
+    def prepare_and_watch(settings):
+        model = prepare(settings)
+        loaded.append(weakref.ref(model))
+        return model
+
+    alive_while_serving: list[bool] = []
+
+    def run(app, **options):
+        gc.collect()
+        alive_while_serving.append(loaded[0]() is not None)
+
+    monkeypatch.setattr(entry, "prepare", prepare_and_watch)
+    monkeypatch.setattr(uvicorn, "run", run)
+    for name, value in {
+        "MODEL_URL": str(mnist8_path),
+        "MODEL_CACHE_DIR": str(tmp_path),
+        "WEB_CONCURRENCY": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "PORT": str(free_port()),
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert entry.main([]) == 0
+    assert alive_while_serving == [False]

@@ -61,6 +61,20 @@ def parser() -> argparse.ArgumentParser:
         help="measure only these (default: all)",
     )
     p.add_argument(
+        "--steal-limit",
+        type=float,
+        default=1.0,
+        help="percent of a core's time the hypervisor may take during a run before it is "
+        "measured again (default 1; bench/steal.py)",
+    )
+    p.add_argument(
+        "--steal-budget",
+        type=int,
+        default=600,
+        help="seconds the whole run may spend waiting for quiet cores and measuring "
+        "disturbed runs again (default 600; 0: every run once, its steal only shown)",
+    )
+    p.add_argument(
         "--workdir", type=Path, help="keep bodies, Lua scripts and server logs here (default: temp)"
     )
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}")
@@ -75,10 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         ("--seconds", seconds, 1),
         ("--rounds", rounds, 1),
         ("--warmup", args.warmup, 0),
+        ("--steal-budget", args.steal_budget, 0),
     ):
         if value < least:
             print(f"error: {flag} is {value}; it must be at least {least}", file=sys.stderr)
             return 2
+    if not 0 < args.steal_limit <= 100:
+        print(
+            f"error: --steal-limit is {args.steal_limit}; it is a percent, more than 0 "
+            "and at most 100",
+            file=sys.stderr,
+        )
+        return 2
     options = Options(
         seconds=seconds,
         rounds=rounds,
@@ -86,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         compute_seconds=1.0 if args.quick else 3.0,
         only=tuple(args.only),
+        steal_limit=args.steal_limit / 100,
+        steal_budget_seconds=args.steal_budget,
     )
     # A SIGTERM (nox or CI stopping us) unwinds like Ctrl-C, so every started server is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -38,6 +38,9 @@ class ComputeCeiling:
     batch_method: str  # "batch-capable copy" or "loop over the original"
     copy_max_abs_diff: float | None  # copy vs original on the checked images (None: no copy)
     copy_note: str
+    # The largest share of its time the server or load core lost to the hypervisor while
+    # this was measured (bench.steal); None: not read.
+    steal_share: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench import capture_read
 from bench.run import CAPTURE_OFF, Measurement, Results
+from bench.steal import StealGate
 
 REFERENCE_CONCURRENCY = 16
 MB = 1024 * 1024
@@ -274,8 +275,9 @@ def table(results: Results) -> str:
     """The Markdown table of every measured row."""
     lines = [
         "| contender | row | capture | c | req/s | images/s | p50 ms | p99 ms | non-2xx | errors "
-        "| server CPU | wrk CPU | req/CPU-s |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server CPU | wrk CPU | req/CPU-s | steal |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     for m in results.measurements:
         r = m.result
@@ -284,7 +286,7 @@ def table(results: Results) -> str:
             f"| {r.requests_per_second:,.0f} | {r.requests_per_second * m.images_per_request:,.0f} "
             f"| {r.p50_us / 1000:.2f} | {r.p99_us / 1000:.2f} | {r.non_2xx} | {r.socket_errors} "
             f"| {_fmt(m.server_cpu_share, '.0%')} | {_fmt(m.load_cpu_share, '.0%')} "
-            f"| {_fmt(m.requests_per_cpu_second, ',.0f')} |"
+            f"| {_fmt(m.requests_per_cpu_second, ',.0f')} | {_fmt(m.steal_share, '.1%')} |"
         )
     return "\n".join(lines)
 
@@ -329,6 +331,7 @@ def summary(results: Results) -> str:
         "",
         *_target_lines(targets(results, found)),
         *_spread_lines(run_spread(results)),
+        *_steal_lines(results.steal),
         "",
     ]
     ready = ", ".join(f"{k} {v:.2f} s" for k, v in results.ready_seconds.items())
@@ -382,6 +385,27 @@ def _spread_lines(spread: tuple[float, str, int] | None) -> list[str]:
     ]
 
 
+def _steal_lines(gate: StealGate | None) -> list[str]:
+    """What the hypervisor took (bench.steal): how many runs were measured again, and how
+    many were kept disturbed, whose wall-clock figures are then the machine's."""
+    if gate is None or not gate.runs:
+        return []
+    lines = [
+        f"steal (time the hypervisor took from the server and wrk cores): {gate.runs} runs, "
+        f"each started on quiet cores and measured again while it lost more than "
+        f"{gate.limit:.1%} of a core ({gate.remeasured} measured again; "
+        f"{gate.spent_seconds:.0f} s of the {gate.budget_seconds:.0f} s budget spent)"
+    ]
+    if gate.over_limit:
+        lines.append(
+            f"  {gate.over_limit} runs kept with more steal than that (the table's steal "
+            "column): their rows' wall-clock figures are the machine's, not the code's"
+        )
+    else:
+        lines.append("  every run kept lost at most that: a quiet run")
+    return lines
+
+
 def _capture_read_lines(results: Results, found: capture_read.CaptureRead) -> list[str]:
     peak = peak_capture_records_per_second(results)
     ceiling = _fmt(found.ceiling(), ".2f")
@@ -408,6 +432,7 @@ def document(results: Results) -> dict:
         "ratios": found,
         "targets": [asdict(t) for t in targets(results, found)],
         "capture_off_run_spread": run_spread(results),
+        "steal": results.steal.as_dict() if results.steal else None,
     }
 
 

@@ -40,6 +40,7 @@ from bench.processes import (
     rss_bytes,
     wait_quiet,
 )
+from bench.steal import StealGate
 from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.datasets import load_dataset, scaled_inputs
 from pipeline.reference import fetch_verified, load_reference
@@ -76,6 +77,11 @@ class Options:
     server_core: int = 0
     load_core: int = 1
     only: tuple[str, ...] = ()  # contenders to run; empty: all
+    # A run whose cores lost more than this share of their time to the hypervisor (steal,
+    # bench.steal) is measured again, and every run waits for quiet cores, within
+    # steal_budget_seconds of waiting and measuring again for the whole bench.
+    steal_limit: float = 0.01
+    steal_budget_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,9 @@ class Measurement:
     # The alternated runs `result` combines (bench.wrk.combined), in the order they ran;
     # empty when the level ran once.
     runs: tuple[Measurement, ...] = ()
+    # The largest share of its time the server or the load core lost to the hypervisor
+    # during the run (bench.steal; the largest of the runs'); None: not read.
+    steal_share: float | None = None
 
     @property
     def server_cpu_share(self) -> float | None:
@@ -132,6 +141,7 @@ class Measurement:
             "server_cpu_share": self.server_cpu_share,
             "requests_per_cpu_second": self.requests_per_cpu_second,
             "load_cpu_share": self.load_cpu_share,
+            "steal_share": self.steal_share,
             "wrk": asdict(r),
             "runs": [run.as_dict() for run in self.runs],
         }
@@ -162,6 +172,7 @@ def combined(runs: list[Measurement]) -> Measurement:
         total([m.server_cpu_seconds for m in runs]),
         total([m.load_cpu_seconds for m in runs]),
         tuple(runs),
+        None if None in (shares := [m.steal_share for m in runs]) else max(shares),
     )
 
 
@@ -199,6 +210,7 @@ class Results:
     rss_bytes: dict[str, int] = field(default_factory=dict)
     capture_written: dict[str, int] | None = None
     capture_read: capture_read.CaptureRead | None = None
+    steal: StealGate | None = None  # None: runs are measured once, their steal not read
 
     def find(
         self, contender: str, row: str, capture: str | None, concurrency: int
@@ -375,15 +387,42 @@ def measure_level(
     )
 
 
+def gated_level(
+    prepared: PreparedRow,
+    connections: int,
+    seconds: int,
+    options: Options,
+    gate: StealGate | None,
+    before_run: Callable[[PreparedRow], None],
+) -> Measurement:
+    """measure_level once the cores are quiet, and again while the run lost more than the
+    gate's limit to steal (bench.steal), `before_run` and the server's own quiet before each
+    repeat; with no gate, measured once."""
+    before_run(prepared)
+    if gate is None:
+        return measure_level(prepared, connections, seconds, options)
+
+    def settle() -> None:
+        before_run(prepared)
+        wait_quiet(prepared.server.pid)
+
+    measured, lost = gate.measure(
+        lambda: measure_level(prepared, connections, seconds, options), settle
+    )
+    return replace(measured, steal_share=lost)
+
+
 def measure_levels(
     rows: list[PreparedRow],
     options: Options,
     before_run: Callable[[PreparedRow], None] = lambda row: None,
+    gate: StealGate | None = None,
 ) -> list[list[Measurement]]:
     """Every prepared row at every level, in order: one prepared row runs once a level for
     `options.seconds`; several (the same row on several servers) run as `options.rounds`
     alternated runs a level of `ceil(options.seconds / options.rounds)` seconds each,
-    `before_run` called before every run. Each row's level measurements, its runs combined."""
+    `before_run` called before every run, each run kept by `gate` (gated_level). Each
+    row's level measurements, its runs combined."""
     rounds = max(1, options.rounds) if len(rows) > 1 else 1
     seconds = math.ceil(options.seconds / rounds)
     measured: list[list[Measurement]] = [[] for _ in rows]
@@ -391,8 +430,9 @@ def measure_levels(
         runs: list[list[Measurement]] = [[] for _ in rows]
         for _ in range(rounds):
             for prepared, its_runs in zip(rows, runs, strict=True):
-                before_run(prepared)
-                its_runs.append(measure_level(prepared, connections, seconds, options))
+                its_runs.append(
+                    gated_level(prepared, connections, seconds, options, gate, before_run)
+                )
         for its_levels, its_runs in zip(measured, runs, strict=True):
             its_levels.append(combined(its_runs))
             print(_progress(its_levels[-1]), file=sys.stderr, flush=True)
@@ -484,7 +524,7 @@ def bench_reference(
     else:  # it answers a fixed body: nothing to check
         body = bodies.fixed("/predict", body)
     prepared = prepare_row(server, name, "predict single", body, None, workload, options, workdir)
-    results.measurements += measure_levels([prepared], options)[0]
+    results.measurements += measure_levels([prepared], options, gate=results.steal)[0]
     results.rss_bytes[name] = rss_bytes(server.pid)
     processes.stop(server)
 
@@ -571,7 +611,7 @@ def bench_services(
     for service in services:
         results.ready_seconds[service.server.name] = service.server.ready_seconds
     for row, body in workload.service_bodies().items():
-        measure_in_pairs(services, row, body, workload, options, workdir)
+        measure_in_pairs(services, row, body, workload, options, workdir, results.steal)
         for service in services:
             service.rss.append(rss_bytes(service.server.pid))
     for service in services:
@@ -598,10 +638,11 @@ def measure_in_pairs(
     workload: Workload,
     options: Options,
     workdir: Path,
+    gate: StealGate | None = None,
 ) -> None:
     """One row on every service, prepared on each, then measured in alternated runs
-    (measure_levels), each other service quiet before every run; each service's level
-    measurements appended to its own."""
+    (measure_levels, each run kept by `gate`), each other service quiet before every run;
+    each service's level measurements appended to its own."""
 
     def alone(server: Server) -> None:
         for other in services:
@@ -617,7 +658,7 @@ def measure_in_pairs(
                 service.server, "service", row, signed, service.capture, workload, options, workdir
             )
         )
-    levels = measure_levels(prepared, options, lambda row: alone(row.server))
+    levels = measure_levels(prepared, options, lambda row: alone(row.server), gate)
     for service, measured in zip(services, levels, strict=True):
         service.measurements += measured
 
@@ -627,6 +668,11 @@ def run(options: Options, workdir: Path | None = None) -> Results:
     wrk.require_wrk()
     require_scheduling_tools()
     results = Results(options, machine())
+    results.steal = StealGate(
+        (options.server_core, options.load_core),
+        options.steal_limit,
+        options.steal_budget_seconds,
+    )
     wanted = set(options.only or CONTENDERS)
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = workdir or Path(scratch)
@@ -639,14 +685,18 @@ def run(options: Options, workdir: Path | None = None) -> Results:
         workload = load_workload(options.batch_size, work)
         if "compute" in wanted:
             print("bench: raw onnxruntime (compute ceiling)", file=sys.stderr, flush=True)
-            results.compute = compute.measure(
-                workload.model_path,
-                workload.images,
-                batch_size=options.batch_size,
-                batched_path=workload.batched.path if workload.batched else None,
-                seconds=options.compute_seconds,
-                core=options.server_core,
+            ceiling, lost = results.steal.measure(
+                lambda: compute.measure(
+                    workload.model_path,
+                    workload.images,
+                    batch_size=options.batch_size,
+                    batched_path=workload.batched.path if workload.batched else None,
+                    seconds=options.compute_seconds,
+                    core=options.server_core,
+                ),
+                settle=lambda: None,
             )
+            results.compute = replace(ceiling, steal_share=lost)
         with Processes(work) as processes:
             for name, reference in REFERENCE_APPS.items():
                 if name in wanted:

@@ -364,8 +364,9 @@ def test_bad_concurrency_is_refused_with_the_reason(capsys: pytest.CaptureFixtur
 
 @pytest.mark.integration
 def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
-    """The whole path (uvicorn, taskset, wrk, report) for the HTTP ceiling and the
-    framework ceiling, 1 s each at c=1."""
+    """The whole path (uvicorn, taskset, wrk, the steal gate, report) for the HTTP
+    ceiling and the framework ceiling, 1 s each at c=1, at most 5 s spent waiting for
+    quiet cores and measuring again."""
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             if os.environ.get("CI") == "true":
@@ -378,7 +379,7 @@ def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
             "-m",
             "bench",
             *("--only", "bare", "falcon", "--seconds", "1", "--warmup", "0"),
-            *("--concurrency", "1", "--output", str(output)),
+            *("--concurrency", "1", "--steal-budget", "5", "--output", str(output)),
         ],
         cwd=REPO,
         capture_output=True,
@@ -396,6 +397,8 @@ def test_a_tiny_real_run_writes_results(tmp_path: Path) -> None:
         assert row["non_2xx"] == 0 and row["socket_errors"] == 0
         assert document["rss_bytes"][row["contender"]] > 0
         assert row["server_cpu_seconds"] > 0 and row["load_cpu_share"] > 0
+        assert 0 <= row["steal_share"] <= 1
+    assert document["steal"]["runs"] == 2 and document["steal"]["budget_seconds"] == 5
 
 
 def test_capture_off_and_on_alternate_in_pairs_at_every_level(monkeypatch, tmp_path):

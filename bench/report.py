@@ -402,7 +402,10 @@ def _steal_lines(gate: StealGate | None) -> list[str]:
             "column): their rows' wall-clock figures are the machine's, not the code's"
         )
     else:
-        lines.append("  every run kept lost at most that: a quiet run")
+        lines.append(
+            "  every run kept lost at most that: steal-quiet (the cores' own speed may still "
+            "move under other guests: the machine's own moves, above)"
+        )
     return lines
 
 

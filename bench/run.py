@@ -454,7 +454,9 @@ def _progress(m: Measurement) -> str:
         f"  {label:<40} c={m.concurrency:<3} {r.requests_per_second:>9.0f} req/s  "
         f"p50 {r.p50_us / 1000:.2f} ms  p99 {r.p99_us / 1000:.2f} ms"
         f"  non-2xx {r.non_2xx}  errors {r.socket_errors}  server CPU {m.server_cpu_share or 0:.0%}"
-        f"  wrk CPU {m.load_cpu_share or 0:.0%}" + (runs if m.runs else "")
+        f"  wrk CPU {m.load_cpu_share or 0:.0%}"
+        + (f"  steal {m.steal_share:.1%}" if m.steal_share is not None else "")
+        + (runs if m.runs else "")
     )
 
 

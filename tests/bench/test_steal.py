@@ -146,7 +146,7 @@ def test_every_level_keeps_its_runs_steal_and_the_level_its_largest(monkeypatch)
     machine = {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"}
     results = Results(options, machine, measurements=[a, b], steal=g)
     assert report.table(results).splitlines()[-1].endswith("| 0.5% |")
-    assert "every run kept lost at most that: a quiet run" in report.summary(results)
+    assert "every run kept lost at most that: steal-quiet" in report.summary(results)
     assert report.document(results)["steal"]["remeasured"] == 1
 
 
@@ -157,7 +157,7 @@ def test_the_summary_names_runs_kept_disturbed() -> None:
     printed = report.summary(results)
     assert "3 runs, each started on quiet cores" in printed
     assert "2 runs kept with more steal than that" in printed
-    assert "a quiet run" not in printed
+    assert "steal-quiet" not in printed
     unmeasured = dataclasses.replace(g, runs=0)
     results.steal = unmeasured
     assert "steal (" not in report.summary(results)

@@ -661,19 +661,24 @@ locals {
 resource "aws_cloudwatch_metric_alarm" "deployment" {
   for_each = local.alarms
 
-  alarm_name          = "${var.name}-${each.key}"
-  alarm_description   = each.value.description
-  namespace           = "AWS/ApplicationELB"
-  metric_name         = each.value.metric_name
-  statistic           = each.value.statistic
-  extended_statistic  = each.value.extended_statistic
-  period              = 60
-  evaluation_periods  = each.value.evaluation_periods
-  threshold           = each.value.threshold
-  comparison_operator = each.value.comparison_operator
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = var.alarm_actions
-  ok_actions          = var.alarm_actions
+  alarm_name         = "${var.name}-${each.key}"
+  alarm_description  = each.value.description
+  namespace          = "AWS/ApplicationELB"
+  metric_name        = each.value.metric_name
+  statistic          = each.value.statistic
+  extended_statistic = each.value.extended_statistic
+  # A percentile of fewer than 10/(1 - p) requests a period (200 for p95) is the slowest
+  # request or two: "ignore" keeps the alarm's state then, so a few slow requests at low
+  # traffic cannot roll a good release back (CloudWatch guide, "Percentile-based alarms
+  # and low data samples"). Percentile alarms only.
+  evaluate_low_sample_count_percentiles = each.value.extended_statistic == null ? null : "ignore"
+  period                                = 60
+  evaluation_periods                    = each.value.evaluation_periods
+  threshold                             = each.value.threshold
+  comparison_operator                   = each.value.comparison_operator
+  treat_missing_data                    = "notBreaching"
+  alarm_actions                         = var.alarm_actions
+  ok_actions                            = var.alarm_actions
 
   dimensions = each.value.dimensions
 

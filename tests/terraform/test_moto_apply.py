@@ -880,6 +880,32 @@ def test_flow_logs_role_trusts_vpc_flow_logs_of_this_account_only(
     assert not iam.trust_allows(document, service, "sts:AssumeRole", {})
 
 
+@pytest.mark.parametrize("env", ENVS)
+def test_flow_logs_role_may_make_every_call_the_vpc_guide_lists(applied: Applied, env: str) -> None:
+    """The VPC user guide's "IAM role for publishing flow logs to CloudWatch Logs": the
+    role's policy "must include at least" these five actions; moto delivers no flow logs,
+    so the applied policy is read against them, on this environment's group only."""
+    role = f"onnx-ship-{env}-flow-logs"
+    (arn,) = [
+        log["LogDestination"].removesuffix(":*")
+        for log in applied.client("ec2").describe_flow_logs()["FlowLogs"]
+        if log["DeliverLogsPermissionArn"].endswith(f":role/{role}")
+    ]
+    assert arn.startswith("arn:aws:logs:us-east-1:123456789012:log-group:/vpc/")
+    policies = role_policies(applied, role)
+    for action in ("logs:CreateLogGroup", "logs:DescribeLogStreams"):
+        assert iam.allowed(policies, action, f"{arn}:*"), action
+    assert iam.allowed(policies, "logs:CreateLogGroup", arn)
+    for action in ("logs:CreateLogStream", "logs:PutLogEvents"):
+        assert iam.allowed(policies, action, f"{arn}:log-stream:eni-0123456789abcdef0-all")
+    assert iam.allowed(
+        policies, "logs:DescribeLogGroups", "arn:aws:logs:us-east-1:123456789012:log-group:*"
+    )
+    other = "arn:aws:logs:us-east-1:123456789012:log-group:/ecs/someone-else"
+    assert not iam.allowed(policies, "logs:PutLogEvents", f"{other}:log-stream:s")
+    assert not iam.allowed(policies, "logs:CreateLogGroup", other)
+
+
 # ---------------------------------------------------------------------------
 # Idempotence, then destroy (keep these two last)
 # ---------------------------------------------------------------------------

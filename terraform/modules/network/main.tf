@@ -196,14 +196,27 @@ data "aws_iam_policy_document" "flow_logs_assume" {
   }
 }
 
+# The VPC user guide's "IAM role for publishing flow logs to CloudWatch Logs": the role's
+# policy "must include at least" CreateLogGroup, CreateLogStream, PutLogEvents,
+# DescribeLogGroups and DescribeLogStreams. Each is granted on this group only (its streams
+# as `<arn>:*`); DescribeLogGroups lists, so it names the account's groups.
 data "aws_iam_policy_document" "flow_logs" {
   statement {
     actions = [
+      "logs:CreateLogGroup",
       "logs:CreateLogStream",
       "logs:DescribeLogStreams",
       "logs:PutLogEvents",
     ]
-    resources = ["${aws_cloudwatch_log_group.flow_logs.arn}:*"]
+    resources = [
+      aws_cloudwatch_log_group.flow_logs.arn,
+      "${aws_cloudwatch_log_group.flow_logs.arn}:*",
+    ]
+  }
+
+  statement {
+    actions   = ["logs:DescribeLogGroups"]
+    resources = ["arn:${data.aws_partition.current.partition}:logs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:log-group:*"]
   }
 }
 

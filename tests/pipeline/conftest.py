@@ -10,16 +10,25 @@ import numpy as np
 import pytest
 
 from pipeline.release import SmokeImages
-from tests.pipeline.containers import Built, build_test_image, podman
+from tests.pipeline.containers import (
+    Built,
+    build_test_image,
+    dangling_images,
+    podman,
+    remove_dangling_since,
+)
 from tests.service.conftest import mnist8_server  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="session")
 def built() -> Iterator[Built]:
+    before = dangling_images()
     built = build_test_image()
     yield built
-    # Each commit's image has its own 240 MB venv layer: do not pile them up.
+    # Each commit's image has its own 240 MB venv layer, and its build leaves its first
+    # stage untagged: do not pile them up.
     podman("rmi", built.ref, check=False)
+    remove_dangling_since(before)
 
 
 @pytest.fixture

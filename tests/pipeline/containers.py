@@ -50,6 +50,30 @@ def run_detached(name: str, *arguments: str) -> None:
     podman("run", "--detach", "--name", name, "--network", "host", *arguments)
 
 
+def dangling_images() -> set[str]:
+    """The IDs of podman's untagged images (a multi-stage build leaves its first stage so)."""
+    return set(
+        podman("images", "--quiet", "--no-trunc", "--filter", "dangling=true").stdout.split()
+    )
+
+
+def remove_dangling_since(before: set[str]) -> None:
+    """Remove the untagged images made since `before` (dangling_images()): each build of a
+    commit leaves a stage of about 390 MB, which would otherwise pile up run after run."""
+    made = dangling_images() - before
+    if made:
+        podman("rmi", "--force", *made, check=False)
+
+
+def require_registry(address: str) -> None:
+    """A registry answers at `address` (http://<address>/v2/), as .ci/setup.sh starts one."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/v2/", timeout=2):
+            pass
+    except (urllib.error.URLError, OSError):
+        require(False, f"no registry answers at http://{address}/v2/")
+
+
 def require_podman() -> None:
     require(shutil.which("podman") is not None, "podman is not installed")
     require(

@@ -43,7 +43,15 @@ import pytest
 
 from pipeline import aws_calls, image, promotion, terraform
 from tests.conftest import REPO, free_port
-from tests.pipeline.containers import BASE_IMAGE, podman, registry_manifest, require_podman
+from tests.pipeline.containers import (
+    BASE_IMAGE,
+    dangling_images,
+    podman,
+    registry_manifest,
+    remove_dangling_since,
+    require_podman,
+    require_registry,
+)
 from tests.service.conftest import MNIST8_SHA256
 from tests.terraform import iam
 from tests.terraform.conftest import (
@@ -169,11 +177,12 @@ def fresh_images() -> Iterator[None]:
     untagged stages leave podman's store after, by ID (a tag alone would leave the image,
     still named by its registry digests)."""
     require_podman()
+    require_registry(REGISTRY)
     sha = image.git_sha()
     verified = promotion.verified_tag(promotion.git_tree(sha, REPO), MNIST8_SHA256)
     for env in ENVS:
         delete_from_registry(f"onnx-ship-{env}", verified)
-    dangling = image_ids("--filter", "dangling=true")
+    dangling = dangling_images()
     yield
     repositories = {"localhost/onnx-ship", *(f"{REGISTRY}/onnx-ship-{env}" for env in ENVS)}
     listed = podman("images", "--no-trunc", "--format", "{{.ID}} {{.Repository}} {{.Tag}}")
@@ -182,14 +191,10 @@ def fresh_images() -> Iterator[None]:
         for image_id, repository, tag in (line.split(" ") for line in listed.stdout.splitlines())
         if repository in repositories and tag in (sha, verified)
     }
-    # The build's first stage is left untagged (podman keeps it as a cache).
-    ours |= image_ids("--filter", "dangling=true") - dangling
     if ours:
         podman("rmi", "--force", *ours, check=False)
-
-
-def image_ids(*filters: str) -> set[str]:
-    return set(podman("images", "--quiet", "--no-trunc", *filters).stdout.split())
+    # The build's first stage is left untagged (podman keeps it as a cache).
+    remove_dangling_since(dangling)
 
 
 @pytest.fixture(scope="module")

@@ -64,14 +64,14 @@ def parser() -> argparse.ArgumentParser:
         "--steal-limit",
         type=float,
         default=1.0,
-        help="percent of a core's time the hypervisor may take during a run before it is "
-        "measured again (default 1; bench/steal.py)",
+        help="percent of a core's time the hypervisor may take: each run waits for a "
+        "second of cores below it and is measured again above it (default 1; bench/steal.py)",
     )
     p.add_argument(
         "--steal-budget",
         type=int,
         default=600,
-        help="seconds the whole run may spend waiting for quiet cores and measuring "
+        help="whole seconds the bench may spend waiting for quiet cores and measuring "
         "disturbed runs again (default 600; 0: every run once, its steal only shown)",
     )
     p.add_argument(

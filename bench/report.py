@@ -318,7 +318,8 @@ def summary(results: Results) -> str:
             f"{ceiling.single_seconds * 1e6:.1f} us per image (median), "
             f"{ceiling.single_runs_per_second:,.0f} single-image runs/s; "
             f"batch of {ceiling.batch_size}: {ceiling.batch_images_per_second:,.0f} images/s "
-            f"({ceiling.batch_method}: {ceiling.copy_note})",
+            f"({ceiling.batch_method}: {ceiling.copy_note})"
+            + (f"; steal {ceiling.steal_share:.1%}" if ceiling.steal_share is not None else ""),
             "",
         ]
     parts += [
@@ -386,25 +387,31 @@ def _spread_lines(spread: tuple[float, str, int] | None) -> list[str]:
 
 
 def _steal_lines(gate: StealGate | None) -> list[str]:
-    """What the hypervisor took (bench.steal): how many runs were measured again, and how
-    many were kept disturbed, whose wall-clock figures are then the machine's."""
+    """What the hypervisor took (bench.steal): how the runs were kept, how many were
+    measured again, and how many were kept disturbed, whose wall-clock figures are then
+    the machine's."""
     if gate is None or not gate.runs:
         return []
-    lines = [
-        f"steal (time the hypervisor took from the server and wrk cores): {gate.runs} runs, "
-        f"each started on quiet cores and measured again while it lost more than "
-        f"{gate.limit:.1%} of a core ({gate.remeasured} measured again; "
-        f"{gate.spent_seconds:.0f} s of the {gate.budget_seconds:.0f} s budget spent)"
-    ]
+    runs = f"{gate.runs} run{'' if gate.runs == 1 else 's'}"
+    limit = f"{gate.limit:.1%} of either core"
+    if gate.budget_seconds <= 0:
+        kept = f"{runs}, each measured once (a steal budget of 0 s: no waiting, no repeats)"
+    else:
+        kept = (
+            f"{runs}, each started once the cores lost at most {limit} and measured again "
+            f"while it lost more ({gate.remeasured} measured again; "
+            f"{gate.spent_seconds:.0f} s of the {gate.budget_seconds:.0f} s budget spent)"
+        )
+    lines = [f"steal (time the hypervisor took from the server and wrk cores): {kept}"]
     if gate.over_limit:
         lines.append(
-            f"  {gate.over_limit} runs kept with more steal than that (the table's steal "
+            f"  {gate.over_limit} kept with more steal than {limit} (the table's steal "
             "column): their rows' wall-clock figures are the machine's, not the code's"
         )
     else:
         lines.append(
-            "  every run kept lost at most that: steal-quiet (the cores' own speed may still "
-            "move under other guests: the machine's own moves, above)"
+            f"  every run kept lost at most {limit} to steal (the cores' own speed may still "
+            "move under other guests' load, which no guest counter shows)"
         )
     return lines
 

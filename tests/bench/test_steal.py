@@ -146,18 +146,23 @@ def test_every_level_keeps_its_runs_steal_and_the_level_its_largest(monkeypatch)
     machine = {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"}
     results = Results(options, machine, measurements=[a, b], steal=g)
     assert report.table(results).splitlines()[-1].endswith("| 0.5% |")
-    assert "every run kept lost at most that: steal-quiet" in report.summary(results)
+    assert "every run kept lost at most 1.0% of either core to steal" in report.summary(results)
     assert report.document(results)["steal"]["remeasured"] == 1
 
 
 def test_the_summary_names_runs_kept_disturbed() -> None:
-    g = StealGate((0, 1), 0.01, 0.0, runs=3, over_limit=2)
+    g = StealGate((0, 1), 0.01, 600.0, runs=3, over_limit=2, remeasured=5, spent_seconds=600)
     results = Results(Options(), {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"})
     results.steal = g
     printed = report.summary(results)
-    assert "3 runs, each started on quiet cores" in printed
-    assert "2 runs kept with more steal than that" in printed
-    assert "steal-quiet" not in printed
+    assert "3 runs, each started once the cores lost at most 1.0% of either core" in printed
+    assert "(5 measured again; 600 s of the 600 s budget spent)" in printed
+    assert "2 kept with more steal than 1.0% of either core" in printed
+    assert "every run kept" not in printed
+    results.steal = dataclasses.replace(g, budget_seconds=0.0, runs=1, over_limit=0)
+    printed = report.summary(results)
+    assert "1 run, each measured once (a steal budget of 0 s: no waiting, no repeats)" in printed
+    assert "started once" not in printed
     unmeasured = dataclasses.replace(g, runs=0)
     results.steal = unmeasured
     assert "steal (" not in report.summary(results)
@@ -176,3 +181,14 @@ def test_a_steal_option_out_of_range_is_refused_by_name(argv, message, capsys) -
 
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_compute_ceiling_line_shows_its_steal() -> None:
+    from bench import compute
+
+    results = Results(Options(), {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"})
+    results.compute = compute.ComputeCeiling(
+        50e-6, 20_000, 20_000, 256, 40_000, 40_000, "batch-capable copy", 0.0, "proven", 0.004
+    )
+    line = next(x for x in report.summary(results).splitlines() if x.startswith("raw onnx"))
+    assert line.endswith("(batch-capable copy: proven); steal 0.4%")

@@ -36,10 +36,27 @@ def parse_json(body: bytes) -> object:
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
 
 
+# What a parsed JSON value is, in JSON's words (RFC 8259, section 3), for messages.
+JSON_KINDS: dict[type, str] = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    dict: "an object",
+    list: "an array",
+}
+
+
+def json_kind(value: object) -> str:
+    """`value` (as orjson or msgspec parse JSON) named as JSON names it: "null", "a string"."""
+    return JSON_KINDS.get(type(value), type(value).__name__)
+
+
 def numeric_array(values: object, what: str, dtype: np.dtype) -> np.ndarray:
     """A dense numeric array from nested JSON lists, or InvalidInput saying why not."""
     if not isinstance(values, list):
-        raise InvalidInput(f"{what} must be a list of numbers, got {type(values).__name__}")
+        raise InvalidInput(f"{what} must be a list of numbers, got {json_kind(values)}")
     if not values:
         raise InvalidInput(f"{what} is empty; send at least one example")
     try:

@@ -138,8 +138,12 @@ BAD_BODIES = [
     ),
     pytest.param(b"[1, 2, 3]", NOT_AN_OBJECT, id="not-an-object"),
     pytest.param(b'{"pixels": []}', NOT_AN_OBJECT, id="no-data"),
-    pytest.param(b'{"data": 7}', '"data" must be a list of numbers, got int', id="scalar"),
-    pytest.param(b'{"data": {"a": 1}}', '"data" must be a list of numbers, got dict', id="object"),
+    pytest.param(b'{"data": 7}', '"data" must be a list of numbers, got a number', id="scalar"),
+    pytest.param(
+        b'{"data": {"a": 1}}', '"data" must be a list of numbers, got an object', id="object"
+    ),
+    pytest.param(b'{"data": "abc"}', '"data" must be a list of numbers, got a string', id="string"),
+    pytest.param(b'{"data": null}', '"data" must be a list of numbers, got null', id="null"),
     pytest.param(
         b'{"data": [0], "model": "mnist-8"}',
         "the body has 'model', which this server does not read; it reads 'data'",

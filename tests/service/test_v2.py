@@ -230,7 +230,7 @@ BAD_INFER = [
     ),
     pytest.param(
         _input(data=None),
-        "input 'Input3' data must be a list of numbers, got NoneType",
+        "input 'Input3' data must be a list of numbers, got null",
         id="null-data",
     ),
     pytest.param(

@@ -397,10 +397,17 @@ def _steal_lines(gate: StealGate | None) -> list[str]:
     if gate.budget_seconds <= 0:
         kept = f"{runs}, each measured once (a steal budget of 0 s: no waiting, no repeats)"
     else:
+        unquiet = (
+            f", {gate.unquiet_starts} attempt{'' if gate.unquiet_starts == 1 else 's'} "
+            "started without (the budget had run out)"
+            if gate.unquiet_starts
+            else ""
+        )
         kept = (
             f"{runs}, each started once the cores lost at most {limit} and measured again "
-            f"while it lost more ({gate.remeasured} measured again; "
-            f"{gate.spent_seconds:.0f} s of the {gate.budget_seconds:.0f} s budget spent)"
+            f"while it lost more, within a budget ({gate.remeasured} measured again"
+            f"{unquiet}; {gate.spent_seconds:.0f} s of the {gate.budget_seconds:.0f} s "
+            "budget spent)"
         )
     lines = [f"steal (time the hypervisor took from the server and wrk cores): {kept}"]
     if gate.over_limit:

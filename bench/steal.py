@@ -111,6 +111,7 @@ class StealGate:
     spent_seconds: float = 0.0  # waited, and spent on runs measured again
     runs: int = 0
     remeasured: int = 0  # extra attempts made
+    unquiet_starts: int = 0  # attempts started without a quiet sample (the budget ran out)
     over_limit: int = 0  # runs kept with more steal than `limit` (budget or attempts gone)
     probe: Callable[[tuple[int, ...], float], float] = _ping_pong_share
 
@@ -119,13 +120,15 @@ class StealGate:
 
     def wait_quiet(self) -> None:
         """Sample the cores waking each other, a second at a time, until one sample loses
-        at most `limit` to steal or the budget is spent."""
+        at most `limit` to steal or the budget is spent (then counted in unquiet_starts)."""
         while self._left():
             started = time.monotonic()
             quiet = self.probe(self.cores, PROBE_SECONDS) <= self.limit
             self.spent_seconds += time.monotonic() - started
             if quiet:
                 return
+        if self.budget_seconds > 0:
+            self.unquiet_starts += 1
 
     def measure(self, attempt: Callable[[], T], settle: Callable[[], None]) -> tuple[T, float]:
         """`attempt()` once the cores are quiet, again (after `settle()`) while it lost
@@ -137,8 +140,10 @@ class StealGate:
                 self.remeasured += 1
                 started = time.monotonic()
                 settle()
-            self.wait_quiet()
+                self.spent_seconds += time.monotonic() - started
+            self.wait_quiet()  # counts its own time
             before = read(self.cores)
+            started = time.monotonic()
             result = attempt()
             lost = share(before, read(self.cores))
             if number:
@@ -159,5 +164,6 @@ class StealGate:
             "spent_seconds": self.spent_seconds,
             "runs": self.runs,
             "remeasured": self.remeasured,
+            "unquiet_starts": self.unquiet_starts,
             "over_limit": self.over_limit,
         }

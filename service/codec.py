@@ -152,7 +152,9 @@ def predict_data(body: bytes, dtype: np.dtype, numbers: NumberArrays | None = No
         break
     document = parse_json(body)
     if not isinstance(document, dict) or "data" not in document:
-        raise InvalidInput('the body must be a JSON object {"data": [numbers]}')
+        raise InvalidInput(
+            'the body must be a JSON object with the key "data": {"data": [numbers]}'
+        )
     _only_keys(document, ("data",), "the body")
     return numeric_array(document["data"], '"data"', dtype)
 

@@ -192,3 +192,42 @@ def test_the_compute_ceiling_line_shows_its_steal() -> None:
     )
     line = next(x for x in report.summary(results).splitlines() if x.startswith("raw onnx"))
     assert line.endswith("(batch-capable copy: proven); steal 0.4%")
+
+
+class Clock:
+    """time.monotonic for the gate: advanced by the fakes as their work would take."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_the_budget_counts_each_second_once_and_names_unquiet_starts(monkeypatch) -> None:
+    """Probes of 1 s, runs of 2 s, a settle of 0.5 s: a run measured again costs its own
+    wait, its settle and its run, each counted once; once the budget is gone, a run starts
+    without a quiet sample and the summary says so."""
+    clock = Clock()
+    monkeypatch.setattr(steal, "time", clock)
+    monkeypatch.setattr(steal, "read", Script([0.3, 0.0, 0.3]).read)
+
+    def probe(cores, seconds):
+        clock.now += 1.0
+        return 0.0
+
+    def attempt():
+        clock.now += 2.0
+        return "run"
+
+    def settle():
+        clock.now += 0.5
+
+    g = StealGate((0, 1), 0.01, 4.5, probe=probe)
+    g.measure(attempt, settle)  # wait 1, run (free), settle 0.5, wait 1, run again 2
+    assert g.spent_seconds == pytest.approx(4.5) and g.unquiet_starts == 0
+    g.measure(attempt, settle)  # nothing left: no wait, measured once, kept disturbed
+    assert (g.unquiet_starts, g.over_limit, g.remeasured) == (1, 1, 1)
+    results = Results(Options(), {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"})
+    results.steal = g
+    assert "1 attempt started without (the budget had run out)" in report.summary(results)

@@ -28,13 +28,13 @@ SETUP_HINT = "run .ci/setup.sh (podman, the local base image, docker-registry)"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
-def require(condition: bool, problem: str) -> None:
+def require(condition: bool, problem: str, hint: str = SETUP_HINT) -> None:
     """Missing tooling skips on a workstation and fails in CI, where it must be there."""
     if condition:
         return
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{problem}: {SETUP_HINT}")
-    pytest.skip(f"{problem}: {SETUP_HINT}")
+        pytest.fail(f"{problem}: {hint}")
+    pytest.skip(f"{problem}: {hint}")
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -71,7 +71,11 @@ def require_registry(address: str) -> None:
         with urllib.request.urlopen(f"http://{address}/v2/", timeout=2):
             pass
     except (urllib.error.URLError, OSError):
-        require(False, f"no registry answers at http://{address}/v2/")
+        require(
+            False,
+            f"no registry answers at http://{address}/v2/",
+            "run .ci/setup.sh, which starts one there and lets podman push to it over HTTP",
+        )
 
 
 def require_podman() -> None:

@@ -78,7 +78,7 @@ def test_shapes_that_are_neither_an_example_nor_a_list_of_examples_are_400(clien
 
 ONLY_NUMBERS = '"data" must hold only numbers (no strings, booleans, nulls or empty lists)'
 NOT_JSON = "the request body is not valid JSON: "
-NOT_AN_OBJECT = 'the body must be a JSON object {"data": [numbers]}'
+NOT_AN_OBJECT = 'the body must be a JSON object with the key "data": {"data": [numbers]}'
 # Each bad body with the whole message the client reads: a changed or lost word fails.
 BAD_BODIES = [
     pytest.param(

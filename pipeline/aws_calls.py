@@ -254,8 +254,9 @@ CALLS: tuple[AwsCall, ...] = (
         "ecs:DescribeTaskDefinition",
         "*",
         "pipeline.release.Ecs.revision_status",
-        "after a failed release: is the revision it returns to still ACTIVE (ECS cannot point "
-        "a service at an INACTIVE one; ECS API reference, DeregisterTaskDefinition)?",
+        "after a failed release, and before a rollback: is the revision it returns to still "
+        "ACTIVE (ECS cannot point a service at an INACTIVE one; ECS API reference, "
+        "DeregisterTaskDefinition)?",
     ),
     AwsCall(
         Role.DEPLOY,

@@ -14,8 +14,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import boto3
-
 from pipeline import REPO, provider_mirror, terraform
 from pipeline import image as images
 from pipeline import registry as registries
@@ -23,7 +21,13 @@ from pipeline.batchable import BatchableCopy
 from pipeline.datasets import DatasetError
 from pipeline.deploy import DeployError, batched_copy, deploy, served_copy
 from pipeline.download import download
-from pipeline.environment import ENVIRONMENTS, MissingEnvironment, output, resolve
+from pipeline.environment import (
+    ENVIRONMENTS,
+    MissingEnvironment,
+    output,
+    regional_client,
+    resolve,
+)
 from pipeline.gating import (
     DEFAULT_REPORT_DIR,
     DEPLOYMENTS_URL_ENV,
@@ -218,7 +222,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     repository_url = args.repository_url or output(args.environment, "ecr_repository_url")
     region = output(args.environment, "aws_region")
     sha = images.git_sha()
-    ecr = registries.Ecr(boto3.client("ecr", region_name=region))
+    ecr = registries.Ecr(regional_client("ecr", region))
     digest = registries.push(f"{args.tag_repo}:{sha}", repository_url, sha, ecr=ecr)
     registry, name = registries.split_repository_url(repository_url)
     print(f"{registry}/{name}@{digest}")
@@ -356,7 +360,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         where = output(args.environment, "athena_workgroup")
         # The workgroup and the Glue table are regional: the environment's region, never
         # the ambient one.
-        client = boto3.client("athena", region_name=output(args.environment, "aws_region"))
+        client = regional_client("athena", output(args.environment, "aws_region"))
         aggregates = athena.aggregate(
             client, where, output(args.environment, "glue_database"), since
         )

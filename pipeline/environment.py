@@ -16,10 +16,18 @@ from typing import Any
 
 from pipeline import terraform
 from pipeline.terraform import ENVIRONMENTS, TERRAFORM_DIR, environments
+from service import aws
 
 __all__ = ["ENVIRONMENTS", "TERRAFORM_DIR", "Environment", "environments", "resolve"]
 
-AWS_MAX_ATTEMPTS = 8
+# Tries in all, the first included, of every call the pipeline makes.
+AWS_TOTAL_ATTEMPTS = 9
+
+
+def regional_client(service: str, region: str) -> Any:
+    """A boto3 client for `service` in `region`, retrying throttling and transient errors
+    up to AWS_TOTAL_ATTEMPTS tries in all (`service.aws.client`: standard retry mode)."""
+    return aws.client(service, region=region, total_attempts=AWS_TOTAL_ATTEMPTS)
 
 
 class MissingEnvironment(Exception):
@@ -56,15 +64,9 @@ class Environment:
         """A boto3 client for `service` in this environment's region (its `aws_region` output).
 
         Never the ambient region: ECS clusters and ECR repositories are regional, so a
-        client in another region would look for them in the wrong place. Retries use
-        botocore's standard mode (throttling and transient errors, exponential backoff;
-        AWS SDKs reference guide, "Retry behavior").
+        client in another region would look for them in the wrong place.
         """
-        import boto3
-        from botocore.config import Config
-
-        config = Config(retries={"mode": "standard", "max_attempts": AWS_MAX_ATTEMPTS})
-        return boto3.client(service, region_name=self.aws_region, config=config)
+        return regional_client(service, self.aws_region)
 
     def api_token(self) -> str | None:
         """The bearer token the pipeline presents to this environment's service, or None

@@ -39,6 +39,8 @@ POLL_SECONDS = 10.0
 # is pointed at it: about 30 s in all (ECS API reference, eventual consistency: "Confirm
 # the state of the resource before you run a command to modify it", backing off).
 CONFIRM_WAITS_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)
+# A revision DescribeTaskDefinition no longer answers for (Ecs.revision_status).
+NOT_FOUND = "deleted (ECS no longer describes it)"
 HTTP_TIMEOUT_SECONDS = 10
 
 
@@ -194,9 +196,18 @@ class Ecs:
 
     def revision_status(self, task_definition: str) -> str:
         """The revision's `status`: ACTIVE, INACTIVE once deregistered, DELETE_IN_PROGRESS
-        once deleted (ECS developer guide, "Amazon ECS task definition states";
-        DescribeTaskDefinition answers for all three)."""
-        answer = self._client.describe_task_definition(taskDefinition=task_definition)
+        once deleted (ECS developer guide, "Amazon ECS task definition states"), or
+        NOT_FOUND when DescribeTaskDefinition no longer answers for it: "You can only
+        describe INACTIVE task definitions while an active task or service references
+        them" (ECS API reference, DescribeTaskDefinition), and a deleted revision is
+        removed for good once nothing references it; ECS then answers ClientException
+        ("Unable to describe task definition"). Any other error is raised."""
+        try:
+            answer = self._client.describe_task_definition(taskDefinition=task_definition)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ClientException":
+                raise
+            return NOT_FOUND
         return answer["taskDefinition"].get("status", "ACTIVE")
 
     def register(
@@ -744,6 +755,15 @@ def rollback(
         )
     target = _rollback_target(env, history, latest)
     task_definition = target["task_definition"]
+    state = ecs.revision_status(task_definition)
+    if state != "ACTIVE":
+        raise ReleaseError(
+            f"{task_definition}, the revision of release {target['release_id']}, is {state}, "
+            "and ECS cannot point a service at a revision that is not ACTIVE (ECS API "
+            "reference, DeregisterTaskDefinition): nothing was changed; deploy that "
+            f"release's commit ({target.get('git_sha', 'unknown')}) again, which registers "
+            "a new revision of it"
+        )
     say(
         f"rolling {env.environment} back from {latest['release_id']} to "
         f"{target['release_id']} ({task_definition})"

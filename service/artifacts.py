@@ -18,6 +18,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from service import aws
+
 HTTP_TIMEOUT_SECONDS = 60
 # S3 User Guide, "General purpose bucket naming rules": 3 to 63 lowercase letters, digits,
 # dots and hyphens, beginning and ending with a letter or digit. Buckets made in us-east-1
@@ -141,7 +143,6 @@ def _download(url: str, target: Path) -> None:
 
 
 def _download_s3(url: str, target: Path) -> None:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -153,7 +154,7 @@ def _download_s3(url: str, target: Path) -> None:
     if not bucket or not key:
         raise ArtifactError(f"{url}: an S3 URL needs a bucket and a key, s3://bucket/key.")
     try:
-        boto3.client("s3").download_file(bucket, key, str(target))
+        aws.client("s3").download_file(bucket, key, str(target))
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchKey", "NoSuchBucket"):

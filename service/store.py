@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from service import aws
 from service.artifacts import local_path, s3_location
 
 # S3's answers for "no object under this key" (GetObject: NoSuchKey; HeadObject: 404).
@@ -107,7 +108,7 @@ class Store(Protocol):
 def open_store(url: str, *, s3_client: Callable[[], Any] | None = None) -> LocalStore | S3Store:
     """The store `url` names; no network access happens here.
 
-    `s3_client` makes the boto3 S3 client (default: `boto3.client("s3")`, which reads
+    `s3_client` makes the boto3 S3 client (default: `service.aws.client("s3")`, which reads
     AWS_ENDPOINT_URL, credentials and region from the environment). Raises ValueError
     for an S3 URL without a bucket and NotAStore for any URL that is neither.
     """
@@ -416,6 +417,4 @@ def _s3_errors() -> tuple[type[Exception], ...]:
 
 
 def _default_client() -> Any:
-    import boto3
-
-    return boto3.client("s3")
+    return aws.client("s3")

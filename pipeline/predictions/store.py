@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import orjson
 
+from service import aws
 from service.capture import partformat
 from service.store import (
     Entry,
@@ -31,7 +32,8 @@ from service.store import (
 from service.store import open_store as store_at
 
 URL_ENV = "PREDICTION_LOG_URL"
-# `--since` lists one prefix per day: a bound on the listings one command makes.
+# `--since` lists one prefix per day, up to this many days; a longer span is one listing
+# of the whole environment (fewer calls than a prefix a day by then).
 MAX_LISTED_DAYS = 400
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -150,16 +152,22 @@ def list_hours(
 ) -> list[Hour]:
     """The environment's hours, newest first, skipping hours wholly before `since`.
 
-    Without `since` the whole environment is listed; with it, one listing per UTC day
-    from `since` to `now`, in parallel.
+    Without `since`, or when `since` is more than MAX_LISTED_DAYS days back, the whole
+    environment is listed; otherwise one listing per UTC day from `since` to `now`, in
+    parallel.
     """
-    if since is None:
+    now = now or datetime.now(UTC)
+    first_day = None
+    if since is not None:
+        first_day = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        if now - first_day >= timedelta(days=MAX_LISTED_DAYS):
+            first_day = None
+    if first_day is None:
         keys = part_keys(store, env)
     else:
-        now = now or datetime.now(UTC)
-        day = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         prefixes = []
-        while day <= now and len(prefixes) < MAX_LISTED_DAYS:
+        day = first_day
+        while day <= now:
             prefixes.append(partformat.hour_key(env, day).rsplit("/", 1)[0] + "/")
             day += timedelta(days=1)
         part_keys(store, env, check_only=True)
@@ -296,11 +304,8 @@ def logs(
 
 
 def _s3_client() -> Any:
-    import boto3
-    from botocore.config import Config
-
     # One pooled connection per reading thread (botocore keeps 10 by default).
-    return boto3.client("s3", config=Config(max_pool_connections=READ_WORKERS))
+    return aws.client("s3", max_pool_connections=READ_WORKERS)
 
 
 def _iso(moment: datetime) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from service import aws
 from service.capture.partformat import CONTENT_TYPE as PART_CONTENT_TYPE
 from service.store import LocalStore, NotAStore, Store, open_store, write_new_file
 
@@ -69,16 +70,10 @@ class LocalSink(StoreSink):
 
 
 def _s3_client() -> Any:
-    import boto3
-    from botocore.config import Config
-
-    # boto3 reads AWS_ENDPOINT_URL, credentials and region from the environment.
-    return boto3.client(
+    return aws.client(
         "s3",
-        config=Config(
-            connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
-            read_timeout=S3_READ_TIMEOUT_SECONDS,
-            retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
-            max_pool_connections=2,
-        ),
+        total_attempts=S3_MAX_ATTEMPTS,
+        connect_timeout=S3_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=S3_READ_TIMEOUT_SECONDS,
+        max_pool_connections=2,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import numpy as np
@@ -57,6 +57,29 @@ def test_logs_since_and_limit(tmp_path):
     assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["c", "b-1", "b-0"]
     assert parts.logs(store, "dev", limit=1, out=io.StringIO()) == 1
     assert parts.logs(store, "prod", out=io.StringIO()) == 0
+
+
+@pytest.mark.parametrize("days_back", [2, 399, 400, 401, 800])
+def test_since_far_back_still_reads_the_newest_hours(tmp_path, days_back):
+    """However far back `--since` reaches (capture is kept 400 days in prod), the hours
+    from it to now are all read, the newest included."""
+    now = datetime.fromtimestamp(NOON + 7200, UTC)
+    old = NOON - (days_back - 1) * 86400
+    sink = open_sink(str(tmp_path))
+    scores = np.eye(10, dtype=np.float32)[[3]]
+    entries = [
+        Pending(old, "/predict", "old", INFO, scores, None, 0.001),
+        Pending(NOON, "/predict", "new", INFO, scores, None, 0.001),
+    ]
+    for part in encode_parts(entries, "dev", PartNamer()):
+        sink.put(part.key, part.body)
+    store = parts.open_store(f"file://{tmp_path}")
+    since = now - timedelta(days=days_back)
+    hours = parts.list_hours(store, "dev", since=since, now=now)
+    assert [hour.hour for hour in hours] == [
+        datetime.fromtimestamp(t, UTC).replace(minute=0, second=0, microsecond=0)
+        for t in (NOON, old)
+    ]
 
 
 def test_since_accepts_durations_and_dates_and_names_bad_input():

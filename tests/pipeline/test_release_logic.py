@@ -919,6 +919,27 @@ def test_a_first_release_returns_to_terraforms_revision_when_the_one_before_is_i
     assert records.read_latest(env.records_url) is None
 
 
+def test_a_first_release_returns_to_terraforms_revision_when_the_one_before_is_deleted(
+    scripted, endpoints, smoke, tmp_path, clock
+):
+    """A deleted revision is removed for good once nothing references it, and
+    DescribeTaskDefinition then answers ClientException (ECS API reference,
+    DescribeTaskDefinition): the release still goes back to Terraform's revision."""
+    env = replace(environment(BASE, tmp_path), task_definition_arn=APPLIED)
+    expect_release_start(scripted, BOOTSTRAP, NEXT, terraforms=APPLIED)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision_gone(BOOTSTRAP)
+    scripted.revision(APPLIED)
+    expect_deployment(scripted, APPLIED, "ecs-svc/0003", "COMPLETED")
+    said: list[str] = []
+    outcome = failing_release(scripted, env, smoke, clock, said)
+    assert outcome.record["outcome"] == "rolled_back", outcome.reason
+    assert said[-1] == (
+        f"{BOOTSTRAP} is deleted (ECS no longer describes it); rolling back to "
+        f"Terraform's revision {APPLIED} instead"
+    )
+
+
 def test_a_first_release_with_no_active_revision_to_return_to_says_to_apply(
     scripted, endpoints, smoke, tmp_path, clock
 ):
@@ -1050,6 +1071,7 @@ def test_rollback_returns_to_the_release_before_the_latest_and_records_it(
     third = succeeded("20260103T000000Z-eeeeeeeeeeee", NEXT)
     for record in (first, second, failed, third):
         records.write(env.records_url, record)
+    scripted.revision(RELEASED)
     expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
     said: list[str] = []
     record = rollback(env, ecs=scripted.ecs(), say=said.append)
@@ -1172,6 +1194,7 @@ def test_rollback_points_the_scheduled_compaction_back_at_the_restored_image(
         succeeded("20260103T000000Z-eeeeeeeeeeee", NEXT),
     ):
         records.write(env.records_url, record)
+    scripted.revision(RELEASED)
     expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
     expect_compaction(scripted, RELEASED, "img:2")
     said: list[str] = []
@@ -1200,6 +1223,7 @@ def test_rollback_of_a_record_without_a_sha_still_names_itself(scripted, tmp_pat
     del first["git_sha"]
     records.write(env.records_url, first)
     records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0009", "COMPLETED")
     record = rollback(env, ecs=scripted.ecs(), say=lambda m: None)
     assert record["release_id"].endswith("Z-rollback")
@@ -1209,6 +1233,7 @@ def test_rollback_waits_with_its_bound(scripted, tmp_path, clock):
     env = environment(BASE, tmp_path)
     records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
     records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0009", "IN_PROGRESS", "IN_PROGRESS")
     ecs = Ecs(scripted.client, poll_seconds=7, sleep=clock.sleep)
     with pytest.raises(ReleaseError, match="did not complete within 7 s"):
@@ -1231,6 +1256,34 @@ def test_rollback_without_two_successful_releases_says_how_many(scripted, tmp_pa
     with pytest.raises(ReleaseError) as raised:
         rollback(env, ecs=scripted.ecs(), say=lambda m: None)
     assert str(raised.value).endswith("(1 successful release(s) recorded)")
+
+
+@pytest.mark.parametrize("gone", ["INACTIVE", "DELETE_IN_PROGRESS", "deleted"])
+def test_rollback_to_a_revision_that_cannot_run_changes_nothing_and_says_what_to_do(
+    scripted, tmp_path, gone
+):
+    """ECS cannot point a service at a revision that is not ACTIVE (ECS API reference,
+    DeregisterTaskDefinition); a deleted one it no longer describes at all. The rollback
+    stops before UpdateService and names the commit to deploy again."""
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", RELEASED))
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", NEXT))
+    if gone == "deleted":
+        scripted.revision_gone(RELEASED)
+        state = "deleted (ECS no longer describes it)"
+    else:
+        scripted.revision(RELEASED, gone)
+        state = gone
+    with pytest.raises(ReleaseError) as raised:
+        rollback(env, ecs=scripted.ecs(), say=lambda m: None)
+    assert str(raised.value) == (
+        f"{RELEASED}, the revision of release 20260101T000000Z-cccccccccccc, is {state}, and "
+        "ECS cannot point a service at a revision that is not ACTIVE (ECS API reference, "
+        "DeregisterTaskDefinition): nothing was changed; deploy that release's commit "
+        f"({'c' * 40}) again, which registers a new revision of it"
+    )
+    scripted.stubber.assert_no_pending_responses()
+    assert records.read_latest(env.records_url)["task_definition"] == NEXT
 
 
 def test_rollback_when_the_latest_is_the_oldest_says_so(scripted, tmp_path):
@@ -1269,9 +1322,11 @@ def test_a_second_rollback_goes_further_back_never_to_what_was_rolled_back_from(
     b = succeeded("20260103T000000Z-cccccccccccc", NEXT)
     for record in (z, a, b):
         records.write(env.records_url, record)
+    scripted.revision(RELEASED)
     expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
     first = rollback(env, ecs=scripted.ecs(), say=lambda m: None)
     assert (first["restores"], first["rollback_of"]) == (a["release_id"], b["release_id"])
+    scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0010", "COMPLETED")
     second = rollback(env, ecs=scripted.ecs(), say=lambda m: None)
     assert (second["restores"], second["rollback_of"]) == (z["release_id"], first["release_id"])
@@ -1566,6 +1621,7 @@ def test_release_rollback_and_status_use_the_environments_ecs(
     records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
     expect_describe(scripted, BOOTSTRAP)
     with ecs_of_the_environment(scripted):
@@ -1652,6 +1708,7 @@ def test_a_release_is_named_by_the_moment_it_started(
     outcome = release(env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None)
     started = datetime.fromisoformat(outcome.record["started_at"])
     assert outcome.record["release_id"] == release_id("a" * 40, started)
+    scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
     record = rollback(env, ecs=scripted.ecs(), say=lambda m: None)
     assert record["release_id"] == release_id(
@@ -1686,6 +1743,7 @@ def test_rollbacks_follow_deployments_without_rollout_state(
     # The same for an operator's rollback.
     records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
     records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", RELEASED))
+    scripted.revision(BOOTSTRAP)
     scripted.stubber.add_response(
         "update_service",
         {"service": service(BOOTSTRAP, back)},

@@ -121,6 +121,17 @@ class ScriptedEcs:
             {"taskDefinition": arn},
         )
 
+    def revision_gone(self, arn: str) -> None:
+        """DescribeTaskDefinition of `arn`, a revision ECS deleted once nothing referenced
+        it: ECS answers ClientException "Unable to describe task definition."."""
+        self.stubber.add_client_error(
+            "describe_task_definition",
+            "ClientException",
+            "Unable to describe task definition.",
+            400,
+            expected_params={"taskDefinition": arn},
+        )
+
     def ecs(self) -> Ecs:
         return Ecs(self.client, poll_seconds=0, sleep=lambda seconds: None)
 

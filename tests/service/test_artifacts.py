@@ -372,14 +372,15 @@ def test_https_is_downloaded_like_http(tmp_path):
 
 @pytest.mark.parametrize("response", [{"Error": {"Message": "no code"}}, {}])
 def test_an_s3_refusal_without_a_code_is_named_with_an_empty_one(monkeypatch, tmp_path, response):
-    import boto3
     from botocore.exceptions import ClientError
+
+    from service import aws
 
     class Client:
         def download_file(self, bucket, key, target):
             raise ClientError(response, "GetObject")
 
-    monkeypatch.setattr(boto3, "client", lambda service: Client())
+    monkeypatch.setattr(aws, "client", lambda service, **settings: Client())
     with pytest.raises(ArtifactError) as raised:
         fetch("s3://models/m.onnx", cache_dir=tmp_path)
     assert str(raised.value).startswith("s3://models/m.onnx: S3 refused the download (): ")

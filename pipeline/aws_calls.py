@@ -85,6 +85,10 @@ SERVICE = "arn:aws:ecs:{region}:{account}:service/{cluster}/{service}"
 LOG_STREAMS = "arn:aws:logs:{region}:{account}:log-group:{log_group}:log-stream:*"
 API_TOKENS = "{api_token_secret_arn}"
 COMPACTION_REVISIONS = "arn:aws:ecs:{region}:{account}:task-definition/{compaction_task_family}:*"
+SERVICE_REVISIONS = "arn:aws:ecs:{region}:{account}:task-definition/{task_family}:*"
+# A RegisterTaskDefinition with tags is also authorised as ecs:TagResource, with this key
+# (ECS developer guide, "Grant permission to tag resources on creation").
+TAGGED_ON_REGISTER = (("ecs:CreateAction", "RegisterTaskDefinition"),)
 CLUSTER = "arn:aws:ecs:{region}:{account}:cluster/{cluster}"
 PASSED_TO_ECS_TASKS = (("iam:PassedToService", "ecs-tasks.amazonaws.com"),)
 
@@ -267,6 +271,15 @@ CALLS: tuple[AwsCall, ...] = (
     ),
     AwsCall(
         Role.DEPLOY,
+        "ecs:TagResource",
+        SERVICE_REVISIONS,
+        "pipeline.release.Ecs.register (tags)",
+        "the new revision keeps the tags Terraform gave the one it copies (authorised as "
+        "ecs:TagResource on creation only)",
+        context=TAGGED_ON_REGISTER,
+    ),
+    AwsCall(
+        Role.DEPLOY,
         "ecs:DescribeTaskDefinition",
         "*",
         "pipeline.compaction_task.register",
@@ -279,6 +292,15 @@ CALLS: tuple[AwsCall, ...] = (
         "pipeline.compaction_task.register",
         "once a release succeeded (or a rollback completed): the compaction family's revision "
         "with its image, the compaction command and role",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "ecs:TagResource",
+        COMPACTION_REVISIONS,
+        "pipeline.compaction_task.register (tags)",
+        "the compaction revision keeps the released revision's tags (authorised as "
+        "ecs:TagResource on creation only)",
+        context=TAGGED_ON_REGISTER,
     ),
     AwsCall(
         Role.DEPLOY,

@@ -10,9 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import REPO, provider_mirror, terraform
 from pipeline import image as images
@@ -51,6 +56,7 @@ from pipeline.reference import (
 )
 from pipeline.release import ReleaseError, format_status, rollback, status
 from pipeline.terraform import TerraformError
+from service import aws
 from service.__main__ import serve
 from service.artifacts import ArtifactError
 from service.config import DEFAULT_APP_ENV, ConfigError, Settings
@@ -314,8 +320,21 @@ def _add_capture_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
     _add_capture_arguments(parser)
-    parser.add_argument("--limit", type=int, help="print at most this many records")
+    parser.add_argument(
+        "--limit", type=_at_least_one, help="print at most this many records (1 or more)"
+    )
     parser.add_argument("--inputs", action="store_true", help="include captured inputs")
+
+
+def _at_least_one(raw: str) -> int:
+    """A count of 1 or more; argparse words the ArgumentTypeError as its usage error."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw} is not a count of 1 or more")
+    return value
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -356,6 +375,12 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """Summarise an environment's predictions: classes, hours, latency, drift; table + PNG."""
     since = parts.parse_since(args.since) if args.since is not None else None
+    if args.engine == "athena" and args.environment not in ENVIRONMENTS:
+        raise PredictionLogError(
+            f"{args.environment} has no Athena workgroup (only {', '.join(ENVIRONMENTS)}, "
+            "applied with Terraform, do): leave out --engine athena to compute the report "
+            "locally"
+        )
     if args.engine == "athena":
         where = output(args.environment, "athena_workgroup")
         # The workgroup and the Glue table are regional: the environment's region, never
@@ -483,10 +508,57 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; a failure is one line on stderr and exit status 2."""
+    """Run one command; a failure is one line on stderr and exit status 2, an interrupt
+    (Ctrl-C) exit status 130 without a traceback.
+
+    The domain errors (FAILURES) say what to do themselves; an AWS error no retry changed
+    is named with its fix (`service.aws.explain`); a file system error names the path. A
+    SIGTERM or SIGHUP ends the command as Ctrl-C does, so what it was writing (a download's
+    temporary file) is removed on the way out."""
     args = parser().parse_args(argv)
     try:
-        return args.run(args)
+        with _signals_interrupt():
+            return args.run(args)
     except FAILURES as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _failed(str(exc))
+    except (BotoCoreError, ClientError) as exc:
+        return _failed(aws.explain(exc))
+    except OSError as exc:
+        return _failed(_os_failure(exc))
+    except KeyboardInterrupt:
+        print("interrupted: the command stopped before it finished", file=sys.stderr)
+        return 130
+
+
+def _failed(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _os_failure(exc: OSError) -> str:
+    """A file system error as a line naming the path and what to check."""
+    if exc.filename is None:
+        return str(exc)
+    return (
+        f"{exc.filename}: {exc.strerror or exc}: give a path of the right kind (a file or a "
+        "directory, as the option asks) that this user may write"
+    )
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread while inside, as
+    SIGINT does (signal(7)), so context managers and `finally` clean up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

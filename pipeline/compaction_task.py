@@ -68,7 +68,7 @@ def register(
     has none of that name; botocore's errors pass through (ECS API reference,
     DescribeTaskDefinition and RegisterTaskDefinition).
     """
-    base = client.describe_task_definition(taskDefinition=released)["taskDefinition"]
+    base, tags = revisions.described(client, released)
     containers = []
     for definition in base["containerDefinitions"]:
         definition = {k: v for k, v in definition.items() if k not in DROPPED_CONTAINER_FIELDS}
@@ -77,7 +77,7 @@ def register(
         containers.append(definition)
     if not any(c["name"] == container for c in containers):
         raise KeyError(f"task definition {released} has no container {container!r}")
-    request = revisions.kept_fields(base, KEPT_FIELDS)
+    request = revisions.kept_fields(base, KEPT_FIELDS, tags=tags)
     registered = client.register_task_definition(
         **request,
         family=compaction_family,

@@ -165,7 +165,7 @@ def run_gate(
     model = evaluation = inputs = None
     try:
         model = OnnxModel(downloaded.model_path, info)
-        signature = check_signature(model, dataset)
+        signature = check_signature(model, dataset, labels=reference.labels)
     except ModelLoadError as exc:
         signature = Check("signature", FAILED, str(exc))
     if signature.status == PASSED:
@@ -203,13 +203,15 @@ def run_gate(
     )
 
 
-def check_signature(model: OnnxModel, dataset: Dataset) -> Check:
+def check_signature(model: OnnxModel, dataset: Dataset, labels: tuple[str, ...] = ()) -> Check:
     """Does the model take one test image and answer a score per class?
 
     Passes when the model has one floating-point input whose item holds as many values
     as one test image (`dataset.images` is [N, H, W]), and a first output shaped
     [batch, classes] with at least as many classes as the labels name (a dynamic
-    class dimension passes). The failed Check's detail names the misfit.
+    class dimension passes), and `labels` (model.toml's, the service's MODEL_LABELS), if
+    any, name one label per class, as the service asks before it starts. The failed
+    Check's detail names the misfit.
     """
     image_size = int(np.prod(dataset.images.shape[1:]))
     image_shape = "x".join(map(str, dataset.images.shape[1:]))
@@ -241,6 +243,12 @@ def check_signature(model: OnnxModel, dataset: Dataset) -> Check:
         return _misfit(
             f"output {output.name!r} scores {output.shape[1]} "
             f"classes, but the test labels go up to {dataset.classes - 1}",
+        )
+    if labels and output.shape[1] > 0 and len(labels) != output.shape[1]:
+        return _misfit(
+            f"model.toml's labels name {len(labels)} classes, but output {output.name!r} "
+            f"scores {output.shape[1]}: give one label per class, in class order (the "
+            "service refuses to start otherwise)",
         )
     classes = output.shape[1] if output.shape[1] > 0 else "a dynamic number of"
     return Check(

@@ -8,6 +8,8 @@ model and the result), so nothing after the gate downloads or decodes again.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from pipeline.download import Downloaded, download
 from pipeline.gate import Champion, GateResult, run_gate
 from pipeline.reference import Reference
 from pipeline.report import append_step_summary, write_report
+from service.artifacts import local_path
 from service.model import OnnxModel
 
 # Relative to the working directory: nox runs every session from the repository root.
@@ -73,6 +76,33 @@ def read_champion(deployments_url: str, environment: str) -> Champion | None:
     return Champion.from_record(environment, record)
 
 
+def _records_root(deployments_url: str) -> None:
+    """Raise NoDeploymentRecords when `deployments_url` names a local directory that does
+    not exist: `bucket/deployments` without `s3://` would otherwise read as "nothing was
+    ever deployed" and skip the champion comparison. (An environment's own directory
+    under it may be missing: nothing was deployed there yet.)"""
+    path = local_path(deployments_url)
+    if path is not None and not path.is_dir():
+        raise NoDeploymentRecords(
+            f"{DEPLOYMENTS_URL_ENV} / --deployments-url {deployments_url!r} is not an existing "
+            "directory: give the deployment records' location, s3://<bucket>/deployments "
+            "(the s3:// included) or a local directory"
+        )
+
+
+def _writable(directory: Path) -> None:
+    """Raise OSError naming the path when `directory` could not be made or written (a
+    file in its way, no write permission), before the test set runs rather than after;
+    nothing is created."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
+
+
 def gate_model(
     reference: Reference,
     *,
@@ -98,6 +128,9 @@ def gate_model(
             f"comparing with {environment}'s champion needs its deployment records: set "
             f"{DEPLOYMENTS_URL_ENV}=s3://<bucket>/deployments or pass --deployments-url"
         )
+    if environment:
+        _records_root(deployments_url)
+    _writable(report_dir)
     downloaded = download(reference, cache_dir)
     champion = read_champion(deployments_url, environment) if environment else None
     result = run_gate(reference, downloaded, champion=champion, environment=environment)

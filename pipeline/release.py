@@ -30,6 +30,7 @@ from botocore.retries.standard import (
 
 from pipeline import compaction_task, records, revisions
 from pipeline.environment import Environment
+from service import aws
 from service.auth import bearer_header
 
 STABLE_TIMEOUT_SECONDS = 15 * 60
@@ -78,45 +79,14 @@ _GRANT = (
     "grant the deploy role ecs:DescribeServices on the service (terraform/modules/ci "
     "grants what pipeline/aws_calls.py lists) and apply the environment"
 )
-_SESSION = (
-    "the AWS session ended before the release did: deploy again; in GitHub Actions the "
-    "deploy job's role-duration-seconds (.github/workflows/pipeline.yml) must cover its "
-    "timeout-minutes"
-)
-_CREDENTIALS = "check the AWS credentials the pipeline runs with (AWS_PROFILE, AWS_ACCESS_KEY_ID)"
-_NAMES = (
-    "check the environment's cluster_name, service_name and aws_region outputs, or run its "
-    "terraform apply (nox -s apply -- <env>)"
-)
-# What to do about an ECS error no retry changes, by its code (AWS "Common Errors";
-# ECS API reference, DescribeServices: Errors) or, for botocore's own, its class.
-REFUSAL_FIXES = {
-    "AccessDeniedException": _GRANT,
-    "AccessDenied": _GRANT,
-    "ExpiredTokenException": _SESSION,
-    "ExpiredToken": _SESSION,
-    "RequestExpired": _SESSION,
-    "UnrecognizedClientException": _CREDENTIALS,
-    "InvalidClientTokenId": _CREDENTIALS,
-    "InvalidSignatureException": _CREDENTIALS,
-    "IncompleteSignature": _CREDENTIALS,
-    "NoCredentialsError": _CREDENTIALS,
-    "ClusterNotFoundException": _NAMES,
-    "ServiceNotFoundException": _NAMES,
-}
 
 
 def refusal(error: BotoCoreError | ClientError, cluster: str, service: str) -> ReleaseError:
     """The ReleaseError for an ECS error `transient` says no retry changes: the error,
-    and what to do about it when its code is one of REFUSAL_FIXES."""
-    code = (
-        error.response.get("Error", {}).get("Code", "")
-        if isinstance(error, ClientError)
-        else type(error).__name__
-    )
-    fix = REFUSAL_FIXES.get(code, "asking again would get the same answer")
+    and what to do about it (`service.aws.fix`)."""
     return ReleaseError(
-        f"ECS refused to describe service {service!r} in cluster {cluster!r}: {error}; {fix}"
+        f"ECS refused to describe service {service!r} in cluster {cluster!r}: {error}; "
+        f"{aws.fix(error, grant=_GRANT)}"
     )
 
 
@@ -216,8 +186,8 @@ class Ecs:
         """A new revision of `base_arn`'s family: `base_arn` with `container`'s image
         replaced, its `command` removed (the image's own runs; Terraform's revision runs a
         placeholder until the first release) and `environment` set over its variables;
-        every other field is kept."""
-        base = self._client.describe_task_definition(taskDefinition=base_arn)["taskDefinition"]
+        every other field is kept, its tags included (`revisions.described`)."""
+        base, tags = revisions.described(self._client, base_arn)
         containers = []
         found = False
         for definition in base["containerDefinitions"]:
@@ -237,7 +207,7 @@ class Ecs:
                 f"task definition {base_arn} has no container {container!r}; check the "
                 "environment's container_name output"
             )
-        request = revisions.kept_fields(base)
+        request = revisions.kept_fields(base, tags=tags)
         registered = self._client.register_task_definition(
             **request, containerDefinitions=containers
         )
@@ -729,6 +699,22 @@ def _rollback_target(
     return earlier[-1]
 
 
+def _still_active(ecs: Ecs, target: dict[str, Any]) -> None:
+    """Raise ReleaseError, naming the commit to deploy again, when the revision of the
+    release `target` (a record) is not ACTIVE: ECS cannot point a service at it (ECS API
+    reference, DeregisterTaskDefinition)."""
+    task_definition = target["task_definition"]
+    state = ecs.revision_status(task_definition)
+    if state != "ACTIVE":
+        raise ReleaseError(
+            f"{task_definition}, the revision of release {target['release_id']}, is {state}, "
+            "and ECS cannot point a service at a revision that is not ACTIVE (ECS API "
+            "reference, DeregisterTaskDefinition): nothing was changed; deploy that "
+            f"release's commit ({target.get('git_sha', 'unknown')}) again, which registers "
+            "a new revision of it"
+        )
+
+
 def rollback(
     env: Environment,
     *,
@@ -755,15 +741,7 @@ def rollback(
         )
     target = _rollback_target(env, history, latest)
     task_definition = target["task_definition"]
-    state = ecs.revision_status(task_definition)
-    if state != "ACTIVE":
-        raise ReleaseError(
-            f"{task_definition}, the revision of release {target['release_id']}, is {state}, "
-            "and ECS cannot point a service at a revision that is not ACTIVE (ECS API "
-            "reference, DeregisterTaskDefinition): nothing was changed; deploy that "
-            f"release's commit ({target.get('git_sha', 'unknown')}) again, which registers "
-            "a new revision of it"
-        )
+    _still_active(ecs, target)
     say(
         f"rolling {env.environment} back from {latest['release_id']} to "
         f"{target['release_id']} ({task_definition})"

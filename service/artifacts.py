@@ -168,7 +168,7 @@ def _download_s3(url: str, target: Path) -> None:
             ) from exc
         raise ArtifactError(f"{url}: S3 refused the download ({code}): {exc}") from exc
     except BotoCoreError as exc:
-        raise ArtifactError(f"{url}: could not reach S3: {exc}") from exc
+        raise ArtifactError(f"{url}: could not reach S3: {aws.explain(exc)}") from exc
 
 
 def _download_http(url: str, target: Path) -> None:

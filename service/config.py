@@ -53,6 +53,9 @@ DOT_SEGMENTS = (".", "..")
 # what batching gains for a model that answers in microseconds to milliseconds.
 MAX_BATCH_MAX_DELAY_MS = 1000.0
 MAX_PORT = 65535
+# onnxruntime starts every intra-op thread with the session: beyond the cores a task has
+# (16 vCPUs at most on Fargate) they only contend, and 100,000 of them never finish starting.
+MAX_INTRA_OP_THREADS = 64
 
 
 class ConfigError(Exception):
@@ -122,6 +125,12 @@ class Settings:
             )
         if not 1 <= self.port <= MAX_PORT:
             raise ConfigError(f"PORT={self.port} is not a TCP port: use 1 to {MAX_PORT}")
+        if self.intra_op_threads > MAX_INTRA_OP_THREADS:
+            raise ConfigError(
+                f"INTRA_OP_THREADS={self.intra_op_threads} is more threads than any task has "
+                f"cores: use 1 to {MAX_INTRA_OP_THREADS} (one per core of a worker), or 0 for "
+                "onnxruntime's own choice"
+            )
         if self.workers < 1:
             raise ConfigError(
                 f"WEB_CONCURRENCY={self.workers} serves nothing: use at least 1 (one per vCPU)"

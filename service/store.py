@@ -136,7 +136,7 @@ def store_error(exc: BaseException) -> StoreError:
     from botocore.exceptions import BotoCoreError
 
     if isinstance(exc, BotoCoreError):
-        return StoreUnreachable(str(exc))
+        return StoreUnreachable(aws.explain(exc))
     code = error_code(exc)
     kind = NoSuchBucket if code == "NoSuchBucket" else StoreError
     return kind(str(exc), code or type(exc).__name__)

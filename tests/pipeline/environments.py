@@ -15,6 +15,10 @@ def make_environment(endpoint: str, name: str = CLUSTER, environment: str = "dev
     ecs.create_cluster(clusterName=name)
     first = ecs.register_task_definition(
         family=name,
+        tags=[
+            {"key": "Project", "value": "onnx-ship"},
+            {"key": "Environment", "value": environment},
+        ],
         requiresCompatibilities=["FARGATE"],
         networkMode="awsvpc",
         cpu="512",

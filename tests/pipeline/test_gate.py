@@ -476,3 +476,51 @@ def test_gate_model_hands_on_what_the_gate_found(
         f"report: {tmp_path / 'report' / 'report.json'} and {tmp_path / 'report' / 'report.md'}"
         f" ({gated.result.duration_seconds:.1f} s)"
     )
+
+
+def _nothing_may_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    def must_not_run(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the gate ran before refusing its arguments")
+
+    monkeypatch.setattr(gate, "OnnxModel", must_not_run)
+    monkeypatch.setattr(gate, "load_dataset", must_not_run)
+
+
+def test_deployment_records_that_are_not_a_directory_are_refused_not_read_as_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bucket/deployments` without `s3://` is a local path that does not exist: reading it
+    as "nothing was ever deployed" would skip the champion comparison and pass."""
+    _nothing_may_run(monkeypatch)
+    monkeypatch.setenv("DEPLOYMENTS_URL", "onnx-ship-prod/deployments")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["gate", "prod", "--report-dir", str(tmp_path / "report")]) == 2
+    assert capsys.readouterr().err == (
+        "error: DEPLOYMENTS_URL / --deployments-url 'onnx-ship-prod/deployments' is not an "
+        "existing directory: give the deployment records' location, "
+        "s3://<bucket>/deployments (the s3:// included) or a local directory\n"
+    )
+
+
+def test_a_report_directory_that_cannot_be_made_is_refused_before_the_gate_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _nothing_may_run(monkeypatch)
+    (tmp_path / "a-file").write_text("")
+    assert cli.main(["gate", "--report-dir", str(tmp_path / "a-file" / "report")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'a-file'}: Not a directory: ")
+
+
+def test_labels_that_do_not_name_each_class_fail_the_signature(
+    mnist8_path: Path, t10k: Dataset
+) -> None:
+    """The service refuses to start with MODEL_LABELS of another length than the model's
+    classes: the gate says so before a deploy ships it."""
+    model = OnnxModel(mnist8_path, ModelInfo("mnist-8", "1", "0" * 64))
+    check = check_signature(model, t10k, labels=("zero", "one", "two"))
+    assert (check.status, check.detail) == (
+        "failed",
+        "model.toml's labels name 3 classes, but output 'Plus214_Output_0' scores 10: give "
+        "one label per class, in class order (the service refuses to start otherwise)",
+    )
+    assert check_signature(model, t10k, labels=tuple("0123456789")).status == "passed"

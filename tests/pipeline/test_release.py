@@ -97,6 +97,13 @@ def test_release_registers_a_revision_points_the_service_and_records_it(aws, mni
         "PREDICTION_LOG_URL": "s3://onnx-ship-dev/capture",
     }
     assert definition["taskDefinition"]["taskRoleArn"].endswith("onnx-ship-dev-task")
+    # ECS gives a revision's tags only when asked (DescribeTaskDefinition `include`): the
+    # released revision keeps the ones Terraform's revision has.
+    tagged = ecs.describe_task_definition(taskDefinition=outcome.task_definition, include=["TAGS"])
+    assert tagged["tags"] == [
+        {"key": "Project", "value": "onnx-ship"},
+        {"key": "Environment", "value": "dev"},
+    ]
     latest = records.read_latest(env.records_url)
     assert latest["outcome"] == "succeeded"
     assert latest["image"] == candidate().image and latest["git_sha"] == "a" * 40

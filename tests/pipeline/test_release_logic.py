@@ -185,16 +185,29 @@ BASE_TASK = {
 }
 
 
+# The tags Terraform gives the revisions it registers (the provider's default_tags).
+TAGS = [{"key": "Project", "value": "onnx-ship"}, {"key": "Environment", "value": "dev"}]
+
+
 def expect_register(
-    scripted: ScriptedEcs, base: dict, revision: str, sent: dict, base_arn: str = BOOTSTRAP
+    scripted: ScriptedEcs,
+    base: dict,
+    revision: str,
+    sent: dict,
+    base_arn: str = BOOTSTRAP,
+    tags: list[dict[str, str]] = TAGS,
 ) -> None:
+    """DescribeTaskDefinition of `base_arn` with its tags (ECS answers them only when asked:
+    `include=["TAGS"]`), then RegisterTaskDefinition of `sent` with those tags."""
     scripted.stubber.add_response(
-        "describe_task_definition", {"taskDefinition": base}, {"taskDefinition": base_arn}
+        "describe_task_definition",
+        {"taskDefinition": base, "tags": tags},
+        {"taskDefinition": base_arn, "include": ["TAGS"]},
     )
     scripted.stubber.add_response(
         "register_task_definition",
         {"taskDefinition": {"taskDefinitionArn": revision, "family": FAMILY}},
-        sent,
+        {**sent, "tags": tags} if tags else sent,
     )
     confirm(scripted, revision)
 
@@ -259,7 +272,9 @@ def register_next(scripted: ScriptedEcs, *looks: str) -> tuple[Ecs, list[float]]
     """Script a register of NEXT from BOOTSTRAP whose first looks at the new revision ECS
     answers with these error codes; the Ecs to call, and the waits it will make."""
     scripted.stubber.add_response(
-        "describe_task_definition", {"taskDefinition": BASE_TASK}, {"taskDefinition": BOOTSTRAP}
+        "describe_task_definition",
+        {"taskDefinition": BASE_TASK},
+        {"taskDefinition": BOOTSTRAP, "include": ["TAGS"]},
     )
     scripted.stubber.add_response(
         "register_task_definition",
@@ -299,7 +314,9 @@ def test_a_refused_look_at_the_new_revision_is_raised_not_waited_out(scripted):
 
 def test_register_without_the_container_names_the_output_to_check(scripted):
     scripted.stubber.add_response(
-        "describe_task_definition", {"taskDefinition": BASE_TASK}, {"taskDefinition": BOOTSTRAP}
+        "describe_task_definition",
+        {"taskDefinition": BASE_TASK},
+        {"taskDefinition": BOOTSTRAP, "include": ["TAGS"]},
     )
     with pytest.raises(ReleaseError) as raised:
         scripted.ecs().register(BOOTSTRAP, "web", IMAGE, {})
@@ -394,7 +411,7 @@ def test_the_default_poll_interval_is_ten_seconds(scripted, clock):
         (
             "ExpiredTokenException",
             403,
-            "the AWS session ended before the release did: deploy again; in GitHub Actions "
+            "the AWS session ended before the command did: run it again; in GitHub Actions "
             "the deploy job's role-duration-seconds (.github/workflows/pipeline.yml) must "
             "cover its timeout-minutes",
         ),
@@ -1138,11 +1155,12 @@ def released_task(arn: str, image: str) -> dict:
 
 def expect_compaction(scripted: ScriptedEcs, released: str, image: str) -> None:
     """DescribeTaskDefinition of `released`, then exactly this RegisterTaskDefinition: the
-    compaction family and role, the compaction command, no token, port or health check."""
+    compaction family and role, the compaction command, no token, port or health check,
+    the released revision's tags."""
     scripted.stubber.add_response(
         "describe_task_definition",
-        {"taskDefinition": released_task(released, image)},
-        {"taskDefinition": released},
+        {"taskDefinition": released_task(released, image), "tags": TAGS},
+        {"taskDefinition": released, "include": ["TAGS"]},
     )
     scripted.stubber.add_response(
         "register_task_definition",
@@ -1160,6 +1178,7 @@ def expect_compaction(scripted: ScriptedEcs, released: str, image: str) -> None:
                 },
                 {"name": "sidecar", "image": "agent:1", "command": ["agent"]},
             ],
+            "tags": TAGS,
         },
     )
 
@@ -1208,7 +1227,7 @@ def test_a_released_revision_without_the_container_fails_compaction_by_name(scri
     scripted.stubber.add_response(
         "describe_task_definition",
         {"taskDefinition": {**released_task(NEXT, IMAGE), "containerDefinitions": []}},
-        {"taskDefinition": NEXT},
+        {"taskDefinition": NEXT, "include": ["TAGS"]},
     )
     with pytest.raises(ReleaseError) as raised:
         scripted.ecs().register_compaction(env, NEXT)
@@ -1596,7 +1615,7 @@ def test_register_of_a_container_without_command_or_variables(scripted):
             {"name": "server", "image": IMAGE, "environment": [{"name": "GIT_SHA", "value": "a"}]}
         ],
     }
-    expect_register(scripted, base, NEXT, sent)
+    expect_register(scripted, base, NEXT, sent, tags=[])
     assert scripted.ecs().register(BOOTSTRAP, "server", IMAGE, {"GIT_SHA": "a"}) == NEXT
 
 

@@ -74,3 +74,32 @@ def test_the_pipelines_clients_try_in_the_environments_region_with_its_bound():
     client = regional_client("athena", "eu-central-1")
     assert client.meta.region_name == "eu-central-1"
     assert client.meta.config.retries["total_max_attempts"] == AWS_TOTAL_ATTEMPTS
+
+
+def test_an_s3_store_out_of_reach_says_what_to_check():
+    """Records, models and capture all read S3 through service.store: the one mapping."""
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+    from service.store import StoreUnreachable, store_error
+
+    missing = store_error(NoCredentialsError())
+    assert isinstance(missing, StoreUnreachable)
+    assert str(missing) == (
+        "Unable to locate credentials; check the AWS credentials the pipeline runs with "
+        "(AWS_PROFILE, AWS_ACCESS_KEY_ID)"
+    )
+    down = store_error(EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
+    assert str(down).endswith(
+        "; AWS did not answer: check the network, the region, and AWS_ENDPOINT_URL if one is set"
+    )
+
+
+def test_access_denied_names_the_list_of_permissions():
+    from botocore.exceptions import ClientError
+
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "GetObject")
+    assert aws.explain(denied).endswith(
+        "; the role lacks a permission this call needs: pipeline/aws_calls.py lists what each "
+        "role may do and terraform/modules grants it; apply the environment "
+        "(nox -s apply -- <env>)"
+    )

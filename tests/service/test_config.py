@@ -48,6 +48,10 @@ def test_bad_settings_name_the_variable(env, message):
         ({"PORT": "70000"}, "PORT=70000 is not a TCP port"),
         ({"PORT": "0"}, "PORT=0 is not a TCP port"),
         ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY=0"),
+        (
+            {"INTRA_OP_THREADS": "100000"},
+            "INTRA_OP_THREADS=100000 is more threads than any task has cores: use 1 to 64",
+        ),
         ({"MAX_BODY_BYTES": "0"}, "MAX_BODY_BYTES"),
         ({"BATCH_MAX_DELAY_MS": "nan"}, "BATCH_MAX_DELAY_MS='nan' is not a finite number"),
         ({"BATCH_MAX_DELAY_MS": "inf"}, "BATCH_MAX_DELAY_MS='inf' is not a finite number"),

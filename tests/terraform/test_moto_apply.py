@@ -723,6 +723,24 @@ def test_every_call_is_allowed_for_the_role_that_makes_it(
     assert refused(applied, env, role, names_of=env) == []
 
 
+@pytest.mark.parametrize("env", ENVS)
+def test_the_deploy_role_tags_revisions_only_as_it_registers_them(applied: Applied, env: str):
+    """ecs:TagResource is allowed with ecs:CreateAction RegisterTaskDefinition (a revision
+    registered with tags), never on an existing resource (ECS developer guide, "Grant
+    permission to tag resources on creation")."""
+    policies = role_policies(applied, f"onnx-ship-{env}-{Role.DEPLOY}")
+    fields = names(applied, env)
+    revision = f"arn:aws:ecs:{fields['region']}:{fields['account']}:task-definition/"
+    for family in (fields["task_family"], fields["compaction_task_family"]):
+        arn = f"{revision}{family}:7"
+        on_register = {"ecs:CreateAction": "RegisterTaskDefinition"}
+        assert iam.allowed(policies, "ecs:TagResource", arn, on_register)
+        assert not iam.allowed(policies, "ecs:TagResource", arn, {})
+        assert not iam.allowed(policies, "ecs:TagResource", arn, {"ecs:CreateAction": "RunTask"})
+    service = f"arn:aws:ecs:{fields['region']}:{fields['account']}:service/x/y"
+    assert not iam.allowed(policies, "ecs:TagResource", service, on_register)
+
+
 @pytest.mark.parametrize("role", list(Role))
 @pytest.mark.parametrize("env", ENVS)
 def test_no_role_is_granted_an_action_it_does_not_use(

@@ -127,6 +127,7 @@ module "ci" {
   repository_arn       = module.registry.repository_arn
   pull_repository_arns = local.promote_from_repository_arns
   service_arn          = module.service.service_arn
+  task_families        = [module.service.task_family, module.capture_catalog.compaction_task_family]
   task_role_arn        = module.service.task_role_arn
   execution_role_arn   = module.service.execution_role_arn
   compaction_role_arn  = module.capture_catalog.compaction_role_arn

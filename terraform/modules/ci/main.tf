@@ -120,6 +120,25 @@ data "aws_iam_policy_document" "deploy" {
   }
 
   statement {
+    sid = "TagRevisionsOnRegister"
+    # A revision registered with tags (the ones Terraform gave the revision it copies) is
+    # also authorised as ecs:TagResource; the condition allows tags only as a revision is
+    # registered, never on an existing resource (ECS developer guide, "Grant permission to
+    # tag resources on creation").
+    actions = ["ecs:TagResource"]
+    resources = [
+      for family in compact(var.task_families) :
+      "${split("service/", var.service_arn)[0]}task-definition/${family}:*"
+    ]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ecs:CreateAction"
+      values   = ["RegisterTaskDefinition"]
+    }
+  }
+
+  statement {
     sid = "UpdateOwnService"
     actions = [
       "ecs:DescribeServices",

@@ -53,6 +53,11 @@ variable "pull_repository_arns" {
   default     = []
 }
 
+variable "task_families" {
+  description = "Task definition families the role registers revisions into (the service's and the compaction's): it may tag those revisions as it registers them."
+  type        = list(string)
+}
+
 variable "service_arn" {
   description = "ECS service the role updates."
   type        = string

@@ -15,8 +15,8 @@ from service.admission import BodyBudget
 from service.auth import BearerAuth
 from service.capture import PredictionRecorder, build_recorder
 from service.config import ConfigError, Settings
-from service.errors import ModelLoadError, ServiceError
-from service.http import DrainUnreadBody, RefuseQueryParameters
+from service.errors import ModelLoadError, ServiceError, UnknownMethod
+from service.http import IMPLEMENTED_METHODS, DrainUnreadBody, RefuseQueryParameters
 from service.inference import Inference
 from service.loader import load_model
 from service.memory import release_free_memory
@@ -121,6 +121,7 @@ def create_app(
     app = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     app.add_error_handler(ServiceError, _service_error)
+    app.add_error_handler(falcon.HTTPBadRequest, _unknown_method)
     app.add_error_handler(Exception, _unexpected_error)
     app.set_error_serializer(_http_error)
 
@@ -147,6 +148,15 @@ async def _service_error(req, resp, error: ServiceError, params) -> None:
     resp.set_headers(error.headers)
     resp.content_type = resources.JSON
     resp.data = orjson.dumps({"error": error.message})
+
+
+async def _unknown_method(req, resp, error: falcon.HTTPBadRequest, params) -> None:
+    """Falcon refuses a method it does not know (one uvicorn's parser lets through, such as
+    PURGE or LINK) with a bare "Invalid HTTP method": name the methods served instead
+    (still 400, see UnknownMethod). Falcon's other 400s stay as they are."""
+    if req.method in falcon.COMBINED_METHODS:
+        raise error
+    await _service_error(req, resp, UnknownMethod(req.method, IMPLEMENTED_METHODS), params)
 
 
 async def _unexpected_error(req, resp, error: Exception, params) -> None:

@@ -7,7 +7,9 @@ malformed body becomes an `InvalidInput` that says what was expected.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ import orjson
 from service.classification import UNRANKED_DATATYPES, top_classes
 from service.errors import InvalidInput
 from service.jsonnumbers import NumberArrays
-from service.model import ORT_TYPES, ModelInfo, TensorSpec
+from service.model import ORT_TYPES, ModelInfo, TensorSpec, shape_words
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 
@@ -28,12 +30,58 @@ FLOAT_KINDS = "f"
 
 
 def parse_json(body: bytes) -> object:
+    """The body's JSON value (orjson); InvalidInput for an empty body or JSON text orjson
+    refuses, worded by `json_syntax_error`."""
     if not body:
         raise InvalidInput("the request body is empty; send a JSON object")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
+        raise InvalidInput(
+            f"the request body is not valid JSON: {json_syntax_error(body, exc)}"
+        ) from None
+
+
+# Number-like text JSON does not have (RFC 8259 section 6), where orjson stops: NaN and
+# infinities as Python, JavaScript and numpy write them; a leading plus sign or no digit
+# before the decimal point (groups: the sign, the point, the rest).
+_NOT_FINITE = re.compile(r"-?(?:nan|inf(?:inity)?)\b", re.IGNORECASE)
+_MISFORMED_NUMBER = re.compile(r"(\+|-?(?=\.))(\.?)([0-9][0-9.eE+-]*)")
+_UTF8_ONLY = "the body must be UTF-8 (RFC 8259 section 8.1), and its byte at offset"
+
+
+def json_syntax_error(body: bytes, exc: orjson.JSONDecodeError) -> str:
+    """What is wrong with JSON text orjson refused, and the fix where clients often err: a
+    body not in UTF-8 (RFC 8259 section 8.1), with the offset of its first byte that is
+    not; NaN or Infinity; `.5` or `+1` (section 6). Otherwise orjson's own words."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"{_UTF8_ONLY} {bad.start} (0x{body[bad.start]:02X}) is not valid UTF-8 there; "
+            "send the body UTF-8 encoded"
+        )
+    if text[exc.pos : exc.pos + 1] == "\0":  # never in JSON text; every other byte of UTF-16
+        return (
+            f"{_UTF8_ONLY} {len(text[: exc.pos].encode())} is a NUL (0x00), as in UTF-16 or "
+            "UTF-32 text; send the body UTF-8 encoded"
+        )
+    # orjson stops after a minus sign; the number starts at the sign.
+    at = exc.pos - 1 if exc.pos > 0 and text[exc.pos - 1] == "-" else exc.pos
+    place = f"at line {exc.lineno} column {exc.colno - (exc.pos - at)} (char {at})"
+    if found := _NOT_FINITE.match(text, at):
+        return (
+            f"{found.group()} {place} is not a JSON number: JSON has only finite numbers, no "
+            "NaN or Infinity (RFC 8259 section 6); send finite numbers"
+        )
+    if found := _MISFORMED_NUMBER.match(text, at):
+        sign, point, rest = found.groups()
+        fixed = ("-" if sign == "-" else "") + ("0." if point else "") + rest
+        return (
+            f"{found.group()!r} {place} is not a JSON number: JSON numbers have a digit before "
+            f"the decimal point and no leading plus sign (RFC 8259 section 6); write {fixed}"
+        )
+    return str(exc)
 
 
 # What a parsed JSON value is, in JSON's words (RFC 8259, section 3), for messages.
@@ -258,14 +306,17 @@ def _shape(entry: dict, where: str) -> tuple[int, ...]:
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...], where: str, batch_any: bool) -> None:
-    expected = list(spec.shape)
-    if len(shape) != len(expected) or shape[0] == 0:
-        raise InvalidInput(f"{where} has shape {list(shape)}; the model expects {expected}")
-    for i, (got, want) in enumerate(zip(shape, expected, strict=True)):
-        if want == -1 or (i == 0 and batch_any):
-            continue
-        if got != want:
-            raise InvalidInput(f"{where} has shape {list(shape)}; the model expects {expected}")
+    """`batch_any`: the first dimension takes any number of rows, whatever the graph says."""
+    expected = spec.shape
+    if len(shape) == len(expected) and shape[0] != 0:
+        for i, (got, want) in enumerate(zip(shape, expected, strict=True)):
+            if got != want and want != -1 and not (i == 0 and batch_any):
+                break
+        else:
+            return
+    # Worded as the model's metadata shows the shape: -1 where any number of rows is served.
+    served = (-1, *expected[1:]) if batch_any else expected
+    raise InvalidInput(f"{where} has shape {list(shape)}; the model expects {shape_words(served)}")
 
 
 def decode_infer(
@@ -296,7 +347,33 @@ def decode_infer(
             return _infer_request(_checked_document(lane), inputs, outputs, tail)
         except InvalidInput:
             pass  # the general path below finds the same fault and words it
-    return _infer_request(_request_document(head), inputs, outputs, tail)
+    try:
+        document = _request_document(head)
+    except InvalidInput:
+        if header_length is None:
+            _refuse_unannounced_binary(body)
+        raise
+    return _infer_request(document, inputs, outputs, tail)
+
+
+def _refuse_unannounced_binary(body: bytes) -> None:
+    """Raise InvalidInput naming Inference-Header-Content-Length when `body` is a JSON
+    object followed by more bytes, as a binary request is, but came without the header
+    (Triton's binary tensor data extension: it must be given when binary data follows)."""
+    # Latin-1 maps each byte to one character, so the end found is a byte offset; the
+    # bytes of UTF-8 text inside strings only become other characters there.
+    try:
+        header, length = json.JSONDecoder().raw_decode(body.decode("latin-1"))
+    except ValueError:
+        return
+    rest = len(body) - length
+    if isinstance(header, dict) and body[length:].strip():
+        raise InvalidInput(
+            f"the body has {rest} bytes after a {length}-byte JSON header but no "
+            f"{BINARY_HEADER} header, which a request with binary data must carry (Triton's "
+            f"binary tensor data extension): send the JSON header's length in bytes, "
+            f"{length} here"
+        )
 
 
 def _infer_request(

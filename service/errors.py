@@ -3,6 +3,8 @@ them into the one JSON error body. Nothing here imports falcon."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ServiceError(Exception):
     """A failure the client can act on; `status` is its HTTP status code."""
@@ -35,6 +37,43 @@ class Unauthorized(ServiceError):
 
 class UnsupportedMediaType(ServiceError):
     status = 415
+
+
+class UnsupportedContentCoding(UnsupportedMediaType):
+    """A Content-Encoding the service cannot undo. RFC 9110 section 12.5.3: such a 415
+    ought to carry Accept-Encoding, listing the codings the service does accept."""
+
+    def __init__(self, unknown: Sequence[str], accepted: Sequence[str]) -> None:
+        super().__init__(
+            f"Content-Encoding {', '.join(unknown)} is not supported; use gzip or deflate (or none)"
+        )
+        self.headers = {"Accept-Encoding": ", ".join(accepted)}
+
+
+class UnknownMethod(ServiceError):
+    """A request method this server does not know; `method` is None when the parser could
+    not read one.
+
+    RFC 9110 section 9.1 says a server SHOULD answer an unrecognized method with 501; this
+    one answers 400 on purpose. The load balancer forwards any method token, and every
+    5xx a target answers counts toward the alarm that rolls a deployment back
+    (HTTPCode_Target_5XX_Count; terraform/modules/service, "Alarms"): with 501, anyone
+    could roll a release back with a handful of `FOO /` requests a minute.
+    """
+
+    status = 400
+
+    def __init__(self, method: str | None, implemented: Sequence[str]) -> None:
+        known = f"{', '.join(implemented[:-1])} and {implemented[-1]}"
+        problem = (
+            f"method {method!r} is not implemented by this server"
+            if method is not None
+            else "the request does not start with a method this server implements"
+        )
+        super().__init__(
+            f"{problem}; it implements {known} (method names are case-sensitive, "
+            "RFC 9110 section 9.1)"
+        )
 
 
 class PayloadTooLarge(ServiceError):

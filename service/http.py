@@ -7,13 +7,21 @@ from __future__ import annotations
 import asyncio
 import sys
 import zlib
+from http import HTTPStatus
 
 import falcon
 import falcon.asgi
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceError,
+    UnknownMethod,
+    UnsupportedContentCoding,
+)
 
 # An unread request body is read and thrown away before the answer, up to this much and
 # this long, as proxies do (nginx's lingering close): a client that sends its whole body
@@ -30,6 +38,14 @@ DEFLATE_CODING = "deflate"
 IDENTITY_CODING = "identity"
 SUPPORTED_CODINGS = (*GZIP_CODINGS, DEFLATE_CODING, IDENTITY_CODING)
 
+# Every method some route answers (HEAD with GET, OPTIONS everywhere); a test keeps it
+# equal to the routes. A method neither llhttp nor Falcon knows is named as unknown.
+IMPLEMENTED_METHODS = ("GET", "HEAD", "OPTIONS", "POST")
+# llhttp's reason when a request line starts with no method it knows. It raises the same
+# error class, with another reason ("Expected space after method"), for a known method
+# not followed by a space: that request stays malformed (400). A test pins both.
+_UNKNOWN_METHOD_REASON = "Invalid method encountered"
+
 
 # -- request bodies ------------------------------------------------------------
 
@@ -37,15 +53,13 @@ SUPPORTED_CODINGS = (*GZIP_CODINGS, DEFLATE_CODING, IDENTITY_CODING)
 def content_codings(header: str | None) -> list[str]:
     """The codings a Content-Encoding header lists, in the order they were applied.
 
-    Raises UnsupportedMediaType (415) naming any coding other than gzip, x-gzip,
-    deflate and identity.
+    Raises UnsupportedContentCoding (415, with Accept-Encoding) naming any coding other
+    than gzip, x-gzip, deflate and identity.
     """
     codings = [c.strip().lower() for c in (header or "").split(",") if c.strip()]
     unknown = [c for c in codings if c not in SUPPORTED_CODINGS]
     if unknown:
-        raise UnsupportedMediaType(
-            f"Content-Encoding {', '.join(unknown)} is not supported; use gzip or deflate (or none)"
-        )
+        raise UnsupportedContentCoding(unknown, SUPPORTED_CODINGS)
     return codings
 
 
@@ -195,17 +209,27 @@ class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
 
     uvicorn answers a malformed request (request line, header, Content-Length or
     chunk framing) with its own 400 in plain text before the app sees it; this class
-    gives that answer the service's `{"error": ...}` shape. `python -m service` runs
-    uvicorn with it; `uvicorn service.asgi:app` keeps uvicorn's plain text.
+    gives that answer the service's `{"error": ...}` shape, and says which methods the
+    service implements when the request line starts with no method llhttp knows (a 400,
+    not RFC 9110's 501: see UnknownMethod). `python -m service` runs uvicorn with it;
+    `uvicorn service.asgi:app` keeps uvicorn's plain text.
     """
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn calls this inside `except httptools.HttpParserError`, so the parser's
-        # own reason is the exception being handled.
+        # own reason is the exception being handled. Only this refusal path reads it.
         reason = sys.exc_info()[1]
-        detail = f": {reason}" if reason is not None and str(reason) else ""
-        body = orjson.dumps({"error": f"malformed HTTP request{detail}"})
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        if (
+            isinstance(reason, httptools.HttpParserInvalidMethodError)
+            and str(reason) == _UNKNOWN_METHOD_REASON
+        ):
+            error: ServiceError = UnknownMethod(None, IMPLEMENTED_METHODS)
+        else:
+            detail = f": {reason}" if reason is not None and str(reason) else ""
+            error = InvalidInput(f"malformed HTTP request{detail}")
+        body = orjson.dumps({"error": error.message})
+        status = HTTPStatus(error.status)
+        head = [f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()]
         for name, value in self.server_state.default_headers:
             head.append(name + b": " + value + b"\r\n")
         head.append(b"content-type: application/json\r\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,6 +75,17 @@ class TensorSpec:
     def with_dynamic_batch(self) -> TensorSpec:
         """The same tensor with its first dimension reported as -1 (any batch size)."""
         return replace(self, shape=(-1, *self.shape[1:]))
+
+
+def shape_words(shape: Sequence[int]) -> str:
+    """`shape` as model metadata writes it, with what its -1s mean, for messages:
+    "[-1, 1, 28, 28], where -1 is any number of rows (at least 1)"."""
+    text = str(list(shape))
+    if -1 not in shape:
+        return text
+    if shape[0] == -1 and -1 not in shape[1:]:
+        return f"{text}, where -1 is any number of rows (at least 1)"
+    return f"{text}, where -1 is any size (at least 1 in the first dimension, the rows)"
 
 
 @dataclass(frozen=True)
@@ -187,12 +199,18 @@ class OnnxModel:
             return values.reshape((1, *spec.item_shape)), True
         if len(shape) >= 2 and shape[0] > 0 and shape[1:] in (flat, example, spec.item_shape):
             return values.reshape((shape[0], *spec.item_shape)), False
-        forms = " or ".join(dict.fromkeys(str(list(f)) for f in (flat, example)))
         raise InvalidInput(
-            f"data has shape {list(shape)}; expected one example shaped {forms}, or a list of "
-            f"examples shaped [N, ...] with each example in one of those forms or in "
-            f"{list(spec.item_shape)}"
+            f"data has shape {list(shape)}; expected one example shaped "
+            f"{_either(flat, example)}, or a list of examples shaped "
+            f"{_either(*((-1, *form) for form in (flat, example, spec.item_shape)))}, where -1 "
+            "is any number of rows (at least 1)"
         )
+
+
+def _either(*shapes: tuple[int, ...]) -> str:
+    """Distinct shapes as a message lists them: "[784] or [28, 28]", "[a], [b] or [c]"."""
+    texts = list(dict.fromkeys(str(list(shape)) for shape in shapes))
+    return " or ".join(filter(None, (", ".join(texts[:-1]), texts[-1])))
 
 
 def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:

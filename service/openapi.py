@@ -136,12 +136,48 @@ def openapi_document() -> dict[str, Any]:
     document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     unauthorized = _json(ERROR, "No valid bearer token (when the service requires one)")
     for path, operations in document["paths"].items():
-        if path in PUBLIC_ROUTES:
-            continue
-        for operation in operations.values():
-            operation["security"] = [{"bearer": []}]
-            operation["responses"]["401"] = unauthorized
+        if path not in PUBLIC_ROUTES:
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+                operation["responses"]["401"] = unauthorized
+        _add_head_and_options(operations)
     return document
+
+
+def _add_head_and_options(operations: dict[str, Any]) -> None:
+    """HEAD beside GET and OPTIONS on every route, as service.resources answers them: HEAD
+    is GET's answers without content (RFC 9110 section 9.3.2), OPTIONS a 204 whose Allow
+    lists the route's methods (section 9.3.7)."""
+    first = next(iter(operations.values()))
+    common = {key: first[key] for key in ("security",) if key in first}
+    path_parameters = [p for p in first.get("parameters", []) if p["in"] == "path"]
+    if path_parameters:
+        common["parameters"] = path_parameters
+    if "get" in operations:
+        get = operations["get"]
+        operations["head"] = {
+            "summary": f"{get['summary']}: GET's status and headers without its content",
+            "operationId": f"{get['operationId']}Head",
+            **common,
+            "responses": {
+                code: {"description": response["description"]}
+                for code, response in get["responses"].items()
+            },
+        }
+    responses: dict[str, Any] = {
+        "204": {
+            "description": "No content; Allow lists the methods this route takes",
+            "headers": {"Allow": {"schema": {"type": "string"}}},
+        }
+    }
+    if "401" in first["responses"]:
+        responses["401"] = first["responses"]["401"]
+    operations["options"] = {
+        "summary": "The methods this route takes (Allow)",
+        "operationId": f"{first['operationId']}Options",
+        **common,
+        "responses": responses,
+    }
 
 
 def _routes_document() -> dict[str, Any]:

@@ -55,6 +55,43 @@ def send_json(resp: falcon.asgi.Response, document: object, status: int = 200) -
     resp.data = orjson.dumps(document)
 
 
+class Route:
+    """Every route answers OPTIONS with the methods it takes, the Allow list its 405 gives.
+
+    RFC 9110 section 9.3.7 asks for that header (Allow) and makes content optional ("the
+    response content, if any"); with none, 204 says so (section 15.3.5) and carries
+    neither Content-Length (section 8.6) nor Content-Type (Falcon adds none to a 204),
+    where Falcon's own OPTIONS answer is a 200 declaring JSON of no bytes.
+    """
+
+    async def on_options(self, req, resp, **params) -> None:
+        resp.status = 204
+        resp.set_header("Allow", allowed_methods(self))
+
+
+class GetRoute(Route):
+    """A route read with GET, which also answers HEAD (RFC 9110 section 9.1: every
+    general-purpose server supports both)."""
+
+    async def on_head(self, req, resp, **params) -> None:
+        """GET's status and headers without its content (RFC 9110 section 9.3.2). Falcon's
+        ASGI app sends no body on HEAD and sets Content-Length to the length of the GET
+        content the responder made; uvicorn sends no body on HEAD either."""
+        await self.on_get(req, resp, **params)
+
+
+def allowed_methods(resource: object) -> str:
+    """The methods `resource` has responders for, as Falcon lists them in a 405's Allow
+    (sorted; falcon.routing.util.set_default_responders)."""
+    return ", ".join(
+        sorted(
+            method
+            for method in falcon.COMBINED_METHODS
+            if callable(getattr(resource, f"on_{method.lower()}", None))
+        )
+    )
+
+
 def served_model(inference: Inference, name: str, version: str | None):
     model = inference.model
     if name != model.info.name or (version is not None and version != model.info.version):
@@ -62,7 +99,7 @@ def served_model(inference: Inference, name: str, version: str | None):
     return model
 
 
-class PredictionRoute:
+class PredictionRoute(Route):
     """A route that runs the model: read, decode, infer, encode, then record."""
 
     def __init__(
@@ -109,17 +146,17 @@ class Predict(PredictionRoute):
         )
 
 
-class ServerMetadata:
+class ServerMetadata(GetRoute):
     async def on_get(self, req, resp) -> None:
         send_json(resp, {"name": SERVER_NAME, "version": __version__, "extensions": V2_EXTENSIONS})
 
 
-class Live:
+class Live(GetRoute):
     async def on_get(self, req, resp) -> None:
         send_json(resp, {"live": True})
 
 
-class Ready:
+class Ready(GetRoute):
     def __init__(self, inference: Inference) -> None:
         self._inference = inference
 
@@ -129,7 +166,7 @@ class Ready:
         send_json(resp, {"ready": True})
 
 
-class ModelMetadata:
+class ModelMetadata(GetRoute):
     def __init__(self, inference: Inference) -> None:
         self._inference = inference
 
@@ -148,7 +185,7 @@ class ModelMetadata:
         )
 
 
-class ModelReady:
+class ModelReady(GetRoute):
     def __init__(self, inference: Inference) -> None:
         self._inference = inference
 
@@ -196,7 +233,7 @@ class ModelInfer(PredictionRoute):
         )
 
 
-class MetricsEndpoint:
+class MetricsEndpoint(GetRoute):
     """Prometheus text, for scrapers that reach the task directly.
 
     The load balancer answers `/metrics` itself (a listener rule), but its path match
@@ -216,7 +253,7 @@ class MetricsEndpoint:
         resp.data = self._metrics.render()
 
 
-class OpenApi:
+class OpenApi(GetRoute):
     def __init__(self, document: dict) -> None:
         self._body = orjson.dumps(document)
 

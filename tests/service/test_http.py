@@ -112,6 +112,15 @@ def test_unknown_codings_are_415_naming_them(client, encoding):
     assert encoding.split(", ")[-1] in result.json["error"]
 
 
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, br"])
+def test_a_415_for_a_coding_says_in_accept_encoding_which_codings_are_accepted(client, encoding):
+    """RFC 9110 section 12.5.3: a 415 for a content coding ought to carry Accept-Encoding."""
+    result = post(client, BODY, encoding)
+    assert result.status_code == 415
+    assert result.headers["accept-encoding"] == "gzip, x-gzip, deflate, identity"
+    assert "accept-encoding" not in post(client, BODY, "gzip", "text/csv").headers
+
+
 def test_a_bomb_spread_over_members_stops_at_the_limit():
     member = gzip.compress(b" " * 100_000)
     with pytest.raises(Exception, match="larger than the limit"):
@@ -291,7 +300,8 @@ def raw_exchange(url: str, request: bytes) -> tuple[bytes, bytes]:
 @pytest.mark.parametrize(
     "request_bytes",
     [
-        pytest.param(b"GARBAGE\r\n\r\n", id="request-line"),
+        pytest.param(b"GET\r\n\r\n", id="request-line"),
+        pytest.param(b"GET /v2 HTTX/1.1\r\nHost: x\r\n\r\n", id="version"),
         pytest.param(
             b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}", id="length"
         ),
@@ -308,6 +318,58 @@ def test_requests_refused_below_the_app_still_get_the_json_error(url, request_by
     assert head.startswith(b"HTTP/1.1 400 ")
     assert b"content-type: application/json" in head.lower()
     assert json.loads(body)["error"].startswith("malformed HTTP request")
+
+
+UNKNOWN_METHOD = (
+    "the request does not start with a method this server implements; it implements GET, "
+    "HEAD, OPTIONS and POST (method names are case-sensitive, RFC 9110 section 9.1)"
+)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "request_line",
+    [b"FOO /v2 HTTP/1.1", b"get /v2 HTTP/1.1", b"GARBAGE"],
+    ids=["FOO", "get", "GARBAGE"],
+)
+def test_a_method_the_parser_does_not_know_is_400_naming_the_methods_served(url, request_line):
+    """Not RFC 9110's 501 (section 9.1, a SHOULD): see service.errors.UnknownMethod."""
+    head, body = raw_exchange(url, request_line + b"\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body) == {"error": UNKNOWN_METHOD}
+
+
+def header_fields(head: bytes) -> dict[bytes, bytes]:
+    fields = (line.partition(b": ") for line in head.split(b"\r\n")[1:])
+    return {name.lower(): value for name, _, value in fields}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", ["/v2/models/mnist-8", "/openapi.json", "/v2/models/nope"])
+def test_head_on_the_real_server_sends_the_get_headers_and_no_body(url, path):
+    """Falcon answers HEAD with the GET answer's Content-Length and no body; uvicorn then
+    sends none either (RFC 9110 section 9.3.2)."""
+    request = b"%s " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    get_head, get_body = raw_exchange(url, request % b"GET")
+    head, body = raw_exchange(url, request % b"HEAD")
+    assert body == b""
+    assert head.split(b"\r\n")[0] == get_head.split(b"\r\n")[0]
+    fields = header_fields(head)
+    assert fields[b"content-length"] == str(len(get_body)).encode()
+    assert fields[b"content-type"] == header_fields(get_head)[b"content-type"]
+
+
+@pytest.mark.integration
+def test_options_on_the_real_server_is_204_with_allow_and_no_content_headers(url):
+    head, body = raw_exchange(
+        url, b"OPTIONS /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert head.startswith(b"HTTP/1.1 204 No Content\r\n")
+    fields = header_fields(head)
+    assert fields[b"allow"] == b"OPTIONS, POST"
+    assert b"content-type" not in fields and b"content-length" not in fields
+    assert body == b""
 
 
 @pytest.mark.integration
@@ -457,6 +519,21 @@ def test_a_request_the_parser_refuses_is_answered_in_json_with_the_parsers_reaso
         b"connection: close",
     ]
     assert closed
+
+
+def test_a_method_the_parser_does_not_know_is_named_and_a_missing_space_is_malformed():
+    import httptools
+
+    head, body, closed = refused(
+        httptools.HttpParserInvalidMethodError("Invalid method encountered")
+    )
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"
+    assert body == {"error": UNKNOWN_METHOD}
+    assert closed
+    # llhttp words a known method without the space after it the same way: still malformed.
+    head, body, _ = refused(httptools.HttpParserInvalidMethodError("Expected space after method"))
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"
+    assert body == {"error": "malformed HTTP request: Expected space after method"}
 
 
 def test_a_refusal_without_a_reason_says_only_malformed():

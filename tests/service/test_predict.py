@@ -84,7 +84,8 @@ BAD_BODIES = [
     pytest.param(
         b'{"data": [1, 2, 3]}',
         "data has shape [3]; expected one example shaped [784] or [28, 28], or a list of "
-        "examples shaped [N, ...] with each example in one of those forms or in [1, 28, 28]",
+        "examples shaped [-1, 784], [-1, 28, 28] or [-1, 1, 28, 28], where -1 is any number "
+        "of rows (at least 1)",
         id="wrong-count",
     ),
     pytest.param(json.dumps({"data": ["a"] * 784}).encode(), ONLY_NUMBERS, id="strings"),
@@ -110,12 +111,14 @@ BAD_BODIES = [
     ),
     pytest.param(
         b'{"data": [NaN' + b", 0" * 783 + b"]}",
-        NOT_JSON + "unexpected character, expected a JSON value: line 1 column 11 (char 10)",
+        NOT_JSON + "NaN at line 1 column 11 (char 10) is not a JSON number: JSON has only "
+        "finite numbers, no NaN or Infinity (RFC 8259 section 6); send finite numbers",
         id="nan",
     ),
     pytest.param(
         b'{"data": [Infinity' + b", 0" * 783 + b"]}",
-        NOT_JSON + "unexpected character, expected a JSON value: line 1 column 11 (char 10)",
+        NOT_JSON + "Infinity at line 1 column 11 (char 10) is not a JSON number: JSON has only "
+        "finite numbers, no NaN or Infinity (RFC 8259 section 6); send finite numbers",
         id="infinity",
     ),
     pytest.param(
@@ -160,6 +163,106 @@ def test_bad_input_is_400_with_a_json_reason(client, body, message):
     assert result.status_code == 400
     assert result.headers["content-type"] == "application/json"
     assert result.json == {"error": message}
+
+
+# -- JSON syntax errors: the problem and its fix, the same words on both routes ---------------
+
+PREDICT_PREFIX = b'{"data": ['
+V2_PREFIX = b'{"inputs": [{"name": "Input3", "datatype": "FP32", "shape": [1, 784], "data": ['
+NOT_FINITE = (
+    " is not a JSON number: JSON has only finite numbers, no NaN or Infinity (RFC 8259 "
+    "section 6); send finite numbers"
+)
+NUMBER_FORM = (
+    " is not a JSON number: JSON numbers have a digit before the decimal point and no "
+    "leading plus sign (RFC 8259 section 6); write "
+)
+MUST_BE_UTF8 = "the body must be UTF-8 (RFC 8259 section 8.1), and its byte at offset "
+# (the bad token, the message after "the request body is not valid JSON: " with the
+# token's character offset as {at}, its column as {column} and the offset of its second
+# byte as {after}).
+SYNTAX_ERRORS = [
+    pytest.param(b"NaN", "NaN at line 1 column {column} (char {at})" + NOT_FINITE, id="NaN"),
+    pytest.param(
+        b"Infinity", "Infinity at line 1 column {column} (char {at})" + NOT_FINITE, id="Infinity"
+    ),
+    pytest.param(
+        b"-Infinity", "-Infinity at line 1 column {column} (char {at})" + NOT_FINITE, id="-Infinity"
+    ),
+    pytest.param(b"nan", "nan at line 1 column {column} (char {at})" + NOT_FINITE, id="nan"),
+    pytest.param(
+        b".5", "'.5' at line 1 column {column} (char {at})" + NUMBER_FORM + "0.5", id=".5"
+    ),
+    pytest.param(
+        b"-.5", "'-.5' at line 1 column {column} (char {at})" + NUMBER_FORM + "-0.5", id="-.5"
+    ),
+    pytest.param(b"+1", "'+1' at line 1 column {column} (char {at})" + NUMBER_FORM + "1", id="+1"),
+    pytest.param(
+        b"+.25e3",
+        "'+.25e3' at line 1 column {column} (char {at})" + NUMBER_FORM + "0.25e3",
+        id="+.25e3",
+    ),
+    pytest.param(
+        b"1\xff",
+        MUST_BE_UTF8 + "{after} (0xFF) is not valid UTF-8 there; send the body UTF-8 encoded",
+        id="0xFF",
+    ),
+    pytest.param(
+        '"\u00e9"'.encode("latin-1"),
+        MUST_BE_UTF8 + "{after} (0xE9) is not valid UTF-8 there; send the body UTF-8 encoded",
+        id="latin-1",
+    ),
+]
+
+
+@pytest.mark.parametrize("prefix", [PREDICT_PREFIX, V2_PREFIX], ids=["predict", "v2"])
+@pytest.mark.parametrize(("token", "message"), SYNTAX_ERRORS)
+def test_a_json_syntax_error_names_the_problem_and_the_fix(client, prefix, token, message):
+    body = (
+        prefix + token + b"".join([b", 0"] * 783) + (b"]}" if prefix == PREDICT_PREFIX else b"]}]}")
+    )
+    path = "/predict" if prefix == PREDICT_PREFIX else "/v2/models/mnist-8/infer"
+    result = client.simulate_post(path, body=body, headers={"Content-Type": "application/json"})
+    assert result.status_code == 400
+    at = len(prefix)  # the token's first character; the bad byte of a non-UTF-8 one is next
+    expected = message.format(at=at, column=at + 1, after=at + 1)
+    assert result.json == {"error": NOT_JSON + expected}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/mnist-8/infer"])
+def test_a_utf16_or_utf32_body_is_told_to_be_utf8(client, path, encoding):
+    body = json.dumps({"data": [0] * 784}).encode(encoding)
+    result = client.simulate_post(path, body=body, headers={"Content-Type": "application/json"})
+    assert result.status_code == 400
+    error = result.json["error"]
+    assert error.startswith(NOT_JSON + MUST_BE_UTF8)
+    assert error.endswith("; send the body UTF-8 encoded")
+    if encoding == "utf-16-le":  # no byte order mark: valid UTF-8, but a NUL at offset 1
+        assert error == (
+            NOT_JSON + MUST_BE_UTF8 + "1 is a NUL (0x00), as in UTF-16 or UTF-32 text; send "
+            "the body UTF-8 encoded"
+        )
+
+
+def test_a_repeated_key_counts_its_last_occurrence(client):
+    """README, "Request parameters and headers": RFC 8259 section 4 leaves repeated names to
+    the parser; every path here keeps the last one (simdjson's lane declines the body)."""
+    body = b'{"data": ["x"], "data": ' + json.dumps([0] * 784).encode() + b"}"
+    result = client.simulate_post(
+        "/predict", body=body, headers={"Content-Type": "application/json"}
+    )
+    assert result.status_code == 200
+    assert (
+        result.json["prediction"]
+        == client.simulate_post("/predict", json={"data": ZEROS}).json["prediction"]
+    )
+    refused = b'{"data": ' + json.dumps([0] * 784).encode() + b', "data": [1]}'
+    assert (
+        client.simulate_post("/predict", body=refused, headers={"Content-Type": "application/json"})
+        .json["error"]
+        .startswith("data has shape [1]")
+    )
 
 
 def test_wrong_content_type_is_415(client):

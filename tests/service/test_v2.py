@@ -179,7 +179,7 @@ def _input(**changes) -> dict:
 
 
 SHAPE_RULE = "input 'Input3' 'shape' must be a list of non-negative integers"
-EXPECTS = "; the model expects [1, 1, 28, 28]"
+EXPECTS = "; the model expects [-1, 1, 28, 28], where -1 is any number of rows (at least 1)"
 # Each bad request with its whole message: a changed or lost message is a failure.
 BAD_INFER = [
     pytest.param(
@@ -687,9 +687,57 @@ def test_a_dimension_of_one_past_the_batch_is_checked(client):
     result = client.simulate_post(
         f"/v2/models/{NAME}/infer", json=_input(shape=[1, 2, 28, 28], data=[0.0] * 1568)
     )
+    assert result.json == {"error": "input 'Input3' has shape [1, 2, 28, 28]" + EXPECTS}
+
+
+def test_a_shape_mismatch_shows_the_shape_as_the_metadata_does(client):
+    """The graph fixes mnist-8's batch at 1, but any number of rows is served and the
+    metadata says -1 there: the refusal says the same, and what -1 means."""
+    metadata = client.simulate_get(f"/v2/models/{NAME}").json["inputs"][0]["shape"]
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", json=_input(shape=[4, 784], data=[0.0] * 3136)
+    )
+    assert result.status_code == 400
     assert result.json == {
-        "error": "input 'Input3' has shape [1, 2, 28, 28]; the model expects [1, 1, 28, 28]"
+        "error": f"input 'Input3' has shape [4, 784]; the model expects {metadata}, where -1 "
+        "is any number of rows (at least 1)"
     }
+    assert metadata == [-1, 1, 28, 28]
+
+
+@pytest.mark.parametrize("zeros", [False, True], ids=["image", "zeros"])
+def test_a_binary_body_without_its_header_length_is_400_naming_the_header(
+    client, mnist_test_set, zeros
+):
+    """Triton's binary tensor data extension: Inference-Header-Content-Length must be given
+    whenever binary data follows the JSON header. (A tail of zeros is valid UTF-8.)"""
+    images = mnist_test_set[0][:1]
+    body, headers = binary_body(np.zeros_like(images) if zeros else images)
+    length = int(headers.pop(BINARY_HEADER))
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=body, headers=headers)
+    assert result.status_code == 400
+    assert result.json == {
+        "error": f"the body has {len(body) - length} bytes after a {length}-byte JSON header "
+        f"but no {BINARY_HEADER} header, which a request with binary data must carry "
+        f"(Triton's binary tensor data extension): send the JSON header's length in bytes, "
+        f"{length} here"
+    }
+
+
+def test_a_repeated_key_counts_its_last_occurrence(client, mnist_test_set, raw_argmax):
+    """README, "Request parameters and headers": RFC 8259 section 4 leaves repeated names to
+    the parser; the lane (msgspec) and the general path (orjson) both keep the last one."""
+    image = mnist_test_set[0][:1]
+    tensor = json.dumps(infer_body(image)["inputs"][0])
+    body = ('{"inputs": [{"name": "nope"}], "inputs": [' + tensor + "]}").encode()
+    result = client.simulate_post(f"/v2/models/{NAME}/infer", body=body)
+    assert result.status_code == 200, result.text
+    assert np.argmax(result.json["outputs"][0]["data"]) == raw_argmax(image)[0]
+    repeated_data = tensor.replace('"data": [', '"data": ["x"], "data": [')
+    result = client.simulate_post(
+        f"/v2/models/{NAME}/infer", body=f'{{"inputs": [{repeated_data}]}}'
+    )
+    assert result.status_code == 200, result.text
 
 
 def test_the_recorder_gets_the_v2_request_its_scores_and_its_latency(recorded, mnist_test_set):
@@ -774,7 +822,16 @@ def test_dynamic_dimensions_take_any_size_and_a_batch_of_one_any_batch():
     assert request.inputs["fixed"].shape == (2, 3)
     with pytest.raises(InvalidInput) as wrong:
         _decode({"inputs": [_tensor(fixed, [2, 4], data=[0] * 8)]}, inputs=(fixed,))
-    assert wrong.value.message == "input 'fixed' has shape [2, 4]; the model expects [1, 3]"
+    assert wrong.value.message == (
+        "input 'fixed' has shape [2, 4]; the model expects [-1, 3], where -1 is any number of "
+        "rows (at least 1)"
+    )
+    with pytest.raises(InvalidInput) as dynamic:
+        _decode({"inputs": [_tensor(wide, [2], data=[0] * 2)]}, inputs=(wide,))
+    assert dynamic.value.message == (
+        "input 'wide' has shape [2]; the model expects [-1, -1], where -1 is any size (at "
+        "least 1 in the first dimension, the rows)"
+    )
 
 
 def test_an_output_without_an_order_cannot_be_a_classification():

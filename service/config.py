@@ -97,6 +97,9 @@ class Settings:
     # prometheus-client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR): set, every
     # worker's metrics are summed in each scrape (see service.metrics).
     metrics_dir: Path | None = None
+    # TMPDIR as given: Python's tempfile quietly falls back to /tmp when it cannot write
+    # there, so start-up checks it by name (service.scratch).
+    tmp_dir: Path | None = None
 
     def __post_init__(self) -> None:
         for position, token in enumerate(self.api_tokens, start=1):
@@ -261,6 +264,7 @@ class Settings:
             metrics_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"])
             if env.get("PROMETHEUS_MULTIPROC_DIR")
             else None,
+            tmp_dir=Path(env["TMPDIR"]) if env.get("TMPDIR") else None,
         )
 
 

@@ -30,6 +30,8 @@ def check_writable(settings: Settings) -> None:
             "PREDICTION_LOG_SPOOL_DIR" if settings.prediction_log_spool_dir else "MODEL_CACHE_DIR"
         )
         directories.append((spool_variable, settings.spool_dir))
+    if settings.tmp_dir is not None:
+        directories.append(("TMPDIR", settings.tmp_dir))
     for variable, directory in directories:
         _check(variable, directory)
     try:

@@ -173,6 +173,23 @@ def test_a_cache_dir_that_cannot_be_created_stops_with_one_line_naming_it(tmp_pa
     assert "volume the image declares" in line
 
 
+def test_a_tmpdir_that_cannot_be_written_stops_the_start_instead_of_falling_back(tmp_path):
+    """Python's tempfile quietly uses /tmp when TMPDIR cannot be written; on Fargate with a
+    read-only root filesystem /tmp cannot be written either, so the start names TMPDIR."""
+    occupied = tmp_path / "occupied"
+    occupied.write_text("a file where the temporary directory should be")
+    result = run_service(
+        {
+            "MODEL_URL": f"http://127.0.0.1:{free_port()}/mnist-8.onnx",
+            "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+            "TMPDIR": str(occupied / "tmp"),
+        }
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"TMPDIR: cannot write {occupied / 'tmp'}" in line
+
+
 def test_an_unexpected_start_up_failure_is_one_line_too(mnist8_path, tmp_path, monkeypatch, capsys):
     """A full scratch volume, say: the path and the error, then exit status 2."""
     from service import __main__ as entry

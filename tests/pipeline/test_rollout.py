@@ -309,7 +309,7 @@ def registers(scripted: ScriptedEcs, revision: str) -> None:
                 ],
             }
         },
-        {"taskDefinition": BOOTSTRAP},
+        {"taskDefinition": BOOTSTRAP, "include": ["TAGS"]},
     )
     scripted.stubber.add_response(
         "register_task_definition",

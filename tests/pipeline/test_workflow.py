@@ -98,6 +98,18 @@ def test_the_deploy_checkout_holds_the_history_that_orders_commits(workflow):
             assert checkout["with"]["fetch-depth"] == 0, name
 
 
+def test_deploys_of_one_environment_wait_in_turn_and_none_is_cancelled(workflow):
+    """By default a concurrency group holds one pending job and cancels it when another
+    arrives ("Control the concurrency of workflows and jobs"), so an older commit's deploy
+    could cancel the newest's; `queue: max` keeps every one waiting, in order."""
+    concurrency = workflow["jobs"]["deploy"]["concurrency"]
+    assert concurrency == {
+        "group": "deploy-${{ github.ref_name }}",
+        "cancel-in-progress": False,
+        "queue": "max",
+    }
+
+
 def test_pull_requests_run_the_tests_and_deploy_nothing(workflow):
     jobs = workflow["jobs"].values()
     assert any(runs(job, "pull_request") and " test" in " ".join(nox_calls(job)) for job in jobs)

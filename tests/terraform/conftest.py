@@ -38,6 +38,24 @@ MOTO_TFVARS = """\
 enable_autoscaling = false
 force_destroy      = true
 """
+# What a user sets for their own account in an environment's terraform.tfvars (README,
+# "First deploy on a fresh AWS account", step 2; TLS), pinned in every copy the tests
+# apply so they test the committed configuration in moto's account whatever a user set:
+# a *.auto.tfvars overrides terraform.tfvars, and this one sorts before the ones a test
+# adds (tls.auto.tfvars, oidc.auto.tfvars), which override it in turn (Terraform docs,
+# "Variable definition precedence").
+TEST_REPOSITORY = "example-org/onnx-ship"
+TEST_REGION = "us-east-1"
+ACCOUNT_PINS_FILE = "00-account-pins.auto.tfvars"
+ACCOUNT_PINS = f"""\
+github_repository                  = "{TEST_REPOSITORY}"
+aws_region                         = "{TEST_REGION}"
+availability_zones                 = ["{TEST_REGION}a", "{TEST_REGION}b"]
+certificate_arn                    = ""
+domain_name                        = ""
+route53_zone_id                    = ""
+metrics_scraper_security_group_ids = []
+"""
 # The bootstrap's state bucket in moto's account: what TF_STATE_BUCKET holds when the
 # environments are applied (nox -s apply passes it as state_bucket_name).
 MOTO_STATE_BUCKET = "onnx-ship-tfstate-123456789012-us-east-1"
@@ -75,12 +93,15 @@ def _terraform_cli_config(terraform_cli_config: Path | None) -> Path | None:
 
 
 def copy_terraform(destination: Path) -> Path:
-    """Copy terraform/ to `destination` without working directories, state or plans."""
+    """Copy terraform/ to `destination` without working directories, state or plans, with
+    the account's own values pinned in each environment root (ACCOUNT_PINS)."""
     shutil.copytree(
         terraform.TERRAFORM_DIR,
         destination,
         ignore=shutil.ignore_patterns(".terraform", "*.tfstate", "*.tfstate.*", "tfplan"),
     )
+    for root in (destination / "envs").iterdir():
+        (root / ACCOUNT_PINS_FILE).write_text(ACCOUNT_PINS)
     return destination
 
 

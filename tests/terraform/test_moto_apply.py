@@ -34,6 +34,8 @@ from tests.terraform import iam
 from tests.terraform.conftest import (
     MOTO_STATE_BUCKET,
     MOTO_TFVARS,
+    TEST_REGION,
+    TEST_REPOSITORY,
     TLS_DOMAIN,
     apply_everything,
     assume,
@@ -49,14 +51,15 @@ from tests.terraform.test_static import DEPLOY_OUTPUTS
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
 ENVS = terraform.ENVIRONMENTS
-OWNER_REPO = "example-org/onnx-ship"  # github_repository in both terraform.tfvars
+OWNER_REPO = TEST_REPOSITORY  # both roots' github_repository in the tests' copies
 # prod's, here: the same repository with immutable subject claims (its IDs in `sub`).
 IMMUTABLE_IDS = (123456, 456789)
 REPOSITORY_IDS = {"dev": None, "prod": IMMUTABLE_IDS}
 
 # Test-only backend settings layered over backend.hcl: the state bucket on moto.
-MOTO_BACKEND = """\
-endpoints = { s3 = "${endpoint}" }
+MOTO_BACKEND = f"""\
+region    = "{TEST_REGION}"
+endpoints = {{ s3 = "${{endpoint}}" }}
 use_path_style              = true
 skip_credentials_validation = true
 skip_requesting_account_id  = true

@@ -767,3 +767,22 @@ def test_command_line_prints_usage_and_errors(
     monkeypatch.delenv(terraform.STATE_BUCKET_VARIABLE, raising=False)
     assert cli.main(["terraform", "apply", "prod"]) == 2
     assert "error: TF_STATE_BUCKET is not set" in capsys.readouterr().err
+
+
+def test_the_tests_pin_every_value_an_account_sets_for_itself(tmp_path: Path) -> None:
+    """The checklist has users set github_repository, aws_region and availability_zones
+    (and TLS names) in both terraform.tfvars; the moto-applied tests then still apply the
+    committed configuration in moto's account, because each copy they apply carries
+    ACCOUNT_PINS in a *.auto.tfvars that sorts before the test's own."""
+    from tests.terraform.conftest import ACCOUNT_PINS, ACCOUNT_PINS_FILE, copy_terraform
+
+    pinned = set(re.findall(r"^([a-z_0-9]+)\s*=", ACCOUNT_PINS, flags=re.M))
+    assert {"github_repository", "aws_region", "availability_zones", "certificate_arn"} <= pinned
+    copy = copy_terraform(tmp_path / "terraform")
+    for root in sorted((copy / "envs").iterdir()):
+        declared = set(
+            re.findall(r'^variable "([a-z_0-9]+)"', (root / "variables.tf").read_text(), flags=re.M)
+        )
+        assert pinned <= declared, (root.name, pinned - declared)
+        assert (root / ACCOUNT_PINS_FILE).read_text() == ACCOUNT_PINS
+        assert ACCOUNT_PINS_FILE < min("oidc.auto.tfvars", "tls.auto.tfvars")

@@ -242,14 +242,15 @@ def test_repository_is_immutable_and_scanned(applied: Applied, env: str) -> None
 def test_service_runs_behind_the_load_balancer_in_its_cost_profile(
     applied: Applied, env: str
 ) -> None:
-    """prod: tasks in private subnets behind one NAT gateway per zone, Container Insights
-    on. dev: no NAT gateway, the task in a public subnet with a public IP and a security
-    group only the load balancer reaches, Container Insights off. Both log rejected
-    traffic only."""
+    """As each root's terraform.tfvars sets it (shipped: prod's tasks in private subnets
+    behind one NAT gateway per zone, Container Insights on; dev: no NAT gateway, the task
+    in a public subnet with a public IP and a security group only the load balancer
+    reaches, Container Insights off). Both log rejected traffic only."""
     outputs = applied.outputs[env]
     ecs, elbv2, ec2 = applied.client("ecs"), applied.client("elbv2"), applied.client("ec2")
     cluster = ecs.describe_clusters(clusters=[outputs["cluster_name"]], include=["SETTINGS"])
-    insights = "enabled" if env == "prod" else "disabled"
+    nat = configured(env, "nat_gateways")
+    insights = "enabled" if configured(env, "container_insights") == "true" else "disabled"
     assert {"name": "containerInsights", "value": insights} in cluster["clusters"][0]["settings"]
     service = ecs.describe_services(
         cluster=outputs["cluster_name"], services=[outputs["service_name"]]
@@ -258,15 +259,15 @@ def test_service_runs_behind_the_load_balancer_in_its_cost_profile(
     network = service["networkConfiguration"]["awsvpcConfiguration"]
     subnets = ec2.describe_subnets(SubnetIds=network["subnets"])["Subnets"]
     vpc_id = subnets[0]["VpcId"]
-    tier = "private" if env == "prod" else "public"
+    tier = "public" if nat == "none" else "private"
     assert all({"Key": "Tier", "Value": tier} in subnet["Tags"] for subnet in subnets)
     assert len({subnet["AvailabilityZone"] for subnet in subnets}) == 2
     assert not any(subnet["MapPublicIpOnLaunch"] for subnet in subnets)
-    assert network["assignPublicIp"] == ("DISABLED" if env == "prod" else "ENABLED")
+    assert network["assignPublicIp"] == ("ENABLED" if nat == "none" else "DISABLED")
     nat_gateways = ec2.describe_nat_gateways(
         Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "state", "Values": ["available"]}]
     )["NatGateways"]
-    assert len(nat_gateways) == (2 if env == "prod" else 0)
+    assert len(nat_gateways) == {"none": 0, "shared": 1, "per_az": 2}[nat]
     flow_logs = ec2.describe_flow_logs(Filters=[{"Name": "resource-id", "Values": [vpc_id]}])
     assert [log["TrafficType"] for log in flow_logs["FlowLogs"]] == ["REJECT"]
 
@@ -953,6 +954,22 @@ AUTOSCALING = {
     "module.service.aws_appautoscaling_policy.cpu[0]",
     "module.service.aws_appautoscaling_policy.requests[0]",
 }
+
+
+def configured(env: str, name: str) -> str:
+    """A variable's value as `terraform/envs/<env>` sets it: its terraform.tfvars, else
+    the variable's default (strings without their quotes)."""
+    root = terraform.TERRAFORM_DIR / "envs" / env
+    assigned = re.findall(
+        rf"^{name}\s*=\s*(.+?)\s*$", (root / "terraform.tfvars").read_text(), flags=re.M
+    )
+    if not assigned:
+        block = re.search(
+            rf'^variable "{name}" \{{.*?^\}}', (root / "variables.tf").read_text(), re.M | re.S
+        )
+        assert block, f"{env} has no variable {name}"
+        assigned = re.findall(r"^\s*default\s*=\s*(.+?)\s*$", block.group(0), flags=re.M)
+    return assigned[0].strip('"')
 
 
 def tfvars_number(env: str, name: str) -> float:

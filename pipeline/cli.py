@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -497,8 +498,17 @@ FAILURES: tuple[type[Exception], ...] = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one line like every other failure: the problem,
+    then the command's usage (`--help` says more), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = " ".join(self.format_usage().split())
+        self.exit(2, f"{self.prog}: error: {message}; {usage}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    top = OneLineParser(prog="python -m pipeline", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
     for name, (function, configure) in COMMANDS.items():
         sub = commands.add_parser(name, help=(function.__doc__ or "").strip().splitlines()[0])

@@ -45,7 +45,8 @@ class UnsupportedContentCoding(UnsupportedMediaType):
 
     def __init__(self, unknown: Sequence[str], accepted: Sequence[str]) -> None:
         super().__init__(
-            f"Content-Encoding {', '.join(unknown)} is not supported; use gzip or deflate (or none)"
+            f"Content-Encoding {', '.join(unknown)} is not supported; use one of "
+            f"{', '.join(accepted)} (or none)"
         )
         self.headers = {"Accept-Encoding": ", ".join(accepted)}
 

@@ -580,7 +580,8 @@ def test_read_body_undoes_the_codings_and_refuses_an_unknown_one():
     with pytest.raises(UnsupportedMediaType) as raised:
         asyncio.run(http.read_body(BodyRequest(b"{}", encoding="gzip, BR , zstd"), 1000))
     assert str(raised.value) == (
-        "Content-Encoding br, zstd is not supported; use gzip or deflate (or none)"
+        "Content-Encoding br, zstd is not supported; use one of gzip, x-gzip, deflate, "
+        "identity (or none)"
     )
     assert http.content_codings(" GZip , identity,,") == ["gzip", "identity"]
     assert http.content_codings(None) == []

@@ -127,7 +127,7 @@ def error_code(exc: BaseException) -> str:
 
     for error in (exc, exc.__cause__, exc.__context__):
         if isinstance(error, ClientError):
-            return str(error.response.get("Error", {}).get("Code", ""))
+            return aws.error_code(error)
     return ""
 
 

@@ -24,15 +24,20 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# Dependencies first, from pyproject's [project].dependencies, so a code change
-# rebuilds only the last layer.
-COPY pyproject.toml ./
+# Dependencies first, exactly as uv.lock pins them (with their hashes: pip refuses any
+# other file), so the image runs what the gate and the tests ran, and a code change
+# rebuilds only the last layer. uv only reads the lock here (`--locked` stops the build
+# when pyproject.toml changed without `uv lock`); it stays in the builder.
+COPY pyproject.toml uv.lock ./
 RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
-    python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-      > /tmp/requirements.txt; \
-    pip install --only-binary=:all: -r /tmp/requirements.txt
+    uv_version=$(python -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["tool"]["uv"]["required-version"])'); \
+    python -m venv /opt/uv; \
+    /opt/uv/bin/pip install --only-binary=:all: "uv${uv_version}"; \
+    /opt/uv/bin/uv export --locked --no-default-groups --no-emit-project --format requirements.txt \
+      --output-file /tmp/requirements.txt; \
+    pip install --require-hashes --only-binary=:all: --no-deps -r /tmp/requirements.txt
 
 # README.md* : the package's long description, optional so a checkout without it builds.
 COPY pyproject.toml README.md* ./

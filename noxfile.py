@@ -13,23 +13,29 @@ from pathlib import Path
 import nox
 
 nox.needs_version = ">=2025.2.9"
-nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["lint", "test"]
 nox.options.error_on_external_run = True
 
 ROOT = Path(__file__).parent
-PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHON = "3.11"
 # The environments: one Terraform root each (pipeline.environment reads the same directory).
 ENVIRONMENTS = sorted(p.parent.name for p in (ROOT / "terraform" / "envs").glob("*/main.tf"))
 CHOICES = "|".join(ENVIRONMENTS)
 
 
-def install(session: nox.Session, *groups: str) -> None:
-    """The project (the service's runtime deps) plus dependency groups from pyproject."""
-    session.install("-e", ".")
-    for group in groups:
-        session.install(*nox.project.dependency_groups(PYPROJECT, group))
+def install(session: nox.Session, *groups: str, project: bool = True) -> None:
+    """The dependency groups named and, with `project`, the project (editable) and the
+    service's runtime dependencies, at the versions uv.lock pins (`uv sync --locked`: a
+    pyproject.toml changed without `uv lock` stops the session with uv's message). The
+    sync is exact: the session's venv holds nothing else."""
+    option = "--group" if project else "--only-group"
+    selection = [f"{option}={group}" for group in groups]
+    session.run_install(
+        "uv", "sync", "--locked", "--no-default-groups", *selection,
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+        external=True,
+    )  # fmt: skip
 
 
 # pytest-xdist: a worker a core (at most four: each starts its own moto server and
@@ -104,7 +110,7 @@ def mutation(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Lint Python, the Dockerfile and the GitHub workflow."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    install(session, "lint", "terraform")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("hadolint", "Dockerfile")
@@ -116,7 +122,6 @@ def lint(session: nox.Session) -> None:
 
 def lint_terraform(session: nox.Session) -> None:
     """terraform fmt -check and validate of every root and module; checkov in its own venv."""
-    install(session, "terraform")
     use_provider_mirror(session)
     session.run("python", "-m", "pipeline", "terraform", "lint")
     session.notify("checkov")
@@ -125,7 +130,7 @@ def lint_terraform(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def checkov(session: nox.Session) -> None:
     """Scan terraform/ with checkov (its own venv: its pins clash with ours)."""
-    session.install(*nox.project.dependency_groups(PYPROJECT, "checkov"))
+    install(session, "checkov", project=False)
     session.run(
         "checkov",
         "-d",

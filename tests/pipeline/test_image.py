@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import time
+import tomllib
 import urllib.error
 import urllib.request
 import uuid
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import boto3
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from pipeline import image
 from pipeline import registry as registries
@@ -250,6 +253,45 @@ def test_image_has_no_compiler_installer_or_model(built: Built) -> None:
         "print(tools + models)",
     ).stdout.strip()
     assert found == "[]"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_image_holds_exactly_the_runtime_packages_uv_lock_pins(built: Built) -> None:
+    """What the gate and the tests ran is what the image runs: every distribution in the
+    image is the service or one of the runtime packages uv.lock pins, at its version, and
+    none is missing (the lock read by `uv export`, its markers evaluated as in the image)."""
+    uv = shutil.which("uv")
+    require(uv is not None, "uv is not installed", "pip install uv")
+    inside = json.loads(
+        podman(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python",
+            built.ref,
+            "-c",
+            "import importlib.metadata as m, json; from packaging import markers; "
+            "print(json.dumps({'environment': markers.default_environment(), 'installed': "
+            "sorted([d.metadata['Name'], d.version] for d in m.distributions())}))",
+        ).stdout
+    )
+    exported = subprocess.run(
+        [str(uv), "export", "--locked", "--offline", "--no-default-groups", "--no-emit-project",
+         "--no-hashes", "--no-annotate", "--no-header", "--project", str(REPO)],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pinned = {(project["name"], project["version"])}
+    for line in exported.splitlines():
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate(inside["environment"]):
+            (version,) = (spec.version for spec in requirement.specifier)
+            pinned.add((canonicalize_name(requirement.name), version))
+    installed = {(canonicalize_name(name), version) for name, version in inside["installed"]}
+    assert installed == pinned
 
 
 @pytest.mark.slow

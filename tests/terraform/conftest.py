@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import tomllib
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +26,6 @@ from tests.conftest import REPO, require_tool
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 MOTO_OVERRIDE_TEMPLATE = HERE / "moto_override.tf.tmpl"
-PYPROJECT = REPO / "pyproject.toml"
 
 # What the moto-based applies change, and only them: moto's Application Auto
 # Scaling lacks ListTagsForResource, which the provider reads after creating a scalable
@@ -62,11 +60,12 @@ MOTO_STATE_BUCKET = "onnx-ship-tfstate-123456789012-us-east-1"
 
 
 @pytest.fixture(scope="session")
-def checkov_command() -> list[str]:
+def checkov_command(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """checkov, which needs its own virtualenv (its pins clash with ours).
 
-    CHECKOV, else `checkov` on PATH, else `uv tool run` of pyproject's `checkov` dependency
-    group (what `nox -s checkov` installs): made once here, then cached by uv.
+    CHECKOV, else `checkov` on PATH, else pyproject's `checkov` dependency group at the
+    versions uv.lock pins (what `nox -s checkov` installs), synced once into a virtualenv
+    of this run's.
     """
     path = os.environ.get("CHECKOV") or shutil.which("checkov")
     uv = shutil.which("uv")
@@ -76,14 +75,19 @@ def checkov_command() -> list[str]:
     )
     if path or not uv:
         return [require_tool(missing, path)]
-    first, *others = tomllib.loads(PYPROJECT.read_text())["dependency-groups"]["checkov"]
-    command = [uv, "tool", "run", "--from", first, *(f"--with={r}" for r in others), "checkov"]
+    venv = tmp_path_factory.mktemp("checkov") / "venv"
+    command = [uv, "sync", "--locked", "--only-group=checkov", "--project", str(REPO)]
     made = subprocess.run(
-        [*command, "--version"], capture_output=True, text=True, timeout=900, check=False
+        command,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     if made.returncode != 0:
         require_tool(f"`{' '.join(command)}` failed: {made.stderr[-2000:]}", None)
-    return command
+    return [str(venv / "bin" / "checkov")]
 
 
 @pytest.fixture(scope="session", autouse=True)

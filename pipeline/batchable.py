@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.artifacts import sha256_of
-from service.model import session_options
+from service.model import TensorSpec, scores_first, session_options
 
 BATCH_DIM = "batch"
 CHECK_BATCH = 256
@@ -74,7 +74,10 @@ def make_copy(model_path: Path, target: Path) -> Path:
 
 
 def prove_equal(original: Path, copy: Path, inputs: np.ndarray) -> float:
-    """Max |difference| of the copy's scores over `inputs` ([N, *item]); NotBatchable if unequal."""
+    """Max |difference| of the copy's floating-point outputs over `inputs` ([N, *item]);
+    NotBatchable unless every output answers as the original's does: the scores output
+    (`service.model.scores_first`) with the same class for every row, floats within
+    RELATIVE_TOLERANCE, other types exactly."""
     options = session_options()
     reference = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
     try:
@@ -82,18 +85,42 @@ def prove_equal(original: Path, copy: Path, inputs: np.ndarray) -> float:
     except Exception as exc:  # onnxruntime raises several private types
         raise NotBatchable(f"onnxruntime cannot open the copy: {exc}") from None
     name = reference.get_inputs()[0].name
+    outputs = [
+        spec.name
+        for spec in scores_first([TensorSpec.from_ort(o) for o in reference.get_outputs()])
+    ]
     worst = 0.0
     for start in range(0, len(inputs), CHECK_BATCH):
         chunk = inputs[start : start + CHECK_BATCH]
         try:
-            got = batched.run(None, {name: chunk})[0]
+            got = batched.run(outputs, {name: chunk})
         except Exception as exc:
             raise NotBatchable(f"the copy fails on a batch of {len(chunk)}: {exc}") from None
-        want = np.concatenate([reference.run(None, {name: row[None]})[0] for row in chunk])
-        if got.shape != want.shape or not np.array_equal(got.argmax(1), want.argmax(1)):
-            raise NotBatchable(f"the copy's classes differ from the original's near image {start}")
-        difference = float(np.abs(got - want).max())
-        scale = float(np.abs(want).max()) or 1.0
+        rows = [reference.run(outputs, {name: row[None]}) for row in chunk]
+        want = [np.concatenate([row[j] for row in rows]) for j in range(len(outputs))]
+        worst = max(worst, _difference(got, want, start))
+    return worst
+
+
+def _difference(got: list[np.ndarray], want: list[np.ndarray], start: int) -> float:
+    """Max |difference| of the floating-point outputs of one chunk (the scores first);
+    NotBatchable when a shape, the scores' classes, an exact output or a float's
+    tolerance differs."""
+    scores, expected = got[0], want[0]
+    if scores.shape != expected.shape or not np.array_equal(
+        scores.reshape(len(scores), -1).argmax(1), expected.reshape(len(expected), -1).argmax(1)
+    ):
+        raise NotBatchable(f"the copy's classes differ from the original's near image {start}")
+    worst = 0.0
+    for value, reference in zip(got, want, strict=True):
+        if value.shape != reference.shape:
+            raise NotBatchable(f"the copy's output shapes differ near image {start}")
+        if reference.dtype.kind != "f":
+            if not np.array_equal(value, reference):
+                raise NotBatchable(f"the copy's outputs differ near image {start}")
+            continue
+        difference = float(np.abs(value - reference).max())
+        scale = float(np.abs(reference).max()) or 1.0
         if difference > RELATIVE_TOLERANCE * scale:
             raise NotBatchable(
                 f"the copy's scores differ by {difference:g} (scale {scale:g}) near image {start}"

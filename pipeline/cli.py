@@ -61,6 +61,7 @@ from service import aws
 from service.__main__ import serve
 from service.artifacts import ArtifactError
 from service.config import DEFAULT_APP_ENV, ConfigError, Settings
+from service.errors import ModelLoadError
 from service.store import StoreError
 
 DEFAULT_LOCAL_CAPTURE = REPO / "predictions"
@@ -488,6 +489,7 @@ FAILURES: tuple[type[Exception], ...] = (
     ImageError,
     InvalidReference,
     MissingEnvironment,
+    ModelLoadError,
     MutationError,
     NoDeploymentRecords,
     PredictionLogError,

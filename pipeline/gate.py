@@ -2,9 +2,10 @@
 
 Four checks, each failing with a plain reason:
 
-1. signature: the model fits the service: one input, of a float type, whose
-   item shape holds one test image (784 values for MNIST); a first output
-   shaped [batch, classes] with a class for every label.
+1. signature: the model fits the service: one file (no external data); one
+   input, of a float type, whose item shape holds one test image (784 values
+   for MNIST); a float output of scores shaped [batch, classes] with a class for
+   every label (wherever the graph lists it: the service puts it first).
 2. accuracy: top-1 accuracy on the whole test set >= `[gate] min_accuracy`.
 3. latency: p99 of `[gate] latency_runs` single-image runs <= `max_p99_latency_ms`.
 4. champion: accuracy no more than `max_regression` below the model deployed in
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -162,12 +164,8 @@ def run_gate(
     started = time.perf_counter()
     dataset = load_dataset(downloaded.images_path, downloaded.labels_path, reference.test_format)
     info = ModelInfo(reference.name, downloaded.sha256s["model"][:12], downloaded.sha256s["model"])
-    model = evaluation = inputs = None
-    try:
-        model = OnnxModel(downloaded.model_path, info)
-        signature = check_signature(model, dataset, labels=reference.labels)
-    except ModelLoadError as exc:
-        signature = Check("signature", FAILED, str(exc))
+    evaluation = inputs = None
+    model, signature = load_and_check(downloaded.model_path, info, dataset, reference.labels)
     if signature.status == PASSED:
         try:
             inputs = model_inputs(model, dataset, reference.input_scale)
@@ -203,12 +201,54 @@ def run_gate(
     )
 
 
+def load_and_check(
+    path: Path, info: ModelInfo, dataset: Dataset, labels: tuple[str, ...] = ()
+) -> tuple[OnnxModel | None, Check]:
+    """Open the model at `path` as the service does and check its signature: the model
+    (None when it does not load) and the signature Check. A model that keeps its weights
+    in external data files fails: its sha256 covers the graph only, and a deploy ships
+    (and the service fetches) the one file MODEL_URL names."""
+    try:
+        model = OnnxModel(path, info)
+    except ModelLoadError as exc:
+        return None, Check("signature", FAILED, str(exc))
+    beside = external_data_files(path)
+    if beside:
+        return model, _misfit(
+            f"{path.name} keeps its weights in {', '.join(beside)} beside it (ONNX external "
+            "data), which its sha256 does not cover and a deploy does not ship: save the "
+            "model as one file (torch.onnx.export(..., external_data=False), or "
+            "onnx.save(onnx.load(path), new_path))"
+        )
+    return model, check_signature(model, dataset, labels=labels)
+
+
+def external_data_files(path: Path) -> list[str]:
+    """The files, beside the model at `path`, that hold tensors of its graph (ONNX
+    external data: an initializer whose `data_location` is EXTERNAL), sorted; [] for a
+    model kept in one file. The model must be valid ONNX (the service opened it)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sorted(
+        {
+            entry.value
+            for tensor in graph.initializer
+            if uses_external_data(tensor)
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+    )
+
+
 def check_signature(model: OnnxModel, dataset: Dataset, labels: tuple[str, ...] = ()) -> Check:
     """Does the model take one test image and answer a score per class?
 
     Passes when the model has one floating-point input whose item holds as many values
-    as one test image (`dataset.images` is [N, H, W]), and a first output shaped
-    [batch, classes] with at least as many classes as the labels name (a dynamic
+    as one test image (`dataset.images` is [N, H, W]), and a floating-point output
+    (`service.model.scores_first` lists it first) shaped [batch, classes] with at
+    least as many classes as the labels name (a dynamic
     class dimension passes), and `labels` (model.toml's, the service's MODEL_LABELS), if
     any, name one label per class, as the service asks before it starts. The failed
     Check's detail names the misfit.
@@ -232,12 +272,13 @@ def check_signature(model: OnnxModel, dataset: Dataset, labels: tuple[str, ...] 
             f"{list(spec.item_shape)} ({spec.item_size} values), but a test image is "
             f"{image_shape} ({image_size} values)",
         )
-    output = model.outputs[0]
+    output = model.outputs[0]  # the scores output, when there is one (scores_first)
     if output.dtype.kind != "f" or len(output.shape) != 2:
+        found = ", ".join(f"{o.name!r} {o.datatype} {list(o.shape)}" for o in model.outputs)
         return _misfit(
-            f"output {output.name!r} is {output.datatype} "
-            f"{list(output.shape)}; the service needs float scores shaped "
-            "[batch, classes]",
+            f"the service needs float scores shaped [batch, classes] (logits or "
+            f"probabilities), and no output is shaped so: the model answers {found}; "
+            "export the classifier's scores as such an output",
         )
     if 0 < output.shape[1] < dataset.classes:
         return _misfit(

@@ -2,7 +2,8 @@
 
 Model-agnostic: shapes and types are read from the graph. A model whose batch
 dimension is fixed at 1 (the Model Zoo's mnist-8) still takes batches, one row
-at a time. This module never imports falcon.
+at a time. The outputs are listed with the class scores first (`scores_first`),
+whatever order the exporter wrote them in. This module never imports falcon.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ class TensorSpec:
 
     @classmethod
     def from_ort(cls, arg: ort.NodeArg) -> TensorSpec:
+        """The spec of one graph input or output; ModelLoadError, naming the fix, when it
+        is not a tensor of a type in ORT_TYPES."""
         if arg.type not in ORT_TYPES:
-            raise ModelLoadError(f"tensor {arg.name!r} has type {arg.type}, which is not served")
+            raise ModelLoadError(_unserved_type(arg.name, arg.type))
         dtype, datatype = ORT_TYPES[arg.type]
         shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
         return cls(arg.name, dtype, datatype, shape)
@@ -75,6 +78,39 @@ class TensorSpec:
     def with_dynamic_batch(self) -> TensorSpec:
         """The same tensor with its first dimension reported as -1 (any batch size)."""
         return replace(self, shape=(-1, *self.shape[1:]))
+
+
+def _unserved_type(name: str, onnx_type: str) -> str:
+    """Why a graph input or output of `onnx_type` cannot be served, and the fix."""
+    if onnx_type.startswith(("seq(", "map(")):
+        return (
+            f"{name!r} is a {onnx_type}, not a tensor (skl2onnx's ZipMap writes a classifier's "
+            "probabilities so): the service serves tensors only; convert the classifier with "
+            "skl2onnx's options={'zipmap': False}, which makes the probabilities one float "
+            "tensor shaped [batch, classes]"
+        )
+    served = ", ".join(datatype for _, datatype in ORT_TYPES.values())
+    return (
+        f"{name!r} has type {onnx_type}, which the service cannot serve: export the model "
+        f"with tensors of one of {served}"
+    )
+
+
+def scores_first(outputs: Sequence[TensorSpec]) -> tuple[TensorSpec, ...]:
+    """`outputs` with the class scores first: the first floating-point output shaped
+    [batch, classes] leads, the others keep their graph order (all of them do when no
+    output is shaped so).
+
+    The first output is what /predict takes its argmax from, what the labels name and
+    what capture records and the gate judge. Exporters do not always put the scores
+    first: skl2onnx writes a classifier's int64 `label` [batch] before its float
+    `probabilities` [batch, classes], and the argmax of a label is always 0.
+    """
+    scores = next(
+        (i for i, spec in enumerate(outputs) if spec.dtype.kind == "f" and len(spec.shape) == 2),
+        0,
+    )
+    return (outputs[scores], *outputs[:scores], *outputs[scores + 1 :])
 
 
 def shape_words(shape: Sequence[int]) -> str:
@@ -112,13 +148,16 @@ class OnnxModel:
         self.info = info
         self.labels = labels
         self.inputs = tuple(TensorSpec.from_ort(a) for a in self._session.get_inputs())
-        self.outputs = tuple(TensorSpec.from_ort(a) for a in self._session.get_outputs())
+        # Outputs are listed (in metadata, answers and by `run`) with the scores first.
+        self.outputs = scores_first([TensorSpec.from_ort(a) for a in self._session.get_outputs()])
         self._output_names = [o.name for o in self.outputs]
         first = self.inputs[0]
         if first.item_size <= 0:
             raise ModelLoadError(
                 f"input {first.name!r} has shape {list(first.shape)}; only the batch "
-                "dimension may be dynamic"
+                "dimension may be dynamic: export the model with the others fixed (with "
+                "torch.onnx.export, name the batch dimension alone in dynamic_shapes or "
+                "dynamic_axes)"
             )
         self.input = first
         self.batch_fixed_at_one = first.shape[0] == 1
@@ -176,9 +215,24 @@ class OnnxModel:
         return self.run({self.input.name: batch})[self._output_names[0]]
 
     def warm_up(self) -> None:
+        """Run one row, then two wherever batches run in one call (a dynamic batch, or the
+        batch-capable copy), as the dynamic batcher will. Raises what onnxruntime raises for
+        one row, and ModelLoadError, naming the fix, for a graph that declares a dynamic
+        batch but cannot run one (an exporter's Reshape to a fixed [1, ...], say)."""
         self.scores(np.zeros((1, *self.input.item_shape), dtype=self.input.dtype))
-        if self._batched is not None:
+        if self.batch_fixed_at_one and self._batched is None:
+            return
+        try:
             self.scores(np.zeros((2, *self.input.item_shape), dtype=self.input.dtype))
+        except Exception as exc:  # onnxruntime raises several private types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ModelLoadError(
+                f"input {self.input.name!r} declares a dynamic batch "
+                f"{list(self.input.shape)}, but the model fails on a batch of 2 ({reason}): "
+                "export it so that every operator takes the batch from the input (no "
+                "reshape to a fixed 1), or with its batch dimension fixed at 1, which the "
+                "service runs one row at a time"
+            ) from exc
 
     # -- input shaping -----------------------------------------------------
 
@@ -226,6 +280,9 @@ def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Fatal only: onnxruntime's own error log repeats on stderr, in colour, what the
+    # exception it raises says, and the callers report that exception (at start, one line).
+    options.log_severity_level = 4
     return options
 
 
@@ -239,4 +296,25 @@ def _session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
     except Exception as exc:  # onnxruntime raises several private types
         text = str(exc).strip()
         first_line = text.splitlines()[0] if text else type(exc).__name__
-        raise ModelLoadError(f"{path} is not a loadable ONNX model: {first_line}") from exc
+        raise ModelLoadError(
+            f"{path} is not a loadable ONNX model: {first_line}{_load_fix(first_line)}"
+        ) from exc
+
+
+def _load_fix(reason: str) -> str:
+    """The fix for the load failures a freshly exported model meets, as a clause; "" for
+    any other (a file that is not ONNX says so itself)."""
+    if "external data" in reason.lower():
+        return (
+            "; the model keeps its weights in a separate external data file, which its "
+            "sha256 does not cover and a deploy does not ship: save it as one file "
+            "(torch.onnx.export(..., external_data=False), or onnx.save(onnx.load(path), "
+            "new_path))"
+        )
+    if "NOT_IMPLEMENTED" in reason:
+        return (
+            f"; onnxruntime {ort.__version__}'s CPU provider has no kernel for that operator "
+            "with these types at this opset (a float64 Conv, for one): export the model in "
+            "float32, at an opset this onnxruntime implements"
+        )
+    return ""

@@ -30,7 +30,7 @@ import pytest
 from pipeline import aws_calls, terraform
 from pipeline.aws_calls import Role
 from tests.conftest import free_port, wait_for_http
-from tests.terraform import iam
+from tests.terraform import iam, live_changes
 from tests.terraform.conftest import (
     MOTO_STATE_BUCKET,
     MOTO_TFVARS,
@@ -926,6 +926,94 @@ def test_flow_logs_role_may_make_every_call_the_vpc_guide_lists(applied: Applied
     other = "arn:aws:logs:us-east-1:123456789012:log-group:/ecs/someone-else"
     assert not iam.allowed(policies, "logs:PutLogEvents", f"{other}:log-stream:s")
     assert not iam.allowed(policies, "logs:CreateLogGroup", other)
+
+
+# ---------------------------------------------------------------------------
+# Changing a live environment (README.md, "Changing a live environment")
+# ---------------------------------------------------------------------------
+
+# What a user changes in a live environment's terraform.tfvars, all at once: sizes,
+# counts, retention, the networks let in, a certificate, alarms, the repository,
+# and one zone replaced by another in its place (prod: with a NAT gateway in it).
+DAY_TO_DAY_CHANGES = """\
+task_cpu                           = 2048
+task_memory                        = 4096
+desired_count                      = 3
+min_capacity                       = 3
+max_capacity                       = 6
+availability_zones                 = ["us-east-1a", "us-east-1c"]
+ingress_cidr_blocks                = ["203.0.113.0/24"]
+log_retention_days                 = 60
+capture_retention_days             = 90
+health_check_grace_period_seconds  = 120
+load_balancer_idle_timeout_seconds = 120
+prediction_log_sample              = 50
+container_insights                 = true
+flow_log_traffic_type              = "ALL"
+alarm_5xx_threshold                = 20
+alarm_latency_p95_seconds          = 2
+github_repository                  = "example-org/onnx-ship-renamed"
+deletion_protection                = false
+tags                               = { Team = "ml" }
+certificate_arn                    = "arn:aws:acm:us-east-1:123456789012:certificate/changed"
+domain_name                        = "changed.onnx-ship.test"
+"""
+# dev from no NAT gateway to one (its tasks move to the private subnets).
+NAT_CHANGE = {"dev": 'nat_gateways = "shared"\n', "prod": ""}
+
+
+def test_day_to_day_changes_replace_nothing_that_holds_data_or_is_in_use(
+    applied: Applied,
+) -> None:
+    """The plan of every change the variables invite, against the live environments:
+    no bucket, repository, log group, role, secret, load balancer or service is
+    replaced, and the subnets of a new zone are created before the old ones are deleted,
+    on ranges no live subnet holds, so the load balancer and the tasks move to them
+    first (deleted first, EC2 refuses with DependencyViolation while they are in use)."""
+
+    def plan(env: str) -> dict[str, Any]:
+        changes = applied.work / f"day-to-day-{env}.tfvars"
+        changes.write_text(DAY_TO_DAY_CHANGES + NAT_CHANGE[env])
+        result = terraform.plan(
+            env, terraform_dir=applied.work, var_files=[applied.var_file, changes]
+        )
+        return terraform.show_json(applied.root(env), result.plan_file)
+
+    for env, planned in in_parallel(plan, list(ENVS)).items():
+        moved = {r.address for r in live_changes.replacements(planned) if r.type == "aws_subnet"}
+        assert moved == {
+            "module.network.aws_subnet.public[1]",
+            "module.network.aws_subnet.private[1]",
+        }, env
+        assert live_changes.unsafe_replacements(planned) == [], env
+        assert live_changes.subnet_range_conflicts(planned) == [], env
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        'aws_region = "us-west-2"\navailability_zones = ["us-west-2a", "us-west-2b"]\n',
+        'project = "onnxship"\n',
+        'vpc_cidr_block = "10.99.0.0/16"\n',
+    ],
+    ids=["region", "project", "vpc-range"],
+)
+def test_region_names_and_vpc_range_are_refused_once_applied(applied: Applied, change: str) -> None:
+    """Another region would plan a second environment and leave the first running
+    outside the state; another name or VPC range would replace the bucket, the
+    repository and the load balancer. The plan stops, saying what was applied."""
+    changed = applied.work / "fixed-once-applied.tfvars"
+    changed.write_text(change)
+    with pytest.raises(terraform.TerraformError) as refused:
+        terraform.plan(
+            "dev",
+            terraform_dir=applied.work,
+            var_files=[applied.var_file, changed],
+            extra_args=["-refresh=false"],
+        )
+    message = " ".join(str(refused.value).split())
+    assert "These are fixed once applied" in message
+    assert '"name":"onnx-ship-dev","vpc_cidr_block":"10.10.0.0/16"' in message
 
 
 # ---------------------------------------------------------------------------

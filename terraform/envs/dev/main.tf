@@ -26,6 +26,12 @@ locals {
   bucket_name = "${local.name}-${local.account_id}-${var.aws_region}"
   state_key   = "${var.project}/${var.environment}/terraform.tfstate"
 
+  fixed_once_applied = {
+    aws_region     = var.aws_region
+    name           = local.name
+    vpc_cidr_block = var.vpc_cidr_block
+  }
+
   tags = merge(var.tags, {
     Project     = var.project
     Environment = var.environment
@@ -37,6 +43,28 @@ locals {
     for source in var.promote_from_environments :
     "arn:${data.aws_partition.current.partition}:ecr:${var.aws_region}:${local.account_id}:repository/${var.project}-${source}"
   ]
+}
+
+# What an environment is built in and named by, fixed once applied. A new region finds
+# none of the environment's resources there (the provider reads each by its ID in the
+# configured region): the plan builds a second environment and leaves the first one
+# running, and billing, outside the state, and renames the bucket, which replaces it
+# (force_destroy: with everything in it). A new project or environment name replaces
+# every named resource, bucket and repository included, and a new VPC range the VPC
+# under a load balancer that cannot change VPC. So the plan stops here instead
+# (README.md, "Changing a live environment"). ignore_changes keeps the values of the
+# first apply; `terraform destroy` with them still tears the environment down.
+resource "terraform_data" "fixed_once_applied" {
+  input = local.fixed_once_applied
+
+  lifecycle {
+    ignore_changes = [input]
+
+    postcondition {
+      condition     = self.output == local.fixed_once_applied
+      error_message = "This environment was applied as ${jsonencode(self.output)}; the configuration now says ${jsonencode(local.fixed_once_applied)}. These are fixed once applied: a change would build a second environment (another region), or replace the bucket, the repository and the load balancer (another name or VPC range). Put the old values back, or tear the environment down and apply it anew (README.md, \"Changing a live environment\")."
+    }
+  }
 }
 
 module "storage" {

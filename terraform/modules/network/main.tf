@@ -19,6 +19,13 @@ locals {
     per_az = local.az_count
   }[var.nat_gateways]
   tasks_in_public_subnets = var.nat_gateways == "none"
+
+  # A zone's subnets take their ranges from the zone's letter (a: public .0/24 and
+  # private .100/24, b: .1 and .101, ...), not from its place in the list: a zone
+  # replaced in its place gets ranges no live subnet holds, so its new subnets can be
+  # made before the old ones go (create_before_destroy below).
+  zone_letters = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z"]
+  zone_netnums = [for az in local.azs : index(local.zone_letters, substr(az, -1, 1))]
 }
 
 ################################################################################
@@ -56,10 +63,19 @@ resource "aws_subnet" "public" {
 
   vpc_id                  = aws_vpc.this.id
   availability_zone       = local.azs[count.index]
-  cidr_block              = cidrsubnet(var.cidr_block, 8, count.index)
+  cidr_block              = cidrsubnet(var.cidr_block, 8, local.zone_netnums[count.index])
   map_public_ip_on_launch = false
 
   tags = merge(var.tags, { Name = "${var.name}-public-${local.azs[count.index]}", Tier = "public" })
+
+  # A subnet in a new zone exists before the one it replaces is deleted, so the load
+  # balancer, the service and the NAT gateway move to it first. Deleted first, the old
+  # subnet would still hold their network interfaces: EC2 refuses with
+  # DependencyViolation, and the provider retries for its 20 minute delete timeout
+  # (aws_subnet, Timeouts) while nothing moves them.
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 resource "aws_subnet" "private" {
@@ -67,9 +83,14 @@ resource "aws_subnet" "private" {
 
   vpc_id            = aws_vpc.this.id
   availability_zone = local.azs[count.index]
-  cidr_block        = cidrsubnet(var.cidr_block, 8, 100 + count.index)
+  cidr_block        = cidrsubnet(var.cidr_block, 8, 100 + local.zone_netnums[count.index])
 
   tags = merge(var.tags, { Name = "${var.name}-private-${local.azs[count.index]}", Tier = "private" })
+
+  # As the public subnets: the tasks' interfaces move out before the old one is deleted.
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 ################################################################################

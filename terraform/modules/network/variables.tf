@@ -25,6 +25,15 @@ variable "availability_zones" {
     condition     = length(var.availability_zones) >= 2
     error_message = "availability_zones needs 2 zones or more: an Application Load Balancer needs subnets in two availability zones."
   }
+
+  # The zone's last letter places its subnets' ranges (main.tf, zone_netnums).
+  validation {
+    condition = (
+      alltrue([for az in var.availability_zones : can(regex("[a-z]$", az))]) &&
+      length(distinct([for az in var.availability_zones : substr(az, -1, 1)])) == length(var.availability_zones)
+    )
+    error_message = "availability_zones must end in a letter each, no two in the same letter (e.g. [\"us-east-1a\", \"us-east-1b\"]): a zone's letter places its subnets' ranges."
+  }
 }
 
 variable "nat_gateways" {

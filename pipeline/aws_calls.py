@@ -204,6 +204,14 @@ CALLS: tuple[AwsCall, ...] = (
         "pipeline.registry.Ecr.existing, pipeline.registry.push",
         "is the tag taken (tags are immutable)? Also listed for every push",
     ),
+    AwsCall(
+        Role.DEPLOY,
+        "ecr:BatchGetImage",
+        REPOSITORY,
+        "pipeline.release.rollback (pipeline.registry.Ecr.holds)",
+        "is the image of the release a rollback returns to still there (the lifecycle "
+        "policy expires images)?",
+    ),
     *(
         AwsCall(Role.DEPLOY, action, REPOSITORY, "pipeline.registry.push (podman/docker push)", why)
         for action, why in _PUSH

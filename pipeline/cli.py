@@ -311,13 +311,28 @@ def _add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--url",
-        default=os.environ.get(parts.URL_ENV) or str(DEFAULT_LOCAL_CAPTURE),
         help=f"where the service captures predictions: s3://bucket/prefix or a directory "
-        f"(default: ${parts.URL_ENV}, else {DEFAULT_LOCAL_CAPTURE})",
+        f"(default: ${parts.URL_ENV}, else an environment's capture_url output "
+        f"(<ENV>_CAPTURE_URL), else {DEFAULT_LOCAL_CAPTURE})",
     )
     parser.add_argument(
         "--since", help="only predictions since then: 30m, 2h, 1d or an ISO date/time (UTC)"
     )
+
+
+def _capture_store(args: argparse.Namespace) -> parts.PartStore:
+    """The store the command reads: `--url`, else $PREDICTION_LOG_URL, else for an
+    environment its capture root (the `capture_url` output, or `<ENV>_CAPTURE_URL`), else
+    the local capture of `nox -s serve`. An empty `--url` stays empty, so it is refused."""
+    url = args.url
+    if url is None:
+        url = os.environ.get(parts.URL_ENV) or str(DEFAULT_LOCAL_CAPTURE)
+        if args.environment in ENVIRONMENTS and not os.environ.get(parts.URL_ENV):
+            try:
+                url = output(args.environment, "capture_url")
+            except MissingEnvironment as exc:
+                raise PredictionLogError(f"{exc}, or pass --url") from None
+    return parts.open_store(url)
 
 
 def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
@@ -341,7 +356,7 @@ def _at_least_one(raw: str) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     """Print an environment's predictions, one JSON object per line, newest first."""
-    store = parts.open_store(args.url)
+    store = _capture_store(args)
     since = parts.parse_since(args.since) if args.since is not None else None
     try:
         printed = parts.logs(
@@ -392,7 +407,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             client, where, output(args.environment, "glue_database"), since
         )
     else:
-        store = parts.open_store(args.url)
+        store = _capture_store(args)
         where = store.url
         aggregates = engine.aggregate_store(store, args.environment, since)
     baseline = None if args.no_baseline else statistics.test_set_labels()
@@ -427,7 +442,7 @@ def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     """Merge each finished hour's capture parts into a few large objects, exactly once."""
-    store = parts.open_store(args.url)
+    store = _capture_store(args)
     since = parts.parse_since(args.since) if args.since is not None else None
     hour = compaction.parse_hour(args.hour) if args.hour is not None else None
     done = compaction.compact(store, args.environment, since=since, hour=hour)

@@ -73,12 +73,28 @@ class Ecr:
 
     def existing(self, repository_name: str, tag: str) -> RemoteImage | None:
         """The image the repository holds under `tag`, or None when the tag is free."""
+        return self._lookup(repository_name, {"imageTag": tag}, f"{repository_name}:{tag}")
+
+    def holds(self, repository_name: str, digest: str) -> bool:
+        """Whether the repository still holds the image `digest` ("sha256:..."): its
+        lifecycle policy may have expired it (ECR answers a missing one with the failure
+        code ImageNotFound: ECR API reference, BatchGetImage and ImageFailure)."""
+        found = self._lookup(
+            repository_name, {"imageDigest": digest}, f"{repository_name}@{digest}"
+        )
+        return found is not None
+
+    def _lookup(
+        self, repository_name: str, image_id: dict[str, str], label: str
+    ) -> RemoteImage | None:
+        """BatchGetImage of one `image_id` (a tag or a digest); None when ECR has no such
+        image. Raises ImageError for a missing repository or any other failure."""
         from botocore.exceptions import ClientError
 
         try:
             answer = self._client.batch_get_image(
                 repositoryName=repository_name,
-                imageIds=[{"imageTag": tag}],
+                imageIds=[image_id],
                 acceptedMediaTypes=[
                     "application/vnd.docker.distribution.manifest.v2+json",
                     "application/vnd.oci.image.manifest.v1+json",
@@ -99,7 +115,7 @@ class Ecr:
         for failure in answer.get("failures", []):
             if failure.get("failureCode") not in _NOT_FOUND_CODES:
                 raise ImageError(
-                    f"ECR could not look up {repository_name}:{tag}: "
+                    f"ECR could not look up {label}: "
                     f"{failure.get('failureCode')}: {failure.get('failureReason')}"
                 )
         images = answer.get("images", [])

@@ -29,6 +29,7 @@ from botocore.retries.standard import (
 )
 
 from pipeline import compaction_task, records, revisions
+from pipeline import registry as registries
 from pipeline.environment import Environment
 from service import aws
 from service.auth import bearer_header
@@ -699,26 +700,58 @@ def _rollback_target(
     return earlier[-1]
 
 
-def _still_active(ecs: Ecs, target: dict[str, Any]) -> None:
-    """Raise ReleaseError, naming the commit to deploy again, when the revision of the
-    release `target` (a record) is not ACTIVE: ECS cannot point a service at it (ECS API
-    reference, DeregisterTaskDefinition)."""
+def _still_runnable(
+    env: Environment, ecs: Ecs, target: dict[str, Any], latest: dict[str, Any], ecr: Any
+) -> None:
+    """Raise ReleaseError, saying how to ship that release again, when the release `target`
+    (a record) cannot run any more: its revision is not ACTIVE, and ECS cannot point a
+    service at it (ECS API reference, DeregisterTaskDefinition), or its image, by digest
+    in this environment's repository, is gone (the repository's lifecycle policy expires
+    images; a deployment of it would fail to pull until the circuit breaker stops it).
+    `ecr` makes the pipeline.registry.Ecr that answers, called only for such an image."""
     task_definition = target["task_definition"]
     state = ecs.revision_status(task_definition)
     if state != "ACTIVE":
-        raise ReleaseError(
+        problem = (
             f"{task_definition}, the revision of release {target['release_id']}, is {state}, "
             "and ECS cannot point a service at a revision that is not ACTIVE (ECS API "
-            "reference, DeregisterTaskDefinition): nothing was changed; deploy that "
-            f"release's commit ({target.get('git_sha', 'unknown')}) again, which registers "
-            "a new revision of it"
+            "reference, DeregisterTaskDefinition)"
         )
+        raise ReleaseError(f"{problem}: {_ship_again(env, target, latest)}")
+    repository, _, digest = str(target.get("image", "")).partition("@")
+    if digest and repository == env.ecr_repository_url.rstrip("/"):
+        name = repository.partition("/")[2]
+        if not ecr().holds(name, digest):
+            raise ReleaseError(
+                f"the image of release {target['release_id']}, {target['image']}, is no "
+                f"longer in the {name} repository (its lifecycle policy expired it), so "
+                f"its tasks could not start: {_ship_again(env, target, latest)}"
+            )
+
+
+def _ship_again(env: Environment, target: dict[str, Any], latest: dict[str, Any]) -> str:
+    """What to do when the release `target` cannot run again as it was: a new commit with
+    its code and model, deployed as usual. Its own commit is refused, as older code than
+    the environment runs (pipeline.deploy.refuse_older)."""
+    old, new = target.get("git_sha", ""), latest.get("git_sha", "")
+    if not old or not new or old == new:
+        return (
+            "nothing was changed; deploy a commit with that release's code and model, which "
+            "registers a new revision of it"
+        )
+    return (
+        f"nothing was changed; push a commit that reverts {old[:12]}..{new[:12]} "
+        f"(git revert --no-edit {old}..{new}) and deploy it as usual (dev first; prod by "
+        f"merging dev): it ships that code and model as a new release. {old[:12]} itself "
+        f"is refused, as older code than {env.environment} runs"
+    )
 
 
 def rollback(
     env: Environment,
     *,
     ecs: Ecs | None = None,
+    ecr: Callable[[], Any] | None = None,
     stable_timeout: float = STABLE_TIMEOUT_SECONDS,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -728,10 +761,13 @@ def rollback(
     `stable_timeout` seconds for the deployment to complete (see `Ecs.wait_for_rollout`),
     gives the scheduled compaction that release's image, and records the rollback as a
     new successful release, which becomes `latest.json`.
-    Raises ReleaseError when there is no earlier successful release or the deployment
-    does not complete, RecordError when the records cannot be read or written.
+    Raises ReleaseError when there is no earlier successful release, when it cannot run
+    any more (`_still_runnable`; nothing is changed then) or the deployment does not
+    complete, RecordError when the records cannot be read or written. `ecr` makes the
+    pipeline.registry.Ecr that checks the release's image (default: the environment's).
     """
     ecs = ecs or Ecs(env.client("ecs"))
+    ecr = ecr or (lambda: registries.Ecr(env.client("ecr")))
     history = [r for r in records.list_records(env.records_url) if r["outcome"] == "succeeded"]
     latest = records.read_latest(env.records_url)
     if latest is None or len(history) < 2:
@@ -741,7 +777,7 @@ def rollback(
         )
     target = _rollback_target(env, history, latest)
     task_definition = target["task_definition"]
-    _still_active(ecs, target)
+    _still_runnable(env, ecs, target, latest, ecr)
     say(
         f"rolling {env.environment} back from {latest['release_id']} to "
         f"{target['release_id']} ({task_definition})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import boto3
 
 from pipeline.environment import Environment
@@ -10,7 +12,7 @@ CLUSTER, SERVICE, FAMILY, CONTAINER = "onnx-ship-dev", "onnx-ship-dev", "onnx-sh
 
 
 def make_environment(endpoint: str, name: str = CLUSTER, environment: str = "dev") -> Environment:
-    """A cluster, service, task definition and bucket all called `name`."""
+    """A cluster, service, task definition, bucket and ECR repository all called `name`."""
     ecs = boto3.client("ecs")
     ecs.create_cluster(clusterName=name)
     first = ecs.register_task_definition(
@@ -48,6 +50,7 @@ def make_environment(endpoint: str, name: str = CLUSTER, environment: str = "dev
         launchType="FARGATE",
     )
     boto3.client("s3").create_bucket(Bucket=name)
+    boto3.client("ecr").create_repository(repositoryName=name)
     return Environment(
         environment=environment,
         aws_region="us-east-1",
@@ -62,3 +65,26 @@ def make_environment(endpoint: str, name: str = CLUSTER, environment: str = "dev
         models_url=f"s3://{name}/models",
         endpoint_url=endpoint,
     )
+
+
+def stored(image: str) -> str:
+    """`image` (`<registry>/<repository>@sha256:...`), put in moto's ECR repository of that
+    name under its digest, as a push leaves it; returned as it is."""
+    repository, _, digest = image.partition("@")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "digest": digest,
+            "size": 1,
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+        },
+        "layers": [],
+    }
+    boto3.client("ecr").put_image(
+        repositoryName=repository.partition("/")[2],
+        imageManifest=json.dumps(manifest),
+        imageTag=f"pushed-{digest[7:19]}",
+        imageDigest=digest,
+    )
+    return image

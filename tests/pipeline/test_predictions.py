@@ -48,6 +48,30 @@ def test_logs_prints_one_record_per_line_newest_first(tmp_path, capsys):
     assert json.loads(lines[-1])["prediction"] == 1
 
 
+def test_an_environments_commands_read_its_capture_url_without_url(tmp_path, capsys, monkeypatch):
+    # `nox -s logs -- prod` reads prod's capture (its capture_url output, here given as
+    # PROD_CAPTURE_URL), not the ./predictions of `nox -s serve`.
+    write_parts(str(tmp_path), env="prod")
+    monkeypatch.delenv(parts.URL_ENV, raising=False)
+    monkeypatch.setenv("PROD_CAPTURE_URL", str(tmp_path))
+    assert main(["logs", "prod"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert main(["report", "prod", "--no-baseline", "--chart", str(tmp_path / "c.png")]) == 0
+    assert "predictions in prod: 4 records" in capsys.readouterr().out
+
+
+def test_an_environment_whose_capture_url_is_unknown_names_url_as_a_fix(capsys, monkeypatch):
+    def no_state(environment):
+        raise RuntimeError("TF_STATE_BUCKET is not set")
+
+    monkeypatch.setattr("pipeline.environment.terraform_outputs", no_state)
+    monkeypatch.delenv(parts.URL_ENV, raising=False)
+    monkeypatch.delenv("PROD_CAPTURE_URL", raising=False)
+    assert main(["logs", "prod", "--since", "1h"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "capture_url" in error and "or pass --url" in error
+
+
 def test_logs_since_and_limit(tmp_path):
     write_parts(str(tmp_path))
     store = parts.open_store(f"file://{tmp_path}")

@@ -21,7 +21,7 @@ from pipeline.release import (
     status,
     task_environment,
 )
-from tests.pipeline.environments import CLUSTER, FAMILY, SERVICE, make_environment
+from tests.pipeline.environments import CLUSTER, FAMILY, SERVICE, make_environment, stored
 from tests.service.conftest import MNIST8_SHA256, start_server
 
 pytestmark = pytest.mark.integration
@@ -180,6 +180,7 @@ def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it
     aws, mnist8_server, smoke
 ):
     env = make_environment(mnist8_server.url)
+    stored(candidate().image)
     first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert first.succeeded and second.succeeded
@@ -193,6 +194,24 @@ def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it
     assert service["services"][0]["taskDefinition"] == first.task_definition
     shown = status(env, ecs=fast_ecs())
     assert shown["git_sha"] == "a" * 40 and shown["in_sync"]
+
+
+def test_rollback_to_a_release_whose_image_ecr_expired_leaves_the_service_as_it_is(
+    aws, mnist8_server, smoke
+):
+    env = make_environment(mnist8_server.url)
+    for sha in ("a" * 40, "b" * 40):
+        stored(image_of(sha).image)
+        shipped = release(env, image_of(sha), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
+        assert shipped.succeeded, shipped.reason
+    expired = image_of("a" * 40).image.partition("@")[2]
+    boto3.client("ecr").batch_delete_image(
+        repositoryName=FAMILY, imageIds=[{"imageDigest": expired}]
+    )
+    with pytest.raises(ReleaseError, match="no longer in the onnx-ship-dev repository"):
+        rollback(env, ecs=fast_ecs(), say=lambda m: None, stable_timeout=STABLE_SECONDS)
+    service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
+    assert service["services"][0]["taskDefinition"] == shipped.task_definition
 
 
 def test_rollback_without_history_says_so(aws, mnist8_server):
@@ -212,6 +231,7 @@ def test_a_release_starts_from_terraforms_revision_not_the_running_one(aws, mnis
     """A Terraform change to the task (here: memory) reaches the service with the next
     release, even though the service runs a revision the pipeline registered."""
     env = make_environment(mnist8_server.url)
+    stored(candidate().image)
     first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert first.succeeded, first.reason
     ecs = boto3.client("ecs")
@@ -403,6 +423,7 @@ def test_a_failed_first_release_registers_no_compaction_revision(aws, other_mode
 def test_rollback_puts_compaction_back_on_the_restored_release(aws, mnist8_server, smoke):
     env = with_compaction(make_environment(mnist8_server.url))
     for sha in ("a" * 40, "b" * 40):
+        stored(image_of(sha).image)
         shipped = release(env, image_of(sha), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
         assert shipped.succeeded, shipped.reason
     assert compaction_runs()["containerDefinitions"][0]["image"] == image_of("b" * 40).image

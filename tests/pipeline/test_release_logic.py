@@ -10,7 +10,7 @@ for every mutant of pipeline/release.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,6 +25,7 @@ from botocore.stub import ANY, Stubber
 from pipeline import records
 from pipeline import release as release_module
 from pipeline.environment import Environment, MissingEnvironment
+from pipeline.registry import Ecr
 from pipeline.release import (
     RELEASE_VARIABLES,
     Candidate,
@@ -1283,10 +1284,12 @@ def test_rollback_to_a_revision_that_cannot_run_changes_nothing_and_says_what_to
 ):
     """ECS cannot point a service at a revision that is not ACTIVE (ECS API reference,
     DeregisterTaskDefinition); a deleted one it no longer describes at all. The rollback
-    stops before UpdateService and names the commit to deploy again."""
+    stops before UpdateService and says how to ship that code again: a revert commit, since
+    a deploy of the older commit itself is refused (pipeline.deploy.refuse_older)."""
     env = environment(BASE, tmp_path)
     records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", RELEASED))
-    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", NEXT))
+    later = succeeded("20260102T000000Z-dddddddddddd", NEXT, git_sha="d" * 40)
+    records.write(env.records_url, later)
     if gone == "deleted":
         scripted.revision_gone(RELEASED)
         state = "deleted (ECS no longer describes it)"
@@ -1298,11 +1301,71 @@ def test_rollback_to_a_revision_that_cannot_run_changes_nothing_and_says_what_to
     assert str(raised.value) == (
         f"{RELEASED}, the revision of release 20260101T000000Z-cccccccccccc, is {state}, and "
         "ECS cannot point a service at a revision that is not ACTIVE (ECS API reference, "
-        "DeregisterTaskDefinition): nothing was changed; deploy that release's commit "
-        f"({'c' * 40}) again, which registers a new revision of it"
+        "DeregisterTaskDefinition): nothing was changed; push a commit that reverts "
+        f"cccccccccccc..dddddddddddd (git revert --no-edit {'c' * 40}..{'d' * 40}) and deploy "
+        "it as usual (dev first; prod by merging dev): it ships that code and model as a new "
+        "release. cccccccccccc itself is refused, as older code than dev runs"
     )
     scripted.stubber.assert_no_pending_responses()
     assert records.read_latest(env.records_url)["task_definition"] == NEXT
+
+
+def ecr_answering(*found: bool) -> tuple[Stubber, Callable[[], Ecr]]:
+    """An Ecr over a stubbed ECR client whose BatchGetImage answers, in turn, the image by
+    digest (True) or ECR's failure for an image it no longer holds (False)."""
+    client = boto3.client("ecr", region_name="us-east-1")
+    stubber = Stubber(client)
+    for there in found:
+        digest = {"imageDigest": EXPIRED_DIGEST}
+        image = {"imageId": digest, "imageManifest": "{}", "repositoryName": "onnx-ship-dev"}
+        failure = {"imageId": digest, "failureCode": "ImageNotFound", "failureReason": "gone"}
+        answer = (
+            {"images": [image], "failures": []} if there else {"images": [], "failures": [failure]}
+        )
+        expected = {
+            "repositoryName": "onnx-ship-dev",
+            "imageIds": [digest],
+            "acceptedMediaTypes": ANY,
+        }
+        stubber.add_response("batch_get_image", answer, expected)
+    stubber.activate()
+    return stubber, lambda: Ecr(client)
+
+
+EXPIRED_DIGEST = f"sha256:{'7' * 64}"
+
+
+def test_rollback_to_a_release_whose_image_expired_changes_nothing_and_says_what_to_do(
+    scripted, tmp_path
+):
+    """The repository's lifecycle policy may have expired the image of an old release: a
+    deployment of it could not pull it, and would fail only once the circuit breaker gave
+    up. The rollback asks ECR first and stops before UpdateService."""
+    env = environment(BASE, tmp_path)
+    image = f"{env.ecr_repository_url}@{EXPIRED_DIGEST}"
+    records.write(
+        env.records_url, succeeded("20260101T000000Z-cccccccccccc", RELEASED, image=image)
+    )
+    later = succeeded("20260102T000000Z-dddddddddddd", NEXT, git_sha="d" * 40)
+    records.write(env.records_url, later)
+    scripted.revision(RELEASED)
+    stubber, ecr = ecr_answering(False)
+    with pytest.raises(ReleaseError) as raised:
+        rollback(env, ecs=scripted.ecs(), ecr=ecr, say=lambda m: None)
+    assert str(raised.value).startswith(
+        f"the image of release 20260101T000000Z-cccccccccccc, {image}, is no longer in the "
+        "onnx-ship-dev repository (its lifecycle policy expired it), so its tasks could not "
+        "start: nothing was changed; push a commit that reverts cccccccccccc..dddddddddddd"
+    )
+    stubber.assert_no_pending_responses()
+    scripted.stubber.assert_no_pending_responses()
+    assert records.read_latest(env.records_url)["task_definition"] == NEXT
+    # With the image there, the same rollback goes ahead.
+    scripted.revision(RELEASED)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    stubber, ecr = ecr_answering(True)
+    assert rollback(env, ecs=scripted.ecs(), ecr=ecr, say=lambda m: None)["image"] == image
+    stubber.assert_no_pending_responses()
 
 
 def test_rollback_when_the_latest_is_the_oldest_says_so(scripted, tmp_path):

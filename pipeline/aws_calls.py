@@ -272,6 +272,14 @@ CALLS: tuple[AwsCall, ...] = (
     ),
     AwsCall(
         Role.DEPLOY,
+        "ecs:DescribeTaskDefinition",
+        "*",
+        "pipeline.release.Ecs.container (status)",
+        "the image, model and commit of the revision that runs, whatever the latest "
+        "release record says",
+    ),
+    AwsCall(
+        Role.DEPLOY,
         "ecs:RegisterTaskDefinition",
         "*",
         "pipeline.release.Ecs.register",

@@ -181,6 +181,18 @@ class Ecs:
             return NOT_FOUND
         return answer["taskDefinition"].get("status", "ACTIVE")
 
+    def container(self, task_definition: str, name: str) -> dict[str, Any]:
+        """The container definition `name` of the revision `task_definition`, as
+        DescribeTaskDefinition answers it (its `image`, its `environment`); ReleaseError when
+        the revision has no container of that name."""
+        answer = self._client.describe_task_definition(taskDefinition=task_definition)
+        for definition in answer["taskDefinition"].get("containerDefinitions", []):
+            if definition.get("name") == name:
+                return definition
+        raise ReleaseError(
+            f"{task_definition} has no container {name!r}: check the container_name output"
+        )
+
     def register(
         self, base_arn: str, container: str, image: str, environment: dict[str, str]
     ) -> str:
@@ -809,36 +821,55 @@ def rollback(
 
 
 def status(env: Environment, *, ecs: Ecs | None = None) -> dict[str, Any]:
-    """What runs in `env`: the service's revision and tasks, the latest release, health.
+    """What runs in `env`, read from what runs: the service's revision, its tasks and its
+    rollout (DescribeServices); the image, model and commit of that revision's container
+    (DescribeTaskDefinition), not of the latest release record, which a failed release or
+    a change made by hand leaves describing something else (`in_sync` False; the gate's
+    accuracy is then not shown); the endpoint's `/v2/health/ready` (Open Inference
+    Protocol) and what its model route serves.
 
-    Health is the endpoint's `/v2/health/ready` status (Open Inference Protocol). Raises
-    ReleaseError when the ECS service is not active, RecordError when `latest.json`
-    cannot be read.
+    Raises ReleaseError when the ECS service is not active or its revision has no such
+    container, RecordError when `latest.json` cannot be read.
     """
     ecs = ecs or Ecs(env.client("ecs"))
     service = ecs.service(env.cluster_name, env.service_name)
-    latest = records.read_latest(env.records_url)
+    running = service["taskDefinition"]
+    container = ecs.container(running, env.container_name)
+    variables = {v["name"]: v["value"] for v in container.get("environment", [])}
+    latest = records.read_latest(env.records_url) or {}
+    in_sync = latest.get("task_definition") == running
     base = env.endpoint_url.rstrip("/")
     try:
         health, _ = _get_json(f"{base}/v2/health/ready")
     except OSError as exc:
         health = f"unreachable ({exc.__class__.__name__})"
-    running = service["taskDefinition"]
-    served = _served_model(base, (latest or {}).get("model_name"), env.api_token())
+    model = variables.get("MODEL_NAME") or None
     return {
         "environment": env.environment,
         "task_definition": running,
         "tasks": f"{service.get('runningCount')}/{service.get('desiredCount')}",
-        "release": (latest or {}).get("release_id"),
-        "image": (latest or {}).get("image"),
-        "model": (latest or {}).get("model_name"),
-        "model_sha256": (latest or {}).get("model_sha256"),
-        "gate_accuracy": ((latest or {}).get("gate") or {}).get("accuracy"),
-        "git_sha": (latest or {}).get("git_sha"),
-        "in_sync": latest is not None and latest.get("task_definition") == running,
+        "rollout": _rollout(service),
+        "release": latest.get("release_id"),
+        "image": container.get("image"),
+        "model": model,
+        "model_sha256": variables.get("MODEL_SHA256") or None,
+        "gate_accuracy": (latest.get("gate") or {}).get("accuracy") if in_sync else None,
+        "git_sha": variables.get("GIT_SHA") or None,
+        "in_sync": in_sync,
         "health": "ready" if health == 200 else f"not ready ({health})",
-        "serving": served,
+        "serving": _served_model(base, model, env.api_token()),
     }
+
+
+def _rollout(service: dict[str, Any]) -> str | None:
+    """The PRIMARY deployment's rollout state, with ECS's reason when it FAILED (ECS API
+    reference, Deployment: rolloutState, rolloutStateReason); None when ECS lists none."""
+    for deployment in service.get("deployments", []):
+        if deployment.get("status") == "PRIMARY":
+            state = deployment.get("rolloutState")
+            reason = deployment.get("rolloutStateReason")
+            return f"{state} ({reason})" if state == "FAILED" and reason else state
+    return None
 
 
 def _served_model(base: str, model_name: str | None, token: str | None) -> str:

@@ -47,6 +47,7 @@ from tests.pipeline.inprocess import Clock, Endpoints
 from tests.pipeline.test_rollout import (
     ACCOUNT,
     BOOTSTRAP,
+    CIRCUIT_BREAKER,
     CLUSTER,
     FAMILY,
     NEXT,
@@ -1425,11 +1426,39 @@ def test_a_second_rollback_goes_further_back_never_to_what_was_rolled_back_from(
 # -- status ----------------------------------------------------------------------------
 
 
-def expect_describe(scripted: ScriptedEcs, running: str) -> None:
+def expect_describe(
+    scripted: ScriptedEcs,
+    running: str,
+    variables: dict[str, str] | None = None,
+    *,
+    image: str = "img:2",
+    rollout: dict | None = None,
+) -> None:
+    """DescribeServices answering `running` (and `rollout` as its PRIMARY deployment), then
+    DescribeTaskDefinition of `running`, whose container runs `image` with `variables`
+    (a release's, for mnist-8 at commit c...c, by default)."""
+    primary = rollout or deployment("ecs-svc/0002", running, "PRIMARY", "COMPLETED")
     scripted.stubber.add_response(
         "describe_services",
-        {"services": [{**service(running), "runningCount": 1, "desiredCount": 2}]},
+        {"services": [{**service(running, primary), "runningCount": 1, "desiredCount": 2}]},
         {"cluster": CLUSTER, "services": [SERVICE]},
+    )
+    if variables is None:
+        variables = {"MODEL_NAME": "mnist-8", "MODEL_SHA256": MNIST8_SHA256, "GIT_SHA": "c" * 40}
+    environment = [{"name": name, "value": value} for name, value in variables.items()]
+    scripted.stubber.add_response(
+        "describe_task_definition",
+        {
+            "taskDefinition": {
+                "taskDefinitionArn": running,
+                "family": FAMILY,
+                "containerDefinitions": [
+                    {"name": "sidecar", "image": "other"},
+                    {"name": "server", "image": image, "environment": environment},
+                ],
+            }
+        },
+        {"taskDefinition": running},
     )
 
 
@@ -1445,6 +1474,7 @@ def test_status_reports_the_service_the_latest_release_and_what_is_served(
         "environment": "dev",
         "task_definition": RELEASED,
         "tasks": "1/2",
+        "rollout": "COMPLETED",
         "release": latest["release_id"],
         "image": "img:2",
         "model": "mnist-8",
@@ -1466,13 +1496,14 @@ def test_status_reports_the_service_the_latest_release_and_what_is_served(
 
 def test_status_of_an_environment_never_released_and_unreachable(scripted, endpoints, tmp_path):
     env = environment(BASE, tmp_path)
-    expect_describe(scripted, BOOTSTRAP)
+    expect_describe(scripted, BOOTSTRAP, {"APP_ENV": "dev"}, image="placeholder")
     assert status(env, ecs=scripted.ecs()) == {
         "environment": "dev",
         "task_definition": BOOTSTRAP,
         "tasks": "1/2",
+        "rollout": "COMPLETED",
         "release": None,
-        "image": None,
+        "image": "placeholder",
         "model": None,
         "model_sha256": None,
         "gate_accuracy": None,
@@ -1481,6 +1512,45 @@ def test_status_of_an_environment_never_released_and_unreachable(scripted, endpo
         "health": "not ready (unreachable (URLError))",
         "serving": "no release yet",
     }
+
+
+def test_status_shows_what_runs_when_it_is_not_the_latest_release(
+    scripted, endpoints, app, tmp_path
+):
+    """latest.json describes the last successful release; the service may run another
+    revision (a release rolling out, one ECS stopped, a change made by hand): the image,
+    model and commit come from the running revision, the gate's accuracy is not shown."""
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    latest = {
+        **succeeded("20260103T000000Z-dddddddddddd", NEXT, image="img:3", git_sha="d" * 40),
+        "model_sha256": OTHER_SHA256,
+        "model_name": "mnist-12",
+    }
+    records.write(env.records_url, latest)
+    expect_describe(
+        scripted,
+        RELEASED,
+        rollout=deployment("ecs-svc/0002", RELEASED, "PRIMARY", "FAILED", CIRCUIT_BREAKER),
+    )
+    report = status(env, ecs=scripted.ecs())
+    assert {k: report[k] for k in ("release", "in_sync", "gate_accuracy")} == {
+        "release": latest["release_id"],
+        "in_sync": False,
+        "gate_accuracy": None,
+    }
+    assert (report["image"], report["git_sha"]) == ("img:2", "c" * 40)
+    assert (report["model"], report["model_sha256"]) == ("mnist-8", MNIST8_SHA256)
+    assert report["rollout"] == f"FAILED ({CIRCUIT_BREAKER})"
+    assert report["serving"] == f"mnist-8 sha256 {MNIST8_SHA256}"
+
+
+def test_status_of_a_revision_without_the_container_names_the_output():
+    scripted = ScriptedEcs()
+    with scripted.stubber:
+        scripted.revision(RELEASED)  # its only container is "server"
+        with pytest.raises(ReleaseError, match="has no container 'model'"):
+            scripted.ecs().container(RELEASED, "model")
 
 
 def test_status_names_what_the_model_route_answers(scripted, endpoints, tmp_path):

@@ -233,25 +233,25 @@ def test_image_is_labelled_with_commit_and_model(built: Built) -> None:
     assert built.ref.endswith(f":{built.sha}")
 
 
+def python_in(built: Built, code: str) -> str:
+    """What `python -c code` prints in the image, run without a network."""
+    return podman(
+        "run", "--rm", "--network", "none", "--entrypoint", "python", built.ref, "-c", code
+    ).stdout  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_image_has_no_compiler_installer_or_model(built: Built) -> None:
-    found = podman(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "python",
-        built.ref,
-        "-c",
+    found = python_in(
+        built,
         "import pathlib, shutil; "
         "tools = [t for t in ('gcc', 'cc', 'g++', 'make', 'pip', 'pip3') if shutil.which(t)]; "
         # onnxruntime ships three tiny sample models of its own; nothing else may be there.
         "models = [str(p) for p in pathlib.Path('/').glob('**/*.onnx') "
         "          if '/site-packages/onnxruntime/datasets/' not in str(p)]; "
         "print(tools + models)",
-    ).stdout.strip()
+    ).strip()
     assert found == "[]"
 
 
@@ -264,19 +264,12 @@ def test_image_holds_exactly_the_runtime_packages_uv_lock_pins(built: Built) -> 
     uv = shutil.which("uv")
     require(uv is not None, "uv is not installed", "pip install uv")
     inside = json.loads(
-        podman(
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--entrypoint",
-            "python",
-            built.ref,
-            "-c",
+        python_in(
+            built,
             "import importlib.metadata as m, json; from packaging import markers; "
             "print(json.dumps({'environment': markers.default_environment(), 'installed': "
             "sorted([d.metadata['Name'], d.version] for d in m.distributions())}))",
-        ).stdout
+        )
     )
     exported = subprocess.run(
         [str(uv), "export", "--locked", "--offline", "--no-default-groups", "--no-emit-project",

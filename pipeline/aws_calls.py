@@ -248,6 +248,13 @@ CALLS: tuple[AwsCall, ...] = (
     ),
     AwsCall(
         Role.DEPLOY,
+        "ecs:DescribeServices",
+        SERVICE,
+        "pipeline.release.refuse_paused",
+        "a deploy to a paused environment (0 tasks desired) stops before the gate",
+    ),
+    AwsCall(
+        Role.DEPLOY,
         "ecs:DescribeTaskDefinition",
         "*",
         "pipeline.release.Ecs.register",

@@ -27,7 +27,7 @@ from pipeline.environment import Environment, override_name, resolve, terraform_
 from pipeline.gate import model_inputs
 from pipeline.gating import DEFAULT_REPORT_DIR, Gated, gate_model
 from pipeline.reference import Reference, load_reference
-from pipeline.release import Candidate, SmokeImages, release
+from pipeline.release import Candidate, SmokeImages, refuse_paused, release
 from service.model import ModelInfo, OnnxModel
 from service.store import NotAStore, S3Store, StoreError, StoreUnreachable, open_store
 
@@ -318,7 +318,8 @@ def refuse_older(env: Environment, git_sha: str) -> None:
 def deploy(environment: str) -> dict:
     """Gate, ship and release to `environment`; the successful deployment record.
 
-    A commit older than the one the environment runs is refused first (`refuse_older`).
+    A commit older than the one the environment runs, and a paused environment, are
+    refused first (`refuse_older`, `pipeline.release.refuse_paused`).
     The gate runs against the environment's champion, so a failure there
     (GateFailed) touches nothing in AWS. Then the model is published under
     `models_url`, the image built and pushed (or, for an environment that promotes,
@@ -330,6 +331,7 @@ def deploy(environment: str) -> dict:
     env = resolve(environment)
     git_sha = images.git_sha()
     refuse_older(env, git_sha)
+    refuse_paused(env)
     gated = gate_model(
         load_reference(environ=os.environ),
         environment=environment,

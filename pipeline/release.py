@@ -585,6 +585,20 @@ def release(
     return Outcome(record, new, previous, True)
 
 
+def refuse_paused(env: Environment, ecs: Ecs | None = None) -> None:
+    """ReleaseError when `env`'s service wants no task (`desiredCount` 0: its
+    `min_capacity` and `max_capacity` are 0, README "Pausing an environment"): a release
+    would roll out to no task and fail its smoke test against the load balancer's 503."""
+    ecs = ecs or Ecs(env.client("ecs"))
+    if ecs.service(env.cluster_name, env.service_name).get("desiredCount") == 0:
+        raise ReleaseError(
+            f"{env.environment} is paused (its service {env.service_name} wants 0 tasks), so "
+            "a release could not be smoke-tested. Nothing was changed. Resume it first: put "
+            f"min_capacity and max_capacity back in terraform/envs/{env.environment}/"
+            f"terraform.tfvars and run nox -s apply -- {env.environment}"
+        )
+
+
 def _where_a_failure_returns(env: Environment, previous: str) -> tuple[str, str]:
     """(the revision a failed release returns to, the one instead when that one is no
     longer ACTIVE: `_restorable`): the last successful release's (`latest.json`) and none,

@@ -106,9 +106,8 @@ def test_missing_names_say_what_to_do():
 def test_a_rerun_reuses_the_image_an_earlier_run_pushed_for_the_commit(aws, monkeypatch):
     """Tags are immutable and builds are not byte-reproducible: a second run of the same
     commit must not build again (its push would be refused) but ship what is there."""
-    env = make_environment("http://127.0.0.1:9")
+    env = make_environment("http://127.0.0.1:9")  # its ECR repository too
     ecr = boto3.client("ecr")
-    ecr.create_repository(repositoryName=CLUSTER)
     manifest = (
         '{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",'
         ' "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,'
@@ -156,6 +155,8 @@ def test_a_refused_model_upload_is_one_line_naming_the_missing_grant(
                 "Resource": f"{bucket}/deployments/dev/*",
             },
             {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
+            # Its service, as the deploy role reads it (is it paused?, before the gate).
+            {"Effect": "Allow", "Action": "ecs:DescribeServices", "Resource": "*"},
         ],
     )
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", reader["aws_access_key_id"])

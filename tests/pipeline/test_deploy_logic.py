@@ -43,7 +43,7 @@ from pipeline.deploy import (
     source_repository,
 )
 from pipeline.environment import Environment
-from pipeline.release import Candidate, Outcome
+from pipeline.release import Candidate, Outcome, ReleaseError
 from service.store import StoreError
 from tests.service.conftest import MNIST8_SHA256
 
@@ -604,6 +604,7 @@ class Steps:
     released: list[tuple[Candidate, SmokeImages]] = field(default_factory=list)
     verified: list[tuple] = field(default_factory=list)
     gate_calls: list[dict] = field(default_factory=list)
+    paused_checks: list[Environment] = field(default_factory=list)
 
 
 def install_steps(monkeypatch, steps: Steps, batched: BatchableCopy | None) -> None:
@@ -612,6 +613,7 @@ def install_steps(monkeypatch, steps: Steps, batched: BatchableCopy | None) -> N
         return steps.env
 
     monkeypatch.setattr(deploy_module, "resolve", resolve)
+    monkeypatch.setattr(deploy_module, "refuse_paused", steps.paused_checks.append)
 
     def load_reference(environ):
         assert environ is os.environ
@@ -690,6 +692,22 @@ def test_a_deploy_gates_publishes_builds_releases_and_tags(
     )
     assert smoke.classes == list(range(8))
     assert steps.verified == [(steps.env, image, SHA, MNIST8_SHA256)]
+    assert steps.paused_checks == [steps.env]
+
+
+def test_a_deploy_to_a_paused_environment_stops_before_the_gate(
+    moto_in_process, cli, mnist8_path, monkeypatch
+):
+    steps = Steps(environment(), passed_gate(mnist8_path))
+    install_steps(monkeypatch, steps, None)
+
+    def paused(env):
+        raise ReleaseError(f"{env.environment} is paused")
+
+    monkeypatch.setattr(deploy_module, "refuse_paused", paused)
+    with pytest.raises(ReleaseError, match="dev is paused"):
+        deploy("dev")
+    assert steps.gate_calls == [] and steps.released == []
 
 
 def test_a_deploy_without_a_batched_copy_releases_none(

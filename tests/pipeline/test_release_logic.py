@@ -34,6 +34,7 @@ from pipeline.release import (
     SmokeImages,
     format_status,
     refusal,
+    refuse_paused,
     release,
     release_id,
     rollback,
@@ -1551,6 +1552,26 @@ def test_status_of_a_revision_without_the_container_names_the_output():
         scripted.revision(RELEASED)  # its only container is "server"
         with pytest.raises(ReleaseError, match="has no container 'model'"):
             scripted.ecs().container(RELEASED, "model")
+
+
+@pytest.mark.parametrize("desired", [0, 1])
+def test_a_paused_environment_is_refused_naming_how_to_resume(scripted, tmp_path, desired):
+    env = environment(BASE, tmp_path)
+    scripted.stubber.add_response(
+        "describe_services",
+        {"services": [{**service(RELEASED), "desiredCount": desired}]},
+        {"cluster": CLUSTER, "services": [SERVICE]},
+    )
+    if desired:
+        assert refuse_paused(env, scripted.ecs()) is None
+        return
+    with pytest.raises(ReleaseError) as raised:
+        refuse_paused(env, scripted.ecs())
+    assert str(raised.value) == (
+        f"dev is paused (its service {SERVICE} wants 0 tasks), so a release could not be "
+        "smoke-tested. Nothing was changed. Resume it first: put min_capacity and "
+        "max_capacity back in terraform/envs/dev/terraform.tfvars and run nox -s apply -- dev"
+    )
 
 
 def test_status_names_what_the_model_route_answers(scripted, endpoints, tmp_path):

@@ -605,17 +605,24 @@ def test_every_security_group_name_and_description_is_one_ec2_accepts() -> None:
         assert not value.startswith("sg-"), f"{path}: {resource}: {value!r}"
 
 
-def names_in_root(terraform_bin: str, root: Path, project: str) -> subprocess.CompletedProcess:
-    """`local.name` of an environment root (initialised with a local backend) as `terraform
-    console` prints it for `project`; a refused value fails the call."""
+def evaluate(
+    terraform_bin: str, root: Path, expression: str, **variables: str
+) -> subprocess.CompletedProcess:
+    """`expression` in an environment root (initialised with a local backend) as `terraform
+    console` prints it with `variables` set; a value a validation refuses fails the call."""
     return subprocess.run(
-        [terraform_bin, "console", f"-var=project={project}"],
-        input="local.name",
+        [terraform_bin, "console", *(f"-var={name}={value}" for name, value in variables.items())],
+        input=expression,
         cwd=root,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def names_in_root(terraform_bin: str, root: Path, project: str) -> subprocess.CompletedProcess:
+    """`local.name` of an environment root for `project`."""
+    return evaluate(terraform_bin, root, "local.name", project=project)
 
 
 @pytest.mark.integration
@@ -640,6 +647,26 @@ def test_a_project_name_aws_would_refuse_is_refused_at_plan_time(
         answer = names_in_root(terraform_bin, root, project)
         assert answer.returncode != 0, project
         assert "project must be 2-15 lowercase letters" in answer.stderr, (project, answer.stderr)
+
+
+@pytest.mark.integration
+def test_capacities_autoscaling_would_refuse_are_refused_at_plan_time_and_zero_pauses(
+    terraform_bin: str, terraform_copy: Path
+) -> None:
+    """Application Auto Scaling refuses a minimum above the maximum (RegisterScalableTarget):
+    the plan says so before anything changes. Both at 0 is a paused environment."""
+    root = terraform_copy / "envs" / "dev"
+    (root / "graph_override.tf").write_text('terraform {\n  backend "local" {}\n}\n')
+    terraform.init(root)
+    refusal = "min_capacity must be a whole number from 0 to max_capacity"
+    paused = evaluate(terraform_bin, root, "var.min_capacity", min_capacity="0", max_capacity="0")
+    assert (paused.stdout.strip(), paused.stderr) == ("0", ""), paused.stderr
+    for low, high in (("3", "2"), ("-1", "2"), ("1.5", "2")):
+        refused = evaluate(
+            terraform_bin, root, "var.min_capacity", min_capacity=low, max_capacity=high
+        )
+        # console prints a refused variable's validation error on stderr (exit status 0)
+        assert refusal in " ".join(refused.stderr.replace("│", " ").split()), refused.stderr
 
 
 # ---------------------------------------------------------------------------

@@ -220,9 +220,16 @@ variable "enable_autoscaling" {
 }
 
 variable "min_capacity" {
-  description = "Fewest tasks."
+  description = "Fewest tasks. 0, with max_capacity 0, pauses the environment (README.md, \"Pausing an environment\")."
   type        = number
   default     = 1
+
+  # Application Auto Scaling refuses a minimum above the maximum (RegisterScalableTarget);
+  # refused here, the plan says so before anything changes.
+  validation {
+    condition     = var.min_capacity >= 0 && var.min_capacity <= var.max_capacity && floor(var.min_capacity) == var.min_capacity
+    error_message = "min_capacity must be a whole number from 0 to max_capacity (min_capacity = max_capacity = 0 pauses the environment: README.md, \"Pausing an environment\")."
+  }
 }
 
 variable "max_capacity" {

@@ -35,6 +35,7 @@ def install(session: nox.Session, *groups: str, project: bool = True) -> None:
         "uv", "sync", "--locked", "--no-default-groups", *selection,
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
         external=True,
+        silent=True,  # uv's output only on failure: a session's stdout is its command's
     )  # fmt: skip
 
 

@@ -247,9 +247,10 @@ def add_terraform_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_terraform(args: argparse.Namespace) -> int:
-    """Terraform: `plan|apply|output <environment>` against its S3 state, `lint`, or
-    `mirror` (one unpacked copy of the providers every init links: the path of its CLI
-    configuration, for TF_CLI_CONFIG_FILE; pipeline/provider_mirror.py)."""
+    """Terraform: `plan|apply|output <environment>` against its S3 state, `lint`, `mirror`.
+
+    `mirror` makes one unpacked copy of the providers every init links and prints the path
+    of its CLI configuration, for TF_CLI_CONFIG_FILE (pipeline/provider_mirror.py)."""
     if args.action == "mirror":
         print(provider_mirror.prepare())
         return 0

@@ -200,8 +200,11 @@ def predict_data(body: bytes, dtype: np.dtype, numbers: NumberArrays | None = No
         break
     document = parse_json(body)
     if not isinstance(document, dict) or "data" not in document:
+        has = ""
+        if isinstance(document, dict):
+            has = f"; it has {_names(list(document))}" if document else "; it has no key"
         raise InvalidInput(
-            'the body must be a JSON object with the key "data": {"data": [numbers]}'
+            'the body must be a JSON object with the key "data": {"data": [numbers]}' + has
         )
     _only_keys(document, ("data",), "the body")
     return numeric_array(document["data"], '"data"', dtype)

@@ -140,7 +140,8 @@ BAD_BODIES = [
         id="malformed",
     ),
     pytest.param(b"[1, 2, 3]", NOT_AN_OBJECT, id="not-an-object"),
-    pytest.param(b'{"pixels": []}', NOT_AN_OBJECT, id="no-data"),
+    pytest.param(b'{"pixels": []}', NOT_AN_OBJECT + "; it has 'pixels'", id="no-data"),
+    pytest.param(b"{}", NOT_AN_OBJECT + "; it has no key", id="empty-object"),
     pytest.param(b'{"data": 7}', '"data" must be a list of numbers, got a number', id="scalar"),
     pytest.param(
         b'{"data": {"a": 1}}', '"data" must be a list of numbers, got an object', id="object"

@@ -17,11 +17,12 @@ how far the distributions moved, not on whether they did:
 - when inputs are captured, each record's mean input value against the test set
   images' (scaled as the model takes them), as PSI over the test set's deciles.
 
-No verdict below `MIN_RECORDS` (1,000) records, overall or in an hour: sampling
+No verdict below `MIN_RECORDS` (1,000) records, overall, in an hour or with inputs: sampling
 alone moves the estimates. For k equally likely classes and n records, TVD's
 expected value with no drift at all is about `0.4 * k * sqrt((1/k)(1 - 1/k) / n)`
-(0.038 for k = 10, n = 1,000: under half the threshold; about 0.6 for n = 4) and PSI's is
-about `(k - 1) / n` (0.009). The chi-square test is kept as a footnote.
+(0.038 for k = 10, n = 1,000: under half the threshold; for n = 4 it says 0.6, a
+simulation 0.66) and PSI's is about `(k - 1) / n` (0.009). The chi-square test is kept
+as a footnote.
 """
 
 from __future__ import annotations
@@ -62,6 +63,35 @@ class HourDrift:
     def enough(self) -> bool:
         return self.records >= MIN_RECORDS
 
+    @property
+    def note(self) -> str:
+        """The hour's verdict, by the rule of the overall one (`shift`); "" without a
+        baseline."""
+        if not self.enough:
+            return f"under {MIN_RECORDS} records: no verdict"
+        if self.tvd is None:
+            return ""
+        return _HOUR_NOTES[shift(self.psi, self.tvd)]
+
+
+def shift(psi: float | None, tvd: float | None = None) -> str:
+    """How far the shares moved, by their PSI (and TVD): "drift" above PSI_SIGNIFICANT (or
+    TVD_THRESHOLD), "moderate" above PSI_MODERATE, else "stable"; None counts as 0.
+
+    The PSI bands are credit scoring's (Siddiqi, "Credit Risk Scorecards", 2006); the TVD
+    threshold is this project's own, 2.6 times the TVD that MIN_RECORDS records of
+    unchanged traffic show by chance."""
+    if (tvd or 0.0) > TVD_THRESHOLD or (psi or 0.0) > PSI_SIGNIFICANT:
+        return "drift"
+    return "moderate" if (psi or 0.0) > PSI_MODERATE else "stable"
+
+
+_HOUR_NOTES = {
+    "drift": "DRIFT",
+    "moderate": f"moderate shift (PSI above {PSI_MODERATE})",
+    "stable": "no drift",
+}
+
 
 @dataclass
 class Summary:
@@ -83,6 +113,7 @@ class Summary:
     mean_top_score: float | None = None
     input_psi: float | None = None
     input_mean: float | None = None
+    input_records: int = 0
     baseline_input_mean: float | None = None
 
     @property
@@ -95,7 +126,7 @@ class Summary:
         the significant shift's."""
         if not self.enough or self.tvd is None:
             return False
-        return self.tvd > TVD_THRESHOLD or (self.psi or 0.0) > PSI_SIGNIFICANT
+        return shift(self.psi, self.tvd) == "drift"
 
 
 def distances(observed: Counter, expected: dict[int, float]) -> tuple[float, float]:
@@ -232,6 +263,7 @@ def _per_hour(
     captured = np.concatenate(list(hours.inputs.values())) if hours.inputs else np.empty(0)
     if captured.size:
         summary.input_mean = float(captured.mean())
+        summary.input_records = captured.size
     if captured.size and baseline_inputs is not None:
         reference = np.asarray(baseline_inputs(), dtype=np.float64)
         summary.baseline_input_mean = float(reference.mean())
@@ -349,7 +381,7 @@ def format_table(summary: Summary) -> str:
         if summary.input_psi is not None:
             line += (
                 f" (test set {summary.baseline_input_mean:.2f}); PSI over the test set's "
-                f"deciles {summary.input_psi:.3f}"
+                f"deciles {summary.input_psi:.3f}: {_input_verdict(summary)}"
             )
         lines.append(line)
     lines += [
@@ -359,8 +391,7 @@ def format_table(summary: Summary) -> str:
     for entry in reversed(summary.hours):
         lines.append(
             f"{entry.hour:<16}  {entry.records:>8}  {_figure(entry.tvd):>6}  "
-            f"{_figure(entry.psi):>6}  {_figure(entry.mean_top_score):>6}  "
-            + ("" if entry.enough else f"under {MIN_RECORDS} records: no verdict")
+            f"{_figure(entry.psi):>6}  {_figure(entry.mean_top_score):>6}  {entry.note}"
         )
     return "\n".join(lines)
 
@@ -373,9 +404,19 @@ def drift_verdict(summary: Summary) -> str:
         )
     if summary.drifted:
         return "DRIFT: the predicted classes moved away from the test set"
-    if (summary.psi or 0.0) > PSI_MODERATE:
+    if shift(summary.psi) == "moderate":
         return "a moderate shift of the predicted classes (PSI above 0.1): watch it"
     return "no drift: the predicted classes match the test set's"
+
+
+def _input_verdict(summary: Summary) -> str:
+    if summary.input_records < MIN_RECORDS:
+        return f"no verdict ({summary.input_records} records with inputs, under {MIN_RECORDS})"
+    return {
+        "drift": "DRIFT: the inputs moved away from the test set's",
+        "moderate": "a moderate shift of the inputs: watch it",
+        "stable": "the inputs match the test set's",
+    }[shift(summary.input_psi)]
 
 
 def _figure(value: float | None) -> str:

@@ -173,6 +173,73 @@ def test_report_counts_classes_hours_latency_and_compares_with_the_labels(tmp_pa
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+class StopAfterCommit(Exception):
+    pass
+
+
+def stop_after_commit(step: str) -> None:
+    if step == "committed":
+        raise StopAfterCommit
+
+
+def test_report_figures_equal_a_direct_computation_over_the_requests_written(tmp_path):
+    """The DuckDB engine against numpy over the requests themselves: batches, an hour only
+    in a merged object, an hour in parts and in a merged object at once (a compaction
+    stopped before deleting its parts), a class never predicted in one hour, and a
+    `--since` exactly at a record's time."""
+    from pipeline.predictions import compact, engine
+
+    rng = np.random.default_rng(2)
+    hours = [datetime(2025, 3, 1, 10 + h, tzinfo=UTC) for h in range(3)]
+    requests = []
+    for n in range(600):
+        rows = int(rng.choice([1, 1, 4, 16]))
+        classes = rng.integers(0, 10, rows)
+        classes = np.where(classes == 7, 8, classes) if n % 3 == 2 else classes
+        scores = np.eye(10, dtype=np.float32)[classes]
+        moment = hours[n % 3].timestamp() + rng.uniform(0, 3599)
+        requests.append(
+            Pending(moment, "/v2/infer", f"r{n}", INFO, scores, None, rng.gamma(2, 0.002))
+        )
+    sink, namer = open_sink(str(tmp_path)), PartNamer()
+    requests.sort(key=lambda request: request.answered_at)
+    for start in range(0, len(requests), 7):
+        for part in encode_parts(requests[start : start + 7], "dev", namer):
+            sink.put(part.key, part.body)
+    store = parts.open_store(str(tmp_path))
+    compact.compact(store, "dev", hour=hours[0], now=hours[0] + timedelta(days=1))
+    with pytest.raises(StopAfterCommit):
+        compact.compact(
+            store,
+            "dev",
+            hour=hours[1],
+            now=hours[0] + timedelta(days=1),
+            checkpoint=stop_after_commit,
+        )
+    labels = np.repeat(np.arange(10), 100)
+    since_ms = sorted(int(r.answered_at * 1000) for r in requests)[300]
+    for since in (None, datetime.fromtimestamp(since_ms / 1000, UTC)):
+        kept = [r for r in requests if since is None or int(r.answered_at * 1000) >= since_ms]
+        summary = statistics.summary(engine.aggregate_store(store, "dev", since), "dev", labels)
+        classes = np.concatenate([r.scores.argmax(axis=1) for r in kept])
+        latencies = [round(r.latency_seconds * 1e6) / 1000 for r in kept]  # once a request
+        shares = np.bincount(classes, minlength=10) / len(classes)
+        assert summary.total == len(classes)
+        assert summary.tvd == pytest.approx(0.5 * np.abs(shares - 0.1).sum())
+        floored = np.maximum(shares, 1e-4)
+        assert summary.psi == pytest.approx(((floored - 0.1) * np.log(floored / 0.1)).sum())
+        assert list(summary.latency_ms.values()) == pytest.approx(
+            [*np.percentile(latencies, [50, 90, 99]), max(latencies)]
+        )
+        last = next(entry for entry in summary.hours if entry.hour == "2025-03-01 12:00")
+        hour = [r.scores.argmax(axis=1) for r in kept if r.answered_at >= hours[2].timestamp()]
+        counts = np.bincount(np.concatenate(hour), minlength=10)
+        assert counts[7] == 0
+        hour_shares = np.maximum(counts / counts.sum(), 1e-4)
+        assert last.records == sum(len(classes) for classes in hour)
+        assert last.psi == pytest.approx(((hour_shares - 0.1) * np.log(hour_shares / 0.1)).sum())
+
+
 def test_matching_distributions_show_no_drift():
     records = [{"prediction": c, "time": "2025-03-01T12:00:00.000Z"} for c in range(10)] * 150
     summary = statistics.summarise(records, "dev", np.repeat(np.arange(10), 3))
@@ -224,6 +291,39 @@ def test_drift_figures_on_shifted_and_unshifted_captures():
     assert moved.drifted and moved.input_psi > statistics.PSI_SIGNIFICANT
     table = statistics.format_table(moved)
     assert "DRIFT" in table and "under 1000 records: no verdict" in table
+    # The input PSI is judged by the same bands as the classes'.
+    assert "DRIFT: the inputs moved away from the test set's" in table
+    assert "the inputs match the test set's" in statistics.format_table(calm)
+    assert "no verdict (20 records with inputs" in statistics.format_table(
+        statistics.summarise(few, "dev", labels, lambda: test_means)
+    )
+
+
+def test_each_hour_gets_its_own_verdict_by_the_overall_rule():
+    # A calm day in which one hour moved (half its predictions became 1s: TVD 0.45) and one
+    # hour tilted (class 7 fell to 2 %, class 0 rose to 18 %: TVD 0.08, PSI 0.18).
+    labels = np.repeat(np.arange(10), 100)
+    even = np.tile(np.arange(10), 100)
+    moved = np.concatenate([np.ones(500, int), np.tile(np.arange(10), 50)])
+    tilted = np.repeat(np.arange(10), [180, 100, 100, 100, 100, 100, 100, 20, 100, 100])
+    records = [r for hour in range(18) for r in synthetic(hour, even, 0.9, np.zeros(1000))]
+    records += synthetic(18, moved, 0.9, np.zeros(1000)) + synthetic(
+        19, tilted, 0.9, np.zeros(1000)
+    )
+    summary = statistics.summarise(records, "dev", labels)
+    assert summary.tvd < statistics.TVD_THRESHOLD and not summary.drifted
+    by_hour = {entry.hour[11:13]: entry for entry in summary.hours}
+    assert by_hour["18"].tvd == pytest.approx(0.45)
+    assert by_hour["19"].tvd == pytest.approx(0.08) and by_hour["19"].psi == pytest.approx(
+        0.08 * np.log(5) + 0.08 * np.log(1.8)
+    )
+    rows = {
+        line[11:13]: line
+        for line in statistics.format_table(summary).splitlines()
+        if line.startswith("2025-03-01 ")
+    }
+    assert rows["17"].endswith("no drift") and rows["18"].endswith("DRIFT")
+    assert rows["19"].endswith("moderate shift (PSI above 0.1)")
 
 
 def test_top_class_probability_of_logits_and_of_probabilities():

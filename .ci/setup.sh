@@ -38,7 +38,9 @@ declare -A HOST_PACKAGES=(
   [wrk]=wrk
   [catatonit]=/usr/libexec/podman/catatonit
 )
-REGISTRY_DIR=/tmp/onnx-ship-registry
+# The registry's directory is its user's own: another user's run (root's, say) leaves one
+# behind that this user could not write to.
+REGISTRY_DIR="${TMPDIR:-/tmp}/onnx-ship-registry-$(id -un)"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.capture import CaptureRecorder, build_recorder
+from service.capture.metrics import CaptureMetrics
 from service.capture.recorder import ENCODE_SLICE_ROWS
 from service.capture.records import Part, decode_part
 from service.capture.sinks import LocalSink
@@ -159,6 +160,41 @@ def test_a_slices_worth_of_records_is_encoded_as_it_comes_and_stored_at_the_flus
     )
     assert len(read_dir(tmp_path / "out")) == ENCODE_SLICE_ROWS + 3
     assert value(recorder.metrics.queued) == 0
+
+
+def test_each_slices_hold_of_the_event_loop_is_observed_once(tmp_path):
+    """Two slices' worth of rows queued at once are encoded as two slices, each observed once
+    in prediction_capture_encode_seconds; the close's last slice (3 rows) is a third. Each
+    holds the loop for the time observed: together no longer than the scenario took."""
+    registry = CollectorRegistry()
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"),
+        config(tmp_path, flush_seconds=60),
+        CaptureMetrics(registry),
+    )
+
+    def observed(sample: str) -> float:
+        return registry.get_sample_value(f"prediction_capture_encode_seconds_{sample}") or 0.0
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, 2 * ENCODE_SLICE_ROWS)
+        for _ in range(200):
+            if observed("count") == 2:
+                break
+            await asyncio.sleep(0.005)
+        two = observed("count")
+        send(recorder, 3, prefix="rest")
+        await recorder.wait_idle(5)
+        await recorder.close()
+        return two
+
+    started = time.perf_counter()
+    assert asyncio.run(scenario()) == 2
+    took = time.perf_counter() - started
+    assert observed("count") == 3
+    assert 0 < observed("sum") < took
+    assert len(read_dir(tmp_path / "out")) == 2 * ENCODE_SLICE_ROWS + 3
 
 
 def test_the_queue_gauge_counts_the_records_in_the_open_part(tmp_path):

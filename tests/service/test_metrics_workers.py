@@ -169,6 +169,10 @@ def test_the_capture_metrics_are_named_typed_and_explained_as_documented():
             "counter",
             "Records lost because neither the sink nor the local spool could take them",
         ),
+        "prediction_capture_encode_seconds": (
+            "histogram",
+            "Time one slice of records held the event loop being encoded and compressed",
+        ),
         "prediction_capture_queue_records": (
             "gauge",
             "Records waiting in memory (queue and parts not yet stored)",

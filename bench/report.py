@@ -275,9 +275,9 @@ def table(results: Results) -> str:
     """The Markdown table of every measured row."""
     lines = [
         "| contender | row | capture | c | req/s | images/s | p50 ms | p99 ms | non-2xx | errors "
-        "| server CPU | wrk CPU | req/CPU-s | steal |",
+        "| server CPU | wrk CPU | req/CPU-s | steal | capture hold |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        "| ---: | ---: |",
     ]
     for m in results.measurements:
         r = m.result
@@ -286,7 +286,8 @@ def table(results: Results) -> str:
             f"| {r.requests_per_second:,.0f} | {r.requests_per_second * m.images_per_request:,.0f} "
             f"| {r.p50_us / 1000:.2f} | {r.p99_us / 1000:.2f} | {r.non_2xx} | {r.socket_errors} "
             f"| {_fmt(m.server_cpu_share, '.0%')} | {_fmt(m.load_cpu_share, '.0%')} "
-            f"| {_fmt(m.requests_per_cpu_second, ',.0f')} | {_fmt(m.steal_share, '.1%')} |"
+            f"| {_fmt(m.requests_per_cpu_second, ',.0f')} | {_fmt(m.steal_share, '.1%')} "
+            f"| {_fmt(m.capture_hold_share, '.1%')} |"
         )
     return "\n".join(lines)
 
@@ -328,6 +329,8 @@ def summary(results: Results) -> str:
         "server CPU / wrk CPU: share of one core each used during the run. A server below",
         "~90% with wrk near 100% was limited by the load generator (or by other work on the",
         "machine); req/CPU-s (requests per second of server CPU) is then the fairer figure.",
+        "capture hold: share of the run capture's encoder held the service's event loop",
+        "(its prediction_capture_encode_seconds), time the core gave no request.",
         *_ratio_lines(found),
         "",
         *_target_lines(targets(results, found)),

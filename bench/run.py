@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import bodies, capture_read, compute, wrk
 from bench.bodies import Body
@@ -50,6 +51,10 @@ from service.shutdown import MIN_STOP_TIMEOUT_SECONDS
 # The capture-read rows' bucket, beside the capture-on rows' one on the same moto server.
 READ_BUCKET = "bench-capture-read"
 CAPTURE_OFF = "off"  # PREDICTION_LOG_URL=off: service.capture builds no recorder
+CAPTURE_ON = "on"
+# The capture-on service's histogram of its encoder's slices (service.capture.metrics).
+CAPTURE_HOLD_SUM = "prediction_capture_encode_seconds_sum"
+METRICS_TIMEOUT_SECONDS = 5.0
 # STOP_TIMEOUT_SECONDS for the service: its smallest budget, inside the bench's wait
 # (bench.processes.STOP_TIMEOUT_SECONDS) even when capture still has parts to upload.
 SERVICE_STOP_SECONDS = MIN_STOP_TIMEOUT_SECONDS
@@ -100,6 +105,9 @@ class Measurement:
     # The largest share of its time the server or the load core lost to the hypervisor
     # during the run (bench.steal; the largest of the runs'); None: not read.
     steal_share: float | None = None
+    # Seconds capture's encoder held the service's event loop during the run (the growth of
+    # its prediction_capture_encode_seconds sum; the runs' added); None: capture off.
+    capture_hold_seconds: float | None = None
 
     @property
     def server_cpu_share(self) -> float | None:
@@ -107,6 +115,14 @@ class Measurement:
         if self.server_cpu_seconds is None or not self.result.duration_us:
             return None
         return self.server_cpu_seconds / (self.result.duration_us / 1e6)
+
+    @property
+    def capture_hold_share(self) -> float | None:
+        """Fraction of the run capture's slices held the event loop: the core's time that
+        went to encoding and compressing the records instead of requests."""
+        if self.capture_hold_seconds is None or not self.result.duration_us:
+            return None
+        return self.capture_hold_seconds / (self.result.duration_us / 1e6)
 
     @property
     def load_cpu_share(self) -> float | None:
@@ -142,6 +158,8 @@ class Measurement:
             "requests_per_cpu_second": self.requests_per_cpu_second,
             "load_cpu_share": self.load_cpu_share,
             "steal_share": self.steal_share,
+            "capture_hold_seconds": self.capture_hold_seconds,
+            "capture_hold_share": self.capture_hold_share,
             "wrk": asdict(r),
             "runs": [run.as_dict() for run in self.runs],
         }
@@ -173,6 +191,7 @@ def combined(runs: list[Measurement]) -> Measurement:
         total([m.load_cpu_seconds for m in runs]),
         tuple(runs),
         None if None in (shares := [m.steal_share for m in runs]) else max(shares),
+        total([m.capture_hold_seconds for m in runs]),
     )
 
 
@@ -366,6 +385,7 @@ def measure_level(
 ) -> Measurement:
     """One wrk run of `seconds` at `connections`, with the CPU the server and wrk used."""
     server = prepared.server
+    hold_before = capture_hold_seconds(prepared)
     cpu_before, load_before = cpu_seconds(server.pid), _children_cpu_seconds()
     result = wrk.run(
         prepared.url,
@@ -375,6 +395,8 @@ def measure_level(
         core=options.load_core,
     )
     server.check_alive()
+    cpu, load = cpu_seconds(server.pid) - cpu_before, _children_cpu_seconds() - load_before
+    hold_after = capture_hold_seconds(prepared)
     return Measurement(
         prepared.contender,
         prepared.row,
@@ -382,9 +404,26 @@ def measure_level(
         connections,
         prepared.images_per_request,
         result,
-        cpu_seconds(server.pid) - cpu_before,
-        _children_cpu_seconds() - load_before,
+        cpu,
+        load,
+        capture_hold_seconds=None if hold_before is None else hold_after - hold_before,
     )
+
+
+def capture_hold_seconds(prepared: PreparedRow) -> float | None:
+    """Seconds the capture-on service's encoder has held its event loop since it started:
+    the sum of its `prediction_capture_encode_seconds` histogram on `/metrics`. None for
+    every other server. Raises BenchError when the service does not export it."""
+    if prepared.capture != CAPTURE_ON:
+        return None
+    url = prepared.server.url + "/metrics"
+    with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_SECONDS) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == CAPTURE_HOLD_SUM:
+                return sample.value
+    raise BenchError(f"{prepared.server.name}'s /metrics has no {CAPTURE_HOLD_SUM}")
 
 
 def gated_level(
@@ -456,6 +495,7 @@ def _progress(m: Measurement) -> str:
         f"  non-2xx {r.non_2xx}  errors {r.socket_errors}  server CPU {m.server_cpu_share or 0:.0%}"
         f"  wrk CPU {m.load_cpu_share or 0:.0%}"
         + (f"  steal {m.steal_share:.1%}" if m.steal_share is not None else "")
+        + (f"  capture hold {m.capture_hold_share:.1%}" if m.capture_hold_share is not None else "")
         + (runs if m.runs else "")
     )
 
@@ -550,7 +590,7 @@ def start_service(
     core: int,
 ) -> ServiceUnderTest:
     """`python -m service` on `core`, capture off (store None) or on (into the moto bucket)."""
-    capture = "on" if store is not None else CAPTURE_OFF
+    capture = CAPTURE_ON if store is not None else CAPTURE_OFF
     port = free_port()
     token = secrets.token_urlsafe(32)
     env = {

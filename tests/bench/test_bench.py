@@ -590,6 +590,56 @@ def test_runs_combine_into_the_levels_figures() -> None:
     level = combined(runs)
     assert level.server_cpu_seconds == pytest.approx(1.5)
     assert level.runs == tuple(runs) and level.as_dict()["runs"][1]["requests_per_second"] == 300
+    assert level.capture_hold_seconds is None and level.capture_hold_share is None
+    held = combined([dataclasses.replace(run, capture_hold_seconds=0.01) for run in runs])
+    assert held.capture_hold_seconds == pytest.approx(0.03)
+    assert held.capture_hold_share == pytest.approx(0.01)  # 0.03 s of the runs' 3 s
+    assert held.as_dict()["capture_hold_share"] == pytest.approx(0.01)
+
+
+def test_a_capture_on_run_reads_how_long_capture_held_the_event_loop(
+    workload: Workload, tmp_path: Path
+) -> None:
+    """The capture-on service, as the bench runs it, loaded by wrk for 2 s: the run's
+    capture hold is the growth of the service's prediction_capture_encode_seconds sum, more
+    than nothing and less than the run; the capture-off service has none, and the table
+    shows the share in its last column."""
+    from bench import run
+
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("wrk or taskset is missing: `apt-get install wrk util-linux`")
+        pytest.skip("wrk or taskset is not installed")
+    options = Options(seconds=2, warmup_seconds=0, concurrency=(4,))
+    body = workload.service_bodies()["predict single"]
+    with Processes(tmp_path) as processes:
+        store = start_store(processes, core=1)
+        measured = {}
+        for capture, service_store in (("off", None), ("on", store)):
+            service = run.start_service(processes, workload, tmp_path, service_store, core=0)
+            signed = dataclasses.replace(
+                body, headers={**body.headers, **run.bearer_header(service.token)}
+            )
+            prepared = run.prepare_row(
+                service.server,
+                "service",
+                "predict single",
+                signed,
+                capture,
+                workload,
+                options,
+                tmp_path,
+            )
+            measured[capture] = run.measure_level(prepared, 4, options.seconds, options)
+    on, off = measured["on"], measured["off"]
+    assert off.capture_hold_seconds is None
+    assert on.result.requests > 0 and on.result.non_2xx == 0
+    assert 0 < on.capture_hold_seconds < on.result.duration_us / 1e6
+    results = Results(options, {})
+    results.measurements = [off, on]
+    rows = report.table(results).splitlines()
+    assert rows[2].endswith("| - |")
+    assert rows[3].endswith(f"| {on.capture_hold_share:.1%} |")
 
 
 @pytest.mark.parametrize(

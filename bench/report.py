@@ -292,6 +292,16 @@ def table(results: Results) -> str:
     return "\n".join(lines)
 
 
+# What the table's less obvious columns mean, printed under it.
+COLUMN_NOTES = (
+    "server CPU / wrk CPU: share of one core each used during the run. A server below",
+    "~90% with wrk near 100% was limited by the load generator (or by other work on the",
+    "machine); req/CPU-s (requests per second of server CPU) is then the fairer figure.",
+    "capture hold: share of the run capture's encoder held the service's event loop",
+    "(its prediction_capture_encode_seconds), time the core gave no request.",
+)
+
+
 def summary(results: Results) -> str:
     """Everything a reader needs: machine, ceilings, table, ratios and targets."""
     found = ratios(results)
@@ -326,11 +336,7 @@ def summary(results: Results) -> str:
     parts += [
         table(results),
         "",
-        "server CPU / wrk CPU: share of one core each used during the run. A server below",
-        "~90% with wrk near 100% was limited by the load generator (or by other work on the",
-        "machine); req/CPU-s (requests per second of server CPU) is then the fairer figure.",
-        "capture hold: share of the run capture's encoder held the service's event loop",
-        "(its prediction_capture_encode_seconds), time the core gave no request.",
+        *COLUMN_NOTES,
         *_ratio_lines(found),
         "",
         *_target_lines(targets(results, found)),

@@ -213,7 +213,7 @@ def measure(
             )
         )
         hour = parts.list_hours(store, ENV, since)[0]
-        result.objects_per_task_hour = len(hour.compacted) + len(hour.parts)
+        result.objects_per_task_hour = len(parts.data_keys(store, hour))
         log(f"copying the compacted hour to {hours - 1} more hours, reading the {hours} hours")
         copy_hours(store, hour, [first + timedelta(hours=h) for h in range(1, hours)])
         objects = hours * len(hour.compacted)

@@ -34,6 +34,11 @@ from service.capture import partformat
 QUERY_TIMEOUT_SECONDS = 600
 POLL_SECONDS = 1.0
 _FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED")
+# Why a query fails when an object it listed is deleted before it reads it, as compaction
+# deletes the parts it merged; Athena's remedy is to run the query again (Athena User
+# Guide, "Troubleshoot issues in Athena": HIVE_CURSOR_ERROR ... AmazonS3Exception: The
+# specified key does not exist).
+OBJECT_GONE = "The specified key does not exist"
 
 # The same rule as statistics.top_probabilities and engine.TOP_PROBABILITY.
 TOP_PROBABILITY = """CASE
@@ -107,7 +112,8 @@ def rows(client: Any, execution: str, workgroup: str, database: str) -> list[lis
             time.sleep(POLL_SECONDS)
         if status["State"] != "SUCCEEDED":
             reason = status.get("StateChangeReason") or f"still {status['State']}"
-            raise PredictionLogError(f"Athena query {execution} in workgroup {workgroup}: {reason}")
+            failed = ObjectGoneError if OBJECT_GONE in reason else PredictionLogError
+            raise failed(f"Athena query {execution} in workgroup {workgroup}: {reason}")
         found: list[list[str | None]] = []
         pages = client.get_paginator("get_query_results").paginate(QueryExecutionId=execution)
         for page in pages:
@@ -120,6 +126,10 @@ def rows(client: Any, execution: str, workgroup: str, database: str) -> list[lis
     except Exception as exc:
         raise _failure(workgroup, database, exc) from None
     return found[1:]  # the first row of a SELECT's results is its column names
+
+
+class ObjectGoneError(PredictionLogError):
+    """A query failed because an object it listed was gone when it came to read it."""
 
 
 def stop(client: Any, execution: str) -> str:
@@ -163,16 +173,20 @@ def _failure(workgroup: str, database: str, exc: Exception) -> PredictionLogErro
 def aggregate(
     client: Any, workgroup: str, database: str, since: datetime | None = None
 ) -> Aggregates:
-    """The report's aggregates from Athena (the three queries started at once). Raises
-    PredictionLogError when a query fails, after stopping those not read yet."""
-    table = f'"{database}"."predictions"'
-    started = {
-        name: start(client, sql, workgroup, database) for name, sql in queries(table, since).items()
-    }
+    """The report's aggregates from Athena (the three queries started at once). A query
+    that failed because an object it listed was deleted meanwhile (ObjectGoneError) runs
+    once more. Raises PredictionLogError when a query fails, after stopping those not
+    read yet."""
+    sql = queries(f'"{database}"."predictions"', since)
+    started = {name: start(client, text, workgroup, database) for name, text in sql.items()}
     answers: dict[str, list[list[str | None]]] = {}
     try:
         for name, execution in started.items():
-            answers[name] = rows(client, execution, workgroup, database)
+            try:
+                answers[name] = rows(client, execution, workgroup, database)
+            except ObjectGoneError:
+                again = start(client, sql[name], workgroup, database)
+                answers[name] = rows(client, again, workgroup, database)
     except PredictionLogError:
         # The report gives up: the queries it has not read yet would run on, scanning.
         for execution in list(started.values())[len(answers) + 1 :]:

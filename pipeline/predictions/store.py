@@ -100,8 +100,8 @@ def read_part(store: PartStore, key: str) -> bytes:
     body = store.read(key)
     if body is None:
         raise PredictionLogError(
-            f"{store.url}/{key} was listed but is gone "
-            "(a compaction merged it meanwhile); run the command again"
+            f"{store.url}/{key} was listed but is gone (deleted meanwhile: compaction deletes "
+            "the parts it merged hours later); run the command again"
         )
     return body
 

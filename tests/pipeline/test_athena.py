@@ -216,3 +216,63 @@ def test_a_failed_query_stops_the_report_queries_not_read_yet(scripted_athena, c
         stubber.add_response("stop_query_execution", {}, {"QueryExecutionId": execution})
     with pytest.raises(PredictionLogError, match="exhausted resources"):
         athena.aggregate(client, WORKGROUP, DATABASE)
+
+
+def results(stubber: Stubber, execution: str, header: list[str]) -> None:
+    """GetQueryResults of `execution`: its column names and no rows."""
+    stubber.add_response(
+        "get_query_results",
+        {"ResultSet": {"Rows": [{"Data": [{"VarCharValue": name} for name in header]}]}},
+        {"QueryExecutionId": execution},
+    )
+
+
+GONE = (
+    "HIVE_CURSOR_ERROR: com.amazonaws.services.s3.model.AmazonS3Exception: The specified "
+    "key does not exist (Service: Amazon S3; Status Code: 404; Error Code: NoSuchKey)"
+)
+
+
+def test_a_query_that_met_a_deleted_object_runs_once_more(scripted_athena, clock):
+    """Compaction deletes the parts it merged; a query that listed one and came to read it
+    after fails with HIVE_CURSOR_ERROR, and Athena's remedy is to run it again (Athena
+    User Guide, "Troubleshoot issues in Athena")."""
+    client, stubber = scripted_athena
+    sql = athena.queries(f'"{DATABASE}"."predictions"', None)
+    for execution, name in zip(("q1", "q2", "q3"), sql, strict=True):
+        stubber.add_response(
+            "start_query_execution",
+            {"QueryExecutionId": execution},
+            {
+                "QueryString": sql[name],
+                "WorkGroup": WORKGROUP,
+                "QueryExecutionContext": {"Database": DATABASE},
+            },
+        )
+    state(stubber, "q1", "FAILED", GONE)
+    stubber.add_response(
+        "start_query_execution",
+        {"QueryExecutionId": "q4"},
+        {
+            "QueryString": sql["classes"],
+            "WorkGroup": WORKGROUP,
+            "QueryExecutionContext": {"Database": DATABASE},
+        },
+    )
+    for execution, header in (("q4", ["label"]), ("q2", ["model"]), ("q3", ["first"])):
+        state(stubber, execution, "SUCCEEDED")
+        results(stubber, execution, header)
+    assert athena.aggregate(client, WORKGROUP, DATABASE).models == {}
+
+
+def test_a_query_that_meets_a_deleted_object_twice_fails_the_report(scripted_athena, clock):
+    client, stubber = scripted_athena
+    for execution in ("q1", "q2", "q3"):
+        stubber.add_response("start_query_execution", {"QueryExecutionId": execution})
+    state(stubber, "q1", "FAILED", GONE)
+    stubber.add_response("start_query_execution", {"QueryExecutionId": "q4"})
+    state(stubber, "q4", "FAILED", GONE)
+    for execution in ("q2", "q3"):
+        stubber.add_response("stop_query_execution", {}, {"QueryExecutionId": execution})
+    with pytest.raises(PredictionLogError, match=r"q4 in workgroup .*The specified key"):
+        athena.aggregate(client, WORKGROUP, DATABASE)

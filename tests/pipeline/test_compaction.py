@@ -53,6 +53,29 @@ def names(store: LocalStore, hour: datetime) -> list[str]:
     return sorted(p.name for p in (store.root / partformat.hour_key("dev", hour)).iterdir())
 
 
+def merged(store: LocalStore, hour: datetime) -> list[str]:
+    """The first 15 characters of the hour's manifests' and merged objects' names."""
+    return [
+        n[:15]
+        for n in names(store, hour)
+        if partformat.is_manifest(n) or partformat.is_compacted(n)
+    ]
+
+
+def age(store: LocalStore, hour: datetime, by: timedelta, which=partformat.is_manifest) -> None:
+    """Make the hour's objects that `which` names (its manifests: what their commit's age
+    is read from) `by` old, as S3's LastModified would show them."""
+    import os
+
+    moment = (datetime.now(UTC) - by).timestamp()
+    for path in (store.root / partformat.hour_key("dev", hour)).iterdir():
+        if which(path.name):
+            os.utime(path, (moment, moment))
+
+
+PAST_GRACE = compaction.READ_GRACE + timedelta(minutes=10)
+
+
 def test_an_hour_becomes_one_object_and_a_manifest_and_reads_the_same(tmp_path):
     capture(str(tmp_path), NOON, 40)
     capture(str(tmp_path), NOON + timedelta(hours=1), 8, first=100)
@@ -64,10 +87,18 @@ def test_an_hour_becomes_one_object_and_a_manifest_and_reads_the_same(tmp_path):
         (2, 8, 1, 1),
         (10, 40, 1, 1),
     ]
-    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
+    assert merged(store, NOON) == ["_compacted-0001", "compacted-0001-"]
+    assert len(names(store, NOON)) == 2 + 10  # the parts stay while a reader may use them
     assert ids(store) == before and sum(before.values()) == 48
     # Nothing left to do: a second run changes nothing.
-    assert [d.generation for d in compaction.compact(store, "dev", now=LATER)] == [0, 0]
+    done = compaction.compact(store, "dev", now=LATER)
+    assert [(d.generation, d.cleaned) for d in done] == [(0, 0), (0, 0)]
+    assert ids(store) == before
+    # Once the commit is READ_GRACE old, the next run deletes the parts it covers.
+    age(store, NOON, PAST_GRACE)
+    done = compaction.compact(store, "dev", now=LATER)
+    assert [(d.generation, d.cleaned) for d in done] == [(0, 0), (0, 10)]
+    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
     assert ids(store) == before
 
 
@@ -101,7 +132,7 @@ def test_a_run_stopped_after_any_step_loses_and_duplicates_nothing(tmp_path, ste
     assert ids(store) == before  # readers see each record once in the meantime
     compaction.compact(store, "dev", now=LATER)
     assert ids(store) == before
-    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
+    assert merged(store, NOON) == ["_compacted-0001", "compacted-0001-"]
 
 
 class DeletesHalfThenFails(LocalStore):
@@ -112,15 +143,39 @@ class DeletesHalfThenFails(LocalStore):
 
 def test_a_run_stopped_while_deleting_the_parts_is_finished_by_the_next(tmp_path):
     capture(str(tmp_path), NOON, 40)
-    before = ids(parts.open_store(str(tmp_path)))
+    store = parts.open_store(str(tmp_path))
+    before = ids(store)
+    compaction.compact(store, "dev", now=LATER)
+    age(store, NOON, PAST_GRACE)
     with pytest.raises(OSError):
         compaction.compact(DeletesHalfThenFails(tmp_path), "dev", now=LATER)
-    store = parts.open_store(str(tmp_path))
     assert len(names(store, NOON)) == 2 + 5  # manifest, merged object, half the parts
     assert ids(store) == before
     (done,) = compaction.compact(store, "dev", now=LATER)
     assert (done.generation, done.cleaned) == (0, 5)
     assert ids(store) == before and len(names(store, NOON)) == 2
+
+
+def test_a_reader_that_listed_an_hour_before_its_compaction_reads_every_record(tmp_path):
+    """Athena and the report list an hour, then read what the listing named: a run must
+    not delete a part it has just merged (Athena fails the query: "The specified key does
+    not exist"), only once its manifest is READ_GRACE old."""
+    capture(str(tmp_path), NOON, 40)
+    store = parts.open_store(str(tmp_path))
+    listed = parts.data_keys(store, parts.list_hours(store, "dev")[0])
+    assert len(listed) == 10
+
+    def read() -> Counter:
+        bodies = [(parts.read_part(store, key), key) for key in listed]
+        return Counter(r["id"] for body, key in bodies for r in parts.decode_part(body, key))
+
+    expected = read()
+    compaction.compact(store, "dev", now=LATER)  # commits the hour
+    assert read() == expected
+    age(store, NOON, compaction.READ_GRACE - timedelta(minutes=10))
+    (done,) = compaction.compact(store, "dev", now=LATER)
+    assert (done.generation, done.cleaned) == (0, 0)
+    assert read() == expected and sum(expected.values()) == 40
 
 
 def test_parts_arriving_after_a_compaction_are_read_and_merged_next_time(tmp_path):
@@ -226,33 +281,26 @@ def test_two_runs_at_once_both_finish_and_lose_nothing(tmp_path):
     assert not isinstance(outcome["first"], Exception), outcome["first"]
     assert [d.generation for d in outcome["first"]] == [1]
     assert ids(store) == before
-    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
+    assert merged(store, NOON) == ["_compacted-0001", "compacted-0001-"]
 
 
-def _age(store: LocalStore, hour: datetime, age: timedelta) -> None:
-    """Make the hour's uncommitted merged objects `age` old."""
-    import os
-
-    moment = (datetime.now(UTC) - age).timestamp()
-    for path in (store.root / partformat.hour_key("dev", hour)).iterdir():
-        if partformat.is_compacted(path.name):
-            os.utime(path, (moment, moment))
-
-
-@pytest.mark.parametrize("age", [timedelta(minutes=30), timedelta(hours=4)])
-def test_a_stopped_runs_objects_are_removed_only_once_orphan_age_old(tmp_path, age):
+@pytest.mark.parametrize(
+    "old",
+    [compaction.ORPHAN_AGE - timedelta(minutes=10), compaction.ORPHAN_AGE + timedelta(hours=1)],
+)
+def test_a_stopped_runs_objects_are_removed_only_once_orphan_age_old(tmp_path, old):
     capture(str(tmp_path), NOON, 40)
     store = parts.open_store(str(tmp_path))
     with pytest.raises(Stop):
         compaction.compact(store, "dev", now=LATER, checkpoint=stop_at("written"))
     capture(str(tmp_path), NOON, 4, first=100)  # other parts: another digest, other names
     expected = ids(store)
-    _age(store, NOON, age)
+    age(store, NOON, old, which=partformat.is_compacted)
     (done,) = compaction.compact(store, "dev", now=LATER)
-    old = age > compaction.ORPHAN_AGE
-    assert (done.generation, done.parts, done.cleaned) == (1, 11, 1 if old else 0)
-    merged = [n for n in names(store, NOON) if partformat.is_compacted(n)]
-    assert len(merged) == (1 if old else 2)  # a young one stays, read by no reader
+    orphaned = old > compaction.ORPHAN_AGE
+    assert (done.generation, done.parts, done.cleaned) == (1, 11, 1 if orphaned else 0)
+    merged_objects = [n for n in names(store, NOON) if partformat.is_compacted(n)]
+    assert len(merged_objects) == (1 if orphaned else 2)  # a young one stays, read by no reader
     assert ids(store) == expected
 
 
@@ -345,18 +393,24 @@ def test_part_keys_and_the_athena_projection_share_one_hour_layout(tmp_path):
 
 
 @pytest.mark.integration
-def test_compaction_on_s3_deletes_the_parts_it_merged(aws):
+def test_compaction_on_s3_deletes_the_parts_it_merged_by_a_later_run(aws, monkeypatch):
     boto3.client("s3").create_bucket(Bucket="captures")
     url = "s3://captures/predictions"
     capture(url, NOON, 12, per_part=1)
     store = parts.open_store(url)
     before = ids(store)
+
+    def listed() -> list[str]:
+        contents = boto3.client("s3").list_objects_v2(Bucket="captures")["Contents"]
+        return [item["Key"].rsplit("/", 1)[1][:15] for item in contents]
+
     (done,) = compaction.compact(store, "dev", now=LATER)
     assert (done.parts, done.records, done.objects) == (12, 12, 1)
-    keys = [
-        item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="captures")["Contents"]
-    ]
-    assert [key.rsplit("/", 1)[1][:15] for key in keys] == ["_compacted-0001", "compacted-0001-"]
+    assert len(listed()) == 2 + 12
+    monkeypatch.setattr(compaction, "READ_GRACE", timedelta(0))  # S3 dates the manifest
+    (done,) = compaction.compact(store, "dev", now=LATER)
+    assert (done.generation, done.cleaned) == (0, 12)
+    assert listed() == ["_compacted-0001", "compacted-0001-"]
     assert ids(store) == before
 
 

@@ -10,9 +10,10 @@ derived from it and the benchmark counts records with it:
 
 A part and a merged object are both gzip JSON Lines, one record per line (see
 `service.capture.records` for the fields), so one reader and one Athena table
-read both. The manifest's name starts with `_`: Athena skips such objects when
-it reads a table's location ("Athena ignores files whose names begin with an
-underscore or a dot", Athena user guide, "Table location in Amazon S3").
+read both. The manifest's name starts with `_`: Athena treats objects whose names
+start with an underscore or a dot as hidden and skips them when it reads a table's
+location (Athena User Guide, "Considerations and limitations for SQL queries in
+Amazon Athena").
 """
 
 from __future__ import annotations

@@ -596,7 +596,14 @@ def test_athena_workgroup_keeps_results_limits_bytes_and_saves_the_queries(
     configuration = athena.get_work_group(WorkGroup=outputs["athena_workgroup"])["WorkGroup"][
         "Configuration"
     ]
-    assert configuration["BytesScannedCutoffPerQuery"] == 10 * 1024**3
+    # The limit admits the widest saved query (7 days) at the environment's busiest capture:
+    # every task at max_capacity answering its scaling target's requests, one record each,
+    # of the bytes capture's encoder writes for a single-image record.
+    busiest = (
+        int(configured(env, "max_capacity")) * int(configured(env, "requests_per_target")) / 60
+    )
+    week = busiest * single_image_record_bytes() * 7 * 24 * 3600
+    assert week <= configuration["BytesScannedCutoffPerQuery"] <= 1.2 * week
     assert configuration["EnforceWorkGroupConfiguration"] is True
     location = configuration["ResultConfiguration"]["OutputLocation"]
     assert location == f"s3://{outputs['bucket_name']}/athena-results/{env}/"
@@ -1042,6 +1049,24 @@ AUTOSCALING = {
     "module.service.aws_appautoscaling_policy.cpu[0]",
     "module.service.aws_appautoscaling_policy.requests[0]",
 }
+
+
+def single_image_record_bytes() -> float:
+    """Gzip bytes a single-image `/predict` record takes in a part, as capture encodes a
+    second of them (2,500 records, mnist-8's ten scores, ids made by the service)."""
+    import numpy as np
+
+    from service.capture.records import PartNamer, Pending, encode_parts
+    from service.model import ModelInfo
+
+    info = ModelInfo("mnist-8", "2f06e72de813", "cd" * 32)
+    scores = np.random.default_rng(0).normal(0, 3, (2_500, 1, 10)).astype(np.float32)
+    start = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
+    entries = [
+        Pending(start + n / 2_500, "/predict", None, info, row, None, 0.0021)
+        for n, row in enumerate(scores)
+    ]
+    return sum(len(part.body) for part in encode_parts(entries, "prod", PartNamer())) / 2_500
 
 
 def configured(env: str, name: str) -> str:

@@ -173,6 +173,8 @@ module "capture_catalog" {
   bucket_name   = module.storage.bucket_name
   bucket_arn    = module.storage.bucket_arn
   force_destroy = var.force_destroy
+  # Each task at max_capacity answering the requests a second its scaling aims for.
+  busiest_records_per_second = var.max_capacity * var.requests_per_target / 60
 
   cluster_arn        = module.service.cluster_arn
   task_family        = module.service.task_family

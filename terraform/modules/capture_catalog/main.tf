@@ -14,6 +14,16 @@ locals {
   capture_prefix = "capture/${var.environment}"
   location       = "s3://${var.bucket_name}/${local.capture_prefix}/"
   database       = replace("${var.name}_capture", "-", "_")
+
+  # The workgroup's byte limit admits query_scan_days (by default the widest saved query's
+  # window, requests-by-model-version: 7 days) at the environment's busiest capture; a gzip
+  # JSON Lines record of one example is about 90 bytes (README, "The report").
+  record_bytes = 100
+  bytes_scanned_cutoff = max(
+    10 * 1024 * 1024 * 1024,
+    ceil(var.busiest_records_per_second * local.record_bytes * var.query_scan_days * 24 * 3600),
+  )
+
   # The compaction family, without a revision: RunTask starts its latest ACTIVE revision
   # (ECS API reference, RunTask, taskDefinition: "If a revision isn't specified, the
   # latest ACTIVE revision is used"; IAM authorises that revision's ARN). Terraform
@@ -137,7 +147,7 @@ resource "aws_athena_workgroup" "this" {
   configuration {
     enforce_workgroup_configuration    = true
     publish_cloudwatch_metrics_enabled = true
-    bytes_scanned_cutoff_per_query     = var.bytes_scanned_cutoff_per_query
+    bytes_scanned_cutoff_per_query     = local.bytes_scanned_cutoff
 
     result_configuration {
       output_location = "s3://${var.bucket_name}/athena-results/${var.environment}/"

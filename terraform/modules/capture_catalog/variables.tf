@@ -44,10 +44,25 @@ variable "projection_start" {
   default     = "2024/01/01/00"
 }
 
-variable "bytes_scanned_cutoff_per_query" {
-  description = "Athena cancels a query of the workgroup once it has scanned this many bytes (at least 10 MB). 10 GB: about 25 task-days of compacted capture, USD 0.05 at USD 5 per TB."
+variable "busiest_records_per_second" {
+  description = "The most prediction records a second the environment captures: its tasks at max_capacity, each at the request rate its scaling aims for (a record per example: a single-example request writes one). 0 for a paused environment."
   type        = number
-  default     = 10737418240
+
+  validation {
+    condition     = var.busiest_records_per_second >= 0
+    error_message = "busiest_records_per_second must be 0 or more: max_capacity x requests_per_target / 60."
+  }
+}
+
+variable "query_scan_days" {
+  description = "Days of capture at busiest_records_per_second (about 100 gzip bytes a record) one Athena query may scan before the workgroup cancels it (BytesScannedCutoffPerQuery; 10 GB at least). 7: the widest saved query's window."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.query_scan_days > 0
+    error_message = "query_scan_days must be above 0."
+  }
 }
 
 variable "force_destroy" {

@@ -6,11 +6,10 @@ into at most `MAX_OBJECTS` gzip JSON Lines objects in the same hour directory,
 so one reader and one Athena table read both forms. The steps, for one hour, on
 a listing of the hour taken when its turn comes:
 
-1. finish earlier runs: delete the parts a manifest covers once that manifest is
-   `READ_GRACE` old, and the merged objects no manifest commits once they are
-   `ORPHAN_AGE` old (a run that stopped before its commit: a run commits within
-   `COMMIT_WITHIN` of its first write, so an uncommitted object that old belongs to no
-   run still going);
+1. finish an earlier run: delete the parts a manifest already covers, and the
+   merged objects no manifest commits once they are `ORPHAN_AGE` old (a run that
+   stopped before its commit: a run commits within `COMMIT_WITHIN` of its first
+   write, so an uncommitted object that old belongs to no run still going);
 2. read the parts no manifest covers, count their records and stream them into
    the merged objects (`compacted-<generation>-<digest>-<i>.jsonl.gz`: the parts'
    gzip members side by side, `partformat.merge`), each a conditional write; a part
@@ -20,16 +19,8 @@ a listing of the hour taken when its turn comes:
    each holds exactly its parts' records (counted in step 2);
 4. commit: write the manifest `_compacted-<generation>.json` (the parts it
    covers, the objects that now hold their records) with a conditional write
-   (S3 `If-None-Match: *`), so two runs cannot both commit a generation.
-
-A run never deletes what it has just merged: a reader lists an hour, then reads what the
-listing named, so a part deleted in between fails the read. The report's reader takes
-minutes; an Athena query that started before the commit ends within Athena's DML query
-timeout (30 minutes unless the account raised it: Athena User Guide, "Service Quotas").
-Athena lists every object of an hour, covered parts included, so a query that reads an
-hour while a later run deletes its parts still fails, with HIVE_CURSOR_ERROR "The
-specified key does not exist", and Athena's remedy is to run it again (Athena User Guide,
-"Troubleshoot issues in Athena"): the report does (`athena.OBJECT_GONE`).
+   (S3 `If-None-Match: *`), so two runs cannot both commit a generation;
+5. delete the covered parts.
 
 A conditional write that finds its key taken is ours when the object there is the
 bytes we wrote (botocore retries a PUT whose answer was lost, and the retry finds the
@@ -40,9 +31,12 @@ Readers (`store.data_keys`) read committed merged objects plus the parts no
 manifest covers, so a crash between any two steps loses and duplicates nothing,
 and running `compact` again finishes the job; two runs at once (the schedule and a
 `nox -s compact`) lose nothing either. Parts that arrive after a compaction (a spool
-draining late) are merged by the next run as a new generation. Athena reads every
-data object of an hour (it cannot read a manifest), so its queries keep one copy of each
-record, the merged one (`pipeline.predictions.athena.deduplicated`).
+draining late) are merged by the next run as a new generation. A reader lists an hour,
+then reads what it listed, so step 5 can delete a part a reader is about to read: the
+report's readers then list the hour again and read its merged objects
+(`store.hour_bodies`), and an Athena query that fails for it is run again
+(`athena.OBJECT_GONE`). Athena reads every data object of an hour, so its queries keep
+one copy of each record, the merged one (`athena.deduplicated`).
 """
 
 from __future__ import annotations
@@ -86,9 +80,6 @@ SETTLE = timedelta(minutes=10)
 # the two hours between them cover another run's listing taken before the commit and
 # the task's clock against S3's LastModified.
 COMMIT_WITHIN = timedelta(hours=1)
-# Parts a manifest covers are deleted once the manifest is this old, by the next hourly
-# run: past Athena's default DML query timeout (30 minutes) and any report's reads.
-READ_GRACE = timedelta(minutes=45)
 ORPHAN_AGE = timedelta(hours=3)
 # Parts read ahead of the one being uploaded, per worker: memory holds about this many
 # parts per worker, however many the hour has.
@@ -100,7 +91,7 @@ Checkpoint = Callable[[str], None]
 @dataclass(frozen=True)
 class HourCompaction:
     """What `compact_hour` did: `records` from `parts` into `objects`, generation
-    `generation` (0: nothing to merge); `cleaned` objects of earlier runs removed (step 1)."""
+    `generation` (0: nothing to merge); `cleaned` keys left by an earlier run removed."""
 
     hour: datetime
     generation: int
@@ -146,7 +137,7 @@ def compact_hour(
     workers: int = READ_WORKERS,
     checkpoint: Checkpoint | None = None,
 ) -> HourCompaction:
-    """Merge one hour's uncovered parts (steps 1 to 4 of the module's docstring), on a
+    """Merge one hour's uncovered parts (steps 1 to 5 of the module's docstring), on a
     listing of `hour` taken now (`hour` names it; what it holds may be minutes old).
 
     `checkpoint(step)` is called after each step ("cleaned", "written", "verified",
@@ -158,14 +149,14 @@ def compact_hour(
     started = time.perf_counter()
     step = checkpoint or (lambda _: None)
     hour, listed = _listed(store, hour)
-    covered, removed = _finish_earlier_runs(store, hour, listed)
+    covered, leftovers = _finish_earlier_runs(store, hour, listed)
     step("cleaned")
     sources = sorted(name for name in hour.parts if name not in covered)
     generation = 1 + max(
         (partformat.manifest_generation(name) for name in hour.manifests), default=0
     )
     if not sources:
-        return HourCompaction(hour.hour, 0, 0, 0, 0, removed, time.perf_counter() - started)
+        return HourCompaction(hour.hour, 0, 0, 0, 0, leftovers, time.perf_counter() - started)
     writing = _Writing(store, hour, listed)
     records, objects = _write_merged(writing, sources, generation, workers, step)
     manifest = orjson.dumps(
@@ -185,9 +176,10 @@ def compact_hour(
             "first; run compact again"
         )
     step("committed")
+    _delete(store, [hour.key(name) for name in sources])
     elapsed = time.perf_counter() - started
     return HourCompaction(
-        hour.hour, generation, len(sources), records, len(objects), removed, elapsed
+        hour.hour, generation, len(sources), records, len(objects), leftovers, elapsed
     )
 
 
@@ -204,27 +196,19 @@ def _listed(store: PartStore, hour: Hour) -> tuple[Hour, dict[str, Entry]]:
 def _finish_earlier_runs(
     store: PartStore, hour: Hour, listed: dict[str, Entry]
 ) -> tuple[set[str], int]:
-    """Step 1: delete the parts covered by the hour's manifests that are READ_GRACE old,
-    and the merged objects none commits that are ORPHAN_AGE old. The names of every part
-    a manifest covers, and how many objects were deleted."""
-    now = datetime.now(UTC)
-    covered: set[str] = set()
-    deletable: set[str] = set()
-    committed: set[str] = set()
-    for name in sorted(hour.manifests):
-        manifest = read_manifest(store, hour, name)
-        covered.update(manifest["sources"])
-        committed.update(entry["name"] for entry in manifest["objects"])
-        if listed[name].modified < now - READ_GRACE:
-            deletable.update(manifest["sources"])
-    removed = [name for name in hour.parts if name in deletable]
-    removed += [
-        name
-        for name in hour.compacted
-        if name not in committed and listed[name].modified < now - ORPHAN_AGE
+    """Step 1: delete the parts the hour's manifests cover and the merged objects none
+    commits that are ORPHAN_AGE old. The covered parts' names, and how many objects were
+    deleted."""
+    manifests = [read_manifest(store, hour, name) for name in sorted(hour.manifests)]
+    covered = {name for manifest in manifests for name in manifest["sources"]}
+    committed = {entry["name"] for manifest in manifests for entry in manifest["objects"]}
+    old = datetime.now(UTC) - ORPHAN_AGE
+    leftovers = [name for name in hour.parts if name in covered]
+    leftovers += [
+        name for name in hour.compacted if name not in committed and listed[name].modified < old
     ]
-    _delete(store, [hour.key(name) for name in removed])
-    return covered, len(removed)
+    _delete(store, [hour.key(name) for name in leftovers])
+    return covered, len(leftovers)
 
 
 class _Writing:
@@ -451,7 +435,7 @@ def describe(entry: HourCompaction) -> str:
     return (
         f"{entry.hour:%Y-%m-%d %H}:00  {entry.parts} parts, {entry.records} records -> "
         f"{entry.objects} objects (generation {entry.generation}), {entry.cleaned} "
-        f"earlier objects removed, {entry.seconds:.1f} s"
+        f"left-overs removed, {entry.seconds:.1f} s"
     )
 
 

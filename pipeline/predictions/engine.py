@@ -26,12 +26,15 @@ import numpy as np
 from pipeline.predictions.statistics import Aggregates
 from pipeline.predictions.store import (
     READ_WORKERS,
+    Hour,
     PartStore,
     PredictionLogError,
     _iso,
     data_keys,
+    hour_results,
     list_hours,
     read_part,
+    relisted,
 )
 from service.store import LocalStore
 
@@ -71,8 +74,11 @@ def hour_files(
     try:
         plans = [pool.submit(data_keys, store, hour) for hour in hours]
         if isinstance(store, LocalStore):
-            for plan in plans:
-                yield [store.root / key for key in plan.result()]
+            for hour, plan in zip(hours, plans, strict=True):
+                paths = [store.root / key for key in plan.result()]
+                if not all(path.is_file() for path in paths):  # compacted meanwhile
+                    paths = [store.root / key for key in data_keys(store, relisted(store, hour))]
+                yield paths
             return
 
         def download(key: str) -> Path:
@@ -81,12 +87,13 @@ def hour_files(
             path.write_bytes(read_part(store, key))
             return path
 
-        pending: deque[list[Future[Path]]] = deque()
-        ahead = iter(plans)
+        pending: deque[tuple[Hour, list[str], list[Future[Path]]]] = deque()
+        ahead = zip(hours, plans, strict=True)
         for _ in hours:
-            for plan in itertools.islice(ahead, LOOKAHEAD_HOURS - len(pending)):
-                pending.append([pool.submit(download, key) for key in plan.result()])
-            paths = [future.result() for future in pending.popleft()]
+            for hour, plan in itertools.islice(ahead, LOOKAHEAD_HOURS - len(pending)):
+                keys = plan.result()
+                pending.append((hour, keys, [pool.submit(download, key) for key in keys]))
+            _, paths = hour_results(store, *pending.popleft(), download)
             if len(paths) > 1:
                 with paths[0].open("ab") as merged:
                     for path in paths[1:]:

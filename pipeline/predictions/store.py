@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 
@@ -41,6 +41,11 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 class PredictionLogError(Exception):
     """The prediction log cannot be read; the message says what to fix."""
+
+
+class PartGoneError(PredictionLogError):
+    """An object a listing named was gone when read: a compaction merged its hour and
+    deleted the parts meanwhile (`compact`, step 5)."""
 
 
 # -- where the parts are: a local directory or S3 (service.store) --------------
@@ -97,13 +102,44 @@ def part_entries(store: PartStore, prefix: str, *, check_only: bool = False) -> 
 
 
 def read_part(store: PartStore, key: str) -> bytes:
+    """The object's bytes; PartGoneError when it is not there."""
     body = store.read(key)
     if body is None:
-        raise PredictionLogError(
-            f"{store.url}/{key} was listed but is gone (deleted meanwhile: compaction deletes "
-            "the parts it merged hours later); run the command again"
+        raise PartGoneError(
+            f"{store.url}/{key} was listed but is gone "
+            "(a compaction merged it meanwhile); run the command again"
         )
     return body
+
+
+Result = TypeVar("Result")
+
+
+def hour_results(
+    store: PartStore,
+    hour: Hour,
+    keys: list[str],
+    started: list[Future[Result]],
+    work: Callable[[str], Result],
+) -> tuple[list[str], list[Result]]:
+    """`work(key)` for each of the hour's `keys`, already `started` on a pool, and the
+    keys they are of. A compaction that commits the hour between its listing and the
+    reads deletes the parts it merged: when one was gone (PartGoneError), the hour is
+    listed again and `work` runs on its keys now (its merged objects), once. Raises
+    PartGoneError when an object is gone again."""
+    try:
+        return keys, [future.result() for future in started]
+    except PartGoneError:
+        for future in started:
+            future.cancel()
+        keys = data_keys(store, relisted(store, hour))
+        return keys, [work(key) for key in keys]
+
+
+def relisted(store: PartStore, hour: Hour) -> Hour:
+    """`hour` as the store holds it now."""
+    keys = part_keys(store, hour.prefix + "/")
+    return group_hours(keys).get(hour.hour, Hour(hour.hour, hour.prefix))
 
 
 # -- reading records ------------------------------------------------------------
@@ -238,25 +274,30 @@ def read_records(
     hours = list_hours(store, env, since)
     cutoff = _iso(since) if since else None
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        plans = (pool.submit(data_keys, store, hour) for hour in hours)
-        pending: list[tuple[list[str], list[Future[bytes]]]] = []
-        for plan in plans:
+        plans = ((hour, pool.submit(data_keys, store, hour)) for hour in hours)
+        pending: list[tuple[Hour, list[str], list[Future[bytes]]]] = []
+        for hour, plan in plans:
             keys = plan.result()
-            pending.append((keys, fetch(store, keys, pool)))
+            pending.append((hour, keys, fetch(store, keys, pool)))
             if len(pending) < 2:  # one hour in flight while the one before is decoded
                 continue
             yield from _hour_records(store, *pending.pop(0), cutoff)
-        for keys, bodies in pending:
-            yield from _hour_records(store, keys, bodies, cutoff)
+        for hour, keys, bodies in pending:
+            yield from _hour_records(store, hour, keys, bodies, cutoff)
 
 
 def _hour_records(
-    store: PartStore, keys: list[str], bodies: list[Future[bytes]], cutoff: str | None
+    store: PartStore,
+    hour: Hour,
+    keys: list[str],
+    bodies: list[Future[bytes]],
+    cutoff: str | None,
 ) -> list[dict]:
+    keys, read = hour_results(store, hour, keys, bodies, lambda key: read_part(store, key))
     records = [
         record
-        for key, body in zip(keys, bodies, strict=True)
-        for record in decode_part(body.result(), f"{store.url}/{key}")
+        for key, body in zip(keys, read, strict=True)
+        for record in decode_part(body, f"{store.url}/{key}")
         if cutoff is None or record.get("time", "") >= cutoff
     ]
     records.sort(key=lambda record: (record.get("time", ""), record.get("id", "")), reverse=True)

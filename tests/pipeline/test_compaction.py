@@ -53,29 +53,6 @@ def names(store: LocalStore, hour: datetime) -> list[str]:
     return sorted(p.name for p in (store.root / partformat.hour_key("dev", hour)).iterdir())
 
 
-def merged(store: LocalStore, hour: datetime) -> list[str]:
-    """The first 15 characters of the hour's manifests' and merged objects' names."""
-    return [
-        n[:15]
-        for n in names(store, hour)
-        if partformat.is_manifest(n) or partformat.is_compacted(n)
-    ]
-
-
-def age(store: LocalStore, hour: datetime, by: timedelta, which=partformat.is_manifest) -> None:
-    """Make the hour's objects that `which` names (its manifests: what their commit's age
-    is read from) `by` old, as S3's LastModified would show them."""
-    import os
-
-    moment = (datetime.now(UTC) - by).timestamp()
-    for path in (store.root / partformat.hour_key("dev", hour)).iterdir():
-        if which(path.name):
-            os.utime(path, (moment, moment))
-
-
-PAST_GRACE = compaction.READ_GRACE + timedelta(minutes=10)
-
-
 def test_an_hour_becomes_one_object_and_a_manifest_and_reads_the_same(tmp_path):
     capture(str(tmp_path), NOON, 40)
     capture(str(tmp_path), NOON + timedelta(hours=1), 8, first=100)
@@ -87,18 +64,10 @@ def test_an_hour_becomes_one_object_and_a_manifest_and_reads_the_same(tmp_path):
         (2, 8, 1, 1),
         (10, 40, 1, 1),
     ]
-    assert merged(store, NOON) == ["_compacted-0001", "compacted-0001-"]
-    assert len(names(store, NOON)) == 2 + 10  # the parts stay while a reader may use them
+    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
     assert ids(store) == before and sum(before.values()) == 48
     # Nothing left to do: a second run changes nothing.
-    done = compaction.compact(store, "dev", now=LATER)
-    assert [(d.generation, d.cleaned) for d in done] == [(0, 0), (0, 0)]
-    assert ids(store) == before
-    # Once the commit is READ_GRACE old, the next run deletes the parts it covers.
-    age(store, NOON, PAST_GRACE)
-    done = compaction.compact(store, "dev", now=LATER)
-    assert [(d.generation, d.cleaned) for d in done] == [(0, 0), (0, 10)]
-    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
+    assert [d.generation for d in compaction.compact(store, "dev", now=LATER)] == [0, 0]
     assert ids(store) == before
 
 
@@ -132,7 +101,7 @@ def test_a_run_stopped_after_any_step_loses_and_duplicates_nothing(tmp_path, ste
     assert ids(store) == before  # readers see each record once in the meantime
     compaction.compact(store, "dev", now=LATER)
     assert ids(store) == before
-    assert merged(store, NOON) == ["_compacted-0001", "compacted-0001-"]
+    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
 
 
 class DeletesHalfThenFails(LocalStore):
@@ -143,39 +112,15 @@ class DeletesHalfThenFails(LocalStore):
 
 def test_a_run_stopped_while_deleting_the_parts_is_finished_by_the_next(tmp_path):
     capture(str(tmp_path), NOON, 40)
-    store = parts.open_store(str(tmp_path))
-    before = ids(store)
-    compaction.compact(store, "dev", now=LATER)
-    age(store, NOON, PAST_GRACE)
+    before = ids(parts.open_store(str(tmp_path)))
     with pytest.raises(OSError):
         compaction.compact(DeletesHalfThenFails(tmp_path), "dev", now=LATER)
+    store = parts.open_store(str(tmp_path))
     assert len(names(store, NOON)) == 2 + 5  # manifest, merged object, half the parts
     assert ids(store) == before
     (done,) = compaction.compact(store, "dev", now=LATER)
     assert (done.generation, done.cleaned) == (0, 5)
     assert ids(store) == before and len(names(store, NOON)) == 2
-
-
-def test_a_reader_that_listed_an_hour_before_its_compaction_reads_every_record(tmp_path):
-    """Athena and the report list an hour, then read what the listing named: a run must
-    not delete a part it has just merged (Athena fails the query: "The specified key does
-    not exist"), only once its manifest is READ_GRACE old."""
-    capture(str(tmp_path), NOON, 40)
-    store = parts.open_store(str(tmp_path))
-    listed = parts.data_keys(store, parts.list_hours(store, "dev")[0])
-    assert len(listed) == 10
-
-    def read() -> Counter:
-        bodies = [(parts.read_part(store, key), key) for key in listed]
-        return Counter(r["id"] for body, key in bodies for r in parts.decode_part(body, key))
-
-    expected = read()
-    compaction.compact(store, "dev", now=LATER)  # commits the hour
-    assert read() == expected
-    age(store, NOON, compaction.READ_GRACE - timedelta(minutes=10))
-    (done,) = compaction.compact(store, "dev", now=LATER)
-    assert (done.generation, done.cleaned) == (0, 0)
-    assert read() == expected and sum(expected.values()) == 40
 
 
 def test_parts_arriving_after_a_compaction_are_read_and_merged_next_time(tmp_path):
@@ -281,26 +226,33 @@ def test_two_runs_at_once_both_finish_and_lose_nothing(tmp_path):
     assert not isinstance(outcome["first"], Exception), outcome["first"]
     assert [d.generation for d in outcome["first"]] == [1]
     assert ids(store) == before
-    assert merged(store, NOON) == ["_compacted-0001", "compacted-0001-"]
+    assert [n[:15] for n in names(store, NOON)] == ["_compacted-0001", "compacted-0001-"]
 
 
-@pytest.mark.parametrize(
-    "old",
-    [compaction.ORPHAN_AGE - timedelta(minutes=10), compaction.ORPHAN_AGE + timedelta(hours=1)],
-)
-def test_a_stopped_runs_objects_are_removed_only_once_orphan_age_old(tmp_path, old):
+def _age(store: LocalStore, hour: datetime, age: timedelta) -> None:
+    """Make the hour's uncommitted merged objects `age` old."""
+    import os
+
+    moment = (datetime.now(UTC) - age).timestamp()
+    for path in (store.root / partformat.hour_key("dev", hour)).iterdir():
+        if partformat.is_compacted(path.name):
+            os.utime(path, (moment, moment))
+
+
+@pytest.mark.parametrize("age", [timedelta(minutes=30), timedelta(hours=4)])
+def test_a_stopped_runs_objects_are_removed_only_once_orphan_age_old(tmp_path, age):
     capture(str(tmp_path), NOON, 40)
     store = parts.open_store(str(tmp_path))
     with pytest.raises(Stop):
         compaction.compact(store, "dev", now=LATER, checkpoint=stop_at("written"))
     capture(str(tmp_path), NOON, 4, first=100)  # other parts: another digest, other names
     expected = ids(store)
-    age(store, NOON, old, which=partformat.is_compacted)
+    _age(store, NOON, age)
     (done,) = compaction.compact(store, "dev", now=LATER)
-    orphaned = old > compaction.ORPHAN_AGE
-    assert (done.generation, done.parts, done.cleaned) == (1, 11, 1 if orphaned else 0)
-    merged_objects = [n for n in names(store, NOON) if partformat.is_compacted(n)]
-    assert len(merged_objects) == (1 if orphaned else 2)  # a young one stays, read by no reader
+    old = age > compaction.ORPHAN_AGE
+    assert (done.generation, done.parts, done.cleaned) == (1, 11, 1 if old else 0)
+    merged = [n for n in names(store, NOON) if partformat.is_compacted(n)]
+    assert len(merged) == (1 if old else 2)  # a young one stays, read by no reader
     assert ids(store) == expected
 
 
@@ -393,24 +345,18 @@ def test_part_keys_and_the_athena_projection_share_one_hour_layout(tmp_path):
 
 
 @pytest.mark.integration
-def test_compaction_on_s3_deletes_the_parts_it_merged_by_a_later_run(aws, monkeypatch):
+def test_compaction_on_s3_deletes_the_parts_it_merged(aws):
     boto3.client("s3").create_bucket(Bucket="captures")
     url = "s3://captures/predictions"
     capture(url, NOON, 12, per_part=1)
     store = parts.open_store(url)
     before = ids(store)
-
-    def listed() -> list[str]:
-        contents = boto3.client("s3").list_objects_v2(Bucket="captures")["Contents"]
-        return [item["Key"].rsplit("/", 1)[1][:15] for item in contents]
-
     (done,) = compaction.compact(store, "dev", now=LATER)
     assert (done.parts, done.records, done.objects) == (12, 12, 1)
-    assert len(listed()) == 2 + 12
-    monkeypatch.setattr(compaction, "READ_GRACE", timedelta(0))  # S3 dates the manifest
-    (done,) = compaction.compact(store, "dev", now=LATER)
-    assert (done.generation, done.cleaned) == (0, 12)
-    assert listed() == ["_compacted-0001", "compacted-0001-"]
+    keys = [
+        item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="captures")["Contents"]
+    ]
+    assert [key.rsplit("/", 1)[1][:15] for key in keys] == ["_compacted-0001", "compacted-0001-"]
     assert ids(store) == before
 
 
@@ -479,6 +425,75 @@ def test_the_engine_reads_mixed_compacted_and_uncompacted_hours_like_the_records
     assert_same(by_python, by_engine)
     later = datetime(2025, 3, 1, 13, 0, 5, tzinfo=UTC)
     assert python_and_engine(store, later)[1].total == 5  # records at or after 13:00:05
+
+
+def compacts_at_first_read(store: parts.PartStore, compacted: parts.PartStore) -> list[int]:
+    """Make `store`'s first read of an object first compact its hour through `compacted`
+    (another handle on the same store): the part the reader listed is gone when it comes
+    to read it, as when the scheduled compaction commits between a report's listing and
+    its reads. The number of compactions run."""
+    import threading
+
+    read, runs, first = store.read, [], threading.Lock()
+
+    def racing(key: str) -> bytes | None:
+        with first:  # the reader's threads: the first read compacts, the others wait
+            if not runs:
+                runs.append(len(compaction.compact(compacted, "dev", hour=NOON, now=LATER)))
+        return read(key)
+
+    store.read = racing
+    return runs
+
+
+def test_records_read_while_a_compaction_merges_their_hour_are_each_read_once(tmp_path):
+    capture(str(tmp_path), NOON, 40)
+    expected = ids(parts.open_store(str(tmp_path)))
+    store = parts.open_store(str(tmp_path))
+    runs = compacts_at_first_read(store, parts.open_store(str(tmp_path)))
+    assert ids(store) == expected and sum(expected.values()) == 40
+    assert runs == [1]
+
+
+def test_the_engine_reads_an_hour_a_compaction_merges_meanwhile(tmp_path, monkeypatch):
+    """A local store's files are read in place by DuckDB: a part deleted between the
+    hour's plan and DuckDB's read is found missing before, and the hour planned again."""
+    from pipeline.predictions import engine
+
+    capture(str(tmp_path), NOON, 40)
+    store = parts.open_store(str(tmp_path))
+    before, _ = python_and_engine(store)
+    planned = engine.data_keys
+
+    def plan_then_compact(store_: parts.PartStore, hour: parts.Hour) -> list[str]:
+        keys = planned(store_, hour)
+        if len(keys) > 1:  # the parts, not yet the merged object
+            compaction.compact(parts.open_store(str(tmp_path)), "dev", hour=NOON, now=LATER)
+        return keys
+
+    monkeypatch.setattr(engine, "data_keys", plan_then_compact)
+    labels = np.repeat(np.arange(10), 10)
+    from pipeline.predictions import statistics
+
+    after = statistics.summary(engine.aggregate_store(store, "dev"), "dev", labels)
+    assert_same(before, after)
+
+
+@pytest.mark.integration
+def test_the_engine_reads_an_s3_hour_a_compaction_merges_meanwhile(aws):
+    boto3.client("s3").create_bucket(Bucket="captures")
+    url = "s3://captures/predictions"
+    capture(url, NOON, 12, per_part=1)
+    capture(url, NOON + timedelta(hours=1), 4, first=100)
+    before = python_and_engine(parts.open_store(url))
+    store = parts.open_store(url)
+    runs = compacts_at_first_read(store, parts.open_store(url))
+    from pipeline.predictions import engine, statistics
+
+    labels = np.repeat(np.arange(10), 10)
+    after = statistics.summary(engine.aggregate_store(store, "dev"), "dev", labels)
+    assert runs == [1] and after.total == 16
+    assert_same(before[1], after)
 
 
 @pytest.mark.integration

@@ -34,7 +34,7 @@ and running `compact` again finishes the job; two runs at once (the schedule and
 draining late) are merged by the next run as a new generation. A reader lists an hour,
 then reads what it listed, so step 5 can delete a part a reader is about to read: the
 report's readers then list the hour again and read its merged objects
-(`store.hour_bodies`), and an Athena query that fails for it is run again
+(`store.hour_results`), and an Athena query that fails for it is run again
 (`athena.OBJECT_GONE`). Athena reads every data object of an hour, so its queries keep
 one copy of each record, the merged one (`athena.deduplicated`).
 """

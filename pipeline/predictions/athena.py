@@ -186,7 +186,13 @@ def aggregate(
                 answers[name] = rows(client, execution, workgroup, database)
             except ObjectGoneError:
                 again = start(client, sql[name], workgroup, database)
-                answers[name] = rows(client, again, workgroup, database)
+                try:
+                    answers[name] = rows(client, again, workgroup, database)
+                except ObjectGoneError as exc:
+                    raise ObjectGoneError(
+                        f"{exc} (its second run: a compaction deleted objects it had listed "
+                        "both times; run the report again)"
+                    ) from None
     except PredictionLogError:
         # The report gives up: the queries it has not read yet would run on, scanning.
         for execution in list(started.values())[len(answers) + 1 :]:

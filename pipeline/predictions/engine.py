@@ -27,6 +27,7 @@ from pipeline.predictions.statistics import Aggregates
 from pipeline.predictions.store import (
     READ_WORKERS,
     Hour,
+    PartGoneError,
     PartStore,
     PredictionLogError,
     _iso,
@@ -62,23 +63,21 @@ END"""
 
 def hour_files(
     store: PartStore, env: str, since: datetime | None, directory: Path, workers: int
-) -> Iterator[list[Path]]:
-    """The files holding each hour's records (newest hour first), each record once: a
+) -> Iterator[tuple[Hour, list[Path]]]:
+    """Each hour (newest first) and the files holding its records, each record once: a
     local store's own files, or an S3 hour's objects downloaded `workers` at a time into
     `directory` and appended into one file (`partformat.merge`'s layout: DuckDB opens one
     file an hour, not 3,600). Downloads run up to LOOKAHEAD_HOURS ahead of the consumer,
     so DuckDB computes one hour while the next ones arrive; an hour's files are removed
-    once the consumer asks for the next."""
+    once the consumer asks for the next. A local store's files may be deleted by a
+    compaction before DuckDB opens them: `_read_hour` plans such an hour again."""
     hours = list_hours(store, env, since)
     pool = ThreadPoolExecutor(max(1, workers))
     try:
         plans = [pool.submit(data_keys, store, hour) for hour in hours]
         if isinstance(store, LocalStore):
             for hour, plan in zip(hours, plans, strict=True):
-                paths = [store.root / key for key in plan.result()]
-                if not all(path.is_file() for path in paths):  # compacted meanwhile
-                    paths = [store.root / key for key in data_keys(store, relisted(store, hour))]
-                yield paths
+                yield hour, [store.root / key for key in plan.result()]
             return
 
         def download(key: str) -> Path:
@@ -93,13 +92,14 @@ def hour_files(
             for hour, plan in itertools.islice(ahead, LOOKAHEAD_HOURS - len(pending)):
                 keys = plan.result()
                 pending.append((hour, keys, [pool.submit(download, key) for key in keys]))
-            _, paths = hour_results(store, *pending.popleft(), download)
+            hour, *started = pending.popleft()
+            _, paths = hour_results(store, hour, *started, download)
             if len(paths) > 1:
                 with paths[0].open("ab") as merged:
                     for path in paths[1:]:
                         merged.write(path.read_bytes())
                         path.unlink()
-            yield paths[:1]
+            yield hour, paths[:1]
             for path in paths[:1]:
                 path.unlink()
     finally:
@@ -117,8 +117,8 @@ def aggregate_store(
     connection = duckdb.connect()
     try:
         with tempfile.TemporaryDirectory(prefix="capture-") as directory:
-            for files in hour_files(store, env, since, Path(directory), workers):
-                latencies.append(_add(connection, result, files, since))
+            for hour, files in hour_files(store, env, since, Path(directory), workers):
+                latencies.append(_read_hour(connection, result, store, hour, files, since))
     except duckdb.Error as exc:
         raise PredictionLogError(f"reading the captured records: {exc}") from None
     finally:
@@ -133,6 +133,40 @@ def aggregate_store(
             "max": float(every.max()),
         }
     return result
+
+
+def _read_hour(
+    connection: Any,
+    result: Aggregates,
+    store: PartStore,
+    hour: Hour,
+    files: list[Path],
+    since: datetime | None,
+) -> np.ndarray:
+    """`_add` of the hour's `files`. DuckDB reads a local store's files in place, so a
+    compaction committing the hour meanwhile deletes parts it is about to open (DuckDB's
+    IOException; `_add` changes nothing before its read succeeds): the hour is then
+    listed again and its merged objects read, once, as `store.hour_results` does for S3.
+    Raises PartGoneError when a file is gone again."""
+    import duckdb
+
+    try:
+        return _add(connection, result, files, since)
+    except duckdb.IOException:
+        if all(path.is_file() for path in files):
+            raise
+    assert isinstance(store, LocalStore)  # an S3 hour's files are the report's own
+    files = [store.root / key for key in data_keys(store, relisted(store, hour))]
+    try:
+        return _add(connection, result, files, since)
+    except duckdb.IOException:
+        gone = [path for path in files if not path.is_file()]
+        if not gone:
+            raise
+        raise PartGoneError(
+            f"{gone[0]} was listed but is gone "
+            "(a compaction merged it meanwhile); run the command again"
+        ) from None
 
 
 def _add(

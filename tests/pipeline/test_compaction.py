@@ -455,28 +455,52 @@ def test_records_read_while_a_compaction_merges_their_hour_are_each_read_once(tm
     assert runs == [1]
 
 
-def test_the_engine_reads_an_hour_a_compaction_merges_meanwhile(tmp_path, monkeypatch):
-    """A local store's files are read in place by DuckDB: a part deleted between the
-    hour's plan and DuckDB's read is found missing before, and the hour planned again."""
+def duckdb_reads_after(monkeypatch, before_read) -> list[list]:
+    """Run `before_read(files)` each time the engine hands an hour's files to DuckDB, just
+    before DuckDB opens them (as a compaction committing then would). The files of each
+    read, in order."""
     from pipeline.predictions import engine
+
+    add, reads = engine._add, []
+
+    def racing(connection, result, files, since):
+        reads.append(list(files))
+        before_read(files)
+        return add(connection, result, files, since)
+
+    monkeypatch.setattr(engine, "_add", racing)
+    return reads
+
+
+def test_the_engine_reads_an_hour_compacted_while_duckdb_opens_its_files(tmp_path, monkeypatch):
+    """DuckDB reads a local store's files in place: the hour's parts deleted by a
+    compaction as DuckDB opens them are found gone and the hour read from its merged
+    object instead, each record once."""
+    from pipeline.predictions import engine, statistics
 
     capture(str(tmp_path), NOON, 40)
     store = parts.open_store(str(tmp_path))
     before, _ = python_and_engine(store)
-    planned = engine.data_keys
 
-    def plan_then_compact(store_: parts.PartStore, hour: parts.Hour) -> list[str]:
-        keys = planned(store_, hour)
-        if len(keys) > 1:  # the parts, not yet the merged object
+    def compact_once(files: list) -> None:
+        if len(files) > 1:  # the parts, not yet the merged object
             compaction.compact(parts.open_store(str(tmp_path)), "dev", hour=NOON, now=LATER)
-        return keys
 
-    monkeypatch.setattr(engine, "data_keys", plan_then_compact)
+    reads = duckdb_reads_after(monkeypatch, compact_once)
     labels = np.repeat(np.arange(10), 10)
-    from pipeline.predictions import statistics
-
     after = statistics.summary(engine.aggregate_store(store, "dev"), "dev", labels)
+    assert [len(files) for files in reads] == [10, 1]
     assert_same(before, after)
+
+
+def test_an_hour_gone_again_after_its_second_listing_says_run_again(tmp_path, monkeypatch, capsys):
+    capture(str(tmp_path), NOON, 8)
+    reads = duckdb_reads_after(monkeypatch, lambda files: files[-1].unlink())
+    assert main(["report", "dev", "--url", str(tmp_path), "--no-baseline"]) == 2
+    error = capsys.readouterr().err
+    assert "was listed but is gone (a compaction merged it meanwhile)" in error
+    assert error.rstrip().endswith("run the command again")
+    assert [len(files) for files in reads] == [2, 1]
 
 
 @pytest.mark.integration

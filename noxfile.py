@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -16,6 +18,28 @@ nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["lint", "test"]
 nox.options.error_on_external_run = True
+
+# How nox stops the command a session runs once nox is interrupted: it waits
+# `interrupt_timeout`, sends the command SIGTERM, waits `terminate_timeout`, then SIGKILL
+# (nox's `Session.run`). Its defaults, 0.3 s and 0.2 s, cut short what a command does on
+# the way out: the service drains its requests and flushes its capture (within its own
+# STOP_TIMEOUT_SECONDS, `service.shutdown`), the tests and the bench stop the servers they
+# started, a download removes its temporary file. So a command that got the terminal's
+# Ctrl+C too has INTERRUPT_SECONDS before nox passes it a SIGTERM, and is never killed:
+# every command here bounds its own stop.
+INTERRUPT_SECONDS = 5.0
+STOP = {"interrupt_timeout": INTERRUPT_SECONDS, "terminate_timeout": None}
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+# SIGTERM or SIGHUP to nox alone (`kill`, `timeout`, a supervisor) would end nox at once and
+# leave its command running (`nox -s serve` holding its port); as an interrupt, nox stops
+# the command first, as above (signal(7): both end a process by default).
+for _signal in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_signal, _interrupted)
 
 ROOT = Path(__file__).parent
 PYTHON = "3.11"
@@ -36,7 +60,13 @@ def install(session: nox.Session, *groups: str, project: bool = True) -> None:
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
         external=True,
         silent=True,  # uv's output only on failure: a session's stdout is its command's
+        **STOP,
     )  # fmt: skip
+
+
+def run(session: nox.Session, *command: str, **options: Any) -> Any:
+    """`session.run(*command, **options)`, stopped as STOP says when nox is interrupted."""
+    return session.run(*command, **options, **STOP)
 
 
 # pytest-xdist: a worker a core (at most four: each starts its own moto server and
@@ -57,8 +87,8 @@ def run_tests(session: nox.Session, *marker: str, terraform: bool = True) -> Non
     install(session, "test")
     if terraform:
         use_provider_mirror(session)
-    session.run("python", "-m", "pipeline", "download")
-    session.run("pytest", *PARALLEL, *marker, *session.posargs)
+    run(session, "python", "-m", "pipeline", "download")
+    run(session, "pytest", *PARALLEL, *marker, *session.posargs)
 
 
 def use_provider_mirror(session: nox.Session) -> None:
@@ -66,7 +96,7 @@ def use_provider_mirror(session: nox.Session) -> None:
     (`python -m pipeline terraform mirror`: 675 MB once, not per root), unless
     TF_CLI_CONFIG_FILE names a configuration already."""
     if os.environ.get("CI", "").lower() == "true" and not os.environ.get("TF_CLI_CONFIG_FILE"):
-        config = session.run("python", "-m", "pipeline", "terraform", "mirror", silent=True)
+        config = run(session, "python", "-m", "pipeline", "terraform", "mirror", silent=True)
         session.env["TF_CLI_CONFIG_FILE"] = str(config).strip().splitlines()[-1]
 
 
@@ -75,7 +105,7 @@ def prepare_machine(session: nox.Session) -> None:
     (wrk, podman, the local base image, the loopback registry); a workstation is left as
     it is."""
     if os.environ.get("CI", "").lower() == "true":
-        session.run(str(ROOT / ".ci" / "setup.sh"), external=True)
+        run(session, str(ROOT / ".ci" / "setup.sh"), external=True)
 
 
 @nox.session(python=PYTHON)
@@ -104,27 +134,27 @@ def mutation(session: nox.Session) -> None:
     (`-- --changed`: only the core modules changed, by the push or pull request in GitHub Actions,
     else since HEAD~1; `-- service/codec.py`: those)."""
     install(session, "mutation")
-    session.run("python", "-m", "pipeline", "download")
-    session.run("python", "-m", "pipeline", "mutation", *session.posargs)
+    run(session, "python", "-m", "pipeline", "download")
+    run(session, "python", "-m", "pipeline", "mutation", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """Lint Python, the Dockerfile and the GitHub workflow."""
     install(session, "lint", "terraform")
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
-    session.run("hadolint", "Dockerfile")
+    run(session, "ruff", "check", ".")
+    run(session, "ruff", "format", "--check", ".")
+    run(session, "hadolint", "Dockerfile")
     workflows = [str(p) for p in sorted((ROOT / ".github" / "workflows").glob("*.yml"))]
-    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
-    session.run("zizmor", "--offline", *workflows)
+    run(session, "check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
+    run(session, "zizmor", "--offline", *workflows)
     lint_terraform(session)
 
 
 def lint_terraform(session: nox.Session) -> None:
     """terraform fmt -check and validate of every root and module; checkov in its own venv."""
     use_provider_mirror(session)
-    session.run("python", "-m", "pipeline", "terraform", "lint")
+    run(session, "python", "-m", "pipeline", "terraform", "lint")
     session.notify("checkov")
 
 
@@ -132,7 +162,8 @@ def lint_terraform(session: nox.Session) -> None:
 def checkov(session: nox.Session) -> None:
     """Scan terraform/ with checkov (its own venv: its pins clash with ours)."""
     install(session, "checkov", project=False)
-    session.run(
+    run(
+        session,
         "checkov",
         "-d",
         "terraform",
@@ -149,7 +180,7 @@ def terraform_command(session: nox.Session, command: str) -> None:
     if len(session.posargs) != 1 or session.posargs[0] not in ENVIRONMENTS:
         session.error(f"usage: nox -s {command} -- {CHOICES}")
     install(session, "terraform")
-    session.run("python", "-m", "pipeline", "terraform", command, session.posargs[0])
+    run(session, "python", "-m", "pipeline", "terraform", command, session.posargs[0])
 
 
 @nox.session(python=PYTHON)
@@ -167,7 +198,7 @@ def apply(session: nox.Session) -> None:
 def pipeline_command(session: nox.Session, *command: str) -> None:
     """Install the pipeline's environment and run one `python -m pipeline` command."""
     install(session, "pipeline")
-    session.run("python", "-m", "pipeline", *command, *session.posargs)
+    run(session, "python", "-m", "pipeline", *command, *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -269,4 +300,4 @@ def bench(session: nox.Session) -> None:
     if shutil.which("wrk") is None:
         session.error("wrk is not installed: run `sudo apt-get install wrk`, then try again")
     install(session, "bench")
-    session.run("python", "-m", "bench", *session.posargs)
+    run(session, "python", "-m", "bench", *session.posargs)

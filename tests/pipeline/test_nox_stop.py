@@ -1,0 +1,128 @@
+"""`nox -s serve` stopped the ways a terminal, `kill`, `timeout` or a supervisor stop it:
+nox stops the service first, which answers its requests in flight, flushes its capture
+and exits; nothing is left running and no record is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline.predictions import store as parts
+from tests.conftest import REPO, free_port, wait_for_http
+
+# Rows a request, requests in flight at the signal: seconds of work, so the service is
+# still answering them when nox's own defaults (0.3 s, then SIGTERM, 0.2 s, SIGKILL) end.
+ROWS, REQUESTS = 10_000, 6
+
+
+def start_serve(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path]:
+    """`nox -s serve` in a process group of its own, SIGINT handled as a terminal's
+    foreground job has it (a job started in the background by a script ignores it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "NOX_"))}
+    env.update(
+        PORT=str(port),
+        PREDICTION_LOG_URL=str(tmp_path / "predictions"),
+        MAX_BODY_BYTES=str(64 * 1024 * 1024),
+    )
+    log = tmp_path / "nox.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nox", "-f", str(REPO / "noxfile.py"), "-s", "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    return process, log
+
+
+BODY = json.dumps({"data": [[row % 100] * 784 for row in range(ROWS)]}).encode()
+
+
+def predict(url: str, request_id: str) -> int:
+    request = urllib.request.Request(
+        url + "/predict",
+        data=BODY,
+        headers={"Content-Type": "application/json", "X-Request-Id": request_id},
+    )
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        return answer.status
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param((os.killpg, signal.SIGINT), id="ctrl-c"),
+        pytest.param((os.kill, signal.SIGINT), id="sigint-to-nox"),
+        pytest.param((os.kill, signal.SIGTERM), id="sigterm-to-nox"),
+    ],
+)
+def test_nox_serve_stops_the_service_before_it_exits_and_loses_no_record(tmp_path, how):
+    port = free_port()
+    process, log = start_serve(tmp_path, port)
+    url = f"http://127.0.0.1:{port}"
+    service_pid = None
+    try:
+        wait_for_http(url + "/v2/health/ready", timeout=300, process=process)
+        service_pid = int(re.search(r"Started server process \[(\d+)\]", log.read_text())[1])
+        statuses: list[int | str] = []
+
+        def call(n: int) -> None:
+            try:
+                statuses.append(predict(url, f"stop-{n}"))
+            except OSError as exc:
+                statuses.append(repr(exc))
+
+        threads = [threading.Thread(target=call, args=(n,)) for n in range(REQUESTS)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # the requests are in: uvicorn counts them as in flight
+        send, signum = how
+        send(process.pid, signum)
+        for thread in threads:
+            thread.join(timeout=120)
+        returncode = process.wait(timeout=120)
+        assert statuses == [200] * REQUESTS, log.read_text()[-3000:]
+        assert returncode == 0, log.read_text()[-3000:]
+        assert not alive(service_pid), "nox exited and left the service running"
+        store = parts.open_store(str(tmp_path / "predictions"))
+        ids = Counter(record["id"] for record in parts.read_records(store, "local"))
+        expected = {f"stop-{n}-{row}" for n in range(REQUESTS) for row in range(ROWS)}
+        assert set(ids) == expected and set(ids.values()) == {1}
+    finally:  # only what this test started, by its PID
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        if service_pid is not None and alive(service_pid):
+            os.kill(service_pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def test_every_command_a_session_runs_is_stopped_as_the_noxfile_says():
+    """One way to run a command in the noxfile: `run`, with STOP's timeouts (an installing
+    `session.run_install` passes them itself)."""
+    text = (REPO / "noxfile.py").read_text()
+    calls = re.findall(r"^\s+(?:return )?session\.run\(", text, flags=re.MULTILINE)
+    assert calls == ["    return session.run("]
+    assert text.count("session.run_install(") == 1 and "**STOP," in text

@@ -31,15 +31,28 @@ INTERRUPT_SECONDS = 5.0
 STOP = {"interrupt_timeout": INTERRUPT_SECONDS, "terminate_timeout": None}
 
 
+_stopping = False
+
+
 def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    """The first signal interrupts nox, which then stops its command as STOP says; later
+    ones are ignored, so a repeated `kill` cannot end nox in the middle of that stop and
+    leave the command running. (A terminal's second Ctrl+C reaches the command too: uvicorn
+    then exits at once, and nox with it.)"""
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        raise KeyboardInterrupt
 
 
 # SIGTERM or SIGHUP to nox alone (`kill`, `timeout`, a supervisor) would end nox at once and
 # leave its command running (`nox -s serve` holding its port); as an interrupt, nox stops
-# the command first, as above (signal(7): both end a process by default).
+# the command first, as above (signal(7): both end a process by default). SIGINT is taken
+# only where Python's own handler has it (a background job started by a script ignores it).
 for _signal in (signal.SIGTERM, signal.SIGHUP):
     signal.signal(_signal, _interrupted)
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted)
 
 ROOT = Path(__file__).parent
 PYTHON = "3.11"

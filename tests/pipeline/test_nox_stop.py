@@ -77,6 +77,10 @@ def alive(pid: int) -> bool:
         pytest.param((os.killpg, signal.SIGINT), id="ctrl-c"),
         pytest.param((os.kill, signal.SIGINT), id="sigint-to-nox"),
         pytest.param((os.kill, signal.SIGTERM), id="sigterm-to-nox"),
+        # A supervisor or a user that repeats its SIGTERM while nox waits on the service.
+        pytest.param((os.kill, signal.SIGTERM, signal.SIGTERM), id="sigterm-twice-to-nox"),
+        pytest.param((os.kill, signal.SIGINT, signal.SIGINT), id="sigint-twice-to-nox"),
+        pytest.param((os.kill, signal.SIGINT, signal.SIGHUP), id="sigint-then-sighup-to-nox"),
     ],
 )
 def test_nox_serve_stops_the_service_before_it_exits_and_loses_no_record(tmp_path, how):
@@ -99,8 +103,11 @@ def test_nox_serve_stops_the_service_before_it_exits_and_loses_no_record(tmp_pat
         for thread in threads:
             thread.start()
         time.sleep(0.5)  # the requests are in: uvicorn counts them as in flight
-        send, signum = how
-        send(process.pid, signum)
+        send, *signals = how
+        for n, signum in enumerate(signals):
+            if n:
+                time.sleep(1.0)  # nox is waiting for the service (INTERRUPT_SECONDS)
+            send(process.pid, signum)
         for thread in threads:
             thread.join(timeout=120)
         returncode = process.wait(timeout=120)

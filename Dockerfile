@@ -83,7 +83,8 @@ VOLUME ["/var/lib/onnx-ship"]
 COPY --from=builder /opt/venv /opt/venv
 
 # HOST=0.0.0.0: inside a container the service must listen beyond loopback.
-# WEB_CONCURRENCY: uvicorn workers; set it to the task's vCPU count (one worker per vCPU).
+# WEB_CONCURRENCY: uvicorn workers, one per vCPU; on ECS the task definition sets it from
+# the task's CPU (terraform/modules/service).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

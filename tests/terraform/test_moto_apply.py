@@ -309,8 +309,10 @@ def test_service_runs_behind_the_load_balancer_in_its_cost_profile(
         {"name": "API_TOKENS", "valueFrom": outputs["api_token_secret_arn"]}
     ]
     assert "API_TOKENS" not in environment
-    # One number each: SIGKILL's delay and the service's budget; the keep-alive and the ALB's.
+    # One number each: SIGKILL's delay and the service's budget; the keep-alive and the ALB's;
+    # the task's vCPUs and its workers.
     assert environment["STOP_TIMEOUT_SECONDS"] == str(container["stopTimeout"])
+    assert environment["WEB_CONCURRENCY"] == str(max(1, int(task["cpu"]) // 1024))
     attributes = elbv2.describe_load_balancer_attributes(
         LoadBalancerArn=group["LoadBalancerArns"][0]
     )["Attributes"]

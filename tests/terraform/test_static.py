@@ -620,6 +620,11 @@ def evaluate(
     )
 
 
+def flat(text: str) -> str:
+    """Terraform's boxed, coloured error text as one line of words."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).replace("│", " ").split())
+
+
 def names_in_root(terraform_bin: str, root: Path, project: str) -> subprocess.CompletedProcess:
     """`local.name` of an environment root for `project`."""
     return evaluate(terraform_bin, root, "local.name", project=project)
@@ -666,7 +671,98 @@ def test_capacities_autoscaling_would_refuse_are_refused_at_plan_time_and_zero_p
             terraform_bin, root, "var.min_capacity", min_capacity=low, max_capacity=high
         )
         # console prints a refused variable's validation error on stderr (exit status 0)
-        assert refusal in " ".join(refused.stderr.replace("│", " ").split()), refused.stderr
+        assert refusal in flat(refused.stderr), refused.stderr
+
+
+# The service module's inputs without a default, as any root gives them (values a console
+# evaluation of the module's locals and variables needs, no AWS call).
+SERVICE_MODULE_INPUTS = {
+    "name": "onnx-ship-dev",
+    "environment": "dev",
+    "bucket_name": "bucket",
+    "bucket_arn": "arn:aws:s3:::bucket",
+    "repository_arn": "arn:aws:ecr:us-east-1:123456789012:repository/onnx-ship-dev",
+    "vpc_id": "vpc-1",
+    "public_subnet_ids": '["subnet-a", "subnet-b"]',
+    "task_subnet_ids": '["subnet-a", "subnet-b"]',
+}
+
+
+@pytest.fixture
+def service_module(terraform_copy: Path) -> Path:
+    """The service module of a private copy, initialised without a backend."""
+    module = terraform_copy / "modules" / "service"
+    terraform.init(module, backend=False)
+    return module
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("cpu", "memory", "workers"),
+    [(256, 512, 1), (512, 1024, 1), (1024, 2048, 1), (2048, 4096, 2), (4096, 30720, 4)],
+)
+def test_the_task_runs_one_worker_per_vcpu(
+    terraform_bin: str, service_module: Path, cpu: int, memory: int, workers: int
+) -> None:
+    """uvicorn serves on one core a worker: a task of 2 vCPUs with one worker uses half its
+    CPU, and the scaling targets (per vCPU) are never reached. So WEB_CONCURRENCY follows
+    the task's CPU, one for a fraction of a vCPU."""
+    answer = evaluate(
+        terraform_bin,
+        service_module,
+        'local.container_environment["WEB_CONCURRENCY"]',
+        **SERVICE_MODULE_INPUTS,
+        cpu=str(cpu),
+        memory=str(memory),
+    )
+    assert (answer.stdout.strip(), flat(answer.stderr)) == (f'"{workers}"', "")
+
+
+@pytest.mark.integration
+def test_a_task_size_fargate_does_not_run_is_refused_at_plan_time(
+    terraform_bin: str, service_module: Path
+) -> None:
+    """Fargate runs only the CPU and memory pairs of its table; RegisterTaskDefinition
+    refuses any other ("No Fargate configuration exists for given values": ECS developer
+    guide, "Troubleshoot Amazon ECS task definition invalid CPU or memory errors"), halfway
+    through an apply. Every environment's own pair and each row's ends pass."""
+    sizes = [
+        (int(values["task_cpu"]), int(values["task_memory"]))
+        for values in (
+            assignments(ENVS / env / "terraform.tfvars") for env in terraform.ENVIRONMENTS
+        )
+    ]
+    sizes += [(256, 2048), (512, 4096), (2048, 16384), (4096, 8192), (8192, 61440), (16384, 32768)]
+    for cpu, memory in sizes:
+        answer = evaluate(
+            terraform_bin,
+            service_module,
+            "var.memory",
+            **SERVICE_MODULE_INPUTS,
+            cpu=str(cpu),
+            memory=str(memory),
+        )
+        assert (answer.stdout.strip(), flat(answer.stderr)) == (str(memory), ""), (cpu, memory)
+    for cpu, memory in (
+        (1024, 1024),
+        (512, 512),
+        (512, 3000),
+        (2048, 2048),
+        (8192, 17408),
+        (300, 1024),
+    ):
+        refused = evaluate(
+            terraform_bin,
+            service_module,
+            "var.memory",
+            **SERVICE_MODULE_INPUTS,
+            cpu=str(cpu),
+            memory=str(memory),
+        )
+        expected = (
+            f"Fargate has no task of {cpu} CPU units with {memory} MiB (task_cpu and task_memory)"
+        )
+        assert expected in flat(refused.stderr), (cpu, memory, refused.stderr)
 
 
 # ---------------------------------------------------------------------------

@@ -26,6 +26,11 @@ locals {
   load_balancer_max_idle_timeout_seconds = 4000
   keep_alive_timeout_seconds             = local.load_balancer_max_idle_timeout_seconds + 5
 
+  # One uvicorn worker per vCPU of the task (1,024 CPU units), one for a fraction of one:
+  # a worker serves on one core, so a 2-vCPU task with one worker would use half its CPU,
+  # and neither the CPU target nor requests_per_target (both per vCPU) would be reached.
+  workers = max(1, floor(var.cpu / 1024))
+
   # The image owns MODEL_CACHE_DIR and TMPDIR (inside its VOLUME, mounted below).
   container_environment = merge(
     {
@@ -36,6 +41,7 @@ locals {
       PREDICTION_LOG_SAMPLE      = tostring(var.prediction_log_sample)
       KEEP_ALIVE_TIMEOUT_SECONDS = tostring(local.keep_alive_timeout_seconds)
       STOP_TIMEOUT_SECONDS       = tostring(var.stop_timeout_seconds)
+      WEB_CONCURRENCY            = tostring(local.workers)
     },
     var.container_environment,
   )

@@ -87,7 +87,7 @@ variable "prediction_log_sample" {
 }
 
 variable "cpu" {
-  description = "Fargate task CPU units (256 = 0.25 vCPU)."
+  description = "Fargate task CPU units (256 = 0.25 vCPU); the task runs one uvicorn worker per vCPU (WEB_CONCURRENCY), one below 1,024."
   type        = number
   default     = 512
 }
@@ -96,6 +96,23 @@ variable "memory" {
   description = "Fargate task memory in MiB (must fit the CPU size)."
   type        = number
   default     = 1024
+
+  # Fargate runs only these sizes; RegisterTaskDefinition refuses any other pair ("No
+  # Fargate configuration exists for given values"): ECS developer guide, "Troubleshoot
+  # Amazon ECS task definition invalid CPU or memory errors". Refused here, the plan says
+  # so before anything changes.
+  validation {
+    condition = contains(lookup({
+      256   = [512, 1024, 2048]
+      512   = range(1024, 4097, 1024)
+      1024  = range(2048, 8193, 1024)
+      2048  = range(4096, 16385, 1024)
+      4096  = range(8192, 30721, 1024)
+      8192  = range(16384, 61441, 4096)
+      16384 = range(32768, 122881, 8192)
+    }, var.cpu, []), var.memory)
+    error_message = "Fargate has no task of ${var.cpu} CPU units with ${var.memory} MiB (task_cpu and task_memory): use 256 with 512, 1024 or 2048; 512 with 1024 to 4096; 1024 with 2048 to 8192; 2048 with 4096 to 16384; 4096 with 8192 to 30720 (each in steps of 1024); 8192 with 16384 to 61440 in steps of 4096; 16384 with 32768 to 122880 in steps of 8192."
+  }
 }
 
 variable "log_retention_days" {

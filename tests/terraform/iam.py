@@ -15,6 +15,10 @@ module and measured against its server:
   `AssumeRoleWithWebIdentity` (moto/sts/models.py, 5.2) is `assume_role` under another
   name, reading neither the WebIdentityToken nor the role's trust policy, so any string
   claiming any branch gets the role's credentials;
+- a batch delete (DeleteObjects, one request for many keys) is authorised as
+  s3:DeleteObject on the bucket's ARN, where S3 checks each key's (S3 API reference,
+  DeleteObjects; moto/s3/responses.py `_bucket_response_post`, 5.2): a role granted the
+  delete on a prefix only is refused every key;
 - bucket policies: only for object requests, conditions counted as met (the bucket's
   TLS-only Deny refuses every object request, whatever the transport), never combined
   with the caller's identity policies.

@@ -1,6 +1,7 @@
 """End to end: `terraform apply` of dev and prod against the moto server, then
 `nox -s deploy-dev`, `nox -s status -- dev` and a prod deploy, each as its environment's
-deploy role, with moto authorising every request against IAM.
+deploy role, and the scheduled compaction as its own role, with moto authorising every
+request against IAM.
 
 The deploy role's credentials come from moto's STS (AssumeRoleWithWebIdentity, as the
 workflow gets them; moto checks neither the token nor the trust conditions). Once
@@ -35,13 +36,18 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 
-from pipeline import aws_calls, image, promotion, terraform
+from pipeline import aws_calls, compaction_task, image, promotion, terraform
+from service.capture import partformat
+from service.capture.records import PartNamer, Pending, encode_parts
+from service.model import ModelInfo
 from tests.conftest import REPO, free_port
 from tests.pipeline.containers import (
     BASE_IMAGE,
@@ -86,6 +92,7 @@ class Deployment:
     outputs: dict[str, dict[str, Any]]
     admin: dict[str, str]  # boto3 keyword arguments of an administrator, for the checks
     deploy_roles: dict[str, dict[str, str]]  # AWS_* variables per environment
+    compaction_roles: dict[str, dict[str, str]]  # the same, of the compaction task's role
     stand_ins: dict[str, TaskStandIn]
     # Each deploy role's policies as Terraform rendered them (before the widening below).
     deploy_policies: dict[str, list[dict[str, Any]]]
@@ -148,7 +155,10 @@ def registry_refusals(deployment: Deployment, env: str, since: int = 0) -> list[
 
 def as_moto_authorises(role: str, client: Any) -> None:
     """Widen the resources of `role`'s ECS-, ECR- and Secrets-Manager-only statements to `*`
-    (moto authorises those services against `*` only; tests/terraform/iam.py)."""
+    (moto authorises those services against `*` only; tests/terraform/iam.py), and add the
+    bucket itself to each statement that lets it delete objects: moto authorises a
+    DeleteObjects request (one request, many keys) as s3:DeleteObject on the bucket's ARN,
+    where S3 checks s3:DeleteObject on each key's (S3 API reference, DeleteObjects)."""
     for name in client.list_role_policies(RoleName=role)["PolicyNames"]:
         document = client.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
         document = json.loads(json.dumps(document))
@@ -157,6 +167,11 @@ def as_moto_authorises(role: str, client: Any) -> None:
             actions = [actions] if isinstance(actions, str) else actions
             if all(action.split(":")[0] in STAR_ONLY_SERVICES for action in actions):
                 statement["Resource"] = "*"
+            if "s3:DeleteObject" in actions:
+                resources = statement["Resource"]
+                resources = [resources] if isinstance(resources, str) else resources
+                buckets = {resource.split("/", 1)[0] for resource in resources}
+                statement["Resource"] = sorted(set(resources) | buckets)
         client.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(document))
 
 
@@ -225,9 +240,14 @@ def deployment(moto_server, terraform_bin, tmp_path_factory, fresh_images) -> It
         as_moto_authorises(f"onnx-ship-{env}-deploy", iam_client)
         # The ECS agent reads the container's secrets as the execution role.
         as_moto_authorises(f"onnx-ship-{env}-execution", iam_client)
+        as_moto_authorises(f"onnx-ship-{env}-compaction", iam_client)
     admin = moto_server.user("e2e-admin", [{"Effect": "Allow", "Action": "*", "Resource": "*"}])
     deploy_roles = {
         env: assume(moto_server.endpoint, outputs[env]["deploy_role_arn"], web_identity=True)
+        for env in ENVS
+    }
+    compaction_roles = {
+        env: assume(moto_server.endpoint, outputs[env]["compaction_role_arn"], web_identity=False)
         for env in ENVS
     }
     local_aws = {"AWS_ENDPOINT_URL": moto_server.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
@@ -256,6 +276,7 @@ def deployment(moto_server, terraform_bin, tmp_path_factory, fresh_images) -> It
                 outputs,
                 admin,
                 deploy_roles,
+                compaction_roles,
                 stand_ins,
                 deploy_policies,
                 registry_log,
@@ -360,6 +381,44 @@ def test_deploy_dev_then_status_as_the_deploy_role(deployment, pipeline_env):
     assert task.errors == [] and task.revision == service["taskDefinition"]
     task.stop()
     assert captured(deployment, "dev"), "the task role wrote no prediction to capture/dev/"
+
+
+def test_the_scheduled_compaction_merges_a_finished_hour_as_its_role(deployment, pipeline_env):
+    """The compaction task's command (the one a release registers) run with the compaction
+    role's credentials, moto authorising every S3 request against the role's policy: it
+    lists capture/dev/, reads a finished hour's parts, writes their merged object and the
+    manifest (If-None-Match) and deletes the parts, and the hour reads the same after."""
+    outputs = deployment.outputs["dev"]
+    s3, bucket = deployment.client("s3"), outputs["bucket_name"]
+    capture_root = outputs["capture_url"].removeprefix(f"s3://{bucket}/")
+    hour = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+    scores = np.eye(10, dtype=np.float32)
+    model = ModelInfo("mnist-8", "1", MNIST8_SHA256)
+    requests = [
+        Pending(
+            hour.timestamp() + 1 + n, "/predict", f"hour-{n}", model, scores[[n % 10]], None, 0.002
+        )
+        for n in range(12)
+    ]
+    namer = PartNamer()
+    for start in range(0, len(requests), 4):  # three parts, as three flushes write them
+        for part in encode_parts(requests[start : start + 4], "dev", namer):
+            s3.put_object(Bucket=bucket, Key=f"{capture_root}/{part.key}", Body=part.body)
+    prefix = f"{capture_root}/{partformat.hour_key('dev', hour)}/"
+
+    command = compaction_task.command("dev", outputs["capture_url"])
+    assert command[0] == "python"
+    compacted = run(
+        sys.executable, *command[1:], env={**pipeline_env, **deployment.compaction_roles["dev"]}
+    )
+    assert compacted.returncode == 0, compacted.stderr[-3000:]
+
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+    names = sorted(key.rsplit("/", 1)[-1] for key in keys)
+    assert [name[:15] for name in names] == ["_compacted-0001", "compacted-0001-"], names
+    merged = s3.get_object(Bucket=bucket, Key=prefix + names[1])["Body"].read()
+    ids = sorted(json.loads(line)["id"] for line in partformat.lines(merged))
+    assert ids == sorted(request.request_id for request in requests)
 
 
 def test_deploy_prod_as_its_role_ships_the_image_dev_verified(deployment, pipeline_env):

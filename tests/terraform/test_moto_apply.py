@@ -912,6 +912,37 @@ def test_flow_logs_role_trusts_vpc_flow_logs_of_this_account_only(
 
 
 @pytest.mark.parametrize("env", ENVS)
+def test_each_service_role_trusts_only_the_service_that_assumes_it(
+    applied: Applied, env: str
+) -> None:
+    """The task and execution roles trust ECS tasks (ECS developer guide, "Amazon ECS task
+    IAM role", "Amazon ECS task execution IAM role"); the compaction role ECS tasks of this
+    account, the scheduler role EventBridge Scheduler of this account (the confused deputy:
+    aws:SourceAccount, EventBridge Scheduler user guide, "Set up the execution role").
+    moto's AssumeRole reads no trust policy, so it is evaluated here."""
+    ecs_tasks = ("Service", "ecs-tasks.amazonaws.com")
+    scheduler = ("Service", "scheduler.amazonaws.com")
+    own = {"aws:SourceAccount": "123456789012"}
+    other_account = {"aws:SourceAccount": "210987654321"}
+    roles = {
+        "task": ecs_tasks,
+        "execution": ecs_tasks,
+        "compaction": ecs_tasks,
+        "scheduler": scheduler,
+    }
+    for role, service in roles.items():
+        document = trust_policy(applied, f"onnx-ship-{env}-{role}")
+        assert iam.trust_allows(document, service, "sts:AssumeRole", own), role
+        for stranger in (("Service", "ec2.amazonaws.com"), ("Service", "lambda.amazonaws.com")):
+            assert not iam.trust_allows(document, stranger, "sts:AssumeRole", own), role
+        other_service = scheduler if service == ecs_tasks else ecs_tasks
+        assert not iam.trust_allows(document, other_service, "sts:AssumeRole", own), role
+        if role in ("compaction", "scheduler"):
+            assert not iam.trust_allows(document, service, "sts:AssumeRole", other_account)
+            assert not iam.trust_allows(document, service, "sts:AssumeRole", {})
+
+
+@pytest.mark.parametrize("env", ENVS)
 def test_flow_logs_role_may_make_every_call_the_vpc_guide_lists(applied: Applied, env: str) -> None:
     """The VPC user guide's "IAM role for publishing flow logs to CloudWatch Logs": the
     role's policy "must include at least" these five actions; moto delivers no flow logs,

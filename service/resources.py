@@ -237,7 +237,8 @@ class MetricsEndpoint(GetRoute):
     """Prometheus text, for scrapers that reach the task directly.
 
     The load balancer answers `/metrics` itself (a listener rule), but its path match
-    is literal, so a percent-encoded path (`/%6Detrics`) could pass it and be decoded
+    is literal, so a percent-encoded path (`/%6Detrics`, decoded by uvicorn) or a second
+    leading slash (`//metrics`, stripped by Falcon's router) could pass it and be routed
     here. Every request an Application Load Balancer forwards carries X-Forwarded-For
     (ELB user guide, "HTTP headers and Application Load Balancers"); a direct scrape
     does not. So a request with it is refused as if there were no such route.

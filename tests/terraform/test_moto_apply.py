@@ -325,6 +325,8 @@ def test_service_runs_behind_the_load_balancer_in_its_cost_profile(
         > 4000
         >= int(values["idle_timeout.timeout_seconds"])
     )
+    # The service refuses /metrics to whatever the load balancer forwards by this header.
+    assert values["routing.http.xff_header_processing.mode"] == "append"
     # prod's load balancer cannot be deleted until protection is switched off (dev's can).
     protected = "true" if env == "prod" else "false"
     assert values["deletion_protection.enabled"] == protected

@@ -388,6 +388,10 @@ resource "aws_lb" "this" {
   drop_invalid_header_fields = true
   enable_deletion_protection = var.deletion_protection
   idle_timeout               = var.load_balancer_idle_timeout_seconds
+  # Every request forwarded carries X-Forwarded-For: the service answers /metrics 404 to
+  # any request with it (the listener rule's literal path match lets /%6Detrics or
+  # //metrics through, which the service would route to /metrics). "remove" would drop it.
+  xff_header_processing_mode = "append"
 
   tags = var.tags
 }

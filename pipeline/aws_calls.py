@@ -206,6 +206,14 @@ CALLS: tuple[AwsCall, ...] = (
     ),
     AwsCall(
         Role.DEPLOY,
+        "ecr:BatchDeleteImage",
+        REPOSITORY,
+        "pipeline.release.rollback (pipeline.registry.Ecr.withdraw)",
+        "a rollback removes the verified tag of the code and model it leaves, so an "
+        "environment promoting from this one refuses them (the image and its other tags stay)",
+    ),
+    AwsCall(
+        Role.DEPLOY,
         "ecr:BatchGetImage",
         REPOSITORY,
         "pipeline.release.rollback (pipeline.registry.Ecr.holds)",

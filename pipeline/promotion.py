@@ -24,8 +24,9 @@ _TRUE = ("1", "true", "yes", "on")
 
 
 class NotVerified(Exception):
-    """The source environment never verified this code with this model; the message
-    names the commit to deploy there first and the override."""
+    """The source environment never verified this code with this model (or a rollback
+    there withdrew it); the message names the commit to deploy there first and the
+    override."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,19 @@ def verified_tag(tree: str, model_sha256: str) -> str:
     return f"{VERIFIED_PREFIX}{tree}-{model_sha256}"
 
 
+def release_tag(record: Mapping[str, object], repo: Path) -> str | None:
+    """The verified tag of a release record's code and model (its `git_sha` and
+    `model_sha256`); None when it names neither, or its commit is not in the checkout
+    `repo`."""
+    commit, model_sha256 = record.get("git_sha"), record.get("model_sha256")
+    if not commit or not model_sha256:
+        return None
+    try:
+        return verified_tag(git_tree(str(commit), repo), str(model_sha256))
+    except NotVerified:
+        return None
+
+
 def override_requested(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return env.get(OVERRIDE_VARIABLE, "").strip().lower() in _TRUE
@@ -91,8 +105,9 @@ def choose(
     if override_requested(environ):
         return Provenance(source="", verified_tag=tag, unverified=True)
     raise NotVerified(
-        f"{source} never verified this code with this model (tree {tree[:12]}, model "
-        f"{model_sha256[:12]}): deploy commit {commit[:12]} to {source} first (merge it into "
-        f"{source} and push), then deploy {environment} again; or set {OVERRIDE_VARIABLE}=true "
-        f"to build an unverified image for {environment} (its deployment record says so)"
+        f"{source} never verified this code with this model, or a rollback there withdrew it "
+        f"(tree {tree[:12]}, model {model_sha256[:12]}): deploy commit {commit[:12]} to "
+        f"{source} first (merge it into {source} and push), then deploy {environment} "
+        f"again; or set {OVERRIDE_VARIABLE}=true to build an unverified image for "
+        f"{environment} (its deployment record says so)"
     )

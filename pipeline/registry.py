@@ -50,7 +50,8 @@ class RemoteImage:
 
 
 class Ecr:
-    """ECR through boto3: the login token and the lookup of an existing tag.
+    """ECR through boto3: the login token, the lookup of an existing tag, and the removal
+    of a tag.
 
     `client` is a boto3 ECR client in the repository's region
     (`Environment.client("ecr")`): a login token is only good for its own region's
@@ -83,6 +84,22 @@ class Ecr:
             repository_name, {"imageDigest": digest}, f"{repository_name}@{digest}"
         )
         return found is not None
+
+    def withdraw(self, repository_name: str, tag: str) -> bool:
+        """Remove `tag` from the image it names, leaving the image and its other tags
+        (ECR API reference, BatchDeleteImage: "You can remove a tag from an image by
+        specifying the image's tag in your request"); False when no image holds it.
+        Raises ImageError for any other failure."""
+        answer = self._client.batch_delete_image(
+            repositoryName=repository_name, imageIds=[{"imageTag": tag}]
+        )
+        for failure in answer.get("failures", []):
+            if failure.get("failureCode") not in _NOT_FOUND_CODES:
+                raise ImageError(
+                    f"ECR could not remove the tag {repository_name}:{tag}: "
+                    f"{failure.get('failureCode')}: {failure.get('failureReason')}"
+                )
+        return bool(answer.get("imageIds"))
 
     def _lookup(
         self, repository_name: str, image_id: dict[str, str], label: str

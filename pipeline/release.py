@@ -28,7 +28,7 @@ from botocore.retries.standard import (
     TransientRetryableChecker,
 )
 
-from pipeline import compaction_task, records, revisions
+from pipeline import REPO, compaction_task, promotion, records, revisions
 from pipeline import registry as registries
 from pipeline.environment import Environment
 from service import aws
@@ -746,13 +746,52 @@ def _still_runnable(
         raise ReleaseError(f"{problem}: {_ship_again(env, target, latest)}")
     repository, _, digest = str(target.get("image", "")).partition("@")
     if digest and repository == env.ecr_repository_url.rstrip("/"):
-        name = repository.partition("/")[2]
+        _, name = registries.split_repository_url(repository)
         if not ecr().holds(name, digest):
             raise ReleaseError(
                 f"the image of release {target['release_id']}, {target['image']}, is no "
                 f"longer in the {name} repository (its lifecycle policy expired it), so "
                 f"its tasks could not start: {_ship_again(env, target, latest)}"
             )
+
+
+def _withdraw_verification(
+    env: Environment,
+    left: dict[str, Any],
+    target: dict[str, Any],
+    ecr: Callable[[], Any],
+    say: Callable[[str], None],
+) -> None:
+    """Withdraw the environment's verification of the code and model the rollback leaves:
+    remove the `verified-` tag of `left`'s tree and model from its repository, so an
+    environment promoting from this one refuses them until a release here verifies them
+    again (pipeline.promotion). Nothing is removed when `target` runs the same code and
+    model. Called before the service changes, so a rollback that then fails has withdrawn
+    the verification of what still runs, never left standing that of what it left.
+    `ecr` makes the pipeline.registry.Ecr that removes the tag."""
+    same = ("git_sha", "model_sha256")
+    if [left.get(key) for key in same] == [target.get(key) for key in same]:
+        return
+    _, name = registries.split_repository_url(env.ecr_repository_url)
+    tag = promotion.release_tag(left, REPO)
+    if tag is None:
+        if left.get("git_sha") and left.get("model_sha256"):
+            say(
+                f"warning: commit {str(left['git_sha'])[:12]} is not in this checkout, so its "
+                f"verified tag in {env.ecr_repository_url} stays and an environment promoting "
+                f"from {env.environment} may still ship it: remove it with `aws ecr "
+                f"batch-delete-image --repository-name {name} --image-ids "
+                f"imageTag={promotion.VERIFIED_PREFIX}$(git rev-parse "
+                f"{left['git_sha']}^{{tree}})-{left['model_sha256']}` in a checkout that has it"
+            )
+        return
+    if tag == promotion.release_tag(target, REPO):
+        return
+    if ecr().withdraw(name, tag):
+        say(
+            f"withdrew {tag}: an environment promoting from {env.environment} refuses this "
+            f"code and model until {env.environment} releases them again"
+        )
 
 
 def _ship_again(env: Environment, target: dict[str, Any], latest: dict[str, Any]) -> str:
@@ -783,7 +822,8 @@ def rollback(
 ) -> dict[str, Any]:
     """Return `env` to its previous successful release (`_rollback_target`).
 
-    Points the service back at that release's task definition, waits up to
+    Withdraws the verification of the release it leaves (`_withdraw_verification`), points
+    the service back at that release's task definition, waits up to
     `stable_timeout` seconds for the deployment to complete (see `Ecs.wait_for_rollout`),
     gives the scheduled compaction that release's image, and records the rollback as a
     new successful release, which becomes `latest.json`.
@@ -804,6 +844,7 @@ def rollback(
     target = _rollback_target(env, history, latest)
     task_definition = target["task_definition"]
     _still_runnable(env, ecs, target, latest, ecr)
+    _withdraw_verification(env, latest, target, ecr, say)
     say(
         f"rolling {env.environment} back from {latest['release_id']} to "
         f"{target['release_id']} ({task_definition})"

@@ -521,10 +521,11 @@ def test_promotion_of_what_the_source_never_verified_stops(
     with pytest.raises(DeployError) as raised:
         promote(environment("prod"), "dev", SOURCE_URL, gated_stand_in(mnist8_path), SHA)
     assert str(raised.value) == (
-        f"dev never verified this code with this model (tree {TREE[:12]}, model "
-        f"{MNIST8_SHA256[:12]}): deploy commit {SHA[:12]} to dev first (merge it into dev and "
-        "push), then deploy prod again; or set DEPLOY_UNVERIFIED=true to build an unverified "
-        "image for prod (its deployment record says so)"
+        "dev never verified this code with this model, or a rollback there withdrew it "
+        f"(tree {TREE[:12]}, model {MNIST8_SHA256[:12]}): deploy commit {SHA[:12]} to dev "
+        "first (merge it into dev and push), then deploy prod again; or set "
+        "DEPLOY_UNVERIFIED=true to build an unverified image for prod (its deployment "
+        "record says so)"
     )
     assert [c[0] for c in cli.calls] == ["login", "pull"]
 

@@ -10,6 +10,7 @@ for every mutant of pipeline/release.py.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -22,7 +23,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from botocore.stub import ANY, Stubber
 
-from pipeline import records
+from pipeline import REPO, promotion, records
 from pipeline import release as release_module
 from pipeline.environment import Environment, MissingEnvironment
 from pipeline.registry import Ecr
@@ -1422,6 +1423,112 @@ def test_a_second_rollback_goes_further_back_never_to_what_was_rolled_back_from(
         "revision and was not rolled back from (rolled back from: "
         f"{b['release_id']}, {first['release_id']})"
     )
+
+
+# -- a rollback withdraws the verification of what it leaves --------------------------
+
+
+def commit_of(revision: str) -> str:
+    """The commit `revision` names in this checkout, and its tree (the verified tag's)."""
+    return subprocess.run(
+        ["git", "rev-parse", revision], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def ecr_withdrawing(tag: str, held: bool = True) -> tuple[Stubber, Callable[[], Ecr]]:
+    """An Ecr over a stubbed ECR client that expects BatchDeleteImage of `tag` in dev's
+    repository, answering it removed (`held`) or ECR's failure for a tag no image holds."""
+    client = boto3.client("ecr", region_name="us-east-1")
+    stubber = Stubber(client)
+    image_id = {"imageTag": tag}
+    answer = (
+        {"imageIds": [{**image_id, "imageDigest": EXPIRED_DIGEST}], "failures": []}
+        if held
+        else {
+            "failures": [
+                {"imageId": image_id, "failureCode": "ImageNotFound", "failureReason": "x"}
+            ],
+        }
+    )
+    expected = {"repositoryName": "onnx-ship-dev", "imageIds": [image_id]}
+    stubber.add_response("batch_delete_image", answer, expected)
+    stubber.activate()
+    return stubber, lambda: Ecr(client)
+
+
+def test_a_rollback_withdraws_the_verification_of_the_code_and_model_it_leaves(scripted, tmp_path):
+    """A rollback says the release it leaves is not good: its verified tag is removed
+    (BatchDeleteImage by tag; the image stays), before the service changes, so prod refuses
+    to promote that code and model until dev releases them again. Code and model the
+    rollback returns to keep theirs."""
+    env = environment(BASE, tmp_path)
+    older, newer = commit_of("HEAD~1"), commit_of("HEAD")
+    assert promotion.git_tree(older, REPO) != promotion.git_tree(newer, REPO)
+    records.write(env.records_url, succeeded("20260101T000000Z-a", RELEASED, git_sha=older))
+    records.write(env.records_url, succeeded("20260102T000000Z-b", NEXT, git_sha=newer))
+    left = promotion.verified_tag(promotion.git_tree(newer, REPO), MNIST8_SHA256)
+    stubber, ecr = ecr_withdrawing(left)
+    scripted.revision(RELEASED)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    said: list[str] = []
+    rollback(env, ecs=scripted.ecs(), ecr=ecr, say=said.append)
+    stubber.assert_no_pending_responses()
+    assert said[0] == (
+        f"withdrew {left}: an environment promoting from dev refuses this code and model "
+        "until dev releases them again"
+    )
+    assert said[1].startswith("rolling dev back from 20260102T000000Z-b")
+
+
+def test_a_rollback_whose_withdrawal_fails_changes_nothing(scripted, tmp_path):
+    """ECR refusing the tag's removal stops the rollback before UpdateService: no state in
+    which the service left a release whose verification still stands."""
+    env = environment(BASE, tmp_path)
+    older, newer = commit_of("HEAD~1"), commit_of("HEAD")
+    records.write(env.records_url, succeeded("20260101T000000Z-a", RELEASED, git_sha=older))
+    records.write(env.records_url, succeeded("20260102T000000Z-b", NEXT, git_sha=newer))
+    client = boto3.client("ecr", region_name="us-east-1")
+    stubber = Stubber(client)
+    stubber.add_client_error("batch_delete_image", "AccessDeniedException", "no", 400)
+    stubber.activate()
+    scripted.revision(RELEASED)
+    with pytest.raises(ClientError):
+        rollback(env, ecs=scripted.ecs(), ecr=lambda: Ecr(client), say=lambda m: None)
+    scripted.stubber.assert_no_pending_responses()  # no UpdateService was asked for
+    assert records.read_latest(env.records_url)["task_definition"] == NEXT
+
+
+@pytest.mark.parametrize("case", ["same code and model", "tag already gone", "not in checkout"])
+def test_a_rollback_withdraws_nothing_it_should_not(scripted, tmp_path, case):
+    """Back to the same code and model (another revision of them): nothing to withdraw. A
+    tag no image holds any more: nothing removed, nothing said. A commit this checkout does
+    not hold: its tree is unknown, so the rollback goes ahead and says how to remove the
+    tag by hand."""
+    env = environment(BASE, tmp_path)
+    newer = commit_of("HEAD")
+    left_sha = {"same code and model": newer, "tag already gone": newer}.get(case, "f" * 40)
+    target_sha = newer if case == "same code and model" else commit_of("HEAD~1")
+    records.write(env.records_url, succeeded("20260101T000000Z-a", RELEASED, git_sha=target_sha))
+    records.write(env.records_url, succeeded("20260102T000000Z-b", NEXT, git_sha=left_sha))
+    if case == "tag already gone":
+        tag = promotion.verified_tag(promotion.git_tree(newer, REPO), MNIST8_SHA256)
+        stubber, ecr = ecr_withdrawing(tag, held=False)
+    else:
+        stubber, ecr = ecr_answering()  # expects no call at all
+    scripted.revision(RELEASED)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    said: list[str] = []
+    rollback(env, ecs=scripted.ecs(), ecr=ecr, say=said.append)
+    stubber.assert_no_pending_responses()
+    if case == "not in checkout":
+        assert said[0].startswith(
+            "warning: commit ffffffffffff is not in this checkout, so its verified tag in "
+            f"{env.ecr_repository_url} stays and an environment promoting from dev may still "
+            "ship it: remove it with `aws ecr batch-delete-image --repository-name "
+            "onnx-ship-dev --image-ids imageTag=verified-$(git rev-parse "
+        )
+    else:
+        assert said[0].startswith("rolling dev back from")
 
 
 # -- status ----------------------------------------------------------------------------

@@ -96,6 +96,14 @@ data "aws_iam_policy_document" "deploy" {
     resources = [var.repository_arn]
   }
 
+  statement {
+    sid = "WithdrawVerification"
+    # A rollback removes the verified tag of what it leaves (BatchDeleteImage by tag: the
+    # image and its other tags stay), so no environment promotes it.
+    actions   = ["ecr:BatchDeleteImage"]
+    resources = [var.repository_arn]
+  }
+
   dynamic "statement" {
     for_each = length(var.pull_repository_arns) > 0 ? [1] : []
 

@@ -696,6 +696,20 @@ def service_module(terraform_copy: Path) -> Path:
     return module
 
 
+def sized(
+    terraform_bin: str, module: Path, expression: str, cpu: int, memory: int
+) -> subprocess.CompletedProcess:
+    """`expression` in the service module for a task of `cpu` units and `memory` MiB."""
+    return evaluate(
+        terraform_bin,
+        module,
+        expression,
+        **SERVICE_MODULE_INPUTS,
+        cpu=str(cpu),
+        memory=str(memory),
+    )
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("cpu", "memory", "workers"),
@@ -707,13 +721,8 @@ def test_the_task_runs_one_worker_per_vcpu(
     """uvicorn serves on one core a worker: a task of 2 vCPUs with one worker uses half its
     CPU, and the scaling targets (per vCPU) are never reached. So WEB_CONCURRENCY follows
     the task's CPU, one for a fraction of a vCPU."""
-    answer = evaluate(
-        terraform_bin,
-        service_module,
-        'local.container_environment["WEB_CONCURRENCY"]',
-        **SERVICE_MODULE_INPUTS,
-        cpu=str(cpu),
-        memory=str(memory),
+    answer = sized(
+        terraform_bin, service_module, 'local.container_environment["WEB_CONCURRENCY"]', cpu, memory
     )
     assert (answer.stdout.strip(), flat(answer.stderr)) == (f'"{workers}"', "")
 
@@ -734,14 +743,7 @@ def test_a_task_size_fargate_does_not_run_is_refused_at_plan_time(
     ]
     sizes += [(256, 2048), (512, 4096), (2048, 16384), (4096, 8192), (8192, 61440), (16384, 32768)]
     for cpu, memory in sizes:
-        answer = evaluate(
-            terraform_bin,
-            service_module,
-            "var.memory",
-            **SERVICE_MODULE_INPUTS,
-            cpu=str(cpu),
-            memory=str(memory),
-        )
+        answer = sized(terraform_bin, service_module, "var.memory", cpu, memory)
         assert (answer.stdout.strip(), flat(answer.stderr)) == (str(memory), ""), (cpu, memory)
     for cpu, memory in (
         (1024, 1024),
@@ -751,14 +753,7 @@ def test_a_task_size_fargate_does_not_run_is_refused_at_plan_time(
         (8192, 17408),
         (300, 1024),
     ):
-        refused = evaluate(
-            terraform_bin,
-            service_module,
-            "var.memory",
-            **SERVICE_MODULE_INPUTS,
-            cpu=str(cpu),
-            memory=str(memory),
-        )
+        refused = sized(terraform_bin, service_module, "var.memory", cpu, memory)
         expected = (
             f"Fargate has no task of {cpu} CPU units with {memory} MiB (task_cpu and task_memory)"
         )

@@ -166,9 +166,7 @@ def build_and_push(env: Environment, gated: Gated, git_sha: str) -> str:
     ecr = registries.Ecr(env.client("ecr"))
     repository = _repository(env.ecr_repository_url)
     _, name = registries.split_repository_url(env.ecr_repository_url)
-    tag = promotion.verified_tag(
-        promotion.git_tree(git_sha, REPO), gated.downloaded.sha256s["model"]
-    )
+    tag = promotion.commit_tag(git_sha, gated.downloaded.sha256s["model"], REPO)
     verified = ecr.existing(name, tag)
     if verified is not None:
         say(f"reusing {repository}:{tag} ({verified.digest}), released for this code and model")
@@ -258,7 +256,7 @@ def mark_verified(env: Environment, image: str, git_sha: str, model_sha256: str)
     """
     ecr = registries.Ecr(env.client("ecr"))
     registry, name = registries.split_repository_url(env.ecr_repository_url)
-    tag = promotion.verified_tag(promotion.git_tree(git_sha, REPO), model_sha256)
+    tag = promotion.commit_tag(git_sha, model_sha256, REPO)
     held = ecr.existing(name, tag)
     if held is not None:
         released = image.rpartition("@")[2]
@@ -347,6 +345,10 @@ def deploy(environment: str) -> dict:
         provenance = chosen.record()
     else:
         image = build_and_push(env, gated, git_sha)
+        # What a successful release tags it (mark_verified), and a rollback withdraws.
+        provenance = {
+            "verified_tag": promotion.commit_tag(git_sha, gated.downloaded.sha256s["model"], REPO)
+        }
     candidate = Candidate(
         image=image,
         git_sha=git_sha,

@@ -66,6 +66,12 @@ def verified_tag(tree: str, model_sha256: str) -> str:
     return f"{VERIFIED_PREFIX}{tree}-{model_sha256}"
 
 
+def commit_tag(commit: str, model_sha256: str, repo: Path) -> str:
+    """The verified tag of `commit`'s code (its tree in the checkout `repo`) with the model
+    `model_sha256`. Raises NotVerified when the checkout does not hold the commit."""
+    return verified_tag(git_tree(commit, repo), model_sha256)
+
+
 def release_tag(record: Mapping[str, object], repo: Path) -> str | None:
     """The verified tag of a release record's code and model (its `git_sha` and
     `model_sha256`); None when it names neither, or its commit is not in the checkout
@@ -74,7 +80,7 @@ def release_tag(record: Mapping[str, object], repo: Path) -> str | None:
     if not commit or not model_sha256:
         return None
     try:
-        return verified_tag(git_tree(str(commit), repo), str(model_sha256))
+        return commit_tag(str(commit), str(model_sha256), repo)
     except NotVerified:
         return None
 

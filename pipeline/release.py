@@ -761,37 +761,58 @@ def _withdraw_verification(
     target: dict[str, Any],
     ecr: Callable[[], Any],
     say: Callable[[str], None],
-) -> None:
+) -> str:
     """Withdraw the environment's verification of the code and model the rollback leaves:
-    remove the `verified-` tag of `left`'s tree and model from its repository, so an
-    environment promoting from this one refuses them until a release here verifies them
-    again (pipeline.promotion). Nothing is removed when `target` runs the same code and
-    model. Called before the service changes, so a rollback that then fails has withdrawn
-    the verification of what still runs, never left standing that of what it left.
-    `ecr` makes the pipeline.registry.Ecr that removes the tag."""
+    remove the verified tag of `left` (its record's `verified_tag`, else its commit's tree
+    and its model) from the repository, so an environment promoting from this one refuses
+    them until a release here verifies them again (pipeline.promotion). Nothing is removed
+    when `target` runs the same code and model. `ecr` makes the pipeline.registry.Ecr that
+    removes the tag.
+
+    Returns "" when done (or nothing was to do), else what stays and how to remove it by
+    hand: a rollback is what an operator runs when something is wrong, so the tag never
+    holds it up; the rollback says so once the service is back."""
     same = ("git_sha", "model_sha256")
     if [left.get(key) for key in same] == [target.get(key) for key in same]:
-        return
+        return ""
+    tag = _verified_tag(left)
+    if tag is not None and tag == _verified_tag(target):
+        return ""
     _, name = registries.split_repository_url(env.ecr_repository_url)
-    tag = promotion.release_tag(left, REPO)
     if tag is None:
-        if left.get("git_sha") and left.get("model_sha256"):
-            say(
-                f"warning: commit {str(left['git_sha'])[:12]} is not in this checkout, so its "
-                f"verified tag in {env.ecr_repository_url} stays and an environment promoting "
-                f"from {env.environment} may still ship it: remove it with `aws ecr "
-                f"batch-delete-image --repository-name {name} --image-ids "
-                f"imageTag={promotion.VERIFIED_PREFIX}$(git rev-parse "
-                f"{left['git_sha']}^{{tree}})-{left['model_sha256']}` in a checkout that has it"
-            )
-        return
-    if tag == promotion.release_tag(target, REPO):
-        return
-    if ecr().withdraw(name, tag):
+        commit, model = str(left.get("git_sha") or ""), str(left.get("model_sha256") or "")
+        if not commit or not model:
+            return ""
+        return (
+            f"the verified tag of commit {commit[:12]} stays in {name}, since this checkout "
+            f"does not hold the commit: an environment promoting from {env.environment} may "
+            f"still ship it; remove the tag with `git fetch origin {commit} && "
+            f"tree=$(git rev-parse --verify {commit}^{{tree}}) && aws ecr batch-delete-image "
+            f"--region {env.aws_region} --repository-name {name} --image-ids "
+            f"imageTag={promotion.VERIFIED_PREFIX}$tree-{model}`"
+        )
+    try:
+        withdrawn = ecr().withdraw(name, tag)
+    except (ClientError, BotoCoreError, registries.ImageError) as exc:
+        reason = aws.explain(exc) if isinstance(exc, ClientError | BotoCoreError) else str(exc)
+        return (
+            f"the verified tag {tag} stays in {name} ({reason}): an environment promoting "
+            f"from {env.environment} may still ship what this rollback left; remove the tag "
+            f"with `aws ecr batch-delete-image --region {env.aws_region} --repository-name "
+            f"{name} --image-ids imageTag={tag}`"
+        )
+    if withdrawn:
         say(
             f"withdrew {tag}: an environment promoting from {env.environment} refuses this "
             f"code and model until {env.environment} releases them again"
         )
+    return ""
+
+
+def _verified_tag(record: dict[str, Any]) -> str | None:
+    """The verified tag of a release record's code and model: the one its release wrote,
+    else its commit's tree (in this checkout) and its model; None when neither is known."""
+    return record.get("verified_tag") or promotion.release_tag(record, REPO)
 
 
 def _ship_again(env: Environment, target: dict[str, Any], latest: dict[str, Any]) -> str:
@@ -828,9 +849,11 @@ def rollback(
     gives the scheduled compaction that release's image, and records the rollback as a
     new successful release, which becomes `latest.json`.
     Raises ReleaseError when there is no earlier successful release, when it cannot run
-    any more (`_still_runnable`; nothing is changed then) or the deployment does not
-    complete, RecordError when the records cannot be read or written. `ecr` makes the
-    pipeline.registry.Ecr that checks the release's image (default: the environment's).
+    any more (`_still_runnable`; nothing is changed then), when the deployment does not
+    complete, or, once the rollback is recorded, when the verified tag of what it left
+    could not be removed (the message says how); RecordError when the records cannot be
+    read or written. `ecr` makes the pipeline.registry.Ecr that checks the release's image
+    and removes the tag (default: the environment's).
     """
     ecs = ecs or Ecs(env.client("ecs"))
     ecr = ecr or (lambda: registries.Ecr(env.client("ecr")))
@@ -844,7 +867,7 @@ def rollback(
     target = _rollback_target(env, history, latest)
     task_definition = target["task_definition"]
     _still_runnable(env, ecs, target, latest, ecr)
-    _withdraw_verification(env, latest, target, ecr, say)
+    kept = _withdraw_verification(env, latest, target, ecr, say)
     say(
         f"rolling {env.environment} back from {latest['release_id']} to "
         f"{target['release_id']} ({task_definition})"
@@ -854,8 +877,22 @@ def rollback(
         env.cluster_name, env.service_name, deployment, task_definition, stable_timeout
     )
     compaction = _follow_with_compaction(env, ecs, task_definition, say)
+    record = _rollback_record(target, latest, deployment, compaction)
+    records.write(env.records_url, record)
+    if kept:
+        raise ReleaseError(
+            f"{env.environment} is back on {target['release_id']} ({task_definition}), but {kept}"
+        )
+    return record
+
+
+def _rollback_record(
+    target: dict[str, Any], latest: dict[str, Any], deployment: str, compaction: str
+) -> dict[str, Any]:
+    """The record of a completed rollback from `latest` to `target`: a new successful
+    release of `target`'s revision, image and model, naming both."""
     now = datetime.now(UTC)
-    record = {
+    return {
         **{
             k: v
             for k, v in target.items()
@@ -871,8 +908,6 @@ def rollback(
         "started_at": now.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
     }
-    records.write(env.records_url, record)
-    return record
 
 
 def status(env: Environment, *, ecs: Ecs | None = None) -> dict[str, Any]:

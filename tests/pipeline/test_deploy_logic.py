@@ -689,7 +689,8 @@ def test_a_deploy_gates_publishes_builds_releases_and_tags(
         batched_url=f"s3://{BUCKET}/models/{MNIST8_SHA256}/batched-{'b' * 64}.onnx",
         batched_sha256="b" * 64,
         labels=("zero", "one"),
-        provenance={},
+        # What its success tags it (mark_verified) and a rollback from it withdraws.
+        provenance={"verified_tag": promotion.verified_tag(TREE, MNIST8_SHA256)},
     )
     assert smoke.classes == list(range(8))
     assert steps.verified == [(steps.env, image, SHA, MNIST8_SHA256)]

@@ -7,7 +7,7 @@ from dataclasses import replace
 import boto3
 import pytest
 
-from pipeline import records
+from pipeline import promotion, records
 from pipeline.batchable import make_copy
 from pipeline.environment import MissingEnvironment
 from pipeline.release import (
@@ -52,7 +52,39 @@ def candidate(git_sha: str = "a" * 40) -> Candidate:
         model_url="s3://onnx-ship-dev/models/mnist-8.onnx",
         model_sha256=MNIST8_SHA256,
         gate={"accuracy": 0.9891, "passed": True},
+        # As a deploy gives it: the tag its success grants (the commit stands for its tree).
+        provenance={"verified_tag": verified_tag(git_sha)},
     )
+
+
+def verified_tag(git_sha: str) -> str:
+    return promotion.verified_tag(git_sha, MNIST8_SHA256)
+
+
+def tag(image: str, name: str) -> None:
+    """Tag `image` (`<registry>/<repository>@<digest>`) `name` in moto's ECR, as a push of
+    the same manifest under another tag does."""
+    ecr = boto3.client("ecr")
+    repository, _, digest = image.partition("@")
+    repository = repository.partition("/")[2]
+    (found,) = ecr.batch_get_image(repositoryName=repository, imageIds=[{"imageDigest": digest}])[
+        "images"
+    ]
+    ecr.put_image(
+        repositoryName=repository,
+        imageManifest=found["imageManifest"],
+        imageTag=name,
+        imageDigest=digest,
+    )
+
+
+def tags_of(image: str) -> set[str]:
+    """The tags moto's ECR holds on `image` (`<registry>/<repository>@<digest>`)."""
+    repository, _, digest = image.partition("@")
+    (found,) = boto3.client("ecr").describe_images(
+        repositoryName=repository.partition("/")[2], imageIds=[{"imageDigest": digest}]
+    )["imageDetails"]
+    return set(found.get("imageTags", []))
 
 
 def test_a_release_hands_the_model_labels_to_the_service():
@@ -180,10 +212,14 @@ def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it
     aws, mnist8_server, smoke
 ):
     env = make_environment(mnist8_server.url)
-    stored(candidate().image)
+    image = stored(candidate().image)
     first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert first.succeeded and second.succeeded
+    # Both verified (as mark_verified tags them): one image, built once, two trees' tags.
+    for sha in ("a" * 40, "b" * 40):
+        tag(image, verified_tag(sha))
+    pushed = tags_of(image) - {verified_tag("a" * 40), verified_tag("b" * 40)}
     shown = status(env, ecs=fast_ecs())
     assert shown["git_sha"] == "b" * 40 and shown["in_sync"] and shown["health"] == "ready"
     assert shown["gate_accuracy"] == 0.9891
@@ -194,6 +230,8 @@ def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it
     assert service["services"][0]["taskDefinition"] == first.task_definition
     shown = status(env, ecs=fast_ecs())
     assert shown["git_sha"] == "a" * 40 and shown["in_sync"]
+    # The verification of what it left is withdrawn; the image, with its other tags, stays.
+    assert tags_of(image) == {*pushed, verified_tag("a" * 40)}
 
 
 def test_rollback_to_a_release_whose_image_ecr_expired_leaves_the_service_as_it_is(

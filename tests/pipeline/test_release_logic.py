@@ -1065,6 +1065,11 @@ def test_a_protected_release_presents_the_secrets_token(
 # -- rollback ------------------------------------------------------------------------
 
 
+# The verified tag of the code and model every release below runs unless a test says
+# otherwise (a rollback between them withdraws nothing).
+SAME_CODE_TAG = promotion.verified_tag("e" * 40, MNIST8_SHA256)
+
+
 def succeeded(release_id: str, task_definition: str, **more) -> dict:
     return {
         "release_id": release_id,
@@ -1078,6 +1083,7 @@ def succeeded(release_id: str, task_definition: str, **more) -> dict:
         "started_at": "2026-01-01T00:00:00+00:00",
         "finished_at": "2026-01-01T00:01:00+00:00",
         "deployment_id": "ecs-svc/old",
+        "verified_tag": SAME_CODE_TAG,
         **more,
     }
 
@@ -1112,6 +1118,7 @@ def test_rollback_returns_to_the_release_before_the_latest_and_records_it(
         "deployment_id": "ecs-svc/0009",
         "previous_task_definition": NEXT,
         "compaction_task_definition": "",
+        "verified_tag": SAME_CODE_TAG,
     }
     assert records.read_latest(env.records_url)["restores"] == second["release_id"]
     assert said == [
@@ -1427,28 +1434,20 @@ def test_a_second_rollback_goes_further_back_never_to_what_was_rolled_back_from(
 
 # -- a rollback withdraws the verification of what it leaves --------------------------
 
-
-def commit_of(revision: str) -> str:
-    """The commit `revision` names in this checkout, and its tree (the verified tag's)."""
-    return subprocess.run(
-        ["git", "rev-parse", revision], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.strip()
+LEFT_TAG = promotion.verified_tag("a" * 40, MNIST8_SHA256)
+TARGET_TAG = promotion.verified_tag("b" * 40, MNIST8_SHA256)
 
 
-def ecr_withdrawing(tag: str, held: bool = True) -> tuple[Stubber, Callable[[], Ecr]]:
+def ecr_withdrawing(tag: str, failure: str = "") -> tuple[Stubber, Callable[[], Ecr]]:
     """An Ecr over a stubbed ECR client that expects BatchDeleteImage of `tag` in dev's
-    repository, answering it removed (`held`) or ECR's failure for a tag no image holds."""
+    repository, answering it removed, or with the ImageFailure code `failure`."""
     client = boto3.client("ecr", region_name="us-east-1")
     stubber = Stubber(client)
     image_id = {"imageTag": tag}
     answer = (
-        {"imageIds": [{**image_id, "imageDigest": EXPIRED_DIGEST}], "failures": []}
-        if held
-        else {
-            "failures": [
-                {"imageId": image_id, "failureCode": "ImageNotFound", "failureReason": "x"}
-            ],
-        }
+        {"failures": [{"imageId": image_id, "failureCode": failure, "failureReason": "x"}]}
+        if failure
+        else {"imageIds": [{**image_id, "imageDigest": EXPIRED_DIGEST}], "failures": []}
     )
     expected = {"repositoryName": "onnx-ship-dev", "imageIds": [image_id]}
     stubber.add_response("batch_delete_image", answer, expected)
@@ -1456,79 +1455,145 @@ def ecr_withdrawing(tag: str, held: bool = True) -> tuple[Stubber, Callable[[], 
     return stubber, lambda: Ecr(client)
 
 
+def two_releases(env: Environment, left: dict, target: dict) -> None:
+    """`target` released, then `left`: a rollback leaves `left` for `target`."""
+    records.write(env.records_url, succeeded("20260101T000000Z-a", RELEASED, **target))
+    records.write(env.records_url, succeeded("20260102T000000Z-b", NEXT, **left))
+
+
+def rolled_back(scripted, env: Environment, ecr) -> list[str]:
+    """Roll `env` back to RELEASED, as ECS completes it; what the rollback said."""
+    scripted.revision(RELEASED)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    said: list[str] = []
+    rollback(env, ecs=scripted.ecs(), ecr=ecr, say=said.append)
+    return said
+
+
 def test_a_rollback_withdraws_the_verification_of_the_code_and_model_it_leaves(scripted, tmp_path):
     """A rollback says the release it leaves is not good: its verified tag is removed
-    (BatchDeleteImage by tag; the image stays), before the service changes, so prod refuses
-    to promote that code and model until dev releases them again. Code and model the
-    rollback returns to keep theirs."""
+    (BatchDeleteImage by tag; the image stays) before the service changes, so prod refuses
+    to promote that code and model until dev releases them again."""
     env = environment(BASE, tmp_path)
-    older, newer = commit_of("HEAD~1"), commit_of("HEAD")
-    assert promotion.git_tree(older, REPO) != promotion.git_tree(newer, REPO)
-    records.write(env.records_url, succeeded("20260101T000000Z-a", RELEASED, git_sha=older))
-    records.write(env.records_url, succeeded("20260102T000000Z-b", NEXT, git_sha=newer))
-    left = promotion.verified_tag(promotion.git_tree(newer, REPO), MNIST8_SHA256)
-    stubber, ecr = ecr_withdrawing(left)
-    scripted.revision(RELEASED)
-    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
-    said: list[str] = []
-    rollback(env, ecs=scripted.ecs(), ecr=ecr, say=said.append)
-    stubber.assert_no_pending_responses()
-    assert said[0] == (
-        f"withdrew {left}: an environment promoting from dev refuses this code and model "
-        "until dev releases them again"
+    two_releases(
+        env,
+        left={"git_sha": "d" * 40, "verified_tag": LEFT_TAG},
+        target={"git_sha": "c" * 40, "verified_tag": TARGET_TAG},
     )
-    assert said[1].startswith("rolling dev back from 20260102T000000Z-b")
+    stubber, ecr = ecr_withdrawing(LEFT_TAG)
+    said = rolled_back(scripted, env, ecr)
+    stubber.assert_no_pending_responses()
+    assert said[:2] == [
+        f"withdrew {LEFT_TAG}: an environment promoting from dev refuses this code and model "
+        "until dev releases them again",
+        f"rolling dev back from 20260102T000000Z-b to 20260101T000000Z-a ({RELEASED})",
+    ]
 
 
-def test_a_rollback_whose_withdrawal_fails_changes_nothing(scripted, tmp_path):
-    """ECR refusing the tag's removal stops the rollback before UpdateService: no state in
-    which the service left a release whose verification still stands."""
+def test_a_release_recorded_without_its_tag_is_withdrawn_by_its_commits_tree(scripted, tmp_path):
+    """Records written before releases kept their tag: the tag comes from the commit's
+    tree in this checkout, as mark_verified made it."""
     env = environment(BASE, tmp_path)
-    older, newer = commit_of("HEAD~1"), commit_of("HEAD")
-    records.write(env.records_url, succeeded("20260101T000000Z-a", RELEASED, git_sha=older))
-    records.write(env.records_url, succeeded("20260102T000000Z-b", NEXT, git_sha=newer))
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    two_releases(env, left={"git_sha": head, "verified_tag": None}, target={"git_sha": "c" * 40})
+    stubber, ecr = ecr_withdrawing(promotion.commit_tag(head, MNIST8_SHA256, REPO))
+    said = rolled_back(scripted, env, ecr)
+    stubber.assert_no_pending_responses()
+    assert said[0].startswith("withdrew verified-")
+
+
+@pytest.mark.parametrize(
+    ("left", "target"),
+    [
+        ({"git_sha": "d" * 40, "verified_tag": TARGET_TAG}, {"verified_tag": TARGET_TAG}),
+        ({"git_sha": "c" * 40, "verified_tag": None}, {"git_sha": "c" * 40, "verified_tag": None}),
+    ],
+    ids=["another commit of the same tree", "the same commit, unknown here"],
+)
+def test_a_rollback_to_the_same_code_and_model_withdraws_nothing(scripted, tmp_path, left, target):
+    """Back to another revision of the same code and model: their verification stands."""
+    env = environment(BASE, tmp_path)
+    two_releases(env, left=left, target=target)
+    stubber, ecr = ecr_answering()  # expects no call at all
+    said = rolled_back(scripted, env, ecr)
+    stubber.assert_no_pending_responses()
+    assert said[0].startswith("rolling dev back from")
+
+
+def test_a_tag_no_image_holds_any_more_is_nothing_to_withdraw(scripted, tmp_path):
+    env = environment(BASE, tmp_path)
+    two_releases(env, left={"git_sha": "d" * 40, "verified_tag": LEFT_TAG}, target={})
+    stubber, ecr = ecr_withdrawing(LEFT_TAG, failure="ImageNotFound")
+    said = rolled_back(scripted, env, ecr)
+    stubber.assert_no_pending_responses()
+    assert said[0].startswith("rolling dev back from")
+
+
+def refused(tag: str, code: str) -> tuple[Stubber, Callable[[], Ecr]]:
+    """ECR refusing BatchDeleteImage of `tag` with the error `code`."""
     client = boto3.client("ecr", region_name="us-east-1")
     stubber = Stubber(client)
-    stubber.add_client_error("batch_delete_image", "AccessDeniedException", "no", 400)
+    stubber.add_client_error("batch_delete_image", code, "refused", 400)
     stubber.activate()
-    scripted.revision(RELEASED)
-    with pytest.raises(ClientError):
-        rollback(env, ecs=scripted.ecs(), ecr=lambda: Ecr(client), say=lambda m: None)
-    scripted.stubber.assert_no_pending_responses()  # no UpdateService was asked for
-    assert records.read_latest(env.records_url)["task_definition"] == NEXT
+    return stubber, lambda: Ecr(client)
 
 
-@pytest.mark.parametrize("case", ["same code and model", "tag already gone", "not in checkout"])
-def test_a_rollback_withdraws_nothing_it_should_not(scripted, tmp_path, case):
-    """Back to the same code and model (another revision of them): nothing to withdraw. A
-    tag no image holds any more: nothing removed, nothing said. A commit this checkout does
-    not hold: its tree is unknown, so the rollback goes ahead and says how to remove the
-    tag by hand."""
+@pytest.mark.parametrize("answer", ["AccessDeniedException", "KmsError"])
+def test_a_tag_ecr_will_not_remove_never_holds_the_rollback_up(scripted, tmp_path, answer):
+    """A rollback is what an operator runs when something is wrong: ECR refusing the tag's
+    removal (a role without the grant, a failure of the image) does not stop it. The service
+    goes back, the rollback is recorded, and the command then fails naming the tag that
+    stays and the command that removes it."""
     env = environment(BASE, tmp_path)
-    newer = commit_of("HEAD")
-    left_sha = {"same code and model": newer, "tag already gone": newer}.get(case, "f" * 40)
-    target_sha = newer if case == "same code and model" else commit_of("HEAD~1")
-    records.write(env.records_url, succeeded("20260101T000000Z-a", RELEASED, git_sha=target_sha))
-    records.write(env.records_url, succeeded("20260102T000000Z-b", NEXT, git_sha=left_sha))
-    if case == "tag already gone":
-        tag = promotion.verified_tag(promotion.git_tree(newer, REPO), MNIST8_SHA256)
-        stubber, ecr = ecr_withdrawing(tag, held=False)
+    two_releases(env, left={"git_sha": "d" * 40, "verified_tag": LEFT_TAG}, target={})
+    if answer == "KmsError":  # a failure of the image, in the answer
+        stubber, ecr = ecr_withdrawing(LEFT_TAG, failure=answer)
     else:
-        stubber, ecr = ecr_answering()  # expects no call at all
+        stubber, ecr = refused(LEFT_TAG, answer)
     scripted.revision(RELEASED)
     expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
-    said: list[str] = []
-    rollback(env, ecs=scripted.ecs(), ecr=ecr, say=said.append)
+    with pytest.raises(ReleaseError) as raised:
+        rollback(env, ecs=scripted.ecs(), ecr=ecr, say=lambda m: None)
     stubber.assert_no_pending_responses()
-    if case == "not in checkout":
-        assert said[0].startswith(
-            "warning: commit ffffffffffff is not in this checkout, so its verified tag in "
-            f"{env.ecr_repository_url} stays and an environment promoting from dev may still "
-            "ship it: remove it with `aws ecr batch-delete-image --repository-name "
-            "onnx-ship-dev --image-ids imageTag=verified-$(git rev-parse "
-        )
-    else:
-        assert said[0].startswith("rolling dev back from")
+    scripted.stubber.assert_no_pending_responses()
+    latest = records.read_latest(env.records_url)
+    assert (latest["task_definition"], latest["rollback_of"]) == (RELEASED, "20260102T000000Z-b")
+    message = str(raised.value)
+    assert message.startswith(
+        f"dev is back on 20260101T000000Z-a ({RELEASED}), but the verified tag {LEFT_TAG} "
+        "stays in onnx-ship-dev ("
+    )
+    assert answer in message
+    assert message.endswith(
+        "an environment promoting from dev may still ship what this rollback left; remove "
+        "the tag with `aws ecr batch-delete-image --region us-east-1 --repository-name "
+        f"onnx-ship-dev --image-ids imageTag={LEFT_TAG}`"
+    )
+
+
+def test_a_commit_this_checkout_lacks_never_holds_the_rollback_up(scripted, tmp_path):
+    """A record without its tag whose commit this checkout does not hold: the tree is
+    unknown, so the rollback goes ahead and then says how to remove the tag."""
+    env = environment(BASE, tmp_path)
+    two_releases(env, left={"git_sha": "f" * 40, "verified_tag": None}, target={})
+    stubber, ecr = ecr_answering()
+    scripted.revision(RELEASED)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    with pytest.raises(ReleaseError) as raised:
+        rollback(env, ecs=scripted.ecs(), ecr=ecr, say=lambda m: None)
+    stubber.assert_no_pending_responses()
+    assert records.read_latest(env.records_url)["task_definition"] == RELEASED
+    commit = "f" * 40
+    assert str(raised.value) == (
+        f"dev is back on 20260101T000000Z-a ({RELEASED}), but the verified tag of commit "
+        "ffffffffffff stays in onnx-ship-dev, since this checkout does not hold the commit: "
+        "an environment promoting from dev may still ship it; remove the tag with "
+        f"`git fetch origin {commit} && tree=$(git rev-parse --verify {commit}^{{tree}}) && "
+        "aws ecr batch-delete-image --region us-east-1 --repository-name onnx-ship-dev "
+        f"--image-ids imageTag=verified-$tree-{MNIST8_SHA256}`"
+    )
 
 
 # -- status ----------------------------------------------------------------------------
@@ -1905,7 +1970,9 @@ def test_release_rollback_and_status_use_the_environments_ecs(
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
     expect_describe(scripted, BOOTSTRAP)
     with ecs_of_the_environment(scripted):
-        assert release(env, candidate(), smoke, say=lambda m: None).succeeded
+        assert release(
+            env, candidate(provenance={"verified_tag": SAME_CODE_TAG}), smoke, say=lambda m: None
+        ).succeeded
         assert rollback(env, say=lambda m: None)["task_definition"] == BOOTSTRAP
         assert status(env)["in_sync"] is True
 
@@ -1985,7 +2052,13 @@ def test_a_release_is_named_by_the_moment_it_started(
     records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", BOOTSTRAP))
     expect_release_start(scripted, BOOTSTRAP, NEXT)
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
-    outcome = release(env, candidate(), smoke, ecs=scripted.ecs(), say=lambda m: None)
+    outcome = release(
+        env,
+        candidate(provenance={"verified_tag": SAME_CODE_TAG}),
+        smoke,
+        ecs=scripted.ecs(),
+        say=lambda m: None,
+    )
     started = datetime.fromisoformat(outcome.record["started_at"])
     assert outcome.record["release_id"] == release_id("a" * 40, started)
     scripted.revision(BOOTSTRAP)

@@ -99,7 +99,8 @@ data "aws_iam_policy_document" "deploy" {
   statement {
     sid = "WithdrawVerification"
     # A rollback removes the verified tag of what it leaves (BatchDeleteImage by tag: the
-    # image and its other tags stay), so no environment promotes it.
+    # image and its other tags stay), so no environment promotes it. ECR has no condition
+    # key for the tag, so the grant covers any image of this repository, as the push does.
     actions   = ["ecr:BatchDeleteImage"]
     resources = [var.repository_arn]
   }

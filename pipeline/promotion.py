@@ -72,19 +72,6 @@ def commit_tag(commit: str, model_sha256: str, repo: Path) -> str:
     return verified_tag(git_tree(commit, repo), model_sha256)
 
 
-def release_tag(record: Mapping[str, object], repo: Path) -> str | None:
-    """The verified tag of a release record's code and model (its `git_sha` and
-    `model_sha256`); None when it names neither, or its commit is not in the checkout
-    `repo`."""
-    commit, model_sha256 = record.get("git_sha"), record.get("model_sha256")
-    if not commit or not model_sha256:
-        return None
-    try:
-        return commit_tag(str(commit), str(model_sha256), repo)
-    except NotVerified:
-        return None
-
-
 def override_requested(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return env.get(OVERRIDE_VARIABLE, "").strip().lower() in _TRUE

@@ -812,7 +812,15 @@ def _withdraw_verification(
 def _verified_tag(record: dict[str, Any]) -> str | None:
     """The verified tag of a release record's code and model: the one its release wrote,
     else its commit's tree (in this checkout) and its model; None when neither is known."""
-    return record.get("verified_tag") or promotion.release_tag(record, REPO)
+    if record.get("verified_tag"):
+        return str(record["verified_tag"])
+    commit, model_sha256 = record.get("git_sha"), record.get("model_sha256")
+    if not commit or not model_sha256:
+        return None
+    try:
+        return promotion.commit_tag(str(commit), str(model_sha256), REPO)
+    except promotion.NotVerified:
+        return None
 
 
 def _ship_again(env: Environment, target: dict[str, Any], latest: dict[str, Any]) -> str:

@@ -13,15 +13,17 @@ import base64
 import json
 import re
 import subprocess
-import tempfile
+import time
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipeline.image import ContainerCli, ImageError, find_cli, run_cli, say
 
 PUSH_TIMEOUT_SECONDS = 20 * 60
+# How often, and how far apart, a push's tag is looked up before it counts as missing.
+PUSH_LOOKUPS = 4
+PUSH_LOOKUP_SECONDS = 2.0
 # Registries on the loopback interface are the test registry: plain HTTP.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -219,10 +221,20 @@ def push(
     ecr: Ecr,
     cli: ContainerCli | None = None,
 ) -> str:
-    """Push the local `image` as `<repository_url>:<tag>` and return the pushed digest.
+    """Push the local `image` as `<repository_url>:<tag>` and return the digest the
+    repository now holds under `tag` ("sha256:..."), as ECR reports it.
 
     The tag is immutable: when it exists already, the push is skipped (returning
     the existing digest) if it holds this image, and refused if it holds another.
+
+    The digest is the repository's answer (BatchGetImage of the tag: ECR API reference),
+    never the container CLI's own record of what it pushed: a task definition names the
+    image by this digest, and one the repository does not hold is an image no task can
+    pull. Docker with the containerd image store (the default of Docker Engine 29's new
+    installs, GitHub's runners among them) builds an image index, and pushes only its
+    single-platform manifest when the index's other content is not local (an image
+    pulled for its platform), while recording the index's digest for the repository.
+    Raises ImageError when the repository holds nothing under `tag` after the push.
     """
     if not _TAG.fullmatch(tag):
         raise ImageError(f"tag {tag!r} is not a valid image tag")
@@ -244,35 +256,33 @@ def push(
 
     login(cli, registry, ecr.credentials())
     run_cli([cli.path, "tag", image, remote], what=f"tagging {image} as {remote}", timeout=60)
-    with tempfile.TemporaryDirectory(prefix="onnx-ship-push-") as scratch:
-        command = [cli.path, "push", *tls_flags(cli, registry)]
-        digest_file = Path(scratch) / "digest"
-        if cli.is_podman:
-            # Docker's manifest format keeps the HEALTHCHECK, which OCI's drops.
-            command += ["--format", "v2s2", "--digestfile", str(digest_file)]
-        run_cli([*command, remote], what=f"pushing {remote}", timeout=PUSH_TIMEOUT_SECONDS)
-        digest = (
-            digest_file.read_text().strip()
-            if digest_file.exists()
-            else _repo_digest(cli, remote, f"{registry}/{repository_name}")
+    command = [cli.path, "push", *tls_flags(cli, registry)]
+    if cli.is_podman:
+        # Docker's manifest format keeps the HEALTHCHECK, which OCI's drops.
+        command += ["--format", "v2s2"]
+    run_cli([*command, remote], what=f"pushing {remote}", timeout=PUSH_TIMEOUT_SECONDS)
+    pushed = _pushed(ecr, repository_name, tag)
+    if pushed is None:
+        raise ImageError(
+            f"{cli.name} pushed {remote} but ECR holds no image tagged {tag} in "
+            f"{repository_name}: check that {registry} is this repository's registry "
+            "(the repository URL and the AWS region name the same one), then deploy again"
         )
-    say(f"pushed {remote} ({digest})")
-    return digest
+    say(f"pushed {remote} ({pushed.digest})")
+    return pushed.digest
 
 
-def _repo_digest(cli: ContainerCli, image: str, repository: str) -> str:
-    """Docker has no --digestfile: read the digest it recorded for the repository."""
-    output = run_cli(
-        [cli.path, "image", "inspect", "--format", "{{json .RepoDigests}}", image],
-        what=f"reading the pushed digest of {image}",
-        timeout=60,
-        capture=True,
-    )
-    for entry in json.loads(output) or []:
-        name, _, digest = entry.partition("@")
-        if name == repository:
-            return digest
-    raise ImageError(f"{cli.name} pushed {image} but recorded no digest for {repository}")
+def _pushed(ecr: Ecr, repository_name: str, tag: str) -> RemoteImage | None:
+    """What the repository holds under `tag` right after a push, read again a few times
+    (PUSH_LOOKUP_SECONDS apart) before it counts as missing: no documented guarantee says
+    ECR's API reads a push back at once."""
+    for attempt in range(PUSH_LOOKUPS):
+        if attempt:
+            time.sleep(PUSH_LOOKUP_SECONDS)
+        pushed = ecr.existing(repository_name, tag)
+        if pushed is not None:
+            return pushed
+    return None
 
 
 def pull(cli: ContainerCli, registry: str, reference: str) -> bool:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +131,60 @@ def build_test_image() -> Built:
     size = int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout)
     print(f"\nimage {ref}: {size / 1e6:.0f} MB, built in {time.monotonic() - started:.0f}s")
     return Built(ref, sha, model_sha256, cli)
+
+
+# The loopback registry plays ECR's registry and moto plays ECR's API: after every push
+# the wrapper below stores the pushed manifest in moto's repository of the same name
+# under the same tag and digest, so the ECR lookups the pipeline makes after a push (and
+# before the next one) answer as ECR, where both are one service, answers them.
+_MIRROR = """\
+import json, sys, urllib.request
+
+import boto3
+
+reference = sys.argv[1]
+registry, _, path = reference.partition("/")
+repository, _, tag = path.rpartition(":")
+request = urllib.request.Request(
+    f"http://{registry}/v2/{repository}/manifests/{tag}", headers={"Accept": sys.argv[2]}
+)
+with urllib.request.urlopen(request, timeout=10) as answer:
+    digest, body = answer.headers["Docker-Content-Digest"], answer.read()
+    media_type = answer.headers["Content-Type"]
+boto3.client("ecr").put_image(
+    repositoryName=repository,
+    imageManifest=body.decode(),
+    imageManifestMediaType=media_type,
+    imageTag=tag,
+    imageDigest=digest,
+)
+"""
+
+
+def ecr_podman(directory: Path, log: Path | None = None) -> image.ContainerCli:
+    """podman as a deploy on AWS sees it: every push to the loopback registry also lands in
+    moto's ECR repository of that name (same tag, same digest, as `_MIRROR` says why);
+    with `log`, `<pull|push> <reference>` is appended to it before each of those commands
+    (the reference is the command's last argument)."""
+    require(shutil.which("podman") is not None, "podman is not installed")
+    mirror = directory / "mirror_push.py"
+    mirror.write_text(_MIRROR)
+    wrapper = directory / "podman"
+    logging = f"  printf '%s %s\\n' \"$1\" \"$last\" >> '{log}'\n" if log else ""
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "for last; do :; done\n"
+        'case "$1" in pull|push)\n'
+        f"{logging}"
+        "  ;;\n"
+        "esac\n"
+        'if [ "$1" = push ]; then\n'
+        f'  {shutil.which("podman")} "$@" || exit $?\n'
+        f"  exec {sys.executable} {mirror} \"$last\" '{MANIFEST_V2}'\n"
+        "fi\n"
+        f'exec {shutil.which("podman")} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    if log:
+        log.touch()
+    return image.ContainerCli("podman", str(wrapper))

@@ -32,6 +32,7 @@ from tests.pipeline.containers import (
     MANIFEST_V2,
     TEST_REPO,
     Built,
+    ecr_podman,
     podman,
     podman_cli,
     registry_manifest,
@@ -354,15 +355,16 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_push_logs_in_pushes_and_keeps_tags_immutable(
-    built: Built, registry: str, aws, request: pytest.FixtureRequest
+    built: Built, registry: str, aws, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     boto3.client("ecr").create_repository(repositoryName="onnx-ship")
     ecr = registries.Ecr(boto3.client("ecr"))
+    cli = ecr_podman(tmp_path)
     request.addfinalizer(
         lambda: podman("untag", built.ref, f"{registry}/onnx-ship:{built.sha}", check=False)
     )
 
-    digest = registries.push(built.ref, f"{registry}/onnx-ship", built.sha, ecr=ecr, cli=built.cli)
+    digest = registries.push(built.ref, f"{registry}/onnx-ship", built.sha, ecr=ecr, cli=cli)
 
     pushed = registry_manifest(registry, "onnx-ship", built.sha)
     assert pushed is not None and pushed[0] == digest
@@ -372,23 +374,80 @@ def test_push_logs_in_pushes_and_keeps_tags_immutable(
     assert manifest["config"]["digest"] == local_id
 
     # ECR now holds this image under the tag: a second push is a no-op returning its digest.
-    boto3.client("ecr").put_image(
-        repositoryName="onnx-ship",
-        imageManifest=pushed[1].decode(),
-        imageTag=built.sha,
-        imageDigest=digest,
-    )
     assert (
-        registries.push(built.ref, f"{registry}/onnx-ship", built.sha, ecr=ecr, cli=built.cli)
-        == digest
+        registries.push(built.ref, f"{registry}/onnx-ship", built.sha, ecr=ecr, cli=cli) == digest
     )
 
     # Another image under the same tag is refused before anything is pushed.
     boto3.client("ecr").create_repository(repositoryName="onnx-ship-other")
     put_manifest("onnx-ship-other", built.sha, config_digest="sha256:" + "3" * 64)
     with pytest.raises(image.ImageError, match="Tags are immutable"):
-        registries.push(built.ref, f"{registry}/onnx-ship-other", built.sha, ecr=ecr, cli=built.cli)
+        registries.push(built.ref, f"{registry}/onnx-ship-other", built.sha, ecr=ecr, cli=cli)
     assert registry_manifest(registry, "onnx-ship-other", built.sha) is None
+
+
+HELD = "sha256:" + "5" * 64
+RECORDED = "sha256:" + "9" * 64
+
+
+class ScriptedEcr:
+    """An Ecr whose tag lookups answer from `answers`, one a call, in order."""
+
+    def __init__(self, *answers: registries.RemoteImage | None) -> None:
+        self._answers = list(answers)
+        self.lookups = 0
+
+    def credentials(self) -> registries.Credentials:
+        return registries.Credentials("AWS", "token")
+
+    def existing(self, repository_name: str, tag: str) -> registries.RemoteImage | None:
+        self.lookups += 1
+        return self._answers.pop(0) if len(self._answers) > 1 else self._answers[0]
+
+
+def docker_recording_another_digest(directory: Path) -> image.ContainerCli:
+    """A `docker` whose login, tag and push succeed, whose image ID is sha256:1..., and
+    which records sha256:9... as the repository's digest, as Docker with the containerd
+    image store records an index's digest after pushing only its platform's manifest."""
+    script = directory / "docker"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$1 $4" in\n'
+        '  "image {{.Id}}") echo "sha256:' + "1" * 64 + '" ;;\n'
+        '  "image {{json .RepoDigests}}") echo \'["r.example/onnx-ship@sha256:'
+        + "9"
+        * 64
+        + "\"]' ;;\n"
+        "  login*) cat > /dev/null ;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return image.ContainerCli("docker", str(script))
+
+
+def test_push_returns_the_digest_the_repository_holds_not_the_clis(tmp_path: Path) -> None:
+    """The digest a task definition will name is the one ECR holds under the tag after
+    the push, whatever the container CLI recorded."""
+    ecr = ScriptedEcr(None, registries.RemoteImage(HELD, "sha256:" + "1" * 64))
+    cli = docker_recording_another_digest(tmp_path)
+    assert registries.push("onnx-ship:abc", "r.example/onnx-ship", "abc", ecr=ecr, cli=cli) == HELD
+
+
+def test_push_looks_again_before_a_pushed_tag_counts_as_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registries, "PUSH_LOOKUP_SECONDS", 0)
+    cli = docker_recording_another_digest(tmp_path)
+    late = ScriptedEcr(None, None, None, registries.RemoteImage(HELD, None))
+    assert registries.push("onnx-ship:abc", "r.example/onnx-ship", "abc", ecr=late, cli=cli) == HELD
+    missing = ScriptedEcr(None)
+    with pytest.raises(
+        image.ImageError,
+        match=r"^docker pushed r.example/onnx-ship:abc but ECR holds no image tagged abc in "
+        r"onnx-ship: check that r.example is this repository's registry",
+    ):
+        registries.push("onnx-ship:abc", "r.example/onnx-ship", "abc", ecr=missing, cli=cli)
+    assert missing.lookups == 1 + registries.PUSH_LOOKUPS
 
 
 def docker_pull_failing_with(directory: Path, message: str) -> image.ContainerCli:

@@ -14,23 +14,24 @@ rendered policies by test_moto_apply.py. The bucket policies (TLS only) are lift
 moto counts their condition as met and would refuse every object request.
 
 moto authorises no registry request either, so every `podman pull` and `push` the deploy
-runs is logged (`CONTAINER_CLI` is a logging wrapper of podman) and checked against the
-deploy role's policy as Terraform rendered it, with the actions ECR authorises for that
-command (pipeline/aws_calls.py `REGISTRY_ACTIONS`).
+runs is logged (`CONTAINER_CLI` is a wrapper of podman, tests/pipeline/containers.py
+`ecr_podman`) and checked against the deploy role's policy as Terraform rendered it, with
+the actions ECR authorises for that command (pipeline/aws_calls.py `REGISTRY_ACTIONS`).
 
 What moto cannot be stands in on loopback: moto's ECS runs no containers, so each
 service's task is a real local service started from the revision the service points
 at, with the task role's credentials (tests/terraform/ecs_stand_in.py): it loads the
 model from the bucket's models/ the deploy published to and captures to capture/<env>/.
 moto's ECR keeps no image bytes, so images go to the loopback docker-registry
-(<ENV>_ECR_REPOSITORY_URL) while the ECR API (login token, tag lookups) is moto's.
+(<ENV>_ECR_REPOSITORY_URL) while the ECR API (login token, tag lookups) is moto's; the
+wrapper stores each pushed manifest in moto's repository too (same tag and digest), so
+the lookups answer about what the registry holds, as ECR's do.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -52,6 +53,7 @@ from tests.conftest import REPO, free_port
 from tests.pipeline.containers import (
     BASE_IMAGE,
     dangling_images,
+    ecr_podman,
     podman,
     registry_manifest,
     remove_dangling_since,
@@ -114,24 +116,6 @@ def role_policy_documents(role: str, client: Any) -> list[dict[str, Any]]:
         )
         for name in client.list_role_policies(RoleName=role)["PolicyNames"]
     ]
-
-
-def logging_podman(directory: Path) -> tuple[Path, Path]:
-    """A podman wrapper that appends `<pull|push> <reference>` to a log before each of
-    those commands (the reference is a pull's or push's last argument); (wrapper, log)."""
-    log = directory / "registry.log"
-    wrapper = directory / "podman"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'case "$1" in pull|push)\n'
-        "  for last; do :; done\n"
-        f"  printf '%s %s\\n' \"$1\" \"$last\" >> '{log}' ;;\n"
-        "esac\n"
-        f'exec {shutil.which("podman") or "podman"} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    log.touch()
-    return wrapper, log
 
 
 def registry_refusals(deployment: Deployment, env: str, since: int = 0) -> list[str]:
@@ -234,7 +218,9 @@ def deployment(moto_server, terraform_bin, tmp_path_factory, fresh_images) -> It
     deploy_policies = {
         env: role_policy_documents(f"onnx-ship-{env}-deploy", iam_client) for env in ENVS
     }
-    _, registry_log = logging_podman(tmp_path_factory.mktemp("cli"))
+    cli_dir = tmp_path_factory.mktemp("cli")
+    registry_log = cli_dir / "registry.log"
+    ecr_podman(cli_dir, registry_log)
     for env in ENVS:
         s3.delete_bucket_policy(Bucket=outputs[env]["bucket_name"])
         as_moto_authorises(f"onnx-ship-{env}-deploy", iam_client)

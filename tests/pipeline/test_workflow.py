@@ -110,6 +110,13 @@ def test_deploys_of_one_environment_wait_in_turn_and_none_is_cancelled(workflow)
     }
 
 
+def test_the_deploy_builds_and_pushes_with_the_cli_the_tests_run(workflow):
+    """The check job's image tests and end-to-end deploy run podman on the same runner
+    image; a deploy on the runner's Docker engine would run code no test ran."""
+    (step,) = [s for s in workflow["jobs"]["deploy"]["steps"] if "nox " in s.get("run", "")]
+    assert step["env"]["CONTAINER_CLI"] == "podman"
+
+
 def test_pull_requests_run_the_tests_and_deploy_nothing(workflow):
     jobs = workflow["jobs"].values()
     assert any(runs(job, "pull_request") and " test" in " ".join(nox_calls(job)) for job in jobs)

@@ -478,7 +478,7 @@ def test_with_a_certificate_https_serves_and_port_80_redirects(applied: Applied)
     assert set(by_port) == {80, 443}
     https, http = by_port[443], by_port[80]
     assert https["Protocol"] == "HTTPS" and forwards_to_tasks(https)
-    assert https["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"
+    assert https["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09"
     (certificate,) = https["Certificates"]
     described = applied.client("acm").describe_certificate(
         CertificateArn=certificate["CertificateArn"]

@@ -223,9 +223,9 @@ variable "route53_zone_id" {
 }
 
 variable "ssl_policy" {
-  description = "Security policy of the HTTPS listener: TLS 1.3 and 1.2 with forward-secret ciphers only, the ELB console's default (ELB guide, \"Security policies for your Application Load Balancer\")."
+  description = "Security policy of the HTTPS listener: TLS 1.3 and 1.2 with forward-secret ciphers only, and hybrid post-quantum key exchange (ML-KEM) for clients that offer it, classical for the rest; the ELB console's default and AWS's recommendation (ELB guide, \"Security policies for your Application Load Balancer\")."
   type        = string
-  default     = "ELBSecurityPolicy-TLS13-1-2-Res-2021-06"
+  default     = "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09"
 }
 
 ################################################################################

@@ -911,3 +911,32 @@ def test_the_tests_pin_every_value_an_account_sets_for_itself(tmp_path: Path) ->
         assert pinned <= declared, (root.name, pinned - declared)
         assert (root / ACCOUNT_PINS_FILE).read_text() == ACCOUNT_PINS
         assert min("oidc.auto.tfvars", "tls.auto.tfvars") > ACCOUNT_PINS_FILE
+
+
+@pytest.mark.integration
+def test_a_transition_s3_refuses_is_refused_at_plan_time(
+    terraform_bin: str, terraform_copy: Path
+) -> None:
+    """S3 moves no object to STANDARD_IA in its first 30 days and refuses a lifecycle
+    rule that asks it to (S3 API reference, Transition, Days); moto accepts it."""
+    module = terraform_copy / "modules" / "storage"
+    terraform.init(module, backend=False)
+    refusal = "capture_infrequent_access_after_days must be a whole number of 30 or more"
+    for days in ("30", "45"):
+        accepted = evaluate(
+            terraform_bin,
+            module,
+            "var.capture_infrequent_access_after_days",
+            bucket_name="b",
+            capture_infrequent_access_after_days=days,
+        )
+        assert (accepted.stdout.strip(), flat(accepted.stderr)) == (days, "")
+    for days in ("29", "0", "30.5"):
+        refused = evaluate(
+            terraform_bin,
+            module,
+            "var.capture_infrequent_access_after_days",
+            bucket_name="b",
+            capture_infrequent_access_after_days=days,
+        )
+        assert refusal in flat(refused.stderr), (days, refused.stderr)

@@ -32,6 +32,14 @@ variable "capture_infrequent_access_after_days" {
   description = "Days after which capture parts larger than 128 KB move to STANDARD_IA (30 at least); skipped when the retention is shorter."
   type        = number
   default     = 30
+
+  # S3 refuses a STANDARD_IA transition in the first 30 days of an object (S3 API
+  # reference, Transition, Days; S3 User Guide, "Transitioning objects using Amazon S3
+  # Lifecycle"): moto accepts any, and a real apply would fail halfway.
+  validation {
+    condition     = var.capture_infrequent_access_after_days >= 30 && floor(var.capture_infrequent_access_after_days) == var.capture_infrequent_access_after_days
+    error_message = "capture_infrequent_access_after_days must be a whole number of 30 or more: S3 moves no object to STANDARD_IA in its first 30 days."
+  }
 }
 
 variable "capture_archive_after_days" {

@@ -44,6 +44,8 @@ CONFIRM_WAITS_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)
 # A revision DescribeTaskDefinition no longer answers for (Ecs.revision_status).
 NOT_FOUND = "deleted (ECS no longer describes it)"
 HTTP_TIMEOUT_SECONDS = 10
+# How many of ECS's latest service events a failed or timed-out rollout quotes.
+EVENTS_NAMED = 3
 
 
 class ReleaseError(Exception):
@@ -296,7 +298,8 @@ class Ecs:
         raises ReleaseError at once, naming the fix (`refusal`).
         """
         deadline = time.monotonic() + timeout
-        last_error = ""
+        last_error = events = ""
+        started = self._started.get(deployment_id)
         while True:
             try:
                 current = self.service(cluster, service)
@@ -306,13 +309,13 @@ class Ecs:
                 last_error = f"; last ECS error: {exc}"
             else:
                 last_error = ""
-                started = self._started.get(deployment_id)
+                events = latest_events(current, started)
                 if rollout_verdict(current, deployment_id, task_definition, started=started):
                     return
             if time.monotonic() >= deadline:
                 raise ReleaseError(
                     f"deployment {deployment_id} of {task_definition} did not complete within "
-                    f"{timeout:.0f} s{last_error}"
+                    f"{timeout:.0f} s{last_error}{events}"
                 )
             self._sleep(self._poll)
 
@@ -346,6 +349,7 @@ def rollout_verdict(
     ours = next((d for d in listed if d.get("id") == deployment_id), None)
     if ours is None and started is not None and _before(listed, started):
         return False
+    since = (ours or {}).get("createdAt", started)
     if ours is None or ours.get("status") != "PRIMARY":
         primary = primary_deployment(service)
         reason = (ours or {}).get("rolloutStateReason", "")
@@ -353,11 +357,13 @@ def rollout_verdict(
             f"deployment {deployment_id} is no longer the service's primary deployment "
             f"(now {primary.get('id', 'none')} on {primary.get('taskDefinition', 'nothing')})"
             + (f": {reason}" if reason else "; ECS rolled it back or another deployment started")
+            + latest_events(service, since)
         )
     state = ours.get("rolloutState")
     if state == "FAILED":
         raise ReleaseError(
             f"ECS marked deployment {deployment_id} failed: {ours.get('rolloutStateReason', '')}"
+            + latest_events(service, since)
         )
     if state == "COMPLETED":
         return True
@@ -368,6 +374,23 @@ def rollout_verdict(
             and ours.get("runningCount") == ours.get("desiredCount")
         )
     return False
+
+
+def latest_events(service: dict[str, Any], since: datetime | None) -> str:
+    """`; ECS's latest service events: <newest> | ...`, at most EVENTS_NAMED of the
+    service's events from `since` on (all when None), or "" when there are none.
+
+    A failed deployment's rolloutStateReason says only that tasks failed; why (a task that
+    could not pull its image or reach a secret, failed the load balancer's health check,
+    or found no capacity) is in the service's events, the latest 100 of which
+    DescribeServices returns newest first (ECS API reference, Service, `events`).
+    """
+    messages = [
+        str(event["message"])
+        for event in service.get("events", [])
+        if event.get("message") and (since is None or event.get("createdAt", since) >= since)
+    ][:EVENTS_NAMED]
+    return "; ECS's latest service events: " + " | ".join(messages) if messages else ""
 
 
 def _before(deployments: list[dict[str, Any]], started: datetime) -> bool:

@@ -246,6 +246,65 @@ def test_a_view_from_before_our_update_that_never_changes_ends_at_the_bound(scri
         ecs.wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=0)
 
 
+def with_events(answer: dict, *events: tuple[datetime, str]) -> dict:
+    """`answer` with service events, newest first, as DescribeServices lists them."""
+    listed = [
+        {"id": f"e{n}", "createdAt": at, "message": text} for n, (at, text) in enumerate(events)
+    ]
+    return {**answer, "events": listed}
+
+
+# A first deployment whose image cannot be pulled, as ECS tells it in the service's events
+# (the circuit breaker's own reason says only that tasks failed to start).
+PULL_FAILED = (
+    "(service onnx-ship-dev) (task 5e2f) failed to start: CannotPullContainerError: pull image "
+    "manifest has been retried 5 time(s): failed to resolve ref 123456789012.dkr.ecr.us-east-1"
+    ".amazonaws.com/onnx-ship-dev@sha256:9f: not found"
+)
+EVENTS = (
+    (datetime(2026, 3, 1, 12, 4, tzinfo=UTC), PULL_FAILED),
+    (
+        datetime(2026, 3, 1, 12, 3, tzinfo=UTC),
+        "(service onnx-ship-dev) has started 1 tasks: (task 5e2f).",
+    ),
+    (datetime(2026, 3, 1, 12, 2, tzinfo=UTC), PULL_FAILED.replace("5e2f", "41aa")),
+    (
+        datetime(2026, 3, 1, 12, 1, tzinfo=UTC),
+        "(service onnx-ship-dev) has started 1 tasks: (task 41aa).",
+    ),
+    (BEFORE, "(service onnx-ship-dev) has reached a steady state."),
+)
+
+
+def test_a_failed_rollout_quotes_the_service_events_since_it_began(scripted):
+    """Why the tasks failed (here: the image could not be pulled) is in the service's events,
+    not in the circuit breaker's reason: the error quotes the latest few of our deployment."""
+    ours = "ecs-svc/0002"
+    failed = deployment(ours, RELEASED, "PRIMARY", "FAILED", CIRCUIT_BREAKER, created=UPDATED_AT)
+    scripted.describe(with_events(service(RELEASED, failed), *EVENTS))
+    with pytest.raises(ReleaseError) as raised:
+        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
+    assert str(raised.value) == (
+        f"ECS marked deployment {ours} failed: {CIRCUIT_BREAKER}; ECS's latest service events: "
+        f"{EVENTS[0][1]} | {EVENTS[1][1]} | {EVENTS[2][1]}"
+    )
+
+
+def test_a_rollout_that_never_completes_quotes_the_service_events_since_it_began(scripted):
+    ours = "ecs-svc/0002"
+    going = deployment(ours, RELEASED, "PRIMARY", "IN_PROGRESS", created=UPDATED_AT)
+    scripted.updated(service(RELEASED, going))
+    scripted.describe(with_events(service(RELEASED, going), EVENTS[1], EVENTS[4]))
+    ecs = scripted.ecs()
+    ecs.update(CLUSTER, SERVICE, RELEASED)
+    with pytest.raises(ReleaseError) as raised:
+        ecs.wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=0)
+    assert str(raised.value) == (
+        f"deployment {ours} of {RELEASED} did not complete within 0 s; ECS's latest service "
+        f"events: {EVENTS[1][1]}"
+    )
+
+
 def test_throttling_during_the_wait_is_retried(scripted):
     ours = "ecs-svc/0002"
     scripted.describe(service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "IN_PROGRESS")))

@@ -21,10 +21,9 @@ from pipeline import REPO
 
 CLI_NAMES = ("docker", "podman")
 DEFAULT_TAG_REPO = "onnx-ship"
-# Docker's official image through ECR Public (the placeholder's registry too,
-# terraform/modules/service): a full name, which podman needs where no unqualified-search
-# registry is configured, and no Docker Hub limit on anonymous pulls.
-DEFAULT_BASE_IMAGE = "public.ecr.aws/docker/library/python:3.11-slim"
+# Docker's official image by its full name: podman resolves a short one only where an
+# unqualified-search registry is configured.
+DEFAULT_BASE_IMAGE = "docker.io/library/python:3.11-slim"
 # What the image is built for, whatever machine builds it: the task definitions run on
 # Fargate's X86_64 (terraform/modules/service, runtime_platform; ECS API reference,
 # RuntimePlatform). An image built on an arm64 machine without it would hold arm64 code

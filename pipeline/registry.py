@@ -21,9 +21,8 @@ from typing import Any
 from pipeline.image import ContainerCli, ImageError, find_cli, run_cli, say
 
 PUSH_TIMEOUT_SECONDS = 20 * 60
-# How often, and how far apart, a push's tag is looked up before it counts as missing.
-PUSH_LOOKUPS = 4
-PUSH_LOOKUP_SECONDS = 2.0
+# The waits before each further lookup of a pushed tag, before it counts as missing (30 s).
+PUSH_LOOKUP_WAITS_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)
 # Registries on the loopback interface are the test registry: plain HTTP.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -231,9 +230,9 @@ def push(
     never the container CLI's own record of what it pushed: a task definition names the
     image by this digest, and one the repository does not hold is an image no task can
     pull. Docker with the containerd image store (the default of Docker Engine 29's new
-    installs, GitHub's runners among them) builds an image index, and pushes only its
-    single-platform manifest when the index's other content is not local (an image
-    pulled for its platform), while recording the index's digest for the repository.
+    installs) builds an image index, and pushes only its single-platform manifest when the
+    index's other content is not local (an image pulled for its platform), while it may
+    record the index's digest for the repository.
     Raises ImageError when the repository holds nothing under `tag` after the push.
     """
     if not _TAG.fullmatch(tag):
@@ -273,12 +272,11 @@ def push(
 
 
 def _pushed(ecr: Ecr, repository_name: str, tag: str) -> RemoteImage | None:
-    """What the repository holds under `tag` right after a push, read again a few times
-    (PUSH_LOOKUP_SECONDS apart) before it counts as missing: no documented guarantee says
+    """What the repository holds under `tag` right after a push, read again after each of
+    PUSH_LOOKUP_WAITS_SECONDS before it counts as missing: no documented guarantee says
     ECR's API reads a push back at once."""
-    for attempt in range(PUSH_LOOKUPS):
-        if attempt:
-            time.sleep(PUSH_LOOKUP_SECONDS)
+    for wait in (0.0, *PUSH_LOOKUP_WAITS_SECONDS):
+        time.sleep(wait)
         pushed = ecr.existing(repository_name, tag)
         if pushed is not None:
             return pushed

@@ -378,17 +378,20 @@ def rollout_verdict(
 
 def latest_events(service: dict[str, Any], since: datetime | None) -> str:
     """`; ECS's latest service events: <newest> | ...`, at most EVENTS_NAMED of the
-    service's events from `since` on (all when None), or "" when there are none.
+    service's events from `since` on, or "" when there are none (or no `since`: events
+    of an earlier deployment would mislead).
 
     A failed deployment's rolloutStateReason says only that tasks failed; why (a task that
     could not pull its image or reach a secret, failed the load balancer's health check,
     or found no capacity) is in the service's events, the latest 100 of which
     DescribeServices returns newest first (ECS API reference, Service, `events`).
     """
+    if since is None:
+        return ""
     messages = [
         str(event["message"])
         for event in service.get("events", [])
-        if event.get("message") and (since is None or event.get("createdAt", since) >= since)
+        if event.get("message") and event.get("createdAt", since) >= since
     ][:EVENTS_NAMED]
     return "; ECS's latest service events: " + " | ".join(messages) if messages else ""
 

@@ -163,7 +163,9 @@ boto3.client("ecr").put_image(
 
 def ecr_podman(directory: Path, log: Path | None = None) -> image.ContainerCli:
     """podman as a deploy on AWS sees it: every push to the loopback registry also lands in
-    moto's ECR repository of that name (same tag, same digest, as `_MIRROR` says why);
+    moto's ECR repository of that name (same tag, same digest, as `_MIRROR` says why), so
+    here ECR always agrees with what podman pushed, at once; a repository that answers
+    with another digest, or late, is tests/pipeline/test_image.py's scripted ECR;
     with `log`, `<pull|push> <reference>` is appended to it before each of those commands
     (the reference is the command's last argument)."""
     require(shutil.which("podman") is not None, "podman is not installed")

@@ -414,10 +414,7 @@ def docker_recording_another_digest(directory: Path) -> image.ContainerCli:
         "#!/bin/sh\n"
         'case "$1 $4" in\n'
         '  "image {{.Id}}") echo "sha256:' + "1" * 64 + '" ;;\n'
-        '  "image {{json .RepoDigests}}") echo \'["r.example/onnx-ship@sha256:'
-        + "9"
-        * 64
-        + "\"]' ;;\n"
+        '  "image {{json .RepoDigests}}") echo \'["r.example/onnx-ship@' + RECORDED + "\"]' ;;\n"
         "  login*) cat > /dev/null ;;\n"
         "esac\n"
     )
@@ -436,7 +433,7 @@ def test_push_returns_the_digest_the_repository_holds_not_the_clis(tmp_path: Pat
 def test_push_looks_again_before_a_pushed_tag_counts_as_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(registries, "PUSH_LOOKUP_SECONDS", 0)
+    monkeypatch.setattr(registries, "PUSH_LOOKUP_WAITS_SECONDS", (0, 0, 0, 0, 0))
     cli = docker_recording_another_digest(tmp_path)
     late = ScriptedEcr(None, None, None, registries.RemoteImage(HELD, None))
     assert registries.push("onnx-ship:abc", "r.example/onnx-ship", "abc", ecr=late, cli=cli) == HELD
@@ -447,7 +444,7 @@ def test_push_looks_again_before_a_pushed_tag_counts_as_missing(
         r"onnx-ship: check that r.example is this repository's registry",
     ):
         registries.push("onnx-ship:abc", "r.example/onnx-ship", "abc", ecr=missing, cli=cli)
-    assert missing.lookups == 1 + registries.PUSH_LOOKUPS
+    assert missing.lookups == 2 + len(registries.PUSH_LOOKUP_WAITS_SECONDS)
 
 
 def docker_pull_failing_with(directory: Path, message: str) -> image.ContainerCli:

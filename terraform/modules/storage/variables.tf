@@ -33,9 +33,10 @@ variable "capture_infrequent_access_after_days" {
   type        = number
   default     = 30
 
-  # S3 refuses a STANDARD_IA transition in the first 30 days of an object (S3 API
-  # reference, Transition, Days; S3 User Guide, "Transitioning objects using Amazon S3
-  # Lifecycle"): moto accepts any, and a real apply would fail halfway.
+  # S3 moves no object to STANDARD_IA before it has been stored 30 days, and refuses a
+  # rule that asks it to (S3 User Guide, "Transitioning objects using Amazon S3 Lifecycle";
+  # the API reference's Transition says "greater than 30"): moto accepts any, and a real
+  # apply would fail halfway.
   validation {
     condition     = var.capture_infrequent_access_after_days >= 30 && floor(var.capture_infrequent_access_after_days) == var.capture_infrequent_access_after_days
     error_message = "capture_infrequent_access_after_days must be a whole number of 30 or more: S3 moves no object to STANDARD_IA in its first 30 days."

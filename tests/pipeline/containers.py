@@ -138,7 +138,7 @@ def build_test_image() -> Built:
 # under the same tag and digest, so the ECR lookups the pipeline makes after a push (and
 # before the next one) answer as ECR, where both are one service, answers them.
 _MIRROR = """\
-import json, sys, urllib.request
+import sys, urllib.request
 
 import boto3
 

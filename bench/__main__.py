@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench import report
 from bench.capture_read import CaptureReadError
+from bench.count import CountError
 from bench.processes import ProcessError
 from bench.run import CONTENDERS, BenchError, Options, run
 from bench.wrk import WrkError
@@ -40,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="1 s per level (about 4 minutes in all: the capture-read rows keep their size)",
+        help="1 s per level and 256 counted requests (about 7 minutes in all: the "
+        "capture-read rows keep their size)",
     )
     p.add_argument("--seconds", type=int, help="seconds per concurrency level (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per row (default 1)")
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_seconds=args.warmup,
         concurrency=args.concurrency,
         compute_seconds=1.0 if args.quick else 3.0,
+        count_requests=256 if args.quick else 512,
         only=tuple(args.only),
         steal_limit=args.steal_limit / 100,
         steal_budget_seconds=args.steal_budget,
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except REFERENCE_FAULTS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (BenchError, CaptureReadError, ProcessError, WrkError) as exc:
+    except (BenchError, CaptureReadError, CountError, ProcessError, WrkError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.summary(results))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import bodies, capture_read, compute, wrk
+from bench import bodies, capture_read, compute, count, wrk
 from bench.bodies import Body
 from bench.moto import PREFIX, CaptureStore, start_store
 from bench.processes import (
@@ -46,6 +46,9 @@ from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.datasets import load_dataset, scaled_inputs
 from pipeline.reference import fetch_verified, load_reference
 from service.auth import bearer_header
+from service.config import Settings
+from service.inference import INLINE_BELOW_SECONDS, probe_latency
+from service.loader import load_model
 from service.shutdown import MIN_STOP_TIMEOUT_SECONDS
 
 # The capture-read rows' bucket, beside the capture-on rows' one on the same moto server.
@@ -62,7 +65,7 @@ UVICORN_FLAGS = ["--http", "httptools", "--loop", "uvloop", "--no-access-log"]
 
 
 # What a run measures, in this order (`--only` picks some).
-CONTENDERS = ("compute", "bare", "falcon", "fastapi", "service", "capture", "capture-read")
+CONTENDERS = ("compute", "bare", "falcon", "fastapi", "service", "capture", "capture-read", "count")
 
 
 class BenchError(RuntimeError):
@@ -87,6 +90,8 @@ class Options:
     # steal_budget_seconds of waiting and measuring again for the whole bench.
     steal_limit: float = 0.01
     steal_budget_seconds: float = 600.0
+    # Requests a counted run sends after its warm-up (bench.count).
+    count_requests: int = 512
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,7 @@ class Results:
     rss_bytes: dict[str, int] = field(default_factory=dict)
     capture_written: dict[str, int] | None = None
     capture_read: capture_read.CaptureRead | None = None
+    counted: dict[str, count.CountedRow] | None = None  # bench.count's rows
     steal: StealGate | None = None  # None: runs are measured once, their steal not read
 
     def find(
@@ -582,6 +588,24 @@ class ServiceUnderTest:
     measurements: list[Measurement] = field(default_factory=list)
 
 
+def service_env(workload: Workload, workdir: Path, tag: str, token: str) -> dict[str, str]:
+    """The settings every run of the service here shares, as a deploy runs it: the model
+    and the batch-capable copy the gate proved, one worker with one intra-op thread, and
+    a bearer token in API_TOKENS (a deploy asks for one: require_authentication)."""
+    return {
+        "MODEL_URL": str(workload.model_path),
+        "MODEL_SHA256": workload.model_sha256,
+        "MODEL_NAME": workload.model_name,
+        "MODEL_CACHE_DIR": str(workdir / f"cache-{tag}"),
+        "APP_ENV": "local",
+        "INTRA_OP_THREADS": "1",
+        "WEB_CONCURRENCY": "1",
+        "API_TOKENS": token,
+        "MODEL_BATCHED_URL": str(workload.batched.path) if workload.batched else "",
+        "MODEL_BATCHED_SHA256": workload.batched.sha256 if workload.batched else "",
+    }
+
+
 def start_service(
     processes: Processes,
     workload: Workload,
@@ -594,24 +618,13 @@ def start_service(
     port = free_port()
     token = secrets.token_urlsafe(32)
     env = {
-        "MODEL_URL": str(workload.model_path),
-        "MODEL_SHA256": workload.model_sha256,
-        "MODEL_NAME": workload.model_name,
-        "MODEL_CACHE_DIR": str(workdir / f"cache-{capture}"),
+        **service_env(workload, workdir, f"capture-{capture}", token),
         "HOST": "127.0.0.1",
         "PORT": str(port),
-        "APP_ENV": "local",
-        "INTRA_OP_THREADS": "1",
-        "WEB_CONCURRENCY": "1",
-        # A deploy asks for a bearer token (require_authentication, on by default).
-        "API_TOKENS": token,
         # The service's whole stop (drain, then capture flush) fits in the bench's wait.
         "STOP_TIMEOUT_SECONDS": str(SERVICE_STOP_SECONDS),
         "PREDICTION_LOG_URL": store.url if store is not None else CAPTURE_OFF,
         "PREDICTION_LOG_SPOOL_DIR": str(workdir / f"spool-{capture}"),
-        # As a deploy runs it: with the batch-capable copy the gate proved.
-        "MODEL_BATCHED_URL": str(workload.batched.path) if workload.batched else "",
-        "MODEL_BATCHED_SHA256": workload.batched.sha256 if workload.batched else "",
         **(store.env if store is not None else {}),
     }
     server = processes.start(
@@ -705,17 +718,24 @@ def measure_in_pairs(
         service.measurements += measured
 
 
-def run(options: Options, workdir: Path | None = None) -> Results:
-    """Measure every contender; stop every started process whatever happens."""
+def require_tools(wanted: set[str]) -> None:
+    """Stop before anything is measured when a tool the contenders need is missing."""
     wrk.require_wrk()
     require_scheduling_tools()
+    if "count" in wanted:
+        count.require_valgrind()
+
+
+def run(options: Options, workdir: Path | None = None) -> Results:
+    """Measure every contender; stop every started process whatever happens."""
+    wanted = set(options.only or CONTENDERS)
+    require_tools(wanted)
     results = Results(options, machine())
     results.steal = StealGate(
         (options.server_core, options.load_core),
         options.steal_limit,
         options.steal_budget_seconds,
     )
-    wanted = set(options.only or CONTENDERS)
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = workdir or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -761,4 +781,31 @@ def run(options: Options, workdir: Path | None = None) -> Results:
                 results.capture_read = capture_read.measure(
                     f"s3://{READ_BUCKET}/{PREFIX}", store.env, server=store.server.pid
                 )
+        if "count" in wanted:
+            results.counted = count_capture(workload, options.count_requests, work)
     return results
+
+
+def count_capture(workload: Workload, requests: int, workdir: Path) -> dict[str, count.CountedRow]:
+    """bench.count's rows: the service's single-image rows counted capture off and on."""
+    print(
+        f"bench: capture counted under callgrind ({len(count.ROWS)} rows, "
+        f"{count.RUNS} runs, two at a time)",
+        file=sys.stderr,
+        flush=True,
+    )
+    token = secrets.token_urlsafe(32)
+    signed = {
+        row: replace(body, headers={**body.headers, **bearer_header(token)})
+        for row, body in workload.service_bodies().items()
+        if row in count.ROWS
+    }
+    settings = {**service_env(workload, workdir, "count", token), "PREDICTION_LOG_URL": "off"}
+    # Where the model runs, decided here as the service decides it where it serves
+    # (INFERENCE_OFFLOAD=auto: on the event loop under 1 ms a row): under valgrind every
+    # inference takes many times longer, and auto would move it to the worker thread.
+    inline = probe_latency(load_model(Settings.from_env(settings))) < INLINE_BELOW_SECONDS
+    settings["INFERENCE_OFFLOAD"] = "never" if inline else "always"
+    return count.measure(
+        signed, workload.expected, child_env(settings), requests, workdir / "count"
+    )

@@ -1,0 +1,148 @@
+"""bench.count: capture's cost counted under callgrind, and the process it counts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bench import count, report
+from bench.processes import child_env
+from bench.run import Options, Results, Workload, load_workload, service_env
+from service.auth import bearer_header
+from tests.conftest import REPO
+
+TOKEN = "count-token-" + "x" * 32
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
+    return load_workload(256, tmp_path_factory.mktemp("workload"))
+
+
+@pytest.fixture(scope="module")
+def env(workload: Workload, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    settings = service_env(workload, tmp_path_factory.mktemp("count"), "count", TOKEN)
+    return child_env({**settings, "PREDICTION_LOG_URL": "off"})
+
+
+def bodies_for(workload: Workload, directory: Path, token: str = TOKEN) -> Path:
+    signed = {
+        row: replace(body, headers={**body.headers, **bearer_header(token)})
+        for row, body in workload.service_bodies().items()
+        if row in count.ROWS
+    }
+    return count._write_spec(directory, signed, workload.expected)
+
+
+def counted_process(spec: Path, capture: str, row: str, requests: int, env: dict[str, str]):
+    return subprocess.run(
+        [sys.executable, "-m", "bench.count", str(spec), capture, row, str(requests)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("row", count.ROWS)
+@pytest.mark.parametrize("capture", ["off", "on"])
+def test_the_counted_process_serves_every_single_image_row(
+    workload: Workload, env: dict[str, str], tmp_path: Path, row: str, capture: str
+) -> None:
+    done = counted_process(bodies_for(workload, tmp_path), capture, row, 40, env)
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+
+
+def test_an_answer_other_than_the_expected_class_fails_the_count(
+    workload: Workload, env: dict[str, str], tmp_path: Path
+) -> None:
+    spec = bodies_for(workload, tmp_path, token="not-the-token")
+    refused = counted_process(spec, "on", "predict single", 8, env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith('error: /predict answered b\'{"error"')
+
+
+def test_a_request_capture_did_not_write_fails_the_count(
+    workload: Workload, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = json.loads(bodies_for(workload, tmp_path).read_text())
+    monkeypatch.setattr(count.DiscardSink, "put", _refuse)
+    monkeypatch.setattr(count, "CAPTURE_WAIT_SECONDS", 1.0)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(count.CountError, match=r"capture did not store its records within 1 s"):
+        count.serve_requests(spec, "on", "predict single", 8)
+
+
+def _refuse(self, key: str, body: bytes) -> bool:
+    raise OSError("the sink is down")
+
+
+def called_under_callgrind(out: Path, code: str) -> dict[str, int]:
+    subprocess.run(
+        [*count.VALGRIND_ARGV, f"--callgrind-out-file={out}", sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+    )
+    return count.summary(out)
+
+
+def test_only_what_runs_through_call_tracing_is_counted(tmp_path: Path) -> None:
+    loop = "sum(i * i for i in range({}))"
+    counted = f"sys.call_tracing(exec, ({loop.format(10_000)!r},))"
+    nothing = called_under_callgrind(tmp_path / "0.out", loop.format(50_000))
+    alone = called_under_callgrind(tmp_path / "1.out", f"import sys; {counted}")
+    after = called_under_callgrind(
+        tmp_path / "2.out", f"import sys; {loop.format(50_000)}; {counted}"
+    )
+    assert set(count.EVENTS) <= set(alone)
+    assert nothing["Ir"] == 0
+    # The interpreter's start and the loop before the call (five times the call's work) are
+    # left out: the call alone, give or take the interpreter's state it meets.
+    assert 0 < after["Ir"] == pytest.approx(alone["Ir"], rel=0.05)
+    out = tmp_path / "1.out"
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(line for line in lines if not line.startswith("summary:")))
+    with pytest.raises(count.CountError, match="not a whole callgrind output file"):
+        count.summary(out)
+
+
+def counted_row(row: str, off: float, on: float) -> count.CountedRow:
+    events = dict.fromkeys(count.EVENTS, 1.0)
+    return count.CountedRow(row, 1024, {**events, "Ir": off}, {**events, "Ir": on})
+
+
+def test_the_counted_target_is_the_worst_rows_instructions_off_over_on() -> None:
+    rows = {
+        "predict single": counted_row("predict single", 640_000, 672_000),
+        "v2 json single": counted_row("v2 json single", 850_000, 880_000),
+    }
+    assert rows["predict single"].throughput_ratio == pytest.approx(640 / 672)
+    assert count.worst_throughput_ratio(rows) == pytest.approx(640 / 672)
+    assert count.worst_throughput_ratio(None) is None
+
+    results = Results(
+        Options(only=("count",)), {"nproc": 2, "cpu": "x", "python": "3", "onnxruntime": "1"}
+    )
+    results.counted = rows
+    found = {t.name: t for t in report.targets(results, report.ratios(results))}
+    verdict = found["capture on / off by instructions, worst single-image row"]
+    assert (verdict.value, verdict.met) == (pytest.approx(640 / 672), True)
+    printed = report.summary(results)
+    assert "| predict single | instructions | 640,000 | 672,000 | 1.050 |" in printed
+    assert json.loads(json.dumps(report.document(results)))["counted"]["v2 json single"][
+        "throughput_ratio"
+    ] == pytest.approx(850 / 880)
+
+
+def test_without_valgrind_the_count_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(count.CountError, match=r"sudo apt-get install valgrind"):
+        count.require_valgrind()

@@ -309,7 +309,7 @@ def compact(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmark the service against its ceilings and FastAPI (`-- --quick`: about 4 min)."""
+    """Benchmark the service against its ceilings and FastAPI (`-- --quick`: about 7 min)."""
     if shutil.which("wrk") is None:
         session.error("wrk is not installed: run `sudo apt-get install wrk`, then try again")
     install(session, "bench")

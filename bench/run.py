@@ -46,7 +46,8 @@ from pipeline.batchable import BatchableCopy, NotBatchable, batchable_copy
 from pipeline.datasets import load_dataset, scaled_inputs
 from pipeline.reference import fetch_verified, load_reference
 from service.auth import bearer_header
-from service.config import Settings
+from service.config import ConfigError, Settings
+from service.errors import ModelLoadError
 from service.inference import INLINE_BELOW_SECONDS, probe_latency
 from service.loader import load_model
 from service.shutdown import MIN_STOP_TIMEOUT_SECONDS
@@ -707,10 +708,16 @@ def measure_in_pairs(
     prepared = []
     for service in services:
         alone(service.server)
-        signed = replace(body, headers={**body.headers, **bearer_header(service.token)})
         prepared.append(
             prepare_row(
-                service.server, "service", row, signed, service.capture, workload, options, workdir
+                service.server,
+                "service",
+                row,
+                signed(body, service.token),
+                service.capture,
+                workload,
+                options,
+                workdir,
             )
         )
     levels = measure_levels(prepared, options, lambda row: alone(row.server), gate)
@@ -795,17 +802,34 @@ def count_capture(workload: Workload, requests: int, workdir: Path) -> dict[str,
         flush=True,
     )
     token = secrets.token_urlsafe(32)
-    signed = {
-        row: replace(body, headers={**body.headers, **bearer_header(token)})
+    bodies = {
+        row: signed(body, token)
         for row, body in workload.service_bodies().items()
         if row in count.ROWS
     }
-    settings = {**service_env(workload, workdir, "count", token), "PREDICTION_LOG_URL": "off"}
-    # Where the model runs, decided here as the service decides it where it serves
-    # (INFERENCE_OFFLOAD=auto: on the event loop under 1 ms a row): under valgrind every
-    # inference takes many times longer, and auto would move it to the worker thread.
-    inline = probe_latency(load_model(Settings.from_env(settings))) < INLINE_BELOW_SECONDS
-    settings["INFERENCE_OFFLOAD"] = "never" if inline else "always"
+    settings = {
+        **service_env(workload, workdir, "count", token),
+        "PREDICTION_LOG_URL": CAPTURE_OFF,  # the counted process makes its own recorder
+        # Under valgrind every inference takes many times longer, and auto would move the
+        # model to the worker thread, which a count leaves out.
+        "INFERENCE_OFFLOAD": "never",
+    }
+    # Where the service itself puts the model (INFERENCE_OFFLOAD=auto: on the event loop
+    # when a row takes under 1 ms), measured here at full speed.
+    try:
+        seconds = probe_latency(load_model(Settings.from_env(settings)))
+    except (ConfigError, ModelLoadError) as exc:
+        raise count.CountError(f"the counted model: {exc}") from None
+    if seconds >= INLINE_BELOW_SECONDS:
+        raise count.CountError(
+            f"one row of this model takes {seconds * 1000:.1f} ms, so the service runs it in "
+            "its worker thread, which a count leaves out: name the other contenders with --only"
+        )
     return count.measure(
-        signed, workload.expected, child_env(settings), requests, workdir / "count"
+        bodies, workload.expected, child_env(settings), requests, workdir / "count"
     )
+
+
+def signed(body: Body, token: str) -> Body:
+    """`body` with the bearer token the service under test asks for."""
+    return replace(body, headers={**body.headers, **bearer_header(token)})

@@ -1,4 +1,5 @@
-"""bench.count: capture's cost counted under callgrind, and the process it counts."""
+"""bench.count and bench.counted: capture's cost counted under callgrind, and the process
+it counts."""
 
 from __future__ import annotations
 
@@ -6,15 +7,13 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bench import count, report
+from bench import count, counted, report
 from bench.processes import child_env
-from bench.run import Options, Results, Workload, load_workload, service_env
-from service.auth import bearer_header
+from bench.run import CAPTURE_OFF, Options, Results, Workload, load_workload, service_env, signed
 from tests.conftest import REPO
 
 TOKEN = "count-token-" + "x" * 32
@@ -28,21 +27,23 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
 @pytest.fixture(scope="module")
 def env(workload: Workload, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     settings = service_env(workload, tmp_path_factory.mktemp("count"), "count", TOKEN)
-    return child_env({**settings, "PREDICTION_LOG_URL": "off"})
+    return child_env({**settings, "PREDICTION_LOG_URL": CAPTURE_OFF, "INFERENCE_OFFLOAD": "never"})
 
 
-def bodies_for(workload: Workload, directory: Path, token: str = TOKEN) -> Path:
-    signed = {
-        row: replace(body, headers={**body.headers, **bearer_header(token)})
+def bodies_for(
+    workload: Workload, directory: Path, token: str = TOKEN, expected: list[int] | None = None
+) -> Path:
+    bodies = {
+        row: signed(body, token)
         for row, body in workload.service_bodies().items()
         if row in count.ROWS
     }
-    return count._write_spec(directory, signed, workload.expected)
+    return count._write_spec(directory, bodies, expected or workload.expected)
 
 
 def counted_process(spec: Path, capture: str, row: str, requests: int, env: dict[str, str]):
     return subprocess.run(
-        [sys.executable, "-m", "bench.count", str(spec), capture, row, str(requests)],
+        [sys.executable, "-m", "bench.counted", str(spec), capture, row, str(requests)],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -60,7 +61,7 @@ def test_the_counted_process_serves_every_single_image_row(
     assert (done.returncode, done.stdout) == (0, ""), done.stderr
 
 
-def test_an_answer_other_than_the_expected_class_fails_the_count(
+def test_a_refused_request_fails_the_count_with_its_answer(
     workload: Workload, env: dict[str, str], tmp_path: Path
 ) -> None:
     spec = bodies_for(workload, tmp_path, token="not-the-token")
@@ -69,16 +70,41 @@ def test_an_answer_other_than_the_expected_class_fails_the_count(
     assert refused.stderr.startswith('error: /predict answered b\'{"error"')
 
 
-def test_a_request_capture_did_not_write_fails_the_count(
+def test_an_answer_of_another_class_fails_the_count(
+    workload: Workload, env: dict[str, str], tmp_path: Path
+) -> None:
+    wrong = [(c + 1) % 10 for c in workload.expected]
+    refused = counted_process(
+        bodies_for(workload, tmp_path, expected=wrong), "off", "v2 binary single", 8, env
+    )
+    assert refused.returncode == 1
+    assert f"not [{wrong[0]}]" in refused.stderr.splitlines()[-1]
+
+
+def test_a_model_off_the_event_loop_cannot_be_counted(
+    workload: Workload, env: dict[str, str], tmp_path: Path
+) -> None:
+    refused = counted_process(
+        bodies_for(workload, tmp_path),
+        "off",
+        "predict single",
+        8,
+        {**env, "INFERENCE_OFFLOAD": "always"},
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: INFERENCE_OFFLOAD=always: only the event loop's")
+
+
+def test_capture_that_cannot_store_fails_the_count(
     workload: Workload, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = json.loads(bodies_for(workload, tmp_path).read_text())
-    monkeypatch.setattr(count.DiscardSink, "put", _refuse)
-    monkeypatch.setattr(count, "CAPTURE_WAIT_SECONDS", 1.0)
+    monkeypatch.setattr(counted.DiscardSink, "put", _refuse)
+    monkeypatch.setattr(counted, "CAPTURE_WAIT_SECONDS", 1.0)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(count.CountError, match=r"capture did not store its records within 1 s"):
-        count.serve_requests(spec, "on", "predict single", 8)
+        counted.serve_requests(spec, "on", "predict single", 8)
 
 
 def _refuse(self, key: str, body: bytes) -> bool:
@@ -102,7 +128,15 @@ def test_only_what_runs_through_call_tracing_is_counted(tmp_path: Path) -> None:
     after = called_under_callgrind(
         tmp_path / "2.out", f"import sys; {loop.format(50_000)}; {counted}"
     )
+    in_a_thread = called_under_callgrind(
+        tmp_path / "3.out",
+        "import sys, threading; "
+        f"t = threading.Thread(target=exec, args=({loop.format(10_000)!r},)); "
+        "sys.call_tracing(lambda: (t.start(), t.join()), ())",
+    )
     assert set(count.EVENTS) <= set(alone)
+    # Collection is per thread: a loop another thread runs meanwhile is left out.
+    assert in_a_thread["Ir"] < alone["Ir"] / 10
     assert nothing["Ir"] == 0
     # The interpreter's start and the loop before the call (five times the call's work) are
     # left out: the call alone, give or take the interpreter's state it meets.
@@ -112,6 +146,25 @@ def test_only_what_runs_through_call_tracing_is_counted(tmp_path: Path) -> None:
     out.write_text("\n".join(line for line in lines if not line.startswith("summary:")))
     with pytest.raises(count.CountError, match="not a whole callgrind output file"):
         count.summary(out)
+
+
+def test_a_rows_events_are_its_runs_totals_over_the_requests(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workload: Workload
+) -> None:
+    runs = []
+
+    def fake_count(spec, out, capture, row, sent, env):
+        runs.append((row, capture, sent))
+        scale = {"off": 1000, "on": 1100}[capture] * (1 + count.ROWS.index(row))
+        return {event: scale * sent for event in count.EVENTS}
+
+    monkeypatch.setattr(count, "_count", fake_count)
+    bodies = {row: workload.service_bodies()[row] for row in count.ROWS}
+    rows = count.measure(bodies, workload.expected, {}, 64, tmp_path)
+    assert sorted(runs) == sorted((r, c, 64) for r in count.ROWS for c in ("off", "on"))
+    assert rows["v2 json single"].off["Ir"] == 2000
+    assert rows["v2 json single"].on["Bcm"] == 2200
+    assert rows["v2 binary single"].throughput_ratio == pytest.approx(1 / 1.1)
 
 
 def counted_row(row: str, off: float, on: float) -> count.CountedRow:

@@ -69,9 +69,19 @@ def _serve_requests(spec: dict, capture: str, row: str, requests: int, spool: st
         served.answered += [(status, body.images) for status in statuses]
         loop.run_until_complete(served.lifespan.__aexit__(None, None, None))
     finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+        _close(loop)
     served.check()
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what still runs on `loop` (the app's lifespan and capture's tasks, after a
+    failure), let it unwind, then close the loop, as `asyncio.run` ends."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 @dataclass

@@ -3,10 +3,12 @@ mispredictions a request, capture off and on, under valgrind's callgrind.
 
 On a shared virtual machine the wall clock of one server moves by more than the 5% the
 capture target allows between runs seconds apart; callgrind counts the instructions a
-process executes and simulates its first-level caches and branch predictors, which gives
-the same counts whatever else the machine is doing (valgrind user manual, "Callgrind: a
-call-graph generating cache and branch prediction profiler"). Where the server's core is
-the limit, instructions off over on is the throughput capture on keeps.
+process executes and simulates its caches (the first level, and the machine's L2 in place
+of the last: `second_level_cache`) and branch predictors, which gives the same counts
+whatever else the machine is doing (valgrind user manual, "Callgrind: a call-graph
+generating cache and branch prediction profiler"). Where the server's core is the limit,
+instructions off over on is the throughput capture on keeps, as far as a miss costs no
+more with capture than without: the L2 misses say how far that holds.
 
 Each count is of one process (`bench.counted`) that builds the service's ASGI app
 (`service.app.create_app`: the model and its batch-capable copy loaded as a deploy loads
@@ -49,9 +51,17 @@ EVENTS = {
     "I1mr": "L1 instruction cache misses",
     "D1mr": "L1 data cache read misses",
     "D1mw": "L1 data cache write misses",
+    "ILmr": "last-level instruction misses",
+    "DLmr": "last-level data read misses",
+    "DLmw": "last-level data write misses",
     "Bcm": "conditional branches mispredicted",
     "Bim": "indirect branches mispredicted",
 }
+# Where Linux describes the first CPU's caches (sysfs cacheinfo: "What:
+# /sys/devices/system/cpu/cpuX/cache/indexY/" in the kernel's ABI documentation).
+CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+# The last level callgrind simulates when this machine's L2 cannot stand in for it.
+VALGRINDS_LAST_LEVEL = "valgrind's own choice (the machine's last level)"
 # The C function `sys.call_tracing` calls its argument through: events are collected only
 # while it runs, and the counted process sends its measured requests through it.
 COUNTED_FUNCTION = "_PyEval_CallTracing"
@@ -70,13 +80,68 @@ DETERMINISTIC_ENV = {"OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
 @dataclass(frozen=True)
+class Cache:
+    """A cache's geometry as valgrind's `--LL=<size>,<associativity>,<line size>` takes it."""
+
+    size: int  # bytes
+    ways: int
+    line: int  # bytes
+
+    @property
+    def option(self) -> str:
+        return f"--LL={self.size},{self.ways},{self.line}"
+
+    def __str__(self) -> str:
+        return f"{self.size // 1024:,} KiB, {self.ways}-way, {self.line} B lines"
+
+
+def second_level_cache(caches: Path = CPU_CACHES) -> Cache | None:
+    """This machine's L2 (its first CPU's unified level-2 cache, read from sysfs), or None
+    when it has none that sysfs describes or valgrind could simulate (the number of sets and
+    the line size must be powers of two, lines at least 16 B: valgrind refuses other
+    geometries).
+
+    callgrind simulates two levels and takes the machine's last one for the second (an L3
+    shared by every core, commonly tens of MiB, which the counted process's working set
+    fits); the L2 in its place makes a last-level miss an access the core's own L2 could not
+    serve, which waits for the L3 (tens of cycles) or memory."""
+    for index in sorted(caches.glob("index*")):
+        try:
+            level, kind, size, ways, line = (
+                (index / name).read_text().strip()
+                for name in (
+                    "level",
+                    "type",
+                    "size",
+                    "ways_of_associativity",
+                    "coherency_line_size",
+                )
+            )
+        except OSError:
+            continue
+        if level != "2" or kind != "Unified" or not size.endswith("K"):
+            continue
+        cache = Cache(int(size[:-1]) * 1024, int(ways), int(line))
+        sets, remainder = divmod(cache.size, cache.ways * cache.line)
+        if not remainder and _power_of_two(sets) and _power_of_two(cache.line) and cache.line >= 16:
+            return cache
+    return None
+
+
+def _power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True)
 class CountedRow:
-    """One row's events a request (callgrind's names, EVENTS), capture off and on."""
+    """One row's events a request (callgrind's names, EVENTS), capture off and on;
+    `last_level`: the cache callgrind simulated as the last level."""
 
     row: str
     requests: int
     off: dict[str, float]
     on: dict[str, float]
+    last_level: str = VALGRINDS_LAST_LEVEL
 
     def on_over_off(self, event: str) -> float:
         """Capture on's count a request over capture off's (above 1: capture adds)."""
@@ -102,7 +167,8 @@ def table(rows: dict[str, CountedRow]) -> str:
     some = next(iter(rows.values()))
     lines = [
         f"| counted a request (callgrind; {some.requests:,} requests, {CONCURRENCY} at a "
-        "time, in process) | event | capture off | capture on | on / off |",
+        f"time, in process; last level: {some.last_level}) | event | capture off | capture on "
+        "| on / off |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
     for row in rows.values():
@@ -156,16 +222,22 @@ def measure(
     workdir.mkdir(parents=True, exist_ok=True)
     spec = _write_spec(workdir, {row: bodies[row] for row in ROWS}, expected)
     jobs = [(row, capture) for row in ROWS for capture in ("off", "on")]
+    l2 = second_level_cache()
+    options = [l2.option] if l2 else []
+    last_level = f"this machine's L2, {l2}" if l2 else VALGRINDS_LAST_LEVEL
 
     def count(job: tuple[str, str]) -> dict[str, float]:
         row, capture = job
         out = workdir / f"{capture}-{row.replace(' ', '-')}.out"
-        totals = _count(spec, out, capture, row, requests, env)
+        totals = _count(spec, out, capture, row, requests, env, options)
         return {event: totals[event] / requests for event in EVENTS}
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         found = dict(zip(jobs, pool.map(count, jobs), strict=True))
-    return {row: CountedRow(row, requests, found[row, "off"], found[row, "on"]) for row in ROWS}
+    return {
+        row: CountedRow(row, requests, found[row, "off"], found[row, "on"], last_level)
+        for row in ROWS
+    }
 
 
 def _write_spec(workdir: Path, bodies: dict[str, Body], expected: list[int]) -> Path:
@@ -181,10 +253,17 @@ def _write_spec(workdir: Path, bodies: dict[str, Body], expected: list[int]) -> 
 
 
 def _count(
-    spec: Path, out: Path, capture: str, row: str, sent: int, env: dict[str, str]
+    spec: Path,
+    out: Path,
+    capture: str,
+    row: str,
+    sent: int,
+    env: dict[str, str],
+    options: list[str],
 ) -> dict[str, int]:
-    """One counted process's totals (callgrind's summary of its measured requests)."""
-    argv = [*VALGRIND_ARGV, f"--callgrind-out-file={out}"]
+    """One counted process's totals (callgrind's summary of its measured requests);
+    `options`: valgrind's, beside VALGRIND_ARGV."""
+    argv = [*VALGRIND_ARGV, *options, f"--callgrind-out-file={out}"]
     argv += [sys.executable, "-m", "bench.counted", str(spec), capture, row, str(sent)]
     what = f"the counted run of {row} with capture {capture}"
     try:

@@ -152,9 +152,11 @@ def test_a_rows_events_are_its_runs_totals_over_the_requests(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workload: Workload
 ) -> None:
     runs = []
+    cache = count.second_level_cache()
 
-    def fake_count(spec, out, capture, row, sent, env):
+    def fake_count(spec, out, capture, row, sent, env, options):
         runs.append((row, capture, sent))
+        assert options == [cache.option] if cache else []
         scale = {"off": 1000, "on": 1100}[capture] * (1 + count.ROWS.index(row))
         return {event: scale * sent for event in count.EVENTS}
 
@@ -165,6 +167,65 @@ def test_a_rows_events_are_its_runs_totals_over_the_requests(
     assert rows["v2 json single"].off["Ir"] == 2000
     assert rows["v2 json single"].on["Bcm"] == 2200
     assert rows["v2 binary single"].throughput_ratio == pytest.approx(1 / 1.1)
+    assert {row.last_level for row in rows.values()} == {
+        f"this machine's L2, {cache}" if cache else count.VALGRINDS_LAST_LEVEL
+    }
+
+
+def describe(directory: Path, index: str, **files: str) -> None:
+    (directory / index).mkdir(parents=True)
+    for name, value in files.items():
+        (directory / index / name).write_text(value + "\n")
+
+
+def test_the_last_level_simulated_is_the_machines_l2_when_valgrind_can_simulate_it(
+    tmp_path: Path,
+) -> None:
+    caches = tmp_path / "cache"
+    geometry = {"size": "1024K", "ways_of_associativity": "16", "coherency_line_size": "64"}
+    describe(
+        caches,
+        "index0",
+        level="1",
+        type="Data",
+        size="48K",
+        ways_of_associativity="12",
+        coherency_line_size="64",
+    )
+    describe(caches, "index2", level="2", type="Unified", **geometry)
+    describe(
+        caches,
+        "index3",
+        level="3",
+        type="Unified",
+        size="32768K",
+        ways_of_associativity="16",
+        coherency_line_size="64",
+    )
+    l2 = count.second_level_cache(caches)
+    assert l2 == count.Cache(1024 * 1024, 16, 64)
+    assert (l2.option, str(l2)) == ("--LL=1048576,16,64", "1,024 KiB, 16-way, 64 B lines")
+    # 1,280 KiB in 16 ways of 64 B lines is 1,280 sets: valgrind refuses a count of sets
+    # that is not a power of two ("Cache set count is not a power of two").
+    odd = tmp_path / "odd"
+    describe(odd, "index2", level="2", type="Unified", **{**geometry, "size": "1280K"})
+    assert count.second_level_cache(odd) is None
+    assert count.second_level_cache(tmp_path / "none") is None
+    if (found := count.second_level_cache()) is not None:  # this machine's, as valgrind takes it
+        done = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--cache-sim=yes",
+                found.option,
+                f"--callgrind-out-file={tmp_path / 'true.out'}",
+                "true",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
 
 
 def counted_row(row: str, off: float, on: float) -> count.CountedRow:
@@ -190,6 +251,8 @@ def test_the_counted_target_is_the_worst_rows_instructions_off_over_on() -> None
     assert (verdict.value, verdict.met) == (pytest.approx(640 / 672), True)
     printed = report.summary(results)
     assert "| predict single | instructions | 640,000 | 672,000 | 1.050 |" in printed
+    assert "| predict single | last-level data write misses | 1 | 1 | 1.000 |" in printed
+    assert f"last level: {count.VALGRINDS_LAST_LEVEL})" in printed
     assert json.loads(json.dumps(report.document(results)))["counted"]["v2 json single"][
         "throughput_ratio"
     ] == pytest.approx(850 / 880)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make this machine able to run the whole test suite without a Docker engine or Docker Hub:
-# wrk (the benchmark's own test), Debian's podman/buildah/skopeo, a Python base image made
+# wrk and valgrind (the benchmark's own tests), Debian's podman/buildah/skopeo, a Python base image made
 # with debootstrap, and a docker-registry on the loopback interface. Runs as root, or as a
 # user with passwordless sudo (GitHub's `runner`): the image lands in that user's podman
 # store.
@@ -36,6 +36,7 @@ declare -A HOST_PACKAGES=(
   [debian-archive-keyring]=/usr/share/keyrings/debian-archive-keyring.gpg
   [docker-registry]=docker-registry
   [wrk]=wrk
+  [valgrind]=valgrind
   [catatonit]=/usr/libexec/podman/catatonit
 )
 # The registry's directory is its user's own: another user's run (root's, say) leaves one

@@ -1,5 +1,5 @@
-"""Capture's cost counted rather than timed: instructions, L1 cache misses and branch
-mispredictions a request, capture off and on, under valgrind's callgrind.
+"""Capture's cost counted rather than timed: instructions, cache misses (L1 and L2) and
+branch mispredictions a request, capture off and on, under valgrind's callgrind.
 
 On a shared virtual machine the wall clock of one server moves by more than the 5% the
 capture target allows between runs seconds apart; callgrind counts the instructions a
@@ -60,8 +60,9 @@ EVENTS = {
 # Where Linux describes the first CPU's caches (sysfs cacheinfo: "What:
 # /sys/devices/system/cpu/cpuX/cache/indexY/" in the kernel's ABI documentation).
 CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
-# The last level callgrind simulates when this machine's L2 cannot stand in for it.
-VALGRINDS_LAST_LEVEL = "valgrind's own choice (the machine's last level)"
+# The table's name for the last level callgrind simulates when this machine's L2 cannot
+# stand in for it.
+VALGRINDS_LAST_LEVEL_LABEL = "valgrind's own choice (the machine's last level)"
 # The C function `sys.call_tracing` calls its argument through: events are collected only
 # while it runs, and the counted process sends its measured requests through it.
 COUNTED_FUNCTION = "_PyEval_CallTracing"
@@ -98,8 +99,8 @@ class Cache:
 def second_level_cache(caches: Path = CPU_CACHES) -> Cache | None:
     """This machine's L2 (its first CPU's unified level-2 cache, read from sysfs), or None
     when it has none that sysfs describes or valgrind could simulate (the number of sets and
-    the line size must be powers of two, lines at least 16 B: valgrind refuses other
-    geometries).
+    the line size must be powers of two, lines at least 16 B and the cache larger than one:
+    valgrind refuses other geometries).
 
     callgrind simulates two levels and takes the machine's last one for the second (an L3
     shared by every core, commonly tens of MiB, which the counted process's working set
@@ -122,8 +123,10 @@ def second_level_cache(caches: Path = CPU_CACHES) -> Cache | None:
         if level != "2" or kind != "Unified" or not size.endswith("K"):
             continue
         cache = Cache(int(size[:-1]) * 1024, int(ways), int(line))
+        if cache.ways < 1 or cache.line < 16 or not _power_of_two(cache.line):
+            continue
         sets, remainder = divmod(cache.size, cache.ways * cache.line)
-        if not remainder and _power_of_two(sets) and _power_of_two(cache.line) and cache.line >= 16:
+        if not remainder and _power_of_two(sets) and cache.size > cache.line:
             return cache
     return None
 
@@ -141,7 +144,7 @@ class CountedRow:
     requests: int
     off: dict[str, float]
     on: dict[str, float]
-    last_level: str = VALGRINDS_LAST_LEVEL
+    last_level: str
 
     def on_over_off(self, event: str) -> float:
         """Capture on's count a request over capture off's (above 1: capture adds)."""
@@ -224,7 +227,7 @@ def measure(
     jobs = [(row, capture) for row in ROWS for capture in ("off", "on")]
     l2 = second_level_cache()
     options = [l2.option] if l2 else []
-    last_level = f"this machine's L2, {l2}" if l2 else VALGRINDS_LAST_LEVEL
+    last_level = f"this machine's L2, {l2}" if l2 else VALGRINDS_LAST_LEVEL_LABEL
 
     def count(job: tuple[str, str]) -> dict[str, float]:
         row, capture = job

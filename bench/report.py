@@ -313,9 +313,10 @@ COUNT_NOTES = (
     "way), capture into a sink that keeps nothing; instructions and callgrind's simulated",
     "caches and branch predictors, the same whatever else the machine does. Instructions",
     "off over on is the throughput capture on keeps where the core is the limit and a miss",
-    "costs no more with capture than without; a last-level miss (the L2 when the table names",
-    "it) waits tens of cycles where an instruction takes under one, so where capture adds",
-    "more of them than instructions, the wall clock reads less than the instruction ratio.",
+    "costs no more with capture than without; an L2 miss (the last level when the table",
+    "names the L2) waits tens of cycles for the L3 where an instruction takes under one, so",
+    "where capture adds more of them than instructions, the wall clock reads less than the",
+    "instruction ratio.",
 )
 
 

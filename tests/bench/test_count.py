@@ -14,7 +14,7 @@ import pytest
 from bench import count, counted, report
 from bench.processes import child_env
 from bench.run import CAPTURE_OFF, Options, Results, Workload, load_workload, service_env, signed
-from tests.conftest import REPO
+from tests.conftest import REPO, require_tool
 
 TOKEN = "count-token-" + "x" * 32
 
@@ -111,7 +111,7 @@ def _refuse(self, key: str, body: bytes) -> bool:
     raise OSError("the sink is down")
 
 
-def called_under_callgrind(out: Path, code: str) -> dict[str, int]:
+def called_under_callgrind(out: Path, code: str) -> dict[str, int]:  # needs `valgrind`
     subprocess.run(
         [*count.VALGRIND_ARGV, f"--callgrind-out-file={out}", sys.executable, "-c", code],
         check=True,
@@ -120,7 +120,7 @@ def called_under_callgrind(out: Path, code: str) -> dict[str, int]:
     return count.summary(out)
 
 
-def test_only_what_runs_through_call_tracing_is_counted(tmp_path: Path) -> None:
+def test_only_what_runs_through_call_tracing_is_counted(tmp_path: Path, valgrind: str) -> None:
     loop = "sum(i * i for i in range({}))"
     counted = f"sys.call_tracing(exec, ({loop.format(10_000)!r},))"
     nothing = called_under_callgrind(tmp_path / "0.out", loop.format(50_000))
@@ -148,27 +148,31 @@ def test_only_what_runs_through_call_tracing_is_counted(tmp_path: Path) -> None:
         count.summary(out)
 
 
+@pytest.mark.parametrize("cache", [count.Cache(1024 * 1024, 16, 64), None])
 def test_a_rows_events_are_its_runs_totals_over_the_requests(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workload: Workload
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workload: Workload, cache: count.Cache | None
 ) -> None:
     runs = []
-    cache = count.second_level_cache()
 
     def fake_count(spec, out, capture, row, sent, env, options):
-        runs.append((row, capture, sent))
-        assert options == [cache.option] if cache else []
+        runs.append((row, capture, sent, tuple(options)))
         scale = {"off": 1000, "on": 1100}[capture] * (1 + count.ROWS.index(row))
         return {event: scale * sent for event in count.EVENTS}
 
     monkeypatch.setattr(count, "_count", fake_count)
+    monkeypatch.setattr(count, "second_level_cache", lambda: cache)
     bodies = {row: workload.service_bodies()[row] for row in count.ROWS}
     rows = count.measure(bodies, workload.expected, {}, 64, tmp_path)
-    assert sorted(runs) == sorted((r, c, 64) for r in count.ROWS for c in ("off", "on"))
+    # valgrind simulates the L2 as the last level when there is one it can simulate.
+    options = ("--LL=1048576,16,64",) if cache else ()
+    assert sorted(runs) == sorted((r, c, 64, options) for r in count.ROWS for c in ("off", "on"))
     assert rows["v2 json single"].off["Ir"] == 2000
     assert rows["v2 json single"].on["Bcm"] == 2200
     assert rows["v2 binary single"].throughput_ratio == pytest.approx(1 / 1.1)
     assert {row.last_level for row in rows.values()} == {
-        f"this machine's L2, {cache}" if cache else count.VALGRINDS_LAST_LEVEL
+        "this machine's L2, 1,024 KiB, 16-way, 64 B lines"
+        if cache
+        else count.VALGRINDS_LAST_LEVEL_LABEL
     }
 
 
@@ -178,59 +182,84 @@ def describe(directory: Path, index: str, **files: str) -> None:
         (directory / index / name).write_text(value + "\n")
 
 
-def test_the_last_level_simulated_is_the_machines_l2_when_valgrind_can_simulate_it(
-    tmp_path: Path,
-) -> None:
+def a_cache(level: str, kind: str, size: str, ways: str, line: str = "64") -> dict[str, str]:
+    return {
+        "level": level,
+        "type": kind,
+        "size": size,
+        "ways_of_associativity": ways,
+        "coherency_line_size": line,
+    }
+
+
+def test_the_last_level_simulated_is_the_machines_unified_l2(tmp_path: Path) -> None:
     caches = tmp_path / "cache"
-    geometry = {"size": "1024K", "ways_of_associativity": "16", "coherency_line_size": "64"}
-    describe(
-        caches,
-        "index0",
-        level="1",
-        type="Data",
-        size="48K",
-        ways_of_associativity="12",
-        coherency_line_size="64",
-    )
-    describe(caches, "index2", level="2", type="Unified", **geometry)
-    describe(
-        caches,
-        "index3",
-        level="3",
-        type="Unified",
-        size="32768K",
-        ways_of_associativity="16",
-        coherency_line_size="64",
-    )
+    describe(caches, "index0", **a_cache("1", "Data", "48K", "12"))
+    describe(caches, "index1", **a_cache("1", "Instruction", "32K", "8"))
+    describe(caches, "index2", **a_cache("2", "Unified", "1024K", "16"))
+    describe(caches, "index3", **a_cache("3", "Unified", "32768K", "16"))
     l2 = count.second_level_cache(caches)
     assert l2 == count.Cache(1024 * 1024, 16, 64)
     assert (l2.option, str(l2)) == ("--LL=1048576,16,64", "1,024 KiB, 16-way, 64 B lines")
-    # 1,280 KiB in 16 ways of 64 B lines is 1,280 sets: valgrind refuses a count of sets
-    # that is not a power of two ("Cache set count is not a power of two").
-    odd = tmp_path / "odd"
-    describe(odd, "index2", level="2", type="Unified", **{**geometry, "size": "1280K"})
-    assert count.second_level_cache(odd) is None
+    separate = tmp_path / "separate"  # an L2 for data only is not the last level of both
+    describe(separate, "index2", **a_cache("2", "Data", "1024K", "16"))
+    assert count.second_level_cache(separate) is None
+    unreadable = tmp_path / "unreadable"  # sysfs leaves out what it does not know
+    describe(unreadable, "index2", level="2", type="Unified", size="1024K")
+    assert count.second_level_cache(unreadable) is None
     assert count.second_level_cache(tmp_path / "none") is None
-    if (found := count.second_level_cache()) is not None:  # this machine's, as valgrind takes it
-        done = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--cache-sim=yes",
-                found.option,
-                f"--callgrind-out-file={tmp_path / 'true.out'}",
-                "true",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def valgrind() -> str:
+    return require_tool(
+        "valgrind is not installed: `sudo apt-get install valgrind` (.ci/setup.sh installs it)",
+        shutil.which("valgrind"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "ways", "line"),
+    [
+        ("1024K", "16", "64"),  # 1,024 sets
+        ("2048K", "16", "64"),
+        ("1280K", "10", "64"),  # 2,048 sets of 10 ways
+        ("1280K", "16", "64"),  # 1,280 sets
+        ("1024K", "16", "48"),  # a line size not a power of two
+        ("1024K", "16", "8"),  # lines under 16 B
+        ("1K", "1", "1024"),  # one line
+        ("1024K", "0", "64"),  # no ways
+    ],
+)
+def test_a_geometry_is_taken_exactly_when_valgrind_can_simulate_it(
+    tmp_path: Path, valgrind: str, size: str, ways: str, line: str
+) -> None:
+    caches = tmp_path / "cache"
+    describe(caches, "index2", **a_cache("2", "Unified", size, ways, line))
+    taken = count.second_level_cache(caches)
+    size_bytes = int(size[:-1]) * 1024
+    done = subprocess.run(
+        [
+            valgrind,
+            "--tool=callgrind",
+            "--cache-sim=yes",
+            f"--LL={size_bytes},{ways},{line}",
+            f"--callgrind-out-file={tmp_path / 'true.out'}",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (taken is not None) == (done.returncode == 0), done.stderr
+    assert taken is None or taken.option == f"--LL={size_bytes},{ways},{line}"
 
 
 def counted_row(row: str, off: float, on: float) -> count.CountedRow:
     events = dict.fromkeys(count.EVENTS, 1.0)
-    return count.CountedRow(row, 1024, {**events, "Ir": off}, {**events, "Ir": on})
+    return count.CountedRow(
+        row, 1024, {**events, "Ir": off}, {**events, "Ir": on}, count.VALGRINDS_LAST_LEVEL_LABEL
+    )
 
 
 def test_the_counted_target_is_the_worst_rows_instructions_off_over_on() -> None:
@@ -252,7 +281,7 @@ def test_the_counted_target_is_the_worst_rows_instructions_off_over_on() -> None
     printed = report.summary(results)
     assert "| predict single | instructions | 640,000 | 672,000 | 1.050 |" in printed
     assert "| predict single | last-level data write misses | 1 | 1 | 1.000 |" in printed
-    assert f"last level: {count.VALGRINDS_LAST_LEVEL})" in printed
+    assert f"last level: {count.VALGRINDS_LAST_LEVEL_LABEL})" in printed
     assert json.loads(json.dumps(report.document(results)))["counted"]["v2 json single"][
         "throughput_ratio"
     ] == pytest.approx(850 / 880)

@@ -133,3 +133,33 @@ def test_every_command_a_session_runs_is_stopped_as_the_noxfile_says():
     calls = re.findall(r"^\s+(?:return )?session\.run\(", text, flags=re.MULTILINE)
     assert calls == ["    return session.run("]
     assert text.count("session.run_install(") == 1 and "**STOP," in text
+
+
+@pytest.mark.parametrize(
+    ("inherited", "sigint"),
+    [
+        pytest.param(signal.SIG_DFL, "_interrupted", id="foreground"),
+        pytest.param(signal.SIG_IGN, "SIG_IGN", id="script-background-job"),
+    ],
+)
+def test_nox_takes_sigint_only_where_it_did_not_start_ignored(inherited, sigint):
+    """A script's background job starts with SIGINT ignored (POSIX shell, 2.11 "Signals
+    and Error Handling": an asynchronous list without job control), and nox leaves it so,
+    as the README says: SIGTERM and SIGHUP stop it either way."""
+    probe = (
+        "import runpy, signal\n"
+        "runpy.run_path('noxfile.py')\n"
+        "name = lambda handler: getattr(handler, '__name__', getattr(handler, 'name', ''))\n"
+        "print(name(signal.getsignal(signal.SIGINT)), name(signal.getsignal(signal.SIGTERM)),"
+        " name(signal.getsignal(signal.SIGHUP)))\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited),
+        check=True,
+    ).stdout.split()
+    assert shown == [sigint, "_interrupted", "_interrupted"]

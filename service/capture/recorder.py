@@ -11,8 +11,11 @@ after each flush, and a record lives in memory as a Python object for a few requ
 so queued records never pile up into the garbage collector's older generations (whose
 collections stall every request in flight). Memory is bounded: open parts are closed at
 least every `flush_seconds` after their first record (sooner when they hold
-`max_part_records` records or `max_part_bytes` of JSON), and parts beyond
-`max_memory_bytes` go to the spool instead of waiting in memory. Records are only lost
+`max_part_records` records or `max_part_bytes` of JSON), the queue of records not yet
+encoded holds at most about a part's worth (`max_part_bytes` of JSON by its estimate:
+past it the encoder keeps the event loop until it is back under, so a load that answers
+rows faster than a slice a turn pays for capture in throughput, not memory), and parts
+beyond `max_memory_bytes` go to the spool instead of waiting in memory. Records are only lost
 when the local disk fails too; they are then counted as dropped and logged at CRITICAL
 level.
 
@@ -198,6 +201,21 @@ class CaptureRecorder:
             or self._queued_bytes >= self.config.max_part_bytes
         )
 
+    def _over_bound(self) -> bool:
+        """The queue holds a part's worth or more (`max_part_bytes` of JSON, by its
+        estimate): the encoder then keeps the event loop until it is back under.
+
+        Whenever one turn of the event loop answers more rows than a slice (requests of
+        hundreds of images at high concurrency), a slice a turn never catches up, and the
+        queue, which holds each request's scores and, with PREDICTION_LOG_INPUTS, its
+        inputs, would grow for as long as the load lasts: 629 MB resident after 10 s of
+        256-image V2 binary requests at c=64 with inputs, where a default Fargate task has
+        1,024 MiB and an out-of-memory kill loses every queued record (README, Prediction
+        capture). Past the bound such a load pays for its capture as it goes, in
+        throughput, instead of in memory.
+        """
+        return self._queued_bytes >= self.config.max_part_bytes
+
     def _wake_encoder(self) -> None:
         waiter, self._encoder_waiter = self._encoder_waiter, None
         if waiter is not None and not waiter.done():
@@ -320,11 +338,12 @@ class CaptureRecorder:
     async def _encode_slices(self, *, rest: bool) -> None:
         """Queued records into the open parts, ENCODE_SLICE_ROWS rows a turn of the event
         loop (whole requests: one larger than that is a slice of its own); with `rest`,
-        also the last slice smaller than that. The event loop turns between two slices;
-        after the last one the caller's next wait turns it."""
+        also the last slice smaller than that. The event loop turns between two slices,
+        except while the queue is over its bound (`_over_bound`); after the last one the
+        caller's next wait turns it."""
         first = True
         while self._queue and (rest or self._queued_rows >= ENCODE_SLICE_ROWS):
-            if not first:
+            if not first and not self._over_bound():
                 await asyncio.sleep(0)
             first = False
             piece = take_slice(self._queue, ENCODE_SLICE_ROWS)

@@ -606,6 +606,40 @@ def test_a_part_holds_about_max_part_bytes_of_json(tmp_path):
     assert len(read_dir(tmp_path / "out")) == 10
 
 
+def test_a_load_that_answers_more_rows_a_turn_than_a_slice_keeps_the_queue_to_a_parts_worth(
+    tmp_path,
+):
+    """Each turn of the event loop answers two requests of 256 rows: one slice a turn would
+    leave a request more queued every turn, for as long as the load lasts. Past a part's
+    worth (`max_part_bytes` of JSON by the queue's estimate) the encoder keeps the loop
+    until the queue is back under, so the queue never holds more than that plus one turn's
+    records, and every record still arrives once."""
+    rows, turns, bound = 256, 100, 200_000
+    recorder = CaptureRecorder(
+        LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60, max_part_bytes=bound)
+    )
+
+    async def scenario():
+        await recorder.start()
+        turn_bytes = peak = 0
+        for turn in range(turns):
+            before = recorder._queued_bytes
+            send(recorder, 2, rows=rows, prefix=f"t{turn}-")
+            turn_bytes = max(turn_bytes, recorder._queued_bytes - before)
+            peak = max(peak, recorder._queued_bytes)
+            await asyncio.sleep(0)
+        idle = await recorder.wait_idle(10)
+        await recorder.close()
+        return turn_bytes, peak, idle
+
+    turn_bytes, peak, idle = asyncio.run(scenario())
+    assert turn_bytes == 2 * (240 * rows + 12 * rows * 10)  # the estimate of two requests
+    assert peak <= bound + turn_bytes
+    assert idle is True
+    records = read_dir(tmp_path / "out")
+    assert len(records) == len({record["id"] for record in records}) == 2 * turns * rows
+
+
 def test_wait_idle_is_false_while_the_queue_is_being_encoded(tmp_path, monkeypatch):
     recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
     encode = recorder._encode

@@ -153,14 +153,13 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     """Gate the referenced model on the whole test set (an environment: against its champion)."""
-    gated = gate_model(
+    gate_model(
         load_reference(args.reference, environ=os.environ),
         environment=args.environment,
         deployments_url=args.deployments_url,
         report_dir=args.report_dir,
         cache_dir=args.cache_dir,
     )
-    print(f"gate passed: {gated.reference.name} ({gated.downloaded.sha256s['model']})")
     return 0
 
 

@@ -117,7 +117,8 @@ def gate_model(
     With `environment`, the model is also compared with the champion recorded under
     `<deployments_url>/<environment>/latest.json`. Writes `report.json` and `report.md`
     to `report_dir` and appends the Markdown to `$GITHUB_STEP_SUMMARY` when set; `say`
-    narrates one line per check.
+    narrates one line per check, the report's paths and, when it passed,
+    `gate passed: <name> (<model sha256>)`.
 
     Raises NoDeploymentRecords (an environment without `deployments_url`), ArtifactError
     (a download, or a sha256 mismatch: before anything runs), DatasetError, RecordError,
@@ -141,4 +142,5 @@ def gate_model(
     say(f"report: {json_path} and {markdown_path} ({result.duration_seconds:.1f} s)")
     if not result.passed:
         raise GateFailed("gate failed: " + "; ".join(result.reasons) + f" (report: {json_path})")
+    say(f"gate passed: {reference.name} ({downloaded.sha256s['model']})")
     return Gated(reference, downloaded, result, json_path)

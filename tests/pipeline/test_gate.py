@@ -472,10 +472,11 @@ def test_gate_model_hands_on_what_the_gate_found(
     assert gated.report == tmp_path / "report" / "report.json"
     assert json.loads(gated.report.read_text())["environment"] == "prod"
     assert "Champion: prod release `20250101T000000Z-champ`" in summary.read_text()
-    assert said[-1] == (
+    assert said[-2:] == [
         f"report: {tmp_path / 'report' / 'report.json'} and {tmp_path / 'report' / 'report.md'}"
-        f" ({gated.result.duration_seconds:.1f} s)"
-    )
+        f" ({gated.result.duration_seconds:.1f} s)",
+        f"gate passed: {reference.name} ({reference.model.sha256})",
+    ]
 
 
 def _nothing_may_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -212,7 +212,7 @@ def apply_overrides(reference: Reference, environ: Mapping[str, str]) -> Referen
         test_images=images,
         test_labels=labels,
         test_format=test_format,
-        source=f"{reference.source} with {overridden} from the environment",
+        source=f"{reference.source}, overridden from the environment by {overridden}",
     )
 
 

@@ -114,13 +114,14 @@ def test_model_url_override_is_unpinned_unless_sha_given() -> None:
     candidate = apply_overrides(reference, {"MODEL_URL": "s3://bucket/models/mnist-12.onnx"})
     assert candidate.model.sha256 is None
     assert candidate.name == "mnist-12"
-    assert "MODEL_URL" in candidate.source
+    assert candidate.source == "model.toml, overridden from the environment by MODEL_URL"
     assert candidate.test_images == reference.test_images
     pinned = apply_overrides(
         reference,
         {"MODEL_URL": "s3://bucket/models/mnist-12.onnx", "MODEL_SHA256": MNIST12_SHA.upper()},
     )
     assert pinned.model.sha256 == MNIST12_SHA
+    assert pinned.source.endswith("overridden from the environment by MODEL_SHA256, MODEL_URL")
 
 
 def test_empty_override_variables_are_ignored() -> None:

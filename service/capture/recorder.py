@@ -208,7 +208,7 @@ class CaptureRecorder:
         Whenever one turn of the event loop answers more rows than a slice (requests of
         hundreds of images at high concurrency), a slice a turn never catches up, and the
         queue, which holds each request's scores and, with PREDICTION_LOG_INPUTS, its
-        inputs, would grow for as long as the load lasts: 629 MB resident after 10 s of
+        inputs, would grow for as long as the load lasts: 1,084 MB resident after 20 s of
         256-image V2 binary requests at c=64 with inputs, where a default Fargate task has
         1,024 MiB and an out-of-memory kill loses every queued record (README, Prediction
         capture). Past the bound such a load pays for its capture as it goes, in

@@ -442,7 +442,7 @@ def compare_with_champion(
 def _unpinned_notes(reference: Reference) -> list[str]:
     return [
         f"{role} {artifact.url} is not pinned by a sha256 (an override without one); "
-        "its sha256 above is what was fetched"
+        "its sha256 above is what was fetched."
         for role, artifact in (
             ("model", reference.model),
             ("test images", reference.test_images),

@@ -209,10 +209,10 @@ class CaptureRecorder:
         hundreds of images at high concurrency), a slice a turn never catches up, and the
         queue, which holds each request's scores and, with PREDICTION_LOG_INPUTS, its
         inputs, would grow for as long as the load lasts: 1,084 MB resident after 20 s of
-        256-image V2 binary requests at c=64 with inputs, where a default Fargate task has
-        1,024 MiB and an out-of-memory kill loses every queued record (README, Prediction
-        capture). Past the bound such a load pays for its capture as it goes, in
-        throughput, instead of in memory.
+        256-image V2 binary requests at c=64 with inputs, where the task's default memory
+        (Terraform's `task_memory`) is 1,024 MiB and an out-of-memory kill loses every
+        queued record (README, Prediction capture). Past the bound such a load pays for
+        its capture as it goes, in throughput, instead of in memory.
         """
         return self._queued_bytes >= self.config.max_part_bytes
 

@@ -195,10 +195,10 @@ class CaptureRecorder:
 
     def _part_due(self) -> bool:
         """The queue and the open parts hold a part's worth: `max_part_records` records, or
-        `max_part_bytes` of JSON queued (by its estimate)."""
+        `max_part_bytes` of JSON queued (by its estimate: `_over_bound`)."""
         return (
             self._queued_rows + self._open_rows >= self.config.max_part_records
-            or self._queued_bytes >= self.config.max_part_bytes
+            or self._over_bound()
         )
 
     def _over_bound(self) -> bool:

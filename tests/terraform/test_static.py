@@ -196,8 +196,9 @@ def test_capture_parts_under_128_kb_never_change_storage_class() -> None:
 
 
 def measured_requests_per_vcpu(readme: Path = TERRAFORM_DIR.parent / "README.md") -> float:
-    """Requests/s one vCPU serves with p99 under 15 ms: the slowest single-image row of the
-    README's quiet-run benchmark table at c=16 with capture on (as deploys run it)."""
+    """Requests/s one vCPU serves with p99 under 15 ms: the slowest single-image row at
+    c=16 with capture on (as deploys run it) in the README's quiet-run benchmark tables,
+    so a run on a faster state of the machine never raises the capacity the targets rest on."""
     rows = []
     for line in readme.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]

@@ -31,11 +31,12 @@ min_capacity  = 2
 max_capacity  = 8
 
 cpu_target_percent = 60
-# Measured (README, "Performance", capture on, c=16): about 5,100 requests/s per vCPU
-# with p99 under 15 ms (V2 JSON single, the slowest single-image row). 1 vCPU -> 5,100/s;
-# aim at half of that for headroom (a Fargate vCPU is not the benchmark's core, and a
-# new task takes a minute or two to serve): 2,500/s. ALBRequestCountPerTarget is a
-# one-minute Sum, so the target is 2,500 x 60 per task per minute.
+# Measured (README, "Performance", capture on, c=16): 5,505 and 8,452 requests/s per vCPU
+# with p99 under 15 ms in the two quiet runs (V2 JSON single, the slowest single-image
+# row); the slower run is the basis. 1 vCPU -> 5,500/s; aim at under half of that for
+# headroom (a Fargate vCPU is not the benchmark's core, and a new task takes a minute or
+# two to serve): 2,500/s. ALBRequestCountPerTarget is a one-minute Sum, so the target is
+# 2,500 x 60 per task per minute.
 requests_per_target = 150000
 
 log_retention_days                = 90

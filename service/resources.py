@@ -143,6 +143,9 @@ class Predict(PredictionRoute):
             scores=scores,
             inputs=batch,
             latency_seconds=time.perf_counter() - started,
+            # No other request between its body's read and its answer: the budget, which
+            # this one has given back, holds nothing.
+            alone=not self._budget.held,
         )
 
 
@@ -230,6 +233,7 @@ class ModelInfer(PredictionRoute):
             scores=results[model.outputs[0].name],
             inputs=request.inputs.get(model.input.name),
             latency_seconds=time.perf_counter() - started,
+            alone=not self._budget.held,
         )
 
 

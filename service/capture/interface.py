@@ -21,13 +21,16 @@ class PredictionRecorder(Protocol):
         scores: np.ndarray,
         inputs: np.ndarray | None,
         latency_seconds: float,
+        alone: bool = False,
     ) -> None:
         """Take one answered request; called on the event loop, so it must not block.
 
         `route` is "/predict" or "/v2/infer"; `scores` the model's first output for the
         whole request, [batch, classes]; `inputs` the request's input, [batch,
         *item_shape], or None when it is not kept; `latency_seconds` from the request's
-        arrival to its answer. One record per row of `scores`.
+        arrival to its answer; `alone` True when no other prediction request was between
+        its body's read and its answer (the body budget held nothing else). One record per
+        row of `scores`.
         """
 
     async def start(self) -> None:

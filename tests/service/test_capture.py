@@ -85,7 +85,13 @@ def config(tmp_path: Path, **overrides) -> CaptureConfig:
     return CaptureConfig(**{**values, **overrides})
 
 
-def send(recorder: CaptureRecorder, requests: int, rows: int = 1, prefix: str = "r") -> None:
+def send(
+    recorder: CaptureRecorder,
+    requests: int,
+    rows: int = 1,
+    prefix: str = "r",
+    alone: bool = False,
+) -> None:
     for i in range(requests):
         recorder.record(
             route="/v2/infer",
@@ -94,6 +100,7 @@ def send(recorder: CaptureRecorder, requests: int, rows: int = 1, prefix: str = 
             scores=scores(rows),
             inputs=np.full((rows, 1, 2, 2), i, dtype=np.float32),
             latency_seconds=0.002,
+            alone=alone,
         )
 
 

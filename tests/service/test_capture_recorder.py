@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from service.capture import CaptureRecorder, build_recorder
 from service.capture.metrics import CaptureMetrics
-from service.capture.recorder import ENCODE_SLICE_ROWS
+from service.capture.recorder import ALONE_SLICE_ROWS, ENCODE_SLICE_ROWS
 from service.capture.records import Part, decode_part
 from service.capture.sinks import LocalSink
 from service.capture.spool import Spool
@@ -160,6 +160,60 @@ def test_a_slices_worth_of_records_is_encoded_as_it_comes_and_stored_at_the_flus
     )
     assert len(read_dir(tmp_path / "out")) == ENCODE_SLICE_ROWS + 3
     assert value(recorder.metrics.queued) == 0
+
+
+def test_requests_that_come_one_at_a_time_are_encoded_in_smaller_slices(tmp_path):
+    """Once ALONE_SLICE_ROWS answers in a row were each the only one in progress, a slice
+    leaves the queue at ALONE_SLICE_ROWS rows (not one fewer); an answer that overlapped
+    others starts the count again. Overlapping requests whose batches end with a lone
+    answer (the last of each batch finds nothing else in progress) still wait for
+    ENCODE_SLICE_ROWS rows. Every record is stored exactly once."""
+    recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
+
+    async def settle(expected: float) -> tuple[int, float]:
+        for _ in range(200):
+            if value(recorder.metrics.captured) >= expected:
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        return len(recorder._queue), value(recorder.metrics.captured)
+
+    async def scenario():
+        await recorder.start()
+        send(recorder, ALONE_SLICE_ROWS - 1, prefix="a", alone=True)
+        below = await settle(1)
+        send(recorder, 1, prefix="b", alone=True)
+        at = await settle(ALONE_SLICE_ROWS)
+        send(recorder, 1, prefix="c", alone=False)
+        send(recorder, ALONE_SLICE_ROWS - 1, prefix="d", alone=True)
+        broken = await settle(ALONE_SLICE_ROWS + 1)
+        send(recorder, 1, prefix="e", alone=True)
+        again = await settle(2 * ALONE_SLICE_ROWS + 1)
+        batches = 0
+        while len(recorder._queue) + 16 < ENCODE_SLICE_ROWS:
+            send(recorder, 15, prefix=f"f{batches}-", alone=False)
+            send(recorder, 1, prefix=f"g{batches}-", alone=True)
+            batches += 1
+        held = await settle(2 * ALONE_SLICE_ROWS + 2)
+        send(recorder, 15, prefix="h", alone=False)
+        send(recorder, 1, prefix="i", alone=True)
+        full = await settle(2 * ALONE_SLICE_ROWS + 1 + ENCODE_SLICE_ROWS)
+        idle = await recorder.wait_idle(5)
+        await recorder.close()
+        return below, at, broken, again, held, full, idle, 16 * (batches + 1)
+
+    below, at, broken, again, held, full, idle, overlapped = asyncio.run(scenario())
+    assert below == (ALONE_SLICE_ROWS - 1, 0)
+    assert at == (0, ALONE_SLICE_ROWS)
+    assert broken == (ALONE_SLICE_ROWS, ALONE_SLICE_ROWS)
+    assert again == (0, 2 * ALONE_SLICE_ROWS + 1)
+    assert held == (overlapped - 16, 2 * ALONE_SLICE_ROWS + 1)
+    assert full[1] >= 2 * ALONE_SLICE_ROWS + 1 + ENCODE_SLICE_ROWS and idle
+    total = 2 * ALONE_SLICE_ROWS + 1 + overlapped
+    assert sorted(r["request_id"] for r in read_dir(tmp_path / "out")) == sorted(
+        {r["request_id"] for r in read_dir(tmp_path / "out")}
+    )
+    assert len(read_dir(tmp_path / "out")) == total
 
 
 def test_each_slices_hold_of_the_event_loop_is_observed_once(tmp_path):

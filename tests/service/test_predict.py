@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import numpy as np
 import pytest
+from falcon import testing
+
+from service.app import create_app
+from tests.service.conftest import ListRecorder
 
 ZEROS = [0.0] * 784
 
@@ -456,6 +461,26 @@ def test_the_recorder_gets_the_request_its_answer_and_its_latency(recorded, mnis
     assert record["inputs"].reshape(3, -1).tolist() == images.astype(np.float32).tolist()
     assert record["scores"].reshape(3, 10).argmax(axis=1).tolist() == result.json["predictions"]
     assert 0 < record["latency_seconds"] <= elapsed
+    assert record["alone"] is True  # no other request was in progress
+
+
+def test_the_recorder_is_told_which_answers_overlapped_others(settings, model, mnist_test_set):
+    """Requests in progress together are not `alone` while others still hold the body
+    budget; the last of them to be answered finds nothing else in progress and is."""
+    recorder = ListRecorder()
+    app = create_app(settings, model=model, recorder=recorder)
+    body = {"data": mnist_test_set[0][0].reshape(-1).tolist()}
+
+    async def scenario():
+        async with testing.ASGIConductor(app) as conductor:
+            answers = await asyncio.gather(
+                *(conductor.simulate_post("/predict", json=body) for _ in range(4))
+            )
+        return [answer.status_code for answer in answers]
+
+    assert asyncio.run(scenario()) == [200] * 4
+    alone = [record["alone"] for record in recorder.records]
+    assert len(alone) == 4 and False in alone and alone[-1] is True
 
 
 def test_numbers_past_the_models_type_are_refused_without_a_numpy_warning(client):

@@ -143,8 +143,8 @@ class Predict(PredictionRoute):
             scores=scores,
             inputs=batch,
             latency_seconds=time.perf_counter() - started,
-            # No other request between its body's read and its answer: the budget, which
-            # this one has given back, holds nothing.
+            # No other prediction request holds the body budget, which this one has given
+            # back, as it is answered.
             alone=not self._budget.held,
         )
 

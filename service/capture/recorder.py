@@ -5,19 +5,19 @@
     parts     -> sink (retries with backoff)  --still failing-->  spool (local disk)
     spool     -> sink, oldest first, as soon as the sink answers again
 
-Records are encoded as they come, ENCODE_SLICE_ROWS at a time, not a second's worth at
-once: the encoding's work is spread evenly between requests instead of arriving in a burst
-after each flush, and a record lives in memory as a Python object for a few requests only,
-so queued records never pile up into the garbage collector's older generations (whose
-collections stall every request in flight). Memory is bounded: open parts are closed at
-least every `flush_seconds` after their first record (sooner when they hold
-`max_part_records` records or `max_part_bytes` of JSON), the queue of records not yet
-encoded holds at most about a part's worth (`max_part_bytes` of JSON by its estimate:
-past it the encoder keeps the event loop until it is back under, so a load that answers
-rows faster than a slice a turn pays for capture in throughput, not memory), and parts
-beyond `max_memory_bytes` go to the spool instead of waiting in memory. Records are only lost
-when the local disk fails too; they are then counted as dropped and logged at CRITICAL
-level.
+Records are encoded as they come, ENCODE_SLICE_ROWS at a time (ALONE_SLICE_ROWS while
+requests come one at a time), not a second's worth at once: the encoding's work is spread
+evenly between requests instead of arriving in a burst after each flush, and a record lives
+in memory as a Python object for a few requests only, so queued records never pile up into
+the garbage collector's older generations (whose collections stall every request in
+flight). Memory is bounded: open parts are closed at least every `flush_seconds` after
+their first record (sooner when they hold `max_part_records` records or `max_part_bytes` of
+JSON), the queue of records not yet encoded holds at most about a part's worth
+(`max_part_bytes` of JSON by its estimate: past it the encoder keeps the event loop until
+it is back under, so a load that answers rows faster than a slice a turn pays for capture
+in throughput, not memory), and parts beyond `max_memory_bytes` go to the spool instead of
+waiting in memory. Records are only lost when the local disk fails too; they are then
+counted as dropped and logged at CRITICAL level.
 
 Once everything encoded is stored and at least a part's worth of records
 (`max_part_records`) went out since the last time, `when_drained` is called: the service
@@ -58,19 +58,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.capture")
 
-# Rows (records) encoded and compressed per turn of the event loop, and how many must be
-# queued before the encoder wakes: about 115 us of work for single-image requests, so a
-# request that arrives meanwhile waits about that long at most, once every 32 requests
-# (README, Performance: slices of 16 held the loop about 62 us, every 16 requests, and
-# cost capture 36,833 instructions a request against 31,572). Counted in rows, not
-# requests: a request of 256 images is 256 records.
+# Rows (records) encoded and compressed per turn of the event loop at most, and how many
+# must be queued before the encoder wakes while requests overlap: about 115 us of work for
+# single-image requests, so a request that arrives meanwhile waits about that long at most,
+# once every 32 requests (README, Performance: slices of 16 held the loop about 62 us,
+# every 16 requests, and cost capture 36,833 instructions a request against 31,572).
+# Counted in rows, not requests: a request of 256 images is 256 records.
 ENCODE_SLICE_ROWS = 32
-# Rows a slice holds while requests come one at a time: once that many answers in a row
-# were each the only one in progress (record()'s `alone`), the encoder wakes at this many
-# rows instead. The core has room then, and a slice of 32 held the loop for the next
-# request, 1 in 32 (more than the 1% above the p99): p99 on / off at c=1 read 1.33 and
-# 1.37 with slices of 32, 1.18 and 1.09 with these (README, Performance). Under
-# overlapping requests the last answer of each batch is alone too, but not 8 in a row.
+# While requests come one at a time, the encoder wakes at this many rows instead (a slice
+# still takes up to ENCODE_SLICE_ROWS): once this many answers in a row each found no
+# other prediction request holding the body budget (record()'s `alone`; one number for
+# both on purpose). The core has room then, and the request after a slice waits for it
+# however often slices come (1 in 32 or 1 in 8 is more than the 1% above the p99), so
+# what the p99 sees is the slice's length. p99 on / off at c=1 in two sets of alternated
+# runs (README, Performance): /predict single 1.33 and 1.12 with 32, 1.18 and 1.11 with 8;
+# V2 binary single 1.37 and 1.26 against 1.09 and 1.05. Overlapping requests' last answer
+# of a batch can be alone too, but not 8 answers in a row.
 ALONE_SLICE_ROWS = 8
 
 # How often wait_idle looks again.
@@ -191,6 +194,8 @@ class CaptureRecorder:
             inputs if self.config.include_inputs else None,
             latency_seconds,
         )
+        # Every answer counts, kept or sampled out: the rule is about how requests come.
+        self._alone_in_a_row = self._alone_in_a_row + 1 if alone else 0
         sample = self.config.sample_percent
         if sample < 100 and self._sampler() * 100 >= sample:
             self.metrics.sampled_out.inc(entry.rows)
@@ -198,15 +203,15 @@ class CaptureRecorder:
         self._queue.append(entry)
         self._queued_rows += entry.rows
         self._queued_bytes += entry.estimated_bytes
-        self._alone_in_a_row = self._alone_in_a_row + 1 if alone else 0
         if self._encoder_waiter is not None and (
             self._close_at is None or self._slice_due() or self._part_due()
         ):
             self._wake_encoder()
 
     def _slice_due(self) -> bool:
-        """A slice's worth is queued: ENCODE_SLICE_ROWS rows, or ALONE_SLICE_ROWS while
-        requests come one at a time."""
+        """Enough is queued for the encoder to take a slice (of up to ENCODE_SLICE_ROWS
+        rows): ENCODE_SLICE_ROWS rows, or ALONE_SLICE_ROWS while requests come one at a
+        time (the last ALONE_SLICE_ROWS answers were each `alone`)."""
         if self._alone_in_a_row >= ALONE_SLICE_ROWS:
             return self._queued_rows >= ALONE_SLICE_ROWS
         return self._queued_rows >= ENCODE_SLICE_ROWS

@@ -145,7 +145,8 @@ class CaptureRecorder:
         self._disk = Worker("capture-disk")  # the spool: reads, writes, removes
         self._uploader = Worker("capture-upload")
         self._queue: deque[Pending] = deque()
-        # Answers in a row that were each the only one in progress (record()'s `alone`).
+        # Answers in a row that each found no other prediction request holding the body
+        # budget as they were answered (record()'s `alone`).
         self._alone_in_a_row = 0
         self._encoding_rows = 0  # rows of the slice being encoded
         self._queued_rows = 0

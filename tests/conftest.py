@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +27,7 @@ from pipeline.reference import Artifact, fetch_artifact, fixtures_dir, load_refe
 from service.artifacts import default_cache_dir
 from tests import workers
 
-__all__ = ["REPO", "free_port", "wait_for_http"]
+__all__ = ["REPO", "HeldRequest", "free_port", "wait_for_http"]
 
 DEFAULT_PLUGIN_MIRROR = "/opt/tf-plugins"
 
@@ -96,6 +100,64 @@ def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | N
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+class HeldRequest:
+    """A POST held in flight: its request line, headers and all of its body but the last
+    byte are sent at once (the body from a thread, so a server that reads it slowly does
+    not block the caller); the server answers only after `finish`.
+
+    Once `confirm_received` has returned, the server has parsed the headers of every held
+    request on it, so uvicorn counts them in flight: its loop handled those sockets, which
+    were readable first, before it answered the probe.
+    """
+
+    def __init__(self, url: str, path: str, body: bytes, headers: dict[str, str] | None = None):
+        parsed = urllib.parse.urlparse(url)
+        self._socket = socket.create_connection((parsed.hostname, parsed.port), timeout=120)
+        fields = {
+            "Host": parsed.netloc,
+            "Content-Type": "application/json",
+            "Content-Length": str(len(body)),
+            **(headers or {}),
+        }
+        head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+        self._socket.sendall(head.encode() + b"\r\n")
+        self._last = body[-1:]
+        self._sender = threading.Thread(target=self._socket.sendall, args=(body[:-1],))
+        self._sender.start()
+
+    @staticmethod
+    def confirm_received(url: str) -> None:
+        """Return once the server at `url` answered a readiness probe sent after the heads."""
+        with urllib.request.urlopen(url + "/v2/health/ready", timeout=30) as answer:
+            answer.read()
+
+    @staticmethod
+    def wait_until_refused(url: str, timeout: float = 30.0) -> None:
+        """Return once the server at `url` refuses new connections: a uvicorn that has
+        begun its shutdown has closed its listening socket first."""
+        parsed = urllib.parse.urlparse(url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((parsed.hostname, parsed.port), timeout=1).close()
+            except ConnectionRefusedError:
+                return
+            time.sleep(0.01)
+        raise TimeoutError(f"{url} still accepted connections after {timeout}s")
+
+    def finish(self) -> tuple[int, bytes]:
+        """Send the last byte; return the status and body of the answer."""
+        self._sender.join(timeout=120)
+        self._socket.sendall(self._last)
+        response = http.client.HTTPResponse(self._socket)
+        try:
+            response.begin()
+            return response.status, response.read()
+        finally:
+            response.close()
+            self._socket.close()
 
 
 @pytest.fixture(scope="session")

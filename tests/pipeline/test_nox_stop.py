@@ -10,20 +10,20 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from pipeline.predictions import store as parts
-from tests.conftest import REPO, free_port, wait_for_http
+from tests.conftest import REPO, HeldRequest, free_port, wait_for_http
 
-# Rows a request, requests in flight at the signal: seconds of work, so the service is
-# still answering them when nox's own defaults (0.3 s, then SIGTERM, 0.2 s, SIGKILL) end.
-ROWS, REQUESTS = 10_000, 6
+# Rows a request, requests in flight at the signal. They are held in flight (the last byte
+# of each body unsent) until HOLD_SECONDS after the service stopped accepting connections:
+# longer than nox's own defaults (0.3 s, then SIGTERM, 0.2 s, SIGKILL) and than uvicorn's
+# first poll of its connections (0.1 s), shorter than the service's drain.
+ROWS, REQUESTS, HOLD_SECONDS = 100, 6, 1.0
 
 
 def start_serve(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path]:
@@ -33,7 +33,6 @@ def start_serve(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path]:
     env.update(
         PORT=str(port),
         PREDICTION_LOG_URL=str(tmp_path / "predictions"),
-        MAX_BODY_BYTES=str(64 * 1024 * 1024),
     )
     log = tmp_path / "nox.log"
     with log.open("wb") as out:
@@ -50,16 +49,6 @@ def start_serve(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path]:
 
 
 BODY = json.dumps({"data": [[row % 100] * 784 for row in range(ROWS)]}).encode()
-
-
-def predict(url: str, request_id: str) -> int:
-    request = urllib.request.Request(
-        url + "/predict",
-        data=BODY,
-        headers={"Content-Type": "application/json", "X-Request-Id": request_id},
-    )
-    with urllib.request.urlopen(request, timeout=120) as answer:
-        return answer.status
 
 
 def alive(pid: int) -> bool:
@@ -91,25 +80,19 @@ def test_nox_serve_stops_the_service_before_it_exits_and_loses_no_record(tmp_pat
     try:
         wait_for_http(url + "/v2/health/ready", timeout=300, process=process)
         service_pid = int(re.search(r"Started server process \[(\d+)\]", log.read_text())[1])
-        statuses: list[int | str] = []
-
-        def call(n: int) -> None:
-            try:
-                statuses.append(predict(url, f"stop-{n}"))
-            except OSError as exc:
-                statuses.append(repr(exc))
-
-        threads = [threading.Thread(target=call, args=(n,)) for n in range(REQUESTS)]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)  # the requests are in: uvicorn counts them as in flight
+        held = [
+            HeldRequest(url, "/predict", BODY, {"X-Request-Id": f"stop-{n}"})
+            for n in range(REQUESTS)
+        ]
+        HeldRequest.confirm_received(url)
         send, *signals = how
         for n, signum in enumerate(signals):
             if n:
                 time.sleep(1.0)  # nox is waiting for the service (INTERRUPT_SECONDS)
             send(process.pid, signum)
-        for thread in threads:
-            thread.join(timeout=120)
+        HeldRequest.wait_until_refused(url, timeout=120)
+        time.sleep(HOLD_SECONDS)
+        statuses = [request.finish()[0] for request in held]
         returncode = process.wait(timeout=120)
         assert statuses == [200] * REQUESTS, log.read_text()[-3000:]
         assert returncode == 0, log.read_text()[-3000:]

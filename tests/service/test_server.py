@@ -5,13 +5,13 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import threading
 import time
 import urllib.parse
 
 import numpy as np
 import pytest
 
+from tests.conftest import HeldRequest
 from tests.service.conftest import MNIST8_SHA256, start_server
 
 pytestmark = pytest.mark.integration
@@ -103,7 +103,11 @@ def test_tritonclient_classification_ranks_like_onnxruntime(
     client.close()
 
 
-def test_sigterm_drains_in_flight_requests(mnist8_path, tmp_path):
+def test_sigterm_drains_in_flight_requests(mnist8_path, tmp_path, raw_argmax):
+    """Requests the server has when SIGTERM comes are answered, then the process exits.
+    They are held in flight until a second after the server stopped accepting connections
+    (the last byte of each body sent only then), so the test does not depend on how fast
+    the machine answers them, and a drain shorter than that second fails it."""
     server = start_server(
         {
             "MODEL_URL": str(mnist8_path),
@@ -112,29 +116,17 @@ def test_sigterm_drains_in_flight_requests(mnist8_path, tmp_path):
             "PREDICTION_LOG_URL": str(tmp_path),
         }
     )
-    batch = json.dumps({"data": [[i % 100] * 784 for i in range(1000)]}).encode()
-    results: list[int] = []
-    answered_at: list[float] = []
-    started = threading.Barrier(9)
-
-    def call():
-        started.wait()
-        try:
-            results.append(post(server.url, "/predict", batch)[0])
-            answered_at.append(time.monotonic())
-        except OSError as exc:
-            results.append(repr(exc))
-
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    started.wait()
-    time.sleep(0.3)
-    signalled_at = time.monotonic()
+    images = [[row % 100] * 784 for row in range(100)]
+    held = [
+        HeldRequest(server.url, "/predict", json.dumps({"data": images}).encode()) for _ in range(8)
+    ]
+    HeldRequest.confirm_received(server.url)
     server.process.send_signal(signal.SIGTERM)
-    for thread in threads:
-        thread.join(timeout=60)
-    assert results == [200] * 8
-    assert max(answered_at) > signalled_at, "no request was still in flight at SIGTERM"
+    HeldRequest.wait_until_refused(server.url)
+    time.sleep(1.0)  # in flight through the drain's start (uvicorn polls every 0.1 s)
+    answers = [request.finish() for request in held]
+    assert [status for status, _ in answers] == [200] * 8
+    expected = raw_argmax(np.array(images, dtype=np.float32))
+    assert all(json.loads(body)["predictions"] == expected for _, body in answers)
     # uvicorn re-raises the signal once it has drained, so the exit is "killed by SIGTERM"
     assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)

@@ -82,6 +82,33 @@ def _timed(function, *, min_seconds: float, max_runs: int) -> list[float]:
     return durations
 
 
+class SingleImage:
+    """raw onnxruntime's time for one image, in one session on `core`, read as often as
+    asked: the ideal's t_inference, read just before each round of the single-image row
+    (bench.run), so it and the HTTP runs it is combined with share the machine's state."""
+
+    def __init__(self, model_path: Path, image: np.ndarray, core: int) -> None:
+        self._session = session(model_path)
+        self._feed = {self._session.get_inputs()[0].name: np.ascontiguousarray(image[:1])}
+        self._core = core
+        with pinned_to(core):
+            for _ in range(50):  # warm: onnxruntime's first runs allocate
+                self._session.run(None, self._feed)
+
+    def durations(self, seconds: float, max_runs: int = 200_000) -> list[float]:
+        """Seconds each run took, for at least `seconds` (at least 5 runs)."""
+        with pinned_to(self._core):
+            return _timed(
+                lambda: self._session.run(None, self._feed),
+                min_seconds=seconds,
+                max_runs=max_runs,
+            )
+
+    def median_seconds(self, seconds: float) -> float:
+        """The median single-image time over `seconds` of runs."""
+        return statistics.median(self.durations(seconds))
+
+
 def measure(
     model_path: Path,
     images: np.ndarray,
@@ -93,7 +120,6 @@ def measure(
 ) -> ComputeCeiling:
     """Time single-image and batched inference of `images` (float32 [N,1,28,28]) on `core`."""
     original = session(model_path)
-    name = original.get_inputs()[0].name
     batch = np.ascontiguousarray(images[:batch_size], dtype=np.float32)
     if len(batch) < batch_size:
         raise ValueError(f"the compute ceiling needs {batch_size} images, got {len(batch)}")
@@ -111,13 +137,8 @@ def measure(
     else:
         note = "no batch-capable copy; looped over the original"
 
-    one = batch[:1]
+    single = SingleImage(model_path, batch, core).durations(seconds)
     with pinned_to(core):
-        for _ in range(50):
-            original.run(None, {name: one})
-        single = _timed(
-            lambda: original.run(None, {name: one}), min_seconds=seconds, max_runs=200_000
-        )
         if copy is not None:
             copy_name = copy.get_inputs()[0].name
             copy.run(None, {copy_name: batch})

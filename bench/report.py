@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import capture_read, count
-from bench.run import CAPTURE_OFF, Measurement, Results
+from bench.run import CAPTURE_OFF, SINGLE_ROW, Measurement, Results
 from bench.steal import StealGate
 
 REFERENCE_CONCURRENCY = 16
@@ -40,10 +40,57 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _ideal(http: float | None, ceiling) -> float | None:
+def _ideal(http: float | None, inference_seconds: float | None) -> float | None:
     """Requests a second of an app answering at `http` req/s that also runs the model once
-    (raw onnxruntime's median time per image)."""
-    return 1 / (1 / http + ceiling.single_seconds) if http and ceiling is not None else None
+    (raw onnxruntime's median time per image, `inference_seconds`)."""
+    return 1 / (1 / http + inference_seconds) if http and inference_seconds else None
+
+
+# The single-image row's contenders, as `Results.find` names them.
+SINGLE_ROW_CONTENDERS = {
+    "service": CAPTURE_OFF,
+    "bare": None,
+    "falcon": None,
+    "fastapi": None,
+}
+
+
+def single_row_rounds(
+    results: Results, c: int, value: Callable[[Measurement], float | None]
+) -> list[dict[str, float | None]]:
+    """The single-image row at level `c`, round by round: each contender's `value` in that
+    round's run (None where it did not run) and, under "inference", raw onnxruntime's
+    single-image seconds read just before the round (None where it was not read).
+
+    Every contender runs this row in one set of alternated rounds (bench.run.bench_servers),
+    so the i-th runs of all of them are seconds apart. Rounds that do not line up (a
+    contender with another number of runs) are taken as one round of the level's figures.
+    """
+    found = {
+        name: results.find(name, SINGLE_ROW, capture, c)
+        for name, capture in SINGLE_ROW_CONTENDERS.items()
+    }
+    inference = results.single_image_seconds.get(c, [])
+    counts = {len(m.run_list) for m in found.values() if m is not None}
+    if counts == {len(inference)} or (len(counts) == 1 and not inference):
+        count = counts.pop() if counts else 0
+        return [
+            {
+                **{name: value(m.run_list[i]) if m else None for name, m in found.items()},
+                "inference": inference[i] if inference else None,
+            }
+            for i in range(count)
+        ]
+    middle = statistics.median(inference) if inference else None
+    return [{**{name: value(m) if m else None for name, m in found.items()}, "inference": middle}]
+
+
+def _median_over(
+    rounds: list[dict[str, float | None]], of: Callable[[dict[str, float | None]], float | None]
+) -> float | None:
+    """The median of `of` over the rounds; None when any round lacks it."""
+    values = [of(r) for r in rounds]
+    return statistics.median(values) if values and None not in values else None
 
 
 def ratios(results: Results) -> dict[str, float | None]:
@@ -63,24 +110,37 @@ def ratios(results: Results) -> dict[str, float | None]:
     ceiling = results.compute
     out: dict[str, float | None] = {"concurrency": c}
     for suffix, rate in (("", results.rps), ("_per_cpu", results.per_cpu)):
-        service = rate("service", "predict single", "off", c)
-        bare = rate("bare", "predict single", None, c)
-        fastapi = rate("fastapi", "predict single", None, c)
-        framework = rate("falcon", "predict single", None, c)
-        ideal = _ideal(bare, ceiling)
+        rounds = single_row_rounds(results, c, RUN_RATES[suffix])
+
+        def ideal(r: dict[str, float | None]) -> float | None:
+            return _ideal(r["bare"], r["inference"])
+
+        def falcon_ideal(r: dict[str, float | None]) -> float | None:
+            # The same formula over the framework ceiling: the most of the ideal a Falcon
+            # service that decodes this JSON body reaches running the model once a request.
+            return _ideal(r["falcon"], r["inference"])
+
+        out[f"ideal_predict_rps{suffix}"] = _median_over(rounds, ideal)
+        out[f"service_over_bare{suffix}"] = _median_over(
+            rounds, lambda r: _ratio(r["service"], r["bare"])
+        )
+        out[f"service_over_ideal{suffix}"] = _median_over(
+            rounds, lambda r: _ratio(r["service"], ideal(r))
+        )
+        out[f"falcon_ideal_predict_rps{suffix}"] = _median_over(rounds, falcon_ideal)
+        out[f"falcon_ideal_over_ideal{suffix}"] = _median_over(
+            rounds, lambda r: _ratio(falcon_ideal(r), ideal(r))
+        )
+        out[f"service_over_falcon_ideal{suffix}"] = _median_over(
+            rounds, lambda r: _ratio(r["service"], falcon_ideal(r))
+        )
+        out[f"service_over_fastapi{suffix}"] = _median_over(
+            rounds, lambda r: _ratio(r["service"], r["fastapi"])
+        )
+        out[f"falcon_ideal_over_fastapi{suffix}"] = _median_over(
+            rounds, lambda r: _ratio(falcon_ideal(r), r["fastapi"])
+        )
         binary = rate("service", "v2 binary 256", "off", c)
-        out[f"ideal_predict_rps{suffix}"] = ideal
-        out[f"service_over_bare{suffix}"] = _ratio(service, bare)
-        out[f"service_over_ideal{suffix}"] = _ratio(service, ideal)
-        # The same formula over the framework ceiling: the most of the ideal a Falcon service
-        # that decodes this JSON body reaches running the model once a request, and how
-        # much of that the service keeps.
-        falcon_ideal = _ideal(framework, ceiling)
-        out[f"falcon_ideal_predict_rps{suffix}"] = falcon_ideal
-        out[f"falcon_ideal_over_ideal{suffix}"] = _ratio(falcon_ideal, ideal)
-        out[f"service_over_falcon_ideal{suffix}"] = _ratio(service, falcon_ideal)
-        out[f"service_over_fastapi{suffix}"] = _ratio(service, fastapi)
-        out[f"falcon_ideal_over_fastapi{suffix}"] = _ratio(falcon_ideal, fastapi)
         out[f"v2_binary_256_over_raw_onnxruntime{suffix}"] = _ratio(
             binary * 256 if binary is not None else None,
             ceiling.batch_images_per_second if ceiling else None,
@@ -273,7 +333,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _service_rounds(results: Results) -> int:
-    """How many alternated runs the service's levels were measured in (1: once)."""
+    """How many alternated rounds the levels of rows on several servers ran in (1: once)."""
     return max((len(m.runs) for m in results.measurements), default=0) or 1
 
 
@@ -330,10 +390,11 @@ def summary(results: Results) -> str:
         f"wrk on core {results.options.load_core}; {results.options.seconds} s per level",
         *(
             [
-                f"service rows with capture off and on: each level {rounds} alternated pairs of "
-                f"{math.ceil(results.options.seconds / rounds)} s runs; req/s over all of a "
-                "level's runs, p50/p99 the median of the runs', capture on/off ratios the "
-                "median of the pairs' ratios"
+                "rows on several servers (the single-image row on every contender, the "
+                f"service's rows with capture off and on): each level {rounds} alternated "
+                f"rounds of {math.ceil(results.options.seconds / rounds)} s runs; req/s over "
+                "all of a level's runs, p50/p99 the median of the runs', ratios the median "
+                "of the rounds' ratios"
             ]
             if (rounds := _service_rounds(results)) > 1
             else []
@@ -349,6 +410,14 @@ def summary(results: Results) -> str:
             f"batch of {ceiling.batch_size}: {ceiling.batch_images_per_second:,.0f} images/s "
             f"({ceiling.batch_method}: {ceiling.copy_note})"
             + (f"; steal {ceiling.steal_share:.1%}" if ceiling.steal_share is not None else ""),
+            "",
+        ]
+    c = reference_concurrency(results)
+    if readings := results.single_image_seconds.get(c):
+        parts += [
+            f"raw onnxruntime's single image, read before each round of the single-image row "
+            f"at c={c}: {' / '.join(f'{s * 1e6:.1f}' for s in readings)} us (each round's "
+            "ideal takes its own)",
             "",
         ]
     parts += [
@@ -470,6 +539,7 @@ def document(results: Results) -> dict:
         "machine": results.machine,
         "options": asdict(results.options),
         "compute": results.compute.as_dict() if results.compute else None,
+        "single_image_seconds": results.single_image_seconds,
         "measurements": [m.as_dict() for m in results.measurements],
         "ready_seconds": results.ready_seconds,
         "rss_bytes": results.rss_bytes,

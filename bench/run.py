@@ -230,6 +230,9 @@ class Results:
     options: Options
     machine: dict
     compute: compute.ComputeCeiling | None = None
+    # Raw onnxruntime's median single-image time (seconds) read before each round of the
+    # single-image row, by level (connections): the ideal of each round.
+    single_image_seconds: dict[int, list[float]] = field(default_factory=dict)
     measurements: list[Measurement] = field(default_factory=list)
     ready_seconds: dict[str, float] = field(default_factory=dict)
     rss_bytes: dict[str, int] = field(default_factory=dict)
@@ -463,18 +466,21 @@ def measure_levels(
     options: Options,
     before_run: Callable[[PreparedRow], None] = lambda row: None,
     gate: StealGate | None = None,
+    round_start: Callable[[int], None] = lambda connections: None,
 ) -> list[list[Measurement]]:
     """Every prepared row at every level, in order: one prepared row runs once a level for
     `options.seconds`; several (the same row on several servers) run as `options.rounds`
     alternated runs a level of `ceil(options.seconds / options.rounds)` seconds each,
-    `before_run` called before every run, each run kept by `gate` (gated_level). Each
-    row's level measurements, its runs combined."""
+    `round_start` called (with the level's connections) before each round and
+    `before_run` before every run, each run kept by `gate` (gated_level). Each row's
+    level measurements, its runs combined."""
     rounds = max(1, options.rounds) if len(rows) > 1 else 1
     seconds = math.ceil(options.seconds / rounds)
     measured: list[list[Measurement]] = [[] for _ in rows]
     for connections in options.concurrency:
         runs: list[list[Measurement]] = [[] for _ in rows]
         for _ in range(rounds):
+            round_start(connections)
             for prepared, its_runs in zip(rows, runs, strict=True):
                 its_runs.append(
                     gated_level(prepared, connections, seconds, options, gate, before_run)
@@ -536,7 +542,7 @@ class ReferenceApp:
     model: bool  # runs the model (MODEL_PATH), so its answers are checked
 
 
-# In the order they run: the HTTP ceiling, the framework ceiling, the alternative.
+# In the order each round runs them: the HTTP ceiling, the framework ceiling, the alternative.
 REFERENCE_APPS = {
     "bare": ReferenceApp("bare ASGI app (HTTP ceiling)", "bench.bare_app:app", "/", False),
     "falcon": ReferenceApp(
@@ -551,12 +557,33 @@ REFERENCE_APPS = {
 }
 
 
-def bench_reference(
-    processes: Processes, workload: Workload, results: Results, workdir: Path, name: str
-) -> None:
-    """Start `name` of REFERENCE_APPS on the server core and measure its single-image row."""
+@dataclass
+class UnderTest:
+    """One started server: the service (capture off or on, its requests carrying its
+    bearer token) or one of REFERENCE_APPS (`contender` its name, capture None)."""
+
+    server: Server
+    capture: str | None
+    token: str | None
+    contender: str = "service"
+    # Its answers are the model's, checked against raw onnxruntime's; False: it answers a
+    # fixed body (bare, falcon), sent what it expects.
+    checked: bool = True
+    rss: list[int] = field(default_factory=list)  # VmRSS after each row
+    measurements: list[Measurement] = field(default_factory=list)
+
+    def body(self, body: Body) -> Body:
+        """`body` as this server is sent it."""
+        if not self.checked:
+            return bodies.fixed("/predict", body)
+        return signed(body, self.token) if self.token else body
+
+
+def start_reference(
+    processes: Processes, workload: Workload, options: Options, name: str
+) -> UnderTest:
+    """Start `name` of REFERENCE_APPS on the server core."""
     app = REFERENCE_APPS[name]
-    options = results.options
     port = free_port()
     env = {"MODEL_PATH": str(workload.model_path), "INTRA_OP_THREADS": "1"} if app.model else {}
     server = processes.start(
@@ -567,26 +594,7 @@ def bench_reference(
         ready_path=app.ready_path,
         core=options.server_core,
     )
-    body = bodies.predict_json(workload.images[:1])
-    if app.model:
-        results.ready_seconds[name] = server.ready_seconds
-    else:  # it answers a fixed body: nothing to check
-        body = bodies.fixed("/predict", body)
-    prepared = prepare_row(server, name, "predict single", body, None, workload, options, workdir)
-    results.measurements += measure_levels([prepared], options, gate=results.steal)[0]
-    results.rss_bytes[name] = rss_bytes(server.pid)
-    processes.stop(server)
-
-
-@dataclass
-class ServiceUnderTest:
-    """One started `python -m service` and the bearer token its requests carry."""
-
-    server: Server
-    capture: str
-    token: str
-    rss: list[int] = field(default_factory=list)  # VmRSS after each row
-    measurements: list[Measurement] = field(default_factory=list)
+    return UnderTest(server, None, None, contender=name, checked=app.model)
 
 
 def service_env(workload: Workload, workdir: Path, tag: str, token: str) -> dict[str, str]:
@@ -613,7 +621,7 @@ def start_service(
     workdir: Path,
     store: CaptureStore | None,
     core: int,
-) -> ServiceUnderTest:
+) -> UnderTest:
     """`python -m service` on `core`, capture off (store None) or on (into the moto bucket)."""
     capture = CAPTURE_ON if store is not None else CAPTURE_OFF
     port = free_port()
@@ -636,40 +644,84 @@ def start_service(
         ready_path="/v2/health/ready",
         core=core,
     )
-    return ServiceUnderTest(server, capture, token)
+    return UnderTest(server, capture, token)
 
 
-def bench_services(
+# The row every contender answers, and the one the throughput targets compare them on.
+SINGLE_ROW = "predict single"
+
+
+def bench_servers(
     processes: Processes,
     workload: Workload,
     results: Results,
     workdir: Path,
+    references: list[str],
     stores: list[CaptureStore | None],
 ) -> None:
-    """The service with capture off (a None store) and/or on, measured a row at a time,
-    and with both, each level as `options.rounds` alternated pairs of runs (off, on, off,
-    on, ...) of `ceil(options.seconds / options.rounds)` seconds each.
+    """The reference apps named and the service with capture off (a None store) and/or on,
+    measured a row at a time: the single-image row on every one of them, the service's
+    other rows on the service alone; wherever a row runs on several servers, each level as
+    `options.rounds` alternated rounds of runs (bare, falcon, fastapi, capture off, capture
+    on, then again) of `ceil(options.seconds / options.rounds)` seconds each, and, with the
+    compute ceiling measured, raw onnxruntime's single-image time read before each round of
+    the single-image row (`Results.single_image_seconds`).
 
-    The readings a capture on/off ratio compares are then seconds apart, not minutes,
-    and come in pairs: on a shared machine the same server's rate drifted by up to 15%
-    between runs minutes apart and p99 by 2x between runs seconds apart, more than the 5%
-    and 20% the capture targets allow; bench.report takes the median of the pairs'
-    ratios. Before every run each other service is waited on until it has gone quiet
-    (capture's last records encoded and stored), so no service works while another is
-    measured.
+    The readings a ratio compares are then seconds apart, not minutes, and come in rounds:
+    on a shared machine one server's rate drifted by up to 15% between runs minutes apart
+    and p99 by 2x between runs seconds apart, more than the targets' margins, and
+    onnxruntime's time a image by 1.7x within a day; bench.report takes the median of the
+    rounds' ratios. Before every run each other server of the row is waited on until it
+    has gone quiet (capture's last records encoded and stored), so no server works while
+    another is measured.
     """
     options = results.options
-    kinds = " and ".join("on (moto S3)" if store is not None else "off" for store in stores)
-    print(f"bench: the service, capture {kinds}, a row at a time in turn", file=sys.stderr)
+    titles = [REFERENCE_APPS[name].title for name in references]
+    titles += [f"the service, capture {CAPTURE_OFF if s is None else CAPTURE_ON}" for s in stores]
+    print(f"bench: {'; '.join(titles)}: a row at a time in turn", file=sys.stderr, flush=True)
+    refs = [start_reference(processes, workload, options, name) for name in references]
     services = [
         start_service(processes, workload, workdir, store, options.server_core) for store in stores
     ]
-    for service in services:
-        results.ready_seconds[service.server.name] = service.server.ready_seconds
-    for row, body in workload.service_bodies().items():
-        measure_in_pairs(services, row, body, workload, options, workdir, results.steal)
+    for started in [*refs, *services]:
+        if started.checked:
+            results.ready_seconds[started.server.name] = started.server.ready_seconds
+    timer = (
+        compute.SingleImage(workload.model_path, workload.images, options.server_core)
+        if results.compute is not None
+        else None
+    )
+
+    def read_single_image(connections: int) -> None:
+        """Before a round: raw onnxruntime's time, once the cores are quiet (bench.steal)."""
+
+        def read() -> float:
+            return timer.median_seconds(ROUND_COMPUTE_SECONDS)
+
+        seconds = results.steal.measure(read, lambda: None)[0] if results.steal else read()
+        results.single_image_seconds.setdefault(connections, []).append(seconds)
+
+    rows = workload.service_bodies()
+    if not services:
+        rows = {SINGLE_ROW: rows[SINGLE_ROW]}
+    for row, body in rows.items():
+        single = row == SINGLE_ROW
+        measure_row(
+            [*refs, *services] if single else services,
+            row,
+            body,
+            workload,
+            options,
+            workdir,
+            results.steal,
+            read_single_image if single and timer is not None else lambda connections: None,
+        )
         for service in services:
             service.rss.append(rss_bytes(service.server.pid))
+    for ref in refs:
+        results.measurements += ref.measurements
+        results.rss_bytes[ref.server.name] = rss_bytes(ref.server.pid)
+        processes.stop(ref.server)
     for service in services:
         name = service.server.name
         results.measurements += service.measurements
@@ -687,42 +739,47 @@ def bench_services(
             )
 
 
-def measure_in_pairs(
-    services: list[ServiceUnderTest],
+# Seconds of single-image runs read before each round of the single-image row.
+ROUND_COMPUTE_SECONDS = 0.5
+
+
+def measure_row(
+    servers: list[UnderTest],
     row: str,
     body: Body,
     workload: Workload,
     options: Options,
     workdir: Path,
     gate: StealGate | None = None,
+    round_start: Callable[[int], None] = lambda connections: None,
 ) -> None:
-    """One row on every service, prepared on each, then measured in alternated runs
-    (measure_levels, each run kept by `gate`), each other service quiet before every run;
-    each service's level measurements appended to its own."""
+    """One row on every server, prepared on each, then measured in alternated runs
+    (measure_levels, each run kept by `gate`, `round_start` before each round), each other
+    server quiet before every run; each server's level measurements appended to its own."""
 
     def alone(server: Server) -> None:
-        for other in services:
+        for other in servers:
             if other.server is not server:
                 wait_quiet(other.server.pid)
 
     prepared = []
-    for service in services:
-        alone(service.server)
+    for under_test in servers:
+        alone(under_test.server)
         prepared.append(
             prepare_row(
-                service.server,
-                "service",
+                under_test.server,
+                under_test.contender,
                 row,
-                signed(body, service.token),
-                service.capture,
+                under_test.body(body),
+                under_test.capture,
                 workload,
                 options,
                 workdir,
             )
         )
-    levels = measure_levels(prepared, options, lambda row: alone(row.server), gate)
-    for service, measured in zip(services, levels, strict=True):
-        service.measurements += measured
+    levels = measure_levels(prepared, options, lambda row: alone(row.server), gate, round_start)
+    for under_test, measured in zip(servers, levels, strict=True):
+        under_test.measurements += measured
 
 
 def require_tools(wanted: set[str]) -> None:
@@ -767,18 +824,15 @@ def run(options: Options, workdir: Path | None = None) -> Results:
             )
             results.compute = replace(ceiling, steal_share=lost)
         with Processes(work) as processes:
-            for name, reference in REFERENCE_APPS.items():
-                if name in wanted:
-                    print(f"bench: {reference.title}", file=sys.stderr, flush=True)
-                    bench_reference(processes, workload, results, work, name)
             store = None
             if {"capture", "capture-read"} & wanted:
                 store = start_store(processes, core=options.load_core)
+            references = [name for name in REFERENCE_APPS if name in wanted]
             stores = [None] if "service" in wanted else []
             if "capture" in wanted:
                 stores.append(store)
-            if stores:
-                bench_services(processes, workload, results, work, stores)
+            if references or stores:
+                bench_servers(processes, workload, results, work, references, stores)
             if "capture" in wanted:
                 time.sleep(0.2)
                 results.capture_written = store.written()

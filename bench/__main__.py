@@ -49,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rounds",
         type=int,
-        help="alternated capture off/on runs a level's seconds are split into "
+        help="alternated rounds a level's seconds are split into, for a row on several "
+        "servers (the single-image row on every contender, capture off and on) "
         "(default 3; 1 with --quick)",
     )
     p.add_argument(

@@ -78,8 +78,9 @@ class Options:
     seconds: int = 5
     warmup_seconds: int = 1
     concurrency: tuple[int, ...] = (1, 16, 64)
-    # With capture off and on both measured, each level runs as this many alternated pairs
-    # of runs (off, on, off, on, ...), the level's seconds split between them.
+    # A row on several servers (the single-image row on every contender, the service's rows
+    # with capture off and on) runs each level as this many alternated rounds of runs (bare,
+    # falcon, fastapi, off, on, then again), the level's seconds split between them.
     rounds: int = 3
     compute_seconds: float = 3.0
     batch_size: int = 256
@@ -693,12 +694,19 @@ def bench_servers(
     )
 
     def read_single_image(connections: int) -> None:
-        """Before a round: raw onnxruntime's time, once the cores are quiet (bench.steal)."""
+        """Before a round: raw onnxruntime's time on the server core, once every server of
+        the row has gone quiet (the last run's capture stored) and, with a gate, the cores
+        too (bench.steal)."""
+
+        def quiet() -> None:
+            for under_test in [*refs, *services]:
+                wait_quiet(under_test.server.pid)
 
         def read() -> float:
             return timer.median_seconds(ROUND_COMPUTE_SECONDS)
 
-        seconds = results.steal.measure(read, lambda: None)[0] if results.steal else read()
+        quiet()
+        seconds = results.steal.measure(read, quiet)[0] if results.steal else read()
         results.single_image_seconds.setdefault(connections, []).append(seconds)
 
     rows = workload.service_bodies()

@@ -522,8 +522,9 @@ def test_one_service_runs_each_level_once_for_its_whole_seconds(monkeypatch, tmp
 
 def test_every_contender_answers_the_single_image_row_in_the_same_rounds(monkeypatch, tmp_path):
     """The reference apps and the service run the single-image row in one set of
-    alternated rounds, raw onnxruntime's time read before each round (each reading kept
-    by the steal gate); the service's other rows run on the service alone. Each server is
+    alternated rounds, raw onnxruntime's time read before each round once every server has
+    gone quiet (each reading kept by the steal gate); the service's other rows run on the
+    service alone. Each server is
     sent the body it expects: bare and falcon their fixed one, the service its token."""
     from bench import run
 
@@ -547,8 +548,12 @@ def test_every_contender_answers_the_single_image_row_in_the_same_rounds(monkeyp
         sent[f"{contender} {row}"] = body.headers
         return run.PreparedRow(server, contender, row, capture, 1, "u", Path("s"))
 
+    quieted: set[int] = set()  # servers waited on since the last run
+    quiet_at_readings: list[list[int]] = []
+
     def measure_level(prepared, connections, seconds, options):
         events.append(f"{prepared.contender} {prepared.row} c={connections}")
+        quieted.clear()
         measured = _measurement(prepared.contender, prepared.row, prepared.capture, 100.0)
         return dataclasses.replace(measured, concurrency=connections)
 
@@ -558,6 +563,7 @@ def test_every_contender_answers_the_single_image_row_in_the_same_rounds(monkeyp
 
         def median_seconds(self, seconds: float) -> float:
             events.append("onnxruntime")
+            quiet_at_readings.append(sorted(quieted))
             return next(self.readings)
 
     class Gate:
@@ -577,7 +583,7 @@ def test_every_contender_answers_the_single_image_row_in_the_same_rounds(monkeyp
     monkeypatch.setattr(
         run, "gated_level", lambda p, c, s, o, gate, before: measure_level(p, c, s, o)
     )
-    monkeypatch.setattr(run, "wait_quiet", lambda pid: None)
+    monkeypatch.setattr(run, "wait_quiet", quieted.add)
     monkeypatch.setattr(run, "rss_bytes", lambda pid: pid)
     body = bodies.Body("predict", "/predict", b"{}", {"Content-Type": "application/json"}, 1)
     monkeypatch.setattr(
@@ -597,6 +603,8 @@ def test_every_contender_answers_the_single_image_row_in_the_same_rounds(monkeyp
     expected += ["service other c=1", "service other c=16"]
     assert events == expected
     assert results.single_image_seconds == {1: [40e-6, 41e-6], 16: [42e-6, 43e-6]}
+    # each reading once every server of the row had gone quiet (the last run's capture stored)
+    assert quiet_at_readings == [[1, 2, 3, 100]] * 4
     assert "Authorization" not in sent["fastapi predict single"]
     assert sent["service predict single"]["Authorization"] == "Bearer token-0123456789"
     assert sent["bare predict single"] == bodies.fixed("/predict", body).headers

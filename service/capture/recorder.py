@@ -148,6 +148,11 @@ class CaptureRecorder:
         # Answers in a row that each found no other prediction request holding the body
         # budget as they were answered (record()'s `alone`).
         self._alone_in_a_row = 0
+        # Queued rows at which a slice is due (`_slice_due`): ENCODE_SLICE_ROWS, or
+        # ALONE_SLICE_ROWS once ALONE_SLICE_ROWS answers in a row were alone. Kept as a
+        # number that record() updates only when the rule changes, so the request path
+        # compares two attributes, as it would with one fixed threshold.
+        self._slice_rows = ENCODE_SLICE_ROWS
         self._encoding_rows = 0  # rows of the slice being encoded
         self._queued_rows = 0
         self._queued_bytes = 0
@@ -196,7 +201,13 @@ class CaptureRecorder:
             latency_seconds,
         )
         # Every answer counts, kept or sampled out: the rule is about how requests come.
-        self._alone_in_a_row = self._alone_in_a_row + 1 if alone else 0
+        if alone:
+            self._alone_in_a_row += 1
+            if self._alone_in_a_row == ALONE_SLICE_ROWS:
+                self._slice_rows = ALONE_SLICE_ROWS
+        elif self._alone_in_a_row:
+            self._alone_in_a_row = 0
+            self._slice_rows = ENCODE_SLICE_ROWS
         sample = self.config.sample_percent
         if sample < 100 and self._sampler() * 100 >= sample:
             self.metrics.sampled_out.inc(entry.rows)
@@ -205,17 +216,16 @@ class CaptureRecorder:
         self._queued_rows += entry.rows
         self._queued_bytes += entry.estimated_bytes
         if self._encoder_waiter is not None and (
-            self._close_at is None or self._slice_due() or self._part_due()
+            self._close_at is None or self._queued_rows >= self._slice_rows or self._part_due()
         ):
             self._wake_encoder()
 
     def _slice_due(self) -> bool:
         """Enough is queued for the encoder to take a slice (of up to ENCODE_SLICE_ROWS
         rows): ENCODE_SLICE_ROWS rows, or ALONE_SLICE_ROWS while requests come one at a
-        time (the last ALONE_SLICE_ROWS answers were each `alone`)."""
-        if self._alone_in_a_row >= ALONE_SLICE_ROWS:
-            return self._queued_rows >= ALONE_SLICE_ROWS
-        return self._queued_rows >= ENCODE_SLICE_ROWS
+        time (the last ALONE_SLICE_ROWS answers were each `alone`): `_slice_rows`, which
+        record() compares inline."""
+        return self._queued_rows >= self._slice_rows
 
     def _part_due(self) -> bool:
         """The queue and the open parts hold a part's worth: `max_part_records` records, or

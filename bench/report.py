@@ -380,9 +380,8 @@ COUNT_NOTES = (
 )
 
 
-def summary(results: Results) -> str:
-    """Everything a reader needs: machine, ceilings, table, ratios and targets."""
-    found = ratios(results)
+def _head_lines(results: Results) -> list[str]:
+    """The machine, how rows were measured, and the compute ceiling's readings."""
     m = results.machine
     parts = [
         f"machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, "
@@ -420,6 +419,13 @@ def summary(results: Results) -> str:
             "ideal takes its own)",
             "",
         ]
+    return parts
+
+
+def summary(results: Results) -> str:
+    """Everything a reader needs: machine, ceilings, table, ratios and targets."""
+    found = ratios(results)
+    parts = _head_lines(results)
     parts += [
         table(results),
         "",

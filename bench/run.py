@@ -687,28 +687,7 @@ def bench_servers(
     for started in [*refs, *services]:
         if started.checked:
             results.ready_seconds[started.server.name] = started.server.ready_seconds
-    timer = (
-        compute.SingleImage(workload.model_path, workload.images, options.server_core)
-        if results.compute is not None
-        else None
-    )
-
-    def read_single_image(connections: int) -> None:
-        """Before a round: raw onnxruntime's time on the server core, once every server of
-        the row has gone quiet (the last run's capture stored) and, with a gate, the cores
-        too (bench.steal)."""
-
-        def quiet() -> None:
-            for under_test in [*refs, *services]:
-                wait_quiet(under_test.server.pid)
-
-        def read() -> float:
-            return timer.median_seconds(ROUND_COMPUTE_SECONDS)
-
-        quiet()
-        seconds = results.steal.measure(read, quiet)[0] if results.steal else read()
-        results.single_image_seconds.setdefault(connections, []).append(seconds)
-
+    read_single_image = single_image_reader(workload, results, [*refs, *services])
     rows = workload.service_bodies()
     if not services:
         rows = {SINGLE_ROW: rows[SINGLE_ROW]}
@@ -722,10 +701,45 @@ def bench_servers(
             options,
             workdir,
             results.steal,
-            read_single_image if single and timer is not None else lambda connections: None,
+            read_single_image if single else lambda connections: None,
         )
         for service in services:
             service.rss.append(rss_bytes(service.server.pid))
+    stop_servers(processes, results, refs, services)
+
+
+def single_image_reader(
+    workload: Workload, results: Results, servers: list[UnderTest]
+) -> Callable[[int], None]:
+    """What runs before each round of the single-image row: raw onnxruntime's time on the
+    server core (compute.SingleImage), once every server of the row has gone quiet (the
+    last run's capture stored) and, with a gate, the cores too (bench.steal), appended to
+    `results.single_image_seconds` under the level's connections. Reads nothing when the
+    compute ceiling is not measured."""
+    if results.compute is None:
+        return lambda connections: None
+    timer = compute.SingleImage(workload.model_path, workload.images, results.options.server_core)
+
+    def quiet() -> None:
+        for under_test in servers:
+            wait_quiet(under_test.server.pid)
+
+    def read() -> float:
+        return timer.median_seconds(ROUND_COMPUTE_SECONDS)
+
+    def before_round(connections: int) -> None:
+        quiet()
+        seconds = results.steal.measure(read, quiet)[0] if results.steal else read()
+        results.single_image_seconds.setdefault(connections, []).append(seconds)
+
+    return before_round
+
+
+def stop_servers(
+    processes: Processes, results: Results, refs: list[UnderTest], services: list[UnderTest]
+) -> None:
+    """Keep every server's measurements and memory, then stop it; ProcessError when a
+    service does not exit cleanly on SIGTERM."""
     for ref in refs:
         results.measurements += ref.measurements
         results.rss_bytes[ref.server.name] = rss_bytes(ref.server.pid)

@@ -150,6 +150,8 @@ class HeldRequest:
     def finish(self) -> tuple[int, bytes]:
         """Send the last byte; return the status and body of the answer."""
         self._sender.join(timeout=120)
+        if self._sender.is_alive():
+            raise TimeoutError("the server did not read the held body within 120 s")
         self._socket.sendall(self._last)
         response = http.client.HTTPResponse(self._socket)
         try:

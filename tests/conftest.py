@@ -130,8 +130,7 @@ class HeldRequest:
     @staticmethod
     def confirm_received(url: str) -> None:
         """Return once the server at `url` answered a readiness probe sent after the heads."""
-        with urllib.request.urlopen(url + "/v2/health/ready", timeout=30) as answer:
-            answer.read()
+        wait_for_http(url + "/v2/health/ready")
 
     @staticmethod
     def wait_until_refused(url: str, timeout: float = 30.0) -> None:

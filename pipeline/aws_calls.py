@@ -90,6 +90,9 @@ SERVICE_REVISIONS = "arn:aws:ecs:{region}:{account}:task-definition/{task_family
 # (ECS developer guide, "Grant permission to tag resources on creation").
 TAGGED_ON_REGISTER = (("ecs:CreateAction", "RegisterTaskDefinition"),)
 CLUSTER = "arn:aws:ecs:{region}:{account}:cluster/{cluster}"
+# The service's alarms are named after it (terraform/modules/service); DescribeAlarms is
+# authorised on each alarm it names (its API reference: only composite alarms need `*`).
+DEPLOYMENT_ALARMS = "arn:aws:cloudwatch:{region}:{account}:alarm:{service}-*"
 PASSED_TO_ECS_TASKS = (("iam:PassedToService", "ecs-tasks.amazonaws.com"),)
 
 # `docker push` / `podman push` against ECR: the registry API calls behind a push
@@ -260,6 +263,14 @@ CALLS: tuple[AwsCall, ...] = (
         SERVICE,
         "pipeline.release.refuse_paused",
         "a deploy to a paused environment (0 tasks desired) stops before the gate",
+    ),
+    AwsCall(
+        Role.DEPLOY,
+        "cloudwatch:DescribeAlarms",
+        DEPLOYMENT_ALARMS,
+        "pipeline.alarms.DeploymentAlarms.states",
+        "the service's deployment alarms as a release starts, and for their bake time after "
+        "its rollout when one was in ALARM then (ECS ignores them all for such a deployment)",
     ),
     AwsCall(
         Role.DEPLOY,

@@ -17,7 +17,9 @@ A record is one JSON object. Required keys:
                    accuracy, p99_latency_ms, test data sha256s, passed)
 
 Optional keys the deploy step fills in when it has them: environment, model_url,
-model_name, image, git_sha, started_at, finished_at (ISO 8601 UTC), reason.
+model_name, image, git_sha, started_at, finished_at (ISO 8601 UTC), reason, and
+alarms_in_alarm_at_start (the deployment alarms in ALARM as the deployment started, which
+ECS then did not watch: pipeline.alarms).
 The gate reads `latest.json` as the champion: the challenger must not fall more
 than `[gate] max_regression` below `gate.accuracy`.
 """

@@ -30,6 +30,13 @@ from botocore.retries.standard import (
 
 from pipeline import REPO, compaction_task, promotion, records, revisions
 from pipeline import registry as registries
+from pipeline.alarms import (
+    AlarmState,
+    DeploymentAlarms,
+    bake_seconds,
+    moved_to_alarm,
+    watched_alarms,
+)
 from pipeline.environment import Environment
 from service import aws
 from service.auth import bearer_header
@@ -163,9 +170,6 @@ class Ecs:
                 "run the environment's terraform apply first"
             )
         return found[0]
-
-    def current_task_definition(self, cluster: str, service: str) -> str:
-        return self.service(cluster, service)["taskDefinition"]
 
     def revision_status(self, task_definition: str) -> str:
         """The revision's `status`: ACTIVE, INACTIVE once deregistered, DELETE_IN_PROGRESS
@@ -555,6 +559,7 @@ def release(
     smoke: SmokeImages,
     *,
     ecs: Ecs | None = None,
+    alarms: DeploymentAlarms | None = None,
     stable_timeout: float = STABLE_TIMEOUT_SECONDS,
     smoke_timeout: float = SMOKE_TIMEOUT_SECONDS,
     say: Callable[[str], None] = print,
@@ -563,28 +568,28 @@ def release(
     """Ship `candidate` to `env`; roll back and record the failure when it does not hold.
 
     The new revision is Terraform's task definition (`env.task_definition_arn`) with the
-    candidate's image and RELEASE_VARIABLES, so a Terraform change to the task (CPU,
-    memory, roles, logs, base environment) reaches the service with the next release.
-    It succeeds only once ECS reports our deployment COMPLETED, the smoke test passes and
-    the compaction family has a revision with the released image; otherwise the service
-    returns to the last successful release (`latest.json`), or, for a first release, to
-    the revision it ran before (`_where_a_failure_returns`). Every attempt leaves a record.
+    candidate's image and RELEASE_VARIABLES, so a Terraform change to the task reaches the
+    service with the next release. It succeeds only once ECS reports our deployment
+    COMPLETED (`Deployment`, ECS API reference: PRIMARY, `rolloutState`), the smoke test
+    passes, the deployment alarms ECS ignored (`AlarmWatch`) stayed out of ALARM and the
+    compaction family has a revision with the released image; otherwise the service returns
+    to the last successful release (`latest.json`), or, for a first release, to the
+    revision it ran before (`_where_a_failure_returns`). Every attempt leaves a record.
 
-    `smoke.images` are [N, *item_shape] arrays as the service takes them; the timeouts
-    are seconds (`stable_timeout` for each ECS deployment, ours and a rollback's). Which
-    deployment is ours and when it is done follow ECS's `Deployment` (API reference:
-    PRIMARY, `rolloutState`). A failure after the service update (ReleaseError, botocore's
-    errors, OSError) is returned as an Outcome with `succeeded` False, not raised; what
-    fails before it (reading the environment's API token, DescribeServices,
-    RegisterTaskDefinition, reading `latest.json`) raises MissingEnvironment,
-    ReleaseError, botocore's ClientError or RecordError, and so does writing the record.
-    """
+    `smoke.images`: [N, *item_shape] arrays; timeouts in seconds (`stable_timeout` for each
+    ECS deployment, ours and a rollback's). A failure after the service update (ReleaseError,
+    botocore's errors, OSError) is returned as an Outcome with `succeeded` False; what fails
+    before it (the API token, DescribeServices, DescribeAlarms, RegisterTaskDefinition,
+    `latest.json`) or writing the record raises MissingEnvironment, ReleaseError, ClientError
+    or RecordError."""
     ecs = ecs or Ecs(env.client("ecs"))
     token = env.api_token()  # before anything changes: an unreadable secret stops here
     record = _new_record(env, candidate, datetime.now(UTC))
-    previous = ecs.current_task_definition(env.cluster_name, env.service_name)
-    record["previous_task_definition"] = previous
+    running = ecs.service(env.cluster_name, env.service_name)
+    record["previous_task_definition"] = previous = running["taskDefinition"]
     restore_to, instead = _where_a_failure_returns(env, previous)
+    watch = AlarmWatch.start(env, running, alarms, say, sleep)
+    record.update(watch.record())
     new = ecs.register(
         env.task_definition_arn, env.container_name, candidate.image, task_environment(candidate)
     )
@@ -597,18 +602,85 @@ def release(
         ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, new, stable_timeout)
         say(f"completed; smoke-testing {env.endpoint_url}")
         smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep, token=token)
+        watch.bake(say)
         record["compaction_task_definition"] = _follow_with_compaction(env, ecs, new, say)
     except RELEASE_FAILURES as failure:
         outcome, reason = _restore(
             env, ecs, restore_to, str(failure), stable_timeout, say, instead=instead
         )
-        record.update(outcome=outcome, reason=reason, finished_at=datetime.now(UTC).isoformat())
-        records.write(env.records_url, record)
+        _finish(env, record, outcome, reason)
         return Outcome(record, new, previous, False, reason)
-    record.update(outcome="succeeded", finished_at=datetime.now(UTC).isoformat())
-    records.write(env.records_url, record)
+    _finish(env, record, "succeeded")
     say(f"released {record['release_id']} to {env.environment}")
     return Outcome(record, new, previous, True)
+
+
+def _finish(env: Environment, record: dict[str, Any], outcome: str, reason: str = "") -> None:
+    """Close `record` with its outcome (and the failure's reason) and write it."""
+    record.update(outcome=outcome, **({"reason": reason} if reason else {}))
+    record["finished_at"] = datetime.now(UTC).isoformat()
+    records.write(env.records_url, record)
+
+
+@dataclass
+class AlarmWatch:
+    """The service's deployment alarms as a release starts, when ECS ignores them for its
+    deployment because one is in ALARM then (pipeline.alarms); empty otherwise, when ECS
+    watches them itself and `bake` has nothing to do."""
+
+    alarms: DeploymentAlarms | None = None
+    before: dict[str, AlarmState] = field(default_factory=dict)
+
+    @classmethod
+    def start(
+        cls,
+        env: Environment,
+        service: dict[str, Any],
+        alarms: DeploymentAlarms | None,
+        say: Callable[[str], None],
+        sleep: Callable[[float], None],
+    ) -> AlarmWatch:
+        """Read the alarms `service` (a DescribeServices answer) has ECS watch; say so
+        when one is in ALARM. No CloudWatch call for a service without alarms."""
+        names = watched_alarms(service)
+        if not names:
+            return cls()
+        alarms = alarms or DeploymentAlarms(env.client("cloudwatch"), sleep=sleep)
+        states = alarms.states(names)
+        firing = sorted(name for name, state in states.items() if state.in_alarm)
+        if not firing:
+            return cls()
+        say(
+            f"deployment alarms in ALARM as the deployment starts: {', '.join(firing)}. ECS "
+            "ignores the service's deployment alarms for a deployment that starts so (ECS "
+            'developer guide, "How CloudWatch alarms detect Amazon ECS deployment '
+            f'failures"), so this release watches them for {bake_seconds(states.values()):.0f}'
+            " s after the smoke test, and fails if one moves to ALARM meanwhile"
+        )
+        return cls(alarms, states)
+
+    def record(self) -> dict[str, list[str]]:
+        """The deployment record's `alarms_in_alarm_at_start`, when there were any."""
+        firing = sorted(name for name, state in self.before.items() if state.in_alarm)
+        return {"alarms_in_alarm_at_start": firing} if firing else {}
+
+    def bake(self, say: Callable[[str], None]) -> None:
+        """Watch the ignored alarms for their bake time (`bake_seconds`); ReleaseError
+        when one moved to ALARM meanwhile (`moved_to_alarm`)."""
+        if self.alarms is None:
+            return
+        seconds = bake_seconds(self.before.values())
+        now = self.alarms.bake(self.before, seconds)
+        if fired := moved_to_alarm(self.before, now):
+            raise ReleaseError(
+                f"deployment alarm {', '.join(fired)} went into ALARM after the rollout (ECS "
+                "was not watching the alarms: one was in ALARM as the deployment started)"
+            )
+        still = sorted(name for name, state in now.items() if state.in_alarm)
+        say(
+            f"no deployment alarm went into ALARM in {seconds:.0f} s"
+            + (f"; still in ALARM since before this release: {', '.join(still)}" if still else "")
+        )
 
 
 def refuse_paused(env: Environment, ecs: Ecs | None = None) -> None:

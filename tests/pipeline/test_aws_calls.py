@@ -15,4 +15,12 @@ def test_every_role_has_calls_and_every_call_a_resource_pattern() -> None:
         assert aws_calls.calls(role), f"{role} makes no call"
     for call in aws_calls.CALLS:
         assert call.resource == "*" or call.resource.startswith(("arn:aws:", "{"))
-        assert call.action.split(":")[0] in ("s3", "ecr", "ecs", "iam", "logs", "secretsmanager")
+        assert call.action.split(":")[0] in (
+            "s3",
+            "ecr",
+            "ecs",
+            "iam",
+            "logs",
+            "secretsmanager",
+            "cloudwatch",
+        )

@@ -25,6 +25,13 @@ from botocore.stub import ANY, Stubber
 
 from pipeline import REPO, promotion, records
 from pipeline import release as release_module
+from pipeline.alarms import (
+    AlarmState,
+    DeploymentAlarms,
+    bake_seconds,
+    moved_to_alarm,
+    watched_alarms,
+)
 from pipeline.environment import Environment, MissingEnvironment
 from pipeline.registry import Ecr
 from pipeline.release import (
@@ -346,15 +353,6 @@ def test_update_points_the_service_and_answers_the_primary_deployment(scripted):
     ecs = scripted.ecs()
     assert ecs.update(CLUSTER, SERVICE, NEXT) == "ecs-svc/0002"
     assert ecs.update(CLUSTER, SERVICE, NEXT) == ""
-
-
-def test_the_current_task_definition_is_the_services(scripted):
-    scripted.stubber.add_response(
-        "describe_services",
-        {"services": [service(RELEASED)]},
-        {"cluster": CLUSTER, "services": [SERVICE]},
-    )
-    assert scripted.ecs().current_task_definition(CLUSTER, SERVICE) == RELEASED
 
 
 def test_a_service_missing_from_the_answer_is_not_active(scripted):
@@ -681,17 +679,23 @@ def test_a_protected_service_without_a_token_names_the_missing_output(
 
 
 def expect_release_start(
-    scripted: ScriptedEcs, running: str, revision: str, terraforms: str = BOOTSTRAP
+    scripted: ScriptedEcs,
+    running: str,
+    revision: str,
+    terraforms: str = BOOTSTRAP,
+    alarms: tuple[str, ...] = (),
 ) -> None:
-    """DescribeServices (the service runs `running`), then the new `revision` registered
-    from Terraform's revision `terraforms`."""
+    """DescribeServices (the service runs `running`, ECS watching `alarms` during its
+    deployments), then the new `revision` registered from Terraform's revision `terraforms`."""
+    running_service = service(running, deployment("ecs-svc/0001", running, "PRIMARY", "COMPLETED"))
+    if alarms:
+        running_service["deploymentConfiguration"] = {
+            "deploymentCircuitBreaker": {"enable": True, "rollback": True},
+            "alarms": {"alarmNames": list(alarms), "enable": True, "rollback": True},
+        }
     scripted.stubber.add_response(
         "describe_services",
-        {
-            "services": [
-                service(running, deployment("ecs-svc/0001", running, "PRIMARY", "COMPLETED"))
-            ]
-        },
+        {"services": [running_service]},
         {"cluster": CLUSTER, "services": [SERVICE]},
     )
     expect_register(
@@ -754,6 +758,195 @@ def test_a_release_that_holds_is_recorded_whole(scripted, endpoints, app, smoke,
         "no compaction_task_family output: the scheduled compaction is left as it is",
         f"released {outcome.record['release_id']} to dev",
     ]
+
+
+# -- deployment alarms: what ECS ignores when one is in ALARM as a deployment starts -----
+
+ALARMS = (f"{SERVICE}-latency-p95", f"{SERVICE}-lb-5xx", f"{SERVICE}-target-5xx")
+EARLIER = datetime(2026, 1, 1, 12, tzinfo=UTC)
+LATER = datetime(2026, 1, 1, 13, tzinfo=UTC)
+
+
+def metric_alarm(name: str, state: str, since: datetime = EARLIER, periods: int = 2) -> dict:
+    return {
+        "AlarmName": name,
+        "StateValue": state,
+        "StateTransitionedTimestamp": since,
+        "StateUpdatedTimestamp": since,
+        "Period": 60,
+        "EvaluationPeriods": periods,
+    }
+
+
+@pytest.fixture
+def cloudwatch(clock):
+    """A CloudWatch client scripted with Stubber (DescribeAlarms validated against its
+    model) and the DeploymentAlarms reading it, on the virtual clock."""
+    client = boto3.client(
+        "cloudwatch",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    stubber = Stubber(client)
+    watcher = DeploymentAlarms(client, sleep=clock.sleep, monotonic=clock.monotonic)
+    with stubber:
+        yield stubber, watcher
+        stubber.assert_no_pending_responses()
+
+
+def expect_alarms(stubber: Stubber, *alarms: dict) -> None:
+    """One DescribeAlarms of the service's deployment alarms, answering `alarms`."""
+    stubber.add_response(
+        "describe_alarms",
+        {"MetricAlarms": list(alarms), "CompositeAlarms": []},
+        {"AlarmNames": list(ALARMS), "AlarmTypes": ["MetricAlarm"]},
+    )
+
+
+def quiet_but(*firing: str, since: datetime = EARLIER) -> list[dict]:
+    """The three alarms, OK but `firing` (in ALARM since `since`); p95 reads 3 periods."""
+    return [
+        metric_alarm(name, "ALARM" if name in firing else "OK", since, 3 if "p95" in name else 2)
+        for name in ALARMS
+    ]
+
+
+def test_the_watched_alarms_are_the_services_enabled_deployment_alarms():
+    configured = {"deploymentConfiguration": {"alarms": {"alarmNames": ["a", "b"], "enable": True}}}
+    assert watched_alarms(configured) == ("a", "b")
+    configured["deploymentConfiguration"]["alarms"]["enable"] = False
+    assert watched_alarms(configured) == ()
+    assert watched_alarms({"deploymentConfiguration": {}}) == ()
+    assert watched_alarms(service(RELEASED)) == ()
+
+
+def test_an_alarm_counts_when_it_moves_to_alarm_not_when_it_stays_there():
+    def state(value: str, since: datetime = EARLIER) -> AlarmState:
+        return AlarmState("x", value, since, 120.0)
+
+    assert moved_to_alarm({"x": state("OK")}, {"x": state("ALARM", LATER)}) == ["x"]
+    assert moved_to_alarm({"x": state("INSUFFICIENT_DATA")}, {"x": state("ALARM")}) == ["x"]
+    assert moved_to_alarm({"x": state("ALARM")}, {"x": state("ALARM")}) == []
+    # It left ALARM during the deployment and came back: a new failure.
+    assert moved_to_alarm({"x": state("ALARM")}, {"x": state("ALARM", LATER)}) == ["x"]
+    assert moved_to_alarm({"x": state("ALARM")}, {"x": state("OK", LATER)}) == []
+    assert moved_to_alarm({}, {"x": state("ALARM")}) == ["x"]
+
+
+def test_the_bake_is_the_longest_alarm_window_and_a_minute_of_metrics():
+    assert (
+        bake_seconds([AlarmState("a", "OK", None, 120.0), AlarmState("b", "OK", None, 180.0)])
+        == 240.0
+    )
+    assert bake_seconds([]) == 0.0
+
+
+def test_a_release_with_its_alarms_quiet_leaves_the_watching_to_ecs(
+    scripted, cloudwatch, endpoints, app, smoke, tmp_path, clock
+):
+    stubber, watcher = cloudwatch
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
+    expect_alarms(stubber, *quiet_but())
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    said: list[str] = []
+    outcome = release(
+        env,
+        candidate(),
+        smoke,
+        ecs=scripted.ecs(),
+        alarms=watcher,
+        say=said.append,
+        sleep=clock.sleep,
+    )
+    assert outcome.succeeded
+    assert "alarms_in_alarm_at_start" not in outcome.record
+    assert not any("ALARM" in line for line in said)
+    assert clock.slept == []
+
+
+def test_a_release_ecs_does_not_watch_is_watched_for_its_bake_time(
+    scripted, cloudwatch, endpoints, app, smoke, tmp_path, clock
+):
+    """One alarm in ALARM as the deployment starts: ECS ignores every alarm for it, so the
+    release reads them after the smoke test for the longest window and a minute (240 s,
+    every 10 s), and succeeds when none moved to ALARM, naming the one still there."""
+    stubber, watcher = cloudwatch
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
+    firing = f"{SERVICE}-target-5xx"
+    for _ in range(1 + 25):  # at the start, then at 0, 10, ..., 240 s
+        expect_alarms(stubber, *quiet_but(firing))
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    said: list[str] = []
+    outcome = release(
+        env,
+        candidate(),
+        smoke,
+        ecs=scripted.ecs(),
+        alarms=watcher,
+        say=said.append,
+        sleep=clock.sleep,
+    )
+    assert (outcome.succeeded, outcome.reason) == (True, "")
+    assert outcome.record["alarms_in_alarm_at_start"] == [firing]
+    assert clock.slept == [10.0] * 24
+    assert said[0] == (
+        f"deployment alarms in ALARM as the deployment starts: {firing}. ECS ignores the "
+        "service's deployment alarms for a deployment that starts so (ECS developer guide, "
+        '"How CloudWatch alarms detect Amazon ECS deployment failures"), so this release '
+        "watches them for 240 s after the smoke test, and fails if one moves to ALARM meanwhile"
+    )
+    assert said[-3] == (
+        f"no deployment alarm went into ALARM in 240 s; still in ALARM since before this "
+        f"release: {firing}"
+    )
+
+
+def test_an_alarm_that_fires_while_ecs_is_not_watching_rolls_the_release_back(
+    scripted, cloudwatch, endpoints, app, smoke, tmp_path, clock
+):
+    stubber, watcher = cloudwatch
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    records.write(
+        env.records_url,
+        {
+            "release_id": "20260101T000000Z-bbbbbbbbbbbb",
+            "model_sha256": MNIST8_SHA256,
+            "outcome": "succeeded",
+            "gate": {"accuracy": 0.99},
+            "task_definition": RELEASED,
+        },
+    )
+    expect_release_start(scripted, RELEASED, NEXT, alarms=ALARMS)
+    firing, latency = f"{SERVICE}-lb-5xx", f"{SERVICE}-latency-p95"
+    expect_alarms(stubber, *quiet_but(firing))  # as the deployment starts
+    expect_alarms(stubber, *quiet_but(firing))  # the bake's first reading
+    expect_alarms(stubber, *quiet_but(firing, latency, since=EARLIER)[:1], *quiet_but(firing)[1:])
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(RELEASED)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0003", "COMPLETED")
+    outcome = release(
+        env,
+        candidate(),
+        smoke,
+        ecs=scripted.ecs(),
+        alarms=watcher,
+        say=lambda m: None,
+        sleep=clock.sleep,
+    )
+    why = (
+        f"deployment alarm {latency} went into ALARM after the rollout (ECS was not watching "
+        "the alarms: one was in ALARM as the deployment started)"
+    )
+    assert (outcome.succeeded, outcome.reason) == (False, why)
+    assert outcome.record["outcome"] == "rolled_back"
+    assert outcome.record["alarms_in_alarm_at_start"] == [firing]
+    assert clock.slept == [10.0]
 
 
 def test_a_failed_smoke_test_returns_to_the_last_release_and_records_why(

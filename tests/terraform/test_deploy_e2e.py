@@ -6,8 +6,8 @@ request against IAM.
 The deploy role's credentials come from moto's STS (AssumeRoleWithWebIdentity, as the
 workflow gets them; moto checks neither the token nor the trust conditions). Once
 Terraform has applied, moto's IAM authorisation is on: S3 requests are checked against
-the role's policy with their resources. moto authorises ECS and ECR requests against the
-resource `*`, so here the deploy roles' ECS and ECR statements are widened to `*`,
+the role's policy with their resources. moto authorises ECS, ECR and CloudWatch requests
+against the resource `*`, so here the deploy roles' statements of those are widened to `*`,
 keeping their actions (moto still refuses any action Terraform did not grant); the
 resources, conditions and iam:PassRole moto does not evaluate are checked on the
 rendered policies by test_moto_apply.py. The bucket policies (TLS only) are lifted:
@@ -46,6 +46,7 @@ import numpy as np
 import pytest
 
 from pipeline import aws_calls, compaction_task, image, promotion, terraform
+from pipeline.alarms import DeploymentAlarms
 from service.capture import partformat
 from service.capture.records import PartNamer, Pending, encode_parts
 from service.model import ModelInfo
@@ -106,7 +107,7 @@ class Deployment:
         )
 
 
-STAR_ONLY_SERVICES = ("ecs", "ecr", "secretsmanager")
+STAR_ONLY_SERVICES = ("cloudwatch", "ecs", "ecr", "secretsmanager")
 
 
 def role_policy_documents(role: str, client: Any) -> list[dict[str, Any]]:
@@ -138,8 +139,8 @@ def registry_refusals(deployment: Deployment, env: str, since: int = 0) -> list[
 
 
 def as_moto_authorises(role: str, client: Any) -> None:
-    """Widen the resources of `role`'s ECS-, ECR- and Secrets-Manager-only statements to `*`
-    (moto authorises those services against `*` only; tests/terraform/iam.py), and add the
+    """Widen the resources of `role`'s CloudWatch-, ECS-, ECR- and Secrets-Manager-only
+    statements to `*` (moto authorises those services against `*` only), and add the
     bucket itself to each statement that lets it delete objects: moto authorises a
     DeleteObjects request (one request, many keys) as s3:DeleteObject on the bucket's ARN,
     where S3 checks s3:DeleteObject on each key's (S3 API reference, DeleteObjects)."""
@@ -367,6 +368,25 @@ def test_deploy_dev_then_status_as_the_deploy_role(deployment, pipeline_env):
     assert task.errors == [] and task.revision == service["taskDefinition"]
     task.stop()
     assert captured(deployment, "dev"), "the task role wrote no prediction to capture/dev/"
+
+
+def test_the_deploy_role_reads_its_services_deployment_alarms(deployment, pipeline_env):
+    """What a release reads before it starts a deployment, under the role that reads it:
+    the alarms Terraform wired to the service's deployments (moto's ECS keeps no
+    deploymentConfiguration, so the release's own path never reaches this call here)."""
+    role = deployment.deploy_roles["dev"]
+    cloudwatch = boto3.client(
+        "cloudwatch",
+        endpoint_url=deployment.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=role["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=role["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=role["AWS_SESSION_TOKEN"],
+    )
+    names = deployment.outputs["dev"]["alarm_names"]
+    states = DeploymentAlarms(cloudwatch).states(names)
+    assert sorted(states) == sorted(names) and len(names) == 3
+    assert {state.window_seconds for state in states.values()} == {120.0, 180.0}
 
 
 def test_the_scheduled_compaction_merges_a_finished_hour_as_its_role(deployment, pipeline_env):

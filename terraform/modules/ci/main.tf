@@ -24,6 +24,11 @@ locals {
   github_subject   = "repo:${var.github_repository}:environment:${var.environment}:job_workflow_ref:${local.job_workflow_ref}"
 
   deployments_prefix = "deployments/${var.environment}/"
+
+  # arn:<partition>:ecs:<region>:<account>:service/<cluster>/<service>
+  service_arn_parts = split(":", var.service_arn)
+  # The service module names the service and its deployment alarms after var.name.
+  deployment_alarms = "arn:${data.aws_partition.current.partition}:cloudwatch:${local.service_arn_parts[3]}:${local.service_arn_parts[4]}:alarm:${var.name}-*"
 }
 
 ################################################################################
@@ -154,6 +159,16 @@ data "aws_iam_policy_document" "deploy" {
       "ecs:UpdateService",
     ]
     resources = [var.service_arn]
+  }
+
+  statement {
+    sid = "ReadOwnDeploymentAlarms"
+    # A release reads the service's deployment alarms (named after it) before it starts:
+    # ECS ignores them all for a deployment that starts while one is in ALARM, and the
+    # release then watches them itself (pipeline/alarms.py). DescribeAlarms is authorised
+    # on each alarm it names (CloudWatch API reference, DescribeAlarms).
+    actions   = ["cloudwatch:DescribeAlarms"]
+    resources = [local.deployment_alarms]
   }
 
   statement {

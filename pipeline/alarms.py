@@ -28,10 +28,11 @@ METRICS_INTERVAL_SECONDS = 60.0
 class AlarmState:
     """One metric alarm as DescribeAlarms answers it (CloudWatch API reference, MetricAlarm)."""
 
-    name: str
     state: str  # StateValue: OK, ALARM or INSUFFICIENT_DATA
     since: datetime | None  # when StateValue last changed (StateTransitionedTimestamp)
-    window_seconds: float  # Period x EvaluationPeriods: the data one evaluation reads
+    # Period x EvaluationPeriods: the data one evaluation reads (0 for an alarm on a metric
+    # math expression, whose period is its metrics')
+    window_seconds: float
 
     @property
     def in_alarm(self) -> bool:
@@ -50,8 +51,8 @@ def bake_seconds(states: Iterable[AlarmState]) -> float:
     window of `states` and a minute more, the interval at which the load balancer sends
     its metrics to CloudWatch (ELB guide, "CloudWatch metrics for your Application Load
     Balancer"); 0 for no alarms."""
-    longest = max((state.window_seconds for state in states), default=0.0)
-    return longest + METRICS_INTERVAL_SECONDS if longest else 0.0
+    windows = [state.window_seconds for state in states]
+    return max(windows) + METRICS_INTERVAL_SECONDS if windows else 0.0
 
 
 class DeploymentAlarms:
@@ -64,12 +65,10 @@ class DeploymentAlarms:
         *,
         poll_seconds: float = POLL_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._poll = poll_seconds
         self._sleep = sleep
-        self._monotonic = monotonic
 
     def states(self, names: Sequence[str]) -> dict[str, AlarmState]:
         """Each named metric alarm's state, by name; alarms that do not exist are left out.
@@ -83,26 +82,24 @@ class DeploymentAlarms:
         for page in pages:
             for alarm in page.get("MetricAlarms", []):
                 found[alarm["AlarmName"]] = AlarmState(
-                    name=alarm["AlarmName"],
-                    state=alarm.get("StateValue", ""),
-                    since=alarm.get("StateTransitionedTimestamp")
-                    or alarm.get("StateUpdatedTimestamp"),
-                    window_seconds=float(
-                        alarm.get("Period", 0) * alarm.get("EvaluationPeriods", 0)
-                    ),
+                    state=alarm["StateValue"],
+                    since=alarm.get("StateTransitionedTimestamp"),
+                    window_seconds=float(alarm.get("Period", 0) * alarm["EvaluationPeriods"]),
                 )
         return found
 
     def bake(self, before: Mapping[str, AlarmState], seconds: float) -> dict[str, AlarmState]:
         """Watch the alarms of `before` (their states as the deployment started) for
-        `seconds`, reading them every `poll_seconds`: the states last read, as soon as
-        one of them moved to ALARM (`moved_to_alarm`), else at the end."""
-        deadline = self._monotonic() + seconds
-        while True:
-            now = self.states(list(before))
-            if moved_to_alarm(before, now) or self._monotonic() >= deadline:
-                return now
+        `seconds`, reading them now and after every `poll_seconds` of sleep: the states
+        last read, as soon as one of them moved to ALARM (`moved_to_alarm`), else at the
+        end."""
+        now = self.states(list(before))
+        waited = 0.0
+        while waited < seconds and not moved_to_alarm(before, now):
             self._sleep(self._poll)
+            waited += self._poll
+            now = self.states(list(before))
+        return now
 
 
 def moved_to_alarm(before: Mapping[str, AlarmState], now: Mapping[str, AlarmState]) -> list[str]:

@@ -673,7 +673,7 @@ class AlarmWatch:
         now = self.alarms.bake(self.before, seconds)
         if fired := moved_to_alarm(self.before, now):
             raise ReleaseError(
-                f"deployment alarm {', '.join(fired)} went into ALARM after the rollout (ECS "
+                f"deployment alarms moved to ALARM after the rollout: {', '.join(fired)} (ECS "
                 "was not watching the alarms: one was in ALARM as the deployment started)"
             )
         still = sorted(name for name, state in now.items() if state.in_alarm)

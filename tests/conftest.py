@@ -45,7 +45,18 @@ def pytest_configure(config: pytest.Config) -> None:
     mirror = _mirror_of_the_reference(Path(given).resolve() if given else None)
     if mirror is not None:
         os.environ["FIXTURES_DIR"] = str(mirror)
-        config.add_cleanup(lambda: shutil.rmtree(mirror, ignore_errors=True))
+        config.add_cleanup(lambda: _restore_fixtures_dir(given, mirror))
+
+
+def _restore_fixtures_dir(given: str | None, mirror: Path) -> None:
+    """Remove `mirror` and give FIXTURES_DIR back its value from before the session: a
+    process that runs pytest again (mutmut runs its stats, clean and mutant runs in one)
+    builds its mirror from what was given, not from this session's removed one."""
+    shutil.rmtree(mirror, ignore_errors=True)
+    if given is None:
+        os.environ.pop("FIXTURES_DIR", None)
+    else:
+        os.environ["FIXTURES_DIR"] = given
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)

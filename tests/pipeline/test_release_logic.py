@@ -789,7 +789,7 @@ def cloudwatch(clock):
         aws_secret_access_key="testing",
     )
     stubber = Stubber(client)
-    watcher = DeploymentAlarms(client, sleep=clock.sleep, monotonic=clock.monotonic)
+    watcher = DeploymentAlarms(client, sleep=clock.sleep)
     with stubber:
         yield stubber, watcher
         stubber.assert_no_pending_responses()
@@ -823,7 +823,7 @@ def test_the_watched_alarms_are_the_services_enabled_deployment_alarms():
 
 def test_an_alarm_counts_when_it_moves_to_alarm_not_when_it_stays_there():
     def state(value: str, since: datetime = EARLIER) -> AlarmState:
-        return AlarmState("x", value, since, 120.0)
+        return AlarmState(value, since, 120.0)
 
     assert moved_to_alarm({"x": state("OK")}, {"x": state("ALARM", LATER)}) == ["x"]
     assert moved_to_alarm({"x": state("INSUFFICIENT_DATA")}, {"x": state("ALARM")}) == ["x"]
@@ -835,11 +835,49 @@ def test_an_alarm_counts_when_it_moves_to_alarm_not_when_it_stays_there():
 
 
 def test_the_bake_is_the_longest_alarm_window_and_a_minute_of_metrics():
-    assert (
-        bake_seconds([AlarmState("a", "OK", None, 120.0), AlarmState("b", "OK", None, 180.0)])
-        == 240.0
-    )
+    assert bake_seconds([AlarmState("OK", None, 120.0), AlarmState("OK", None, 180.0)]) == 240.0
+    assert bake_seconds([AlarmState("OK", None, 0.0)]) == 60.0
     assert bake_seconds([]) == 0.0
+
+
+def test_the_alarm_states_are_read_as_cloudwatch_answers_them(cloudwatch):
+    """StateValue, when it last changed (not StateUpdatedTimestamp, which also moves when
+    only the evaluation's state does) and the window an evaluation reads, by alarm name;
+    a metric math alarm has no period of its own; alarms that do not exist are left out."""
+    stubber, watcher = cloudwatch
+    latency = metric_alarm(ALARMS[0], "ALARM", EARLIER, periods=3)
+    latency["StateUpdatedTimestamp"] = LATER
+    math = {
+        "AlarmName": ALARMS[1],
+        "StateValue": "INSUFFICIENT_DATA",
+        "StateTransitionedTimestamp": LATER,
+        "EvaluationPeriods": 2,
+        "Metrics": [{"Id": "e1", "Expression": "m1 + m2", "ReturnData": True}],
+    }
+    expect_alarms(stubber, latency, math)
+    stubber.add_response(
+        "describe_alarms",
+        {},
+        {"AlarmNames": list(ALARMS), "AlarmTypes": ["MetricAlarm"]},
+    )
+    assert watcher.states(ALARMS) == {
+        ALARMS[0]: AlarmState("ALARM", EARLIER, 180.0),
+        ALARMS[1]: AlarmState("INSUFFICIENT_DATA", LATER, 0.0),
+    }
+    assert watcher.states(ALARMS) == {}
+    assert watcher.states(()) == {}
+
+
+def test_the_bake_reads_now_and_after_each_poll_until_its_time_is_up(cloudwatch, clock):
+    stubber, watcher = cloudwatch
+    before = {name: AlarmState("OK", EARLIER, 180.0 if "p95" in name else 120.0) for name in ALARMS}
+    for _ in range(4):  # at 0, 10, 20 and 30 s: 30 s is the first reading past 20.5
+        expect_alarms(stubber, *quiet_but())
+    assert watcher.bake(before, 20.5) == before
+    assert clock.slept == [10.0] * 3
+    expect_alarms(stubber, *quiet_but(ALARMS[0], since=LATER))  # moved at once: no sleep
+    assert watcher.bake(before, 20.5)[ALARMS[0]].in_alarm
+    assert clock.slept == [10.0] * 3
 
 
 def test_a_release_with_its_alarms_quiet_leaves_the_watching_to_ecs(
@@ -870,16 +908,16 @@ def test_a_release_with_its_alarms_quiet_leaves_the_watching_to_ecs(
 def test_a_release_ecs_does_not_watch_is_watched_for_its_bake_time(
     scripted, cloudwatch, endpoints, app, smoke, tmp_path, clock
 ):
-    """One alarm in ALARM as the deployment starts: ECS ignores every alarm for it, so the
+    """Alarms in ALARM as the deployment starts: ECS ignores every alarm for it, so the
     release reads them after the smoke test for the longest window and a minute (240 s,
-    every 10 s), and succeeds when none moved to ALARM, naming the one still there."""
+    every 10 s), and succeeds when none moved to ALARM, naming the ones still there."""
     stubber, watcher = cloudwatch
     endpoints.serve(HOST, app)
     env = environment(BASE, tmp_path)
     expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
-    firing = f"{SERVICE}-target-5xx"
+    firing = (f"{SERVICE}-target-5xx", f"{SERVICE}-lb-5xx")
     for _ in range(1 + 25):  # at the start, then at 0, 10, ..., 240 s
-        expect_alarms(stubber, *quiet_but(firing))
+        expect_alarms(stubber, *quiet_but(*firing))
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     said: list[str] = []
     outcome = release(
@@ -892,18 +930,50 @@ def test_a_release_ecs_does_not_watch_is_watched_for_its_bake_time(
         sleep=clock.sleep,
     )
     assert (outcome.succeeded, outcome.reason) == (True, "")
-    assert outcome.record["alarms_in_alarm_at_start"] == [firing]
+    named = f"{SERVICE}-lb-5xx, {SERVICE}-target-5xx"
+    assert outcome.record["alarms_in_alarm_at_start"] == sorted(firing)
     assert clock.slept == [10.0] * 24
     assert said[0] == (
-        f"deployment alarms in ALARM as the deployment starts: {firing}. ECS ignores the "
+        f"deployment alarms in ALARM as the deployment starts: {named}. ECS ignores the "
         "service's deployment alarms for a deployment that starts so (ECS developer guide, "
         '"How CloudWatch alarms detect Amazon ECS deployment failures"), so this release '
         "watches them for 240 s after the smoke test, and fails if one moves to ALARM meanwhile"
     )
     assert said[-3] == (
         f"no deployment alarm went into ALARM in 240 s; still in ALARM since before this "
-        f"release: {firing}"
+        f"release: {named}"
     )
+
+
+def test_the_environments_cloudwatch_client_reads_the_alarms_at_the_releases_pace(
+    scripted, cloudwatch, endpoints, app, smoke, tmp_path, clock
+):
+    """Without an injected watcher the release reads the alarms with the environment's
+    CloudWatch client and sleeps with its own `sleep`; an alarm that leaves ALARM during
+    the bake is not named at the end."""
+    stubber, _ = cloudwatch
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
+    firing = f"{SERVICE}-target-5xx"
+    for _ in range(1 + 13):  # at the start, then at 0, 10, ..., 120 s
+        expect_alarms(stubber, *quiet_but(firing))
+    for _ in range(12):  # cleared at 130 s
+        expect_alarms(stubber, *quiet_but())
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+
+    def client(env, name):
+        assert name == "cloudwatch", name
+        return stubber.client
+
+    said: list[str] = []
+    with mock.patch.object(Environment, "client", client):
+        outcome = release(
+            env, candidate(), smoke, ecs=scripted.ecs(), say=said.append, sleep=clock.sleep
+        )
+    assert outcome.succeeded
+    assert clock.slept == [10.0] * 24
+    assert said[-3] == "no deployment alarm went into ALARM in 240 s"
 
 
 def test_an_alarm_that_fires_while_ecs_is_not_watching_rolls_the_release_back(
@@ -923,10 +993,12 @@ def test_an_alarm_that_fires_while_ecs_is_not_watching_rolls_the_release_back(
         },
     )
     expect_release_start(scripted, RELEASED, NEXT, alarms=ALARMS)
-    firing, latency = f"{SERVICE}-lb-5xx", f"{SERVICE}-latency-p95"
+    firing, latency, targets = (
+        f"{SERVICE}-{name}" for name in ("lb-5xx", "latency-p95", "target-5xx")
+    )
     expect_alarms(stubber, *quiet_but(firing))  # as the deployment starts
     expect_alarms(stubber, *quiet_but(firing))  # the bake's first reading
-    expect_alarms(stubber, *quiet_but(firing, latency, since=EARLIER)[:1], *quiet_but(firing)[1:])
+    expect_alarms(stubber, *quiet_but(firing, latency, targets))
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     scripted.revision(RELEASED)
     expect_deployment(scripted, RELEASED, "ecs-svc/0003", "COMPLETED")
@@ -940,8 +1012,8 @@ def test_an_alarm_that_fires_while_ecs_is_not_watching_rolls_the_release_back(
         sleep=clock.sleep,
     )
     why = (
-        f"deployment alarm {latency} went into ALARM after the rollout (ECS was not watching "
-        "the alarms: one was in ALARM as the deployment started)"
+        f"deployment alarms moved to ALARM after the rollout: {latency}, {targets} (ECS was "
+        "not watching the alarms: one was in ALARM as the deployment started)"
     )
     assert (outcome.succeeded, outcome.reason) == (False, why)
     assert outcome.record["outcome"] == "rolled_back"

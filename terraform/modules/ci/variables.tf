@@ -3,7 +3,7 @@
 ################################################################################
 
 variable "name" {
-  description = "Name prefix of the deploy role (the role is <name>-deploy)."
+  description = "Name prefix of the deploy role (the role is <name>-deploy): the environment's name, which the service module gives its ECS service and deployment alarms (<name>-*) too."
   type        = string
 }
 

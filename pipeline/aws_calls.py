@@ -90,8 +90,8 @@ SERVICE_REVISIONS = "arn:aws:ecs:{region}:{account}:task-definition/{task_family
 # (ECS developer guide, "Grant permission to tag resources on creation").
 TAGGED_ON_REGISTER = (("ecs:CreateAction", "RegisterTaskDefinition"),)
 CLUSTER = "arn:aws:ecs:{region}:{account}:cluster/{cluster}"
-# The service's alarms are named after it (terraform/modules/service); DescribeAlarms is
-# authorised on each alarm it names (its API reference: only composite alarms need `*`).
+# The service's alarms are named after it (terraform/modules/service). The CloudWatch API
+# reference (DescribeAlarms) asks for a grant on `*` only to read composite alarms.
 DEPLOYMENT_ALARMS = "arn:aws:cloudwatch:{region}:{account}:alarm:{service}-*"
 PASSED_TO_ECS_TASKS = (("iam:PassedToService", "ecs-tasks.amazonaws.com"),)
 

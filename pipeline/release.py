@@ -30,13 +30,7 @@ from botocore.retries.standard import (
 
 from pipeline import REPO, compaction_task, promotion, records, revisions
 from pipeline import registry as registries
-from pipeline.alarms import (
-    AlarmState,
-    DeploymentAlarms,
-    bake_seconds,
-    moved_to_alarm,
-    watched_alarms,
-)
+from pipeline.alarms import AlarmsMoved, AlarmWatch, DeploymentAlarms, watched_alarms
 from pipeline.environment import Environment
 from service import aws
 from service.auth import bearer_header
@@ -550,7 +544,7 @@ def task_environment(candidate: Candidate) -> dict[str, str]:
 
 
 # A failure anywhere after the service update: ours, the ECS API's, or the network's.
-RELEASE_FAILURES = (ReleaseError, BotoCoreError, ClientError, OSError)
+RELEASE_FAILURES = (ReleaseError, AlarmsMoved, BotoCoreError, ClientError, OSError)
 
 
 def release(
@@ -571,7 +565,7 @@ def release(
     candidate's image and RELEASE_VARIABLES, so a Terraform change to the task reaches the
     service with the next release. It succeeds only once ECS reports our deployment
     COMPLETED (`Deployment`, ECS API reference: PRIMARY, `rolloutState`), the smoke test
-    passes, the deployment alarms ECS ignored (`AlarmWatch`) stayed out of ALARM and the
+    passes, the deployment alarms ECS ignored (`alarms.AlarmWatch`) stayed out of ALARM and the
     compaction family has a revision with the released image; otherwise the service returns
     to the last successful release (`latest.json`), or, for a first release, to the
     revision it ran before (`_where_a_failure_returns`). Every attempt leaves a record.
@@ -588,8 +582,7 @@ def release(
     running = ecs.service(env.cluster_name, env.service_name)
     record["previous_task_definition"] = previous = running["taskDefinition"]
     restore_to, instead = _where_a_failure_returns(env, previous)
-    watch = AlarmWatch.start(env, running, alarms, say, sleep)
-    record.update(watch.record())
+    watch = _alarm_watch(env, running, alarms, say, sleep)
     new = ecs.register(
         env.task_definition_arn, env.container_name, candidate.image, task_environment(candidate)
     )
@@ -598,11 +591,12 @@ def release(
     try:
         deployment = ecs.update(env.cluster_name, env.service_name, new)
         record["deployment_id"] = deployment
+        record.update(watch.deployment_started())
         say(f"service {env.service_name}: deployment {deployment} of {new}; waiting for COMPLETED")
         ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, new, stable_timeout)
         say(f"completed; smoke-testing {env.endpoint_url}")
         smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep, token=token)
-        watch.bake(say)
+        watch.bake()
         record["compaction_task_definition"] = _follow_with_compaction(env, ecs, new, say)
     except RELEASE_FAILURES as failure:
         outcome, reason = _restore(
@@ -622,65 +616,21 @@ def _finish(env: Environment, record: dict[str, Any], outcome: str, reason: str 
     records.write(env.records_url, record)
 
 
-@dataclass
-class AlarmWatch:
-    """The service's deployment alarms as a release starts, when ECS ignores them for its
-    deployment because one is in ALARM then (pipeline.alarms); empty otherwise, when ECS
-    watches them itself and `bake` has nothing to do."""
-
-    alarms: DeploymentAlarms | None = None
-    before: dict[str, AlarmState] = field(default_factory=dict)
-
-    @classmethod
-    def start(
-        cls,
-        env: Environment,
-        service: dict[str, Any],
-        alarms: DeploymentAlarms | None,
-        say: Callable[[str], None],
-        sleep: Callable[[float], None],
-    ) -> AlarmWatch:
-        """Read the alarms `service` (a DescribeServices answer) has ECS watch; say so
-        when one is in ALARM. No CloudWatch call for a service without alarms."""
-        names = watched_alarms(service)
-        if not names:
-            return cls()
-        alarms = alarms or DeploymentAlarms(env.client("cloudwatch"), sleep=sleep)
-        states = alarms.states(names)
-        firing = sorted(name for name, state in states.items() if state.in_alarm)
-        if not firing:
-            return cls()
-        say(
-            f"deployment alarms in ALARM as the deployment starts: {', '.join(firing)}. ECS "
-            "ignores the service's deployment alarms for a deployment that starts so (ECS "
-            'developer guide, "How CloudWatch alarms detect Amazon ECS deployment '
-            f'failures"), so this release watches them for {bake_seconds(states.values()):.0f}'
-            " s after the smoke test, and fails if one moves to ALARM meanwhile"
-        )
-        return cls(alarms, states)
-
-    def record(self) -> dict[str, list[str]]:
-        """The deployment record's `alarms_in_alarm_at_start`, when there were any."""
-        firing = sorted(name for name, state in self.before.items() if state.in_alarm)
-        return {"alarms_in_alarm_at_start": firing} if firing else {}
-
-    def bake(self, say: Callable[[str], None]) -> None:
-        """Watch the ignored alarms for their bake time (`bake_seconds`); ReleaseError
-        when one moved to ALARM meanwhile (`moved_to_alarm`)."""
-        if self.alarms is None:
-            return
-        seconds = bake_seconds(self.before.values())
-        now = self.alarms.bake(self.before, seconds)
-        if fired := moved_to_alarm(self.before, now):
-            raise ReleaseError(
-                f"deployment alarms moved to ALARM after the rollout: {', '.join(fired)} (ECS "
-                "was not watching the alarms: one was in ALARM as the deployment started)"
-            )
-        still = sorted(name for name, state in now.items() if state.in_alarm)
-        say(
-            f"no deployment alarm went into ALARM in {seconds:.0f} s"
-            + (f"; still in ALARM since before this release: {', '.join(still)}" if still else "")
-        )
+def _alarm_watch(
+    env: Environment,
+    service: dict[str, Any],
+    alarms: DeploymentAlarms | None,
+    say: Callable[[str], None],
+    sleep: Callable[[float], None],
+) -> AlarmWatch:
+    """The alarm watch of a release of `service` (a DescribeServices answer), read once
+    before the update; no CloudWatch client or call for a service without alarms."""
+    names = watched_alarms(service)
+    if names and alarms is None:
+        alarms = DeploymentAlarms(env.client("cloudwatch"), sleep=sleep)
+    watch = AlarmWatch(alarms, names, say)
+    watch.read_before_update()
+    return watch
 
 
 def refuse_paused(env: Environment, ecs: Ecs | None = None) -> None:

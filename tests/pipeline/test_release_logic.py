@@ -678,6 +678,17 @@ def test_a_protected_service_without_a_token_names_the_missing_output(
 # -- whole releases --------------------------------------------------------------------
 
 
+def with_alarms(answer: dict, alarms: tuple[str, ...] = ("placeholder",)) -> dict:
+    """`answer` (a DescribeServices service) with ECS watching `alarms` in its deployments."""
+    return {
+        **answer,
+        "deploymentConfiguration": {
+            "deploymentCircuitBreaker": {"enable": True, "rollback": True},
+            "alarms": {"alarmNames": list(alarms), "enable": True, "rollback": True},
+        },
+    }
+
+
 def expect_release_start(
     scripted: ScriptedEcs,
     running: str,
@@ -689,10 +700,7 @@ def expect_release_start(
     deployments), then the new `revision` registered from Terraform's revision `terraforms`."""
     running_service = service(running, deployment("ecs-svc/0001", running, "PRIMARY", "COMPLETED"))
     if alarms:
-        running_service["deploymentConfiguration"] = {
-            "deploymentCircuitBreaker": {"enable": True, "rollback": True},
-            "alarms": {"alarmNames": list(alarms), "enable": True, "rollback": True},
-        }
+        running_service = with_alarms(running_service, alarms)
     scripted.stubber.add_response(
         "describe_services",
         {"services": [running_service]},
@@ -852,9 +860,27 @@ def test_the_alarm_states_are_read_as_cloudwatch_answers_them(cloudwatch):
         "StateValue": "INSUFFICIENT_DATA",
         "StateTransitionedTimestamp": LATER,
         "EvaluationPeriods": 2,
-        "Metrics": [{"Id": "e1", "Expression": "m1 + m2", "ReturnData": True}],
+        "Metrics": [
+            {"Id": "e1", "Expression": "m1 + m2", "ReturnData": True},
+            {"Id": "m1", "ReturnData": False, "Period": 900},
+            {
+                "Id": "m2",
+                "ReturnData": False,
+                "MetricStat": {
+                    "Metric": {"Namespace": "AWS/ApplicationELB", "MetricName": "x"},
+                    "Period": 300,
+                    "Stat": "Sum",
+                },
+            },
+        ],
     }
-    expect_alarms(stubber, latency, math)
+    expressions_only = {
+        "AlarmName": ALARMS[2],
+        "StateValue": "OK",
+        "EvaluationPeriods": 2,
+        "Metrics": [{"Id": "e1", "Expression": "TIME_SERIES(1)", "ReturnData": True}],
+    }
+    expect_alarms(stubber, latency, math, expressions_only)
     stubber.add_response(
         "describe_alarms",
         {},
@@ -862,10 +888,35 @@ def test_the_alarm_states_are_read_as_cloudwatch_answers_them(cloudwatch):
     )
     assert watcher.states(ALARMS) == {
         ALARMS[0]: AlarmState("ALARM", EARLIER, 180.0),
-        ALARMS[1]: AlarmState("INSUFFICIENT_DATA", LATER, 0.0),
+        ALARMS[1]: AlarmState("INSUFFICIENT_DATA", LATER, 1800.0),
+        ALARMS[2]: AlarmState("OK", None, 0.0),
     }
     assert watcher.states(ALARMS) == {}
     assert watcher.states(()) == {}
+    stat = {
+        "AlarmName": "stat",
+        "StateValue": "OK",
+        "EvaluationPeriods": 1,
+        "Metrics": [
+            {
+                "Id": "m1",
+                "MetricStat": {
+                    "Metric": {"Namespace": "AWS/ApplicationELB", "MetricName": "x"},
+                    "Period": 300,
+                    "Stat": "Sum",
+                },
+            }
+        ],
+    }
+    stubber.add_response(
+        "describe_alarms",
+        {"MetricAlarms": [{"AlarmName": "bare", "StateValue": "OK", "EvaluationPeriods": 1}, stat]},
+        {"AlarmNames": ["bare", "stat"], "AlarmTypes": ["MetricAlarm"]},
+    )
+    assert watcher.states(["bare", "stat"]) == {
+        "bare": AlarmState("OK", None, 0.0),
+        "stat": AlarmState("OK", None, 300.0),
+    }
 
 
 def test_the_bake_reads_now_and_after_each_poll_until_its_time_is_up(cloudwatch, clock):
@@ -887,7 +938,8 @@ def test_a_release_with_its_alarms_quiet_leaves_the_watching_to_ecs(
     endpoints.serve(HOST, app)
     env = environment(BASE, tmp_path)
     expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
-    expect_alarms(stubber, *quiet_but())
+    expect_alarms(stubber, *quiet_but())  # before the update
+    expect_alarms(stubber, *quiet_but())  # as the deployment starts
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     said: list[str] = []
     outcome = release(
@@ -916,7 +968,7 @@ def test_a_release_ecs_does_not_watch_is_watched_for_its_bake_time(
     env = environment(BASE, tmp_path)
     expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
     firing = (f"{SERVICE}-target-5xx", f"{SERVICE}-lb-5xx")
-    for _ in range(1 + 25):  # at the start, then at 0, 10, ..., 240 s
+    for _ in range(2 + 25):  # before the update, as it starts, then at 0, 10, ..., 240 s
         expect_alarms(stubber, *quiet_but(*firing))
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     said: list[str] = []
@@ -933,7 +985,7 @@ def test_a_release_ecs_does_not_watch_is_watched_for_its_bake_time(
     named = f"{SERVICE}-lb-5xx, {SERVICE}-target-5xx"
     assert outcome.record["alarms_in_alarm_at_start"] == sorted(firing)
     assert clock.slept == [10.0] * 24
-    assert said[0] == (
+    assert said[1] == (
         f"deployment alarms in ALARM as the deployment starts: {named}. ECS ignores the "
         "service's deployment alarms for a deployment that starts so (ECS developer guide, "
         '"How CloudWatch alarms detect Amazon ECS deployment failures"), so this release '
@@ -956,7 +1008,7 @@ def test_the_environments_cloudwatch_client_reads_the_alarms_at_the_releases_pac
     env = environment(BASE, tmp_path)
     expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
     firing = f"{SERVICE}-target-5xx"
-    for _ in range(1 + 13):  # at the start, then at 0, 10, ..., 120 s
+    for _ in range(2 + 13):  # before the update, as it starts, then at 0, 10, ..., 120 s
         expect_alarms(stubber, *quiet_but(firing))
     for _ in range(12):  # cleared at 130 s
         expect_alarms(stubber, *quiet_but())
@@ -974,6 +1026,62 @@ def test_the_environments_cloudwatch_client_reads_the_alarms_at_the_releases_pac
     assert outcome.succeeded
     assert clock.slept == [10.0] * 24
     assert said[-3] == "no deployment alarm went into ALARM in 240 s"
+
+
+def test_alarms_the_role_may_not_read_stop_the_release_before_anything_changes(
+    scripted, cloudwatch, smoke, tmp_path, clock
+):
+    stubber, watcher = cloudwatch
+    env = environment(BASE, tmp_path)
+    scripted.stubber.add_response(
+        "describe_services",
+        {"services": [with_alarms(service(BOOTSTRAP), ALARMS)]},
+        {"cluster": CLUSTER, "services": [SERVICE]},
+    )
+    stubber.add_client_error("describe_alarms", "AccessDenied", "not authorized", 403)
+    with pytest.raises(ClientError, match="AccessDenied"):
+        release(env, candidate(), smoke, ecs=scripted.ecs(), alarms=watcher, sleep=clock.sleep)
+    assert records.list_records(env.records_url) == []  # nothing registered, nothing written
+
+
+def test_alarms_ecs_names_that_cloudwatch_does_not_have_are_named(
+    scripted, cloudwatch, endpoints, app, smoke, tmp_path, clock
+):
+    stubber, watcher = cloudwatch
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
+    expect_alarms(stubber, *quiet_but()[2:])  # two were deleted
+    expect_alarms(stubber, *quiet_but()[2:])
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    said: list[str] = []
+    outcome = release(env, candidate(), smoke, ecs=scripted.ecs(), alarms=watcher, say=said.append)
+    assert outcome.succeeded
+    assert said[0] == (
+        "deployment alarms the service names that are not metric alarms in CloudWatch "
+        f"(deleted, or composite), which this release cannot read: {ALARMS[0]}, {ALARMS[1]}"
+    )
+
+
+def test_an_alarm_read_that_fails_during_the_bake_rolls_the_release_back(
+    scripted, cloudwatch, endpoints, app, smoke, tmp_path, clock
+):
+    stubber, watcher = cloudwatch
+    endpoints.serve(HOST, app)
+    env = environment(BASE, tmp_path)
+    firing = f"{SERVICE}-target-5xx"
+    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
+    expect_alarms(stubber, *quiet_but(firing))
+    expect_alarms(stubber, *quiet_but(firing))
+    stubber.add_client_error("describe_alarms", "AccessDenied", "not authorized", 403)
+    expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
+    scripted.revision(BOOTSTRAP)
+    expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
+    outcome = release(
+        env, candidate(), smoke, ecs=scripted.ecs(), alarms=watcher, say=lambda m: None
+    )
+    assert outcome.record["outcome"] == "rolled_back"
+    assert "AccessDenied" in outcome.reason and "DescribeAlarms" in outcome.reason
 
 
 def test_an_alarm_that_fires_while_ecs_is_not_watching_rolls_the_release_back(
@@ -996,6 +1104,7 @@ def test_an_alarm_that_fires_while_ecs_is_not_watching_rolls_the_release_back(
     firing, latency, targets = (
         f"{SERVICE}-{name}" for name in ("lb-5xx", "latency-p95", "target-5xx")
     )
+    expect_alarms(stubber, *quiet_but())  # before the update: quiet
     expect_alarms(stubber, *quiet_but(firing))  # as the deployment starts
     expect_alarms(stubber, *quiet_but(firing))  # the bake's first reading
     expect_alarms(stubber, *quiet_but(firing, latency, targets))

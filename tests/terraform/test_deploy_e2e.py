@@ -140,7 +140,8 @@ def registry_refusals(deployment: Deployment, env: str, since: int = 0) -> list[
 
 def as_moto_authorises(role: str, client: Any) -> None:
     """Widen the resources of `role`'s CloudWatch-, ECS-, ECR- and Secrets-Manager-only
-    statements to `*` (moto authorises those services against `*` only), and add the
+    statements to `*` (moto authorises those services against `*` only, and CloudWatch's
+    actions under the prefix `monitoring`), and add the
     bucket itself to each statement that lets it delete objects: moto authorises a
     DeleteObjects request (one request, many keys) as s3:DeleteObject on the bucket's ARN,
     where S3 checks s3:DeleteObject on each key's (S3 API reference, DeleteObjects)."""
@@ -152,6 +153,12 @@ def as_moto_authorises(role: str, client: Any) -> None:
             actions = [actions] if isinstance(actions, str) else actions
             if all(action.split(":")[0] in STAR_ONLY_SERVICES for action in actions):
                 statement["Resource"] = "*"
+            # moto names CloudWatch's actions after its endpoint (monitoring:DescribeAlarms
+            # where IAM has cloudwatch:DescribeAlarms): grant both spellings.
+            actions += [
+                f"monitoring:{a.split(':')[1]}" for a in actions if a.startswith("cloudwatch:")
+            ]
+            statement["Action"] = actions
             if "s3:DeleteObject" in actions:
                 resources = statement["Resource"]
                 resources = [resources] if isinstance(resources, str) else resources

@@ -163,10 +163,10 @@ data "aws_iam_policy_document" "deploy" {
 
   statement {
     sid = "ReadOwnDeploymentAlarms"
-    # A release reads the service's deployment alarms (named after it) before it starts:
-    # ECS ignores them all for a deployment that starts while one is in ALARM, and the
-    # release then watches them itself (pipeline/alarms.py). DescribeAlarms is authorised
-    # on each alarm it names (CloudWatch API reference, DescribeAlarms).
+    # A release reads the service's deployment alarms (named after it) as it starts: ECS
+    # ignores them all for a deployment that starts while one is in ALARM, and the release
+    # then watches them itself (pipeline/alarms.py). Scoped to the alarms: the CloudWatch
+    # API reference (DescribeAlarms) asks for `*` only to read composite alarms.
     actions   = ["cloudwatch:DescribeAlarms"]
     resources = [local.deployment_alarms]
   }

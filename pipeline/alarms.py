@@ -88,20 +88,15 @@ def _period(alarm: Mapping[str, Any]) -> float:
     return float(max(periods, default=0))
 
 
+@dataclass
 class DeploymentAlarms:
     """DescribeAlarms of a service's deployment alarms (`client`: a boto3 CloudWatch
-    client, as `Environment.client("cloudwatch")` gives one)."""
+    client, as `Environment.client("cloudwatch")` gives one); `bake` reads them every
+    `poll_seconds`, sleeping with `sleep`."""
 
-    def __init__(
-        self,
-        client: Any,
-        *,
-        poll_seconds: float = POLL_SECONDS,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self._client = client
-        self._poll = poll_seconds
-        self._sleep = sleep
+    client: Any
+    poll_seconds: float = POLL_SECONDS
+    sleep: Callable[[float], None] = time.sleep
 
     def states(self, names: Sequence[str]) -> dict[str, AlarmState]:
         """Each named metric alarm's state, by name; alarms that do not exist (and
@@ -110,7 +105,7 @@ class DeploymentAlarms:
         found: dict[str, AlarmState] = {}
         if not names:
             return found
-        pages = self._client.get_paginator("describe_alarms").paginate(
+        pages = self.client.get_paginator("describe_alarms").paginate(
             AlarmNames=list(names), AlarmTypes=["MetricAlarm"]
         )
         for page in pages:
@@ -130,8 +125,8 @@ class DeploymentAlarms:
         now = self.states(list(before))
         waited = 0.0
         while waited < seconds and not moved_to_alarm(before, now):
-            self._sleep(self._poll)
-            waited += self._poll
+            self.sleep(self.poll_seconds)
+            waited += self.poll_seconds
             now = self.states(list(before))
         return now
 

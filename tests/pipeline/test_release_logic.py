@@ -65,6 +65,7 @@ from tests.pipeline.test_rollout import (
     ScriptedEcs,
     deployment,
     environment,
+    offline_client,
     service,
 )
 from tests.service.conftest import MNIST8_SHA256, model, settings  # noqa: F401 (fixtures)
@@ -790,12 +791,7 @@ def metric_alarm(name: str, state: str, since: datetime = EARLIER, periods: int 
 def cloudwatch(clock):
     """A CloudWatch client scripted with Stubber (DescribeAlarms validated against its
     model) and the DeploymentAlarms reading it, on the virtual clock."""
-    client = boto3.client(
-        "cloudwatch",
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = offline_client("cloudwatch")
     stubber = Stubber(client)
     watcher = DeploymentAlarms(client, sleep=clock.sleep)
     with stubber:
@@ -818,6 +814,14 @@ def quiet_but(*firing: str, since: datetime = EARLIER) -> list[dict]:
         metric_alarm(name, "ALARM" if name in firing else "OK", since, 3 if "p95" in name else 2)
         for name in ALARMS
     ]
+
+
+def release_watched(env, scripted, watcher, smoke, said: list[str], clock=None):
+    """A release of `candidate()` with the scripted ECS and the CloudWatch `watcher`."""
+    sleep = clock.sleep if clock else lambda seconds: None
+    return release(
+        env, candidate(), smoke, ecs=scripted.ecs(), alarms=watcher, say=said.append, sleep=sleep
+    )
 
 
 def test_the_watched_alarms_are_the_services_enabled_deployment_alarms():
@@ -942,15 +946,7 @@ def test_a_release_with_its_alarms_quiet_leaves_the_watching_to_ecs(
     expect_alarms(stubber, *quiet_but())  # as the deployment starts
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     said: list[str] = []
-    outcome = release(
-        env,
-        candidate(),
-        smoke,
-        ecs=scripted.ecs(),
-        alarms=watcher,
-        say=said.append,
-        sleep=clock.sleep,
-    )
+    outcome = release_watched(env, scripted, watcher, smoke, said, clock)
     assert outcome.succeeded
     assert "alarms_in_alarm_at_start" not in outcome.record
     assert not any("ALARM" in line for line in said)
@@ -972,15 +968,7 @@ def test_a_release_ecs_does_not_watch_is_watched_for_its_bake_time(
         expect_alarms(stubber, *quiet_but(*firing))
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     said: list[str] = []
-    outcome = release(
-        env,
-        candidate(),
-        smoke,
-        ecs=scripted.ecs(),
-        alarms=watcher,
-        say=said.append,
-        sleep=clock.sleep,
-    )
+    outcome = release_watched(env, scripted, watcher, smoke, said, clock)
     assert (outcome.succeeded, outcome.reason) == (True, "")
     named = f"{SERVICE}-lb-5xx, {SERVICE}-target-5xx"
     assert outcome.record["alarms_in_alarm_at_start"] == sorted(firing)
@@ -1055,7 +1043,7 @@ def test_alarms_ecs_names_that_cloudwatch_does_not_have_are_named(
     expect_alarms(stubber, *quiet_but()[2:])
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     said: list[str] = []
-    outcome = release(env, candidate(), smoke, ecs=scripted.ecs(), alarms=watcher, say=said.append)
+    outcome = release_watched(env, scripted, watcher, smoke, said)
     assert outcome.succeeded
     assert said[0] == (
         "deployment alarms the service names that are not metric alarms in CloudWatch "
@@ -1077,9 +1065,7 @@ def test_an_alarm_read_that_fails_during_the_bake_rolls_the_release_back(
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
-    outcome = release(
-        env, candidate(), smoke, ecs=scripted.ecs(), alarms=watcher, say=lambda m: None
-    )
+    outcome = release_watched(env, scripted, watcher, smoke, [])
     assert outcome.record["outcome"] == "rolled_back"
     assert "AccessDenied" in outcome.reason and "DescribeAlarms" in outcome.reason
 
@@ -1111,15 +1097,7 @@ def test_an_alarm_that_fires_while_ecs_is_not_watching_rolls_the_release_back(
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
     scripted.revision(RELEASED)
     expect_deployment(scripted, RELEASED, "ecs-svc/0003", "COMPLETED")
-    outcome = release(
-        env,
-        candidate(),
-        smoke,
-        ecs=scripted.ecs(),
-        alarms=watcher,
-        say=lambda m: None,
-        sleep=clock.sleep,
-    )
+    outcome = release_watched(env, scripted, watcher, smoke, [], clock)
     why = (
         f"deployment alarms moved to ALARM after the rollout: {latency}, {targets} (ECS was "
         "not watching the alarms: one was in ALARM as the deployment started)"
@@ -1401,12 +1379,7 @@ def test_a_token_secret_is_read_before_anything_changes(scripted, smoke, tmp_pat
 @contextmanager
 def secret_holding(value: str | None) -> Iterator[None]:
     """Environment.client("secretsmanager") answers GetSecretValue with `value` (None: refused)."""
-    client = boto3.client(
-        "secretsmanager",
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = offline_client("secretsmanager")
     stubber = Stubber(client)
     if value is None:
         stubber.add_client_error("get_secret_value", "AccessDeniedException", "no", 400)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import boto3
 import pytest
@@ -82,16 +83,21 @@ def service(task_definition: str, *deployments: dict) -> dict:
 FAILED_EARLIER = deployment("ecs-svc/0001", BOOTSTRAP, "ACTIVE", "FAILED", CIRCUIT_BREAKER)
 
 
+def offline_client(service: str) -> Any:
+    """A real boto3 client of `service` that never reaches AWS (answers come from Stubber)."""
+    return boto3.client(
+        service,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
 class ScriptedEcs:
     """A real boto3 ECS client whose answers are scripted, in order."""
 
     def __init__(self) -> None:
-        self.client = boto3.client(
-            "ecs",
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        self.client = offline_client("ecs")
         self.stubber = Stubber(self.client)
 
     def describe(self, answer: dict) -> None:

@@ -875,7 +875,7 @@ def _ship_again(env: Environment, target: dict[str, Any], latest: dict[str, Any]
     """What to do when the release `target` cannot run again as it was: a new commit with
     its code and model, deployed as usual. Its own commit is refused, as older code than
     the environment runs (pipeline.deploy.refuse_older)."""
-    old, new = target.get("git_sha", ""), latest.get("git_sha", "")
+    old, new = target.get("git_sha"), latest.get("git_sha")
     if not old or not new or old == new:
         return (
             "nothing was changed; deploy a commit with that release's code and model, which "

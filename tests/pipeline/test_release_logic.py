@@ -2451,3 +2451,22 @@ def test_rollbacks_follow_deployments_without_rollout_state(
     )
     scripted.describe(bare(service(BOOTSTRAP, {**back, "runningCount": 1})))
     assert rollback(env, ecs=scripted.ecs(), say=lambda m: None)["task_definition"] == BOOTSTRAP
+
+
+def test_a_release_that_cannot_run_again_is_shipped_again_from_its_code(tmp_path):
+    """With both commits known and different, the way back is a revert of the commits
+    between them, deployed as usual; otherwise a commit with that release's code."""
+    env = environment(BASE, tmp_path)
+    old, new = "a" * 40, "b" * 40
+    assert release_module._ship_again(env, {"git_sha": old}, {"git_sha": new}) == (
+        f"nothing was changed; push a commit that reverts {old[:12]}..{new[:12]} "
+        f"(git revert --no-edit {old}..{new}) and deploy it as usual (dev first; prod by "
+        f"merging dev): it ships that code and model as a new release. {old[:12]} itself "
+        "is refused, as older code than dev runs"
+    )
+    generic = (
+        "nothing was changed; deploy a commit with that release's code and model, which "
+        "registers a new revision of it"
+    )
+    for target, latest in (({}, {"git_sha": new}), ({"git_sha": old}, {}), ({"git_sha": old},) * 2):
+        assert release_module._ship_again(env, target, latest) == generic

@@ -816,6 +816,14 @@ def quiet_but(*firing: str, since: datetime = EARLIER) -> list[dict]:
     ]
 
 
+def first_release_with_alarms(scripted, endpoints, app, tmp_path) -> Environment:
+    """The environment a first release goes to, its service answered by `app` and ECS
+    watching ALARMS during its deployments (the release's first ECS calls scripted)."""
+    endpoints.serve(HOST, app)
+    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
+    return environment(BASE, tmp_path)
+
+
 def release_watched(env, scripted, watcher, smoke, said: list[str], clock=None):
     """A release of `candidate()` with the scripted ECS and the CloudWatch `watcher`."""
     sleep = clock.sleep if clock else lambda seconds: None
@@ -939,9 +947,7 @@ def test_a_release_with_its_alarms_quiet_leaves_the_watching_to_ecs(
     scripted, cloudwatch, endpoints, app, smoke, tmp_path, clock
 ):
     stubber, watcher = cloudwatch
-    endpoints.serve(HOST, app)
-    env = environment(BASE, tmp_path)
-    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
+    env = first_release_with_alarms(scripted, endpoints, app, tmp_path)
     expect_alarms(stubber, *quiet_but())  # before the update
     expect_alarms(stubber, *quiet_but())  # as the deployment starts
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
@@ -960,9 +966,7 @@ def test_a_release_ecs_does_not_watch_is_watched_for_its_bake_time(
     release reads them after the smoke test for the longest window and a minute (240 s,
     every 10 s), and succeeds when none moved to ALARM, naming the ones still there."""
     stubber, watcher = cloudwatch
-    endpoints.serve(HOST, app)
-    env = environment(BASE, tmp_path)
-    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
+    env = first_release_with_alarms(scripted, endpoints, app, tmp_path)
     firing = (f"{SERVICE}-target-5xx", f"{SERVICE}-lb-5xx")
     for _ in range(2 + 25):  # before the update, as it starts, then at 0, 10, ..., 240 s
         expect_alarms(stubber, *quiet_but(*firing))
@@ -992,9 +996,7 @@ def test_the_environments_cloudwatch_client_reads_the_alarms_at_the_releases_pac
     CloudWatch client and sleeps with its own `sleep`; an alarm that leaves ALARM during
     the bake is not named at the end."""
     stubber, _ = cloudwatch
-    endpoints.serve(HOST, app)
-    env = environment(BASE, tmp_path)
-    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
+    env = first_release_with_alarms(scripted, endpoints, app, tmp_path)
     firing = f"{SERVICE}-target-5xx"
     for _ in range(2 + 13):  # before the update, as it starts, then at 0, 10, ..., 120 s
         expect_alarms(stubber, *quiet_but(firing))
@@ -1036,9 +1038,7 @@ def test_alarms_ecs_names_that_cloudwatch_does_not_have_are_named(
     scripted, cloudwatch, endpoints, app, smoke, tmp_path, clock
 ):
     stubber, watcher = cloudwatch
-    endpoints.serve(HOST, app)
-    env = environment(BASE, tmp_path)
-    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
+    env = first_release_with_alarms(scripted, endpoints, app, tmp_path)
     expect_alarms(stubber, *quiet_but()[2:])  # two were deleted
     expect_alarms(stubber, *quiet_but()[2:])
     expect_deployment(scripted, NEXT, "ecs-svc/0002", "COMPLETED")
@@ -1055,10 +1055,8 @@ def test_an_alarm_read_that_fails_during_the_bake_rolls_the_release_back(
     scripted, cloudwatch, endpoints, app, smoke, tmp_path, clock
 ):
     stubber, watcher = cloudwatch
-    endpoints.serve(HOST, app)
-    env = environment(BASE, tmp_path)
+    env = first_release_with_alarms(scripted, endpoints, app, tmp_path)
     firing = f"{SERVICE}-target-5xx"
-    expect_release_start(scripted, BOOTSTRAP, NEXT, alarms=ALARMS)
     expect_alarms(stubber, *quiet_but(firing))
     expect_alarms(stubber, *quiet_but(firing))
     stubber.add_client_error("describe_alarms", "AccessDenied", "not authorized", 403)

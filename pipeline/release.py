@@ -571,11 +571,11 @@ def release(
     revision it ran before (`_where_a_failure_returns`). Every attempt leaves a record.
 
     `smoke.images`: [N, *item_shape] arrays; timeouts in seconds (`stable_timeout` for each
-    ECS deployment, ours and a rollback's). A failure after the service update (ReleaseError,
-    botocore's errors, OSError) is returned as an Outcome with `succeeded` False; what fails
-    before it (the API token, DescribeServices, DescribeAlarms, RegisterTaskDefinition,
-    `latest.json`) or writing the record raises MissingEnvironment, ReleaseError, ClientError
-    or RecordError."""
+    ECS deployment, ours and a rollback's). A failure after the service update
+    (ReleaseError, AlarmsMoved, botocore's errors, OSError) is returned as an Outcome with
+    `succeeded` False; what fails before it (the API token, DescribeServices,
+    DescribeAlarms, RegisterTaskDefinition, `latest.json`) or writing the record raises
+    MissingEnvironment, ReleaseError, ClientError or RecordError."""
     ecs = ecs or Ecs(env.client("ecs"))
     token = env.api_token()  # before anything changes: an unreadable secret stops here
     record = _new_record(env, candidate, datetime.now(UTC))

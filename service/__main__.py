@@ -17,13 +17,13 @@ import uvicorn
 
 from service.app import create_app
 from service.config import ConfigError, Settings
-from service.http import JsonErrorsHttpToolsProtocol
 from service.logs import configure_logging
 from service.metrics import (
     MULTIPROCESS_VARIABLE,
     multiprocess_directory,
     reset_multiprocess_directory,
 )
+from service.protocol import HttpProtocol
 from service.startup import failure_line, prepare
 
 # With several workers, uvicorn's supervisor pings each one and kills (SIGKILL) one that
@@ -46,7 +46,7 @@ def server_options(settings: Settings, log_config: dict) -> dict[str, Any]:
         # that changes nothing.
         proxy_headers=False,
         server_header=False,
-        http=JsonErrorsHttpToolsProtocol,
+        http=HttpProtocol,
         loop="uvloop",
         lifespan="on",
         timeout_keep_alive=settings.keep_alive_timeout_seconds,

@@ -1,25 +1,18 @@
 """HTTP around the routes: request bodies and their content codings, bodies a route
-did not read, query strings, and the JSON 400 for requests uvicorn refuses itself.
+did not read, and query strings (below the app, the connection: service.protocol).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import zlib
-from http import HTTPStatus
 
 import falcon
 import falcon.asgi
-import httptools
-import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.errors import (
     InvalidInput,
     PayloadTooLarge,
-    ServiceError,
-    UnknownMethod,
     UnsupportedContentCoding,
 )
 
@@ -41,10 +34,6 @@ SUPPORTED_CODINGS = (*GZIP_CODINGS, DEFLATE_CODING, IDENTITY_CODING)
 # Every method some route answers (HEAD with GET, OPTIONS everywhere); a test keeps it
 # equal to the routes. A method neither llhttp nor Falcon knows is named as unknown.
 IMPLEMENTED_METHODS = ("GET", "HEAD", "OPTIONS", "POST")
-# llhttp's reason when a request line starts with no method it knows. It raises the same
-# error class, with another reason ("Expected space after method"), for a known method
-# not followed by a space: that request stays malformed (400). A test pins both.
-_UNKNOWN_METHOD_REASON = "Invalid method encountered"
 
 
 # -- request bodies ------------------------------------------------------------
@@ -199,41 +188,3 @@ class RefuseQueryParameters:
             raise InvalidInput(
                 f"{req.path} takes no query parameters; got {', '.join(map(repr, names))}"
             )
-
-
-# -- below the app -----------------------------------------------------------------
-
-
-class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering the requests it cannot parse in JSON.
-
-    uvicorn answers a malformed request (request line, header, Content-Length or
-    chunk framing) with its own 400 in plain text before the app sees it; this class
-    gives that answer the service's `{"error": ...}` shape, and says which methods the
-    service implements when the request line starts with no method llhttp knows (a 400,
-    not RFC 9110's 501: see UnknownMethod). `python -m service` runs uvicorn with it;
-    `uvicorn service.asgi:app` keeps uvicorn's plain text.
-    """
-
-    def send_400_response(self, msg: str) -> None:
-        # uvicorn calls this inside `except httptools.HttpParserError`, so the parser's
-        # own reason is the exception being handled. Only this refusal path reads it.
-        reason = sys.exc_info()[1]
-        if (
-            isinstance(reason, httptools.HttpParserInvalidMethodError)
-            and str(reason) == _UNKNOWN_METHOD_REASON
-        ):
-            error: ServiceError = UnknownMethod(None, IMPLEMENTED_METHODS)
-        else:
-            detail = f": {reason}" if reason is not None and str(reason) else ""
-            error = InvalidInput(f"malformed HTTP request{detail}")
-        body = orjson.dumps({"error": error.message})
-        status = HTTPStatus(error.status)
-        head = [f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()]
-        for name, value in self.server_state.default_headers:
-            head.append(name + b": " + value + b"\r\n")
-        head.append(b"content-type: application/json\r\n")
-        head.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
-        head.append(b"connection: close\r\n\r\n")
-        self.transport.write(b"".join(head) + body)
-        self.transport.close()

@@ -1,0 +1,294 @@
+"""Below the app: uvicorn's protocol as `python -m service` runs it, fed request bytes and
+writing to a transport that records each write as the socket would get it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import httptools
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from service.protocol import CorkedTransport, HttpProtocol
+from tests.service.test_http import UNKNOWN_METHOD
+
+DATE = b"Mon, 30 Nov 2026 12:00:00 GMT"
+
+
+class SocketTransport:
+    """The transport uvloop would give: what reaches the socket, one entry a write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+        self.eof = False
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "a write after close"
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def connect(app) -> tuple[HttpProtocol, SocketTransport]:
+    """A connection to `app` (ASGI) through the service's protocol; call in a running loop."""
+    config = Config(app=app, http=HttpProtocol, lifespan="off", log_config=None)
+    config.load()
+    state = ServerState()
+    state.default_headers = [(b"date", DATE)]
+    protocol = HttpProtocol(config=config, server_state=state, app_state={})
+    socket = SocketTransport()
+    protocol.connection_made(socket)  # type: ignore[arg-type]
+    return protocol, socket
+
+
+async def until(condition: Callable[[], bool], turns: int = 100) -> None:
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not within {turns} turns of the event loop")
+
+
+def echo_app(after_answer: Callable[[], None]):
+    """An ASGI app answering a request's body, as Falcon answers: start, then the body;
+    `after_answer` runs right after its last send returns, before any other turn."""
+
+    async def app(scope, receive, send) -> None:
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        after_answer()
+
+    return app
+
+
+def test_each_response_reaches_the_socket_in_one_write_as_its_last_send_returns():
+    async def exchange() -> tuple[list[bytes], list[int]]:
+        written_by_answer: list[int] = []
+        protocol, socket = connect(echo_app(lambda: written_by_answer.append(len(socket.writes))))
+        for body in (b"hello", b"again, on the same connection"):
+            request = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+            protocol.data_received(request + body)
+            answered = len(written_by_answer) + 1
+            await until(lambda: len(written_by_answer) == answered)  # noqa: B023
+        return socket.writes, written_by_answer
+
+    writes, written_by_answer = asyncio.run(exchange())
+    assert written_by_answer == [1, 2]  # sent as the response completed, not a turn later
+    assert len(writes) == 2
+    for write, body in zip(writes, (b"hello", b"again, on the same connection"), strict=True):
+        assert write.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert write.endswith(b"\r\n\r\n" + body)
+        assert b"date: " + DATE + b"\r\n" in write
+
+
+def test_a_100_continue_goes_out_at_the_next_turn_while_the_app_waits_for_the_body():
+    async def exchange() -> tuple[list[bytes], list[bytes]]:
+        protocol, socket = connect(echo_app(lambda: None))
+        protocol.data_received(
+            b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        await until(lambda: bool(socket.writes))
+        before_body = list(socket.writes)
+        protocol.data_received(b"hello")
+        await until(lambda: len(socket.writes) == 2)
+        return before_body, socket.writes
+
+    before_body, writes = asyncio.run(exchange())
+    assert before_body == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    assert writes[1].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert writes[1].endswith(b"\r\n\r\nhello")
+
+
+def test_held_writes_leave_joined_in_order_at_a_flush_or_the_next_turn():
+    async def run() -> list[list[bytes]]:
+        socket = SocketTransport()
+        corked = CorkedTransport(socket, asyncio.get_running_loop())  # type: ignore[arg-type]
+        corked.write(b"head ")
+        corked.writelines([b"bo", b"dy"])
+        socket.buffered = 10
+        assert corked.get_write_buffer_size() == 10 + len(b"head body")
+        seen = [list(socket.writes)]
+        corked.flush()
+        seen.append(list(socket.writes))
+        corked.write(b"late")
+        seen.append(list(socket.writes))
+        await asyncio.sleep(0)
+        seen.append(list(socket.writes))
+        corked.flush()  # nothing held: no empty write
+        seen.append(list(socket.writes))
+        return seen
+
+    nothing, flushed, held, turned, unchanged = asyncio.run(run())
+    assert nothing == []
+    assert flushed == [b"head body"]
+    assert held == [b"head body"]
+    assert turned == [b"head body", b"late"]
+    assert unchanged == turned
+
+
+class Turns:
+    """An event loop's `call_soon`, run by hand: what is scheduled for the next turn."""
+
+    def __init__(self) -> None:
+        self.scheduled: list[Callable[[], None]] = []
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.scheduled.append(callback)
+
+    def turn(self) -> None:
+        due, self.scheduled = self.scheduled, []
+        for callback in due:
+            callback()
+
+
+def test_a_turn_has_one_flush_scheduled_however_many_writes_it_makes():
+    socket, turns = SocketTransport(), Turns()
+    corked = CorkedTransport(socket, turns)  # type: ignore[arg-type]
+    for piece in (b"a", b"b", b"c"):
+        corked.write(piece)
+    assert len(turns.scheduled) == 1
+    turns.turn()
+    corked.write(b"d")  # a later turn's writes get their own flush
+    assert len(turns.scheduled) == 1
+    turns.turn()
+    assert socket.writes == [b"abc", b"d"]
+    corked.abort()
+    corked.write(b"after the abort")  # dropped by the aborted transport, as uncorked
+    turns.turn()
+    assert socket.aborted
+
+
+def test_closing_sends_what_is_held_first_and_aborting_drops_it():
+    async def run() -> dict[str, SocketTransport]:
+        sockets = {"close": SocketTransport(), "write_eof": SocketTransport()}
+        sockets["abort"] = SocketTransport()
+        for ending, socket in sockets.items():
+            corked = CorkedTransport(socket, asyncio.get_running_loop())  # type: ignore[arg-type]
+            corked.write(b"answer")
+            getattr(corked, ending)()
+        await asyncio.sleep(0)  # the turn's flush finds nothing left to send
+        return sockets
+
+    sockets = asyncio.run(run())
+    assert sockets["close"].writes == [b"answer"]
+    assert sockets["close"].closed
+    assert sockets["write_eof"].writes == [b"answer"]
+    assert sockets["write_eof"].eof
+    assert sockets["abort"].writes == []
+    assert sockets["abort"].aborted
+
+
+def test_everything_else_is_the_wrapped_transports():
+    async def run() -> tuple[object, bool, bool]:
+        socket = SocketTransport()
+        corked = CorkedTransport(socket, asyncio.get_running_loop())  # type: ignore[arg-type]
+        open_before = corked.is_closing()
+        socket.closed = True
+        return corked.get_extra_info("peername"), open_before, corked.is_closing()
+
+    assert asyncio.run(run()) == (("127.0.0.1", 50000), False, True)
+
+
+# -- requests uvicorn's parser refuses ------------------------------------------------
+
+
+def refused(reason: BaseException | None) -> tuple[bytes, dict, SocketTransport]:
+    """What reaches the socket when uvicorn's parser refuses a request for `reason`."""
+
+    async def refuse() -> SocketTransport:
+        protocol, socket = connect(echo_app(lambda: None))
+        if reason is None:
+            protocol.send_400_response("Invalid HTTP request received.")
+        else:
+            try:
+                raise reason
+            except type(reason):
+                protocol.send_400_response("Invalid HTTP request received.")
+        return socket
+
+    socket = asyncio.run(refuse())
+    assert len(socket.writes) == 1
+    head, _, body = socket.writes[0].partition(b"\r\n\r\n")
+    return head, json.loads(body), socket
+
+
+def test_a_request_the_parser_refuses_is_answered_in_json_with_the_parsers_reason():
+    head, body, socket = refused(ValueError("invalid header token"))
+    assert body == {"error": "malformed HTTP request: invalid header token"}
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    assert head.split(b"\r\n") == [
+        b"HTTP/1.1 400 Bad Request",
+        b"date: " + DATE,
+        b"content-type: application/json",
+        b"content-length: " + str(len(raw)).encode(),
+        b"connection: close",
+    ]
+    assert socket.closed
+
+
+def test_a_method_the_parser_does_not_know_is_named_and_a_missing_space_is_malformed():
+    head, body, socket = refused(
+        httptools.HttpParserInvalidMethodError("Invalid method encountered")
+    )
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"
+    assert body == {"error": UNKNOWN_METHOD}
+    assert socket.closed
+    # llhttp words a known method without the space after it the same way: still malformed.
+    head, body, _ = refused(httptools.HttpParserInvalidMethodError("Expected space after method"))
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 400 Bad Request"
+    assert body == {"error": "malformed HTTP request: Expected space after method"}
+
+
+def test_a_refusal_without_a_reason_says_only_malformed():
+    assert refused(None)[1] == {"error": "malformed HTTP request"}
+    assert refused(ValueError(""))[1] == {"error": "malformed HTTP request"}
+
+
+@pytest.mark.parametrize("request_line", [b"FOO /v2 HTTP/1.1", b"GET /v2 HTTP/1.1 extra"])
+def test_bytes_the_parser_refuses_are_answered_in_one_write_and_the_connection_closed(
+    request_line,
+):
+    async def exchange() -> SocketTransport:
+        protocol, socket = connect(echo_app(lambda: None))
+        protocol.data_received(request_line + b"\r\nHost: t\r\n\r\n")
+        return socket
+
+    socket = asyncio.run(exchange())
+    assert len(socket.writes) == 1
+    assert socket.writes[0].startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert socket.closed

@@ -193,6 +193,18 @@ def test_a_turn_has_one_flush_scheduled_however_many_writes_it_makes():
     assert socket.aborted
 
 
+def test_what_is_held_is_dropped_when_the_connection_is_lost_before_it_goes():
+    socket, turns = SocketTransport(), Turns()
+    corked = CorkedTransport(socket, turns)  # type: ignore[arg-type]
+    corked.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    socket.closed = True  # the peer went away: the transport closed itself
+    turns.turn()  # SocketTransport refuses a write after close, as uvloop does
+    corked.write(b"a streamed chunk")
+    corked.close()  # uvicorn closes its side when the peer's end arrives
+    assert socket.writes == []
+    assert corked.get_write_buffer_size() == 0
+
+
 def test_closing_sends_what_is_held_first_and_aborting_drops_it():
     async def run() -> dict[str, SocketTransport]:
         sockets = {"close": SocketTransport(), "write_eof": SocketTransport()}

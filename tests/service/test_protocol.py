@@ -57,9 +57,12 @@ class SocketTransport:
         pass
 
 
-def connect(app) -> tuple[HttpProtocol, SocketTransport]:
-    """A connection to `app` (ASGI) through the service's protocol; call in a running loop."""
-    config = Config(app=app, http=HttpProtocol, lifespan="off", log_config=None)
+def connect(app, keep_alive: float = 5) -> tuple[HttpProtocol, SocketTransport]:
+    """A connection to `app` (ASGI) through the service's protocol, closed after
+    `keep_alive` seconds idle; call in a running loop."""
+    config = Config(
+        app=app, http=HttpProtocol, lifespan="off", log_config=None, timeout_keep_alive=keep_alive
+    )
     config.load()
     state = ServerState()
     state.default_headers = [(b"date", DATE)]
@@ -114,6 +117,117 @@ def test_each_response_reaches_the_socket_in_one_write_as_its_last_send_returns(
         assert write.startswith(b"HTTP/1.1 200 OK\r\n")
         assert write.endswith(b"\r\n\r\n" + body)
         assert b"date: " + DATE + b"\r\n" in write
+
+
+KEEP_ALIVE = 0.2  # seconds; the tests' sleeps are fractions of it
+REQUEST = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+
+
+async def answered(protocol: HttpProtocol, socket: SocketTransport) -> None:
+    """Send REQUEST and wait for its answer."""
+    before = len(socket.writes)
+    protocol.data_received(REQUEST)
+    await until(lambda: len(socket.writes) > before)
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_not_before():
+    async def exchange() -> tuple[bool, bool, float]:
+        loop = asyncio.get_running_loop()
+        protocol, socket = connect(echo_app(lambda: None), KEEP_ALIVE)
+        await answered(protocol, socket)
+        idle_from = loop.time()
+        await asyncio.sleep(KEEP_ALIVE * 0.6)
+        open_midway = not socket.closed
+        await asyncio.sleep(KEEP_ALIVE * 0.8)
+        return open_midway, socket.closed, loop.time() - idle_from
+
+    open_midway, closed, waited = asyncio.run(exchange())
+    assert open_midway
+    assert closed, f"still open {waited:.2f} s after its answer"
+
+
+def test_answers_in_a_row_share_one_keep_alive_timer():
+    async def exchange() -> list[bool]:
+        protocol, socket = connect(echo_app(lambda: None), KEEP_ALIVE)
+        await answered(protocol, socket)
+        timer = protocol.timeout_keep_alive_task
+        same = []
+        for _ in range(10):
+            await answered(protocol, socket)
+            same.append(protocol.timeout_keep_alive_task is timer)
+        return same
+
+    assert asyncio.run(exchange()) == [True] * 10
+
+
+def test_a_request_within_the_timeout_moves_the_close_to_its_own_answer():
+    async def exchange() -> list[bool]:
+        protocol, socket = connect(echo_app(lambda: None), KEEP_ALIVE)
+        closed = []
+        await answered(protocol, socket)
+        for _ in range(3):  # answers half a timeout apart: never idle for a whole one
+            await asyncio.sleep(KEEP_ALIVE * 0.5)
+            await answered(protocol, socket)
+            closed.append(socket.closed)
+        await asyncio.sleep(KEEP_ALIVE * 0.6)  # past the first answer's deadline, not the last's
+        closed.append(socket.closed)
+        await asyncio.sleep(KEEP_ALIVE * 0.8)
+        closed.append(socket.closed)
+        return closed
+
+    assert asyncio.run(exchange()) == [False, False, False, False, True]
+
+
+def test_a_connection_with_a_request_in_progress_is_not_closed_by_the_timer():
+    errors: list[dict] = []
+
+    async def exchange() -> tuple[bool, bool]:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, error: errors.append(error))
+        protocol, socket = connect(echo_app(lambda: None), KEEP_ALIVE)
+        await answered(protocol, socket)
+        protocol.data_received(REQUEST[:20])  # the next request, still arriving
+        await asyncio.sleep(KEEP_ALIVE * 1.5)
+        open_while_busy = not socket.closed
+        protocol.data_received(REQUEST[20:])
+        await until(lambda: len(socket.writes) == 2)
+        await asyncio.sleep(KEEP_ALIVE * 1.5)
+        return open_while_busy, socket.closed
+
+    assert asyncio.run(exchange()) == (True, True)
+    assert errors == []  # the timer fired while the request was in progress, quietly
+
+
+@pytest.mark.parametrize("error", [None, ConnectionResetError(104, "reset by peer")])
+def test_a_lost_connection_stops_its_keep_alive_timer(error):
+    """uvicorn closes its side when the peer's end arrives (no error), not after a reset."""
+
+    async def exchange() -> tuple[object, bool, bool]:
+        protocol, socket = connect(echo_app(lambda: None), KEEP_ALIVE)
+        await answered(protocol, socket)
+        timer = protocol.timeout_keep_alive_task
+        protocol.connection_lost(error)
+        return (
+            protocol.timeout_keep_alive_task,
+            timer is not None and timer.cancelled(),
+            socket.closed,
+        )
+
+    assert asyncio.run(exchange()) == (None, True, error is None)
+
+
+def test_pipelined_requests_are_answered_in_order_and_counted():
+    async def exchange() -> tuple[list[bytes], int]:
+        protocol, socket = connect(echo_app(lambda: None), KEEP_ALIVE)
+        first = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nfirst"
+        second = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nsecond"
+        protocol.data_received(first + second)  # both in one read: the second waits its turn
+        await until(lambda: len(socket.writes) == 2)
+        await answered(protocol, socket)
+        return socket.writes, protocol.server_state.total_requests
+
+    writes, total = asyncio.run(exchange())
+    assert [write.rpartition(b"\r\n\r\n")[2] for write in writes] == [b"first", b"second", b"hi"]
+    assert total == 3  # what uvicorn's --limit-max-requests counts
 
 
 def test_a_100_continue_goes_out_at_the_next_turn_while_the_app_waits_for_the_body():

@@ -418,3 +418,21 @@ def test_bytes_the_parser_refuses_are_answered_in_one_write_and_the_connection_c
     assert len(socket.writes) == 1
     assert socket.writes[0].startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert socket.closed
+
+
+def test_the_protocol_is_read_against_the_uvicorn_it_mirrors():
+    """HttpProtocol.on_response_complete repeats uvicorn 0.54's own steps but for the
+    keep-alive timer, and overrides its keep-alive hooks: another uvicorn release must be
+    read against it before it is locked."""
+    import inspect
+
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert uvicorn.__version__ == "0.54.0", (
+        "compare HttpToolsProtocol.on_response_complete, _unset_keepalive_if_required and "
+        "connection_lost with service.protocol.HttpProtocol, then update this version"
+    )
+    steps = inspect.getsource(HttpToolsProtocol.on_response_complete)
+    for step in ("total_requests += 1", "is_closing()", "resume_reading()", "pipeline.pop()"):
+        assert step in steps

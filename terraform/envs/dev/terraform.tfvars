@@ -28,7 +28,7 @@ min_capacity  = 1
 max_capacity  = 2
 
 cpu_target_percent = 70
-# Measured (README, "Performance", capture on, c=16): 5,505 and 10,205 requests/s per vCPU
+# Measured (README, "Performance", capture on, c=16): 5,505 and 10,081 requests/s per vCPU
 # with p99 under 15 ms in the two quiet runs (V2 JSON single, the slowest single-image
 # row); the slower run is the basis. 0.5 vCPU -> 2,750/s; aim at under half of that for
 # headroom (a Fargate vCPU is not the benchmark's core, and a new task takes a minute or

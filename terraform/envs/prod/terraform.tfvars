@@ -31,7 +31,7 @@ min_capacity  = 2
 max_capacity  = 8
 
 cpu_target_percent = 60
-# Measured (README, "Performance", capture on, c=16): 5,505 and 10,205 requests/s per vCPU
+# Measured (README, "Performance", capture on, c=16): 5,505 and 10,081 requests/s per vCPU
 # with p99 under 15 ms in the two quiet runs (V2 JSON single, the slowest single-image
 # row); the slower run is the basis. 1 vCPU -> 5,500/s; aim at under half of that for
 # headroom (a Fargate vCPU is not the benchmark's core, and a new task takes a minute or

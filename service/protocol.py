@@ -4,7 +4,7 @@ Three changes to uvicorn's httptools protocol, all invisible to the app: the req
 uvicorn refuses before the app sees them are answered in the service's JSON error shape,
 what one response writes leaves in one send (`CorkedTransport`), and a connection keeps
 one keep-alive timer instead of starting one for every response.
-`uvicorn service.asgi:app` runs uvicorn's own protocol, without either.
+`uvicorn service.asgi:app` runs uvicorn's own protocol, without any of them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """HTTP around the routes: request bodies and their content codings, bodies a route
-did not read, and query strings (below the app, the connection: service.protocol).
+did not read, query strings, and whether a request is alone on the server (below the
+app, the connection: service.protocol).
 """
 
 from __future__ import annotations
@@ -34,6 +35,21 @@ SUPPORTED_CODINGS = (*GZIP_CODINGS, DEFLATE_CODING, IDENTITY_CODING)
 # Every method some route answers (HEAD with GET, OPTIONS everywhere); a test keeps it
 # equal to the routes. A method neither llhttp nor Falcon knows is named as unknown.
 IMPLEMENTED_METHODS = ("GET", "HEAD", "OPTIONS", "POST")
+
+# The ASGI scope extension (ASGI HTTP connection scope, `extensions`) service.protocol adds
+# to every request: {"count": callable} giving the requests the server has in progress,
+# this one included.
+REQUESTS_IN_FLIGHT = "requests_in_flight"
+
+
+def alone(scope: dict) -> bool:
+    """Whether the server has no request in progress but this one (its
+    `REQUESTS_IN_FLIGHT` extension counts 1). False when the server does not say
+    (uvicorn's own protocol, a test client): every caller treats "not alone" as the safe
+    answer, which only costs time."""
+    extensions = scope.get("extensions")
+    in_flight = extensions.get(REQUESTS_IN_FLIGHT) if extensions else None
+    return in_flight is not None and in_flight["count"]() == 1
 
 
 # -- request bodies ------------------------------------------------------------

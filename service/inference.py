@@ -98,24 +98,25 @@ class Inference:
         self._metrics.model_info.labels(info.name, info.version, info.sha256).set(1)
         self._metrics.ready.set(1)
 
-    async def scores(self, batch: np.ndarray) -> np.ndarray:
-        """The first output for a batch shaped [N, *item_shape]."""
+    async def scores(self, batch: np.ndarray, alone: bool = False) -> np.ndarray:
+        """The first output for a batch shaped [N, *item_shape]; `alone` as for `run`."""
         model = self.model
         if self._batcher is not None:  # the hot path, without run()'s feeds dict and await
-            outputs = await self._batcher.submit(batch)
+            outputs = await self._batcher.submit(batch, alone)
         else:
             outputs = await self.run({model.input.name: batch})
         return outputs[model.outputs[0].name]
 
-    async def run(self, feeds: dict[str, np.ndarray]) -> Outputs:
+    async def run(self, feeds: dict[str, np.ndarray], alone: bool = False) -> Outputs:
         """Every output of the model for `feeds` (input name -> [N, *item_shape] array of
         the input's dtype), by output name, each [N, ...]. Through the dynamic batcher
         when batching is on (service.batching), else one call, on the event loop or in
-        the worker thread as the offload policy decided. Raises NotReady (503) before
-        the model is attached."""
+        the worker thread as the offload policy decided; `alone` (no other request in
+        progress) lets the batcher run the rows at once (Batcher.submit). Raises NotReady
+        (503) before the model is attached."""
         model = self.model
         if self._batcher is not None:
-            return await self._batcher.submit(feeds[model.input.name])
+            return await self._batcher.submit(feeds[model.input.name], alone)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         outputs = await loop.run_in_executor(self._executor, model.run, feeds)

@@ -1,9 +1,10 @@
 """HTTP/1.1 connections below the app: uvicorn's protocol as `python -m service` runs it.
 
-Three changes to uvicorn's httptools protocol, all invisible to the app: the requests
-uvicorn refuses before the app sees them are answered in the service's JSON error shape,
-what one response writes leaves in one send (`CorkedTransport`), and a connection keeps
-one keep-alive timer instead of starting one for every response.
+Four changes to uvicorn's httptools protocol: the requests uvicorn refuses before the
+app sees them are answered in the service's JSON error shape, what one response writes
+leaves in one send (`CorkedTransport`), a connection keeps one keep-alive timer instead
+of starting one for every response, and every request's scope tells the app how many
+requests the server has in progress (`service.http.REQUESTS_IN_FLIGHT`).
 `uvicorn service.asgi:app` runs uvicorn's own protocol, without any of them.
 """
 
@@ -18,7 +19,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.errors import InvalidInput, ServiceError, UnknownMethod
-from service.http import IMPLEMENTED_METHODS
+from service.http import IMPLEMENTED_METHODS, REQUESTS_IN_FLIGHT
 
 # llhttp's reason when a request line starts with no method it knows. It raises the same
 # error class, with another reason ("Expected space after method"), for a known method
@@ -120,6 +121,12 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
+        # One dict a connection, shared by its requests' scopes (the app only reads it).
+        self._extensions = {REQUESTS_IN_FLIGHT: {"count": self.tasks.__len__}}
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = self._extensions
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -16,7 +16,7 @@ from service import __version__, codec
 from service.admission import BodyBudget
 from service.capture import PredictionRecorder
 from service.errors import ModelNotFound, NotReady, NotServedThroughProxy, UnsupportedMediaType
-from service.http import read_body
+from service.http import alone, read_body
 from service.inference import Inference
 from service.jsonnumbers import NumberArrays
 from service.metrics import Metrics
@@ -134,7 +134,8 @@ class Predict(PredictionRoute):
             data = codec.predict_data(body, model.input.dtype, self._numbers)
             del body
             batch, single = model.as_batch(data)
-            scores = await self._inference.scores(batch)
+            lone = alone(req.scope)
+            scores = await self._inference.scores(batch, lone)
         send_json(resp, codec.encode_predict(scores, single, model.info))
         self._recorder.record(
             route="/predict",
@@ -143,9 +144,7 @@ class Predict(PredictionRoute):
             scores=scores,
             inputs=batch,
             latency_seconds=time.perf_counter() - started,
-            # No other prediction request holds the body budget, which this one has given
-            # back, as it is answered.
-            alone=not self._budget.held,
+            alone=lone,
         )
 
 
@@ -211,7 +210,8 @@ class ModelInfer(PredictionRoute):
                 body, header_length, model.inputs, model.outputs, self._numbers
             )
             del body
-            results = await self._inference.run(request.inputs)
+            lone = alone(req.scope)
+            results = await self._inference.run(request.inputs, lone)
         payload, json_length = codec.encode_infer(
             model.info.name,
             model.info.version,
@@ -233,7 +233,7 @@ class ModelInfer(PredictionRoute):
             scores=results[model.outputs[0].name],
             inputs=request.inputs.get(model.input.name),
             latency_seconds=time.perf_counter() - started,
-            alone=not self._budget.held,
+            alone=lone,
         )
 
 

@@ -28,10 +28,9 @@ class PredictionRecorder(Protocol):
         `route` is "/predict" or "/v2/infer"; `scores` the model's first output for the
         whole request, [batch, classes]; `inputs` the request's input, [batch,
         *item_shape], or None when it is not kept; `latency_seconds` from the request's
-        arrival to its answer; `alone` True when, as it was answered, no other prediction
-        request held the body budget (service.admission: from its body's read to its
-        answer), which the last of overlapping requests finds too. One record per row of
-        `scores`.
+        arrival to its answer; `alone` True when, as its model inputs were ready, the
+        server had no other request in progress (service.http.alone). One record per row
+        of `scores`.
         """
 
     async def start(self) -> None:

@@ -66,14 +66,13 @@ log = logging.getLogger("service.capture")
 # Counted in rows, not requests: a request of 256 images is 256 records.
 ENCODE_SLICE_ROWS = 32
 # While requests come one at a time, the encoder wakes at this many rows instead (a slice
-# still takes up to ENCODE_SLICE_ROWS): once this many answers in a row each found no
-# other prediction request holding the body budget (record()'s `alone`; one number for
-# both on purpose). The core has room then, and the request after a slice waits for it
-# however often slices come (1 in 32 or 1 in 8 is more than the 1% above the p99), so
+# still takes up to ENCODE_SLICE_ROWS): once this many requests in a row were each the
+# server's only one in progress (record()'s `alone`; one number for both on purpose).
+# The core has room then, and the request after a slice waits for it however often
+# slices come (1 in 32 or 1 in 8 is more than the 1% above the p99), so
 # what the p99 sees is the slice's length. p99 on / off at c=1 in two sets of alternated
 # runs (README, Performance): /predict single 1.33 and 1.12 with 32, 1.18 and 1.11 with 8;
-# V2 binary single 1.37 and 1.26 against 1.09 and 1.05. Overlapping requests' last answer
-# of a batch can be alone too, but not 8 answers in a row.
+# V2 binary single 1.37 and 1.26 against 1.09 and 1.05.
 ALONE_SLICE_ROWS = 8
 
 # How often wait_idle looks again.
@@ -145,8 +144,8 @@ class CaptureRecorder:
         self._disk = Worker("capture-disk")  # the spool: reads, writes, removes
         self._uploader = Worker("capture-upload")
         self._queue: deque[Pending] = deque()
-        # Answers in a row that each found no other prediction request holding the body
-        # budget as they were answered (record()'s `alone`).
+        # Requests in a row that were each the server's only one in progress (record()'s
+        # `alone`).
         self._alone_in_a_row = 0
         # Queued rows at which a slice is due (`_slice_due`): ENCODE_SLICE_ROWS, or
         # ALONE_SLICE_ROWS once ALONE_SLICE_ROWS answers in a row were alone. Kept as a

@@ -219,3 +219,106 @@ def test_requests_one_at_a_time_each_wake_the_idle_batcher(model, images, offloa
     for i, answer in enumerate(first + second):
         np.testing.assert_array_equal(answer, model.scores(images[i % 20 : i % 20 + 1]))
     assert seen == [1] * 25
+
+
+def _lone_batcher(run, *, executor=None, max_delay=0.0, seen=None) -> Batcher:
+    return Batcher(
+        run,
+        executor,
+        max_batch_size=16,
+        max_delay=max_delay,
+        observe=lambda rows, _: seen.append(rows) if seen is not None else None,
+    )
+
+
+def test_a_lone_request_runs_at_once_without_waiting_a_loop_turn(model, images):
+    """With no other request in progress, a model on the event loop runs the rows in the
+    caller: before anything the loop was asked to do at its next turn, with the same
+    scores, observed as a batch of its size."""
+    order: list[str] = []
+    seen: list[int] = []
+
+    def run(batch):
+        order.append("model")
+        return model.run({"Input3": batch})
+
+    async def scenario():
+        batcher = _lone_batcher(run, seen=seen)
+        answers = []
+        for rows in (images[:1], images[1:4]):
+            asyncio.get_running_loop().call_soon(order.append, "next turn")
+            answers.append((await batcher.submit(rows, alone=True))["Plus214_Output_0"])
+            order.append("answered")
+            await asyncio.sleep(0)
+        await batcher.close()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert order == ["model", "answered", "next turn"] * 2
+    assert seen == [1, 3]
+    np.testing.assert_array_equal(answers[0], model.scores(images[:1]))
+    np.testing.assert_array_equal(answers[1], model.scores(images[1:4]))
+
+
+def test_a_lone_request_waits_its_turn_behind_queued_rows(model, images):
+    """Rows queued before it (a request the server counted as not alone) go first, and
+    the lone request joins their batch."""
+    seen: list[int] = []
+
+    async def scenario():
+        batcher = _lone_batcher(lambda batch: model.run({"Input3": batch}), seen=seen)
+        queued = asyncio.ensure_future(batcher.submit(images[:2]))
+        await asyncio.sleep(0)  # the queued request submits; the drain task is woken
+        lone = await batcher.submit(images[2:3], alone=True)
+        first = await queued
+        await batcher.close()
+        return first["Plus214_Output_0"], lone["Plus214_Output_0"]
+
+    first, lone = asyncio.run(scenario())
+    assert seen == [3]
+    np.testing.assert_array_equal(first, model.scores(images[:2]))
+    np.testing.assert_array_equal(lone, model.scores(images[2:3]))
+
+
+@pytest.mark.parametrize("mode", ["thread", "delay"])
+def test_a_lone_request_is_batched_as_ever_in_a_thread_or_with_a_delay(model, images, mode):
+    """A model in the worker thread, or a delay set to gather rows (BATCH_MAX_DELAY_MS),
+    keeps the drain task's way: the model runs at a later turn, not in the caller."""
+    order: list[str] = []
+
+    def run(batch):
+        order.append("model")
+        return model.run({"Input3": batch})
+
+    async def scenario(executor):
+        batcher = _lone_batcher(run, executor=executor, max_delay=0.001 if mode == "delay" else 0.0)
+        asyncio.get_running_loop().call_soon(order.append, "next turn")
+        answer = await batcher.submit(images[:1], alone=True)
+        await batcher.close()
+        return answer["Plus214_Output_0"]
+
+    with ThreadPoolExecutor(1) as executor:
+        answer = asyncio.run(scenario(executor if mode == "thread" else None))
+    assert order == ["next turn", "model"]
+    np.testing.assert_array_equal(answer, model.scores(images[:1]))
+
+
+def test_a_lone_request_whose_model_fails_gets_the_error_and_the_next_is_served(model, images):
+    calls: list[int] = []
+
+    def run(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return model.run({"Input3": batch})
+
+    async def scenario():
+        batcher = _lone_batcher(run)
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit(images[:1], alone=True)
+        answer = await batcher.submit(images[1:2], alone=True)
+        await batcher.close()
+        return answer["Plus214_Output_0"]
+
+    np.testing.assert_array_equal(asyncio.run(scenario()), model.scores(images[1:2]))
+    assert calls == [1, 1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -11,6 +10,8 @@ import pytest
 from falcon import testing
 
 from service.app import create_app
+from service.batching import Batcher
+from service.http import REQUESTS_IN_FLIGHT
 from tests.service.conftest import ListRecorder
 
 ZEROS = [0.0] * 784
@@ -461,26 +462,49 @@ def test_the_recorder_gets_the_request_its_answer_and_its_latency(recorded, mnis
     assert record["inputs"].reshape(3, -1).tolist() == images.astype(np.float32).tolist()
     assert record["scores"].reshape(3, 10).argmax(axis=1).tolist() == result.json["predictions"]
     assert 0 < record["latency_seconds"] <= elapsed
-    assert record["alone"] is True  # no other request was in progress
 
 
-def test_the_recorder_is_told_which_answers_overlapped_others(settings, model, mnist_test_set):
-    """Requests in progress together are not `alone` while others still hold the body
-    budget; the last of them to be answered finds nothing else in progress and is."""
+def _in_flight(count: int) -> dict:
+    """ASGI scope extras: the server's count of requests in progress (service.protocol)."""
+    return {"extensions": {REQUESTS_IN_FLIGHT: {"count": lambda: count}}}
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/mnist-8/infer"])
+@pytest.mark.parametrize(
+    ("extras", "expected"),
+    [(_in_flight(1), True), (_in_flight(2), False), ({}, False)],
+    ids=["alone", "with-others", "server-does-not-say"],
+)
+def test_the_servers_count_tells_the_batcher_and_the_recorder_a_request_is_alone(
+    settings, model, mnist_test_set, monkeypatch, path, extras, expected
+):
+    """A request the server counts as its only one in progress goes to the batcher and
+    the recorder as alone (the batcher runs it at once, capture slices smaller); any
+    other count, or a server that does not count, is not alone."""
+    told: list[bool] = []
+    submit = Batcher.submit
+
+    async def spy(self, rows, alone=False):
+        told.append(alone)
+        return await submit(self, rows, alone)
+
+    monkeypatch.setattr(Batcher, "submit", spy)
     recorder = ListRecorder()
-    app = create_app(settings, model=model, recorder=recorder)
-    body = {"data": mnist_test_set[0][0].reshape(-1).tolist()}
-
-    async def scenario():
-        async with testing.ASGIConductor(app) as conductor:
-            answers = await asyncio.gather(
-                *(conductor.simulate_post("/predict", json=body) for _ in range(4))
-            )
-        return [answer.status_code for answer in answers]
-
-    assert asyncio.run(scenario()) == [200] * 4
-    alone = [record["alone"] for record in recorder.records]
-    assert len(alone) == 4 and False in alone and alone[-1] is True
+    client = testing.TestClient(create_app(settings, model=model, recorder=recorder))
+    pixels = mnist_test_set[0][0].reshape(-1).tolist()
+    body = (
+        {"data": pixels}
+        if path == "/predict"
+        else {
+            "inputs": [
+                {"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": pixels}
+            ]
+        }
+    )
+    answer = client.simulate_post(path, json=body, extras=extras)
+    assert answer.status_code == 200
+    assert told == [expected]
+    assert [record["alone"] for record in recorder.records] == [expected]
 
 
 def test_numbers_past_the_models_type_are_refused_without_a_numpy_warning(client):

@@ -12,6 +12,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from service.http import REQUESTS_IN_FLIGHT, alone
 from service.protocol import CorkedTransport, HttpProtocol
 from tests.service.test_http import UNKNOWN_METHOD
 
@@ -57,15 +58,19 @@ class SocketTransport:
         pass
 
 
-def connect(app, keep_alive: float = 5) -> tuple[HttpProtocol, SocketTransport]:
+def connect(
+    app, keep_alive: float = 5, state: ServerState | None = None
+) -> tuple[HttpProtocol, SocketTransport]:
     """A connection to `app` (ASGI) through the service's protocol, closed after
-    `keep_alive` seconds idle; call in a running loop."""
+    `keep_alive` seconds idle, on the server whose state is `state` (a new server's by
+    default); call in a running loop."""
     config = Config(
         app=app, http=HttpProtocol, lifespan="off", log_config=None, timeout_keep_alive=keep_alive
     )
     config.load()
-    state = ServerState()
-    state.default_headers = [(b"date", DATE)]
+    if state is None:
+        state = ServerState()
+        state.default_headers = [(b"date", DATE)]
     protocol = HttpProtocol(config=config, server_state=state, app_state={})
     socket = SocketTransport()
     protocol.connection_made(socket)  # type: ignore[arg-type]
@@ -228,6 +233,42 @@ def test_pipelined_requests_are_answered_in_order_and_counted():
     writes, total = asyncio.run(exchange())
     assert [write.rpartition(b"\r\n\r\n")[2] for write in writes] == [b"first", b"second", b"hi"]
     assert total == 3  # what uvicorn's --limit-max-requests counts
+
+
+def test_every_request_is_told_how_many_requests_the_server_has_in_progress():
+    """The scope's extension counts the server's requests not yet answered, every
+    connection's: a request read alone counts 1; two read in one turn, on two
+    connections, count 2 each; once they are answered, the next counts 1 again."""
+
+    async def exchange() -> list[tuple[int, bool]]:
+        seen: list[tuple[int, bool]] = []
+
+        async def app(scope, receive, send) -> None:
+            seen.append((scope["extensions"][REQUESTS_IN_FLIGHT]["count"](), alone(scope)))
+            await echo_app(lambda: None)(scope, receive, send)
+
+        state = ServerState()
+        state.default_headers = [(b"date", DATE)]
+        (one, one_socket), (two, two_socket) = connect(app, state=state), connect(app, state=state)
+        await answered(one, one_socket)
+        one.data_received(REQUEST)
+        two.data_received(REQUEST)
+        await until(lambda: len(one_socket.writes) == 2 and len(two_socket.writes) == 1)
+        await asyncio.sleep(0)  # uvicorn forgets a finished request at the next turn
+        await answered(two, two_socket)
+        return seen
+
+    assert asyncio.run(exchange()) == [(1, True), (2, False), (2, False), (1, True)]
+
+
+def test_a_scope_without_the_servers_count_is_never_alone():
+    """Under another server (uvicorn's own protocol, a test client) nothing says a
+    request is alone: the routes then take the way that is right under any load."""
+    assert alone({"type": "http"}) is False
+    assert alone({"type": "http", "extensions": {}}) is False
+    assert alone({"type": "http", "extensions": {"http.response.trailers": {}}}) is False
+    assert alone({"extensions": {REQUESTS_IN_FLIGHT: {"count": lambda: 1}}}) is True
+    assert alone({"extensions": {REQUESTS_IN_FLIGHT: {"count": lambda: 3}}}) is False
 
 
 def test_a_100_continue_goes_out_at_the_next_turn_while_the_app_waits_for_the_body():

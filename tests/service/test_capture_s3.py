@@ -67,6 +67,16 @@ class Load:
         for thread in self._threads:
             thread.join(timeout=60)
 
+    def wait_for_answers(self, count: int, timeout: float = 30.0) -> bool:
+        """Whether `count` record ids were answered within `timeout` seconds: a stall
+        detector, not a speed demand."""
+        deadline = time.monotonic() + timeout
+        while len(self.answered) < count:
+            if time.monotonic() > deadline or self.errors:
+                return False
+            time.sleep(0.02)
+        return True
+
     def _next(self) -> int | None:
         with self._lock:
             n = next(self._counter)
@@ -223,15 +233,17 @@ def test_s3_stopped_mid_load_and_restarted_still_yields_every_record(
     server = start_server(service_env(mnist8_path, tmp_path))
     try:
         with Load(server.url, images, threads=4) as load:
-            time.sleep(1.5)
+            assert load.wait_for_answers(100), load.errors
             durable_moto.kill()
-            answered_before_outage = len(load.answered)
-            time.sleep(4)
-            answered_during_outage = len(load.answered) - answered_before_outage
+            outage_started = time.monotonic()
+            # Answers go on while S3 is down (100 more), and the outage lasts long enough
+            # for parts to fail their upload and go to the spool (4 s: 1 s flushes).
+            kept_answering = load.wait_for_answers(len(load.answered) + 100)
+            time.sleep(max(0.0, 4 - (time.monotonic() - outage_started)))
             durable_moto.restart()
-            time.sleep(1.5)
+            assert load.wait_for_answers(len(load.answered) + 100), load.errors
         assert load.errors == [], "the service failed requests while S3 was down"
-        assert answered_during_outage > 100, "the service stalled while S3 was down"
+        assert kept_answering, "the service stalled while S3 was down"
         ids = wait_for_records(len(load.answered), timeout=30)
         metrics = urllib.request.urlopen(server.url + "/metrics", timeout=5).read().decode()
     finally:
@@ -270,12 +282,13 @@ def test_sigterm_during_load_leaves_a_record_for_every_answered_request(
 ):
     server = start_server(service_env(mnist8_path, tmp_path))
     with Load(server.url, images, threads=8) as load:
-        time.sleep(1.5)
+        assert load.wait_for_answers(100), (
+            load.errors
+        )  # requests in flight, and records not yet stored
         server.process.send_signal(signal.SIGTERM)
         load.wait()
     assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
     ids = captured_ids()
-    assert len(load.answered) > 100
     assert len(ids) == len(set(ids)), "a record was written twice"
     assert set(load.answered) <= set(ids), "an answered request left no record"
     assert set(ids) <= set(load.sent)

@@ -282,9 +282,8 @@ def test_sigterm_during_load_leaves_a_record_for_every_answered_request(
 ):
     server = start_server(service_env(mnist8_path, tmp_path))
     with Load(server.url, images, threads=8) as load:
-        assert load.wait_for_answers(100), (
-            load.errors
-        )  # requests in flight, and records not yet stored
+        # Requests in flight at the signal, and records not yet stored.
+        assert load.wait_for_answers(100), load.errors
         server.process.send_signal(signal.SIGTERM)
         load.wait()
     assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)

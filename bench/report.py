@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import capture_read, count
-from bench.run import CAPTURE_OFF, SINGLE_ROW, Measurement, Results
+from bench.run import CAPTURE_OFF, CAPTURE_ON, SINGLE_ROW, Measurement, Results
 from bench.steal import StealGate
 
 REFERENCE_CONCURRENCY = 16
@@ -433,7 +433,7 @@ def summary(results: Results) -> str:
         *_ratio_lines(found),
         "",
         *_target_lines(targets(results, found)),
-        *_spread_lines(run_spread(results)),
+        *_spread_lines(run_spread(results), results),
         *_steal_lines(results.steal),
         "",
     ]
@@ -480,14 +480,17 @@ def _target_lines(found: list[Target]) -> list[str]:
     return lines
 
 
-def _spread_lines(spread: tuple[float, str, int] | None) -> list[str]:
+def _spread_lines(spread: tuple[float, str, int] | None, results: Results) -> list[str]:
     if spread is None:
         return []
     ratio, row, level = spread
-    return [
+    line = (
         f"the machine's own moves: capture-off runs of one level differed by up to {ratio:.2f}x "
-        f"({row} at c={level}); a capture ratio nearer its goal than that is within the noise"
-    ]
+        f"({row} at c={level})"
+    )
+    if any(m.capture == CAPTURE_ON for m in results.measurements):
+        line += "; a capture ratio nearer its goal than that is within the noise"
+    return [line]
 
 
 def _steal_lines(gate: StealGate | None) -> list[str]:

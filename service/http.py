@@ -37,16 +37,18 @@ SUPPORTED_CODINGS = (*GZIP_CODINGS, DEFLATE_CODING, IDENTITY_CODING)
 IMPLEMENTED_METHODS = ("GET", "HEAD", "OPTIONS", "POST")
 
 # The ASGI scope extension (ASGI HTTP connection scope, `extensions`) service.protocol adds
-# to every request: {"count": callable} giving the requests the server has in progress,
-# this one included.
+# to every request: {"count": callable} giving the server process's request tasks not yet
+# done, this request's included (uvicorn's ServerState.tasks: every connection's and
+# every route's; a pipelined request queued behind another has no task yet, and a
+# finished one leaves the count at the event loop's next turn).
 REQUESTS_IN_FLIGHT = "requests_in_flight"
 
 
 def alone(scope: dict) -> bool:
-    """Whether the server has no request in progress but this one (its
-    `REQUESTS_IN_FLIGHT` extension counts 1). False when the server does not say
-    (uvicorn's own protocol, a test client): every caller treats "not alone" as the safe
-    answer, which only costs time."""
+    """Whether this request is the only one its server process is working on (the
+    `REQUESTS_IN_FLIGHT` extension counts 1; with several workers, each counts its
+    own). False when the server does not say (uvicorn's own protocol, a test client):
+    every caller treats "not alone" as the safe answer, which only costs time."""
     extensions = scope.get("extensions")
     in_flight = extensions.get(REQUESTS_IN_FLIGHT) if extensions else None
     return in_flight is not None and in_flight["count"]() == 1

@@ -95,8 +95,8 @@ class CorkedTransport:
 
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with each response sent in one write, one keep-alive
-    timer a connection rather than one a request, and the requests it cannot parse
-    answered in JSON.
+    timer a connection rather than one a request, the requests it cannot parse answered
+    in JSON, and the count of the server's requests in every request's scope.
 
     Keep-alive: uvicorn closes a connection `timeout_keep_alive` seconds after its last
     response unless data comes first, and does it by cancelling a timer on every request
@@ -113,6 +113,12 @@ class HttpProtocol(HttpToolsProtocol):
     it; here that answer has the service's `{"error": ...}` shape, and says which methods
     the service implements when the request line starts with no method llhttp knows (a
     400, not RFC 9110's 501: see UnknownMethod).
+
+    Requests in progress: every request's scope carries the `REQUESTS_IN_FLIGHT`
+    extension, whose count is uvicorn's `ServerState.tasks` (the server's request tasks
+    not yet done, every connection's, this request's included). A request that counts 1
+    is alone: the model can run it at once instead of waiting a turn of the event loop
+    for others to batch with (service.batching).
     """
 
     # The event loop's time when the connection's last response completed with nothing

@@ -84,12 +84,14 @@ def test_concurrent_callers_each_get_their_own_rows(model, images, max_delay):
     assert max(seen) <= 16 and len(seen) < len(requests), "requests were merged"
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["queued", "alone"])
 @pytest.mark.parametrize("offload", [False, True], ids=["inline", "thread"])
 def test_a_request_larger_than_a_batch_runs_in_calls_of_at_most_a_batch(
-    mnist8_path, batched_copy, images, offload
+    mnist8_path, batched_copy, images, offload, alone
 ):
     """256 rows with max_batch_size 64: four model calls of 64, the answer the same scores
-    in the same order as one call of 256 (what bounds the arena's memory)."""
+    in the same order as one call of 256 (what bounds the arena's memory), whether the
+    drain task runs them or the request alone on the server does."""
     model = OnnxModel(mnist8_path, ModelInfo("m", "v", "0" * 64), batched_path=batched_copy.path)
     calls: list[int] = []
 
@@ -100,7 +102,7 @@ def test_a_request_larger_than_a_batch_runs_in_calls_of_at_most_a_batch(
     async def scenario():
         with ThreadPoolExecutor(1) as executor:
             batcher = Batcher(run, executor if offload else None, max_batch_size=64, max_delay=0)
-            answer = await batcher.submit(images[:256])
+            answer = await batcher.submit(images[:256], alone=alone)
             await batcher.close()
             return answer["Plus214_Output_0"]
 

@@ -236,7 +236,7 @@ def test_pipelined_requests_are_answered_in_order_and_counted():
 
 
 def test_every_request_is_told_how_many_requests_the_server_has_in_progress():
-    """The scope's extension counts the server's requests not yet answered, every
+    """The scope's extension counts the server's request tasks not yet done, every
     connection's: a request read alone counts 1; two read in one turn, on two
     connections, count 2 each; once they are answered, the next counts 1 again."""
 

@@ -103,6 +103,11 @@ class Batcher:
                         outputs = await loop.run_in_executor(
                             self._executor, self._run_bounded, batch
                         )
+                except asyncio.CancelledError:  # close() while the batch ran in the thread
+                    for _, future in taken:
+                        if not future.done():
+                            future.set_exception(NotReady())
+                    raise
                 except Exception as exc:
                     for _, future in taken:
                         if not future.done():
@@ -150,7 +155,9 @@ class Batcher:
         return taken
 
     async def close(self) -> None:
-        """Stop the drain task; callers still waiting get NotReady."""
+        """Stop the drain task; callers still waiting get NotReady, those of a batch the
+        worker thread is running included (the thread finishes it; its answer is
+        dropped)."""
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()

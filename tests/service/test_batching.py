@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -324,3 +326,192 @@ def test_a_lone_request_whose_model_fails_gets_the_error_and_the_next_is_served(
 
     np.testing.assert_array_equal(asyncio.run(scenario()), model.scores(images[1:2]))
     assert calls == [1, 1]
+
+
+# -- how the drain task forms batches, with a model that doubles its input -----------
+
+
+class Doubler:
+    """A model whose output is its input doubled: records each call's rows and thread."""
+
+    def __init__(self, block: threading.Event | None = None) -> None:
+        self.calls: list[np.ndarray] = []
+        self.threads: list[str] = []
+        self._block = block
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._block is not None:
+            assert self._block.wait(10), "the test never released the model"
+        self.calls.append(batch)
+        self.threads.append(threading.current_thread().name)
+        return {"y": batch * 2}
+
+
+def _rows(count: int, width: int = 3, dtype=np.float32, start: int = 0) -> np.ndarray:
+    return np.arange(start, start + count * width, dtype=dtype).reshape(count, width)
+
+
+async def _answers(batcher: Batcher, requests: list[np.ndarray]) -> list[np.ndarray]:
+    answers = await asyncio.gather(*(batcher.submit(rows) for rows in requests))
+    return [answer["y"] for answer in answers]
+
+
+def test_requests_fill_a_batch_to_exactly_its_size_counted_in_rows():
+    """Requests of 2, 1 and 1 rows read in one turn with BATCH_MAX_SIZE 4 make one batch
+    of exactly 4 rows; the next request starts the next batch; every caller gets its
+    own rows back, and the inference time observed is a duration of this run."""
+    model, seen = Doubler(), []
+    requests = [_rows(2), _rows(1, start=6), _rows(1, start=9), _rows(3, start=12)]
+
+    async def scenario():
+        batcher = Batcher(
+            model, None, max_batch_size=4, max_delay=0, observe=lambda r, s: seen.append((r, s))
+        )
+        answers = await _answers(batcher, requests)
+        await batcher.close()
+        return answers
+
+    started = time.perf_counter()
+    answers = asyncio.run(scenario())
+    elapsed = time.perf_counter() - started
+    assert [len(call) for call in model.calls] == [4, 3]
+    assert [rows for rows, _ in seen] == [4, 3]
+    assert all(0 <= seconds <= elapsed for _, seconds in seen)
+    for rows, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer, rows * 2)
+
+
+def test_requests_of_other_item_shapes_or_dtypes_never_share_a_batch():
+    model = Doubler()
+    requests = [_rows(1), _rows(1, width=5), _rows(1, dtype=np.float64), _rows(1, start=3)]
+
+    async def scenario():
+        batcher = Batcher(model, None, max_batch_size=16, max_delay=0)
+        answers = await _answers(batcher, requests)
+        await batcher.close()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [call.shape for call in model.calls] == [(1, 3), (1, 5), (1, 3), (1, 3)]
+    assert [call.dtype for call in model.calls][2] == np.float64
+    for rows, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer, rows * 2)
+
+
+def test_a_batch_size_of_one_runs_every_request_alone():
+    model = Doubler()
+
+    async def scenario():
+        batcher = Batcher(model, None, max_batch_size=1, max_delay=0)
+        await _answers(batcher, [_rows(1), _rows(1), _rows(1)])
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert [len(call) for call in model.calls] == [1, 1, 1]
+
+
+def test_the_delay_is_waited_only_while_a_batch_is_not_full(monkeypatch):
+    """BATCH_MAX_DELAY_MS: a batch short of its size waits the delay once for more rows;
+    a full one runs at once, and so does each batch after it (rows counted as they are
+    queued and taken)."""
+    waits: list[float] = []
+    sleep = asyncio.sleep
+
+    async def recorded_sleep(seconds, *args):
+        waits.append(seconds)
+        await sleep(0)
+
+    monkeypatch.setattr("service.batching.asyncio.sleep", recorded_sleep)
+    model = Doubler()
+
+    async def scenario():
+        batcher = Batcher(model, None, max_batch_size=4, max_delay=0.5)
+        await _answers(batcher, [_rows(1), _rows(3)])  # full: no wait
+        full = list(waits)
+        await _answers(batcher, [_rows(2), _rows(2)])  # full again, after a batch
+        again = list(waits)
+        await _answers(batcher, [_rows(3)])  # short of 4: one wait
+        await batcher.close()
+        return full, again, list(waits)
+
+    full, again, short = asyncio.run(scenario())
+    assert (full, again, short) == ([], [], [0.5])
+    assert [len(call) for call in model.calls] == [4, 4, 3]
+
+
+@pytest.mark.parametrize("in_thread", [True, False], ids=["thread", "event-loop"])
+def test_a_model_runs_in_the_worker_thread_or_on_the_event_loops(in_thread):
+    model = Doubler()
+
+    async def scenario(executor):
+        batcher = Batcher(model, executor, max_batch_size=4, max_delay=0)
+        await _answers(batcher, [_rows(1)])
+        await batcher.close()
+
+    if in_thread:
+        with ThreadPoolExecutor(1, thread_name_prefix="inference") as executor:
+            asyncio.run(scenario(executor))
+        assert model.threads[0].startswith("inference")
+    else:
+        asyncio.run(scenario(None))
+        assert model.threads == [threading.current_thread().name]
+
+
+def test_requests_that_come_while_a_batch_runs_in_the_thread_make_the_next_batch():
+    """The drain task stays the same task through idle spells and busy ones: a request
+    submitted while the worker thread runs a batch is answered by the next batch."""
+    release = threading.Event()
+    model = Doubler(block=release)
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(model, executor, max_batch_size=4, max_delay=0)
+            first = asyncio.ensure_future(batcher.submit(_rows(1)))
+            await asyncio.sleep(0.05)  # the first batch is in the thread, blocked
+            drain = batcher._task
+            second = asyncio.ensure_future(batcher.submit(_rows(2, start=3)))
+            await asyncio.sleep(0)
+            release.set()
+            answers = [(await first)["y"], (await second)["y"]]
+            await asyncio.sleep(0)  # the drain task goes idle
+            third = (await batcher.submit(_rows(1, start=9)))["y"]
+            same_task = batcher._task is drain
+            await batcher.close()
+            return answers, third, same_task
+
+    (first, second), third, same_task = asyncio.run(scenario())
+    np.testing.assert_array_equal(first, _rows(1) * 2)
+    np.testing.assert_array_equal(second, _rows(2, start=3) * 2)
+    np.testing.assert_array_equal(third, _rows(1, start=9) * 2)
+    assert same_task
+    assert [len(call) for call in model.calls] == [1, 2, 1]
+
+
+def test_closing_fails_queued_callers_with_not_ready_and_the_batcher_serves_again():
+    """close() while a batch runs in the thread: its caller and the callers still queued
+    get NotReady (503), none is left waiting; a request after it, on the same event
+    loop, is served by a new drain task."""
+    from service.errors import NotReady
+
+    release = threading.Event()
+    model = Doubler(block=release)
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = Batcher(model, executor, max_batch_size=1, max_delay=0)
+            running = asyncio.ensure_future(batcher.submit(_rows(1)))
+            await asyncio.sleep(0.05)  # the first batch is in the thread, blocked
+            queued = [asyncio.ensure_future(batcher.submit(_rows(1))) for _ in range(2)]
+            await asyncio.sleep(0)
+            await batcher.close()
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(running, *queued, return_exceptions=True), 5
+            )
+            release.set()
+            again = await asyncio.wait_for(batcher.submit(_rows(1, start=6)), 5)
+            await batcher.close()
+            return outcomes, again["y"]
+
+    outcomes, again = asyncio.run(scenario())
+    assert [type(outcome) for outcome in outcomes] == [NotReady, NotReady, NotReady]
+    np.testing.assert_array_equal(again, _rows(1, start=6) * 2)

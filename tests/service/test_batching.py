@@ -247,7 +247,9 @@ def test_a_lone_request_runs_at_once_without_waiting_a_loop_turn(model, images):
         return model.run({"Input3": batch})
 
     async def scenario():
-        batcher = _lone_batcher(run, seen=seen)
+        batcher = Batcher(
+            run, None, max_batch_size=16, max_delay=0, observe=lambda r, t: seen.append((r, t))
+        )
         answers = []
         for rows in (images[:1], images[1:4]):
             asyncio.get_running_loop().call_soon(order.append, "next turn")
@@ -257,9 +259,12 @@ def test_a_lone_request_runs_at_once_without_waiting_a_loop_turn(model, images):
         await batcher.close()
         return answers
 
+    started = time.perf_counter()
     answers = asyncio.run(scenario())
+    elapsed = time.perf_counter() - started
     assert order == ["model", "answered", "next turn"] * 2
-    assert seen == [1, 3]
+    assert [rows for rows, _ in seen] == [1, 3]
+    assert all(0 <= seconds <= elapsed for _, seconds in seen)
     np.testing.assert_array_equal(answers[0], model.scores(images[:1]))
     np.testing.assert_array_equal(answers[1], model.scores(images[1:4]))
 
@@ -466,6 +471,10 @@ def test_requests_that_come_while_a_batch_runs_in_the_thread_make_the_next_batch
     async def scenario():
         with ThreadPoolExecutor(1) as executor:
             batcher = Batcher(model, executor, max_batch_size=4, max_delay=0)
+            release.set()
+            await batcher.submit(_rows(1, start=30))  # then the drain task goes idle
+            await asyncio.sleep(0)
+            release.clear()
             first = asyncio.ensure_future(batcher.submit(_rows(1)))
             await asyncio.sleep(0.05)  # the first batch is in the thread, blocked
             drain = batcher._task
@@ -484,7 +493,7 @@ def test_requests_that_come_while_a_batch_runs_in_the_thread_make_the_next_batch
     np.testing.assert_array_equal(second, _rows(2, start=3) * 2)
     np.testing.assert_array_equal(third, _rows(1, start=9) * 2)
     assert same_task
-    assert [len(call) for call in model.calls] == [1, 2, 1]
+    assert [len(call) for call in model.calls] == [1, 1, 2, 1]
 
 
 def test_closing_fails_queued_callers_with_not_ready_and_the_batcher_serves_again():
@@ -515,3 +524,24 @@ def test_closing_fails_queued_callers_with_not_ready_and_the_batcher_serves_agai
     outcomes, again = asyncio.run(scenario())
     assert [type(outcome) for outcome in outcomes] == [NotReady, NotReady, NotReady]
     np.testing.assert_array_equal(again, _rows(1, start=6) * 2)
+
+
+def test_a_drain_task_that_ended_is_started_again_on_the_same_loop():
+    """Whatever ends the drain task (a cancellation from outside), the next request on
+    the same event loop starts a new one and is answered."""
+    model = Doubler()
+
+    async def scenario():
+        batcher = Batcher(model, None, max_batch_size=4, max_delay=0)
+        await batcher.submit(_rows(1))
+        ended = batcher._task
+        ended.cancel()
+        await asyncio.sleep(0)
+        answer = await asyncio.wait_for(batcher.submit(_rows(1, start=3)), 5)
+        restarted = batcher._task is not ended
+        await batcher.close()
+        return answer["y"], ended.cancelled(), restarted
+
+    answer, cancelled, restarted = asyncio.run(scenario())
+    np.testing.assert_array_equal(answer, _rows(1, start=3) * 2)
+    assert cancelled and restarted

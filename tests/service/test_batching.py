@@ -113,7 +113,10 @@ def test_a_request_larger_than_a_batch_runs_in_calls_of_at_most_a_batch(
     np.testing.assert_array_equal(scores, model.scores(images[:256]))
 
 
-def test_a_failing_batch_fails_its_callers_only(model, images):
+@pytest.mark.parametrize("alone", [False, True], ids=["queued", "alone"])
+def test_a_failing_batch_fails_its_callers_only(model, images, alone):
+    """The model's error reaches the callers of its batch, and the next request is
+    served: through the drain task, and for a request alone on the server."""
     calls = []
 
     def run(batch):
@@ -124,15 +127,17 @@ def test_a_failing_batch_fails_its_callers_only(model, images):
 
     async def scenario():
         with ThreadPoolExecutor(1) as executor:
-            batcher = Batcher(run, executor, max_batch_size=1, max_delay=0)
-            first = await asyncio.gather(batcher.submit(images[:1]), return_exceptions=True)
-            second = await batcher.submit(images[1:2])
+            batcher = Batcher(run, None if alone else executor, max_batch_size=1, max_delay=0)
+            first = await asyncio.gather(
+                batcher.submit(images[:1], alone=alone), return_exceptions=True
+            )
+            second = await batcher.submit(images[1:2], alone=alone)
             await batcher.close()
             return first, second
 
     first, second = asyncio.run(scenario())
-    assert isinstance(first[0], RuntimeError)
-    assert second["Plus214_Output_0"].shape == (1, 10)
+    assert isinstance(first[0], RuntimeError) and calls == [1, 1]
+    np.testing.assert_array_equal(second["Plus214_Output_0"], model.scores(images[1:2]))
 
 
 def test_batched_copy_model_gives_identical_scores(mnist8_path, batched_copy, images):
@@ -310,27 +315,6 @@ def test_a_lone_request_is_batched_as_ever_in_a_thread_or_with_a_delay(model, im
         answer = asyncio.run(scenario(executor if mode == "thread" else None))
     assert order == ["next turn", "model"]
     np.testing.assert_array_equal(answer, model.scores(images[:1]))
-
-
-def test_a_lone_request_whose_model_fails_gets_the_error_and_the_next_is_served(model, images):
-    calls: list[int] = []
-
-    def run(batch):
-        calls.append(len(batch))
-        if len(calls) == 1:
-            raise RuntimeError("boom")
-        return model.run({"Input3": batch})
-
-    async def scenario():
-        batcher = _lone_batcher(run)
-        with pytest.raises(RuntimeError, match="boom"):
-            await batcher.submit(images[:1], alone=True)
-        answer = await batcher.submit(images[1:2], alone=True)
-        await batcher.close()
-        return answer["Plus214_Output_0"]
-
-    np.testing.assert_array_equal(asyncio.run(scenario()), model.scores(images[1:2]))
-    assert calls == [1, 1]
 
 
 # -- how the drain task forms batches, with a model that doubles its input -----------

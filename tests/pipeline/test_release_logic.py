@@ -55,18 +55,24 @@ from service.app import create_app
 from tests.pipeline.inprocess import Clock, Endpoints
 from tests.pipeline.test_rollout import (
     ACCOUNT,
+    AFTER,
+    BEFORE,
     BOOTSTRAP,
     CIRCUIT_BREAKER,
     CLUSTER,
+    EVENTS,
     FAMILY,
     NEXT,
+    PULL_FAILED,
     RELEASED,
     SERVICE,
+    UPDATED_AT,
     ScriptedEcs,
     deployment,
     environment,
     offline_client,
     service,
+    with_events,
 )
 from tests.service.conftest import MNIST8_SHA256, model, settings  # noqa: F401 (fixtures)
 
@@ -2468,3 +2474,332 @@ def test_a_release_that_cannot_run_again_is_shipped_again_from_its_code(tmp_path
     )
     for target, latest in (({}, {"git_sha": new}), ({"git_sha": old}, {}), ({"git_sha": old},) * 2):
         assert release_module._ship_again(env, target, latest) == generic
+
+
+# -- waiting for a rollout: what the cases above leave out -----------------------------
+
+
+def test_a_wait_that_only_ever_got_errors_ends_naming_the_last_one(scripted, clock):
+    """No answer came before the bound, so there are no service events to quote: the
+    message ends with the last ECS error."""
+    scripted.throttled()
+    scripted.throttled()
+    ecs = Ecs(scripted.client, poll_seconds=10, sleep=clock.sleep)
+    with pytest.raises(ReleaseError) as raised:
+        ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=10)
+    assert str(raised.value) == (
+        f"deployment ecs-svc/0002 of {RELEASED} did not complete within 10 s; last ECS error: "
+        "An error occurred (ThrottlingException) when calling the DescribeServices operation: "
+        "Rate exceeded"
+    )
+
+
+def test_an_http_429_is_asked_again_whatever_its_error_code(scripted, clock):
+    """HTTP 429 (Too Many Requests) is throttling even under an error code botocore's
+    throttling list does not name."""
+    scripted.stubber.add_client_error("describe_services", "RateLimited", "slow down", 429)
+    scripted.describe(
+        service(RELEASED, deployment("ecs-svc/0002", RELEASED, "PRIMARY", "COMPLETED"))
+    )
+    ecs = Ecs(scripted.client, poll_seconds=10, sleep=clock.sleep)
+    ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", RELEASED, timeout=900)
+    assert clock.slept == [10]
+
+
+def test_an_update_answered_without_the_deployments_creation_time_is_followed(scripted):
+    """The Deployment shape does not require `createdAt`: the update still names the
+    deployment, and the wait follows it to COMPLETED."""
+    ours = deployment("ecs-svc/0002", NEXT, "PRIMARY", "IN_PROGRESS")
+    del ours["createdAt"]
+    scripted.updated(service(NEXT, ours))
+    scripted.describe(service(NEXT, {**ours, "rolloutState": "COMPLETED"}))
+    ecs = scripted.ecs()
+    assert ecs.update(CLUSTER, SERVICE, NEXT) == "ecs-svc/0002"
+    ecs.wait_for_rollout(CLUSTER, SERVICE, "ecs-svc/0002", NEXT, timeout=5)
+
+
+def test_a_deployment_replaced_after_our_update_quotes_the_events_since_the_update(scripted):
+    """ECS lists ours no more and a newer one instead (a rollback, or someone's update): why
+    is in the service's events since our update, and only those are quoted."""
+    ours = "ecs-svc/0002"
+    scripted.updated(
+        service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "IN_PROGRESS", created=UPDATED_AT))
+    )
+    newer = deployment("ecs-svc/0003", BOOTSTRAP, "PRIMARY", "IN_PROGRESS", created=AFTER)
+    scripted.describe(with_events(service(BOOTSTRAP, newer), EVENTS[1], EVENTS[4]))
+    ecs = scripted.ecs()
+    ecs.update(CLUSTER, SERVICE, RELEASED)
+    with pytest.raises(ReleaseError) as raised:
+        ecs.wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
+    assert str(raised.value) == (
+        f"deployment {ours} is no longer the service's primary deployment (now ecs-svc/0003 "
+        f"on {BOOTSTRAP}); ECS rolled it back or another deployment started; ECS's latest "
+        f"service events: {EVENTS[1][1]}"
+    )
+
+
+def test_a_deployment_created_the_moment_ours_was_is_not_a_view_from_before_the_update(
+    scripted,
+):
+    """Only an answer listing deployments all created before ours is ECS's view from before
+    the update; one created at the same moment is another update, so the wait fails at once
+    instead of waiting for ours to appear."""
+    ours = "ecs-svc/0002"
+    scripted.updated(
+        service(RELEASED, deployment(ours, RELEASED, "PRIMARY", "IN_PROGRESS", created=UPDATED_AT))
+    )
+    other = deployment("ecs-svc/0003", BOOTSTRAP, "PRIMARY", "IN_PROGRESS", created=UPDATED_AT)
+    scripted.describe(service(BOOTSTRAP, other))
+    ecs = scripted.ecs()
+    ecs.update(CLUSTER, SERVICE, RELEASED)
+    with pytest.raises(ReleaseError, match="no longer the service's primary deployment"):
+        ecs.wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=0)
+
+
+def test_the_events_quoted_start_at_our_deployments_creation_and_include_undated_ones(
+    scripted,
+):
+    """The ServiceEvent shape does not require `createdAt`: an event without it may be ours
+    and is quoted; so is one made the moment our deployment was, not one before it."""
+    ours = "ecs-svc/0002"
+    started = "(service onnx-ship-dev) has started 1 tasks: (task 5e2f)."
+    failed = deployment(ours, RELEASED, "PRIMARY", "FAILED", CIRCUIT_BREAKER, created=UPDATED_AT)
+    answer = with_events(service(RELEASED, failed), (UPDATED_AT, started), (BEFORE, "earlier"))
+    answer["events"].insert(0, {"id": "undated", "message": PULL_FAILED})
+    scripted.describe(answer)
+    with pytest.raises(ReleaseError) as raised:
+        scripted.ecs().wait_for_rollout(CLUSTER, SERVICE, ours, RELEASED, timeout=5)
+    assert str(raised.value) == (
+        f"ECS marked deployment {ours} failed: {CIRCUIT_BREAKER}; ECS's latest service events: "
+        f"{PULL_FAILED} | {started}"
+    )
+
+
+# -- what ECS describes without the fields it need not give ----------------------------
+
+
+def test_a_paused_environment_is_found_with_the_environments_ecs(scripted, tmp_path):
+    env = environment(BASE, tmp_path)
+    scripted.describe({**service(RELEASED), "desiredCount": 0})
+    with ecs_of_the_environment(scripted), pytest.raises(ReleaseError, match="dev is paused"):
+        refuse_paused(env)
+
+
+def test_a_revision_described_without_a_status_can_be_rolled_back_to(scripted, tmp_path):
+    """The TaskDefinition shape does not require `status`: only a status other than ACTIVE
+    stops a rollback."""
+    env = environment(BASE, tmp_path)
+    records.write(env.records_url, succeeded("20260101T000000Z-cccccccccccc", RELEASED))
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", NEXT))
+    scripted.stubber.add_response(
+        "describe_task_definition",
+        {
+            "taskDefinition": {
+                "taskDefinitionArn": RELEASED,
+                "family": FAMILY,
+                "containerDefinitions": [{"name": "server", "image": "img"}],
+            }
+        },
+        {"taskDefinition": RELEASED},
+    )
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    assert rollback(env, ecs=scripted.ecs(), say=lambda m: None)["task_definition"] == RELEASED
+
+
+def test_a_revision_described_without_containers_names_the_container_output(scripted):
+    scripted.stubber.add_response(
+        "describe_task_definition",
+        {"taskDefinition": {"taskDefinitionArn": RELEASED, "family": FAMILY}},
+        {"taskDefinition": RELEASED},
+    )
+    with pytest.raises(ReleaseError) as raised:
+        scripted.ecs().container(RELEASED, "server")
+    assert str(raised.value) == (
+        f"{RELEASED} has no container 'server': check the container_name output"
+    )
+
+
+def test_status_of_a_service_without_deployments_running_a_container_without_variables(
+    scripted, endpoints, tmp_path
+):
+    """A service ECS describes without `deployments`, whose revision's container has no
+    `environment` (neither is required): no rollout, no model, no commit."""
+    env = environment(BASE, tmp_path)
+    scripted.describe({k: v for k, v in service(BOOTSTRAP).items() if k != "deployments"})
+    scripted.revision(BOOTSTRAP)  # its container "server" runs "img", with no variables
+    report = status(env, ecs=scripted.ecs())
+    keys = ("task_definition", "rollout", "image", "model", "model_sha256", "git_sha", "serving")
+    assert {k: report[k] for k in keys} == {
+        "task_definition": BOOTSTRAP,
+        "rollout": None,
+        "image": "img",
+        "model": None,
+        "model_sha256": None,
+        "git_sha": None,
+        "serving": "no release yet",
+    }
+
+
+# -- the image a rollback returns to ---------------------------------------------------
+
+DEV_REPOSITORY_URL = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/onnx-ship-dev"
+
+
+def test_an_image_in_another_repository_is_not_looked_up(scripted, tmp_path):
+    """Only this environment's repository expires images under a lifecycle policy the
+    rollback knows of; an image by digest elsewhere is left to ECS."""
+    env = environment(BASE, tmp_path)
+    image = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/elsewhere@{EXPIRED_DIGEST}"
+    records.write(
+        env.records_url, succeeded("20260101T000000Z-cccccccccccc", RELEASED, image=image)
+    )
+    records.write(env.records_url, succeeded("20260102T000000Z-cccccccccccc", NEXT))
+    scripted.revision(RELEASED)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    stubber, ecr = ecr_answering()  # expects no call at all
+    assert rollback(env, ecs=scripted.ecs(), ecr=ecr, say=lambda m: None)["image"] == image
+    stubber.assert_no_pending_responses()
+
+
+def test_an_expired_image_is_found_when_the_repository_url_ends_with_a_slash(scripted, tmp_path):
+    env = replace(environment(BASE, tmp_path), ecr_repository_url=f"{DEV_REPOSITORY_URL}/")
+    image = f"{DEV_REPOSITORY_URL}@{EXPIRED_DIGEST}"
+    records.write(
+        env.records_url, succeeded("20260101T000000Z-cccccccccccc", RELEASED, image=image)
+    )
+    later = succeeded("20260102T000000Z-dddddddddddd", NEXT, git_sha="d" * 40)
+    records.write(env.records_url, later)
+    scripted.revision(RELEASED)
+    stubber, ecr = ecr_answering(False)
+    with pytest.raises(ReleaseError, match=r"is no longer in the onnx-ship-dev repository"):
+        rollback(env, ecs=scripted.ecs(), ecr=ecr, say=lambda m: None)
+    stubber.assert_no_pending_responses()
+    assert records.read_latest(env.records_url)["task_definition"] == NEXT
+
+
+# -- which verified tag a rollback withdraws, and what it says of one that stays -------
+
+
+def head_commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_a_rollback_to_the_same_commit_with_another_model_withdraws_the_model_it_leaves(
+    scripted, tmp_path
+):
+    """The verification is of the code and the model together: the same code with another
+    model is another verified tag, and the one the rollback leaves is withdrawn."""
+    env = environment(BASE, tmp_path)
+    other_model = promotion.verified_tag("b" * 40, OTHER_SHA256)
+    two_releases(
+        env,
+        left={"git_sha": "c" * 40, "model_sha256": OTHER_SHA256, "verified_tag": other_model},
+        target={"git_sha": "c" * 40, "verified_tag": TARGET_TAG},
+    )
+    stubber, ecr = ecr_withdrawing(other_model)
+    said = rolled_back(scripted, env, ecr)
+    stubber.assert_no_pending_responses()
+    assert said[0] == (
+        f"withdrew {other_model}: an environment promoting from dev refuses this code and "
+        "model until dev releases them again"
+    )
+
+
+@pytest.mark.parametrize("unknown", ["git_sha", "model_sha256"])
+def test_a_release_recorded_without_its_commit_or_model_has_no_tag_to_withdraw(
+    scripted, tmp_path, unknown
+):
+    """Without its tag, and without both the commit and the model that would name one,
+    there is nothing to withdraw: the rollback completes and says nothing of it."""
+    env = environment(BASE, tmp_path)
+    left = {"git_sha": head_commit(), "verified_tag": None, unknown: None}
+    two_releases(env, left=left, target={"git_sha": "c" * 40})
+    stubber, ecr = ecr_answering()  # expects no call at all
+    said = rolled_back(scripted, env, ecr)
+    stubber.assert_no_pending_responses()
+    assert said == [
+        f"rolling dev back from 20260102T000000Z-b to 20260101T000000Z-a ({RELEASED})",
+        "no compaction_task_family output: the scheduled compaction is left as it is",
+    ]
+    assert records.read_latest(env.records_url)["task_definition"] == RELEASED
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (
+            "AccessDeniedException",
+            "An error occurred (AccessDeniedException) when calling the BatchDeleteImage "
+            "operation: refused; the role lacks a permission this call needs: "
+            "pipeline/aws_calls.py lists what each role may do and terraform/modules grants "
+            "it; apply the environment (nox -s apply -- <env>)",
+        ),
+        ("KmsError", f"ECR could not remove the tag onnx-ship-dev:{LEFT_TAG}: KmsError: x"),
+    ],
+)
+def test_a_tag_that_stays_says_why_and_what_to_do(scripted, tmp_path, answer, reason):
+    """An AWS error is named with what to do about it (`service.aws.explain`); a failure
+    ECR reports for the image is named as ECR reports it."""
+    env = environment(BASE, tmp_path)
+    two_releases(env, left={"git_sha": "d" * 40, "verified_tag": LEFT_TAG}, target={})
+    if answer == "KmsError":
+        stubber, ecr = ecr_withdrawing(LEFT_TAG, failure=answer)
+    else:
+        stubber, ecr = refused(LEFT_TAG, answer)
+    scripted.revision(RELEASED)
+    expect_deployment(scripted, RELEASED, "ecs-svc/0009", "COMPLETED")
+    with pytest.raises(ReleaseError) as raised:
+        rollback(env, ecs=scripted.ecs(), ecr=ecr, say=lambda m: None)
+    stubber.assert_no_pending_responses()
+    assert str(raised.value) == (
+        f"dev is back on 20260101T000000Z-a ({RELEASED}), but the verified tag {LEFT_TAG} "
+        f"stays in onnx-ship-dev ({reason}): an environment promoting from dev may still "
+        "ship what this rollback left; remove the tag with `aws ecr batch-delete-image "
+        f"--region us-east-1 --repository-name onnx-ship-dev --image-ids imageTag={LEFT_TAG}`"
+    )
+
+
+def test_a_commits_tree_is_read_in_the_pipelines_checkout_wherever_the_command_runs(
+    scripted, tmp_path, monkeypatch
+):
+    """A rollback run from another directory still finds the tree of a release recorded
+    without its tag, and withdraws that tag."""
+    env = environment(BASE, tmp_path)
+    head = head_commit()
+    two_releases(env, left={"git_sha": head, "verified_tag": None}, target={"git_sha": "c" * 40})
+    stubber, ecr = ecr_withdrawing(promotion.commit_tag(head, MNIST8_SHA256, REPO))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    said = rolled_back(scripted, env, ecr)
+    stubber.assert_no_pending_responses()
+    assert said[0].startswith("withdrew verified-")
+
+
+@contextmanager
+def ecr_of_the_environment(client) -> Iterator[None]:
+    """Environment.client("ecr") gives `client` (what a rollback uses when no ECR is
+    passed), as ecs_of_the_environment does for ECS."""
+
+    def made(env, name):
+        assert name == "ecr", name
+        return client
+
+    with mock.patch.object(Environment, "client", made):
+        yield
+
+
+def test_a_rollback_withdraws_the_tag_with_the_environments_ecr(scripted, tmp_path):
+    env = environment(BASE, tmp_path)
+    two_releases(
+        env,
+        left={"git_sha": "d" * 40, "verified_tag": LEFT_TAG},
+        target={"git_sha": "c" * 40, "verified_tag": TARGET_TAG},
+    )
+    stubber, _ = ecr_withdrawing(LEFT_TAG)
+    with ecr_of_the_environment(stubber.client):
+        said = rolled_back(scripted, env, None)
+    stubber.assert_no_pending_responses()
+    assert said[0].startswith(f"withdrew {LEFT_TAG}: ")

@@ -1846,15 +1846,24 @@ def test_a_rollback_withdraws_the_verification_of_the_code_and_model_it_leaves(s
     ]
 
 
-def test_a_release_recorded_without_its_tag_is_withdrawn_by_its_commits_tree(scripted, tmp_path):
-    """Records written before releases kept their tag: the tag comes from the commit's
-    tree in this checkout, as mark_verified made it."""
-    env = environment(BASE, tmp_path)
-    head = subprocess.run(
+def head_commit() -> str:
+    return subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.strip()
+
+
+def test_a_release_recorded_without_its_tag_is_withdrawn_by_its_commits_tree(
+    scripted, tmp_path, monkeypatch
+):
+    """Records written before releases kept their tag: the tag comes from the commit's
+    tree in the pipeline's checkout, as mark_verified made it, wherever the command runs."""
+    env = environment(BASE, tmp_path)
+    head = head_commit()
     two_releases(env, left={"git_sha": head, "verified_tag": None}, target={"git_sha": "c" * 40})
     stubber, ecr = ecr_withdrawing(promotion.commit_tag(head, MNIST8_SHA256, REPO))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     said = rolled_back(scripted, env, ecr)
     stubber.assert_no_pending_responses()
     assert said[0].startswith("withdrew verified-")
@@ -2309,15 +2318,15 @@ def test_register_of_a_container_without_command_or_variables(scripted):
 
 
 @contextmanager
-def ecs_of_the_environment(scripted: ScriptedEcs) -> Iterator[None]:
-    """Environment.client("ecs") gives the scripted client (what release, rollback and
-    status use when no Ecs is passed)."""
+def client_of_the_environment(service_name: str, client) -> Iterator[None]:
+    """Environment.client(service_name) gives `client`: what release, rollback and status
+    use when no Ecs (or, for a rollback, no ECR) is passed."""
 
-    def client(env, name):
-        assert name == "ecs", name
-        return scripted.client
+    def made(env, name):
+        assert name == service_name, name
+        return client
 
-    with mock.patch.object(Environment, "client", client):
+    with mock.patch.object(Environment, "client", made):
         yield
 
 
@@ -2332,7 +2341,7 @@ def test_release_rollback_and_status_use_the_environments_ecs(
     scripted.revision(BOOTSTRAP)
     expect_deployment(scripted, BOOTSTRAP, "ecs-svc/0003", "COMPLETED")
     expect_describe(scripted, BOOTSTRAP)
-    with ecs_of_the_environment(scripted):
+    with client_of_the_environment("ecs", scripted.client):
         assert release(
             env, candidate(provenance={"verified_tag": SAME_CODE_TAG}), smoke, say=lambda m: None
         ).succeeded
@@ -2593,7 +2602,10 @@ def test_the_events_quoted_start_at_our_deployments_creation_and_include_undated
 def test_a_paused_environment_is_found_with_the_environments_ecs(scripted, tmp_path):
     env = environment(BASE, tmp_path)
     scripted.describe({**service(RELEASED), "desiredCount": 0})
-    with ecs_of_the_environment(scripted), pytest.raises(ReleaseError, match="dev is paused"):
+    with (
+        client_of_the_environment("ecs", scripted.client),
+        pytest.raises(ReleaseError, match="dev is paused"),
+    ):
         refuse_paused(env)
 
 
@@ -2688,12 +2700,6 @@ def test_an_expired_image_is_found_when_the_repository_url_ends_with_a_slash(scr
 # -- which verified tag a rollback withdraws, and what it says of one that stays -------
 
 
-def head_commit() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
 def test_a_rollback_to_the_same_commit_with_another_model_withdraws_the_model_it_leaves(
     scripted, tmp_path
 ):
@@ -2734,36 +2740,6 @@ def test_a_release_recorded_without_its_commit_or_model_has_no_tag_to_withdraw(
     assert records.read_latest(env.records_url)["task_definition"] == RELEASED
 
 
-def test_a_commits_tree_is_read_in_the_pipelines_checkout_wherever_the_command_runs(
-    scripted, tmp_path, monkeypatch
-):
-    """A rollback run from another directory still finds the tree of a release recorded
-    without its tag, and withdraws that tag."""
-    env = environment(BASE, tmp_path)
-    head = head_commit()
-    two_releases(env, left={"git_sha": head, "verified_tag": None}, target={"git_sha": "c" * 40})
-    stubber, ecr = ecr_withdrawing(promotion.commit_tag(head, MNIST8_SHA256, REPO))
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    said = rolled_back(scripted, env, ecr)
-    stubber.assert_no_pending_responses()
-    assert said[0].startswith("withdrew verified-")
-
-
-@contextmanager
-def ecr_of_the_environment(client) -> Iterator[None]:
-    """Environment.client("ecr") gives `client` (what a rollback uses when no ECR is
-    passed), as ecs_of_the_environment does for ECS."""
-
-    def made(env, name):
-        assert name == "ecr", name
-        return client
-
-    with mock.patch.object(Environment, "client", made):
-        yield
-
-
 def test_a_rollback_withdraws_the_tag_with_the_environments_ecr(scripted, tmp_path):
     env = environment(BASE, tmp_path)
     two_releases(
@@ -2772,7 +2748,7 @@ def test_a_rollback_withdraws_the_tag_with_the_environments_ecr(scripted, tmp_pa
         target={"git_sha": "c" * 40, "verified_tag": TARGET_TAG},
     )
     stubber, _ = ecr_withdrawing(LEFT_TAG)
-    with ecr_of_the_environment(stubber.client):
+    with client_of_the_environment("ecr", stubber.client):
         said = rolled_back(scripted, env, None)
     stubber.assert_no_pending_responses()
     assert said[0].startswith(f"withdrew {LEFT_TAG}: ")

@@ -1,6 +1,6 @@
 """HTTP around the routes: request bodies and their content codings, bodies a route
-did not read, query strings, and whether a request is alone on the server (below the
-app, the connection: service.protocol).
+did not read, query strings, and how many requests the server has in progress (below
+the app, the connection: service.protocol).
 """
 
 from __future__ import annotations
@@ -44,14 +44,15 @@ IMPLEMENTED_METHODS = ("GET", "HEAD", "OPTIONS", "POST")
 REQUESTS_IN_FLIGHT = "requests_in_flight"
 
 
-def alone(scope: dict) -> bool:
-    """Whether this request is the only one its server process is working on (the
-    `REQUESTS_IN_FLIGHT` extension counts 1; with several workers, each counts its
-    own). False when the server does not say (uvicorn's own protocol, a test client):
-    every caller treats "not alone" as the safe answer, which only costs time."""
+def requests_in_flight(scope: dict) -> int:
+    """How many requests this request's server process is working on, this one included
+    (the `REQUESTS_IN_FLIGHT` extension; with several workers, each counts its own): 1
+    for a request alone on the server. 0 when the server does not say (uvicorn's own
+    protocol, a test client): every caller treats 0 as a load of unknown size, the safe
+    answer, which only costs time."""
     extensions = scope.get("extensions")
     in_flight = extensions.get(REQUESTS_IN_FLIGHT) if extensions else None
-    return in_flight is not None and in_flight["count"]() == 1
+    return 0 if in_flight is None else in_flight["count"]()
 
 
 # -- request bodies ------------------------------------------------------------

@@ -118,7 +118,8 @@ class HttpProtocol(HttpToolsProtocol):
     extension, whose count is uvicorn's `ServerState.tasks` (the server's request tasks
     not yet done, every connection's, this request's included). A request that counts 1
     is alone: the model can run it at once instead of waiting a turn of the event loop
-    for others to batch with (service.batching).
+    for others to batch with (service.batching); capture's slices are due sooner the
+    fewer requests are in progress (service.capture.recorder).
     """
 
     # The event loop's time when the connection's last response completed with nothing

@@ -16,7 +16,7 @@ from service import __version__, codec
 from service.admission import BodyBudget
 from service.capture import PredictionRecorder
 from service.errors import ModelNotFound, NotReady, NotServedThroughProxy, UnsupportedMediaType
-from service.http import alone, read_body
+from service.http import read_body, requests_in_flight
 from service.inference import Inference
 from service.jsonnumbers import NumberArrays
 from service.metrics import Metrics
@@ -134,8 +134,8 @@ class Predict(PredictionRoute):
             data = codec.predict_data(body, model.input.dtype, self._numbers)
             del body
             batch, single = model.as_batch(data)
-            lone = alone(req.scope)
-            scores = await self._inference.scores(batch, lone)
+            in_flight = requests_in_flight(req.scope)
+            scores = await self._inference.scores(batch, in_flight == 1)
         send_json(resp, codec.encode_predict(scores, single, model.info))
         self._recorder.record(
             route="/predict",
@@ -144,7 +144,7 @@ class Predict(PredictionRoute):
             scores=scores,
             inputs=batch,
             latency_seconds=time.perf_counter() - started,
-            alone=lone,
+            in_flight=in_flight,
         )
 
 
@@ -210,8 +210,8 @@ class ModelInfer(PredictionRoute):
                 body, header_length, model.inputs, model.outputs, self._numbers
             )
             del body
-            lone = alone(req.scope)
-            results = await self._inference.run(request.inputs, lone)
+            in_flight = requests_in_flight(req.scope)
+            results = await self._inference.run(request.inputs, in_flight == 1)
         payload, json_length = codec.encode_infer(
             model.info.name,
             model.info.version,
@@ -233,7 +233,7 @@ class ModelInfer(PredictionRoute):
             scores=results[model.outputs[0].name],
             inputs=request.inputs.get(model.input.name),
             latency_seconds=time.perf_counter() - started,
-            alone=lone,
+            in_flight=in_flight,
         )
 
 

@@ -21,16 +21,16 @@ class PredictionRecorder(Protocol):
         scores: np.ndarray,
         inputs: np.ndarray | None,
         latency_seconds: float,
-        alone: bool = False,
+        in_flight: int = 0,
     ) -> None:
         """Take one answered request; called on the event loop, so it must not block.
 
         `route` is "/predict" or "/v2/infer"; `scores` the model's first output for the
         whole request, [batch, classes]; `inputs` the request's input, [batch,
         *item_shape], or None when it is not kept; `latency_seconds` from the request's
-        arrival to its answer; `alone` True when, as its model inputs were ready, the
-        server had no other request in progress (service.http.alone). One record per row
-        of `scores`.
+        arrival to its answer; `in_flight` the requests the server had in progress as
+        the model inputs were ready, this one included, 0 when the server does not say
+        (service.http.requests_in_flight). One record per row of `scores`.
         """
 
     async def start(self) -> None:

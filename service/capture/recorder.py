@@ -5,8 +5,9 @@
     parts     -> sink (retries with backoff)  --still failing-->  spool (local disk)
     spool     -> sink, oldest first, as soon as the sink answers again
 
-Records are encoded as they come, ENCODE_SLICE_ROWS at a time (ALONE_SLICE_ROWS while
-requests come one at a time), not a second's worth at once: the encoding's work is spread
+Records are encoded as they come, in slices of up to ENCODE_SLICE_ROWS rows that are due
+sooner the fewer requests the server has in progress (SLICE_ROWS_PER_REQUEST), not a
+second's worth at once: the encoding's work is spread
 evenly between requests instead of arriving in a burst after each flush, and a record lives
 in memory as a Python object for a few requests only, so queued records never pile up into
 the garbage collector's older generations (whose collections stall every request in
@@ -59,21 +60,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("service.capture")
 
 # Rows (records) encoded and compressed per turn of the event loop at most, and how many
-# must be queued before the encoder wakes while requests overlap: about 115 us of work for
-# single-image requests, so a request that arrives meanwhile waits about that long at most,
-# once every 32 requests (README, Performance: slices of 16 held the loop about 62 us,
-# every 16 requests, and cost capture 36,833 instructions a request against 31,572).
+# must be queued before the encoder wakes under load. A slice pays a fixed cost on top of
+# its records (it runs cold: between two slices the requests through the core leave
+# little of the encoder's code and data in the L2), so larger slices cost less a record,
+# but a request that arrives during one waits for all of it. For single-image records,
+# 64 rows took about 124 us warm against 70 us for 32; counted on /predict single at 16
+# concurrent requests, capture added 30,884 instructions and 171 L2 misses a request
+# against 32,176 and 263 with 32; served, capture on kept more of capture off's requests
+# a second (README, Performance: "Slices sized by the load").
 # Counted in rows, not requests: a request of 256 images is 256 records.
-ENCODE_SLICE_ROWS = 32
-# While requests come one at a time, the encoder wakes at this many rows instead (a slice
-# still takes up to ENCODE_SLICE_ROWS): once this many requests in a row were each the
-# server's only one in progress (record()'s `alone`; one number for both on purpose).
-# The core has room then, and the request after a slice waits for it however often
-# slices come (1 in 32 or 1 in 8 is more than the 1% above the p99), so
-# what the p99 sees is the slice's length. p99 on / off at c=1 in two sets of alternated
-# runs (README, Performance): /predict single 1.33 and 1.12 with 32, 1.18 and 1.11 with 8;
-# V2 binary single 1.37 and 1.26 against 1.09 and 1.05.
-ALONE_SLICE_ROWS = 8
+ENCODE_SLICE_ROWS = 64
+# Under lighter load a slice is due sooner: once this many rows are queued for each
+# request the server had in progress as an answer's inputs were ready (record()'s
+# `in_flight`): 8 rows with requests coming one at a time, 16 with two in progress, the
+# whole ENCODE_SLICE_ROWS from 8 on. The wait a slice adds to the requests that arrive
+# meanwhile is what their p99 sees when they wait for little else, and it grows with the
+# slice; under load each request waits for the others' work anyway. p99 on / off at c=1
+# (README, Performance): /predict single 1.33 and 1.12 with slices of 32, 1.18 and 1.11
+# with 8; at c=2, 1.17 with slices of 64 against 1.07 with 32.
+SLICE_ROWS_PER_REQUEST = 8
+# In-flight counts from which a slice waits for ENCODE_SLICE_ROWS rows.
+_FULL_SLICE_IN_FLIGHT = ENCODE_SLICE_ROWS // SLICE_ROWS_PER_REQUEST
 
 # How often wait_idle looks again.
 IDLE_POLL_SECONDS = 0.02
@@ -144,14 +151,14 @@ class CaptureRecorder:
         self._disk = Worker("capture-disk")  # the spool: reads, writes, removes
         self._uploader = Worker("capture-upload")
         self._queue: deque[Pending] = deque()
-        # Requests in a row that were each the server's only one in progress (record()'s
-        # `alone`).
-        self._alone_in_a_row = 0
-        # Queued rows at which a slice is due (`_slice_due`): ENCODE_SLICE_ROWS, or
-        # ALONE_SLICE_ROWS once ALONE_SLICE_ROWS answers in a row were alone. Kept as a
-        # number that record() updates only when the rule changes, so the request path
-        # compares two attributes, as it would with one fixed threshold.
-        self._slice_rows = ENCODE_SLICE_ROWS
+        # The rows the last answer asked a slice to wait for (record()'s `in_flight`).
+        self._answer_slice_rows = ENCODE_SLICE_ROWS
+        # Queued rows at which a slice is due (`_slice_due`): the most any answer queued
+        # since the last slice asked for, and the last answer's ask when a slice is
+        # taken, so a rise in the load counts at once and a fall from the next slice on
+        # (from the least, before the first answer). Kept as a number record() compares
+        # inline.
+        self._slice_rows = SLICE_ROWS_PER_REQUEST
         self._encoding_rows = 0  # rows of the slice being encoded
         self._queued_rows = 0
         self._queued_bytes = 0
@@ -188,7 +195,7 @@ class CaptureRecorder:
         inputs: np.ndarray | None,
         latency_seconds: float,
         answered_at: float | None = None,
-        alone: bool = False,
+        in_flight: int = 0,
     ) -> None:
         entry = Pending(
             time.time() if answered_at is None else answered_at,
@@ -200,13 +207,14 @@ class CaptureRecorder:
             latency_seconds,
         )
         # Every answer counts, kept or sampled out: the rule is about how requests come.
-        if alone:
-            self._alone_in_a_row += 1
-            if self._alone_in_a_row == ALONE_SLICE_ROWS:
-                self._slice_rows = ALONE_SLICE_ROWS
-        elif self._alone_in_a_row:
-            self._alone_in_a_row = 0
-            self._slice_rows = ENCODE_SLICE_ROWS
+        asked = (
+            in_flight * SLICE_ROWS_PER_REQUEST
+            if 0 < in_flight < _FULL_SLICE_IN_FLIGHT
+            else ENCODE_SLICE_ROWS
+        )
+        self._answer_slice_rows = asked
+        if asked > self._slice_rows:
+            self._slice_rows = asked
         sample = self.config.sample_percent
         if sample < 100 and self._sampler() * 100 >= sample:
             self.metrics.sampled_out.inc(entry.rows)
@@ -221,9 +229,9 @@ class CaptureRecorder:
 
     def _slice_due(self) -> bool:
         """Enough is queued for the encoder to take a slice (of up to ENCODE_SLICE_ROWS
-        rows): ENCODE_SLICE_ROWS rows, or ALONE_SLICE_ROWS while requests come one at a
-        time (the last ALONE_SLICE_ROWS answers were each `alone`): `_slice_rows`, which
-        record() compares inline."""
+        rows): SLICE_ROWS_PER_REQUEST rows for each request in progress as the answers
+        queued since the last slice came, at most ENCODE_SLICE_ROWS (`_slice_rows`, which
+        record() compares inline)."""
         return self._queued_rows >= self._slice_rows
 
     def _part_due(self) -> bool:
@@ -380,6 +388,7 @@ class CaptureRecorder:
                 await asyncio.sleep(0)
             first = False
             piece = take_slice(self._queue, ENCODE_SLICE_ROWS)
+            self._slice_rows = self._answer_slice_rows
             self._queued_rows -= piece.rows
             self._queued_bytes -= piece.estimated_bytes
             self.metrics.captured.inc(piece.rows)

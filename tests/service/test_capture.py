@@ -90,7 +90,7 @@ def send(
     requests: int,
     rows: int = 1,
     prefix: str = "r",
-    alone: bool = False,
+    in_flight: int = 0,
 ) -> None:
     for i in range(requests):
         recorder.record(
@@ -100,7 +100,7 @@ def send(
             scores=scores(rows),
             inputs=np.full((rows, 1, 2, 2), i, dtype=np.float32),
             latency_seconds=0.002,
-            alone=alone,
+            in_flight=in_flight,
         )
 
 

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from service.capture import CaptureRecorder, build_recorder
 from service.capture.metrics import CaptureMetrics
-from service.capture.recorder import ALONE_SLICE_ROWS, ENCODE_SLICE_ROWS
+from service.capture.recorder import ENCODE_SLICE_ROWS, SLICE_ROWS_PER_REQUEST
 from service.capture.records import Part, decode_part
 from service.capture.sinks import LocalSink
 from service.capture.spool import Spool
@@ -99,9 +99,13 @@ def test_an_unusable_capture_url_is_a_config_error_naming_it(tmp_path, monkeypat
     ("limits", "requests"),
     [
         pytest.param({"max_part_records": 10}, 5, id="by-records"),  # 5 requests of 2 rows
-        # 19 requests of 2 rows: a slice of 32 encoded into the open part and 6 queued; the
-        # 20th makes 40 between the two
-        pytest.param({"max_part_records": 40}, 20, id="by-records-open-and-queued"),
+        # requests of 2 rows: all but the last make a slice encoded into the open part and 6
+        # rows queued; the last makes the part's records between the two
+        pytest.param(
+            {"max_part_records": ENCODE_SLICE_ROWS + 8},
+            (ENCODE_SLICE_ROWS + 8) // 2,
+            id="by-records-open-and-queued",
+        ),
         # 720 estimated bytes a request of 2 rows (240 a row + 12 a score): exactly the bound
         pytest.param({"max_part_bytes": 1_440}, 2, id="by-bytes"),
     ],
@@ -162,13 +166,14 @@ def test_a_slices_worth_of_records_is_encoded_as_it_comes_and_stored_at_the_flus
     assert value(recorder.metrics.queued) == 0
 
 
-def test_requests_that_come_one_at_a_time_are_encoded_in_smaller_slices(tmp_path):
-    """Once ALONE_SLICE_ROWS answers in a row were each the only one in progress, a slice
-    leaves the queue at ALONE_SLICE_ROWS rows (not one fewer); an answer that overlapped
-    others starts the count again. Overlapping requests whose batches end with a lone
-    answer (the last of each batch finds nothing else in progress) still wait for
-    ENCODE_SLICE_ROWS rows. Every record is stored exactly once."""
+def test_a_slice_is_due_at_rows_in_proportion_to_the_requests_in_flight(tmp_path):
+    """A slice leaves the queue once it holds SLICE_ROWS_PER_REQUEST rows for each request
+    in progress as the answers came (not one fewer), at most ENCODE_SLICE_ROWS: a rise in
+    the count counts at once, for the records already queued too; a fall counts from the
+    next slice on; an answer whose server does not say (0) asks for a whole slice. Every
+    record is stored exactly once."""
     recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
+    one = SLICE_ROWS_PER_REQUEST  # the rows one request in flight asks for
 
     async def settle(expected: float) -> tuple[int, float]:
         """Once `expected` records were captured (or, when nothing is to happen, after a
@@ -184,39 +189,47 @@ def test_requests_that_come_one_at_a_time_are_encoded_in_smaller_slices(tmp_path
         await asyncio.sleep(0.05)
         return len(recorder._queue), value(recorder.metrics.captured)
 
-    alone = 2 * ALONE_SLICE_ROWS + 1  # the records of the lone answers below
-    batch = ENCODE_SLICE_ROWS // 2  # overlapping answers: only the last finds nothing else
-
     async def scenario():
         await recorder.start()
-        send(recorder, ALONE_SLICE_ROWS - 1, prefix="a", alone=True)
-        below = await unchanged()
-        send(recorder, 1, prefix="b", alone=True)
-        at = await settle(ALONE_SLICE_ROWS)
-        send(recorder, 1, prefix="c", alone=False)
-        send(recorder, ALONE_SLICE_ROWS - 1, prefix="d", alone=True)
-        broken = await unchanged()
-        send(recorder, 1, prefix="e", alone=True)
-        again = await settle(alone)
-        send(recorder, batch - 1, prefix="f", alone=False)
-        send(recorder, 1, prefix="g", alone=True)
-        held = await unchanged()
-        send(recorder, batch - 1, prefix="h", alone=False)
-        send(recorder, 1, prefix="i", alone=True)
-        full = await settle(alone + ENCODE_SLICE_ROWS)
+        seen = []
+        send(recorder, one - 1, prefix="a", in_flight=1)
+        seen.append(await unchanged())  # one row short of a lone request's slice
+        send(recorder, 1, prefix="b", in_flight=1)
+        seen.append(await settle(one))  # a slice of `one` rows
+        send(recorder, 1, prefix="c", in_flight=2)  # asks for 2 * one
+        send(recorder, 2 * one - 2, prefix="d", in_flight=1)
+        seen.append(await unchanged())
+        send(recorder, 1, prefix="e", in_flight=1)
+        seen.append(await settle(3 * one))
+        send(recorder, 1, prefix="f", in_flight=1000)  # asks for a whole slice
+        send(recorder, ENCODE_SLICE_ROWS - 2, prefix="g", in_flight=1)
+        seen.append(await unchanged())
+        send(recorder, 1, prefix="h", in_flight=1)
+        seen.append(await settle(3 * one + ENCODE_SLICE_ROWS))
+        send(recorder, one, prefix="i", in_flight=1)  # the fall counts: `one` again
+        seen.append(await settle(4 * one + ENCODE_SLICE_ROWS))
+        send(recorder, 1, prefix="j", in_flight=0)  # the server does not say
+        send(recorder, one, prefix="k", in_flight=1)
+        seen.append(await unchanged())
         idle = await recorder.wait_idle(5)
         await recorder.close()
-        return below, at, broken, again, held, full, idle
+        return seen, idle
 
-    below, at, broken, again, held, full, idle = asyncio.run(scenario())
-    assert below == (ALONE_SLICE_ROWS - 1, 0)
-    assert at == (0, ALONE_SLICE_ROWS)
-    assert broken == (ALONE_SLICE_ROWS, ALONE_SLICE_ROWS)
-    assert again == (0, alone)
-    assert held == (batch, alone)
-    assert full == (0, alone + ENCODE_SLICE_ROWS) and idle
+    seen, idle = asyncio.run(scenario())
+    whole = ENCODE_SLICE_ROWS
+    assert seen == [
+        (one - 1, 0),
+        (0, one),
+        (2 * one - 1, one),
+        (0, 3 * one),
+        (whole - 1, 3 * one),
+        (0, 3 * one + whole),
+        (0, 4 * one + whole),
+        (one + 1, 4 * one + whole),
+    ]
+    assert idle
     stored = [record["request_id"] for record in read_dir(tmp_path / "out")]
-    assert len(stored) == len(set(stored)) == alone + ENCODE_SLICE_ROWS
+    assert len(stored) == len(set(stored)) == 5 * one + whole + 1
 
 
 def test_each_slices_hold_of_the_event_loop_is_observed_once(tmp_path):
@@ -255,30 +268,33 @@ def test_each_slices_hold_of_the_event_loop_is_observed_once(tmp_path):
 
 
 def test_the_queue_gauge_counts_the_records_in_the_open_part(tmp_path):
-    """78 records one at a time, parts of 40: the first 40 close a part; of the other 38, a
-    slice of 32 waits encoded in the open part and 6 in the queue; once the first part is
-    stored, the gauge counts all 38 as waiting in memory. (The sink holds the first part
-    until all 78 are in: the gauge is set as parts move, not on every record.)"""
+    """Records one at a time, parts of a slice and 8 records: the first part's records close
+    it; of the rest, a slice waits encoded in the open part and 6 records in the queue; once
+    the first part is stored, the gauge counts all of them as waiting in memory. (The sink
+    holds the first part until all records are in: the gauge is set as parts move, not on
+    every record.)"""
+    part = ENCODE_SLICE_ROWS + 8
+    records = part + ENCODE_SLICE_ROWS + 6
     sink = FlakySink(tmp_path / "out")
     sink.release.clear()
-    recorder = CaptureRecorder(sink, config(tmp_path, flush_seconds=60, max_part_records=40))
+    recorder = CaptureRecorder(sink, config(tmp_path, flush_seconds=60, max_part_records=part))
 
     async def scenario():
         await recorder.start()
-        for i in range(78):  # one request at a time, the event loop turning between
+        for i in range(records):  # one request at a time, the event loop turning between
             record_predict(recorder, f"r{i}")
             await asyncio.sleep(0)
         sink.release.set()
         for _ in range(2000):  # bounded: 10 s
-            if value(recorder.metrics.written) == 40:
+            if value(recorder.metrics.written) == part:
                 break
             await asyncio.sleep(0.005)
         waiting = (len(recorder._queue), recorder._open_rows, value(recorder.metrics.queued))
         await recorder.close()
         return waiting
 
-    assert asyncio.run(scenario()) == (38 - ENCODE_SLICE_ROWS, ENCODE_SLICE_ROWS, 38)
-    assert len(read_dir(tmp_path / "out")) == 78
+    assert asyncio.run(scenario()) == (6, ENCODE_SLICE_ROWS, ENCODE_SLICE_ROWS + 6)
+    assert len(read_dir(tmp_path / "out")) == records
 
 
 def test_the_queue_gauge_follows_each_encoded_slice_before_any_part_is_full(tmp_path):

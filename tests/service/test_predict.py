@@ -471,16 +471,16 @@ def _in_flight(count: int) -> dict:
 
 @pytest.mark.parametrize("path", ["/predict", "/v2/models/mnist-8/infer"])
 @pytest.mark.parametrize(
-    ("extras", "expected"),
-    [(_in_flight(1), True), (_in_flight(2), False), ({}, False)],
+    ("extras", "alone", "in_flight"),
+    [(_in_flight(1), True, 1), (_in_flight(2), False, 2), ({}, False, 0)],
     ids=["alone", "with-others", "server-does-not-say"],
 )
-def test_the_servers_count_tells_the_batcher_and_the_recorder_a_request_is_alone(
-    settings, model, mnist_test_set, monkeypatch, path, extras, expected
+def test_the_servers_count_tells_the_batcher_and_the_recorder_the_requests_in_flight(
+    settings, model, mnist_test_set, monkeypatch, path, extras, alone, in_flight
 ):
-    """A request the server counts as its only one in progress goes to the batcher and
-    the recorder as alone (the batcher runs it at once, capture slices smaller); any
-    other count, or a server that does not count, is not alone."""
+    """A request the server counts as its only one in progress goes to the batcher as
+    alone (which runs it at once); any other count, or a server that does not count (0),
+    is not alone. The recorder is told the count (capture's slices follow it)."""
     told: list[bool] = []
     submit = Batcher.submit
 
@@ -503,8 +503,8 @@ def test_the_servers_count_tells_the_batcher_and_the_recorder_a_request_is_alone
     )
     answer = client.simulate_post(path, json=body, extras=extras)
     assert answer.status_code == 200
-    assert told == [expected]
-    assert [record["alone"] for record in recorder.records] == [expected]
+    assert told == [alone]
+    assert [record["in_flight"] for record in recorder.records] == [in_flight]
 
 
 def test_numbers_past_the_models_type_are_refused_without_a_numpy_warning(client):

@@ -12,7 +12,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from service.http import REQUESTS_IN_FLIGHT, alone
+from service.http import REQUESTS_IN_FLIGHT, requests_in_flight
 from service.protocol import CorkedTransport, HttpProtocol
 from tests.service.test_http import UNKNOWN_METHOD
 
@@ -240,11 +240,11 @@ def test_every_request_is_told_how_many_requests_the_server_has_in_progress():
     connection's: a request read alone counts 1; two read in one turn, on two
     connections, count 2 each; once they are answered, the next counts 1 again."""
 
-    async def exchange() -> list[tuple[int, bool]]:
-        seen: list[tuple[int, bool]] = []
+    async def exchange() -> list[int]:
+        seen: list[int] = []
 
         async def app(scope, receive, send) -> None:
-            seen.append((scope["extensions"][REQUESTS_IN_FLIGHT]["count"](), alone(scope)))
+            seen.append(requests_in_flight(scope))
             await echo_app(lambda: None)(scope, receive, send)
 
         state = ServerState()
@@ -258,17 +258,18 @@ def test_every_request_is_told_how_many_requests_the_server_has_in_progress():
         await answered(two, two_socket)
         return seen
 
-    assert asyncio.run(exchange()) == [(1, True), (2, False), (2, False), (1, True)]
+    assert asyncio.run(exchange()) == [1, 2, 2, 1]
 
 
-def test_a_scope_without_the_servers_count_is_never_alone():
-    """Under another server (uvicorn's own protocol, a test client) nothing says a
-    request is alone: the routes then take the way that is right under any load."""
-    assert alone({"type": "http"}) is False
-    assert alone({"type": "http", "extensions": {}}) is False
-    assert alone({"type": "http", "extensions": {"http.response.trailers": {}}}) is False
-    assert alone({"extensions": {REQUESTS_IN_FLIGHT: {"count": lambda: 1}}}) is True
-    assert alone({"extensions": {REQUESTS_IN_FLIGHT: {"count": lambda: 3}}}) is False
+def test_a_scope_without_the_servers_count_counts_zero_requests_in_flight():
+    """Under another server (uvicorn's own protocol, a test client) nothing says how
+    many requests are in progress: 0, never 1 (alone), so the routes take the way that
+    is right under any load."""
+    assert requests_in_flight({"type": "http"}) == 0
+    assert requests_in_flight({"type": "http", "extensions": {}}) == 0
+    assert requests_in_flight({"type": "http", "extensions": {"http.response.trailers": {}}}) == 0
+    assert requests_in_flight({"extensions": {REQUESTS_IN_FLIGHT: {"count": lambda: 1}}}) == 1
+    assert requests_in_flight({"extensions": {REQUESTS_IN_FLIGHT: {"count": lambda: 3}}}) == 3
 
 
 def test_a_100_continue_goes_out_at_the_next_turn_while_the_app_waits_for_the_body():

@@ -170,10 +170,12 @@ def test_a_slice_is_due_at_rows_in_proportion_to_the_requests_in_flight(tmp_path
     """A slice leaves the queue once it holds SLICE_ROWS_PER_REQUEST rows for each request
     in progress as the answers came (not one fewer), at most ENCODE_SLICE_ROWS: a rise in
     the count counts at once, for the records already queued too; a fall counts from the
-    next slice on; an answer whose server does not say (0) asks for a whole slice. Every
-    record is stored exactly once."""
+    next slice on; an answer whose server does not say asks for a whole slice; of more
+    than a slice queued at once, one slice leaves and the rest wait. Every record is
+    stored exactly once."""
     recorder = CaptureRecorder(LocalSink(tmp_path / "out"), config(tmp_path, flush_seconds=60))
     one = SLICE_ROWS_PER_REQUEST  # the rows one request in flight asks for
+    whole = ENCODE_SLICE_ROWS
 
     async def settle(expected: float) -> tuple[int, float]:
         """Once `expected` records were captured (or, when nothing is to happen, after a
@@ -208,15 +210,17 @@ def test_a_slice_is_due_at_rows_in_proportion_to_the_requests_in_flight(tmp_path
         seen.append(await settle(3 * one + ENCODE_SLICE_ROWS))
         send(recorder, one, prefix="i", in_flight=1)  # the fall counts: `one` again
         seen.append(await settle(4 * one + ENCODE_SLICE_ROWS))
-        send(recorder, 1, prefix="j", in_flight=0)  # the server does not say
+        record_predict(recorder, "j")  # no count: the server does not say
         send(recorder, one, prefix="k", in_flight=1)
         seen.append(await unchanged())
+        # More than a slice queued at once: a slice leaves, the rest wait for the next
+        send(recorder, whole - one + 4, prefix="l", in_flight=1000)
+        seen.append(await settle(4 * one + 2 * whole))
         idle = await recorder.wait_idle(5)
         await recorder.close()
         return seen, idle
 
     seen, idle = asyncio.run(scenario())
-    whole = ENCODE_SLICE_ROWS
     assert seen == [
         (one - 1, 0),
         (0, one),
@@ -226,10 +230,11 @@ def test_a_slice_is_due_at_rows_in_proportion_to_the_requests_in_flight(tmp_path
         (0, 3 * one + whole),
         (0, 4 * one + whole),
         (one + 1, 4 * one + whole),
+        (5, 4 * one + 2 * whole),
     ]
     assert idle
     stored = [record["request_id"] for record in read_dir(tmp_path / "out")]
-    assert len(stored) == len(set(stored)) == 5 * one + whole + 1
+    assert len(stored) == len(set(stored)) == 4 * one + 2 * whole + 5
 
 
 def test_each_slices_hold_of_the_event_loop_is_observed_once(tmp_path):

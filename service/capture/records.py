@@ -137,10 +137,10 @@ def quoted_new_ids(count: int) -> list[bytes]:
     They are made _ID_BLOCK at a time in one numpy pass and handed out from that stock: a
     run of single-image records needs one per record, and making one in Python costs about
     1.1 us (`uuid.uuid4()` more), against about 0.14 in a block. The block is made by the
-    encoder slice that empties the stock, on the event loop, so it is kept small: 1,024 ids
-    made a slice of 32 records hold the loop three to five times as long as the others,
-    once every 32 slices, which at 16 concurrent requests is one request in 64 (README,
-    Performance). Thread-safe; a forked child empties the stock it inherited
+    encoder slice that empties the stock, on the event loop, so it is kept small: with
+    slices of 32 records, 1,024 ids made a slice hold the loop three to five times as long
+    as the others, once every 32 slices, which at 16 concurrent requests is one request in
+    64 (README, Performance). Thread-safe; a forked child empties the stock it inherited
     (os.register_at_fork), so two processes never share ids.
     """
     with _id_lock:

@@ -441,6 +441,27 @@ def test_a_part_is_one_deterministic_gzip_member_of_json_lines():
     assert partformat.count(body) == 2
 
 
+def test_a_member_writes_a_deflate_block_out_at_least_every_192_kib_of_records():
+    """ISA-L writes a block out in the call that fills its token buffer, the longest call of
+    a part's compression: the buffer is sized (GZIP_MEM_LEVEL) so that a block holds about
+    140 KiB of these single-image records (ISA-L's default buffer: about 500 KiB)."""
+    rng = np.random.default_rng(7)
+    member = partformat.GzipMember()
+    since_block, longest, blocks = 0, 0, 0
+    for piece in range(24):  # slices of 64 records, about 28 KiB of JSON each
+        scores = rng.standard_normal((64, 1, 10)).astype(np.float32)
+        entries = [
+            Pending(ANSWERED + piece, "/predict", None, MODEL, row, None, 0.0125) for row in scores
+        ]
+        data = b"".join(lines_of(entries, "dev"))
+        since_block += len(data)
+        if member.add(data):
+            longest, since_block, blocks = max(longest, since_block), 0, blocks + 1
+    assert blocks >= 3
+    assert longest <= 192 * 1024
+    assert partformat.count(member.finish()) == 24 * 64
+
+
 def test_merged_members_read_as_every_record_in_order():
     first = partformat.encode([b'{"n":1}\n', b'{"n":2}\n'])
     big = partformat.encode(

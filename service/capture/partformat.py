@@ -39,13 +39,14 @@ GZIP_LEVEL = 1
 # ISA-L's level 1 gathers a deflate block's tokens (4 bytes each) in a buffer that zlib's
 # memLevel sizes, and writes the whole block out (its Huffman codes built, its tokens
 # coded) in the call that fills the buffer: that call is the longest a slice's compression
-# takes. python-isal maps memLevel 2 and 3 to ISA-L's "small" buffer (64 KiB of tokens) and
-# its default 8 to "large" (256 KiB): a block every 4 to 5 slices of 64 single-image
-# records against every 17 to 18. With the small one, on 4,096 /predict records in slices
-# of 64 (`taskset -c 0`, a warm loop): the longest slice's compression 81 against 137 us,
-# a part's close 21 against 68 us, 36.0 against 34.0 us a slice on average, 87.5 against
-# 87.4 bytes a record, and 132 against 324 KiB of ISA-L's level buffer an open part.
-GZIP_MEM_LEVEL = 2
+# takes. python-isal maps memLevel 2 and 3 to ISA-L's "small" buffer (64 KiB of tokens),
+# 4 to 6 to "medium" (128 KiB) and its default 8 to "large" (256 KiB): with the small one
+# a block every 4 to 5 slices of 64 single-image records, against every 17 to 18. On 4,096
+# /predict records in slices of 64 (`taskset -c 0`, a warm loop), small against large: the
+# longest slice's compression 81 against 137 us, a part's close 21 against 68 us, 36.0
+# against 34.0 us a slice on average, 87.5 against 87.4 bytes a record, and 132 against
+# 324 KiB of ISA-L's level buffer an open part.
+GZIP_MEM_LEVEL = 3
 # The UTC hour directory below an environment: strftime's form (the writer's) ...
 HOUR_STRFTIME = "%Y/%m/%d/%H"
 # ... and its translation to Java's DateTimeFormatter, which Athena's partition projection

@@ -151,6 +151,10 @@ class CaptureRecorder:
         self._disk = Worker("capture-disk")  # the spool: reads, writes, removes
         self._uploader = Worker("capture-upload")
         self._queue: deque[Pending] = deque()
+        # The config's part bounds, read on every answer (`_part_due`, which record()
+        # compares inline).
+        self._part_records = config.max_part_records
+        self._part_bytes = config.max_part_bytes
         # The rows the last answer asked a slice to wait for (record()'s `in_flight`).
         self._answer_slice_rows = ENCODE_SLICE_ROWS
         # Queued rows at which a slice is due (`_slice_due`): the most any answer queued
@@ -220,10 +224,13 @@ class CaptureRecorder:
             self.metrics.sampled_out.inc(entry.rows)
             return
         self._queue.append(entry)
-        self._queued_rows += entry.rows
+        self._queued_rows = queued = self._queued_rows + entry.rows
         self._queued_bytes += entry.estimated_bytes
         if self._encoder_waiter is not None and (
-            self._close_at is None or self._queued_rows >= self._slice_rows or self._part_due()
+            self._close_at is None
+            or queued >= self._slice_rows  # _slice_due
+            or queued + self._open_rows >= self._part_records  # _part_due
+            or self._queued_bytes >= self._part_bytes
         ):
             self._wake_encoder()
 
@@ -236,11 +243,9 @@ class CaptureRecorder:
 
     def _part_due(self) -> bool:
         """The queue and the open parts hold a part's worth: `max_part_records` records, or
-        `max_part_bytes` of JSON queued (by its estimate: `_over_bound`)."""
-        return (
-            self._queued_rows + self._open_rows >= self.config.max_part_records
-            or self._over_bound()
-        )
+        `max_part_bytes` of JSON queued (by its estimate: `_over_bound`); record() compares
+        both inline."""
+        return self._queued_rows + self._open_rows >= self._part_records or self._over_bound()
 
     def _over_bound(self) -> bool:
         """The queue holds a part's worth or more (`max_part_bytes` of JSON, by its
@@ -255,7 +260,7 @@ class CaptureRecorder:
         queued record (README, Prediction capture). Past the bound such a load pays for
         its capture as it goes, in throughput, instead of in memory.
         """
-        return self._queued_bytes >= self.config.max_part_bytes
+        return self._queued_bytes >= self._part_bytes
 
     def _wake_encoder(self) -> None:
         waiter, self._encoder_waiter = self._encoder_waiter, None

@@ -91,7 +91,11 @@ class Pending:
         self.scores = scores
         self.inputs = inputs
         self.latency_seconds = latency_seconds
-        self.rows = rows = scores.shape[0] if scores.ndim else 1
+        try:
+            rows = len(scores)  # one attribute-free call (ndim and shape cost 40 ns each)
+        except TypeError:  # a 0-d array: one row
+            rows = 1
+        self.rows = rows
         size = 240 * rows + 12 * scores.size
         self.estimated_bytes = size if inputs is None else size + 8 * inputs.size
 
@@ -312,11 +316,12 @@ def lines_of(entries: Sequence[Pending], env: str) -> list[bytes]:
     """The JSON lines of `entries`, in order, byte for byte those of `record_lines`.
 
     A run of single-row requests without inputs, whose scores share one shape and dtype
-    (every /predict of one image), is encoded a column at a time (`_single_row_lines`).
+    (every /predict of one image), is encoded a column at a time (`_single_row_text`).
     """
     columns = _single_row_columns(entries)
     if columns is not None:
-        return _single_row_lines(columns, env)
+        # Its only line breaks are the lines' ends (`_cut`).
+        return _single_row_text(columns, env).splitlines(keepends=True)
     return [line for entry in entries for line in record_lines(entry, env)]
 
 
@@ -354,10 +359,11 @@ def _single_row_columns(entries: Sequence[Pending]) -> _SingleRows | None:
     )
 
 
-def _single_row_lines(columns: _SingleRows, env: str) -> list[bytes]:
-    """The lines of single-row requests, made a column at a time: each column (ids, times,
-    classes, scores, latencies) for all of them in one numpy or orjson call, and each line
-    one join of its pieces, so no Python runs once per record."""
+def _single_row_text(columns: _SingleRows, env: str) -> bytes:
+    """The lines of single-row requests as one text, made a column at a time: each column
+    (ids, times, classes, scores, latencies) for all of them in one numpy or orjson call,
+    laid into one list of pieces a column at a time (a slice assignment each) and joined
+    once, so no Python runs once per record and no line is an object of its own."""
     count = len(columns.routes)
     # [[a,b],[c,d]] -> "a,b", "c,d": each row as orjson writes it alone; the same for the
     # classes and the latencies, each as orjson writes the number alone.
@@ -375,30 +381,33 @@ def _single_row_lines(columns: _SingleRows, env: str) -> list[bytes]:
     # `"2025-11-30T10:00:00.123Z"` as `iso_time` writes it, quoted: the second's part from
     # a cache (`"2025-11-30T10:00:00.`), the milliseconds' from a table (`123Z"`).
     milliseconds = (np.array(columns.answered_at, dtype=np.float64) * 1000).astype(np.int64)
-    seconds = map(_quoted_second, (milliseconds // 1000).tolist())
-    fractions = map(_MILLISECOND_SUFFIXES.__getitem__, (milliseconds % 1000).tolist())
     routes, models = columns.routes, columns.models
     if routes.count(routes[0]) == count and models.count(models[0]) == count:
-        fields = itertools.repeat(_fixed_fields(env, routes[0], models[0]))
+        fields = [_fixed_fields(env, routes[0], models[0])] * count
     else:
-        fields = map(_fixed_fields, itertools.repeat(env), routes, models)
-    pieces = zip(
-        itertools.repeat(b'{"id":'),
-        ids,
-        itertools.repeat(b',"request_id":'),
-        ids,
-        itertools.repeat(b',"row":0,"time":'),
-        seconds,
-        fractions,
-        fields,
-        classes,
-        itertools.repeat(b',"scores":['),
-        rows,
-        itertools.repeat(b'],"latency_ms":'),
-        latency_text,
-        itertools.repeat(b"}\n"),
+        fields = list(map(_fixed_fields, itertools.repeat(env), routes, models))
+    pieces: list[bytes] = [b""] * (_LINE_PIECES * count)
+    pieces[0::_LINE_PIECES] = [b'{"id":'] * count
+    pieces[1::_LINE_PIECES] = ids
+    pieces[2::_LINE_PIECES] = [b',"request_id":'] * count
+    pieces[3::_LINE_PIECES] = ids
+    pieces[4::_LINE_PIECES] = [b',"row":0,"time":'] * count
+    pieces[5::_LINE_PIECES] = list(map(_quoted_second, (milliseconds // 1000).tolist()))
+    pieces[6::_LINE_PIECES] = list(
+        map(_MILLISECOND_SUFFIXES.__getitem__, (milliseconds % 1000).tolist())
     )
-    return list(map(b"".join, pieces))
+    pieces[7::_LINE_PIECES] = fields
+    pieces[8::_LINE_PIECES] = classes
+    pieces[9::_LINE_PIECES] = [b',"scores":['] * count
+    pieces[10::_LINE_PIECES] = rows
+    pieces[11::_LINE_PIECES] = [b'],"latency_ms":'] * count
+    pieces[12::_LINE_PIECES] = latency_text
+    pieces[13::_LINE_PIECES] = [b"}\n"] * count
+    return b"".join(pieces)
+
+
+# The pieces of one line in `_single_row_text`.
+_LINE_PIECES = 14
 
 
 @functools.lru_cache(maxsize=16)
@@ -458,10 +467,10 @@ def take_slice(queue: deque[Pending], rows: int) -> Slice:
     return Slice(piece, held, size)
 
 
-def _lines_by_hour(entries: Sequence[Pending], env: str) -> list[tuple[int, list[bytes]]]:
-    """(UTC hour since the epoch, the JSON lines of its run of `entries`) for each run of
-    one hour, in order: a run of single images in one hour, the common case, is taken
-    apart into columns once, for its hour and its lines."""
+def _text_by_hour(entries: Sequence[Pending], env: str) -> list[tuple[int, bytes, int]]:
+    """(UTC hour since the epoch, the JSON lines of its run of `entries` as one text, how
+    many lines) for each run of one hour, in order: a run of single images in one hour,
+    the common case, is taken apart into columns once, for its hour and its text."""
     if not entries:
         return []
     columns = _single_row_columns(entries)
@@ -470,9 +479,13 @@ def _lines_by_hour(entries: Sequence[Pending], env: str) -> list[tuple[int, list
         # array cost about 15,000 instructions a slice more.
         first = int(min(columns.answered_at) // 3600)
         if first == int(max(columns.answered_at) // 3600):
-            return [(first, _single_row_lines(columns, env))]
+            return [(first, _single_row_text(columns, env), len(entries))]
     runs = itertools.groupby(entries, key=lambda entry: int(entry.answered_at // 3600))
-    return [(hour, lines_of(list(run), env)) for hour, run in runs]
+    encoded = []
+    for hour, run in runs:
+        lines = lines_of(list(run), env)
+        encoded.append((hour, b"".join(lines), len(lines)))
+    return encoded
 
 
 class PartsBuilder:
@@ -504,10 +517,10 @@ class PartsBuilder:
         """Encode and compress `entries` (in the order they were answered); the parts they
         filled, closed. Every line is made before any is compressed: when encoding raises,
         no part holds any of them."""
-        encoded = _lines_by_hour(entries, self._env)
+        encoded = _text_by_hour(entries, self._env)
         filled: list[Part] = []
-        for hour, lines in encoded:
-            self._write(hour, lines, filled)
+        for hour, text, lines in encoded:
+            self._write(hour, text, lines, filled)
         return filled
 
     def finish(self) -> list[Part]:
@@ -515,25 +528,23 @@ class PartsBuilder:
         closed = (self._close(hour) for hour in sorted(self._open))
         return [part for part in closed if part is not None]
 
-    def _write(self, hour: int, lines: list[bytes], filled: list[Part]) -> None:
+    def _write(self, hour: int, text: bytes, lines: int, filled: list[Part]) -> None:
+        """`text`, `lines` whole JSON lines, into the hour's open part, closing each part it
+        fills and going on in the next."""
         start = 0
-        while start < len(lines):
+        while lines:
             member, counts = self._member(hour)
             room = self._max_records - counts[0]
-            taken = lines[start : start + room]
-            data = b"".join(taken)
-            if counts[1] + len(data) >= self._max_bytes:  # the part fills: cut at its line
-                size = 0
-                for count, line in enumerate(taken, 1):
-                    size += len(line)
-                    if counts[1] + size >= self._max_bytes:
-                        taken = taken[:count]
-                        break
-                data = b"".join(taken)
-            member.add(data)
-            counts[0] += len(taken)
-            counts[1] += len(data)
-            start += len(taken)
+            space = self._max_bytes - counts[1]  # the JSON that fills the part
+            if lines <= room and len(text) - start < space:  # all of it fits: the usual case
+                end, taken = len(text), lines
+            else:
+                end, taken = _cut(text, start, room, space)
+            member.add(text if end - start == len(text) else text[start:end])
+            counts[0] += taken
+            counts[1] += end - start
+            lines -= taken
+            start = end
             if counts[0] >= self._max_records or counts[1] >= self._max_bytes:
                 filled.append(self._close(hour))
 
@@ -547,6 +558,21 @@ class PartsBuilder:
         if not records:
             return None
         return Part(self._namer(self._env, hour * 3600), member.finish(), records)
+
+
+def _cut(text: bytes, start: int, room: int, space: int) -> tuple[int, int]:
+    """Where a part that has room for `room` more lines and `space` more bytes (its last
+    line may reach past them) stops taking the lines of `text` from `start`: (the end,
+    in `text`, of the last line it takes, how many it takes). A line's only newline is
+    its end: JSON escapes every control character in a string (RFC 8259, section 7)."""
+    end = start
+    taken = 0
+    while taken < room:
+        end = text.index(b"\n", end) + 1
+        taken += 1
+        if end - start >= space:
+            break
+    return end, taken
 
 
 def encode_parts(

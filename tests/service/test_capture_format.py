@@ -301,6 +301,37 @@ def test_a_part_closes_once_its_json_reaches_max_bytes():
         assert b"".join(partformat.decompress(p.body) for p in parts) == b"".join(lines)
 
 
+@pytest.mark.parametrize(
+    ("max_records", "max_lines_of_bytes"),
+    [(4, None), (2, None), (None, 2.5), (None, 1), (3, 2.5), (2, 0.5)],
+)
+def test_parts_cut_at_their_bounds_hold_every_line_once_in_order(max_records, max_lines_of_bytes):
+    """Slices of single images and of a batch added one at a time, into parts bounded by
+    records, by JSON bytes (in lines of a single image's size), or both: the parts'
+    text is every line once, in order, and each part closed before the end is full, by
+    its records or by its bytes, its last line the one that reached the bound."""
+    singles = [
+        Pending(ANSWERED, "/predict", f"r{i}", MODEL, batch_scores(1), None, 0.001)
+        for i in range(10)
+    ]
+    batch = Pending(ANSWERED, "/v2/infer", "batch", MODEL, batch_scores(3), None, 0.002)
+    slices = [singles[:3], [batch, *singles[3:5]], singles[5:]]
+    line = len(lines_of(singles[:1], "dev")[0])
+    records_bound = max_records or 10_000
+    bytes_bound = int(max_lines_of_bytes * line) if max_lines_of_bytes else 1 << 20
+    builder = PartsBuilder("dev", PartNamer(), max_records=records_bound, max_bytes=bytes_bound)
+    parts = [part for piece in slices for part in builder.add(piece)] + builder.finish()
+    texts = [partformat.decompress(part.body) for part in parts]
+    expected = [line for piece in slices for line in lines_of(piece, "dev")]
+    assert b"".join(texts) == b"".join(expected)
+    assert [part.records for part in parts] == [text.count(b"\n") for text in texts]
+    assert sum(part.records for part in parts) == 13
+    for part, text in zip(parts[:-1], texts[:-1], strict=True):
+        last = len(text.splitlines(keepends=True)[-1])
+        assert part.records == records_bound or len(text) - last < bytes_bound <= len(text)
+    assert all(0 < part.records <= records_bound for part in parts)
+
+
 def test_parts_come_out_ordered_by_hour_whatever_the_order_of_their_records():
     late = Pending(ANSWERED + 3600, "/predict", "late", MODEL, batch_scores(1), None, 0.001)
     early = Pending(ANSWERED, "/predict", "early", MODEL, batch_scores(1), None, 0.001)

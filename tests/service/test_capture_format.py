@@ -307,12 +307,13 @@ def test_a_part_closes_once_its_json_reaches_max_bytes():
 )
 def test_parts_cut_at_their_bounds_hold_every_line_once_in_order(max_records, max_lines_of_bytes):
     """Slices of single images and of a batch added one at a time, into parts bounded by
-    records, by JSON bytes (in lines of a single image's size), or both: the parts'
-    text is every line once, in order, and each part closed before the end is full, by
-    its records or by its bytes, its last line the one that reached the bound."""
+    records, by JSON bytes (in lines of a single image's size), or both, the last slice
+    filling several parts: the parts' text is every line once, in order, and each part
+    closed before the end is full, by its records or by its bytes, its last line the one
+    that reached the bound."""
     singles = [
         Pending(ANSWERED, "/predict", f"r{i}", MODEL, batch_scores(1), None, 0.001)
-        for i in range(10)
+        for i in range(20)
     ]
     batch = Pending(ANSWERED, "/v2/infer", "batch", MODEL, batch_scores(3), None, 0.002)
     slices = [singles[:3], [batch, *singles[3:5]], singles[5:]]
@@ -325,7 +326,7 @@ def test_parts_cut_at_their_bounds_hold_every_line_once_in_order(max_records, ma
     expected = [line for piece in slices for line in lines_of(piece, "dev")]
     assert b"".join(texts) == b"".join(expected)
     assert [part.records for part in parts] == [text.count(b"\n") for text in texts]
-    assert sum(part.records for part in parts) == 13
+    assert sum(part.records for part in parts) == 23
     for part, text in zip(parts[:-1], texts[:-1], strict=True):
         last = len(text.splitlines(keepends=True)[-1])
         assert part.records == records_bound or len(text) - last < bytes_bound <= len(text)

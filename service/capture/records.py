@@ -313,16 +313,25 @@ class PartNamer:
 
 
 def lines_of(entries: Sequence[Pending], env: str) -> list[bytes]:
-    """The JSON lines of `entries`, in order, byte for byte those of `record_lines`.
+    """The JSON lines of `entries`, in order, byte for byte those of `record_lines`
+    (`_text_of`'s text, a line each)."""
+    text, _ = _text_of(entries, env)
+    # Its only line breaks are the lines' ends (`_cut`).
+    return text.splitlines(keepends=True)
+
+
+def _text_of(entries: Sequence[Pending], env: str) -> tuple[bytes, int]:
+    """The JSON lines of `entries` as one text, and how many lines it holds.
 
     A run of single-row requests without inputs, whose scores share one shape and dtype
-    (every /predict of one image), is encoded a column at a time (`_single_row_text`).
+    (every /predict of one image), is encoded a column at a time (`_single_row_text`);
+    anything else a request at a time (`record_lines`).
     """
     columns = _single_row_columns(entries)
     if columns is not None:
-        # Its only line breaks are the lines' ends (`_cut`).
-        return _single_row_text(columns, env).splitlines(keepends=True)
-    return [line for entry in entries for line in record_lines(entry, env)]
+        return _single_row_text(columns, env), len(entries)
+    lines = [line for entry in entries for line in record_lines(entry, env)]
+    return b"".join(lines), len(lines)
 
 
 class _SingleRows(NamedTuple):
@@ -481,11 +490,7 @@ def _text_by_hour(entries: Sequence[Pending], env: str) -> list[tuple[int, bytes
         if first == int(max(columns.answered_at) // 3600):
             return [(first, _single_row_text(columns, env), len(entries))]
     runs = itertools.groupby(entries, key=lambda entry: int(entry.answered_at // 3600))
-    encoded = []
-    for hour, run in runs:
-        lines = lines_of(list(run), env)
-        encoded.append((hour, b"".join(lines), len(lines)))
-    return encoded
+    return [(hour, *_text_of(list(run), env)) for hour, run in runs]
 
 
 class PartsBuilder:

@@ -23,6 +23,7 @@ import pytest
 # (tests/pipeline/containers.py) or take the session's image (the `built` fixture).
 PODMAN_FILES = frozenset(
     {
+        "tests/pipeline/test_containers.py",
         "tests/pipeline/test_image.py",
         "tests/pipeline/test_image_on_fargate.py",
         "tests/terraform/test_deploy_e2e.py",

@@ -6,6 +6,7 @@ three). Without them the image tests skip on a workstation and fail in CI (CI=tr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,8 @@ BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/python-base:3.11")
 # must not remove each other's image (the tag is the commit).
 TEST_REPO = f"localhost/onnx-ship-test-{uuid.uuid4().hex[:8]}"
 SETUP_HINT = "run .ci/setup.sh (podman, the local base image, docker-registry)"
+# The loopback registry .ci/setup.sh starts (it plays ECR's registry in the deploy tests).
+REGISTRY = f"127.0.0.1:{os.environ.get('REGISTRY_PORT', '5000')}"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
@@ -65,6 +68,55 @@ def remove_dangling_since(before: set[str]) -> None:
     made = dangling_images() - before
     if made:
         podman("rmi", "--force", *made, check=False)
+
+
+def remove_names(repositories: set[str], tags: set[str]) -> None:
+    """Take off every name podman's images carry in `repositories` (their tags, and the
+    digests podman records there for a push or a pull by digest), on each image tagged one
+    of `tags` in one of them: an image left without a name is deleted, one that still
+    carries another stays.
+
+    Never by ID: a build of one commit gives the same image ID in every checkout (the
+    build is reproducible), so `podman rmi --force <id>` would also delete the image
+    another checkout of that commit is testing on this machine, under its own name
+    (TEST_REPO).
+    """
+    listed = podman("images", "--no-trunc", "--format", "{{.ID}} {{.Repository}} {{.Tag}}")
+    tagged = sorted(
+        {
+            image_id
+            for image_id, repository, tag in (
+                line.split(" ") for line in listed.stdout.splitlines()
+            )
+            if repository in repositories and tag in tags
+        }
+    )
+    # Tags first, then the digest names left (a pull by digest): podman also lists a digest
+    # under every repository the image is tagged in, which goes with the last tag there,
+    # and `podman rmi` of such a digest once its tag is gone removes the image itself, as
+    # by ID.
+    for kind in ("RepoTags", "RepoDigests"):
+        names = [name for image_id in tagged for name in _names(image_id, kind, repositories)]
+        if names:
+            podman("rmi", *names, check=False)
+
+
+def _names(image_id: str, kind: str, repositories: set[str]) -> list[str]:
+    """The image's `kind` names (RepoTags or RepoDigests) in `repositories`; none when
+    podman's store no longer holds it."""
+    found = podman("image", "inspect", image_id, check=False)
+    if found.returncode != 0:
+        return []
+    (inspected,) = json.loads(found.stdout)
+    return [name for name in inspected.get(kind) or () if _repository_of(name) in repositories]
+
+
+def _repository_of(name: str) -> str:
+    """`registry:5000/repo:tag` or `registry:5000/repo@sha256:...` -> `registry:5000/repo`."""
+    if "@" in name:
+        return name.partition("@")[0]
+    repository, _, tag = name.rpartition(":")
+    return repository if repository and "/" not in tag else name
 
 
 def require_registry(address: str) -> None:
@@ -107,6 +159,15 @@ def registry_manifest(registry: str, repository: str, tag: str) -> tuple[str, by
         if exc.code == 404:
             return None
         raise
+
+
+def delete_from_registry(registry: str, repository: str, tag: str) -> None:
+    """Delete `repository:tag`'s manifest from the loopback `registry` (and so every tag of
+    that image), if it holds it: the registry's API, `DELETE /v2/<name>/manifests/<digest>`."""
+    held = registry_manifest(registry, repository, tag)
+    if held is not None:
+        url = f"http://{registry}/v2/{repository}/manifests/{held[0]}"
+        urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,11 +52,13 @@ from service.model import ModelInfo
 from tests.conftest import REPO, free_port
 from tests.pipeline.containers import (
     BASE_IMAGE,
+    REGISTRY,
     dangling_images,
+    delete_from_registry,
     ecr_podman,
     podman,
-    registry_manifest,
     remove_dangling_since,
+    remove_names,
     require_podman,
     require_registry,
 )
@@ -74,7 +75,6 @@ from tests.terraform.ecs_stand_in import TaskStandIn
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(900)]
 
-REGISTRY = f"127.0.0.1:{os.environ.get('REGISTRY_PORT', '5000')}"
 ENVS = terraform.ENVIRONMENTS
 
 
@@ -167,39 +167,25 @@ def as_moto_authorises(role: str, client: Any) -> None:
         client.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(document))
 
 
-def delete_from_registry(repository: str, tag: str) -> None:
-    """Delete `repository:tag`'s manifest from the loopback registry (and so every tag of
-    that image), if it holds it: the registry's API, `DELETE /v2/<name>/manifests/<digest>`."""
-    held = registry_manifest(REGISTRY, repository, tag)
-    if held is not None:
-        url = f"http://{REGISTRY}/v2/{repository}/manifests/{held[0]}"
-        urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10)
-
-
 @pytest.fixture(scope="module")
 def fresh_images() -> Iterator[None]:
     """No image of an earlier run of this commit: the shared registry loses this tree's
     verified tags first, so prod can only promote what this run's dev verified; and the
     images the deploys made of this commit (a venv layer of their own) and the build's
-    untagged stages leave podman's store after, by ID (a tag alone would leave the image,
-    still named by its registry digests)."""
+    untagged stages leave podman's store after, by their names in this run's
+    repositories, tags and registry digests (`remove_names`: another checkout's test image
+    of the same commit is the same image, and keeps its own name)."""
     require_podman()
     require_registry(REGISTRY)
     sha = image.git_sha()
     verified = promotion.verified_tag(promotion.git_tree(sha, REPO), MNIST8_SHA256)
     for env in ENVS:
-        delete_from_registry(f"onnx-ship-{env}", verified)
+        delete_from_registry(REGISTRY, f"onnx-ship-{env}", verified)
     dangling = dangling_images()
     yield
-    repositories = {"localhost/onnx-ship", *(f"{REGISTRY}/onnx-ship-{env}" for env in ENVS)}
-    listed = podman("images", "--no-trunc", "--format", "{{.ID}} {{.Repository}} {{.Tag}}")
-    ours = {
-        image_id
-        for image_id, repository, tag in (line.split(" ") for line in listed.stdout.splitlines())
-        if repository in repositories and tag in (sha, verified)
-    }
-    if ours:
-        podman("rmi", "--force", *ours, check=False)
+    remove_names(
+        {"localhost/onnx-ship", *(f"{REGISTRY}/onnx-ship-{env}" for env in ENVS)}, {sha, verified}
+    )
     # The build's first stage is left untagged (podman keeps it as a cache).
     remove_dangling_since(dangling)
 

@@ -64,10 +64,13 @@ def dangling_images() -> set[str]:
 
 def remove_dangling_since(before: set[str]) -> None:
     """Remove the untagged images made since `before` (dangling_images()): each build of a
-    commit leaves a stage of about 390 MB, which would otherwise pile up run after run."""
+    commit leaves a stage of about 390 MB, which would otherwise pile up run after run.
+    Without --force: a stage another checkout's build of the same commit is using at that
+    moment (the same image, as its cache) stays, podman refusing an image in use by a
+    container; the next run's clean-up does not count it as its own."""
     made = dangling_images() - before
     if made:
-        podman("rmi", "--force", *made, check=False)
+        podman("rmi", *made, check=False)
 
 
 def remove_names(repositories: set[str], tags: set[str]) -> None:

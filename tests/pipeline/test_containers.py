@@ -7,6 +7,8 @@ same commit on this machine holds the very image a run removes, under a name of 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +18,11 @@ import pytest
 from tests.pipeline.containers import (
     BASE_IMAGE,
     REGISTRY,
+    dangling_images,
     delete_from_registry,
     podman,
     registry_manifest,
+    remove_dangling_since,
     remove_names,
     require_podman,
     require_registry,
@@ -87,3 +91,34 @@ def test_images_of_other_tags_and_repositories_are_left_alone(image_id):
     assert names_of(image_id) == sorted(
         [f"{ours}:other-commit", f"localhost/names-theirs-{run}:commit"]
     )
+
+
+def test_a_build_stage_in_use_by_another_build_stays(tmp_path):
+    """The untagged first stage of a two-stage build goes, unless a container (another
+    build's, working from it) uses it at that moment."""
+    require_podman()
+    if shutil.which("buildah") is None:
+        pytest.skip("buildah is not installed: run .ci/setup.sh")
+    label = uuid.uuid4().hex
+    (tmp_path / "Containerfile").write_text(
+        f"FROM {BASE_IMAGE} AS first\nRUN echo {label} > /stage\n"
+        f"FROM {BASE_IMAGE}\nCOPY --from=first /stage /stage\nLABEL names-test={label}\n"
+    )
+    final = f"localhost/names-stages-{label[:8]}:commit"
+    before = dangling_images()
+    podman("build", "--quiet", "--tag", final, str(tmp_path))
+    try:
+        (stage,) = dangling_images() - before
+        working = subprocess.run(
+            ["buildah", "from", stage], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        try:
+            remove_dangling_since(before)
+            assert stage in dangling_images()
+        finally:
+            subprocess.run(["buildah", "rm", working], capture_output=True, check=False)
+        remove_dangling_since(before)
+        assert stage not in dangling_images()
+    finally:
+        podman("rmi", final, check=False)
+        remove_dangling_since(before)

@@ -108,7 +108,13 @@ def test_a_build_stage_in_use_by_another_build_stays(tmp_path):
     before = dangling_images()
     podman("build", "--quiet", "--tag", final, str(tmp_path))
     try:
-        (stage,) = dangling_images() - before
+        # This build's stage: the untagged image whose history runs this test's command
+        # (another run may make untagged images meanwhile).
+        (stage,) = (
+            made
+            for made in dangling_images() - before
+            if label in podman("image", "history", "--no-trunc", made).stdout
+        )
         working = subprocess.run(
             ["buildah", "from", stage], capture_output=True, text=True, check=True
         ).stdout.strip()

@@ -541,7 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     The domain errors (FAILURES) say what to do themselves; an AWS error no retry changed
     is named with its fix (`service.aws.explain`); a file system error names the path. A
     SIGTERM or SIGHUP ends the command as Ctrl-C does, so what it was writing (a download's
-    temporary file) is removed on the way out."""
+    temporary file) is removed on the way out, and an interrupted release puts the service
+    back (`pipeline.release.release`); signals after the first are ignored, so that
+    clean-up is not itself cut short (`_signals_interrupt`)."""
     args = parser().parse_args(argv)
     try:
         with _signals_interrupt():
@@ -572,18 +574,38 @@ def _os_failure(exc: OSError) -> str:
     )
 
 
+# Where the first of these signals comes from: a terminal's Ctrl-C (SIGINT to the whole
+# foreground job), `kill`, `timeout` or a supervisor (SIGTERM), a closed terminal (SIGHUP),
+# nox passing on its own interrupt (SIGTERM after STOP's wait, noxfile.py), and a GitHub
+# runner cancelling the job or ending it at its `timeout-minutes`: SIGINT to the step's
+# process, SIGTERM 7.5 s later, the process tree killed 2.5 s after that (GitHub Actions
+# docs, "Workflow cancellation reference").
+INTERRUPTING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread while inside, as
-    SIGINT does (signal(7)), so context managers and `finally` clean up."""
+    """While inside, the first SIGINT, SIGTERM or SIGHUP raises KeyboardInterrupt in the
+    main thread (signal(7): each ends a process by default), so context managers, `finally`
+    and a release's rollback run; the ones after it are ignored, so a second Ctrl-C, or the
+    SIGTERM that follows a runner's SIGINT, cannot cut that clean-up short. SIGINT is taken
+    only where Python's own handler has it (a background job started by a script ignores
+    it, POSIX shell 2.11)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    taken = [
+        sig
+        for sig in INTERRUPTING
+        if sig != signal.SIGINT or signal.getsignal(sig) is signal.default_int_handler
+    ]
 
     def interrupt(signum: int, frame: object) -> None:
+        for sig in taken:
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, interrupt) for sig in taken}
     try:
         yield
     finally:

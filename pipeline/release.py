@@ -15,7 +15,8 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -575,7 +576,11 @@ def release(
     (ReleaseError, AlarmsMoved, botocore's errors, OSError) is returned as an Outcome with
     `succeeded` False; what fails before it (the API token, DescribeServices,
     DescribeAlarms, RegisterTaskDefinition, `latest.json`) or writing the record raises
-    MissingEnvironment, ReleaseError, ClientError or RecordError."""
+    MissingEnvironment, ReleaseError, ClientError or RecordError.
+
+    Interrupted after the service update (KeyboardInterrupt, as `pipeline.cli` makes of a
+    cancelled or timed-out job's signals), it puts the service back without waiting
+    (`_put_back_if_interrupted`), records the attempt as failed and raises it again."""
     ecs = ecs or Ecs(env.client("ecs"))
     token = env.api_token()  # before anything changes: an unreadable secret stops here
     record = _new_record(env, candidate, datetime.now(UTC))
@@ -583,30 +588,86 @@ def release(
     record["previous_task_definition"] = previous = running["taskDefinition"]
     restore_to, instead = _where_a_failure_returns(env, previous)
     watch = _alarm_watch(env, running, alarms, say, sleep)
-    new = ecs.register(
+    record["task_definition"] = new = ecs.register(
         env.task_definition_arn, env.container_name, candidate.image, task_environment(candidate)
     )
-    record["task_definition"] = new
     say(f"registered {new} (image {candidate.image})")
-    try:
-        deployment = ecs.update(env.cluster_name, env.service_name, new)
-        record["deployment_id"] = deployment
-        record.update(watch.deployment_started())
-        say(f"service {env.service_name}: deployment {deployment} of {new}; waiting for COMPLETED")
-        ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, new, stable_timeout)
-        say(f"completed; smoke-testing {env.endpoint_url}")
-        smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep, token=token)
-        watch.bake()
-        record["compaction_task_definition"] = _follow_with_compaction(env, ecs, new, say)
-    except RELEASE_FAILURES as failure:
-        outcome, reason = _restore(
-            env, ecs, restore_to, str(failure), stable_timeout, say, instead=instead
-        )
-        _finish(env, record, outcome, reason)
-        return Outcome(record, new, previous, False, reason)
+    with _put_back_if_interrupted(env, ecs, record, restore_to, say, instead=instead):
+        try:
+            _roll_out(env, ecs, record, new, watch, stable_timeout, say)
+            say(f"completed; smoke-testing {env.endpoint_url}")
+            smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep, token=token)
+            watch.bake()
+            record["compaction_task_definition"] = _follow_with_compaction(env, ecs, new, say)
+        except RELEASE_FAILURES as failure:
+            outcome, reason = _restore(
+                env, ecs, restore_to, str(failure), stable_timeout, say, instead=instead
+            )
+            _finish(env, record, outcome, reason)
+            return Outcome(record, new, previous, False, reason)
     _finish(env, record, "succeeded")
     say(f"released {record['release_id']} to {env.environment}")
     return Outcome(record, new, previous, True)
+
+
+def _roll_out(
+    env: Environment,
+    ecs: Ecs,
+    record: dict[str, Any],
+    revision: str,
+    watch: AlarmWatch,
+    timeout: float,
+    say: Callable[[str], None],
+) -> None:
+    """Point the service at `revision` and wait for our deployment (`Ecs.wait_for_rollout`),
+    noting the deployment and the alarms' state as it started in `record`."""
+    deployment = ecs.update(env.cluster_name, env.service_name, revision)
+    record["deployment_id"] = deployment
+    record.update(watch.deployment_started())
+    say(f"service {env.service_name}: deployment {deployment} of {revision}; waiting for COMPLETED")
+    ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, revision, timeout)
+
+
+@contextmanager
+def _put_back_if_interrupted(
+    env: Environment,
+    ecs: Ecs,
+    record: dict[str, Any],
+    target: str,
+    say: Callable[[str], None],
+    *,
+    instead: str = "",
+) -> Iterator[None]:
+    """On KeyboardInterrupt inside: point the service back at `target` (or `instead`, see
+    _restorable) without waiting for that deployment, record the release as failed, and
+    raise the interrupt again.
+
+    Three ECS calls at most (DescribeTaskDefinition twice, UpdateService) and the record's
+    PUT: a GitHub runner kills a cancelled step 10 s after its SIGINT ("Workflow
+    cancellation reference"), and nox passes the interrupt on after 5 s (noxfile.py,
+    STOP); ECS then completes the deployment by itself. What the ECS API raises meanwhile
+    goes into the record's reason instead."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        say(f"interrupted; pointing {env.service_name} back at {target} without waiting")
+        try:
+            target = _restorable(env, ecs, target, instead, say)
+            deployment = ecs.update(env.cluster_name, env.service_name, target)
+        except RELEASE_FAILURES as failure:
+            reason = (
+                f"interrupted before the release was verified, and the rollback to {target} "
+                f"could not start: {failure}; run nox -s status -- {env.environment} to see "
+                "what runs, then deploy again"
+            )
+        else:
+            reason = (
+                f"interrupted before the release was verified; the rollback to {target} "
+                f"started (deployment {deployment}) and was not waited for: nox -s status -- "
+                f"{env.environment} shows when ECS has completed it"
+            )
+        _finish(env, record, "failed", reason)
+        raise
 
 
 def _finish(env: Environment, record: dict[str, Any], outcome: str, reason: str = "") -> None:

@@ -106,6 +106,49 @@ def test_a_stopped_command_cleans_up_and_exits_130_without_a_traceback(sent):
     assert done.stderr == "interrupted: the command stopped before it finished\n"
 
 
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        # A GitHub runner cancelling a job: SIGINT, SIGTERM 7.5 s later ("Workflow
+        # cancellation reference"), which reaches the command when nox passes it on.
+        pytest.param(signal.SIGINT, signal.SIGTERM, id="runner-cancel"),
+        pytest.param(signal.SIGINT, signal.SIGINT, id="ctrl-c-twice"),
+        pytest.param(signal.SIGTERM, signal.SIGHUP, id="sigterm-then-sighup"),
+    ],
+)
+def test_signals_after_the_first_do_not_cut_the_clean_up_short(first, then):
+    """What a stopped command does on its way out (a release pointing the service back,
+    a download removing its partial file) runs to its end whatever signal comes next."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, time
+        from pipeline import cli
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        def stopped(args):
+            'Stops itself, and is signalled again while it cleans up.'
+            try:
+                os.kill(os.getpid(), {int(first)})
+                time.sleep(10)
+            finally:
+                os.kill(os.getpid(), {int(then)})
+                time.sleep(0.2)
+                print("cleaned up")
+            return 0
+
+        configure = cli.COMMANDS["download"][1]
+        cli.COMMANDS["download"] = (stopped, configure)
+        sys.exit(cli.main(["download"]))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (130, "cleaned up\n"), done.stderr
+    assert done.stderr == "interrupted: the command stopped before it finished\n"
+
+
 @pytest.mark.parametrize("limit", ["0", "-1", "x"])
 def test_a_limit_that_is_no_count_is_refused_by_name(limit, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from dataclasses import replace
 
 import boto3
 import pytest
 
-from pipeline import promotion, records
+from pipeline import cli, promotion, records
 from pipeline.batchable import make_copy
 from pipeline.environment import MissingEnvironment
 from pipeline.release import (
@@ -183,6 +187,94 @@ def test_a_failed_first_release_returns_to_the_revision_that_ran_before(
     assert records.read_latest(env.records_url) is None
     (attempt,) = records.list_records(env.records_url)
     assert attempt["outcome"] == "rolled_back" and "sha256" in attempt["reason"]
+
+
+class Cancelled(Ecs):
+    """ECS as a release sees it when its GitHub job is cancelled, or reaches its
+    timeout-minutes, during the release's wait number `at` (1: its own rollout; 2: the
+    rollback's, after the rollout failed as `fail_first` has it): the runner's SIGINT
+    reaches this process then, and its SIGTERM (7.5 s later) while the release points the
+    service back ("Workflow cancellation reference")."""
+
+    def __init__(self, at: int, *, fail_first: bool = False) -> None:
+        super().__init__(boto3.client("ecs"), poll_seconds=0.05)
+        self.at, self.fail_first = at, fail_first
+        self.waits = 0
+        self.updates: list[str] = []
+
+    def update(self, cluster: str, service: str, task_definition: str) -> str:
+        if self.waits >= self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.updates.append(task_definition)
+        return super().update(cluster, service, task_definition)
+
+    def wait_for_rollout(self, *args) -> None:
+        self.waits += 1
+        if self.waits == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(STABLE_SECONDS)
+            raise AssertionError("the SIGINT did not interrupt the wait")
+        if self.fail_first and self.waits == 1:
+            raise ReleaseError("deployment ecs-svc/1 is FAILED: the circuit breaker rolled it back")
+        super().wait_for_rollout(*args)
+
+
+@pytest.fixture
+def interruptible():
+    """Signals as `python -m pipeline` takes them (`cli._signals_interrupt`), SIGINT as a
+    process started in the foreground has it."""
+    assert threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with cli._signals_interrupt():
+            yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize(
+    ("at", "fail_first"),
+    [
+        pytest.param(1, False, id="during-the-rollout"),
+        pytest.param(2, True, id="during-the-rollback-of-a-failed-rollout"),
+    ],
+)
+def test_an_interrupted_release_points_the_service_back_records_it_and_stops(
+    aws, mnist8_server, smoke, interruptible, at, fail_first
+):
+    """An interrupted release must not leave an unverified revision serving, nor go
+    unrecorded: it starts the rollback without waiting for it (a runner kills the job
+    10 s after its SIGINT), writes the record, and stops as interrupted. The runner's
+    SIGTERM, arriving meanwhile, does not cut that short."""
+    env = make_environment(mnist8_server.url)
+    good = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
+    assert good.succeeded, good.reason
+    ecs = Cancelled(at, fail_first=fail_first)
+    with pytest.raises(KeyboardInterrupt):
+        release(env, candidate("b" * 40), smoke, ecs=ecs, say=lambda m: None, **BOUNDS)
+    released = ecs.updates[0]
+    assert released != good.task_definition and ecs.updates[-1] == good.task_definition
+    service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
+    assert service["services"][0]["taskDefinition"] == good.task_definition
+    (attempt,) = [r for r in records.list_records(env.records_url) if r["git_sha"] == "b" * 40]
+    assert attempt["outcome"] == "failed" and attempt["task_definition"] == released
+    assert attempt["reason"].startswith("interrupted before the release was verified; the ")
+    assert f"rollback to {good.task_definition} started" in attempt["reason"]
+    assert records.read_latest(env.records_url)["git_sha"] == "a" * 40
+
+
+def test_an_interrupted_first_release_returns_to_the_revision_that_ran_before(
+    aws, mnist8_server, smoke, interruptible
+):
+    env = make_environment(mnist8_server.url)
+    ecs = Cancelled(1)
+    with pytest.raises(KeyboardInterrupt):
+        release(env, candidate(), smoke, ecs=ecs, say=lambda m: None, **BOUNDS)
+    service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
+    assert service["services"][0]["taskDefinition"] == env.task_definition_arn
+    (attempt,) = records.list_records(env.records_url)
+    assert attempt["outcome"] == "failed" and "interrupted" in attempt["reason"]
+    assert records.read_latest(env.records_url) is None
 
 
 def test_wrong_predictions_fail_the_smoke_test(aws, mnist8_server, smoke):

@@ -6,7 +6,13 @@ GitHub runs a job whose `if` holds once every job in its `needs` succeeded
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -36,11 +42,12 @@ def runs(job: dict, event: str) -> bool:
 
 
 def nox_calls(job: dict) -> list[str]:
+    """The job's nox commands (`exec` left off)."""
     return [
-        line.strip()
+        line.strip().removeprefix("exec ")
         for step in job["steps"]
         for line in step.get("run", "").splitlines()
-        if line.strip().startswith("nox ")
+        if line.strip().removeprefix("exec ").startswith("nox ")
     ]
 
 
@@ -115,6 +122,69 @@ def test_the_deploy_builds_and_pushes_with_the_cli_the_tests_run(workflow):
     image; a deploy on the runner's Docker engine would run code no test ran."""
     (step,) = [s for s in workflow["jobs"]["deploy"]["steps"] if "nox " in s.get("run", "")]
     assert step["env"]["CONTAINER_CLI"] == "podman"
+
+
+# How a GitHub runner runs a `run` step with no `shell` on Linux: `bash -e {0}` (GitHub
+# Actions docs, "Workflow syntax": jobs.<job_id>.steps[*].shell). How it cancels one (a
+# cancelled run, or the job's timeout-minutes): SIGINT to that process alone (actions/runner,
+# src/Runner.Sdk/ProcessInvoker.cs: `kill(_proc.Id, SIGINT)`), SIGTERM 7.5 s later, the
+# process killed 2.5 s after that ("Workflow cancellation reference").
+RUNNER_SIGINT_SECONDS = 7.5
+
+
+def test_a_cancelled_deploy_signals_nox_itself(workflow, tmp_path):
+    """The deploy step run as a runner runs it, with `python` installing nothing and `nox`
+    a stand-in that reports the signal it gets: cancelled, the step's process must hand
+    nox the runner's SIGINT (nox passes it on; a release interrupted after the service
+    update then puts the service back, tests/pipeline/test_release.py). A bash waiting on
+    nox would pass nothing on, and the release would be killed with the service left on
+    a revision it never verified."""
+    (step,) = [s for s in workflow["jobs"]["deploy"]["steps"] if "nox " in s.get("run", "")]
+    script = tmp_path / "step.sh"
+    script.write_text(step["run"])
+    bin_dir, got = tmp_path / "bin", tmp_path / "got"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "nox").write_text(
+        f"#!{sys.executable}\n"
+        "import os, pathlib, signal, sys, time\n"
+        f"got = pathlib.Path({str(got)!r})\n"
+        "def stop(signum, frame):\n"
+        "    got.write_text(signal.Signals(signum).name)\n"
+        "    sys.exit(130)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        "got.write_text(f'started {os.getpid()} {sys.argv[1:]}')\n"
+        "time.sleep(60)\n"
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "BRANCH": "dev"}
+    step_process = subprocess.Popen(
+        ["bash", "-e", str(script)],
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    nox_pid = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (got.exists() and got.read_text().startswith("started")):
+            assert time.monotonic() < deadline and step_process.poll() is None, "nox never ran"
+            time.sleep(0.05)
+        started = got.read_text().split(" ", 2)
+        nox_pid = int(started[1])
+        assert started[2] == "['-s', 'deploy-dev']"
+        os.kill(step_process.pid, signal.SIGINT)
+        try:
+            step_process.wait(timeout=RUNNER_SIGINT_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the step took no notice of SIGINT in {RUNNER_SIGINT_SECONDS} s")
+        assert got.read_text() == "SIGINT"
+    finally:  # only what this test started, by its PID
+        for pid in (step_process.pid, nox_pid):
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        step_process.wait(timeout=30)
 
 
 def test_pull_requests_run_the_tests_and_deploy_nothing(workflow):

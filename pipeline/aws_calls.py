@@ -232,11 +232,14 @@ CALLS: tuple[AwsCall, ...] = (
             Role.DEPLOY,
             action,
             REPOSITORY,
-            "pipeline.deploy.mark_verified (podman/docker pull)",
-            f"the released image, to tag it verified: {why} (a re-run's fresh runner "
-            "lacks an image an earlier run pushed)",
+            "pipeline.deploy.mark_verified (pipeline.registry.Ecr.retag)",
+            f'the released image tagged verified in the registry: {why} ("Retagging an '
+            'image in Amazon ECR")',
         )
-        for action, why in _PULL
+        for action, why in (
+            ("ecr:BatchGetImage", "its manifest, as the repository holds it"),
+            ("ecr:PutImage", "the same manifest under the verified tag"),
+        )
     ),
     *(
         AwsCall(

@@ -248,6 +248,8 @@ def promote(
 def mark_verified(env: Environment, image: str, git_sha: str, model_sha256: str) -> str:
     """Tag the released `image` (repository@digest) `verified-<git tree>-<model sha256>` in
     the environment's repository: what an environment promoting from this one looks for.
+    The tag is added in the registry (`Ecr.retag`), so it names the released digest itself
+    and the image need not be on this machine.
 
     The tag names a tree and a model, not a build: when an earlier image of this tree and
     model holds it already (an empty commit, a revert of a revert, a branch fast-forwarded
@@ -268,11 +270,7 @@ def mark_verified(env: Environment, image: str, git_sha: str, model_sha256: str)
                 "tree and model: it stays the verified one (tags are immutable)"
             )
         return tag
-    cli = images.find_cli()
-    registries.login(cli, registry, ecr.credentials())
-    if not registries.pull(cli, registry, image):  # a reused image may not be on this machine
-        raise DeployError(f"could not pull the released image {image} to tag it verified")
-    registries.push(image, env.ecr_repository_url, tag, ecr=ecr, cli=cli)
+    ecr.retag(name, image.rpartition("@")[2], tag)
     say(f"tagged {image} as {tag}")
     return tag
 

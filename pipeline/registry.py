@@ -44,10 +44,12 @@ class Credentials:
 
 @dataclass(frozen=True)
 class RemoteImage:
-    """What a repository already holds under a tag."""
+    """What a repository already holds under a tag (or a digest)."""
 
     digest: str  # the manifest digest, "sha256:..."
     config_digest: str | None  # the image ID the manifest points to, when readable
+    manifest: str = ""  # the manifest as the repository holds it, byte for byte
+    media_type: str = ""  # its media type (BatchGetImage's imageManifestMediaType)
 
 
 class Ecr:
@@ -85,6 +87,31 @@ class Ecr:
             repository_name, {"imageDigest": digest}, f"{repository_name}@{digest}"
         )
         return found is not None
+
+    def retag(self, repository_name: str, digest: str, tag: str) -> None:
+        """Give the image `digest` of `repository_name` the tag `tag` too, without pulling
+        or pushing it: its manifest, read as the repository holds it (BatchGetImage, every
+        manifest type accepted, so ECR converts none), is put back under `tag` (PutImage
+        with the digest, which ECR checks the manifest against), so the tag names that very
+        digest ("Retagging an image in Amazon ECR", ECR user guide; ECR API reference,
+        PutImage). Raises ImageError when the repository no longer holds the image, and
+        botocore's ClientError when ECR refuses the tag (ImageTagAlreadyExistsException:
+        tags are immutable)."""
+        found = self._lookup(
+            repository_name, {"imageDigest": digest}, f"{repository_name}@{digest}"
+        )
+        if found is None:
+            raise ImageError(
+                f"{repository_name}@{digest} is not in the repository any more (its lifecycle "
+                f"policy may have expired it): cannot tag it {tag}"
+            )
+        self._client.put_image(
+            repositoryName=repository_name,
+            imageManifest=found.manifest,
+            imageManifestMediaType=found.media_type,
+            imageTag=tag,
+            imageDigest=found.digest,
+        )
 
     def withdraw(self, repository_name: str, tag: str) -> bool:
         """Remove `tag` from the image it names, leaving the image and its other tags
@@ -140,9 +167,12 @@ class Ecr:
         if not images:
             return None
         found = images[0]
+        manifest = found.get("imageManifest", "")
         return RemoteImage(
             digest=found["imageId"]["imageDigest"],
-            config_digest=_config_digest(found.get("imageManifest", "")),
+            config_digest=_config_digest(manifest),
+            manifest=manifest,
+            media_type=found.get("imageManifestMediaType", ""),
         )
 
 

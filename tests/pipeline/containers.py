@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,6 +172,36 @@ def delete_from_registry(registry: str, repository: str, tag: str) -> None:
     if held is not None:
         url = f"http://{registry}/v2/{repository}/manifests/{held[0]}"
         urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10)
+
+
+def registry_takes_ecr_tags(registry: str, repository: str, ecr: Any) -> list[str]:
+    """Put in the loopback `registry` every tag that moto's ECR repository of the same name
+    holds and the registry lacks, with the same manifest (so the same digest): the tags
+    ECR's API added without a push (PutImage of a manifest already there: "Retagging an
+    image in Amazon ECR"), which ECR's registry serves at once, being the same store. The
+    other half of `_MIRROR`. `ecr`: a boto3 ECR client of moto; returns the tags put."""
+    put = []
+    for page in ecr.get_paginator("describe_images").paginate(repositoryName=repository):
+        for detail in page["imageDetails"]:
+            for tag in detail.get("imageTags", []):
+                if registry_manifest(registry, repository, tag) is not None:
+                    continue
+                (found,) = ecr.batch_get_image(
+                    repositoryName=repository,
+                    imageIds=[{"imageTag": tag}],
+                    acceptedMediaTypes=[MANIFEST_V2],
+                )["images"]
+                request = urllib.request.Request(
+                    f"http://{registry}/v2/{repository}/manifests/{tag}",
+                    data=found["imageManifest"].encode(),
+                    headers={"Content-Type": found["imageManifestMediaType"]},
+                    method="PUT",
+                )
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    digest = answer.headers["Docker-Content-Digest"]
+                assert digest == found["imageId"]["imageDigest"], (tag, digest, found["imageId"])
+                put.append(tag)
+    return put
 
 
 @dataclass(frozen=True)

@@ -548,17 +548,24 @@ def test_an_unverified_promotion_builds_when_asked_to(
     )
 
 
-def test_a_released_image_is_tagged_verified(moto_in_process, cli, capsys):
+def test_a_released_image_is_tagged_verified_in_the_registry(moto_in_process, cli, capsys):
+    """The tag is put on the released digest itself ("Retagging an image in Amazon ECR"):
+    no pull, no push, so no container CLI re-serialises the manifest into another digest,
+    one the task definition does not run and the lifecycle's `verified-` rule would keep
+    instead of the released one."""
     create_repository("onnx-ship-dev")
-    released = f"{REGISTRY}/onnx-ship-dev@{DIGEST}"
-    cli.available.add(released)
+    digest = put_image("onnx-ship-dev", SHA)
+    released = f"{REGISTRY}/onnx-ship-dev@{digest}"
     tag = mark_verified(environment(), released, SHA, MNIST8_SHA256)
     assert tag == promotion.verified_tag(TREE, MNIST8_SHA256)
-    assert cli.calls == [
-        ("login", REGISTRY, "AWS", True),
-        ("pull", REGISTRY, released),
-        ("push", released, f"{REGISTRY}/onnx-ship-dev", tag, True),
+    assert cli.calls == []
+    ecr = boto3.client("ecr", region_name="us-east-1")
+    (image,) = ecr.batch_get_image(repositoryName="onnx-ship-dev", imageIds=[{"imageTag": tag}])[
+        "images"
     ]
+    assert image["imageId"]["imageDigest"] == digest
+    (details,) = ecr.describe_images(repositoryName="onnx-ship-dev")["imageDetails"]
+    assert set(details["imageTags"]) == {SHA, tag}
     assert capsys.readouterr().err == f"deploy: tagged {released} as {tag}\n"
 
 
@@ -584,12 +591,15 @@ def test_a_tree_and_model_verified_by_an_earlier_image_stay_so(moto_in_process, 
     )
 
 
-def test_a_released_image_that_cannot_be_pulled_is_named(moto_in_process, cli):
+def test_a_released_image_the_registry_no_longer_holds_is_named(moto_in_process, cli):
     create_repository("onnx-ship-dev")
     released = f"{REGISTRY}/onnx-ship-dev@{DIGEST}"
-    with pytest.raises(DeployError) as raised:
+    with pytest.raises(images.ImageError) as raised:
         mark_verified(environment(), released, SHA, MNIST8_SHA256)
-    assert str(raised.value) == f"could not pull the released image {released} to tag it verified"
+    assert str(raised.value) == (
+        f"onnx-ship-dev@{DIGEST} is not in the repository any more (its lifecycle policy may "
+        f"have expired it): cannot tag it {promotion.verified_tag(TREE, MNIST8_SHA256)}"
+    )
 
 
 # -- the whole deploy --------------------------------------------------------------------

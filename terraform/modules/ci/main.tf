@@ -87,13 +87,12 @@ data "aws_iam_policy_document" "deploy" {
   statement {
     sid = "PushPullOwnRepository"
     # The calls behind `docker push` (ECR user guide, "Pushing an image"), the tag
-    # lookup before it (BatchGetImage), and `docker pull` of a released image to tag it
-    # verified (BatchGetImage, GetDownloadUrlForLayer: "Pulling an image").
+    # lookup before it (BatchGetImage), and the verified tag put on a released image in
+    # the registry (BatchGetImage, PutImage: "Retagging an image in Amazon ECR").
     actions = [
       "ecr:BatchCheckLayerAvailability",
       "ecr:BatchGetImage",
       "ecr:CompleteLayerUpload",
-      "ecr:GetDownloadUrlForLayer",
       "ecr:InitiateLayerUpload",
       "ecr:PutImage",
       "ecr:UploadLayerPart",

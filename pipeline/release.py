@@ -964,7 +964,8 @@ def rollback(
     the service back at that release's task definition, waits up to
     `stable_timeout` seconds for the deployment to complete (see `Ecs.wait_for_rollout`),
     gives the scheduled compaction that release's image, and records the rollback as a
-    new successful release, which becomes `latest.json`.
+    new successful release, which becomes `latest.json` (interrupted once the service was
+    pointed back, it records that too, with the reason, and raises KeyboardInterrupt).
     Raises ReleaseError when there is no earlier successful release, when it cannot run
     any more (`_still_runnable`; nothing is changed then), when the deployment does not
     complete, or, once the rollback is recorded, when the verified tag of what it left
@@ -990,10 +991,11 @@ def rollback(
         f"{target['release_id']} ({task_definition})"
     )
     deployment = ecs.update(env.cluster_name, env.service_name, task_definition)
-    ecs.wait_for_rollout(
-        env.cluster_name, env.service_name, deployment, task_definition, stable_timeout
-    )
-    compaction = _follow_with_compaction(env, ecs, task_definition, say)
+    with _rollback_recorded_if_interrupted(env, target, latest, deployment):
+        ecs.wait_for_rollout(
+            env.cluster_name, env.service_name, deployment, task_definition, stable_timeout
+        )
+        compaction = _follow_with_compaction(env, ecs, task_definition, say)
     record = _rollback_record(target, latest, deployment, compaction)
     records.write(env.records_url, record)
     if kept:
@@ -1001,6 +1003,26 @@ def rollback(
             f"{env.environment} is back on {target['release_id']} ({task_definition}), but {kept}"
         )
     return record
+
+
+@contextmanager
+def _rollback_recorded_if_interrupted(
+    env: Environment, target: dict[str, Any], latest: dict[str, Any], deployment: str
+) -> Iterator[None]:
+    """On KeyboardInterrupt inside (the service already pointed back at `target`'s
+    revision by `deployment`): record the rollback anyway, saying what was not done, and
+    raise the interrupt again. The service is on its way back, and `latest.json` naming
+    the release it left would send a later release's rollback to that one."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        record = _rollback_record(target, latest, deployment, "")
+        record["reason"] = (
+            f"interrupted: deployment {deployment} was not waited for (nox -s status -- "
+            f"{env.environment} shows it) and the scheduled compaction kept its image"
+        )
+        records.write(env.records_url, record)
+        raise
 
 
 def _rollback_record(

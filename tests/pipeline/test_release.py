@@ -326,6 +326,27 @@ def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it
     assert tags_of(image) == {*pushed, verified_tag("a" * 40)}
 
 
+def test_an_interrupted_rollback_is_recorded_once_the_service_is_pointed_back(
+    aws, mnist8_server, smoke, interruptible
+):
+    """Ctrl-C during `nox -s rollback`'s wait: ECS carries on with the deployment, so the
+    record says where the service goes, and a later failed release returns there, not
+    to the release that was left."""
+    env = make_environment(mnist8_server.url)
+    stored(candidate().image)
+    first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
+    second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
+    assert first.succeeded and second.succeeded
+    with pytest.raises(KeyboardInterrupt):
+        rollback(env, ecs=Cancelled(1), say=lambda m: None, stable_timeout=STABLE_SECONDS)
+    service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
+    assert service["services"][0]["taskDefinition"] == first.task_definition
+    latest = records.read_latest(env.records_url)
+    assert latest["task_definition"] == first.task_definition
+    assert latest["rollback_of"] == second.record["release_id"]
+    assert latest["reason"].startswith("interrupted: deployment ")
+
+
 def test_rollback_to_a_release_whose_image_ecr_expired_leaves_the_service_as_it_is(
     aws, mnist8_server, smoke
 ):

@@ -29,6 +29,11 @@ nox.options.error_on_external_run = True
 # every command here bounds its own stop.
 INTERRUPT_SECONDS = 5.0
 STOP = {"interrupt_timeout": INTERRUPT_SECONDS, "terminate_timeout": None}
+# A command that changes a live service (a deploy's release, a rollback) takes the first
+# signal itself, puts the service back or records what it did, and ignores later signals
+# (pipeline/interrupts.py); a GitHub runner cancelling the job signals nox alone and kills
+# the step 10 s later ("Workflow cancellation reference"), so nox passes it on at once.
+RELEASE_STOP = {**STOP, "interrupt_timeout": 0.0}
 
 
 _stopping = False
@@ -78,8 +83,9 @@ def install(session: nox.Session, *groups: str, project: bool = True) -> None:
 
 
 def run(session: nox.Session, *command: str, **options: Any) -> Any:
-    """`session.run(*command, **options)`, stopped as STOP says when nox is interrupted."""
-    return session.run(*command, **options, **STOP)
+    """`session.run(*command, **options)`, stopped as STOP says when nox is interrupted
+    (or as `options`' own interrupt_timeout says)."""
+    return session.run(*command, **{**STOP, **options})
 
 
 # pytest-xdist: a worker a core (at most four: each starts its own moto server and
@@ -208,10 +214,11 @@ def apply(session: nox.Session) -> None:
     terraform_command(session, "apply")
 
 
-def pipeline_command(session: nox.Session, *command: str) -> None:
-    """Install the pipeline's environment and run one `python -m pipeline` command."""
+def pipeline_command(session: nox.Session, *command: str, stop: dict = STOP) -> None:
+    """Install the pipeline's environment and run one `python -m pipeline` command,
+    stopped as `stop` says."""
     install(session, "pipeline")
-    run(session, "python", "-m", "pipeline", *command, *session.posargs)
+    run(session, "python", "-m", "pipeline", *command, *session.posargs, **stop)
 
 
 @nox.session(python=PYTHON)
@@ -250,7 +257,7 @@ def deploy_session(environment: str) -> None:
     """`nox -s deploy-<environment>`: one session per Terraform root (deploy-dev, deploy-prod)."""
 
     def deploy(session: nox.Session) -> None:
-        pipeline_command(session, "deploy", environment)
+        pipeline_command(session, "deploy", environment, stop=RELEASE_STOP)
 
     deploy.__doc__ = (
         f"Gate, ship (build, or promote what its source verified) and release to {environment}."
@@ -271,7 +278,7 @@ def deploy_local(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def rollback(session: nox.Session) -> None:
     """Return an environment to its previous successful release: `-- <environment>`."""
-    pipeline_command(session, "rollback")
+    pipeline_command(session, "rollback", stop=RELEASE_STOP)
 
 
 @nox.session(python=PYTHON)

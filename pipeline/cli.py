@@ -10,17 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline import REPO, provider_mirror, terraform
+from pipeline import REPO, interrupts, provider_mirror, terraform
 from pipeline import image as images
 from pipeline import registry as registries
 from pipeline.batchable import BatchableCopy
@@ -543,10 +540,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGTERM or SIGHUP ends the command as Ctrl-C does, so what it was writing (a download's
     temporary file) is removed on the way out, and an interrupted release puts the service
     back (`pipeline.release.release`); signals after the first are ignored, so that
-    clean-up is not itself cut short (`_signals_interrupt`)."""
+    clean-up is not itself cut short (`pipeline.interrupts`)."""
     args = parser().parse_args(argv)
     try:
-        with _signals_interrupt():
+        with interrupts.handled():
             return args.run(args)
     except FAILURES as exc:
         return _failed(str(exc))
@@ -572,42 +569,3 @@ def _os_failure(exc: OSError) -> str:
         f"{exc.filename}: {exc.strerror or exc}: give a path of the right kind (a file or a "
         "directory, as the option asks) that this user may write"
     )
-
-
-# Where the first of these signals comes from: a terminal's Ctrl-C (SIGINT to the whole
-# foreground job), `kill`, `timeout` or a supervisor (SIGTERM), a closed terminal (SIGHUP),
-# nox passing on its own interrupt (SIGTERM after STOP's wait, noxfile.py), and a GitHub
-# runner cancelling the job or ending it at its `timeout-minutes`: SIGINT to the step's
-# process, SIGTERM 7.5 s later, the process tree killed 2.5 s after that (GitHub Actions
-# docs, "Workflow cancellation reference").
-INTERRUPTING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """While inside, the first SIGINT, SIGTERM or SIGHUP raises KeyboardInterrupt in the
-    main thread (signal(7): each ends a process by default), so context managers, `finally`
-    and a release's rollback run; the ones after it are ignored, so a second Ctrl-C, or the
-    SIGTERM that follows a runner's SIGINT, cannot cut that clean-up short. SIGINT is taken
-    only where Python's own handler has it (a background job started by a script ignores
-    it, POSIX shell 2.11)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    taken = [
-        sig
-        for sig in INTERRUPTING
-        if sig != signal.SIGINT or signal.getsignal(sig) is signal.default_int_handler
-    ]
-
-    def interrupt(signum: int, frame: object) -> None:
-        for sig in taken:
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in taken}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from botocore.exceptions import ClientError
 
 from pipeline import REPO, aws_calls, history, promotion, records
 from pipeline import image as images
@@ -254,25 +255,37 @@ def mark_verified(env: Environment, image: str, git_sha: str, model_sha256: str)
     The tag names a tree and a model, not a build: when an earlier image of this tree and
     model holds it already (an empty commit, a revert of a revert, a branch fast-forwarded
     to a merge of the same tree), that image stays verified, since tags are immutable and
-    both were built from the same code and model.
+    both were built from the same code and model. So does one tagged between the lookup
+    and the retag (ECR then answers ImageTagAlreadyExistsException, or
+    ImageAlreadyExistsException when that image is this one: ECR API reference, PutImage).
     """
     ecr = registries.Ecr(env.client("ecr"))
     registry, name = registries.split_repository_url(env.ecr_repository_url)
     tag = promotion.commit_tag(git_sha, model_sha256, REPO)
+    released = image.rpartition("@")[2]
     held = ecr.existing(name, tag)
-    if held is not None:
-        released = image.rpartition("@")[2]
-        if held.digest == released:
-            say(f"{image} is tagged {tag} already")
+    if held is None:
+        try:
+            ecr.retag(name, released, tag)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in _TAG_TAKEN:
+                raise
+            held = ecr.existing(name, tag)
         else:
-            say(
-                f"{tag} names {registry}/{name}@{held.digest} already, an earlier image of this "
-                "tree and model: it stays the verified one (tags are immutable)"
-            )
-        return tag
-    ecr.retag(name, image.rpartition("@")[2], tag)
-    say(f"tagged {image} as {tag}")
+            say(f"tagged {image} as {tag}")
+            return tag
+    if held is None or held.digest == released:
+        say(f"{image} is tagged {tag} already")
+    else:
+        say(
+            f"{tag} names {registry}/{name}@{held.digest} already, an earlier image of this "
+            "tree and model: it stays the verified one (tags are immutable)"
+        )
     return tag
+
+
+# PutImage's answers when the tag is taken (ECR API reference, PutImage: Errors).
+_TAG_TAKEN = ("ImageTagAlreadyExistsException", "ImageAlreadyExistsException")
 
 
 def _repository(repository_url: str) -> str:

@@ -29,10 +29,11 @@ from botocore.retries.standard import (
     TransientRetryableChecker,
 )
 
-from pipeline import REPO, compaction_task, promotion, records, revisions
+from pipeline import REPO, compaction_task, interrupts, promotion, records, revisions
 from pipeline import registry as registries
 from pipeline.alarms import AlarmsMoved, AlarmWatch, DeploymentAlarms, watched_alarms
 from pipeline.environment import Environment
+from pipeline.records import RecordError
 from service import aws
 from service.auth import bearer_header
 
@@ -592,7 +593,8 @@ def release(
         env.task_definition_arn, env.container_name, candidate.image, task_environment(candidate)
     )
     say(f"registered {new} (image {candidate.image})")
-    with _put_back_if_interrupted(env, ecs, record, restore_to, say, instead=instead):
+    back = _Return(restore_to, instead)
+    with _put_back_if_interrupted(env, ecs, record, back, say):
         try:
             _roll_out(env, ecs, record, new, watch, stable_timeout, say)
             say(f"completed; smoke-testing {env.endpoint_url}")
@@ -600,9 +602,8 @@ def release(
             watch.bake()
             record["compaction_task_definition"] = _follow_with_compaction(env, ecs, new, say)
         except RELEASE_FAILURES as failure:
-            outcome, reason = _restore(
-                env, ecs, restore_to, str(failure), stable_timeout, say, instead=instead
-            )
+            back.failure = str(failure)
+            outcome, reason = _restore(env, ecs, back, stable_timeout, say)
             _finish(env, record, outcome, reason)
             return Outcome(record, new, previous, False, reason)
     _finish(env, record, "succeeded")
@@ -628,53 +629,73 @@ def _roll_out(
     ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, revision, timeout)
 
 
+@dataclass
+class _Return:
+    """Where a release that does not hold returns the service (`_where_a_failure_returns`),
+    and how far it got: what an interrupt must know."""
+
+    target: str  # the revision it returns to
+    instead: str  # the one it returns to when `target` is no longer ACTIVE (_restorable)
+    failure: str = ""  # why the release failed, once it has
+    started: str = ""  # the revision the rollback pointed the service at, once it has
+
+
 @contextmanager
 def _put_back_if_interrupted(
     env: Environment,
     ecs: Ecs,
     record: dict[str, Any],
-    target: str,
+    back: _Return,
     say: Callable[[str], None],
-    *,
-    instead: str = "",
 ) -> Iterator[None]:
-    """On KeyboardInterrupt inside: point the service back at `target` (or `instead`, see
-    _restorable) without waiting for that deployment, record the release as failed, and
-    raise the interrupt again.
+    """On KeyboardInterrupt inside, unless `record` is written already: point the service
+    back (`back`, unless its rollback has started) without waiting for that deployment,
+    record the release as failed, and raise the interrupt again.
 
     Three ECS calls at most (DescribeTaskDefinition twice, UpdateService) and the record's
     PUT: a GitHub runner kills a cancelled step 10 s after its SIGINT ("Workflow
-    cancellation reference"), and nox passes the interrupt on after 5 s (noxfile.py,
-    STOP); ECS then completes the deployment by itself. What the ECS API raises meanwhile
-    goes into the record's reason instead."""
+    cancellation reference"); ECS then completes the deployment by itself. What the ECS
+    API raises meanwhile goes into the record's reason; a record that cannot be written
+    is said, and the interrupt still raised."""
     try:
         yield
     except KeyboardInterrupt:
-        say(f"interrupted; pointing {env.service_name} back at {target} without waiting")
-        try:
-            target = _restorable(env, ecs, target, instead, say)
-            deployment = ecs.update(env.cluster_name, env.service_name, target)
-        except RELEASE_FAILURES as failure:
-            reason = (
-                f"interrupted before the release was verified, and the rollback to {target} "
-                f"could not start: {failure}; run nox -s status -- {env.environment} to see "
-                "what runs, then deploy again"
-            )
+        if "outcome" in record:  # its outcome is recorded: nothing is left undone
+            raise
+        if back.failure:
+            why = f"{back.failure}; then interrupted"
         else:
-            reason = (
-                f"interrupted before the release was verified; the rollback to {target} "
-                f"started (deployment {deployment}) and was not waited for: nox -s status -- "
-                f"{env.environment} shows when ECS has completed it"
-            )
-        _finish(env, record, "failed", reason)
+            why = "interrupted before the release was verified"
+        if back.started:
+            done = f"while the rollback to {back.started} ran, not waited for"
+        else:
+            done = _put_back_at_once(env, ecs, back, say)
+        reason = f"{why} {done}; nox -s status -- {env.environment} shows what runs"
+        try:
+            _finish(env, record, "failed", reason)
+        except RecordError as failure:
+            say(f"the release's record could not be written: {failure}")
         raise
+
+
+def _put_back_at_once(env: Environment, ecs: Ecs, back: _Return, say: Callable[[str], None]) -> str:
+    """Point the service at `back.target` (or `back.instead`) without waiting for the
+    deployment; what was done, for the record's reason."""
+    say(f"interrupted; pointing {env.service_name} back at {back.target} without waiting")
+    try:
+        back.started = _restorable(env, ecs, back.target, back.instead, say)
+        deployment = ecs.update(env.cluster_name, env.service_name, back.started)
+    except RELEASE_FAILURES as failure:
+        return f"and the rollback to {back.target} could not start ({failure}): deploy again"
+    return f"and the rollback to {back.started} started (deployment {deployment}), not waited for"
 
 
 def _finish(env: Environment, record: dict[str, Any], outcome: str, reason: str = "") -> None:
     """Close `record` with its outcome (and the failure's reason) and write it."""
     record.update(outcome=outcome, **({"reason": reason} if reason else {}))
     record["finished_at"] = datetime.now(UTC).isoformat()
-    records.write(env.records_url, record)
+    with interrupts.deferred():  # <id>.json and latest.json both, or the error
+        records.write(env.records_url, record)
 
 
 def _alarm_watch(
@@ -751,25 +772,24 @@ def _follow_with_compaction(
 
 
 def _restore(
-    env: Environment,
-    ecs: Ecs,
-    target: str,
-    failure: str,
-    timeout: float,
-    say: Callable[[str], None],
-    *,
-    instead: str = "",
+    env: Environment, ecs: Ecs, back: _Return, timeout: float, say: Callable[[str], None]
 ) -> tuple[str, str]:
-    """Put the service back on `target` (or `instead`, see _restorable) and wait for that
-    deployment: (outcome, reason)."""
-    say(f"release failed: {failure}; rolling back to {target}")
+    """Put the service back on `back.target` (or `back.instead`, see _restorable) after
+    `back.failure`, and wait for that deployment: (outcome, reason)."""
+    say(f"release failed: {back.failure}; rolling back to {back.target}")
+    target = back.target
     try:
-        target = _restorable(env, ecs, target, instead, say)
-        deployment = ecs.update(env.cluster_name, env.service_name, target)
+        target = _restorable(env, ecs, back.target, back.instead, say)
+        with interrupts.deferred():  # an interrupt then knows the rollback has started
+            deployment = ecs.update(env.cluster_name, env.service_name, target)
+            back.started = target
         ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, target, timeout)
     except RELEASE_FAILURES as rollback_failure:
-        return "failed", f"{failure}; the rollback to {target} did not complete: {rollback_failure}"
-    return "rolled_back", failure
+        return (
+            "failed",
+            f"{back.failure}; the rollback to {target} did not complete: {rollback_failure}",
+        )
+    return "rolled_back", back.failure
 
 
 def _restorable(
@@ -990,14 +1010,18 @@ def rollback(
         f"rolling {env.environment} back from {latest['release_id']} to "
         f"{target['release_id']} ({task_definition})"
     )
-    deployment = ecs.update(env.cluster_name, env.service_name, task_definition)
-    with _rollback_recorded_if_interrupted(env, target, latest, deployment):
+    with _rollback_recorded_if_interrupted(env, target, latest, kept) as rolling:
+        with interrupts.deferred():  # an interrupt then knows the service was pointed back
+            rolling["deployment"] = deployment = ecs.update(
+                env.cluster_name, env.service_name, task_definition
+            )
         ecs.wait_for_rollout(
             env.cluster_name, env.service_name, deployment, task_definition, stable_timeout
         )
         compaction = _follow_with_compaction(env, ecs, task_definition, say)
     record = _rollback_record(target, latest, deployment, compaction)
-    records.write(env.records_url, record)
+    with interrupts.deferred():
+        records.write(env.records_url, record)
     if kept:
         raise ReleaseError(
             f"{env.environment} is back on {target['release_id']} ({task_definition}), but {kept}"
@@ -1007,19 +1031,24 @@ def rollback(
 
 @contextmanager
 def _rollback_recorded_if_interrupted(
-    env: Environment, target: dict[str, Any], latest: dict[str, Any], deployment: str
-) -> Iterator[None]:
-    """On KeyboardInterrupt inside (the service already pointed back at `target`'s
-    revision by `deployment`): record the rollback anyway, saying what was not done, and
-    raise the interrupt again. The service is on its way back, and `latest.json` naming
-    the release it left would send a later release's rollback to that one."""
+    env: Environment, target: dict[str, Any], latest: dict[str, Any], kept: str
+) -> Iterator[dict[str, str]]:
+    """On KeyboardInterrupt inside, once the service was pointed back at `target`'s
+    revision (the yielded dict's "deployment" set): record the rollback anyway, saying
+    what was not done (and `kept`, the verified tag left in place), and raise the interrupt
+    again. The service is on its way back, and `latest.json` naming the release it left
+    would send a later release's rollback to that one."""
+    rolling: dict[str, str] = {}
     try:
-        yield
+        yield rolling
     except KeyboardInterrupt:
-        record = _rollback_record(target, latest, deployment, "")
+        if "deployment" not in rolling:  # nothing was changed
+            raise
+        record = _rollback_record(target, latest, rolling["deployment"], "")
         record["reason"] = (
-            f"interrupted: deployment {deployment} was not waited for (nox -s status -- "
-            f"{env.environment} shows it) and the scheduled compaction kept its image"
+            f"interrupted: deployment {rolling['deployment']} was not waited for (nox -s "
+            f"status -- {env.environment} shows it) and the scheduled compaction may still run "
+            "the image of the release it left" + (f"; {kept}" if kept else "")
         )
         records.write(env.records_url, record)
         raise

@@ -22,7 +22,8 @@ import boto3
 import numpy as np
 import pytest
 from botocore.config import Config
-from botocore.stub import Stubber
+from botocore.exceptions import ClientError
+from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
 from pipeline import REPO, promotion
@@ -588,6 +589,86 @@ def test_a_tree_and_model_verified_by_an_earlier_image_stay_so(moto_in_process, 
     assert cli.calls == []
     assert capsys.readouterr().err == (
         f"deploy: {REGISTRY}/onnx-ship-dev@{earlier} is tagged {tag} already\n"
+    )
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def test_the_retag_puts_back_the_manifest_as_the_repository_holds_it():
+    """moto's PutImage checks neither the media type nor the digest: ECR's does (a
+    manifest without a `mediaType` needs imageManifestMediaType; a digest that does not
+    match is refused), so the call is checked against botocore's model with Stubber."""
+    client = boto3.client(
+        "ecr", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    manifest = '{"schemaVersion":2,"config":{"digest":"sha256:' + "c" * 64 + '"},"layers":[]}'
+    tag = promotion.verified_tag(TREE, MNIST8_SHA256)
+    stubber = Stubber(client)
+    stubber.add_response(
+        "batch_get_image",
+        {
+            "images": [
+                {
+                    "repositoryName": "onnx-ship-dev",
+                    "imageId": {"imageDigest": DIGEST},
+                    "imageManifest": manifest,
+                    "imageManifestMediaType": OCI_MANIFEST,
+                }
+            ],
+            "failures": [],
+        },
+        {
+            "repositoryName": "onnx-ship-dev",
+            "imageIds": [{"imageDigest": DIGEST}],
+            "acceptedMediaTypes": ANY,
+        },
+    )
+    stubber.add_response(
+        "put_image",
+        {"image": {"imageId": {"imageDigest": DIGEST, "imageTag": tag}}},
+        {
+            "repositoryName": "onnx-ship-dev",
+            "imageManifest": manifest,
+            "imageManifestMediaType": OCI_MANIFEST,
+            "imageTag": tag,
+            "imageDigest": DIGEST,
+        },
+    )
+    with stubber:
+        registries.Ecr(client).retag("onnx-ship-dev", DIGEST, tag)
+    stubber.assert_no_pending_responses()
+
+
+def test_a_tag_another_run_put_meanwhile_stays_and_the_release_goes_on(
+    moto_in_process, cli, monkeypatch, capsys
+):
+    """Two runs of one tree (a re-run beside a new commit of it) both look the tag up
+    free; the second retag is refused, as tags are immutable (moto does not refuse it,
+    so ECR's refusal is scripted here), and the earlier image stays the verified one."""
+    create_repository("onnx-ship-dev")
+    tag = promotion.verified_tag(TREE, MNIST8_SHA256)
+    earlier = put_image("onnx-ship-dev", tag)
+    released = f"{REGISTRY}/onnx-ship-dev@{DIGEST}"
+    looked = []
+
+    def existing(self, repository_name, asked):
+        looked.append(asked)
+        return None if len(looked) == 1 else registries.RemoteImage(earlier, None)
+
+    def retag(self, repository_name, digest, asked):
+        raise ClientError(
+            {"Error": {"Code": "ImageTagAlreadyExistsException", "Message": "immutable"}},
+            "PutImage",
+        )
+
+    monkeypatch.setattr(registries.Ecr, "existing", existing)
+    monkeypatch.setattr(registries.Ecr, "retag", retag)
+    assert mark_verified(environment(), released, SHA, MNIST8_SHA256) == tag
+    assert looked == [tag, tag]
+    assert capsys.readouterr().err == (
+        f"deploy: {tag} names {REGISTRY}/onnx-ship-dev@{earlier} already, an earlier image of "
+        "this tree and model: it stays the verified one (tags are immutable)\n"
     )
 
 

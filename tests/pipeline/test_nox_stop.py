@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -116,6 +117,54 @@ def test_every_command_a_session_runs_is_stopped_as_the_noxfile_says():
     calls = re.findall(r"^\s+(?:return )?session\.run\(", text, flags=re.MULTILINE)
     assert calls == ["    return session.run("]
     assert text.count("session.run_install(") == 1 and "**STOP," in text
+
+
+def test_commands_that_change_a_live_service_get_noxs_interrupt_at_once():
+    """A GitHub runner cancelling the deploy job signals nox alone and kills the step 10 s
+    later ("Workflow cancellation reference"): the release, which puts the service back
+    when interrupted (tests/pipeline/test_release.py), must get the interrupt at once, not
+    after the INTERRUPT_SECONDS nox leaves a server to drain in. Each session is run with
+    a stand-in for nox's Session that records how its commands are to be stopped."""
+    probe = textwrap.dedent(
+        """
+        import json, runpy
+        import nox.registry
+
+        noxfile = runpy.run_path("noxfile.py")
+
+        class Session:
+            posargs = ["dev"]
+            virtualenv = type("Venv", (), {"location": "/nonexistent"})
+
+            def __init__(self):
+                self.stops = []
+
+            def run_install(self, *args, **options):
+                pass
+
+            def run(self, *args, **options):
+                self.stops.append(options["interrupt_timeout"])
+
+        stops = {}
+        for name in ("deploy-dev", "deploy-prod", "rollback", "serve", "status"):
+            session = Session()
+            nox.registry.get()[name](session)
+            stops[name] = session.stops
+        print(json.dumps([noxfile["INTERRUPT_SECONDS"], stops]))
+        """
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    serving, stops = json.loads(shown.stdout)
+    assert serving >= 1.0 and stops == {
+        "deploy-dev": [0.0],
+        "deploy-prod": [0.0],
+        "rollback": [0.0],
+        "serve": [serving],
+        "status": [serving],
+    }
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,14 @@ from dataclasses import replace
 import boto3
 import pytest
 
-from pipeline import cli, promotion, records
+from pipeline import interrupts, promotion, records
 from pipeline.batchable import make_copy
 from pipeline.environment import MissingEnvironment
 from pipeline.release import (
     RELEASE_VARIABLES,
     Candidate,
     Ecs,
+    Outcome,
     ReleaseError,
     SmokeImages,
     release,
@@ -107,6 +108,9 @@ SMOKE_SECONDS = 10.0
 BOUNDS = {"stable_timeout": STABLE_SECONDS, "smoke_timeout": SMOKE_SECONDS}
 
 
+QUIET = {"say": lambda message: None}
+
+
 def fast_ecs() -> Ecs:
     return Ecs(boto3.client("ecs"), poll_seconds=0.05)
 
@@ -191,90 +195,157 @@ def test_a_failed_first_release_returns_to_the_revision_that_ran_before(
 
 class Cancelled(Ecs):
     """ECS as a release sees it when its GitHub job is cancelled, or reaches its
-    timeout-minutes, during the release's wait number `at` (1: its own rollout; 2: the
-    rollback's, after the rollout failed as `fail_first` has it): the runner's SIGINT
-    reaches this process then, and its SIGTERM (7.5 s later) while the release points the
-    service back ("Workflow cancellation reference")."""
+    timeout-minutes: the runner's SIGINT reaches this process during the wait number
+    `at` (1: the release's own rollout, or a rollback's; 2: the rollback's after the
+    rollout failed, as `fail_first` has it), or during the UpdateService number
+    `at_update`; the runner's SIGTERM (7.5 s later) comes during the next UpdateService
+    ("Workflow cancellation reference")."""
 
-    def __init__(self, at: int, *, fail_first: bool = False) -> None:
+    def __init__(self, at: int = 0, *, at_update: int = 0, fail_first: bool = False) -> None:
         super().__init__(boto3.client("ecs"), poll_seconds=0.05)
-        self.at, self.fail_first = at, fail_first
+        self.at, self.at_update, self.fail_first = at, at_update, fail_first
         self.waits = 0
         self.updates: list[str] = []
+        self.signalled = False
 
     def update(self, cluster: str, service: str, task_definition: str) -> str:
-        if self.waits >= self.at:
+        if self.signalled:
             os.kill(os.getpid(), signal.SIGTERM)
         self.updates.append(task_definition)
+        if len(self.updates) == self.at_update:
+            self.interrupt()
         return super().update(cluster, service, task_definition)
 
     def wait_for_rollout(self, *args) -> None:
         self.waits += 1
         if self.waits == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
+            self.interrupt()
             time.sleep(STABLE_SECONDS)
             raise AssertionError("the SIGINT did not interrupt the wait")
         if self.fail_first and self.waits == 1:
             raise ReleaseError("deployment ecs-svc/1 is FAILED: the circuit breaker rolled it back")
         super().wait_for_rollout(*args)
 
+    def interrupt(self) -> None:
+        self.signalled = True
+        os.kill(os.getpid(), signal.SIGINT)
+
 
 @pytest.fixture
 def interruptible():
-    """Signals as `python -m pipeline` takes them (`cli._signals_interrupt`), SIGINT as a
-    process started in the foreground has it."""
+    """Signals as `python -m pipeline` takes them (`pipeline.interrupts.handled`), SIGINT
+    as a process started in the foreground has it."""
     assert threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with cli._signals_interrupt():
+        with interrupts.handled():
             yield
     finally:
         signal.signal(signal.SIGINT, before)
 
 
-@pytest.mark.parametrize(
-    ("at", "fail_first"),
-    [
-        pytest.param(1, False, id="during-the-rollout"),
-        pytest.param(2, True, id="during-the-rollback-of-a-failed-rollout"),
-    ],
-)
-def test_an_interrupted_release_points_the_service_back_records_it_and_stops(
-    aws, mnist8_server, smoke, interruptible, at, fail_first
+def released_once(env, smoke: SmokeImages) -> Outcome:
+    good = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), **QUIET, **BOUNDS)
+    assert good.succeeded, good.reason
+    return good
+
+
+def service_revision() -> str:
+    service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
+    return service["services"][0]["taskDefinition"]
+
+
+def attempts(env, git_sha: str) -> list[dict]:
+    return [r for r in records.list_records(env.records_url) if r["git_sha"] == git_sha]
+
+
+def test_a_release_interrupted_during_its_rollout_points_the_service_back_and_records_it(
+    aws, mnist8_server, smoke, interruptible
 ):
     """An interrupted release must not leave an unverified revision serving, nor go
     unrecorded: it starts the rollback without waiting for it (a runner kills the job
     10 s after its SIGINT), writes the record, and stops as interrupted. The runner's
     SIGTERM, arriving meanwhile, does not cut that short."""
     env = make_environment(mnist8_server.url)
-    good = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
-    assert good.succeeded, good.reason
-    ecs = Cancelled(at, fail_first=fail_first)
+    good = released_once(env, smoke)
+    ecs = Cancelled(at=1)
     with pytest.raises(KeyboardInterrupt):
-        release(env, candidate("b" * 40), smoke, ecs=ecs, say=lambda m: None, **BOUNDS)
+        release(env, candidate("b" * 40), smoke, ecs=ecs, **QUIET, **BOUNDS)
     released = ecs.updates[0]
-    assert released != good.task_definition and ecs.updates[-1] == good.task_definition
-    service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
-    assert service["services"][0]["taskDefinition"] == good.task_definition
-    (attempt,) = [r for r in records.list_records(env.records_url) if r["git_sha"] == "b" * 40]
+    assert released != good.task_definition and ecs.updates == [released, good.task_definition]
+    assert service_revision() == good.task_definition
+    (attempt,) = attempts(env, "b" * 40)
     assert attempt["outcome"] == "failed" and attempt["task_definition"] == released
-    assert attempt["reason"].startswith("interrupted before the release was verified; the ")
-    assert f"rollback to {good.task_definition} started" in attempt["reason"]
+    assert attempt["reason"].startswith(
+        "interrupted before the release was verified and the rollback to "
+        f"{good.task_definition} started (deployment "
+    )
     assert records.read_latest(env.records_url)["git_sha"] == "a" * 40
+
+
+def test_a_failed_release_interrupted_during_its_rollback_keeps_why_it_failed(
+    aws, mnist8_server, smoke, interruptible
+):
+    """The rollback has started: it is not started again, and the record says both why
+    the release failed and that the rollback was not waited for."""
+    env = make_environment(mnist8_server.url)
+    good = released_once(env, smoke)
+    ecs = Cancelled(at=2, fail_first=True)
+    with pytest.raises(KeyboardInterrupt):
+        release(env, candidate("b" * 40), smoke, ecs=ecs, **QUIET, **BOUNDS)
+    assert ecs.updates[1:] == [good.task_definition]
+    assert service_revision() == good.task_definition
+    (attempt,) = attempts(env, "b" * 40)
+    assert attempt["outcome"] == "failed"
+    assert attempt["reason"] == (
+        "deployment ecs-svc/1 is FAILED: the circuit breaker rolled it back; then interrupted "
+        f"while the rollback to {good.task_definition} ran, not waited for; nox -s status -- "
+        "dev shows what runs"
+    )
 
 
 def test_an_interrupted_first_release_returns_to_the_revision_that_ran_before(
     aws, mnist8_server, smoke, interruptible
 ):
     env = make_environment(mnist8_server.url)
-    ecs = Cancelled(1)
     with pytest.raises(KeyboardInterrupt):
-        release(env, candidate(), smoke, ecs=ecs, say=lambda m: None, **BOUNDS)
-    service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
-    assert service["services"][0]["taskDefinition"] == env.task_definition_arn
+        release(env, candidate(), smoke, ecs=Cancelled(at=1), **QUIET, **BOUNDS)
+    assert service_revision() == env.task_definition_arn
     (attempt,) = records.list_records(env.records_url)
     assert attempt["outcome"] == "failed" and "interrupted" in attempt["reason"]
     assert records.read_latest(env.records_url) is None
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["succeeded", "rolled-back"])
+def test_an_interrupt_while_the_record_is_written_leaves_it_whole_and_unchanged(
+    aws, mnist8_server, other_model_server, smoke, interruptible, monkeypatch, fail
+):
+    """The record's files are written whole (the attempt's, and latest.json for a
+    success) and never rewritten: the interrupt is taken once they are."""
+    env = make_environment(mnist8_server.url)
+    good = released_once(env, smoke)
+    if fail:  # the smoke test finds another model: the release rolls back
+        env = replace(env, endpoint_url=other_model_server.url)
+    write, writes = records.write, []
+
+    def interrupted_write(url, record):
+        if not writes:
+            os.kill(os.getpid(), signal.SIGINT)
+        writes.append(record["outcome"])
+        return write(url, record)
+
+    monkeypatch.setattr(records, "write", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), **QUIET, **BOUNDS)
+    assert writes == ["rolled_back" if fail else "succeeded"]
+    (attempt,) = attempts(env, "b" * 40)
+    latest = records.read_latest(env.records_url)
+    if fail:
+        assert attempt["outcome"] == "rolled_back" and latest["git_sha"] == "a" * 40
+        assert service_revision() == good.task_definition
+    else:
+        assert attempt["outcome"] == "succeeded" and latest == attempt
+        assert service_revision() == attempt["task_definition"]
 
 
 def test_wrong_predictions_fail_the_smoke_test(aws, mnist8_server, smoke):
@@ -326,8 +397,15 @@ def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it
     assert tags_of(image) == {*pushed, verified_tag("a" * 40)}
 
 
+@pytest.mark.parametrize(
+    "cancelled",
+    [
+        pytest.param({"at": 1}, id="during-its-wait"),
+        pytest.param({"at_update": 1}, id="during-its-service-update"),
+    ],
+)
 def test_an_interrupted_rollback_is_recorded_once_the_service_is_pointed_back(
-    aws, mnist8_server, smoke, interruptible
+    aws, mnist8_server, smoke, interruptible, cancelled
 ):
     """Ctrl-C during `nox -s rollback`'s wait: ECS carries on with the deployment, so the
     record says where the service goes, and a later failed release returns there, not
@@ -338,7 +416,7 @@ def test_an_interrupted_rollback_is_recorded_once_the_service_is_pointed_back(
     second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), say=lambda m: None, **BOUNDS)
     assert first.succeeded and second.succeeded
     with pytest.raises(KeyboardInterrupt):
-        rollback(env, ecs=Cancelled(1), say=lambda m: None, stable_timeout=STABLE_SECONDS)
+        rollback(env, ecs=Cancelled(**cancelled), **QUIET, stable_timeout=STABLE_SECONDS)
     service = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])
     assert service["services"][0]["taskDefinition"] == first.task_definition
     latest = records.read_latest(env.records_url)

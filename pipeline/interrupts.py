@@ -1,0 +1,84 @@
+"""How `python -m pipeline` takes SIGINT, SIGTERM and SIGHUP: the first one interrupts the
+command (KeyboardInterrupt), the ones after it are ignored, and a block that must not be
+cut in half (`deferred`: a deployment record's writes, a service update) takes the first
+one only once it has finished.
+
+Where the first signal comes from: a terminal's Ctrl-C (SIGINT to the whole foreground
+job), `kill`, `timeout` or a supervisor (SIGTERM), a closed terminal (SIGHUP), nox passing
+its own interrupt on (noxfile.py), and a GitHub runner cancelling the job or ending it at
+its `timeout-minutes`: SIGINT to the step's process, SIGTERM 7.5 s later, the process
+tree killed 2.5 s after that (GitHub Actions docs, "Workflow cancellation reference").
+signal(7): each of the three ends a process by default. So a release's rollback, or a
+download's removal of its partial file, runs to its end whatever signal follows.
+
+Signal handlers are process-wide, so this module's state is too; Python runs them in the
+main thread (the `signal` module's documentation), and `handled` does nothing elsewhere.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+INTERRUPTING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class _State:
+    deferring: int = 0  # how many `deferred` blocks are open
+    pending: bool = False  # the first signal came inside one, and waits for its end
+    taken: bool = False  # the first signal came: later ones are ignored
+
+
+_state = _State()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    if _state.taken:
+        return
+    _state.taken = True
+    if _state.deferring:
+        _state.pending = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """While inside (a command's run), the signals interrupt as this module says. SIGINT
+    is taken only where Python's own handler has it: a background job started by a
+    script begins with it ignored (POSIX shell, 2.11 "Signals and Error Handling"), and
+    keeps it so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    taken = [
+        sig
+        for sig in INTERRUPTING
+        if sig != signal.SIGINT or signal.getsignal(sig) is signal.default_int_handler
+    ]
+    previous = {sig: signal.signal(sig, _interrupt) for sig in taken}
+    _state.deferring, _state.pending, _state.taken = 0, False, False
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Inside, the first signal does not interrupt: KeyboardInterrupt is raised as the
+    block ends (when it ends without an exception of its own), so what the block writes
+    or changes is done whole. Nests; outside `handled`, it changes nothing."""
+    _state.deferring += 1
+    try:
+        yield
+    finally:
+        _state.deferring -= 1
+    if _state.pending and not _state.deferring:
+        _state.pending = False
+        raise KeyboardInterrupt

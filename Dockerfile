@@ -9,7 +9,7 @@
 # The `ca` secret is optional: it is the CA bundle pip trusts, for networks whose TLS
 # is intercepted; it never lands in a layer.
 
-ARG BASE_IMAGE=docker.io/library/python:3.11-slim
+ARG BASE_IMAGE=public.ecr.aws/docker/library/python:3.11-slim
 
 # ---------------------------------------------------------------------------------------
 # builder: a virtualenv holding the service and its runtime dependencies (wheels only)

@@ -23,7 +23,12 @@ CLI_NAMES = ("docker", "podman")
 DEFAULT_TAG_REPO = "onnx-ship"
 # Docker's official image by its full name: podman resolves a short one only where an
 # unqualified-search registry is configured.
-DEFAULT_BASE_IMAGE = "docker.io/library/python:3.11-slim"
+# Docker's official image as Amazon ECR Public serves it (the `docker/library` namespace):
+# the same image the placeholder task runs (terraform/modules/service, placeholder_image),
+# pulled where unauthenticated pulls are bounded by data (500 GB a month: "Amazon ECR
+# Public service quotas"), not by a count of pulls an hour per address, which a CI
+# runner's shared addresses can exhaust.
+DEFAULT_BASE_IMAGE = "public.ecr.aws/docker/library/python:3.11-slim"
 # What the image is built for, whatever machine builds it: the task definitions run on
 # Fargate's X86_64 (terraform/modules/service, runtime_platform; ECS API reference,
 # RuntimePlatform). An image built on an arm64 machine without it would hold arm64 code

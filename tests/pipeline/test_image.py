@@ -120,6 +120,19 @@ def test_the_image_is_built_for_the_architecture_every_task_definition_runs() ->
     assert declared == {image.ECS_CPU_ARCHITECTURE[image.PLATFORM]}
 
 
+def test_the_image_and_the_placeholder_start_from_one_base_image() -> None:
+    """`nox -s build`, a plain `docker build` and Terraform's placeholder task pull the same
+    image from the same registry (ECR Public: its quota is data, not pulls an hour)."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    (argument,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, flags=re.MULTILINE)
+    variables = (REPO / "terraform" / "modules" / "service" / "variables.tf").read_text()
+    placeholder = re.search(
+        r'variable "placeholder_image" \{.*?default\s*=\s*"([^"]+)"', variables, re.S
+    )
+    assert argument == image.DEFAULT_BASE_IMAGE == placeholder[1]
+    assert argument.startswith("public.ecr.aws/")
+
+
 def test_source_label_comes_from_github_actions() -> None:
     environ = {"GITHUB_SERVER_URL": "https://github.com", "GITHUB_REPOSITORY": "acme/onnx-ship"}
     assert image.source_url(environ) == "https://github.com/acme/onnx-ship"

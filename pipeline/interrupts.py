@@ -46,13 +46,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextmanager
 def handled() -> Iterator[None]:
-    """While inside (a command's run), the signals interrupt as this module says. SIGINT
-    is taken only where Python's own handler has it: a background job started by a
-    script begins with it ignored (POSIX shell, 2.11 "Signals and Error Handling"), and
-    keeps it so."""
-    if threading.current_thread() is not threading.main_thread():
+    """While inside (a command's run), the signals interrupt as this module says, from a
+    fresh state; the handlers and the state before it come back as it ends. SIGINT is
+    taken only where Python's own handler has it: a background job started by a script
+    begins with it ignored (POSIX shell, 2.11 "Signals and Error Handling"), and keeps it
+    so."""
+    global _state
+    if not _main_thread():
         yield
         return
     taken = [
@@ -60,25 +66,40 @@ def handled() -> Iterator[None]:
         for sig in INTERRUPTING
         if sig != signal.SIGINT or signal.getsignal(sig) is signal.default_int_handler
     ]
+    outer, _state = _state, _State()
     previous = {sig: signal.signal(sig, _interrupt) for sig in taken}
-    _state.deferring, _state.pending, _state.taken = 0, False, False
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _state = outer
 
 
 @contextmanager
 def deferred() -> Iterator[None]:
     """Inside, the first signal does not interrupt: KeyboardInterrupt is raised as the
-    block ends (when it ends without an exception of its own), so what the block writes
-    or changes is done whole. Nests; outside `handled`, it changes nothing."""
+    outermost such block ends, so what the block writes or changes is done whole (from
+    the block's own exception, when it raised one, which the interrupt then carries as its
+    cause). Nests; outside `handled`, or off the main thread, it changes nothing."""
+    if not _main_thread():
+        yield
+        return
     _state.deferring += 1
     try:
         yield
-    finally:
-        _state.deferring -= 1
-    if _state.pending and not _state.deferring:
-        _state.pending = False
+    except BaseException as failure:
+        if _held_back() and not isinstance(failure, KeyboardInterrupt):
+            raise KeyboardInterrupt from failure
+        raise
+    if _held_back():
         raise KeyboardInterrupt
+
+
+def _held_back() -> bool:
+    """Leave a `deferred` block: whether it was the outermost one, holding a signal."""
+    _state.deferring -= 1
+    held = _state.pending and not _state.deferring
+    if held:
+        _state.pending = False
+    return held

@@ -579,9 +579,8 @@ def release(
     DescribeAlarms, RegisterTaskDefinition, `latest.json`) or writing the record raises
     MissingEnvironment, ReleaseError, ClientError or RecordError.
 
-    Interrupted after the service update (KeyboardInterrupt, as `pipeline.cli` makes of a
-    cancelled or timed-out job's signals), it puts the service back without waiting
-    (`_put_back_if_interrupted`), records the attempt as failed and raises it again."""
+    Interrupted after the service update (a cancelled or timed-out job), it puts back
+    what did not hold, records it, and raises again (`_put_back_if_interrupted`)."""
     ecs = ecs or Ecs(env.client("ecs"))
     token = env.api_token()  # before anything changes: an unreadable secret stops here
     record = _new_record(env, candidate, datetime.now(UTC))
@@ -601,12 +600,13 @@ def release(
             smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep, token=token)
             watch.bake()
             record["compaction_task_definition"] = _follow_with_compaction(env, ecs, new, say)
+            back.verified = True
         except RELEASE_FAILURES as failure:
             back.failure = str(failure)
             outcome, reason = _restore(env, ecs, back, stable_timeout, say)
-            _finish(env, record, outcome, reason)
+            _finish(env, record, outcome, reason, back)
             return Outcome(record, new, previous, False, reason)
-    _finish(env, record, "succeeded")
+        _finish(env, record, "succeeded", "", back)
     say(f"released {record['release_id']} to {env.environment}")
     return Outcome(record, new, previous, True)
 
@@ -636,8 +636,11 @@ class _Return:
 
     target: str  # the revision it returns to
     instead: str  # the one it returns to when `target` is no longer ACTIVE (_restorable)
+    verified: bool = False  # the release held: smoke test, alarms, compaction
     failure: str = ""  # why the release failed, once it has
     started: str = ""  # the revision the rollback pointed the service at, once it has
+    completed: bool = False  # that rollback's deployment completed
+    recorded: bool = False  # the record is written: nothing is left to do
 
 
 @contextmanager
@@ -648,9 +651,11 @@ def _put_back_if_interrupted(
     back: _Return,
     say: Callable[[str], None],
 ) -> Iterator[None]:
-    """On KeyboardInterrupt inside, unless `record` is written already: point the service
-    back (`back`, unless its rollback has started) without waiting for that deployment,
-    record the release as failed, and raise the interrupt again.
+    """On KeyboardInterrupt inside, unless the record is written already: record what
+    the release got to, and raise the interrupt again. Once it held (`back.verified`) it
+    is recorded as succeeded, once its rollback completed as rolled back; otherwise the
+    service is pointed back (`back`, unless its rollback has started) without waiting
+    for that deployment, and the release is recorded as failed.
 
     Three ECS calls at most (DescribeTaskDefinition twice, UpdateService) and the record's
     PUT: a GitHub runner kills a cancelled step 10 s after its SIGINT ("Workflow
@@ -660,22 +665,35 @@ def _put_back_if_interrupted(
     try:
         yield
     except KeyboardInterrupt:
-        if "outcome" in record:  # its outcome is recorded: nothing is left undone
+        if back.recorded:
             raise
-        if back.failure:
-            why = f"{back.failure}; then interrupted"
+        if back.verified:
+            outcome, reason = "succeeded", ""
+        elif back.completed:
+            outcome, reason = "rolled_back", back.failure
         else:
-            why = "interrupted before the release was verified"
-        if back.started:
-            done = f"while the rollback to {back.started} ran, not waited for"
-        else:
-            done = _put_back_at_once(env, ecs, back, say)
-        reason = f"{why} {done}; nox -s status -- {env.environment} shows what runs"
+            outcome, reason = "failed", _interrupted_reason(env, ecs, back, say)
         try:
-            _finish(env, record, "failed", reason)
+            _finish(env, record, outcome, reason, back)
         except RecordError as failure:
             say(f"the release's record could not be written: {failure}")
         raise
+
+
+def _interrupted_reason(
+    env: Environment, ecs: Ecs, back: _Return, say: Callable[[str], None]
+) -> str:
+    """The record's reason for a release interrupted before it held or rolled back,
+    having pointed the service back unless its rollback had started."""
+    if back.failure:
+        why = f"{back.failure}; then interrupted"
+    else:
+        why = "interrupted before the release was verified"
+    if back.started:
+        done = f"while the rollback to {back.started} ran, not waited for"
+    else:
+        done = _put_back_at_once(env, ecs, back, say)
+    return f"{why} {done}; nox -s status -- {env.environment} shows what runs"
 
 
 def _put_back_at_once(env: Environment, ecs: Ecs, back: _Return, say: Callable[[str], None]) -> str:
@@ -690,12 +708,21 @@ def _put_back_at_once(env: Environment, ecs: Ecs, back: _Return, say: Callable[[
     return f"and the rollback to {back.started} started (deployment {deployment}), not waited for"
 
 
-def _finish(env: Environment, record: dict[str, Any], outcome: str, reason: str = "") -> None:
-    """Close `record` with its outcome (and the failure's reason) and write it."""
-    record.update(outcome=outcome, **({"reason": reason} if reason else {}))
-    record["finished_at"] = datetime.now(UTC).isoformat()
+def _finish(
+    env: Environment,
+    record: dict[str, Any],
+    outcome: str,
+    reason: str = "",
+    back: _Return | None = None,
+) -> None:
+    """Close `record` with its outcome (and the failure's reason) and write it, whole
+    (`interrupts.deferred`); `back.recorded` once written."""
     with interrupts.deferred():  # <id>.json and latest.json both, or the error
+        record.update(outcome=outcome, **({"reason": reason} if reason else {}))
+        record["finished_at"] = datetime.now(UTC).isoformat()
         records.write(env.records_url, record)
+        if back is not None:
+            back.recorded = True
 
 
 def _alarm_watch(
@@ -784,6 +811,7 @@ def _restore(
             deployment = ecs.update(env.cluster_name, env.service_name, target)
             back.started = target
         ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, target, timeout)
+        back.completed = True
     except RELEASE_FAILURES as rollback_failure:
         return (
             "failed",
@@ -1012,16 +1040,15 @@ def rollback(
     )
     with _rollback_recorded_if_interrupted(env, target, latest, kept) as rolling:
         with interrupts.deferred():  # an interrupt then knows the service was pointed back
-            rolling["deployment"] = deployment = ecs.update(
-                env.cluster_name, env.service_name, task_definition
-            )
+            rolling.deployment = ecs.update(env.cluster_name, env.service_name, task_definition)
         ecs.wait_for_rollout(
-            env.cluster_name, env.service_name, deployment, task_definition, stable_timeout
+            env.cluster_name, env.service_name, rolling.deployment, task_definition, stable_timeout
         )
-        compaction = _follow_with_compaction(env, ecs, task_definition, say)
-    record = _rollback_record(target, latest, deployment, compaction)
-    with interrupts.deferred():
-        records.write(env.records_url, record)
+        rolling.compaction = _follow_with_compaction(env, ecs, task_definition, say)
+        record = _rollback_record(target, latest, rolling.deployment, rolling.compaction)
+        with interrupts.deferred():
+            records.write(env.records_url, record)
+            rolling.recorded = True
     if kept:
         raise ReleaseError(
             f"{env.environment} is back on {target['release_id']} ({task_definition}), but {kept}"
@@ -1029,27 +1056,37 @@ def rollback(
     return record
 
 
+@dataclass
+class _Rolling:
+    """How far a rollback got: what an interrupt must know."""
+
+    deployment: str = ""  # the deployment its UpdateService started, once it has
+    compaction: str | None = None  # once that completed, compaction's revision ("": none)
+    recorded: bool = False  # its record is written
+
+
 @contextmanager
 def _rollback_recorded_if_interrupted(
     env: Environment, target: dict[str, Any], latest: dict[str, Any], kept: str
-) -> Iterator[dict[str, str]]:
+) -> Iterator[_Rolling]:
     """On KeyboardInterrupt inside, once the service was pointed back at `target`'s
-    revision (the yielded dict's "deployment" set): record the rollback anyway, saying
-    what was not done (and `kept`, the verified tag left in place), and raise the interrupt
-    again. The service is on its way back, and `latest.json` naming the release it left
-    would send a later release's rollback to that one."""
-    rolling: dict[str, str] = {}
+    revision and before the rollback is recorded: record it anyway, saying what was not
+    done (and `kept`, the verified tag left in place), and raise the interrupt again. The
+    service is on its way back, and `latest.json` naming the release it left would send
+    a later release's rollback to that one."""
+    rolling = _Rolling()
     try:
         yield rolling
     except KeyboardInterrupt:
-        if "deployment" not in rolling:  # nothing was changed
+        if not rolling.deployment or rolling.recorded:  # nothing changed, or all is said
             raise
-        record = _rollback_record(target, latest, rolling["deployment"], "")
-        record["reason"] = (
-            f"interrupted: deployment {rolling['deployment']} was not waited for (nox -s "
-            f"status -- {env.environment} shows it) and the scheduled compaction may still run "
-            "the image of the release it left" + (f"; {kept}" if kept else "")
-        )
+        record = _rollback_record(target, latest, rolling.deployment, rolling.compaction or "")
+        if rolling.compaction is None:
+            record["reason"] = (
+                f"interrupted: deployment {rolling.deployment} was not waited for (nox -s "
+                f"status -- {env.environment} shows it) and the scheduled compaction may still "
+                "run the image of the release it left" + (f"; {kept}" if kept else "")
+            )
         records.write(env.records_url, record)
         raise
 

@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 from pipeline import interrupts, promotion, records
+from pipeline import release as release_module
 from pipeline.batchable import make_copy
 from pipeline.environment import MissingEnvironment
 from pipeline.release import (
@@ -395,6 +396,63 @@ def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it
     assert shown["git_sha"] == "a" * 40 and shown["in_sync"]
     # The verification of what it left is withdrawn; the image, with its other tags, stays.
     assert tags_of(image) == {*pushed, verified_tag("a" * 40)}
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["held", "rolled-back"])
+def test_an_interrupt_after_the_verdict_before_the_record_records_the_verdict(
+    aws, mnist8_server, other_model_server, smoke, interruptible, monkeypatch, fail
+):
+    """The release held (or failed and rolled back) and is interrupted before its record
+    is written: what it got to is recorded, and nothing is put back."""
+    env = make_environment(mnist8_server.url)
+    good = released_once(env, smoke)
+    if fail:  # the smoke test finds another model: the release rolls back
+        env = replace(env, endpoint_url=other_model_server.url)
+    finish = release_module._finish
+
+    def interrupted_finish(*args, **options):
+        monkeypatch.setattr(release_module, "_finish", finish)  # the signal comes once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(STABLE_SECONDS)
+        raise AssertionError("the SIGINT did not interrupt")
+
+    monkeypatch.setattr(release_module, "_finish", interrupted_finish)
+    ecs = Cancelled()
+    with pytest.raises(KeyboardInterrupt):
+        release(env, candidate("b" * 40), smoke, ecs=ecs, **QUIET, **BOUNDS)
+    (attempt,) = attempts(env, "b" * 40)
+    if fail:
+        assert attempt["outcome"] == "rolled_back" and "sha256" in attempt["reason"]
+        assert service_revision() == good.task_definition
+        assert ecs.updates[1:] == [good.task_definition]
+    else:
+        assert attempt["outcome"] == "succeeded" and "reason" not in attempt
+        assert records.read_latest(env.records_url) == attempt
+        assert service_revision() == attempt["task_definition"] and len(ecs.updates) == 1
+
+
+def test_a_rollback_interrupted_after_its_deployment_completed_is_recorded_whole(
+    aws, mnist8_server, smoke, interruptible, monkeypatch
+):
+    env = make_environment(mnist8_server.url)
+    stored(candidate().image)
+    first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), **QUIET, **BOUNDS)
+    second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), **QUIET, **BOUNDS)
+    assert first.succeeded and second.succeeded
+    make_record = release_module._rollback_record
+
+    def interrupted(*args):
+        monkeypatch.setattr(release_module, "_rollback_record", make_record)  # once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(STABLE_SECONDS)
+        raise AssertionError("the SIGINT did not interrupt")
+
+    monkeypatch.setattr(release_module, "_rollback_record", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rollback(env, ecs=fast_ecs(), **QUIET, stable_timeout=STABLE_SECONDS)
+    latest = records.read_latest(env.records_url)
+    assert latest["task_definition"] == first.task_definition == service_revision()
+    assert latest["rollback_of"] == second.record["release_id"] and "reason" not in latest
 
 
 @pytest.mark.parametrize(

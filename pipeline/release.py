@@ -586,21 +586,21 @@ def release(
     record = _new_record(env, candidate, datetime.now(UTC))
     running = ecs.service(env.cluster_name, env.service_name)
     record["previous_task_definition"] = previous = running["taskDefinition"]
-    restore_to, instead = _where_a_failure_returns(env, previous)
+    back = _Return(*_where_a_failure_returns(env, previous))
     watch = _alarm_watch(env, running, alarms, say, sleep)
     record["task_definition"] = new = ecs.register(
         env.task_definition_arn, env.container_name, candidate.image, task_environment(candidate)
     )
     say(f"registered {new} (image {candidate.image})")
-    back = _Return(restore_to, instead)
     with _put_back_if_interrupted(env, ecs, record, back, say):
         try:
             _roll_out(env, ecs, record, new, watch, stable_timeout, say)
             say(f"completed; smoke-testing {env.endpoint_url}")
             smoke_test(env.endpoint_url, candidate, smoke, smoke_timeout, sleep=sleep, token=token)
             watch.bake()
-            record["compaction_task_definition"] = _follow_with_compaction(env, ecs, new, say)
-            back.verified = True
+            with interrupts.deferred():  # compaction follows only a release that held
+                record["compaction_task_definition"] = _follow_with_compaction(env, ecs, new, say)
+                back.verified = True
         except RELEASE_FAILURES as failure:
             back.failure = str(failure)
             outcome, reason = _restore(env, ecs, back, stable_timeout, say)
@@ -639,7 +639,7 @@ class _Return:
     verified: bool = False  # the release held: smoke test, alarms, compaction
     failure: str = ""  # why the release failed, once it has
     started: str = ""  # the revision the rollback pointed the service at, once it has
-    completed: bool = False  # that rollback's deployment completed
+    verdict: tuple[str, str] | None = None  # (outcome, reason) once the rollback ended
     recorded: bool = False  # the record is written: nothing is left to do
 
 
@@ -653,7 +653,7 @@ def _put_back_if_interrupted(
 ) -> Iterator[None]:
     """On KeyboardInterrupt inside, unless the record is written already: record what
     the release got to, and raise the interrupt again. Once it held (`back.verified`) it
-    is recorded as succeeded, once its rollback completed as rolled back; otherwise the
+    is recorded as succeeded, once its rollback ended as that rollback's verdict; otherwise the
     service is pointed back (`back`, unless its rollback has started) without waiting
     for that deployment, and the release is recorded as failed.
 
@@ -669,8 +669,8 @@ def _put_back_if_interrupted(
             raise
         if back.verified:
             outcome, reason = "succeeded", ""
-        elif back.completed:
-            outcome, reason = "rolled_back", back.failure
+        elif back.verdict is not None:
+            outcome, reason = back.verdict
         else:
             outcome, reason = "failed", _interrupted_reason(env, ecs, back, say)
         try:
@@ -802,7 +802,7 @@ def _restore(
     env: Environment, ecs: Ecs, back: _Return, timeout: float, say: Callable[[str], None]
 ) -> tuple[str, str]:
     """Put the service back on `back.target` (or `back.instead`, see _restorable) after
-    `back.failure`, and wait for that deployment: (outcome, reason)."""
+    `back.failure`, and wait for that deployment: (outcome, reason), also `back.verdict`."""
     say(f"release failed: {back.failure}; rolling back to {back.target}")
     target = back.target
     try:
@@ -811,13 +811,14 @@ def _restore(
             deployment = ecs.update(env.cluster_name, env.service_name, target)
             back.started = target
         ecs.wait_for_rollout(env.cluster_name, env.service_name, deployment, target, timeout)
-        back.completed = True
     except RELEASE_FAILURES as rollback_failure:
-        return (
+        back.verdict = (
             "failed",
             f"{back.failure}; the rollback to {target} did not complete: {rollback_failure}",
         )
-    return "rolled_back", back.failure
+    else:
+        back.verdict = ("rolled_back", back.failure)
+    return back.verdict
 
 
 def _restorable(
@@ -1033,61 +1034,77 @@ def rollback(
     target = _rollback_target(env, history, latest)
     task_definition = target["task_definition"]
     _still_runnable(env, ecs, target, latest, ecr)
-    kept = _withdraw_verification(env, latest, target, ecr, say)
-    say(
-        f"rolling {env.environment} back from {latest['release_id']} to "
-        f"{target['release_id']} ({task_definition})"
-    )
-    with _rollback_recorded_if_interrupted(env, target, latest, kept) as rolling:
+    with _rollback_recorded_if_interrupted(env, target, latest, say) as rolling:
+        rolling.kept = _withdraw_verification(env, latest, target, ecr, say)
+        say(
+            f"rolling {env.environment} back from {latest['release_id']} to "
+            f"{target['release_id']} ({task_definition})"
+        )
         with interrupts.deferred():  # an interrupt then knows the service was pointed back
             rolling.deployment = ecs.update(env.cluster_name, env.service_name, task_definition)
         ecs.wait_for_rollout(
             env.cluster_name, env.service_name, rolling.deployment, task_definition, stable_timeout
         )
-        rolling.compaction = _follow_with_compaction(env, ecs, task_definition, say)
-        record = _rollback_record(target, latest, rolling.deployment, rolling.compaction)
         with interrupts.deferred():
-            records.write(env.records_url, record)
+            compaction = _follow_with_compaction(env, ecs, task_definition, say)
+            rolling.record = _rollback_record(target, latest, rolling.deployment, compaction)
+        with interrupts.deferred():
+            records.write(env.records_url, rolling.record)
             rolling.recorded = True
-    if kept:
+    if rolling.kept:
         raise ReleaseError(
-            f"{env.environment} is back on {target['release_id']} ({task_definition}), but {kept}"
+            f"{env.environment} is back on {target['release_id']} ({task_definition}), but "
+            f"{rolling.kept}"
         )
-    return record
+    return rolling.record
 
 
 @dataclass
 class _Rolling:
     """How far a rollback got: what an interrupt must know."""
 
+    kept: str = ""  # the verified tag it could not withdraw, and how to (_withdraw_verification)
     deployment: str = ""  # the deployment its UpdateService started, once it has
-    compaction: str | None = None  # once that completed, compaction's revision ("": none)
-    recorded: bool = False  # its record is written
+    record: dict[str, Any] = field(default_factory=dict)  # once that completed, its record
+    recorded: bool = False  # that record is written
 
 
 @contextmanager
 def _rollback_recorded_if_interrupted(
-    env: Environment, target: dict[str, Any], latest: dict[str, Any], kept: str
+    env: Environment,
+    target: dict[str, Any],
+    latest: dict[str, Any],
+    say: Callable[[str], None],
 ) -> Iterator[_Rolling]:
     """On KeyboardInterrupt inside, once the service was pointed back at `target`'s
-    revision and before the rollback is recorded: record it anyway, saying what was not
-    done (and `kept`, the verified tag left in place), and raise the interrupt again. The
-    service is on its way back, and `latest.json` naming the release it left would send
-    a later release's rollback to that one."""
+    revision and before the rollback is recorded: record it anyway (as it stood once the
+    deployment completed, or saying what was not waited for), say what is left to do, and
+    raise the interrupt again. The service is on its way back, and `latest.json` naming
+    the release it left would send a later release's rollback to that one."""
     rolling = _Rolling()
     try:
         yield rolling
     except KeyboardInterrupt:
-        if not rolling.deployment or rolling.recorded:  # nothing changed, or all is said
-            raise
-        record = _rollback_record(target, latest, rolling.deployment, rolling.compaction or "")
-        if rolling.compaction is None:
-            record["reason"] = (
-                f"interrupted: deployment {rolling.deployment} was not waited for (nox -s "
-                f"status -- {env.environment} shows it) and the scheduled compaction may still "
-                "run the image of the release it left" + (f"; {kept}" if kept else "")
+        if not rolling.deployment:
+            say(
+                f"interrupted before the service was pointed back: {env.environment} still "
+                f"runs {latest['release_id']}, whose verified tag may be withdrawn already; "
+                f"run nox -s rollback -- {env.environment} again"
             )
-        records.write(env.records_url, record)
+        elif not rolling.recorded:
+            record = rolling.record or _rollback_record(target, latest, rolling.deployment, "")
+            if not rolling.record:
+                record["reason"] = (
+                    f"interrupted: deployment {rolling.deployment} was not waited for (nox -s "
+                    f"status -- {env.environment} shows it) and the scheduled compaction may "
+                    "still run the image of the release it left"
+                )
+            try:
+                records.write(env.records_url, record)
+            except RecordError as failure:
+                say(f"the rollback's record could not be written: {failure}")
+        if rolling.kept:
+            say(rolling.kept)
         raise
 
 

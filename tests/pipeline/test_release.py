@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -198,13 +199,13 @@ class Cancelled(Ecs):
     """ECS as a release sees it when its GitHub job is cancelled, or reaches its
     timeout-minutes: the runner's SIGINT reaches this process during the wait number
     `at` (1: the release's own rollout, or a rollback's; 2: the rollback's after the
-    rollout failed, as `fail_first` has it), or during the UpdateService number
+    rollout failed, as `failing` has it: the waits that fail), or during the UpdateService number
     `at_update`; the runner's SIGTERM (7.5 s later) comes during the next UpdateService
     ("Workflow cancellation reference")."""
 
-    def __init__(self, at: int = 0, *, at_update: int = 0, fail_first: bool = False) -> None:
+    def __init__(self, at: int = 0, *, at_update: int = 0, failing: tuple[int, ...] = ()) -> None:
         super().__init__(boto3.client("ecs"), poll_seconds=0.05)
-        self.at, self.at_update, self.fail_first = at, at_update, fail_first
+        self.at, self.at_update, self.failing = at, at_update, failing
         self.waits = 0
         self.updates: list[str] = []
         self.signalled = False
@@ -223,8 +224,8 @@ class Cancelled(Ecs):
             self.interrupt()
             time.sleep(STABLE_SECONDS)
             raise AssertionError("the SIGINT did not interrupt the wait")
-        if self.fail_first and self.waits == 1:
-            raise ReleaseError("deployment ecs-svc/1 is FAILED: the circuit breaker rolled it back")
+        if self.waits in self.failing:
+            raise ReleaseError(f"deployment ecs-svc/{self.waits} is FAILED: the circuit breaker")
         super().wait_for_rollout(*args)
 
     def interrupt(self) -> None:
@@ -291,7 +292,7 @@ def test_a_failed_release_interrupted_during_its_rollback_keeps_why_it_failed(
     the release failed and that the rollback was not waited for."""
     env = make_environment(mnist8_server.url)
     good = released_once(env, smoke)
-    ecs = Cancelled(at=2, fail_first=True)
+    ecs = Cancelled(at=2, failing=(1,))
     with pytest.raises(KeyboardInterrupt):
         release(env, candidate("b" * 40), smoke, ecs=ecs, **QUIET, **BOUNDS)
     assert ecs.updates[1:] == [good.task_definition]
@@ -299,7 +300,7 @@ def test_a_failed_release_interrupted_during_its_rollback_keeps_why_it_failed(
     (attempt,) = attempts(env, "b" * 40)
     assert attempt["outcome"] == "failed"
     assert attempt["reason"] == (
-        "deployment ecs-svc/1 is FAILED: the circuit breaker rolled it back; then interrupted "
+        "deployment ecs-svc/1 is FAILED: the circuit breaker; then interrupted "
         f"while the rollback to {good.task_definition} ran, not waited for; nox -s status -- "
         "dev shows what runs"
     )
@@ -398,14 +399,16 @@ def test_rollback_returns_to_the_previous_successful_release_and_status_shows_it
     assert tags_of(image) == {*pushed, verified_tag("a" * 40)}
 
 
-@pytest.mark.parametrize("fail", [False, True], ids=["held", "rolled-back"])
+@pytest.mark.parametrize("verdict", ["succeeded", "rolled_back", "failed"])
 def test_an_interrupt_after_the_verdict_before_the_record_records_the_verdict(
-    aws, mnist8_server, other_model_server, smoke, interruptible, monkeypatch, fail
+    aws, mnist8_server, other_model_server, smoke, interruptible, monkeypatch, verdict
 ):
-    """The release held (or failed and rolled back) and is interrupted before its record
-    is written: what it got to is recorded, and nothing is put back."""
+    """The release held, or failed and its rollback ended (completed, or not), and is
+    interrupted before its record is written: that verdict is recorded, and nothing more
+    is put back."""
     env = make_environment(mnist8_server.url)
     good = released_once(env, smoke)
+    fail = verdict != "succeeded"
     if fail:  # the smoke test finds another model: the release rolls back
         env = replace(env, endpoint_url=other_model_server.url)
     finish = release_module._finish
@@ -417,42 +420,77 @@ def test_an_interrupt_after_the_verdict_before_the_record_records_the_verdict(
         raise AssertionError("the SIGINT did not interrupt")
 
     monkeypatch.setattr(release_module, "_finish", interrupted_finish)
-    ecs = Cancelled()
+    ecs = Cancelled(failing=(2,) if verdict == "failed" else ())
     with pytest.raises(KeyboardInterrupt):
         release(env, candidate("b" * 40), smoke, ecs=ecs, **QUIET, **BOUNDS)
     (attempt,) = attempts(env, "b" * 40)
+    assert attempt["outcome"] == verdict
     if fail:
-        assert attempt["outcome"] == "rolled_back" and "sha256" in attempt["reason"]
-        assert service_revision() == good.task_definition
-        assert ecs.updates[1:] == [good.task_definition]
+        assert "sha256" in attempt["reason"] and ecs.updates[1:] == [good.task_definition]
+        did_not = f"the rollback to {good.task_definition} did not complete: deployment "
+        assert (did_not in attempt["reason"]) == (verdict == "failed")
     else:
-        assert attempt["outcome"] == "succeeded" and "reason" not in attempt
-        assert records.read_latest(env.records_url) == attempt
+        assert "reason" not in attempt and records.read_latest(env.records_url) == attempt
         assert service_revision() == attempt["task_definition"] and len(ecs.updates) == 1
 
 
-def test_a_rollback_interrupted_after_its_deployment_completed_is_recorded_whole(
+def test_a_rollback_interrupted_before_it_points_the_service_back_says_what_to_do(
     aws, mnist8_server, smoke, interruptible, monkeypatch
 ):
+    env = make_environment(mnist8_server.url)
+    stored(candidate().image)
+    release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), **QUIET, **BOUNDS)
+    second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), **QUIET, **BOUNDS)
+    withdraw = release_module._withdraw_verification
+
+    def interrupted(*args):
+        kept = withdraw(*args)
+        os.kill(os.getpid(), signal.SIGINT)
+        return kept
+
+    monkeypatch.setattr(release_module, "_withdraw_verification", interrupted)
+    said = []
+    with pytest.raises(KeyboardInterrupt):
+        rollback(env, ecs=fast_ecs(), say=said.append, stable_timeout=STABLE_SECONDS)
+    assert service_revision() == second.task_definition
+    assert records.read_latest(env.records_url) == second.record
+    assert said[-1] == (
+        f"interrupted before the service was pointed back: dev still runs "
+        f"{second.record['release_id']}, whose verified tag may be withdrawn already; run "
+        "nox -s rollback -- dev again"
+    )
+
+
+@pytest.mark.parametrize("latest_fails", [False, True], ids=["written", "latest-refused"])
+def test_a_rollback_interrupted_while_its_record_is_written_is_recorded_once(
+    aws, mnist8_server, smoke, interruptible, monkeypatch, latest_fails
+):
+    """The signal comes as the rollback's record is written: the record is written whole
+    and once; when the write fails after the attempt's file (latest.json refused), the
+    same record is written again, not a second rollback."""
     env = make_environment(mnist8_server.url)
     stored(candidate().image)
     first = release(env, candidate("a" * 40), smoke, ecs=fast_ecs(), **QUIET, **BOUNDS)
     second = release(env, candidate("b" * 40), smoke, ecs=fast_ecs(), **QUIET, **BOUNDS)
     assert first.succeeded and second.succeeded
-    make_record = release_module._rollback_record
+    write = records.write
 
-    def interrupted(*args):
-        monkeypatch.setattr(release_module, "_rollback_record", make_record)  # once
+    def interrupted_write(url, record):
+        monkeypatch.setattr(records, "write", write)  # once
         os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(STABLE_SECONDS)
-        raise AssertionError("the SIGINT did not interrupt")
+        if latest_fails:
+            records._write(url, f"{record['release_id']}.json", json.dumps(record).encode())
+            raise records.RecordError("latest.json: access denied")
+        return write(url, record)
 
-    monkeypatch.setattr(release_module, "_rollback_record", interrupted)
+    monkeypatch.setattr(records, "write", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
         rollback(env, ecs=fast_ecs(), **QUIET, stable_timeout=STABLE_SECONDS)
     latest = records.read_latest(env.records_url)
     assert latest["task_definition"] == first.task_definition == service_revision()
     assert latest["rollback_of"] == second.record["release_id"] and "reason" not in latest
+    rollbacks = [r for r in records.list_records(env.records_url) if "rollback_of" in r]
+    assert [r["release_id"] for r in rollbacks] == [latest["release_id"]]
 
 
 @pytest.mark.parametrize(
@@ -672,6 +710,29 @@ def test_a_successful_release_gives_the_scheduled_compaction_its_image_command_a
     assert "portMappings" not in container or container["portMappings"] == []
     variables = {v["name"]: v["value"] for v in container["environment"]}
     assert variables["PREDICTION_LOG_URL"] == "s3://onnx-ship-dev/capture"
+
+
+def test_an_interrupt_while_compaction_follows_the_release_keeps_both_on_its_image(
+    aws, mnist8_server, smoke, interruptible, monkeypatch
+):
+    """Once compaction is pointed at the released image, the release has held: an
+    interrupt then is taken after that step and records the release, so the schedule never
+    runs an image the service was put back from."""
+    env = with_compaction(make_environment(mnist8_server.url))
+    follow = release_module._follow_with_compaction
+
+    def interrupted(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return follow(*args)
+
+    monkeypatch.setattr(release_module, "_follow_with_compaction", interrupted)
+    ecs = Cancelled()
+    with pytest.raises(KeyboardInterrupt):
+        release(env, image_of("a" * 40), smoke, ecs=ecs, **QUIET, **BOUNDS)
+    (attempt,) = records.list_records(env.records_url)
+    assert attempt["outcome"] == "succeeded" and len(ecs.updates) == 1
+    assert service_revision() == attempt["task_definition"]
+    assert compaction_runs()["containerDefinitions"][0]["image"] == image_of("a" * 40).image
 
 
 def test_a_release_that_rolls_back_leaves_compaction_on_the_last_good_image(

@@ -24,7 +24,7 @@ from typing import Any
 
 from python_terraform import IsFlagged, Terraform
 
-from pipeline import REPO
+from pipeline import REPO, interrupts
 
 TERRAFORM_DIR = REPO / "terraform"
 
@@ -121,9 +121,15 @@ def binary() -> str:
 
 
 def _cmd(root: Path, command: str, *args: str, **options: Any) -> tuple[int, str, str]:
-    """Run `terraform <command> -no-color` in `root` through python-terraform."""
+    """Run `terraform <command> -no-color` in `root` through python-terraform.
+
+    An interrupt waits for terraform to end (`interrupts.deferred`): on the terminal's
+    Ctrl-C terraform stops by itself, finishing what it was changing and saving its state
+    ("Interrupt received. Please wait for Terraform to exit or data loss may occur"), and
+    a parent that left at once would close terraform's output pipes, so its next line
+    would end it (SIGPIPE) in the middle of that, its state unsaved and still locked."""
     terraform = Terraform(working_dir=str(root), terraform_bin_path=binary())
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), interrupts.deferred():
         # python-terraform logs failures through the deprecated Logger.warn.
         warnings.simplefilter("ignore", DeprecationWarning)
         code, out, err = terraform.cmd(command, *args, no_color=IsFlagged, **options)

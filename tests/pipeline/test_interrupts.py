@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipeline import interrupts
+from pipeline import interrupts, terraform
 
 
 @pytest.fixture
@@ -102,3 +102,21 @@ def test_a_worker_threads_deferred_block_holds_nothing_of_the_main_thread(foregr
         finally:
             release.set()
             thread.join(5)
+
+
+def test_an_interrupted_terraform_command_ends_before_the_interrupt_is_taken(
+    foreground, tmp_path, monkeypatch
+):
+    """Terraform stops by itself on the terminal's Ctrl-C, saving its state; the pipeline
+    waits for it, rather than leaving and closing the pipes terraform's next line of output
+    would die on (SIGPIPE), mid-apply. A stand-in terraform that takes a second."""
+    fake, saved = tmp_path / "terraform", tmp_path / "saved"
+    fake.write_text(f"#!/bin/sh\nsleep 1\necho 'Apply complete!'\necho state > '{saved}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("TERRAFORM", str(fake))
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    with interrupts.handled(), pytest.raises(KeyboardInterrupt):
+        timer.start()
+        terraform._cmd(tmp_path, "apply")
+    timer.join()
+    assert saved.read_text() == "state\n"

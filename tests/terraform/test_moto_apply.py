@@ -917,10 +917,11 @@ def test_flow_logs_role_trusts_vpc_flow_logs_of_this_account_only(
 def test_each_service_role_trusts_only_the_service_that_assumes_it(
     applied: Applied, env: str
 ) -> None:
-    """The task and execution roles trust ECS tasks (ECS developer guide, "Amazon ECS task
-    IAM role", "Amazon ECS task execution IAM role"); the compaction role ECS tasks of this
-    account, the scheduler role EventBridge Scheduler of this account (the confused deputy:
-    aws:SourceAccount, EventBridge Scheduler user guide, "Set up the execution role").
+    """The execution role trusts ECS tasks (ECS developer guide, "Amazon ECS task
+    execution IAM role"); the task and compaction roles ECS tasks of this account (the
+    confused deputy: aws:SourceAccount, "Amazon ECS task IAM role"), the scheduler role
+    EventBridge Scheduler of this account (EventBridge Scheduler user guide, "Set up the
+    execution role").
     moto's AssumeRole reads no trust policy, so it is evaluated here."""
     ecs_tasks = ("Service", "ecs-tasks.amazonaws.com")
     scheduler = ("Service", "scheduler.amazonaws.com")
@@ -939,7 +940,7 @@ def test_each_service_role_trusts_only_the_service_that_assumes_it(
             assert not iam.trust_allows(document, stranger, "sts:AssumeRole", own), role
         other_service = scheduler if service == ecs_tasks else ecs_tasks
         assert not iam.trust_allows(document, other_service, "sts:AssumeRole", own), role
-        if role in ("compaction", "scheduler"):
+        if role in ("task", "compaction", "scheduler"):
             assert not iam.trust_allows(document, service, "sts:AssumeRole", other_account)
             assert not iam.trust_allows(document, service, "sts:AssumeRole", {})
 

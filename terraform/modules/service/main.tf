@@ -127,6 +127,8 @@ locals {
 # Exactly the execution role's entries of pipeline/aws_calls.py.
 ################################################################################
 
+# The execution role's trust: ECS's own example ("Amazon ECS task execution IAM role")
+# names no condition keys for it.
 data "aws_iam_policy_document" "ecs_tasks_assume" {
   statement {
     actions = ["sts:AssumeRole"]
@@ -212,9 +214,31 @@ data "aws_iam_policy_document" "task" {
   }
 }
 
+data "aws_caller_identity" "current" {}
+
+# The task role's trust: ECS tasks of this account only, as ECS recommends against the
+# confused deputy ("Amazon ECS task IAM role": aws:SourceAccount or aws:SourceArn; a
+# cluster's ARN is not supported there); the compaction role trusts the same.
+data "aws_iam_policy_document" "task_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
+  }
+}
+
 resource "aws_iam_role" "task" {
   name               = "${var.name}-task"
-  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  assume_role_policy = data.aws_iam_policy_document.task_assume.json
 
   tags = var.tags
 }

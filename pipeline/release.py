@@ -653,9 +653,9 @@ def _put_back_if_interrupted(
 ) -> Iterator[None]:
     """On KeyboardInterrupt inside, unless the record is written already: record what
     the release got to, and raise the interrupt again. Once it held (`back.verified`) it
-    is recorded as succeeded, once its rollback ended as that rollback's verdict; otherwise the
-    service is pointed back (`back`, unless its rollback has started) without waiting
-    for that deployment, and the release is recorded as failed.
+    is recorded as succeeded; once its rollback ended, with that rollback's verdict;
+    otherwise the service is pointed back (`back`, unless its rollback has started)
+    without waiting for that deployment, and the release is recorded as failed.
 
     Three ECS calls at most (DescribeTaskDefinition twice, UpdateService) and the record's
     PUT: a GitHub runner kills a cancelled step 10 s after its SIGINT ("Workflow

@@ -179,6 +179,7 @@ module "capture_catalog" {
   cluster_arn        = module.service.cluster_arn
   task_family        = module.service.task_family
   execution_role_arn = module.service.execution_role_arn
+  task_trust_policy  = module.service.task_trust_policy
   subnet_ids         = module.network.task_subnet_ids
   security_group_ids = [module.service.task_security_group_id]
   assign_public_ip   = module.network.tasks_need_public_ip

@@ -222,27 +222,10 @@ resource "aws_athena_named_query" "this" {
 # Compaction task role
 ################################################################################
 
-data "aws_iam_policy_document" "ecs_tasks_assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-
-    principals {
-      type        = "Service"
-      identifiers = ["ecs-tasks.amazonaws.com"]
-    }
-
-    condition {
-      test     = "StringEquals"
-      variable = "aws:SourceAccount"
-      values   = [data.aws_caller_identity.current.account_id]
-    }
-  }
-}
-
 resource "aws_iam_role" "compaction" {
   name               = "${var.name}-compaction"
   description        = "The compaction task: merges capture/${var.environment}/ parts"
-  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  assume_role_policy = var.task_trust_policy
 
   tags = var.tags
 }

@@ -102,6 +102,11 @@ variable "execution_role_arn" {
   type        = string
 }
 
+variable "task_trust_policy" {
+  description = "Trust policy of the compaction task's role: the service's task role's (ECS tasks of this account only), the service module's task_trust_policy output."
+  type        = string
+}
+
 variable "subnet_ids" {
   description = "Subnets of the compaction task."
   type        = list(string)

@@ -218,7 +218,8 @@ data "aws_caller_identity" "current" {}
 
 # The task role's trust: ECS tasks of this account only, as ECS recommends against the
 # confused deputy ("Amazon ECS task IAM role": aws:SourceAccount or aws:SourceArn; a
-# cluster's ARN is not supported there); the compaction role trusts the same.
+# cluster's ARN is not supported there); the compaction role trusts the same (the
+# task_trust_policy output).
 data "aws_iam_policy_document" "task_assume" {
   statement {
     actions = ["sts:AssumeRole"]

@@ -56,6 +56,11 @@ output "task_role_arn" {
   value       = aws_iam_role.task.arn
 }
 
+output "task_trust_policy" {
+  description = "Trust policy of a role ECS tasks of this account assume: the task role's, and the compaction task's role's (capture_catalog)."
+  value       = data.aws_iam_policy_document.task_assume.json
+}
+
 output "execution_role_arn" {
   description = "Role ECS uses to pull the image, write logs and read the API tokens."
   value       = aws_iam_role.execution.arn

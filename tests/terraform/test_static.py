@@ -432,6 +432,26 @@ def test_a_first_apply_routes_the_subnets_before_the_load_balancer_and_the_tasks
     assert service >= first_task_needs, sorted(first_task_needs - service)
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("env", terraform.ENVIRONMENTS)
+def test_the_scaling_policies_of_the_service_are_put_one_after_the_other(
+    env: str, terraform_bin: str, terraform_copy: Path
+) -> None:
+    """Application Auto Scaling answers a PutScalingPolicy on a scalable target with a
+    change still pending with ConcurrentUpdateException (API reference, PutScalingPolicy:
+    Errors), which the AWS provider does not retry (hashicorp/terraform-provider-aws
+    issue 17915): a first apply that puts two policies at once can fail. moto, with
+    autoscaling off in these tests, never shows it; Terraform's graph does."""
+    graph = dependency_graph(terraform_bin, terraform_copy / "envs" / env)
+    policies = sorted(n for n in graph if n.startswith("module.service.aws_appautoscaling_policy."))
+    assert len(policies) >= 2, policies
+    for i, policy in enumerate(policies):
+        for other in policies[i + 1 :]:
+            assert other in waits_for(graph, policy) or policy in waits_for(graph, other), (
+                f"{policy} and {other} may be put at the same time"
+            )
+
+
 def console_value(
     terraform_bin: str, module: Path, expression: str, variables: dict[str, str]
 ) -> str:

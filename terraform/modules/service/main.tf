@@ -759,6 +759,11 @@ resource "aws_appautoscaling_policy" "cpu" {
 resource "aws_appautoscaling_policy" "requests" {
   count = var.enable_autoscaling ? 1 : 0
 
+  # Application Auto Scaling refuses a change to a scalable target that has one pending
+  # (ConcurrentUpdateException, PutScalingPolicy), and the provider does not retry it:
+  # the two policies of the service's target are put one after the other.
+  depends_on = [aws_appautoscaling_policy.cpu]
+
   name               = "${var.name}-requests"
   policy_type        = "TargetTrackingScaling"
   service_namespace  = aws_appautoscaling_target.this[0].service_namespace

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline import terraform
+from pipeline import deadline, terraform
 from pipeline.terraform import ENVIRONMENTS, TERRAFORM_DIR, environments
 from service import aws
 
@@ -24,10 +24,20 @@ __all__ = ["ENVIRONMENTS", "TERRAFORM_DIR", "Environment", "environments", "reso
 AWS_TOTAL_ATTEMPTS = 9
 
 
-def regional_client(service: str, region: str) -> Any:
+def regional_client(service: str, region: str, *, by: float | None = None) -> Any:
     """A boto3 client for `service` in `region`, retrying throttling and transient errors
-    up to AWS_TOTAL_ATTEMPTS tries in all (`service.aws.client`: standard retry mode)."""
-    return aws.client(service, region=region, total_attempts=AWS_TOTAL_ATTEMPTS)
+    up to AWS_TOTAL_ATTEMPTS tries in all (`service.aws.client`: standard retry mode).
+
+    `by`: a time.monotonic() by which each of its calls ends (`pipeline.deadline`: short
+    tries, and none started or retried that could not end by then)."""
+    if by is None:
+        return aws.client(service, region=region, total_attempts=AWS_TOTAL_ATTEMPTS)
+    return deadline.bound(
+        aws.client(
+            service, region=region, total_attempts=AWS_TOTAL_ATTEMPTS, **deadline.TRY_TIMEOUTS
+        ),
+        by,
+    )
 
 
 class MissingEnvironment(Exception):
@@ -60,13 +70,14 @@ class Environment:
     compaction_task_family: str = ""
     compaction_role_arn: str = ""
 
-    def client(self, service: str) -> Any:
-        """A boto3 client for `service` in this environment's region (its `aws_region` output).
+    def client(self, service: str, *, by: float | None = None) -> Any:
+        """A boto3 client for `service` in this environment's region (its `aws_region` output),
+        its calls ending by `by` when given (`regional_client`).
 
         Never the ambient region: ECS clusters and ECR repositories are regional, so a
         client in another region would look for them in the wrong place.
         """
-        return regional_client(service, self.aws_region)
+        return regional_client(service, self.aws_region, by=by)
 
     def api_token(self) -> str | None:
         """The bearer token the pipeline presents to this environment's service, or None

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 INTERRUPTING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# A GitHub runner kills a cancelled step's process tree 10 s after its SIGINT ("Workflow
+# cancellation reference"); what an interrupted command still does ends 1 s before, so
+# that it can say so and exit.
+GRACE_SECONDS = 9.0
 
 
 @dataclass
@@ -31,6 +36,7 @@ class _State:
     deferring: int = 0  # how many `deferred` blocks are open
     pending: bool = False  # the first signal came inside one, and waits for its end
     taken: bool = False  # the first signal came: later ones are ignored
+    at: float | None = None  # when it came (time.monotonic())
 
 
 _state = _State()
@@ -40,10 +46,17 @@ def _interrupt(signum: int, frame: object) -> None:
     if _state.taken:
         return
     _state.taken = True
+    _state.at = time.monotonic()
     if _state.deferring:
         _state.pending = True
         return
     raise KeyboardInterrupt
+
+
+def deadline() -> float | None:
+    """The time.monotonic() by which an interrupted command has done what it still does
+    (GRACE_SECONDS after the first signal), or None before a signal came."""
+    return None if _state.at is None else _state.at + GRACE_SECONDS
 
 
 def _main_thread() -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from service.store import (
@@ -103,9 +104,15 @@ def list_records(deployments_url: str) -> list[dict[str, Any]]:
     return found
 
 
-def write(deployments_url: str, record: dict[str, Any]) -> list[str]:
+def write(
+    deployments_url: str,
+    record: dict[str, Any],
+    *,
+    s3_client: Callable[[], Any] | None = None,
+) -> list[str]:
     """Write `<release_id>.json`, and `latest.json` when the deployment succeeded.
 
+    `s3_client` makes the S3 client (`service.store.open_store`'s default otherwise).
     Returns the URLs written.
     """
     validate(record)
@@ -113,8 +120,9 @@ def write(deployments_url: str, record: dict[str, Any]) -> list[str]:
     names = [f"{record['release_id']}.json"]
     if record["outcome"] == "succeeded":
         names.append(LATEST)
+    store = _store(deployments_url, s3_client)
     for name in names:
-        _write(deployments_url, name, body)
+        _write(store, deployments_url, name, body)
     return [_join(deployments_url, name) for name in names]
 
 
@@ -133,9 +141,9 @@ def _join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
 
-def _store(url: str) -> LocalStore | S3Store:
+def _store(url: str, s3_client: Callable[[], Any] | None = None) -> LocalStore | S3Store:
     try:
-        return open_store(url)
+        return open_store(url, s3_client=s3_client)
     except NotAStore:
         raise RecordError(
             f"{url}: deployment records live in S3 (s3://bucket/prefix) or a local directory"
@@ -161,8 +169,8 @@ def _list(url: str) -> list[str]:
     return [name for name in names if "/" not in name]
 
 
-def _write(url: str, name: str, body: bytes) -> None:
-    store, target = _store(url), _join(url, name)
+def _write(store: LocalStore | S3Store, url: str, name: str, body: bytes) -> None:
+    target = _join(url, name)
     try:
         store.put(name, body, "application/json")
     except StoreError as exc:

@@ -11,6 +11,7 @@ deployment record.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import urllib.error
@@ -32,6 +33,7 @@ from botocore.retries.standard import (
 from pipeline import REPO, compaction_task, interrupts, promotion, records, revisions
 from pipeline import registry as registries
 from pipeline.alarms import AlarmsMoved, AlarmWatch, DeploymentAlarms, watched_alarms
+from pipeline.deadline import TRY_SECONDS
 from pipeline.environment import Environment
 from pipeline.records import RecordError
 from service import aws
@@ -156,6 +158,12 @@ class Ecs:
         self._sleep = sleep
         # Deployment id -> its createdAt, as UpdateService answered (ECS's own clock).
         self._started: dict[str, datetime] = {}
+
+    def using(self, client: Any) -> Ecs:
+        """This Ecs, its calls made on `client` (e.g. one bound to a deadline)."""
+        other = copy.copy(self)
+        other._client = client
+        return other
 
     def service(self, cluster: str, service: str) -> dict[str, Any]:
         answer = self._client.describe_services(cluster=cluster, services=[service])
@@ -547,6 +555,9 @@ def task_environment(candidate: Candidate) -> dict[str, str]:
 
 # A failure anywhere after the service update: ours, the ECS API's, or the network's.
 RELEASE_FAILURES = (ReleaseError, AlarmsMoved, BotoCoreError, ClientError, OSError)
+# What an interrupted release keeps for its record's PUT, before interrupts.deadline():
+# one try of a client bound to a deadline.
+RECORD_SECONDS = TRY_SECONDS
 
 
 def release(
@@ -658,23 +669,28 @@ def _put_back_if_interrupted(
     without waiting for that deployment, and the release is recorded as failed.
 
     Three ECS calls at most (DescribeTaskDefinition twice, UpdateService) and the record's
-    PUT: a GitHub runner kills a cancelled step 10 s after its SIGINT ("Workflow
-    cancellation reference"); ECS then completes the deployment by itself. What the ECS
-    API raises meanwhile goes into the record's reason; a record that cannot be written
-    is said, and the interrupt still raised."""
+    PUT, all ending by `interrupts.deadline()` (`pipeline.deadline`; the ECS calls
+    RECORD_SECONDS before it, which the PUT keeps): a GitHub runner kills a cancelled step
+    10 s after its SIGINT ("Workflow cancellation reference"); ECS then completes the
+    deployment by itself. What the ECS API raises meanwhile (throttling, a try that timed
+    out, no time left) goes into the record's reason; a record that cannot be written is
+    said, and the interrupt still raised."""
     try:
         yield
     except KeyboardInterrupt:
         if back.recorded:
             raise
+        by = interrupts.deadline()
         if back.verified:
             outcome, reason = "succeeded", ""
         elif back.verdict is not None:
             outcome, reason = back.verdict
         else:
+            if by is not None:
+                ecs = ecs.using(env.client("ecs", by=by - RECORD_SECONDS))
             outcome, reason = "failed", _interrupted_reason(env, ecs, back, say)
         try:
-            _finish(env, record, outcome, reason, back)
+            _finish(env, record, outcome, reason, back, by=by)
         except RecordError as failure:
             say(f"the release's record could not be written: {failure}")
         raise
@@ -714,15 +730,24 @@ def _finish(
     outcome: str,
     reason: str = "",
     back: _Return | None = None,
+    *,
+    by: float | None = None,
 ) -> None:
     """Close `record` with its outcome (and the failure's reason) and write it, whole
-    (`interrupts.deferred`); `back.recorded` once written."""
+    (`interrupts.deferred`), by `by` when given (`_write_record`); `back.recorded` once
+    written."""
     with interrupts.deferred():  # <id>.json and latest.json both, or the error
         record.update(outcome=outcome, **({"reason": reason} if reason else {}))
         record["finished_at"] = datetime.now(UTC).isoformat()
-        records.write(env.records_url, record)
+        _write_record(env, record, by)
         if back is not None:
             back.recorded = True
+
+
+def _write_record(env: Environment, record: dict[str, Any], by: float | None = None) -> None:
+    """`records.write` into the environment's records, with its S3 client
+    (`Environment.client`), whose calls end by `by` when given. Raises RecordError."""
+    records.write(env.records_url, record, s3_client=lambda: env.client("s3", by=by))
 
 
 def _alarm_watch(
@@ -1049,7 +1074,7 @@ def rollback(
             compaction = _follow_with_compaction(env, ecs, task_definition, say)
             rolling.record = _rollback_record(target, latest, rolling.deployment, compaction)
         with interrupts.deferred():
-            records.write(env.records_url, rolling.record)
+            _write_record(env, rolling.record)
             rolling.recorded = True
     if rolling.kept:
         raise ReleaseError(
@@ -1100,7 +1125,7 @@ def _rollback_recorded_if_interrupted(
                     "still run the image of the release it left"
                 )
             try:
-                records.write(env.records_url, record)
+                _write_record(env, record, interrupts.deadline())
             except RecordError as failure:
                 say(f"the rollback's record could not be written: {failure}")
         if rolling.kept:

@@ -28,6 +28,7 @@ from pipeline.release import (
     status,
     task_environment,
 )
+from tests.pipeline.awsfront import SILENT, THROTTLE, AwsFront
 from tests.pipeline.environments import CLUSTER, FAMILY, SERVICE, make_environment, stored
 from tests.service.conftest import MNIST8_SHA256, start_server
 
@@ -203,8 +204,15 @@ class Cancelled(Ecs):
     `at_update`; the runner's SIGTERM (7.5 s later) comes during the next UpdateService
     ("Workflow cancellation reference")."""
 
-    def __init__(self, at: int = 0, *, at_update: int = 0, failing: tuple[int, ...] = ()) -> None:
-        super().__init__(boto3.client("ecs"), poll_seconds=0.05)
+    def __init__(
+        self,
+        at: int = 0,
+        *,
+        at_update: int = 0,
+        failing: tuple[int, ...] = (),
+        client: object = None,
+    ) -> None:
+        super().__init__(client or boto3.client("ecs"), poll_seconds=0.05)
         self.at, self.at_update, self.failing = at, at_update, failing
         self.waits = 0
         self.updates: list[str] = []
@@ -285,6 +293,47 @@ def test_a_release_interrupted_during_its_rollout_points_the_service_back_and_re
     assert records.read_latest(env.records_url)["git_sha"] == "a" * 40
 
 
+class BusyOnceCancelled(Cancelled):
+    """A job cancelled during its first wait, after which the AWS service behind `front`
+    throttles every call or answers none (`mode`)."""
+
+    def __init__(self, front: AwsFront, mode: str, client: object = None) -> None:
+        super().__init__(at=1, client=client)
+        self.front, self.mode = front, mode
+        self.interrupted_at = 0.0
+
+    def interrupt(self) -> None:
+        self.front.mode = self.mode
+        self.interrupted_at = time.monotonic()
+        super().interrupt()
+
+
+@pytest.mark.parametrize("mode", [THROTTLE, SILENT])
+def test_an_interrupted_release_is_done_before_the_runner_kills_it_when_ecs_is_busy(
+    aws, mnist8_server, smoke, interruptible, monkeypatch, mode
+):
+    """A runner kills a cancelled step 10 s after its SIGINT. When ECS then throttles
+    every call, or a connection stalls, the put-back gives up in time and the record
+    still says what happened and what to do, instead of the job dying in botocore's
+    retries (up to 9 tries, 20 s apart) or timeouts (60 s) with no record."""
+    env = make_environment(mnist8_server.url)
+    released_once(env, smoke)
+    with AwsFront(aws.endpoint) as front:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_ECS", front.url)
+        ecs = BusyOnceCancelled(front, mode, client=env.client("ecs"))  # the pipeline's own
+        with pytest.raises(KeyboardInterrupt):
+            release(env, candidate("b" * 40), smoke, ecs=ecs, **QUIET, **BOUNDS)
+        took = time.monotonic() - ecs.interrupted_at
+    assert took <= interrupts.GRACE_SECONDS
+    (attempt,) = attempts(env, "b" * 40)
+    assert attempt["outcome"] == "failed"
+    reason = attempt["reason"]
+    assert reason.startswith("interrupted before the release was verified and the rollback to ")
+    assert "could not start" in reason and "deploy again" in reason
+    assert ("ThrottlingException" if mode == THROTTLE else "Read timeout") in reason
+    assert records.read_latest(env.records_url)["git_sha"] == "a" * 40
+
+
 def test_a_failed_release_interrupted_during_its_rollback_keeps_why_it_failed(
     aws, mnist8_server, smoke, interruptible
 ):
@@ -330,7 +379,7 @@ def test_an_interrupt_while_the_record_is_written_leaves_it_whole_and_unchanged(
         env = replace(env, endpoint_url=other_model_server.url)
     write, writes = records.write, []
 
-    def interrupted_write(url, record):
+    def interrupted_write(url, record, **options):
         if not writes:
             os.kill(os.getpid(), signal.SIGINT)
         writes.append(record["outcome"])
@@ -475,11 +524,12 @@ def test_a_rollback_interrupted_while_its_record_is_written_is_recorded_once(
     assert first.succeeded and second.succeeded
     write = records.write
 
-    def interrupted_write(url, record):
+    def interrupted_write(url, record, **options):
         monkeypatch.setattr(records, "write", write)  # once
         os.kill(os.getpid(), signal.SIGINT)
         if latest_fails:
-            records._write(url, f"{record['release_id']}.json", json.dumps(record).encode())
+            name, body = f"{record['release_id']}.json", json.dumps(record).encode()
+            records._write(records._store(url), url, name, body)
             raise records.RecordError("latest.json: access denied")
         return write(url, record)
 
@@ -519,6 +569,28 @@ def test_an_interrupted_rollback_is_recorded_once_the_service_is_pointed_back(
     assert latest["task_definition"] == first.task_definition
     assert latest["rollback_of"] == second.record["release_id"]
     assert latest["reason"].startswith("interrupted: deployment ")
+
+
+def test_an_interrupted_rollback_is_done_before_the_runner_kills_it_when_s3_stalls(
+    aws, mnist8_server, smoke, interruptible, monkeypatch
+):
+    """The record of a rollback interrupted in its wait is written by the runner's kill,
+    or said not to be: S3 answering nothing from the SIGINT on ends the PUT in time."""
+    env = make_environment(mnist8_server.url)
+    stored(candidate().image)
+    for sha in ("a" * 40, "b" * 40):
+        assert release(env, candidate(sha), smoke, ecs=fast_ecs(), **QUIET, **BOUNDS).succeeded
+    said: list[str] = []
+    with AwsFront(aws.endpoint) as front:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", front.url)
+        ecs = BusyOnceCancelled(front, SILENT)
+        with pytest.raises(KeyboardInterrupt):
+            rollback(env, ecs=ecs, say=said.append, stable_timeout=STABLE_SECONDS)
+        took = time.monotonic() - ecs.interrupted_at
+    assert took <= interrupts.GRACE_SECONDS
+    (unwritten,) = [line for line in said if "record could not be written" in line]
+    assert "Read timeout" in unwritten
+    assert front.requests[SILENT] >= 1
 
 
 def test_rollback_to_a_release_whose_image_ecr_expired_leaves_the_service_as_it_is(

@@ -124,7 +124,9 @@ data "aws_iam_policy_document" "deploy" {
 
   statement {
     sid = "RegisterTaskDefinitions"
-    # These task definition actions have no resource-level permissions.
+    # DescribeTaskDefinition has no resource-level permissions; RegisterTaskDefinition is
+    # authorized on the revision it creates (Service Authorization Reference, Amazon ECS),
+    # and the TagResource statement below holds its tags to the service's family.
     actions = [
       "ecs:DescribeTaskDefinition",
       "ecs:RegisterTaskDefinition",

@@ -1,0 +1,67 @@
+"""Clients bound to a deadline (pipeline.deadline), against an ECS that throttles every
+call or never answers (tests.pipeline.awsfront): each call ends by the deadline, having
+retried while a retry fitted."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.exceptions import ClientError, ReadTimeoutError
+
+from pipeline.deadline import TRY_SECONDS, OutOfTime
+from pipeline.environment import regional_client
+from tests.pipeline.awsfront import SILENT, THROTTLE, AwsFront
+
+CLUSTER, SERVICE = "onnx-ship-dev", "onnx-ship-dev"
+
+
+@pytest.fixture
+def front(aws, monkeypatch):
+    with AwsFront(aws.endpoint) as front:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_ECS", front.url)
+        yield front
+
+
+def describe_within(seconds: float) -> float:
+    """Call DescribeServices on a client bound to `seconds` from now; the seconds it took."""
+    started = time.monotonic()
+    client = regional_client("ecs", "us-east-1", by=started + seconds)
+    try:
+        client.describe_services(cluster=CLUSTER, services=[SERVICE])
+    finally:
+        took = time.monotonic() - started
+    return took
+
+
+def test_a_throttled_call_is_retried_while_a_retry_fits_and_ends_by_the_deadline(front):
+    front.mode = THROTTLE
+    started = time.monotonic()
+    with pytest.raises(ClientError) as raised:
+        describe_within(6.0)
+    assert time.monotonic() - started <= 6.0
+    assert raised.value.response["Error"]["Code"] == "ThrottlingException"
+    assert front.requests[THROTTLE] >= 2  # retried: the first backoff (at most 1 s) fitted
+
+
+def test_a_call_that_gets_no_answer_ends_by_the_deadline_with_the_timeout(front):
+    front.mode = SILENT
+    started = time.monotonic()
+    with pytest.raises(ReadTimeoutError):
+        describe_within(5.0)
+    assert time.monotonic() - started <= 5.0
+    assert front.requests[SILENT] == 1  # a second try of up to 3 s would not have ended by then
+
+
+def test_a_call_with_no_time_for_a_try_is_not_sent(front):
+    front.mode = THROTTLE
+    with pytest.raises(OutOfTime, match=r"DescribeServices not sent: \d\.\d s left"):
+        describe_within(TRY_SECONDS - 0.5)
+    assert sum(front.requests.values()) == 0
+
+
+def test_a_client_bound_to_a_deadline_serves_as_any_other_while_aws_answers(front):
+    client = regional_client("ecs", "us-east-1", by=time.monotonic() + 30)
+    client.create_cluster(clusterName=CLUSTER)
+    (cluster,) = client.describe_clusters(clusters=[CLUSTER])["clusters"]
+    assert cluster["clusterName"] == CLUSTER and front.requests["pass"] == 2

@@ -74,6 +74,9 @@ FIXES = {
     "NoRegionError": "set AWS_REGION, or apply the environment for its aws_region output",
     "EndpointConnectionError": UNREACHABLE,
     "ConnectTimeoutError": UNREACHABLE,
+    "ReadTimeoutError": UNREACHABLE,
+    # pipeline.deadline: an interrupted command's last calls, none sent past its deadline.
+    "OutOfTime": "the command was interrupted, and no time was left for this call",
     "ClusterNotFoundException": NAMES,
     "ServiceNotFoundException": NAMES,
 }

@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError, ReadTimeoutError
 
 from pipeline.deadline import TRY_SECONDS, OutOfTime
 from pipeline.environment import regional_client
+from service import aws
 from tests.pipeline.awsfront import SILENT, THROTTLE, AwsFront
 
 CLUSTER, SERVICE = "onnx-ship-dev", "onnx-ship-dev"
@@ -53,11 +54,14 @@ def test_a_call_that_gets_no_answer_ends_by_the_deadline_with_the_timeout(front)
     assert front.requests[SILENT] == 1  # a second try of up to 3 s would not have ended by then
 
 
-def test_a_call_with_no_time_for_a_try_is_not_sent(front):
+def test_a_call_with_no_time_for_a_try_is_not_sent_and_says_why(front):
     front.mode = THROTTLE
-    with pytest.raises(OutOfTime, match=r"DescribeServices not sent: \d\.\d s left"):
+    with pytest.raises(OutOfTime, match=r"DescribeServices not sent: \d\.\d s left") as raised:
         describe_within(TRY_SECONDS - 0.5)
     assert sum(front.requests.values()) == 0
+    assert aws.fix(raised.value) == (
+        "the command was interrupted, and no time was left for this call"
+    )
 
 
 def test_a_client_bound_to_a_deadline_serves_as_any_other_while_aws_answers(front):

@@ -63,8 +63,9 @@ def test_without_a_count_aws_max_attempts_still_applies(monkeypatch):
         prediction_store._s3_client,
         service_store._default_client,
         sinks._s3_client,
+        lambda: regional_client("ecs", "eu-central-1", by=0.0),
     ],
-    ids=["athena report", "ecr push", "capture reader", "store", "capture sink"],
+    ids=["athena report", "ecr push", "capture reader", "store", "capture sink", "put-back"],
 )
 def test_each_client_the_project_makes_is_in_standard_mode(make):
     assert make().meta.config.retries["mode"] == "standard"
@@ -78,7 +79,7 @@ def test_the_pipelines_clients_try_in_the_environments_region_with_its_bound():
 
 def test_an_s3_store_out_of_reach_says_what_to_check():
     """Records, models and capture all read S3 through service.store: the one mapping."""
-    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
     from service.store import StoreUnreachable, store_error
 
@@ -88,10 +89,12 @@ def test_an_s3_store_out_of_reach_says_what_to_check():
         "Unable to locate credentials; check the AWS credentials the pipeline runs with "
         "(AWS_PROFILE, AWS_ACCESS_KEY_ID)"
     )
-    down = store_error(EndpointConnectionError(endpoint_url="http://127.0.0.1:9"))
-    assert str(down).endswith(
-        "; AWS did not answer: check the network, the region, and AWS_ENDPOINT_URL if one is set"
-    )
+    for unanswered in (EndpointConnectionError, ReadTimeoutError):
+        down = store_error(unanswered(endpoint_url="http://127.0.0.1:9"))
+        assert str(down).endswith(
+            "; AWS did not answer: check the network, the region, and AWS_ENDPOINT_URL if one "
+            "is set"
+        )
 
 
 def test_access_denied_names_the_list_of_permissions():

@@ -30,14 +30,9 @@ def regional_client(service: str, region: str, *, by: float | None = None) -> An
 
     `by`: a time.monotonic() by which each of its calls ends (`pipeline.deadline`: short
     tries, and none started or retried that could not end by then)."""
-    if by is None:
-        return aws.client(service, region=region, total_attempts=AWS_TOTAL_ATTEMPTS)
-    return deadline.bound(
-        aws.client(
-            service, region=region, total_attempts=AWS_TOTAL_ATTEMPTS, **deadline.TRY_TIMEOUTS
-        ),
-        by,
-    )
+    tries = deadline.TRY_TIMEOUTS if by is not None else {}
+    client = aws.client(service, region=region, total_attempts=AWS_TOTAL_ATTEMPTS, **tries)
+    return client if by is None else deadline.bound(client, by)
 
 
 class MissingEnvironment(Exception):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from service.store import (
@@ -108,21 +109,20 @@ def write(
     deployments_url: str,
     record: dict[str, Any],
     *,
-    s3_client: Callable[[], Any] | None = None,
+    s3_client: Callable[[str], Any] | None = None,
 ) -> list[str]:
     """Write `<release_id>.json`, and `latest.json` when the deployment succeeded.
 
-    `s3_client` makes the S3 client (`service.store.open_store`'s default otherwise).
-    Returns the URLs written.
+    `s3_client(name)` makes the S3 client that writes the file `name` (by default,
+    `service.store.open_store`'s). Returns the URLs written.
     """
     validate(record)
     body = json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
     names = [f"{record['release_id']}.json"]
     if record["outcome"] == "succeeded":
         names.append(LATEST)
-    store = _store(deployments_url, s3_client)
     for name in names:
-        _write(store, deployments_url, name, body)
+        _write(deployments_url, name, body, None if s3_client is None else partial(s3_client, name))
     return [_join(deployments_url, name) for name in names]
 
 
@@ -169,8 +169,8 @@ def _list(url: str) -> list[str]:
     return [name for name in names if "/" not in name]
 
 
-def _write(store: LocalStore | S3Store, url: str, name: str, body: bytes) -> None:
-    target = _join(url, name)
+def _write(url: str, name: str, body: bytes, s3_client: Callable[[], Any] | None = None) -> None:
+    store, target = _store(url, s3_client), _join(url, name)
     try:
         store.put(name, body, "application/json")
     except StoreError as exc:

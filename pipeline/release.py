@@ -556,8 +556,8 @@ def task_environment(candidate: Candidate) -> dict[str, str]:
 # A failure anywhere after the service update: ours, the ECS API's, or the network's.
 RELEASE_FAILURES = (ReleaseError, AlarmsMoved, BotoCoreError, ClientError, OSError)
 # What an interrupted release keeps for its record's PUT, before interrupts.deadline():
-# one try of a client bound to a deadline.
-RECORD_SECONDS = TRY_SECONDS
+# one try of a client bound to a deadline, and the time to make that client and the record.
+RECORD_SECONDS = TRY_SECONDS + 0.5
 
 
 def release(
@@ -745,9 +745,19 @@ def _finish(
 
 
 def _write_record(env: Environment, record: dict[str, Any], by: float | None = None) -> None:
-    """`records.write` into the environment's records, with its S3 client
-    (`Environment.client`), whose calls end by `by` when given. Raises RecordError."""
-    records.write(env.records_url, record, s3_client=lambda: env.client("s3", by=by))
+    """`records.write` into the environment's records; by `by` when given (a
+    time.monotonic(): an interrupted command's), with the environment's S3 clients bound
+    to it, the attempt's file keeping RECORD_SECONDS for `latest.json` when both are
+    written. Raises RecordError."""
+    if by is None:
+        records.write(env.records_url, record)
+        return
+
+    def s3_client(name: str) -> Any:
+        last = name == records.LATEST or record["outcome"] != "succeeded"
+        return env.client("s3", by=by if last else by - RECORD_SECONDS)
+
+    records.write(env.records_url, record, s3_client=s3_client)
 
 
 def _alarm_watch(

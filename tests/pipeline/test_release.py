@@ -334,6 +334,26 @@ def test_an_interrupted_release_is_done_before_the_runner_kills_it_when_ecs_is_b
     assert records.read_latest(env.records_url)["git_sha"] == "a" * 40
 
 
+def test_an_interrupted_release_whose_record_s3_does_not_take_says_so_in_time(
+    aws, mnist8_server, smoke, interruptible, monkeypatch
+):
+    """The service is pointed back; the record's PUT, to an S3 gone silent from the
+    SIGINT on, gives up before the runner's kill and says so."""
+    env = make_environment(mnist8_server.url)
+    good = released_once(env, smoke)
+    said: list[str] = []
+    with AwsFront(aws.endpoint) as front:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", front.url)
+        ecs = BusyOnceCancelled(front, SILENT)
+        with pytest.raises(KeyboardInterrupt):
+            release(env, candidate("b" * 40), smoke, ecs=ecs, say=said.append, **BOUNDS)
+        took = time.monotonic() - ecs.interrupted_at
+    assert took <= interrupts.GRACE_SECONDS
+    assert service_revision() == good.task_definition
+    (unwritten,) = [line for line in said if "record could not be written" in line]
+    assert "AWS did not answer" in unwritten and front.requests[SILENT] >= 1
+
+
 def test_a_failed_release_interrupted_during_its_rollback_keeps_why_it_failed(
     aws, mnist8_server, smoke, interruptible
 ):
@@ -529,7 +549,7 @@ def test_a_rollback_interrupted_while_its_record_is_written_is_recorded_once(
         os.kill(os.getpid(), signal.SIGINT)
         if latest_fails:
             name, body = f"{record['release_id']}.json", json.dumps(record).encode()
-            records._write(records._store(url), url, name, body)
+            records._write(url, name, body)
             raise records.RecordError("latest.json: access denied")
         return write(url, record)
 

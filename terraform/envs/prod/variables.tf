@@ -90,7 +90,7 @@ variable "flow_log_traffic_type" {
 }
 
 variable "ingress_cidr_blocks" {
-  description = "Networks allowed to reach the load balancer."
+  description = "Networks allowed to reach the load balancer; a release smoke-tests it from the deploy job's runner, whose address they must hold."
   type        = list(string)
   default     = ["0.0.0.0/0"]
 }

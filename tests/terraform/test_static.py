@@ -439,9 +439,10 @@ def test_the_scaling_policies_of_the_service_are_put_one_after_the_other(
 ) -> None:
     """Application Auto Scaling answers a PutScalingPolicy on a scalable target with a
     change still pending with ConcurrentUpdateException (API reference, PutScalingPolicy:
-    Errors), which the AWS provider does not retry (hashicorp/terraform-provider-aws
-    issue 17915): a first apply that puts two policies at once can fail. moto, with
-    autoscaling off in these tests, never shows it; Terraform's graph does."""
+    Errors), which the AWS provider does not retry (its `resourcePolicyPut` retries only
+    FailedResourceAccessException): a first apply that puts two policies at once can
+    fail. moto, with autoscaling off in these tests, never shows it; Terraform's graph
+    does."""
     graph = dependency_graph(terraform_bin, terraform_copy / "envs" / env)
     policies = sorted(n for n in graph if n.startswith("module.service.aws_appautoscaling_policy."))
     assert len(policies) >= 2, policies

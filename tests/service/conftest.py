@@ -98,11 +98,16 @@ class Server:
 
 
 def start_server(
-    env: dict[str, str], ready_path: str = "/v2/health/ready", port: int | None = None
+    env: dict[str, str],
+    ready_path: str = "/v2/health/ready",
+    port: int | None = None,
+    module: tuple[str, ...] = ("service",),
 ) -> Server:
+    """`python -m <module>` (the service's own entry point unless told otherwise), with
+    HOST and PORT set in its environment, once `ready_path` answers."""
     port = port or free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
+        [sys.executable, "-m", *module],
         cwd=REPO,
         env={**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env},
         stdout=subprocess.DEVNULL,

@@ -11,8 +11,9 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from tests.conftest import HeldRequest
+from tests.conftest import HeldRequest, free_port
 from tests.service.conftest import MNIST8_SHA256, start_server
+from tests.service.test_http import raw_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +131,31 @@ def test_sigterm_drains_in_flight_requests(mnist8_path, tmp_path, raw_argmax):
     assert all(json.loads(body)["predictions"] == expected for _, body in answers)
     # uvicorn re-raises the signal once it has drained, so the exit is "killed by SIGTERM"
     assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_plain_uvicorn_with_the_services_protocol_serves_as_python_m_service_does(
+    mnist8_path, mnist_test_set, raw_argmax, tmp_path
+):
+    """`uvicorn service.asgi:app --http service.protocol:HttpProtocol`, as the README shows
+    it: uvicorn takes the protocol class by its import string, so a request uvicorn cannot
+    parse gets the service's JSON 400 instead of uvicorn's plain text, and predictions
+    answer."""
+    port = free_port()
+    command = ("uvicorn", "service.asgi:app", "--http", "service.protocol:HttpProtocol")
+    server = start_server(
+        {"MODEL_URL": str(mnist8_path), "MODEL_CACHE_DIR": str(tmp_path)},
+        port=port,
+        module=(*command, "--host", "127.0.0.1", "--port", str(port)),
+    )
+    try:
+        head, body = raw_exchange(server.url, b"GET /v2 HTTX/1.1\r\nHost: x\r\n\r\n")
+        images = mnist_test_set[0][:3]
+        answers = [
+            post(server.url, "/predict", {"data": image.reshape(-1).tolist()}) for image in images
+        ]
+    finally:
+        server.stop()  # uvicorn re-raises SIGTERM once it has shut down: status -15
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(body)["error"].startswith("malformed HTTP request")
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert [answer["prediction"] for _, answer in answers] == raw_argmax(images)

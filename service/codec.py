@@ -215,8 +215,24 @@ def encode_predict(scores: np.ndarray, single: bool, model: ModelInfo) -> dict:
     or [batch, 1, classes]); `single` (one example sent, not a list) answers
     {"prediction": k}, otherwise {"predictions": [k, ...]}, with the model's name and
     version. Which one follows the shape of the request's data alone (README, "One
-    example or a list")."""
-    classes = scores.reshape(scores.shape[0], -1).argmax(axis=1).tolist()
+    example or a list").
+
+    Raises InvalidInput when a row's scores hold a NaN: that row has no class (an
+    onnxruntime graph gives NaN where its arithmetic overflows, e.g. inf - inf). numpy's
+    argmax returns the index of a row's first NaN, as `max` propagates NaN (numpy.max,
+    "See Also"), so the score at each row's argmax is NaN exactly when the row holds one
+    (tests/service/test_predict.py pins that rule).
+    """
+    rows = scores.reshape(scores.shape[0], -1)
+    classes = rows.argmax(axis=1).tolist()
+    for row, k in enumerate(classes):
+        if math.isnan(rows.item(row, k)):
+            raise InvalidInput(
+                f"the model's scores for {'this example' if single else f'example {row}'} "
+                "are NaN (not a number), so it has no class: its numbers are beyond what "
+                "the model computes with (far outside the range it was trained on, say); "
+                "check the input's scale"
+            )
     if single:
         return {"prediction": classes[0], "model": model.name, "version": model.version}
     return {"predictions": classes, "model": model.name, "version": model.version}

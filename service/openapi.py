@@ -36,7 +36,8 @@ PREDICT_DESCRIPTION = (
     "its size-1 dimensions (28x28) and answers `prediction`. A list of examples adds one "
     "leading dimension to either form, or to the full item shape (Nx1x28x28), and answers "
     "`predictions`, also when it holds a single example. The class is the argmax of the "
-    "model's first output."
+    "model's first output; an example the model scores as NaN has none, and is a 400 "
+    "naming it."
 )
 INFER_DESCRIPTION = (
     "Parameters this server implements: `binary_data_output` (request), "

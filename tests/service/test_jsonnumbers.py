@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import codec
 from service.errors import InvalidInput
@@ -110,6 +112,58 @@ def test_numbers_of_every_form_round_as_the_general_path():
         assert same(
             lane.decode(double, np.dtype(np.float64)), general(double, np.dtype(np.float64))
         )
+
+
+# A JSON number's text by RFC 8259 section 6's grammar (long mantissas, every exponent
+# form), doubles' and float32s' shortest texts, integers past 64 bits, and the edges.
+NUMBER_TEXT = st.one_of(
+    st.from_regex(r"-?(0|[1-9][0-9]{0,25})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,3})?", fullmatch=True),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(
+        [
+            "3.4028235e38",
+            "3.4028235677973366e38",
+            "3.4028235677973367e38",
+            "7e-46",
+            "-0",
+            "1.401298464324817e-45",
+            "2.5e-324",
+            "1e-400",
+            "1e154",
+            "1e200",
+        ]
+    ),
+)
+SPACE = st.sampled_from(["", " ", "\n", "\t", "\r\n  "])
+
+
+@st.composite
+def number_bodies(draw) -> bytes:
+    """`{"data": [...]}` of 1 to 6 numbers, flat or in 1 to 3 rows, with JSON's whitespace."""
+    width, rows = draw(st.integers(1, 6)), draw(st.integers(0, 3))
+
+    def row() -> str:
+        return (
+            "["
+            + ",".join(draw(SPACE) + draw(NUMBER_TEXT) + draw(SPACE) for _ in range(width))
+            + "]"
+        )
+
+    data = row() if rows == 0 else "[" + ",".join(draw(SPACE) + row() for _ in range(rows)) + "]"
+    return ("{" + draw(SPACE) + '"data"' + draw(SPACE) + ":" + data + draw(SPACE) + "}").encode()
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@settings(max_examples=800, deadline=None)
+@given(body=number_bodies(), dtype=st.sampled_from([F32, np.dtype(np.float64)]))
+def test_generated_bodies_decode_as_the_general_path_without_a_warning(body, dtype):
+    """Whatever numbers a body holds, the lane gives the general path's array bit for bit or
+    declines, the route's answer is the general path's, and numpy reports nothing."""
+    taken = NumberArrays().decode(body, dtype)
+    assert taken is None or same(taken, general(body, dtype))
+    assert same(fast(body, dtype), general(body, dtype))
 
 
 # Bodies the lane must leave to the general path, whatever becomes of them there: the
@@ -259,12 +313,20 @@ def test_well_formed_float_bodies_decode_in_one_typed_pass(monkeypatch, body, sh
     )
 
 
-def test_numbers_past_float32_are_refused_without_a_warning_on_every_path():
-    """The lane, the typed decoders and the general path each meet 1e39: the answer is
-    the general path's 400, and numpy's overflow on the way is expected, not reported."""
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": [1e39, 0]}',
+        b'{"data": [1e200, 0]}',  # its square overflows a double
+        b'{"data": [[1e308], [-1e308]]}',
+    ],
+)
+def test_numbers_past_float32_are_refused_without_a_warning_on_every_path(body):
+    """The lane, the typed decoders and the general path each meet a number beyond
+    float32: the answer is the general path's 400, and numpy's overflow on the way (in the
+    cast, or in the lane's sum of squares) is expected, not reported."""
     import warnings
 
-    body = b'{"data": [1e39, 0]}'
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for lane in (NumberArrays(), None):
@@ -273,6 +335,8 @@ def test_numbers_past_float32_are_refused_without_a_warning_on_every_path():
             assert refused.value.message == (
                 '"data" has numbers too large for float32 (or NaN/infinity)'
             )
+        # A V2 tensor's data: the same lane, bounded at 2**53.
+        assert NumberArrays().decode_array(body[len(b'{"data": ') : -1], F32) is None
     assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
 
 

@@ -517,3 +517,41 @@ def test_numbers_past_the_models_type_are_refused_without_a_numpy_warning(client
         result = client.simulate_post("/predict", json={"data": [1e39] + [0] * 783})
     assert result.json == {"error": '"data" has numbers too large for float32 (or NaN/infinity)'}
     assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def test_an_example_whose_scores_are_nan_has_no_class_and_nothing_is_recorded(
+    recorded, mnist_test_set, model
+):
+    """float32's largest numbers are a valid input, but mnist-8's arithmetic overflows on
+    them (inf - inf) and every score is NaN: /predict answers 400 naming the example
+    rather than argmax's 0, and records nothing. V2 answers the raw scores."""
+    client, records = recorded
+    huge = [FLOAT32_MAX, -FLOAT32_MAX] * 392
+    assert np.isnan(model.scores(np.array(huge, np.float32).reshape(1, 1, 28, 28))).all()
+    message = (
+        "the model's scores for {} are NaN (not a number), so it has no class: its numbers "
+        "are beyond what the model computes with (far outside the range it was trained on, "
+        "say); check the input's scale"
+    )
+    single = client.simulate_post("/predict", json={"data": huge})
+    assert single.status_code == 400
+    assert single.json == {"error": message.format("this example")}
+    image = mnist_test_set[0][0].reshape(-1).tolist()
+    listed = client.simulate_post("/predict", json={"data": [image, huge]})
+    assert listed.status_code == 400
+    assert listed.json == {"error": message.format("example 1")}
+    assert records == []
+    tensor = {"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": huge}
+    v2 = client.simulate_post("/v2/models/mnist-8/infer", json={"inputs": [tensor]})
+    assert v2.status_code == 200 and len(records) == 1
+
+
+def test_argmax_stops_at_a_rows_first_nan():
+    """The rule encode_predict's NaN check rests on (numpy's argmax, as `max`, propagates
+    NaN): a row's argmax is its first NaN, whatever larger numbers come before or after."""
+    rows = np.array([[1.0, np.nan, 3.0, np.nan], [np.inf, 2.0, np.nan, 4.0], [1.0, 2.0, 0.0, 0.0]])
+    assert rows.argmax(axis=1).tolist() == [1, 2, 1]
+    assert rows.astype(np.float32).argmax(axis=1).tolist() == [1, 2, 1]

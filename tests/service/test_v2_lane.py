@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import codec
 from service.errors import InvalidInput
 from service.jsonnumbers import NumberArrays
+from tests.service.test_jsonnumbers import NUMBER_TEXT
 from tests.service.test_v2 import BAD_INFER, INPUT, OUTPUT, binary_body
 
 SHAPE = [1, 1, 28, 28]
@@ -236,3 +239,46 @@ def test_a_binary_request_does_not_consult_the_lane(model, all_test_images, monk
         body, headers[codec.BINARY_HEADER], model.inputs, model.outputs, NumberArrays()
     )
     assert request.inputs[INPUT].tobytes() == all_test_images[:2].tobytes()
+
+
+@st.composite
+def generated_requests(draw) -> bytes:
+    """A V2 JSON request for the model's input: 1 or 2 images of 8 generated numbers tiled
+    (every form of JSON number text), flat or nested as its shape, sometimes with a
+    shape, datatype or count that is wrong, an id, and an output asking for classes."""
+    images = draw(st.integers(1, 2))
+    numbers = [draw(NUMBER_TEXT) for _ in range(8)] * (98 * images)
+    shape = draw(st.sampled_from([[images, 1, 28, 28], [images, 784], [images, 1, 28, 27]]))
+    if draw(st.booleans()):
+        data = "[" + ",".join(numbers) + "]"
+    else:  # nested as [images, 784]
+        data = (
+            "["
+            + ",".join(
+                "[" + ",".join(numbers[i * 784 : (i + 1) * 784]) + "]" for i in range(images)
+            )
+            + "]"
+        )
+    datatype = draw(st.sampled_from(["FP32", "FP32", "FP64", "INT32"]))
+    tensor = (
+        f'{{"name":"{INPUT}","shape":{json.dumps(shape)},"datatype":"{datatype}","data":{data}}}'
+    )
+    extra = draw(
+        st.sampled_from(
+            [
+                "",
+                ',"id":"r-1"',
+                f',"outputs":[{{"name":"{OUTPUT}","parameters":{{"classification":2}}}}]',
+            ]
+        )
+    )
+    return f'{{"inputs":[{tensor}]{extra}}}'.encode()
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@settings(max_examples=300, deadline=None)
+@given(body=generated_requests())
+def test_generated_requests_decode_as_the_general_path_without_a_warning(model, body):
+    """Whatever numbers, shape and datatype a request holds, the lane's request is the
+    general path's bit for bit (or its error word for word), and numpy reports nothing."""
+    assert same(decoded(model, body, NumberArrays()), decoded(model, body, None))

@@ -1,4 +1,6 @@
-"""Triton's classification extension: an output's top classes instead of its scores.
+"""Classes from scores: each row's class (`/predict`'s answer and every captured record's
+`prediction`), and Triton's classification extension, an output's top classes instead of
+its scores.
 
 A request asks for it per output with the parameter `"classification": k`; the
 output then comes back as a BYTES tensor of shape [batch, min(k, classes)] whose
@@ -10,12 +12,30 @@ which is printf's "%f" for floating point, and compares in the output's own type
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 # Datatypes whose values have no order to rank classes by.
 UNRANKED_DATATYPES = ("BOOL", "BYTES")
+
+
+def row_classes(scores: np.ndarray) -> list[int | None]:
+    """Each row's class: the index of its largest score (`scores` [rows, classes], any
+    numeric dtype), None for a row that holds a NaN, which has no class (an onnxruntime
+    graph gives NaN where its arithmetic overflows, e.g. inf - inf).
+
+    numpy's argmax returns the index of a row's first NaN, as `max` propagates NaN
+    (numpy.max, "See Also"), so the score at a row's argmax is NaN exactly when the row
+    holds one (a test pins that rule).
+    """
+    classes: list[int | None] = scores.argmax(axis=1).tolist()
+    if scores.dtype.kind == "f":
+        for row, index in enumerate(classes):
+            if math.isnan(scores.item(row, index)):
+                classes[row] = None
+    return classes
 
 
 def top_classes(scores: np.ndarray, count: int, labels: Sequence[str] = ()) -> np.ndarray:

@@ -18,7 +18,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from service.classification import UNRANKED_DATATYPES, top_classes
+from service.classification import UNRANKED_DATATYPES, row_classes, top_classes
 from service.errors import InvalidInput
 from service.jsonnumbers import NumberArrays
 from service.model import ORT_TYPES, ModelInfo, TensorSpec, shape_words
@@ -217,22 +217,18 @@ def encode_predict(scores: np.ndarray, single: bool, model: ModelInfo) -> dict:
     version. Which one follows the shape of the request's data alone (README, "One
     example or a list").
 
-    Raises InvalidInput when a row's scores hold a NaN: that row has no class (an
-    onnxruntime graph gives NaN where its arithmetic overflows, e.g. inf - inf). numpy's
-    argmax returns the index of a row's first NaN, as `max` propagates NaN (numpy.max,
-    "See Also"), so the score at each row's argmax is NaN exactly when the row holds one
-    (tests/service/test_predict.py pins that rule).
+    Raises InvalidInput naming the first row whose scores hold a NaN: it has no class
+    (`row_classes`).
     """
-    rows = scores.reshape(scores.shape[0], -1)
-    classes = rows.argmax(axis=1).tolist()
-    for row, k in enumerate(classes):
-        if math.isnan(rows.item(row, k)):
-            raise InvalidInput(
-                f"the model's scores for {'this example' if single else f'example {row}'} "
-                "are NaN (not a number), so it has no class: its numbers are beyond what "
-                "the model computes with (far outside the range it was trained on, say); "
-                "check the input's scale"
-            )
+    classes = row_classes(scores.reshape(scores.shape[0], -1))
+    if None in classes:
+        row = classes.index(None)
+        raise InvalidInput(
+            f"the model's scores for {'this example' if single else f'example {row}'} "
+            "are NaN (not a number), so it has no class: its numbers are beyond what "
+            "the model computes with (far outside the range it was trained on, say); "
+            "check the input's scale"
+        )
     if single:
         return {"prediction": classes[0], "model": model.name, "version": model.version}
     return {"predictions": classes, "model": model.name, "version": model.version}

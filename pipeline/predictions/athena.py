@@ -26,7 +26,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.predictions.statistics import Aggregates
+from pipeline.predictions.statistics import Aggregates, class_key
 from pipeline.predictions.store import PredictionLogError, _iso
 from service.capture import partformat
 
@@ -41,7 +41,10 @@ _FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED")
 OBJECT_GONE = "The specified key does not exist"
 
 # The same rule as statistics.top_probabilities and engine.TOP_PROBABILITY.
+# NULL for a record whose scores hold a null (a NaN or an infinity): no probability, as
+# the other engines count it (statistics._add_top).
 TOP_PROBABILITY = """CASE
+    WHEN cardinality(filter(scores, x -> x IS NULL)) > 0 THEN NULL
     WHEN array_min(scores) >= 0
          AND abs(reduce(scores, 0e0, (s, x) -> s + x, s -> s) - 1) <= 1e-3
     THEN array_max(scores)
@@ -74,7 +77,7 @@ def queries(table: str, since: datetime | None) -> dict[str, str]:
     records = deduplicated(table, condition)
     return {
         "classes": f"""SELECT {HOUR_LABEL} AS label, prediction, count(*),
-            sum({TOP_PROBABILITY}) FROM {records} GROUP BY 1, 2""",
+            sum({TOP_PROBABILITY}), count({TOP_PROBABILITY}) FROM {records} GROUP BY 1, 2""",
         "models": f"""SELECT concat(model.name, ' ', model.version), count(*)
             FROM {records} GROUP BY 1""",
         "requests": f"""SELECT min(time), max(time),
@@ -200,12 +203,12 @@ def aggregate(
         raise
     result = Aggregates()
     top: dict[str, list[float]] = {}
-    for label, prediction, count, total in answers["classes"]:
-        result.classes.setdefault(str(label), Counter())[int(prediction)] = int(count)
+    for label, prediction, count, total, scored in answers["classes"]:
+        result.classes.setdefault(str(label), Counter())[class_key(prediction)] = int(count)
         entry = top.setdefault(str(label), [0.0, 0])
         entry[0] += float(total or 0.0)
-        entry[1] += int(count)
-    result.top = {label: (total, int(count)) for label, (total, count) in top.items()}
+        entry[1] += int(scored)
+    result.top = {label: (total, int(count)) for label, (total, count) in top.items() if count}
     for model, count in answers["models"]:
         result.models[str(model)] = int(count)
     if answers["requests"] and answers["requests"][0][0] is not None:

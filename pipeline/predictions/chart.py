@@ -12,6 +12,8 @@ from pipeline.predictions.statistics import (
     PSI_SIGNIFICANT,
     TVD_THRESHOLD,
     Summary,
+    class_name,
+    class_order,
 )
 
 
@@ -25,7 +27,7 @@ def plot(summary: Summary, path: Path) -> Path:
 
     figure, axes = plt.subplots(2, 2, figsize=(13, 8))
     classes_axis, hours_axis, drift_axis, confidence_axis = axes.flat
-    labels = sorted(set(summary.per_class) | set(summary.baseline or {}))
+    labels = class_order(set(summary.per_class) | set(summary.baseline or {}))
     positions = np.arange(len(labels))
     shares = [summary.per_class.get(c, 0) / max(summary.total, 1) for c in labels]
     classes_axis.bar(positions - 0.2, shares, width=0.4, label=f"{summary.env} predictions")
@@ -35,7 +37,7 @@ def plot(summary: Summary, path: Path) -> Path:
         classes_axis.set_title(f"Classes (TVD {summary.tvd:.3f}, PSI {summary.psi:.3f})")
     else:
         classes_axis.set_title("Classes")
-    classes_axis.set_xticks(positions, [str(c) for c in labels])
+    classes_axis.set_xticks(positions, [class_name(c) for c in labels])
     classes_axis.set_ylabel("share")
     classes_axis.legend()
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.predictions.statistics import Aggregates
+from pipeline.predictions.statistics import Aggregates, class_key
 from pipeline.predictions.store import (
     READ_WORKERS,
     Hour,
@@ -55,7 +55,10 @@ COLUMNS = {
 LOOKAHEAD_HOURS = 4
 # A row's top-class probability: its maximum when it is a distribution already, else
 # softmax's (`statistics.top_probabilities`, the same rule in numpy).
+# NULL for a record whose scores hold a null (a NaN or an infinity): no probability, as
+# the other engines count it (statistics._add_top).
 TOP_PROBABILITY = """CASE
+    WHEN list_count(scores) < len(scores) THEN NULL
     WHEN list_min(scores) >= 0 AND abs(list_sum(scores) - 1) <= 1e-3 THEN list_max(scores)
     ELSE 1 / list_sum(list_transform(scores, lambda x: exp(x - list_max(scores))))
 END"""
@@ -187,11 +190,13 @@ def _add(
     for hour, label, count in connection.execute(
         "SELECT hour, prediction, count(*) FROM records GROUP BY ALL"
     ).fetchall():
-        result.classes.setdefault(hour, Counter())[int(label)] += int(count)
+        result.classes.setdefault(hour, Counter())[class_key(label)] += int(count)
     for hour, total, count in connection.execute(
-        f"SELECT hour, sum({TOP_PROBABILITY}), count(*) FROM records "
+        f"SELECT hour, sum({TOP_PROBABILITY}), count({TOP_PROBABILITY}) FROM records "
         "WHERE scores IS NOT NULL GROUP BY ALL"
     ).fetchall():
+        if not count:
+            continue
         before_total, before_count = result.top.get(hour, (0.0, 0))
         result.top[hour] = (before_total + float(total), before_count + int(count))
     for model, count in connection.execute(

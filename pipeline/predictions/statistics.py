@@ -129,10 +129,28 @@ class Summary:
         return shift(self.psi, self.tvd) == "drift"
 
 
+def class_key(label: object) -> int | None:
+    """A record's `prediction` as a class: its number, or None for a row without one (its
+    scores held a NaN: `service.classification.row_classes`), however the engine read it
+    (an int, a string from Athena, a JSON null)."""
+    return None if label is None else int(label)
+
+
+def class_order(labels: Iterable[int | None]) -> list[int | None]:
+    """Classes in order, "no class" (None) last."""
+    return sorted(set(labels), key=lambda label: (label is None, label or 0))
+
+
+def class_name(label: int | None) -> str:
+    """How the report and the chart write a class: its number, or `none`."""
+    return "none" if label is None else str(label)
+
+
 def distances(observed: Counter, expected: dict[int, float]) -> tuple[float, float]:
-    """(TVD, PSI) of the class counts `observed` against the shares `expected`."""
+    """(TVD, PSI) of the class counts `observed` against the shares `expected`. Records
+    without a class (None) are a bin of their own, which the test set never holds."""
     total = sum(observed.values())
-    every = sorted(set(expected) | set(observed))
+    every = class_order(set(expected) | set(observed))
     p = np.array([observed.get(c, 0) / total for c in every])
     q = np.array([expected.get(c, 0.0) for c in every])
     return float(0.5 * np.abs(p - q).sum()), psi(p, q)
@@ -189,7 +207,7 @@ def aggregate(records: Iterable[dict]) -> Aggregates:
         if hour != current:
             _add_top(result, current, scores)
             current, scores = hour, []
-        result.classes.setdefault(hour, Counter())[int(record["prediction"])] += 1
+        result.classes.setdefault(hour, Counter())[class_key(record["prediction"])] += 1
         if "scores" in record:
             scores.append(record["scores"])
         if "inputs" in record:
@@ -214,6 +232,10 @@ def aggregate(records: Iterable[dict]) -> Aggregates:
 
 
 def _add_top(result: Aggregates, hour: str | None, scores: list) -> None:
+    """The hour's top-class probabilities, over the records whose scores are all numbers
+    (a NaN or an infinity is written null, and leaves no probability), as every engine
+    counts them."""
+    scores = [row for row in scores if None not in row]
     if hour is None or not scores:
         return
     try:
@@ -294,7 +316,7 @@ def _compare(summary: Summary, labels: np.ndarray) -> None:
     classes, counts = np.unique(labels, return_counts=True)
     expected = {int(c): int(n) / len(labels) for c, n in zip(classes, counts, strict=True)}
     summary.baseline = expected
-    every = sorted(set(expected) | set(summary.per_class))
+    every = class_order(set(expected) | set(summary.per_class))
     summary.tvd, summary.psi = distances(summary.per_class, expected)
     if any(summary.per_class.get(c, 0) and not expected.get(c) for c in every):
         summary.chi_square, summary.p_value = math.inf, 0.0
@@ -353,11 +375,10 @@ def format_table(summary: Summary) -> str:
             + "  ".join(f"{k} {v:.2f}" for k, v in summary.latency_ms.items())
         )
     lines += ["", f"{'class':>5}  {'count':>8}  {'share':>7}  {'test set':>8}  {'diff':>7}"]
-    classes = sorted(set(summary.per_class) | set(summary.baseline or {}))
-    for label in classes:
+    for label in class_order(set(summary.per_class) | set(summary.baseline or {})):
         count = summary.per_class.get(label, 0)
         share = count / summary.total if summary.total else 0.0
-        row = f"{label:>5}  {count:>8}  {share:>7.1%}"
+        row = f"{class_name(label):>5}  {count:>8}  {share:>7.1%}"
         if summary.baseline is not None:
             expected = summary.baseline.get(label, 0.0)
             row += f"  {expected:>8.1%}  {share - expected:>+7.1%}"

@@ -10,7 +10,8 @@ One record per batch row, one JSON object per line:
     env          the environment (APP_ENV)
     route        "/predict" or "/v2/infer"
     model        {"name", "version", "sha256"} of the model that answered
-    prediction   the class: argmax of the row's scores
+    prediction   the class: argmax of the row's scores; null when they hold a NaN (the
+                 model's arithmetic overflowed: the row has no class)
     scores       the row's raw model output (the first output, flattened)
     latency_ms   the whole request's latency in milliseconds
     inputs       the row's input tensor, flattened (only with PREDICTION_LOG_INPUTS)
@@ -40,6 +41,7 @@ from service.capture.partformat import SUFFIX as PART_SUFFIX
 from service.capture.partformat import GzipMember, hour_prefix
 from service.capture.partformat import decode as decode_part
 from service.capture.partformat import encode as encode_part
+from service.classification import row_classes
 from service.model import ModelInfo
 
 __all__ = [
@@ -193,13 +195,19 @@ def _model_fields(model: ModelInfo) -> dict:
     return {"name": model.name, "version": model.version, "sha256": model.sha256}
 
 
-def _rows(entry: Pending) -> tuple[int, np.ndarray, list[int], str]:
-    """Row count, scores as [rows, classes], each row's class, and the request's id."""
+def _rows(entry: Pending) -> tuple[int, np.ndarray, list[int | None], str]:
+    """Row count, scores as [rows, classes], each row's class (`row_classes`), and the
+    request's id."""
     rows = entry.rows
     scores = entry.scores
     if scores.ndim != 2 or not scores.flags.c_contiguous:
         scores = np.ascontiguousarray(scores).reshape(rows, -1)
-    return rows, scores, scores.argmax(axis=1).tolist(), entry.request_id or new_id()
+    return rows, scores, row_classes(scores), entry.request_id or new_id()
+
+
+def _class_text(label: int | None) -> bytes:
+    """A class as JSON: its number, or null for a row without one."""
+    return b"null" if label is None else b"%d" % label
 
 
 def build_records(entry: Pending, env: str) -> Iterator[dict]:
@@ -267,7 +275,7 @@ def record_lines(entry: Pending, env: str) -> Iterator[bytes]:
                 quoted_id,
                 b',"row":0',
                 middle,
-                str(classes[0]).encode(),
+                _class_text(classes[0]),
                 b',"scores":',
                 orjson.dumps(scores[0], option=orjson.OPT_SERIALIZE_NUMPY),
                 latency,
@@ -284,7 +292,7 @@ def record_lines(entry: Pending, env: str) -> Iterator[bytes]:
                 b',"row":',
                 str(row).encode(),
                 middle,
-                str(classes[row]).encode(),
+                _class_text(classes[row]),
                 b',"scores":',
                 orjson.dumps(scores[row], option=orjson.OPT_SERIALIZE_NUMPY),
                 latency,
@@ -376,8 +384,12 @@ def _single_row_text(columns: _SingleRows, env: str) -> bytes:
     count = len(columns.routes)
     # [[a,b],[c,d]] -> "a,b", "c,d": each row as orjson writes it alone; the same for the
     # classes and the latencies, each as orjson writes the number alone.
-    rows = orjson.dumps(columns.scores, option=orjson.OPT_SERIALIZE_NUMPY)[2:-2].split(b"],[")
-    classes = _numbers_text(columns.scores.argmax(axis=1))
+    scores = orjson.dumps(columns.scores, option=orjson.OPT_SERIALIZE_NUMPY)
+    rows = scores[2:-2].split(b"],[")
+    if b"n" in scores:  # a NaN or an infinity (orjson writes either as null): row by row
+        classes = list(map(_class_text, row_classes(columns.scores)))
+    else:
+        classes = _numbers_text(columns.scores.argmax(axis=1))
     latencies = np.array(columns.latency_seconds, dtype=np.float64)
     latency_text = _numbers_text(np.rint(latencies * 1e6) / 1000)  # = latency_milliseconds
     request_ids = columns.request_ids

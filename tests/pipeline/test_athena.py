@@ -21,11 +21,12 @@ pytestmark = pytest.mark.integration
 WORKGROUP, DATABASE = "onnx-ship-dev", "onnx_ship_dev_capture"
 
 
-def answer(endpoint: str, *results: list[list[str]]) -> None:
-    """Queue moto's answers to the next queries, in the order they start."""
+def answer(endpoint: str, *results: list[list[str | None]]) -> None:
+    """Queue moto's answers to the next queries, in the order they start (None: a NULL,
+    which GetQueryResults answers as a cell without `VarCharValue`)."""
     body = {
         "results": [
-            {"rows": [{"Data": [{"VarCharValue": value} for value in row]} for row in rows]}
+            {"rows": [{"Data": [_cell(value) for value in row]} for row in rows]}
             for rows in results
         ]
     }
@@ -36,6 +37,10 @@ def answer(endpoint: str, *results: list[list[str]]) -> None:
         method="POST",
     )
     urllib.request.urlopen(request, timeout=10).close()
+
+
+def _cell(value: str | None) -> dict:
+    return {} if value is None else {"VarCharValue": value}
 
 
 def test_report_through_athena_reads_the_three_queries(aws, monkeypatch, capsys, tmp_path):
@@ -53,9 +58,11 @@ def test_report_through_athena_reads_the_three_queries(aws, monkeypatch, capsys,
     monkeypatch.setenv("DEV_AWS_REGION", client.meta.region_name)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     monkeypatch.delenv("AWS_REGION", raising=False)
-    classes = [["label", "prediction", "_col2", "_col3"]] + [
-        ["2025-03-01 12:00", str(c), "150", str(150 * 0.9)] for c in range(10)
+    classes = [["label", "prediction", "_col2", "_col3", "_col4"]] + [
+        ["2025-03-01 12:00", str(c), "150", str(150 * 0.9), "150"] for c in range(10)
     ]
+    # Records whose scores held a NaN: no class (NULL) and no top-class probability.
+    classes.append(["2025-03-01 12:00", None, "3", None, "0"])
     models = [["_col0", "_col1"], ["mnist-8 1", "1500"]]
     requests = [
         ["_col0"] * 6,
@@ -66,8 +73,9 @@ def test_report_through_athena_reads_the_three_queries(aws, monkeypatch, capsys,
     command = ["report", "dev", "--engine", "athena", "--since", "2025-03-01T12:30"]
     assert main([*command, "--no-baseline", "--chart", str(chart)]) == 0
     out = capsys.readouterr().out
-    assert "predictions in dev: 1500 records from 2025-03-01T12:30:00.000Z" in out
+    assert "predictions in dev: 1503 records from 2025-03-01T12:30:00.000Z" in out
     assert "p99 5.50" in out and "mean top-class probability: 0.900" in out
+    assert " none         3     0.2%" in out
     assert chart.stat().st_size > 1000
     executions = client.list_query_executions(WorkGroup=WORKGROUP)["QueryExecutionIds"]
     sent = [client.get_query_execution(QueryExecutionId=e)["QueryExecution"] for e in executions]

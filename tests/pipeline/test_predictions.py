@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -171,6 +172,39 @@ def test_report_counts_classes_hours_latency_and_compares_with_the_labels(tmp_pa
     assert "2025-03-01 13:00" in table
     png = chart.plot(summary, tmp_path / "chart.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_record_without_a_class_is_its_own_bin_and_leaves_no_probability(tmp_path):
+    """A V2 answer whose scores held a NaN is captured with `"prediction": null` (and an
+    infinity written null among its scores): both engines count it as the class `none`,
+    which the test set never holds (so it weighs as drift), and take the mean top-class
+    probability over the records whose scores are all numbers; the table and the chart
+    name it."""
+    from pipeline.predictions import engine
+
+    write_parts(str(tmp_path))
+    broken = np.zeros((2, 10), dtype=np.float32)
+    broken[0, 3], broken[1] = np.nan, np.eye(10, dtype=np.float32)[6]
+    broken[1, 0] = np.inf  # a class (0), but its scores give no probability
+    sink = open_sink(str(tmp_path))
+    entry = Pending(NOON + 120, "/v2/infer", "nan", INFO, broken, None, 0.004)
+    for part in encode_parts([entry], "dev", PartNamer()):
+        sink.put(part.key, part.body)
+    store = parts.open_store(str(tmp_path))
+    labels = np.repeat(np.arange(10), 100)
+    by_python = statistics.summarise(parts.read_records(store, "dev"), "dev", labels)
+    by_engine = statistics.summary(engine.aggregate_store(store, "dev"), "dev", labels)
+    for summary in (by_python, by_engine):
+        assert summary.total == 6
+        assert summary.per_class == {None: 1, 0: 1, 1: 1, 2: 1, 3: 1, 4: 1}
+        assert summary.mean_top_score == 1.0  # the four one-hot records only
+        assert summary.chi_square == math.inf  # a bin the test set never holds
+        shares = np.array([1 / 6] * 5 + [0] * 5 + [1 / 6])  # classes 0-9, then none
+        expected = np.array([0.1] * 10 + [0.0])
+        assert summary.tvd == pytest.approx(0.5 * np.abs(shares - expected).sum())
+    table = statistics.format_table(by_engine)
+    assert " none         1    16.7%      0.0%   +16.7%" in table
+    assert chart.plot(by_engine, tmp_path / "chart.png").stat().st_size > 1000
 
 
 class StopAfterCommit(Exception):

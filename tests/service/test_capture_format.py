@@ -110,6 +110,28 @@ def test_single_images_encoded_together_keep_every_field_their_own():
     assert decoded(lines_of(entries, "dev")) == expected
 
 
+def test_a_row_whose_scores_hold_a_nan_has_a_null_prediction_on_every_path():
+    """A NaN (or an infinity) is written null among the scores; a row holding a NaN has no
+    class (null), one holding an infinity keeps its argmax: in a batch, and in a run of
+    single images encoded a column at a time."""
+    scores = batch_scores(3)
+    scores[0, 5] = np.nan  # after its largest score: still no class
+    scores[2, 0] = np.inf
+    entry = Pending(ANSWERED, "/v2/infer", "req-9", MODEL, scores, None, 0.0125)
+    expected = [expected_record("req-9", row, 3, "dev", "/v2/infer") for row in range(3)]
+    expected[0]["prediction"], expected[0]["scores"][5] = None, None
+    expected[2]["prediction"], expected[2]["scores"][0] = 0, None
+    assert decoded(list(record_lines(entry, "dev"))) == expected
+    assert decoded(lines_of([entry], "dev")) == expected
+    singles = [
+        Pending(ANSWERED, "/v2/infer", f"one-{row}", MODEL, scores[row : row + 1], None, 0.0125)
+        for row in range(3)
+    ]
+    lines = decoded(lines_of(singles, "dev"))
+    assert [line["prediction"] for line in lines] == [None, 4, 0]
+    assert [line["scores"] for line in lines] == [record["scores"] for record in expected]
+
+
 def test_single_images_of_other_models_and_routes_in_one_run_are_written_as_alone():
     """A run encoded together gives each request the lines it gets encoded alone, byte
     for byte, when the model or route changes inside the run (and back), and when a route

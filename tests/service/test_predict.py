@@ -11,6 +11,7 @@ from falcon import testing
 
 from service.app import create_app
 from service.batching import Batcher
+from service.classification import row_classes
 from service.http import REQUESTS_IN_FLIGHT
 from tests.service.conftest import ListRecorder
 
@@ -549,9 +550,12 @@ def test_an_example_whose_scores_are_nan_has_no_class_and_nothing_is_recorded(
     assert v2.status_code == 200 and len(records) == 1
 
 
-def test_argmax_stops_at_a_rows_first_nan():
-    """The rule encode_predict's NaN check rests on (numpy's argmax, as `max`, propagates
-    NaN): a row's argmax is its first NaN, whatever larger numbers come before or after."""
-    rows = np.array([[1.0, np.nan, 3.0, np.nan], [np.inf, 2.0, np.nan, 4.0], [1.0, 2.0, 0.0, 0.0]])
-    assert rows.argmax(axis=1).tolist() == [1, 2, 1]
-    assert rows.astype(np.float32).argmax(axis=1).tolist() == [1, 2, 1]
+def test_a_row_holding_a_nan_has_no_class_and_one_holding_an_infinity_has_one():
+    """row_classes rests on numpy's argmax returning a row's first NaN (as `max` propagates
+    NaN), whatever larger numbers come before or after it; an integer output has a class
+    in every row."""
+    rows = np.array([[1.0, np.nan, 3.0, np.nan], [np.inf, 2.0, 9.0, 4.0], [1.0, 2.0, 0.0, 0.0]])
+    assert rows.argmax(axis=1).tolist() == [1, 0, 1]
+    assert row_classes(rows) == [None, 0, 1]
+    assert row_classes(rows.astype(np.float32)) == [None, 0, 1]
+    assert row_classes(np.array([[3, 1], [0, 7]], dtype=np.int64)) == [0, 1]

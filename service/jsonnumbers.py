@@ -25,8 +25,13 @@ import simdjson
 # floats gives. Other types (integers, float16) take the general path.
 FLOAT32 = np.dtype(np.float32)
 FAST_DTYPES = (FLOAT32, np.dtype(np.float64))
-FLOAT32_MAX_SQUARED = float(np.finfo(np.float32).max) ** 2
 EXACT_INTEGERS = 2.0**53  # every integer of smaller magnitude is exactly a double
+# The range check sums the squares of the numbers scaled by this power of two (exact):
+# a double's largest, 2**1024, becomes 2**474, so no sum of squares of fewer than 2**76
+# numbers overflows, and float32's largest and 2**53 squared stay normal doubles
+# (2**-844 and 2**-994). Numbers under 2**13 square to nothing there, far below either.
+RANGE_SCALE = 2.0**-550
+FLOAT32_MAX_SQUARED = (float(np.finfo(np.float32).max) * RANGE_SCALE) ** 2
 
 
 class NumberArrays:
@@ -60,13 +65,14 @@ class NumberArrays:
         # JSON numbers are finite doubles; only float32 can be too small for one. When the
         # sum of squares is within float32's largest squared, every number is within its
         # range and the cast cannot overflow; otherwise the general path decides, and words
-        # the error. A number of 1e154 or more overflows the sum: expected here, so numpy's
-        # overflow warning (a line on stderr, outside the JSON log) is not raised. One dot
-        # product instead of the cast's own overflow context and an isfinite pass.
+        # the error. The numbers are scaled first (RANGE_SCALE), so the sum cannot
+        # overflow, and numpy has no overflow to warn of (a line on stderr, outside the
+        # JSON log): a multiply and a dot product, where numpy's overflow context alone
+        # costs more, and the cast's own overflow context and an isfinite pass more still.
         if dtype == FLOAT32 or below < math.inf:
-            with np.errstate(over="ignore"):
-                squares = values.dot(values)
-            if not squares < below * below or (
+            scaled = values * RANGE_SCALE
+            squares = scaled.dot(scaled)
+            if not squares < (below * RANGE_SCALE) ** 2 or (
                 dtype == FLOAT32 and not squares <= FLOAT32_MAX_SQUARED
             ):
                 return None

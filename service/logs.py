@@ -24,7 +24,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: int = logging.INFO) -> dict:
-    """Configure the root logger and return a uvicorn `log_config` that matches it."""
+    """Configure the root logger and return a uvicorn `log_config` that matches it.
+
+    Python's warnings (a library's deprecation, numpy's floating-point warnings) go to
+    the log too, as the logger `py.warnings` (`logging.captureWarnings`), instead of a
+    plain-text line on stderr between the JSON ones; Python still shows each warning once
+    per place in the code (the warnings module's default filter).
+    """
     formatter = (
         {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
         if sys.stdout.isatty()
@@ -49,4 +55,5 @@ def configure_logging(level: int = logging.INFO) -> dict:
         },
     }
     logging.config.dictConfig(config)
+    logging.captureWarnings(True)
     return config

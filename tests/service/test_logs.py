@@ -26,6 +26,7 @@ def restore_logging():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
+    logging.captureWarnings(False)
     root.handlers[:] = handlers
     root.setLevel(level)
 
@@ -60,3 +61,25 @@ def test_on_a_terminal_lines_are_plain_text(monkeypatch, restore_logging):
     text = log_to(Stdout(terminal=True), monkeypatch)
     assert " WARNING service.test: ready: serving mnist-8\n" in text
     assert not text.startswith("{")
+
+
+def test_a_python_warning_is_a_json_line_of_the_log_not_text_on_stderr(
+    monkeypatch, restore_logging, capsys
+):
+    """numpy's overflow warning, say: the logger py.warnings, level warning, in the same
+    one-object-a-line stream."""
+    import warnings
+
+    import numpy as np
+
+    stdout = Stdout(terminal=False)
+    monkeypatch.setattr("sys.stdout", stdout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        configure_logging()
+        np.array([1e39]).astype(np.float32)
+    (line,) = stdout.getvalue().splitlines()
+    event = json.loads(line)
+    assert (event["level"], event["logger"]) == ("warning", "py.warnings")
+    assert "RuntimeWarning: overflow encountered in cast" in event["message"]
+    assert capsys.readouterr().err == ""

@@ -31,11 +31,13 @@ import numpy as np
 from pipeline.datasets import Dataset, load_dataset, scaled_inputs
 from pipeline.download import Downloaded
 from pipeline.reference import GateThresholds, Reference
+from service.classification import row_classes
 from service.errors import ModelLoadError
 from service.model import ModelInfo, OnnxModel
 
 # Latency runs stop early past this many seconds, so a very slow model cannot stall CI.
 LATENCY_TIME_LIMIT_SECONDS = 30.0
+NO_CLASS = -1  # Evaluation.predicted for an image whose scores held a NaN
 _CHUNK = 1000
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -58,8 +60,11 @@ class Evaluation:
     latency_ms: dict[str, float]  # p50, p90, p99, max
     latency_runs: int
     inference_seconds: float
-    # The class predicted for each test image, [N] int64 (the smoke test's expectations).
+    # The class predicted for each test image, [N] int64 (the smoke test's expectations):
+    # NO_CLASS where the model's scores held a NaN (service.classification.row_classes).
     predicted: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
+    # Test images whose scores held a NaN: wrong in `accuracy`, in no column of `confusion`.
+    without_class: int = 0
 
     @property
     def per_class(self) -> list[dict[str, float | int]]:
@@ -324,10 +329,13 @@ def evaluate(
             f"the model answered scores shaped {list(scores.shape)} for {len(dataset)} images "
             f"of {dataset.classes} classes; expected [{len(dataset)}, {dataset.classes}]"
         )
-    predicted = scores.argmax(axis=1)
+    predicted = np.array(
+        [NO_CLASS if label is None else label for label in row_classes(scores)], dtype=np.int64
+    )
     classes = scores.shape[1]
     confusion = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(confusion, (dataset.labels, predicted), 1)
+    answered = predicted != NO_CLASS
+    np.add.at(confusion, (dataset.labels[answered], predicted[answered]), 1)
     latencies = time_single_images(model, batch, latency_runs)
     percentiles = np.percentile(latencies, [50, 90, 99])
     return Evaluation(
@@ -343,6 +351,7 @@ def evaluate(
         latency_runs=len(latencies),
         inference_seconds=inference_seconds,
         predicted=predicted,
+        without_class=int((~answered).sum()),
     )
 
 

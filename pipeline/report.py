@@ -35,6 +35,7 @@ def to_dict(result: GateResult) -> dict[str, Any]:
         "thresholds": asdict(result.thresholds),
         "checks": [asdict(check) for check in result.checks],
         "accuracy": evaluation.accuracy if evaluation else None,
+        "without_class": evaluation.without_class if evaluation else None,
         "per_class": evaluation.per_class if evaluation else None,
         "confusion_matrix": evaluation.confusion.tolist() if evaluation else None,
         "latency_ms": (
@@ -67,7 +68,13 @@ def to_markdown(result: GateResult) -> str:
         lines += [
             f"Top-1 accuracy **{evaluation.accuracy:.2%}** on {evaluation.images} images "
             f"(input scale {result.input_scale:g}); whole-set inference "
-            f"{evaluation.inference_seconds:.2f} s; gate {result.duration_seconds:.1f} s.",
+            f"{evaluation.inference_seconds:.2f} s; gate {result.duration_seconds:.1f} s."
+            + (
+                f" {evaluation.without_class} images had no class (the model's scores held "
+                "a NaN): counted wrong, in no column of the confusion matrix."
+                if evaluation.without_class
+                else ""
+            ),
             "",
             f"Single-image latency over {evaluation.latency_runs} runs: "
             f"p50 {latency['p50']:.3f} ms, p90 {latency['p90']:.3f} ms, "

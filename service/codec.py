@@ -224,10 +224,10 @@ def encode_predict(scores: np.ndarray, single: bool, model: ModelInfo) -> dict:
     if None in classes:
         row = classes.index(None)
         raise InvalidInput(
-            f"the model's scores for {'this example' if single else f'example {row}'} "
-            "are NaN (not a number), so it has no class: its numbers are beyond what "
-            "the model computes with (far outside the range it was trained on, say); "
-            "check the input's scale"
+            f"the model's scores for {'this example' if single else f'data[{row}]'} "
+            "are NaN (not a number), so it has no class: the model's arithmetic overflowed "
+            "on its numbers (far outside the range it was trained on, say); check the "
+            "input's scale, or the model if every input does this"
         )
     if single:
         return {"prediction": classes[0], "model": model.name, "version": model.version}

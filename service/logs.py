@@ -26,7 +26,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: int = logging.INFO) -> dict:
     """Configure the root logger and return a uvicorn `log_config` that matches it.
 
-    Python's warnings (a library's deprecation, numpy's floating-point warnings) go to
+    Python's warnings (a library's FutureWarning, numpy's floating-point warnings) go to
     the log too, as the logger `py.warnings` (`logging.captureWarnings`), instead of a
     plain-text line on stderr between the JSON ones; Python still shows each warning once
     per place in the code (the warnings module's default filter).

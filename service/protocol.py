@@ -5,7 +5,8 @@ app sees them are answered in the service's JSON error shape, what one response 
 leaves in one send (`CorkedTransport`), a connection keeps one keep-alive timer instead
 of starting one for every response, and every request's scope tells the app how many
 requests the server has in progress (`service.http.REQUESTS_IN_FLIGHT`).
-`uvicorn service.asgi:app` runs uvicorn's own protocol, without any of them.
+`uvicorn service.asgi:app` runs uvicorn's own protocol, without any of them, unless given
+this one (`--http service.protocol:HttpProtocol`).
 """
 
 from __future__ import annotations

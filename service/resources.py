@@ -136,16 +136,20 @@ class Predict(PredictionRoute):
             batch, single = model.as_batch(data)
             in_flight = requests_in_flight(req.scope)
             scores = await self._inference.scores(batch, in_flight == 1)
-        send_json(resp, codec.encode_predict(scores, single, model.info))
-        self._recorder.record(
-            route="/predict",
-            request_id=req.get_header("X-Request-Id"),
-            model=model.info,
-            scores=scores,
-            inputs=batch,
-            latency_seconds=time.perf_counter() - started,
-            in_flight=in_flight,
-        )
+        try:
+            send_json(resp, codec.encode_predict(scores, single, model.info))
+        finally:
+            # The model ran, so what it answered is recorded: also when a row without a
+            # class (its scores held a NaN) makes the answer a 400, as `"prediction": null`.
+            self._recorder.record(
+                route="/predict",
+                request_id=req.get_header("X-Request-Id"),
+                model=model.info,
+                scores=scores,
+                inputs=batch,
+                latency_seconds=time.perf_counter() - started,
+                in_flight=in_flight,
+            )
 
 
 class ServerMetadata(GetRoute):

@@ -94,6 +94,15 @@ def test_athena_without_the_environment_names_the_outputs(aws, monkeypatch, caps
     assert "athena_workgroup is unknown" in capsys.readouterr().err
 
 
+def test_a_record_whose_scores_hold_a_null_gives_no_top_class_probability():
+    """The classes query counts the probabilities it sums (`count` of the expression, which
+    is NULL for scores holding a null: a NaN or an infinity), as the local engine does;
+    Athena's SQL is not run here, so the clause itself is what is checked."""
+    sql = athena.queries('"db"."predictions"', None)["classes"]
+    assert "WHEN cardinality(filter(scores, x -> x IS NULL)) > 0 THEN NULL" in sql
+    assert f"sum({athena.TOP_PROBABILITY}), count({athena.TOP_PROBABILITY})" in sql
+
+
 def test_the_hour_bound_is_the_part_formats_directory():
     from datetime import UTC, datetime
 

@@ -525,3 +525,28 @@ def test_labels_that_do_not_name_each_class_fail_the_signature(
         "one label per class, in class order (the service refuses to start otherwise)",
     )
     assert check_signature(model, t10k, labels=tuple("0123456789")).status == "passed"
+
+
+def test_test_images_the_model_scores_as_nan_count_wrong_and_in_no_column(
+    mnist8_path: Path, t10k: Dataset, result: GateResult
+) -> None:
+    """Images whose scores hold a NaN have no class (service.classification.row_classes):
+    wrong in the accuracy, whatever their label (argmax would say 0, right for a 0), in no
+    column of the confusion matrix, counted and named in the report."""
+    dataset = Dataset(t10k.images[:200], t10k.labels[:200])
+    model = OnnxModel(mnist8_path, ModelInfo("mnist-8", "1", "0" * 64))
+    batch = gate.model_inputs(model, dataset, 1.0)
+    zeros = np.flatnonzero(dataset.labels == 0)[:3]
+    batch[zeros] = np.finfo(np.float32).max  # mnist-8's arithmetic overflows: NaN scores
+    before = gate.evaluate(model, dataset, gate.model_inputs(model, dataset, 1.0), 5)
+    after = gate.evaluate(model, dataset, batch, 5)
+    assert after.without_class == 3 and before.without_class == 0
+    assert after.predicted[zeros].tolist() == [gate.NO_CLASS] * 3
+    assert (
+        after.confusion.sum() == 197 and after.confusion[0].sum() == before.confusion[0].sum() - 3
+    )
+    right_before = int((before.predicted[zeros] == 0).sum())
+    assert after.accuracy == pytest.approx(before.accuracy - right_before / 200)
+    markdown = to_markdown(replace(result, evaluation=after))
+    assert "3 images had no class (the model's scores held a NaN)" in markdown
+    assert to_dict(replace(result, evaluation=after))["without_class"] == 3

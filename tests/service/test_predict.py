@@ -523,19 +523,20 @@ def test_numbers_past_the_models_type_are_refused_without_a_numpy_warning(client
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def test_an_example_whose_scores_are_nan_has_no_class_and_nothing_is_recorded(
+def test_an_example_whose_scores_are_nan_has_no_class_and_is_recorded_as_none(
     recorded, mnist_test_set, model
 ):
     """float32's largest numbers are a valid input, but mnist-8's arithmetic overflows on
     them (inf - inf) and every score is NaN: /predict answers 400 naming the example
-    rather than argmax's 0, and records nothing. V2 answers the raw scores."""
+    rather than argmax's 0, and the model's run is recorded all the same (the capture
+    writes its class as null). V2 answers the raw scores."""
     client, records = recorded
     huge = [FLOAT32_MAX, -FLOAT32_MAX] * 392
     assert np.isnan(model.scores(np.array(huge, np.float32).reshape(1, 1, 28, 28))).all()
     message = (
-        "the model's scores for {} are NaN (not a number), so it has no class: its numbers "
-        "are beyond what the model computes with (far outside the range it was trained on, "
-        "say); check the input's scale"
+        "the model's scores for {} are NaN (not a number), so it has no class: the model's "
+        "arithmetic overflowed on its numbers (far outside the range it was trained on, "
+        "say); check the input's scale, or the model if every input does this"
     )
     single = client.simulate_post("/predict", json={"data": huge})
     assert single.status_code == 400
@@ -543,11 +544,15 @@ def test_an_example_whose_scores_are_nan_has_no_class_and_nothing_is_recorded(
     image = mnist_test_set[0][0].reshape(-1).tolist()
     listed = client.simulate_post("/predict", json={"data": [image, huge]})
     assert listed.status_code == 400
-    assert listed.json == {"error": message.format("example 1")}
-    assert records == []
+    assert listed.json == {"error": message.format("data[1]")}
+    assert [record["route"] for record in records] == ["/predict", "/predict"]
+    assert [row_classes(record["scores"].reshape(-1, 10)) for record in records] == [
+        [None],
+        [7, None],
+    ]
     tensor = {"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": huge}
     v2 = client.simulate_post("/v2/models/mnist-8/infer", json={"inputs": [tensor]})
-    assert v2.status_code == 200 and len(records) == 1
+    assert v2.status_code == 200 and len(records) == 3
 
 
 def test_a_row_holding_a_nan_has_no_class_and_one_holding_an_infinity_has_one():

@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.capture import partformat
 from service.capture import records as capture_records
@@ -627,3 +629,45 @@ def test_merged_object_and_manifest_names_follow_the_layout():
     assert partformat.compacted_name(2, "ab12", 3) == "compacted-0002-ab12-03.jsonl.gz"
     assert partformat.manifest_name(12) == "_compacted-0012.json"
     assert partformat.manifest_generation("_compacted-0012.json") == 12
+
+
+_SCORE = st.one_of(
+    st.floats(width=32),  # NaN and the infinities included
+    st.sampled_from([0.0, -0.0, 1e-45, -3.4028235e38, 3.4028235e38]),
+)
+
+
+@st.composite
+def single_image_runs(draw) -> list[Pending]:
+    """1 to 12 single-row requests of one model and route: generated scores (NaN, the
+    infinities, -0, float32's edges), client ids (any text, or none), answer times across
+    second and hour bounds, latencies from 0 to a minute."""
+    count = draw(st.integers(1, 12))
+    start = draw(st.floats(1_700_000_000, 1_800_000_000))
+    entries = []
+    for _ in range(count):
+        scores = np.array([draw(st.lists(_SCORE, min_size=10, max_size=10))], dtype=np.float32)
+        request_id = draw(st.one_of(st.none(), st.text(min_size=1, max_size=20)))
+        answered = start + draw(st.floats(0, 7200))
+        latency = draw(st.floats(0, 60))
+        entries.append(Pending(answered, "/v2/infer", request_id, MODEL, scores, None, latency))
+    return entries
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=single_image_runs())
+def test_a_run_encoded_a_column_at_a_time_reads_as_each_record_encoded_alone(entries):
+    """The column path (`lines_of` of a run of single images) and each request's own
+    record (`build_records`, one orjson call) read back the same, field for field; a
+    generated id is random, so only its presence is compared."""
+    together = decoded(lines_of(entries, "dev"))
+    alone = [
+        orjson.loads(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
+        for entry in entries
+        for record in build_records(entry, "dev")
+    ]
+    for line, record, entry in zip(together, alone, entries, strict=True):
+        if entry.request_id is None:
+            assert uuid.UUID(line.pop("id")).version == 4
+            assert line.pop("request_id") and record.pop("id") and record.pop("request_id")
+        assert line == record

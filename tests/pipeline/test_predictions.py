@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.predictions import chart, statistics
@@ -403,3 +405,56 @@ def test_parts_on_s3_are_gzip_json_lines_that_logs_reads_back(aws, capsys):
     assert [json.loads(line)["id"] for line in lines] == ["c", "b-1", "b-0", "a"]
     assert main(["logs", "dev", "--url", "s3://missing-bucket/x"]) == 2
     assert "bucket 'missing-bucket' does not exist" in capsys.readouterr().err
+
+
+_SCORE = st.one_of(
+    st.floats(-20, 20, width=32),
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 0.0]),
+)
+
+
+@st.composite
+def captured_requests(draw) -> list[Pending]:
+    """1 to 30 requests of 1 to 3 rows over about three hours, scores of four classes with
+    NaN and the infinities among them, in answer order."""
+    entries = []
+    start = draw(st.floats(1_740_000_000, 1_760_000_000))
+    for index in range(draw(st.integers(1, 30))):
+        rows = draw(st.integers(1, 3))
+        scores = np.array(
+            [draw(st.lists(_SCORE, min_size=4, max_size=4)) for _ in range(rows)], np.float32
+        )
+        moment, latency = start + draw(st.floats(0, 10_000)), draw(st.floats(0, 1))
+        entries.append(Pending(moment, "/v2/infer", f"r{index}", INFO, scores, None, latency))
+    return sorted(entries, key=lambda entry: entry.answered_at)
+
+
+@settings(max_examples=40, deadline=None)
+@given(entries=captured_requests())
+def test_the_local_engine_aggregates_generated_records_as_the_python_reference(
+    tmp_path_factory, entries
+):
+    """DuckDB (`engine.aggregate_store`) against the Python reference
+    (`statistics.aggregate`) on the same parts: classes per hour (a row holding a NaN as
+    None), models, first and last time, latency percentiles, and the top-class
+    probability's sum and count over the records whose scores are all numbers."""
+    from pipeline.predictions import engine
+
+    directory = tmp_path_factory.mktemp("capture")
+    sink = open_sink(str(directory))
+    for part in encode_parts(entries, "dev", PartNamer()):
+        sink.put(part.key, part.body)
+    store = parts.open_store(str(directory))
+    reference = statistics.aggregate(parts.read_records(store, "dev"))
+    computed = engine.aggregate_store(store, "dev", None)
+    assert computed.classes == reference.classes
+    assert (computed.models, computed.first, computed.last) == (
+        reference.models,
+        reference.first,
+        reference.last,
+    )
+    assert computed.latency_ms == pytest.approx(reference.latency_ms)
+    assert computed.top.keys() == reference.top.keys()
+    for hour, (total, count) in reference.top.items():
+        assert computed.top[hour][1] == count
+        assert computed.top[hour][0] == pytest.approx(total, rel=1e-6, abs=1e-9)

@@ -31,7 +31,7 @@ EXACT_INTEGERS = 2.0**53  # every integer of smaller magnitude is exactly a doub
 # numbers overflows, and float32's largest and 2**53 squared stay normal doubles
 # (2**-844 and 2**-994). Numbers under 2**13 square to nothing there, far below either.
 RANGE_SCALE = 2.0**-550
-FLOAT32_MAX_SQUARED = (float(np.finfo(np.float32).max) * RANGE_SCALE) ** 2
+SCALED_FLOAT32_MAX_SQUARED = (float(np.finfo(np.float32).max) * RANGE_SCALE) ** 2
 
 
 class NumberArrays:
@@ -73,7 +73,7 @@ class NumberArrays:
             scaled = values * RANGE_SCALE
             squares = scaled.dot(scaled)
             if not squares < (below * RANGE_SCALE) ** 2 or (
-                dtype == FLOAT32 and not squares <= FLOAT32_MAX_SQUARED
+                dtype == FLOAT32 and not squares <= SCALED_FLOAT32_MAX_SQUARED
             ):
                 return None
         return values.astype(dtype).reshape(shape)

@@ -305,20 +305,32 @@ def _hour_records(
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """`2h`, `30m`, `1d`, `45s` (ago), or an ISO 8601 date/time (UTC unless it says)."""
+    """`2h`, `30m`, `1d`, `45s` (ago), or an ISO 8601 date/time (UTC unless it says), as
+    an aware UTC datetime.
+
+    Raises PredictionLogError for any other text, and for a moment Python's datetime
+    cannot hold (before year 1 or after year 9999 in UTC: `1000000d` ago, or
+    `0001-01-01T00:00+05:00`), where datetime raises OverflowError.
+    """
     now = now or datetime.now(UTC)
     relative = _RELATIVE.match(text.strip().lower())
-    if relative:
-        amount, unit = relative.groups()
-        return now - timedelta(**{_UNITS[unit]: float(amount)})
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if relative:
+            amount, unit = relative.groups()
+            return now - timedelta(**{_UNITS[unit]: float(amount)})
+        try:
+            moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise PredictionLogError(
+                f"--since {text!r} is neither a duration (30m, 2h, 1d) nor an ISO date/time "
+                "(2025-01-31 or 2025-01-31T12:00)"
+            ) from None
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
         raise PredictionLogError(
-            f"--since {text!r} is neither a duration (30m, 2h, 1d) nor an ISO date/time "
-            "(2025-01-31 or 2025-01-31T12:00)"
+            f"--since {text!r} is outside the UTC dates from year 1 to 9999: give a shorter "
+            "duration, or a date in that range (2025-01-31)"
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def logs(

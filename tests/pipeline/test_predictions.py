@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import math
+import re
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -116,6 +117,24 @@ def test_since_accepts_durations_and_dates_and_names_bad_input():
     assert parts.parse_since("2025-02-01", now) == datetime(2025, 2, 1, tzinfo=UTC)
     with pytest.raises(parts.PredictionLogError, match="--since 'yesterday'"):
         parts.parse_since("yesterday", now)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1000000d",
+        "99999999999d",
+        "10000000000000000000000m",
+        "0001-01-01T00:00+05:00",
+        "9999-12-31T23:59-05:00",
+    ],
+)
+def test_since_outside_what_a_datetime_holds_is_named_not_a_traceback(text, capsys):
+    now = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    with pytest.raises(parts.PredictionLogError, match=re.escape(f"--since {text!r} is outside")):
+        parts.parse_since(text, now)
+    assert main(["logs", "local", "--url", ".", "--since", text]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --since {text!r} is outside")
 
 
 def test_a_missing_directory_or_bad_url_is_a_clear_error(tmp_path, capsys):

@@ -6,6 +6,7 @@ from typing import Any
 
 from service import __version__
 from service.auth import PUBLIC_ROUTES
+from service.codec import MAX_REQUEST_ID_CHARS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -205,6 +206,16 @@ def _routes_document() -> dict[str, Any]:
                     "summary": "Predict the class of one example or a batch",
                     "description": PREDICT_DESCRIPTION,
                     "operationId": "predict",
+                    "parameters": [
+                        {
+                            "name": "X-Request-Id",
+                            "in": "header",
+                            "required": False,
+                            "description": "The request's id in its captured records "
+                            "(else a generated UUID)",
+                            "schema": {"type": "string", "maxLength": MAX_REQUEST_ID_CHARS},
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -400,7 +411,7 @@ def _routes_document() -> dict[str, Any]:
                     "required": ["inputs"],
                     "additionalProperties": False,
                     "properties": {
-                        "id": {"type": "string"},
+                        "id": {"type": "string", "maxLength": MAX_REQUEST_ID_CHARS},
                         "parameters": _parameters(
                             binary_data_output={
                                 "type": "boolean",

@@ -127,6 +127,7 @@ class Predict(PredictionRoute):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         started = time.perf_counter()
+        request_id = codec.checked_request_id(req.get_header("X-Request-Id"), "X-Request-Id")
         require_media(req, (JSON,))
         model = self._inference.model
         async with self._held(req):
@@ -143,7 +144,7 @@ class Predict(PredictionRoute):
             # class (its scores held a NaN) makes the answer a 400, as `"prediction": null`.
             self._recorder.record(
                 route="/predict",
-                request_id=req.get_header("X-Request-Id"),
+                request_id=request_id,
                 model=model.info,
                 scores=scores,
                 inputs=batch,

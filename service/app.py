@@ -16,7 +16,12 @@ from service.auth import BearerAuth
 from service.capture import PredictionRecorder, build_recorder
 from service.config import ConfigError, Settings
 from service.errors import ModelLoadError, ServiceError, UnknownMethod
-from service.http import IMPLEMENTED_METHODS, DrainUnreadBody, RefuseQueryParameters
+from service.http import (
+    IMPLEMENTED_METHODS,
+    BodyReader,
+    DrainUnreadBody,
+    RefuseQueryParameters,
+)
 from service.inference import Inference
 from service.loader import load_model
 from service.memory import release_free_memory
@@ -127,14 +132,15 @@ def create_app(
 
     limit = settings.max_body_bytes
     budget = BodyBudget(BODY_BUDGET_BODIES * limit, when_emptied=release_free_memory)
-    app.add_route("/predict", resources.Predict(inference, limit, recorder, budget))
+    reader = BodyReader(limit, settings.body_timeout_seconds)
+    app.add_route("/predict", resources.Predict(inference, reader, recorder, budget))
     app.add_route("/v2", resources.ServerMetadata())
     app.add_route("/v2/health/live", resources.Live())
     app.add_route("/v2/health/ready", resources.Ready(inference))
     for route in MODEL_ROUTES:
         app.add_route(route, resources.ModelMetadata(inference))
         app.add_route(f"{route}/ready", resources.ModelReady(inference))
-        app.add_route(f"{route}/infer", resources.ModelInfer(inference, limit, recorder, budget))
+        app.add_route(f"{route}/infer", resources.ModelInfer(inference, reader, recorder, budget))
     app.add_route("/metrics", resources.MetricsEndpoint(metrics))
     app.add_route("/openapi.json", resources.OpenApi(openapi_document()))
     return app

@@ -40,6 +40,9 @@ DEFAULT_INFERENCE_OFFLOAD = "auto"
 DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS = 65
 # ECS's default `stopTimeout`; the task definition sets both to the same value.
 DEFAULT_STOP_TIMEOUT_SECONDS = 30
+# How long a prediction route reads one request body for (service.http.BodyReader): 4 MiB
+# (MAX_BODY_BYTES' default) within it needs 1.1 Mbit/s from the client.
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
 CAPTURE_OFF_URLS = ("", "off", "none")
 SPOOL_SUBDIRECTORY = "prediction-spool"
 # A model name or version is one segment of /v2/models/{name}/versions/{version}. Only
@@ -91,6 +94,7 @@ class Settings:
     workers: int = DEFAULT_WORKERS
     keep_alive_timeout_seconds: int = DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS
     stop_timeout_seconds: int = DEFAULT_STOP_TIMEOUT_SECONDS
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
     # Bearer tokens the model routes accept (service.auth); empty: no authentication.
     # Kept out of repr so that no log line or traceback shows them.
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
@@ -142,6 +146,11 @@ class Settings:
             raise ConfigError(
                 "MAX_BODY_BYTES must be at least one example's size; the default is "
                 f"{DEFAULT_MAX_BODY_BYTES}"
+            )
+        if self.body_timeout_seconds <= 0:
+            raise ConfigError(
+                f"BODY_TIMEOUT_SECONDS={self.body_timeout_seconds:g} leaves no time to read a "
+                f"request body: use more than 0; the default is {DEFAULT_BODY_TIMEOUT_SECONDS:g}"
             )
         if self.batch_max_delay_ms > MAX_BATCH_MAX_DELAY_MS:
             raise ConfigError(
@@ -259,6 +268,9 @@ class Settings:
             ),
             stop_timeout_seconds=_number(
                 env, "STOP_TIMEOUT_SECONDS", DEFAULT_STOP_TIMEOUT_SECONDS, int
+            ),
+            body_timeout_seconds=_number(
+                env, "BODY_TIMEOUT_SECONDS", DEFAULT_BODY_TIMEOUT_SECONDS, float
             ),
             api_tokens=_tokens(env),
             metrics_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"])

@@ -81,6 +81,22 @@ class PayloadTooLarge(ServiceError):
     status = 413
 
 
+class BodyTimeout(ServiceError):
+    """The request body did not arrive in full within `seconds` of the service starting to
+    read it (BODY_TIMEOUT_SECONDS). RFC 9110 section 15.5.9, 408 Request Timeout: the
+    server did not receive a complete request within the time it was prepared to wait, and
+    SHOULD send the "close" connection option; the rest of the body is not read."""
+
+    status = 408
+    headers = {"Connection": "close"}
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the request body did not arrive within {seconds:g} s of the service starting to "
+            f"read it, so this connection is closed: send the whole body within {seconds:g} s"
+        )
+
+
 class NotServedThroughProxy(ServiceError):
     """A route served only to callers inside the network, asked for through a proxy."""
 

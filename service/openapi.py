@@ -21,6 +21,8 @@ def _errors(*codes: int) -> dict:
         "implement: the message names it and says what was expected",
         404: "No such model or version",
         405: "Method not allowed",
+        408: "The body did not arrive in full within the server's body timeout; the "
+        "connection is closed",
         413: "Body larger than the limit",
         415: "Unsupported Content-Type or Content-Encoding",
         503: "Model not loaded yet",
@@ -117,7 +119,7 @@ def _model_paths(prefix: str, params: list[dict]) -> dict[str, Any]:
                             },
                         },
                     },
-                    **_errors(400, 404, 413, 415, 503),
+                    **_errors(400, 404, 408, 413, 415, 503),
                 },
             }
         },
@@ -226,7 +228,7 @@ def _routes_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/PredictResponse"}, "Classes"),
-                        **_errors(400, 413, 415, 503),
+                        **_errors(400, 408, 413, 415, 503),
                     },
                 }
             },

@@ -16,7 +16,7 @@ from service import __version__, codec
 from service.admission import BodyBudget
 from service.capture import PredictionRecorder
 from service.errors import ModelNotFound, NotReady, NotServedThroughProxy, UnsupportedMediaType
-from service.http import read_body, requests_in_flight
+from service.http import BodyReader, requests_in_flight
 from service.inference import Inference
 from service.jsonnumbers import NumberArrays
 from service.metrics import Metrics
@@ -105,12 +105,13 @@ class PredictionRoute(Route):
     def __init__(
         self,
         inference: Inference,
-        max_body_bytes: int,
+        reader: BodyReader,
         recorder: PredictionRecorder,
         budget: BodyBudget,
     ) -> None:
         self._inference = inference
-        self._limit = max_body_bytes
+        self._reader = reader
+        self._limit = reader.limit
         self._recorder = recorder
         self._budget = budget
         self._numbers = NumberArrays()
@@ -131,7 +132,7 @@ class Predict(PredictionRoute):
         require_media(req, (JSON,))
         model = self._inference.model
         async with self._held(req):
-            body = await read_body(req, self._limit)
+            body = await self._reader.read(req)
             data = codec.predict_data(body, model.input.dtype, self._numbers)
             del body
             batch, single = model.as_batch(data)
@@ -210,7 +211,7 @@ class ModelInfer(PredictionRoute):
         require_media(req, (JSON, "application/octet-stream"))
         model = served_model(self._inference, name, version)
         async with self._held(req):
-            body = await read_body(req, self._limit)
+            body = await self._reader.read(req)
             request = codec.decode_infer(
                 body, header_length, model.inputs, model.outputs, self._numbers
             )

@@ -16,7 +16,7 @@ import zlib
 import pytest
 
 from service import http
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import BodyTimeout, InvalidInput, PayloadTooLarge
 from service.http import decode_content
 
 ZEROS = {"data": [0] * 784}
@@ -434,6 +434,9 @@ class Answer:
     def set_header(self, name: str, value: str) -> None:
         self.headers[name] = value
 
+    def get_header(self, name: str):
+        return self.headers.get(name)
+
 
 def drain(request) -> dict[str, str]:
     answer = Answer()
@@ -475,43 +478,48 @@ def test_a_body_past_the_drain_bounds_is_left_unread_and_the_connection_closed(m
 
 
 class BodyRequest:
-    """What read_body reads: the Content-Encoding and Content-Length headers and the stream."""
+    """What BodyReader reads: the Content-Encoding and Content-Length headers and the stream."""
 
-    def __init__(self, body: bytes, content_length=None, encoding=None) -> None:
+    def __init__(self, body: bytes, content_length=None, encoding=None, ends=True) -> None:
         self.content_length = content_length
         self.encoding = encoding
-        self.stream = Stream([body])
+        self.stream = Stream([body] if ends else [], ends=ends)  # not ending: nothing comes
 
     def get_header(self, name: str):
         return self.encoding if name.lower() == "content-encoding" else None
 
 
+def read_body(request, limit: int, timeout: float = 30.0) -> object:
+    """BodyReader(limit, timeout).read(request), as a coroutine to run."""
+    return http.BodyReader(limit, timeout).read(request)
+
+
 def test_a_body_without_a_length_is_read_to_the_limit_and_one_byte_more_is_413():
     # Chunked bodies come without Content-Length: only the bytes read can tell.
-    assert asyncio.run(http.read_body(BodyRequest(b"x" * 100), 100)) == b"x" * 100
+    assert asyncio.run(read_body(BodyRequest(b"x" * 100), 100)) == b"x" * 100
     over = BodyRequest(b"x" * 101)
     with pytest.raises(PayloadTooLarge) as raised:
-        asyncio.run(http.read_body(over, 100))
+        asyncio.run(read_body(over, 100))
     assert str(raised.value) == "the body is larger than the limit of 100 bytes"
 
 
 def test_an_announced_length_over_the_limit_is_413_before_reading():
     request = BodyRequest(b"x" * 10, content_length=101)
     with pytest.raises(PayloadTooLarge) as raised:
-        asyncio.run(http.read_body(request, 100))
+        asyncio.run(read_body(request, 100))
     assert str(raised.value) == "the body has 101 bytes; the limit is 100"
     assert request.stream.read_bytes == 0
     at_limit = BodyRequest(b"y" * 100, content_length=100)
-    assert asyncio.run(http.read_body(at_limit, 100)) == b"y" * 100
+    assert asyncio.run(read_body(at_limit, 100)) == b"y" * 100
 
 
-def test_read_body_undoes_the_codings_and_refuses_an_unknown_one():
+def test_the_reader_undoes_the_codings_and_refuses_an_unknown_one():
     packed = BodyRequest(gzip.compress(b"z" * 300), encoding="gzip")
-    assert asyncio.run(http.read_body(packed, 1000)) == b"z" * 300
+    assert asyncio.run(read_body(packed, 1000)) == b"z" * 300
     from service.errors import UnsupportedMediaType
 
     with pytest.raises(UnsupportedMediaType) as raised:
-        asyncio.run(http.read_body(BodyRequest(b"{}", encoding="gzip, BR , zstd"), 1000))
+        asyncio.run(read_body(BodyRequest(b"{}", encoding="gzip, BR , zstd"), 1000))
     assert str(raised.value) == (
         "Content-Encoding br, zstd is not supported; use one of gzip, x-gzip, deflate, "
         "identity (or none)"
@@ -520,11 +528,62 @@ def test_read_body_undoes_the_codings_and_refuses_an_unknown_one():
     assert http.content_codings(None) == []
 
 
-def test_read_body_reads_at_most_one_byte_past_the_limit():
+def test_the_reader_reads_at_most_one_byte_past_the_limit():
     request = BodyRequest(b"x" * 10_000)
     with pytest.raises(PayloadTooLarge):
-        asyncio.run(http.read_body(request, 100))
+        asyncio.run(read_body(request, 100))
     assert request.stream.read_bytes == 101
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_closes_the_connection(monkeypatch):
+    reader = http.BodyReader(100, 0.2)
+    assert reader.sweep_seconds == 0.1
+    stalled = BodyRequest(b"", content_length=100, ends=False)
+
+    async def scenario() -> tuple[float, object, object]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(BodyTimeout) as raised:
+            await reader.read(stalled)
+        took = loop.time() - started
+        # The task was cancelled only to stop its read: it is not left cancelling.
+        left = asyncio.current_task().cancelling()
+        # A read that comes in time, after it, is not cut.
+        on_time = await reader.read(BodyRequest(b"y" * 5))
+        return took, (raised.value, left), on_time
+
+    took, (error, left), on_time = asyncio.run(scenario())
+    assert 0.2 <= took < 0.2 + 0.1 + 0.1  # the timeout, at most a sweep more
+    assert left == 0 and on_time == b"y" * 5
+    assert error.status == 408 and error.headers == {"Connection": "close"}
+    assert str(error) == (
+        "the request body did not arrive within 0.2 s of the service starting to read it, so "
+        "this connection is closed: send the whole body within 0.2 s"
+    )
+    assert http.BodyReader(100, 30.0).sweep_seconds == http.BODY_SWEEP_SECONDS
+
+
+def test_a_read_cancelled_from_outside_stays_cancelled():
+    reader = http.BodyReader(100, 30.0)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(reader.read(BodyRequest(b"", ends=False)))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not reader._reading  # forgotten, and the sweep finds nothing to cut
+
+    asyncio.run(scenario())
+
+
+def test_the_drain_leaves_a_connection_that_closes_unread():
+    stalled = Stream([b"x"], ends=False)
+    request = DrainRequest(stalled, content_length=50)
+    answer = Answer()
+    answer.set_header("Connection", "close")
+    asyncio.run(http.DrainUnreadBody().process_response(request, answer, None, False))
+    assert stalled.read_bytes == 0
 
 
 def test_only_zero_bytes_pad_a_gzip_body():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
+import threading
 import time
 import urllib.parse
 
@@ -159,3 +161,69 @@ def test_plain_uvicorn_with_the_services_protocol_serves_as_python_m_service_doe
     assert json.loads(body)["error"].startswith("malformed HTTP request")
     assert [status for status, _ in answers] == [200, 200, 200]
     assert [answer["prediction"] for _, answer in answers] == raw_argmax(images)
+
+
+def test_clients_that_send_their_bodies_slowly_hold_the_other_requests_back_only_so_long(
+    mnist8_path, mnist_test_set, raw_argmax, tmp_path
+):
+    """Two clients announce bodies of MAX_BODY_BYTES and send a byte every 0.2 s: between
+    them they hold the whole body budget. A `/predict` sent after them is answered once
+    their reads are cut off at BODY_TIMEOUT_SECONDS, not when they stop sending, and each
+    of them gets the 408 in JSON with the connection closed."""
+    limit = 64 * 1024
+    server = start_server(
+        {
+            "MODEL_URL": str(mnist8_path),
+            "MODEL_CACHE_DIR": str(tmp_path),
+            "PREDICTION_LOG_URL": "off",
+            "MAX_BODY_BYTES": str(limit),
+            "BODY_TIMEOUT_SECONDS": "1",
+        }
+    )
+    parsed = urllib.parse.urlparse(server.url)
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {limit}\r\n\r\n"
+    ).encode()
+    slow = [socket.create_connection((parsed.hostname, parsed.port), timeout=10) for _ in "ab"]
+    stop_sending = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        conn.sendall(head)
+        deadline = time.monotonic() + 8  # bounded: the old code would wait for this
+        while not stop_sending.is_set() and time.monotonic() < deadline:
+            try:
+                conn.sendall(b" ")
+            except OSError:  # the server closed the connection
+                return
+            time.sleep(0.2)
+
+    senders = [threading.Thread(target=trickle, args=(conn,)) for conn in slow]
+    try:
+        for sender in senders:
+            sender.start()
+        time.sleep(0.3)  # both reads have started and hold the budget
+        image = mnist_test_set[0][0]
+        started = time.monotonic()
+        status, answer = post(server.url, "/predict", {"data": image.reshape(-1).tolist()})
+        waited = time.monotonic() - started
+        answers = []
+        for conn in slow:
+            received = b""
+            while chunk := conn.recv(65536):  # the server closes the connection after it
+                received += chunk
+            answers.append(received)
+    finally:
+        stop_sending.set()
+        for sender in senders:
+            sender.join()
+        for conn in slow:
+            conn.close()
+        server.stop()
+    assert status == 200 and answer["prediction"] == raw_argmax(image[None])[0]
+    assert waited < 1 + 1 + 1  # the timeout, a sweep, and time to answer; not 8 s
+    for received in answers:
+        head_bytes, _, body = received.partition(b"\r\n\r\n")
+        assert head_bytes.startswith(b"HTTP/1.1 408 ")
+        assert b"connection: close" in head_bytes.lower()
+        assert json.loads(body)["error"].startswith("the request body did not arrive within 1 s")

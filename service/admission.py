@@ -12,6 +12,14 @@ process ended that load at 187 MB against 137 MB with both (README, Performance,
 The model runs one batch at a time anyway, so holding fewer bodies costs no throughput.
 A single request larger than the whole budget still runs, alone.
 
+A body the server has read already, whatever the app does, is counted but never waits
+(`read_ahead`): uvicorn reads up to 64 KiB of a request's body before it stops reading
+the connection (SERVER_READ_AHEAD_BYTES), so a `/predict` of a few images is in memory
+before its route runs, and making it wait keeps no byte out of memory; it would only hold
+it back behind larger requests, and behind clients that send their large bodies slowly
+(two of them, sending a byte a second, held a 4 kB `/predict` until their reads were cut
+off: service.http.BodyReader, README "Request decoding and limits").
+
 What those requests freed is given back to the system once they are done: when the budget
 empties after at least its capacity in bodies went through since the last time, it calls
 `when_emptied` (the app passes `service.memory.release_free_memory`). Nothing is held then,
@@ -29,14 +37,27 @@ import collections
 import contextlib
 from collections.abc import Callable
 
+# How much of a request's body uvicorn reads before it stops reading the connection
+# until the app takes it (uvicorn.protocols.http.flow_control.HIGH_WATER_LIMIT; a test
+# keeps the two equal).
+SERVER_READ_AHEAD_BYTES = 64 * 1024
+
 
 class BodyBudget:
-    """At most `capacity` bytes of request bodies held at once (one event loop's)."""
+    """At most `capacity` bytes of request bodies held at once (one event loop's), but
+    for bodies of at most `read_ahead` bytes, which are counted and never wait."""
 
-    def __init__(self, capacity: int, when_emptied: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        when_emptied: Callable[[], object] | None = None,
+        *,
+        read_ahead: int = 0,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"the body budget must be at least 1 byte, not {capacity}")
         self.capacity = capacity
+        self.read_ahead = read_ahead
         self.held = 0
         # Bytes granted since `when_emptied` was last called.
         self.passed = 0
@@ -45,13 +66,16 @@ class BodyBudget:
 
     def hold(self, size: int) -> Hold:
         """An async context manager: reserve `size` bytes (waiting, first come first
-        served, until they fit or nothing else is held) for the block; give them back
-        when it ends, however."""
+        served, until they fit or nothing else is held; at once for `read_ahead` bytes
+        or fewer) for the block; give them back when it ends, however."""
         return Hold(self, max(0, size))
 
     def _take_now(self, size: int) -> bool:
-        """Hold `size` bytes at once when they fit and nobody waits before them."""
-        if self._waiting or (self.held and self.held + size > self.capacity):
+        """Hold `size` bytes at once when they fit and nobody waits before them, or when
+        they are `read_ahead` bytes or fewer."""
+        if size > self.read_ahead and (
+            self._waiting or (self.held and self.held + size > self.capacity)
+        ):
             return False
         self.held += size
         self.passed += size

@@ -11,7 +11,7 @@ import falcon.asgi
 import orjson
 
 from service import resources
-from service.admission import BodyBudget
+from service.admission import SERVER_READ_AHEAD_BYTES, BodyBudget
 from service.auth import BearerAuth
 from service.capture import PredictionRecorder, build_recorder
 from service.config import ConfigError, Settings
@@ -131,7 +131,11 @@ def create_app(
     app.set_error_serializer(_http_error)
 
     limit = settings.max_body_bytes
-    budget = BodyBudget(BODY_BUDGET_BODIES * limit, when_emptied=release_free_memory)
+    budget = BodyBudget(
+        BODY_BUDGET_BODIES * limit,
+        when_emptied=release_free_memory,
+        read_ahead=SERVER_READ_AHEAD_BYTES,
+    )
     reader = BodyReader(limit, settings.body_timeout_seconds)
     app.add_route("/predict", resources.Predict(inference, reader, recorder, budget))
     app.add_route("/v2", resources.ServerMetadata())

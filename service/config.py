@@ -43,6 +43,9 @@ DEFAULT_STOP_TIMEOUT_SECONDS = 30
 # How long a prediction route reads one request body for (service.http.BodyReader): 4 MiB
 # (MAX_BODY_BYTES' default) within it needs 1.1 Mbit/s from the client.
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
+# Below it a body is cut off by its network's round trips, and the reader's sweep (half
+# the timeout, at most a second) would run ever more often.
+MIN_BODY_TIMEOUT_SECONDS = 1.0
 CAPTURE_OFF_URLS = ("", "off", "none")
 SPOOL_SUBDIRECTORY = "prediction-spool"
 # A model name or version is one segment of /v2/models/{name}/versions/{version}. Only
@@ -147,10 +150,11 @@ class Settings:
                 "MAX_BODY_BYTES must be at least one example's size; the default is "
                 f"{DEFAULT_MAX_BODY_BYTES}"
             )
-        if self.body_timeout_seconds <= 0:
+        if self.body_timeout_seconds < MIN_BODY_TIMEOUT_SECONDS:
             raise ConfigError(
-                f"BODY_TIMEOUT_SECONDS={self.body_timeout_seconds:g} leaves no time to read a "
-                f"request body: use more than 0; the default is {DEFAULT_BODY_TIMEOUT_SECONDS:g}"
+                f"BODY_TIMEOUT_SECONDS={self.body_timeout_seconds:g} leaves a request body "
+                f"no time to arrive over a network: use at least {MIN_BODY_TIMEOUT_SECONDS:g}; "
+                f"the default is {DEFAULT_BODY_TIMEOUT_SECONDS:g}"
             )
         if self.batch_max_delay_ms > MAX_BATCH_MAX_DELAY_MS:
             raise ConfigError(

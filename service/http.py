@@ -170,7 +170,8 @@ class BodyReader:
         self.sweep_seconds = min(BODY_SWEEP_SECONDS, timeout / 2)
         self._reading: dict[asyncio.Task, float] = {}  # task -> when it started (monotonic)
         self._cut: set[asyncio.Task] = set()  # reads the sweep cancelled
-        self._sweep: asyncio.TimerHandle | None = None
+        # The event loop the sweep is armed on; None while no read is in progress.
+        self._sweep_loop: asyncio.AbstractEventLoop | None = None
 
     async def read(self, req: falcon.asgi.Request) -> bytes:
         """The request body with its content codings undone.
@@ -187,14 +188,17 @@ class BodyReader:
             raise PayloadTooLarge(f"the body has {length} bytes; the limit is {limit}")
         task = asyncio.current_task()
         self._reading[task] = time.monotonic()
-        if self._sweep is None:
-            self._sweep = task.get_loop().call_later(self.sweep_seconds, self._sweep_due)
+        loop = task.get_loop()
+        if self._sweep_loop is not loop:  # none armed, or on a loop that has gone
+            self._sweep_loop = loop
+            loop.call_later(self.sweep_seconds, self._sweep_due)
         try:
             body = await req.stream.read(limit + 1)
         except asyncio.CancelledError:
-            if task not in self._cut:
+            # Ours alone (the sweep's cut): a 408. Another cancel besides, in the same
+            # turn of the loop (a server's shutdown), is kept and goes on.
+            if task not in self._cut or task.uncancel() > 0:
                 raise
-            task.uncancel()
             raise BodyTimeout(self.timeout) from None
         finally:
             del self._reading[task]
@@ -205,17 +209,20 @@ class BodyReader:
         return decode_content(body, codings, limit) if codings else body
 
     def _sweep_due(self) -> None:
-        """Cancel the reads that started `timeout` ago or more; look again in
+        """Cancel this loop's reads that started `timeout` ago or more; look again in
         `sweep_seconds` while any read is in progress."""
-        self._sweep = None
+        loop = asyncio.get_running_loop()
+        if self._sweep_loop is not loop:  # a later loop armed its own sweep
+            return
         if not self._reading:
+            self._sweep_loop = None
             return
         due = time.monotonic() - self.timeout
         for task, started in self._reading.items():
-            if started <= due and task not in self._cut:
+            if started <= due and task not in self._cut and task.get_loop() is loop:
                 self._cut.add(task)
                 task.cancel()
-        self._sweep = asyncio.get_running_loop().call_later(self.sweep_seconds, self._sweep_due)
+        loop.call_later(self.sweep_seconds, self._sweep_due)
 
 
 # -- middleware ------------------------------------------------------------------
@@ -228,7 +235,8 @@ class DrainUnreadBody:
     close a connection whose client is still sending: the unread bytes make the kernel
     reset it, and a client that reads only after sending (urllib) sees the reset, not
     the answer. The drain is bounded by DISCARD_MAX_BYTES and DISCARD_MAX_SECONDS;
-    past either the answer says `Connection: close`.
+    past either the answer says `Connection: close`. An answer that says it already (a
+    408 from BodyReader, whose client has not sent its body in time) is not drained.
     """
 
     async def process_response(self, req, resp, resource, req_succeeded) -> None:

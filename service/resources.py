@@ -111,7 +111,6 @@ class PredictionRoute(Route):
     ) -> None:
         self._inference = inference
         self._reader = reader
-        self._limit = reader.limit
         self._recorder = recorder
         self._budget = budget
         self._numbers = NumberArrays()
@@ -120,7 +119,8 @@ class PredictionRoute(Route):
         """The body budget for this request, from its read to its computed answer: its
         Content-Length, or the body limit when it has none (chunked)."""
         length = req.content_length
-        return self._budget.hold(self._limit if length is None else min(length, self._limit))
+        limit = self._reader.limit
+        return self._budget.hold(limit if length is None else min(length, limit))
 
 
 class Predict(PredictionRoute):

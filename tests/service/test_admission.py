@@ -44,6 +44,39 @@ def test_requests_past_the_budget_wait_in_order_until_bytes_come_back():
     assert log.index("a out") < log.index(next(line for line in log if line.startswith("c in")))
 
 
+def test_bodies_the_server_has_read_already_are_counted_and_never_wait():
+    async def scenario() -> tuple[list[str], int]:
+        budget = BodyBudget(1000, read_ahead=50)
+        log: list[str] = []
+        gates = {name: asyncio.Event() for name in "abcd"}
+        tasks = [
+            asyncio.create_task(_hold(budget, size, log, name, gates[name]))
+            for name, size in (("a", 600), ("b", 600), ("c", 50), ("d", 51))
+        ]
+        await asyncio.sleep(0)
+        # b waits for a; c, no larger than the read-ahead, goes in past it at once and is
+        # counted; d, one byte larger, waits behind b.
+        held = budget.held
+        for name in "abcd":
+            gates[name].set()
+        await asyncio.gather(*tasks)
+        assert budget.held == 0
+        return log, held
+
+    log, held = asyncio.run(scenario())
+    assert log[:2] == ["a in, 600 held", "c in, 650 held"] and held == 650
+    entered = [line.split(",")[0] for line in log if " in," in line]
+    assert entered == ["a in", "c in", "b in", "d in"]
+
+
+def test_the_read_ahead_is_uvicorns():
+    from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+
+    from service.admission import SERVER_READ_AHEAD_BYTES
+
+    assert SERVER_READ_AHEAD_BYTES == HIGH_WATER_LIMIT
+
+
 def test_a_request_larger_than_the_budget_runs_alone():
     async def scenario() -> list[str]:
         budget = BodyBudget(100)

@@ -535,7 +535,7 @@ def test_the_reader_reads_at_most_one_byte_past_the_limit():
     assert request.stream.read_bytes == 101
 
 
-def test_a_body_that_does_not_arrive_in_time_is_408_and_closes_the_connection(monkeypatch):
+def test_a_body_that_does_not_arrive_in_time_is_408_and_closes_the_connection():
     reader = http.BodyReader(100, 0.2)
     assert reader.sweep_seconds == 0.1
     stalled = BodyRequest(b"", content_length=100, ends=False)
@@ -575,6 +575,54 @@ def test_a_read_cancelled_from_outside_stays_cancelled():
         assert not reader._reading  # forgotten, and the sweep finds nothing to cut
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("sweep_first", [True, False], ids=["sweep-first", "cancel-first"])
+def test_a_cancel_in_the_same_turn_as_the_cut_stays_a_cancel(sweep_first):
+    reader = http.BodyReader(100, 30.0)
+
+    async def scenario() -> str:
+        task = asyncio.create_task(reader.read(BodyRequest(b"", ends=False)))
+        await asyncio.sleep(0.01)
+        reader._reading[task] -= 60  # its read started a minute ago: due for the cut
+        if sweep_first:
+            reader._sweep_due()
+            task.cancel()
+        else:
+            task.cancel()
+            reader._sweep_due()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        except BodyTimeout:
+            return "408"
+        return "read"
+
+    assert asyncio.run(scenario()) == "cancelled"
+    assert not reader._reading and not reader._cut
+
+
+def test_a_reader_cuts_reads_on_every_event_loop_it_serves():
+    """One app, run by one event loop after another (tests do; uvicorn runs one a
+    worker): a loop that ends with a read in progress and its sweep armed leaves the
+    next loop's reads cut all the same."""
+    reader = http.BodyReader(100, 0.2)
+
+    async def left_reading() -> None:
+        reading = asyncio.create_task(reader.read(BodyRequest(b"", ends=False)))
+        await asyncio.sleep(0.01)  # the loop ends with the read in progress (cancelled
+        assert not reading.done()  # by asyncio.run) and the sweep armed on it
+
+    async def cut() -> str:
+        try:
+            await asyncio.wait_for(reader.read(BodyRequest(b"", ends=False)), 2)
+        except BodyTimeout:
+            return "408"
+        return "read"
+
+    asyncio.run(left_reading())
+    assert asyncio.run(cut()) == "408"
 
 
 def test_the_drain_leaves_a_connection_that_closes_unread():

@@ -465,24 +465,24 @@ def test_the_recorder_gets_the_request_its_answer_and_its_latency(recorded, mnis
     assert 0 < record["latency_seconds"] <= elapsed
 
 
-def test_an_x_request_id_over_128_characters_is_refused_before_the_model_runs(
+def test_an_x_request_id_over_256_characters_is_refused_before_the_model_runs(
     recorded, mnist_test_set
 ):
     client, records = recorded
     image = mnist_test_set[0][0].reshape(-1).tolist()
     taken = client.simulate_post(
-        "/predict", json={"data": image}, headers={"X-Request-Id": "t" * 128}
+        "/predict", json={"data": image}, headers={"X-Request-Id": "t" * 256}
     )
     refused = client.simulate_post(
-        "/predict", json={"data": image}, headers={"X-Request-Id": "t" * 129}
+        "/predict", json={"data": image}, headers={"X-Request-Id": "t" * 257}
     )
     assert taken.status_code == 200 and refused.status_code == 400
     assert refused.json == {
-        "error": "X-Request-Id is 129 characters long; this server takes request ids of at "
-        "most 128 characters (every captured record of the request carries it): send a "
+        "error": "X-Request-Id is 257 characters long; this server takes request ids of at "
+        "most 256 characters (every captured record of the request carries it): send a "
         "shorter one, e.g. a UUID"
     }
-    assert [record["request_id"] for record in records] == ["t" * 128]
+    assert [record["request_id"] for record in records] == ["t" * 256]
 
 
 def _in_flight(count: int) -> dict:

@@ -167,17 +167,18 @@ def test_clients_that_send_their_bodies_slowly_hold_the_other_requests_back_only
     mnist8_path, mnist_test_set, raw_argmax, tmp_path
 ):
     """Two clients announce bodies of MAX_BODY_BYTES and send a byte every 0.2 s: between
-    them they hold the whole body budget. A `/predict` sent after them is answered once
-    their reads are cut off at BODY_TIMEOUT_SECONDS, not when they stop sending, and each
-    of them gets the 408 in JSON with the connection closed."""
-    limit = 64 * 1024
+    them they hold the whole body budget. A small `/predict` (no more than the server
+    reads ahead) is answered at once; a larger one waits for the budget until their reads
+    are cut off at BODY_TIMEOUT_SECONDS, not until they stop sending; each of them gets
+    the 408 in JSON with the connection closed."""
+    limit = 256 * 1024
     server = start_server(
         {
             "MODEL_URL": str(mnist8_path),
             "MODEL_CACHE_DIR": str(tmp_path),
             "PREDICTION_LOG_URL": "off",
             "MAX_BODY_BYTES": str(limit),
-            "BODY_TIMEOUT_SECONDS": "1",
+            "BODY_TIMEOUT_SECONDS": "2",
         }
     )
     parsed = urllib.parse.urlparse(server.url)
@@ -187,6 +188,8 @@ def test_clients_that_send_their_bodies_slowly_hold_the_other_requests_back_only
     ).encode()
     slow = [socket.create_connection((parsed.hostname, parsed.port), timeout=10) for _ in "ab"]
     stop_sending = threading.Event()
+    answered: dict[str, tuple[float, int, dict]] = {}
+    cut: list[tuple[float, bytes]] = []
 
     def trickle(conn: socket.socket) -> None:
         conn.sendall(head)
@@ -198,32 +201,51 @@ def test_clients_that_send_their_bodies_slowly_hold_the_other_requests_back_only
                 return
             time.sleep(0.2)
 
-    senders = [threading.Thread(target=trickle, args=(conn,)) for conn in slow]
+    def read_answer(conn: socket.socket) -> None:
+        received = b""
+        while chunk := conn.recv(65536):  # the server closes the connection after it
+            received += chunk
+        cut.append((time.monotonic(), received))
+
+    def predict(name: str, images: np.ndarray) -> None:
+        data = images.reshape(len(images), -1).tolist()
+        status, answer = post(server.url, "/predict", {"data": data})
+        answered[name] = (time.monotonic(), status, answer)
+
+    images = mnist_test_set[0][:60]
+    small, large = images[:1], images  # about 2 kB and 115 kB of JSON
+    threads = [threading.Thread(target=trickle, args=(conn,)) for conn in slow]
+    threads += [threading.Thread(target=read_answer, args=(conn,)) for conn in slow]
     try:
-        for sender in senders:
-            sender.start()
+        for thread in threads:
+            thread.start()
         time.sleep(0.3)  # both reads have started and hold the budget
-        image = mnist_test_set[0][0]
         started = time.monotonic()
-        status, answer = post(server.url, "/predict", {"data": image.reshape(-1).tolist()})
-        waited = time.monotonic() - started
-        answers = []
-        for conn in slow:
-            received = b""
-            while chunk := conn.recv(65536):  # the server closes the connection after it
-                received += chunk
-            answers.append(received)
+        requests = [
+            threading.Thread(target=predict, args=("small", small)),
+            threading.Thread(target=predict, args=("large", large)),
+        ]
+        for thread in requests:
+            thread.start()
+        for thread in requests:
+            thread.join()
     finally:
         stop_sending.set()
-        for sender in senders:
-            sender.join()
+        for thread in threads:
+            thread.join()
         for conn in slow:
             conn.close()
         server.stop()
-    assert status == 200 and answer["prediction"] == raw_argmax(image[None])[0]
-    assert waited < 1 + 1 + 1  # the timeout, a sweep, and time to answer; not 8 s
-    for received in answers:
+    first_cut = min(at for at, _ in cut)
+    (small_at, small_status, small_answer) = answered["small"]
+    (large_at, large_status, large_answer) = answered["large"]
+    assert small_status == large_status == 200
+    assert small_answer["predictions"] == raw_argmax(small)
+    assert large_answer["predictions"] == raw_argmax(large)
+    assert small_at < first_cut  # never waited for the budget
+    assert first_cut <= large_at < started + 6  # waited for the cut, not for the 8 s
+    for _, received in cut:
         head_bytes, _, body = received.partition(b"\r\n\r\n")
         assert head_bytes.startswith(b"HTTP/1.1 408 ")
         assert b"connection: close" in head_bytes.lower()
-        assert json.loads(body)["error"].startswith("the request body did not arrive within 1 s")
+        assert json.loads(body)["error"].startswith("the request body did not arrive within 2 s")

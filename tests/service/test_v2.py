@@ -274,8 +274,8 @@ BAD_INFER = [
     ),
     pytest.param({**_input(), "id": 7}, "'id' must be a string", id="numeric-id"),
     pytest.param(
-        {**_input(), "id": "r" * 129},
-        "'id' is 129 characters long; this server takes request ids of at most 128 characters "
+        {**_input(), "id": "r" * 257},
+        "'id' is 257 characters long; this server takes request ids of at most 256 characters "
         "(every captured record of the request carries it): send a shorter one, e.g. a UUID",
         id="id-too-long",
     ),
@@ -650,11 +650,11 @@ def _binary_request(size: object, blob: bytes) -> tuple[bytes, dict]:
     return head + blob, {BINARY_HEADER: str(len(head)), "Content-Type": "application/octet-stream"}
 
 
-def test_a_request_id_of_up_to_128_characters_is_taken_on_json_and_binary_requests(recorded):
+def test_a_request_id_of_up_to_256_characters_is_taken_on_json_and_binary_requests(recorded):
     client, records = recorded
     blob = np.zeros(784, dtype=np.float32).tobytes()
     head, headers = _binary_request(len(blob), b"")  # the JSON header alone
-    for request_id, status in (("é" * 128, 200), ("é" * 129, 400)):
+    for request_id, status in (("é" * 256, 200), ("é" * 257, 400)):
         document = {**_input(), "id": request_id}
         answered = client.simulate_post(f"/v2/models/{NAME}/infer", json=document)
         binary_head = json.dumps({**json.loads(head), "id": request_id}).encode()
@@ -667,10 +667,10 @@ def test_a_request_id_of_up_to_128_characters_is_taken_on_json_and_binary_reques
         if status == 200:
             assert answered.json["id"] == binary.json["id"] == request_id
         else:
-            assert answered.json["error"].startswith("'id' is 129 characters long")
+            assert answered.json["error"].startswith("'id' is 257 characters long")
             assert binary.json == answered.json
     # The model ran for the two answered requests only, and their records carry the id.
-    assert [record["request_id"] for record in records] == ["é" * 128] * 2
+    assert [record["request_id"] for record in records] == ["é" * 256] * 2
 
 
 SIZE_RULE = "input 'Input3' 'binary_data_size' must be a non-negative integer"

@@ -1,10 +1,12 @@
 """HTTP/1.1 connections below the app: uvicorn's protocol as `python -m service` runs it.
 
-Four changes to uvicorn's httptools protocol: the requests uvicorn refuses before the
+Five changes to uvicorn's httptools protocol: the requests uvicorn refuses before the
 app sees them are answered in the service's JSON error shape, what one response writes
 leaves in one send (`CorkedTransport`), a connection keeps one keep-alive timer instead
-of starting one for every response, and every request's scope tells the app how many
-requests the server has in progress (`service.http.REQUESTS_IN_FLIGHT`).
+of starting one for every response, every request's scope tells the app how many
+requests the server has in progress (`service.http.REQUESTS_IN_FLIGHT`), and a
+connection closed while its request's body is still coming closes in stages (RFC 9112
+section 9.6), so its client reads the answer instead of a reset.
 `uvicorn service.asgi:app` runs uvicorn's own protocol, without any of them, unless given
 this one (`--http service.protocol:HttpProtocol`).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from http import HTTPStatus
 
 import httptools
@@ -21,6 +24,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.errors import InvalidInput, ServiceError, UnknownMethod
 from service.http import IMPLEMENTED_METHODS, REQUESTS_IN_FLIGHT
+
+# How long a connection closed in stages (HttpProtocol._close_in_stages) reads and drops
+# what its client still sends before it closes, as nginx's lingering_timeout (5 s).
+LINGER_SECONDS = 5.0
 
 # llhttp's reason when a request line starts with no method it knows. It raises the same
 # error class, with another reason ("Expected space after method"), for a known method
@@ -44,13 +51,21 @@ class CorkedTransport:
     Everything else is the wrapped transport's.
     """
 
-    __slots__ = ("_held", "_loop", "_transport", "_turn_flush_due")
+    __slots__ = ("_closes_in_stages", "_held", "_loop", "_transport", "_turn_flush_due")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        closes_in_stages: Callable[[], bool] | None = None,
+    ) -> None:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] = []
         self._turn_flush_due = False  # a flush at the loop's next turn is scheduled
+        # Asked at `close`: True when the connection closes in stages instead (the
+        # protocol half-closed it: HttpProtocol._close_in_stages).
+        self._closes_in_stages = closes_in_stages
 
     def write(self, data: bytes) -> None:
         self._held.append(data)
@@ -77,7 +92,8 @@ class CorkedTransport:
 
     def close(self) -> None:
         self.flush()
-        self._transport.close()
+        if self._closes_in_stages is None or not self._closes_in_stages():
+            self._transport.close()
 
     def write_eof(self) -> None:
         self.flush()
@@ -97,7 +113,8 @@ class CorkedTransport:
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with each response sent in one write, one keep-alive
     timer a connection rather than one a request, the requests it cannot parse answered
-    in JSON, and the count of the server's requests in every request's scope.
+    in JSON, the count of the server's requests in every request's scope, and a close in
+    stages for a connection whose request body is still coming (`_close_in_stages`).
 
     Keep-alive: uvicorn closes a connection `timeout_keep_alive` seconds after its last
     response unless data comes first, and does it by cancelling a timer on every request
@@ -126,9 +143,12 @@ class HttpProtocol(HttpToolsProtocol):
     # The event loop's time when the connection's last response completed with nothing
     # else to answer; None while a request is in progress.
     _idle_since: float | None = None
+    # Set while the connection closes in stages: the timer that ends it.
+    _lingering: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
+        corked = CorkedTransport(transport, self.loop, self._close_in_stages)
+        super().connection_made(corked)  # type: ignore[arg-type]
         # One dict a connection, shared by its requests' scopes (the app only reads it).
         self._extensions = {REQUESTS_IN_FLIGHT: {"count": self.tasks.__len__}}
 
@@ -142,6 +162,36 @@ class HttpProtocol(HttpToolsProtocol):
         if self.timeout_keep_alive_task is not None:
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
+
+    def _close_in_stages(self) -> bool:
+        """Close a connection whose request body has not all arrived in two stages, as
+        RFC 9112 section 9.6 ("Tear-down") advises: closed at once, the client's bytes
+        still coming make the kernel answer with a reset, which can erase the response
+        before the client reads it (a client still sending its body, as one cut off by
+        service.http.BodyReader is, or a load balancer forwarding it). Instead the
+        writing side is shut (the client reads the response, then the end), what still
+        comes is read and dropped, and the connection closes when the client closes its
+        side (uvicorn's eof_received lets the transport close) or LINGER_SECONDS after.
+        True when it does so; False leaves the close to the caller (the body came whole,
+        or the transport cannot shut one side)."""
+        if self._lingering is not None:  # closing in stages already
+            return True
+        cycle = self.cycle
+        raw = self.transport._transport  # type: ignore[attr-defined]
+        if cycle is None or not cycle.more_body or raw.is_closing() or not raw.can_write_eof():
+            return False
+        raw.write_eof()
+        self.flow.resume_reading()  # uvicorn stops reading a body the app does not read
+        self._lingering = self.loop.call_later(LINGER_SECONDS, raw.close)
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering is None:
+            super().data_received(data)
+        # else: the rest of a body whose answer has gone; the response is complete
 
     def _unset_keepalive_if_required(self) -> None:
         # uvicorn calls this when data arrives: the connection is busy. The running timer
@@ -155,7 +205,7 @@ class HttpProtocol(HttpToolsProtocol):
         # but for the keep-alive timer.
         self.transport.flush()  # type: ignore[attr-defined]
         self.server_state.total_requests += 1
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._lingering is not None:
             return
         self.flow.resume_reading()
         if self.pipeline:  # a pipelined request waits: answer it

@@ -42,6 +42,9 @@ class SocketTransport:
     def write_eof(self) -> None:
         self.eof = True
 
+    def can_write_eof(self) -> bool:
+        return True
+
     def is_closing(self) -> bool:
         return self.closed or self.aborted
 
@@ -462,6 +465,64 @@ def test_bytes_the_parser_refuses_are_answered_in_one_write_and_the_connection_c
     assert socket.closed
 
 
+def closing_app(read_body: bool):
+    """An ASGI app answering 408 with `Connection: close`, as the service does to a body
+    that does not come in time: without reading the body, or after reading all of it."""
+
+    async def app(scope, receive, send) -> None:
+        more = read_body
+        while more:
+            more = (await receive()).get("more_body", False)
+        headers = [(b"content-length", b"2"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 408, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    return app
+
+
+def test_a_connection_closed_with_its_body_still_coming_closes_in_stages(monkeypatch):
+    monkeypatch.setattr("service.protocol.LINGER_SECONDS", 0.05)
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+
+    async def scenario() -> list[tuple[bool, bool, int]]:
+        protocol, socket = connect(closing_app(read_body=False))
+        protocol.data_received(head + b"x" * 10)
+        await until(lambda: bool(socket.writes))
+        seen = [(socket.eof, socket.closed, len(socket.writes))]
+        protocol.data_received(b"y" * 50)  # the body goes on coming: read and dropped
+        protocol.data_received(b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")  # never answered
+        await asyncio.sleep(0)
+        seen.append((socket.eof, socket.closed, len(socket.writes)))
+        await asyncio.sleep(0.1)  # LINGER_SECONDS
+        seen.append((socket.eof, socket.closed, len(socket.writes)))
+        return seen
+
+    # Half-closed after the answer, still reading, closed once the linger is over.
+    assert asyncio.run(scenario()) == [(True, False, 1), (True, False, 1), (True, True, 1)]
+
+
+def test_a_connection_whose_body_came_whole_closes_at_once():
+    async def scenario() -> tuple[bool, bool]:
+        protocol, socket = connect(closing_app(read_body=True))
+        protocol.data_received(b"POST /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        await until(lambda: socket.closed)
+        return socket.eof, protocol._lingering is None
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+def test_a_connection_lost_while_it_closes_in_stages_stops_its_timer():
+    async def scenario() -> bool:
+        protocol, socket = connect(closing_app(read_body=False))
+        protocol.data_received(b"POST /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\na")
+        await until(lambda: socket.eof)
+        timer = protocol._lingering
+        protocol.connection_lost(None)
+        return timer is not None and timer.cancelled() and protocol._lingering is None
+
+    assert asyncio.run(scenario())
+
+
 def test_the_protocol_is_read_against_the_uvicorn_it_mirrors():
     """HttpProtocol.on_response_complete repeats uvicorn 0.54's own steps but for the
     keep-alive timer, and overrides its keep-alive hooks: another uvicorn release must be
@@ -472,8 +533,9 @@ def test_the_protocol_is_read_against_the_uvicorn_it_mirrors():
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     assert uvicorn.__version__ == "0.54.0", (
-        "compare HttpToolsProtocol.on_response_complete, _unset_keepalive_if_required and "
-        "connection_lost with service.protocol.HttpProtocol, then update this version"
+        "compare HttpToolsProtocol.on_response_complete, _unset_keepalive_if_required, "
+        "connection_lost, data_received and RequestResponseCycle.more_body with "
+        "service.protocol.HttpProtocol, then update this version"
     )
     steps = inspect.getsource(HttpToolsProtocol.on_response_complete)
     for step in ("total_requests += 1", "is_closing()", "resume_reading()", "pipeline.pop()"):

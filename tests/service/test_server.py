@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -249,3 +250,48 @@ def test_clients_that_send_their_bodies_slowly_hold_the_other_requests_back_only
         assert head_bytes.startswith(b"HTTP/1.1 408 ")
         assert b"connection: close" in head_bytes.lower()
         assert json.loads(body)["error"].startswith("the request body did not arrive within 2 s")
+
+
+def test_a_client_cut_off_mid_body_reads_its_408_and_a_clean_end_while_still_sending(
+    mnist8_path, tmp_path
+):
+    """RFC 9112 section 9.6: the service shuts its writing side after the 408 and reads
+    what still comes, so a client (or a load balancer) still sending its body gets the
+    answer and the connection's end, not a reset that can erase the answer."""
+    limit = 256 * 1024
+    server = start_server(
+        {
+            "MODEL_URL": str(mnist8_path),
+            "MODEL_CACHE_DIR": str(tmp_path),
+            "PREDICTION_LOG_URL": "off",
+            "MAX_BODY_BYTES": str(limit),
+            "BODY_TIMEOUT_SECONDS": "1",
+        }
+    )
+    parsed = urllib.parse.urlparse(server.url)
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {limit}\r\n\r\n"
+    ).encode()
+    received = b""
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as conn:
+            conn.sendall(head)
+            conn.settimeout(0.1)
+            deadline = time.monotonic() + 5  # bounded: the cut comes after 1 to 2 s
+            while b"\r\n\r\n" not in received and time.monotonic() < deadline:
+                conn.sendall(b" " * 100)
+                with contextlib.suppress(TimeoutError):
+                    received += conn.recv(65536)
+            conn.settimeout(5)
+            while chunk := conn.recv(65536):  # the rest of the answer, then its end
+                received += chunk
+            for _ in range(5):  # still sending after the end: read and dropped, no reset
+                conn.sendall(b" " * 1024)
+                time.sleep(0.1)
+            assert conn.recv(65536) == b""
+    finally:
+        server.stop()
+    head_bytes, _, body = received.partition(b"\r\n\r\n")
+    assert head_bytes.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body)["error"].startswith("the request body did not arrive within 1 s")

@@ -69,6 +69,24 @@ def test_bodies_the_server_has_read_already_are_counted_and_never_wait():
     assert entered == ["a in", "c in", "b in", "d in"]
 
 
+def test_without_a_read_ahead_even_one_byte_waits_its_turn():
+    async def scenario() -> list[str]:
+        budget = BodyBudget(100)
+        log: list[str] = []
+        gates = {name: asyncio.Event() for name in "abc"}
+        tasks = [
+            asyncio.create_task(_hold(budget, size, log, name, gates[name]))
+            for name, size in (("a", 60), ("b", 60), ("c", 1))
+        ]
+        await asyncio.sleep(0)
+        for name in "abc":
+            gates[name].set()
+        await asyncio.gather(*tasks)
+        return [line.split(",")[0] for line in log if " in," in line]
+
+    assert asyncio.run(scenario()) == ["a in", "b in", "c in"]
+
+
 def test_the_read_ahead_is_uvicorns():
     from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 

@@ -491,7 +491,9 @@ def test_a_connection_closed_with_its_body_still_coming_closes_in_stages(monkeyp
         seen = [(socket.eof, socket.closed, len(socket.writes))]
         protocol.data_received(b"y" * 50)  # the body goes on coming: read and dropped
         protocol.data_received(b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n")  # never answered
+        protocol.shutdown()  # the server stopping does not cut the linger short
         await asyncio.sleep(0)
+        assert protocol.timeout_keep_alive_task is None  # no keep-alive: it closes
         seen.append((socket.eof, socket.closed, len(socket.writes)))
         await asyncio.sleep(0.1)  # LINGER_SECONDS
         seen.append((socket.eof, socket.closed, len(socket.writes)))
@@ -505,6 +507,17 @@ def test_a_connection_whose_body_came_whole_closes_at_once():
     async def scenario() -> tuple[bool, bool]:
         protocol, socket = connect(closing_app(read_body=True))
         protocol.data_received(b"POST /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        await until(lambda: socket.closed)
+        return socket.eof, protocol._lingering is None
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+def test_a_transport_that_cannot_shut_one_side_closes_at_once():
+    async def scenario() -> tuple[bool, bool]:
+        protocol, socket = connect(closing_app(read_body=False))
+        socket.can_write_eof = lambda: False  # as a TLS transport
+        protocol.data_received(b"POST /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\na")
         await until(lambda: socket.closed)
         return socket.eof, protocol._lingering is None
 

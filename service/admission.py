@@ -12,13 +12,15 @@ process ended that load at 187 MB against 137 MB with both (README, Performance,
 The model runs one batch at a time anyway, so holding fewer bodies costs no throughput.
 A single request larger than the whole budget still runs, alone.
 
-A body the server has read already, whatever the app does, is counted but never waits
-(`read_ahead`): uvicorn reads up to 64 KiB of a request's body before it stops reading
-the connection (SERVER_READ_AHEAD_BYTES), so a `/predict` of a few images is in memory
-before its route runs, and making it wait keeps no byte out of memory; it would only hold
-it back behind larger requests, and behind clients that send their large bodies slowly
-(two of them, sending a byte a second, held a 4 kB `/predict` until their reads were cut
-off: service.http.BodyReader, README "Request decoding and limits").
+A reservation of at most `read_ahead` bytes is counted but never waits: uvicorn reads up
+to 64 KiB of a request's body whether the route waits or not (it stops reading the
+connection only past SERVER_READ_AHEAD_BYTES), so making a `/predict` of a few images
+wait keeps no byte out of memory; it would only hold it back behind larger requests, and
+behind clients that send their large bodies slowly (two of them, sending a byte a
+second, held a 4 kB `/predict` until their reads were cut off: service.http.BodyReader,
+README "Request decoding and limits"). A route reserves the whole limit for a body that
+may decode to more than it announces (content-coded), so such a body always waits its
+turn.
 
 What those requests freed is given back to the system once they are done: when the budget
 empties after at least its capacity in bodies went through since the last time, it calls

@@ -26,7 +26,8 @@ from service.errors import InvalidInput, ServiceError, UnknownMethod
 from service.http import IMPLEMENTED_METHODS, REQUESTS_IN_FLIGHT
 
 # How long a connection closed in stages (HttpProtocol._close_in_stages) reads and drops
-# what its client still sends before it closes, as nginx's lingering_timeout (5 s).
+# what its client still sends before it closes, from the answer (nginx reads for up to
+# 30 s, lingering_time, waiting at most 5 s for each read, lingering_timeout).
 LINGER_SECONDS = 5.0
 
 # llhttp's reason when a request line starts with no method it knows. It raises the same
@@ -48,26 +49,32 @@ class CorkedTransport:
     signalled, and at the event loop's next turn at the latest for writes no completion
     follows (a `100 Continue`, a streamed body). `abort` drops what is held, as it drops
     the transport's own buffer, and so does a connection lost before they go.
-    Everything else is the wrapped transport's.
+
+    `close` first asks `close_in_stages` (HttpProtocol._close_in_stages), which either
+    shuts the writing side itself and answers True, or answers False for a plain close.
+    Once the writing side is shut the transport says it is closing and drops any write
+    (uvloop refuses a write after `write_eof`). Everything else is the wrapped
+    transport's.
     """
 
-    __slots__ = ("_closes_in_stages", "_held", "_loop", "_transport", "_turn_flush_due")
+    __slots__ = ("_close_in_stages", "_eof", "_held", "_loop", "_transport", "_turn_flush_due")
 
     def __init__(
         self,
         transport: asyncio.Transport,
         loop: asyncio.AbstractEventLoop,
-        closes_in_stages: Callable[[], bool] | None = None,
+        close_in_stages: Callable[[], bool] | None = None,
     ) -> None:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] = []
         self._turn_flush_due = False  # a flush at the loop's next turn is scheduled
-        # Asked at `close`: True when the connection closes in stages instead (the
-        # protocol half-closed it: HttpProtocol._close_in_stages).
-        self._closes_in_stages = closes_in_stages
+        self._close_in_stages = close_in_stages
+        self._eof = False  # the writing side is shut
 
     def write(self, data: bytes) -> None:
+        if self._eof:
+            return
         self._held.append(data)
         if not self._turn_flush_due:
             self._turn_flush_due = True
@@ -83,7 +90,7 @@ class CorkedTransport:
         held = self._held
         if held:
             self._held = []
-            if not self._transport.is_closing():
+            if not self.is_closing():
                 self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def _flush_at_turn(self) -> None:
@@ -92,12 +99,16 @@ class CorkedTransport:
 
     def close(self) -> None:
         self.flush()
-        if self._closes_in_stages is None or not self._closes_in_stages():
+        if self._close_in_stages is None or not self._close_in_stages():
             self._transport.close()
 
     def write_eof(self) -> None:
         self.flush()
+        self._eof = True
         self._transport.write_eof()
+
+    def is_closing(self) -> bool:
+        return self._eof or self._transport.is_closing()
 
     def abort(self) -> None:
         self._held = []
@@ -147,6 +158,7 @@ class HttpProtocol(HttpToolsProtocol):
     _lingering: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._socket = transport  # the connection's own transport, below the cork
         corked = CorkedTransport(transport, self.loop, self._close_in_stages)
         super().connection_made(corked)  # type: ignore[arg-type]
         # One dict a connection, shared by its requests' scopes (the app only reads it).
@@ -175,23 +187,32 @@ class HttpProtocol(HttpToolsProtocol):
         writing side is shut (the client reads the response, then the end), what still
         comes is read and dropped, and the connection closes when the client closes its
         side (uvicorn's eof_received lets the transport close) or LINGER_SECONDS after.
-        True when it does so; False leaves the close to the caller (the body came whole,
-        or the transport cannot shut one side)."""
+        True when it does so; False leaves the close to the caller: the body came whole,
+        the transport cannot shut one side, or the close comes before the app's answer is
+        complete (a request uvicorn refuses below the app, whose route uvicorn then tells
+        the client went away).
+        """
         if self._lingering is not None:  # closing in stages already
             return True
         cycle = self.cycle
-        raw = self.transport._transport  # type: ignore[attr-defined]
-        if cycle is None or not cycle.more_body or raw.is_closing() or not raw.can_write_eof():
+        socket = self._socket
+        if (
+            cycle is None
+            or not cycle.response_complete
+            or not cycle.more_body
+            or socket.is_closing()
+            or not socket.can_write_eof()
+        ):
             return False
-        raw.write_eof()
+        self.transport.write_eof()
         self.flow.resume_reading()  # uvicorn stops reading a body the app does not read
-        self._lingering = self.loop.call_later(LINGER_SECONDS, raw.close)
+        self._lingering = self.loop.call_later(LINGER_SECONDS, socket.close)
         return True
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is None:
             super().data_received(data)
-        # else: the rest of a body whose answer has gone; the response is complete
+        # else: the rest of a body whose answer has gone out whole: dropped
 
     def _unset_keepalive_if_required(self) -> None:
         # uvicorn calls this when data arrives: the connection is busy. The running timer
@@ -205,7 +226,7 @@ class HttpProtocol(HttpToolsProtocol):
         # but for the keep-alive timer.
         self.transport.flush()  # type: ignore[attr-defined]
         self.server_state.total_requests += 1
-        if self.transport.is_closing() or self._lingering is not None:
+        if self.transport.is_closing():  # also while it closes in stages
             return
         self.flow.resume_reading()
         if self.pipeline:  # a pipelined request waits: answer it

@@ -117,10 +117,13 @@ class PredictionRoute(Route):
 
     def _held(self, req: falcon.asgi.Request):
         """The body budget for this request, from its read to its computed answer: its
-        Content-Length, or the body limit when it has none (chunked)."""
+        Content-Length, or the body limit when it has none (chunked) or is content-coded
+        (a gzip body of a few kB may decode to the limit)."""
         length = req.content_length
         limit = self._reader.limit
-        return self._budget.hold(limit if length is None else min(length, limit))
+        if length is None or req.get_header("Content-Encoding"):
+            return self._budget.hold(limit)
+        return self._budget.hold(min(length, limit))
 
 
 class Predict(PredictionRoute):

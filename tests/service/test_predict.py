@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 
@@ -419,9 +420,13 @@ def _holds(client, monkeypatch) -> list[int]:
     return sizes
 
 
-def test_a_request_holds_its_content_length_and_a_chunked_one_the_body_limit(client, monkeypatch):
+def test_a_request_holds_its_content_length_and_a_chunked_or_coded_one_the_body_limit(
+    client, monkeypatch
+):
     """service.admission: a body reserves its Content-Length (the limit at most); one
-    without a length (chunked) reserves the whole limit, as it may be that long."""
+    without a length (chunked) reserves the whole limit, as it may be that long, and so
+    does a content-coded one, as it may decode to that much (and so never passes the
+    budget's read-ahead for small bodies)."""
     sizes = _holds(client, monkeypatch)
     body = json.dumps({"data": ZEROS}).encode()
     assert (
@@ -445,7 +450,14 @@ def test_a_request_holds_its_content_length_and_a_chunked_one_the_body_limit(cli
         "/predict", body=b" " * (256 * 1024 + 1), content_type="application/json"
     )
     assert over.status_code == 413
-    assert sizes == [len(body), 256 * 1024, 256 * 1024]
+    packed = gzip.compress(body)
+    coded = client.simulate_post(
+        "/predict",
+        body=packed,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert coded.json["prediction"] == 5
+    assert sizes == [len(body), 256 * 1024, 256 * 1024, 256 * 1024]
 
 
 def test_the_recorder_gets_the_request_its_answer_and_its_latency(recorded, mnist_test_set):

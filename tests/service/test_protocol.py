@@ -31,6 +31,8 @@ class SocketTransport:
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "a write after close"
+        if self.eof:  # as uvloop: stream.pyx
+            raise RuntimeError("Cannot call write() after write_eof()")
         self.writes.append(bytes(data))
 
     def close(self) -> None:
@@ -511,6 +513,37 @@ def test_a_connection_whose_body_came_whole_closes_at_once():
         return socket.eof, protocol._lingering is None
 
     assert asyncio.run(scenario()) == (False, True)
+
+
+def test_a_request_refused_below_the_app_mid_body_closes_at_once():
+    """uvicorn answers bad chunk framing with its 400 while the route still reads the
+    body: that close is not staged (the route learns the client went away when the
+    connection is lost), and nothing the route or uvicorn writes afterwards fails."""
+
+    async def scenario() -> tuple[bool, bool, dict]:
+        received: list[dict] = []
+
+        async def app(scope, receive, send) -> None:
+            while True:
+                message = await receive()
+                received.append(message)
+                if message["type"] == "http.disconnect" or not message.get("more_body"):
+                    return
+
+        protocol, socket = connect(app)
+        protocol.data_received(
+            b"POST /v2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Expect: 100-continue\r\n\r\n5\r\nhello\r\n"
+        )
+        await until(lambda: bool(received))
+        protocol.data_received(b"ZZZ\r\n")  # not a chunk size: uvicorn's 400
+        await until(lambda: socket.closed)
+        protocol.connection_lost(None)  # what the event loop does after the close
+        await until(lambda: received[-1]["type"] == "http.disconnect")
+        return socket.eof, protocol._lingering is None, received[-1]
+
+    eof, not_lingering, last = asyncio.run(scenario())
+    assert not eof and not_lingering and last == {"type": "http.disconnect"}
 
 
 def test_a_transport_that_cannot_shut_one_side_closes_at_once():

@@ -214,7 +214,7 @@ def test_clients_that_send_their_bodies_slowly_hold_the_other_requests_back_only
         answered[name] = (time.monotonic(), status, answer)
 
     images = mnist_test_set[0][:60]
-    small, large = images[:1], images  # about 2 kB and 115 kB of JSON
+    small, large = images[:1], images  # about 2.5 kB and 155 kB of JSON
     threads = [threading.Thread(target=trickle, args=(conn,)) for conn in slow]
     threads += [threading.Thread(target=read_answer, args=(conn,)) for conn in slow]
     try:

@@ -94,7 +94,14 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        return self.process.wait(timeout=timeout)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30) -> int:
+        """Its exit status once it has ended, its stderr pipe closed."""
+        code = self.process.wait(timeout=timeout)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return code
 
 
 def start_server(
@@ -116,8 +123,10 @@ def start_server(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(url + ready_path, timeout=30, process=process)
-    except Exception:
+    except Exception as exc:
         process.kill()
+        _, stderr = process.communicate(timeout=30)  # reaped, its pipe read and closed
+        exc.add_note(f"the server's stderr: {stderr.decode(errors='replace')[-2000:]}")
         raise
     return Server(url, process)
 

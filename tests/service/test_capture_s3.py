@@ -271,7 +271,7 @@ def test_an_s3_outage_across_the_stop_is_bridged_within_the_stop_timeout(
     server.process.send_signal(signal.SIGTERM)
     time.sleep(outage_after_sigterm)
     durable_moto.restart()
-    assert server.process.wait(timeout=stop_timeout) in (0, -signal.SIGTERM)
+    assert server.wait(timeout=stop_timeout) in (0, -signal.SIGTERM)
     assert time.monotonic() - signalled_at < stop_timeout
     assert load.errors == [] and len(load.answered) == 125
     assert sorted(captured_ids()) == sorted(load.answered)
@@ -286,7 +286,7 @@ def test_sigterm_during_load_leaves_a_record_for_every_answered_request(
         assert load.wait_for_answers(100), load.errors
         server.process.send_signal(signal.SIGTERM)
         load.wait()
-    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert server.wait(timeout=30) in (0, -signal.SIGTERM)
     ids = captured_ids()
     assert len(ids) == len(set(ids)), "a record was written twice"
     assert set(load.answered) <= set(ids), "an answered request left no record"

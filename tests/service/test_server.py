@@ -133,7 +133,7 @@ def test_sigterm_drains_in_flight_requests(mnist8_path, tmp_path, raw_argmax):
     expected = raw_argmax(np.array(images, dtype=np.float32))
     assert all(json.loads(body)["predictions"] == expected for _, body in answers)
     # uvicorn re-raises the signal once it has drained, so the exit is "killed by SIGTERM"
-    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert server.wait(timeout=30) in (0, -signal.SIGTERM)
 
 
 def test_plain_uvicorn_with_the_services_protocol_serves_as_python_m_service_does(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import HeldRequest, free_port
-from tests.service.conftest import MNIST8_SHA256, start_server
+from tests.service.conftest import MNIST8_SHA256, Server, start_server
 from tests.service.test_http import raw_exchange
 
 pytestmark = pytest.mark.integration
@@ -164,6 +164,28 @@ def test_plain_uvicorn_with_the_services_protocol_serves_as_python_m_service_doe
     assert [answer["prediction"] for _, answer in answers] == raw_argmax(images)
 
 
+SLOW_BODY_LIMIT = 256 * 1024
+
+
+def slow_body_server(mnist8_path, tmp_path, timeout_seconds: int) -> tuple[Server, bytes]:
+    """`python -m service` with a body limit of SLOW_BODY_LIMIT and BODY_TIMEOUT_SECONDS
+    `timeout_seconds`, and the head of a `/predict` announcing a body of the limit."""
+    server = start_server(
+        {
+            "MODEL_URL": str(mnist8_path),
+            "MODEL_CACHE_DIR": str(tmp_path),
+            "PREDICTION_LOG_URL": "off",
+            "MAX_BODY_BYTES": str(SLOW_BODY_LIMIT),
+            "BODY_TIMEOUT_SECONDS": str(timeout_seconds),
+        }
+    )
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {SLOW_BODY_LIMIT}\r\n\r\n"
+    ).encode()
+    return server, head
+
+
 def test_clients_that_send_their_bodies_slowly_hold_the_other_requests_back_only_so_long(
     mnist8_path, mnist_test_set, raw_argmax, tmp_path
 ):
@@ -172,21 +194,8 @@ def test_clients_that_send_their_bodies_slowly_hold_the_other_requests_back_only
     reads ahead) is answered at once; a larger one waits for the budget until their reads
     are cut off at BODY_TIMEOUT_SECONDS, not until they stop sending; each of them gets
     the 408 in JSON with the connection closed."""
-    limit = 256 * 1024
-    server = start_server(
-        {
-            "MODEL_URL": str(mnist8_path),
-            "MODEL_CACHE_DIR": str(tmp_path),
-            "PREDICTION_LOG_URL": "off",
-            "MAX_BODY_BYTES": str(limit),
-            "BODY_TIMEOUT_SECONDS": "2",
-        }
-    )
+    server, head = slow_body_server(mnist8_path, tmp_path, timeout_seconds=2)
     parsed = urllib.parse.urlparse(server.url)
-    head = (
-        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {limit}\r\n\r\n"
-    ).encode()
     slow = [socket.create_connection((parsed.hostname, parsed.port), timeout=10) for _ in "ab"]
     stop_sending = threading.Event()
     answered: dict[str, tuple[float, int, dict]] = {}
@@ -258,21 +267,8 @@ def test_a_client_cut_off_mid_body_reads_its_408_and_a_clean_end_while_still_sen
     """RFC 9112 section 9.6: the service shuts its writing side after the 408 and reads
     what still comes, so a client (or a load balancer) still sending its body gets the
     answer and the connection's end, not a reset that can erase the answer."""
-    limit = 256 * 1024
-    server = start_server(
-        {
-            "MODEL_URL": str(mnist8_path),
-            "MODEL_CACHE_DIR": str(tmp_path),
-            "PREDICTION_LOG_URL": "off",
-            "MAX_BODY_BYTES": str(limit),
-            "BODY_TIMEOUT_SECONDS": "1",
-        }
-    )
+    server, head = slow_body_server(mnist8_path, tmp_path, timeout_seconds=1)
     parsed = urllib.parse.urlparse(server.url)
-    head = (
-        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {limit}\r\n\r\n"
-    ).encode()
     received = b""
     try:
         with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as conn:

@@ -1,9 +1,11 @@
-"""The fast lane for V2 JSON tensors: the general path's request bit for bit, or nothing.
+"""The fast lane for V2 requests: the general path's request bit for bit, or nothing.
 
-With `NumberArrays` given, `codec.decode_infer` reads each float input's JSON `data`
-straight into numpy (service.codec._lane_document); it must give exactly the
-`InferRequest` the general path (orjson, then `np.asarray`) gives for every body the
-general path takes, and every error must be the general path's, word for word.
+With `NumberArrays` given, `codec.decode_infer` first reads the request's structure with
+msgspec's typed decoder and each float input's JSON `data` straight into numpy
+(service.codec._lane_request), for JSON and binary tensors alike; it must give exactly
+the `InferRequest` the general path (orjson, a key at a time, then `np.asarray`) gives
+for every body the general path takes, and every error must be the general path's,
+word for word.
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ def image_body(image: np.ndarray, **extra: object) -> bytes:
     return orjson.dumps({"inputs": [tensor], **extra})
 
 
-def decoded(model, body: bytes, numbers: NumberArrays | None) -> codec.InferRequest | str:
+def decoded(
+    model, body: bytes, numbers: NumberArrays | None, header_length: str | None = None
+) -> codec.InferRequest | str:
     """What decode_infer makes of `body` (its request, or its error's message)."""
     try:
-        return codec.decode_infer(body, None, model.inputs, model.outputs, numbers)
+        return codec.decode_infer(body, header_length, model.inputs, model.outputs, numbers)
     except InvalidInput as exc:
         return exc.message
 
@@ -72,8 +76,10 @@ def same(a: codec.InferRequest | str, b: codec.InferRequest | str) -> bool:
     )
 
 
-def taken_by_the_lane(model, body: bytes) -> bool:
-    return codec._lane_document(body, model.inputs, NumberArrays()) is not None
+def taken_by_the_lane(model, body: bytes, header_length: str | None = None) -> bool:
+    head, tail = codec.split_binary(body, header_length)
+    lane = codec._lane_request(head, tail, model.inputs, model.outputs, NumberArrays())
+    return lane is not None
 
 
 @pytest.mark.slow
@@ -226,19 +232,152 @@ def test_the_route_answers_a_json_tensor_through_the_lane(client, all_test_image
     assert int(np.argmax(result.json["outputs"][0]["data"])) == 7
 
 
-def test_a_binary_request_does_not_consult_the_lane(model, all_test_images, monkeypatch):
-    """Binary tensors carry their numbers in the tail: the JSON header is read once, by
-    the general path."""
+def test_every_mnist_test_image_as_binary_tensors_decodes_as_the_general_path(
+    all_test_images, model
+):
+    """Each of the 10,000 images as its own binary request (Triton's binary tensor
+    extension, a binary output asked for): the lane takes it, and the request is the
+    general path's bit for bit, the image's float32 pixels."""
+    lane = NumberArrays()
+    for i, image in enumerate(all_test_images / np.float32(255)):
+        body, headers = binary_body(image.reshape(1, 1, 28, 28))
+        length = headers[codec.BINARY_HEADER]
+        assert taken_by_the_lane(model, body, length), f"image {i}: the lane declined it"
+        fast = decoded(model, body, lane, length)
+        assert same(fast, decoded(model, body, None, length)), f"image {i}: they differ"
+        assert fast.inputs[INPUT].tobytes() == image.tobytes()
+        assert fast.binary_outputs == {OUTPUT}
 
-    def lane(*args: object) -> dict | None:
-        raise AssertionError("the lane was asked about a binary request")
 
-    monkeypatch.setattr(codec, "_lane_document", lane)
+def test_a_plain_binary_request_never_reaches_the_general_path(model, all_test_images, monkeypatch):
+    """The general path's key-at-a-time reading of the header is not reached for a batch
+    of binary tensors: the lane reads it."""
+
+    def general(*args: object) -> dict:
+        raise AssertionError("the header went through the general path")
+
+    monkeypatch.setattr(codec, "_request_document", general)
     body, headers = binary_body(all_test_images[:2].reshape(2, 1, 28, 28))
     request = codec.decode_infer(
         body, headers[codec.BINARY_HEADER], model.inputs, model.outputs, NumberArrays()
     )
     assert request.inputs[INPUT].tobytes() == all_test_images[:2].tobytes()
+    assert (request.id, request.outputs, request.binary_outputs) == ("req-1", (OUTPUT,), {OUTPUT})
+
+
+def binary_request(
+    head: object, tail: bytes = np.full(784, 0.5, "<f4").tobytes()
+) -> tuple[bytes, str]:
+    """A binary request of `head` (a JSON document, or its text) and `tail`, and its
+    Inference-Header-Content-Length."""
+    text = head if isinstance(head, bytes) else json.dumps(head).encode()
+    return text + tail, str(len(text))
+
+
+def tensor(**fields: object) -> dict:
+    """The model's input as a binary tensor of one image, with `fields` replaced (None
+    removes one)."""
+    entry = {
+        "name": INPUT,
+        "shape": SHAPE,
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": 3136},
+        **fields,
+    }
+    return {key: value for key, value in entry.items() if value is not None}
+
+
+HALF = np.full(784, 0.5, "<f4")
+# Binary requests the lane must decline or agree on, whatever the general path makes of them.
+BINARY_LOOK_ALIKES = [
+    binary_request({"inputs": [tensor()]}),
+    binary_request({"inputs": [tensor()], "id": None, "parameters": None, "outputs": None}),
+    binary_request({"inputs": [tensor()], "outputs": [], "parameters": {}}),
+    binary_request({"inputs": [tensor(parameters={"binary_data_size": 3136.0})]}),
+    binary_request({"inputs": [tensor(parameters={"binary_data_size": True})]}),
+    binary_request({"inputs": [tensor(parameters={"binary_data_size": -3136})]}),
+    binary_request({"inputs": [tensor(parameters={"binary_data_size": 2**63})]}),
+    binary_request({"inputs": [tensor(parameters={"binary_data_size": 2**64})]}),
+    binary_request({"inputs": [tensor(parameters={"binary_data_size": 3132})]}),
+    binary_request({"inputs": [tensor(parameters={"binary_data_size": None})]}),
+    binary_request({"inputs": [tensor(parameters={"binary_data_size": 3136, "x": 1})]}),
+    binary_request({"inputs": [tensor(parameters=[])]}),
+    binary_request({"inputs": [tensor(parameters={})]}),
+    binary_request({"inputs": [tensor(data=[0.5] * 784)]}),
+    binary_request({"inputs": [tensor(datatype="FP64")]}),
+    binary_request({"inputs": [tensor(datatype=None)]}),
+    binary_request({"inputs": [tensor(name="input3")]}),
+    binary_request({"inputs": [tensor(name=[INPUT])]}),
+    binary_request({"inputs": [tensor(shape=[-1, 1, 28, 28])]}),
+    binary_request({"inputs": [tensor(shape=[0, 1, 28, 28])]}),
+    binary_request({"inputs": [tensor(shape=[1.0, 1, 28, 28])]}),
+    binary_request({"inputs": [tensor(shape=[True, 1, 28, 28])]}),
+    binary_request({"inputs": [tensor(shape=[2**64, 1, 28, 28])]}),
+    binary_request({"inputs": [tensor(shape=[1, 784])]}),
+    binary_request({"inputs": [tensor(shape=[2, 1, 28, 28])]}),
+    binary_request({"inputs": [tensor(shape=None)]}),
+    binary_request({"inputs": [tensor(extra=1)]}),
+    binary_request({"inputs": [tensor(), tensor()]}, HALF.tobytes() * 2),
+    binary_request({"inputs": [tensor()]}, HALF.tobytes() + b"\0"),
+    binary_request({"inputs": [tensor()]}, HALF.tobytes()[:-4]),
+    binary_request({"inputs": [tensor()]}, np.full(784, np.nan, "<f4").tobytes()),
+    binary_request({"inputs": [tensor()]}, np.array([np.inf, *[0.5] * 783], "<f4").tobytes()),
+    binary_request({"inputs": []}),
+    binary_request({"inputs": {"name": INPUT}}),
+    binary_request({"inputs": [tensor()], "id": 7}),
+    binary_request({"inputs": [tensor()], "id": "x" * 256}),
+    binary_request({"inputs": [tensor()], "id": "x" * 257}),
+    binary_request({"inputs": [tensor()], "id": "caf\u00e9 \\u00e9"}),
+    binary_request(
+        b'{"id": "\\ud800", "inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], '
+        b'"datatype": "FP32", "parameters": {"binary_data_size": 3136}}]}'
+    ),
+    binary_request(
+        b'{"inputs": [{"name": "Input\\u0033", "shape": [1, 1, 28, 28], '
+        b'"datatype": "FP32", "parameters": {"binary_data_size": 3136}}]}'
+    ),
+    binary_request(
+        b'{"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", '
+        b'"parameters": {"binary_data_size": 3136}}], "inputs": []}'
+    ),
+    binary_request(
+        b'{"inputs": [{"name": "Input3", "name": "x", "shape": [1, 1, 28, 28], '
+        b'"datatype": "FP32", "parameters": {"binary_data_size": 3136}}]}'
+    ),
+    binary_request(b'\xef\xbb\xbf{"inputs": []}'),
+    binary_request(json.dumps({"inputs": [tensor()]}).encode() + b" x"),
+    binary_request(json.dumps({"inputs": [tensor()]}).encode() + b"  "),
+    binary_request({"inputs": [tensor()], "parameters": {"binary_data_output": 1}}),
+    binary_request({"inputs": [tensor()], "parameters": {"binary_data_output": True}}),
+    binary_request({"inputs": [tensor()], "parameters": {"binary_data_output": None}}),
+    binary_request({"inputs": [tensor()], "parameters": {"other": True}}),
+    binary_request({"inputs": [tensor()], "outputs": [{"name": OUTPUT}, {"name": OUTPUT}]}),
+    binary_request({"inputs": [tensor()], "outputs": [{"name": "scores"}]}),
+    binary_request({"inputs": [tensor()], "outputs": {"name": OUTPUT}}),
+    binary_request(
+        {"inputs": [tensor()], "outputs": [{"name": OUTPUT, "parameters": {"classification": 3}}]}
+    ),
+    binary_request(
+        b'{"inputs": [{"name": "Input3", "shape": [1, 1, 28, 28], "datatype": "FP32", '
+        b'"parameters": {"binary_data_size": 3136}}], "outputs": [{"name": '
+        b'"Plus214_Output_0", "parameters": {"classification": 100000000000000000000}}]}'
+    ),
+]
+
+
+@pytest.mark.parametrize("body, length", BINARY_LOOK_ALIKES)
+def test_every_binary_request_gets_the_general_paths_answer(model, body, length):
+    """Binary look-alikes, each beside the general path: the same request, or the same
+    message."""
+    assert same(decoded(model, body, NumberArrays(), length), decoded(model, body, None, length))
+
+
+def test_the_plain_binary_look_alikes_are_taken_by_the_lane(model):
+    """The lane is not declining everything: the first look-alikes (one image, with and
+    without null or empty optional keys) are its own."""
+    for body, length in BINARY_LOOK_ALIKES[:3]:
+        assert taken_by_the_lane(model, body, length)
+        assert isinstance(decoded(model, body, NumberArrays(), length), codec.InferRequest)
 
 
 @st.composite
@@ -282,3 +421,68 @@ def test_generated_requests_decode_as_the_general_path_without_a_warning(model, 
     """Whatever numbers, shape and datatype a request holds, the lane's request is the
     general path's bit for bit (or its error word for word), and numpy reports nothing."""
     assert same(decoded(model, body, NumberArrays()), decoded(model, body, None))
+
+
+# Each field of a generated binary request: its usual value first, then look-alikes
+# (None leaves the key out).
+_INTEGERS = [0, 1, 2, -1, 3136, 6272, 2**63 - 1, 2**63, 2**64, 1.0, True, "1", None]
+_FIELDS = {
+    "name": [INPUT, "input3", 3, [INPUT], None],
+    "datatype": ["FP32", "FP64", "UINT8", None],
+    "shape": [SHAPE, [2, 1, 28, 28], [1, 784], [0, 1, 28, 28], [-1, 1, 28, 28], None],
+    "data": [None, [0.5] * 784, []],
+}
+
+
+def usually(draw, values: list) -> object:
+    """The first of `values` four times in five, else any of them."""
+    return values[0] if draw(st.integers(0, 4)) else draw(st.sampled_from(values))
+
+
+@st.composite
+def generated_binary_requests(draw) -> tuple[bytes, str]:
+    """A binary request for the model's input: one or two images, each field usual or a
+    look-alike (integers past 64 bits, floats and booleans for integers, wrong names,
+    shapes and sizes, extra keys and parameters), a tail that fits or not, NaN or not."""
+    images = draw(st.integers(1, 2))
+    pixels = np.full(784 * images, 0.5, "<f4")
+    if draw(st.integers(0, 9)) == 0:
+        pixels[draw(st.integers(0, pixels.size - 1))] = draw(st.sampled_from([np.nan, np.inf]))
+    entry = {key: usually(draw, values) for key, values in _FIELDS.items()}
+    if images == 2 and entry["shape"] == SHAPE:
+        entry["shape"] = [2, 1, 28, 28]
+    size = usually(draw, [pixels.nbytes, *_INTEGERS])
+    entry["parameters"] = usually(
+        draw, [{"binary_data_size": size}, {"binary_data_size": size, "other": 1}, {}, None, []]
+    )
+    if draw(st.integers(0, 9)) == 0:
+        entry["extra"] = 1
+    head: dict = {"inputs": [{key: value for key, value in entry.items() if value is not None}]}
+    head["id"] = usually(draw, ["r-1", None, "x" * 257, 7])
+    head["parameters"] = usually(
+        draw, [None, {}, {"binary_data_output": True}, {"binary_data_output": 1}]
+    )
+    head["outputs"] = usually(
+        draw,
+        [
+            [{"name": OUTPUT, "parameters": {"binary_data": True}}],
+            None,
+            [],
+            [{"name": OUTPUT, "parameters": {"classification": 2}}],
+            [{"name": OUTPUT, "parameters": {"classification": 2**64}}],
+            [{"name": OUTPUT}, {"name": OUTPUT}],
+            [{"name": "scores"}],
+        ],
+    )
+    head = {key: value for key, value in head.items() if value is not None or draw(st.booleans())}
+    tail = pixels.tobytes() + usually(draw, [b"", b"\0" * 4])
+    return binary_request(head, tail)
+
+
+@settings(max_examples=500, deadline=None)
+@given(request=generated_binary_requests())
+def test_generated_binary_requests_decode_as_the_general_path(model, request):
+    """Whatever a binary request's header holds, the lane's request is the general path's
+    bit for bit, or its error word for word."""
+    body, length = request
+    assert same(decoded(model, body, NumberArrays(), length), decoded(model, body, None, length))

@@ -363,7 +363,7 @@ def decode_infer(
     """
     head, tail = split_binary(body, header_length)
     if numbers is not None:
-        request = _lane_request(head, tail, inputs, outputs, numbers)
+        request = _lane_request(head, tail, inputs, outputs, numbers, header_length is not None)
         if request is not None:
             return request
     try:
@@ -383,7 +383,7 @@ def _refuse_unannounced_binary(body: bytes) -> None:
     # bytes of UTF-8 text inside strings only become other characters there.
     try:
         header, length = json.JSONDecoder().raw_decode(body.decode("latin-1"))
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's limit
         return
     rest = len(body) - length
     if isinstance(header, dict) and body[length:].strip():
@@ -452,9 +452,11 @@ def _lane_request(
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     numbers: NumberArrays,
+    binary: bool,
 ) -> InferRequest | None:
     """The request the general path (`_request_document`, `_infer_request`) makes of
-    `head` and `tail`, or None where it might differ or refuse.
+    `head` and `tail`, or None where it might differ or refuse; `binary`: `head` is a
+    binary request's JSON header.
 
     msgspec's typed decoder checks in C what the general path checks a key at a time in
     Python: the keys each object may hold, that the inputs are objects with a string
@@ -463,19 +465,30 @@ def _lane_request(
     and shapes, the binary sizes, the finite numbers) are the general path's own helpers,
     whose refusal declines here. orjson reads `id`, `parameters` and `outputs`, as the
     general path reads them: strings are compared with the model's names or read by
-    orjson, so a string orjson would refuse never passes. A float input's JSON `data` is
-    read by `NumberArrays.decode_array`, which declines anything not certain to be
-    `np.asarray`'s array. Decoding a single-image V2 JSON request took 30 us in the
-    app's process against 36 us through the general path (README, Performance: "One lane
-    for V2 requests").
+    orjson. A float input's JSON `data` is read by `NumberArrays.decode_array`, which
+    declines anything not certain to be `np.asarray`'s array.
+
+    A key given twice keeps its last value, as in orjson, but msgspec skips the earlier
+    value of a key read as text (`id`, `parameters`, `outputs`, `data`) without checking
+    that it is valid JSON. A binary request's header (a few hundred bytes) is therefore
+    parsed whole by orjson first, so its lane takes only what the general path takes. A
+    JSON body is not (its numbers are the lane's whole point): one that repeats such a
+    key after a value that is not valid JSON (invalid UTF-8, a number past a double) is
+    answered with the last value where the general path refuses it (README, Known
+    limits). msgspec's recursion on nesting deeper than Python's limit declines too.
+
+    Decoding a single-image V2 JSON request took 30 us in the app's process against 36 us
+    through the general path (README, Performance: "One lane for V2 requests").
     """
     try:
+        if binary:
+            orjson.loads(head)
         request = _LANE.decode(head)
         request_id, params, requested = (
             None if raw is msgspec.UNSET else orjson.loads(memoryview(raw))
             for raw in (request.id, request.parameters, request.outputs)
         )
-    except (msgspec.MsgspecError, orjson.JSONDecodeError):
+    except (msgspec.MsgspecError, orjson.JSONDecodeError, RecursionError):
         return None
     if not (request_id is None or isinstance(request_id, str)) or not request.inputs:
         return None

@@ -78,7 +78,9 @@ def same(a: codec.InferRequest | str, b: codec.InferRequest | str) -> bool:
 
 def taken_by_the_lane(model, body: bytes, header_length: str | None = None) -> bool:
     head, tail = codec.split_binary(body, header_length)
-    lane = codec._lane_request(head, tail, model.inputs, model.outputs, NumberArrays())
+    lane = codec._lane_request(
+        head, tail, model.inputs, model.outputs, NumberArrays(), header_length is not None
+    )
     return lane is not None
 
 
@@ -196,6 +198,9 @@ LOOK_ALIKES = [
     b"",
     b"null",
     b"[1, 2]",
+    # nesting deeper than Python's recursion limit (msgspec, the standard library's json)
+    b'{"inputs": [], "outputs": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+    b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}",
 ]
 
 
@@ -345,6 +350,44 @@ BINARY_LOOK_ALIKES = [
         b'"datatype": "FP32", "parameters": {"binary_data_size": 3136}}]}'
     ),
     binary_request(b'\xef\xbb\xbf{"inputs": []}'),
+    # a repeated key whose earlier value is not JSON: msgspec skips it unread, orjson refuses
+    binary_request(
+        b'{"id": "\xff", "id": "a", "inputs": [' + json.dumps(tensor()).encode() + b"]}"
+    ),
+    binary_request(
+        b'{"id": 1e99999, "id": "a", "inputs": [' + json.dumps(tensor()).encode() + b"]}"
+    ),
+    binary_request(
+        b'{"outputs": [{"name": "\xff"}], "outputs": [], "inputs": ['
+        + json.dumps(tensor()).encode()
+        + b"]}"
+    ),
+    binary_request(
+        b'{"parameters": {"x": 1e400}, "parameters": {}, "inputs": ['
+        + json.dumps(tensor()).encode()
+        + b"]}"
+    ),
+    binary_request(
+        b'{"inputs": [{"data": ["\xff"], "name": "Input3", "shape": [1, 1, 28, 28], '
+        b'"datatype": "FP32", "parameters": {"binary_data_size": 3136}}]}'
+    ),
+    # nesting deeper than msgspec's recursion allows, and than orjson's 1,024 levels
+    binary_request(
+        b'{"inputs": ['
+        + json.dumps(tensor()).encode()
+        + b'], "outputs": '
+        + b"[" * 1000
+        + b"]" * 1000
+        + b"}"
+    ),
+    binary_request(
+        b'{"inputs": ['
+        + json.dumps(tensor()).encode()
+        + b'], "id": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}"
+    ),
     binary_request(json.dumps({"inputs": [tensor()]}).encode() + b" x"),
     binary_request(json.dumps({"inputs": [tensor()]}).encode() + b"  "),
     binary_request({"inputs": [tensor()], "parameters": {"binary_data_output": 1}}),
@@ -486,3 +529,30 @@ def test_generated_binary_requests_decode_as_the_general_path(model, request):
     bit for bit, or its error word for word."""
     body, length = request
     assert same(decoded(model, body, NumberArrays(), length), decoded(model, body, None, length))
+
+
+DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(
+    "path, body, headers",
+    [
+        ("/predict", b'{"data": ' + DEEP + b"}", {}),
+        ("/v2/models/mnist-8/infer", b'{"inputs": ' + DEEP + b"}", {}),
+        ("/v2/models/mnist-8/infer", b'{"inputs": [], "id": ' + b"[" * 900 + b"]" * 900 + b"}", {}),
+        (
+            "/v2/models/mnist-8/infer",
+            b'{"inputs": [], "outputs": ' + DEEP + b"}" + HALF.tobytes(),
+            {codec.BINARY_HEADER: str(len(b'{"inputs": [], "outputs": ' + DEEP + b"}"))},
+        ),
+    ],
+    ids=["predict", "v2-json", "v2-json-id", "v2-binary"],
+)
+def test_nesting_past_the_interpreters_limit_is_a_400(client, path, body, headers):
+    """Arrays nested thousands deep: one line naming the fault, never a 500 (msgspec and
+    the standard library's json recurse, and raise RecursionError past Python's limit)."""
+    result = client.simulate_post(
+        path, body=body, headers={"Content-Type": "application/json", **headers}
+    )
+    assert result.status_code == 400, result.text
+    assert result.json["error"]

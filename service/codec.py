@@ -474,8 +474,8 @@ def _lane_request(
     parsed whole by orjson first, so its lane takes only what the general path takes. A
     JSON body is not (its numbers are the lane's whole point): one that repeats such a
     key after a value that is not valid JSON (invalid UTF-8, a number past a double) is
-    answered with the last value where the general path refuses it (README, Known
-    limits). msgspec's recursion on nesting deeper than Python's limit declines too.
+    answered with the last value where the general path refuses it (README, Request
+    parameters and headers). msgspec's recursion on nesting deeper than Python's limit declines too.
 
     Decoding a single-image V2 JSON request took 30 us in the app's process against 36 us
     through the general path (README, Performance: "One lane for V2 requests").
@@ -627,10 +627,13 @@ def _input_spec(
         raise InvalidInput(f"{where} is given twice")
     _only_keys(entry, INPUT_KEYS, where)
     spec = specs[name]
-    if entry.get("datatype") != spec.datatype:
-        raise InvalidInput(
-            f"{where} has datatype {entry.get('datatype')!r}; the model expects {spec.datatype}"
-        )
+    datatype = entry.get("datatype")
+    if datatype != spec.datatype:
+        # Anything but a string is named by its JSON kind: an array's repr could be a
+        # thousand levels deep (orjson's limit), past the interpreter's recursion limit.
+        shown = repr(datatype) if isinstance(datatype, str) else json_kind(datatype)
+        has = f"datatype {shown}" if "datatype" in entry else "no 'datatype'"
+        raise InvalidInput(f"{where} has {has}; the model expects {spec.datatype}")
     return spec, where
 
 

@@ -198,6 +198,21 @@ BAD_INFER = [
         id="bytes",
     ),
     pytest.param(
+        _input(datatype=["FP32"]),
+        "input 'Input3' has datatype an array; the model expects FP32",
+        id="datatype-array",
+    ),
+    pytest.param(
+        _input(datatype=None),
+        "input 'Input3' has datatype null; the model expects FP32",
+        id="datatype-null",
+    ),
+    pytest.param(
+        {"inputs": [{"name": INPUT, "shape": [1, 1, 28, 28], "data": [0.5] * 784}]},
+        "input 'Input3' has no 'datatype'; the model expects FP32",
+        id="datatype-missing",
+    ),
+    pytest.param(
         _input(shape=[1, 784]), "input 'Input3' has shape [1, 784]" + EXPECTS, id="wrong-rank"
     ),
     pytest.param(

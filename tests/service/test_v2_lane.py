@@ -540,13 +540,19 @@ DEEP = b"[" * 5000 + b"]" * 5000
         ("/predict", b'{"data": ' + DEEP + b"}", {}),
         ("/v2/models/mnist-8/infer", b'{"inputs": ' + DEEP + b"}", {}),
         ("/v2/models/mnist-8/infer", b'{"inputs": [], "id": ' + b"[" * 900 + b"]" * 900 + b"}", {}),
+        # within orjson's 1,024 levels: the general path reads it, and names it in its error
+        (
+            "/v2/models/mnist-8/infer",
+            b'{"inputs": [{"name": "Input3", "datatype": ' + b"[" * 1000 + b"]" * 1000 + b"}]}",
+            {},
+        ),
         (
             "/v2/models/mnist-8/infer",
             b'{"inputs": [], "outputs": ' + DEEP + b"}" + HALF.tobytes(),
             {codec.BINARY_HEADER: str(len(b'{"inputs": [], "outputs": ' + DEEP + b"}"))},
         ),
     ],
-    ids=["predict", "v2-json", "v2-json-id", "v2-binary"],
+    ids=["predict", "v2-json", "v2-json-id", "v2-json-datatype", "v2-binary"],
 )
 def test_nesting_past_the_interpreters_limit_is_a_400(client, path, body, headers):
     """Arrays nested thousands deep: one line naming the fault, never a 500 (msgspec and

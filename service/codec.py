@@ -326,9 +326,12 @@ def _shape(entry: dict, where: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _check_shape(spec: TensorSpec, shape: tuple[int, ...], where: str, batch_any: bool) -> None:
-    """`batch_any`: the first dimension takes any number of rows, whatever the graph says."""
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], where: str) -> None:
+    """InvalidInput unless `shape` is the input's: each dimension the graph's, or any size
+    where the graph has -1, and any number of rows (at least 1) where the graph fixes
+    the batch at 1 (served row by row, or through the batch-capable copy)."""
     expected = spec.shape
+    batch_any = expected[0] == 1
     if len(shape) == len(expected) and shape[0] != 0:
         for i, (got, want) in enumerate(zip(shape, expected, strict=True)):
             if got != want and want != -1 and not (i == 0 and batch_any):
@@ -505,7 +508,7 @@ def _lane_request(
             if spec is None or entry.name in arrays or entry.datatype != spec.datatype:
                 return None
             shape = tuple(entry.shape)
-            _check_shape(spec, shape, entry.name, batch_any=spec.shape[0] == 1)
+            _check_shape(spec, shape, entry.name)
             size = None if entry.parameters is None else entry.parameters.binary_data_size
             has_data = entry.data is not msgspec.UNSET
             if size is None:
@@ -576,7 +579,7 @@ def _decode_inputs(
     for position, entry in enumerate(raw_inputs):
         spec, where = _input_spec(entry, position, specs, arrays)
         shape = _shape(entry, where)
-        _check_shape(spec, shape, where, batch_any=spec.shape[0] == 1)
+        _check_shape(spec, shape, where)
         params = _parameters(entry.get("parameters"), where, INPUT_PARAMETERS)
         size = params.get("binary_data_size")
         if size is None:

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from falcon import testing
 
+from service import codec
 from service.app import create_app
 from service.batching import Batcher
 from service.classification import row_classes
+from service.errors import InvalidInput
 from service.http import REQUESTS_IN_FLIGHT
 from tests.service.conftest import ListRecorder
 
@@ -175,6 +177,22 @@ def test_bad_input_is_400_with_a_json_reason(client, body, message):
 
 
 # -- JSON syntax errors: the problem and its fix, the same words on both routes ---------------
+
+
+@pytest.mark.parametrize(
+    "body, token",
+    [(b"-Infinity", "-Infinity"), (b"NaN-", "NaN")],
+    ids=["minus-at-the-start", "minus-at-the-end"],
+)
+def test_a_non_finite_number_at_the_bodys_first_byte_is_placed_there(body, token):
+    """The number starts at the body's first byte, whatever the body's last one is: the
+    minus sign orjson stops after is looked for only before the error's position."""
+    with pytest.raises(InvalidInput) as refused:
+        codec.parse_json(body)
+    assert refused.value.message == (
+        f"the request body is not valid JSON: {token} at line 1 column 1 (char 0)" + NOT_FINITE
+    )
+
 
 PREDICT_PREFIX = b'{"data": ['
 V2_PREFIX = b'{"inputs": [{"name": "Input3", "datatype": "FP32", "shape": [1, 784], "data": ['

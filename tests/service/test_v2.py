@@ -837,6 +837,16 @@ def test_two_binary_inputs_each_take_their_own_bytes():
     assert request.inputs["counts"].tolist() == [[7, 8], [9, -10]]
 
 
+def test_a_fixed_batch_other_than_one_is_named_as_fixed():
+    """A graph that fixes its batch at 4 takes exactly 4 rows, and says so."""
+    four = TensorSpec("four", F32, "FP32", (4, 3))
+    with pytest.raises(InvalidInput) as wrong:
+        _decode({"inputs": [_tensor(four, [2, 3], data=[0] * 6)]}, inputs=(four,))
+    assert wrong.value.message == "input 'four' has shape [2, 3]; the model expects [4, 3]"
+    request = _decode({"inputs": [_tensor(four, [4, 3], data=[0] * 12)]}, inputs=(four,))
+    assert request.inputs["four"].shape == (4, 3)
+
+
 def test_a_missing_input_and_unequal_batches_are_400():
     with pytest.raises(InvalidInput) as missing:
         _decode({"inputs": [_tensor(PIXELS, [1, 3], data=[1, 2, 3])]})

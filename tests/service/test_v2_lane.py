@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from service import codec
 from service.errors import InvalidInput
 from service.jsonnumbers import NumberArrays
+from service.model import TensorSpec
 from tests.service.test_jsonnumbers import NUMBER_TEXT
 from tests.service.test_v2 import BAD_INFER, INPUT, OUTPUT, binary_body
 
@@ -268,6 +269,42 @@ def test_a_plain_binary_request_never_reaches_the_general_path(model, all_test_i
     )
     assert request.inputs[INPUT].tobytes() == all_test_images[:2].tobytes()
     assert (request.id, request.outputs, request.binary_outputs) == ("req-1", (OUTPUT,), {OUTPUT})
+
+
+def test_two_binary_inputs_are_taken_by_the_lane_each_with_its_own_bytes():
+    """The lane reads each binary input at its own offset in the tail, in order, and the
+    request is the general path's."""
+    pixels_spec = TensorSpec("pixels", np.dtype(np.float32), "FP32", (-1, 3))
+    counts_spec = TensorSpec("counts", np.dtype(np.int64), "INT64", (-1, 2))
+    pixels = np.array([[1.5, 2, 3], [4, 5, 6]], "<f4")
+    counts = np.array([[7, 8], [9, -10]], "<i8")
+    body, length = binary_request(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "datatype": "FP32",
+                    "shape": [2, 3],
+                    "parameters": {"binary_data_size": pixels.nbytes},
+                },
+                {
+                    "name": "counts",
+                    "datatype": "INT64",
+                    "shape": [2, 2],
+                    "parameters": {"binary_data_size": counts.nbytes},
+                },
+            ]
+        },
+        pixels.tobytes() + counts.tobytes(),
+    )
+    head, tail = codec.split_binary(body, length)
+    specs, outputs = (pixels_spec, counts_spec), (pixels_spec,)
+    lane = codec._lane_request(head, tail, specs, outputs, NumberArrays(), True)
+    assert lane is not None
+    general = codec.decode_infer(body, length, specs, outputs)
+    assert same(lane, general)
+    assert lane.inputs["pixels"].tolist() == pixels.tolist()
+    assert lane.inputs["counts"].tolist() == counts.tolist()
 
 
 def binary_request(

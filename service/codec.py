@@ -455,11 +455,11 @@ def _lane_request(
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     numbers: NumberArrays,
-    binary: bool,
+    binary_header: bool,
 ) -> InferRequest | None:
     """The request the general path (`_request_document`, `_infer_request`) makes of
-    `head` and `tail`, or None where it might differ or refuse; `binary`: `head` is a
-    binary request's JSON header.
+    `head` and `tail`, or None where it might differ or refuse; `binary_header`: `head`
+    is a binary request's JSON header.
 
     msgspec's typed decoder checks in C what the general path checks a key at a time in
     Python: the keys each object may hold, that the inputs are objects with a string
@@ -478,13 +478,14 @@ def _lane_request(
     JSON body is not (its numbers are the lane's whole point): one that repeats such a
     key after a value that is not valid JSON (invalid UTF-8, a number past a double) is
     answered with the last value where the general path refuses it (README, Request
-    parameters and headers). msgspec's recursion on nesting deeper than Python's limit declines too.
+    parameters and headers). msgspec's recursion on nesting deeper than Python's limit
+    declines too.
 
     Decoding a single-image V2 JSON request took 30 us in the app's process against 36 us
     through the general path (README, Performance: "One lane for V2 requests").
     """
     try:
-        if binary:
+        if binary_header:
             orjson.loads(head)
         request = _LANE.decode(head)
         request_id, params, requested = (

@@ -6,7 +6,7 @@ stay in the kernel's socket buffers (uvicorn stops reading a connection whose re
 the app has not read), not in the service's memory. Without it (and without the model's
 calls of at most `BATCH_MAX_SIZE` rows), 64 clients each sending 256 images (800 kB of
 binary tensors) had all their bodies, arrays and answers in the process at once, and the
-process ended that load at 187 MB against 137 MB with both (README, Performance,
+process ended that load at 187 MB against 137 MB with both (bench/README.md,
 "Memory").
 
 The model runs one batch at a time anyway, so holding fewer bodies costs no throughput.

@@ -482,7 +482,7 @@ def _lane_request(
     declines too.
 
     Decoding a single-image V2 JSON request took 30 us in the app's process against 36 us
-    through the general path (README, Performance: "One lane for V2 requests").
+    through the general path (bench/README.md: "One lane for V2 requests").
     """
     try:
         if binary_header:

@@ -42,8 +42,8 @@ class CorkedTransport:
     uvicorn writes a response's status line and headers, then its body, as two `write`
     calls, and uvloop sends each at once while its buffer is empty: two send(2) calls and
     two TCP segments for every answer (strace of the served process: 2.0 writes a
-    `/predict` at c=16, 1.0 corked, for about 2.5 us less CPU a request: README,
-    Performance, "Where a request's CPU goes"). Here writes are
+    `/predict` at c=16, 1.0 corked, for about 2.5 us less CPU a request: bench/README.md,
+    "Where a request's CPU goes"). Here writes are
     held and go out joined, in order, when the response completes (`flush`, which
     `HttpProtocol` calls), when the connection is closed or its end of writing is
     signalled, and at the event loop's next turn at the latest for writes no completion
@@ -130,7 +130,7 @@ class HttpProtocol(HttpToolsProtocol):
     Keep-alive: uvicorn closes a connection `timeout_keep_alive` seconds after its last
     response unless data comes first, and does it by cancelling a timer on every request
     and starting one on every response (a libuv timer each under uvloop: 2.6% of
-    `/predict`'s throughput at c=16 with no timer at all, README, Performance). Here the
+    `/predict`'s throughput at c=16 with no timer at all, bench/README.md). Here the
     connection notes when it went idle, and one timer, started when none is running,
     looks when it fires: it closes a connection idle for the whole timeout, starts again
     for the rest of it when the connection went idle since, and stops while a request is

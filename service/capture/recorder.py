@@ -67,7 +67,7 @@ log = logging.getLogger("service.capture")
 # 64 rows took about 124 us warm against 70 us for 32; counted on /predict single at 16
 # concurrent requests, capture added 30,884 instructions and 171 L2 misses a request
 # against 32,176 and 263 with 32; served, capture on kept more of capture off's requests
-# a second (README, Performance: "Slices sized by the load").
+# a second (bench/README.md: "Slices sized by the load").
 # Counted in rows, not requests: a request of 256 images is 256 records.
 ENCODE_SLICE_ROWS = 64
 # Under lighter load a slice is due sooner: once this many rows are queued for each
@@ -76,7 +76,7 @@ ENCODE_SLICE_ROWS = 64
 # whole ENCODE_SLICE_ROWS from 8 on. The wait a slice adds to the requests that arrive
 # meanwhile is what their p99 sees when they wait for little else, and it grows with the
 # slice; under load each request waits for the others' work anyway. p99 on / off at c=1
-# (README, Performance): /predict single 1.33 and 1.12 with slices of 32, 1.18 and 1.11
+# (bench/README.md): /predict single 1.33 and 1.12 with slices of 32, 1.18 and 1.11
 # with 8; at c=2, 1.17 with slices of 64 against 1.07 with 32.
 SLICE_ROWS_PER_REQUEST = 8
 # In-flight counts from which a slice waits for ENCODE_SLICE_ROWS rows.
@@ -426,7 +426,7 @@ class CaptureRecorder:
 
         A worker thread would hold the GIL for long stretches of the interpreter's switch
         interval (5 ms), and every request that arrived meanwhile waited for it: that was
-        capture's p99 (README, Performance).
+        capture's p99 (bench/README.md).
         """
         if self._builder is None:
             self._builder = PartsBuilder(

@@ -146,8 +146,8 @@ def quoted_new_ids(count: int) -> list[bytes]:
     encoder slice that empties the stock, on the event loop, so it is kept small: with
     slices of 32 records, 1,024 ids made a slice hold the loop three to five times as long
     as the others, once every 32 slices, which at 16 concurrent requests is one request in
-    64 (README, Performance). Thread-safe; a forked child empties the stock it inherited
-    (os.register_at_fork), so two processes never share ids.
+    64 (bench/README.md, "Ids in small blocks"). Thread-safe; a forked child empties the
+    stock it inherited (os.register_at_fork), so two processes never share ids.
     """
     with _id_lock:
         if count > len(_id_stock):

@@ -299,7 +299,7 @@ def test_the_lanes_array_is_the_answer_and_a_decline_falls_through():
 )
 def test_well_formed_float_bodies_decode_in_one_typed_pass(monkeypatch, body, shape):
     """Without the lane, a flat list or equal rows of numbers decode through msgspec's
-    typed decoders, never reaching the general path's second parse (README,
+    typed decoders, never reaching the general path's second parse (bench/README.md,
     "one-pass typed decoding of the body")."""
 
     def second_parse(body: bytes) -> object:

@@ -57,9 +57,9 @@ class Batcher:
         service.http.requests_in_flight, is 1). A model that runs on the event loop then
         runs these rows at once, in the caller: no other request can join the batch
         before the loop reads more, and the drain task's hand-off costs two loop turns
-        (about 8 us of CPU a request when requests come one at a time; bench/README.md).
-        Rows wait their turn as ever while other rows are queued or a delay to gather more
-        is set.
+        (about 8 us of CPU a request when requests come one at a time; bench/README.md,
+        "The dynamic batcher, and models that run on the event loop"). Rows wait their
+        turn as ever while other rows are queued or a delay to gather more is set.
         """
         if alone and self._executor is None and not self._max_delay and not self._pending:
             started = time.perf_counter()

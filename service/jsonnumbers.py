@@ -3,7 +3,8 @@
 `/predict`'s usual body is `{"data": [784 numbers]}` or a list of such rows, and a V2
 JSON tensor's `data` is the same kind of array (`decode_array`). Turning it
 into a float32 array through Python objects (a JSON parser's list of floats, then
-`np.array`) takes about 45 us for the bench's body, this lane 14 (bench/README.md):
+`np.array`) takes about 45 us for the bench's body, this lane 14 (bench/README.md, "The
+numbers go straight to an array"):
 simdjson (pysimdjson) parses the body and copies the array's numbers into one buffer of
 doubles in C, which numpy rounds to the model's type.
 

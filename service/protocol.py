@@ -130,7 +130,8 @@ class HttpProtocol(HttpToolsProtocol):
     Keep-alive: uvicorn closes a connection `timeout_keep_alive` seconds after its last
     response unless data comes first, and does it by cancelling a timer on every request
     and starting one on every response (a libuv timer each under uvloop: 2.6% of
-    `/predict`'s throughput at c=16 with no timer at all, bench/README.md). Here the
+    `/predict`'s throughput at c=16 with no timer at all, bench/README.md, "Where a
+    request's CPU goes"). Here the
     connection notes when it went idle, and one timer, started when none is running,
     looks when it fires: it closes a connection idle for the whole timeout, starts again
     for the rest of it when the connection went idle since, and stops while a request is

@@ -76,7 +76,8 @@ ENCODE_SLICE_ROWS = 64
 # whole ENCODE_SLICE_ROWS from 8 on. The wait a slice adds to the requests that arrive
 # meanwhile is what their p99 sees when they wait for little else, and it grows with the
 # slice; under load each request waits for the others' work anyway. p99 on / off at c=1
-# (bench/README.md): /predict single 1.33 and 1.12 with slices of 32, 1.18 and 1.11
+# (bench/README.md, "On the event loop, in short slices, as records come" and "Slices
+# sized by the load"): /predict single 1.33 and 1.12 with slices of 32, 1.18 and 1.11
 # with 8; at c=2, 1.17 with slices of 64 against 1.07 with 32.
 SLICE_ROWS_PER_REQUEST = 8
 # In-flight counts from which a slice waits for ENCODE_SLICE_ROWS rows.
@@ -426,7 +427,8 @@ class CaptureRecorder:
 
         A worker thread would hold the GIL for long stretches of the interpreter's switch
         interval (5 ms), and every request that arrived meanwhile waited for it: that was
-        capture's p99 (bench/README.md).
+        capture's p99 (bench/README.md, "On the event loop, in short slices, as records
+        come").
         """
         if self._builder is None:
             self._builder = PartsBuilder(
